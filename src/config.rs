@@ -1,0 +1,395 @@
+//! Configuration: the TOML file, its embedded defaults, and the typed values the daemon runs on.
+//!
+//! Every key is documented in `config/p2pdns.toml`, which is also the text printed by
+//! `p2pdns config default`. Values are parsed into typed form at load time so that a bad value
+//! stops the daemon at start-up with the dotted key in the message, never later on the query path.
+
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// The commented default configuration, shipped inside the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/p2pdns.toml");
+
+/// Environment variable naming the configuration file (below `--config`, above the defaults).
+pub const CONFIG_ENV: &str = "P2PDNS_CONFIG";
+/// Environment variable naming the data directory (below `--data-dir`, above the file).
+pub const DATA_DIR_ENV: &str = "P2PDNS_DATA_DIR";
+
+/// Where the system-wide configuration file lives when no user configuration exists.
+const SYSTEM_CONFIG_FILE: &str = "/etc/p2pdns/p2pdns.toml";
+/// Data directory for a service user that has no home directory.
+const SYSTEM_DATA_DIR: &str = "/var/lib/p2pdns";
+
+/// Errors while finding, reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("failed to read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown key, wrong type).
+    #[error("failed to load config file {path}: {message}")]
+    Parse { path: String, message: String },
+    /// A value parsed but makes no sense (named by its dotted key).
+    #[error("invalid config value {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the daemon's state files. Empty means the platform default.
+    pub data_dir: Option<PathBuf>,
+    pub dns: DnsConfig,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub naming: NamingConfig,
+}
+
+/// `[dns]`: the DNS front end.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Addresses answered on, UDP and TCP each.
+    pub listen: Vec<SocketAddr>,
+    /// Client networks that get answers; everyone else gets REFUSED.
+    pub allow: Vec<IpNet>,
+    /// Queries waiting on an upstream or the naming subsystem at once; more are dropped.
+    pub max_inflight: usize,
+    /// Idle TCP connections are closed after this many seconds.
+    pub tcp_idle_timeout_secs: u64,
+    /// Largest UDP answer we send, in bytes (the client's EDNS size may lower it).
+    pub udp_payload: u16,
+    /// Answer CHAOS TXT `version.bind` and `id.server` to local clients.
+    pub chaos: bool,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
+            allow: vec![
+                "127.0.0.0/8".parse().expect("static CIDR"),
+                "::1/128".parse().expect("static CIDR"),
+            ],
+            max_inflight: 1024,
+            tcp_idle_timeout_secs: 10,
+            udp_payload: 1232,
+            chaos: true,
+        }
+    }
+}
+
+/// `[upstream]`: where ICANN names are forwarded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Upstream servers; empty means the `nameserver` lines of `resolv_conf`.
+    pub servers: Vec<UpstreamAddr>,
+    /// The file read when `servers` is empty.
+    pub resolv_conf: PathBuf,
+    /// Longest wait for one upstream before trying the next, in milliseconds.
+    pub timeout_ms: u64,
+    /// Total time a client query may spend upstream, in milliseconds.
+    pub query_timeout_ms: u64,
+    /// Rounds over the upstream list before giving up.
+    pub attempts: u32,
+    /// EDNS UDP payload size advertised to upstreams.
+    pub edns_payload: u16,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            timeout_ms: 1000,
+            query_timeout_ms: 4000,
+            attempts: 2,
+            edns_payload: 1232,
+        }
+    }
+}
+
+/// `[cache]`: the answer cache for forwarded names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most answers held.
+    pub max_entries: usize,
+    /// Most bytes of answers held (wire size plus bookkeeping).
+    pub max_bytes: usize,
+    /// TTLs below this are raised to it, in seconds.
+    pub min_ttl_secs: u32,
+    /// TTLs above this are lowered to it, in seconds.
+    pub max_ttl_secs: u32,
+    /// Negative answers (NXDOMAIN, NODATA) are held at most this long, in seconds.
+    pub max_negative_ttl_secs: u32,
+    /// Answer from expired entries when every upstream fails (RFC 8767).
+    pub serve_stale: bool,
+    /// Expired entries are kept this long for serve-stale, in seconds.
+    pub max_stale_secs: u32,
+    /// TTL given to a stale answer, in seconds.
+    pub stale_ttl_secs: u32,
+    /// A stale answer is sent when the refresh takes longer than this, in milliseconds.
+    pub stale_client_timeout_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            max_bytes: 8 * 1024 * 1024,
+            min_ttl_secs: 0,
+            max_ttl_secs: 86_400,
+            max_negative_ttl_secs: 3_600,
+            serve_stale: true,
+            max_stale_secs: 86_400,
+            stale_ttl_secs: 30,
+            stale_client_timeout_ms: 1_800,
+        }
+    }
+}
+
+/// `[naming]`: the peer-to-peer names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamingConfig {
+    /// Top-level domains answered by the naming subsystem instead of upstream.
+    pub tlds: Vec<String>,
+    /// TTL for local records that do not give one, in seconds.
+    pub default_ttl_secs: u32,
+    /// Local names: owner name → records in zone-file syntax (`[TTL] TYPE RDATA`).
+    pub records: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for NamingConfig {
+    fn default() -> Self {
+        Self {
+            tlds: vec!["p2p".to_owned()],
+            default_ttl_secs: 300,
+            records: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            dns: DnsConfig::default(),
+            upstream: UpstreamConfig::default(),
+            cache: CacheConfig::default(),
+            naming: NamingConfig::default(),
+        }
+    }
+}
+
+/// An upstream server: an IP address with an optional port (53 if absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamAddr(pub SocketAddr);
+
+impl FromStr for UpstreamAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self(addr));
+        }
+        let bare = s.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<IpAddr>() {
+            Ok(ip) => Ok(Self(SocketAddr::new(ip, 53))),
+            Err(_) => Err(format!(
+                "{s:?} is not an IP address with an optional port (e.g. 9.9.9.9, 9.9.9.9:53, [2620:fe::fe]:53)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Parses configuration text; `origin` names the source in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Finds the configuration: an explicit path, then `$P2PDNS_CONFIG`, then the user's and the
+    /// system's file if one exists, else the embedded defaults. Returns the path it used, if any.
+    pub fn discover(explicit: Option<&Path>) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        let env = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        if let Some(path) = explicit.map(Path::to_owned).or(env) {
+            return Ok((Self::load(&path)?, Some(path)));
+        }
+        let candidates = directories::ProjectDirs::from("", "", "p2pdns")
+            .map(|dirs| dirs.config_dir().join("p2pdns.toml"))
+            .into_iter()
+            .chain([PathBuf::from(SYSTEM_CONFIG_FILE)]);
+        for path in candidates {
+            if path.is_file() {
+                return Ok((Self::load(&path)?, Some(path)));
+            }
+        }
+        Ok((Self::default(), None))
+    }
+
+    /// The data directory: the `--data-dir` flag, then `$P2PDNS_DATA_DIR`, then `data_dir` from
+    /// the file, else the platform's per-user directory, else the system directory for services.
+    pub fn data_dir(&self, flag: Option<&Path>) -> PathBuf {
+        let env = std::env::var_os(DATA_DIR_ENV).map(PathBuf::from);
+        if let Some(dir) = flag.map(Path::to_owned).or(env).or(self.data_dir.clone()) {
+            return dir;
+        }
+        // A service account (root or a system user) has no useful home: use the system path.
+        let has_home = std::env::var_os("HOME").is_some_and(|h| !h.is_empty() && h != "/");
+        match directories::ProjectDirs::from("", "", "p2pdns") {
+            Some(dirs) if has_home => dirs.data_dir().to_owned(),
+            _ => PathBuf::from(SYSTEM_DATA_DIR),
+        }
+    }
+
+    /// Checks relations between values that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        };
+        if self.dns.listen.is_empty() {
+            return Err(invalid(
+                "dns.listen",
+                "at least one address is needed".into(),
+            ));
+        }
+        if self.dns.max_inflight == 0 {
+            return Err(invalid("dns.max_inflight", "must be at least 1".into()));
+        }
+        if self.dns.udp_payload < 512 {
+            return Err(invalid("dns.udp_payload", "must be at least 512".into()));
+        }
+        if self.upstream.edns_payload < 512 {
+            return Err(invalid(
+                "upstream.edns_payload",
+                "must be at least 512".into(),
+            ));
+        }
+        if self.upstream.attempts == 0 {
+            return Err(invalid("upstream.attempts", "must be at least 1".into()));
+        }
+        if self.upstream.timeout_ms == 0 || self.upstream.query_timeout_ms == 0 {
+            return Err(invalid(
+                "upstream.timeout_ms",
+                "timeouts must be above zero".into(),
+            ));
+        }
+        if self.cache.min_ttl_secs > self.cache.max_ttl_secs {
+            return Err(invalid(
+                "cache.min_ttl_secs",
+                format!(
+                    "{} is above cache.max_ttl_secs ({})",
+                    self.cache.min_ttl_secs, self.cache.max_ttl_secs
+                ),
+            ));
+        }
+        for (i, tld) in self.naming.tlds.iter().enumerate() {
+            let ok = !tld.is_empty()
+                && tld.len() <= 63
+                && tld.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !ok {
+                return Err(invalid(
+                    &format!("naming.tlds[{i}]"),
+                    format!("{tld:?} is not a single DNS label"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_parses_to_the_defaults() {
+        let parsed = Config::from_toml(DEFAULT_CONFIG, "config/p2pdns.toml").unwrap();
+        let defaults = Config::default();
+        // Debug output covers every field, so any drift between the file and the code shows.
+        assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err =
+            Config::from_toml("[dns]\nlisen = [\"127.0.0.1:53\"]\n", "test.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("lisen"), "{msg}");
+        assert!(msg.contains("test.toml"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let err = Config::from_toml("[dsn]\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("dsn"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_fail_with_their_key() {
+        let err = Config::from_toml("[dns]\nlisten = [\"localhost:53\"]\n", "t").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = Config::from_toml("[upstream]\nservers = [\"dns.google\"]\n", "t").unwrap_err();
+        assert!(err.to_string().contains("dns.google"), "{err}");
+        let err = Config::from_toml("[naming]\ntlds = [\"a.b\"]\n", "t").unwrap_err();
+        assert!(err.to_string().contains("naming.tlds[0]"), "{err}");
+        let err =
+            Config::from_toml("[cache]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n", "t").unwrap_err();
+        assert!(err.to_string().contains("cache.min_ttl_secs"), "{err}");
+    }
+
+    #[test]
+    fn upstream_addresses_take_optional_ports() {
+        let parse = |s: &str| s.parse::<UpstreamAddr>().unwrap().0;
+        assert_eq!(parse("9.9.9.9"), "9.9.9.9:53".parse().unwrap());
+        assert_eq!(parse("127.0.0.1:5353"), "127.0.0.1:5353".parse().unwrap());
+        assert_eq!(parse("2620:fe::fe"), "[2620:fe::fe]:53".parse().unwrap());
+        assert_eq!(parse("[::1]"), "[::1]:53".parse().unwrap());
+        assert_eq!(parse("[::1]:54"), "[::1]:54".parse().unwrap());
+        assert!("example.com".parse::<UpstreamAddr>().is_err());
+    }
+}

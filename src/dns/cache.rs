@@ -1,0 +1,356 @@
+//! The answer cache for forwarded names: bounded in entries and bytes, least recently used out
+//! first, positive and negative (RFC 2308), with expired entries kept a while for serve-stale
+//! (RFC 8767).
+
+use std::{
+    mem,
+    num::NonZeroUsize,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use hickory_proto::{
+    op::{Message, ResponseCode},
+    rr::{LowerName, RData, Record, RecordType},
+};
+use lru::LruCache;
+
+use crate::config::CacheConfig;
+
+/// What a cached answer is filed under. The DO bit is part of the key because DNSSEC records
+/// are only in answers to queries that set it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub name: LowerName,
+    pub qtype: RecordType,
+    pub dnssec_ok: bool,
+}
+
+/// An upstream answer, stripped to what is served again: RCODE and the three record sections,
+/// with TTLs as they were when it arrived (after clamping).
+#[derive(Debug)]
+pub struct CachedAnswer {
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+    /// Encoded size of the upstream message: a close estimate of what we send.
+    pub wire_len: usize,
+}
+
+impl CachedAnswer {
+    /// Takes the sections of an upstream response, clamping every TTL to the configured range.
+    pub fn from_message(mut msg: Message, wire_len: usize, config: &CacheConfig) -> Self {
+        let clamp = |records: &mut Vec<Record>| {
+            for record in records.iter_mut() {
+                record.ttl = record.ttl.clamp(config.min_ttl_secs, config.max_ttl_secs);
+            }
+        };
+        clamp(&mut msg.answers);
+        clamp(&mut msg.authorities);
+        // OPT and TSIG are per-message and never reach the additional section here, but some
+        // servers put stray records in it; keep only data records.
+        msg.additionals
+            .retain(|r| !matches!(r.record_type(), RecordType::OPT | RecordType::TSIG));
+        clamp(&mut msg.additionals);
+        Self {
+            rcode: msg.metadata.response_code,
+            answers: msg.answers,
+            authorities: msg.authorities,
+            additionals: msg.additionals,
+            wire_len,
+        }
+    }
+
+    /// How long this answer may be served as fresh, or `None` if it must not be cached.
+    pub fn cache_ttl(&self, config: &CacheConfig) -> Option<u32> {
+        match self.rcode {
+            ResponseCode::NoError if !self.answers.is_empty() => {
+                self.answers.iter().map(|r| r.ttl).min()
+            }
+            ResponseCode::NoError | ResponseCode::NXDomain => {
+                // RFC 2308 section 5: the SOA's TTL, capped by its MINIMUM field. Without an SOA
+                // a negative answer is not cached.
+                self.authorities.iter().find_map(|r| match &r.data {
+                    RData::SOA(soa) => Some(
+                        r.ttl
+                            .min(soa.minimum)
+                            .clamp(config.min_ttl_secs, config.max_negative_ttl_secs),
+                    ),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Rough memory held by this answer, for the byte bound.
+    fn cost(&self, key: &CacheKey) -> usize {
+        let records = self.answers.len() + self.authorities.len() + self.additionals.len();
+        mem::size_of::<Entry>()
+            + mem::size_of::<Self>()
+            + key.name.len()
+            + self.wire_len
+            + records * mem::size_of::<Record>()
+    }
+}
+
+/// A cache hit: the answer and how many seconds ago it was stored.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub answer: Arc<CachedAnswer>,
+    pub age: u32,
+}
+
+/// Result of a cache look-up.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Within its TTL.
+    Fresh(Hit),
+    /// Expired, but still kept for serve-stale.
+    Stale(Hit),
+    Miss,
+}
+
+struct Entry {
+    answer: Arc<CachedAnswer>,
+    stored: Instant,
+    ttl: u32,
+    cost: usize,
+}
+
+struct Inner {
+    lru: LruCache<CacheKey, Entry>,
+    bytes: usize,
+}
+
+/// The cache. One mutex: every operation is a hash look-up and a few pointer moves.
+pub struct Cache {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+    keep_stale: Duration,
+}
+
+impl Cache {
+    pub fn new(config: &CacheConfig) -> Self {
+        let entries = NonZeroUsize::new(config.max_entries.max(1)).expect("max(1) is nonzero");
+        let keep_stale = if config.serve_stale {
+            Duration::from_secs(config.max_stale_secs.into())
+        } else {
+            Duration::ZERO
+        };
+        Self {
+            inner: Mutex::new(Inner {
+                lru: LruCache::new(entries),
+                bytes: 0,
+            }),
+            max_bytes: config.max_bytes,
+            keep_stale,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map inconsistent: the only multi-step
+        // update is the byte count, so keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, key: &CacheKey, now: Instant) -> Lookup {
+        let mut inner = self.lock();
+        let Some(entry) = inner.lru.get(key) else {
+            return Lookup::Miss;
+        };
+        let elapsed = now.saturating_duration_since(entry.stored);
+        let hit = Hit {
+            answer: entry.answer.clone(),
+            age: u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX),
+        };
+        let ttl = Duration::from_secs(entry.ttl.into());
+        if elapsed < ttl {
+            Lookup::Fresh(hit)
+        } else if elapsed < ttl + self.keep_stale {
+            Lookup::Stale(hit)
+        } else {
+            if let Some(entry) = inner.lru.pop(key) {
+                inner.bytes -= entry.cost;
+            }
+            Lookup::Miss
+        }
+    }
+
+    pub fn insert(&self, key: CacheKey, answer: Arc<CachedAnswer>, ttl: u32, now: Instant) {
+        let cost = answer.cost(&key);
+        if cost > self.max_bytes {
+            return;
+        }
+        let mut inner = self.lock();
+        let entry = Entry {
+            answer,
+            stored: now,
+            ttl,
+            cost,
+        };
+        inner.bytes += cost;
+        if let Some((_, old)) = inner.lru.push(key, entry) {
+            // Either the same key replaced or the least recently used pushed out.
+            inner.bytes -= old.cost;
+        }
+        while inner.bytes > self.max_bytes {
+            match inner.lru.pop_lru() {
+                Some((_, old)) => inner.bytes -= old.cost,
+                None => break,
+            }
+        }
+    }
+
+    /// Entries held and their estimated bytes.
+    pub fn usage(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.lru.len(), inner.bytes)
+    }
+
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.lru.clear();
+        inner.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::{Name, rdata::SOA};
+
+    fn key(name: &str) -> CacheKey {
+        CacheKey {
+            name: LowerName::new(&Name::from_ascii(name).unwrap()),
+            qtype: RecordType::A,
+            dnssec_ok: false,
+        }
+    }
+
+    fn a_answer(ttl: u32) -> CachedAnswer {
+        let rec = Record::from_rdata(
+            Name::from_ascii("a.example.").unwrap(),
+            ttl,
+            RData::A("192.0.2.1".parse().unwrap()),
+        );
+        CachedAnswer {
+            rcode: ResponseCode::NoError,
+            answers: vec![rec],
+            authorities: vec![],
+            additionals: vec![],
+            wire_len: 50,
+        }
+    }
+
+    fn soa(ttl: u32, minimum: u32) -> Record {
+        let n = Name::from_ascii("example.").unwrap();
+        Record::from_rdata(
+            n.clone(),
+            ttl,
+            RData::SOA(SOA::new(n.clone(), n, 1, 1, 1, 1, minimum)),
+        )
+    }
+
+    #[test]
+    fn ttls_for_positive_and_negative_answers() {
+        let config = CacheConfig::default();
+        assert_eq!(a_answer(42).cache_ttl(&config), Some(42));
+        let mut neg = a_answer(0);
+        neg.answers.clear();
+        neg.rcode = ResponseCode::NXDomain;
+        assert_eq!(neg.cache_ttl(&config), None, "no SOA, no negative caching");
+        neg.authorities.push(soa(900, 60));
+        assert_eq!(neg.cache_ttl(&config), Some(60), "SOA minimum caps the TTL");
+        neg.authorities[0] = soa(30, 600);
+        assert_eq!(neg.cache_ttl(&config), Some(30), "SOA TTL caps the TTL");
+        neg.authorities[0] = soa(90_000, 90_000);
+        assert_eq!(neg.cache_ttl(&config), Some(config.max_negative_ttl_secs));
+        neg.rcode = ResponseCode::ServFail;
+        assert_eq!(neg.cache_ttl(&config), None);
+    }
+
+    #[test]
+    fn entries_go_fresh_then_stale_then_away() {
+        let config = CacheConfig {
+            max_stale_secs: 100,
+            ..CacheConfig::default()
+        };
+        let cache = Cache::new(&config);
+        let t0 = Instant::now();
+        cache.insert(key("a.example."), Arc::new(a_answer(10)), 10, t0);
+        assert!(
+            matches!(cache.get(&key("A.EXAMPLE."), t0 + Duration::from_secs(9)), Lookup::Fresh(h) if h.age == 9)
+        );
+        assert!(matches!(
+            cache.get(&key("a.example."), t0 + Duration::from_secs(10)),
+            Lookup::Stale(_)
+        ));
+        assert!(matches!(
+            cache.get(&key("a.example."), t0 + Duration::from_secs(111)),
+            Lookup::Miss
+        ));
+        assert_eq!(cache.usage(), (0, 0));
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes() {
+        let config = CacheConfig {
+            max_entries: 3,
+            ..CacheConfig::default()
+        };
+        let cache = Cache::new(&config);
+        let now = Instant::now();
+        for i in 0..10 {
+            cache.insert(
+                key(&format!("n{i}.example.")),
+                Arc::new(a_answer(60)),
+                60,
+                now,
+            );
+        }
+        assert_eq!(cache.usage().0, 3);
+        assert!(matches!(
+            cache.get(&key("n9.example."), now),
+            Lookup::Fresh(_)
+        ));
+        assert!(matches!(cache.get(&key("n0.example."), now), Lookup::Miss));
+
+        let one = a_answer(60).cost(&key("n0.example."));
+        let config = CacheConfig {
+            max_bytes: one * 2 + one / 2,
+            ..CacheConfig::default()
+        };
+        let cache = Cache::new(&config);
+        for i in 0..10 {
+            cache.insert(
+                key(&format!("n{i}.example.")),
+                Arc::new(a_answer(60)),
+                60,
+                now,
+            );
+        }
+        let (entries, bytes) = cache.usage();
+        assert_eq!(entries, 2);
+        assert!(bytes <= config.max_bytes);
+    }
+
+    #[test]
+    fn ttls_are_clamped_on_the_way_in() {
+        let config = CacheConfig {
+            min_ttl_secs: 30,
+            max_ttl_secs: 600,
+            ..CacheConfig::default()
+        };
+        let mut msg = Message::response(1, hickory_proto::op::OpCode::Query);
+        msg.add_answer(a_answer(5).answers[0].clone());
+        msg.add_answer(a_answer(5000).answers[0].clone());
+        let cached = CachedAnswer::from_message(msg, 100, &config);
+        assert_eq!(cached.answers[0].ttl, 30);
+        assert_eq!(cached.answers[1].ttl, 600);
+        assert_eq!(cached.cache_ttl(&config), Some(30));
+    }
+}

@@ -1,0 +1,105 @@
+//! The `p2pdns` binary: parses the command line, sets up logging and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use p2pdns::{
+    Config, Daemon,
+    cli::{Cli, Command, ConfigCommand, RunArgs},
+    config::DEFAULT_CONFIG,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a configuration error (EX_CONFIG from sysexits.h).
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match &cli.command {
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => run(&cli, args),
+    }
+}
+
+fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
+    let (mut config, path) = match Config::discover(cli.config.as_deref()) {
+        Ok(found) => found,
+        Err(error) => return fail(&error, EXIT_CONFIG),
+    };
+    args.apply(&mut config);
+    if let Err(error) = config.validate() {
+        return fail(&error, EXIT_CONFIG);
+    }
+    let source = path.map_or("built-in defaults".to_owned(), |p| p.display().to_string());
+    let data_dir = config.data_dir(cli.data_dir.as_deref());
+    if args.check_config {
+        if let Err(error) = p2pdns::naming::Naming::new(&config.naming) {
+            return fail(&error, EXIT_CONFIG);
+        }
+        println!("configuration OK: {source}");
+        return ExitCode::SUCCESS;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error, 1),
+    };
+    runtime.block_on(async {
+        info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %data_dir.display(), "p2pdns starting");
+        let shutdown = CancellationToken::new();
+        if let Err(error) = p2pdns::signal::spawn_handler(shutdown.clone()) {
+            return fail(&error, 1);
+        }
+        let daemon = match Daemon::bind(config, data_dir).await {
+            Ok(daemon) => daemon,
+            Err(error) if error.is_config() => return fail(&error, EXIT_CONFIG),
+            Err(error) => return fail(&error, 1),
+        };
+        match daemon.run(shutdown).await {
+            Ok(()) => {
+                info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error, 1),
+        }
+    })
+}
+
+/// Prints the error with its chain of causes on one line, and gives the exit code.
+fn fail(error: &dyn std::error::Error, code: u8) -> ExitCode {
+    let mut message = format!("error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{message}");
+    ExitCode::from(code)
+}
+
+/// Logs go to stderr: `RUST_LOG` if set, else info (or what -v/-q ask for) for p2pdns and
+/// warnings for the libraries, whose per-query lines would drown ours.
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v >= 2 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,p2pdns={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

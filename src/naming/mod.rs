@@ -1,0 +1,277 @@
+//! The `naming` subsystem: answers for names under the peer-to-peer TLDs (`.p2p` by default).
+//!
+//! The DNS front end only sees [`Naming::lookup`]; where the records come from is this module's
+//! business. Today they come from the static table in the configuration (`[naming.records]`);
+//! the DHT arrives behind the same call.
+
+mod zone;
+
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{DNSClass, LowerName, Name, RData, Record, RecordType, rdata::SOA},
+};
+
+pub use zone::{LocalZone, ZoneError};
+
+use crate::config::NamingConfig;
+
+/// Longest CNAME chain followed inside the local names.
+const MAX_CNAME_CHAIN: usize = 8;
+/// TTL and SOA minimum of the synthesized SOA: how long resolvers may cache "no such name".
+const NEGATIVE_TTL: u32 = 60;
+
+/// Errors while setting up the naming subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum NamingError {
+    /// A record in `[naming.records]` did not parse or lies outside the TLDs.
+    #[error("invalid config value naming.records.{name:?}")]
+    Record {
+        name: String,
+        #[source]
+        source: ZoneError,
+    },
+}
+
+/// An answer from the naming subsystem, ready for the DNS front end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamingAnswer {
+    /// NOERROR (with or without records) or NXDOMAIN.
+    pub rcode: ResponseCode,
+    pub answers: Vec<Record>,
+    /// The TLD's SOA for negative answers, so clients can cache them (RFC 2308).
+    pub authorities: Vec<Record>,
+}
+
+/// The naming subsystem's handle.
+#[derive(Debug)]
+pub struct Naming {
+    tlds: Vec<LowerName>,
+    local: LocalZone,
+}
+
+impl Naming {
+    pub fn new(config: &NamingConfig) -> Result<Self, NamingError> {
+        let tlds: Vec<LowerName> = config
+            .tlds
+            .iter()
+            .map(|tld| {
+                let name = Name::from_ascii(format!("{tld}."))
+                    .expect("config validation checked that each TLD is one label");
+                LowerName::new(&name)
+            })
+            .collect();
+        let mut local = LocalZone::default();
+        for (owner, records) in &config.records {
+            local
+                .add(owner, records, config.default_ttl_secs, &tlds)
+                .map_err(|source| NamingError::Record {
+                    name: owner.clone(),
+                    source,
+                })?;
+        }
+        Ok(Self { tlds, local })
+    }
+
+    /// Is `name` answered here rather than forwarded upstream?
+    pub fn is_local(&self, name: &LowerName) -> bool {
+        self.tld_of(name).is_some()
+    }
+
+    fn tld_of(&self, name: &LowerName) -> Option<&LowerName> {
+        self.tlds.iter().find(|tld| tld.zone_of(name))
+    }
+
+    /// Number of local names configured.
+    pub fn local_names(&self) -> usize {
+        self.local.len()
+    }
+
+    /// Answers `qtype` for `qname`. `qname` keeps the client's letter case, which the answer's
+    /// owner names copy.
+    pub async fn lookup(&self, qname: &Name, qtype: RecordType) -> NamingAnswer {
+        let lower = LowerName::new(qname);
+        let Some(tld) = self.tld_of(&lower) else {
+            // The front end only routes names under our TLDs here.
+            return NamingAnswer {
+                rcode: ResponseCode::Refused,
+                answers: Vec::new(),
+                authorities: Vec::new(),
+            };
+        };
+        let tld = Name::from(tld);
+
+        if lower == LowerName::new(&tld) {
+            let soa = soa_record(&tld);
+            return if matches!(qtype, RecordType::SOA | RecordType::ANY) {
+                positive(vec![soa])
+            } else {
+                nodata(soa)
+            };
+        }
+
+        let mut answers = Vec::new();
+        let mut owner = qname.clone();
+        for _ in 0..MAX_CNAME_CHAIN {
+            let key = LowerName::new(&owner);
+            let Some(records) = self.local.get(&key) else {
+                if !answers.is_empty() {
+                    // The chain left the local names; the client resolves the rest.
+                    return positive(answers);
+                }
+                return if self.local.has_descendants(&key) {
+                    nodata(soa_record(&tld))
+                } else {
+                    NamingAnswer {
+                        rcode: ResponseCode::NXDomain,
+                        answers: Vec::new(),
+                        authorities: vec![soa_record(&tld)],
+                    }
+                };
+            };
+            let cname = records
+                .iter()
+                .find(|r| r.record_type() == RecordType::CNAME);
+            match cname {
+                Some(cname) if !matches!(qtype, RecordType::CNAME | RecordType::ANY) => {
+                    let mut record = cname.clone();
+                    record.name = owner.clone();
+                    let RData::CNAME(target) = &cname.data else {
+                        unreachable!("record type was checked to be CNAME")
+                    };
+                    owner = target.0.clone();
+                    answers.push(record);
+                }
+                _ => {
+                    answers.extend(
+                        records
+                            .iter()
+                            .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
+                            .map(|r| {
+                                let mut r = r.clone();
+                                r.name = owner.clone();
+                                r
+                            }),
+                    );
+                    return if answers.is_empty() {
+                        nodata(soa_record(&tld))
+                    } else {
+                        positive(answers)
+                    };
+                }
+            }
+        }
+        // A CNAME loop or an over-long chain: answer what we followed.
+        positive(answers)
+    }
+}
+
+fn positive(answers: Vec<Record>) -> NamingAnswer {
+    NamingAnswer {
+        rcode: ResponseCode::NoError,
+        answers,
+        authorities: Vec::new(),
+    }
+}
+
+fn nodata(soa: Record) -> NamingAnswer {
+    NamingAnswer {
+        rcode: ResponseCode::NoError,
+        answers: Vec::new(),
+        authorities: vec![soa],
+    }
+}
+
+/// The SOA served for a peer-to-peer TLD. Nothing is delegated, so the fields only matter for
+/// negative caching: TTL and minimum give how long "no such name" may be cached.
+fn soa_record(tld: &Name) -> Record {
+    let mname = Name::from_ascii("localhost.").expect("static name");
+    let rname = Name::from_ascii("nobody.invalid.").expect("static name");
+    let soa = SOA::new(mname, rname, 1, 3600, 600, 86_400, NEGATIVE_TTL);
+    let mut record = Record::from_rdata(tld.clone(), NEGATIVE_TTL, RData::SOA(soa));
+    record.dns_class = DNSClass::IN;
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn naming(records: &[(&str, &[&str])]) -> Naming {
+        let mut map = BTreeMap::new();
+        for (name, recs) in records {
+            map.insert(
+                name.to_string(),
+                recs.iter().map(|r| r.to_string()).collect(),
+            );
+        }
+        Naming::new(&NamingConfig {
+            records: map,
+            ..NamingConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_listed_records_and_keeps_letter_case() {
+        let n = naming(&[("site.p2p", &["A 192.0.2.1", "A 192.0.2.2", "TXT \"hi\""])]);
+        let a = n.lookup(&name("SiTe.P2p."), RecordType::A).await;
+        assert_eq!(a.rcode, ResponseCode::NoError);
+        assert_eq!(a.answers.len(), 2);
+        assert!(a.answers.iter().all(|r| r.name.eq_case(&name("SiTe.P2p."))));
+        assert_eq!(a.answers[0].ttl, 300);
+        let any = n.lookup(&name("site.p2p."), RecordType::ANY).await;
+        assert_eq!(any.answers.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn negative_answers_carry_the_tld_soa() {
+        let n = naming(&[("www.site.p2p", &["A 192.0.2.1"])]);
+        let nx = n.lookup(&name("nope.p2p."), RecordType::A).await;
+        assert_eq!(nx.rcode, ResponseCode::NXDomain);
+        assert_eq!(nx.authorities[0].record_type(), RecordType::SOA);
+        assert_eq!(nx.authorities[0].name, name("p2p."));
+        // Existing name, other type: NODATA.
+        let nodata = n.lookup(&name("www.site.p2p."), RecordType::AAAA).await;
+        assert_eq!(nodata.rcode, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty());
+        assert_eq!(nodata.authorities.len(), 1);
+        // Empty non-terminal: NODATA, not NXDOMAIN.
+        let ent = n.lookup(&name("site.p2p."), RecordType::A).await;
+        assert_eq!(ent.rcode, ResponseCode::NoError);
+        let apex = n.lookup(&name("p2p."), RecordType::SOA).await;
+        assert_eq!(apex.answers[0].record_type(), RecordType::SOA);
+    }
+
+    #[tokio::test]
+    async fn cnames_are_followed_within_local_names() {
+        let n = naming(&[
+            ("www.site.p2p", &["CNAME site"]),
+            ("site.www.site.p2p", &["A 192.0.2.7"]),
+            ("loop.p2p", &["CNAME loop.p2p."]),
+        ]);
+        let a = n.lookup(&name("www.site.p2p."), RecordType::A).await;
+        assert_eq!(a.answers.len(), 2, "{a:?}");
+        assert_eq!(a.answers[0].record_type(), RecordType::CNAME);
+        assert_eq!(a.answers[1].data, RData::A("192.0.2.7".parse().unwrap()));
+        let looped = n.lookup(&name("loop.p2p."), RecordType::A).await;
+        assert_eq!(looped.answers.len(), MAX_CNAME_CHAIN);
+    }
+
+    #[test]
+    fn names_outside_the_tlds_are_rejected() {
+        let mut records = BTreeMap::new();
+        records.insert("example.com".to_owned(), vec!["A 192.0.2.1".to_owned()]);
+        let err = Naming::new(&NamingConfig {
+            records,
+            ..NamingConfig::default()
+        })
+        .unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("example.com"), "{chain}");
+    }
+}
