@@ -47,7 +47,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Directory for the daemon's state files. Empty means the platform default.
@@ -181,18 +181,6 @@ impl Default for NamingConfig {
             tlds: vec!["p2p".to_owned()],
             default_ttl_secs: 300,
             records: BTreeMap::new(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            data_dir: None,
-            dns: DnsConfig::default(),
-            upstream: UpstreamConfig::default(),
-            cache: CacheConfig::default(),
-            naming: NamingConfig::default(),
         }
     }
 }

@@ -48,6 +48,15 @@ impl CachedAnswer {
         };
         clamp(&mut msg.answers);
         clamp(&mut msg.authorities);
+        if msg.answers.is_empty() {
+            // RFC 2308 section 3: a negative answer's SOA carries min(TTL, MINIMUM), which is
+            // how long clients may cache the negative answer.
+            for record in &mut msg.authorities {
+                if let RData::SOA(soa) = &record.data {
+                    record.ttl = record.ttl.min(soa.minimum);
+                }
+            }
+        }
         // OPT and TSIG are per-message and never reach the additional section here, but some
         // servers put stray records in it; keep only data records.
         msg.additionals

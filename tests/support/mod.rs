@@ -1,0 +1,244 @@
+//! Shared test fixtures: an authoritative upstream served by hickory on loopback, daemons on
+//! port 0, and a hickory DNS client.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use hickory_net::{
+    client::Client, runtime::TokioRuntimeProvider, tcp::TcpClientStream, udp::UdpClientStream,
+    xfer::DnsHandle,
+};
+use hickory_proto::{
+    op::{DnsRequest, DnsRequestOptions, Edns, Header, HeaderCounts, Message, Metadata, Query},
+    rr::{LowerName, Name, RecordType},
+    serialize::txt::Parser,
+};
+use hickory_server::{
+    Server,
+    net::runtime::Time,
+    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+    store::in_memory::InMemoryZoneHandler,
+    zone_handler::{AxfrPolicy, Catalog, ZoneType},
+};
+use p2pdns::{Config, Daemon, DaemonError, config::UpstreamAddr};
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Bound on every wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The zone the test upstream serves.
+pub const ZONE: &str = r#"
+$ORIGIN example.test.
+$TTL 300
+@       IN SOA ns.example.test. admin.example.test. 1 3600 600 86400 60
+@       IN NS  ns
+ns      IN A   127.0.0.1
+www     IN A   192.0.2.80
+www     IN AAAA 2001:db8::80
+short   30 IN A 192.0.2.30
+alias   IN CNAME www
+"#;
+
+/// An authoritative server for [`ZONE`] (plus extra lines) on 127.0.0.1, counting queries and
+/// able to go silent (drop every query) on demand.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub queries: Arc<AtomicUsize>,
+    pub silent: Arc<AtomicBool>,
+    server: Server<Counting>,
+}
+
+struct Counting {
+    catalog: Catalog,
+    queries: Arc<AtomicUsize>,
+    silent: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Counting {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        if self.silent.load(Ordering::SeqCst) {
+            return ResponseInfo::from(Header {
+                metadata: Metadata::response_from_request(&request.metadata),
+                counts: HeaderCounts::default(),
+            });
+        }
+        self.catalog
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
+}
+
+impl Upstream {
+    pub async fn start(extra: &str) -> Self {
+        let text = format!("{ZONE}{extra}");
+        let origin = Name::from_ascii("example.test.").unwrap();
+        let (_, records) = Parser::new(text, None, Some(origin.clone()))
+            .parse()
+            .unwrap();
+        let zone = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+            origin.clone(),
+            records,
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+        )
+        .unwrap();
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
+        let queries = Arc::new(AtomicUsize::new(0));
+        let silent = Arc::new(AtomicBool::new(false));
+        let handler = Counting {
+            catalog,
+            queries: queries.clone(),
+            silent: silent.clone(),
+        };
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let mut server = Server::new(handler);
+        server.register_socket(udp);
+        server.register_listener(tcp, WAIT, 16);
+        Self {
+            addr,
+            queries,
+            silent,
+            server,
+        }
+    }
+
+    pub fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+
+    pub fn set_silent(&self, silent: bool) {
+        self.silent.store(silent, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.server.shutdown_token().cancel();
+    }
+}
+
+/// A configuration for tests: loopback port 0, the given upstreams, no resolv.conf.
+pub fn config(upstreams: &[SocketAddr]) -> Config {
+    let mut config = Config::default();
+    config.dns.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.upstream.servers = upstreams.iter().map(|&a| UpstreamAddr(a)).collect();
+    config.upstream.resolv_conf = PathBuf::from("/nonexistent/resolv.conf");
+    config.upstream.timeout_ms = 300;
+    config.upstream.query_timeout_ms = 1500;
+    config
+}
+
+/// A daemon running in this process.
+pub struct TestDaemon {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), DaemonError>>,
+}
+
+impl TestDaemon {
+    pub async fn start(config: Config) -> Self {
+        let dir = std::env::temp_dir().join(format!("p2pdns-test-{}", rand::random::<u64>()));
+        let daemon = Daemon::bind(config, dir).await.expect("daemon binds");
+        let addr = daemon.dns_addrs()[0];
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(daemon.run(shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the daemon and returns how `run` ended.
+    pub async fn stop(self) -> Result<(), DaemonError> {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("daemon stops within the grace period")
+            .expect("daemon task does not panic")
+    }
+}
+
+/// Sends `msg` over UDP with hickory's client and returns the response.
+pub async fn exchange_udp(server: SocketAddr, msg: Message) -> Message {
+    let conn = UdpClientStream::builder(server, TokioRuntimeProvider::default())
+        .with_timeout(Some(WAIT))
+        .build();
+    let (client, bg) = Client::<TokioRuntimeProvider>::from_sender(conn);
+    tokio::spawn(bg);
+    send(&client, msg).await
+}
+
+/// Sends `msg` over TCP with hickory's client and returns the response.
+pub async fn exchange_tcp(server: SocketAddr, msg: Message) -> Message {
+    let (future, sender) =
+        TcpClientStream::new(server, None, Some(WAIT), TokioRuntimeProvider::new());
+    let stream = tokio::time::timeout(WAIT, future).await.unwrap().unwrap();
+    let (client, bg) = Client::<TokioRuntimeProvider>::new(stream, sender);
+    tokio::spawn(bg);
+    send(&client, msg).await
+}
+
+async fn send(client: &Client<TokioRuntimeProvider>, msg: Message) -> Message {
+    let mut options = DnsRequestOptions::default();
+    options.use_edns = msg.edns.is_some();
+    let mut responses = client.send(DnsRequest::new(msg, options));
+    let response = tokio::time::timeout(WAIT, responses.next())
+        .await
+        .expect("an answer within the bound")
+        .expect("a response")
+        .expect("no transport error");
+    response.into_message()
+}
+
+/// A recursive query with EDNS (payload 1232), as stub resolvers send it.
+pub fn query(name: &str, qtype: RecordType) -> Message {
+    let mut msg = Message::query();
+    msg.metadata.id = rand::random();
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    msg.set_edns(edns);
+    msg
+}
+
+/// Shortcut: the answer to `name`/`qtype` over UDP.
+pub async fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    exchange_udp(server, query(name, qtype)).await
+}
+
+/// The Extended DNS Error (code, text) of a response, if any.
+pub fn ede(msg: &Message) -> Option<(u16, String)> {
+    use hickory_proto::rr::rdata::opt::EdnsOption;
+    match msg.edns.as_ref()?.option(15u16.into())? {
+        EdnsOption::Unknown(_, data) if data.len() >= 2 => Some((
+            u16::from_be_bytes([data[0], data[1]]),
+            String::from_utf8_lossy(&data[2..]).into_owned(),
+        )),
+        _ => None,
+    }
+}
