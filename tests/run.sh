@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs the DNS tools the system tests
+# drive (dig, kdig, nsd), then checks formatting and lints and runs every test.
+#
+#   tests/run.sh            # as root, or with sudo available for apt-get
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(bind9-dnsutils knot-dnsutils nsd)
+commands=(dig kdig nsd)
+missing=()
+for i in "${!commands[@]}"; do
+    command -v "${commands[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${commands[$i]}" ] || missing+=("${packages[$i]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Debian nsd package starts a system nsd on port 53; the tests run their own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nsd 2>/dev/null; then
+    systemctl stop nsd || true
+fi
+
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked
