@@ -412,3 +412,47 @@ async fn clients_outside_allow_are_refused() {
     assert_eq!(msg.metadata.response_code, ResponseCode::Refused);
     assert_eq!(upstream.queries(), 0);
 }
+
+#[tokio::test]
+async fn pipelined_tcp_queries_are_not_held_up_by_a_slow_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = Upstream::start("").await;
+    upstream.set_silent(true);
+    let mut cfg = config(&[upstream.addr]);
+    cfg.naming
+        .records
+        .insert("fast.p2p".into(), vec!["A 192.0.2.1".into()]);
+    let daemon = TestDaemon::start(cfg).await;
+
+    let slow = query("www.example.test.", RecordType::A);
+    let fast = query("fast.p2p.", RecordType::A);
+    let mut wire = Vec::new();
+    for msg in [&slow, &fast] {
+        let bytes = msg.to_vec().unwrap();
+        wire.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        wire.extend_from_slice(&bytes);
+    }
+    let mut stream = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    stream.write_all(&wire).await.unwrap();
+
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let len = tokio::time::timeout(support::WAIT, stream.read_u16())
+            .await
+            .expect("answer within the bound")
+            .unwrap();
+        let mut buf = vec![0; usize::from(len)];
+        stream.read_exact(&mut buf).await.unwrap();
+        let msg = hickory_proto::op::Message::from_vec(&buf).unwrap();
+        ids.push((msg.metadata.id, msg.metadata.response_code));
+    }
+    assert_eq!(
+        ids,
+        vec![
+            (fast.metadata.id, ResponseCode::NoError),
+            (slow.metadata.id, ResponseCode::ServFail)
+        ],
+        "the quick answer overtakes the one waiting on a silent upstream"
+    );
+}

@@ -73,7 +73,10 @@ impl Reply {
 }
 
 /// Answers every DNS query the server receives.
-pub struct Handler {
+pub struct Handler(Arc<Responder>);
+
+/// The state behind [`Handler`], shared with the tasks that answer pipelined TCP queries.
+struct Responder {
     forwarder: Arc<Forwarder>,
     naming: Arc<Naming>,
     udp_payload: u16,
@@ -93,7 +96,7 @@ impl Handler {
         udp_payload: u16,
         chaos: bool,
     ) -> Self {
-        Self {
+        Self(Arc::new(Responder {
             forwarder,
             naming,
             udp_payload,
@@ -101,9 +104,41 @@ impl Handler {
                 version: format!("p2pdns {}", env!("CARGO_PKG_VERSION")),
                 identity: hostname(),
             }),
-        }
+        }))
     }
+}
 
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        if request.protocol() == Protocol::Tcp {
+            // hickory reads the next query on a connection only after this returns. Answer in
+            // a task of its own so one slow upstream does not hold up the queries pipelined
+            // behind it (RFC 7766 section 6.2.1.1). The task count is bounded by
+            // dns.max_inflight: only queries waiting upstream take long.
+            let owned = Request::from_bytes(
+                request.as_slice().to_vec(),
+                request.src(),
+                request.protocol(),
+            );
+            if let Ok(owned) = owned {
+                let responder = self.0.clone();
+                tokio::spawn(async move { responder.respond(&owned, response_handle).await });
+                return ResponseInfo::from(Header {
+                    metadata: Metadata::response_from_request(&request.metadata),
+                    counts: HeaderCounts::default(),
+                });
+            }
+        }
+        self.0.respond(request, response_handle).await
+    }
+}
+
+impl Responder {
     async fn reply(&self, request: &Request) -> Reply {
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             // RFC 6891 section 6.1.3: BADVERS, answered with our highest version, 0.
@@ -235,11 +270,9 @@ impl Handler {
         }
         reply
     }
-}
 
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
+    /// Answers `request` through `response_handle`.
+    async fn respond<R: ResponseHandler>(
         &self,
         request: &Request,
         mut response_handle: R,

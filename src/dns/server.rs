@@ -14,6 +14,8 @@ use super::handler::Handler;
 const UDP_RECV_BUFFER: usize = 4 * 1024 * 1024;
 /// Pending TCP connections the kernel queues for us.
 const TCP_BACKLOG: i32 = 1024;
+/// Responses queued per TCP connection; pipelined queries are answered concurrently.
+const TCP_RESPONSE_BUFFER: usize = 256;
 /// How often to try again when port 0 gave a UDP port whose TCP twin is taken.
 const PORT_ZERO_TRIES: usize = 16;
 
@@ -163,7 +165,7 @@ impl DnsServer {
             server.register_socket(socket);
         }
         for listener in sockets.tcp {
-            server.register_listener(listener, tcp_idle_timeout, 64);
+            server.register_listener(listener, tcp_idle_timeout, TCP_RESPONSE_BUFFER);
         }
         for addr in &sockets.addrs {
             info!(%addr, "DNS listening on UDP and TCP");
