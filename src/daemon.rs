@@ -1,7 +1,13 @@
 //! The daemon: binds every socket first, then serves until told to stop or a subsystem dies.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -19,6 +25,9 @@ use crate::{
 
 /// How long a shutdown may take before the daemon stops waiting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often resolv.conf is checked for changes when the upstreams come from it (DHCP and VPN
+/// clients rewrite it when the network changes).
+const RESOLV_CONF_POLL: Duration = Duration::from_secs(2);
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,8 @@ pub struct Daemon {
     dns: DnsServer,
     forwarder: Arc<Forwarder>,
     data_dir: PathBuf,
+    /// resolv.conf, when the upstreams are read from it, and its modification time when read.
+    resolv_conf: Option<(PathBuf, Option<SystemTime>)>,
 }
 
 impl Daemon {
@@ -53,6 +64,11 @@ impl Daemon {
     pub async fn bind(config: Config, data_dir: PathBuf) -> Result<Self, DaemonError> {
         let naming = Arc::new(Naming::new(&config.naming)?);
         let sockets = BoundSockets::bind(&config.dns.listen)?;
+        let resolv_conf = config.upstream.servers.is_empty().then(|| {
+            let path = config.upstream.resolv_conf.clone();
+            let seen = modified(&path);
+            (path, seen)
+        });
         let upstreams = choose_upstreams(&config, sockets.addrs());
         let forwarder = Arc::new(Forwarder::new(
             upstreams,
@@ -79,6 +95,7 @@ impl Daemon {
             dns,
             forwarder,
             data_dir,
+            resolv_conf,
         })
     }
 
@@ -96,40 +113,86 @@ impl Daemon {
     }
 
     /// Serves until `shutdown` is cancelled (then drains within a grace period) or a subsystem
-    /// fails (then returns its error).
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    /// fails (then returns its error). Each `reload` notification (SIGHUP) empties the cache
+    /// and re-reads resolv.conf.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        reload: Arc<Notify>,
+    ) -> Result<(), DaemonError> {
+        let Self {
+            mut dns,
+            forwarder,
+            resolv_conf,
+            ..
+        } = self;
+        let listen = dns.addrs().to_vec();
+        let mut poll = tokio::time::interval(RESOLV_CONF_POLL);
+        let (resolv_conf, seen) = resolv_conf.unzip();
+        let mut seen = seen.flatten();
         info!("ready");
-        tokio::select! {
-            result = self.dns.wait() => {
-                result?;
-                Err(DnsError::Stopped("every listener closed".into()).into())
-            }
-            () = shutdown.cancelled() => {
-                info!("shutting down");
-                match tokio::time::timeout(SHUTDOWN_GRACE, self.dns.shutdown()).await {
-                    Ok(result) => result.map_err(DaemonError::from),
-                    Err(_) => Err(DaemonError::ShutdownTimeout(SHUTDOWN_GRACE)),
+        loop {
+            tokio::select! {
+                result = dns.wait() => {
+                    result?;
+                    return Err(DnsError::Stopped("every listener closed".into()).into());
+                }
+                () = shutdown.cancelled() => break,
+                () = reload.notified() => {
+                    forwarder.cache().clear();
+                    if let Some(path) = &resolv_conf {
+                        forwarder.set_upstreams(&upstreams_from_resolv_conf(path, &listen));
+                    }
+                    info!("reloaded: cache emptied, upstreams re-read; other configuration changes need a restart");
+                }
+                _ = poll.tick(), if resolv_conf.is_some() => {
+                    let path = resolv_conf.as_deref().expect("guarded by the branch condition");
+                    let now = modified(path);
+                    if now != seen {
+                        seen = now;
+                        let upstreams = upstreams_from_resolv_conf(path, &listen);
+                        if upstreams != forwarder.upstreams() {
+                            forwarder.set_upstreams(&upstreams);
+                        }
+                    }
                 }
             }
+        }
+        info!("shutting down");
+        match tokio::time::timeout(SHUTDOWN_GRACE, dns.shutdown()).await {
+            Ok(result) => result.map_err(DaemonError::from),
+            Err(_) => Err(DaemonError::ShutdownTimeout(SHUTDOWN_GRACE)),
         }
     }
 }
 
-/// The upstream servers: from the config, else from resolv.conf without our own addresses.
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The upstream servers: from the config, else from resolv.conf.
 fn choose_upstreams(config: &Config, listen: &[SocketAddr]) -> Vec<SocketAddr> {
-    let (candidates, source) = if config.upstream.servers.is_empty() {
-        let path = &config.upstream.resolv_conf;
-        match read_resolv_conf(path) {
-            Ok(servers) => (servers, path.display().to_string()),
-            Err(error) => {
-                warn!(path = %path.display(), %error, "cannot read upstream servers");
-                (Vec::new(), path.display().to_string())
-            }
-        }
-    } else {
-        let servers = config.upstream.servers.iter().map(|s| s.0).collect();
-        (servers, "the configuration".to_owned())
-    };
+    if config.upstream.servers.is_empty() {
+        return upstreams_from_resolv_conf(&config.upstream.resolv_conf, listen);
+    }
+    let servers = config.upstream.servers.iter().map(|s| s.0).collect();
+    usable_upstreams(servers, listen, "the configuration")
+}
+
+fn upstreams_from_resolv_conf(path: &Path, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    let servers = read_resolv_conf(path).unwrap_or_else(|error| {
+        warn!(path = %path.display(), %error, "cannot read upstream servers");
+        Vec::new()
+    });
+    usable_upstreams(servers, listen, &path.display().to_string())
+}
+
+/// Drops our own addresses from `candidates` and logs the outcome.
+fn usable_upstreams(
+    candidates: Vec<SocketAddr>,
+    listen: &[SocketAddr],
+    source: &str,
+) -> Vec<SocketAddr> {
     let (own, upstreams): (Vec<SocketAddr>, Vec<SocketAddr>) = candidates
         .into_iter()
         .partition(|addr| is_own_address(*addr, listen));

@@ -1,6 +1,6 @@
 //! The `p2pdns` binary: parses the command line, sets up logging and hands over to the library.
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use p2pdns::{
@@ -8,6 +8,7 @@ use p2pdns::{
     cli::{Cli, Command, ConfigCommand, RunArgs},
     config::DEFAULT_CONFIG,
 };
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -56,7 +57,8 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
     runtime.block_on(async {
         info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %data_dir.display(), "p2pdns starting");
         let shutdown = CancellationToken::new();
-        if let Err(error) = p2pdns::signal::spawn_handler(shutdown.clone()) {
+        let reload = Arc::new(Notify::new());
+        if let Err(error) = p2pdns::signal::spawn_handler(shutdown.clone(), reload.clone()) {
             return fail(&error, 1);
         }
         let daemon = match Daemon::bind(config, data_dir).await {
@@ -64,7 +66,7 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
             Err(error) if error.is_config() => return fail(&error, EXIT_CONFIG),
             Err(error) => return fail(&error, 1),
         };
-        match daemon.run(shutdown).await {
+        match daemon.run(shutdown, reload).await {
             Ok(()) => {
                 info!("stopped");
                 ExitCode::SUCCESS

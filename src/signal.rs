@@ -1,21 +1,23 @@
 //! Shutdown on SIGINT or SIGTERM (systemd stops services with SIGTERM); a second signal ends
-//! the process at once for an impatient operator.
+//! the process at once for an impatient operator. SIGHUP asks for a reload.
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Exit code after a second signal: 128 + SIGINT, as shells report an interrupted program.
 const FORCED_EXIT: i32 = 130;
 
-/// Spawns a task that cancels `token` on the first SIGINT or SIGTERM and exits on the second.
-pub fn spawn_handler(token: CancellationToken) -> std::io::Result<()> {
+/// Spawns a task that cancels `token` on the first SIGINT or SIGTERM and exits on the second,
+/// and notifies `reload` on SIGHUP.
+pub fn spawn_handler(token: CancellationToken, reload: Arc<Notify>) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        // SIGHUP's default action would kill the daemon; reloading arrives with the service
-        // integration, until then it is acknowledged and ignored.
         let mut hup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             let mut received = 0;
@@ -24,7 +26,8 @@ pub fn spawn_handler(token: CancellationToken) -> std::io::Result<()> {
                     _ = term.recv() => "SIGTERM",
                     _ = int.recv() => "SIGINT",
                     _ = hup.recv() => {
-                        warn!("SIGHUP received: reloading is not supported yet; restart to apply changes");
+                        info!("SIGHUP: reloading");
+                        reload.notify_one();
                         continue;
                     }
                 };
@@ -41,6 +44,7 @@ pub fn spawn_handler(token: CancellationToken) -> std::io::Result<()> {
     }
     #[cfg(not(unix))]
     {
+        drop(reload);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 info!("stopping");

@@ -456,3 +456,56 @@ async fn pipelined_tcp_queries_are_not_held_up_by_a_slow_one() {
         "the quick answer overtakes the one waiting on a silent upstream"
     );
 }
+
+#[tokio::test]
+async fn upstreams_follow_resolv_conf_changes() {
+    let dir = std::env::temp_dir().join(format!("p2pdns-resolv-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("resolv.conf");
+    // Documentation addresses: nothing is sent to them, the test only reads the list.
+    std::fs::write(&path, "nameserver 192.0.2.1\n").unwrap();
+    let mut cfg = config(&[]);
+    cfg.upstream.resolv_conf = path.clone();
+    let daemon = TestDaemon::start(cfg).await;
+    let first: SocketAddr = "192.0.2.1:53".parse().unwrap();
+    assert_eq!(daemon.forwarder.upstreams(), vec![first]);
+
+    std::fs::write(
+        &path,
+        "# new network\nnameserver 192.0.2.2\nnameserver 192.0.2.1\n",
+    )
+    .unwrap();
+    let second: SocketAddr = "192.0.2.2:53".parse().unwrap();
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while daemon.forwarder.upstreams() != vec![second, first] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "resolv.conf change not picked up: {:?}",
+            daemon.forwarder.upstreams()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn reload_empties_the_cache() {
+    let upstream = Upstream::start("").await;
+    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    ask(daemon.addr, "www.example.test.", RecordType::A).await;
+    ask(daemon.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!(upstream.queries(), 1, "second answer from the cache");
+    daemon.reload.notify_one();
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while daemon.forwarder.cache().usage().0 != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "cache not emptied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ask(daemon.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!(
+        upstream.queries(),
+        2,
+        "after a reload the upstream is asked again"
+    );
+}

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -27,6 +27,9 @@ use super::{
     upstream::Upstream,
 };
 use crate::config::{CacheConfig, UpstreamConfig};
+
+/// A snapshot of the upstream list.
+type Upstreams = Arc<[Arc<Upstream>]>;
 
 /// EDNS option code (Local/Experimental range, RFC 6891 section 9) carrying our loop tag.
 pub const LOOP_OPTION: u16 = 65_001;
@@ -83,7 +86,8 @@ impl Outcome {
 
 /// The forwarder, shared by every query.
 pub struct Forwarder {
-    upstreams: Vec<Upstream>,
+    /// Replaced as a whole when resolv.conf changes; a query works on one snapshot.
+    upstreams: RwLock<Upstreams>,
     cache: Cache,
     inflight: Mutex<HashMap<CacheKey, Vec<oneshot::Sender<Outcome>>>>,
     permits: Semaphore,
@@ -102,7 +106,12 @@ impl Forwarder {
         max_inflight: usize,
     ) -> Self {
         Self {
-            upstreams: upstreams.into_iter().map(Upstream::new).collect(),
+            upstreams: RwLock::new(
+                upstreams
+                    .into_iter()
+                    .map(|a| Arc::new(Upstream::new(a)))
+                    .collect(),
+            ),
             cache: Cache::new(&cache_config),
             inflight: Mutex::new(HashMap::new()),
             permits: Semaphore::new(max_inflight),
@@ -113,8 +122,31 @@ impl Forwarder {
         }
     }
 
-    pub fn upstreams(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.upstreams.iter().map(|u| u.addr)
+    /// The upstream servers in use.
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        self.snapshot().iter().map(|u| u.addr).collect()
+    }
+
+    fn snapshot(&self) -> Upstreams {
+        self.upstreams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the upstream list, keeping what was learned about servers that stay.
+    pub fn set_upstreams(&self, addrs: &[SocketAddr]) {
+        let old = self.snapshot();
+        let new: Upstreams = addrs
+            .iter()
+            .map(|&addr| {
+                old.iter()
+                    .find(|u| u.addr == addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Upstream::new(addr)))
+            })
+            .collect();
+        *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) = new;
     }
 
     pub fn cache(&self) -> &Cache {
@@ -135,7 +167,7 @@ impl Forwarder {
         if data.len() != 9 || data[..8] != self.loop_tag {
             return false;
         }
-        if let Some(upstream) = self.upstreams.get(usize::from(data[8]))
+        if let Some(upstream) = self.snapshot().get(usize::from(data[8]))
             && upstream.mark_looping()
         {
             warn!(
@@ -239,17 +271,18 @@ impl Forwarder {
 
     /// Upstreams to try, best first: usable ones by smoothed RTT (unmeasured ones first, so each
     /// gets measured).
-    fn order(&self) -> Vec<usize> {
+    fn order(&self, upstreams: &[Arc<Upstream>]) -> Vec<usize> {
         let now = self.now_ms();
-        let mut order: Vec<usize> = (0..self.upstreams.len())
-            .filter(|&i| self.upstreams[i].usable(now))
+        let mut order: Vec<usize> = (0..upstreams.len())
+            .filter(|&i| upstreams[i].usable(now))
             .collect();
-        order.sort_by_key(|&i| self.upstreams[i].srtt_us());
+        order.sort_by_key(|&i| upstreams[i].srtt_us());
         order
     }
 
     async fn ask_upstreams(&self, key: &CacheKey) -> Result<(Message, usize), ForwardError> {
-        let order = self.order();
+        let upstreams = self.snapshot();
+        let order = self.order(&upstreams);
         if order.is_empty() {
             return Err(ForwardError::NoUpstreams);
         }
@@ -257,13 +290,16 @@ impl Forwarder {
         let mut last_error = ForwardError::Timeout;
         for _ in 0..self.upstream_config.attempts {
             for &index in &order {
-                let upstream = &self.upstreams[index];
+                let upstream = &upstreams[index];
                 if !upstream.usable(self.now_ms()) {
                     continue;
                 }
                 let wait = upstream.try_wait(max_wait);
                 let started = Instant::now();
-                match self.exchange(index, key, wait, max_wait).await {
+                match self
+                    .exchange(upstream.addr, index, key, wait, max_wait)
+                    .await
+                {
                     Ok((msg, wire_len)) => {
                         upstream.record_answer(started.elapsed());
                         match msg.metadata.response_code {
@@ -305,12 +341,12 @@ impl Forwarder {
     /// One question to one upstream: UDP, then TCP if the answer was truncated.
     async fn exchange(
         &self,
+        addr: SocketAddr,
         index: usize,
         key: &CacheKey,
         udp_wait: Duration,
         tcp_wait: Duration,
     ) -> Result<(Message, usize), ExchangeError> {
-        let addr = self.upstreams[index].addr;
         let id: u16 = rand::random();
         let query = self.build_query(id, index, key);
         let (msg, len) = timeout(udp_wait, udp_exchange(addr, &query, id, key))

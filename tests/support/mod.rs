@@ -155,6 +155,9 @@ pub fn config(upstreams: &[SocketAddr]) -> Config {
 pub struct TestDaemon {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
+    /// What SIGHUP does in the binary.
+    pub reload: Arc<tokio::sync::Notify>,
+    pub forwarder: Arc<p2pdns::dns::forwarder::Forwarder>,
     pub task: JoinHandle<Result<(), DaemonError>>,
 }
 
@@ -163,11 +166,15 @@ impl TestDaemon {
         let dir = std::env::temp_dir().join(format!("p2pdns-test-{}", rand::random::<u64>()));
         let daemon = Daemon::bind(config, dir).await.expect("daemon binds");
         let addr = daemon.dns_addrs()[0];
+        let forwarder = daemon.forwarder().clone();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(daemon.run(shutdown.clone()));
+        let reload = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(daemon.run(shutdown.clone(), reload.clone()));
         Self {
             addr,
             shutdown,
+            reload,
+            forwarder,
             task,
         }
     }
