@@ -509,3 +509,28 @@ async fn reload_empties_the_cache() {
         "after a reload the upstream is asked again"
     );
 }
+
+#[tokio::test]
+async fn popular_entries_are_refreshed_before_they_expire() {
+    let upstream = Upstream::start("").await;
+    let mut cfg = config(&[upstream.addr]);
+    cfg.cache.max_ttl_secs = 10;
+    let daemon = TestDaemon::start(cfg).await;
+    let first = ask(daemon.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!(first.answers[0].ttl, 10);
+    assert_eq!(upstream.queries(), 1);
+    // In the last tenth of the TTL a hit is answered from the cache and refreshed behind it.
+    tokio::time::sleep(Duration::from_millis(9_100)).await;
+    let late = ask(daemon.addr, "www.example.test.", RecordType::A).await;
+    assert!(late.answers[0].ttl <= 1, "answered from the old entry: {}", late.answers[0].ttl);
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let refreshed = ask(daemon.addr, "www.example.test.", RecordType::A).await;
+        if refreshed.answers[0].ttl >= 9 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no prefetch");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.queries(), 2, "one refresh, however many hits");
+}

@@ -109,6 +109,8 @@ impl CachedAnswer {
 pub struct Hit {
     pub answer: Arc<CachedAnswer>,
     pub age: u32,
+    /// How long the entry is fresh in all, in seconds.
+    pub ttl: u32,
 }
 
 /// Result of a cache look-up.
@@ -175,6 +177,7 @@ impl Cache {
         let hit = Hit {
             answer: entry.answer.clone(),
             age: u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX),
+            ttl: entry.ttl,
         };
         let ttl = Duration::from_secs(entry.ttl.into());
         if elapsed < ttl {

@@ -33,6 +33,8 @@ type Upstreams = Arc<[Arc<Upstream>]>;
 
 /// EDNS option code (Local/Experimental range, RFC 6891 section 9) carrying our loop tag.
 pub const LOOP_OPTION: u16 = 65_001;
+/// Entries with shorter TTLs are not prefetched: they expire too fast to matter.
+const PREFETCH_MIN_TTL: u32 = 10;
 /// Clients waiting on one upstream question at most; later ones get SERVFAIL.
 const MAX_WAITERS_PER_QUESTION: usize = 1024;
 
@@ -181,7 +183,12 @@ impl Forwarder {
     /// Answers `key` from the cache or the upstreams.
     pub async fn resolve(self: &Arc<Self>, key: CacheKey) -> Outcome {
         let stale = match self.cache.get(&key, Instant::now()) {
-            Lookup::Fresh(hit) => return Outcome::fresh(hit),
+            Lookup::Fresh(hit) => {
+                if needs_prefetch(&hit) {
+                    self.prefetch(key);
+                }
+                return Outcome::fresh(hit);
+            }
             Lookup::Stale(hit) => Some(hit),
             Lookup::Miss => None,
         };
@@ -199,6 +206,19 @@ impl Forwarder {
             },
             None => rx.await.unwrap_or(Outcome::Failed(ForwardError::Timeout)),
         }
+    }
+
+    /// Refreshes a popular entry shortly before it expires, so its clients never wait on the
+    /// upstream (as unbound's `prefetch`). Nobody waits on the result; it lands in the cache.
+    fn prefetch(self: &Arc<Self>, key: CacheKey) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight.contains_key(&key) || self.permits.available_permits() == 0 {
+            return;
+        }
+        inflight.insert(key.clone(), Vec::new());
+        drop(inflight);
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.fetch(key).await });
     }
 
     /// Registers interest in `key`'s answer, starting an upstream query unless one is running.
@@ -360,6 +380,11 @@ impl Forwarder {
             .await
             .map_err(|_| ExchangeError::Timeout)?
     }
+}
+
+/// Is a cache hit in the last tenth of its TTL (and the TTL long enough to be worth it)?
+fn needs_prefetch(hit: &Hit) -> bool {
+    hit.ttl >= PREFETCH_MIN_TTL && hit.age >= hit.ttl - hit.ttl / 10
 }
 
 /// Failure of one exchange with one upstream.
