@@ -23,8 +23,10 @@ use crate::{
     naming::{Naming, NamingError},
 };
 
-/// How long a shutdown may take before the daemon stops waiting.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest wait at shutdown for queries in flight to be answered.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// How long a shutdown may take in all before the daemon stops waiting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 /// How often resolv.conf is checked for changes when the upstreams come from it (DHCP and VPN
 /// clients rewrite it when the network changes).
 const RESOLV_CONF_POLL: Duration = Duration::from_secs(2);
@@ -57,6 +59,8 @@ pub struct Daemon {
     data_dir: PathBuf,
     /// resolv.conf, when the upstreams are read from it, and its modification time when read.
     resolv_conf: Option<(PathBuf, Option<SystemTime>)>,
+    /// How long shutdown waits for queries in flight.
+    drain: Duration,
 }
 
 impl Daemon {
@@ -76,18 +80,13 @@ impl Daemon {
             config.cache.clone(),
             config.dns.max_inflight,
         ));
-        let handler = Handler::new(
-            forwarder.clone(),
-            naming.clone(),
-            config.dns.udp_payload,
-            config.dns.chaos,
-        );
+        let handler = Handler::new(forwarder.clone(), naming.clone(), &config.dns);
         let dns = DnsServer::serve(
             sockets,
             handler,
-            &config.dns.allow,
             Duration::from_secs(config.dns.tcp_idle_timeout_secs),
         );
+        let drain = Duration::from_millis(config.upstream.query_timeout_ms).min(SHUTDOWN_DRAIN);
         if naming.local_names() > 0 {
             info!(names = naming.local_names(), "local names loaded");
         }
@@ -96,6 +95,7 @@ impl Daemon {
             forwarder,
             data_dir,
             resolv_conf,
+            drain,
         })
     }
 
@@ -124,6 +124,7 @@ impl Daemon {
             mut dns,
             forwarder,
             resolv_conf,
+            drain,
             ..
         } = self;
         let listen = dns.addrs().to_vec();
@@ -159,7 +160,7 @@ impl Daemon {
             }
         }
         info!("shutting down");
-        match tokio::time::timeout(SHUTDOWN_GRACE, dns.shutdown()).await {
+        match tokio::time::timeout(SHUTDOWN_GRACE, dns.shutdown(drain)).await {
             Ok(result) => result.map_err(DaemonError::from),
             Err(_) => Err(DaemonError::ShutdownTimeout(SHUTDOWN_GRACE)),
         }

@@ -252,7 +252,7 @@ async fn servfail_with_ede_when_no_upstream_answers() {
 }
 
 #[tokio::test]
-async fn forwarding_to_itself_is_detected_and_stopped() {
+async fn its_own_listen_address_is_never_an_upstream() {
     // Bind first to learn the port, then make that port the daemon's only upstream.
     let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = probe.local_addr().unwrap().port();
@@ -263,7 +263,7 @@ async fn forwarding_to_itself_is_detected_and_stopped() {
     let daemon = TestDaemon::start(cfg).await;
     let first = ask(daemon.addr, "www.example.test.", RecordType::A).await;
     assert_eq!(first.metadata.response_code, ResponseCode::ServFail);
-    // The loop was recognized: the upstream is no longer used at all.
+    assert!(daemon.forwarder.upstreams().is_empty());
     let second = ask(daemon.addr, "other.example.test.", RecordType::A).await;
     assert_eq!(second.metadata.response_code, ResponseCode::ServFail);
     assert!(
@@ -522,7 +522,11 @@ async fn popular_entries_are_refreshed_before_they_expire() {
     // In the last tenth of the TTL a hit is answered from the cache and refreshed behind it.
     tokio::time::sleep(Duration::from_millis(9_100)).await;
     let late = ask(daemon.addr, "www.example.test.", RecordType::A).await;
-    assert!(late.answers[0].ttl <= 1, "answered from the old entry: {}", late.answers[0].ttl);
+    assert!(
+        late.answers[0].ttl <= 1,
+        "answered from the old entry: {}",
+        late.answers[0].ttl
+    );
     let deadline = tokio::time::Instant::now() + support::WAIT;
     loop {
         let refreshed = ask(daemon.addr, "www.example.test.", RecordType::A).await;
@@ -533,4 +537,25 @@ async fn popular_entries_are_refreshed_before_they_expire() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(upstream.queries(), 2, "one refresh, however many hits");
+}
+
+#[tokio::test]
+async fn shutdown_answers_the_queries_in_flight() {
+    let upstream = Upstream::start("").await;
+    upstream.set_silent(true);
+    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    let addr = daemon.addr;
+    let pending = tokio::spawn(async move { ask(addr, "www.example.test.", RecordType::A).await });
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while upstream.queries() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    daemon.stop().await.expect("clean shutdown");
+    // The client got its (failed) answer before the sockets closed, instead of a timeout.
+    let answer = pending.await.expect("the client got a reply");
+    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
 }

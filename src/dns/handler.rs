@@ -1,7 +1,13 @@
 //! The request handler: protocol checks every query passes (RFC 6891, 8482, 8906), routing to
 //! the naming subsystem or the forwarder, and building the reply (EDNS, EDE, truncation).
 
-use std::sync::Arc;
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use hickory_proto::{
     op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode},
@@ -16,13 +22,14 @@ use hickory_server::{
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
     zone_handler::MessageResponseBuilder,
 };
+use ipnet::IpNet;
 use tracing::debug;
 
 use super::{
     cache::CacheKey,
     forwarder::{ForwardError, Forwarder, Outcome},
 };
-use crate::naming::Naming;
+use crate::{config::DnsConfig, naming::Naming};
 
 /// EDNS option code of Extended DNS Errors (RFC 8914).
 const EDE_OPTION: u16 = 15;
@@ -79,8 +86,12 @@ pub struct Handler(Arc<Responder>);
 struct Responder {
     forwarder: Arc<Forwarder>,
     naming: Arc<Naming>,
+    /// Client networks answered; others get REFUSED.
+    allow: Vec<IpNet>,
     udp_payload: u16,
     chaos: Option<Chaos>,
+    /// Queries being answered right now, so shutdown can let them finish.
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// Answers for CHAOS-class TXT queries.
@@ -90,21 +101,23 @@ struct Chaos {
 }
 
 impl Handler {
-    pub fn new(
-        forwarder: Arc<Forwarder>,
-        naming: Arc<Naming>,
-        udp_payload: u16,
-        chaos: bool,
-    ) -> Self {
+    pub fn new(forwarder: Arc<Forwarder>, naming: Arc<Naming>, config: &DnsConfig) -> Self {
         Self(Arc::new(Responder {
             forwarder,
             naming,
-            udp_payload,
-            chaos: chaos.then(|| Chaos {
+            allow: config.allow.clone(),
+            udp_payload: config.udp_payload,
+            chaos: config.chaos.then(|| Chaos {
                 version: format!("p2pdns {}", env!("CARGO_PKG_VERSION")),
                 identity: hostname(),
             }),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }))
+    }
+
+    /// Counts the queries being answered.
+    pub fn in_flight(&self) -> Arc<AtomicUsize> {
+        self.0.in_flight.clone()
     }
 }
 
@@ -139,7 +152,17 @@ impl RequestHandler for Handler {
 }
 
 impl Responder {
+    fn allowed(&self, client: IpAddr) -> bool {
+        let client = client.to_canonical();
+        self.allow.iter().any(|net| net.contains(&client))
+    }
+
     async fn reply(&self, request: &Request) -> Reply {
+        // Checked here rather than by hickory's ACL so that refusals get EDNS like any reply.
+        if !self.allowed(request.src().ip()) {
+            return Reply::rcode(ResponseCode::Refused)
+                .with_ede(Ede::Prohibited, "client not in dns.allow");
+        }
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             // RFC 6891 section 6.1.3: BADVERS, answered with our highest version, 0.
             return Reply::rcode(ResponseCode::BADVERS);
@@ -277,6 +300,7 @@ impl Responder {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        let _counted = InFlight::enter(&self.in_flight);
         let reply = self.reply(request).await;
 
         let mut metadata = Metadata::response_from_request(&request.metadata);
@@ -343,6 +367,22 @@ impl Responder {
                 })
             }
         }
+    }
+}
+
+/// Holds one count in the in-flight counter while a query is answered.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,12 +1,22 @@
 //! Binding the DNS sockets and running hickory's server on them.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use hickory_server::Server;
-use ipnet::IpNet;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, UdpSocket};
-use tracing::info;
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    time::Instant,
+};
+use tracing::{info, warn};
 
 use super::handler::Handler;
 
@@ -150,17 +160,14 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 pub struct DnsServer {
     server: Server<Handler>,
     addrs: Vec<SocketAddr>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl DnsServer {
-    /// Starts serving `sockets` with `handler`; clients outside `allow` get REFUSED.
-    pub fn serve(
-        sockets: BoundSockets,
-        handler: Handler,
-        allow: &[IpNet],
-        tcp_idle_timeout: Duration,
-    ) -> Self {
-        let mut server = Server::with_access(handler, [], allow.iter().copied());
+    /// Starts serving `sockets` with `handler`.
+    pub fn serve(sockets: BoundSockets, handler: Handler, tcp_idle_timeout: Duration) -> Self {
+        let in_flight = handler.in_flight();
+        let mut server = Server::new(handler);
         for socket in sockets.udp {
             server.register_socket(socket);
         }
@@ -173,6 +180,7 @@ impl DnsServer {
         Self {
             server,
             addrs: sockets.addrs,
+            in_flight,
         }
     }
 
@@ -188,8 +196,21 @@ impl DnsServer {
             .map_err(|e| DnsError::Stopped(e.to_string()))
     }
 
-    /// Stops accepting queries and waits for the listeners to close.
-    pub async fn shutdown(&mut self) -> Result<(), DnsError> {
+    /// Lets the queries being answered finish (new ones are still answered meanwhile) for at
+    /// most `drain`, then closes the listeners.
+    pub async fn shutdown(&mut self, drain: Duration) -> Result<(), DnsError> {
+        let deadline = Instant::now() + drain;
+        while self.in_flight.load(Ordering::Relaxed) > 0 {
+            if Instant::now() >= deadline {
+                let left = self.in_flight.load(Ordering::Relaxed);
+                warn!(
+                    queries = left,
+                    "shutting down with queries still unanswered"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.server
             .shutdown_gracefully()
             .await

@@ -137,12 +137,12 @@ fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 
 /// Would a query sent to `upstream` arrive at one of our own `listen` sockets?
 pub fn is_own_address(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
+    // ::ffff:127.0.0.1 reaches 127.0.0.1.
+    let ip = upstream.ip().to_canonical();
     listen.iter().any(|own| {
         own.port() == upstream.port()
-            && (own.ip() == upstream.ip()
-                || (own.ip().is_unspecified()
-                    && own.is_ipv4() == upstream.is_ipv4()
-                    && upstream.ip().is_loopback()))
+            && (own.ip() == ip
+                || (own.ip().is_unspecified() && own.is_ipv4() == ip.is_ipv4() && ip.is_loopback()))
     })
 }
 
@@ -169,6 +169,10 @@ mod tests {
         assert!(is_own_address("127.0.0.1:53".parse().unwrap(), &listen));
         assert!(!is_own_address("127.0.0.53:53".parse().unwrap(), &listen));
         assert!(!is_own_address("127.0.0.1:5353".parse().unwrap(), &listen));
+        assert!(is_own_address(
+            "[::ffff:127.0.0.1]:53".parse().unwrap(),
+            &listen
+        ));
         let wildcard: Vec<SocketAddr> = vec!["0.0.0.0:53".parse().unwrap()];
         assert!(is_own_address("127.0.0.1:53".parse().unwrap(), &wildcard));
         assert!(!is_own_address("[::1]:53".parse().unwrap(), &wildcard));

@@ -1,0 +1,1803 @@
+//! Black-box system tests of the real `p2pdns` binary.
+//!
+//! Each test starts its own authoritative server (`nsd`, serving `example.test.` on a loopback
+//! port) and its own daemon forwarding to it, then asks with the real clients `dig` and `kdig`,
+//! or with raw packets from std sockets for what no client sends. Everything listens on
+//! 127.0.0.1 on ports picked free at run time, so the tests run in parallel. Every wait has a
+//! deadline, and every child process is killed and its temporary directory removed when the
+//! test ends, also when it panics.
+//!
+//! The tools are required, never optional: a missing one fails the test and names the Debian
+//! package to install (`bind9-dnsutils`, `knot-dnsutils`, `nsd`).
+
+use std::{
+    collections::BTreeSet,
+    env, fs,
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Longest wait for nsd or the daemon to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for a process told to stop (or expected to fail) to exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest run of one client command; dig and kdig also carry their own shorter timeouts.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a reply to a raw query.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a packet that must stay unanswered is watched after a later query was answered.
+const QUIET_WINDOW: Duration = Duration::from_millis(300);
+/// Between two looks at something being polled.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The A records host1..host10 of the test zone, distinct names for the failover test.
+const HOSTS: u8 = 10;
+/// TXT records of 80 bytes each at big.example.test: about 2.8 kB, over any UDP limit.
+const BIG_TXT: usize = 30;
+/// TXT records of 80 bytes each at mid.example.test: about 800 bytes, between 512 and 1232.
+const MID_TXT: usize = 8;
+
+/// Local `.p2p` names every daemon here serves.
+const LOCAL_RECORDS: &str = r#"
+[naming.records]
+"site.p2p" = ["A 192.0.2.10", "AAAA 2001:db8::10", "TXT \"hello world\""]
+"www.site.p2p" = ["CNAME site.p2p."]
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// Tools, temporary directories, ports and processes
+// ---------------------------------------------------------------------------------------------
+
+/// The path of an external program the tests need; fails the test if it is not installed.
+fn tool(name: &str, package: &str) -> PathBuf {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not installed but the p2pdns system tests need it: install the Debian \
+                 package {package} (apt-get install {package})"
+            )
+        })
+}
+
+fn dig_bin() -> PathBuf {
+    tool("dig", "bind9-dnsutils")
+}
+
+fn kdig_bin() -> PathBuf {
+    tool("kdig", "knot-dnsutils")
+}
+
+fn nsd_bin() -> PathBuf {
+    tool("nsd", "nsd")
+}
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> Self {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = env::temp_dir().join(format!(
+            "p2pdns-system-{label}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 right now: the kernel picks it for a UDP
+/// socket, the same port must also be bindable for TCP, and both are closed again for the
+/// server under test to take.
+fn free_port() -> u16 {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a UDP socket on port 0");
+        let port = udp
+            .local_addr()
+            .expect("local address of a bound socket")
+            .port();
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("found no port free for both UDP and TCP on 127.0.0.1 in 100 tries");
+}
+
+fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Is nothing bound to `port` on 127.0.0.1 any more, UDP or TCP?
+fn port_is_free(port: u16) -> bool {
+    UdpSocket::bind(localhost(port)).is_ok() && TcpListener::bind(localhost(port)).is_ok()
+}
+
+/// Polls `done` until it holds; panics with `what` when `timeout` passes first.
+fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(POLL);
+    }
+}
+
+/// Sends `signal` (a name such as TERM) to a process through the shell's `kill` built-in, as
+/// std can only send SIGKILL.
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} {pid}"))
+        .status()
+        .expect("run sh to send a signal");
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+}
+
+/// Runs a command to completion with a deadline; kills it and fails the test if it hangs.
+fn run_bounded(mut command: Command, timeout: Duration) -> Output {
+    let description = format!("{command:?}");
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {description}: {e}")),
+        Err(_) => {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -KILL {pid}"))
+                .status();
+            panic!("{description} did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// A long-running child process with stdout and stderr in files; killed when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    stderr_path: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut command: Command, dir: &TempDir) -> Self {
+        let open = |suffix: &str| {
+            let path = dir.path().join(format!("{name}.{suffix}"));
+            let file = fs::File::create(&path)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+            (path, file)
+        };
+        let (_, stdout) = open("stdout");
+        let (stderr_path, stderr) = open("stderr");
+        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
+        Self {
+            name,
+            child,
+            stderr_path,
+            exited: None,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stderr so far, without terminal colour codes.
+    fn stderr(&self) -> String {
+        strip_ansi(&fs::read_to_string(&self.stderr_path).unwrap_or_default())
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name));
+        }
+        self.exited
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI sequences end with a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// nsd: the upstream
+// ---------------------------------------------------------------------------------------------
+
+fn zone_text() -> String {
+    let mut zone = String::from(
+        "$ORIGIN example.test.\n\
+         $TTL 300\n\
+         @    IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60\n\
+         @    IN NS  ns1.example.test.\n\
+         ns1  IN A   192.0.2.53\n\
+         www  IN A   192.0.2.1\n",
+    );
+    for i in 1..=HOSTS {
+        zone.push_str(&format!("host{i} IN A 192.0.2.{}\n", 100 + u32::from(i)));
+    }
+    for (name, count) in [("big", BIG_TXT), ("mid", MID_TXT)] {
+        for i in 0..count {
+            zone.push_str(&format!("{name} IN TXT \"{i:02}{}\"\n", "x".repeat(78)));
+        }
+    }
+    zone
+}
+
+/// An nsd serving example.test. on 127.0.0.1; stopped on drop.
+struct Nsd {
+    proc: Proc,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Nsd {
+    fn start() -> Self {
+        let nsd = nsd_bin();
+        let dir = TempDir::new("nsd");
+        let port = free_port();
+        dir.write("example.test.zone", &zone_text());
+        let d = dir.path().display();
+        let conf = dir.write(
+            "nsd.conf",
+            &format!(
+                "server:\n  ip-address: 127.0.0.1@{port}\n  port: {port}\n  username: \"\"\n  \
+                 zonesdir: \"{d}\"\n  database: \"\"\n  pidfile: \"{d}/nsd.pid\"\n  \
+                 xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  \
+                 logfile: \"{d}/nsd.log\"\n  server-count: 1\n  verbosity: 1\n\
+                 remote-control:\n  control-enable: no\n\
+                 zone:\n  name: example.test\n  zonefile: example.test.zone\n"
+            ),
+        );
+        let mut command = Command::new(nsd);
+        command.arg("-c").arg(&conf).arg("-d");
+        let mut nsd = Self {
+            proc: Proc::spawn("nsd", command, &dir),
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = nsd.proc.try_exit() {
+                panic!(
+                    "nsd exited ({status}) before serving; stderr:\n{}\nlog:\n{}",
+                    nsd.proc.stderr(),
+                    nsd.log()
+                );
+            }
+            let out = dig_raw(
+                port,
+                &["+time=1", "+tries=1", "+short", "example.test", "SOA"],
+            );
+            if out.contains("hostmaster.example.test.") {
+                return nsd;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nsd did not answer within {START_TIMEOUT:?}; log:\n{}",
+                nsd.log()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        localhost(self.port)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("nsd.log")).unwrap_or_default()
+    }
+
+    /// Stops nsd and waits until its port is released, so nothing answers there any more.
+    fn stop(&mut self) {
+        if self.proc.try_exit().is_none() {
+            send_signal(self.proc.pid(), "TERM");
+            self.proc.wait_exit(EXIT_TIMEOUT);
+        }
+        let port = self.port;
+        wait_until(EXIT_TIMEOUT, "nsd's port to be released", || {
+            port_is_free(port)
+        });
+    }
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        if self.proc.try_exit().is_none() {
+            // Polite first, so nsd takes its worker processes down with it; then firm.
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -TERM {}", self.proc.pid()))
+                .status();
+            let deadline = Instant::now() + EXIT_TIMEOUT;
+            while self.proc.try_exit().is_none() && Instant::now() < deadline {
+                thread::sleep(POLL);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+// ---------------------------------------------------------------------------------------------
+
+/// A `p2pdns run` process with its own HOME, data dir and config file; killed on drop.
+struct Daemon {
+    proc: Proc,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon on a free port forwarding to `upstreams`, with the local names and
+    /// `extra` appended to its config file, and waits until it logs `ready`.
+    fn start(upstreams: &[SocketAddr], extra: &str) -> Self {
+        let mut daemon = Self::spawn(free_port(), upstreams, extra, &[]);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts a daemon without waiting for it. `upstreams` empty means no `--upstream` flag;
+    /// the config's resolv_conf then names an empty file, never the host's resolvers.
+    fn spawn(port: u16, upstreams: &[SocketAddr], extra: &str, args: &[&str]) -> Self {
+        let dir = TempDir::new("daemon");
+        let config = dir.write("p2pdns.toml", &daemon_config(&dir, extra));
+        let mut command = p2pdns_command(&dir);
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--dns-listen")
+            .arg(localhost(port).to_string());
+        for upstream in upstreams {
+            command.arg("--upstream").arg(upstream.to_string());
+        }
+        command.args(args);
+        Self {
+            proc: Proc::spawn("p2pdns", command, &dir),
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let log = self.log();
+            if log.lines().any(|line| line.trim_end().ends_with(" ready")) {
+                return;
+            }
+            if let Some(status) = self.proc.try_exit() {
+                panic!("p2pdns exited ({status}) before it was ready; stderr:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "p2pdns did not log `ready` within {START_TIMEOUT:?}; stderr:\n{log}"
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        localhost(self.port)
+    }
+
+    fn log(&self) -> String {
+        self.proc.stderr()
+    }
+
+    fn dig(&self, args: &[&str]) -> DigReply {
+        dig(self.port, args)
+    }
+}
+
+/// A `p2pdns` command that cannot see the user's configuration or data.
+fn p2pdns_command(dir: &TempDir) -> Command {
+    let home = dir.path().join("home");
+    fs::create_dir_all(&home).expect("create the temporary HOME");
+    let mut command = Command::new(BIN);
+    command
+        .env("HOME", &home)
+        .env("NO_COLOR", "1")
+        .env_remove("P2PDNS_CONFIG")
+        .env_remove("P2PDNS_DATA_DIR")
+        .env_remove("RUST_LOG")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME");
+    command
+}
+
+fn daemon_config(dir: &TempDir, extra: &str) -> String {
+    let resolv_conf = dir.write("resolv.conf", "");
+    format!(
+        "[upstream]\nresolv_conf = {:?}\n{LOCAL_RECORDS}\n{extra}\n",
+        resolv_conf.display().to_string()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// dig and kdig
+// ---------------------------------------------------------------------------------------------
+
+/// Runs dig against 127.0.0.1:`port` and returns what it printed.
+fn dig_raw(port: u16, args: &[&str]) -> String {
+    let mut command = Command::new(dig_bin());
+    command
+        .arg("@127.0.0.1")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args);
+    let output = run_bounded(command, TOOL_TIMEOUT);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs dig with sections and comments shown, and parses the last response it printed.
+fn dig(port: u16, args: &[&str]) -> DigReply {
+    let mut all = vec![
+        "+time=4",
+        "+tries=1",
+        "+noall",
+        "+comments",
+        "+question",
+        "+answer",
+        "+authority",
+        "+additional",
+    ];
+    all.extend_from_slice(args);
+    let text = dig_raw(port, &all);
+    DigReply::parse(&text)
+        .unwrap_or_else(|| panic!("dig {} printed no response:\n{text}", all.join(" ")))
+}
+
+/// Runs kdig against 127.0.0.1:`port` and returns what it printed.
+fn kdig(port: u16, args: &[&str]) -> String {
+    let mut command = Command::new(kdig_bin());
+    command
+        .arg("@127.0.0.1")
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("+time=4")
+        .arg("+retry=0")
+        .args(args);
+    let output = run_bounded(command, TOOL_TIMEOUT);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// One resource record as dig prints it.
+#[derive(Debug, Clone)]
+struct Rr {
+    name: String,
+    ttl: u32,
+    class: String,
+    rtype: String,
+    rdata: String,
+}
+
+impl Rr {
+    fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split_whitespace();
+        let name = words.next()?.to_owned();
+        let ttl = words.next()?.parse().ok()?;
+        let class = words.next()?.to_owned();
+        let rtype = words.next()?.to_owned();
+        let rdata = words.collect::<Vec<_>>().join(" ");
+        Some(Self {
+            name,
+            ttl,
+            class,
+            rtype,
+            rdata,
+        })
+    }
+}
+
+/// A response as printed by `dig +comments`: header, OPT pseudosection and record sections.
+#[derive(Debug, Default)]
+struct DigReply {
+    text: String,
+    opcode: String,
+    status: String,
+    flags: Vec<String>,
+    answer_count: usize,
+    /// Lines of the OPT pseudosection without the leading `; `; `None` without an OPT record.
+    opt: Option<Vec<String>>,
+    /// Question names as printed (letter case kept), with class and type.
+    question: Vec<String>,
+    answer: Vec<Rr>,
+    authority: Vec<Rr>,
+    additional: Vec<Rr>,
+}
+
+impl DigReply {
+    fn parse(text: &str) -> Option<Self> {
+        #[derive(PartialEq)]
+        enum Section {
+            None,
+            Opt,
+            Question,
+            Answer,
+            Authority,
+            Additional,
+        }
+        let start = text.rfind(";; ->>HEADER<<-")?;
+        let mut reply = Self {
+            text: text.to_owned(),
+            ..Self::default()
+        };
+        let mut section = Section::None;
+        for line in text[start..].lines() {
+            if let Some(rest) = line.strip_prefix(";; ->>HEADER<<- ") {
+                for part in rest.split(", ") {
+                    if let Some(v) = part.strip_prefix("opcode: ") {
+                        reply.opcode = v.to_owned();
+                    } else if let Some(v) = part.strip_prefix("status: ") {
+                        reply.status = v.to_owned();
+                    }
+                }
+            } else if let Some(rest) = line.strip_prefix(";; flags:") {
+                let (flags, counts) = rest.split_once(';')?;
+                reply.flags = flags.split_whitespace().map(str::to_owned).collect();
+                let answers = counts
+                    .split(", ")
+                    .find_map(|c| c.trim().strip_prefix("ANSWER: "))?;
+                reply.answer_count = answers.trim().parse().ok()?;
+            } else if line.starts_with(";; OPT PSEUDOSECTION:") {
+                section = Section::Opt;
+                reply.opt = Some(Vec::new());
+            } else if line.starts_with(";; QUESTION SECTION:") {
+                section = Section::Question;
+            } else if line.starts_with(";; ANSWER SECTION:") {
+                section = Section::Answer;
+            } else if line.starts_with(";; AUTHORITY SECTION:") {
+                section = Section::Authority;
+            } else if line.starts_with(";; ADDITIONAL SECTION:") {
+                section = Section::Additional;
+            } else if line.trim().is_empty() {
+                section = Section::None;
+            } else {
+                match section {
+                    Section::Opt => {
+                        if let (Some(opt), Some(l)) = (&mut reply.opt, line.strip_prefix("; ")) {
+                            opt.push(l.to_owned());
+                        }
+                    }
+                    Section::Question => {
+                        let q = line.trim_start_matches(';');
+                        reply
+                            .question
+                            .push(q.split_whitespace().collect::<Vec<_>>().join(" "));
+                    }
+                    Section::Answer => reply.answer.extend(Rr::parse(line)),
+                    Section::Authority => reply.authority.extend(Rr::parse(line)),
+                    Section::Additional => reply.additional.extend(Rr::parse(line)),
+                    Section::None => {}
+                }
+            }
+        }
+        Some(reply)
+    }
+
+    fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    fn opt_lines(&self) -> &[String] {
+        self.opt
+            .as_deref()
+            .unwrap_or_else(|| panic!("expected an OPT record in:\n{}", self.text))
+    }
+
+    /// The first OPT line: `EDNS: version: 0, flags: do; udp: 1232`.
+    fn edns_line(&self) -> &str {
+        self.opt_lines()
+            .iter()
+            .find(|l| l.starts_with("EDNS:"))
+            .unwrap_or_else(|| panic!("no EDNS line in the OPT record:\n{}", self.text))
+    }
+
+    fn edns_version(&self) -> u8 {
+        let line = self.edns_line();
+        line.split("version: ")
+            .nth(1)
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no EDNS version in {line:?}"))
+    }
+
+    fn edns_flags(&self) -> Vec<String> {
+        let line = self.edns_line();
+        line.split("flags:")
+            .nth(1)
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_else(|| panic!("no EDNS flags in {line:?}"))
+    }
+
+    fn answers_of_type(&self, rtype: &str) -> Vec<&Rr> {
+        self.answer.iter().filter(|r| r.rtype == rtype).collect()
+    }
+
+    /// The SOA record of the authority section, which must be there.
+    fn authority_soa(&self) -> &Rr {
+        self.authority
+            .iter()
+            .find(|r| r.rtype == "SOA")
+            .unwrap_or_else(|| panic!("no SOA in the authority section:\n{}", self.text))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw DNS messages
+// ---------------------------------------------------------------------------------------------
+
+const TYPE_A: u16 = 1;
+const FLAG_QR: u16 = 0x8000;
+const FLAG_RD: u16 = 0x0100;
+const RCODE_NOERROR: u8 = 0;
+const RCODE_FORMERR: u8 = 1;
+
+fn wire_header(id: u16, flags: u16, qdcount: u16, ancount: u16) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(64);
+    for field in [id, flags, qdcount, ancount, 0, 0] {
+        packet.extend_from_slice(&field.to_be_bytes());
+    }
+    packet
+}
+
+fn push_question(packet: &mut Vec<u8>, name: &str, qtype: u16) {
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        packet.push(u8::try_from(label.len()).expect("test labels are short"));
+        packet.extend_from_slice(label.as_bytes());
+    }
+    packet.push(0);
+    packet.extend_from_slice(&qtype.to_be_bytes());
+    packet.extend_from_slice(&1u16.to_be_bytes());
+}
+
+/// A plain recursive query for `name`.
+fn wire_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut packet = wire_header(id, FLAG_RD, 1, 0);
+    push_question(&mut packet, name, qtype);
+    packet
+}
+
+/// The header fields of a reply the tests look at.
+#[derive(Debug, Clone, Copy)]
+struct WireReply {
+    id: u16,
+    qr: bool,
+    rcode: u8,
+    ancount: u16,
+}
+
+impl WireReply {
+    fn parse(packet: &[u8]) -> Option<Self> {
+        let word = |i: usize| u16::from_be_bytes([packet[i], packet[i + 1]]);
+        (packet.len() >= 12).then(|| Self {
+            id: word(0),
+            qr: word(2) & FLAG_QR != 0,
+            rcode: packet[3] & 0x0f,
+            ancount: word(6),
+        })
+    }
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads one length-prefixed DNS message from a TCP stream.
+fn read_tcp_message(stream: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 2];
+    stream
+        .read_exact(&mut len)
+        .expect("read a TCP length prefix");
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut message).expect("read a TCP message");
+    message
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Forwarding
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn forwarded_answer_keeps_question_case_and_sets_rd_ra_but_not_aa() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    let reply = daemon.dig(&["WwW.Example.TEST", "A"]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    let a = reply.answers_of_type("A");
+    assert_eq!(a.len(), 1, "{}", reply.text);
+    assert_eq!(a[0].rdata, "192.0.2.1", "{}", reply.text);
+    assert_eq!(
+        reply.question,
+        ["WwW.Example.TEST. IN A"],
+        "question letter case lost:\n{}",
+        reply.text
+    );
+    assert!(
+        reply.has_flag("qr") && reply.has_flag("rd") && reply.has_flag("ra"),
+        "{}",
+        reply.text
+    );
+    assert!(
+        !reply.has_flag("aa"),
+        "a forwarded answer must not be authoritative:\n{}",
+        reply.text
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Cache
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cache_answers_positive_and_negative_after_upstream_stops_with_ttl_counting_down() {
+    let mut nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    let first = daemon.dig(&["www.example.test", "A"]);
+    assert_eq!(first.status, "NOERROR", "{}", first.text);
+    let first_ttl = first.answers_of_type("A")[0].ttl;
+    let negative = daemon.dig(&["missing.example.test", "A"]);
+    assert_eq!(negative.status, "NXDOMAIN", "{}", negative.text);
+    let soa = negative.authority_soa();
+    assert_eq!(soa.name, "example.test.", "{}", negative.text);
+    assert!(
+        soa.rdata
+            .starts_with("ns1.example.test. hostmaster.example.test."),
+        "{}",
+        negative.text
+    );
+
+    nsd.stop();
+    // Let at least one whole second pass since the answer was stored, so its TTL must drop.
+    thread::sleep(Duration::from_millis(1100));
+
+    let cached = daemon.dig(&["www.example.test", "A"]);
+    assert_eq!(
+        cached.status, "NOERROR",
+        "not answered from cache:\n{}",
+        cached.text
+    );
+    let a = cached.answers_of_type("A");
+    assert_eq!(a.len(), 1, "{}", cached.text);
+    assert_eq!(a[0].rdata, "192.0.2.1", "{}", cached.text);
+    assert!(
+        a[0].ttl < first_ttl && a[0].ttl > 0,
+        "cached TTL {} should count down from {first_ttl}",
+        a[0].ttl
+    );
+    assert!(!cached.has_flag("aa"), "{}", cached.text);
+
+    let negative = daemon.dig(&["missing.example.test", "A"]);
+    assert_eq!(
+        negative.status, "NXDOMAIN",
+        "negative answer not cached:\n{}",
+        negative.text
+    );
+    assert_eq!(
+        negative.authority_soa().name,
+        "example.test.",
+        "{}",
+        negative.text
+    );
+}
+
+#[test]
+fn serve_stale_answers_expired_entry_with_ttl_30_and_ede_stale_answer() {
+    let mut nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "[cache]\nmax_ttl_secs = 1\n");
+
+    let fresh = daemon.dig(&["www.example.test", "A"]);
+    assert_eq!(fresh.status, "NOERROR", "{}", fresh.text);
+    assert_eq!(
+        fresh.answers_of_type("A")[0].ttl,
+        1,
+        "max_ttl_secs not applied:\n{}",
+        fresh.text
+    );
+
+    nsd.stop();
+    // Past the 1 s TTL: the entry is expired and the upstream is gone.
+    thread::sleep(Duration::from_millis(1500));
+
+    let stale = daemon.dig(&["www.example.test", "A"]);
+    assert_eq!(stale.status, "NOERROR", "no stale answer:\n{}", stale.text);
+    let a = stale.answers_of_type("A");
+    assert_eq!(a.len(), 1, "{}", stale.text);
+    assert_eq!(a[0].rdata, "192.0.2.1", "{}", stale.text);
+    assert_eq!(
+        a[0].ttl, 30,
+        "stale answers carry stale_ttl_secs:\n{}",
+        stale.text
+    );
+    assert!(
+        stale
+            .opt_lines()
+            .iter()
+            .any(|l| l.starts_with("EDE: 3 (Stale Answer)")),
+        "missing EDE 3:\n{}",
+        stale.text
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. EDNS (RFC 6891, RFC 8906)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn edns_query_gets_opt_version_0_and_plain_query_gets_none() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    for name in ["www.example.test", "site.p2p"] {
+        let reply = daemon.dig(&[name, "A", "+edns=0"]);
+        assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+        assert_eq!(reply.edns_version(), 0, "{}", reply.text);
+        assert!(reply.edns_line().contains("udp: 1232"), "{}", reply.text);
+
+        let plain = daemon.dig(&[name, "A", "+noedns"]);
+        assert_eq!(plain.status, "NOERROR", "{}", plain.text);
+        assert!(
+            plain.opt.is_none(),
+            "OPT sent to a client without EDNS:\n{}",
+            plain.text
+        );
+        assert_eq!(plain.answer_count, 1, "{}", plain.text);
+    }
+}
+
+#[test]
+fn edns_version_1_gets_badvers_with_opt_version_0() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    for name in ["www.example.test", "site.p2p"] {
+        let reply = daemon.dig(&[name, "A", "+edns=1", "+noednsnegotiation"]);
+        assert_eq!(reply.status, "BADVERS", "{}", reply.text);
+        assert_eq!(reply.edns_version(), 0, "{}", reply.text);
+        assert_eq!(reply.answer_count, 0, "{}", reply.text);
+    }
+    // The same through another client.
+    let text = kdig(daemon.port, &["+edns=1", "www.example.test", "A"]);
+    assert!(text.contains("status: BADVERS"), "kdig:\n{text}");
+    assert!(text.contains("Version: 0;"), "kdig:\n{text}");
+}
+
+#[test]
+fn unknown_edns_options_and_flags_are_not_echoed_but_do_bit_is() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    let reply = daemon.dig(&[
+        "www.example.test",
+        "A",
+        "+ednsopt=65000:abcd",
+        "+ednsflags=0x40",
+    ]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    assert_eq!(reply.answer_count, 1, "{}", reply.text);
+    let opt = reply.opt_lines();
+    assert!(
+        !opt.iter().any(|l| l.contains("65000")),
+        "unknown option echoed:\n{}",
+        reply.text
+    );
+    assert!(
+        !reply.edns_line().contains("MBZ"),
+        "unknown EDNS flag echoed:\n{}",
+        reply.text
+    );
+    assert!(reply.edns_flags().is_empty(), "{}", reply.text);
+
+    let dnssec = daemon.dig(&["www.example.test", "A", "+dnssec"]);
+    assert_eq!(dnssec.status, "NOERROR", "{}", dnssec.text);
+    assert_eq!(
+        dnssec.edns_flags(),
+        ["do"],
+        "DO bit not echoed:\n{}",
+        dnssec.text
+    );
+
+    let local = daemon.dig(&["site.p2p", "A", "+dnssec"]);
+    assert_eq!(
+        local.edns_flags(),
+        ["do"],
+        "DO bit not echoed:\n{}",
+        local.text
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Opcodes and query types
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_and_unsupported_opcodes_get_notimp() {
+    let daemon = Daemon::start(&[], "");
+    for opcode in ["15", "2"] {
+        let flag = format!("+opcode={opcode}");
+        let reply = daemon.dig(&["site.p2p", "A", &flag]);
+        assert_eq!(reply.status, "NOTIMP", "opcode {opcode}:\n{}", reply.text);
+        assert_eq!(reply.answer_count, 0, "{}", reply.text);
+    }
+}
+
+#[test]
+fn zone_transfers_axfr_and_ixfr_are_refused() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    // dig always transfers over TCP and reports the failure.
+    let axfr = daemon.dig(&["example.test", "AXFR"]);
+    assert!(axfr.text.contains("Transfer failed"), "{}", axfr.text);
+    assert_eq!(axfr.status, "REFUSED", "{}", axfr.text);
+    assert!(axfr.answer.is_empty(), "zone data leaked:\n{}", axfr.text);
+
+    let local = daemon.dig(&["site.p2p", "AXFR"]);
+    assert_eq!(local.status, "REFUSED", "{}", local.text);
+    assert!(local.answer.is_empty(), "{}", local.text);
+
+    for transport in ["+tcp", "+notcp"] {
+        let ixfr = daemon.dig(&["example.test", "IXFR=1", transport]);
+        assert_eq!(ixfr.status, "REFUSED", "IXFR {transport}:\n{}", ixfr.text);
+        assert!(ixfr.answer.is_empty(), "{}", ixfr.text);
+    }
+}
+
+#[test]
+fn any_query_for_forwarded_name_gets_single_rfc8482_hinfo() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    let reply = daemon.dig(&["www.example.test", "ANY"]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    assert_eq!(reply.answer.len(), 1, "{}", reply.text);
+    let hinfo = &reply.answer[0];
+    assert_eq!(hinfo.rtype, "HINFO", "{}", reply.text);
+    assert!(hinfo.rdata.starts_with("\"RFC8482\""), "{}", reply.text);
+    assert_eq!(hinfo.name, "www.example.test.", "{}", reply.text);
+}
+
+#[test]
+fn chaos_version_bind_reports_p2pdns_version() {
+    let daemon = Daemon::start(&[], "");
+    let reply = daemon.dig(&["CH", "TXT", "version.bind"]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    assert_eq!(reply.answer.len(), 1, "{}", reply.text);
+    let txt = &reply.answer[0];
+    assert_eq!(
+        (txt.class.as_str(), txt.rtype.as_str()),
+        ("CH", "TXT"),
+        "{}",
+        reply.text
+    );
+    assert_eq!(txt.rdata, format!("\"p2pdns {VERSION}\""), "{}", reply.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Truncation
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn oversized_udp_answer_is_an_empty_tc_reply_that_keeps_its_opt() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    // A client size above the daemon's 1232 does not raise the limit.
+    for bufsize in ["+bufsize=1232", "+bufsize=4096"] {
+        let reply = daemon.dig(&["big.example.test", "TXT", "+ignore", bufsize]);
+        assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+        assert!(
+            reply.has_flag("tc"),
+            "{bufsize}: not truncated:\n{}",
+            reply.text
+        );
+        assert_eq!(
+            reply.answer_count, 0,
+            "a TC reply carries no answers:\n{}",
+            reply.text
+        );
+        assert_eq!(
+            reply.edns_version(),
+            0,
+            "the TC reply lost its OPT:\n{}",
+            reply.text
+        );
+    }
+}
+
+#[test]
+fn truncated_answer_is_retried_over_tcp_and_arrives_complete() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    let reply = daemon.dig(&["big.example.test", "TXT", "+bufsize=1232", "+stats"]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    assert!(!reply.has_flag("tc"), "{}", reply.text);
+    assert!(
+        reply.text.contains("(TCP)"),
+        "dig did not retry over TCP:\n{}",
+        reply.text
+    );
+    let txt: BTreeSet<&str> = reply
+        .answers_of_type("TXT")
+        .iter()
+        .map(|r| r.rdata.as_str())
+        .collect();
+    assert_eq!(
+        txt.len(),
+        BIG_TXT,
+        "records missing over TCP:\n{}",
+        reply.text
+    );
+}
+
+#[test]
+fn udp_limit_is_512_bytes_without_edns_or_with_a_small_client_size() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    // About 800 bytes: fits 1232, not 512.
+    let fits = daemon.dig(&["mid.example.test", "TXT", "+ignore", "+bufsize=1232"]);
+    assert_eq!(fits.status, "NOERROR", "{}", fits.text);
+    assert!(!fits.has_flag("tc"), "{}", fits.text);
+    assert_eq!(fits.answers_of_type("TXT").len(), MID_TXT, "{}", fits.text);
+
+    let small = daemon.dig(&["mid.example.test", "TXT", "+ignore", "+bufsize=512"]);
+    assert!(
+        small.has_flag("tc"),
+        "bufsize 512 not honoured:\n{}",
+        small.text
+    );
+    assert_eq!(small.answer_count, 0, "{}", small.text);
+    assert_eq!(small.edns_version(), 0, "{}", small.text);
+
+    let plain = daemon.dig(&["mid.example.test", "TXT", "+ignore", "+noedns"]);
+    assert!(
+        plain.has_flag("tc"),
+        "512 bytes without EDNS not honoured:\n{}",
+        plain.text
+    );
+    assert_eq!(plain.answer_count, 0, "{}", plain.text);
+    assert!(plain.opt.is_none(), "{}", plain.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. TCP
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn tcp_queries_are_answered_and_pipelined_queries_all_get_replies() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+
+    let reply = daemon.dig(&["www.example.test", "A", "+tcp", "+stats"]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    assert!(reply.text.contains("(TCP)"), "{}", reply.text);
+    assert_eq!(
+        reply.answers_of_type("A")[0].rdata,
+        "192.0.2.1",
+        "{}",
+        reply.text
+    );
+
+    // kdig, several queries on one kept-open connection.
+    let text = kdig(
+        daemon.port,
+        &[
+            "+tcp",
+            "+keepopen",
+            "www.example.test",
+            "A",
+            "site.p2p",
+            "A",
+            "ns1.example.test",
+            "A",
+        ],
+    );
+    assert_eq!(text.matches("status: NOERROR").count(), 3, "kdig:\n{text}");
+    for answer in ["192.0.2.1", "192.0.2.10", "192.0.2.53"] {
+        assert!(
+            text.contains(answer),
+            "kdig answer {answer} missing:\n{text}"
+        );
+    }
+
+    // Three queries written back to back before reading anything.
+    let queries = [
+        (0x1111, "www.example.test"),
+        (0x2222, "site.p2p"),
+        (0x3333, "host1.example.test"),
+    ];
+    let mut stream = TcpStream::connect(daemon.addr()).expect("connect over TCP");
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .expect("set a read timeout");
+    let mut burst = Vec::new();
+    for (id, name) in queries {
+        let query = wire_query(id, name, TYPE_A);
+        burst.extend_from_slice(
+            &u16::try_from(query.len())
+                .expect("short query")
+                .to_be_bytes(),
+        );
+        burst.extend_from_slice(&query);
+    }
+    stream.write_all(&burst).expect("write three queries");
+    let mut ids = BTreeSet::new();
+    for _ in &queries {
+        let reply = WireReply::parse(&read_tcp_message(&mut stream)).expect("a DNS header");
+        assert!(reply.qr, "{reply:?}");
+        assert_eq!(reply.rcode, RCODE_NOERROR, "{reply:?}");
+        assert!(reply.ancount >= 1, "{reply:?}");
+        ids.insert(reply.id);
+    }
+    assert_eq!(
+        ids,
+        queries.iter().map(|(id, _)| *id).collect::<BTreeSet<u16>>()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Local .p2p names
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn p2p_names_are_answered_authoritatively_with_cnames_followed() {
+    let daemon = Daemon::start(&[], "");
+
+    for (rtype, rdata) in [
+        ("A", "192.0.2.10"),
+        ("AAAA", "2001:db8::10"),
+        ("TXT", "\"hello world\""),
+    ] {
+        let reply = daemon.dig(&["site.p2p", rtype]);
+        assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+        assert!(
+            reply.has_flag("aa"),
+            "local answer not authoritative:\n{}",
+            reply.text
+        );
+        assert_eq!(reply.answer.len(), 1, "{}", reply.text);
+        assert_eq!(
+            (
+                reply.answer[0].rtype.as_str(),
+                reply.answer[0].rdata.as_str()
+            ),
+            (rtype, rdata),
+            "{}",
+            reply.text
+        );
+    }
+
+    let reply = daemon.dig(&["www.site.p2p", "A"]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    assert!(reply.has_flag("aa"), "{}", reply.text);
+    let chain: Vec<(&str, &str, &str)> = reply
+        .answer
+        .iter()
+        .map(|r| (r.name.as_str(), r.rtype.as_str(), r.rdata.as_str()))
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            ("www.site.p2p.", "CNAME", "site.p2p."),
+            ("site.p2p.", "A", "192.0.2.10")
+        ],
+        "{}",
+        reply.text
+    );
+}
+
+#[test]
+fn p2p_missing_name_is_nxdomain_and_missing_type_is_nodata_both_with_p2p_soa() {
+    let daemon = Daemon::start(&[], "");
+
+    let nx = daemon.dig(&["missing.site.p2p", "A"]);
+    assert_eq!(nx.status, "NXDOMAIN", "{}", nx.text);
+    assert!(nx.has_flag("aa"), "{}", nx.text);
+    assert!(nx.answer.is_empty(), "{}", nx.text);
+    assert_eq!(nx.authority_soa().name, "p2p.", "{}", nx.text);
+
+    let nodata = daemon.dig(&["site.p2p", "MX"]);
+    assert_eq!(nodata.status, "NOERROR", "{}", nodata.text);
+    assert!(nodata.has_flag("aa"), "{}", nodata.text);
+    assert!(nodata.answer.is_empty(), "{}", nodata.text);
+    assert_eq!(nodata.authority_soa().name, "p2p.", "{}", nodata.text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Access control
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn clients_outside_the_allow_list_are_refused() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "[dns]\nallow = [\"10.0.0.0/8\"]\n");
+
+    for (name, transport) in [
+        ("www.example.test", "+notcp"),
+        ("site.p2p", "+notcp"),
+        ("site.p2p", "+tcp"),
+    ] {
+        let reply = daemon.dig(&[name, "A", transport]);
+        assert_eq!(
+            reply.status, "REFUSED",
+            "{name} {transport}:\n{}",
+            reply.text
+        );
+        assert!(reply.answer.is_empty(), "{}", reply.text);
+    }
+}
+
+#[test]
+fn refused_reply_to_an_edns_query_from_outside_the_allow_list_keeps_an_opt_record() {
+    // RFC 6891 section 6.1.1: a request with an OPT record gets a response with one.
+    let daemon = Daemon::start(&[], "[dns]\nallow = [\"10.0.0.0/8\"]\n");
+    for transport in ["+notcp", "+tcp"] {
+        let reply = daemon.dig(&["site.p2p", "A", "+edns=0", transport]);
+        assert_eq!(reply.status, "REFUSED", "{transport}:\n{}", reply.text);
+        assert!(
+            reply.opt.is_some(),
+            "{transport}: the REFUSED reply dropped EDNS:\n{}",
+            reply.text
+        );
+        assert_eq!(reply.edns_version(), 0, "{}", reply.text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Hostile packets
+// ---------------------------------------------------------------------------------------------
+
+/// What must come back for a hostile packet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Rcode(u8),
+    NoReply,
+    /// Anything or nothing; only the daemon's survival is checked.
+    Whatever,
+}
+
+/// Deterministic noise (xorshift), so a failure can be replayed.
+fn garbage(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed.to_be_bytes()[0]
+        })
+        .collect()
+}
+
+fn hostile_packets() -> Vec<(&'static str, u16, Vec<u8>, Expect)> {
+    let mut cases = Vec::new();
+
+    let mut noise = garbage(96, 0x5eed_1234_abcd_ef01);
+    noise[..2].copy_from_slice(&0xeeeeu16.to_be_bytes());
+    cases.push(("random garbage", 0xeeee, noise, Expect::Whatever));
+
+    cases.push((
+        "5-byte packet",
+        0x0505,
+        vec![0x05, 0x05, 0x01, 0x00, 0x00],
+        Expect::NoReply,
+    ));
+
+    let mut two = wire_header(0x0202, FLAG_RD, 2, 0);
+    push_question(&mut two, "www.example.test", TYPE_A);
+    push_question(&mut two, "site.p2p", TYPE_A);
+    cases.push(("two questions", 0x0202, two, Expect::Rcode(RCODE_FORMERR)));
+
+    let mut claims_two = wire_header(0x0203, FLAG_RD, 2, 0);
+    push_question(&mut claims_two, "site.p2p", TYPE_A);
+    cases.push((
+        "header claims two questions, body has one",
+        0x0203,
+        claims_two,
+        Expect::Rcode(RCODE_FORMERR),
+    ));
+
+    let mut response = wire_header(0x0404, FLAG_QR | FLAG_RD, 1, 0);
+    push_question(&mut response, "site.p2p", TYPE_A);
+    cases.push(("a response (QR=1)", 0x0404, response, Expect::NoReply));
+
+    let mut cut = wire_header(0x0606, FLAG_RD, 1, 0);
+    cut.extend_from_slice(&[10, b'a', b'b', b'c']);
+    cases.push(("truncated name", 0x0606, cut, Expect::Rcode(RCODE_FORMERR)));
+
+    let mut pointer_loop = wire_header(0x0707, FLAG_RD, 1, 0);
+    // A compression pointer to its own offset (12).
+    pointer_loop.extend_from_slice(&[0xc0, 0x0c, 0x00, 0x01, 0x00, 0x01]);
+    cases.push((
+        "compression pointer loop",
+        0x0707,
+        pointer_loop,
+        Expect::Rcode(RCODE_FORMERR),
+    ));
+
+    let no_question = wire_header(0x0808, FLAG_RD, 0, 0);
+    cases.push((
+        "no question (QDCOUNT=0)",
+        0x0808,
+        no_question,
+        Expect::Rcode(RCODE_FORMERR),
+    ));
+
+    let mut phantom_answers = wire_header(0x0909, FLAG_RD, 1, 5);
+    push_question(&mut phantom_answers, "site.p2p", TYPE_A);
+    cases.push((
+        "header claims answers that are not there",
+        0x0909,
+        phantom_answers,
+        Expect::Rcode(RCODE_FORMERR),
+    ));
+
+    cases
+}
+
+#[test]
+fn hostile_udp_packets_get_formerr_or_silence_and_the_daemon_keeps_serving() {
+    let nsd = Nsd::start();
+    let daemon = Daemon::start(&[nsd.addr()], "");
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a client socket");
+    socket
+        .connect(daemon.addr())
+        .expect("connect to the daemon");
+    socket
+        .set_read_timeout(Some(POLL))
+        .expect("set a read timeout");
+    let mut buf = vec![0u8; 65_535];
+
+    for (index, (label, hostile_id, packet, expect)) in hostile_packets().into_iter().enumerate() {
+        // After each hostile packet, a normal query: its answer proves the daemon survived, and
+        // once it is in, a reply to the hostile packet would have had time to arrive too.
+        let probe_id = 0xa000 + u16::try_from(index).expect("few cases");
+        socket.send(&packet).expect("send the hostile packet");
+        socket
+            .send(&wire_query(probe_id, "site.p2p", TYPE_A))
+            .expect("send the probe");
+        let mut replies: Vec<WireReply> = Vec::new();
+        let mut probe_answered: Option<Instant> = None;
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let finished = match expect {
+                Expect::Rcode(_) => {
+                    probe_answered.is_some() && replies.iter().any(|r| r.id == hostile_id)
+                }
+                Expect::NoReply | Expect::Whatever => {
+                    probe_answered.is_some_and(|at| at.elapsed() >= QUIET_WINDOW)
+                }
+            };
+            if finished {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{label}: no reply within {REPLY_TIMEOUT:?} (probe answered: {}); replies: \
+                 {replies:?}\nlog:\n{}",
+                probe_answered.is_some(),
+                daemon.log()
+            );
+            match socket.recv(&mut buf) {
+                Ok(len) => {
+                    if let Some(reply) = WireReply::parse(&buf[..len]) {
+                        if reply.id == probe_id {
+                            assert_eq!(reply.rcode, RCODE_NOERROR, "{label}: probe {reply:?}");
+                            assert_eq!(reply.ancount, 1, "{label}: probe {reply:?}");
+                            probe_answered = Some(Instant::now());
+                        }
+                        replies.push(reply);
+                    }
+                }
+                Err(error) if is_timeout(&error) => {}
+                Err(error) => panic!("{label}: receiving: {error}"),
+            }
+        }
+        let hostile_replies: Vec<&WireReply> =
+            replies.iter().filter(|r| r.id == hostile_id).collect();
+        match expect {
+            Expect::Rcode(rcode) => {
+                assert_eq!(hostile_replies.len(), 1, "{label}: {replies:?}");
+                assert!(hostile_replies[0].qr, "{label}: {replies:?}");
+                assert_eq!(
+                    hostile_replies[0].rcode, rcode,
+                    "{label}: wrong RCODE: {replies:?}"
+                );
+            }
+            Expect::NoReply => {
+                assert!(
+                    hostile_replies.is_empty(),
+                    "{label}: got a reply: {replies:?}"
+                );
+            }
+            Expect::Whatever => {}
+        }
+    }
+
+    let reply = daemon.dig(&["www.example.test", "A"]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    assert_eq!(
+        reply.answers_of_type("A")[0].rdata,
+        "192.0.2.1",
+        "{}",
+        reply.text
+    );
+}
+
+#[test]
+fn overlong_tcp_length_prefix_and_stalled_connections_do_not_hurt_the_daemon() {
+    let daemon = Daemon::start(&[], "");
+
+    // Announces 65535 bytes, sends three, hangs up.
+    let mut liar = TcpStream::connect(daemon.addr()).expect("connect over TCP");
+    liar.write_all(&[0xff, 0xff, 1, 2, 3])
+        .expect("write a partial message");
+    drop(liar);
+    // Announces a zero-length message and hangs up.
+    let mut empty = TcpStream::connect(daemon.addr()).expect("connect over TCP");
+    empty.write_all(&[0, 0]).expect("write an empty length");
+    drop(empty);
+    // Sends half a length prefix and stays connected while others are served.
+    let mut stalled = TcpStream::connect(daemon.addr()).expect("connect over TCP");
+    stalled.write_all(&[0x00]).expect("write half a prefix");
+
+    for transport in ["+tcp", "+notcp"] {
+        let reply = daemon.dig(&["site.p2p", "A", transport]);
+        assert_eq!(reply.status, "NOERROR", "{transport}:\n{}", reply.text);
+        assert_eq!(
+            reply.answers_of_type("A")[0].rdata,
+            "192.0.2.10",
+            "{}",
+            reply.text
+        );
+    }
+    drop(stalled);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Lifecycle
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sigterm_and_sigint_exit_0_after_a_logged_shutdown_and_free_the_port() {
+    for signal in ["TERM", "INT"] {
+        let mut daemon = Daemon::start(&[], "");
+        let reply = daemon.dig(&["site.p2p", "A"]);
+        assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+
+        send_signal(daemon.proc.pid(), signal);
+        let status = daemon.proc.wait_exit(EXIT_TIMEOUT);
+        let log = daemon.log();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIG{signal}: {status}; stderr:\n{log}"
+        );
+        assert!(log.contains("shutting down"), "SIG{signal}: stderr:\n{log}");
+        assert!(
+            log.lines().any(|l| l.trim_end().ends_with(" stopped")),
+            "SIG{signal}: stderr:\n{log}"
+        );
+        assert!(
+            port_is_free(daemon.port),
+            "SIG{signal}: port still bound after exit"
+        );
+    }
+}
+
+#[test]
+fn second_daemon_on_the_same_port_exits_1_naming_the_address_in_use() {
+    let first = Daemon::start(&[], "");
+    let mut second = Daemon::spawn(first.port, &[], "", &[]);
+
+    let status = second.proc.wait_exit(EXIT_TIMEOUT);
+    let log = second.log();
+    assert_eq!(status.code(), Some(1), "{status}; stderr:\n{log}");
+    assert!(
+        log.contains(&format!("127.0.0.1:{}", first.port)),
+        "stderr:\n{log}"
+    );
+    assert!(log.contains("already in use"), "stderr:\n{log}");
+
+    let reply = first.dig(&["site.p2p", "A"]);
+    assert_eq!(
+        reply.status, "NOERROR",
+        "the first daemon was hurt:\n{}",
+        reply.text
+    );
+}
+
+#[test]
+fn unknown_config_key_exits_78_naming_the_key() {
+    let extra = "[dns]\nlisen = [\"127.0.0.1:5353\"]\n";
+    let mut daemon = Daemon::spawn(free_port(), &[], extra, &[]);
+    let status = daemon.proc.wait_exit(EXIT_TIMEOUT);
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(78), "{status}; stderr:\n{log}");
+    assert!(
+        log.contains("lisen"),
+        "the message does not name the key:\n{log}"
+    );
+
+    let mut check = Daemon::spawn(free_port(), &[], extra, &["--check-config"]);
+    let status = check.proc.wait_exit(EXIT_TIMEOUT);
+    let log = check.log();
+    assert_eq!(
+        status.code(),
+        Some(78),
+        "--check-config: {status}; stderr:\n{log}"
+    );
+    assert!(log.contains("lisen"), "--check-config:\n{log}");
+}
+
+#[test]
+fn default_config_passes_check_config() {
+    let dir = TempDir::new("default-config");
+    let mut command = p2pdns_command(&dir);
+    command.args(["config", "default"]);
+    let output = run_bounded(command, TOOL_TIMEOUT);
+    assert!(output.status.success(), "config default: {}", output.status);
+    let text = String::from_utf8(output.stdout).expect("the default config is UTF-8");
+    assert!(
+        text.contains("[dns]") && text.contains("[upstream]"),
+        "{text}"
+    );
+    let path = dir.write("default.toml", &text);
+
+    let mut command = p2pdns_command(&dir);
+    command
+        .args(["run", "--check-config", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"));
+    let output = run_bounded(command, TOOL_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Upstream failover
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn failover_resolves_past_a_silent_upstream_and_then_prefers_the_answering_one() {
+    let nsd = Nsd::start();
+    let blackhole = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the blackhole");
+    let blackhole_addr = blackhole.local_addr().expect("blackhole address");
+    let daemon = Daemon::start(&[blackhole_addr, nsd.addr()], "");
+
+    for i in 1..=HOSTS {
+        let name = format!("host{i}.example.test");
+        let reply = daemon.dig(&[&name, "A"]);
+        assert_eq!(reply.status, "NOERROR", "{name}:\n{}", reply.text);
+        let a = reply.answers_of_type("A");
+        assert_eq!(a.len(), 1, "{}", reply.text);
+        assert_eq!(
+            a[0].rdata,
+            format!("192.0.2.{}", 100 + u32::from(i)),
+            "{}",
+            reply.text
+        );
+    }
+
+    blackhole
+        .set_nonblocking(true)
+        .expect("non-blocking blackhole");
+    let mut buf = vec![0u8; 65_535];
+    let mut received = 0;
+    loop {
+        match blackhole.recv(&mut buf) {
+            Ok(_) => received += 1,
+            Err(error) if is_timeout(&error) => break,
+            Err(error) => panic!("reading the blackhole: {error}"),
+        }
+    }
+    assert!(
+        received <= 3,
+        "the silent upstream got {received} of {HOSTS} queries: the answering one is not preferred"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. No forwarding loop
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn forwarding_to_its_own_address_gives_servfail_and_local_names_still_work() {
+    let port = free_port();
+    let mut daemon = Daemon::spawn(port, &[localhost(port)], "", &[]);
+    daemon.wait_ready();
+
+    let reply = daemon.dig(&["www.example.test", "A"]);
+    assert_eq!(reply.status, "SERVFAIL", "{}", reply.text);
+    assert!(reply.answer.is_empty(), "{}", reply.text);
+
+    let local = daemon.dig(&["site.p2p", "A"]);
+    assert_eq!(local.status, "NOERROR", "{}", local.text);
+    assert_eq!(
+        local.answers_of_type("A")[0].rdata,
+        "192.0.2.10",
+        "{}",
+        local.text
+    );
+
+    let log = daemon.log();
+    assert!(
+        log.contains("own address") || log.contains("loop"),
+        "the log does not say why its own address is not used:\n{log}"
+    );
+}
+
+#[test]
+fn forwarding_loop_through_a_relay_is_detected_by_the_loop_tag() {
+    // A relay on another loopback port hands datagrams to the daemon and back, as a port
+    // forward or a resolver that passes EDNS options on would. The upstream address is not one
+    // of the daemon's own, so only the loop tag in its queries can tell.
+    let port = free_port();
+    let daemon_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+    let relay = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind the relay");
+    relay
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("set a read timeout");
+    let relay_addr = relay.local_addr().expect("relay address");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay_stop = stop.clone();
+    let relay_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 65_535];
+        while !relay_stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok((len, client)) = relay.recv_from(&mut buf) else {
+                continue;
+            };
+            let hop = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a relay hop");
+            hop.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("set a read timeout");
+            if hop.send_to(&buf[..len], daemon_addr).is_err() {
+                continue;
+            }
+            let mut reply = [0u8; 65_535];
+            if let Ok(n) = hop.recv(&mut reply) {
+                let _ = relay.send_to(&reply[..n], client);
+            }
+        }
+    });
+
+    let mut daemon = Daemon::spawn(port, &[relay_addr], "", &[]);
+    daemon.wait_ready();
+    for name in ["www.example.test", "host1.example.test"] {
+        let reply = daemon.dig(&[name, "A"]);
+        assert_eq!(reply.status, "SERVFAIL", "{}", reply.text);
+        assert!(reply.answer.is_empty(), "{}", reply.text);
+    }
+    let local = daemon.dig(&["site.p2p", "A"]);
+    assert_eq!(local.status, "NOERROR", "{}", local.text);
+    let log = daemon.log();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    relay_thread.join().expect("relay thread ends");
+    assert!(log.contains("forwarding loop"), "loop not reported:\n{log}");
+}
+
+#[test]
+fn ipv4_mapped_own_address_is_recognized_as_the_daemon_itself() {
+    let port = free_port();
+    let disguised: SocketAddr = format!("[::ffff:127.0.0.1]:{port}")
+        .parse()
+        .expect("an IPv4-mapped address");
+    let mut daemon = Daemon::spawn(port, &[disguised], "", &[]);
+    daemon.wait_ready();
+    let reply = daemon.dig(&["www.example.test", "A"]);
+    assert_eq!(reply.status, "SERVFAIL", "{}", reply.text);
+    let log = daemon.log();
+    assert!(
+        log.contains("own address"),
+        "own address not recognized:\n{log}"
+    );
+}
