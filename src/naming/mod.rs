@@ -4,6 +4,8 @@
 //! business. Today they come from the static table in the configuration (`[naming.records]`);
 //! the DHT arrives behind the same call.
 
+pub mod record;
+mod zbase32;
 mod zone;
 
 use hickory_proto::{

@@ -1,0 +1,456 @@
+//! Signed name records: the byte layout, signing, and the checks every node applies. The
+//! format is specified in `docs/PROTOCOL.md`; keep the two in step.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hickory_proto::{
+    rr::{DNSClass, LowerName, Name, Record, RecordType},
+    serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding},
+};
+use libp2p::identity::ed25519;
+use sha2::{Digest, Sha256};
+
+use super::zbase32;
+
+/// Format version byte.
+pub const VERSION: u8 = 1;
+/// Largest encoded record, signature included.
+pub const MAX_RECORD_BYTES: usize = 1024;
+/// Longest a record may be valid for, counted from now.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Clock difference tolerated between publisher and checker.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+/// Largest TTL of a resource record inside a name record.
+pub const MAX_RR_TTL: u32 = 86_400;
+/// The TLD of names in the DHT.
+pub const TLD: &str = "p2p";
+/// Prefix of the signed bytes: a record's signature can never be valid for anything else.
+const SIGNING_CONTEXT: &[u8] = b"p2pdns-record-v1\0";
+/// Prefix of the hashed name that gives the DHT key.
+const KEY_CONTEXT: &[u8] = b"p2pdns-name-v1\0";
+/// Length of a key name's label: 32 bytes of Ed25519 public key in z-base-32.
+pub const KEY_LABEL_LEN: usize = 52;
+
+/// Why a record is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record is {0} bytes, over the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("record is malformed: {0}")]
+    Malformed(String),
+    #[error("unsupported record version {0}")]
+    Version(u8),
+    #[error("{0} is not a DHT name (one label under .{TLD})")]
+    BadName(String),
+    #[error("key name {0} belongs to another key")]
+    WrongKey(String),
+    #[error("resource record {0} is not allowed in a name record")]
+    BadResourceRecord(String),
+    #[error("record expired")]
+    Expired,
+    #[error("record expires too far in the future")]
+    TooLong,
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+/// A name record: the DNS records one owner publishes under one name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameRecord {
+    /// The name, lower case, fully qualified: `site.p2p.`.
+    pub name: Name,
+    /// The owner's Ed25519 public key.
+    pub owner: [u8; 32],
+    /// Higher replaces lower.
+    pub seq: u64,
+    /// Unix seconds after which the record is void.
+    pub expires: u64,
+    /// DNS records at the name or below it.
+    pub records: Vec<Record>,
+    pub signature: [u8; 64],
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The DHT key a name's records are stored under.
+pub fn dht_key(name: &Name) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(KEY_CONTEXT);
+    hasher.update(wire_name(name));
+    hasher.finalize().to_vec()
+}
+
+/// The key name (`<z-base-32 key>.p2p.`) of a public key.
+pub fn key_name(owner: &[u8; 32]) -> Name {
+    Name::from_ascii(format!("{}.{TLD}.", zbase32::encode(owner)))
+        .expect("52 z-base-32 characters and a TLD make a valid name")
+}
+
+/// The public key a key name stands for, if `name` is one.
+pub fn key_of_name(name: &Name) -> Option<[u8; 32]> {
+    let label = name.iter().next()?;
+    if label.len() != KEY_LABEL_LEN {
+        return None;
+    }
+    let text = std::str::from_utf8(label).ok()?;
+    zbase32::decode(text, 32)?.try_into().ok()
+}
+
+/// Checks that `name` is one lower-case LDH label under the DHT TLD.
+pub fn check_name(name: &Name) -> Result<(), RecordError> {
+    let bad = || RecordError::BadName(name.to_ascii());
+    let labels: Vec<&[u8]> = name.iter().collect();
+    if !name.is_fqdn() || labels.len() != 2 || labels[1] != TLD.as_bytes() {
+        return Err(bad());
+    }
+    let label = labels[0];
+    let ldh = label
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if label.is_empty() || !ldh || label[0] == b'-' || label[label.len() - 1] == b'-' {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// The owner name of the record set that serves `name`: `www.site.p2p.` → `site.p2p.`.
+pub fn record_name_for(name: &LowerName) -> Option<Name> {
+    let name = Name::from(name);
+    let labels = name.num_labels();
+    if labels < 2 {
+        return None;
+    }
+    Some(name.trim_to(2))
+}
+
+/// An encoder for the canonical form (RFC 4034 section 6.2): names uncompressed and in lower
+/// case, also inside RDATA of the standard types.
+fn canonical_encoder(buf: &mut Vec<u8>) -> BinEncoder<'_> {
+    let mut encoder = BinEncoder::new(buf);
+    encoder.set_canonical_form(true);
+    encoder.set_name_encoding(NameEncoding::UncompressedLowercase);
+    encoder
+}
+
+fn wire_name(name: &Name) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    name.emit(&mut canonical_encoder(&mut buf))
+        .expect("a valid name encodes");
+    buf
+}
+
+impl NameRecord {
+    /// Builds and signs a record.
+    pub fn sign(
+        keypair: &ed25519::Keypair,
+        name: &Name,
+        seq: u64,
+        expires: u64,
+        records: Vec<Record>,
+    ) -> Result<Self, RecordError> {
+        let mut record = Self {
+            name: name.to_lowercase(),
+            owner: keypair.public().to_bytes(),
+            seq,
+            expires,
+            records,
+            signature: [0; 64],
+        };
+        let unsigned = record.unsigned_bytes()?;
+        let signature = keypair.sign(&signing_input(&unsigned));
+        record.signature = signature
+            .try_into()
+            .expect("Ed25519 signatures are 64 bytes");
+        let len = unsigned.len() + 64;
+        if len > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge(len));
+        }
+        Ok(record)
+    }
+
+    /// The bytes that are signed: everything but the signature.
+    fn unsigned_bytes(&self) -> Result<Vec<u8>, RecordError> {
+        let mut buf = Vec::with_capacity(512);
+        buf.push(VERSION);
+        buf.extend_from_slice(&wire_name(&self.name));
+        buf.extend_from_slice(&self.owner);
+        buf.extend_from_slice(&self.seq.to_be_bytes());
+        buf.extend_from_slice(&self.expires.to_be_bytes());
+        let count =
+            u16::try_from(self.records.len()).map_err(|_| RecordError::TooLarge(usize::MAX))?;
+        buf.extend_from_slice(&count.to_be_bytes());
+        let mut records = Vec::with_capacity(256);
+        let mut encoder = canonical_encoder(&mut records);
+        for record in &self.records {
+            record
+                .emit(&mut encoder)
+                .map_err(|e| RecordError::Malformed(e.to_string()))?;
+        }
+        buf.extend_from_slice(&records);
+        Ok(buf)
+    }
+
+    /// The encoded record, as stored in the DHT.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = self
+            .unsigned_bytes()
+            .expect("a record that was signed or decoded encodes again");
+        bytes.extend_from_slice(&self.signature);
+        bytes
+    }
+
+    /// Decodes a record without checking it; use [`NameRecord::verify`] next.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, RecordError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge(bytes.len()));
+        }
+        let malformed = |e: &dyn std::fmt::Display| RecordError::Malformed(e.to_string());
+        let Some((&version, _)) = bytes.split_first() else {
+            return Err(RecordError::Malformed("empty".into()));
+        };
+        if version != VERSION {
+            return Err(RecordError::Version(version));
+        }
+        if bytes.len() < 1 + 1 + 32 + 8 + 8 + 2 + 64 {
+            return Err(RecordError::Malformed("too short".into()));
+        }
+        let (body, signature) = bytes.split_at(bytes.len() - 64);
+        let mut decoder = BinDecoder::new(&body[1..]);
+        let name = Name::read(&mut decoder).map_err(|e| malformed(&e))?;
+        let mut fixed = |n: usize| -> Result<Vec<u8>, RecordError> {
+            decoder
+                .read_slice(n)
+                .map(|s| s.unverified().to_vec())
+                .map_err(|e| malformed(&e))
+        };
+        let owner: [u8; 32] = fixed(32)?.try_into().expect("read 32 bytes");
+        let seq = u64::from_be_bytes(fixed(8)?.try_into().expect("read 8 bytes"));
+        let expires = u64::from_be_bytes(fixed(8)?.try_into().expect("read 8 bytes"));
+        let count = u16::from_be_bytes(fixed(2)?.try_into().expect("read 2 bytes"));
+        let mut records = Vec::with_capacity(usize::from(count).min(64));
+        for _ in 0..count {
+            records.push(Record::read(&mut decoder).map_err(|e| malformed(&e))?);
+        }
+        if !decoder.is_empty() {
+            return Err(RecordError::Malformed("trailing bytes".into()));
+        }
+        let record = Self {
+            name,
+            owner,
+            seq,
+            expires,
+            records,
+            signature: signature.try_into().expect("split off 64 bytes"),
+        };
+        // One record, one encoding: what was signed must be what we would encode.
+        if record.unsigned_bytes()? != body {
+            return Err(RecordError::Malformed("not in canonical form".into()));
+        }
+        Ok(record)
+    }
+
+    /// Checks everything a node checks before storing or using a record, at time `now`.
+    pub fn verify(&self, now: u64) -> Result<(), RecordError> {
+        check_name(&self.name)?;
+        if let Some(key) = key_of_name(&self.name)
+            && key != self.owner
+        {
+            return Err(RecordError::WrongKey(self.name.to_ascii()));
+        }
+        for record in &self.records {
+            let allowed = !matches!(
+                record.record_type(),
+                RecordType::SOA
+                    | RecordType::NS
+                    | RecordType::OPT
+                    | RecordType::TSIG
+                    | RecordType::SIG
+                    | RecordType::RRSIG
+                    | RecordType::AXFR
+                    | RecordType::IXFR
+                    | RecordType::ANY
+            );
+            if !allowed
+                || record.dns_class != DNSClass::IN
+                || record.ttl > MAX_RR_TTL
+                || !self.name.zone_of(&record.name)
+            {
+                return Err(RecordError::BadResourceRecord(format!(
+                    "{} {} {}",
+                    record.name,
+                    record.record_type(),
+                    record.ttl
+                )));
+            }
+        }
+        if self.expires <= now {
+            return Err(RecordError::Expired);
+        }
+        let horizon = now + (MAX_LIFETIME + CLOCK_SKEW).as_secs();
+        if self.expires > horizon {
+            return Err(RecordError::TooLong);
+        }
+        let public = ed25519::PublicKey::try_from_bytes(&self.owner)
+            .map_err(|_| RecordError::BadSignature)?;
+        let unsigned = self.unsigned_bytes()?;
+        if !public.verify(&signing_input(&unsigned), &self.signature) {
+            return Err(RecordError::BadSignature);
+        }
+        Ok(())
+    }
+
+    /// The owner's key name.
+    pub fn owner_name(&self) -> Name {
+        key_name(&self.owner)
+    }
+}
+
+fn signing_input(unsigned: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(SIGNING_CONTEXT.len() + unsigned.len());
+    input.extend_from_slice(SIGNING_CONTEXT);
+    input.extend_from_slice(unsigned);
+    input
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::RData;
+
+    fn a(name: &str, ip: &str) -> Record {
+        Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            300,
+            RData::A(ip.parse().unwrap()),
+        )
+    }
+
+    fn signed(kp: &ed25519::Keypair, name: &str, seq: u64) -> NameRecord {
+        let expires = unix_now() + 3600;
+        NameRecord::sign(
+            kp,
+            &Name::from_ascii(name).unwrap(),
+            seq,
+            expires,
+            vec![a(name, "192.0.2.1"), a(&format!("www.{name}"), "192.0.2.2")],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_verify() {
+        let kp = ed25519::Keypair::generate();
+        let record = signed(&kp, "site.p2p.", 7);
+        let bytes = record.to_bytes();
+        assert!(bytes.len() < 300, "{} bytes", bytes.len());
+        let decoded = NameRecord::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, record);
+        decoded.verify(unix_now()).unwrap();
+    }
+
+    #[test]
+    fn tampering_breaks_the_signature() {
+        let kp = ed25519::Keypair::generate();
+        let record = signed(&kp, "site.p2p.", 1);
+        let mut bumped = record.clone();
+        bumped.seq = 2;
+        assert_eq!(bumped.verify(unix_now()), Err(RecordError::BadSignature));
+        let other = ed25519::Keypair::generate();
+        let mut stolen = record.clone();
+        stolen.owner = other.public().to_bytes();
+        assert_eq!(stolen.verify(unix_now()), Err(RecordError::BadSignature));
+        let mut bytes = record.to_bytes();
+        let last = bytes.len() - 70;
+        bytes[last] ^= 1;
+        let result = NameRecord::from_bytes(&bytes).and_then(|r| r.verify(unix_now()));
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let kp = ed25519::Keypair::generate();
+        let name = Name::from_ascii("big.p2p.").unwrap();
+        let many = (0..80)
+            .map(|i| a("big.p2p.", &format!("192.0.2.{i}")))
+            .collect();
+        assert!(matches!(
+            NameRecord::sign(&kp, &name, 1, unix_now() + 60, many),
+            Err(RecordError::TooLarge(_))
+        ));
+        let expired = NameRecord::sign(&kp, &name, 1, unix_now() - 1, vec![]).unwrap();
+        assert_eq!(expired.verify(unix_now()), Err(RecordError::Expired));
+        let far = unix_now() + MAX_LIFETIME.as_secs() * 2;
+        let forever = NameRecord::sign(&kp, &name, 1, far, vec![]).unwrap();
+        assert_eq!(forever.verify(unix_now()), Err(RecordError::TooLong));
+        let outside = NameRecord::sign(
+            &kp,
+            &name,
+            1,
+            unix_now() + 60,
+            vec![a("x.com.", "192.0.2.1")],
+        )
+        .unwrap();
+        assert!(matches!(
+            outside.verify(unix_now()),
+            Err(RecordError::BadResourceRecord(_))
+        ));
+        for bad in ["a.b.p2p.", "site.com.", "x_y.p2p.", "UPPER.p2p.", "p2p."] {
+            let n = Name::from_ascii(bad).unwrap();
+            assert!(check_name(&n).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_names_belong_to_their_key() {
+        let kp = ed25519::Keypair::generate();
+        let name = key_name(&kp.public().to_bytes());
+        assert_eq!(key_of_name(&name), Some(kp.public().to_bytes()));
+        let own = NameRecord::sign(&kp, &name, 1, unix_now() + 60, vec![]).unwrap();
+        own.verify(unix_now()).unwrap();
+        let thief = ed25519::Keypair::generate();
+        let stolen = NameRecord::sign(&thief, &name, 1, unix_now() + 60, vec![]).unwrap();
+        assert!(matches!(
+            stolen.verify(unix_now()),
+            Err(RecordError::WrongKey(_))
+        ));
+    }
+
+    #[test]
+    fn dht_keys_ignore_case_and_differ_by_name() {
+        let a = dht_key(&Name::from_ascii("Site.P2P.").unwrap());
+        let b = dht_key(&Name::from_ascii("site.p2p.").unwrap());
+        let c = dht_key(&Name::from_ascii("other.p2p.").unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..600 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let mut with_version = bytes.clone();
+            if let Some(first) = with_version.first_mut() {
+                *first = VERSION;
+            }
+            assert!(
+                NameRecord::from_bytes(&with_version)
+                    .and_then(|r| r.verify(0))
+                    .is_err()
+            );
+        }
+    }
+}
