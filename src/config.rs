@@ -13,6 +13,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use libp2p::Multiaddr;
 use serde::{Deserialize, Deserializer};
 
 /// The commented default configuration, shipped inside the binary.
@@ -56,6 +57,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub cache: CacheConfig,
     pub naming: NamingConfig,
+    pub p2p: P2pConfig,
 }
 
 /// `[dns]`: the DNS front end.
@@ -173,6 +175,8 @@ pub struct NamingConfig {
     pub default_ttl_secs: u32,
     /// Local names: owner name → records in zone-file syntax (`[TTL] TYPE RDATA`).
     pub records: BTreeMap<String, Vec<String>>,
+    /// Names (and their subdomains) whose network answers may hold private addresses.
+    pub allow_private_answers: Vec<String>,
 }
 
 impl Default for NamingConfig {
@@ -181,8 +185,84 @@ impl Default for NamingConfig {
             tlds: vec!["p2p".to_owned()],
             default_ttl_secs: 300,
             records: BTreeMap::new(),
+            allow_private_answers: Vec::new(),
         }
     }
+}
+
+/// `[p2p]`: the peer-to-peer node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pConfig {
+    /// Run the P2P node. Without it `.p2p` names come from local records only.
+    pub enabled: bool,
+    /// Multiaddrs listened on (QUIC and TCP).
+    #[serde(deserialize_with = "multiaddrs")]
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialed at start to join the network.
+    #[serde(deserialize_with = "multiaddrs")]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Kademlia mode: serve the DHT to others, only use it, or decide.
+    pub dht_mode: DhtMode,
+    /// Time a DNS query may wait for the DHT, in milliseconds; then SERVFAIL while the lookup
+    /// goes on to warm the cache.
+    pub lookup_budget_ms: u64,
+    /// Valid replicas wanted before a lookup answers early.
+    pub lookup_replicas: usize,
+    /// Records this node stores for others at most.
+    pub max_stored_records: usize,
+    /// Records stored for any one peer at most.
+    pub max_records_per_peer: usize,
+    /// Records accepted from any one peer per minute at most.
+    pub max_puts_per_peer_per_minute: usize,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: [
+                "/ip4/0.0.0.0/udp/4747/quic-v1",
+                "/ip4/0.0.0.0/tcp/4747",
+                "/ip6/::/udp/4747/quic-v1",
+                "/ip6/::/tcp/4747",
+            ]
+            .iter()
+            .map(|a| a.parse().expect("static multiaddr"))
+            .collect(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            dht_mode: DhtMode::Auto,
+            lookup_budget_ms: 2000,
+            lookup_replicas: 3,
+            max_stored_records: 10_000,
+            max_records_per_peer: 100,
+            max_puts_per_peer_per_minute: 60,
+        }
+    }
+}
+
+/// Kademlia mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhtMode {
+    /// Serve the DHT while directly reachable (today: always; reachability probing comes
+    /// with NAT traversal).
+    Auto,
+    Server,
+    Client,
+}
+
+fn multiaddrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<Multiaddr>()
+                .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a multiaddr: {e}")))
+        })
+        .collect()
 }
 
 /// An upstream server: an IP address with an optional port (53 if absent).

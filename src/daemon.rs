@@ -9,7 +9,7 @@ use std::{
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
@@ -20,13 +20,21 @@ use crate::{
         server::BoundSockets,
         upstream::{is_own_address, read_resolv_conf},
     },
-    naming::{Naming, NamingError},
+    naming::{
+        Dht, Naming, NamingError,
+        identity::{self, IdentityError},
+        node::{Node, NodeError},
+        record,
+    },
 };
 
 /// Longest wait at shutdown for queries in flight to be answered.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// How long a shutdown may take in all before the daemon stops waiting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How often own names are pushed to the DHT again, plus up to the jitter.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(600);
+const REPUBLISH_JITTER_MS: u64 = 120_000;
 /// How often resolv.conf is checked for changes when the upstreams come from it (DHCP and VPN
 /// clients rewrite it when the network changes).
 const RESOLV_CONF_POLL: Duration = Duration::from_secs(2);
@@ -40,6 +48,12 @@ pub enum DaemonError {
     /// The naming configuration is unusable.
     #[error(transparent)]
     Naming(#[from] NamingError),
+    /// The identity key could not be read or made.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The P2P node could not start or stopped.
+    #[error(transparent)]
+    Node(#[from] NodeError),
     /// Shutdown took longer than the grace period.
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
@@ -61,13 +75,46 @@ pub struct Daemon {
     resolv_conf: Option<(PathBuf, Option<SystemTime>)>,
     /// How long shutdown waits for queries in flight.
     drain: Duration,
+    /// The P2P node, until `run` starts its event loop.
+    node: Option<Node>,
+    dht: Option<Arc<Dht>>,
+    p2p_addrs: Vec<libp2p::Multiaddr>,
 }
 
 impl Daemon {
     /// Binds every socket and prepares every subsystem; returns once the daemon could serve.
     pub async fn bind(config: Config, data_dir: PathBuf) -> Result<Self, DaemonError> {
-        let naming = Arc::new(Naming::new(&config.naming)?);
+        let mut naming = Naming::new(&config.naming)?;
         let sockets = BoundSockets::bind(&config.dns.listen)?;
+        let (node, dht) = if config.p2p.enabled {
+            let keypair = identity::load_or_create(&data_dir)?;
+            let node = Node::bind(keypair.clone().into(), &config.p2p).await?;
+            let allow_private = config
+                .naming
+                .allow_private_answers
+                .iter()
+                .filter_map(|n| hickory_proto::rr::Name::from_ascii(n).ok())
+                .map(|n| hickory_proto::rr::LowerName::new(&n))
+                .collect();
+            let dht = Arc::new(Dht::new(
+                node.handle(),
+                keypair,
+                data_dir.clone(),
+                Duration::from_millis(config.p2p.lookup_budget_ms),
+                config.p2p.lookup_replicas,
+                allow_private,
+            ));
+            info!(peer_id = %node.handle().peer_id(), key_name = %dht.key_name(), "P2P identity");
+            for addr in node.listen_addrs() {
+                info!(%addr, "P2P address (for --bootstrap)");
+            }
+            naming = naming.with_dht(dht.clone());
+            (Some(node), Some(dht))
+        } else {
+            (None, None)
+        };
+        let p2p_addrs = node.as_ref().map(Node::listen_addrs).unwrap_or_default();
+        let naming = Arc::new(naming);
         let resolv_conf = config.upstream.servers.is_empty().then(|| {
             let path = config.upstream.resolv_conf.clone();
             let seen = modified(&path);
@@ -96,6 +143,9 @@ impl Daemon {
             data_dir,
             resolv_conf,
             drain,
+            node,
+            dht,
+            p2p_addrs,
         })
     }
 
@@ -112,6 +162,16 @@ impl Daemon {
         &self.forwarder
     }
 
+    /// The DHT side of naming, when the P2P node runs.
+    pub fn dht(&self) -> Option<&Arc<Dht>> {
+        self.dht.as_ref()
+    }
+
+    /// The P2P node's addresses, each ending in `/p2p/<peer id>` (for `--bootstrap`).
+    pub fn p2p_addrs(&self) -> &[libp2p::Multiaddr] {
+        &self.p2p_addrs
+    }
+
     /// Serves until `shutdown` is cancelled (then drains within a grace period) or a subsystem
     /// fails (then returns its error). Each `reload` notification (SIGHUP) empties the cache
     /// and re-reads resolv.conf.
@@ -125,8 +185,16 @@ impl Daemon {
             forwarder,
             resolv_conf,
             drain,
+            node,
+            dht,
             ..
         } = self;
+        let node_stop = shutdown.child_token();
+        let mut node_task = match node {
+            Some(node) => tokio::spawn(node.run(node_stop.clone())),
+            None => tokio::spawn(std::future::pending()),
+        };
+        let republisher = dht.map(|dht| tokio::spawn(republish(dht, node_stop.clone())));
         let listen = dns.addrs().to_vec();
         let mut poll = tokio::time::interval(RESOLV_CONF_POLL);
         let (resolv_conf, seen) = resolv_conf.unzip();
@@ -139,6 +207,9 @@ impl Daemon {
                     return Err(DnsError::Stopped("every listener closed".into()).into());
                 }
                 () = shutdown.cancelled() => break,
+                _ = &mut node_task => {
+                    return Err(NodeError::Stopped.into());
+                }
                 () = reload.notified() => {
                     forwarder.cache().clear();
                     if let Some(path) = &resolv_conf {
@@ -160,10 +231,48 @@ impl Daemon {
             }
         }
         info!("shutting down");
-        match tokio::time::timeout(SHUTDOWN_GRACE, dns.shutdown(drain)).await {
+        let result = match tokio::time::timeout(SHUTDOWN_GRACE, dns.shutdown(drain)).await {
             Ok(result) => result.map_err(DaemonError::from),
             Err(_) => Err(DaemonError::ShutdownTimeout(SHUTDOWN_GRACE)),
+        };
+        node_stop.cancel();
+        if let Some(task) = republisher {
+            task.abort();
         }
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, node_task).await;
+        result
+    }
+}
+
+/// Pushes this node's names into the DHT: soon after start (once peers had a moment to
+/// connect), then every few minutes; records past half their lifetime are re-signed.
+async fn republish(dht: Arc<Dht>, stop: CancellationToken) {
+    let mut first = true;
+    loop {
+        let wait = if first {
+            Duration::from_secs(3)
+        } else {
+            REPUBLISH_EVERY + Duration::from_millis(rand::random::<u64>() % REPUBLISH_JITTER_MS)
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let resigned = dht.republish(false).await;
+        for record in dht.own_names() {
+            if record.expires > record::unix_now()
+                && let Err(error) = dht.node().publish((*record).clone()).await
+            {
+                warn!(name = %record.name, %error, "pushing a name to the DHT failed");
+            }
+        }
+        if first || resigned > 0 {
+            debug!(
+                names = dht.own_names().len(),
+                resigned, "own names pushed to the DHT"
+            );
+        }
+        first = false;
     }
 }
 

@@ -49,6 +49,14 @@ const BIG_TXT: usize = 30;
 const MID_TXT: usize = 8;
 
 /// Local `.p2p` names every daemon here serves.
+/// The P2P node on loopback only, on ports the system picks, and no mDNS (which would send
+/// multicast on the host's network).
+const P2P_LOOPBACK: &str = r#"
+[p2p]
+listen = ["/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0"]
+mdns = false
+"#;
+
 const LOCAL_RECORDS: &str = r#"
 [naming.records]
 "site.p2p" = ["A 192.0.2.10", "AAAA 2001:db8::10", "TXT \"hello world\""]
@@ -504,7 +512,7 @@ fn p2pdns_command(dir: &TempDir) -> Command {
 fn daemon_config(dir: &TempDir, extra: &str) -> String {
     let resolv_conf = dir.write("resolv.conf", "");
     format!(
-        "[upstream]\nresolv_conf = {:?}\n{LOCAL_RECORDS}\n{extra}\n",
+        "[upstream]\nresolv_conf = {:?}\n{P2P_LOOPBACK}\n{LOCAL_RECORDS}\n{extra}\n",
         resolv_conf.display().to_string()
     )
 }

@@ -197,13 +197,17 @@ impl Responder {
 
         if self.naming.is_local(query.name()) {
             let answer = self.naming.lookup(qname, qtype).await;
+            let ede = (answer.rcode == ResponseCode::ServFail).then_some((
+                Ede::NoReachableAuthority,
+                "no answer from the p2p network in time; try again",
+            ));
             return Reply {
                 rcode: answer.rcode,
-                authoritative: true,
+                authoritative: answer.rcode != ResponseCode::ServFail,
                 answers: answer.answers,
                 authorities: answer.authorities,
                 additionals: Vec::new(),
-                ede: None,
+                ede,
                 size_hint: None,
             };
         }

@@ -4,15 +4,21 @@
 //! business. Today they come from the static table in the configuration (`[naming.records]`);
 //! the DHT arrives behind the same call.
 
+pub mod dht;
+pub mod identity;
+pub mod node;
 pub mod record;
 mod zbase32;
 mod zone;
+
+use std::sync::Arc;
 
 use hickory_proto::{
     op::ResponseCode,
     rr::{DNSClass, LowerName, Name, RData, Record, RecordType, rdata::SOA},
 };
 
+pub use dht::Dht;
 pub use zone::{LocalZone, ZoneError};
 
 use crate::config::NamingConfig;
@@ -37,7 +43,8 @@ pub enum NamingError {
 /// An answer from the naming subsystem, ready for the DNS front end.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamingAnswer {
-    /// NOERROR (with or without records) or NXDOMAIN.
+    /// NOERROR (with or without records), NXDOMAIN, or SERVFAIL when the DHT gave no answer
+    /// within the lookup budget.
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,
     /// The TLD's SOA for negative answers, so clients can cache them (RFC 2308).
@@ -45,10 +52,10 @@ pub struct NamingAnswer {
 }
 
 /// The naming subsystem's handle.
-#[derive(Debug)]
 pub struct Naming {
     tlds: Vec<LowerName>,
     local: LocalZone,
+    dht: Option<Arc<Dht>>,
 }
 
 impl Naming {
@@ -71,7 +78,21 @@ impl Naming {
                     source,
                 })?;
         }
-        Ok(Self { tlds, local })
+        Ok(Self {
+            tlds,
+            local,
+            dht: None,
+        })
+    }
+
+    /// Adds the DHT behind the local records.
+    pub fn with_dht(mut self, dht: Arc<Dht>) -> Self {
+        self.dht = Some(dht);
+        self
+    }
+
+    pub fn dht(&self) -> Option<&Arc<Dht>> {
+        self.dht.as_ref()
     }
 
     /// Is `name` answered here rather than forwarded upstream?
@@ -89,16 +110,12 @@ impl Naming {
     }
 
     /// Answers `qtype` for `qname`. `qname` keeps the client's letter case, which the answer's
-    /// owner names copy.
+    /// owner names copy. Local records win over the DHT.
     pub async fn lookup(&self, qname: &Name, qtype: RecordType) -> NamingAnswer {
         let lower = LowerName::new(qname);
         let Some(tld) = self.tld_of(&lower) else {
             // The front end only routes names under our TLDs here.
-            return NamingAnswer {
-                rcode: ResponseCode::Refused,
-                answers: Vec::new(),
-                authorities: Vec::new(),
-            };
+            return NamingAnswer::rcode(ResponseCode::Refused);
         };
         let tld = Name::from(tld);
 
@@ -110,64 +127,109 @@ impl Naming {
                 nodata(soa)
             };
         }
-
-        let mut answers = Vec::new();
-        let mut owner = qname.clone();
-        for _ in 0..MAX_CNAME_CHAIN {
-            let key = LowerName::new(&owner);
-            let Some(records) = self.local.get(&key) else {
-                if !answers.is_empty() {
-                    // The chain left the local names; the client resolves the rest.
-                    return positive(answers);
-                }
-                return if self.local.has_descendants(&key) {
-                    nodata(soa_record(&tld))
-                } else {
-                    NamingAnswer {
-                        rcode: ResponseCode::NXDomain,
-                        answers: Vec::new(),
-                        authorities: vec![soa_record(&tld)],
-                    }
-                };
-            };
-            let cname = records
-                .iter()
-                .find(|r| r.record_type() == RecordType::CNAME);
-            match cname {
-                Some(cname) if !matches!(qtype, RecordType::CNAME | RecordType::ANY) => {
-                    let mut record = cname.clone();
-                    record.name = owner.clone();
-                    let RData::CNAME(target) = &cname.data else {
-                        unreachable!("record type was checked to be CNAME")
-                    };
-                    owner = target.0.clone();
-                    answers.push(record);
-                }
-                _ => {
-                    answers.extend(
-                        records
-                            .iter()
-                            .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
-                            .map(|r| {
-                                let mut r = r.clone();
-                                r.name = owner.clone();
-                                r
-                            }),
-                    );
-                    return if answers.is_empty() {
-                        nodata(soa_record(&tld))
-                    } else {
-                        positive(answers)
-                    };
-                }
-            }
+        if self.local.get(&lower).is_some() || self.local.has_descendants(&lower) {
+            return answer_from(&self.local, qname, qtype, &tld);
         }
-        // A CNAME loop or an over-long chain: answer what we followed.
-        positive(answers)
+        match &self.dht {
+            Some(dht) if tld.to_ascii() == format!("{}.", record::TLD) => {
+                dht.lookup(qname, qtype, &tld).await
+            }
+            _ => answer_from(&self.local, qname, qtype, &tld),
+        }
     }
 }
 
-fn positive(answers: Vec<Record>) -> NamingAnswer {
+/// Where [`answer_from`] finds records: the local table or one signed name record.
+pub(crate) trait RecordSource {
+    /// The records owned by `name`.
+    fn records_at(&self, name: &LowerName) -> Vec<Record>;
+    /// Does a name below `name` hold records?
+    fn has_below(&self, name: &LowerName) -> bool;
+}
+
+impl RecordSource for LocalZone {
+    fn records_at(&self, name: &LowerName) -> Vec<Record> {
+        self.get(name).map(<[Record]>::to_vec).unwrap_or_default()
+    }
+
+    fn has_below(&self, name: &LowerName) -> bool {
+        self.has_descendants(name)
+    }
+}
+
+/// Answers `qtype` for `qname` from `source`, following CNAMEs inside it.
+pub(crate) fn answer_from(
+    source: &impl RecordSource,
+    qname: &Name,
+    qtype: RecordType,
+    tld: &Name,
+) -> NamingAnswer {
+    let mut answers = Vec::new();
+    let mut owner = qname.clone();
+    for _ in 0..MAX_CNAME_CHAIN {
+        let key = LowerName::new(&owner);
+        let records = source.records_at(&key);
+        if records.is_empty() {
+            if !answers.is_empty() {
+                // The chain left the records we hold; the client resolves the rest.
+                return positive(answers);
+            }
+            return if source.has_below(&key) {
+                nodata(soa_record(tld))
+            } else {
+                NamingAnswer {
+                    rcode: ResponseCode::NXDomain,
+                    answers: Vec::new(),
+                    authorities: vec![soa_record(tld)],
+                }
+            };
+        }
+        let cname = records
+            .iter()
+            .find(|r| r.record_type() == RecordType::CNAME);
+        match cname {
+            Some(cname) if !matches!(qtype, RecordType::CNAME | RecordType::ANY) => {
+                let mut record = cname.clone();
+                record.name = owner.clone();
+                let RData::CNAME(target) = &cname.data else {
+                    unreachable!("record type was checked to be CNAME")
+                };
+                owner = target.0.clone();
+                answers.push(record);
+            }
+            _ => {
+                answers.extend(
+                    records
+                        .into_iter()
+                        .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
+                        .map(|mut r| {
+                            r.name = owner.clone();
+                            r
+                        }),
+                );
+                return if answers.is_empty() {
+                    nodata(soa_record(tld))
+                } else {
+                    positive(answers)
+                };
+            }
+        }
+    }
+    // A CNAME loop or an over-long chain: answer what we followed.
+    positive(answers)
+}
+
+impl NamingAnswer {
+    pub(crate) fn rcode(rcode: ResponseCode) -> Self {
+        Self {
+            rcode,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+        }
+    }
+}
+
+pub(crate) fn positive(answers: Vec<Record>) -> NamingAnswer {
     NamingAnswer {
         rcode: ResponseCode::NoError,
         answers,
@@ -175,7 +237,7 @@ fn positive(answers: Vec<Record>) -> NamingAnswer {
     }
 }
 
-fn nodata(soa: Record) -> NamingAnswer {
+pub(crate) fn nodata(soa: Record) -> NamingAnswer {
     NamingAnswer {
         rcode: ResponseCode::NoError,
         answers: Vec::new(),
@@ -185,7 +247,7 @@ fn nodata(soa: Record) -> NamingAnswer {
 
 /// The SOA served for a peer-to-peer TLD. Nothing is delegated, so the fields only matter for
 /// negative caching: TTL and minimum give how long "no such name" may be cached.
-fn soa_record(tld: &Name) -> Record {
+pub(crate) fn soa_record(tld: &Name) -> Record {
     let mname = Name::from_ascii("localhost.").expect("static name");
     let rname = Name::from_ascii("nobody.invalid.").expect("static name");
     let soa = SOA::new(mname, rname, 1, 3600, 600, 86_400, NEGATIVE_TTL);
@@ -268,11 +330,12 @@ mod tests {
     fn names_outside_the_tlds_are_rejected() {
         let mut records = BTreeMap::new();
         records.insert("example.com".to_owned(), vec!["A 192.0.2.1".to_owned()]);
-        let err = Naming::new(&NamingConfig {
+        let Err(err) = Naming::new(&NamingConfig {
             records,
             ..NamingConfig::default()
-        })
-        .unwrap_err();
+        }) else {
+            panic!("a name outside the TLDs was accepted");
+        };
         let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
         assert!(chain.contains("example.com"), "{chain}");
     }

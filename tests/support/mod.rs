@@ -148,6 +148,22 @@ pub fn config(upstreams: &[SocketAddr]) -> Config {
     config.upstream.resolv_conf = PathBuf::from("/nonexistent/resolv.conf");
     config.upstream.timeout_ms = 300;
     config.upstream.query_timeout_ms = 1500;
+    config.p2p.enabled = false;
+    config
+}
+
+/// A configuration with the P2P node on loopback (port 0, no mDNS, DHT server mode),
+/// bootstrapping from `bootstrap`.
+pub fn p2p_config(bootstrap: &[libp2p::Multiaddr]) -> Config {
+    let mut config = config(&[]);
+    config.p2p.enabled = true;
+    config.p2p.listen = vec![
+        "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+    ];
+    config.p2p.bootstrap = bootstrap.to_vec();
+    config.p2p.mdns = false;
+    config.p2p.dht_mode = p2pdns::config::DhtMode::Server;
     config
 }
 
@@ -158,15 +174,27 @@ pub struct TestDaemon {
     /// What SIGHUP does in the binary.
     pub reload: Arc<tokio::sync::Notify>,
     pub forwarder: Arc<p2pdns::dns::forwarder::Forwarder>,
+    pub dht: Option<Arc<p2pdns::naming::Dht>>,
+    pub p2p_addrs: Vec<libp2p::Multiaddr>,
+    pub data_dir: PathBuf,
     pub task: JoinHandle<Result<(), DaemonError>>,
 }
 
 impl TestDaemon {
     pub async fn start(config: Config) -> Self {
         let dir = std::env::temp_dir().join(format!("p2pdns-test-{}", rand::random::<u64>()));
-        let daemon = Daemon::bind(config, dir).await.expect("daemon binds");
+        Self::start_in(config, dir).await
+    }
+
+    /// Starts a daemon on the data directory `dir` (to restart one with its state).
+    pub async fn start_in(config: Config, dir: PathBuf) -> Self {
+        let daemon = Daemon::bind(config, dir.clone())
+            .await
+            .expect("daemon binds");
         let addr = daemon.dns_addrs()[0];
         let forwarder = daemon.forwarder().clone();
+        let dht = daemon.dht().cloned();
+        let p2p_addrs = daemon.p2p_addrs().to_vec();
         let shutdown = CancellationToken::new();
         let reload = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(daemon.run(shutdown.clone(), reload.clone()));
@@ -175,6 +203,9 @@ impl TestDaemon {
             shutdown,
             reload,
             forwarder,
+            dht,
+            p2p_addrs,
+            data_dir: dir,
             task,
         }
     }

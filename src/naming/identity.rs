@@ -1,0 +1,141 @@
+//! The node's identity: an Ed25519 key made on first start and kept in the data directory
+//! (mode 0600), reused after. It is the libp2p peer identity and the owner key of every name
+//! the node publishes.
+
+use std::{
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use libp2p::identity::{Keypair, ed25519};
+use tracing::info;
+
+/// File name of the key inside the data directory.
+pub const KEY_FILE: &str = "identity.key";
+
+/// Errors with the identity key.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("failed to create the data directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to read the identity key {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the identity key {path} is not a valid Ed25519 key (move it away to make a new identity)"
+    )]
+    Invalid { path: PathBuf },
+    #[error("failed to write the identity key {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Loads the key from `data_dir`, or makes and saves a new one.
+pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError> {
+    let path = data_dir.join(KEY_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let keypair = Keypair::from_protobuf_encoding(&bytes)
+                .ok()
+                .and_then(|k| k.try_into_ed25519().ok())
+                .ok_or_else(|| IdentityError::Invalid { path: path.clone() })?;
+            Ok(keypair)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            create_private_dir(data_dir)?;
+            let keypair = ed25519::Keypair::generate();
+            let encoded = Keypair::from(keypair.clone())
+                .to_protobuf_encoding()
+                .expect("Ed25519 keys always encode");
+            write_private(&path, &encoded).map_err(|source| IdentityError::Write {
+                path: path.clone(),
+                source,
+            })?;
+            info!(path = %path.display(), "created a new identity key");
+            Ok(keypair)
+        }
+        Err(source) => Err(IdentityError::Read { path, source }),
+    }
+}
+
+/// Creates `dir` (and parents) readable by the owner only.
+pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|source| IdentityError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Writes `bytes` to `path` with mode 0600, atomically: a temporary file in the same
+/// directory, synced, then renamed over the target. A crash or a full disk leaves either the
+/// old file or the new one, never a torn one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_created_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("p2pdns-id-{}", rand::random::<u64>()));
+        let first = load_or_create(&dir).unwrap();
+        let second = load_or_create(&dir).unwrap();
+        assert_eq!(first.public(), second.public());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        fs::write(dir.join(KEY_FILE), b"garbage").unwrap();
+        assert!(matches!(
+            load_or_create(&dir),
+            Err(IdentityError::Invalid { .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

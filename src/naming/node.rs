@@ -1,0 +1,637 @@
+//! The P2P node: one task owns the libp2p [`Swarm`] and runs its event loop; the rest of the
+//! program drives it through a cloneable [`NodeHandle`] (commands over a bounded channel,
+//! answers over oneshot channels).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    time::{Duration, Instant},
+};
+
+use hickory_proto::rr::Name;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, identify, identity,
+    kad::{self, store::MemoryStore, store::MemoryStoreConfig, store::RecordStore},
+    mdns, noise, ping,
+    swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
+    tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::record::{NameRecord, dht_key, unix_now};
+use crate::config::{DhtMode, P2pConfig};
+
+/// Kademlia protocol id of the p2pdns network (never IPFS's).
+pub const KAD_PROTOCOL: &str = "/p2pdns/kad/1.0.0";
+/// Identify protocol version string.
+const IDENTIFY_VERSION: &str = "/p2pdns/1.0.0";
+/// Commands waiting for the event loop at most.
+const COMMAND_QUEUE: usize = 256;
+/// Lookups running at once at most; more are refused rather than queued without bound.
+const MAX_LOOKUPS: usize = 512;
+/// Peers remembered as having sent an invalid record (so each is logged once).
+const WARNED_PEERS: usize = 1024;
+/// How long the DHT keeps asking after a caller's budget ran out (to warm the cache).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the P2P node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A listen address could not be used.
+    #[error("failed to listen on {addr}")]
+    Listen {
+        addr: Multiaddr,
+        #[source]
+        source: libp2p::TransportError<std::io::Error>,
+    },
+    /// The swarm could not be built (transport set-up).
+    #[error("failed to start the P2P node: {0}")]
+    Build(String),
+    /// The event loop is gone (daemon shutting down).
+    #[error("the P2P node is not running")]
+    Stopped,
+    /// Too many lookups are running.
+    #[error("too many DHT lookups in flight")]
+    Busy,
+    /// The record could not be stored locally.
+    #[error("failed to store the record: {0}")]
+    Store(String),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Valid replicas of a name found in the DHT so far.
+#[derive(Debug, Clone, Default)]
+pub struct Replicas {
+    /// Each valid record, with the peer that returned it (`None`: this node's own store).
+    pub records: Vec<(Option<PeerId>, NameRecord)>,
+    /// Replicas that failed validation (forged, expired, hijacked...).
+    pub invalid: usize,
+    /// The query ended and no peer had any record: the name is absent from the DHT.
+    pub absent: bool,
+}
+
+/// What `p2pdns status` shows about the node.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub peer_id: PeerId,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub connected_peers: usize,
+    pub routing_table_peers: usize,
+    pub stored_records: usize,
+    pub mode: String,
+}
+
+enum Command {
+    Lookup {
+        name: Name,
+        wanted: usize,
+        reply: oneshot::Sender<Replicas>,
+    },
+    Publish {
+        record: NameRecord,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Dial {
+        addr: Multiaddr,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+}
+
+/// A cloneable handle to the running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+}
+
+impl NodeHandle {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Asks the DHT for `name` (a DHT name, `site.p2p.`) and returns the valid replicas found
+    /// once `wanted` are in or the query ends. The caller bounds the wait; the query goes on
+    /// without it.
+    pub async fn lookup(&self, name: Name, wanted: usize) -> Result<Replicas, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Lookup {
+            name,
+            wanted,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| NodeError::Busy)
+    }
+
+    /// Stores `record` locally and pushes it to the peers closest to its key.
+    pub async fn publish(&self, record: NameRecord) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Publish { record, reply }).await?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Dials a peer (bootstrap or test wiring).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.send(Command::Dial { addr }).await
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Status { reply }).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NodeError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+}
+
+/// A lookup being collected.
+struct Lookup {
+    wanted: usize,
+    replicas: Replicas,
+    replies: Vec<oneshot::Sender<Replicas>>,
+    /// Replies already sent (quorum reached); later replicas are dropped.
+    answered: bool,
+}
+
+/// The node before its event loop runs: sockets bound, addresses known.
+pub struct Node {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    handle: NodeHandle,
+    listen_addrs: Vec<Multiaddr>,
+    config: P2pConfig,
+}
+
+impl Node {
+    /// Builds the swarm, starts listening and waits until every listener reports its address.
+    pub async fn bind(keypair: identity::Keypair, config: &P2pConfig) -> Result<Self, NodeError> {
+        let peer_id = keypair.public().to_peer_id();
+        let store_config = MemoryStoreConfig {
+            max_records: config.max_stored_records,
+            max_value_bytes: super::record::MAX_RECORD_BYTES,
+            ..MemoryStoreConfig::default()
+        };
+        let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        kad_config
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_query_timeout(QUERY_TIMEOUT)
+            .set_max_packet_size(16 * 1024)
+            // Owners republish their own records; storage nodes re-replicate what they hold.
+            .set_publication_interval(None)
+            .set_replication_interval(Some(Duration::from_secs(3600)))
+            .set_record_ttl(None);
+        let mdns_enabled = config.mdns;
+        let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NodeError::Build(e.to_string()))?
+            .with_quic()
+            .with_behaviour(|key| {
+                let mdns = if mdns_enabled {
+                    Some(mdns::tokio::Behaviour::new(
+                        mdns::Config::default(),
+                        key.public().to_peer_id(),
+                    )?)
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    kad: kad::Behaviour::with_config(
+                        peer_id,
+                        MemoryStore::with_config(peer_id, store_config),
+                        kad_config,
+                    ),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        IDENTIFY_VERSION.to_owned(),
+                        key.public(),
+                    )),
+                    ping: ping::Behaviour::default(),
+                    mdns: Toggle::from(mdns),
+                })
+            })
+            .map_err(|e| NodeError::Build(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+
+        let mode = match config.dht_mode {
+            DhtMode::Client => kad::Mode::Client,
+            // Until reachability is probed (AutoNAT), a node that is not told otherwise serves
+            // the DHT: LAN peers reach each other directly.
+            DhtMode::Server | DhtMode::Auto => kad::Mode::Server,
+        };
+        swarm.behaviour_mut().kad.set_mode(Some(mode));
+
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|source| NodeError::Listen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+        }
+        // Drive the swarm until each listener has reported an address, so the bound ports are
+        // known (port 0) before anyone is told about them.
+        let mut listen_addrs = Vec::new();
+        let mut reported = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while reported < config.listen.len() {
+            let event = tokio::time::timeout_at(deadline, futures_next(&mut swarm)).await;
+            match event {
+                Ok(SwarmEvent::NewListenAddr { address, .. }) => {
+                    listen_addrs.push(address);
+                    reported += 1;
+                }
+                Ok(SwarmEvent::ListenerError { error, .. })
+                | Ok(SwarmEvent::ListenerClosed {
+                    reason: Err(error), ..
+                }) => {
+                    return Err(NodeError::Build(format!("listener failed: {error}")));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        Ok(Self {
+            swarm,
+            commands: rx,
+            handle: NodeHandle {
+                commands: tx,
+                peer_id,
+            },
+            listen_addrs,
+            config: config.clone(),
+        })
+    }
+
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The addresses the node listens on (port 0 resolved), each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let peer = self.handle.peer_id;
+        self.listen_addrs
+            .iter()
+            .map(|a| a.clone().with_p2p(peer).unwrap_or_else(|a| a))
+            .collect()
+    }
+
+    /// Runs the event loop until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            mut swarm,
+            mut commands,
+            handle,
+            mut listen_addrs,
+            config,
+        } = self;
+        for addr in &config.bootstrap {
+            if let Err(error) = swarm.dial(addr.clone()) {
+                warn!(%addr, %error, "cannot dial bootstrap peer");
+            }
+        }
+        let mut state = EventLoop {
+            lookups: HashMap::new(),
+            warned: VecDeque::new(),
+            warned_set: HashSet::new(),
+            put_times: HashMap::new(),
+            config,
+            bootstrapped: false,
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(command) => state.command(&mut swarm, &listen_addrs, handle.peer_id, command),
+                    None => break,
+                },
+                event = futures_next(&mut swarm) => {
+                    if let SwarmEvent::NewListenAddr { address, .. } = &event {
+                        listen_addrs.push(address.clone());
+                    }
+                    state.event(&mut swarm, event);
+                }
+            }
+        }
+        debug!("P2P node stopped");
+    }
+}
+
+async fn futures_next(swarm: &mut Swarm<Behaviour>) -> SwarmEvent<BehaviourEvent> {
+    use futures_util::StreamExt;
+    swarm
+        .next()
+        .await
+        .expect("a swarm's event stream never ends")
+}
+
+struct EventLoop {
+    lookups: HashMap<kad::QueryId, Lookup>,
+    warned: VecDeque<PeerId>,
+    warned_set: HashSet<PeerId>,
+    /// Recent PUT times per peer, for the rate limit.
+    put_times: HashMap<PeerId, VecDeque<Instant>>,
+    config: P2pConfig,
+    /// A bootstrap query was started.
+    bootstrapped: bool,
+}
+
+impl EventLoop {
+    fn command(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        listen_addrs: &[Multiaddr],
+        peer_id: PeerId,
+        command: Command,
+    ) {
+        match command {
+            Command::Lookup {
+                name,
+                wanted,
+                reply,
+            } => {
+                if self.lookups.len() >= MAX_LOOKUPS {
+                    drop(reply);
+                    return;
+                }
+                let key = kad::RecordKey::new(&dht_key(&name));
+                let id = swarm.behaviour_mut().kad.get_record(key);
+                self.lookups.insert(
+                    id,
+                    Lookup {
+                        wanted: wanted.max(1),
+                        replicas: Replicas::default(),
+                        replies: vec![reply],
+                        answered: false,
+                    },
+                );
+            }
+            Command::Publish { record, reply } => {
+                let kad_record = to_kad_record(&record, Some(peer_id));
+                let result = swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(kad_record, kad::Quorum::One)
+                    .map(|_| ())
+                    .map_err(|e| NodeError::Store(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Dial { addr } => {
+                if let Err(error) = swarm.dial(addr.clone()) {
+                    warn!(%addr, %error, "cannot dial peer");
+                }
+            }
+            Command::Status { reply } => {
+                let kad = &mut swarm.behaviour_mut().kad;
+                let routing_table_peers = kad.kbuckets().map(|b| b.num_entries()).sum();
+                let stored_records = kad.store_mut().records().count();
+                let mode = kad.mode().to_string();
+                let _ = reply.send(NodeStatus {
+                    peer_id,
+                    listen_addrs: listen_addrs.to_vec(),
+                    connected_peers: swarm.connected_peers().count(),
+                    routing_table_peers,
+                    stored_records,
+                    mode,
+                });
+            }
+        }
+    }
+
+    fn event(&mut self, swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "P2P listening");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                // rust-libp2p does not feed identify into Kademlia; without this, peers that
+                // dialed us never get an address in the routing table.
+                let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+                if speaks_kad {
+                    for addr in info.listen_addrs {
+                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                    if !self.bootstrapped {
+                        // First DHT peer: look ourselves up to fill the routing table now
+                        // rather than at the first periodic bootstrap.
+                        self.bootstrapped = swarm.behaviour_mut().kad.bootstrap().is_ok();
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    debug!(%peer, %addr, "found a peer on the LAN");
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    if !swarm.is_connected(&peer) {
+                        let _ = swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad_event(swarm, event),
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                debug!(%peer_id, "connected");
+            }
+            _ => {}
+        }
+    }
+
+    fn kad_event(&mut self, swarm: &mut Swarm<Behaviour>, event: kad::Event) {
+        match event {
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            } => self.inbound_put(swarm, source, record),
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                    self.found(swarm, id, found);
+                }
+                kad::QueryResult::GetRecord(Ok(
+                    kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. },
+                )) => self.finish(id, false),
+                kad::QueryResult::GetRecord(Err(kad::GetRecordError::NotFound { .. })) => {
+                    self.finish(id, true);
+                }
+                kad::QueryResult::GetRecord(Err(error)) => {
+                    debug!(%error, "DHT lookup ended");
+                    self.finish(id, false);
+                }
+                kad::QueryResult::PutRecord(result) if step.last => {
+                    debug!(?result, "DHT put finished");
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// A replica arrived for lookup `id`: keep it if valid, answer once enough are in.
+    fn found(&mut self, swarm: &mut Swarm<Behaviour>, id: kad::QueryId, found: kad::PeerRecord) {
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        let now = unix_now();
+        match NameRecord::from_bytes(&found.record.value).and_then(|r| r.verify(now).map(|()| r)) {
+            Ok(record) => lookup.replicas.records.push((found.peer, record)),
+            Err(error) => {
+                lookup.replicas.invalid += 1;
+                if let Some(peer) = found.peer {
+                    self.warn_once(peer, &error);
+                }
+            }
+        }
+        let lookup = self.lookups.get_mut(&id).expect("looked up above");
+        if !lookup.answered && lookup.replicas.records.len() >= lookup.wanted {
+            lookup.answered = true;
+            for reply in lookup.replies.drain(..) {
+                let _ = reply.send(lookup.replicas.clone());
+            }
+            if let Some(mut query) = swarm.behaviour_mut().kad.query_mut(&id) {
+                query.finish();
+            }
+        }
+    }
+
+    fn finish(&mut self, id: kad::QueryId, not_found: bool) {
+        let Some(mut lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        lookup.replicas.absent = not_found && lookup.replicas.records.is_empty();
+        for reply in lookup.replies.drain(..) {
+            let _ = reply.send(lookup.replicas.clone());
+        }
+    }
+
+    /// A peer asks us to store a record: check it fully before it touches the store.
+    fn inbound_put(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        source: PeerId,
+        mut record: kad::Record,
+    ) {
+        if !self.within_rate(source) {
+            debug!(peer = %source, "PUT rate limit exceeded; record dropped");
+            return;
+        }
+        let now = unix_now();
+        let parsed = NameRecord::from_bytes(&record.value).and_then(|r| r.verify(now).map(|()| r));
+        let new = match parsed {
+            Ok(new) => new,
+            Err(error) => {
+                self.warn_once(source, &error);
+                return;
+            }
+        };
+        if record.key.as_ref() != dht_key(&new.name).as_slice() {
+            self.warn_once(source, &"record stored under another name's key");
+            return;
+        }
+        let store = swarm.behaviour_mut().kad.store_mut();
+        if let Some(held) = store.get(&record.key)
+            && let Ok(held) = NameRecord::from_bytes(&held.value)
+            && held.expires > now
+        {
+            if held.owner != new.owner {
+                self.warn_once(source, &"record for a name owned by another key");
+                return;
+            }
+            if new.seq <= held.seq {
+                return;
+            }
+        }
+        let held_by_source = store
+            .records()
+            .filter(|r| r.publisher == Some(source))
+            .count();
+        if held_by_source >= self.config.max_records_per_peer {
+            debug!(peer = %source, "per-peer record limit reached; record dropped");
+            return;
+        }
+        let stored = to_kad_record(&new, Some(source));
+        record.value = stored.value;
+        record.publisher = stored.publisher;
+        record.expires = stored.expires;
+        if let Err(error) = store.put(record) {
+            debug!(%error, "record not stored");
+        }
+    }
+
+    fn within_rate(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let window = Duration::from_secs(60);
+        if self.put_times.len() > 10_000 {
+            self.put_times.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < window)
+            });
+        }
+        let times = self.put_times.entry(peer).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            times.pop_front();
+        }
+        if times.len() >= self.config.max_puts_per_peer_per_minute {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+
+    fn warn_once(&mut self, peer: PeerId, error: &dyn std::fmt::Display) {
+        if self.warned_set.contains(&peer) {
+            debug!(%peer, %error, "invalid record dropped");
+            return;
+        }
+        warn!(%peer, %error, "peer sent an invalid record; dropped (further ones are logged at debug)");
+        if self.warned.len() >= WARNED_PEERS
+            && let Some(old) = self.warned.pop_front()
+        {
+            self.warned_set.remove(&old);
+        }
+        self.warned.push_back(peer);
+        self.warned_set.insert(peer);
+    }
+}
+
+/// The Kademlia form of a record: value = encoded record, expiry from the signed field.
+fn to_kad_record(record: &NameRecord, publisher: Option<PeerId>) -> kad::Record {
+    let left = record.expires.saturating_sub(unix_now());
+    kad::Record {
+        key: kad::RecordKey::new(&dht_key(&record.name)),
+        value: record.to_bytes(),
+        publisher,
+        expires: Some(Instant::now() + Duration::from_secs(left)),
+    }
+}

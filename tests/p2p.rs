@@ -1,0 +1,114 @@
+//! In-process P2P networks: several daemons on loopback forming a DHT, names published on one
+//! and resolved through another's DNS port with hickory's client.
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{Name, RData, Record, RecordType},
+};
+use support::{TestDaemon, WAIT, ask, p2p_config};
+
+/// Starts `n` daemons: the first alone, the others bootstrapping from it.
+async fn network(n: usize) -> Vec<TestDaemon> {
+    let first = TestDaemon::start(p2p_config(&[])).await;
+    let bootstrap = first.p2p_addrs.clone();
+    let mut daemons = vec![first];
+    for _ in 1..n {
+        daemons.push(TestDaemon::start(p2p_config(&bootstrap)).await);
+    }
+    // Wait until every node knows a few DHT peers.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for daemon in &daemons {
+        loop {
+            let status = daemon.dht.as_ref().unwrap().node().status().await.unwrap();
+            if status.routing_table_peers >= (n - 1).min(3) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "routing table stayed at {} peers",
+                status.routing_table_peers
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    daemons
+}
+
+fn a(name: &str, ip: &str) -> Record {
+    Record::from_rdata(
+        Name::from_ascii(name).unwrap(),
+        300,
+        RData::A(ip.parse().unwrap()),
+    )
+}
+
+fn a_records(msg: &hickory_proto::op::Message) -> Vec<String> {
+    msg.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asks `addr` until the answer's A records are `want` (records travel through the DHT).
+async fn resolve_until(addr: SocketAddr, name: &str, want: &[&str]) -> hickory_proto::op::Message {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let msg = ask(addr, name, RecordType::A).await;
+        if a_records(&msg) == want {
+            return msg;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never resolved to {want:?}; last answer: {msg:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_published_on_one_node_resolves_through_another() {
+    let daemons = network(5).await;
+    let publisher = daemons[1].dht.as_ref().unwrap();
+    let name = Name::from_ascii("site.p2p.").unwrap();
+    publisher
+        .publish(
+            &name,
+            vec![
+                a("site.p2p.", "192.0.2.10"),
+                a("www.site.p2p.", "192.0.2.11"),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let msg = resolve_until(daemons[4].addr, "site.p2p.", &["192.0.2.10"]).await;
+    assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
+    assert!(msg.metadata.authoritative);
+    let www = resolve_until(daemons[3].addr, "WWW.Site.p2p.", &["192.0.2.11"]).await;
+    assert!(
+        www.answers[0]
+            .name
+            .eq_case(&Name::from_ascii("WWW.Site.p2p.").unwrap())
+    );
+    let missing = ask(daemons[2].addr, "nothing-here.p2p.", RecordType::A).await;
+    assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+    let nodata = ask(daemons[2].addr, "site.p2p.", RecordType::AAAA).await;
+    assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+    assert!(nodata.answers.is_empty());
+    assert_eq!(nodata.authorities[0].record_type(), RecordType::SOA);
+
+    // The owner's key name resolves too.
+    let key_name = publisher.key_name();
+    publisher
+        .publish(&key_name, vec![a(&key_name.to_ascii(), "192.0.2.99")])
+        .await
+        .unwrap();
+    resolve_until(daemons[0].addr, &key_name.to_ascii(), &["192.0.2.99"]).await;
+}
