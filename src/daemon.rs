@@ -189,7 +189,9 @@ impl Daemon {
             dht,
             ..
         } = self;
-        let node_stop = shutdown.child_token();
+        // Not a child of `shutdown`: the node must outlive the DNS drain (answers in flight may
+        // still need the DHT), and its end before then means it failed.
+        let node_stop = CancellationToken::new();
         let mut node_task = match node {
             Some(node) => tokio::spawn(node.run(node_stop.clone())),
             None => tokio::spawn(std::future::pending()),
