@@ -192,10 +192,7 @@ impl Daemon {
         // Not a child of `shutdown`: the node must outlive the DNS drain (answers in flight may
         // still need the DHT), and its end before then means it failed.
         let node_stop = CancellationToken::new();
-        let mut node_task = match node {
-            Some(node) => tokio::spawn(node.run(node_stop.clone())),
-            None => tokio::spawn(std::future::pending()),
-        };
+        let mut node_task = node.map(|node| tokio::spawn(node.run(node_stop.clone())));
         let republisher = dht.map(|dht| tokio::spawn(republish(dht, node_stop.clone())));
         let listen = dns.addrs().to_vec();
         let mut poll = tokio::time::interval(RESOLV_CONF_POLL);
@@ -209,7 +206,7 @@ impl Daemon {
                     return Err(DnsError::Stopped("every listener closed".into()).into());
                 }
                 () = shutdown.cancelled() => break,
-                _ = &mut node_task => {
+                _ = async { node_task.as_mut().expect("guarded").await }, if node_task.is_some() => {
                     return Err(NodeError::Stopped.into());
                 }
                 () = reload.notified() => {
@@ -241,7 +238,9 @@ impl Daemon {
         if let Some(task) = republisher {
             task.abort();
         }
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, node_task).await;
+        if let Some(task) = node_task {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+        }
         result
     }
 }
