@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, UpstreamAddr};
+use crate::{
+    config::{Config, UpstreamAddr},
+    control::{ClientError, Request, Response, call},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +41,57 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Show the running daemon's state: DNS, upstreams, the P2P node and its peers.
+    Status,
+    /// Publish records under a .p2p name (added to the name's records), or a zone file.
+    Publish(PublishArgs),
+    /// Stop publishing a name (copies held by other nodes expire on their own).
+    Unpublish {
+        /// The name, e.g. site.p2p (".p2p" may be left out).
+        name: String,
+    },
+    /// List the names this daemon publishes, with how many other nodes hold each.
+    Names,
+    /// Resolve a .p2p name through the daemon; shows the owner key, sequence number and how
+    /// many replicas agreed.
+    Resolve {
+        name: String,
+        /// Record type.
+        #[arg(default_value = "A")]
+        qtype: String,
+    },
+    /// List pinned owners of human names, or remove a pin.
+    Pins {
+        #[command(subcommand)]
+        command: Option<PinsCommand>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The name, e.g. site.p2p or www.site.p2p (".p2p" may be left out).
+    pub name: String,
+    /// Record type (A, AAAA, CNAME, TXT, MX, SRV, CAA, HTTPS...).
+    #[arg(required_unless_present = "zone")]
+    pub rtype: Option<String>,
+    /// Record data in zone-file syntax, e.g. `192.0.2.1` or `10 mail.site.p2p.` (the words
+    /// are joined with spaces; quote TXT strings: '"hello world"').
+    pub value: Vec<String>,
+    /// TTL of the record in seconds [default: 300].
+    #[arg(long)]
+    pub ttl: Option<u32>,
+    /// Publish this zone file (RFC 1035 syntax, names relative to NAME) as the name's records,
+    /// replacing what it had.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["rtype", "value", "ttl"])]
+    pub zone: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PinsCommand {
+    /// List the pins (the default).
+    List,
+    /// Forget the pinned owner of a name; the next owner seen is pinned.
+    Remove { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -68,5 +122,219 @@ impl RunArgs {
         if !self.upstreams.is_empty() {
             config.upstream.servers.clone_from(&self.upstreams);
         }
+    }
+}
+
+/// Errors of the commands that talk to a running daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("failed to read the zone file {path}")]
+    Zone {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Command {
+    /// Runs a command that talks to the daemon using `data_dir`, returning what to print.
+    /// `None` for commands that do not talk to a daemon.
+    pub async fn call_daemon(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Option<Result<String, CommandError>> {
+        let request = match self.request() {
+            Ok(Some(request)) => request,
+            Ok(None) => return None,
+            Err(error) => return Some(Err(error)),
+        };
+        Some(
+            call(data_dir, &request)
+                .await
+                .map(|r| render(&r))
+                .map_err(CommandError::from),
+        )
+    }
+
+    fn request(&self) -> Result<Option<Request>, CommandError> {
+        Ok(Some(match self {
+            Command::Run(_) | Command::Config(_) => return Ok(None),
+            Command::Status => Request::Status,
+            Command::Publish(args) => match &args.zone {
+                Some(path) => Request::PublishZone {
+                    name: args.name.clone(),
+                    zone: std::fs::read_to_string(path).map_err(|source| CommandError::Zone {
+                        path: path.clone(),
+                        source,
+                    })?,
+                },
+                None => {
+                    let rtype = args.rtype.clone().unwrap_or_default();
+                    if args.value.is_empty() {
+                        return Err(CommandError::Usage(format!(
+                            "publish {} {rtype} needs a value, e.g. `p2pdns publish {} A 192.0.2.1`",
+                            args.name, args.name
+                        )));
+                    }
+                    let ttl = args.ttl.map(|t| format!("{t} ")).unwrap_or_default();
+                    Request::Publish {
+                        name: args.name.clone(),
+                        records: vec![format!("{ttl}{rtype} {}", args.value.join(" "))],
+                    }
+                }
+            },
+            Command::Unpublish { name } => Request::Unpublish { name: name.clone() },
+            Command::Names => Request::Names,
+            Command::Resolve { name, qtype } => Request::Resolve {
+                name: name.clone(),
+                qtype: qtype.clone(),
+            },
+            Command::Pins { command } => match command {
+                None | Some(PinsCommand::List) => Request::Pins,
+                Some(PinsCommand::Remove { name }) => Request::RemovePin { name: name.clone() },
+            },
+        }))
+    }
+}
+
+/// Formats a response for people.
+fn render(response: &Response) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    match response {
+        Response::Error { message } => out.push_str(message),
+        Response::Status(s) => {
+            let _ = writeln!(out, "p2pdns {}", s.version);
+            let _ = writeln!(out, "dns:        {}", s.dns_addrs.join(", "));
+            let upstreams = if s.upstreams.is_empty() {
+                "none (names outside .p2p get SERVFAIL)".to_owned()
+            } else {
+                s.upstreams.join(", ")
+            };
+            let _ = writeln!(out, "upstreams:  {upstreams}");
+            let _ = writeln!(out, "cache:      {} answers", s.cache_entries);
+            match &s.p2p {
+                Some(p) => {
+                    let _ = writeln!(out, "peer id:    {}", p.peer_id);
+                    let _ = writeln!(out, "key name:   {}", p.key_name);
+                    let _ = writeln!(out, "dht mode:   {}", p.dht_mode);
+                    let _ = writeln!(
+                        out,
+                        "peers:      {} connected, {} in the routing table",
+                        p.connected_peers, p.routing_table_peers
+                    );
+                    let _ = writeln!(
+                        out,
+                        "records:    {} stored for the network",
+                        p.stored_records
+                    );
+                    for addr in &p.listen_addrs {
+                        let _ = writeln!(out, "listening:  {addr}/p2p/{}", p.peer_id);
+                    }
+                }
+                None => out.push_str("p2p:        disabled\n"),
+            }
+        }
+        Response::Published {
+            name,
+            seq,
+            expires,
+            records,
+        } => {
+            let _ = writeln!(
+                out,
+                "published {name} (seq {seq}, expires {})",
+                expiry(*expires)
+            );
+            for record in records {
+                let _ = writeln!(out, "  {record}");
+            }
+        }
+        Response::Unpublished { name, existed } => {
+            let _ = writeln!(
+                out,
+                "{}",
+                if *existed {
+                    format!(
+                        "{name} is no longer published; copies on other nodes expire on their own"
+                    )
+                } else {
+                    format!("{name} was not published by this daemon")
+                }
+            );
+        }
+        Response::Names { names } => {
+            if names.is_empty() {
+                out.push_str("no names published (see `p2pdns publish`)\n");
+            }
+            for n in names {
+                let _ = writeln!(
+                    out,
+                    "{}  seq {}  expires {}  held by {} other node(s)",
+                    n.name,
+                    n.seq,
+                    expiry(n.expires),
+                    n.replicas
+                );
+                for record in &n.records {
+                    let _ = writeln!(out, "  {record}");
+                }
+            }
+        }
+        Response::Resolved(r) => {
+            let _ = writeln!(out, "{} {}", r.name, r.rcode);
+            for answer in &r.answers {
+                let _ = writeln!(out, "  {answer}");
+            }
+            if let (Some(owner), Some(seq), Some(replicas)) = (&r.owner, r.seq, r.replicas) {
+                let _ = writeln!(out, "owner:    {owner}");
+                let _ = writeln!(out, "seq:      {seq}");
+                let _ = writeln!(out, "replicas: {replicas} agreeing");
+            }
+        }
+        Response::Pins { pins } => {
+            if pins.is_empty() {
+                out.push_str("no pins\n");
+            }
+            for pin in pins {
+                let _ = writeln!(
+                    out,
+                    "{}  owner {}  record expires {}",
+                    pin.name,
+                    pin.owner,
+                    expiry(pin.expires)
+                );
+            }
+        }
+        Response::PinRemoved { name, existed } => {
+            let _ = writeln!(
+                out,
+                "{}",
+                if *existed {
+                    format!("pin for {name} removed")
+                } else {
+                    format!("{name} had no pin")
+                }
+            );
+        }
+    }
+    out
+}
+
+/// A Unix time as seconds from now, for people.
+fn expiry(unix: u64) -> String {
+    let now = crate::naming::record::unix_now();
+    if unix <= now {
+        return "already".to_owned();
+    }
+    let left = unix - now;
+    match left {
+        0..=119 => format!("in {left} s"),
+        120..=7199 => format!("in {} min", left / 60),
+        _ => format!("in {} h", left / 3600),
     }
 }

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
+    control::{self, ControlError},
     dns::{
         DnsError, DnsServer,
         forwarder::Forwarder,
@@ -54,6 +55,9 @@ pub enum DaemonError {
     /// The P2P node could not start or stopped.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// Shutdown took longer than the grace period.
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
@@ -79,6 +83,8 @@ pub struct Daemon {
     node: Option<Node>,
     dht: Option<Arc<Dht>>,
     p2p_addrs: Vec<libp2p::Multiaddr>,
+    naming: Arc<Naming>,
+    control: tokio::net::UnixListener,
 }
 
 impl Daemon {
@@ -86,6 +92,8 @@ impl Daemon {
     pub async fn bind(config: Config, data_dir: PathBuf) -> Result<Self, DaemonError> {
         let mut naming = Naming::new(&config.naming)?;
         let sockets = BoundSockets::bind(&config.dns.listen)?;
+        identity::create_private_dir(&data_dir)?;
+        let control = control::bind(&data_dir).await?;
         let (node, dht) = if config.p2p.enabled {
             let keypair = identity::load_or_create(&data_dir)?;
             let node = Node::bind(keypair.clone().into(), &config.p2p).await?;
@@ -128,6 +136,7 @@ impl Daemon {
             config.dns.max_inflight,
         ));
         let handler = Handler::new(forwarder.clone(), naming.clone(), &config.dns);
+        let naming_for_control = naming.clone();
         let dns = DnsServer::serve(
             sockets,
             handler,
@@ -146,6 +155,8 @@ impl Daemon {
             node,
             dht,
             p2p_addrs,
+            naming: naming_for_control,
+            control,
         })
     }
 
@@ -187,8 +198,23 @@ impl Daemon {
             drain,
             node,
             dht,
+            naming,
+            control,
+            data_dir,
             ..
         } = self;
+        let context = Arc::new(control::Context {
+            naming,
+            forwarder: forwarder.clone(),
+            dns_addrs: dns.addrs().to_vec(),
+        });
+        let control_stop = CancellationToken::new();
+        let control_task = tokio::spawn(control::serve(
+            control,
+            context,
+            control_stop.clone(),
+            data_dir.join(control::SOCKET_FILE),
+        ));
         // Not a child of `shutdown`: the node must outlive the DNS drain (answers in flight may
         // still need the DHT), and its end before then means it failed.
         let node_stop = CancellationToken::new();
@@ -235,6 +261,8 @@ impl Daemon {
             Err(_) => Err(DaemonError::ShutdownTimeout(SHUTDOWN_GRACE)),
         };
         node_stop.cancel();
+        control_stop.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, control_task).await;
         if let Some(task) = republisher {
             task.abort();
         }

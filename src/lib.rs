@@ -12,7 +12,10 @@
 //!   - [`dns::handler`]: per-query protocol checks and routing, EDNS, truncation.
 //!   - [`dns::forwarder`]: upstream queries with de-duplication, failover, TCP retry,
 //!     serve-stale; [`dns::upstream`] tracks each server's health; [`dns::cache`] holds answers.
-//! - [`naming`]: answers for the peer-to-peer TLDs (local records today, the DHT next).
+//! - [`naming`]: answers for the peer-to-peer TLDs: local records, then the DHT
+//!   ([`naming::dht`]) of signed records ([`naming::record`]) kept by the P2P node
+//!   ([`naming::node`], one task owning the libp2p swarm).
+//! - [`control`]: the Unix socket through which the CLI talks to the running daemon.
 //!
 //! # A query's path
 //!
@@ -26,6 +29,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod naming;

@@ -25,6 +25,31 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => run(&cli, args),
+        command => control(&cli, command),
+    }
+}
+
+/// A command that talks to the running daemon over its control socket.
+fn control(cli: &Cli, command: &Command) -> ExitCode {
+    let config = match Config::discover(cli.config.as_deref()) {
+        Ok((config, _)) => config,
+        Err(error) => return fail(&error, EXIT_CONFIG),
+    };
+    let data_dir = config.data_dir(cli.data_dir.as_deref());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error, 1),
+    };
+    match runtime.block_on(command.call_daemon(&data_dir)) {
+        Some(Ok(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(Err(error)) => fail(&error, 1),
+        None => ExitCode::SUCCESS,
     }
 }
 

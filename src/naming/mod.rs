@@ -19,7 +19,7 @@ use hickory_proto::{
 };
 
 pub use dht::Dht;
-pub use zone::{LocalZone, ZoneError};
+pub use zone::{LocalZone, ZoneError, parse_record, parse_zone};
 
 use crate::config::NamingConfig;
 

@@ -99,7 +99,28 @@ fn parse_owner(owner: &str) -> Result<Name, ZoneError> {
 
 /// Parses one `[TTL] TYPE RDATA` line through hickory's zone-file parser, with `owner` as the
 /// origin for relative names.
-fn parse_record(owner: &Name, text: &str, default_ttl: u32) -> Result<Vec<Record>, ZoneError> {
+/// Parses a zone file (RFC 1035 syntax) with `origin` as `$ORIGIN`, for publishing.
+/// `$INCLUDE` is refused: the text comes from a client and must not make the daemon read files.
+pub fn parse_zone(origin: &Name, text: &str, default_ttl: u32) -> Result<Vec<Record>, ZoneError> {
+    let error = |message: String| ZoneError::Record {
+        record: "zone file".to_owned(),
+        message,
+    };
+    if text.to_ascii_uppercase().contains("$INCLUDE") {
+        return Err(error("$INCLUDE is not allowed".into()));
+    }
+    let zone = format!("$TTL {default_ttl}\n{text}\n");
+    let (_, sets) = Parser::new(zone, None, Some(origin.clone()))
+        .parse()
+        .map_err(|e| error(e.to_string()))?;
+    Ok(sets
+        .into_values()
+        .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
+        .collect())
+}
+
+/// Parses one `[TTL] TYPE RDATA` record owned by `owner`.
+pub fn parse_record(owner: &Name, text: &str, default_ttl: u32) -> Result<Vec<Record>, ZoneError> {
     let error = |message: String| ZoneError::Record {
         record: text.to_owned(),
         message,
