@@ -484,6 +484,26 @@ impl Daemon {
         localhost(self.port)
     }
 
+    /// Runs `p2pdns ARGS` against this daemon's data directory, as a user would.
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut command = p2pdns_command(&self._dir);
+        command.arg("--data-dir").arg(self._dir.path().join("data"));
+        command.args(args);
+        command.output().expect("run the p2pdns CLI")
+    }
+
+    /// The QUIC multiaddr the daemon logged for --bootstrap.
+    fn p2p_addr(&self) -> String {
+        let log = self.log();
+        log.lines()
+            .filter(|l| l.contains("P2P address"))
+            .filter_map(|l| l.split("addr=").nth(1))
+            .find(|a| a.contains("/quic-v1/"))
+            .unwrap_or_else(|| panic!("no P2P address logged:\n{log}"))
+            .trim()
+            .to_owned()
+    }
+
     fn log(&self) -> String {
         self.proc.stderr()
     }
@@ -511,8 +531,14 @@ fn p2pdns_command(dir: &TempDir) -> Command {
 
 fn daemon_config(dir: &TempDir, extra: &str) -> String {
     let resolv_conf = dir.write("resolv.conf", "");
+    // A test that brings its own [p2p] section (to bootstrap, say) replaces the default one.
+    let p2p = if extra.contains("[p2p]") {
+        ""
+    } else {
+        P2P_LOOPBACK
+    };
     format!(
-        "[upstream]\nresolv_conf = {:?}\n{P2P_LOOPBACK}\n{LOCAL_RECORDS}\n{extra}\n",
+        "[upstream]\nresolv_conf = {:?}\n{p2p}\n{LOCAL_RECORDS}\n{extra}\n",
         resolv_conf.display().to_string()
     )
 }
@@ -1313,6 +1339,12 @@ fn p2p_missing_name_is_nxdomain_and_missing_type_is_nodata_both_with_p2p_soa() {
     assert!(nodata.has_flag("aa"), "{}", nodata.text);
     assert!(nodata.answer.is_empty(), "{}", nodata.text);
     assert_eq!(nodata.authority_soa().name, "p2p.", "{}", nodata.text);
+
+    // A name that is not local is the network's to answer. This node has no peers, so nobody
+    // can say the name is absent: SERVFAIL with an Extended DNS Error, not NXDOMAIN.
+    let unknown = daemon.dig(&["nobody-knows.p2p", "A"]);
+    assert_eq!(unknown.status, "SERVFAIL", "{}", unknown.text);
+    assert!(unknown.text.contains("EDE: 22"), "{}", unknown.text);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1808,4 +1840,105 @@ fn ipv4_mapped_own_address_is_recognized_as_the_daemon_itself() {
         log.contains("own address"),
         "own address not recognized:\n{log}"
     );
+}
+
+#[test]
+fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
+    let publisher = Daemon::start(&[], "");
+    let bootstrap = publisher.p2p_addr();
+    let resolver = Daemon::start(
+        &[],
+        &format!(
+            "[p2p]\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\", \"/ip4/127.0.0.1/tcp/0\"]\n\
+             mdns = false\nbootstrap = [{bootstrap:?}]\n"
+        ),
+    );
+
+    let out = publisher.cli(&["publish", "blog", "A", "192.0.2.55"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("published blog.p2p."), "{stdout}");
+    let out = publisher.cli(&[
+        "publish",
+        "www.blog.p2p",
+        "TXT",
+        "\"hello from p2p\"",
+        "--ttl",
+        "60",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // dig through the other daemon's DNS port, until the record has travelled.
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let reply = resolver.dig(&["blog.p2p", "A"]);
+        if reply.answer.iter().any(|rr| rr.rdata == "192.0.2.55") {
+            assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+            assert!(reply.flags.iter().any(|f| f == "aa"), "{}", reply.text);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blog.p2p never resolved: {}",
+            reply.text
+        );
+        thread::sleep(POLL);
+    }
+    let txt = resolver.dig(&["www.blog.p2p", "TXT"]);
+    assert!(
+        txt.answer
+            .iter()
+            .any(|rr| rr.rdata == "\"hello from p2p\"" && rr.ttl <= 60),
+        "{}",
+        txt.text
+    );
+
+    // `resolve` names the owner: the publisher's key.
+    let status = String::from_utf8_lossy(&publisher.cli(&["status"]).stdout).into_owned();
+    let key_name = status
+        .lines()
+        .find_map(|l| l.strip_prefix("key name:"))
+        .unwrap_or_else(|| panic!("no key name in status:\n{status}"))
+        .trim()
+        .to_owned();
+    let resolved =
+        String::from_utf8_lossy(&resolver.cli(&["resolve", "blog.p2p"]).stdout).into_owned();
+    assert!(resolved.contains("192.0.2.55"), "{resolved}");
+    assert!(
+        resolved.contains(&format!("owner:    {key_name}")),
+        "{resolved}"
+    );
+
+    // The publisher counts the other node holding its record.
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let names = String::from_utf8_lossy(&publisher.cli(&["names"]).stdout).into_owned();
+        if names.contains("held by 1 other node") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica never counted:\n{names}");
+        thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn cli_commands_say_clearly_when_no_daemon_runs() {
+    let dir = TempDir::new("nodaemon");
+    let out = p2pdns_command(&dir)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("status")
+        .output()
+        .expect("run the p2pdns CLI");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no p2pdns daemon is running"), "{stderr}");
 }

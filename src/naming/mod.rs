@@ -127,7 +127,7 @@ impl Naming {
                 nodata(soa)
             };
         }
-        if self.local.get(&lower).is_some() || self.local.has_descendants(&lower) {
+        if self.local.covers(&lower) {
             return answer_from(&self.local, qname, qtype, &tld);
         }
         match &self.dht {

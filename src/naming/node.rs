@@ -470,7 +470,10 @@ impl EventLoop {
                     },
             } => self.inbound_put(swarm, source, record),
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => match result {
                 kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
                     self.found(swarm, id, found);
@@ -479,7 +482,9 @@ impl EventLoop {
                     kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. },
                 )) => self.finish(id, false),
                 kad::QueryResult::GetRecord(Err(kad::GetRecordError::NotFound { .. })) => {
-                    self.finish(id, true);
+                    // Only peers that answered can say a name is absent; a query that reached
+                    // nobody (no peers yet) says nothing.
+                    self.finish(id, stats.num_successes() > 0);
                 }
                 kad::QueryResult::GetRecord(Err(error)) => {
                     debug!(%error, "DHT lookup ended");

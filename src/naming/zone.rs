@@ -79,6 +79,22 @@ impl LocalZone {
         self.ancestors.contains(name)
     }
 
+    /// Are answers for `name` ours to give: does it, a name above it or one below it hold
+    /// local records? (Local names shadow the network, subdomains included.)
+    pub fn covers(&self, name: &LowerName) -> bool {
+        if self.ancestors.contains(name) {
+            return true;
+        }
+        let mut name = Name::from(name);
+        while !name.is_root() {
+            if self.names.contains_key(&LowerName::new(&name)) {
+                return true;
+            }
+            name = name.base_name();
+        }
+        false
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }
