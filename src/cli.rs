@@ -102,6 +102,12 @@ pub struct RunArgs {
     /// Forward to this upstream server (repeatable; replaces upstream.servers).
     #[arg(long = "upstream", value_name = "ADDR[:PORT]")]
     pub upstreams: Vec<UpstreamAddr>,
+    /// Listen for P2P connections on this multiaddr (repeatable; replaces p2p.listen).
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    pub p2p_listen: Vec<libp2p::Multiaddr>,
+    /// Join the network through this peer (repeatable; added to p2p.bootstrap).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<libp2p::Multiaddr>,
     /// Check the configuration, print a summary and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -122,6 +128,10 @@ impl RunArgs {
         if !self.upstreams.is_empty() {
             config.upstream.servers.clone_from(&self.upstreams);
         }
+        if !self.p2p_listen.is_empty() {
+            config.p2p.listen.clone_from(&self.p2p_listen);
+        }
+        config.p2p.bootstrap.extend(self.bootstrap.iter().cloned());
     }
 }
 

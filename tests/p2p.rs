@@ -112,3 +112,49 @@ async fn a_name_published_on_one_node_resolves_through_another() {
         .unwrap();
     resolve_until(daemons[0].addr, &key_name.to_ascii(), &["192.0.2.99"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_keeps_and_republishes_its_names_after_a_restart() {
+    let daemons = network(3).await;
+    // The owner publishes while it knows no peer, so the name cannot have spread before the
+    // restart: only republishing can bring it to the others.
+    let owner = TestDaemon::start(p2p_config(&[])).await;
+    let dir = owner.data_dir.clone();
+    let old_key = owner.dht.as_ref().unwrap().key_name();
+    owner
+        .dht
+        .as_ref()
+        .unwrap()
+        .publish(
+            &Name::from_ascii("kept.p2p.").unwrap(),
+            vec![a("kept.p2p.", "192.0.2.77")],
+        )
+        .await
+        .unwrap();
+    owner.stop().await.unwrap();
+
+    // Same data directory: same key, same names, pushed again on start.
+    let bootstrap = daemons[0].p2p_addrs.clone();
+    let restarted = TestDaemon::start_in(p2p_config(&bootstrap), dir).await;
+    let dht = restarted.dht.as_ref().unwrap();
+    assert_eq!(dht.key_name(), old_key, "the identity key is reused");
+    let names: Vec<String> = dht.own_names().iter().map(|r| r.name.to_ascii()).collect();
+    assert_eq!(names, vec!["kept.p2p."]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    'stored: loop {
+        for daemon in &daemons {
+            let status = daemon.dht.as_ref().unwrap().node().status().await.unwrap();
+            if status.stored_records > 0 {
+                break 'stored;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the name was never pushed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for daemon in &daemons {
+        resolve_until(daemon.addr, "kept.p2p.", &["192.0.2.77"]).await;
+    }
+}

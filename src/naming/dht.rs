@@ -30,8 +30,9 @@ use super::{
 
 /// Signed records cached at most.
 const CACHE_ENTRIES: usize = 10_000;
-/// How long "the DHT has no such name" is believed, in seconds.
-const NEGATIVE_CACHE_SECS: u64 = 30;
+/// How long "the DHT has no such name" is believed, in seconds: short, because a name may
+/// be published any moment (clients cache NXDOMAIN for the p2p. SOA minimum on their own).
+const NEGATIVE_CACHE_SECS: u64 = 10;
 /// Lifetime of the records this node signs.
 pub const RECORD_LIFETIME: Duration = Duration::from_secs(2 * 24 * 3600);
 /// File holding the names this node publishes.
