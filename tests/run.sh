@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(bind9-dnsutils knot-dnsutils nsd)
-commands=(dig kdig nsd)
+packages=(bind9-dnsutils knot-dnsutils nsd iproute2)
+commands=(dig kdig nsd ip)
 missing=()
 for i in "${!commands[@]}"; do
     command -v "${commands[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${commands[$i]}" ] || missing+=("${packages[$i]}")
