@@ -559,3 +559,20 @@ async fn shutdown_answers_the_queries_in_flight() {
     let answer = pending.await.expect("the client got a reply");
     assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
 }
+
+#[tokio::test]
+async fn p2p_cnames_to_icann_names_are_followed_through_the_forwarder() {
+    let upstream = Upstream::start("").await;
+    let mut cfg = config(&[upstream.addr]);
+    cfg.naming
+        .records
+        .insert("out.p2p".into(), vec!["CNAME www.example.test.".into()]);
+    let daemon = TestDaemon::start(cfg).await;
+    let msg = ask(daemon.addr, "out.p2p.", RecordType::A).await;
+    assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(msg.answers[0].record_type(), RecordType::CNAME);
+    assert_eq!(a_records(&msg), vec!["192.0.2.80"], "{msg:?}");
+    // A CNAME query gets just the CNAME.
+    let cname = ask(daemon.addr, "out.p2p.", RecordType::CNAME).await;
+    assert_eq!(cname.answers.len(), 1);
+}

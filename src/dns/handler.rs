@@ -196,7 +196,9 @@ impl Responder {
         }
 
         if self.naming.is_local(query.name()) {
-            let answer = self.naming.lookup(qname, qtype).await;
+            let mut answer = self.naming.lookup(qname, qtype).await;
+            self.follow_cname_out(&mut answer.answers, qtype, request)
+                .await;
             let ede = (answer.rcode == ResponseCode::ServFail).then_some((
                 Ede::NoReachableAuthority,
                 "no answer from the p2p network in time; try again",
@@ -274,6 +276,41 @@ impl Responder {
                 };
                 Reply::rcode(ResponseCode::ServFail).with_ede(ede, text)
             }
+        }
+    }
+
+    /// A `.p2p` answer that ends in a CNAME to an ICANN name (`site.p2p CNAME
+    /// example.github.io.`) is completed through the forwarder, so stub resolvers that do not
+    /// chase CNAMEs themselves get addresses.
+    async fn follow_cname_out(
+        &self,
+        answers: &mut Vec<Record>,
+        qtype: RecordType,
+        request: &Request,
+    ) {
+        if matches!(qtype, RecordType::CNAME | RecordType::ANY) {
+            return;
+        }
+        let Some(RData::CNAME(target)) = answers.last().map(|r| &r.data) else {
+            return;
+        };
+        let target = LowerName::new(&target.0);
+        if self.naming.is_local(&target) {
+            return;
+        }
+        let key = CacheKey {
+            name: target,
+            qtype,
+            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        };
+        if let Outcome::Answer { answer, age, .. } = self.forwarder.resolve(key).await
+            && answer.rcode == ResponseCode::NoError
+        {
+            answers.extend(answer.answers.iter().map(|r| {
+                let mut r = r.clone();
+                r.ttl = r.ttl.saturating_sub(age);
+                r
+            }));
         }
     }
 
