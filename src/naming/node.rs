@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::record::{NameRecord, dht_key, unix_now};
+use super::record::{NameRecord, RecordError, dht_key, unix_now};
 use crate::config::{DhtMode, P2pConfig};
 
 /// Kademlia protocol id of the p2pdns network (never IPFS's).
@@ -161,6 +161,8 @@ impl NodeHandle {
 
 /// A lookup being collected.
 struct Lookup {
+    /// The name looked up: a valid record for another name is no answer for this one.
+    name: Name,
     wanted: usize,
     replicas: Replicas,
     replies: Vec<oneshot::Sender<Replicas>>,
@@ -379,6 +381,7 @@ impl EventLoop {
                 self.lookups.insert(
                     id,
                     Lookup {
+                        name: name.to_lowercase(),
                         wanted: wanted.max(1),
                         replicas: Replicas::default(),
                         replies: vec![reply],
@@ -478,12 +481,13 @@ impl EventLoop {
                 kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
                     self.found(swarm, id, found);
                 }
+                // Only peers that answered can say a name is absent; a query that reached
+                // nobody (no peers yet) says nothing. Replicas that all failed validation are
+                // no record either.
                 kad::QueryResult::GetRecord(Ok(
                     kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. },
-                )) => self.finish(id, false),
-                kad::QueryResult::GetRecord(Err(kad::GetRecordError::NotFound { .. })) => {
-                    // Only peers that answered can say a name is absent; a query that reached
-                    // nobody (no peers yet) says nothing.
+                ))
+                | kad::QueryResult::GetRecord(Err(kad::GetRecordError::NotFound { .. })) => {
                     self.finish(id, stats.num_successes() > 0);
                 }
                 kad::QueryResult::GetRecord(Err(error)) => {
@@ -505,7 +509,16 @@ impl EventLoop {
             return;
         };
         let now = unix_now();
-        match NameRecord::from_bytes(&found.record.value).and_then(|r| r.verify(now).map(|()| r)) {
+        let checked = NameRecord::from_bytes(&found.record.value)
+            .and_then(|r| r.verify(now).map(|()| r))
+            .and_then(|r| {
+                if r.name == lookup.name {
+                    Ok(r)
+                } else {
+                    Err(RecordError::OtherName(r.name.to_ascii()))
+                }
+            });
+        match checked {
             Ok(record) => lookup.replicas.records.push((found.peer, record)),
             Err(error) => {
                 lookup.replicas.invalid += 1;
@@ -526,11 +539,11 @@ impl EventLoop {
         }
     }
 
-    fn finish(&mut self, id: kad::QueryId, not_found: bool) {
+    fn finish(&mut self, id: kad::QueryId, peers_answered: bool) {
         let Some(mut lookup) = self.lookups.remove(&id) else {
             return;
         };
-        lookup.replicas.absent = not_found && lookup.replicas.records.is_empty();
+        lookup.replicas.absent = peers_answered && lookup.replicas.records.is_empty();
         for reply in lookup.replies.drain(..) {
             let _ = reply.send(lookup.replicas.clone());
         }

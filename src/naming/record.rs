@@ -52,6 +52,8 @@ pub enum RecordError {
     TooLong,
     #[error("signature does not verify")]
     BadSignature,
+    #[error("record is for {0}, not the name looked up")]
+    OtherName(String),
 }
 
 /// A name record: the DNS records one owner publishes under one name.
