@@ -32,6 +32,8 @@ const COMMAND_QUEUE: usize = 256;
 const MAX_LOOKUPS: usize = 512;
 /// Peers remembered as having sent an invalid record (so each is logged once).
 const WARNED_PEERS: usize = 1024;
+/// How often a node without any peer dials its bootstrap peers again.
+const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(30);
 /// How long the DHT keeps asking after a caller's budget ran out (to warm the cache).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -307,11 +309,11 @@ impl Node {
             mut listen_addrs,
             config,
         } = self;
-        for addr in &config.bootstrap {
-            if let Err(error) = swarm.dial(addr.clone()) {
-                warn!(%addr, %error, "cannot dial bootstrap peer");
-            }
-        }
+        dial_bootstrap(&mut swarm, &config.bootstrap, true);
+        // A daemon often starts before the network is up (a laptop at boot): while it has no
+        // peer at all, it dials its bootstrap peers again.
+        let mut redial = tokio::time::interval(BOOTSTRAP_REDIAL);
+        redial.tick().await;
         let mut state = EventLoop {
             lookups: HashMap::new(),
             warned: VecDeque::new(),
@@ -333,9 +335,29 @@ impl Node {
                     }
                     state.event(&mut swarm, event);
                 }
+                _ = redial.tick() => {
+                    if swarm.connected_peers().next().is_none() {
+                        dial_bootstrap(&mut swarm, &state.config.bootstrap, false);
+                    }
+                }
             }
         }
         debug!("P2P node stopped");
+    }
+}
+
+/// Dials every bootstrap address, and puts those that name their peer into the routing table
+/// so that DHT queries can use them as soon as they answer.
+fn dial_bootstrap(swarm: &mut Swarm<Behaviour>, addrs: &[Multiaddr], first: bool) {
+    for addr in addrs {
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        match swarm.dial(addr.clone()) {
+            Ok(()) => {}
+            Err(error) if first => warn!(%addr, %error, "cannot dial bootstrap peer"),
+            Err(error) => debug!(%addr, %error, "cannot dial bootstrap peer"),
+        }
     }
 }
 
