@@ -114,7 +114,8 @@ fn fail(error: &dyn std::error::Error, code: u8) -> ExitCode {
 }
 
 /// Logs go to stderr: `RUST_LOG` if set, else info (or what -v/-q ask for) for p2pdns and
-/// warnings for the libraries, whose per-query lines would drown ours.
+/// warnings for the libraries, whose per-query lines would drown ours (Kademlia's only errors:
+/// it warns every few minutes while a node has no peer).
 fn init_logging(verbose: u8, quiet: u8) {
     let level = match (verbose, quiet) {
         (0, 0) => "info",
@@ -124,7 +125,7 @@ fn init_logging(verbose: u8, quiet: u8) {
         _ => "error",
     };
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,p2pdns={level}")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,libp2p_kad=error,p2pdns={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -34,7 +34,7 @@ pub struct CachedAnswer {
     pub answers: Vec<Record>,
     pub authorities: Vec<Record>,
     pub additionals: Vec<Record>,
-    /// Encoded size of the upstream message: a close estimate of what we send.
+    /// Encoded size of the upstream message: at least what we send (we send less).
     pub wire_len: usize,
 }
 
@@ -57,11 +57,20 @@ impl CachedAnswer {
                 }
             }
         }
-        // OPT and TSIG are per-message and never reach the additional section here, but some
-        // servers put stray records in it; keep only data records.
-        msg.additionals
-            .retain(|r| !matches!(r.record_type(), RecordType::OPT | RecordType::TSIG));
-        clamp(&mut msg.additionals);
+        // Minimal responses (unbound's default): a stub resolver uses the answer, and for a
+        // negative answer the SOA (with its DNSSEC proof); the upstream's NS records and glue
+        // only make every cached answer bigger and slower to send.
+        if msg.answers.is_empty() {
+            msg.authorities.retain(|r| {
+                matches!(
+                    r.record_type(),
+                    RecordType::SOA | RecordType::RRSIG | RecordType::NSEC | RecordType::NSEC3
+                )
+            });
+        } else {
+            msg.authorities.clear();
+        }
+        msg.additionals.clear();
         Self {
             rcode: msg.metadata.response_code,
             answers: msg.answers,
@@ -348,6 +357,33 @@ mod tests {
         let (entries, bytes) = cache.usage();
         assert_eq!(entries, 2);
         assert!(bytes <= config.max_bytes);
+    }
+
+    #[test]
+    fn responses_are_kept_minimal() {
+        let config = CacheConfig::default();
+        let ns = Record::from_rdata(
+            Name::from_ascii("example.").unwrap(),
+            300,
+            RData::NS(hickory_proto::rr::rdata::NS(
+                Name::from_ascii("ns.example.").unwrap(),
+            )),
+        );
+        let mut msg = Message::response(1, hickory_proto::op::OpCode::Query);
+        msg.add_answer(a_answer(60).answers[0].clone());
+        msg.add_authority(ns.clone());
+        msg.add_additional(a_answer(60).answers[0].clone());
+        let cached = CachedAnswer::from_message(msg, 100, &config);
+        assert_eq!(cached.answers.len(), 1);
+        assert!(cached.authorities.is_empty() && cached.additionals.is_empty());
+
+        let mut negative = Message::response(1, hickory_proto::op::OpCode::Query);
+        negative.metadata.response_code = ResponseCode::NXDomain;
+        negative.add_authority(ns);
+        negative.add_authority(soa(60, 60));
+        let cached = CachedAnswer::from_message(negative, 100, &config);
+        assert_eq!(cached.authorities.len(), 1);
+        assert_eq!(cached.authorities[0].record_type(), RecordType::SOA);
     }
 
     #[test]

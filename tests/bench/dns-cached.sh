@@ -1,0 +1,598 @@
+#!/usr/bin/env bash
+# Cached-answer benchmark: p2pdns side by side with unbound and dnsmasq.
+#
+# What it measures: how fast each resolver answers names it already holds in its cache. All
+# three forward to the same local authoritative server (nsd, zone bench.test, NAMES A records
+# with TTL 3600). Each resolver in turn is started alone, its cache is filled, and dnsperf then
+# queries the same names in a loop for DURATION seconds. nsd is paused (SIGSTOP) during the
+# timed pass, so every answer counted there came from the resolver's cache; a cache miss would
+# show up as a lost query rather than as a silently slower figure.
+#
+# It is a benchmark, not a test: it prints figures and never fails on speed. It fails only when
+# the setup does (a missing tool, a server that does not start or answers wrongly).
+#
+# Fairness: each server runs alone, pinned to one CPU (SERVER_CPU, default 0), and dnsperf to
+# another (CLIENT_CPU, default 1). p2pdns sizes its tokio runtime from the CPUs it may use, so
+# pinned it runs one worker thread, like `num-threads: 1` for unbound and single-threaded dnsmasq.
+# The table reports the CPU time the server and dnsperf used, so one can see which side was the
+# limit: on a small machine one dnsperf core can be the bottleneck for the fastest servers, and
+# then their figures are lower bounds (see the note on CLIENTS and OUTSTANDING below). Other
+# processes on the machine skew everything; the report measures them and warns.
+# Results vary by 10-15 % from run to run on a shared VM; ROUNDS=3 gives the median of three.
+#
+# Run as root on Debian 12, from anywhere:   tests/bench/dns-cached.sh
+# Prerequisites: apt-get install -y nsd unbound dnsmasq-base dnsperf bind9-dnsutils
+#
+# Environment:
+#   DURATION=20       seconds of the timed dnsperf pass, per server
+#   WARMUP=2          seconds of untimed load after the cache is filled, per server
+#   CLIENTS=10        dnsperf -c: simulated clients (UDP sockets)
+#   OUTSTANDING=100   dnsperf -q: queries in flight at once (the choice is explained below)
+#   ROUNDS=1          measure every server this many times, in rotating order; the table then
+#                     shows each server's median round and lists the qps of every round
+#   NAMES=100         A records in the zone, queried in a cycle
+#   SERVERS="p2pdns unbound dnsmasq"   which resolvers to measure, in this order
+#   SERVER_CPU=0 CLIENT_CPU=1          CPUs for the servers and for dnsperf
+#   LATENCY=1         1: run dnsperf with -v and compute latency percentiles from its
+#                     per-query lines; 0: only dnsperf's own average (slightly less client load)
+#   P2PDNS_BIN=path   use this p2pdns binary instead of `cargo build --release --locked`
+#   KEEP_TMP=1        keep the temporary directory (configs, logs, dnsperf output)
+#   WAIT_QUIET=60     before each timed pass, wait up to this many seconds for both CPUs to be
+#                     idle (other processes, such as a build, would skew the figures); the report
+#                     shows the background load and warns when it was above 5 %
+#
+# Everything listens on 127.0.0.1 high ports only; all processes and files are removed on exit,
+# including on error or Ctrl-C. Apart from the cargo build, a run takes about
+# (DURATION + WARMUP + 7) seconds per server and round, plus any wait for a quiet machine.
+
+set -Eeuo pipefail
+
+export LC_ALL=C
+PATH="$PATH:/usr/sbin:/sbin"
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+
+DURATION=${DURATION:-20}
+WARMUP=${WARMUP:-2}
+# Load: 10 clients (UDP source ports) with 100 queries in flight in all. Chosen from a sweep on the
+# 2-vCPU VM this was written on (-c/-q of 1/50, 4/100, 10/100, 10/200, 20/300, 20/500, 50/1000):
+# - 100 in flight keep the server busy: p2pdns used 94-99 % of its core from 50 in flight on,
+#   and more in flight raised latency (queueing, Little's law), not qps.
+# - With 200 or more in flight, unbound and dnsmasq lost queries: their UDP socket keeps the
+#   system's default receive buffer (net.core.rmem_default, 208 KiB, about 200 small datagrams
+#   on loopback), so bursts overflow it (the kernel's UdpRcvbufErrors counted exactly the lost
+#   queries), while p2pdns asks for 4 MiB. At 100 none of them loses anything, so the comparison
+#   is about answering speed, not buffer sizes.
+# - One dnsperf thread on one core tops out near 100k qps here; unbound and dnsmasq reach that,
+#   so their figures are lower bounds (the "limit" column says so) - no setting changes that with
+#   two cores, and -T 2 on the same core would only add contention.
+CLIENTS=${CLIENTS:-10}
+OUTSTANDING=${OUTSTANDING:-100}
+NAMES=${NAMES:-100}
+SERVERS=${SERVERS:-p2pdns unbound dnsmasq}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+LATENCY=${LATENCY:-1}
+KEEP_TMP=${KEEP_TMP:-0}
+ROUNDS=${ROUNDS:-1}
+WAIT_QUIET=${WAIT_QUIET:-60}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+for var in WAIT_QUIET ROUNDS DURATION WARMUP CLIENTS OUTSTANDING NAMES SERVER_CPU CLIENT_CPU LATENCY KEEP_TMP; do
+    [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer, not '${!var}'"
+done
+((DURATION >= 1 && ROUNDS >= 1)) || die "DURATION and ROUNDS must be at least 1"
+((CLIENTS >= 1 && OUTSTANDING >= 1)) || die "CLIENTS and OUTSTANDING must be at least 1"
+((NAMES >= 1 && NAMES <= 65000)) || die "NAMES must be between 1 and 65000"
+for s in $SERVERS; do
+    case $s in p2pdns | unbound | dnsmasq) ;; *) die "unknown server '$s' in SERVERS" ;; esac
+done
+
+# --- prerequisites -----------------------------------------------------------------------------
+
+missing=()
+for tool in nsd unbound dnsmasq dnsperf dig taskset ss; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    printf '[bench] missing: %s\n' "${missing[*]}" >&2
+    printf '[bench] install them with:\n  apt-get install -y nsd unbound dnsmasq-base dnsperf bind9-dnsutils\n' >&2
+    exit 1
+fi
+((EUID == 0)) || log "warning: not running as root; the script is meant to run as root"
+for cpu in "$SERVER_CPU" "$CLIENT_CPU"; do
+    taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (nproc: $(nproc)); set SERVER_CPU and CLIENT_CPU"
+done
+[[ $SERVER_CPU != "$CLIENT_CPU" ]] || log "warning: servers and dnsperf share CPU $SERVER_CPU; figures will be lower"
+
+if [[ -n ${P2PDNS_BIN:-} ]]; then
+    [[ -x $P2PDNS_BIN ]] || die "P2PDNS_BIN=$P2PDNS_BIN is not an executable"
+    P2PDNS=$(cd "$(dirname "$P2PDNS_BIN")" && pwd)/$(basename "$P2PDNS_BIN")
+elif [[ " $SERVERS " == *" p2pdns "* ]]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust or set P2PDNS_BIN"
+    log "building p2pdns: cargo build --release --locked (in $REPO_ROOT)"
+    (cd "$REPO_ROOT" && cargo build --release --locked) >&2 || die "cargo build failed (exit $?)"
+    P2PDNS=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/p2pdns
+    [[ $P2PDNS == /* ]] || P2PDNS=$REPO_ROOT/$P2PDNS
+    [[ -x $P2PDNS ]] || die "build finished but $P2PDNS is missing"
+fi
+
+# --- temporary directory, processes and cleanup ------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/p2pdns-bench.XXXXXX")
+declare -A PID=()    # name -> pid of every process we started and have not reaped yet
+
+stop_pid() { # name: TERM, then KILL after 5 s
+    local name=$1 pid=${PID[$1]:-} i
+    [[ -n $pid ]] || return 0
+    unset "PID[$name]"
+    kill -CONT "$pid" 2>/dev/null || true # a paused nsd would not act on TERM
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? name
+    trap - EXIT INT TERM
+    for name in "${!PID[@]}"; do stop_pid "$name"; done
+    if ((KEEP_TMP)); then
+        log "kept $WORK"
+    else
+        rm -rf -- "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "failed (status $?) at line $LINENO: $BASH_COMMAND"' ERR
+trap 'log interrupted; exit 130' INT
+trap 'log terminated; exit 143' TERM
+
+# A port free for both UDP and TCP on 127.0.0.1, below the ephemeral range, not handed out yet.
+USED_PORTS=" "
+free_port() {
+    local port i
+    for ((i = 0; i < 200; i++)); do
+        port=$((20000 + RANDOM % 12000))
+        [[ $USED_PORTS == *" $port "* ]] && continue
+        if [[ -z $(ss -Hantu "sport = :$port") ]]; then
+            USED_PORTS+="$port "
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+# Runs a client command (dnsperf, which bounds its own run time) in the background and waits for
+# it: bash handles a signal only once a foreground command is done, but interrupts `wait` at
+# once; cleanup then stops the client too.
+run_client() { # stdout-file stderr-file command...
+    local out=$1 err=$2 rc=0
+    shift 2
+    "$@" >"$out" 2>"$err" &
+    PID[client]=$!
+    wait "${PID[client]}" || rc=$?
+    unset "PID[client]"
+    return "$rc"
+}
+
+expected_ip() { # the address of n$1.bench.test
+    echo "10.0.$(($1 / 256)).$(($1 % 256))"
+}
+
+# Waits until the server on $2 answers n1.bench.test correctly; $1 is its name in PID.
+wait_ready() {
+    local name=$1 port=$2 i answer
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "${PID[$name]}" 2>/dev/null || {
+            tail -n 20 "$WORK/$name.log" >&2 || true
+            die "$name exited during startup (log above)"
+        }
+        answer=$(dig +short +tries=1 +time=1 @127.0.0.1 -p "$port" n1.bench.test A 2>/dev/null || true)
+        [[ $answer == "$(expected_ip 1)" ]] && return 0
+        sleep 0.1
+    done
+    tail -n 20 "$WORK/$name.log" >&2 || true
+    die "$name on port $port did not answer n1.bench.test within 10 s (last answer: '${answer:-none}')"
+}
+
+# --- upstream: nsd with the bench.test zone ----------------------------------------------------
+
+NSD_PORT=$(free_port)
+mkdir -p "$WORK/nsd"
+{
+    printf '$ORIGIN bench.test.\n$TTL 3600\n'
+    printf '@ IN SOA ns hostmaster 1 3600 600 86400 3600\n@ IN NS ns\nns IN A 127.0.0.1\n'
+    for ((i = 1; i <= NAMES; i++)); do printf 'n%d IN A %s\n' "$i" "$(expected_ip "$i")"; done
+} >"$WORK/nsd/bench.test.zone"
+cat >"$WORK/nsd/nsd.conf" <<EOF
+server:
+    ip-address: 127.0.0.1@$NSD_PORT
+    port: $NSD_PORT
+    username: ""
+    zonesdir: "$WORK/nsd"
+    database: ""
+    pidfile: "$WORK/nsd/nsd.pid"
+    xfrdfile: "$WORK/nsd/xfrd.state"
+    zonelistfile: "$WORK/nsd/zone.list"
+    logfile: "$WORK/nsd.log"
+    server-count: 1
+    verbosity: 0
+remote-control:
+    control-enable: no
+zone:
+    name: "bench.test"
+    zonefile: "bench.test.zone"
+EOF
+# nsd is idle during the timed passes (paused, in fact); it shares the servers' CPU so that it
+# never takes time from dnsperf while caches are filled.
+taskset -c "$SERVER_CPU" nsd -c "$WORK/nsd/nsd.conf" -d >>"$WORK/nsd.log" 2>&1 &
+PID[nsd]=$!
+wait_ready nsd "$NSD_PORT"
+log "nsd answers on 127.0.0.1:$NSD_PORT ($NAMES names in bench.test)"
+
+QUERIES=$WORK/queries.txt
+for ((i = 1; i <= NAMES; i++)); do printf 'n%d.bench.test A\n' "$i"; done >"$QUERIES"
+
+# --- the resolvers -----------------------------------------------------------------------------
+
+declare -A CMD=() PORT=()
+
+start_p2pdns() {
+    local port=$1 dir=$WORK/p2pdns
+    mkdir -p "$dir/home" "$dir/data"
+    # An explicit --config with the built-in defaults, so no /etc/p2pdns or ~/.config file applies.
+    "$P2PDNS" config default >"$dir/p2pdns.toml"
+    CMD[p2pdns]="env HOME=$dir/home $P2PDNS --config $dir/p2pdns.toml --data-dir $dir/data run --dns-listen 127.0.0.1:$port --upstream 127.0.0.1:$NSD_PORT -q"
+    HOME=$dir/home taskset -c "$SERVER_CPU" env -u RUST_LOG -u P2PDNS_CONFIG -u P2PDNS_DATA_DIR \
+        "$P2PDNS" --config "$dir/p2pdns.toml" --data-dir "$dir/data" \
+        run --dns-listen "127.0.0.1:$port" --upstream "127.0.0.1:$NSD_PORT" -q \
+        >>"$WORK/p2pdns.log" 2>&1 &
+    PID[p2pdns]=$!
+}
+
+start_unbound() {
+    local port=$1 dir=$WORK/unbound
+    mkdir -p "$dir"
+    # Forward everything to nsd like the others; "iterator" only (no validator module), so no
+    # DNSSEC work; test. is one of unbound's default local zones, hence "nodefault".
+    cat >"$dir/unbound.conf" <<EOF
+server:
+    verbosity: 0
+    num-threads: 1
+    interface: 127.0.0.1@$port
+    port: $port
+    do-ip6: no
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "$dir"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    module-config: "iterator"
+    domain-insecure: "bench.test"
+    local-zone: "test." nodefault
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@$NSD_PORT
+EOF
+    CMD[unbound]="unbound -d -c $dir/unbound.conf"
+    taskset -c "$SERVER_CPU" unbound -d -c "$dir/unbound.conf" >>"$WORK/unbound.log" 2>&1 &
+    PID[unbound]=$!
+}
+
+start_dnsmasq() {
+    local port=$1 dir=$WORK/dnsmasq
+    mkdir -p "$dir"
+    local args=(--keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts
+        --port="$port" --listen-address=127.0.0.1 --bind-interfaces
+        --server="127.0.0.1#$NSD_PORT" --cache-size=10000 --user="$(id -un)"
+        --pid-file="$dir/dnsmasq.pid" --log-facility=-)
+    CMD[dnsmasq]="dnsmasq ${args[*]}"
+    taskset -c "$SERVER_CPU" dnsmasq "${args[@]}" >>"$WORK/dnsmasq.log" 2>&1 &
+    PID[dnsmasq]=$!
+}
+
+# --- measurement helpers -----------------------------------------------------------------------
+
+CLK_TCK=$(getconf CLK_TCK)
+
+cpu_ticks() { # utime + stime of all threads of pid $1
+    local stat
+    stat=$(<"/proc/$1/stat")
+    stat=${stat##*) } # fields after "pid (comm) "; utime and stime are fields 14 and 15
+    awk '{ print $12 + $13 }' <<<"$stat"
+}
+
+status_kib() { # field $2 (VmRSS, VmHWM, Threads) of /proc/$1/status, number only
+    awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
+}
+
+cpu_sample() { # "busy total steal" jiffies of CPU $1 from /proc/stat (busy excludes idle, iowait, steal)
+    awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat
+}
+
+pct() { # 100 * ($1 - $2) / ($3 - $4), no decimals
+    awk -v a="$1" -v b="$2" -v c="$3" -v d="$4" 'BEGIN { printf "%.0f", (c > d) ? 100 * (a - b) / (c - d) : 0 }'
+}
+
+background_load() { # "S/C": busy % of the server's and dnsperf's CPU over 1 s while the benchmark idles
+    local sb0 st0 cb0 ct0 sb1 st1 cb1 ct1 _
+    read -r sb0 st0 _ <<<"$(cpu_sample "$SERVER_CPU")"
+    read -r cb0 ct0 _ <<<"$(cpu_sample "$CLIENT_CPU")"
+    sleep 1
+    read -r sb1 st1 _ <<<"$(cpu_sample "$SERVER_CPU")"
+    read -r cb1 ct1 _ <<<"$(cpu_sample "$CLIENT_CPU")"
+    echo "$(pct "$sb1" "$sb0" "$st1" "$st0")/$(pct "$cb1" "$cb0" "$ct1" "$ct0")"
+}
+
+stat_line() { # value after "$2:" in dnsperf output $1
+    sed -n "s/^ *$2: *//p" "$1" | awk 'NR == 1' # awk reads all: no SIGPIPE upstream
+}
+
+DNSPERF_ARGS=(-s 127.0.0.1 -d "$QUERIES" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2)
+((LATENCY)) && DNSPERF_ARGS+=(-v)
+
+declare -A R=() # "server,field" -> value
+
+udp_rcvbuf_errors() { # the kernel's count of UDP datagrams dropped on a full receive buffer
+    awk '$1 == "Udp:" && $2 != "InDatagrams" { print $6; exit }' /proc/net/snmp
+}
+
+measure() { # server round
+    local name=$1 round=$2 k=$1.$2 port out err drops0 loglines0 t0 t1 answer i sb0 st0 ss0 cb0 ct0 cs0 sb1 st1 ss1 cb1 ct1 cs1
+    port=$(free_port)
+    PORT[$name]=$port
+    loglines0=0
+    [[ ! -f $WORK/$name.log ]] || loglines0=$(wc -l <"$WORK/$name.log")
+    log "$name (round $round/$ROUNDS): starting on 127.0.0.1:$port (pinned to CPU $SERVER_CPU)"
+    "start_$name" "$port"
+    wait_ready "$name" "$port"
+
+    # Fill the cache: every name once, then check a few answers.
+    out=$WORK/$k.fill.txt
+    run_client "$out" "$out.err" taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -p "$port" -d "$QUERIES" \
+        -n 1 -q 10 -t 5 || die "$name: cache-fill pass failed: $(tail -n 5 "$out.err")"
+    [[ $(stat_line "$out" "Queries completed") == "$NAMES "* ]] ||
+        die "$name: cache-fill pass did not complete all $NAMES queries: $(stat_line "$out" "Queries completed")"
+    for i in 1 $(((NAMES + 1) / 2)) "$NAMES"; do
+        answer=$(dig +short +tries=1 +time=2 @127.0.0.1 -p "$port" "n$i.bench.test" A 2>&1 || true)
+        [[ $answer == "$(expected_ip "$i")" ]] || die "$name: n$i.bench.test answered '$answer', expected $(expected_ip "$i")"
+    done
+
+    # The upstream is paused from here on: only cached answers count.
+    kill -STOP "${PID[nsd]}"
+    # Other processes on the machine (a build, say) would skew the figures: wait up to
+    # WAIT_QUIET seconds for both CPUs to be idle, and record what was left.
+    local waited=0 a b
+    while :; do
+        R[$k,bgbefore]=$(background_load)
+        IFS=/ read -r a b <<<"${R[$k,bgbefore]}"
+        ((a > 5 || b > 5)) || break
+        ((waited < WAIT_QUIET)) || { log "$name: the CPUs are still busy (${R[$k,bgbefore]} %); measuring anyway"; break; }
+        ((waited > 0)) || log "$name: waiting up to $WAIT_QUIET s for other processes to leave the CPUs idle (${R[$k,bgbefore]} % busy)"
+        waited=$((waited + 1))
+    done
+
+    if ((WARMUP)); then
+        run_client "$WORK/$k.warmup.txt" "$WORK/$k.warmup.err" taskset -c "$CLIENT_CPU" dnsperf \
+            -s 127.0.0.1 -p "$port" -d "$QUERIES" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2 -l "$WARMUP" ||
+            die "$name: warm-up pass failed: $(tail -n 5 "$WORK/$k.warmup.err")"
+    fi
+
+    log "$name: timed pass, $DURATION s"
+    out=$WORK/$k.dnsperf.txt
+    err=$WORK/$k.dnsperf.err
+    drops0=$(udp_rcvbuf_errors)
+    t0=$(cpu_ticks "${PID[$name]}")
+    read -r sb0 st0 ss0 <<<"$(cpu_sample "$SERVER_CPU")"
+    read -r cb0 ct0 cs0 <<<"$(cpu_sample "$CLIENT_CPU")"
+    times >"$WORK/times.before" # CPU time of the children reaped so far (line 2), in this shell
+    run_client "$out" "$err" taskset -c "$CLIENT_CPU" dnsperf "${DNSPERF_ARGS[@]}" -p "$port" -l "$DURATION" ||
+        die "$name: dnsperf failed: $(tail -n 5 "$err")"
+    times >"$WORK/times.after"
+    if ! kill -0 "${PID[$name]}" 2>/dev/null; then
+        tail -n 20 "$WORK/$name.log" >&2 || true
+        die "$name exited during the timed pass (log above)"
+    fi
+    t1=$(cpu_ticks "${PID[$name]}")
+    read -r sb1 st1 ss1 <<<"$(cpu_sample "$SERVER_CPU")"
+    read -r cb1 ct1 cs1 <<<"$(cpu_sample "$CLIENT_CPU")"
+    R[$k,drops]=$(($(udp_rcvbuf_errors) - drops0))
+    R[$k,srvbusy]=$(pct "$sb1" "$sb0" "$st1" "$st0")
+    R[$k,clibusy]=$(pct "$cb1" "$cb0" "$ct1" "$ct0")
+    R[$k,steal]="$(pct "$ss1" "$ss0" "$st1" "$st0")/$(pct "$cs1" "$cs0" "$ct1" "$ct0")"
+    R[$k,rss]=$(status_kib "${PID[$name]}" VmRSS)
+    R[$k,hwm]=$(status_kib "${PID[$name]}" VmHWM)
+    R[$k,threads]=$(status_kib "${PID[$name]}" Threads)
+    kill -CONT "${PID[nsd]}"
+    stop_pid "$name"
+    R[$k,bgafter]=$(background_load)
+
+    R[$k,sent]=$(stat_line "$out" "Queries sent")
+    R[$k,completed]=$(stat_line "$out" "Queries completed" | awk '{ print $1 }')
+    R[$k,lost]=$(stat_line "$out" "Queries lost" | awk '{ print $1 }')
+    R[$k,lostpct]=$(stat_line "$out" "Queries lost" | sed -n 's/.*(\(.*\)%).*/\1/p')
+    R[$k,qps]=$(stat_line "$out" "Queries per second" | awk '{ printf "%.0f", $1 }')
+    R[$k,avg]=$(stat_line "$out" "Average Latency (s)" | awk '{ printf "%.3f", $1 * 1000 }')
+    R[$k,max]=$(stat_line "$out" "Average Latency (s)" | sed -n 's/.*max \([0-9.]*\).*/\1/p' |
+        awk '{ printf "%.3f", $1 * 1000 }')
+    R[$k,rcodes]=$(stat_line "$out" "Response codes")
+    R[$k,size]=$(stat_line "$out" "Average packet size")
+    R[$k,runtime]=$(stat_line "$out" "Run time (s)")
+    R[$k,srvcpu]=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v s="${R[$k,runtime]}" \
+        'BEGIN { printf "%.0f", (b - a) / hz / s * 100 }')
+    R[$k,clicpu]=$(awk -v s="${R[$k,runtime]}" '
+        FNR == 2 { split($1, u, /[ms]/); split($2, y, /[ms]/); t[FILENAME] = u[1] * 60 + u[2] + y[1] * 60 + y[2] }
+        END { printf "%.0f", (t[ARGV[2]] - t[ARGV[1]]) / s * 100 }' "$WORK/times.before" "$WORK/times.after")
+    # CPU time on the two CPUs that neither the server nor dnsperf accounts for: other processes,
+    # or accounting noise (a few %).
+    R[$k,other]="$((R[$k,srvbusy] - R[$k,srvcpu]))/$((R[$k,clibusy] - R[$k,clicpu]))"
+    if ((LATENCY)); then
+        # Per-query lines: "> NOERROR n1.bench.test A 0.000123" (lost queries have no latency).
+        # Percentiles over the completed queries, from a histogram in 1 us steps.
+        # A command substitution, not < <(...): bash reaps that at once, and the CPU time of a late
+        # reaped child would be counted as dnsperf's in the next timed pass.
+        read -r "R[$k,p50]" "R[$k,p99]" "R[$k,p999]" <<<"$(awk '
+            $1 == ">" && $NF ~ /^[0-9]+\.[0-9]+$/ { us = int($NF * 1000000 + 0.5); h[us]++; n++; if (us > max) max = us }
+            END {
+                if (n == 0) { print "- - -"; exit }
+                split("0.50 0.99 0.999", q, " "); k = 1; c = 0
+                for (us = 0; us <= max && k <= 3; us++) {
+                    c += h[us]
+                    while (k <= 3 && c >= q[k] * n) { v[k] = us; k++ }
+                }
+                printf "%.3f %.3f %.3f\n", v[1] / 1000, v[2] / 1000, v[3] / 1000
+            }' "$out")"
+    else
+        R[$k,p50]=-
+        R[$k,p99]=-
+        R[$k,p999]=-
+    fi
+    R[$k,loglines]=$(($(wc -l <"$WORK/$name.log") - loglines0))
+    log "$name: ${R[$k,qps]} qps, ${R[$k,lost]} lost"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    # Each round starts with the next server, so none is always first or last.
+    order=($SERVERS)
+    shift_by=$(((round - 1) % ${#order[@]}))
+    order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+    for s in "${order[@]}"; do measure "$s" "$round"; done
+done
+stop_pid nsd
+
+# With several rounds, the table shows each server's median round by qps (the lower middle one
+# for an even count); every round's qps is listed below it.
+declare -A QPS_ROUNDS=()
+for s in $SERVERS; do
+    median=$(for ((r = 1; r <= ROUNDS; r++)); do echo "${R[$s.$r,qps]} $r"; done |
+        sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2) { print $2 }')
+    for key in "${!R[@]}"; do
+        [[ $key == "$s.$median,"* ]] && R[$s,${key#*,}]=${R[$key]}
+    done
+    QPS_ROUNDS[$s]=$(for ((r = 1; r <= ROUNDS; r++)); do printf '%s ' "${R[$s.$r,qps]}"; done)
+    R[$s,round]=$median
+done
+
+# --- report ------------------------------------------------------------------------------------
+
+version_of() {
+    case $1 in
+    p2pdns) "$P2PDNS" --version | awk 'NR == 1' ;; # not head: with pipefail, SIGPIPE would fail
+    unbound) unbound -V 2>&1 | awk 'NR == 1 { sub(/^Version /, "unbound "); print }' ;;
+    dnsmasq) dnsmasq --version | awk 'NR == 1' ;;
+    esac
+}
+
+cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+
+limit_of() { # which side held the figure back, from the CPU time of each process
+    if ((${R[$1,clicpu]} >= 95 && ${R[$1,srvcpu]} >= 90)); then
+        echo "both"
+    elif ((${R[$1,clicpu]} >= 95)); then
+        echo "dnsperf"
+    elif ((${R[$1,srvcpu]} >= 90)); then
+        echo "server"
+    else
+        echo "neither"
+    fi
+}
+
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+echo
+echo "## Cached answers: p2pdns vs unbound vs dnsmasq"
+echo
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), nproc $(nproc), CPU: ${cpu_model:-unknown}."
+echo "Each server alone on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU; $NAMES cached A names queried in a cycle over UDP;"
+echo "dnsperf -c $CLIENTS -q $OUTSTANDING -T 1 -l $DURATION after a cache fill and a ${WARMUP} s warm-up; upstream nsd paused while timed."
+((ROUNDS == 1)) || echo "$ROUNDS rounds, servers in rotating order; each row is the server's median round by qps."
+echo
+echo "| server | sent | completed | lost | lost % | qps | avg latency ms | p99 latency ms | server CPU % | dnsperf CPU % | limit | VmRSS MiB | VmHWM MiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+for s in $SERVERS; do
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+        "$s" "${R[$s,sent]}" "${R[$s,completed]}" "${R[$s,lost]}" "${R[$s,lostpct]}" "${R[$s,qps]}" \
+        "${R[$s,avg]}" "${R[$s,p99]}" "${R[$s,srvcpu]}" "${R[$s,clicpu]}" "$(limit_of "$s")" \
+        "$(mib "${R[$s,rss]}")" "$(mib "${R[$s,hwm]}")"
+done
+echo
+if ((LATENCY)); then
+    echo "Latency: average (and max, below) as dnsperf reports them; p50/p99/p99.9 computed by this script"
+    echo "from dnsperf -v per-query latencies, 1 us resolution, completed queries only (dnsperf 2.10 has"
+    echo "no latency histogram option). Closed loop: at saturation latency is mostly queueing (Little's law)."
+else
+    echo "Latency: average (and max, below) as dnsperf reports them; percentiles not computed (LATENCY=0)."
+fi
+echo "CPU %: CPU time of the server process (all threads) and of dnsperf over the timed pass, 100 = one core."
+echo "limit: server = the server used >= 90 % of its core; dnsperf = dnsperf used >= 95 % of its core, so the"
+echo "server's qps is a lower bound; both = both; neither = neither (idle time, or other processes: see below)."
+echo "Memory: /proc/PID/status of the server right after the timed pass (VmHWM: peak since start)."
+echo
+echo "Details:"
+for s in $SERVERS; do
+    echo "- $s: p50 ${R[$s,p50]} ms, p99.9 ${R[$s,p999]} ms, max ${R[$s,max]} ms;" \
+        "CPU busy (/proc/stat, user+system+irq+softirq): server's CPU ${R[$s,srvbusy]} %, dnsperf's CPU ${R[$s,clibusy]} %;" \
+        "steal (server/dnsperf CPU): ${R[$s,steal]} %; UDP receive-buffer drops (kernel, all sockets): ${R[$s,drops]};" \
+        "threads: ${R[$s,threads]}; responses: ${R[$s,rcodes]}; packet size: ${R[$s,size]};" \
+        "run time: ${R[$s,runtime]} s; log lines during the round: ${R[$s,loglines]}"
+    ((ROUNDS == 1)) || echo "  qps per round: ${QPS_ROUNDS[$s]}(row: round ${R[$s,round]})"
+done
+busy=""
+for s in $SERVERS; do
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for when in before after; do
+            IFS=/ read -r a b <<<"${R[$s.$r,bg$when]}"
+            ((a <= 5 && b <= 5)) || busy+=" $s round $r, $when the timed pass: ${R[$s.$r,bg$when]} %;"
+        done
+        IFS=/ read -r a b <<<"${R[$s.$r,other]}"
+        ((a <= 10 && b <= 10)) || busy+=" $s round $r, during the timed pass: ${R[$s.$r,other]} % not used by the server/dnsperf;"
+    done
+done
+echo "- other use of the server/dnsperf CPU during the timed pass (CPU busy % minus the process's CPU %,"
+echo "  a few % is accounting noise):$(for s in $SERVERS; do for ((r = 1; r <= ROUNDS; r++)); do printf ' %s %s;' "$s" "${R[$s.$r,other]}"; done; done)"
+echo "- background load (busy % of the server/dnsperf CPU over 1 s while the benchmark idled, before and after"
+echo "  each timed pass):$(for s in $SERVERS; do for ((r = 1; r <= ROUNDS; r++)); do printf ' %s %s, %s;' "$s" "${R[$s.$r,bgbefore]}" "${R[$s.$r,bgafter]}"; done; done)"
+if [[ -n $busy ]]; then
+    echo
+    echo "WARNING: other processes were using the CPUs:${busy%;}."
+    echo "The figures above are skewed by them; run again on a quiet machine."
+fi
+echo
+echo "Versions:"
+for s in $SERVERS; do echo "- $(version_of "$s")"; done
+echo "- $(dnsperf -h 2>&1 | awk '/^Version/ && !seen { sub(/^Version/, "dnsperf"); print; seen = 1 }')"
+echo "- $(nsd -v 2>&1 | awk 'NR == 1') (upstream)"
+echo
+echo "Reproduce (from the repository root):"
+echo
+printf '    ROUNDS=%s DURATION=%s WARMUP=%s CLIENTS=%s OUTSTANDING=%s NAMES=%s LATENCY=%s SERVER_CPU=%s CLIENT_CPU=%s SERVERS="%s" tests/bench/dns-cached.sh\n' \
+    "$ROUNDS" "$DURATION" "$WARMUP" "$CLIENTS" "$OUTSTANDING" "$NAMES" "$LATENCY" "$SERVER_CPU" "$CLIENT_CPU" "$SERVERS"
+echo
+echo "Commands used (ports of the last round; \$TMP is the temporary directory):"
+echo
+echo "    taskset -c $CLIENT_CPU dnsperf ${DNSPERF_ARGS[*]/#$WORK/\$TMP} -p PORT -l $DURATION"
+for s in $SERVERS; do echo "    taskset -c $SERVER_CPU ${CMD[$s]//$WORK/\$TMP}"; done
+
+for s in $SERVERS; do
+    if [[ -s $WORK/$s.log ]]; then
+        echo
+        echo "$s log, all rounds ($(wc -l <"$WORK/$s.log") lines; first 20):"
+        echo
+        head -n 20 "$WORK/$s.log" | awk '{ print "    " $0 }'
+    fi
+done
