@@ -9,17 +9,9 @@ use hickory_proto::{
     op::{Edns, ResponseCode},
     rr::{Name, RData, RecordType, rdata::opt::EdnsOption},
 };
-use support::{TestDaemon, Upstream, ask, config, ede, exchange_tcp, exchange_udp, query};
-
-fn a_records(msg: &hickory_proto::op::Message) -> Vec<String> {
-    msg.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.to_string()),
-            _ => None,
-        })
-        .collect()
-}
+use support::{
+    TestDaemon, Upstream, a_records, ask, config, ede, exchange_tcp, exchange_udp, query,
+};
 
 #[tokio::test]
 async fn several_daemons_forward_to_one_upstream() {

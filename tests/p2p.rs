@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use hickory_proto::{
     op::ResponseCode,
     rr::{Name, RData, Record, RecordType},
 };
-use support::{TestDaemon, WAIT, ask, p2p_config};
+use support::{TestDaemon, WAIT, ask, p2p_config, resolve_until};
 
 /// Starts `n` daemons: the first alone, the others bootstrapping from it.
 async fn network(n: usize) -> Vec<TestDaemon> {
@@ -44,32 +44,6 @@ fn a(name: &str, ip: &str) -> Record {
         300,
         RData::A(ip.parse().unwrap()),
     )
-}
-
-fn a_records(msg: &hickory_proto::op::Message) -> Vec<String> {
-    msg.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Asks `addr` until the answer's A records are `want` (records travel through the DHT).
-async fn resolve_until(addr: SocketAddr, name: &str, want: &[&str]) -> hickory_proto::op::Message {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let msg = ask(addr, name, RecordType::A).await;
-        if a_records(&msg) == want {
-            return msg;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never resolved to {want:?}; last answer: {msg:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use std::{
 
 use futures_util::StreamExt;
 use hickory_proto::{
-    op::{Message, ResponseCode},
+    op::ResponseCode,
     rr::{Name, RData, Record, RecordType},
 };
 use libp2p::{
@@ -33,7 +33,7 @@ use p2pdns::naming::{
     node::{KAD_PROTOCOL, Replicas},
     record::{MAX_RECORD_BYTES, NameRecord, RecordError, dht_key, unix_now},
 };
-use support::{TestDaemon, WAIT, ask, p2p_config};
+use support::{TestDaemon, WAIT, a_records, ask, p2p_config, resolve_until};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -140,32 +140,6 @@ fn name(text: &str) -> Name {
 
 fn a(owner: &str, ip: &str) -> Record {
     Record::from_rdata(name(owner), TTL, RData::A(ip.parse().unwrap()))
-}
-
-fn a_records(msg: &Message) -> Vec<String> {
-    msg.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Asks `addr` until the answer's A records are `want` (records travel through the DHT).
-async fn resolve_until(addr: SocketAddr, name: &str, want: &[&str]) -> Message {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let msg = ask(addr, name, RecordType::A).await;
-        if a_records(&msg) == want {
-            return msg;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never resolved to {want:?} at {addr}; last answer: {msg:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Asks `addr` until the answer's A records are `want`, tolerating answers without any A

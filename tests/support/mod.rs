@@ -280,3 +280,30 @@ pub fn ede(msg: &Message) -> Option<(u16, String)> {
         _ => None,
     }
 }
+
+/// The A records of an answer, as text.
+pub fn a_records(msg: &Message) -> Vec<String> {
+    msg.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asks `addr` until the answer's A records are `want` (records travel through the DHT).
+pub async fn resolve_until(addr: SocketAddr, name: &str, want: &[&str]) -> Message {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let msg = ask(addr, name, RecordType::A).await;
+        if a_records(&msg) == want {
+            return msg;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never resolved to {want:?} at {addr}; last answer: {msg:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
