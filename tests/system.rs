@@ -1942,3 +1942,48 @@ fn cli_commands_say_clearly_when_no_daemon_runs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no p2pdns daemon is running"), "{stderr}");
 }
+
+#[test]
+fn binding_port_53_without_privilege_names_the_address_and_the_remedies() {
+    // Ports below net.ipv4.ip_unprivileged_port_start need privilege; that is what is tested.
+    let start: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .expect("read ip_unprivileged_port_start")
+        .trim()
+        .parse()
+        .expect("a port number");
+    assert!(
+        start > 53,
+        "this machine lets anyone bind port 53; the test needs the usual setting"
+    );
+    // A copy of the binary that the unprivileged user can run, wherever the repository lives.
+    let dir = TempDir::new("unprivileged");
+    let bin = dir.path().join("p2pdns");
+    fs::copy(BIN, &bin).expect("copy the binary");
+    let mut perms = fs::metadata(dir.path()).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(dir.path(), perms).expect("chmod the temp dir");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["run", "--dns-listen", "127.0.0.1:53", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("HOME", dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    for part in [
+        "127.0.0.1:53",
+        "permission denied",
+        "root",
+        "cap_net_bind_service",
+        "--dns-listen",
+    ] {
+        assert!(error.contains(part), "{part:?} missing from: {error}");
+    }
+}
