@@ -126,12 +126,18 @@ impl NodeHandle {
     /// without it.
     pub async fn lookup(&self, name: Name, wanted: usize) -> Result<Replicas, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Lookup {
-            name,
-            wanted,
-            reply,
-        })
-        .await?;
+        // Never wait for room in the queue: a flood of made-up names must fail fast instead of
+        // piling up tasks that wait to ask.
+        self.commands
+            .try_send(Command::Lookup {
+                name,
+                wanted,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => NodeError::Busy,
+                mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+            })?;
         rx.await.map_err(|_| NodeError::Busy)
     }
 
