@@ -250,20 +250,31 @@ impl Node {
         };
         swarm.behaviour_mut().kad.set_mode(Some(mode));
 
+        // An address family the host lacks (IPv6 disabled, say) must not stop the node: skip
+        // what cannot be used, fail only when nothing can.
+        let mut listening = 0;
+        let mut first_error = None;
         for addr in &config.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|source| NodeError::Listen {
-                    addr: addr.clone(),
-                    source,
-                })?;
+            match swarm.listen_on(addr.clone()) {
+                Ok(_) => listening += 1,
+                Err(source) => {
+                    warn!(%addr, error = ?source, "cannot listen on this P2P address; skipping it");
+                    first_error.get_or_insert(NodeError::Listen {
+                        addr: addr.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        if let (0, Some(error)) = (listening, first_error) {
+            return Err(error);
         }
         // Drive the swarm until each listener has reported an address, so the bound ports are
         // known (port 0) before anyone is told about them.
         let mut listen_addrs = Vec::new();
         let mut reported = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while reported < config.listen.len() {
+        while reported < listening {
             let event = tokio::time::timeout_at(deadline, futures_next(&mut swarm)).await;
             match event {
                 Ok(SwarmEvent::NewListenAddr { address, .. }) => {
@@ -274,11 +285,17 @@ impl Node {
                 | Ok(SwarmEvent::ListenerClosed {
                     reason: Err(error), ..
                 }) => {
-                    return Err(NodeError::Build(format!("listener failed: {error}")));
+                    warn!(%error, "a P2P listener failed");
+                    reported += 1;
                 }
                 Ok(_) => {}
                 Err(_) => break,
             }
+        }
+        if listen_addrs.is_empty() {
+            return Err(NodeError::Build(
+                "no P2P listen address could be used".into(),
+            ));
         }
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         Ok(Self {
