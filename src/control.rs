@@ -235,7 +235,9 @@ async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(request, context).await,
+        Ok(request) => handle(request, context)
+            .await
+            .unwrap_or_else(|message| Response::Error { message }),
         Err(error) => Response::Error {
             message: format!("malformed request: {error}"),
         },
@@ -244,12 +246,6 @@ async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
     out.push(b'\n');
     write.write_all(&out).await?;
     write.shutdown().await
-}
-
-fn error(message: impl std::fmt::Display) -> Response {
-    Response::Error {
-        message: message.to_string(),
-    }
 }
 
 /// Turns `site`, `site.p2p` or `www.site.p2p.` into a fully qualified, lower-case name under
@@ -264,74 +260,51 @@ pub fn p2p_name(text: &str) -> Result<Name, String> {
     Name::from_ascii(&full).map_err(|e| format!("{text:?} is not a domain name: {e}"))
 }
 
-async fn handle(request: Request, context: &Context) -> Response {
-    let dht = context.naming.dht();
-    match request {
+/// Answers one request; the error text goes back to the CLI as it is.
+async fn handle(request: Request, context: &Context) -> Result<Response, String> {
+    let dht = || context.naming.dht().ok_or_else(|| NO_P2P.to_owned());
+    Ok(match request {
         Request::Status => Response::Status(status(context).await),
-        Request::Publish { name, records } => {
-            let Some(dht) = dht else { return error(NO_P2P) };
-            match publish(dht, &name, records).await {
-                Ok(response) => response,
-                Err(message) => error(message),
-            }
-        }
-        Request::PublishZone { name, zone } => {
-            let Some(dht) = dht else { return error(NO_P2P) };
-            match publish_zone(dht, &name, &zone).await {
-                Ok(response) => response,
-                Err(message) => error(message),
-            }
-        }
+        Request::Publish { name, records } => publish(dht()?, &name, records).await?,
+        Request::PublishZone { name, zone } => publish_zone(dht()?, &name, &zone).await?,
         Request::Unpublish { name } => {
-            let Some(dht) = dht else { return error(NO_P2P) };
-            let name = match p2p_name(&name) {
-                Ok(name) => name,
-                Err(message) => return error(message),
-            };
-            match dht.unpublish(&name) {
-                Ok(existed) => Response::Unpublished {
-                    name: name.to_ascii(),
-                    existed,
-                },
-                Err(e) => error(e),
+            let dht = dht()?;
+            let name = p2p_name(&name)?;
+            let existed = dht.unpublish(&name).map_err(|e| e.to_string())?;
+            Response::Unpublished {
+                name: name.to_ascii(),
+                existed,
             }
         }
-        Request::Names => {
-            let Some(dht) = dht else { return error(NO_P2P) };
-            Response::Names {
-                names: names(dht).await,
-            }
+        Request::Names => Response::Names {
+            names: names(dht()?).await,
+        },
+        Request::Resolve { name, qtype } => {
+            resolve(context, context.naming.dht(), &name, &qtype).await?
         }
-        Request::Resolve { name, qtype } => resolve(context, dht, &name, &qtype).await,
-        Request::Pins => {
-            let Some(dht) = dht else { return error(NO_P2P) };
-            Response::Pins {
-                pins: dht
-                    .pins()
-                    .into_iter()
-                    .map(|(name, pin)| PinInfo {
-                        name,
-                        owner: pin.owner,
-                        expires: pin.expires,
-                    })
-                    .collect(),
-            }
-        }
+        Request::Pins => Response::Pins {
+            pins: dht()?
+                .pins()
+                .into_iter()
+                .map(|(name, pin)| PinInfo {
+                    name,
+                    owner: pin.owner,
+                    expires: pin.expires,
+                })
+                .collect(),
+        },
         Request::RemovePin { name } => {
-            let Some(dht) = dht else { return error(NO_P2P) };
-            let name = match p2p_name(&name) {
-                Ok(name) => name,
-                Err(message) => return error(message),
-            };
-            match dht.remove_pin(&name) {
-                Ok(existed) => Response::PinRemoved {
-                    name: name.to_ascii(),
-                    existed,
-                },
-                Err(e) => error(format!("failed to save pins: {e}")),
+            let dht = dht()?;
+            let name = p2p_name(&name)?;
+            let existed = dht
+                .remove_pin(&name)
+                .map_err(|e| format!("failed to save pins: {e}"))?;
+            Response::PinRemoved {
+                name: name.to_ascii(),
+                existed,
             }
         }
-    }
+    })
 }
 
 const NO_P2P: &str = "the P2P node is disabled on this daemon ([p2p] enabled = false)";
@@ -419,6 +392,7 @@ fn published(record: Arc<record::NameRecord>) -> Result<Response, String> {
 async fn names(dht: &Arc<Dht>) -> Vec<NameInfo> {
     let mut out = Vec::new();
     for record in dht.own_names() {
+        let bytes = record.to_bytes();
         let replicas = tokio::time::timeout(
             REPLICA_COUNT_WAIT,
             dht.node().lookup(record.name.clone(), usize::MAX),
@@ -430,7 +404,7 @@ async fn names(dht: &Arc<Dht>) -> Vec<NameInfo> {
             found
                 .records
                 .iter()
-                .filter(|(peer, r)| peer.is_some() && r.to_bytes() == record.to_bytes())
+                .filter(|(peer, r)| peer.is_some() && r.to_bytes() == bytes)
                 .count()
         });
         out.push(NameInfo {
@@ -444,15 +418,17 @@ async fn names(dht: &Arc<Dht>) -> Vec<NameInfo> {
     out
 }
 
-async fn resolve(context: &Context, dht: Option<&Arc<Dht>>, name: &str, qtype: &str) -> Response {
-    let qtype: RecordType = match qtype.to_ascii_uppercase().parse() {
-        Ok(t) => t,
-        Err(_) => return error(format!("{qtype:?} is not a record type")),
-    };
-    let qname = match p2p_name(name) {
-        Ok(n) => n,
-        Err(message) => return error(message),
-    };
+async fn resolve(
+    context: &Context,
+    dht: Option<&Arc<Dht>>,
+    name: &str,
+    qtype: &str,
+) -> Result<Response, String> {
+    let qtype: RecordType = qtype
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| format!("{qtype:?} is not a record type"))?;
+    let qname = p2p_name(name)?;
     let answer = context.naming.lookup(&qname, qtype).await;
     let mut resolution = Resolution {
         name: qname.to_ascii(),
@@ -469,7 +445,7 @@ async fn resolve(context: &Context, dht: Option<&Arc<Dht>>, name: &str, qtype: &
         resolution.seq = Some(found.record.seq);
         resolution.replicas = Some(found.agreeing);
     }
-    Response::Resolved(resolution)
+    Ok(Response::Resolved(resolution))
 }
 
 /// Errors of the CLI side.
