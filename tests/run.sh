@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh Debian machine: installs the DNS tools the system tests
-# drive (dig, kdig, nsd), then checks formatting and lints and runs every test.
+# Runs the whole test suite on a fresh Debian machine: installs the tools the system tests
+# drive (dig, kdig, nsd, ip, curl, chromium, python3's http.server), then checks formatting and
+# lints and runs every test.
 #
 #   tests/run.sh            # as root, or with sudo available for apt-get
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(bind9-dnsutils knot-dnsutils nsd iproute2)
-commands=(dig kdig nsd ip)
+packages=(bind9-dnsutils knot-dnsutils nsd iproute2 curl chromium python3)
+commands=(dig kdig nsd ip curl chromium python3)
 missing=()
 for i in "${!commands[@]}"; do
     command -v "${commands[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${commands[$i]}" ] || missing+=("${packages[$i]}")

@@ -1,0 +1,605 @@
+//! The operating system's own resolver path, end to end: programs that know nothing of p2pdns
+//! (glibc's `getent`, `curl`, headless Chromium) resolve a `.p2p` name through the daemon named
+//! in `resolv.conf`, while ordinary names still resolve through the upstream.
+//!
+//! A sealed network namespace gets its own `/etc/netns/NAME/{resolv.conf,nsswitch.conf,hosts}`,
+//! which `ip netns exec` mounts over the host's files, so glibc and Chromium inside it ask the
+//! daemon on 127.0.0.1:53. Inside it run nsd as the upstream (`example.test.` on 127.0.0.2:53),
+//! the daemon forwarding to it, and a web server on 203.0.113.10, a documentation address: the
+//! daemon strips loopback and private addresses from `.p2p` answers (DNS rebinding protection),
+//! so the published address must look public. It sits on a veth pair whose two ends are both in
+//! the namespace (the kernel may lack the `dummy` driver), so Chromium sees a machine that is
+//! online, as a user's is: with only `lo` up it reports a failed load as
+//! `ERR_INTERNET_DISCONNECTED`, hiding the real error.
+//!
+//! Needs root (`ip netns`, `/etc/netns`), as CI has. Nothing links the namespace to the host's
+//! network. Every process the test starts runs inside the namespace and is killed, and the
+//! namespace and its `/etc/netns` directory are removed, also when the test fails. The tools are
+//! required, never optional: a missing one fails the test and names the Debian package to
+//! install (`iproute2`, `libc-bin`, `nsd`, `curl`, `chromium`, `python3`).
+
+use std::{
+    env, fs,
+    hash::{BuildHasher, Hasher, RandomState},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
+
+/// Longest wait for nsd, the daemon or the web server to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest run of one client command; Chromium's start-up is the slow one (about 3 s).
+const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the namespace's processes to die after SIGKILL.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between two looks at something being polled.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The published name and its address, which the web server listens on.
+const SITE_NAME: &str = "site.p2p";
+const SITE_ADDR: &str = "203.0.113.10";
+const HTTP_PORT: u16 = 8080;
+/// A name nobody publishes.
+const MISSING_NAME: &str = "missing.p2p";
+/// nsd listens on another loopback address, so both servers use the standard port 53.
+const UPSTREAM_ADDR: &str = "127.0.0.2";
+/// An ordinary name of the upstream's zone and its address.
+const UPSTREAM_NAME: &str = "www.example.test";
+const UPSTREAM_NAME_ADDR: &str = "192.0.2.80";
+
+/// glibc inside the namespace asks the daemon only, with short retries so a failure is quick.
+const RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n";
+/// Files, then DNS: no mDNS, systemd-resolved or myhostname module the host may configure.
+const NSSWITCH_CONF: &str = "passwd: files\ngroup: files\nshadow: files\ngshadow: files\n\
+                             hosts: files dns\nnetworks: files\nprotocols: files\n\
+                             services: files\nethers: files\nrpc: files\n";
+const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
+
+/// Getent's exit status for a key that was not found.
+const GETENT_NOT_FOUND: i32 = 2;
+
+// ---------------------------------------------------------------------------------------------
+// Tools, temporary directories and processes
+// ---------------------------------------------------------------------------------------------
+
+/// The external programs the test drives.
+struct Tools {
+    ip: PathBuf,
+    getent: PathBuf,
+    nsd: PathBuf,
+    curl: PathBuf,
+    chromium: PathBuf,
+    python3: PathBuf,
+}
+
+impl Tools {
+    /// Finds every tool first, so a missing one fails the test before anything is set up.
+    fn find() -> Self {
+        Self {
+            ip: tool("ip", "iproute2"),
+            getent: tool("getent", "libc-bin"),
+            nsd: tool("nsd", "nsd"),
+            curl: tool("curl", "curl"),
+            chromium: tool("chromium", "chromium"),
+            python3: tool("python3", "python3"),
+        }
+    }
+}
+
+/// The path of an external program; fails the test if it is not installed. The system
+/// directories come before PATH, so the Debian package's program runs rather than a version
+/// manager's shim.
+fn tool(name: &str, package: &str) -> PathBuf {
+    let path = env::var_os("PATH").unwrap_or_default();
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not installed but the p2pdns OS resolver test needs it: install the \
+                 Debian package {package} (apt-get install {package})"
+            )
+        })
+}
+
+/// Eight random hex digits, so parallel runs never share a namespace.
+fn random_tag() -> String {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("{:08x}", hasher.finish() & 0xffff_ffff)
+}
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let path = env::temp_dir().join(format!("p2pdns-os-{tag}"));
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Self(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn subdir(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        path
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends SIGKILL to `pids` through the shell's `kill` built-in.
+fn kill(pids: &[String]) {
+    if !pids.is_empty() {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -KILL {} 2>/dev/null", pids.join(" ")))
+            .status();
+    }
+}
+
+/// Runs a command to completion with a deadline; kills it and fails the test if it hangs.
+/// Descendants it leaves behind die with the namespace.
+fn run_bounded(mut command: Command, timeout: Duration) -> Output {
+    let description = format!("{command:?}");
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {description}: {e}")),
+        Err(_) => {
+            kill(&[pid.to_string()]);
+            panic!("{description} did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// Everything a finished command printed, for assertion messages.
+fn describe(output: &Output) -> String {
+    format!(
+        "{}; stdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A long-running child process with its output in files; killed when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    /// stdout, stderr and any log file the program writes itself.
+    files: Vec<PathBuf>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut command: Command, dir: &TempDir) -> Self {
+        let open = |suffix: &str| {
+            let path = dir.path().join(format!("{name}.{suffix}"));
+            let file = fs::File::create(&path)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+            (path, file)
+        };
+        let (stdout_path, stdout) = open("stdout");
+        let (stderr_path, stderr) = open("stderr");
+        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
+        Self {
+            name,
+            child,
+            files: vec![stdout_path, stderr_path],
+        }
+    }
+
+    /// Everything the process wrote so far.
+    fn output(&self) -> String {
+        self.files
+            .iter()
+            .map(|path| {
+                format!(
+                    "--- {}:\n{}",
+                    path.display(),
+                    fs::read_to_string(path).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name))
+    }
+
+    /// Waits until the process's output contains `needle`; fails if it exits first.
+    fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if self.output().contains(needle) {
+                return;
+            }
+            if let Some(status) = self.try_exit() {
+                panic!(
+                    "{} exited ({status}) before printing {needle:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {needle:?} within {START_TIMEOUT:?}:\n{}",
+                self.name,
+                self.output()
+            );
+            thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The namespace
+// ---------------------------------------------------------------------------------------------
+
+/// A sealed network namespace with its own resolver files in `/etc/netns/NAME`. On drop, every
+/// process left in it is killed, then the files and the namespace are removed.
+struct Netns {
+    name: String,
+    ip: PathBuf,
+    etc: PathBuf,
+    /// HOME of every program run inside, so none sees the user's configuration.
+    home: PathBuf,
+}
+
+impl Netns {
+    fn create(tag: &str, ip: &Path, dir: &TempDir) -> Self {
+        let name = format!("p2pdns-os-{tag}");
+        let ns = Self {
+            etc: Path::new("/etc/netns").join(&name),
+            name,
+            ip: ip.to_owned(),
+            home: dir.subdir("home"),
+        };
+        ns.ip(&["netns", "add", &ns.name]);
+        let n = ns.name.as_str();
+        ns.ip(&["-n", n, "link", "set", "lo", "up"]);
+        ns.ip(&[
+            "-n", n, "link", "add", "site0", "type", "veth", "peer", "name", "site1",
+        ]);
+        ns.ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{SITE_ADDR}/32"),
+            "dev",
+            "site0",
+        ]);
+        ns.ip(&["-n", n, "link", "set", "site0", "up"]);
+        ns.ip(&["-n", n, "link", "set", "site1", "up"]);
+
+        fs::create_dir_all(&ns.etc)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", ns.etc.display()));
+        for (file, text) in [
+            ("resolv.conf", RESOLV_CONF),
+            ("nsswitch.conf", NSSWITCH_CONF),
+            ("hosts", HOSTS),
+        ] {
+            let path = ns.etc.join(file);
+            fs::write(&path, text)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+        ns
+    }
+
+    /// Runs `ip ARGS` and fails the test if it fails.
+    fn ip(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(&self.ip);
+        command.args(args);
+        let output = run_bounded(command, TOOL_TIMEOUT);
+        assert!(
+            output.status.success(),
+            "ip {} failed (this test needs root): {}",
+            args.join(" "),
+            describe(&output)
+        );
+        output
+    }
+
+    /// A command running `program` inside the namespace, with a clean environment: no proxy
+    /// variables, no p2pdns settings, HOME a temporary directory.
+    fn exec(&self, program: impl AsRef<Path>) -> Command {
+        let mut command = Command::new(&self.ip);
+        command
+            .args(["netns", "exec", &self.name])
+            .arg(program.as_ref())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &self.home)
+            .env("LANG", "C.UTF-8")
+            .env("NO_COLOR", "1");
+        command
+    }
+
+    /// The process ids in the namespace.
+    fn pids(&self) -> Vec<String> {
+        Command::new(&self.ip)
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Chromium's helpers and nsd's workers are not our direct children; everything in the
+        // namespace was started by this test.
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            kill(&pids);
+            thread::sleep(POLL);
+        }
+        let _ = fs::remove_dir_all(&self.etc);
+        let _ = Command::new(&self.ip)
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The servers
+// ---------------------------------------------------------------------------------------------
+
+/// nsd serving `example.test.` on UPSTREAM_ADDR:53.
+fn start_nsd(ns: &Netns, tools: &Tools, dir: &TempDir) -> Proc {
+    dir.write(
+        "example.test.zone",
+        &format!(
+            "$ORIGIN example.test.\n\
+             $TTL 300\n\
+             @    IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60\n\
+             @    IN NS  ns1.example.test.\n\
+             ns1  IN A   192.0.2.53\n\
+             www  IN A   {UPSTREAM_NAME_ADDR}\n"
+        ),
+    );
+    let d = dir.path().display();
+    let log = dir.path().join("nsd.log");
+    let conf = dir.write(
+        "nsd.conf",
+        &format!(
+            "server:\n  ip-address: {UPSTREAM_ADDR}@53\n  username: \"\"\n  zonesdir: \"{d}\"\n  \
+             database: \"\"\n  pidfile: \"{d}/nsd.pid\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
+             zonelistfile: \"{d}/zone.list\"\n  logfile: \"{}\"\n  server-count: 1\n  \
+             verbosity: 1\n\
+             remote-control:\n  control-enable: no\n\
+             zone:\n  name: example.test\n  zonefile: example.test.zone\n",
+            log.display()
+        ),
+    );
+    let mut command = ns.exec(&tools.nsd);
+    command.arg("-c").arg(conf).arg("-d");
+    let mut nsd = Proc::spawn("nsd", command, dir);
+    nsd.files.push(log);
+    // Logged once the sockets are bound and the zone is loaded.
+    nsd.wait_for("nsd started");
+    nsd
+}
+
+/// The daemon on 127.0.0.1:53, UDP and TCP, forwarding to nsd, with its P2P node on loopback.
+fn start_daemon(ns: &Netns, dir: &TempDir) -> Proc {
+    let resolv_conf = dir.write("daemon-resolv.conf", "");
+    let config = dir.write(
+        "p2pdns.toml",
+        &format!(
+            "[upstream]\nresolv_conf = {:?}\n\n\
+             [p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\ndht_mode = \"server\"\n",
+            resolv_conf.display().to_string()
+        ),
+    );
+    let mut command = ns.exec(BIN);
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--dns-listen", "127.0.0.1:53"])
+        .args(["--upstream", &format!("{UPSTREAM_ADDR}:53")]);
+    let mut daemon = Proc::spawn("p2pdns", command, dir);
+    daemon.wait_for(" ready");
+    daemon
+}
+
+/// Python's web server on SITE_ADDR:HTTP_PORT, serving a page that carries `marker`.
+fn start_web(ns: &Netns, tools: &Tools, dir: &TempDir, marker: &str) -> Proc {
+    let root = dir.subdir("www");
+    let page = root.join("index.html");
+    fs::write(
+        &page,
+        format!(
+            "<!DOCTYPE html>\n<html><head><title>site.p2p</title></head>\
+             <body><p id=\"marker\">{marker}</p></body></html>\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", page.display()));
+    let mut command = ns.exec(&tools.python3);
+    command
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "--bind",
+            SITE_ADDR,
+            "--directory",
+        ])
+        .arg(root)
+        .arg(HTTP_PORT.to_string());
+    let mut web = Proc::spawn("http.server", command, dir);
+    // Printed once the socket is bound.
+    web.wait_for("Serving HTTP on");
+    web
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------------------------
+
+/// The last lines of a log, for assertion messages.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[test]
+fn getent_curl_and_chromium_resolve_a_published_p2p_name_through_resolv_conf() {
+    let tools = Tools::find();
+    let tag = random_tag();
+    // Dropped in reverse order: the processes, then the namespace (killing what is left in it),
+    // then the directory they used.
+    let dir = TempDir::new(&tag);
+    let ns = Netns::create(&tag, &tools.ip, &dir);
+    let _nsd = start_nsd(&ns, &tools, &dir);
+    let daemon = start_daemon(&ns, &dir);
+    let marker = format!("served-for-site-p2p-{tag}");
+    let _web = start_web(&ns, &tools, &dir, &marker);
+    let daemon_log = || tail(&daemon.output(), 40);
+
+    let mut publish = ns.exec(BIN);
+    publish
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["publish", SITE_NAME, "A", SITE_ADDR]);
+    let out = run_bounded(publish, TOOL_TIMEOUT);
+    assert!(out.status.success(), "publish failed: {}", describe(&out));
+
+    let getent = |name: &str| {
+        let mut command = ns.exec(&tools.getent);
+        command.args(["hosts", name]);
+        run_bounded(command, TOOL_TIMEOUT)
+    };
+    let first_address = |out: &Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    };
+
+    // glibc, through resolv.conf, asks the daemon, which answers its own name.
+    let out = getent(SITE_NAME);
+    assert!(
+        out.status.success() && first_address(&out).as_deref() == Some(SITE_ADDR),
+        "getent hosts {SITE_NAME}: expected {SITE_ADDR}, got {}\ndaemon log:\n{}",
+        describe(&out),
+        daemon_log()
+    );
+
+    // An ordinary name goes through the daemon to the upstream.
+    let out = getent(UPSTREAM_NAME);
+    assert!(
+        out.status.success() && first_address(&out).as_deref() == Some(UPSTREAM_NAME_ADDR),
+        "getent hosts {UPSTREAM_NAME}: expected {UPSTREAM_NAME_ADDR} from nsd, got {}\n\
+         daemon log:\n{}",
+        describe(&out),
+        daemon_log()
+    );
+
+    // A name nobody published is not found. (A lone daemon has no peer to ask and answers
+    // SERVFAIL; getent exits 2 for that as for NXDOMAIN.)
+    let out = getent(MISSING_NAME);
+    assert_eq!(
+        out.status.code(),
+        Some(GETENT_NOT_FOUND),
+        "getent hosts {MISSING_NAME}: expected exit status 2 (not found), got {}\ndaemon log:\n{}",
+        describe(&out),
+        daemon_log()
+    );
+
+    let url = format!("http://{SITE_NAME}:{HTTP_PORT}/");
+
+    let mut curl = ns.exec(&tools.curl);
+    curl.args(["-sS", "--max-time", "10", "--noproxy", "*", &url]);
+    let out = run_bounded(curl, TOOL_TIMEOUT);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&marker),
+        "curl {url}: expected the page with {marker:?}, got {}\ndaemon log:\n{}",
+        describe(&out),
+        daemon_log()
+    );
+
+    // Chromium resolves with its built-in DNS client (A and HTTPS queries), which reads the
+    // namespace's resolv.conf and nsswitch.conf. It exits 0 even when the page fails to load,
+    // and its stderr is full of D-Bus noise, so only stdout is checked. Its look-ups of Google's
+    // update and account servers (no flag stops them all) fail in the sealed namespace.
+    let profile = dir.subdir("chromium-profile");
+    let mut chromium = ns.exec(&tools.chromium);
+    chromium
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-proxy-server",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(&url);
+    let out = run_bounded(chromium, TOOL_TIMEOUT);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&marker),
+        "chromium --dump-dom {url}: expected the page with {marker:?}, got {}\ndaemon log:\n{}",
+        describe(&out),
+        daemon_log()
+    );
+}
