@@ -38,11 +38,18 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon in the foreground.
     Run(RunArgs),
+    /// Run an introduction server in the foreground: a P2P-only node (no DNS) that new nodes
+    /// bootstrap from; it prints the --bootstrap addresses to give them.
+    Intro(IntroArgs),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Show the running daemon's state: DNS, upstreams, the P2P node and its peers.
-    Status,
+    Status {
+        /// List every peer: routing table entries with their addresses, and connections.
+        #[arg(long)]
+        peers: bool,
+    },
     /// Publish records under a .p2p name (added to the name's records), or a zone file.
     Publish(PublishArgs),
     /// Stop publishing a name (copies held by other nodes expire on their own).
@@ -113,6 +120,37 @@ pub struct RunArgs {
     pub check_config: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct IntroArgs {
+    /// Listen for P2P connections on this multiaddr (repeatable; replaces p2p.listen).
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    pub p2p_listen: Vec<libp2p::Multiaddr>,
+    /// An address at which other nodes reach this server, e.g. its public IP (repeatable;
+    /// replaces p2p.external_addresses).
+    #[arg(long = "external-addr", value_name = "MULTIADDR")]
+    pub external_addrs: Vec<libp2p::Multiaddr>,
+    /// Also join the network through this peer, e.g. another introduction server (repeatable;
+    /// added to p2p.bootstrap).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+}
+
+impl IntroArgs {
+    /// Applies the flags over the file's `[p2p]` values.
+    pub fn apply(&self, config: &mut Config) {
+        if !self.p2p_listen.is_empty() {
+            config.p2p.listen.clone_from(&self.p2p_listen);
+        }
+        if !self.external_addrs.is_empty() {
+            config
+                .p2p
+                .external_addresses
+                .clone_from(&self.external_addrs);
+        }
+        config.p2p.bootstrap.extend(self.bootstrap.iter().cloned());
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the commented default configuration.
@@ -156,6 +194,7 @@ impl Command {
     pub async fn call_daemon(
         &self,
         data_dir: &std::path::Path,
+        try_service: bool,
     ) -> Option<Result<String, CommandError>> {
         let request = match self.request() {
             Ok(Some(request)) => request,
@@ -163,7 +202,7 @@ impl Command {
             Err(error) => return Some(Err(error)),
         };
         Some(
-            call(data_dir, &request)
+            call(data_dir, try_service, &request)
                 .await
                 .map(|r| render(&r))
                 .map_err(CommandError::from),
@@ -172,8 +211,8 @@ impl Command {
 
     fn request(&self) -> Result<Option<Request>, CommandError> {
         Ok(Some(match self {
-            Command::Run(_) | Command::Config(_) => return Ok(None),
-            Command::Status => Request::Status,
+            Command::Run(_) | Command::Intro(_) | Command::Config(_) => return Ok(None),
+            Command::Status { peers } => Request::Status { peers: *peers },
             Command::Publish(args) => match &args.zone {
                 Some(path) => Request::PublishZone {
                     name: args.name.clone(),
@@ -244,6 +283,17 @@ fn render(response: &Response) -> String {
                     );
                     for addr in &p.listen_addrs {
                         let _ = writeln!(out, "listening:  {addr}/p2p/{}", p.peer_id);
+                    }
+                    for peer in &p.peers {
+                        let state = match (peer.connected, peer.in_routing_table) {
+                            (true, true) => "connected, routing table",
+                            (true, false) => "connected",
+                            (false, _) => "routing table",
+                        };
+                        let _ = writeln!(out, "peer:       {} ({state})", peer.peer_id);
+                        for addr in &peer.addrs {
+                            let _ = writeln!(out, "              {addr}");
+                        }
                     }
                 }
                 None => out.push_str("p2p:        disabled\n"),

@@ -202,6 +202,9 @@ pub struct P2pConfig {
     /// Peers dialed at start to join the network.
     #[serde(deserialize_with = "multiaddrs")]
     pub bootstrap: Vec<Multiaddr>,
+    /// Addresses at which other nodes reach this one (public address, port forward).
+    #[serde(deserialize_with = "multiaddrs")]
+    pub external_addresses: Vec<Multiaddr>,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
     /// Kademlia mode: serve the DHT to others, only use it, or decide.
@@ -233,6 +236,7 @@ impl Default for P2pConfig {
             .map(|a| a.parse().expect("static multiaddr"))
             .collect(),
             bootstrap: Vec::new(),
+            external_addresses: Vec::new(),
             mdns: true,
             dht_mode: DhtMode::Auto,
             lookup_budget_ms: 2000,
@@ -341,8 +345,7 @@ impl Config {
     /// The data directory: the `--data-dir` flag, then `$P2PDNS_DATA_DIR`, then `data_dir` from
     /// the file, else the platform's per-user directory, else the system directory for services.
     pub fn data_dir(&self, flag: Option<&Path>) -> PathBuf {
-        let env = std::env::var_os(DATA_DIR_ENV).map(PathBuf::from);
-        if let Some(dir) = flag.map(Path::to_owned).or(env).or(self.data_dir.clone()) {
+        if let Some(dir) = self.chosen_data_dir(flag) {
             return dir;
         }
         // A service account (root or a system user) has no useful home: use the system path.
@@ -351,6 +354,12 @@ impl Config {
             Some(dirs) if has_home => dirs.data_dir().to_owned(),
             _ => PathBuf::from(SYSTEM_DATA_DIR),
         }
+    }
+
+    /// The data directory when one was chosen (flag, environment or file), not defaulted.
+    pub fn chosen_data_dir(&self, flag: Option<&Path>) -> Option<PathBuf> {
+        let env = std::env::var_os(DATA_DIR_ENV).map(PathBuf::from);
+        flag.map(Path::to_owned).or(env).or(self.data_dir.clone())
     }
 
     /// Checks relations between values that serde cannot express.

@@ -41,7 +41,11 @@ const DEFAULT_TTL: u32 = 300;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    Status,
+    Status {
+        /// Include the peer list.
+        #[serde(default)]
+        peers: bool,
+    },
     /// Adds records (`[TTL] TYPE RDATA` lines) to a name.
     Publish {
         name: String,
@@ -115,6 +119,17 @@ pub struct P2pStatus {
     pub routing_table_peers: usize,
     pub stored_records: usize,
     pub dht_mode: String,
+    /// Filled when asked for (`status --peers`).
+    #[serde(default)]
+    pub peers: Vec<PeerInfo>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+    pub connected: bool,
+    pub in_routing_table: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -167,10 +182,30 @@ pub enum ControlError {
     AlreadyRunning { dir: PathBuf },
 }
 
-/// Binds the control socket in `data_dir`. A socket file left by a daemon that died is
-/// replaced; one that still answers means another daemon uses this data directory.
-pub async fn bind(data_dir: &Path) -> Result<UnixListener, ControlError> {
-    let path = data_dir.join(SOCKET_FILE);
+/// Where a service's control socket lives when the daemon runs under systemd with
+/// `RuntimeDirectory=p2pdns`; the CLI looks there too when it was not pointed at a data
+/// directory.
+pub const SERVICE_SOCKET: &str = "/run/p2pdns/control.sock";
+
+/// The control socket of a daemon using `data_dir`: in the service manager's runtime directory
+/// (`$RUNTIME_DIRECTORY`, set by systemd's `RuntimeDirectory=`) when there is one, else in the
+/// data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    match std::env::var_os("RUNTIME_DIRECTORY") {
+        // Several directories are separated by colons; the first is ours.
+        Some(dirs) if !dirs.is_empty() => {
+            let dirs = dirs.to_string_lossy().into_owned();
+            let first = dirs.split(':').next().unwrap_or_default();
+            Path::new(first).join(SOCKET_FILE)
+        }
+        _ => data_dir.join(SOCKET_FILE),
+    }
+}
+
+/// Binds the control socket at `path` for the daemon using `data_dir`. A socket file left by a
+/// daemon that died is replaced; one that still answers means another daemon runs there.
+pub async fn bind(path: &Path, data_dir: &Path) -> Result<UnixListener, ControlError> {
+    let path = path.to_owned();
     if path.exists() {
         if UnixStream::connect(&path).await.is_ok() {
             return Err(ControlError::AlreadyRunning {
@@ -264,7 +299,7 @@ pub fn p2p_name(text: &str) -> Result<Name, String> {
 async fn handle(request: Request, context: &Context) -> Result<Response, String> {
     let dht = || context.naming.dht().ok_or_else(|| NO_P2P.to_owned());
     Ok(match request {
-        Request::Status => Response::Status(status(context).await),
+        Request::Status { peers } => Response::Status(status(context, peers).await),
         Request::Publish { name, records } => publish(dht()?, &name, records).await?,
         Request::PublishZone { name, zone } => publish_zone(dht()?, &name, &zone).await?,
         Request::Unpublish { name } => {
@@ -309,7 +344,7 @@ async fn handle(request: Request, context: &Context) -> Result<Response, String>
 
 const NO_P2P: &str = "the P2P node is disabled on this daemon ([p2p] enabled = false)";
 
-async fn status(context: &Context) -> Status {
+async fn status(context: &Context, with_peers: bool) -> Status {
     let p2p = match context.naming.dht() {
         Some(dht) => dht.node().status().await.ok().map(|s| P2pStatus {
             peer_id: s.peer_id.to_string(),
@@ -319,6 +354,19 @@ async fn status(context: &Context) -> Status {
             routing_table_peers: s.routing_table_peers,
             stored_records: s.stored_records,
             dht_mode: s.mode,
+            peers: if with_peers {
+                s.peers
+                    .iter()
+                    .map(|p| PeerInfo {
+                        peer_id: p.peer_id.to_string(),
+                        addrs: p.addrs.iter().map(ToString::to_string).collect(),
+                        connected: p.connected,
+                        in_routing_table: p.in_routing_table,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }),
         None => None,
     };
@@ -470,9 +518,30 @@ pub enum ClientError {
     Daemon(String),
 }
 
-/// Sends one request to the daemon using `data_dir` and returns its response.
-pub async fn call(data_dir: &Path, request: &Request) -> Result<Response, ClientError> {
-    let socket = data_dir.join(SOCKET_FILE);
+/// Sends one request to the daemon using `data_dir` and returns its response. With
+/// `try_service`, a system service's socket ([`SERVICE_SOCKET`]) is tried when no daemon
+/// answers in `data_dir`.
+pub async fn call(
+    data_dir: &Path,
+    try_service: bool,
+    request: &Request,
+) -> Result<Response, ClientError> {
+    match call_socket(data_dir, &data_dir.join(SOCKET_FILE), request).await {
+        Err(ClientError::NotRunning { .. })
+            if try_service && Path::new(SERVICE_SOCKET).exists() =>
+        {
+            call_socket(data_dir, Path::new(SERVICE_SOCKET), request).await
+        }
+        result => result,
+    }
+}
+
+async fn call_socket(
+    data_dir: &Path,
+    socket: &Path,
+    request: &Request,
+) -> Result<Response, ClientError> {
+    let socket = socket.to_owned();
     let io_error = |source: io::Error| ClientError::Io {
         socket: socket.clone(),
         source,

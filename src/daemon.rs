@@ -85,6 +85,7 @@ pub struct Daemon {
     p2p_addrs: Vec<libp2p::Multiaddr>,
     naming: Arc<Naming>,
     control: tokio::net::UnixListener,
+    control_path: PathBuf,
 }
 
 impl Daemon {
@@ -93,7 +94,8 @@ impl Daemon {
         let mut naming = Naming::new(&config.naming)?;
         let sockets = BoundSockets::bind(&config.dns.listen)?;
         identity::create_private_dir(&data_dir)?;
-        let control = control::bind(&data_dir).await?;
+        let control_path = control::socket_path(&data_dir);
+        let control = control::bind(&control_path, &data_dir).await?;
         let (node, dht) = if config.p2p.enabled {
             let keypair = identity::load_or_create(&data_dir)?;
             let node = Node::bind(keypair.clone().into(), &config.p2p).await?;
@@ -157,6 +159,7 @@ impl Daemon {
             p2p_addrs,
             naming: naming_for_control,
             control,
+            control_path,
         })
     }
 
@@ -200,7 +203,7 @@ impl Daemon {
             dht,
             naming,
             control,
-            data_dir,
+            control_path,
             ..
         } = self;
         let context = Arc::new(control::Context {
@@ -213,7 +216,7 @@ impl Daemon {
             control,
             context,
             control_stop.clone(),
-            data_dir.join(control::SOCKET_FILE),
+            control_path,
         ));
         // Not a child of `shutdown`: the node must outlive the DNS drain (answers in flight may
         // still need the DHT), and its end before then means it failed.
@@ -225,6 +228,11 @@ impl Daemon {
         let (resolv_conf, seen) = resolv_conf.unzip();
         let mut seen = seen.flatten();
         info!("ready");
+        let addrs: Vec<String> = listen.iter().map(ToString::to_string).collect();
+        crate::systemd::notify(&format!(
+            "READY=1\nSTATUS=answering DNS on {}",
+            addrs.join(", ")
+        ));
         loop {
             tokio::select! {
                 result = dns.wait() => {
@@ -236,11 +244,13 @@ impl Daemon {
                     return Err(NodeError::Stopped.into());
                 }
                 () = reload.notified() => {
+                    crate::systemd::notify("RELOADING=1");
                     forwarder.cache().clear();
                     if let Some(path) = &resolv_conf {
                         forwarder.set_upstreams(&upstreams_from_resolv_conf(path, &listen));
                     }
                     info!("reloaded: cache emptied, upstreams re-read; other configuration changes need a restart");
+                    crate::systemd::notify("READY=1");
                 }
                 _ = poll.tick(), if resolv_conf.is_some() => {
                     let path = resolv_conf.as_deref().expect("guarded by the branch condition");
@@ -256,6 +266,7 @@ impl Daemon {
             }
         }
         info!("shutting down");
+        crate::systemd::notify("STOPPING=1");
         let result = match tokio::time::timeout(SHUTDOWN_GRACE, dns.shutdown(drain)).await {
             Ok(result) => result.map_err(DaemonError::from),
             Err(_) => Err(DaemonError::ShutdownTimeout(SHUTDOWN_GRACE)),

@@ -16,6 +16,8 @@
 //!   ([`naming::dht`]) of signed records ([`naming::record`]) kept by the P2P node
 //!   ([`naming::node`], one task owning the libp2p swarm).
 //! - [`control`]: the Unix socket through which the CLI talks to the running daemon.
+//! - [`intro`]: the introduction server role (`p2pdns intro`), a P2P-only bootstrap node.
+//! - [`systemd`]: readiness notification for `Type=notify` services.
 //!
 //! # A query's path
 //!
@@ -32,8 +34,10 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod intro;
 pub mod naming;
 pub mod signal;
+pub mod systemd;
 
 pub use config::Config;
 pub use daemon::{Daemon, DaemonError};

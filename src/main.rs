@@ -1,11 +1,11 @@
 //! The `p2pdns` binary: parses the command line, sets up logging and hands over to the library.
 
-use std::{io::IsTerminal, process::ExitCode, sync::Arc};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use p2pdns::{
     Config, Daemon,
-    cli::{Cli, Command, ConfigCommand, RunArgs},
+    cli::{Cli, Command, ConfigCommand, IntroArgs, RunArgs},
     config::DEFAULT_CONFIG,
 };
 use tokio::sync::Notify;
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => run(&cli, args),
+        Command::Intro(args) => intro(&cli, args),
         command => control(&cli, command),
     }
 }
@@ -36,6 +37,8 @@ fn control(cli: &Cli, command: &Command) -> ExitCode {
         Err(error) => return fail(&error, EXIT_CONFIG),
     };
     let data_dir = config.data_dir(cli.data_dir.as_deref());
+    // Without a chosen data directory, a system service's socket is found too.
+    let try_service = config.chosen_data_dir(cli.data_dir.as_deref()).is_none();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -43,7 +46,7 @@ fn control(cli: &Cli, command: &Command) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&error, 1),
     };
-    match runtime.block_on(command.call_daemon(&data_dir)) {
+    match runtime.block_on(command.call_daemon(&data_dir, try_service)) {
         Some(Ok(text)) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -53,17 +56,33 @@ fn control(cli: &Cli, command: &Command) -> ExitCode {
     }
 }
 
-fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
-    let (mut config, path) = match Config::discover(cli.config.as_deref()) {
-        Ok(found) => found,
-        Err(error) => return fail(&error, EXIT_CONFIG),
-    };
-    args.apply(&mut config);
-    if let Err(error) = config.validate() {
-        return fail(&error, EXIT_CONFIG);
-    }
+/// The configuration with the command's flags applied and checked, where it came from, and
+/// the data directory.
+fn load_config(
+    cli: &Cli,
+    apply: impl FnOnce(&mut Config),
+) -> Result<(Config, String, PathBuf), ExitCode> {
+    let (mut config, path) =
+        Config::discover(cli.config.as_deref()).map_err(|e| fail(&e, EXIT_CONFIG))?;
+    apply(&mut config);
+    config.validate().map_err(|e| fail(&e, EXIT_CONFIG))?;
     let source = path.map_or("built-in defaults".to_owned(), |p| p.display().to_string());
     let data_dir = config.data_dir(cli.data_dir.as_deref());
+    Ok((config, source, data_dir))
+}
+
+fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(&e, 1))
+}
+
+fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
+    let (config, source, data_dir) = match load_config(cli, |c| args.apply(c)) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
     if args.check_config {
         if let Err(error) = p2pdns::naming::Naming::new(&config.naming) {
             return fail(&error, EXIT_CONFIG);
@@ -72,12 +91,9 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match multi_thread_runtime() {
         Ok(runtime) => runtime,
-        Err(error) => return fail(&error, 1),
+        Err(code) => return code,
     };
     runtime.block_on(async {
         info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %data_dir.display(), "p2pdns starting");
@@ -92,6 +108,33 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
             Err(error) => return fail(&error, 1),
         };
         match daemon.run(shutdown, reload).await {
+            Ok(()) => {
+                info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error, 1),
+        }
+    })
+}
+
+fn intro(cli: &Cli, args: &IntroArgs) -> ExitCode {
+    let (config, source, data_dir) = match load_config(cli, |c| args.apply(c)) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let runtime = match multi_thread_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        info!(version = env!("CARGO_PKG_VERSION"), config = %source, data_dir = %data_dir.display(), "p2pdns introduction server starting");
+        let shutdown = CancellationToken::new();
+        // SIGHUP has nothing to reload here yet; the handler keeps it from killing the server.
+        let reload = Arc::new(Notify::new());
+        if let Err(error) = p2pdns::signal::spawn_handler(shutdown.clone(), reload) {
+            return fail(&error, 1);
+        }
+        match p2pdns::intro::run(config.p2p, data_dir, shutdown).await {
             Ok(()) => {
                 info!("stopped");
                 ExitCode::SUCCESS

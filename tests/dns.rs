@@ -568,3 +568,23 @@ async fn p2p_cnames_to_icann_names_are_followed_through_the_forwarder() {
     let cname = ask(daemon.addr, "out.p2p.", RecordType::CNAME).await;
     assert_eq!(cname.answers.len(), 1);
 }
+
+#[tokio::test]
+async fn firefox_doh_canary_gets_nxdomain_without_asking_upstream() {
+    let upstream = Upstream::start("").await;
+    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    for (name, qtype) in [
+        ("use-application-dns.net.", RecordType::A),
+        ("USE-application-dns.NET.", RecordType::AAAA),
+        ("x.use-application-dns.net.", RecordType::A),
+    ] {
+        let msg = ask(daemon.addr, name, qtype).await;
+        assert_eq!(msg.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert!(msg.answers.is_empty(), "{name}: {msg:?}");
+        assert_eq!(ede(&msg).map(|(code, _)| code), Some(17), "{name}");
+    }
+    assert_eq!(upstream.queries(), 0, "the canary never goes upstream");
+    // A name next to it is forwarded as usual.
+    let msg = ask(daemon.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
+}

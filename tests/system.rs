@@ -1927,6 +1927,22 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
         assert!(Instant::now() < deadline, "replica never counted:\n{names}");
         thread::sleep(POLL);
     }
+
+    // `status --peers` lists the resolver as a connected peer in the routing table, with its
+    // address; plain `status` does not list peers.
+    let resolver_id = String::from_utf8_lossy(&resolver.cli(&["status"]).stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("peer id:").map(|id| id.trim().to_owned()))
+        .expect("the resolver's status shows its peer id");
+    let peers = String::from_utf8_lossy(&publisher.cli(&["status", "--peers"]).stdout).into_owned();
+    assert!(
+        peers.contains(&format!(
+            "peer:       {resolver_id} (connected, routing table)"
+        )),
+        "{peers}"
+    );
+    assert!(peers.contains("/ip4/127.0.0.1/"), "{peers}");
+    assert!(!status.contains("peer: "), "{status}");
 }
 
 #[test]
@@ -1986,4 +2002,157 @@ fn binding_port_53_without_privilege_names_the_address_and_the_remedies() {
     ] {
         assert!(error.contains(part), "{part:?} missing from: {error}");
     }
+}
+
+/// A running `p2pdns intro`.
+struct Intro {
+    proc: Proc,
+    _dir: TempDir,
+}
+
+impl Intro {
+    fn start(args: &[&str]) -> Self {
+        let dir = TempDir::new("intro");
+        let mut command = p2pdns_command(&dir);
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("intro")
+            .args(args);
+        let proc = Proc::spawn("p2pdns-intro", command, &dir);
+        Self { proc, _dir: dir }
+    }
+
+    /// The addresses it logged for `--bootstrap`, once it has logged them.
+    fn bootstrap_addrs(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let log = self.proc.stderr();
+            let addrs: Vec<String> = log
+                .lines()
+                .filter(|l| l.contains("nodes join with --bootstrap"))
+                .filter_map(|l| l.split("addr=").nth(1))
+                .map(|a| a.trim().to_owned())
+                .collect();
+            if !addrs.is_empty() {
+                return addrs;
+            }
+            if let Some(status) = self.proc.try_exit() {
+                panic!("p2pdns intro exited ({status}); stderr:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no bootstrap address logged:\n{log}"
+            );
+            thread::sleep(POLL);
+        }
+    }
+}
+
+#[test]
+fn two_daemons_that_know_only_an_introduction_server_resolve_each_others_names() {
+    let mut intro = Intro::start(&["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]);
+    let addrs = intro.bootstrap_addrs();
+    assert!(
+        addrs
+            .iter()
+            .all(|a| a.starts_with("/ip4/127.0.0.1/tcp/") && a.contains("/p2p/")),
+        "{addrs:?}"
+    );
+    // No public address given: the server says so.
+    let log = intro.proc.stderr();
+    assert!(log.contains("no public address"), "{log}");
+    let p2p = format!(
+        "[p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\nbootstrap = [{:?}]\n",
+        addrs[0]
+    );
+    let publisher = Daemon::start(&[], &p2p);
+    let resolver = Daemon::start(&[], &p2p);
+    let out = publisher.cli(&["publish", "intro-site", "A", "192.0.2.77"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let reply = resolver.dig(&["intro-site.p2p", "A"]);
+        if reply.answer.iter().any(|rr| rr.rdata == "192.0.2.77") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "intro-site.p2p never resolved through the introduced network: {}",
+            reply.text
+        );
+        thread::sleep(POLL);
+    }
+    // The introduction server stops cleanly on SIGTERM.
+    send_signal(intro.proc.pid(), "TERM");
+    let status = intro.proc.wait_exit(START_TIMEOUT);
+    assert!(status.success(), "{status}: {}", intro.proc.stderr());
+}
+
+#[test]
+fn an_introduction_server_prints_its_external_address_for_bootstrap() {
+    let mut intro = Intro::start(&[
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--external-addr",
+        "/ip4/198.51.100.7/tcp/4747",
+    ]);
+    let addrs = intro.bootstrap_addrs();
+    assert_eq!(addrs.len(), 1, "{addrs:?}");
+    assert!(
+        addrs[0].starts_with("/ip4/198.51.100.7/tcp/4747/p2p/12D3Koo"),
+        "{addrs:?}"
+    );
+}
+
+#[test]
+fn the_daemon_tells_the_service_manager_when_it_is_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("notify");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(START_TIMEOUT))
+        .expect("set a read timeout");
+    let config = dir.write("p2pdns.toml", &daemon_config(&dir, ""));
+    let port = free_port();
+    let mut command = p2pdns_command(&dir);
+    command
+        .env("NOTIFY_SOCKET", &socket_path)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--dns-listen")
+        .arg(localhost(port).to_string());
+    let mut proc = Proc::spawn("p2pdns", command, &dir);
+    let next = || {
+        let mut buf = [0; 512];
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification: {e}; stderr:\n{}", proc.stderr()));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=answering DNS on "),
+        "{ready}"
+    );
+    // READY=1 comes after the sockets are bound: the DNS port answers at once.
+    let reply = dig(port, &["site.p2p", "A"]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+
+    send_signal(proc.pid(), "HUP");
+    assert_eq!(next(), "RELOADING=1");
+    assert_eq!(next(), "READY=1");
+    send_signal(proc.pid(), "TERM");
+    assert_eq!(next(), "STOPPING=1");
+    let status = proc.wait_exit(START_TIMEOUT);
+    assert!(status.success(), "{status}");
 }

@@ -44,6 +44,7 @@ const ANY_TTL: u32 = 3600;
 enum Ede {
     Other = 0,
     StaleAnswer = 3,
+    Filtered = 17,
     Prohibited = 18,
     NoReachableAuthority = 22,
 }
@@ -212,6 +213,15 @@ impl Responder {
                 ede,
                 size_hint: None,
             };
+        }
+
+        if is_doh_canary(query.name()) {
+            // Firefox turns its own DNS-over-HTTPS on by default only where this name resolves;
+            // NXDOMAIN keeps it on the system resolver, which is what resolves .p2p names.
+            return Reply::rcode(ResponseCode::NXDomain).with_ede(
+                Ede::Filtered,
+                "the local resolver asks applications not to bypass it with DNS-over-HTTPS",
+            );
         }
 
         if qtype == RecordType::ANY {
@@ -452,6 +462,15 @@ fn encoded_len(
         // Too large to encode at all: certainly too large for the limit.
         Err(_) => usize::MAX,
     }
+}
+
+/// Firefox's canary domain (`use-application-dns.net`, and names under it): a network that
+/// answers NXDOMAIN for it asks Firefox not to enable DNS-over-HTTPS by itself.
+fn is_doh_canary(name: &LowerName) -> bool {
+    static CANARY: std::sync::LazyLock<LowerName> = std::sync::LazyLock::new(|| {
+        LowerName::new(&Name::from_ascii("use-application-dns.net.").expect("a valid name"))
+    });
+    CANARY.zone_of(name)
 }
 
 /// The machine's host name, for CHAOS `id.server`.

@@ -1,0 +1,124 @@
+//! `p2pdns intro`: the introduction server. A P2P-only node (no DNS port) that always serves the
+//! DHT, so that new nodes have a well-known peer to bootstrap from. Relaying, hole punching and
+//! address discovery for nodes behind NAT build on this role.
+
+use std::path::PathBuf;
+
+use libp2p::{Multiaddr, multiaddr::Protocol};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::{DhtMode, P2pConfig},
+    naming::{
+        identity::{self, IdentityError},
+        node::{Node, NodeError},
+    },
+};
+
+/// Errors that stop the introduction server.
+#[derive(Debug, thiserror::Error)]
+pub enum IntroError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// Runs the introduction server until `shutdown` is cancelled.
+pub async fn run(
+    mut config: P2pConfig,
+    data_dir: PathBuf,
+    shutdown: CancellationToken,
+) -> Result<(), IntroError> {
+    // It exists to be asked: always a DHT server, whatever the file says.
+    config.dht_mode = DhtMode::Server;
+    identity::create_private_dir(&data_dir)?;
+    let keypair = identity::load_or_create(&data_dir)?;
+    let node = Node::bind(keypair.into(), &config).await?;
+    let peer_id = node.handle().peer_id();
+    info!(%peer_id, "introduction server identity");
+    let advertised = if config.external_addresses.is_empty() {
+        node.listen_addrs()
+    } else {
+        config
+            .external_addresses
+            .iter()
+            .map(|a| with_peer(a, peer_id))
+            .collect()
+    };
+    for addr in &advertised {
+        info!(%addr, "nodes join with --bootstrap");
+    }
+    if config.external_addresses.is_empty() && !advertised.iter().any(is_public) {
+        warn!(
+            "no public address: nodes outside this network cannot reach this server; \
+             set --external-addr (or p2p.external_addresses) to the address they should dial"
+        );
+    }
+    crate::systemd::notify(&format!(
+        "READY=1\nSTATUS=introduction server {peer_id}, {} addresses",
+        advertised.len()
+    ));
+    node.run(shutdown).await;
+    crate::systemd::notify("STOPPING=1");
+    Ok(())
+}
+
+fn with_peer(addr: &Multiaddr, peer: libp2p::PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(Protocol::P2p(_)) => addr.clone(),
+        _ => addr.clone().with(Protocol::P2p(peer)),
+    }
+}
+
+/// Is the address one that hosts elsewhere on the internet can dial?
+fn is_public(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => {
+            !(ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_documentation()
+                // 100.64.0.0/10, carrier-grade NAT.
+                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64))
+        }
+        Protocol::Ip6(ip) => {
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80)
+        }
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_global_addresses_count_as_public() {
+        for (addr, public) in [
+            ("/ip4/192.0.2.1/tcp/4747", false),
+            ("/ip4/10.1.2.3/udp/4747/quic-v1", false),
+            ("/ip4/100.100.1.1/tcp/4747", false),
+            ("/ip4/127.0.0.1/tcp/4747", false),
+            ("/ip4/8.8.8.8/tcp/4747", true),
+            ("/ip6/fd00::1/tcp/4747", false),
+            ("/ip6/2a00:1450::1/tcp/4747", true),
+        ] {
+            assert_eq!(is_public(&addr.parse().unwrap()), public, "{addr}");
+        }
+    }
+
+    #[test]
+    fn the_peer_id_is_appended_once() {
+        let peer = libp2p::PeerId::random();
+        let addr: Multiaddr = "/ip4/198.51.100.7/udp/4747/quic-v1".parse().unwrap();
+        let once = with_peer(&addr, peer);
+        assert_eq!(once.to_string(), format!("{addr}/p2p/{peer}"));
+        assert_eq!(with_peer(&once, peer), once);
+    }
+}
