@@ -9,7 +9,9 @@ use std::{
 
 use hickory_proto::rr::Name;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, identify, identity,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport,
+    core::{transport::MemoryTransport, upgrade},
+    identify, identity,
     kad::{self, store::MemoryStore, store::MemoryStoreConfig, store::RecordStore},
     mdns, noise, ping,
     swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
@@ -34,6 +36,10 @@ const MAX_LOOKUPS: usize = 512;
 const WARNED_PEERS: usize = 1024;
 /// How often a node without any peer dials its bootstrap peers again.
 const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(30);
+/// Connections without traffic for this long are closed. A bootstrap's bucket refreshes touch
+/// most peers of a small network; keeping those connections longer costs about 50 KiB each
+/// (buffers) and brings nothing, while a peer asked again within a minute needs no handshake.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the DHT keeps asking after a caller's budget ran out (to warm the cache).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,6 +84,10 @@ pub struct Replicas {
     pub invalid: usize,
     /// The query ended and no peer had any record: the name is absent from the DHT.
     pub absent: bool,
+    /// Requests the query had sent to peers when this answer was given.
+    pub requests: u32,
+    /// Peers that had answered those requests.
+    pub peers_answered: u32,
 }
 
 /// What `p2pdns status` shows about the node.
@@ -89,6 +99,18 @@ pub struct NodeStatus {
     pub routing_table_peers: usize,
     pub stored_records: usize,
     pub mode: String,
+    /// The peers this node knows: its routing table, then connected peers outside it.
+    pub peers: Vec<PeerEntry>,
+}
+
+/// One peer in [`NodeStatus::peers`].
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    pub peer_id: PeerId,
+    /// Addresses known for it (routing table) or of its connections.
+    pub addrs: Vec<Multiaddr>,
+    pub connected: bool,
+    pub in_routing_table: bool,
 }
 
 enum Command {
@@ -106,6 +128,10 @@ enum Command {
     },
     Status {
         reply: oneshot::Sender<NodeStatus>,
+    },
+    Holds {
+        name: Name,
+        reply: oneshot::Sender<bool>,
     },
 }
 
@@ -156,6 +182,14 @@ impl NodeHandle {
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Status { reply }).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Whether this node's store holds a record for `name` (diagnostics and benchmarks).
+    pub async fn holds(&self, name: &Name) -> Result<bool, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let name = name.clone();
+        self.send(Command::Holds { name, reply }).await?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
@@ -215,6 +249,15 @@ impl Node {
             )
             .map_err(|e| NodeError::Build(e.to_string()))?
             .with_quic()
+            // In-process peers (`/memory/N`): the large networks of the benchmarks. Nothing
+            // outside this process can reach it.
+            .with_other_transport(|key| {
+                Ok(MemoryTransport::default()
+                    .upgrade(upgrade::Version::V1)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()))
+            })
+            .map_err(|e| NodeError::Build(e.to_string()))?
             .with_behaviour(|key| {
                 let mdns = if mdns_enabled {
                     Some(mdns::tokio::Behaviour::new(
@@ -239,7 +282,7 @@ impl Node {
                 })
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
             .build();
 
         let mode = match config.dht_mode {
@@ -249,6 +292,9 @@ impl Node {
             DhtMode::Server | DhtMode::Auto => kad::Mode::Server,
         };
         swarm.behaviour_mut().kad.set_mode(Some(mode));
+        for addr in &config.external_addresses {
+            swarm.add_external_address(addr.clone());
+        }
 
         // An address family the host lacks (IPv6 disabled, say) must not stop the node: skip
         // what cannot be used, fail only when nothing can.
@@ -384,6 +430,48 @@ fn dial_bootstrap(swarm: &mut Swarm<Behaviour>, addrs: &[Multiaddr], first: bool
     }
 }
 
+fn status(swarm: &mut Swarm<Behaviour>, listen_addrs: &[Multiaddr], peer_id: PeerId) -> NodeStatus {
+    let mut peers = Vec::new();
+    let mut seen = HashSet::new();
+    for bucket in swarm.behaviour_mut().kad.kbuckets() {
+        for entry in bucket.iter() {
+            let id = *entry.node.key.preimage();
+            seen.insert(id);
+            peers.push(PeerEntry {
+                peer_id: id,
+                addrs: entry.node.value.iter().cloned().collect(),
+                connected: false,
+                in_routing_table: true,
+            });
+        }
+    }
+    let routing_table_peers = peers.len();
+    for peer in &mut peers {
+        peer.connected = swarm.is_connected(&peer.peer_id);
+    }
+    let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
+    for id in &connected {
+        if !seen.contains(id) {
+            peers.push(PeerEntry {
+                peer_id: *id,
+                addrs: Vec::new(),
+                connected: true,
+                in_routing_table: false,
+            });
+        }
+    }
+    let kad = &mut swarm.behaviour_mut().kad;
+    NodeStatus {
+        peer_id,
+        listen_addrs: listen_addrs.to_vec(),
+        connected_peers: connected.len(),
+        routing_table_peers,
+        stored_records: kad.store_mut().records().count(),
+        mode: kad.mode().to_string(),
+        peers,
+    }
+}
+
 async fn futures_next(swarm: &mut Swarm<Behaviour>) -> SwarmEvent<BehaviourEvent> {
     use futures_util::StreamExt;
     swarm
@@ -450,18 +538,11 @@ impl EventLoop {
                 }
             }
             Command::Status { reply } => {
-                let kad = &mut swarm.behaviour_mut().kad;
-                let routing_table_peers = kad.kbuckets().map(|b| b.num_entries()).sum();
-                let stored_records = kad.store_mut().records().count();
-                let mode = kad.mode().to_string();
-                let _ = reply.send(NodeStatus {
-                    peer_id,
-                    listen_addrs: listen_addrs.to_vec(),
-                    connected_peers: swarm.connected_peers().count(),
-                    routing_table_peers,
-                    stored_records,
-                    mode,
-                });
+                let _ = reply.send(status(swarm, listen_addrs, peer_id));
+            }
+            Command::Holds { name, reply } => {
+                let key = kad::RecordKey::new(&dht_key(&name));
+                let _ = reply.send(swarm.behaviour_mut().kad.store_mut().get(&key).is_some());
             }
         }
     }
@@ -524,7 +605,7 @@ impl EventLoop {
                 stats,
             } => match result {
                 kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
-                    self.found(swarm, id, found);
+                    self.found(swarm, id, found, &stats);
                 }
                 // Only peers that answered can say a name is absent; a query that reached
                 // nobody (no peers yet) says nothing. Replicas that all failed validation are
@@ -533,11 +614,11 @@ impl EventLoop {
                     kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. },
                 ))
                 | kad::QueryResult::GetRecord(Err(kad::GetRecordError::NotFound { .. })) => {
-                    self.finish(id, stats.num_successes() > 0);
+                    self.finish(id, &stats, stats.num_successes() > 0);
                 }
                 kad::QueryResult::GetRecord(Err(error)) => {
                     debug!(%error, "DHT lookup ended");
-                    self.finish(id, false);
+                    self.finish(id, &stats, false);
                 }
                 kad::QueryResult::PutRecord(result) if step.last => {
                     debug!(?result, "DHT put finished");
@@ -549,7 +630,13 @@ impl EventLoop {
     }
 
     /// A replica arrived for lookup `id`: keep it if valid, answer once enough are in.
-    fn found(&mut self, swarm: &mut Swarm<Behaviour>, id: kad::QueryId, found: kad::PeerRecord) {
+    fn found(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        id: kad::QueryId,
+        found: kad::PeerRecord,
+        stats: &kad::QueryStats,
+    ) {
         let Some(lookup) = self.lookups.get_mut(&id) else {
             return;
         };
@@ -575,6 +662,8 @@ impl EventLoop {
         let lookup = self.lookups.get_mut(&id).expect("looked up above");
         if !lookup.answered && lookup.replicas.records.len() >= lookup.wanted {
             lookup.answered = true;
+            lookup.replicas.requests = stats.num_requests();
+            lookup.replicas.peers_answered = stats.num_successes();
             for reply in lookup.replies.drain(..) {
                 let _ = reply.send(lookup.replicas.clone());
             }
@@ -584,11 +673,13 @@ impl EventLoop {
         }
     }
 
-    fn finish(&mut self, id: kad::QueryId, peers_answered: bool) {
+    fn finish(&mut self, id: kad::QueryId, stats: &kad::QueryStats, peers_answered: bool) {
         let Some(mut lookup) = self.lookups.remove(&id) else {
             return;
         };
         lookup.replicas.absent = peers_answered && lookup.replicas.records.is_empty();
+        lookup.replicas.requests = stats.num_requests();
+        lookup.replicas.peers_answered = stats.num_successes();
         for reply in lookup.replies.drain(..) {
             let _ = reply.send(lookup.replicas.clone());
         }

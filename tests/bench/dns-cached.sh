@@ -3,7 +3,10 @@
 #
 # What it measures: how fast each resolver answers names it already holds in its cache. All
 # three forward to the same local authoritative server (nsd, zone bench.test, NAMES A records
-# with TTL 3600). Each resolver in turn is started alone, its cache is filled, and dnsperf then
+# with TTL 3600). A fourth row, p2pdns-p2p, measures cached .p2p answers: a second p2pdns daemon
+# publishes n1.p2p ... nNAMES.p2p (same addresses) in the DHT, and the measured p2pdns, started
+# after it with it as bootstrap peer, resolves them over the network, caches the signed records
+# and is then timed on them with the publisher paused like nsd. Each resolver in turn is started alone, its cache is filled, and dnsperf then
 # queries the same names in a loop for DURATION seconds. nsd is paused (SIGSTOP) during the
 # timed pass, so every answer counted there came from the resolver's cache; a cache miss would
 # show up as a lost query rather than as a silently slower figure.
@@ -31,7 +34,7 @@
 #   ROUNDS=1          measure every server this many times, in rotating order; the table then
 #                     shows each server's median round and lists the qps of every round
 #   NAMES=100         A records in the zone, queried in a cycle
-#   SERVERS="p2pdns unbound dnsmasq"   which resolvers to measure, in this order
+#   SERVERS="p2pdns p2pdns-p2p unbound dnsmasq"   which resolvers to measure, in this order
 #   SERVER_CPU=0 CLIENT_CPU=1          CPUs for the servers and for dnsperf
 #   LATENCY=1         1: run dnsperf with -v and compute latency percentiles from its
 #                     per-query lines; 0: only dnsperf's own average (slightly less client load)
@@ -70,7 +73,7 @@ WARMUP=${WARMUP:-2}
 CLIENTS=${CLIENTS:-10}
 OUTSTANDING=${OUTSTANDING:-100}
 NAMES=${NAMES:-100}
-SERVERS=${SERVERS:-p2pdns unbound dnsmasq}
+SERVERS=${SERVERS:-p2pdns p2pdns-p2p unbound dnsmasq}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 LATENCY=${LATENCY:-1}
@@ -88,7 +91,7 @@ done
 ((CLIENTS >= 1 && OUTSTANDING >= 1)) || die "CLIENTS and OUTSTANDING must be at least 1"
 ((NAMES >= 1 && NAMES <= 65000)) || die "NAMES must be between 1 and 65000"
 for s in $SERVERS; do
-    case $s in p2pdns | unbound | dnsmasq) ;; *) die "unknown server '$s' in SERVERS" ;; esac
+    case $s in p2pdns | p2pdns-p2p | unbound | dnsmasq) ;; *) die "unknown server '$s' in SERVERS" ;; esac
 done
 
 # --- prerequisites -----------------------------------------------------------------------------
@@ -111,7 +114,7 @@ done
 if [[ -n ${P2PDNS_BIN:-} ]]; then
     [[ -x $P2PDNS_BIN ]] || die "P2PDNS_BIN=$P2PDNS_BIN is not an executable"
     P2PDNS=$(cd "$(dirname "$P2PDNS_BIN")" && pwd)/$(basename "$P2PDNS_BIN")
-elif [[ " $SERVERS " == *" p2pdns "* ]]; then
+elif [[ " $SERVERS " == *" p2pdns"* ]]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust or set P2PDNS_BIN"
     log "building p2pdns: cargo build --release --locked (in $REPO_ROOT)"
     (cd "$REPO_ROOT" && cargo build --release --locked) >&2 || die "cargo build failed (exit $?)"
@@ -184,24 +187,29 @@ run_client() { # stdout-file stderr-file command...
     return "$rc"
 }
 
-expected_ip() { # the address of n$1.bench.test
+qname() { # the name of record $2 as server $1 is asked for it
+    if [[ $1 == p2pdns-p2p ]]; then echo "n$2.p2p"; else echo "n$2.bench.test"; fi
+}
+
+expected_ip() { # the address of n$1.bench.test (and of n$1.p2p)
     echo "10.0.$(($1 / 256)).$(($1 % 256))"
 }
 
-# Waits until the server on $2 answers n1.bench.test correctly; $1 is its name in PID.
+# Waits until the server on $2 answers its first name correctly; $1 is its name in PID.
 wait_ready() {
-    local name=$1 port=$2 i answer
+    local name=$1 port=$2 i answer first
+    first=$(qname "$name" 1)
     for ((i = 0; i < 100; i++)); do
         kill -0 "${PID[$name]}" 2>/dev/null || {
             tail -n 20 "$WORK/$name.log" >&2 || true
             die "$name exited during startup (log above)"
         }
-        answer=$(dig +short +tries=1 +time=1 @127.0.0.1 -p "$port" n1.bench.test A 2>/dev/null || true)
+        answer=$(dig +short +tries=1 +time=1 @127.0.0.1 -p "$port" "$first" A 2>/dev/null || true)
         [[ $answer == "$(expected_ip 1)" ]] && return 0
         sleep 0.1
     done
     tail -n 20 "$WORK/$name.log" >&2 || true
-    die "$name on port $port did not answer n1.bench.test within 10 s (last answer: '${answer:-none}')"
+    die "$name on port $port did not answer $first within 10 s (last answer: '${answer:-none}')"
 }
 
 # --- upstream: nsd with the bench.test zone ----------------------------------------------------
@@ -239,8 +247,11 @@ PID[nsd]=$!
 wait_ready nsd "$NSD_PORT"
 log "nsd answers on 127.0.0.1:$NSD_PORT ($NAMES names in bench.test)"
 
-QUERIES=$WORK/queries.txt
-for ((i = 1; i <= NAMES; i++)); do printf 'n%d.bench.test A\n' "$i"; done >"$QUERIES"
+declare -A QUERIES=() # server -> its dnsperf query file
+for s in $SERVERS; do
+    QUERIES[$s]=$WORK/queries.$s.txt
+    for ((i = 1; i <= NAMES; i++)); do printf '%s A\n' "$(qname "$s" "$i")"; done >"${QUERIES[$s]}"
+done
 
 # --- the resolvers -----------------------------------------------------------------------------
 
@@ -257,6 +268,53 @@ start_p2pdns() {
         run --dns-listen "127.0.0.1:$port" --upstream "127.0.0.1:$NSD_PORT" -q \
         >>"$WORK/p2pdns.log" 2>&1 &
     PID[p2pdns]=$!
+}
+
+# The publisher: a p2pdns daemon that holds n1.p2p ... nNAMES.p2p. It is started, publishes
+# every name (through its control socket, like a user would), and only then is the measured
+# daemon started with it as bootstrap peer, so that each name really comes over the DHT.
+start_publisher() {
+    local dir=$WORK/publisher dns_port p2p_port i
+    mkdir -p "$dir/home" "$dir/data"
+    dns_port=$(free_port)
+    p2p_port=$(free_port)
+    "$P2PDNS" config default >"$dir/p2pdns.toml"
+    printf '\n[p2p]\nlisten = ["/ip4/127.0.0.1/tcp/%s"]\nmdns = false\ndht_mode = "server"\n' \
+        "$p2p_port" >>"$dir/p2pdns.toml"
+    HOME=$dir/home taskset -c "$SERVER_CPU" env -u RUST_LOG -u P2PDNS_CONFIG -u P2PDNS_DATA_DIR \
+        "$P2PDNS" --config "$dir/p2pdns.toml" --data-dir "$dir/data" \
+        run --dns-listen "127.0.0.1:$dns_port" -q >>"$WORK/publisher.log" 2>&1 &
+    PID[publisher]=$!
+    for ((i = 0; i < 100; i++)); do
+        HOME=$dir/home "$P2PDNS" --data-dir "$dir/data" status >/dev/null 2>&1 && break
+        kill -0 "${PID[publisher]}" 2>/dev/null || die "the publisher exited: $(tail -n 5 "$WORK/publisher.log")"
+        sleep 0.1
+    done
+    for ((i = 1; i <= NAMES; i++)); do
+        HOME=$dir/home "$P2PDNS" --data-dir "$dir/data" publish "n$i.p2p" A "$(expected_ip "$i")" --ttl 3600 \
+            >/dev/null || die "publishing n$i.p2p failed"
+    done
+    PUBLISHER_ADDR=$(HOME=$dir/home "$P2PDNS" --data-dir "$dir/data" status |
+        awk '$1 == "listening:" { print $2; exit }')
+    [[ -n $PUBLISHER_ADDR ]] || die "the publisher shows no P2P address"
+    log "publisher: $NAMES names published at $PUBLISHER_ADDR"
+}
+
+start_p2pdns-p2p() {
+    local port=$1 dir=$WORK/p2pdns-p2p p2p_port
+    [[ -n ${PID[publisher]:-} ]] || start_publisher
+    mkdir -p "$dir/home" "$dir/data"
+    p2p_port=$(free_port)
+    "$P2PDNS" config default >"$dir/p2pdns.toml"
+    # The test addresses are private (10.0.x.y): allow them in .p2p answers, as an intranet would.
+    printf '\n[naming]\nallow_private_answers = ["p2p"]\n[p2p]\nlisten = ["/ip4/127.0.0.1/tcp/%s"]\nmdns = false\ndht_mode = "server"\n' \
+        "$p2p_port" >>"$dir/p2pdns.toml"
+    CMD[p2pdns-p2p]="env HOME=$dir/home $P2PDNS --config $dir/p2pdns.toml --data-dir $dir/data run --dns-listen 127.0.0.1:$port --bootstrap $PUBLISHER_ADDR -q"
+    HOME=$dir/home taskset -c "$SERVER_CPU" env -u RUST_LOG -u P2PDNS_CONFIG -u P2PDNS_DATA_DIR \
+        "$P2PDNS" --config "$dir/p2pdns.toml" --data-dir "$dir/data" \
+        run --dns-listen "127.0.0.1:$port" --bootstrap "$PUBLISHER_ADDR" -q \
+        >>"$WORK/p2pdns-p2p.log" 2>&1 &
+    PID[p2pdns-p2p]=$!
 }
 
 start_unbound() {
@@ -343,7 +401,7 @@ stat_line() { # value after "$2:" in dnsperf output $1
     sed -n "s/^ *$2: *//p" "$1" | awk 'NR == 1' # awk reads all: no SIGPIPE upstream
 }
 
-DNSPERF_ARGS=(-s 127.0.0.1 -d "$QUERIES" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2)
+DNSPERF_ARGS=(-s 127.0.0.1 -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2)
 ((LATENCY)) && DNSPERF_ARGS+=(-v)
 
 declare -A R=() # "server,field" -> value
@@ -364,17 +422,18 @@ measure() { # server round
 
     # Fill the cache: every name once, then check a few answers.
     out=$WORK/$k.fill.txt
-    run_client "$out" "$out.err" taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -p "$port" -d "$QUERIES" \
+    run_client "$out" "$out.err" taskset -c "$CLIENT_CPU" dnsperf -s 127.0.0.1 -p "$port" -d "${QUERIES[$name]}" \
         -n 1 -q 10 -t 5 || die "$name: cache-fill pass failed: $(tail -n 5 "$out.err")"
     [[ $(stat_line "$out" "Queries completed") == "$NAMES "* ]] ||
         die "$name: cache-fill pass did not complete all $NAMES queries: $(stat_line "$out" "Queries completed")"
     for i in 1 $(((NAMES + 1) / 2)) "$NAMES"; do
-        answer=$(dig +short +tries=1 +time=2 @127.0.0.1 -p "$port" "n$i.bench.test" A 2>&1 || true)
-        [[ $answer == "$(expected_ip "$i")" ]] || die "$name: n$i.bench.test answered '$answer', expected $(expected_ip "$i")"
+        answer=$(dig +short +tries=1 +time=2 @127.0.0.1 -p "$port" "$(qname "$name" "$i")" A 2>&1 || true)
+        [[ $answer == "$(expected_ip "$i")" ]] || die "$name: $(qname "$name" "$i") answered '$answer', expected $(expected_ip "$i")"
     done
 
-    # The upstream is paused from here on: only cached answers count.
+    # The upstream (and the publisher) is paused from here on: only cached answers count.
     kill -STOP "${PID[nsd]}"
+    [[ -z ${PID[publisher]:-} ]] || kill -STOP "${PID[publisher]}"
     # Other processes on the machine (a build, say) would skew the figures: wait up to
     # WAIT_QUIET seconds for both CPUs to be idle, and record what was left.
     local waited=0 a b
@@ -389,7 +448,7 @@ measure() { # server round
 
     if ((WARMUP)); then
         run_client "$WORK/$k.warmup.txt" "$WORK/$k.warmup.err" taskset -c "$CLIENT_CPU" dnsperf \
-            -s 127.0.0.1 -p "$port" -d "$QUERIES" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2 -l "$WARMUP" ||
+            -s 127.0.0.1 -p "$port" -d "${QUERIES[$name]}" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2 -l "$WARMUP" ||
             die "$name: warm-up pass failed: $(tail -n 5 "$WORK/$k.warmup.err")"
     fi
 
@@ -401,7 +460,7 @@ measure() { # server round
     read -r sb0 st0 ss0 <<<"$(cpu_sample "$SERVER_CPU")"
     read -r cb0 ct0 cs0 <<<"$(cpu_sample "$CLIENT_CPU")"
     times >"$WORK/times.before" # CPU time of the children reaped so far (line 2), in this shell
-    run_client "$out" "$err" taskset -c "$CLIENT_CPU" dnsperf "${DNSPERF_ARGS[@]}" -p "$port" -l "$DURATION" ||
+    run_client "$out" "$err" taskset -c "$CLIENT_CPU" dnsperf "${DNSPERF_ARGS[@]}" -d "${QUERIES[$name]}" -p "$port" -l "$DURATION" ||
         die "$name: dnsperf failed: $(tail -n 5 "$err")"
     times >"$WORK/times.after"
     if ! kill -0 "${PID[$name]}" 2>/dev/null; then
@@ -419,7 +478,9 @@ measure() { # server round
     R[$k,hwm]=$(status_kib "${PID[$name]}" VmHWM)
     R[$k,threads]=$(status_kib "${PID[$name]}" Threads)
     kill -CONT "${PID[nsd]}"
+    [[ -z ${PID[publisher]:-} ]] || kill -CONT "${PID[publisher]}"
     stop_pid "$name"
+    stop_pid publisher
     R[$k,bgafter]=$(background_load)
 
     R[$k,sent]=$(stat_line "$out" "Queries sent")
@@ -492,7 +553,7 @@ done
 
 version_of() {
     case $1 in
-    p2pdns) "$P2PDNS" --version | awk 'NR == 1' ;; # not head: with pipefail, SIGPIPE would fail
+    p2pdns | p2pdns-p2p) "$P2PDNS" --version | awk 'NR == 1' ;; # not head: with pipefail, SIGPIPE would fail
     unbound) unbound -V 2>&1 | awk 'NR == 1 { sub(/^Version /, "unbound "); print }' ;;
     dnsmasq) dnsmasq --version | awk 'NR == 1' ;;
     esac
@@ -515,7 +576,7 @@ limit_of() { # which side held the figure back, from the CPU time of each proces
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 echo
-echo "## Cached answers: p2pdns vs unbound vs dnsmasq"
+echo "## Cached answers: p2pdns (forwarded names, and .p2p names from the DHT) vs unbound vs dnsmasq"
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), nproc $(nproc), CPU: ${cpu_model:-unknown}."
 echo "Each server alone on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU; $NAMES cached A names queried in a cycle over UDP;"
@@ -585,7 +646,7 @@ printf '    ROUNDS=%s DURATION=%s WARMUP=%s CLIENTS=%s OUTSTANDING=%s NAMES=%s L
 echo
 echo "Commands used (ports of the last round; \$TMP is the temporary directory):"
 echo
-echo "    taskset -c $CLIENT_CPU dnsperf ${DNSPERF_ARGS[*]/#$WORK/\$TMP} -p PORT -l $DURATION"
+echo "    taskset -c $CLIENT_CPU dnsperf ${DNSPERF_ARGS[*]} -d \$TMP/queries.SERVER.txt -p PORT -l $DURATION"
 for s in $SERVERS; do echo "    taskset -c $SERVER_CPU ${CMD[$s]//$WORK/\$TMP}"; done
 
 for s in $SERVERS; do
