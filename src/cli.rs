@@ -44,6 +44,12 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Install or remove the system service and the OS resolver integration.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Check the daemon, the OS resolver path, port 53, upstreams and peers; one line each,
+    /// with a fix for what is wrong.
+    Doctor,
     /// Show the running daemon's state: DNS, upstreams, the P2P node and its peers.
     Status {
         /// List every peer: routing table entries with their addresses, and connections.
@@ -152,6 +158,42 @@ impl IntroArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Install and start the service, and send .p2p names to it (split DNS via
+    /// systemd-resolved or /etc/resolver; --full makes it the system's only resolver).
+    Install {
+        /// Full mode: the system resolver points at p2pdns for every name, and p2pdns forwards
+        /// to the servers the system used before.
+        #[arg(long)]
+        full: bool,
+        /// The binary is already installed at this absolute path (by a package): the service
+        /// runs it and nothing is copied [default: copy this program to /usr/local/bin].
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        #[command(flatten)]
+        target: ServiceTarget,
+    },
+    /// Stop the service and remove exactly what install wrote, restoring what it replaced.
+    Uninstall {
+        #[command(flatten)]
+        target: ServiceTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceTarget {
+    /// Write into this staging root instead of / (runs no system command).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Print what would be done, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The platform whose files to write [default: this one].
+    #[arg(long, value_enum)]
+    pub platform: Option<crate::service::Platform>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the commented default configuration.
     Default,
@@ -211,7 +253,11 @@ impl Command {
 
     fn request(&self) -> Result<Option<Request>, CommandError> {
         Ok(Some(match self {
-            Command::Run(_) | Command::Intro(_) | Command::Config(_) => return Ok(None),
+            Command::Run(_)
+            | Command::Intro(_)
+            | Command::Config(_)
+            | Command::Service(_)
+            | Command::Doctor => return Ok(None),
             Command::Status { peers } => Request::Status { peers: *peers },
             Command::Publish(args) => match &args.zone {
                 Some(path) => Request::PublishZone {

@@ -17,6 +17,8 @@
 //!   ([`naming::node`], one task owning the libp2p swarm).
 //! - [`control`]: the Unix socket through which the CLI talks to the running daemon.
 //! - [`intro`]: the introduction server role (`p2pdns intro`), a P2P-only bootstrap node.
+//! - [`doctor`]: `p2pdns doctor`, the checks from a program's getaddrinfo to the network.
+//! - [`service`]: `p2pdns service install/uninstall` (systemd or launchd, split or full DNS).
 //! - [`systemd`]: readiness notification for `Type=notify` services.
 //!
 //! # A query's path
@@ -34,8 +36,10 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod doctor;
 pub mod intro;
 pub mod naming;
+pub mod service;
 pub mod signal;
 pub mod systemd;
 

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 use clap::Parser;
 use p2pdns::{
     Config, Daemon,
-    cli::{Cli, Command, ConfigCommand, IntroArgs, RunArgs},
+    cli::{Cli, Command, ConfigCommand, IntroArgs, RunArgs, ServiceCommand},
     config::DEFAULT_CONFIG,
 };
 use tokio::sync::Notify;
@@ -26,25 +26,30 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => run(&cli, args),
         Command::Intro(args) => intro(&cli, args),
+        Command::Service(command) => service(command),
+        Command::Doctor => doctor(&cli),
         command => control(&cli, command),
     }
 }
 
-/// A command that talks to the running daemon over its control socket.
-fn control(cli: &Cli, command: &Command) -> ExitCode {
-    let config = match Config::discover(cli.config.as_deref()) {
-        Ok((config, _)) => config,
-        Err(error) => return fail(&error, EXIT_CONFIG),
-    };
+/// What a command that talks to the daemon needs: the data directory, whether a system
+/// service's socket may be tried too (no data directory was chosen), and a runtime.
+fn client_setup(cli: &Cli) -> Result<(PathBuf, bool, tokio::runtime::Runtime), ExitCode> {
+    let (config, _) = Config::discover(cli.config.as_deref()).map_err(|e| fail(&e, EXIT_CONFIG))?;
     let data_dir = config.data_dir(cli.data_dir.as_deref());
-    // Without a chosen data directory, a system service's socket is found too.
     let try_service = config.chosen_data_dir(cli.data_dir.as_deref()).is_none();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(&error, 1),
+        .map_err(|e| fail(&e, 1))?;
+    Ok((data_dir, try_service, runtime))
+}
+
+/// A command that talks to the running daemon over its control socket.
+fn control(cli: &Cli, command: &Command) -> ExitCode {
+    let (data_dir, try_service, runtime) = match client_setup(cli) {
+        Ok(setup) => setup,
+        Err(code) => return code,
     };
     match runtime.block_on(command.call_daemon(&data_dir, try_service)) {
         Some(Ok(text)) => {
@@ -142,6 +147,50 @@ fn intro(cli: &Cli, args: &IntroArgs) -> ExitCode {
             Err(error) => fail(&error, 1),
         }
     })
+}
+
+fn doctor(cli: &Cli) -> ExitCode {
+    let (data_dir, try_service, runtime) = match client_setup(cli) {
+        Ok(setup) => setup,
+        Err(code) => return code,
+    };
+    let report = runtime.block_on(p2pdns::doctor::run(&data_dir, try_service));
+    print!("{}", report.text);
+    if report.failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn service(command: &ServiceCommand) -> ExitCode {
+    use p2pdns::service::{self, Mode, Options, Platform};
+    let (target, mode, binary) = match command {
+        ServiceCommand::Install {
+            full,
+            binary,
+            target,
+        } => (target, if *full { Mode::Full } else { Mode::Split }, binary),
+        ServiceCommand::Uninstall { target } => (target, Mode::Split, &None),
+    };
+    let options = Options {
+        root: target.root.clone(),
+        dry_run: target.dry_run,
+        platform: target.platform.unwrap_or_else(Platform::current),
+        mode,
+        binary: binary.clone(),
+    };
+    let result = match command {
+        ServiceCommand::Install { .. } => service::install(&options),
+        ServiceCommand::Uninstall { .. } => service::uninstall(&options),
+    };
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error, 1),
+    }
 }
 
 /// Prints the error with its chain of causes on one line, and gives the exit code.

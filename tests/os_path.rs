@@ -603,3 +603,66 @@ fn getent_curl_and_chromium_resolve_a_published_p2p_name_through_resolv_conf() {
         daemon_log()
     );
 }
+
+#[test]
+fn doctor_sees_the_os_path_the_upstream_and_who_holds_port_53() {
+    let tools = Tools::find();
+    let tag = random_tag();
+    let dir = TempDir::new(&tag);
+    let ns = Netns::create(&tag, &tools.ip, &dir);
+    let _nsd = start_nsd(&ns, &tools, &dir);
+    let daemon = start_daemon(&ns, &dir);
+
+    let doctor = |data_dir: &Path| {
+        let mut command = ns.exec(BIN);
+        command.arg("--data-dir").arg(data_dir).arg("doctor");
+        run_bounded(command, TOOL_TIMEOUT)
+    };
+    let out = doctor(&dir.path().join("data"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = || {
+        format!(
+            "{}\ndaemon log:\n{}",
+            describe(&out),
+            tail(&daemon.output(), 40)
+        )
+    };
+    for line in [
+        "ok    daemon: p2pdns ",
+        "ok    dns: 127.0.0.1:53 answers check.p2pdns.p2p",
+        "ok    upstream: 127.0.0.2:53 answers",
+        "ok    os resolver: check.p2pdns.p2p resolves through getaddrinfo",
+        // The daemon answers the canary itself: Firefox keeps the system resolver.
+        "ok    browsers: use-application-dns.net does not resolve",
+    ] {
+        assert!(text.contains(line), "doctor lacks {line:?}:\n{}", context());
+    }
+    // A lone daemon has no peer: that is a failure, with a fix, and the exit status says so.
+    assert!(
+        text.contains("FAIL  p2p: no peer connected"),
+        "{}",
+        context()
+    );
+    assert!(
+        text.contains("      fix: add an introduction server"),
+        "{}",
+        context()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", context());
+
+    // Asked about a data directory where no daemon runs, it names what holds port 53.
+    let out = doctor(&dir.path().join("elsewhere"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("FAIL  daemon: no p2pdns daemon is running"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        text.contains("warn  port 53: taken by ")
+            && text.contains("p2pdns (pid ")
+            && text.contains(") on 127.0.0.1:53"),
+        "{}",
+        describe(&out)
+    );
+}

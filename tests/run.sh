@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the tools the system tests
-# drive (dig, kdig, nsd, ip, curl, chromium, python3's http.server), then checks formatting and
-# lints and runs every test.
+# drive (dig, kdig, nsd, ip, curl, chromium, python3, systemd-analyze, dpkg with cargo-deb), then
+# checks formatting and lints and runs every test.
 #
 #   tests/run.sh            # as root, or with sudo available for apt-get
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(bind9-dnsutils knot-dnsutils nsd iproute2 curl chromium python3)
-commands=(dig kdig nsd ip curl chromium python3)
+packages=(bind9-dnsutils knot-dnsutils nsd iproute2 curl chromium python3 systemd procps binutils)
+commands=(dig kdig nsd ip curl chromium python3 systemd-analyze kill strip)
 missing=()
 for i in "${!commands[@]}"; do
     command -v "${commands[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${commands[$i]}" ] || missing+=("${packages[$i]}")
@@ -23,6 +23,12 @@ fi
 # The Debian nsd package starts a system nsd on port 53; the tests run their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet nsd 2>/dev/null; then
     systemctl stop nsd || true
+fi
+
+# The packaging test builds the .deb with cargo-deb (about 3 minutes to install, once).
+if ! cargo deb --version >/dev/null 2>&1; then
+    echo "installing cargo-deb"
+    cargo install cargo-deb --locked --version 3.8.0
 fi
 
 cargo fmt --check

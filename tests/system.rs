@@ -511,6 +511,24 @@ impl Daemon {
     fn dig(&self, args: &[&str]) -> DigReply {
         dig(self.port, args)
     }
+
+    /// Asks until an answer record carries `rdata` (a name published elsewhere travelling
+    /// through the DHT), and returns that reply; fails after START_TIMEOUT.
+    fn dig_until(&self, args: &[&str], rdata: &str) -> DigReply {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let reply = self.dig(args);
+            if reply.answer.iter().any(|rr| rr.rdata == rdata) {
+                return reply;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{args:?} never answered {rdata}: {}",
+                reply.text
+            );
+            thread::sleep(POLL);
+        }
+    }
 }
 
 /// A `p2pdns` command that cannot see the user's configuration or data.
@@ -1877,21 +1895,9 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
     );
 
     // dig through the other daemon's DNS port, until the record has travelled.
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let reply = resolver.dig(&["blog.p2p", "A"]);
-        if reply.answer.iter().any(|rr| rr.rdata == "192.0.2.55") {
-            assert_eq!(reply.status, "NOERROR", "{}", reply.text);
-            assert!(reply.flags.iter().any(|f| f == "aa"), "{}", reply.text);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "blog.p2p never resolved: {}",
-            reply.text
-        );
-        thread::sleep(POLL);
-    }
+    let reply = resolver.dig_until(&["blog.p2p", "A"], "192.0.2.55");
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    assert!(reply.flags.iter().any(|f| f == "aa"), "{}", reply.text);
     let txt = resolver.dig(&["www.blog.p2p", "TXT"]);
     assert!(
         txt.answer
@@ -2075,19 +2081,7 @@ fn two_daemons_that_know_only_an_introduction_server_resolve_each_others_names()
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let reply = resolver.dig(&["intro-site.p2p", "A"]);
-        if reply.answer.iter().any(|rr| rr.rdata == "192.0.2.77") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "intro-site.p2p never resolved through the introduced network: {}",
-            reply.text
-        );
-        thread::sleep(POLL);
-    }
+    resolver.dig_until(&["intro-site.p2p", "A"], "192.0.2.77");
     // The introduction server stops cleanly on SIGTERM.
     send_signal(intro.proc.pid(), "TERM");
     let status = intro.proc.wait_exit(START_TIMEOUT);

@@ -127,6 +127,9 @@ impl Naming {
                 nodata(soa)
             };
         }
+        if lower == *CHECK_NAME {
+            return check_answer(qname, qtype, &tld);
+        }
         if self.local.covers(&lower) {
             return answer_from(&self.local, qname, qtype, &tld);
         }
@@ -227,6 +230,24 @@ impl NamingAnswer {
             authorities: Vec::new(),
         }
     }
+}
+
+/// A name every p2pdns daemon answers itself, so that `p2pdns doctor` and `service install` can
+/// tell whether the system resolver sends `.p2p` here: `check.p2pdns.p2p` has A 127.0.0.1 and
+/// AAAA ::1. (`p2pdns.p2p` is reserved for this; see docs/PROTOCOL.md.)
+pub const CHECK_HOST: &str = "check.p2pdns.p2p";
+
+static CHECK_NAME: std::sync::LazyLock<LowerName> = std::sync::LazyLock::new(|| {
+    LowerName::new(&Name::from_ascii(format!("{CHECK_HOST}.")).expect("a valid name"))
+});
+
+fn check_answer(qname: &Name, qtype: RecordType, tld: &Name) -> NamingAnswer {
+    let rdata = match qtype {
+        RecordType::A => RData::A(std::net::Ipv4Addr::LOCALHOST.into()),
+        RecordType::AAAA => RData::AAAA(std::net::Ipv6Addr::LOCALHOST.into()),
+        _ => return nodata(soa_record(tld)),
+    };
+    positive(vec![Record::from_rdata(qname.clone(), 0, rdata)])
 }
 
 pub(crate) fn positive(answers: Vec<Record>) -> NamingAnswer {

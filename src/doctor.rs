@@ -1,0 +1,375 @@
+//! `p2pdns doctor`: checks the whole path from a program to the daemon and on to the network,
+//! and explains each problem with a fix. One line per check.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{SocketAddr, UdpSocket},
+    path::Path,
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query},
+    rr::{Name, RecordType},
+};
+
+use crate::{
+    control::{self, Request, Response, Status},
+    naming::CHECK_HOST,
+    service,
+};
+
+/// How long one DNS probe waits.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Firefox's canary domain.
+const DOH_CANARY: &str = "use-application-dns.net";
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// The checks' report and whether any failed.
+pub struct Report {
+    pub text: String,
+    pub failed: bool,
+}
+
+#[derive(Default)]
+struct Lines {
+    text: String,
+    failed: bool,
+}
+
+impl Lines {
+    fn add(&mut self, verdict: Verdict, what: &str, fix: Option<&str>) {
+        let tag = match verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        self.failed |= verdict == Verdict::Fail;
+        let _ = writeln!(self.text, "{tag}  {what}");
+        if let Some(fix) = fix {
+            let _ = writeln!(self.text, "      fix: {fix}");
+        }
+    }
+}
+
+/// Runs every check against the daemon using `data_dir`.
+pub async fn run(data_dir: &Path, try_service: bool) -> Report {
+    let mut lines = Lines::default();
+    let status = match control::call(data_dir, try_service, &Request::Status { peers: false }).await
+    {
+        Ok(Response::Status(status)) => Some(status),
+        Ok(_) => None,
+        Err(error) => {
+            lines.add(
+                Verdict::Fail,
+                &format!("daemon: {error}"),
+                Some("start it: `sudo systemctl start p2pdns` (installed service) or `sudo p2pdns run`"),
+            );
+            None
+        }
+    };
+    match &status {
+        Some(status) => daemon_checks(status, &mut lines),
+        None => port_53_owner(&mut lines),
+    }
+    os_resolver(&mut lines, status.is_some());
+    browsers(&mut lines);
+    Report {
+        text: lines.text,
+        failed: lines.failed,
+    }
+}
+
+fn daemon_checks(status: &Status, lines: &mut Lines) {
+    lines.add(
+        Verdict::Ok,
+        &format!(
+            "daemon: p2pdns {} running, DNS on {}",
+            status.version,
+            status.dns_addrs.join(", ")
+        ),
+        None,
+    );
+    match status.dns_addrs.first().and_then(|a| a.parse::<SocketAddr>().ok()) {
+        Some(addr) => match probe(addr, CHECK_HOST, RecordType::A) {
+            Ok(reply) if !reply.answers.is_empty() => {
+                lines.add(Verdict::Ok, &format!("dns: {addr} answers {CHECK_HOST}"), None)
+            }
+            Ok(reply) => lines.add(
+                Verdict::Fail,
+                &format!(
+                    "dns: {addr} answered {CHECK_HOST} with {} and no address",
+                    reply.metadata.response_code
+                ),
+                Some("another server may answer on this address: check `ss -lunp 'sport = :53'`"),
+            ),
+            Err(error) => lines.add(
+                Verdict::Fail,
+                &format!("dns: no answer from {addr}: {error}"),
+                Some("the daemon is stuck or a firewall drops loopback DNS: see `journalctl -u p2pdns`"),
+            ),
+        },
+        None => lines.add(Verdict::Fail, "dns: the daemon reports no DNS address", None),
+    }
+    if status.upstreams.is_empty() {
+        lines.add(
+            Verdict::Fail,
+            "upstreams: none configured, names outside .p2p get SERVFAIL",
+            Some("set upstream.servers in /etc/p2pdns/p2pdns.toml, or fix /etc/resolv.conf"),
+        );
+    }
+    for upstream in &status.upstreams {
+        let Ok(addr) = upstream.parse::<SocketAddr>() else {
+            continue;
+        };
+        match probe(addr, ".", RecordType::NS) {
+            Ok(_) => lines.add(Verdict::Ok, &format!("upstream: {addr} answers"), None),
+            Err(error) => lines.add(
+                Verdict::Fail,
+                &format!("upstream: {addr} does not answer: {error}"),
+                Some("check the network, or set working servers in upstream.servers"),
+            ),
+        }
+    }
+    match &status.p2p {
+        None => lines.add(
+            Verdict::Warn,
+            "p2p: the P2P node is disabled; .p2p names come from local records only",
+            Some("set [p2p] enabled = true"),
+        ),
+        Some(p2p) if p2p.connected_peers == 0 => lines.add(
+            Verdict::Fail,
+            &format!(
+                "p2p: no peer connected ({} in the routing table); .p2p lookups will fail",
+                p2p.routing_table_peers
+            ),
+            Some("add an introduction server to p2p.bootstrap, or start a second node on the LAN (mDNS)"),
+        ),
+        Some(p2p) => lines.add(
+            Verdict::Ok,
+            &format!(
+                "p2p: {} peers connected, {} in the routing table, DHT mode {}",
+                p2p.connected_peers, p2p.routing_table_peers, p2p.dht_mode
+            ),
+            None,
+        ),
+    }
+}
+
+/// When no daemon answers: who holds port 53?
+fn port_53_owner(lines: &mut Lines) {
+    let owners = port_owners(53);
+    if owners.is_empty() {
+        lines.add(Verdict::Ok, "port 53: free", None);
+    } else {
+        lines.add(
+            Verdict::Warn,
+            &format!("port 53: taken by {}", owners.join(", ")),
+            Some(
+                "p2pdns needs 127.0.0.1:53: stop that server, or give p2pdns another address \
+                 (dns.listen) and point the OS at it",
+            ),
+        );
+    }
+}
+
+/// Processes with a UDP socket or TCP listener on local `port`, each with its address, e.g.
+/// `nsd (pid 42) on 127.0.0.2:53` (Linux /proc).
+pub fn port_owners(port: u16) -> Vec<String> {
+    // socket inode -> local address
+    let mut sockets: Vec<(String, SocketAddr)> = Vec::new();
+    for table in ["udp", "udp6", "tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            // TCP: only listeners (state 0A).
+            let listening = !table.starts_with("tcp") || *state == "0A";
+            if let Some(addr) = proc_net_addr(local)
+                && addr.port() == port
+                && listening
+            {
+                sockets.push((format!("socket:[{inode}]"), addr));
+            }
+        }
+    }
+    let mut owners = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return owners;
+    };
+    for entry in procs.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let name = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            for (inode, addr) in &sockets {
+                let owner = format!("{} (pid {pid}) on {addr}", name.trim());
+                if target.as_os_str() == inode.as_str() && !owners.contains(&owner) {
+                    owners.push(owner);
+                }
+            }
+        }
+    }
+    owners
+}
+
+/// A `/proc/net/{udp,tcp}[6]` local address: hex IP (32-bit words in host order) and port.
+fn proc_net_addr(field: &str) -> Option<SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn os_resolver(lines: &mut Lines, daemon_up: bool) {
+    match service::resolves(CHECK_HOST) {
+        Ok(()) => lines.add(
+            Verdict::Ok,
+            &format!("os resolver: {CHECK_HOST} resolves through getaddrinfo, .p2p reaches p2pdns"),
+            None,
+        ),
+        Err(error) => lines.add(
+            Verdict::Fail,
+            &format!("os resolver: {CHECK_HOST} does not resolve through getaddrinfo ({error})"),
+            Some(if daemon_up {
+                "the system does not send .p2p to p2pdns: `sudo p2pdns service install` (split DNS), \
+                 or see README 'OS integration'"
+            } else {
+                "start the daemon first"
+            }),
+        ),
+    }
+}
+
+fn browsers(lines: &mut Lines) {
+    match service::resolves(DOH_CANARY) {
+        Err(_) => lines.add(
+            Verdict::Ok,
+            &format!("browsers: {DOH_CANARY} does not resolve, so Firefox keeps using the system resolver"),
+            None,
+        ),
+        Ok(()) => lines.add(
+            Verdict::Warn,
+            &format!(
+                "browsers: {DOH_CANARY} resolves, so Firefox may switch on DNS-over-HTTPS and \
+                 bypass .p2p names"
+            ),
+            Some("route it to p2pdns (the installed resolved drop-in does), or set network.trr.mode = 5 in Firefox"),
+        ),
+    }
+    for policy in [
+        "/etc/firefox/policies/policies.json",
+        "/usr/lib/firefox/distribution/policies.json",
+        "/etc/chromium/policies/managed/doh.json",
+        "/etc/opt/chrome/policies/managed/doh.json",
+    ] {
+        if let Ok(text) = fs::read_to_string(policy)
+            && (text.contains("\"DNSOverHTTPS\"") || text.contains("\"DnsOverHttpsMode\""))
+            && !text.contains("\"off\"")
+            && !text.contains("\"Enabled\": false")
+        {
+            lines.add(
+                Verdict::Warn,
+                &format!("browsers: {policy} configures DNS-over-HTTPS, which bypasses .p2p names"),
+                Some("turn it off for this machine, or exclude .p2p from it"),
+            );
+        }
+    }
+    lines.add(
+        Verdict::Ok,
+        "browsers: Chrome uses its secure DNS only for known DoH providers; 127.0.0.1 is not one",
+        None,
+    );
+}
+
+/// One DNS query over UDP.
+fn probe(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Message, String> {
+    let name = Name::from_ascii(name).map_err(|e| e.to_string())?;
+    let mut message = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(name, qtype));
+    let bytes = message.to_vec().map_err(|e| e.to_string())?;
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().expect("static")
+    } else {
+        "[::]:0".parse().expect("static")
+    };
+    let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    socket.send_to(&bytes, server).map_err(|e| e.to_string())?;
+    let mut buf = [0; 4096];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("timed out after {PROBE_TIMEOUT:?}")
+            }
+            _ => e.to_string(),
+        })?;
+        if from != server {
+            continue;
+        }
+        let reply = Message::from_vec(&buf[..n]).map_err(|e| e.to_string())?;
+        if reply.metadata.id == message.metadata.id {
+            return Ok(reply);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses_decode() {
+        assert_eq!(
+            proc_net_addr("0100007F:0035"),
+            Some("127.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            proc_net_addr("00000000000000000000000001000000:0035"),
+            Some("[::1]:53".parse().unwrap())
+        );
+        assert_eq!(proc_net_addr("junk"), None);
+    }
+
+    #[test]
+    fn a_socket_bound_by_this_process_is_found_with_its_owner() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let owners = port_owners(port);
+        let me = format!("(pid {}) on 127.0.0.1:{port}", std::process::id());
+        assert!(owners.iter().any(|o| o.ends_with(&me)), "{owners:?}");
+    }
+}
