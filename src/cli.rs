@@ -107,7 +107,7 @@ pub enum PinsCommand {
     Remove { name: String },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Answer DNS on this address, UDP and TCP (repeatable; replaces dns.listen).
     #[arg(long = "dns-listen", value_name = "ADDR:PORT")]

@@ -1,7 +1,7 @@
 //! The daemon: binds every socket first, then serves until told to stop or a subsystem dies.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -86,6 +86,60 @@ pub struct Daemon {
     naming: Arc<Naming>,
     control: tokio::net::UnixListener,
     control_path: PathBuf,
+    /// The configuration running now, and where to read it again on reload.
+    running: Config,
+    watch: Option<ConfigWatch>,
+}
+
+/// The configuration file re-read on SIGHUP, with the command line's flags applied over it.
+pub struct ConfigWatch {
+    pub path: PathBuf,
+    pub apply: Box<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+impl ConfigWatch {
+    fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut config = Config::load(&self.path)?;
+        (self.apply)(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The settings that differ between `old` and `new` and take a restart to apply (all but the
+/// upstream servers, which a reload applies).
+fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let upstream = |c: &Config| {
+        let mut u = c.upstream.clone();
+        u.servers.clear();
+        u.resolv_conf = PathBuf::new();
+        format!("{u:?}")
+    };
+    let sections = [
+        (
+            "data_dir",
+            format!("{:?}", old.data_dir),
+            format!("{:?}", new.data_dir),
+        ),
+        ("dns", format!("{:?}", old.dns), format!("{:?}", new.dns)),
+        ("upstream", upstream(old), upstream(new)),
+        (
+            "cache",
+            format!("{:?}", old.cache),
+            format!("{:?}", new.cache),
+        ),
+        (
+            "naming",
+            format!("{:?}", old.naming),
+            format!("{:?}", new.naming),
+        ),
+        ("p2p", format!("{:?}", old.p2p), format!("{:?}", new.p2p)),
+    ];
+    sections
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, _, _)| name)
+        .collect()
 }
 
 impl Daemon {
@@ -160,7 +214,14 @@ impl Daemon {
             naming: naming_for_control,
             control,
             control_path,
+            running: config,
+            watch: None,
         })
+    }
+
+    /// Re-read this file on each reload (SIGHUP).
+    pub fn watch_config(&mut self, watch: ConfigWatch) {
+        self.watch = Some(watch);
     }
 
     /// The addresses DNS is served on (UDP and TCP each).
@@ -204,6 +265,8 @@ impl Daemon {
             naming,
             control,
             control_path,
+            mut running,
+            watch,
             ..
         } = self;
         let context = Arc::new(control::Context {
@@ -225,7 +288,7 @@ impl Daemon {
         let republisher = dht.map(|dht| tokio::spawn(republish(dht, node_stop.clone())));
         let listen = dns.addrs().to_vec();
         let mut poll = tokio::time::interval(RESOLV_CONF_POLL);
-        let (resolv_conf, seen) = resolv_conf.unzip();
+        let (mut resolv_conf, seen) = resolv_conf.unzip();
         let mut seen = seen.flatten();
         info!("ready");
         let addrs: Vec<String> = listen.iter().map(ToString::to_string).collect();
@@ -246,10 +309,29 @@ impl Daemon {
                 () = reload.notified() => {
                     crate::systemd::notify("RELOADING=1");
                     forwarder.cache().clear();
-                    if let Some(path) = &resolv_conf {
-                        forwarder.set_upstreams(&upstreams_from_resolv_conf(path, &listen));
+                    // The file again, with the same flags over it: upstream settings apply now,
+                    // the rest is named for a restart. A broken file changes nothing.
+                    if let Some(watch) = &watch {
+                        match watch.load() {
+                            Ok(new) => {
+                                let restart = restart_needed(&running, &new);
+                                running.upstream.servers.clone_from(&new.upstream.servers);
+                                running.upstream.resolv_conf.clone_from(&new.upstream.resolv_conf);
+                                if !restart.is_empty() {
+                                    warn!(sections = %restart.join(", "), path = %watch.path.display(), "changed settings need a restart to apply");
+                                }
+                            }
+                            Err(error) => warn!(%error, "reload: the configuration file has errors; keeping the running configuration"),
+                        }
                     }
-                    info!("reloaded: cache emptied, upstreams re-read; other configuration changes need a restart");
+                    resolv_conf = running
+                        .upstream
+                        .servers
+                        .is_empty()
+                        .then(|| running.upstream.resolv_conf.clone());
+                    seen = resolv_conf.as_deref().and_then(modified);
+                    forwarder.set_upstreams(&choose_upstreams(&running, &listen));
+                    info!("reloaded: cache emptied, upstreams re-read");
                     crate::systemd::notify("READY=1");
                 }
                 _ = poll.tick(), if resolv_conf.is_some() => {
@@ -334,8 +416,23 @@ fn upstreams_from_resolv_conf(path: &Path, listen: &[SocketAddr]) -> Vec<SocketA
         warn!(path = %path.display(), %error, "cannot read upstream servers");
         Vec::new()
     });
+    // systemd-resolved's stub: ask the servers behind it instead. With split DNS resolved may
+    // send ordinary names back to this daemon, and each would bounce between the two.
+    let stub = |s: &SocketAddr| matches!(s.ip(), IpAddr::V4(v4) if v4 == RESOLVED_STUB);
+    let behind_stub = Path::new(RESOLVED_UPSTREAMS);
+    if !servers.is_empty()
+        && servers.iter().all(stub)
+        && let Ok(real) = read_resolv_conf(behind_stub)
+    {
+        debug!(path = %behind_stub.display(), "resolv.conf names systemd-resolved's stub; using the servers behind it");
+        return usable_upstreams(real, listen, RESOLVED_UPSTREAMS);
+    }
     usable_upstreams(servers, listen, &path.display().to_string())
 }
+
+/// systemd-resolved's stub listener address, and the file listing its real upstreams.
+const RESOLVED_STUB: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 53);
+const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
 
 /// Drops our own addresses from `candidates` and logs the outcome.
 fn usable_upstreams(

@@ -7,6 +7,7 @@ use p2pdns::{
     Config, Daemon,
     cli::{Cli, Command, ConfigCommand, IntroArgs, RunArgs, ServiceCommand},
     config::DEFAULT_CONFIG,
+    daemon::ConfigWatch,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -61,19 +62,31 @@ fn control(cli: &Cli, command: &Command) -> ExitCode {
     }
 }
 
-/// The configuration with the command's flags applied and checked, where it came from, and
-/// the data directory.
-fn load_config(
-    cli: &Cli,
-    apply: impl FnOnce(&mut Config),
-) -> Result<(Config, String, PathBuf), ExitCode> {
+/// A configuration with the command's flags applied and checked.
+struct Loaded {
+    config: Config,
+    /// The file it came from, if any.
+    path: Option<PathBuf>,
+    /// The file, or "built-in defaults", for the log.
+    source: String,
+    data_dir: PathBuf,
+}
+
+fn load_config(cli: &Cli, apply: impl FnOnce(&mut Config)) -> Result<Loaded, ExitCode> {
     let (mut config, path) =
         Config::discover(cli.config.as_deref()).map_err(|e| fail(&e, EXIT_CONFIG))?;
     apply(&mut config);
     config.validate().map_err(|e| fail(&e, EXIT_CONFIG))?;
-    let source = path.map_or("built-in defaults".to_owned(), |p| p.display().to_string());
+    let source = path
+        .as_ref()
+        .map_or("built-in defaults".to_owned(), |p| p.display().to_string());
     let data_dir = config.data_dir(cli.data_dir.as_deref());
-    Ok((config, source, data_dir))
+    Ok(Loaded {
+        config,
+        path,
+        source,
+        data_dir,
+    })
 }
 
 fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -84,7 +97,12 @@ fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
-    let (config, source, data_dir) = match load_config(cli, |c| args.apply(c)) {
+    let Loaded {
+        config,
+        path,
+        source,
+        data_dir,
+    } = match load_config(cli, |c| args.apply(c)) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -107,11 +125,18 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         if let Err(error) = p2pdns::signal::spawn_handler(shutdown.clone(), reload.clone()) {
             return fail(&error, 1);
         }
-        let daemon = match Daemon::bind(config, data_dir).await {
+        let mut daemon = match Daemon::bind(config, data_dir).await {
             Ok(daemon) => daemon,
             Err(error) if error.is_config() => return fail(&error, EXIT_CONFIG),
             Err(error) => return fail(&error, 1),
         };
+        if let Some(path) = path {
+            let args = args.clone();
+            daemon.watch_config(ConfigWatch {
+                path,
+                apply: Box::new(move |c| args.apply(c)),
+            });
+        }
         match daemon.run(shutdown, reload).await {
             Ok(()) => {
                 info!("stopped");
@@ -123,7 +148,12 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
 }
 
 fn intro(cli: &Cli, args: &IntroArgs) -> ExitCode {
-    let (config, source, data_dir) = match load_config(cli, |c| args.apply(c)) {
+    let Loaded {
+        config,
+        source,
+        data_dir,
+        ..
+    } = match load_config(cli, |c| args.apply(c)) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };

@@ -2150,3 +2150,75 @@ fn the_daemon_tells_the_service_manager_when_it_is_ready_reloading_and_stopping(
     let status = proc.wait_exit(START_TIMEOUT);
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn reload_applies_new_upstream_servers_and_names_what_needs_a_restart() {
+    let first = Nsd::start();
+    let second = Nsd::start();
+    let dir = TempDir::new("reload");
+    let config_text = |nsd: &Nsd, extra: &str| {
+        format!(
+            "[upstream]\nservers = [\"{}\"]\n[p2p]\nenabled = false\n{extra}",
+            nsd.addr()
+        )
+    };
+    let config = dir.write("p2pdns.toml", &config_text(&first, ""));
+    let port = free_port();
+    let mut command = p2pdns_command(&dir);
+    command
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("run")
+        .arg("--dns-listen")
+        .arg(localhost(port).to_string());
+    let proc = Proc::spawn("p2pdns", command, &dir);
+    let wait_log = |needle: &str| {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !proc.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                proc.stderr()
+            );
+            thread::sleep(POLL);
+        }
+    };
+    wait_log(" ready");
+    assert_eq!(dig(port, &["www.example.test", "A"]).status, "NOERROR");
+
+    // A broken file changes nothing.
+    fs::write(&config, "[upstream\nservers = ").unwrap();
+    send_signal(proc.pid(), "HUP");
+    wait_log("the configuration file has errors; keeping the running configuration");
+    assert_eq!(dig(port, &["www.example.test", "A"]).status, "NOERROR");
+
+    // Another upstream and another cache size: the upstream applies at once, the cache size
+    // is named for a restart.
+    fs::write(
+        &config,
+        config_text(&second, "[cache]\nmax_entries = 777\n"),
+    )
+    .unwrap();
+    send_signal(proc.pid(), "HUP");
+    wait_log("changed settings need a restart to apply sections=cache");
+    wait_log("reloaded: cache emptied, upstreams re-read");
+    let upstreams = || {
+        let mut command = p2pdns_command(&dir);
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("status");
+        let out = command.output().expect("run p2pdns status");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("upstreams:").map(|u| u.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    assert_eq!(upstreams(), second.addr().to_string());
+    assert_ne!(first.addr(), second.addr());
+    let reply = dig(port, &["www.example.test", "A"]);
+    assert_eq!(reply.status, "NOERROR", "{}", reply.text);
+    drop(first);
+}
