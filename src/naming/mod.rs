@@ -127,8 +127,22 @@ impl Naming {
                 nodata(soa)
             };
         }
-        if lower == *CHECK_NAME {
-            return check_answer(qname, qtype, &tld);
+        if RESERVED_NAME.zone_of(&lower) {
+            return if lower == *CHECK_NAME {
+                check_answer(qname, qtype, &tld)
+            } else {
+                // The check name is the only name in the reserved subtree.
+                let soa = soa_record(&tld);
+                if CHECK_NAME.zone_of(&lower) || lower == *RESERVED_NAME {
+                    nodata(soa)
+                } else {
+                    NamingAnswer {
+                        rcode: ResponseCode::NXDomain,
+                        answers: Vec::new(),
+                        authorities: vec![soa],
+                    }
+                }
+            };
         }
         if self.local.covers(&lower) {
             return answer_from(&self.local, qname, qtype, &tld);
@@ -240,6 +254,9 @@ pub const CHECK_HOST: &str = "check.p2pdns.p2p";
 static CHECK_NAME: std::sync::LazyLock<LowerName> = std::sync::LazyLock::new(|| {
     LowerName::new(&Name::from_ascii(format!("{CHECK_HOST}.")).expect("a valid name"))
 });
+static RESERVED_NAME: std::sync::LazyLock<LowerName> = std::sync::LazyLock::new(|| {
+    LowerName::new(&Name::from_ascii("p2pdns.p2p.").expect("a valid name"))
+});
 
 fn check_answer(qname: &Name, qtype: RecordType, tld: &Name) -> NamingAnswer {
     let rdata = match qtype {
@@ -311,6 +328,32 @@ mod tests {
         assert_eq!(a.answers[0].ttl, 300);
         let any = n.lookup(&name("site.p2p."), RecordType::ANY).await;
         assert_eq!(any.answers.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_check_name_is_answered_here_and_its_parent_is_reserved() {
+        let n = naming(&[("p2pdns.p2p", &["A 192.0.2.9"])]);
+        let a = n.lookup(&name("Check.P2pdns.p2p."), RecordType::A).await;
+        assert_eq!(a.rcode, ResponseCode::NoError);
+        assert_eq!(
+            a.answers[0].data,
+            RData::A(std::net::Ipv4Addr::LOCALHOST.into())
+        );
+        let aaaa = n.lookup(&name("check.p2pdns.p2p."), RecordType::AAAA).await;
+        assert_eq!(
+            aaaa.answers[0].data,
+            RData::AAAA(std::net::Ipv6Addr::LOCALHOST.into())
+        );
+        let txt = n.lookup(&name("check.p2pdns.p2p."), RecordType::TXT).await;
+        assert_eq!((txt.rcode, txt.answers.len()), (ResponseCode::NoError, 0));
+        // Not even a local record can claim the reserved name.
+        let parent = n.lookup(&name("p2pdns.p2p."), RecordType::A).await;
+        assert_eq!(
+            (parent.rcode, parent.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+        let other = n.lookup(&name("www.p2pdns.p2p."), RecordType::A).await;
+        assert_eq!(other.rcode, ResponseCode::NXDomain);
     }
 
     #[tokio::test]

@@ -278,9 +278,9 @@ start_publisher() {
     mkdir -p "$dir/home" "$dir/data"
     dns_port=$(free_port)
     p2p_port=$(free_port)
-    "$P2PDNS" config default >"$dir/p2pdns.toml"
-    printf '\n[p2p]\nlisten = ["/ip4/127.0.0.1/tcp/%s"]\nmdns = false\ndht_mode = "server"\n' \
-        "$p2p_port" >>"$dir/p2pdns.toml"
+    # Built-in defaults but for the P2P node: loopback only, no mDNS.
+    printf '[p2p]\nlisten = ["/ip4/127.0.0.1/tcp/%s"]\nmdns = false\ndht_mode = "server"\n' \
+        "$p2p_port" >"$dir/p2pdns.toml"
     HOME=$dir/home taskset -c "$SERVER_CPU" env -u RUST_LOG -u P2PDNS_CONFIG -u P2PDNS_DATA_DIR \
         "$P2PDNS" --config "$dir/p2pdns.toml" --data-dir "$dir/data" \
         run --dns-listen "127.0.0.1:$dns_port" -q >>"$WORK/publisher.log" 2>&1 &
@@ -305,10 +305,10 @@ start_p2pdns-p2p() {
     [[ -n ${PID[publisher]:-} ]] || start_publisher
     mkdir -p "$dir/home" "$dir/data"
     p2p_port=$(free_port)
-    "$P2PDNS" config default >"$dir/p2pdns.toml"
-    # The test addresses are private (10.0.x.y): allow them in .p2p answers, as an intranet would.
-    printf '\n[naming]\nallow_private_answers = ["p2p"]\n[p2p]\nlisten = ["/ip4/127.0.0.1/tcp/%s"]\nmdns = false\ndht_mode = "server"\n' \
-        "$p2p_port" >>"$dir/p2pdns.toml"
+    # Built-in defaults but for the P2P node (loopback only, no mDNS), and the test addresses
+    # are private (10.0.x.y): allow them in .p2p answers, as an intranet would.
+    printf '[naming]\nallow_private_answers = ["p2p"]\n[p2p]\nlisten = ["/ip4/127.0.0.1/tcp/%s"]\nmdns = false\ndht_mode = "server"\n' \
+        "$p2p_port" >"$dir/p2pdns.toml"
     CMD[p2pdns-p2p]="env HOME=$dir/home $P2PDNS --config $dir/p2pdns.toml --data-dir $dir/data run --dns-listen 127.0.0.1:$port --bootstrap $PUBLISHER_ADDR -q"
     HOME=$dir/home taskset -c "$SERVER_CPU" env -u RUST_LOG -u P2PDNS_CONFIG -u P2PDNS_DATA_DIR \
         "$P2PDNS" --config "$dir/p2pdns.toml" --data-dir "$dir/data" \
