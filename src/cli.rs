@@ -319,9 +319,19 @@ fn render(response: &Response) -> String {
                     let _ = writeln!(out, "dht mode:   {}", p.dht_mode);
                     let _ = writeln!(
                         out,
-                        "peers:      {} connected, {} in the routing table",
-                        p.connected_peers, p.routing_table_peers
+                        "peers:      {} connected, {} in the routing table; connections: {} direct, {} relayed",
+                        p.connected_peers,
+                        p.routing_table_peers,
+                        p.direct_connections,
+                        p.relayed_connections
                     );
+                    let _ = writeln!(out, "reachable:  {} (AutoNAT)", p.reachability);
+                    for (addr, how) in &p.external_addrs {
+                        let _ = writeln!(out, "external:   {addr} ({how})");
+                    }
+                    for addr in &p.relay_reservations {
+                        let _ = writeln!(out, "relayed at: {addr}");
+                    }
                     let _ = writeln!(
                         out,
                         "records:    {} stored for the network",

@@ -205,6 +205,9 @@ pub struct P2pConfig {
     /// Addresses at which other nodes reach this one (public address, port forward).
     #[serde(deserialize_with = "multiaddrs")]
     pub external_addresses: Vec<Multiaddr>,
+    /// Let reachability probes (AutoNAT) use private addresses: for intranets and labs whose
+    /// nodes reach each other over private ranges.
+    pub nat_probe_private_addresses: bool,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
     /// Kademlia mode: serve the DHT to others, only use it, or decide.
@@ -237,6 +240,7 @@ impl Default for P2pConfig {
             .collect(),
             bootstrap: Vec::new(),
             external_addresses: Vec::new(),
+            nat_probe_private_addresses: false,
             mdns: true,
             dht_mode: DhtMode::Auto,
             lookup_budget_ms: 2000,

@@ -122,6 +122,17 @@ pub struct P2pStatus {
     /// Filled when asked for (`status --peers`).
     #[serde(default)]
     pub peers: Vec<PeerInfo>,
+    #[serde(default)]
+    pub reachability: String,
+    /// External addresses, each with how it was learned.
+    #[serde(default)]
+    pub external_addrs: Vec<(String, String)>,
+    #[serde(default)]
+    pub relay_reservations: Vec<String>,
+    #[serde(default)]
+    pub relayed_connections: usize,
+    #[serde(default)]
+    pub direct_connections: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -354,6 +365,19 @@ async fn status(context: &Context, with_peers: bool) -> Status {
             routing_table_peers: s.routing_table_peers,
             stored_records: s.stored_records,
             dht_mode: s.mode,
+            reachability: s.reachability,
+            external_addrs: s
+                .external_addrs
+                .iter()
+                .map(|(a, how)| (a.to_string(), how.clone()))
+                .collect(),
+            relay_reservations: s
+                .relay_reservations
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            relayed_connections: s.relayed_connections,
+            direct_connections: s.direct_connections,
             peers: if with_peers {
                 s.peers
                     .iter()

@@ -1,6 +1,7 @@
 //! `p2pdns intro`: the introduction server. A P2P-only node (no DNS port) that always serves the
-//! DHT, so that new nodes have a well-known peer to bootstrap from. Relaying, hole punching and
-//! address discovery for nodes behind NAT build on this role.
+//! DHT, so that new nodes have a well-known peer to bootstrap from; it tells nodes their observed
+//! address (identify) and whether they are reachable (AutoNAT), and relays for those that are
+//! not (circuit relay v2, bounded), so that they can be reached and then punch holes (DCUtR).
 
 use std::path::PathBuf;
 
@@ -12,7 +13,7 @@ use crate::{
     config::{DhtMode, P2pConfig},
     naming::{
         identity::{self, IdentityError},
-        node::{Node, NodeError},
+        node::{Node, NodeError, Role},
     },
 };
 
@@ -35,7 +36,7 @@ pub async fn run(
     config.dht_mode = DhtMode::Server;
     identity::create_private_dir(&data_dir)?;
     let keypair = identity::load_or_create(&data_dir)?;
-    let node = Node::bind(keypair.into(), &config).await?;
+    let node = Node::bind_as(keypair.into(), &config, Role::Intro).await?;
     let peer_id = node.handle().peer_id();
     info!(%peer_id, "introduction server identity");
     let advertised = if config.external_addresses.is_empty() {

@@ -9,11 +9,11 @@ use std::{
 
 use hickory_proto::rr::Name;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat,
     core::{transport::MemoryTransport, upgrade},
-    identify, identity,
+    dcutr, identify, identity,
     kad::{self, store::MemoryStore, store::MemoryStoreConfig, store::RecordStore},
-    mdns, noise, ping,
+    mdns, noise, ping, relay,
     swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
     tcp, yamux,
 };
@@ -42,6 +42,22 @@ const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(30);
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the DHT keeps asking after a caller's budget ran out (to warm the cache).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an introduction server relays at most: it must stay useful to many and exhaustible by
+/// none. Circuits only carry the start of a connection (hole punching replaces them), so they
+/// are short and small.
+fn relay_limits() -> relay::Config {
+    relay::Config {
+        max_reservations: 1024,
+        max_reservations_per_peer: 4,
+        reservation_duration: Duration::from_secs(3600),
+        max_circuits: 256,
+        max_circuits_per_peer: 8,
+        max_circuit_duration: Duration::from_secs(120),
+        max_circuit_bytes: 1 << 20,
+        ..relay::Config::default()
+    }
+}
 
 /// Errors of the P2P node.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +89,23 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Is this node reachable from outside? (AutoNAT v1; also answers others' probes.)
+    autonat: autonat::Behaviour,
+    /// Reservations on relays, and connections through them, for a node behind NAT.
+    relay_client: relay::client::Behaviour,
+    /// Upgrades relayed connections to direct ones (hole punching).
+    dcutr: dcutr::Behaviour,
+    /// Relaying for others: introduction servers only.
+    relay_server: Toggle<relay::Behaviour>,
+}
+
+/// What the node is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A resolver's node.
+    Resolver,
+    /// An introduction server: also relays for nodes behind NAT.
+    Intro,
 }
 
 /// Valid replicas of a name found in the DHT so far.
@@ -101,6 +134,15 @@ pub struct NodeStatus {
     pub mode: String,
     /// The peers this node knows: its routing table, then connected peers outside it.
     pub peers: Vec<PeerEntry>,
+    /// `public`, `private` or `unknown` (AutoNAT).
+    pub reachability: String,
+    /// Addresses others can reach this node at, with how each was learned.
+    pub external_addrs: Vec<(Multiaddr, String)>,
+    /// Relays holding a reservation for this node (its relayed addresses).
+    pub relay_reservations: Vec<Multiaddr>,
+    /// Open connections through a relay, and direct ones.
+    pub relayed_connections: usize,
+    pub direct_connections: usize,
 }
 
 /// One peer in [`NodeStatus::peers`].
@@ -222,8 +264,17 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds the swarm, starts listening and waits until every listener reports its address.
+    /// A resolver's node: [`Node::bind_as`] with [`Role::Resolver`].
     pub async fn bind(keypair: identity::Keypair, config: &P2pConfig) -> Result<Self, NodeError> {
+        Self::bind_as(keypair, config, Role::Resolver).await
+    }
+
+    /// Builds the swarm, starts listening and waits until every listener reports its address.
+    pub async fn bind_as(
+        keypair: identity::Keypair,
+        config: &P2pConfig,
+        role: Role,
+    ) -> Result<Self, NodeError> {
         let peer_id = keypair.public().to_peer_id();
         let store_config = MemoryStoreConfig {
             max_records: config.max_stored_records,
@@ -240,6 +291,7 @@ impl Node {
             .set_replication_interval(Some(Duration::from_secs(3600)))
             .set_record_ttl(None);
         let mdns_enabled = config.mdns;
+        let probe_private = config.nat_probe_private_addresses;
         let mut swarm = SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -258,7 +310,9 @@ impl Node {
                     .multiplex(yamux::Config::default()))
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
-            .with_behaviour(|key| {
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| NodeError::Build(e.to_string()))?
+            .with_behaviour(|key, relay_client| {
                 let mdns = if mdns_enabled {
                     Some(mdns::tokio::Behaviour::new(
                         mdns::Config::default(),
@@ -279,6 +333,19 @@ impl Node {
                     )),
                     ping: ping::Behaviour::default(),
                     mdns: Toggle::from(mdns),
+                    autonat: autonat::Behaviour::new(
+                        peer_id,
+                        autonat::Config {
+                            only_global_ips: !probe_private,
+                            ..autonat::Config::default()
+                        },
+                    ),
+                    relay_client,
+                    dcutr: dcutr::Behaviour::new(peer_id),
+                    relay_server: Toggle::from(
+                        (role == Role::Intro)
+                            .then(|| relay::Behaviour::new(peer_id, relay_limits())),
+                    ),
                 })
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
@@ -390,6 +457,8 @@ impl Node {
             put_times: HashMap::new(),
             config,
             bootstrapped: false,
+            connections: HashMap::new(),
+            reserved: false,
         };
         loop {
             tokio::select! {
@@ -430,7 +499,12 @@ fn dial_bootstrap(swarm: &mut Swarm<Behaviour>, addrs: &[Multiaddr], first: bool
     }
 }
 
-fn status(swarm: &mut Swarm<Behaviour>, listen_addrs: &[Multiaddr], peer_id: PeerId) -> NodeStatus {
+fn status(
+    swarm: &mut Swarm<Behaviour>,
+    listen_addrs: &[Multiaddr],
+    peer_id: PeerId,
+    state: &EventLoop,
+) -> NodeStatus {
     let mut peers = Vec::new();
     let mut seen = HashSet::new();
     for bucket in swarm.behaviour_mut().kad.kbuckets() {
@@ -460,6 +534,36 @@ fn status(swarm: &mut Swarm<Behaviour>, listen_addrs: &[Multiaddr], peer_id: Pee
             });
         }
     }
+    let reachability = match swarm.behaviour().autonat.nat_status() {
+        autonat::NatStatus::Public(_) => "public",
+        autonat::NatStatus::Private => "private",
+        autonat::NatStatus::Unknown => "unknown",
+    }
+    .to_owned();
+    let external_addrs = swarm
+        .external_addresses()
+        .map(|addr| {
+            let how = if state.config.external_addresses.contains(addr) {
+                "configured"
+            } else if is_relayed(addr) {
+                "relay reservation"
+            } else {
+                "observed by peers (identify), confirmed by AutoNAT"
+            };
+            (addr.clone(), how.to_owned())
+        })
+        .collect();
+    let relay_reservations = listen_addrs
+        .iter()
+        .filter(|a| is_relayed(a))
+        .cloned()
+        .collect();
+    let relayed_connections = state
+        .connections
+        .values()
+        .filter(|relayed| **relayed)
+        .count();
+    let direct_connections = state.connections.len() - relayed_connections;
     let kad = &mut swarm.behaviour_mut().kad;
     NodeStatus {
         peer_id,
@@ -469,6 +573,35 @@ fn status(swarm: &mut Swarm<Behaviour>, listen_addrs: &[Multiaddr], peer_id: Pee
         stored_records: kad.store_mut().records().count(),
         mode: kad.mode().to_string(),
         peers,
+        reachability,
+        external_addrs,
+        relay_reservations,
+        relayed_connections,
+        direct_connections,
+    }
+}
+
+/// Does the address go through a relay?
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+}
+
+/// Asks each bootstrap peer that names its peer id for a relay slot (listening on
+/// `<relay>/p2p-circuit`): the relayed address lets others reach this node behind NAT.
+fn reserve_relays(swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
+    for relay in bootstrap {
+        if !matches!(
+            relay.iter().last(),
+            Some(libp2p::multiaddr::Protocol::P2p(_))
+        ) {
+            continue;
+        }
+        let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+        match swarm.listen_on(circuit) {
+            Ok(_) => info!(%relay, "asking for a relay reservation"),
+            Err(error) => warn!(%relay, %error, "cannot ask for a relay reservation"),
+        }
     }
 }
 
@@ -489,6 +622,10 @@ struct EventLoop {
     config: P2pConfig,
     /// A bootstrap query was started.
     bootstrapped: bool,
+    /// Open connections: relayed or direct.
+    connections: HashMap<libp2p::swarm::ConnectionId, bool>,
+    /// Relay slots were asked for (the node found it is not reachable).
+    reserved: bool,
 }
 
 impl EventLoop {
@@ -538,7 +675,7 @@ impl EventLoop {
                 }
             }
             Command::Status { reply } => {
-                let _ = reply.send(status(swarm, listen_addrs, peer_id));
+                let _ = reply.send(status(swarm, listen_addrs, peer_id, self));
             }
             Command::Holds { name, reply } => {
                 let key = kad::RecordKey::new(&dht_key(&name));
@@ -581,10 +718,64 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad_event(swarm, event),
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                debug!(%peer_id, "connected");
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let relayed = endpoint.is_relayed();
+                debug!(%peer_id, relayed, "connected");
+                self.connections.insert(connection_id, relayed);
+            }
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                self.connections.remove(&connection_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => self.reachability_changed(swarm, new),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                info!(relay = %relay_peer_id, "relay reservation accepted: reachable through it");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => info!(peer = %remote_peer_id, "hole punched: direct connection"),
+                Err(error) => {
+                    debug!(peer = %remote_peer_id, %error, "hole punching failed; staying relayed")
+                }
+            },
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(%address, "external address confirmed");
             }
             _ => {}
+        }
+    }
+
+    /// AutoNAT's verdict: a reachable node serves the DHT, an unreachable one only asks (others
+    /// could not dial it) and takes relay slots so that it can still be reached. A relayed
+    /// address never makes a node a DHT server.
+    fn reachability_changed(&mut self, swarm: &mut Swarm<Behaviour>, status: autonat::NatStatus) {
+        info!(?status, "reachability");
+        if self.config.dht_mode != DhtMode::Auto {
+            return;
+        }
+        match status {
+            autonat::NatStatus::Public(_) => {
+                swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+            }
+            autonat::NatStatus::Private => {
+                swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Client));
+                if !self.reserved {
+                    self.reserved = true;
+                    reserve_relays(swarm, &self.config.bootstrap);
+                }
+            }
+            autonat::NatStatus::Unknown => {}
         }
     }
 
