@@ -73,6 +73,14 @@ pub enum Command {
         #[arg(default_value = "A")]
         qtype: String,
     },
+    /// Connect to the node serving a .p2p name (its owner), through an introduction server's
+    /// relay when needed, and report whether the connection ended up direct.
+    Connect {
+        name: String,
+        /// Seconds to wait for a relayed connection to become direct (hole punching).
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
     /// List pinned owners of human names, or remove a pin.
     Pins {
         #[command(subcommand)]
@@ -284,6 +292,10 @@ impl Command {
             },
             Command::Unpublish { name } => Request::Unpublish { name: name.clone() },
             Command::Names => Request::Names,
+            Command::Connect { name, wait } => Request::Connect {
+                name: name.clone(),
+                wait_direct_secs: *wait,
+            },
             Command::Resolve { name, qtype } => Request::Resolve {
                 name: name.clone(),
                 qtype: qtype.clone(),
@@ -411,6 +423,23 @@ fn render(response: &Response) -> String {
                 let _ = writeln!(out, "seq:      {seq}");
                 let _ = writeln!(out, "replicas: {replicas} agreeing");
             }
+        }
+        Response::Connected {
+            name,
+            peer,
+            path,
+            upgraded,
+            elapsed_ms,
+        } => {
+            let how = if *upgraded {
+                " (relayed first, then hole punched)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "{name}: {path} connection to {peer}{how} in {elapsed_ms} ms"
+            );
         }
         Response::Pins { pins } => {
             if pins.is_empty() {

@@ -34,6 +34,8 @@ const MAX_CLIENTS: usize = 16;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `names` waits to count the replicas of each name.
 const REPLICA_COUNT_WAIT: Duration = Duration::from_secs(5);
+/// How long `connect` waits for a first connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// TTL of records published without one.
 const DEFAULT_TTL: u32 = 300;
 
@@ -68,6 +70,12 @@ pub enum Request {
     RemovePin {
         name: String,
     },
+    /// Connects to the peer that serves a name (its owner), waiting up to `wait_direct_secs`
+    /// for a relayed connection to become direct.
+    Connect {
+        name: String,
+        wait_direct_secs: u64,
+    },
 }
 
 /// The daemon's answer.
@@ -94,6 +102,15 @@ pub enum Response {
     Resolved(Resolution),
     Pins {
         pins: Vec<PinInfo>,
+    },
+    Connected {
+        name: String,
+        peer: String,
+        /// `direct` or `relayed`.
+        path: String,
+        /// The first connection went through a relay and was upgraded (hole punching).
+        upgraded: bool,
+        elapsed_ms: u64,
     },
     PinRemoved {
         name: String,
@@ -328,6 +345,10 @@ async fn handle(request: Request, context: &Context) -> Result<Response, String>
         Request::Resolve { name, qtype } => {
             resolve(context, context.naming.dht(), &name, &qtype).await?
         }
+        Request::Connect {
+            name,
+            wait_direct_secs,
+        } => connect(dht()?, &name, Duration::from_secs(wait_direct_secs.min(60))).await?,
         Request::Pins => Response::Pins {
             pins: dht()?
                 .pins()
@@ -518,6 +539,57 @@ async fn resolve(
         resolution.replicas = Some(found.agreeing);
     }
     Ok(Response::Resolved(resolution))
+}
+
+/// Finds the owner of `name`'s record (the peer serving it: a node's libp2p identity is its
+/// owner key), connects to it and waits for a direct connection.
+async fn connect(dht: &Arc<Dht>, name: &str, wait_direct: Duration) -> Result<Response, String> {
+    let qname = p2p_name(name)?;
+    let set = record::record_name_for(&LowerName::new(&qname))
+        .ok_or_else(|| format!("{} is not a name in the p2p network", qname.to_ascii()))?;
+    let found = dht
+        .resolve_record(&set)
+        .await
+        .ok_or_else(|| format!("{} was not found in the p2p network", set.to_ascii()))?;
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&found.record.owner)
+        .map_err(|e| format!("the record's owner key is unusable: {e}"))?;
+    let peer = libp2p::identity::PublicKey::from(key).to_peer_id();
+    if peer == dht.node().peer_id() {
+        return Err(format!("{} is served by this node itself", set.to_ascii()));
+    }
+    let started = std::time::Instant::now();
+    tokio::time::timeout(CONNECT_TIMEOUT, dht.node().connect(peer))
+        .await
+        .map_err(|_| format!("no connection to {peer} within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let first = dht
+        .node()
+        .connections(peer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let started_relayed = !first.is_empty() && first.iter().all(|relayed| *relayed);
+    let deadline = tokio::time::Instant::now() + wait_direct;
+    let direct = loop {
+        let kinds = dht
+            .node()
+            .connections(peer)
+            .await
+            .map_err(|e| e.to_string())?;
+        if kinds.iter().any(|relayed| !relayed) {
+            break true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Ok(Response::Connected {
+        name: set.to_ascii(),
+        peer: peer.to_string(),
+        path: if direct { "direct" } else { "relayed" }.to_owned(),
+        upgraded: direct && started_relayed,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
 }
 
 /// Errors of the CLI side.

@@ -2082,6 +2082,32 @@ fn two_daemons_that_know_only_an_introduction_server_resolve_each_others_names()
     );
 
     resolver.dig_until(&["intro-site.p2p", "A"], "192.0.2.77");
+
+    // `connect` finds the owner's peer (its key) and reaches it; on loopback, directly.
+    let publisher_id = String::from_utf8_lossy(&publisher.cli(&["status"]).stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("peer id:").map(|id| id.trim().to_owned()))
+        .expect("the publisher's status shows its peer id");
+    let out = resolver.cli(&["connect", "intro-site", "--wait", "5"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!(
+            "intro-site.p2p.: direct connection to {publisher_id} "
+        )),
+        "{stdout}"
+    );
+    let out = resolver.cli(&["connect", "nobody-here"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nobody-here.p2p. was not found"),
+        "{stderr}"
+    );
     // The introduction server stops cleanly on SIGTERM.
     send_signal(intro.proc.pid(), "TERM");
     let status = intro.proc.wait_exit(START_TIMEOUT);

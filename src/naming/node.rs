@@ -78,6 +78,9 @@ pub enum NodeError {
     /// Too many lookups are running.
     #[error("too many DHT lookups in flight")]
     Busy,
+    /// No connection to a peer could be made.
+    #[error("cannot connect: {0}")]
+    Connect(String),
     /// The record could not be stored locally.
     #[error("failed to store the record: {0}")]
     Store(String),
@@ -175,6 +178,14 @@ enum Command {
         name: Name,
         reply: oneshot::Sender<bool>,
     },
+    Connect {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Connections {
+        peer: PeerId,
+        reply: oneshot::Sender<Vec<bool>>,
+    },
 }
 
 /// A cloneable handle to the running node.
@@ -224,6 +235,24 @@ impl NodeHandle {
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Status { reply }).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Connects to `peer`: directly at addresses the DHT knows, else through a relay (each
+    /// bootstrap peer, as the introduction server where the peer may hold a reservation).
+    /// Returns once one connection is up, or the error of the last failed attempt.
+    pub async fn connect(&self, peer: PeerId) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Connect { peer, reply }).await?;
+        rx.await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::Connect)
+    }
+
+    /// The open connections to `peer`: `true` for each relayed one, `false` for each direct.
+    pub async fn connections(&self, peer: PeerId) -> Result<Vec<bool>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Connections { peer, reply }).await?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
@@ -458,6 +487,7 @@ impl Node {
             config,
             bootstrapped: false,
             connections: HashMap::new(),
+            connecting: HashMap::new(),
             reserved: false,
         };
         loop {
@@ -561,7 +591,7 @@ fn status(
     let relayed_connections = state
         .connections
         .values()
-        .filter(|relayed| **relayed)
+        .filter(|(_, relayed)| *relayed)
         .count();
     let direct_connections = state.connections.len() - relayed_connections;
     let kad = &mut swarm.behaviour_mut().kad;
@@ -622,8 +652,10 @@ struct EventLoop {
     config: P2pConfig,
     /// A bootstrap query was started.
     bootstrapped: bool,
-    /// Open connections: relayed or direct.
-    connections: HashMap<libp2p::swarm::ConnectionId, bool>,
+    /// Open connections: the peer, and whether through a relay.
+    connections: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool)>,
+    /// `connect` calls waiting for a first connection.
+    connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     /// Relay slots were asked for (the node found it is not reachable).
     reserved: bool,
 }
@@ -677,6 +709,45 @@ impl EventLoop {
             Command::Status { reply } => {
                 let _ = reply.send(status(swarm, listen_addrs, peer_id, self));
             }
+            Command::Connect { peer, reply } => {
+                if swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let relayed: Vec<Multiaddr> = self
+                    .config
+                    .bootstrap
+                    .iter()
+                    .filter(|a| {
+                        matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_)))
+                    })
+                    .map(|relay| {
+                        relay
+                            .clone()
+                            .with(libp2p::multiaddr::Protocol::P2pCircuit)
+                            .with(libp2p::multiaddr::Protocol::P2p(peer))
+                    })
+                    .collect();
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(relayed)
+                    .extend_addresses_through_behaviour()
+                    .build();
+                match swarm.dial(opts) {
+                    Ok(()) => self.connecting.entry(peer).or_default().push(reply),
+                    Err(error) => {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                }
+            }
+            Command::Connections { peer, reply } => {
+                let kinds = self
+                    .connections
+                    .values()
+                    .filter(|(p, _)| *p == peer)
+                    .map(|(_, relayed)| *relayed)
+                    .collect();
+                let _ = reply.send(kinds);
+            }
             Command::Holds { name, reply } => {
                 let key = kad::RecordKey::new(&dht_key(&name));
                 let _ = reply.send(swarm.behaviour_mut().kad.store_mut().get(&key).is_some());
@@ -726,7 +797,21 @@ impl EventLoop {
             } => {
                 let relayed = endpoint.is_relayed();
                 debug!(%peer_id, relayed, "connected");
-                self.connections.insert(connection_id, relayed);
+                self.connections.insert(connection_id, (peer_id, relayed));
+                for reply in self.connecting.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                if !swarm.is_connected(&peer) {
+                    for reply in self.connecting.remove(&peer).unwrap_or_default() {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                }
             }
             SwarmEvent::ConnectionClosed { connection_id, .. } => {
                 self.connections.remove(&connection_id);
