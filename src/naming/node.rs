@@ -806,11 +806,9 @@ impl EventLoop {
                 peer_id: Some(peer),
                 error,
                 ..
-            } => {
-                if !swarm.is_connected(&peer) {
-                    for reply in self.connecting.remove(&peer).unwrap_or_default() {
-                        let _ = reply.send(Err(error.to_string()));
-                    }
+            } if !swarm.is_connected(&peer) => {
+                for reply in self.connecting.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Err(error.to_string()));
                 }
             }
             SwarmEvent::ConnectionClosed { connection_id, .. } => {
