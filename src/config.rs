@@ -208,6 +208,8 @@ pub struct P2pConfig {
     /// Let reachability probes (AutoNAT) use private addresses: for intranets and labs whose
     /// nodes reach each other over private ranges.
     pub nat_probe_private_addresses: bool,
+    /// Ask a UPnP gateway (home router) to forward the P2P ports.
+    pub upnp: bool,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
     /// Kademlia mode: serve the DHT to others, only use it, or decide.
@@ -241,6 +243,7 @@ impl Default for P2pConfig {
             bootstrap: Vec::new(),
             external_addresses: Vec::new(),
             nat_probe_private_addresses: false,
+            upnp: true,
             mdns: true,
             dht_mode: DhtMode::Auto,
             lookup_budget_ms: 2000,

@@ -100,6 +100,8 @@ struct Behaviour {
     dcutr: dcutr::Behaviour,
     /// Relaying for others: introduction servers only.
     relay_server: Toggle<relay::Behaviour>,
+    /// Port mappings on a UPnP gateway (home routers that offer them).
+    upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
 }
 
 /// What the node is for.
@@ -321,6 +323,7 @@ impl Node {
             .set_record_ttl(None);
         let mdns_enabled = config.mdns;
         let probe_private = config.nat_probe_private_addresses;
+        let upnp_enabled = config.upnp;
         let mut swarm = SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -375,6 +378,7 @@ impl Node {
                         (role == Role::Intro)
                             .then(|| relay::Behaviour::new(peer_id, relay_limits())),
                     ),
+                    upnp: Toggle::from(upnp_enabled.then(libp2p::upnp::tokio::Behaviour::default)),
                 })
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
@@ -488,6 +492,7 @@ impl Node {
             bootstrapped: false,
             connections: HashMap::new(),
             connecting: HashMap::new(),
+            upnp_addrs: HashSet::new(),
             reserved: false,
         };
         loop {
@@ -575,6 +580,8 @@ fn status(
         .map(|addr| {
             let how = if state.config.external_addresses.contains(addr) {
                 "configured"
+            } else if state.upnp_addrs.contains(addr) {
+                "UPnP port mapping"
             } else if is_relayed(addr) {
                 "relay reservation"
             } else {
@@ -654,6 +661,8 @@ struct EventLoop {
     bootstrapped: bool,
     /// Open connections: the peer, and whether through a relay.
     connections: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool)>,
+    /// External addresses mapped on a UPnP gateway.
+    upnp_addrs: HashSet<Multiaddr>,
     /// `connect` calls waiting for a first connection.
     connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     /// Relay slots were asked for (the node found it is not reachable).
@@ -835,6 +844,20 @@ impl EventLoop {
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, "external address confirmed");
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Upnp(event)) => match event {
+                libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
+                    info!(address = %external_addr, "UPnP gateway mapped a port");
+                    self.upnp_addrs.insert(external_addr);
+                }
+                libp2p::upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                    info!(address = %external_addr, "UPnP port mapping expired");
+                    self.upnp_addrs.remove(&external_addr);
+                }
+                libp2p::upnp::Event::GatewayNotFound => debug!("no UPnP gateway"),
+                libp2p::upnp::Event::NonRoutableGateway => {
+                    debug!("the UPnP gateway is not on the public internet; no mapping")
+                }
+            },
             _ => {}
         }
     }
