@@ -379,6 +379,14 @@ async fn republish(dht: Arc<Dht>, stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
+            // Names published while the node was alone reached nobody: push them once the
+            // first peer is met (and its bootstrap had a moment to find others).
+            () = dht.node().joined() => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
         }
         let resigned = dht.republish(false).await;
         for record in dht.own_names() {

@@ -41,6 +41,7 @@ pub mod intro;
 pub mod naming;
 pub mod service;
 pub mod signal;
+pub mod stun;
 pub mod systemd;
 
 pub use config::Config;

@@ -704,7 +704,11 @@ impl Lab {
     /// advertising that address, and reads the --bootstrap addresses it prints.
     fn start_intro(&self) -> Intro {
         let dir = self.dir.subdir("intro");
-        let config = self.dir.write("intro.toml", "[p2p]\nmdns = false\n");
+        // The lab's internet is a benchmarking range, not a global one: AutoNAT must accept it.
+        let config = self.dir.write(
+            "intro.toml",
+            "[p2p]\nmdns = false\nnat_probe_private_addresses = true\n",
+        );
         let addrs = [
             format!("/ip4/{INTRO_ADDR}/tcp/{P2P_PORT}"),
             format!("/ip4/{INTRO_ADDR}/udp/{P2P_PORT}/quic-v1"),
@@ -762,7 +766,7 @@ impl Lab {
             format!(
                 "[upstream]\nservers = []\nresolv_conf = {:?}\n\n\
                  [p2p]\nlisten = [\"/ip4/0.0.0.0/udp/{P2P_PORT}/quic-v1\", \"/ip4/0.0.0.0/tcp/{P2P_PORT}\"]\n\
-                 mdns = false\nbootstrap = [{}]\n",
+                 mdns = false\nnat_probe_private_addresses = true\nbootstrap = [{}]\n",
                 resolv_conf.display().to_string(),
                 quoted.join(", ")
             ),
@@ -1082,5 +1086,69 @@ fn a_name_published_behind_one_nat_resolves_behind_another() {
             );
             thread::sleep(Duration::from_millis(500));
         }
+    }
+}
+
+#[test]
+fn connect_through_the_introduction_server_ends_direct_where_the_nats_allow_it() {
+    let tools = Tools::find();
+    // RFC 4787: two endpoint-independent mappings can be traversed; two symmetric NATs cannot,
+    // and the connection stays relayed.
+    for (a_nat, b_nat, expect_direct) in [
+        (Nat::Eim, Nat::Eim, true),
+        (Nat::Symmetric, Nat::Symmetric, false),
+    ] {
+        let case = format!("{a_nat:?} -> {b_nat:?}");
+        let mut lab = Lab::new(&tools);
+        let a_home = lab.home(a_nat);
+        let b_home = lab.home(b_nat);
+        let intro = lab.start_intro();
+        let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+        let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+        a.wait_joined();
+        b.wait_joined();
+
+        // AutoNAT finds A unreachable, and A takes a relay slot on the introduction server.
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            let status = a.status();
+            if status.contains("reachable:  private") && status.contains("relayed at: ") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{case}: A never found itself private with a relay reservation:\n{status}\n{}",
+                tail(&a.proc.stderr(), 60)
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+        let out = a.cli(&["publish", "site", "A", "198.18.200.50"]);
+        assert!(out.status.success(), "{case}: {}", describe(&out));
+        a.wait_held("site.p2p");
+
+        let out = b.cli(&["connect", "site", "--wait", "8"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let context = || {
+            format!(
+                "{case}: {}\nA status:\n{}\nB status:\n{}\nA log:\n{}\nB log:\n{}",
+                describe(&out),
+                a.status(),
+                b.status(),
+                tail(&a.proc.stderr(), 60),
+                tail(&b.proc.stderr(), 60)
+            )
+        };
+        assert!(out.status.success(), "{}", context());
+        if expect_direct {
+            assert!(
+                text.contains(": direct connection to ")
+                    && text.contains("relayed first, then hole punched"),
+                "{}",
+                context()
+            );
+        } else {
+            assert!(text.contains(": relayed connection to "), "{}", context());
+        }
+        eprintln!("{case}: {}", text.trim());
     }
 }

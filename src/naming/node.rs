@@ -195,11 +195,18 @@ enum Command {
 pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
+    joined: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl NodeHandle {
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Completes once the node has met its first DHT peer (at once if it already has): the
+    /// moment to push names published while it was alone.
+    pub async fn joined(&self) {
+        self.joined.notified().await;
     }
 
     /// Asks the DHT for `name` (a DHT name, `site.p2p.`) and returns the valid replicas found
@@ -369,6 +376,11 @@ impl Node {
                         peer_id,
                         autonat::Config {
                             only_global_ips: !probe_private,
+                            // A name's owner behind NAT is unreachable until it knows it and
+                            // reserves a relay slot: probe soon after start, retry often
+                            // while unsure (libp2p's defaults: 15 s and 90 s).
+                            boot_delay: Duration::from_secs(3),
+                            retry_interval: Duration::from_secs(20),
                             ..autonat::Config::default()
                         },
                     ),
@@ -450,6 +462,7 @@ impl Node {
             handle: NodeHandle {
                 commands: tx,
                 peer_id,
+                joined: std::sync::Arc::new(tokio::sync::Notify::new()),
             },
             listen_addrs,
             config: config.clone(),
@@ -493,6 +506,7 @@ impl Node {
             connections: HashMap::new(),
             connecting: HashMap::new(),
             upnp_addrs: HashSet::new(),
+            joined: handle.joined.clone(),
             reserved: false,
         };
         loop {
@@ -598,7 +612,7 @@ fn status(
     let relayed_connections = state
         .connections
         .values()
-        .filter(|(_, relayed)| *relayed)
+        .filter(|(_, relayed, _)| *relayed)
         .count();
     let direct_connections = state.connections.len() - relayed_connections;
     let kad = &mut swarm.behaviour_mut().kad;
@@ -616,6 +630,41 @@ fn status(
         relayed_connections,
         direct_connections,
     }
+}
+
+/// How far an address can be dialed from: the same host, the same network, anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scope {
+    Host,
+    Local,
+    Global,
+}
+
+/// The scope of a multiaddr's IP (anything else, such as `/memory`, counts as global).
+fn scope(addr: &Multiaddr) -> Scope {
+    use libp2p::multiaddr::Protocol;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(ip) if ip.is_loopback() => return Scope::Host,
+            Protocol::Ip4(ip)
+                if ip.is_private()
+                    || ip.is_link_local()
+                    || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64) =>
+            {
+                return Scope::Local;
+            }
+            Protocol::Ip6(ip) if ip.is_loopback() => return Scope::Host,
+            Protocol::Ip6(ip)
+                if (ip.segments()[0] & 0xfe00) == 0xfc00
+                    || (ip.segments()[0] & 0xffc0) == 0xfe80 =>
+            {
+                return Scope::Local;
+            }
+            Protocol::P2pCircuit => return Scope::Global,
+            _ => {}
+        }
+    }
+    Scope::Global
 }
 
 /// Does the address go through a relay?
@@ -659,10 +708,12 @@ struct EventLoop {
     config: P2pConfig,
     /// A bootstrap query was started.
     bootstrapped: bool,
-    /// Open connections: the peer, and whether through a relay.
-    connections: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool)>,
+    /// Open connections: the peer, whether through a relay, and its address.
+    connections: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool, Multiaddr)>,
     /// External addresses mapped on a UPnP gateway.
     upnp_addrs: HashSet<Multiaddr>,
+    /// Told when the first DHT peer is met.
+    joined: std::sync::Arc<tokio::sync::Notify>,
     /// `connect` calls waiting for a first connection.
     connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     /// Relay slots were asked for (the node found it is not reachable).
@@ -752,8 +803,8 @@ impl EventLoop {
                 let kinds = self
                     .connections
                     .values()
-                    .filter(|(p, _)| *p == peer)
-                    .map(|(_, relayed)| *relayed)
+                    .filter(|(p, _, _)| *p == peer)
+                    .map(|(_, relayed, _)| *relayed)
                     .collect();
                 let _ = reply.send(kinds);
             }
@@ -771,20 +822,29 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
-                ..
             })) => {
                 // rust-libp2p does not feed identify into Kademlia; without this, peers that
-                // dialed us never get an address in the routing table.
+                // dialed us never get an address in the routing table. Only addresses others
+                // can use are kept: a peer reached over the internet that lists 127.0.0.1 or
+                // its LAN address would send every node that asks the DHT dialing itself.
                 let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
                 if speaks_kad {
+                    let seen_at = self
+                        .connections
+                        .get(&connection_id)
+                        .map_or(Scope::Global, |c| scope(&c.2));
                     for addr in info.listen_addrs {
-                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        if scope(&addr) >= seen_at {
+                            swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
                     }
                     if !self.bootstrapped {
                         // First DHT peer: look ourselves up to fill the routing table now
                         // rather than at the first periodic bootstrap.
                         self.bootstrapped = swarm.behaviour_mut().kad.bootstrap().is_ok();
+                        self.joined.notify_one();
                     }
                 }
             }
@@ -806,7 +866,9 @@ impl EventLoop {
             } => {
                 let relayed = endpoint.is_relayed();
                 debug!(%peer_id, relayed, "connected");
-                self.connections.insert(connection_id, (peer_id, relayed));
+                let remote = endpoint.get_remote_address().clone();
+                self.connections
+                    .insert(connection_id, (peer_id, relayed, remote));
                 for reply in self.connecting.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
@@ -1084,5 +1146,28 @@ fn to_kad_record(record: &NameRecord, publisher: Option<PeerId>) -> kad::Record 
         value: record.to_bytes(),
         publisher,
         expires: Some(Instant::now() + Duration::from_secs(left)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_scoped_by_where_they_can_be_dialed_from() {
+        for (addr, expected) in [
+            ("/ip4/127.0.0.1/tcp/4747", Scope::Host),
+            ("/ip6/::1/udp/4747/quic-v1", Scope::Host),
+            ("/ip4/10.1.0.2/tcp/4747", Scope::Local),
+            ("/ip4/192.168.1.9/tcp/4747", Scope::Local),
+            ("/ip4/100.64.3.1/tcp/4747", Scope::Local),
+            ("/ip6/fd00::2/tcp/4747", Scope::Local),
+            ("/ip6/fe80::1/tcp/4747", Scope::Local),
+            ("/ip4/198.51.100.7/tcp/4747", Scope::Global),
+            ("/ip4/8.8.8.8/udp/4747/quic-v1", Scope::Global),
+            ("/memory/1234", Scope::Global),
+        ] {
+            assert_eq!(scope(&addr.parse().unwrap()), expected, "{addr}");
+        }
     }
 }
