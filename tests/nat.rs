@@ -1089,66 +1089,135 @@ fn a_name_published_behind_one_nat_resolves_behind_another() {
     }
 }
 
+/// What `p2pdns connect` ended with between A (publishing behind `a_nat`) and B (connecting
+/// from behind `b_nat`).
+#[derive(Debug)]
+struct Connected {
+    /// A's reachability as AutoNAT judged it before the connection.
+    a_reachable: String,
+    direct: bool,
+    /// Relayed first, then hole punched.
+    punched: bool,
+    output: String,
+}
+
+fn connect_case(tools: &Tools, a_nat: Nat, b_nat: Nat) -> Connected {
+    let case = format!("{a_nat:?} <- {b_nat:?}");
+    let mut lab = Lab::new(tools);
+    let a_home = lab.home(a_nat);
+    let b_home = lab.home(b_nat);
+    let intro = lab.start_intro();
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    a.wait_joined();
+    b.wait_joined();
+
+    // AutoNAT (against the introduction server) judges A: public (a forwarded port), or
+    // private and then A takes a relay slot on the introduction server.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let a_reachable = loop {
+        let status = a.status();
+        if status.contains("reachable:  public") {
+            break "public";
+        }
+        if status.contains("reachable:  private") && status.contains("relayed at: ") {
+            break "private";
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{case}: A's reachability was not settled:\n{status}\n{}",
+            tail(&a.proc.stderr(), 60)
+        );
+        thread::sleep(Duration::from_millis(250));
+    };
+    let out = a.cli(&["publish", "site", "A", "198.18.200.50"]);
+    assert!(out.status.success(), "{case}: {}", describe(&out));
+    a.wait_held("site.p2p");
+
+    let out = b.cli(&["connect", "site", "--wait", "8"]);
+    let output = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "{case}: {}\nA status:\n{}\nB status:\n{}\nA log:\n{}\nB log:\n{}",
+        describe(&out),
+        a.status(),
+        b.status(),
+        tail(&a.proc.stderr(), 60),
+        tail(&b.proc.stderr(), 60)
+    );
+    Connected {
+        a_reachable: a_reachable.to_owned(),
+        direct: output.contains(": direct connection to "),
+        punched: output.contains("relayed first, then hole punched"),
+        output,
+    }
+}
+
 #[test]
 fn connect_through_the_introduction_server_ends_direct_where_the_nats_allow_it() {
     let tools = Tools::find();
-    // RFC 4787: two endpoint-independent mappings can be traversed; two symmetric NATs cannot,
-    // and the connection stays relayed.
-    for (a_nat, b_nat, expect_direct) in [
-        (Nat::Eim, Nat::Eim, true),
-        (Nat::Symmetric, Nat::Symmetric, false),
-    ] {
-        let case = format!("{a_nat:?} -> {b_nat:?}");
-        let mut lab = Lab::new(&tools);
-        let a_home = lab.home(a_nat);
-        let b_home = lab.home(b_nat);
-        let intro = lab.start_intro();
-        let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
-        let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
-        a.wait_joined();
-        b.wait_joined();
-
-        // AutoNAT finds A unreachable, and A takes a relay slot on the introduction server.
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
-            let status = a.status();
-            if status.contains("reachable:  private") && status.contains("relayed at: ") {
-                break;
+    use Nat::{AddressRestricted, Eim, FullCone, Symmetric};
+    // (A's NAT, B's NAT, direct expected). RFC 4787: a forwarded port (full cone, or
+    // address-restricted once A has sent to B) is reachable; two endpoint-independent mappings
+    // can punch through each other; a symmetric NAT defeats a port-restricted peer, and two
+    // symmetric NATs stay relayed.
+    let cases = [
+        (Eim, Eim, true),
+        (Eim, FullCone, true),
+        (Eim, AddressRestricted, true),
+        (Eim, Symmetric, false),
+        (FullCone, FullCone, true),
+        (FullCone, Symmetric, true),
+        (AddressRestricted, AddressRestricted, true),
+        (AddressRestricted, FullCone, true),
+        (Symmetric, Eim, false),
+        (Symmetric, Symmetric, false),
+    ];
+    // A few labs at a time: each runs an introduction server and two daemons.
+    let mut failures = Vec::new();
+    let mut table = Vec::new();
+    for batch in cases.chunks(3) {
+        let results: Vec<_> = thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|&(a, b, _)| {
+                    let tools = &tools;
+                    scope.spawn(move || connect_case(tools, a, b))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        for (&(a, b, expect_direct), result) in batch.iter().zip(results) {
+            match result {
+                Ok(connected) => {
+                    table.push(format!(
+                        "{a:?} <- {b:?}: A {}, {}",
+                        connected.a_reachable, connected.output
+                    ));
+                    if connected.direct != expect_direct {
+                        failures.push(format!(
+                            "{a:?} <- {b:?}: expected {}, got: {}",
+                            if expect_direct { "direct" } else { "relayed" },
+                            connected.output
+                        ));
+                    }
+                }
+                Err(panic) => failures.push(format!(
+                    "{a:?} <- {b:?}: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_default()
+                )),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{case}: A never found itself private with a relay reservation:\n{status}\n{}",
-                tail(&a.proc.stderr(), 60)
-            );
-            thread::sleep(Duration::from_millis(250));
         }
-        let out = a.cli(&["publish", "site", "A", "198.18.200.50"]);
-        assert!(out.status.success(), "{case}: {}", describe(&out));
-        a.wait_held("site.p2p");
-
-        let out = b.cli(&["connect", "site", "--wait", "8"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let context = || {
-            format!(
-                "{case}: {}\nA status:\n{}\nB status:\n{}\nA log:\n{}\nB log:\n{}",
-                describe(&out),
-                a.status(),
-                b.status(),
-                tail(&a.proc.stderr(), 60),
-                tail(&b.proc.stderr(), 60)
-            )
-        };
-        assert!(out.status.success(), "{}", context());
-        if expect_direct {
-            assert!(
-                text.contains(": direct connection to ")
-                    && text.contains("relayed first, then hole punched"),
-                "{}",
-                context()
-            );
-        } else {
-            assert!(text.contains(": relayed connection to "), "{}", context());
-        }
-        eprintln!("{case}: {}", text.trim());
     }
+    eprintln!("{}", table.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{}\nall results:\n{}",
+        failures.join("\n\n"),
+        table.join("\n")
+    );
 }
