@@ -164,6 +164,7 @@ enum Command {
     Lookup {
         name: Name,
         wanted: usize,
+        answer_by: Option<Instant>,
         reply: oneshot::Sender<Replicas>,
     },
     Publish {
@@ -213,6 +214,28 @@ impl NodeHandle {
     /// once `wanted` are in or the query ends. The caller bounds the wait; the query goes on
     /// without it.
     pub async fn lookup(&self, name: Name, wanted: usize) -> Result<Replicas, NodeError> {
+        self.lookup_inner(name, wanted, None).await
+    }
+
+    /// As [`NodeHandle::lookup`], but answers after `answer_by` with the valid replicas found
+    /// so far when there is at least one: a peer that never answers (a node behind NAT that
+    /// the DHT still lists) must not hold a found record back.
+    pub async fn lookup_within(
+        &self,
+        name: Name,
+        wanted: usize,
+        answer_by: Duration,
+    ) -> Result<Replicas, NodeError> {
+        self.lookup_inner(name, wanted, Some(Instant::now() + answer_by))
+            .await
+    }
+
+    async fn lookup_inner(
+        &self,
+        name: Name,
+        wanted: usize,
+        answer_by: Option<Instant>,
+    ) -> Result<Replicas, NodeError> {
         let (reply, rx) = oneshot::channel();
         // Never wait for room in the queue: a flood of made-up names must fail fast instead of
         // piling up tasks that wait to ask.
@@ -220,6 +243,7 @@ impl NodeHandle {
             .try_send(Command::Lookup {
                 name,
                 wanted,
+                answer_by,
                 reply,
             })
             .map_err(|e| match e {
@@ -290,6 +314,8 @@ struct Lookup {
     replies: Vec<oneshot::Sender<Replicas>>,
     /// Replies already sent (quorum reached); later replicas are dropped.
     answered: bool,
+    /// Answer with what is in by then, if anything.
+    answer_by: Option<Instant>,
 }
 
 /// The node before its event loop runs: sockets bound, addresses known.
@@ -496,6 +522,8 @@ impl Node {
         // peer at all, it dials its bootstrap peers again.
         let mut redial = tokio::time::interval(BOOTSTRAP_REDIAL);
         redial.tick().await;
+        let mut partial = tokio::time::interval(Duration::from_millis(50));
+        partial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut state = EventLoop {
             lookups: HashMap::new(),
             warned: VecDeque::new(),
@@ -522,6 +550,7 @@ impl Node {
                     }
                     state.event(&mut swarm, event);
                 }
+                _ = partial.tick() => state.answer_due_lookups(),
                 _ = redial.tick() => {
                     if swarm.connected_peers().next().is_none() {
                         dial_bootstrap(&mut swarm, &state.config.bootstrap, false);
@@ -732,6 +761,7 @@ impl EventLoop {
             Command::Lookup {
                 name,
                 wanted,
+                answer_by,
                 reply,
             } => {
                 if self.lookups.len() >= MAX_LOOKUPS {
@@ -748,6 +778,7 @@ impl EventLoop {
                         replicas: Replicas::default(),
                         replies: vec![reply],
                         answered: false,
+                        answer_by,
                     },
                 );
             }
@@ -793,7 +824,10 @@ impl EventLoop {
                     .extend_addresses_through_behaviour()
                     .build();
                 match swarm.dial(opts) {
-                    Ok(()) => self.connecting.entry(peer).or_default().push(reply),
+                    // A dial already under way (the DHT's, say) ends in the same events.
+                    Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                        self.connecting.entry(peer).or_default().push(reply);
+                    }
                     Err(error) => {
                         let _ = reply.send(Err(error.to_string()));
                     }
@@ -1028,6 +1062,23 @@ impl EventLoop {
             }
             if let Some(mut query) = swarm.behaviour_mut().kad.query_mut(&id) {
                 query.finish();
+            }
+        }
+    }
+
+    /// Lookups past their answer time with at least one valid replica answer now; their
+    /// queries go on (more replicas may still be pinned or out-vote these).
+    fn answer_due_lookups(&mut self) {
+        let now = Instant::now();
+        for lookup in self.lookups.values_mut() {
+            if !lookup.answered
+                && lookup.answer_by.is_some_and(|by| now >= by)
+                && !lookup.replicas.records.is_empty()
+            {
+                lookup.answered = true;
+                for reply in lookup.replies.drain(..) {
+                    let _ = reply.send(lookup.replicas.clone());
+                }
             }
         }
     }
