@@ -19,6 +19,8 @@
 //! - [`intro`]: the introduction server role (`p2pdns intro`), a P2P-only bootstrap node.
 //! - [`doctor`]: `p2pdns doctor`, the checks from a program's getaddrinfo to the network.
 //! - [`service`]: `p2pdns service install/uninstall` (systemd or launchd, split or full DNS).
+//! - [`stun`]: STUN Binding server (introduction servers) and client (mapped address, NAT
+//!   mapping behaviour).
 //! - [`systemd`]: readiness notification for `Type=notify` services.
 //!
 //! # A query's path

@@ -14,9 +14,11 @@
 //! Requests without the magic cookie come from RFC 3489 clients (such as the `stun` program of
 //! Debian's stun-client). RFC 5389 section 12.2 asks servers to answer them, with the 128-bit
 //! transaction id echoed and MAPPED-ADDRESS instead of XOR-MAPPED-ADDRESS, which they do not
-//! know; so does this one. Their CHANGE-REQUEST attribute is understood when it asks for no
-//! change; a request for a reply from another address or port gets 420 (Unknown Attribute),
-//! since this server has a single address, as RFC 5780 servers without one do.
+//! know; so does this one. CHANGE-REQUEST is understood when it asks for no change. This server
+//! has a single address, so it cannot send a reply from another address or port: to such a
+//! request it answers 420 (Unknown Attribute), as RFC 5780 servers without a second address
+//! do, except when it comes from an RFC 3489 client, which it leaves without a reply, as if the
+//! reply had been sent from the other address and filtered on the way.
 
 use std::{
     io,
@@ -219,6 +221,12 @@ fn respond(datagram: &[u8], source: SocketAddr) -> Result<Vec<u8>, &'static str>
     }
     let mut unknown: Vec<u16> = Vec::new();
     for (kind, value) in request.attributes() {
+        // An RFC 3489 client asking for a reply from another address or port learns from the
+        // silence that none can come; it would take a 420 for success (stun-client 0.97 does,
+        // and reports an open internet). RFC 8489 and RFC 5780 clients understand 420.
+        if request.is_rfc3489() && kind == CHANGE_REQUEST && !understood_in_request(kind, value) {
+            return Err("RFC 3489 CHANGE-REQUEST for a reply from another address");
+        }
         if kind < COMPREHENSION_OPTIONAL
             && !understood_in_request(kind, value)
             && !unknown.contains(&kind)
@@ -782,6 +790,9 @@ mod tests {
         0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
     ];
 
+    /// Attributes to put in a test message: type and value.
+    type AttributeList<'a> = &'a [(u16, &'a [u8])];
+
     fn hex(s: &str) -> Vec<u8> {
         let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
         digits
@@ -961,7 +972,7 @@ mod tests {
         }
 
         // A CHANGE-REQUEST this server cannot honour (it has one address) is not understood;
-        // one asking for no change is.
+        // one asking for no change is. RFC 3489 clients get no reply at all (below).
         for (flags, answered) in [(0x00, true), (0x02, false), (0x04, false), (0x06, false)] {
             let reply = respond(&request(&[(CHANGE_REQUEST, &[0, 0, 0, flags])]), source);
             let message = parse(reply.as_ref().unwrap()).unwrap();
@@ -974,6 +985,20 @@ mod tests {
                     hex("0003")
                 );
             }
+        }
+    }
+
+    #[test]
+    fn rfc3489_change_request_gets_no_reply() {
+        let source: SocketAddr = V4_SOURCE.parse().unwrap();
+        for (flags, answered) in [(0x00, true), (0x02, false), (0x04, false), (0x06, false)] {
+            let mut datagram = hex("0001 0008 01e30033 51f72e79 19f84878 cbcfc87f 0003 0004");
+            datagram.extend_from_slice(&[0, 0, 0, flags]);
+            assert_eq!(
+                respond(&datagram, source).is_ok(),
+                answered,
+                "flags {flags}"
+            );
         }
     }
 
@@ -1107,7 +1132,7 @@ mod tests {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&MAGIC_COOKIE);
         id[4..].copy_from_slice(&VECTOR_ID);
-        let cases: [(&[(u16, &[u8])], &str); 4] = [
+        let cases: [(AttributeList, &str); 4] = [
             (&[(SOFTWARE, b"x")], "no mapped address"),
             (
                 &[(XOR_MAPPED_ADDRESS, &[0, 1, 2])],
