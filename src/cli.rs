@@ -147,6 +147,29 @@ pub struct IntroArgs {
     /// added to p2p.bootstrap).
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Answer STUN binding requests (RFC 5389) on this UDP address (repeatable) [default:
+    /// 0.0.0.0:3478]; `--stun-listen none` turns STUN off.
+    #[arg(long = "stun-listen", value_name = "ADDR:PORT|none")]
+    pub stun_listen: Vec<String>,
+}
+
+impl IntroArgs {
+    /// The STUN addresses asked for, or the defaults.
+    pub fn stun_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        if self.stun_listen.is_empty() {
+            return Ok(vec!["0.0.0.0:3478".parse().expect("static address")]);
+        }
+        if self.stun_listen.iter().any(|a| a == "none") {
+            return Ok(Vec::new());
+        }
+        self.stun_listen
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| format!("--stun-listen {a}: not an ADDR:PORT ({e})"))
+            })
+            .collect()
+    }
 }
 
 impl IntroArgs {

@@ -3,7 +3,7 @@
 //! address (identify) and whether they are reachable (AutoNAT), and relays for those that are
 //! not (circuit relay v2, bounded), so that they can be reached and then punch holes (DCUtR).
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use libp2p::{Multiaddr, multiaddr::Protocol};
 use tokio_util::sync::CancellationToken;
@@ -24,12 +24,19 @@ pub enum IntroError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error("failed to listen for STUN on UDP {addr}")]
+    Stun {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the introduction server until `shutdown` is cancelled.
 pub async fn run(
     mut config: P2pConfig,
     data_dir: PathBuf,
+    stun_listen: Vec<SocketAddr>,
     shutdown: CancellationToken,
 ) -> Result<(), IntroError> {
     // It exists to be asked: always a DHT server, whatever the file says.
@@ -37,6 +44,15 @@ pub async fn run(
     identity::create_private_dir(&data_dir)?;
     let keypair = identity::load_or_create(&data_dir)?;
     let node = Node::bind_as(keypair.into(), &config, Role::Intro).await?;
+    // STUN on UDP: ordinary clients (and nodes) learn their public address and port.
+    let mut stun = Vec::new();
+    for addr in stun_listen {
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .map_err(|source| IntroError::Stun { addr, source })?;
+        info!(addr = %socket.local_addr().unwrap_or(addr), "STUN listening (UDP)");
+        stun.push(tokio::spawn(crate::stun::serve(socket, shutdown.clone())));
+    }
     let peer_id = node.handle().peer_id();
     info!(%peer_id, "introduction server identity");
     let advertised = if config.external_addresses.is_empty() {
@@ -63,6 +79,9 @@ pub async fn run(
     ));
     node.run(shutdown).await;
     crate::systemd::notify("STOPPING=1");
+    for task in stun {
+        let _ = task.await;
+    }
     Ok(())
 }
 

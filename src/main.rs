@@ -169,7 +169,14 @@ fn intro(cli: &Cli, args: &IntroArgs) -> ExitCode {
         if let Err(error) = p2pdns::signal::spawn_handler(shutdown.clone(), reload) {
             return fail(&error, 1);
         }
-        match p2pdns::intro::run(config.p2p, data_dir, shutdown).await {
+        let stun = match args.stun_addrs() {
+            Ok(stun) => stun,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        };
+        match p2pdns::intro::run(config.p2p, data_dir, stun, shutdown).await {
             Ok(()) => {
                 info!("stopped");
                 ExitCode::SUCCESS

@@ -2025,6 +2025,10 @@ impl Intro {
             .arg(dir.path().join("data"))
             .arg("intro")
             .args(args);
+        // Tests run side by side: no fixed STUN port unless one is asked for.
+        if !args.contains(&"--stun-listen") {
+            command.args(["--stun-listen", "127.0.0.1:0"]);
+        }
         let proc = Proc::spawn("p2pdns-intro", command, &dir);
         Self { proc, _dir: dir }
     }
@@ -2247,4 +2251,36 @@ fn reload_applies_new_upstream_servers_and_names_what_needs_a_restart() {
     let reply = dig(port, &["www.example.test", "A"]);
     assert_eq!(reply.status, "NOERROR", "{}", reply.text);
     drop(first);
+}
+
+#[test]
+fn an_introduction_server_answers_stun_binding_requests() {
+    let port = free_port();
+    let mut intro = Intro::start(&[
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--stun-listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    intro.bootstrap_addrs();
+    assert!(
+        intro.proc.stderr().contains("STUN listening (UDP)"),
+        "{}",
+        intro.proc.stderr()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mapped, local) = runtime.block_on(async {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mapped = p2pdns::stun::binding(&socket, localhost(port), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("no STUN answer: {e}"));
+        (mapped, socket.local_addr().unwrap())
+    });
+    assert_eq!(
+        mapped, local,
+        "the mapped address is the client's own (no NAT here)"
+    );
 }

@@ -247,7 +247,13 @@ impl Dht {
         // finishes and fills the cache for the next query.
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let result = this.node.lookup(name.clone(), this.replicas).await;
+            // Answer within most of the DNS budget with what is in, rather than wait for
+            // replicas that may never come.
+            let answer_by = this.budget * 3 / 4;
+            let result = this
+                .node
+                .lookup_within(name.clone(), this.replicas, answer_by)
+                .await;
             let outcome = match result {
                 Ok(replicas) => this.settle(&name, replicas),
                 Err(error) => {
