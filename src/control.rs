@@ -486,9 +486,12 @@ async fn names(dht: &Arc<Dht>) -> Vec<NameInfo> {
     let mut out = Vec::new();
     for record in dht.own_names() {
         let bytes = record.to_bytes();
+        // Peers that never answer (behind NAT, yet listed in the DHT) would hold the whole
+        // count back: count what answered by the deadline.
         let replicas = tokio::time::timeout(
             REPLICA_COUNT_WAIT,
-            dht.node().lookup(record.name.clone(), usize::MAX),
+            dht.node()
+                .lookup_within(record.name.clone(), usize::MAX, REPLICA_COUNT_WAIT * 4 / 5),
         )
         .await
         .ok()
