@@ -898,6 +898,28 @@ impl Daemon {
         }
     }
 
+    /// Waits until AutoNAT has judged the node: `public`, or `private` with a relay
+    /// reservation held.
+    fn wait_reachability(&self, case: &str, timeout: Duration) -> &'static str {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if status.contains("reachable:  public") {
+                return "public";
+            }
+            if status.contains("reachable:  private") && status.contains("relayed at: ") {
+                return "private";
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{case}: {}'s reachability was not settled within {timeout:?}:\n{status}\n{}",
+                self.proc.name,
+                tail(&self.proc.stderr(), 60)
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Waits until `names` reports `name` held by at least one other node.
     fn wait_held(&mut self, name: &str) {
         let deadline = Instant::now() + JOIN_TIMEOUT;
@@ -1125,22 +1147,7 @@ fn connect_case(tools: &Tools, a_nat: Nat, b_nat: Nat) -> Connected {
 
     // AutoNAT (against the introduction server) judges A: public (a forwarded port), or
     // private and then A takes a relay slot on the introduction server.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let a_reachable = loop {
-        let status = a.status();
-        if status.contains("reachable:  public") {
-            break "public";
-        }
-        if status.contains("reachable:  private") && status.contains("relayed at: ") {
-            break "private";
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{case}: A's reachability was not settled:\n{status}\n{}",
-            tail(&a.proc.stderr(), 60)
-        );
-        thread::sleep(Duration::from_millis(250));
-    };
+    let a_reachable = a.wait_reachability(&case, Duration::from_secs(45));
     let out = a.cli(&["publish", "site", "A", "198.18.200.50"]);
     assert!(out.status.success(), "{case}: {}", describe(&out));
     a.wait_held("site.p2p");
@@ -1255,5 +1262,38 @@ fn connect_through_the_introduction_server_ends_direct_where_the_nats_allow_it()
         "{}\nall results:\n{}",
         failures.join("\n\n"),
         table.join("\n")
+    );
+}
+
+#[test]
+fn a_node_behind_nat_reserves_again_after_the_introduction_server_restarts() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let home = lab.home(Nat::Eim);
+    let intro = lab.start_intro();
+    let mut a = lab.start_daemon(&home, &intro.bootstrap);
+    a.wait_joined();
+    assert_eq!(
+        a.wait_reachability("first start", Duration::from_secs(45)),
+        "private"
+    );
+
+    // The introduction server goes away: the reservation with it.
+    drop(intro);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.status().contains("relayed at: ") {
+        assert!(
+            Instant::now() < deadline,
+            "the relayed address outlived the relay:\n{}",
+            a.status()
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+
+    // Back on the same address with the same identity: A rejoins and reserves again.
+    let _intro = lab.start_intro();
+    assert_eq!(
+        a.wait_reachability("after the restart", Duration::from_secs(60)),
+        "private"
     );
 }

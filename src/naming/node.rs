@@ -40,6 +40,8 @@ const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(30);
 /// most peers of a small network; keeping those connections longer costs about 50 KiB each
 /// (buffers) and brings nothing, while a peer asked again within a minute needs no handshake.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a node behind NAT checks that it still holds a relay reservation.
+const RELAY_CHECK: Duration = Duration::from_secs(10);
 /// How long the DHT keeps asking after a caller's budget ran out (to warm the cache).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -522,6 +524,8 @@ impl Node {
         // peer at all, it dials its bootstrap peers again.
         let mut redial = tokio::time::interval(BOOTSTRAP_REDIAL);
         redial.tick().await;
+        let mut relay_check = tokio::time::interval(RELAY_CHECK);
+        relay_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut partial = tokio::time::interval(Duration::from_millis(50));
         partial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut state = EventLoop {
@@ -545,12 +549,27 @@ impl Node {
                     None => break,
                 },
                 event = futures_next(&mut swarm) => {
-                    if let SwarmEvent::NewListenAddr { address, .. } = &event {
-                        listen_addrs.push(address.clone());
+                    match &event {
+                        SwarmEvent::NewListenAddr { address, .. } => {
+                            listen_addrs.push(address.clone());
+                        }
+                        SwarmEvent::ExpiredListenAddr { address, .. } => {
+                            listen_addrs.retain(|a| a != address);
+                        }
+                        SwarmEvent::ListenerClosed { addresses, .. } => {
+                            listen_addrs.retain(|a| !addresses.contains(a));
+                        }
+                        _ => {}
                     }
                     state.event(&mut swarm, event);
                 }
                 _ = partial.tick() => state.answer_due_lookups(),
+                _ = relay_check.tick() => {
+                    // A relay restarted or went away: its reservation is gone; ask again.
+                    if state.reserved && !listen_addrs.iter().any(is_relayed) {
+                        reserve_relays(&mut swarm, &state.config.bootstrap, false);
+                    }
+                }
                 _ = redial.tick() => {
                     if swarm.connected_peers().next().is_none() {
                         dial_bootstrap(&mut swarm, &state.config.bootstrap, false);
@@ -704,7 +723,7 @@ fn is_relayed(addr: &Multiaddr) -> bool {
 
 /// Asks each bootstrap peer that names its peer id for a relay slot (listening on
 /// `<relay>/p2p-circuit`): the relayed address lets others reach this node behind NAT.
-fn reserve_relays(swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
+fn reserve_relays(swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr], first: bool) {
     for relay in bootstrap {
         if !matches!(
             relay.iter().last(),
@@ -714,7 +733,8 @@ fn reserve_relays(swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr]) {
         }
         let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
         match swarm.listen_on(circuit) {
-            Ok(_) => info!(%relay, "asking for a relay reservation"),
+            Ok(_) if first => info!(%relay, "asking for a relay reservation"),
+            Ok(_) => debug!(%relay, "asking for a relay reservation again"),
             Err(error) => warn!(%relay, %error, "cannot ask for a relay reservation"),
         }
     }
@@ -969,12 +989,14 @@ impl EventLoop {
         match status {
             autonat::NatStatus::Public(_) => {
                 swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+                // Reachable now: no new relay slots (those held expire on their own).
+                self.reserved = false;
             }
             autonat::NatStatus::Private => {
                 swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Client));
                 if !self.reserved {
                     self.reserved = true;
-                    reserve_relays(swarm, &self.config.bootstrap);
+                    reserve_relays(swarm, &self.config.bootstrap, true);
                 }
             }
             autonat::NatStatus::Unknown => {}
