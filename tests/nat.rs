@@ -1297,3 +1297,87 @@ fn a_node_behind_nat_reserves_again_after_the_introduction_server_restarts() {
         "private"
     );
 }
+
+/// Benchmark, not a test: repeated `connect` trials per NAT pairing; prints the direct
+/// connection rate and the time from the first dial to a direct connection.
+///
+/// Run: `TRIALS=5 PAIRS=eim-eim,eim-addr,sym-sym cargo test --release --test nat \
+/// traversal_benchmark -- --ignored --nocapture` (pairs: publisher-connector, each one of eim,
+/// full, addr, sym; default: the ten of the matrix test). Both transports (QUIC and TCP) are
+/// offered, as in a default configuration.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn traversal_benchmark() {
+    let tools = Tools::find();
+    let trials: usize = env::var("TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(3);
+    let kind = |name: &str| match name {
+        "eim" => Nat::Eim,
+        "full" => Nat::FullCone,
+        "addr" => Nat::AddressRestricted,
+        "sym" => Nat::Symmetric,
+        other => panic!("unknown NAT kind {other:?} (eim, full, addr, sym)"),
+    };
+    let pairs: Vec<(Nat, Nat)> = env::var("PAIRS")
+        .unwrap_or_else(|_| {
+            "eim-eim,eim-full,eim-addr,eim-sym,full-full,full-sym,addr-addr,addr-full,sym-eim,sym-sym"
+                .into()
+        })
+        .split(',')
+        .map(|pair| {
+            let (a, b) = pair.split_once('-').expect("PAIRS: publisher-connector,...");
+            (kind(a), kind(b))
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for (a, b) in pairs {
+        let (mut direct, mut punched, mut failed) = (0, 0, 0);
+        let mut times = Vec::new();
+        for _ in 0..trials {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                connect_case(&tools, a, b)
+            })) {
+                Ok(c) => {
+                    if c.direct {
+                        direct += 1;
+                        punched += usize::from(c.punched);
+                        if let Some(ms) = c
+                            .output
+                            .rsplit(" in ")
+                            .next()
+                            .and_then(|t| t.trim_end_matches(" ms").parse::<u64>().ok())
+                        {
+                            times.push(ms);
+                        }
+                    }
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        times.sort_unstable();
+        let pct = |q: f64| {
+            times
+                .get(((times.len() as f64 - 1.0) * q).round() as usize)
+                .map_or("-".to_owned(), |t| format!("{t} ms"))
+        };
+        rows.push(format!(
+            "| {a:?} | {b:?} | {direct}/{trials} | {punched} | {failed} | {} | {} |",
+            pct(0.5),
+            pct(0.95)
+        ));
+        eprintln!("{}", rows.last().unwrap());
+    }
+    println!();
+    println!(
+        "{trials} trials per pairing; a trial is a fresh lab (introduction server, two homes)."
+    );
+    println!(
+        "| publisher's NAT | connector's NAT | direct | of which hole punched | set-up failures | time to direct p50 | p95 |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for row in rows {
+        println!("{row}");
+    }
+}
