@@ -40,6 +40,9 @@ const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(30);
 /// most peers of a small network; keeping those connections longer costs about 50 KiB each
 /// (buffers) and brings nothing, while a peer asked again within a minute needs no handshake.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest time to set up one connection (TCP connect or QUIC handshake, then Noise and
+/// Yamux): a few round trips even over a satellite link, well under Kademlia's 10 s per peer.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(6);
 /// How often a node behind NAT checks that it still holds a relay reservation.
 const RELAY_CHECK: Duration = Duration::from_secs(10);
 /// How long the DHT keeps asking after a caller's budget ran out (to warm the cache).
@@ -361,13 +364,23 @@ impl Node {
         let upnp_enabled = config.upnp;
         let mut swarm = SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_quic_config(|mut quic| {
+                quic.handshake_timeout = DIAL_TIMEOUT;
+                quic
+            })
+            // TCP with a bounded dial: a peer behind a NAT that drops unsolicited packets
+            // (yet listed in the DHT) answers no SYN, and without a bound each query that
+            // tries it waits for Kademlia's 10 s peer timeout.
+            .with_other_transport(|key| {
+                Ok(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .upgrade(upgrade::Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default())
+                        .timeout(DIAL_TIMEOUT),
+                )
+            })
             .map_err(|e| NodeError::Build(e.to_string()))?
-            .with_quic()
             // In-process peers (`/memory/N`): the large networks of the benchmarks. Nothing
             // outside this process can reach it.
             .with_other_transport(|key| {
