@@ -13,7 +13,7 @@ use crate::{
     config::{DhtMode, P2pConfig},
     naming::{
         identity::{self, IdentityError},
-        node::{Node, NodeError, Role},
+        node::{Node, NodeError, Role, Scope, ip_scope},
     },
 };
 
@@ -92,25 +92,17 @@ fn with_peer(addr: &Multiaddr, peer: libp2p::PeerId) -> Multiaddr {
     }
 }
 
-/// Is the address one that hosts elsewhere on the internet can dial?
+/// Is the address one that hosts elsewhere on the internet can dial? (Global scope, and not
+/// unspecified or a documentation range.)
 fn is_public(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => {
-            !(ip.is_private()
-                || ip.is_loopback()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.is_documentation()
-                // 100.64.0.0/10, carrier-grade NAT.
-                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64))
-        }
-        Protocol::Ip6(ip) => {
-            !(ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80)
-        }
-        _ => false,
+    addr.iter().any(|p| {
+        let ip: std::net::IpAddr = match p {
+            Protocol::Ip4(ip) if ip.is_documentation() => return false,
+            Protocol::Ip4(ip) => ip.into(),
+            Protocol::Ip6(ip) => ip.into(),
+            _ => return false,
+        };
+        ip_scope(ip) == Scope::Global && !ip.is_unspecified()
     })
 }
 

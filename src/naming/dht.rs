@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::{
     NamingAnswer, RecordSource, answer_from,
     identity::write_private,
-    node::{NodeError, NodeHandle, Replicas},
+    node::{NodeError, NodeHandle, Replicas, Scope, ip_scope},
     record::{self, NameRecord, RecordError, key_of_name, record_name_for, unix_now},
 };
 
@@ -550,23 +550,9 @@ fn is_private_answer(record: &Record) -> bool {
         RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
         _ => return false,
     };
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                // 100.64.0.0/10, carrier-grade NAT.
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    }
+    let ip = ip.to_canonical();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    ip_scope(ip) != Scope::Global || ip.is_unspecified() || broadcast
 }
 
 impl RecordSource for NameRecord {

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -695,32 +696,43 @@ fn status(
 
 /// How far an address can be dialed from: the same host, the same network, anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Scope {
+pub(crate) enum Scope {
     Host,
     Local,
     Global,
 }
 
+/// The scope of an IP address: loopback; private, link-local, carrier-grade NAT
+/// (100.64.0.0/10) and unique-local; everything else. The one classification behind the
+/// routing-table filter, the rebinding filter of `.p2p` answers and the introduction server's
+/// public-address check.
+pub(crate) fn ip_scope(ip: IpAddr) -> Scope {
+    match ip {
+        IpAddr::V4(ip) if ip.is_loopback() => Scope::Host,
+        IpAddr::V4(ip)
+            if ip.is_private()
+                || ip.is_link_local()
+                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64) =>
+        {
+            Scope::Local
+        }
+        IpAddr::V6(ip) if ip.is_loopback() => Scope::Host,
+        IpAddr::V6(ip)
+            if (ip.segments()[0] & 0xfe00) == 0xfc00 || (ip.segments()[0] & 0xffc0) == 0xfe80 =>
+        {
+            Scope::Local
+        }
+        _ => Scope::Global,
+    }
+}
+
 /// The scope of a multiaddr's IP (anything else, such as `/memory`, counts as global).
-fn scope(addr: &Multiaddr) -> Scope {
+pub(crate) fn scope(addr: &Multiaddr) -> Scope {
     use libp2p::multiaddr::Protocol;
     for protocol in addr.iter() {
         match protocol {
-            Protocol::Ip4(ip) if ip.is_loopback() => return Scope::Host,
-            Protocol::Ip4(ip)
-                if ip.is_private()
-                    || ip.is_link_local()
-                    || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64) =>
-            {
-                return Scope::Local;
-            }
-            Protocol::Ip6(ip) if ip.is_loopback() => return Scope::Host,
-            Protocol::Ip6(ip)
-                if (ip.segments()[0] & 0xfe00) == 0xfc00
-                    || (ip.segments()[0] & 0xffc0) == 0xfe80 =>
-            {
-                return Scope::Local;
-            }
+            Protocol::Ip4(ip) => return ip_scope(ip.into()),
+            Protocol::Ip6(ip) => return ip_scope(ip.into()),
             Protocol::P2pCircuit => return Scope::Global,
             _ => {}
         }
