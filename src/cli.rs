@@ -361,6 +361,13 @@ fn render(response: &Response) -> String {
                         p.relayed_connections
                     );
                     let _ = writeln!(out, "reachable:  {} (AutoNAT)", p.reachability);
+                    if p.reachability.contains("behind NAT") {
+                        let _ = writeln!(
+                            out,
+                            "            (proven only from peers it contacted: its NAT may \
+                             filter others, so it keeps a relay slot)"
+                        );
+                    }
                     for (addr, how) in &p.external_addrs {
                         let _ = writeln!(out, "external:   {addr} ({how})");
                     }

@@ -11,6 +11,7 @@ use std::{
 use hickory_proto::rr::Name;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat,
+    core::transport::ListenerId,
     core::{transport::MemoryTransport, upgrade},
     dcutr, identify, identity,
     kad::{self, store::MemoryStore, store::MemoryStoreConfig, store::RecordStore},
@@ -554,6 +555,8 @@ impl Node {
             upnp_addrs: HashSet::new(),
             joined: handle.joined.clone(),
             reserved: false,
+            behind_nat: false,
+            relay_listeners: HashMap::new(),
         };
         loop {
             tokio::select! {
@@ -570,8 +573,14 @@ impl Node {
                         SwarmEvent::ExpiredListenAddr { address, .. } => {
                             listen_addrs.retain(|a| a != address);
                         }
-                        SwarmEvent::ListenerClosed { addresses, .. } => {
+                        SwarmEvent::ListenerClosed {
+                            listener_id,
+                            addresses,
+                            ..
+                        } => {
                             listen_addrs.retain(|a| !addresses.contains(a));
+                            // A relay restarted or refused: ask it again at the next check.
+                            state.relay_listeners.remove(listener_id);
                         }
                         _ => {}
                     }
@@ -580,8 +589,13 @@ impl Node {
                 _ = partial.tick() => state.answer_due_lookups(),
                 _ = relay_check.tick() => {
                     // A relay restarted or went away: its reservation is gone; ask again.
-                    if state.reserved && !listen_addrs.iter().any(is_relayed) {
-                        reserve_relays(&mut swarm, &state.config.bootstrap, false);
+                    if state.reserved {
+                        reserve_relays(
+                            &mut swarm,
+                            &state.config.bootstrap,
+                            &mut state.relay_listeners,
+                            false,
+                        );
                     }
                 }
                 _ = redial.tick() => {
@@ -646,6 +660,7 @@ fn status(
         }
     }
     let reachability = match swarm.behaviour().autonat.nat_status() {
+        autonat::NatStatus::Public(_) if state.behind_nat => "public behind NAT",
         autonat::NatStatus::Public(_) => "public",
         autonat::NatStatus::Private => "private",
         autonat::NatStatus::Unknown => "unknown",
@@ -746,20 +761,70 @@ fn is_relayed(addr: &Multiaddr) -> bool {
         .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
 }
 
+/// Is `addr` (an address peers saw) on one of the node's own interfaces? The node is then not
+/// behind a NAT. Addresses without an IP (memory transport) count as the node's own.
+fn is_own_address<'a>(addr: &Multiaddr, listeners: impl Iterator<Item = &'a Multiaddr>) -> bool {
+    let ip = |a: &Multiaddr| {
+        a.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => Some(IpAddr::from(ip)),
+            libp2p::multiaddr::Protocol::Ip6(ip) => Some(IpAddr::from(ip)),
+            _ => None,
+        })
+    };
+    match ip(addr) {
+        None => true,
+        Some(seen) => listeners.filter_map(ip).any(|own| own == seen),
+    }
+}
+
+/// The bootstrap peers that name their peer id, one address each (QUIC first: hole punching
+/// works best over it).
+fn relay_candidates(bootstrap: &[Multiaddr]) -> Vec<&Multiaddr> {
+    let peer = |a: &Multiaddr| match a.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    };
+    let quic = |a: &Multiaddr| {
+        a.iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+    };
+    let mut chosen: Vec<&Multiaddr> = Vec::new();
+    for addr in bootstrap.iter().filter(|a| peer(a).is_some()) {
+        match chosen.iter_mut().find(|c| peer(c) == peer(addr)) {
+            Some(c) if quic(addr) && !quic(c) => *c = addr,
+            Some(_) => {}
+            None => chosen.push(addr),
+        }
+    }
+    chosen
+}
+
 /// Asks each bootstrap peer that names its peer id for a relay slot (listening on
-/// `<relay>/p2p-circuit`): the relayed address lets others reach this node behind NAT.
-fn reserve_relays(swarm: &mut Swarm<Behaviour>, bootstrap: &[Multiaddr], first: bool) {
-    for relay in bootstrap {
-        if !matches!(
-            relay.iter().last(),
-            Some(libp2p::multiaddr::Protocol::P2p(_))
-        ) {
+/// `<relay>/p2p-circuit`), once per peer and only where no request or reservation is alive:
+/// the relayed address lets others reach this node behind NAT.
+fn reserve_relays(
+    swarm: &mut Swarm<Behaviour>,
+    bootstrap: &[Multiaddr],
+    held: &mut HashMap<ListenerId, PeerId>,
+    first: bool,
+) {
+    for relay in relay_candidates(bootstrap) {
+        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = relay.iter().last() else {
+            continue;
+        };
+        if held.values().any(|p| *p == peer) {
             continue;
         }
         let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
         match swarm.listen_on(circuit) {
-            Ok(_) if first => info!(%relay, "asking for a relay reservation"),
-            Ok(_) => debug!(%relay, "asking for a relay reservation again"),
+            Ok(id) => {
+                held.insert(id, peer);
+                if first {
+                    info!(%relay, "asking for a relay reservation");
+                } else {
+                    debug!(%relay, "asking for a relay reservation again");
+                }
+            }
             Err(error) => warn!(%relay, %error, "cannot ask for a relay reservation"),
         }
     }
@@ -792,6 +857,11 @@ struct EventLoop {
     connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     /// Relay slots were asked for (the node found it is not reachable).
     reserved: bool,
+    /// AutoNAT reached the node at an address that is not its own: it sits behind a NAT that
+    /// let the prober in, which may filter strangers (see `reachability_changed`).
+    behind_nat: bool,
+    /// Open relay listeners (a reservation asked for or held), by the relay they are on.
+    relay_listeners: HashMap<ListenerId, PeerId>,
 }
 
 impl EventLoop {
@@ -1006,22 +1076,48 @@ impl EventLoop {
     /// AutoNAT's verdict: a reachable node serves the DHT, an unreachable one only asks (others
     /// could not dial it) and takes relay slots so that it can still be reached. A relayed
     /// address never makes a node a DHT server.
+    ///
+    /// "Public" is trusted only when the confirmed address is the node's own (no NAT), a UPnP
+    /// mapping, or the operator configured external addresses. Behind a NAT, a prober is always
+    /// a peer the node has already sent to, so an address-restricted NAT lets it in and keeps
+    /// strangers out: such a node still takes relay slots and stays a DHT client.
     fn reachability_changed(&mut self, swarm: &mut Swarm<Behaviour>, status: autonat::NatStatus) {
-        info!(?status, "reachability");
+        self.behind_nat = match &status {
+            autonat::NatStatus::Public(addr) => {
+                self.config.external_addresses.is_empty()
+                    && self.upnp_addrs.is_empty()
+                    && !is_own_address(addr, swarm.listeners())
+            }
+            _ => false,
+        };
+        if self.behind_nat {
+            info!(
+                ?status,
+                "reachable behind NAT, but only proven from a peer this node contacted; \
+                 keeping a relay slot"
+            );
+        } else {
+            info!(?status, "reachability");
+        }
         if self.config.dht_mode != DhtMode::Auto {
             return;
         }
         match status {
-            autonat::NatStatus::Public(_) => {
+            autonat::NatStatus::Public(_) if !self.behind_nat => {
                 swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
                 // Reachable now: no new relay slots (those held expire on their own).
                 self.reserved = false;
             }
-            autonat::NatStatus::Private => {
+            autonat::NatStatus::Public(_) | autonat::NatStatus::Private => {
                 swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Client));
                 if !self.reserved {
                     self.reserved = true;
-                    reserve_relays(swarm, &self.config.bootstrap, true);
+                    reserve_relays(
+                        swarm,
+                        &self.config.bootstrap,
+                        &mut self.relay_listeners,
+                        true,
+                    );
                 }
             }
             autonat::NatStatus::Unknown => {}
@@ -1267,5 +1363,47 @@ mod tests {
         ] {
             assert_eq!(scope(&addr.parse().unwrap()), expected, "{addr}");
         }
+    }
+
+    #[test]
+    fn a_node_is_behind_nat_when_peers_see_an_address_it_does_not_have() {
+        let own: Vec<Multiaddr> = ["/ip4/10.1.0.2/tcp/4747", "/ip4/127.0.0.1/tcp/4747"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let seen = |a: &str| is_own_address(&a.parse().unwrap(), own.iter());
+        assert!(!seen("/ip4/198.18.1.1/tcp/4747"));
+        assert!(seen("/ip4/10.1.0.2/tcp/31000"));
+        assert!(seen("/memory/77"));
+        assert!(!is_own_address(
+            &"/ip4/10.1.0.2/tcp/4747".parse().unwrap(),
+            [].iter()
+        ));
+    }
+
+    #[test]
+    fn one_relay_address_per_peer_with_quic_preferred() {
+        let a = PeerId::random();
+        let b = PeerId::random();
+        let addrs: Vec<Multiaddr> = [
+            format!("/ip4/198.18.0.2/tcp/4747/p2p/{a}"),
+            format!("/ip4/198.18.0.2/udp/4747/quic-v1/p2p/{a}"),
+            "/ip4/198.18.0.9/tcp/4747".to_owned(),
+            format!("/ip4/198.18.0.3/tcp/4747/p2p/{b}"),
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let chosen: Vec<String> = relay_candidates(&addrs)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            chosen,
+            [
+                format!("/ip4/198.18.0.2/udp/4747/quic-v1/p2p/{a}"),
+                format!("/ip4/198.18.0.3/tcp/4747/p2p/{b}"),
+            ]
+        );
     }
 }
