@@ -210,6 +210,12 @@ pub struct P2pConfig {
     pub nat_probe_private_addresses: bool,
     /// Ask a UPnP gateway (home router) to forward the P2P ports.
     pub upnp: bool,
+    /// Learn the public UDP address and the NAT's mapping behaviour from STUN servers.
+    pub stun: bool,
+    /// STUN servers (`host:port`); empty: each bootstrap peer's host on port 3478, where
+    /// introduction servers answer.
+    #[serde(deserialize_with = "host_ports")]
+    pub stun_servers: Vec<String>,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
     /// Kademlia mode: serve the DHT to others, only use it, or decide.
@@ -244,6 +250,8 @@ impl Default for P2pConfig {
             external_addresses: Vec::new(),
             nat_probe_private_addresses: false,
             upnp: true,
+            stun: true,
+            stun_servers: Vec::new(),
             mdns: true,
             dht_mode: DhtMode::Auto,
             lookup_budget_ms: 2000,
@@ -259,8 +267,8 @@ impl Default for P2pConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DhtMode {
-    /// Serve the DHT while directly reachable (today: always; reachability probing comes
-    /// with NAT traversal).
+    /// Serve the DHT while AutoNAT finds the node reachable from anywhere; only ask (and take
+    /// relay slots) when it is private or behind a NAT.
     Auto,
     Server,
     Client,
@@ -274,6 +282,21 @@ fn multiaddrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Erro
                 .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a multiaddr: {e}")))
         })
         .collect()
+}
+
+fn host_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let all = Vec::<String>::deserialize(d)?;
+    for s in &all {
+        let valid = s.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.trim_matches(['[', ']']).is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not host:port (e.g. \"stun.example.net:3478\" or \"[2001:db8::1]:3478\")"
+            )));
+        }
+    }
+    Ok(all)
 }
 
 /// An upstream server: an IP address with an optional port (53 if absent).

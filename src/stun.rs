@@ -561,7 +561,7 @@ fn classify(first: SocketAddr, second: SocketAddr, local: Option<SocketAddr>) ->
 /// The address `socket`'s packets to `toward` leave from. For a socket bound to the wildcard
 /// address, the kernel's choice of source address for that destination, found by connecting a
 /// second socket (which sends nothing).
-fn local_endpoint(socket: &UdpSocket, toward: SocketAddr) -> Option<SocketAddr> {
+pub(crate) fn local_endpoint(socket: &UdpSocket, toward: SocketAddr) -> Option<SocketAddr> {
     let local = socket.local_addr().ok()?;
     if !local.ip().is_unspecified() {
         return Some(local);
@@ -577,7 +577,7 @@ fn local_endpoint(socket: &UdpSocket, toward: SocketAddr) -> Option<SocketAddr> 
 }
 
 /// Equal addresses, counting an IPv4-mapped IPv6 address as the IPv4 address.
-fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+pub(crate) fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 

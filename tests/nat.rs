@@ -49,6 +49,11 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two looks at something being polled.
 const POLL: Duration = Duration::from_millis(50);
 
+/// The introduction server's STUN ports: the standard one, which nodes ask by default, and a
+/// second one for telling mapping behaviour.
+const STUN_PORT: u16 = 3478;
+const STUN_OTHER_PORT: u16 = 3479;
+
 /// The internet of the lab: 198.18.0.0/15 (RFC 2544 benchmarking), routed nowhere outside.
 const INTERNET_PREFIX_LEN: u8 = 15;
 /// The introduction server's address.
@@ -724,6 +729,10 @@ impl Lab {
         for addr in &addrs {
             command.args(["--p2p-listen", addr, "--external-addr", addr]);
         }
+        // Two STUN ports, so that nodes can tell their NAT's mapping behaviour.
+        for port in [STUN_PORT, STUN_OTHER_PORT] {
+            command.args(["--stun-listen", &format!("{INTRO_ADDR}:{port}")]);
+        }
         let mut proc = Proc::spawn("intro", command, self.dir.path());
         let bootstrap_lines = |log: &str| -> Vec<String> {
             log.lines()
@@ -752,6 +761,11 @@ impl Lab {
     /// Starts `p2pdns run` in `home`'s host: DNS on 127.0.0.1:DNS_PORT, P2P on 0.0.0.0 port
     /// P2P_PORT (TCP and QUIC), no mDNS, no upstream, bootstrapping from `bootstrap`.
     fn start_daemon(&self, home: &Home, bootstrap: &[String]) -> Daemon {
+        self.start_daemon_with(home, bootstrap, "")
+    }
+
+    /// [`Lab::start_daemon`] with more lines for the `[p2p]` section of its configuration.
+    fn start_daemon_with(&self, home: &Home, bootstrap: &[String], p2p: &str) -> Daemon {
         let name = format!(
             "daemon-{}",
             home.host.name.rsplit('-').next().unwrap_or("h")
@@ -766,7 +780,7 @@ impl Lab {
             format!(
                 "[upstream]\nservers = []\nresolv_conf = {:?}\n\n\
                  [p2p]\nlisten = [\"/ip4/0.0.0.0/udp/{P2P_PORT}/quic-v1\", \"/ip4/0.0.0.0/tcp/{P2P_PORT}\"]\n\
-                 mdns = false\nnat_probe_private_addresses = true\nbootstrap = [{}]\n",
+                 mdns = false\nnat_probe_private_addresses = true\nbootstrap = [{}]\n{p2p}\n",
                 resolv_conf.display().to_string(),
                 quoted.join(", ")
             ),
@@ -1162,6 +1176,62 @@ fn connect_case(tools: &Tools, a_nat: Nat, b_nat: Nat) -> Connected {
         direct: output.contains(": direct connection to "),
         punched: output.contains("relayed first, then hole punched"),
         output,
+    }
+}
+
+/// The node's STUN client, against the introduction server's two STUN ports: the public
+/// address behind any NAT, and which NATs keep one mapping for every destination.
+#[test]
+fn stun_tells_a_node_its_public_address_and_its_nats_mapping() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let eim = lab.home(Nat::Eim);
+    let symmetric = lab.home(Nat::Symmetric);
+    let plain = lab.home(Nat::Eim);
+    let intro = lab.start_intro();
+    let both = format!(
+        "stun_servers = [\"{INTRO_ADDR}:{STUN_PORT}\", \"{INTRO_ADDR}:{STUN_OTHER_PORT}\"]"
+    );
+    let cases = [
+        (
+            lab.start_daemon_with(&eim, &intro.bootstrap, &both),
+            &eim,
+            "endpoint-independent mapping",
+        ),
+        (
+            lab.start_daemon_with(&symmetric, &intro.bootstrap, &both),
+            &symmetric,
+            "endpoint-dependent (symmetric) NAT",
+        ),
+        // No servers configured: the bootstrap peer's host on port 3478, one server.
+        (
+            lab.start_daemon(&plain, &intro.bootstrap),
+            &plain,
+            "one server: mapping behaviour unknown",
+        ),
+    ];
+    for (daemon, home, expected) in &cases {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let line = loop {
+            let status = daemon.status();
+            if let Some(line) = status.lines().find(|l| l.contains("(STUN via ")) {
+                break line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?}: no STUN address in status:\n{status}\n{}",
+                home.kind,
+                tail(&daemon.proc.stderr(), 40)
+            );
+            thread::sleep(Duration::from_millis(250));
+        };
+        eprintln!("{:?}: {line}", home.kind);
+        assert!(
+            line.contains(&format!("/ip4/{}/udp/", home.wan)) && line.contains(expected),
+            "{:?}: expected {} and {expected:?}: {line}",
+            home.kind,
+            home.wan
+        );
     }
 }
 

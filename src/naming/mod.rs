@@ -8,6 +8,7 @@ pub mod dht;
 pub mod identity;
 pub mod node;
 pub mod record;
+pub mod stun_probe;
 mod zbase32;
 mod zone;
 

@@ -332,6 +332,7 @@ pub struct Node {
     handle: NodeHandle,
     listen_addrs: Vec<Multiaddr>,
     config: P2pConfig,
+    role: Role,
 }
 
 impl Node {
@@ -509,6 +510,7 @@ impl Node {
             },
             listen_addrs,
             config: config.clone(),
+            role,
         })
     }
 
@@ -533,7 +535,19 @@ impl Node {
             handle,
             mut listen_addrs,
             config,
+            role,
         } = self;
+        let stun_report = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let stun_servers = super::stun_probe::servers(&config.stun_servers, &config.bootstrap);
+        // An introduction server answers STUN; it need not ask.
+        let stun_task =
+            (config.stun && role != Role::Intro && !stun_servers.is_empty()).then(|| {
+                tokio::spawn(super::stun_probe::run(
+                    stun_servers,
+                    stun_report.clone(),
+                    shutdown.child_token(),
+                ))
+            });
         dial_bootstrap(&mut swarm, &config.bootstrap, true);
         // A daemon often starts before the network is up (a laptop at boot): while it has no
         // peer at all, it dials its bootstrap peers again.
@@ -557,6 +571,7 @@ impl Node {
             reserved: false,
             behind_nat: false,
             relay_listeners: HashMap::new(),
+            stun_report,
         };
         loop {
             tokio::select! {
@@ -604,6 +619,9 @@ impl Node {
                     }
                 }
             }
+        }
+        if let Some(task) = stun_task {
+            task.abort();
         }
         debug!("P2P node stopped");
     }
@@ -666,7 +684,7 @@ fn status(
         autonat::NatStatus::Unknown => "unknown",
     }
     .to_owned();
-    let external_addrs = swarm
+    let mut external_addrs: Vec<(Multiaddr, String)> = swarm
         .external_addresses()
         .map(|addr| {
             let how = if state.config.external_addresses.contains(addr) {
@@ -681,6 +699,12 @@ fn status(
             (addr.clone(), how.to_owned())
         })
         .collect();
+    let stun = state
+        .stun_report
+        .lock()
+        .ok()
+        .and_then(|r| r.as_ref().and_then(super::stun_probe::StunReport::external));
+    external_addrs.extend(stun);
     let relay_reservations = listen_addrs
         .iter()
         .filter(|a| is_relayed(a))
@@ -862,6 +886,8 @@ struct EventLoop {
     behind_nat: bool,
     /// Open relay listeners (a reservation asked for or held), by the relay they are on.
     relay_listeners: HashMap<ListenerId, PeerId>,
+    /// What the STUN client learned last.
+    stun_report: std::sync::Arc<std::sync::Mutex<Option<super::stun_probe::StunReport>>>,
 }
 
 impl EventLoop {

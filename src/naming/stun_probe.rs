@@ -1,0 +1,244 @@
+//! The node's STUN client: asks STUN servers (the introduction servers by default) which public
+//! address its UDP packets leave from and, given two servers, whether the NAT keeps one mapping
+//! for every destination (hole punching can work) or makes a new one for each (a symmetric NAT).
+//! `p2pdns status` shows what it learned among the external addresses.
+//!
+//! It asks from a socket of its own, not from the QUIC socket (which the QUIC endpoint reads):
+//! the public address is the one QUIC's packets leave from too, the port is this socket's.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use libp2p::{Multiaddr, multiaddr::Protocol};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::stun::{self, Mapping};
+
+/// The port STUN servers listen on (RFC 8489 section 9), and introduction servers by default.
+pub const STUN_PORT: u16 = 3478;
+/// The first probe waits this long after start (the network may still be coming up)...
+const FIRST_PROBE: Duration = Duration::from_secs(1);
+/// ...then a probe every so often, as NAT mappings and public addresses change...
+const PROBE_INTERVAL: Duration = Duration::from_secs(600);
+/// ...or sooner after a failure, doubling up to the interval.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long one server gets to answer, retransmissions included.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the last probe learned.
+#[derive(Debug, Clone)]
+pub struct StunReport {
+    /// The servers asked.
+    pub servers: Vec<SocketAddr>,
+    pub outcome: Result<Mapping, String>,
+}
+
+impl StunReport {
+    /// The public address and how it was learned, as `status` lists external addresses.
+    pub fn external(&self) -> Option<(Multiaddr, String)> {
+        let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        let servers = servers.join(", ");
+        let (mapped, what) = match &self.outcome {
+            Ok(Mapping::NotNatted) => return None,
+            Ok(Mapping::EndpointIndependent(mapped)) if self.servers.len() < 2 => {
+                (*mapped, "one server: mapping behaviour unknown".to_owned())
+            }
+            Ok(Mapping::EndpointIndependent(mapped)) => (
+                *mapped,
+                "endpoint-independent mapping: hole punching can work".to_owned(),
+            ),
+            Ok(Mapping::EndpointDependent { first, second }) => (
+                *first,
+                format!(
+                    "endpoint-dependent (symmetric) NAT: another server saw {second}; peers \
+                     reach this node through a relay unless they are reachable themselves"
+                ),
+            ),
+            Err(_) => return None,
+        };
+        let addr = Multiaddr::from(mapped.ip()).with(Protocol::Udp(mapped.port()));
+        Some((addr, format!("STUN via {servers}; {what}")))
+    }
+}
+
+/// The servers to ask: those configured, else each bootstrap peer's host on the STUN port.
+pub fn servers(configured: &[String], bootstrap: &[Multiaddr]) -> Vec<String> {
+    if !configured.is_empty() {
+        return configured.to_vec();
+    }
+    let mut servers: Vec<String> = Vec::new();
+    for addr in bootstrap {
+        let host = addr.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(format!("{ip}:{STUN_PORT}")),
+            Protocol::Ip6(ip) => Some(format!("[{ip}]:{STUN_PORT}")),
+            Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h) => {
+                Some(format!("{h}:{STUN_PORT}"))
+            }
+            _ => None,
+        });
+        if let Some(host) = host
+            && !servers.contains(&host)
+        {
+            servers.push(host);
+        }
+    }
+    servers
+}
+
+/// Probes `servers` now and then until `stop`, keeping the last report in `report`.
+pub async fn run(
+    servers: Vec<String>,
+    report: Arc<Mutex<Option<StunReport>>>,
+    stop: CancellationToken,
+) {
+    let mut wait = FIRST_PROBE;
+    let mut retry = RETRY_AFTER;
+    let mut last_seen: Option<String> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let new = probe(&servers).await;
+        match &new.outcome {
+            Ok(_) => {
+                wait = PROBE_INTERVAL;
+                retry = RETRY_AFTER;
+                let seen = new.external().map(|(addr, how)| format!("{addr} ({how})"));
+                if seen != last_seen {
+                    match &seen {
+                        Some(seen) => info!(external = %seen, "STUN"),
+                        None => info!("STUN: not behind NAT"),
+                    }
+                    last_seen = seen;
+                }
+            }
+            Err(error) => {
+                debug!(%error, "STUN probe failed");
+                wait = retry;
+                retry = (retry * 2).min(PROBE_INTERVAL);
+            }
+        }
+        if let Ok(mut slot) = report.lock() {
+            *slot = Some(new);
+        }
+    }
+}
+
+/// One probe: resolve the servers, ask two if there are two (mapping behaviour), else one.
+async fn probe(servers: &[String]) -> StunReport {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let mut errors = Vec::new();
+    for server in servers {
+        match tokio::net::lookup_host(server.as_str()).await {
+            Ok(found) => {
+                for addr in found.filter(SocketAddr::is_ipv4).take(1) {
+                    if !addrs.contains(&addr) {
+                        addrs.push(addr);
+                    }
+                }
+            }
+            Err(error) => errors.push(format!("{server}: {error}")),
+        }
+    }
+    let outcome = match ask(&addrs).await {
+        Ok(mapping) => Ok(mapping),
+        Err(error) if errors.is_empty() => Err(error),
+        Err(error) => Err(format!("{error}; {}", errors.join("; "))),
+    };
+    StunReport {
+        servers: addrs,
+        outcome,
+    }
+}
+
+async fn ask(servers: &[SocketAddr]) -> Result<Mapping, String> {
+    let Some(&first) = servers.first() else {
+        return Err("no STUN server address".to_owned());
+    };
+    let socket = UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    if servers.len() >= 2 {
+        return stun::mapping_behaviour(&socket, servers, SERVER_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let mapped = stun::binding(&socket, first, SERVER_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    // One server cannot tell the mapping kind; it can tell whether there is a NAT at all.
+    if stun::local_endpoint(&socket, first).is_some_and(|l| stun::same_endpoint(l, mapped)) {
+        return Ok(Mapping::NotNatted);
+    }
+    Ok(Mapping::EndpointIndependent(mapped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_hosts_become_stun_servers_once_each() {
+        let bootstrap: Vec<Multiaddr> = [
+            "/ip4/198.51.100.7/tcp/4747/p2p/12D3KooWGmYqn1UUrhPPwRnXa5VTHLeE5ddjpeZw2pYCvsSrmvCA",
+            "/ip4/198.51.100.7/udp/4747/quic-v1",
+            "/dns4/intro.example.org/tcp/4747",
+            "/ip6/2001:db8::1/tcp/4747",
+            "/memory/9",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(
+            servers(&[], &bootstrap),
+            [
+                "198.51.100.7:3478",
+                "intro.example.org:3478",
+                "[2001:db8::1]:3478"
+            ]
+        );
+        let configured = vec!["stun.example.net:19302".to_owned()];
+        assert_eq!(servers(&configured, &bootstrap), configured);
+    }
+
+    #[test]
+    fn reports_list_the_public_address_and_how_it_maps() {
+        let server: SocketAddr = "198.51.100.7:3478".parse().unwrap();
+        let second: SocketAddr = "198.51.100.7:3479".parse().unwrap();
+        let report = |outcome| StunReport {
+            servers: vec![server, second],
+            outcome,
+        };
+        let mapped: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+        let (addr, how) = report(Ok(Mapping::EndpointIndependent(mapped)))
+            .external()
+            .unwrap();
+        assert_eq!(addr.to_string(), "/ip4/203.0.113.5/udp/40000");
+        assert!(
+            how.contains("STUN via 198.51.100.7:3478, 198.51.100.7:3479"),
+            "{how}"
+        );
+        assert!(how.contains("endpoint-independent"), "{how}");
+        let other: SocketAddr = "203.0.113.5:40001".parse().unwrap();
+        let (_, how) = report(Ok(Mapping::EndpointDependent {
+            first: mapped,
+            second: other,
+        }))
+        .external()
+        .unwrap();
+        assert!(how.contains("symmetric") && how.contains("40001"), "{how}");
+        assert!(report(Ok(Mapping::NotNatted)).external().is_none());
+        let one = StunReport {
+            servers: vec![server],
+            outcome: Ok(Mapping::EndpointIndependent(mapped)),
+        };
+        assert!(one.external().unwrap().1.contains("unknown"));
+        assert!(report(Err("timeout".into())).external().is_none());
+    }
+}
