@@ -374,6 +374,18 @@ fn render(response: &Response) -> String {
                     for addr in &p.relay_reservations {
                         let _ = writeln!(out, "relayed at: {addr}");
                     }
+                    for (point, registered) in &p.rendezvous_points {
+                        let state = if *registered {
+                            "registered"
+                        } else {
+                            "not registered yet"
+                        };
+                        let _ = writeln!(
+                            out,
+                            "rendezvous: {point} ({state}; {} peers learned from rendezvous points)",
+                            p.rendezvous_peers
+                        );
+                    }
                     let _ = writeln!(
                         out,
                         "records:    {} stored for the network",

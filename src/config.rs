@@ -58,6 +58,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub naming: NamingConfig,
     pub p2p: P2pConfig,
+    pub intro: IntroConfig,
 }
 
 /// `[dns]`: the DNS front end.
@@ -231,6 +232,12 @@ pub struct P2pConfig {
     pub max_records_per_peer: usize,
     /// Records accepted from any one peer per minute at most.
     pub max_puts_per_peer_per_minute: usize,
+    /// Open connections at most, in all.
+    pub max_connections: u32,
+    /// Open connections with any one peer at most.
+    pub max_connections_per_peer: u32,
+    /// Incoming connections still in their handshake at most.
+    pub max_pending_incoming: u32,
 }
 
 impl Default for P2pConfig {
@@ -259,6 +266,51 @@ impl Default for P2pConfig {
             max_stored_records: 10_000,
             max_records_per_peer: 100,
             max_puts_per_peer_per_minute: 60,
+            max_connections: 1024,
+            max_connections_per_peer: 8,
+            max_pending_incoming: 256,
+        }
+    }
+}
+
+/// `[intro]`: what an introduction server (`p2pdns intro`) grants at most. Relay circuits only
+/// carry the start of a connection (hole punching replaces them), so they are short and small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntroConfig {
+    /// Relay reservations held at once, in all and per peer.
+    pub max_reservations: usize,
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before the node must renew it.
+    pub reservation_duration_secs: u64,
+    /// Relayed connections open at once, in all and per peer.
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    /// A relayed connection is cut after this long or this many bytes each way.
+    pub circuit_duration_secs: u64,
+    pub circuit_bytes: u64,
+    /// Rendezvous registrations held at once, in all and per peer (one per namespace).
+    pub max_registrations: usize,
+    pub max_registrations_per_peer: usize,
+    /// Lifetimes a rendezvous registration may ask for.
+    pub registration_min_ttl_secs: u64,
+    pub registration_max_ttl_secs: u64,
+}
+
+impl Default for IntroConfig {
+    fn default() -> Self {
+        Self {
+            max_reservations: 1024,
+            max_reservations_per_peer: 4,
+            reservation_duration_secs: 3600,
+            max_circuits: 256,
+            max_circuits_per_peer: 8,
+            circuit_duration_secs: 120,
+            circuit_bytes: 1 << 20,
+            max_registrations: 10_000,
+            max_registrations_per_peer: 4,
+            registration_min_ttl_secs: 300,
+            registration_max_ttl_secs: 7200,
         }
     }
 }
@@ -431,6 +483,62 @@ impl Config {
                 format!(
                     "{} is above cache.max_ttl_secs ({})",
                     self.cache.min_ttl_secs, self.cache.max_ttl_secs
+                ),
+            ));
+        }
+        let positive = [
+            ("p2p.max_connections", self.p2p.max_connections as u64),
+            (
+                "p2p.max_connections_per_peer",
+                self.p2p.max_connections_per_peer as u64,
+            ),
+            (
+                "p2p.max_pending_incoming",
+                self.p2p.max_pending_incoming as u64,
+            ),
+            ("intro.max_reservations", self.intro.max_reservations as u64),
+            (
+                "intro.max_reservations_per_peer",
+                self.intro.max_reservations_per_peer as u64,
+            ),
+            (
+                "intro.reservation_duration_secs",
+                self.intro.reservation_duration_secs,
+            ),
+            ("intro.max_circuits", self.intro.max_circuits as u64),
+            (
+                "intro.max_circuits_per_peer",
+                self.intro.max_circuits_per_peer as u64,
+            ),
+            (
+                "intro.circuit_duration_secs",
+                self.intro.circuit_duration_secs,
+            ),
+            ("intro.circuit_bytes", self.intro.circuit_bytes),
+            (
+                "intro.max_registrations",
+                self.intro.max_registrations as u64,
+            ),
+            (
+                "intro.max_registrations_per_peer",
+                self.intro.max_registrations_per_peer as u64,
+            ),
+            (
+                "intro.registration_min_ttl_secs",
+                self.intro.registration_min_ttl_secs,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if self.intro.registration_min_ttl_secs > self.intro.registration_max_ttl_secs {
+            return Err(invalid(
+                "intro.registration_min_ttl_secs",
+                format!(
+                    "{} is above intro.registration_max_ttl_secs ({})",
+                    self.intro.registration_min_ttl_secs, self.intro.registration_max_ttl_secs
                 ),
             ));
         }

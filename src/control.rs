@@ -85,7 +85,7 @@ pub enum Response {
     Error {
         message: String,
     },
-    Status(Status),
+    Status(Box<Status>),
     Published {
         name: String,
         seq: u64,
@@ -150,6 +150,11 @@ pub struct P2pStatus {
     pub relayed_connections: usize,
     #[serde(default)]
     pub direct_connections: usize,
+    /// Rendezvous points, each with whether this node is registered there.
+    #[serde(default)]
+    pub rendezvous_points: Vec<(String, bool)>,
+    #[serde(default)]
+    pub rendezvous_peers: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -327,7 +332,7 @@ pub fn p2p_name(text: &str) -> Result<Name, String> {
 async fn handle(request: Request, context: &Context) -> Result<Response, String> {
     let dht = || context.naming.dht().ok_or_else(|| NO_P2P.to_owned());
     Ok(match request {
-        Request::Status { peers } => Response::Status(status(context, peers).await),
+        Request::Status { peers } => Response::Status(Box::new(status(context, peers).await)),
         Request::Publish { name, records } => publish(dht()?, &name, records).await?,
         Request::PublishZone { name, zone } => publish_zone(dht()?, &name, &zone).await?,
         Request::Unpublish { name } => {
@@ -399,6 +404,12 @@ async fn status(context: &Context, with_peers: bool) -> Status {
                 .collect(),
             relayed_connections: s.relayed_connections,
             direct_connections: s.direct_connections,
+            rendezvous_points: s
+                .rendezvous_points
+                .iter()
+                .map(|(peer, registered)| (peer.to_string(), *registered))
+                .collect(),
+            rendezvous_peers: s.rendezvous_peers,
             peers: if with_peers {
                 s.peers
                     .iter()

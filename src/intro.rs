@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{DhtMode, P2pConfig},
+    config::{DhtMode, IntroConfig, P2pConfig},
     naming::{
         identity::{self, IdentityError},
         node::{Node, NodeError, Role, Scope, ip_scope},
@@ -35,6 +35,7 @@ pub enum IntroError {
 /// Runs the introduction server until `shutdown` is cancelled.
 pub async fn run(
     mut config: P2pConfig,
+    limits: IntroConfig,
     data_dir: PathBuf,
     stun_listen: Vec<SocketAddr>,
     shutdown: CancellationToken,
@@ -43,7 +44,7 @@ pub async fn run(
     config.dht_mode = DhtMode::Server;
     identity::create_private_dir(&data_dir)?;
     let keypair = identity::load_or_create(&data_dir)?;
-    let node = Node::bind_as(keypair.into(), &config, Role::Intro).await?;
+    let node = Node::bind_as(keypair.into(), &config, Role::Intro(limits)).await?;
     // STUN on UDP: ordinary clients (and nodes) learn their public address and port.
     let mut stun = Vec::new();
     for addr in stun_listen {

@@ -176,7 +176,7 @@ fn intro(cli: &Cli, args: &IntroArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        match p2pdns::intro::run(config.p2p, data_dir, stun, shutdown).await {
+        match p2pdns::intro::run(config.p2p, config.intro, data_dir, stun, shutdown).await {
             Ok(()) => {
                 info!("stopped");
                 ExitCode::SUCCESS

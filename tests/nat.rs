@@ -562,6 +562,7 @@ struct Lab {
     internet: Ns,
     intro: Ns,
     homes: u8,
+    public_hosts: u8,
     dir: TempDir,
 }
 
@@ -583,6 +584,7 @@ impl Lab {
             tag: tag.clone(),
             namespaces: Vec::new(),
             homes: 0,
+            public_hosts: 0,
             dir,
         };
         lab.dir.write("probe.py", PROBE_PY);
@@ -680,6 +682,21 @@ impl Lab {
         home
     }
 
+    /// Adds a host on the internet itself, with no NAT, at 198.18.0.(10 + N) for the Nth one.
+    fn public_host(&mut self) -> (Ns, Ipv4Addr) {
+        self.public_hosts += 1;
+        let n = self.public_hosts;
+        let ns = Ns {
+            name: format!("p2pdns-nat-{}-p{n}", self.tag),
+            ip: self.tools.ip.clone(),
+            home: self.internet.home.clone(),
+        };
+        let addr = Ipv4Addr::new(198, 18, 0, 10 + n);
+        self.add_namespace(&ns);
+        self.plug_into_internet(&ns, &format!("pub{n}"), addr);
+        (ns, addr)
+    }
+
     /// Runs the lab's probe script in `ns` to completion; returns its output lines.
     fn probe(&self, ns: &Ns, args: &[&str]) -> Vec<String> {
         let script = self.dir.path().join("probe.py").display().to_string();
@@ -761,15 +778,13 @@ impl Lab {
     /// Starts `p2pdns run` in `home`'s host: DNS on 127.0.0.1:DNS_PORT, P2P on 0.0.0.0 port
     /// P2P_PORT (TCP and QUIC), no mDNS, no upstream, bootstrapping from `bootstrap`.
     fn start_daemon(&self, home: &Home, bootstrap: &[String]) -> Daemon {
-        self.start_daemon_with(home, bootstrap, "")
+        self.start_daemon_with(&home.host, bootstrap, "")
     }
 
-    /// [`Lab::start_daemon`] with more lines for the `[p2p]` section of its configuration.
-    fn start_daemon_with(&self, home: &Home, bootstrap: &[String], p2p: &str) -> Daemon {
-        let name = format!(
-            "daemon-{}",
-            home.host.name.rsplit('-').next().unwrap_or("h")
-        );
+    /// [`Lab::start_daemon`] in namespace `host`, with more lines for the `[p2p]` section of
+    /// its configuration.
+    fn start_daemon_with(&self, host: &Ns, bootstrap: &[String], p2p: &str) -> Daemon {
+        let name = format!("daemon-{}", host.name.rsplit('-').next().unwrap_or("h"));
         let dir = self.dir.subdir(&name);
         let resolv_conf = dir.join("resolv.conf");
         fs::write(&resolv_conf, "").unwrap_or_else(|e| panic!("cannot write resolv.conf: {e}"));
@@ -787,7 +802,7 @@ impl Lab {
         )
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
         let data = dir.join("data");
-        let mut command = home.host.exec(BIN);
+        let mut command = host.exec(BIN);
         command
             .env("RUST_LOG", "p2pdns=debug,libp2p_kad=debug")
             .arg("--config")
@@ -800,7 +815,7 @@ impl Lab {
         proc.wait_until("ready", |_, err| err.contains(" ready"));
         Daemon {
             proc,
-            ns: home.host.clone(),
+            ns: host.clone(),
             config,
             data,
             dig: self.tools.dig.clone(),
@@ -941,6 +956,11 @@ impl Daemon {
 
     /// Waits until `names` reports `name` held by at least one other node.
     fn wait_held(&mut self, name: &str) {
+        self.wait_held_by(name, 1);
+    }
+
+    /// Waits until `names` reports `name` held by at least `holders` other nodes.
+    fn wait_held_by(&mut self, name: &str, holders: usize) {
         let deadline = Instant::now() + JOIN_TIMEOUT;
         loop {
             let out = self.cli(&["names"]);
@@ -951,13 +971,14 @@ impl Daemon {
                 .filter_map(|line| line.split("held by ").nth(1))
                 .filter_map(|rest| rest.split_whitespace().next())
                 .filter_map(|n| n.parse::<usize>().ok())
-                .any(|n| n > 0);
+                .any(|n| n >= holders);
             if held {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{}: no other node holds {name} after {JOIN_TIMEOUT:?}\nnames: {}\nlog:\n{}",
+                "{}: fewer than {holders} other nodes hold {name} after {JOIN_TIMEOUT:?}\n\
+                 names: {}\nlog:\n{}",
                 self.proc.name,
                 describe(&out),
                 tail(&self.proc.stderr(), 60)
@@ -1194,12 +1215,12 @@ fn stun_tells_a_node_its_public_address_and_its_nats_mapping() {
     );
     let cases = [
         (
-            lab.start_daemon_with(&eim, &intro.bootstrap, &both),
+            lab.start_daemon_with(&eim.host, &intro.bootstrap, &both),
             &eim,
             "endpoint-independent mapping",
         ),
         (
-            lab.start_daemon_with(&symmetric, &intro.bootstrap, &both),
+            lab.start_daemon_with(&symmetric.host, &intro.bootstrap, &both),
             &symmetric,
             "endpoint-dependent (symmetric) NAT",
         ),
@@ -1336,6 +1357,131 @@ fn a_node_behind_nat_reserves_again_after_the_introduction_server_restarts() {
         a.wait_reachability("after the restart", Duration::from_secs(60)),
         "private"
     );
+}
+
+/// Nodes meet at the introduction server's rendezvous point, and once it is gone, what was
+/// built through it stands: the direct connection between two homes, and DHT lookups through
+/// a public node that also holds the records.
+#[test]
+fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let a_home = lab.home(Nat::Eim);
+    let b_home = lab.home(Nat::Eim);
+    let (public, _) = lab.public_host();
+    let intro = lab.start_intro();
+    let mut p = lab.start_daemon_with(&public, &intro.bootstrap, "");
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    for daemon in [&mut p, &mut a, &mut b] {
+        daemon.wait_joined();
+    }
+    assert_eq!(
+        p.wait_reachability("public node", Duration::from_secs(45)),
+        "public"
+    );
+    assert_eq!(
+        a.wait_reachability("home A", Duration::from_secs(45)),
+        "private"
+    );
+    assert_eq!(
+        b.wait_reachability("home B", Duration::from_secs(45)),
+        "private"
+    );
+
+    // Every node registers at the rendezvous point and learns the others there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for daemon in [&p, &a, &b] {
+        loop {
+            let status = daemon.status();
+            let learned = status
+                .lines()
+                .find(|l| l.starts_with("rendezvous: ") && l.contains("(registered;"))
+                .and_then(|l| l.split("; ").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<usize>().ok());
+            if learned.is_some_and(|n| n >= 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not registered at the rendezvous point, or learned no peer:\n{status}\n{}",
+                daemon.proc.name,
+                tail(&daemon.proc.stderr(), 40)
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    // A publishes two names; both are held by the public node as well as the introduction
+    // server. B connects to A's site: relayed, then hole punched.
+    for (name, address) in [("site", "198.18.200.60"), ("later", "198.18.200.61")] {
+        let out = a.cli(&["publish", name, "A", address]);
+        assert!(out.status.success(), "publish {name}: {}", describe(&out));
+    }
+    a.wait_held_by("site.p2p", 2);
+    a.wait_held_by("later.p2p", 2);
+    let out = b.cli(&["connect", "site", "--wait", "8"]);
+    let connected = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && connected.contains(": direct connection to "),
+        "B -> A before the introduction server goes: {}\nA status:\n{}\nB status:\n{}",
+        describe(&out),
+        a.status(),
+        b.status()
+    );
+
+    drop(intro);
+
+    // The direct connection stays: `connect` finds it open, and no relayed one is left.
+    let out = b.cli(&["connect", "site", "--wait", "1"]);
+    let again = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && again.contains(": direct connection to "),
+        "B -> A after the introduction server went: {}\nB status:\n{}",
+        describe(&out),
+        b.status()
+    );
+    // A name B never asked for, found through the public node.
+    let deadline = Instant::now() + RESOLVE_TIMEOUT;
+    let mut answers = Vec::new();
+    loop {
+        let answer = b.dig("later.p2p");
+        if answer == "198.18.200.61" {
+            break;
+        }
+        answers.push(answer);
+        assert!(
+            Instant::now() < deadline,
+            "later.p2p did not resolve without the introduction server (answers: {answers:?})\n\
+             B status:\n{}\nB log:\n{}",
+            b.status(),
+            tail(&b.proc.stderr(), 60)
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    // A name published after the introduction server went: stored on the public node.
+    let out = a.cli(&["publish", "fresh", "A", "198.18.200.62"]);
+    assert!(out.status.success(), "publish fresh: {}", describe(&out));
+    a.wait_held("fresh.p2p");
+    let deadline = Instant::now() + RESOLVE_TIMEOUT;
+    let mut answers = Vec::new();
+    loop {
+        let answer = b.dig("fresh.p2p");
+        if answer == "198.18.200.62" {
+            break;
+        }
+        answers.push(answer);
+        assert!(
+            Instant::now() < deadline,
+            "fresh.p2p did not resolve without the introduction server (answers: {answers:?})\n\
+             A status:\n{}\nB status:\n{}\nB log:\n{}",
+            a.status(),
+            b.status(),
+            tail(&b.proc.stderr(), 60)
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Benchmark, not a test: repeated `connect` trials per NAT pairing; prints the direct

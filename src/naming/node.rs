@@ -10,13 +10,13 @@ use std::{
 
 use hickory_proto::rr::Name;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
     core::transport::ListenerId,
     core::{transport::MemoryTransport, upgrade},
     dcutr, identify, identity,
     kad::{self, store::MemoryStore, store::MemoryStoreConfig, store::RecordStore},
-    mdns, noise, ping, relay,
-    swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
+    mdns, noise, ping, relay, rendezvous,
+    swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
     tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::record::{NameRecord, RecordError, dht_key, unix_now};
-use crate::config::{DhtMode, P2pConfig};
+use crate::config::{DhtMode, IntroConfig, P2pConfig};
 
 /// Kademlia protocol id of the p2pdns network (never IPFS's).
 pub const KAD_PROTOCOL: &str = "/p2pdns/kad/1.0.0";
@@ -47,23 +47,45 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(6);
 /// How often a node behind NAT checks that it still holds a relay reservation.
 const RELAY_CHECK: Duration = Duration::from_secs(10);
+/// The rendezvous namespace p2pdns nodes register under.
+const RENDEZVOUS_NAMESPACE: &str = "p2pdns";
+/// The lifetime a node asks for its rendezvous registration; it registers again at half of it.
+const RENDEZVOUS_TTL: u64 = 7200;
+/// How often registrations due and rediscovery are looked at; a failed registration is retried
+/// after [`RENDEZVOUS_RETRY`]; other peers are discovered when the node registers, and again
+/// after 10 s, then twice as long each time up to [`RENDEZVOUS_DISCOVER`].
+const RENDEZVOUS_CHECK: Duration = Duration::from_secs(10);
+const RENDEZVOUS_RETRY: Duration = Duration::from_secs(300);
+const RENDEZVOUS_DISCOVER: Duration = Duration::from_secs(600);
+/// Registrations asked for per discovery, and newly discovered peers dialed per discovery.
+const RENDEZVOUS_DISCOVER_LIMIT: u64 = 64;
+const RENDEZVOUS_DIALS: usize = 8;
+/// Peers whose rendezvous addresses are remembered (for `connect`), at most.
+const RENDEZVOUS_PEERS: usize = 1024;
 /// How long the DHT keeps asking after a caller's budget ran out (to warm the cache).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an introduction server relays at most: it must stay useful to many and exhaustible by
-/// none. Circuits only carry the start of a connection (hole punching replaces them), so they
-/// are short and small.
-fn relay_limits() -> relay::Config {
+/// none.
+fn relay_limits(limits: &IntroConfig) -> relay::Config {
     relay::Config {
-        max_reservations: 1024,
-        max_reservations_per_peer: 4,
-        reservation_duration: Duration::from_secs(3600),
-        max_circuits: 256,
-        max_circuits_per_peer: 8,
-        max_circuit_duration: Duration::from_secs(120),
-        max_circuit_bytes: 1 << 20,
+        max_reservations: limits.max_reservations,
+        max_reservations_per_peer: limits.max_reservations_per_peer,
+        reservation_duration: Duration::from_secs(limits.reservation_duration_secs),
+        max_circuits: limits.max_circuits,
+        max_circuits_per_peer: limits.max_circuits_per_peer,
+        max_circuit_duration: Duration::from_secs(limits.circuit_duration_secs),
+        max_circuit_bytes: limits.circuit_bytes,
         ..relay::Config::default()
     }
+}
+
+fn rendezvous_limits(limits: &IntroConfig) -> rendezvous::server::Config {
+    rendezvous::server::Config::default()
+        .with_min_ttl(limits.registration_min_ttl_secs)
+        .with_max_ttl(limits.registration_max_ttl_secs)
+        .with_max_registration_per_peer(limits.max_registrations_per_peer)
+        .with_max_registration_total(limits.max_registrations)
 }
 
 /// Errors of the P2P node.
@@ -95,6 +117,8 @@ pub enum NodeError {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Refuses connections past the configured limits (first, so that nothing else sees them).
+    limits: connection_limits::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -109,6 +133,11 @@ struct Behaviour {
     relay_server: Toggle<relay::Behaviour>,
     /// Port mappings on a UPnP gateway (home routers that offer them).
     upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
+    /// A rendezvous point for others (introduction servers only): peers register their
+    /// addresses for a while and discover each other's.
+    rendezvous_server: Toggle<rendezvous::server::Behaviour>,
+    /// Registers this node's addresses on rendezvous points and discovers other peers there.
+    rendezvous: rendezvous::client::Behaviour,
 }
 
 /// What the node is for.
@@ -116,8 +145,9 @@ struct Behaviour {
 pub enum Role {
     /// A resolver's node.
     Resolver,
-    /// An introduction server: also relays for nodes behind NAT.
-    Intro,
+    /// An introduction server: also relays for nodes behind NAT and keeps a rendezvous point,
+    /// within these limits.
+    Intro(IntroConfig),
 }
 
 /// Valid replicas of a name found in the DHT so far.
@@ -155,6 +185,11 @@ pub struct NodeStatus {
     /// Open connections through a relay, and direct ones.
     pub relayed_connections: usize,
     pub direct_connections: usize,
+    /// Rendezvous points (bootstrap peers that keep one), each with whether this node is
+    /// registered there.
+    pub rendezvous_points: Vec<(PeerId, bool)>,
+    /// Peers learned from rendezvous points.
+    pub rendezvous_peers: usize,
 }
 
 /// One peer in [`NodeStatus::peers`].
@@ -365,6 +400,10 @@ impl Node {
         let mdns_enabled = config.mdns;
         let probe_private = config.nat_probe_private_addresses;
         let upnp_enabled = config.upnp;
+        let connection_limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(config.max_connections))
+            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+            .with_max_pending_incoming(Some(config.max_pending_incoming));
         let mut swarm = SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_quic_config(|mut quic| {
@@ -430,10 +469,20 @@ impl Node {
                     ),
                     relay_client,
                     dcutr: dcutr::Behaviour::new(peer_id),
-                    relay_server: Toggle::from(
-                        (role == Role::Intro)
-                            .then(|| relay::Behaviour::new(peer_id, relay_limits())),
-                    ),
+                    relay_server: Toggle::from(match &role {
+                        Role::Intro(limits) => {
+                            Some(relay::Behaviour::new(peer_id, relay_limits(limits)))
+                        }
+                        Role::Resolver => None,
+                    }),
+                    rendezvous_server: Toggle::from(match &role {
+                        Role::Intro(limits) => Some(rendezvous::server::Behaviour::new(
+                            rendezvous_limits(limits),
+                        )),
+                        Role::Resolver => None,
+                    }),
+                    rendezvous: rendezvous::client::Behaviour::new(key.clone()),
+                    limits: connection_limits::Behaviour::new(connection_limits),
                     upnp: Toggle::from(upnp_enabled.then(libp2p::upnp::tokio::Behaviour::default)),
                 })
             })
@@ -541,7 +590,7 @@ impl Node {
         let stun_servers = super::stun_probe::servers(&config.stun_servers, &config.bootstrap);
         // An introduction server answers STUN; it need not ask.
         let stun_task =
-            (config.stun && role != Role::Intro && !stun_servers.is_empty()).then(|| {
+            (config.stun && role == Role::Resolver && !stun_servers.is_empty()).then(|| {
                 tokio::spawn(super::stun_probe::run(
                     stun_servers,
                     stun_report.clone(),
@@ -553,6 +602,8 @@ impl Node {
         // peer at all, it dials its bootstrap peers again.
         let mut redial = tokio::time::interval(BOOTSTRAP_REDIAL);
         redial.tick().await;
+        let mut rendezvous_check = tokio::time::interval(RENDEZVOUS_CHECK);
+        rendezvous_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut relay_check = tokio::time::interval(RELAY_CHECK);
         relay_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut partial = tokio::time::interval(Duration::from_millis(50));
@@ -572,6 +623,8 @@ impl Node {
             behind_nat: false,
             relay_listeners: HashMap::new(),
             stun_report,
+            rendezvous_points: HashMap::new(),
+            rendezvous_addrs: HashMap::new(),
         };
         loop {
             tokio::select! {
@@ -582,7 +635,10 @@ impl Node {
                 },
                 event = futures_next(&mut swarm) => {
                     match &event {
-                        SwarmEvent::NewListenAddr { address, .. } => {
+                        // A relay reports its addresses again when a reservation is renewed.
+                        SwarmEvent::NewListenAddr { address, .. }
+                            if !listen_addrs.contains(address) =>
+                        {
                             listen_addrs.push(address.clone());
                         }
                         SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -613,6 +669,7 @@ impl Node {
                         );
                     }
                 }
+                _ = rendezvous_check.tick() => state.rendezvous_due(&mut swarm),
                 _ = redial.tick() => {
                     if swarm.connected_peers().next().is_none() {
                         dial_bootstrap(&mut swarm, &state.config.bootstrap, false);
@@ -730,6 +787,18 @@ fn status(
         relay_reservations,
         relayed_connections,
         direct_connections,
+        rendezvous_points: state
+            .rendezvous_points
+            .iter()
+            .map(|(peer, point)| {
+                let now = Instant::now();
+                (
+                    *peer,
+                    point.registered_until.is_some_and(|until| until > now),
+                )
+            })
+            .collect(),
+        rendezvous_peers: state.rendezvous_addrs.len(),
     }
 }
 
@@ -872,13 +941,13 @@ struct EventLoop {
     /// A bootstrap query was started.
     bootstrapped: bool,
     /// Open connections: the peer, whether through a relay, and its address.
-    connections: HashMap<libp2p::swarm::ConnectionId, (PeerId, bool, Multiaddr)>,
+    connections: HashMap<ConnectionId, (PeerId, bool, Multiaddr)>,
     /// External addresses mapped on a UPnP gateway.
     upnp_addrs: HashSet<Multiaddr>,
     /// Told when the first DHT peer is met.
     joined: std::sync::Arc<tokio::sync::Notify>,
     /// `connect` calls waiting for a first connection.
-    connecting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    connecting: HashMap<PeerId, Vec<(ConnectionId, ConnectReply)>>,
     /// Relay slots were asked for (the node found it is not reachable).
     reserved: bool,
     /// AutoNAT reached the node at an address that is not its own: it sits behind a NAT that
@@ -886,8 +955,29 @@ struct EventLoop {
     behind_nat: bool,
     /// Open relay listeners (a reservation asked for or held), by the relay they are on.
     relay_listeners: HashMap<ListenerId, PeerId>,
+    /// Bootstrap peers that keep a rendezvous point, with what is due there.
+    rendezvous_points: HashMap<PeerId, RendezvousPoint>,
+    /// Addresses other peers registered at rendezvous points (for `connect`).
+    rendezvous_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// What the STUN client learned last.
     stun_report: std::sync::Arc<std::sync::Mutex<Option<super::stun_probe::StunReport>>>,
+}
+
+/// Where `connect` hears how its dial ended.
+type ConnectReply = oneshot::Sender<Result<(), String>>;
+
+/// This node's standing at one rendezvous point.
+#[derive(Debug, Default)]
+struct RendezvousPoint {
+    /// Registered until then (to be renewed at half its lifetime).
+    registered_until: Option<Instant>,
+    /// When to register next (None: now, as soon as the node has an external address).
+    register_at: Option<Instant>,
+    /// When to discover other peers next, and the wait after that (it doubles).
+    discover_at: Option<Instant>,
+    discover_every: Duration,
+    /// The cookie from the last discovery: the next one returns only what is new.
+    cookie: Option<rendezvous::Cookie>,
 }
 
 impl EventLoop {
@@ -960,15 +1050,22 @@ impl EventLoop {
                             .with(libp2p::multiaddr::Protocol::P2p(peer))
                     })
                     .collect();
+                let mut addrs = self
+                    .rendezvous_addrs
+                    .get(&peer)
+                    .cloned()
+                    .unwrap_or_default();
+                addrs.extend(relayed);
+                // A dial of its own even when another is under way (the DHT's, say, to an
+                // address a NAT filters): this one tries the relays too.
                 let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                    .addresses(relayed)
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .addresses(addrs)
                     .extend_addresses_through_behaviour()
                     .build();
+                let dial = opts.connection_id();
                 match swarm.dial(opts) {
-                    // A dial already under way (the DHT's, say) ends in the same events.
-                    Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
-                        self.connecting.entry(peer).or_default().push(reply);
-                    }
+                    Ok(()) => self.connecting.entry(peer).or_default().push((dial, reply)),
                     Err(error) => {
                         let _ = reply.send(Err(error.to_string()));
                     }
@@ -1004,6 +1101,15 @@ impl EventLoop {
                 // dialed us never get an address in the routing table. Only addresses others
                 // can use are kept: a peer reached over the internet that lists 127.0.0.1 or
                 // its LAN address would send every node that asks the DHT dialing itself.
+                let is_point = info.protocols.contains(&rendezvous::PROTOCOL_NAME);
+                if is_point
+                    && !self.rendezvous_points.contains_key(&peer_id)
+                    && self.is_bootstrap_peer(&peer_id)
+                {
+                    self.rendezvous_points
+                        .insert(peer_id, RendezvousPoint::default());
+                    self.rendezvous_due(swarm);
+                }
                 let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
                 if speaks_kad {
                     let seen_at = self
@@ -1044,21 +1150,39 @@ impl EventLoop {
                 let remote = endpoint.get_remote_address().clone();
                 self.connections
                     .insert(connection_id, (peer_id, relayed, remote));
-                for reply in self.connecting.remove(&peer_id).unwrap_or_default() {
+                for (_, reply) in self.connecting.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
             }
             SwarmEvent::OutgoingConnectionError {
+                connection_id,
                 peer_id: Some(peer),
                 error,
-                ..
             } if !swarm.is_connected(&peer) => {
-                for reply in self.connecting.remove(&peer).unwrap_or_default() {
-                    let _ = reply.send(Err(error.to_string()));
+                // Only the failure of `connect`'s own dial ends its wait.
+                if let Some(waiting) = self.connecting.get_mut(&peer) {
+                    for (_, reply) in waiting.extract_if(.., |(dial, _)| *dial == connection_id) {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                    if waiting.is_empty() {
+                        self.connecting.remove(&peer);
+                    }
                 }
             }
-            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
                 self.connections.remove(&connection_id);
+                // A rendezvous point that went away may have lost the registration (a
+                // restart): register and discover again once it is back.
+                if num_established == 0
+                    && let Some(point) = self.rendezvous_points.get_mut(&peer_id)
+                {
+                    *point = RendezvousPoint::default();
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
                 new,
@@ -1080,6 +1204,14 @@ impl EventLoop {
             },
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, "external address confirmed");
+                // Tell the rendezvous points the new address now.
+                for point in self.rendezvous_points.values_mut() {
+                    point.register_at = None;
+                }
+                self.rendezvous_due(swarm);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(event)) => {
+                self.rendezvous_event(swarm, event);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(event)) => match event {
                 libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
@@ -1096,6 +1228,124 @@ impl EventLoop {
                 }
             },
             _ => {}
+        }
+    }
+
+    fn is_bootstrap_peer(&self, peer: &PeerId) -> bool {
+        self.config.bootstrap.iter().any(
+            |a| matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(p)) if p == *peer),
+        )
+    }
+
+    /// Registers where due (the node needs an external address for that: a confirmed one or a
+    /// relayed one) and discovers other peers where due.
+    fn rendezvous_due(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let now = Instant::now();
+        let namespace = rendezvous::Namespace::from_static(RENDEZVOUS_NAMESPACE);
+        let has_external = swarm.external_addresses().next().is_some();
+        for (peer, point) in &mut self.rendezvous_points {
+            if !swarm.is_connected(peer) {
+                continue;
+            }
+            let register_due = point.register_at.is_none_or(|at| at <= now);
+            if register_due && has_external {
+                match swarm.behaviour_mut().rendezvous.register(
+                    namespace.clone(),
+                    *peer,
+                    Some(RENDEZVOUS_TTL),
+                ) {
+                    Ok(()) => point.register_at = Some(now + RENDEZVOUS_RETRY),
+                    Err(error) => debug!(%peer, %error, "cannot register at the rendezvous point"),
+                }
+            }
+            if point.discover_at.is_none_or(|at| at <= now) {
+                // Soon again at first (others are joining too), then less and less often.
+                point.discover_every =
+                    (point.discover_every * 2).clamp(RENDEZVOUS_CHECK, RENDEZVOUS_DISCOVER);
+                point.discover_at = Some(now + point.discover_every);
+                swarm.behaviour_mut().rendezvous.discover(
+                    Some(namespace.clone()),
+                    point.cookie.clone(),
+                    Some(RENDEZVOUS_DISCOVER_LIMIT),
+                    *peer,
+                );
+            }
+        }
+    }
+
+    fn rendezvous_event(&mut self, swarm: &mut Swarm<Behaviour>, event: rendezvous::client::Event) {
+        use rendezvous::client::Event;
+        match event {
+            Event::Registered {
+                rendezvous_node,
+                ttl,
+                ..
+            } => {
+                if let Some(point) = self.rendezvous_points.get_mut(&rendezvous_node) {
+                    let now = Instant::now();
+                    let first = point.registered_until.is_none();
+                    point.registered_until = Some(now + Duration::from_secs(ttl));
+                    point.register_at = Some(now + Duration::from_secs(ttl / 2));
+                    if first {
+                        info!(point = %rendezvous_node, ttl, "registered at the rendezvous point");
+                        // Those who came before are there now: look.
+                        point.discover_at = None;
+                        self.rendezvous_due(swarm);
+                    }
+                }
+            }
+            Event::RegisterFailed {
+                rendezvous_node,
+                error,
+                ..
+            } => {
+                warn!(point = %rendezvous_node, ?error, "rendezvous point refused the registration");
+                if let Some(point) = self.rendezvous_points.get_mut(&rendezvous_node) {
+                    point.register_at = Some(Instant::now() + RENDEZVOUS_RETRY);
+                }
+            }
+            Event::Discovered {
+                rendezvous_node,
+                registrations,
+                cookie,
+            } => {
+                if let Some(point) = self.rendezvous_points.get_mut(&rendezvous_node) {
+                    point.cookie = Some(cookie);
+                }
+                let me = *swarm.local_peer_id();
+                let mut dials = 0;
+                for registration in registrations {
+                    let peer = registration.record.peer_id();
+                    if peer == me {
+                        continue;
+                    }
+                    let addrs = registration.record.addresses().to_vec();
+                    // Only peers that are reachable directly (no relayed address): relaying
+                    // would spend the relay's circuits, and a node behind NAT would not answer.
+                    let reachable = !addrs.iter().any(is_relayed);
+                    if reachable && !swarm.is_connected(&peer) && dials < RENDEZVOUS_DIALS {
+                        dials += 1;
+                        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                            .addresses(addrs.clone())
+                            .build();
+                        let _ = swarm.dial(opts);
+                    }
+                    if self.rendezvous_addrs.len() < RENDEZVOUS_PEERS
+                        || self.rendezvous_addrs.contains_key(&peer)
+                    {
+                        self.rendezvous_addrs.insert(peer, addrs);
+                    }
+                }
+                debug!(point = %rendezvous_node, dials, known = self.rendezvous_addrs.len(), "rendezvous discovery");
+            }
+            Event::DiscoverFailed {
+                rendezvous_node,
+                error,
+                ..
+            } => debug!(point = %rendezvous_node, ?error, "rendezvous discovery failed"),
+            Event::Expired { peer } => {
+                self.rendezvous_addrs.remove(&peer);
+            }
         }
     }
 
