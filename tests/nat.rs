@@ -49,10 +49,18 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two looks at something being polled.
 const POLL: Duration = Duration::from_millis(50);
 
+/// The public-looking prefix of the one home whose router speaks UPnP IGD: miniupnpd and
+/// libp2p both refuse to map behind a private, benchmarking or documentation address. It
+/// exists only inside the sealed lab, on the same bridge as the rest of the lab's internet.
+const UPNP_PREFIX: (Ipv4Addr, u8) = (Ipv4Addr::new(11, 0, 0, 0), 8);
+
 /// The introduction server's STUN ports: the standard one, which nodes ask by default, and a
 /// second one for telling mapping behaviour.
 const STUN_PORT: u16 = 3478;
 const STUN_OTHER_PORT: u16 = 3479;
+
+/// The lab internet's network address (198.18.0.0/15).
+const INTERNET_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 
 /// The internet of the lab: 198.18.0.0/15 (RFC 2544 benchmarking), routed nowhere outside.
 const INTERNET_PREFIX_LEN: u8 = 15;
@@ -480,11 +488,17 @@ enum Nat {
     AddressRestricted,
     /// Endpoint-dependent mapping: a new random port for every destination.
     Symmetric,
+    /// A plain home router (endpoint-independent mapping, port-restricted filtering) that
+    /// forwards ports when asked over UPnP IGD (miniupnpd), on a public-looking WAN address.
+    Upnp,
 }
 
 impl Nat {
     /// The router's nftables ruleset for a LAN host at `host`.
     fn ruleset(self, host: Ipv4Addr) -> String {
+        if self == Nat::Upnp {
+            return UPNP_RULESET.to_owned();
+        }
         let masquerade = match self {
             Nat::Symmetric => "masquerade fully-random",
             _ => "masquerade",
@@ -541,6 +555,64 @@ table inet filter {{
     }
 }
 
+/// The UPnP router's tables. miniupnpd (2.3.1) adds its forwards to the empty chains of
+/// `inet` tables it is named in its configuration, and never creates them itself.
+const UPNP_RULESET: &str = "table inet filter {
+    chain input {
+        type filter hook input priority filter; policy drop;
+        iif \"lo\" accept
+        ct state established,related accept
+        iifname \"lan\" accept
+    }
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname \"lan\" accept
+        jump miniupnpd
+    }
+    chain miniupnpd {
+    }
+}
+table inet nat {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        jump prerouting_miniupnpd
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        jump postrouting_miniupnpd
+        oifname \"wan\" masquerade
+    }
+    chain prerouting_miniupnpd {
+    }
+    chain postrouting_miniupnpd {
+    }
+}
+";
+
+/// miniupnpd's configuration; `{run}` is a directory of the lab's own. Secure mode: a LAN host
+/// may only map ports to itself, and only unprivileged ones.
+const MINIUPNPD_CONF: &str = "ext_ifname=wan
+listening_ip=lan
+http_port=5000
+enable_natpmp=no
+enable_upnp=yes
+ipv6_disable=yes
+secure_mode=yes
+system_uptime=no
+clean_ruleset_interval=0
+uuid={uuid}
+lease_file={run}/upnp.leases
+minissdpdsocket={run}/minissdpd.sock
+upnp_table_name=filter
+upnp_nat_table_name=nat
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+allow 1024-65535 10.0.0.0/8 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+";
+
 /// A home network: a router doing `kind` NAT and a host behind it.
 struct Home {
     kind: Nat,
@@ -563,6 +635,8 @@ struct Lab {
     intro: Ns,
     homes: u8,
     public_hosts: u8,
+    /// Processes that live as long as the lab (miniupnpd).
+    services: Vec<Proc>,
     dir: TempDir,
 }
 
@@ -585,6 +659,7 @@ impl Lab {
             namespaces: Vec::new(),
             homes: 0,
             public_hosts: 0,
+            services: Vec::new(),
             dir,
         };
         lab.dir.write("probe.py", PROBE_PY);
@@ -601,6 +676,8 @@ impl Lab {
             ]);
         }
         internet.ip(&["link", "set", "br0", "up"]);
+        let upnp = format!("{}/{}", UPNP_PREFIX.0, UPNP_PREFIX.1);
+        internet.ip(&["route", "add", &upnp, "dev", "br0"]);
         let intro = lab.intro.clone();
         lab.add_namespace(&intro);
         lab.plug_into_internet(&intro, "intro", INTRO_ADDR);
@@ -618,6 +695,12 @@ impl Lab {
     /// Links `ns` to the internet bridge with a veth pair, its end named `wan` at `addr`. The
     /// pair is created inside the lab: no link ever exists in the machine's own namespace.
     fn plug_into_internet(&self, ns: &Ns, port: &str, addr: Ipv4Addr) {
+        self.plug_into_internet_as(ns, port, addr, INTERNET_PREFIX_LEN);
+    }
+
+    /// [`Lab::plug_into_internet`] with the address in a prefix of `prefix_len` bits; each
+    /// of the lab's two prefixes is reached on-link from the other, over the same bridge.
+    fn plug_into_internet_as(&self, ns: &Ns, port: &str, addr: Ipv4Addr, prefix_len: u8) {
         ns.ip(&[
             "link",
             "add",
@@ -632,14 +715,14 @@ impl Lab {
         ]);
         self.internet
             .ip(&["link", "set", port, "master", "br0", "up"]);
-        ns.ip(&[
-            "addr",
-            "add",
-            &format!("{addr}/{INTERNET_PREFIX_LEN}"),
-            "dev",
-            "wan",
-        ]);
+        ns.ip(&["addr", "add", &format!("{addr}/{prefix_len}"), "dev", "wan"]);
         ns.ip(&["link", "set", "wan", "up"]);
+        let other = if prefix_len == INTERNET_PREFIX_LEN {
+            format!("{}/{}", UPNP_PREFIX.0, UPNP_PREFIX.1)
+        } else {
+            format!("{INTERNET_NET}/{INTERNET_PREFIX_LEN}")
+        };
+        ns.ip(&["route", "add", &other, "dev", "wan"]);
     }
 
     /// Adds home network N (1, 2...): router WAN 198.18.N.1, LAN 10.N.0.0/24 with the router at
@@ -656,13 +739,20 @@ impl Lab {
             kind,
             router: ns(format!("r{n}")),
             host: ns(format!("h{n}")),
-            wan: Ipv4Addr::new(198, 18, n, 1),
+            wan: match kind {
+                Nat::Upnp => Ipv4Addr::new(11, 0, n, 1),
+                _ => Ipv4Addr::new(198, 18, n, 1),
+            },
             lan: Ipv4Addr::new(10, n, 0, 2),
         };
         let gateway = Ipv4Addr::new(10, n, 0, 1);
         self.add_namespace(&home.router);
         self.add_namespace(&home.host);
-        self.plug_into_internet(&home.router, &format!("home{n}"), home.wan);
+        let prefix_len = match kind {
+            Nat::Upnp => UPNP_PREFIX.1,
+            _ => INTERNET_PREFIX_LEN,
+        };
+        self.plug_into_internet_as(&home.router, &format!("home{n}"), home.wan, prefix_len);
 
         let (router, host) = (&home.router, &home.host);
         router.ip(&[
@@ -679,7 +769,55 @@ impl Lab {
             .dir
             .write(&format!("router{n}.nft"), &kind.ruleset(home.lan));
         router.must(&self.tools.nft, &["-f", &rules.display().to_string()]);
+        if kind == Nat::Upnp {
+            self.start_miniupnpd(&home.router, n);
+        }
         home
+    }
+
+    /// Starts miniupnpd in `router` and waits until it answers: libp2p searches for a gateway
+    /// once, when the node starts. Every path it uses is the lab's (its default pid file is
+    /// shared by every namespace on the machine).
+    fn start_miniupnpd(&mut self, router: &Ns, n: u8) {
+        let run = self.dir.subdir(&format!("upnp{n}"));
+        let uuid = format!("{}-0000-4000-8000-{:012x}", self.tag, n);
+        let conf = self.dir.write(
+            &format!("upnp{n}/miniupnpd.conf"),
+            &MINIUPNPD_CONF
+                .replace("{run}", &run.display().to_string())
+                .replace("{uuid}", &uuid),
+        );
+        let miniupnpd = tool("miniupnpd", "miniupnpd-nftables");
+        let mut command = router.exec(miniupnpd);
+        command
+            .arg("-f")
+            .arg(&conf)
+            .arg("-P")
+            .arg(run.join("miniupnpd.pid"))
+            .arg("-d");
+        let mut proc = Proc::spawn(&format!("miniupnpd{n}"), command, self.dir.path());
+        // Ready when the HTTP port (5000, hex 1388) listens and the SSDP port (1900, hex 076C)
+        // is bound, as the router's own /proc/net shows.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let tcp = String::from_utf8_lossy(&router.must("cat", &["/proc/net/tcp"]).stdout)
+                .into_owned();
+            let udp = String::from_utf8_lossy(&router.must("cat", &["/proc/net/udp"]).stdout)
+                .into_owned();
+            let http = tcp
+                .lines()
+                .any(|l| l.contains(":1388 ") && l.split_whitespace().nth(3) == Some("0A"));
+            if http && udp.contains(":076C ") {
+                break;
+            }
+            assert!(
+                proc.exited().is_none() && Instant::now() < deadline,
+                "miniupnpd did not start: {}",
+                tail(&proc.stderr(), 20)
+            );
+            thread::sleep(POLL);
+        }
+        self.services.push(proc);
     }
 
     /// Adds a host on the internet itself, with no NAT, at 198.18.0.(10 + N) for the Nth one.
@@ -1006,11 +1144,13 @@ impl Daemon {
 fn the_lab_nats_behave_as_configured() {
     let tools = Tools::find();
     let mut lab = Lab::new(&tools);
+    // The UPnP router, before anything asks it for a mapping, is a plain home router.
     let kinds = [
         Nat::Eim,
         Nat::FullCone,
         Nat::AddressRestricted,
         Nat::Symmetric,
+        Nat::Upnp,
     ];
     let homes: Vec<Home> = kinds.into_iter().map(|kind| lab.home(kind)).collect();
     let _reflector = lab.start_reflector();
@@ -1064,7 +1204,7 @@ fn the_lab_nats_behave_as_configured() {
         // from that endpoint, from another port and from another address.
         let got = lab.probe(&home.host, &["filtering", &P2P_PORT.to_string(), &asked]);
         let (want_port, want_addr) = match kind {
-            Nat::Eim | Nat::Symmetric => (false, false),
+            Nat::Eim | Nat::Symmetric | Nat::Upnp => (false, false),
             Nat::FullCone => (true, true),
             Nat::AddressRestricted => (true, false),
         };
@@ -1359,6 +1499,60 @@ fn a_node_behind_nat_reserves_again_after_the_introduction_server_restarts() {
     );
 }
 
+/// A node behind a router that offers UPnP IGD gets its port forwarded, knows it is reachable
+/// (a DHT server, no relay slot), and a node behind a symmetric NAT, which cannot hole punch,
+/// connects to it directly.
+#[test]
+fn a_node_behind_upnp_becomes_publicly_reachable() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let a_home = lab.home(Nat::Upnp);
+    let b_home = lab.home(Nat::Symmetric);
+    let intro = lab.start_intro();
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    a.wait_joined();
+    b.wait_joined();
+
+    let mapped = format!("/ip4/{}/tcp/{P2P_PORT}", a_home.wan);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let status = a.status();
+        let upnp = status
+            .lines()
+            .any(|l| l.starts_with("external:") && l.contains(&mapped) && l.contains("(UPnP"));
+        if upnp && status.contains("reachable:  public ") && status.contains("dht mode:   server") {
+            assert!(
+                !status.contains("relayed at: "),
+                "a reachable node took a relay slot:\n{status}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A behind UPnP is not a reachable DHT server with {mapped} mapped:\n{status}\n{}",
+            tail(&a.proc.stderr(), 60)
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+
+    let out = a.cli(&["publish", "site", "A", "198.18.200.70"]);
+    assert!(out.status.success(), "publish: {}", describe(&out));
+    a.wait_held("site.p2p");
+    let out = b.cli(&["connect", "site", "--wait", "8"]);
+    let output = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success()
+            && output.contains(": direct connection to ")
+            && !output.contains("relayed first"),
+        "symmetric -> UPnP: {}\nA status:\n{}\nB status:\n{}",
+        describe(&out),
+        a.status(),
+        b.status()
+    );
+    eprintln!("symmetric -> UPnP: {output}");
+}
+
 /// Nodes meet at the introduction server's rendezvous point, and once it is gone, what was
 /// built through it stands: the direct connection between two homes, and DHT lookups through
 /// a public node that also holds the records.
@@ -1504,7 +1698,8 @@ fn traversal_benchmark() {
         "full" => Nat::FullCone,
         "addr" => Nat::AddressRestricted,
         "sym" => Nat::Symmetric,
-        other => panic!("unknown NAT kind {other:?} (eim, full, addr, sym)"),
+        "upnp" => Nat::Upnp,
+        other => panic!("unknown NAT kind {other:?} (eim, full, addr, sym, upnp)"),
     };
     let pairs: Vec<(Nat, Nat)> = env::var("PAIRS")
         .unwrap_or_else(|_| {

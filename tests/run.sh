@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(bind9-dnsutils knot-dnsutils nsd iproute2 curl chromium python3 systemd procps binutils nftables stun-client)
-commands=(dig kdig nsd ip curl chromium python3 systemd-analyze kill strip nft stun)
+packages=(bind9-dnsutils knot-dnsutils nsd iproute2 curl chromium python3 systemd procps binutils nftables stun-client miniupnpd-nftables)
+commands=(dig kdig nsd ip curl chromium python3 systemd-analyze kill strip nft stun miniupnpd)
 missing=()
 for i in "${!commands[@]}"; do
     command -v "${commands[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${commands[$i]}" ] || missing+=("${packages[$i]}")

@@ -1217,6 +1217,11 @@ impl EventLoop {
                 libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
                     info!(address = %external_addr, "UPnP gateway mapped a port");
                     self.upnp_addrs.insert(external_addr);
+                    // A forwarded port lets anyone in: AutoNAT's earlier "public" now holds.
+                    if self.behind_nat {
+                        let status = swarm.behaviour().autonat.nat_status();
+                        self.reachability_changed(swarm, status);
+                    }
                 }
                 libp2p::upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
                     info!(address = %external_addr, "UPnP port mapping expired");
