@@ -470,6 +470,7 @@ fn render(response: &Response) -> String {
             name,
             peer,
             path,
+            via,
             upgraded,
             elapsed_ms,
         } => {
@@ -478,9 +479,10 @@ fn render(response: &Response) -> String {
             } else {
                 ""
             };
+            let transport = transport_of(via);
             let _ = writeln!(
                 out,
-                "{name}: {path} connection to {peer}{how} in {elapsed_ms} ms"
+                "{name}: {path} connection to {peer}{transport}{how} in {elapsed_ms} ms"
             );
         }
         Response::Pins { pins } => {
@@ -513,6 +515,22 @@ fn render(response: &Response) -> String {
 }
 
 /// A Unix time as seconds from now, for people.
+/// " over QUIC (addr)" for a connection's address, or nothing when it is unknown.
+fn transport_of(addr: &str) -> String {
+    let transport = if addr.contains("/p2p-circuit") {
+        "a relay"
+    } else if addr.contains("/quic-v1") {
+        "QUIC"
+    } else if addr.contains("/tcp/") {
+        "TCP"
+    } else if addr.is_empty() {
+        return String::new();
+    } else {
+        "another transport"
+    };
+    format!(" over {transport} ({addr})")
+}
+
 fn expiry(unix: u64) -> String {
     let now = crate::naming::record::unix_now();
     if unix <= now {

@@ -108,6 +108,9 @@ pub enum Response {
         peer: String,
         /// `direct` or `relayed`.
         path: String,
+        /// The address the connection runs over.
+        #[serde(default)]
+        via: String,
         /// The first connection went through a relay and was upgraded (hole punching).
         upgraded: bool,
         elapsed_ms: u64,
@@ -581,19 +584,20 @@ async fn connect(dht: &Arc<Dht>, name: &str, wait_direct: Duration) -> Result<Re
         .connections(peer)
         .await
         .map_err(|e| e.to_string())?;
-    let started_relayed = !first.is_empty() && first.iter().all(|relayed| *relayed);
+    let started_relayed = !first.is_empty() && first.iter().all(|(relayed, _)| *relayed);
     let deadline = tokio::time::Instant::now() + wait_direct;
-    let direct = loop {
-        let kinds = dht
+    let (direct, via) = loop {
+        let open = dht
             .node()
             .connections(peer)
             .await
             .map_err(|e| e.to_string())?;
-        if kinds.iter().any(|relayed| !relayed) {
-            break true;
+        if let Some((_, addr)) = open.iter().find(|(relayed, _)| !relayed) {
+            break (true, addr.to_string());
         }
         if tokio::time::Instant::now() >= deadline {
-            break false;
+            let relay = open.first().map(|(_, a)| a.to_string()).unwrap_or_default();
+            break (false, relay);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -601,6 +605,7 @@ async fn connect(dht: &Arc<Dht>, name: &str, wait_direct: Duration) -> Result<Re
         name: set.to_ascii(),
         peer: peer.to_string(),
         path: if direct { "direct" } else { "relayed" }.to_owned(),
+        via,
         upgraded: direct && started_relayed,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })

@@ -24,6 +24,7 @@
 //! also when it fails.
 
 use std::{
+    collections::BTreeSet,
     env, fs,
     hash::{BuildHasher, Hasher, RandomState},
     net::Ipv4Addr,
@@ -613,6 +614,28 @@ allow 1024-65535 10.0.0.0/8 1024-65535
 deny 0-65535 0.0.0.0/0 0-65535
 ";
 
+/// The transports the daemons listen on (and so can connect over).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// QUIC and TCP, as a default configuration has it.
+    Both,
+    Quic,
+    Tcp,
+}
+
+impl Transport {
+    /// The `[p2p] listen` list.
+    fn listen(self) -> String {
+        let quic = format!("\"/ip4/0.0.0.0/udp/{P2P_PORT}/quic-v1\"");
+        let tcp = format!("\"/ip4/0.0.0.0/tcp/{P2P_PORT}\"");
+        match self {
+            Transport::Both => format!("{quic}, {tcp}"),
+            Transport::Quic => quic,
+            Transport::Tcp => tcp,
+        }
+    }
+}
+
 /// A home network: a router doing `kind` NAT and a host behind it.
 struct Home {
     kind: Nat,
@@ -637,6 +660,8 @@ struct Lab {
     public_hosts: u8,
     /// Processes that live as long as the lab (miniupnpd).
     services: Vec<Proc>,
+    /// What the daemons listen on.
+    transport: Transport,
     dir: TempDir,
 }
 
@@ -660,6 +685,7 @@ impl Lab {
             homes: 0,
             public_hosts: 0,
             services: Vec::new(),
+            transport: Transport::Both,
             dir,
         };
         lab.dir.write("probe.py", PROBE_PY);
@@ -932,9 +958,10 @@ impl Lab {
             &config,
             format!(
                 "[upstream]\nservers = []\nresolv_conf = {:?}\n\n\
-                 [p2p]\nlisten = [\"/ip4/0.0.0.0/udp/{P2P_PORT}/quic-v1\", \"/ip4/0.0.0.0/tcp/{P2P_PORT}\"]\n\
+                 [p2p]\nlisten = [{}]\n\
                  mdns = false\nnat_probe_private_addresses = true\nbootstrap = [{}]\n{p2p}\n",
                 resolv_conf.display().to_string(),
+                self.transport.listen(),
                 quoted.join(", ")
             ),
         )
@@ -1304,8 +1331,13 @@ struct Connected {
 }
 
 fn connect_case(tools: &Tools, a_nat: Nat, b_nat: Nat) -> Connected {
-    let case = format!("{a_nat:?} <- {b_nat:?}");
+    connect_case_over(tools, a_nat, b_nat, Transport::Both)
+}
+
+fn connect_case_over(tools: &Tools, a_nat: Nat, b_nat: Nat, transport: Transport) -> Connected {
+    let case = format!("{a_nat:?} <- {b_nat:?} over {transport:?}");
     let mut lab = Lab::new(tools);
+    lab.transport = transport;
     let a_home = lab.home(a_nat);
     let b_home = lab.home(b_nat);
     let intro = lab.start_intro();
@@ -1681,10 +1713,11 @@ fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working
 /// Benchmark, not a test: repeated `connect` trials per NAT pairing; prints the direct
 /// connection rate and the time from the first dial to a direct connection.
 ///
-/// Run: `TRIALS=5 PAIRS=eim-eim,eim-addr,sym-sym cargo test --release --test nat \
-/// traversal_benchmark -- --ignored --nocapture` (pairs: publisher-connector, each one of eim,
-/// full, addr, sym; default: the ten of the matrix test). Both transports (QUIC and TCP) are
-/// offered, as in a default configuration.
+/// Run: `TRIALS=5 PAIRS=eim-eim,eim-addr,sym-sym TRANSPORTS=quic,tcp cargo test --release \
+/// --test nat traversal_benchmark -- --ignored --nocapture` (pairs: publisher-connector, each
+/// one of eim, full, addr, sym, upnp; default: the ten of the matrix test; transports: quic,
+/// tcp, both, the daemons listening on that only; default quic,tcp). The introduction server
+/// always offers both.
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn traversal_benchmark() {
@@ -1712,18 +1745,36 @@ fn traversal_benchmark() {
             (kind(a), kind(b))
         })
         .collect();
+    let transports: Vec<Transport> = env::var("TRANSPORTS")
+        .unwrap_or_else(|_| "quic,tcp".into())
+        .split(',')
+        .map(|t| match t {
+            "quic" => Transport::Quic,
+            "tcp" => Transport::Tcp,
+            "both" => Transport::Both,
+            other => panic!("unknown transport {other:?} (quic, tcp, both)"),
+        })
+        .collect();
     let mut rows = Vec::new();
-    for (a, b) in pairs {
+    for (a, b) in pairs
+        .iter()
+        .flat_map(|p| transports.iter().map(move |t| (p, *t)))
+    {
+        let ((a, b), transport) = (*a, b);
         let (mut direct, mut punched, mut failed) = (0, 0, 0);
         let mut times = Vec::new();
+        let mut over = BTreeSet::new();
         for _ in 0..trials {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                connect_case(&tools, a, b)
+                connect_case_over(&tools, a, b, transport)
             })) {
                 Ok(c) => {
                     if c.direct {
                         direct += 1;
                         punched += usize::from(c.punched);
+                        if let Some(t) = c.output.split(" over ").nth(1) {
+                            over.insert(t.split_whitespace().next().unwrap_or("").to_owned());
+                        }
                         if let Some(ms) = c
                             .output
                             .rsplit(" in ")
@@ -1743,10 +1794,12 @@ fn traversal_benchmark() {
                 .get(((times.len() as f64 - 1.0) * q).round() as usize)
                 .map_or("-".to_owned(), |t| format!("{t} ms"))
         };
+        let over: Vec<String> = over.into_iter().collect();
         rows.push(format!(
-            "| {a:?} | {b:?} | {direct}/{trials} | {punched} | {failed} | {} | {} |",
+            "| {a:?} | {b:?} | {transport:?} | {direct}/{trials} | {punched} | {failed} | {} | {} | {} |",
             pct(0.5),
-            pct(0.95)
+            pct(0.95),
+            over.join(", ")
         ));
         eprintln!("{}", rows.last().unwrap());
     }
@@ -1755,9 +1808,9 @@ fn traversal_benchmark() {
         "{trials} trials per pairing; a trial is a fresh lab (introduction server, two homes)."
     );
     println!(
-        "| publisher's NAT | connector's NAT | direct | of which hole punched | set-up failures | time to direct p50 | p95 |"
+        "| publisher's NAT | connector's NAT | transports | direct | of which hole punched | set-up failures | time to direct p50 | p95 | direct over |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---|");
     for row in rows {
         println!("{row}");
     }

@@ -229,7 +229,7 @@ enum Command {
     },
     Connections {
         peer: PeerId,
-        reply: oneshot::Sender<Vec<bool>>,
+        reply: oneshot::Sender<Vec<(bool, Multiaddr)>>,
     },
 }
 
@@ -324,8 +324,8 @@ impl NodeHandle {
             .map_err(NodeError::Connect)
     }
 
-    /// The open connections to `peer`: `true` for each relayed one, `false` for each direct.
-    pub async fn connections(&self, peer: PeerId) -> Result<Vec<bool>, NodeError> {
+    /// The open connections to `peer`, each with whether it is relayed and its remote address.
+    pub async fn connections(&self, peer: PeerId) -> Result<Vec<(bool, Multiaddr)>, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Connections { peer, reply }).await?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -1076,7 +1076,7 @@ impl EventLoop {
                     .connections
                     .values()
                     .filter(|(p, _, _)| *p == peer)
-                    .map(|(_, relayed, _)| *relayed)
+                    .map(|(_, relayed, addr)| (*relayed, addr.clone()))
                     .collect();
                 let _ = reply.send(kinds);
             }
