@@ -625,6 +625,7 @@ impl Node {
             stun_report,
             rendezvous_points: HashMap::new(),
             rendezvous_addrs: HashMap::new(),
+            intro_load: IntroLoad::default(),
         };
         loop {
             tokio::select! {
@@ -659,6 +660,11 @@ impl Node {
                 }
                 _ = partial.tick() => state.answer_due_lookups(),
                 _ = relay_check.tick() => {
+                    if matches!(role, Role::Intro(_)) {
+                        state.intro_load.summarize(
+                            swarm.network_info().connection_counters().num_established() as usize,
+                        );
+                    }
                     // A relay restarted or went away: its reservation is gone; ask again.
                     if state.reserved {
                         reserve_relays(
@@ -959,12 +965,131 @@ struct EventLoop {
     rendezvous_points: HashMap<PeerId, RendezvousPoint>,
     /// Addresses other peers registered at rendezvous points (for `connect`).
     rendezvous_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    /// What an introduction server holds for others.
+    intro_load: IntroLoad,
     /// What the STUN client learned last.
     stun_report: std::sync::Arc<std::sync::Mutex<Option<super::stun_probe::StunReport>>>,
 }
 
 /// Where `connect` hears how its dial ended.
 type ConnectReply = oneshot::Sender<Result<(), String>>;
+
+/// What an introduction server holds for others, for its periodic summary.
+#[derive(Debug, Default)]
+struct IntroLoad {
+    reservations: usize,
+    circuits: usize,
+    /// Rendezvous registrations by peer and namespace, with when each expires.
+    registrations: HashMap<(PeerId, String), Instant>,
+    /// Requests refused since the last summary.
+    refused_reservations: usize,
+    refused_circuits: usize,
+    refused_registrations: usize,
+    /// Something changed since the last summary.
+    changed: bool,
+    last_summary: Option<Instant>,
+}
+
+/// How often an introduction server logs what it holds (when that changed).
+const INTRO_SUMMARY: Duration = Duration::from_secs(600);
+
+impl IntroLoad {
+    fn relay(&mut self, event: &relay::Event) {
+        self.changed = true;
+        match event {
+            relay::Event::ReservationReqAccepted { renewed: false, .. } => self.reservations += 1,
+            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
+                self.reservations = self.reservations.saturating_sub(1);
+            }
+            relay::Event::ReservationReqDenied {
+                src_peer_id,
+                status,
+            } => {
+                debug!(peer = %src_peer_id, ?status, "relay reservation refused");
+                self.refused_reservations += 1;
+            }
+            relay::Event::CircuitReqAccepted { .. } => self.circuits += 1,
+            relay::Event::CircuitClosed { .. } => self.circuits = self.circuits.saturating_sub(1),
+            relay::Event::CircuitReqDenied {
+                src_peer_id,
+                dst_peer_id,
+                status,
+            } => {
+                debug!(src = %src_peer_id, dst = %dst_peer_id, ?status, "relay circuit refused");
+                self.refused_circuits += 1;
+            }
+            _ => self.changed = false,
+        }
+    }
+
+    fn rendezvous(&mut self, event: &rendezvous::server::Event) {
+        use rendezvous::server::Event;
+        self.changed = true;
+        let now = Instant::now();
+        match event {
+            Event::PeerRegistered { peer, registration } => {
+                let expires = now + Duration::from_secs(registration.ttl);
+                self.registrations
+                    .insert((*peer, registration.namespace.to_string()), expires);
+            }
+            Event::PeerNotRegistered {
+                peer,
+                namespace,
+                error,
+            } => {
+                debug!(%peer, %namespace, ?error, "rendezvous registration refused");
+                self.refused_registrations += 1;
+            }
+            Event::PeerUnregistered { peer, namespace } => {
+                self.registrations.remove(&(*peer, namespace.to_string()));
+            }
+            // A registration renewed since has a later expiry: only a lapsed one goes.
+            Event::RegistrationExpired(registration) => {
+                let key = (
+                    registration.record.peer_id(),
+                    registration.namespace.to_string(),
+                );
+                if self.registrations.get(&key).is_some_and(|at| *at <= now) {
+                    self.registrations.remove(&key);
+                }
+            }
+            _ => self.changed = false,
+        }
+    }
+
+    /// Logs what is held, at most every [`INTRO_SUMMARY`] and only after a change; refusals
+    /// (limits reached) are a warning.
+    fn summarize(&mut self, connections: usize) {
+        let now = Instant::now();
+        if !self.changed || self.last_summary.is_some_and(|at| now - at < INTRO_SUMMARY) {
+            return;
+        }
+        self.registrations.retain(|_, expires| *expires > now);
+        let refused =
+            self.refused_reservations + self.refused_circuits + self.refused_registrations;
+        if refused > 0 {
+            warn!(
+                reservations = self.refused_reservations,
+                circuits = self.refused_circuits,
+                registrations = self.refused_registrations,
+                "introduction server refused requests (limits reached or bad requests); \
+                 the limits are in [intro] and [p2p] of the configuration"
+            );
+        }
+        info!(
+            reservations = self.reservations,
+            circuits = self.circuits,
+            registrations = self.registrations.len(),
+            connections,
+            "introduction server load"
+        );
+        self.refused_reservations = 0;
+        self.refused_circuits = 0;
+        self.refused_registrations = 0;
+        self.changed = false;
+        self.last_summary = Some(now);
+    }
+}
 
 /// This node's standing at one rendezvous point.
 #[derive(Debug, Default)]
@@ -1212,6 +1337,12 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(event)) => {
                 self.rendezvous_event(swarm, event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(event)) => {
+                self.intro_load.relay(&event);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RendezvousServer(event)) => {
+                self.intro_load.rendezvous(&event);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Upnp(event)) => match event {
                 libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
