@@ -60,8 +60,10 @@ const RENDEZVOUS_DISCOVER: Duration = Duration::from_secs(600);
 /// Registrations asked for per discovery, and newly discovered peers dialed per discovery.
 const RENDEZVOUS_DISCOVER_LIMIT: u64 = 64;
 const RENDEZVOUS_DIALS: usize = 8;
-/// Peers whose rendezvous addresses are remembered (for `connect`), at most.
+/// Peers whose rendezvous addresses are remembered (for `connect`), at most, and addresses
+/// kept per peer.
 const RENDEZVOUS_PEERS: usize = 1024;
+const RENDEZVOUS_ADDRS: usize = 8;
 /// How long the DHT keeps asking after a caller's budget ran out (to warm the cache).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1455,7 +1457,13 @@ impl EventLoop {
                     if peer == me {
                         continue;
                     }
-                    let addrs = registration.record.addresses().to_vec();
+                    let addrs: Vec<Multiaddr> = registration
+                        .record
+                        .addresses()
+                        .iter()
+                        .take(RENDEZVOUS_ADDRS)
+                        .cloned()
+                        .collect();
                     // Only peers that are reachable directly (no relayed address): relaying
                     // would spend the relay's circuits, and a node behind NAT would not answer.
                     let reachable = !addrs.iter().any(is_relayed);
