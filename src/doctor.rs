@@ -153,15 +153,66 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
             ),
             Some("add an introduction server to p2p.bootstrap, or start a second node on the LAN (mDNS)"),
         ),
-        Some(p2p) => lines.add(
+        Some(p2p) => {
+            lines.add(
+                Verdict::Ok,
+                &format!(
+                    "p2p: {} peers connected, {} in the routing table, DHT mode {}",
+                    p2p.connected_peers, p2p.routing_table_peers, p2p.dht_mode
+                ),
+                None,
+            );
+            reachability_line(lines, p2p);
+        }
+    }
+}
+
+/// Can others reach this node (to connect to the names it publishes)?
+fn reachability_line(lines: &mut Lines, p2p: &control::P2pStatus) {
+    let symmetric = p2p
+        .external_addrs
+        .iter()
+        .any(|(_, how)| how.contains("STUN") && how.contains("symmetric"));
+    let relay = p2p.relay_reservations.first();
+    let (verdict, text, hint) = match (p2p.reachability.as_str(), relay) {
+        ("public", _) => (
             Verdict::Ok,
-            &format!(
-                "p2p: {} peers connected, {} in the routing table, DHT mode {}",
-                p2p.connected_peers, p2p.routing_table_peers, p2p.dht_mode
+            "reachability: public, peers connect to this node directly".to_owned(),
+            None,
+        ),
+        ("unknown", _) => (
+            Verdict::Ok,
+            "reachability: not known yet (AutoNAT probes peers in the first minute)".to_owned(),
+            None,
+        ),
+        (_, None) => (
+            Verdict::Warn,
+            format!(
+                "reachability: {}, and no relay reservation: peers cannot connect to the names                  this node serves",
+                p2p.reachability
+            ),
+            Some(
+                "list an introduction server in p2p.bootstrap (it relays), or forward the P2P                  port on the router (or enable UPnP there)",
+            ),
+        ),
+        (_, Some(relay)) if symmetric => (
+            Verdict::Warn,
+            format!(
+                "reachability: behind a symmetric NAT (STUN), reachable through {relay};                  hole punching fails against it, so connections from other homes stay relayed"
+            ),
+            Some(
+                "forward the P2P port on the router (or enable UPnP there) for direct connections",
+            ),
+        ),
+        (_, Some(relay)) => (
+            Verdict::Ok,
+            format!(
+                "reachability: behind NAT, reachable through {relay}; connections become direct                  by hole punching"
             ),
             None,
         ),
-    }
+    };
+    lines.add(verdict, &text, hint);
 }
 
 /// When no daemon answers: who holds port 53?
@@ -362,6 +413,40 @@ mod tests {
             Some("[::1]:53".parse().unwrap())
         );
         assert_eq!(proc_net_addr("junk"), None);
+    }
+
+    #[test]
+    fn reachability_says_how_peers_reach_the_node() {
+        let check = |reachability: &str, relay: &[&str], external: &[(&str, &str)]| {
+            let status: control::P2pStatus = serde_json::from_value(serde_json::json!({
+                "peer_id": "12D3KooW", "key_name": "k.p2p.", "listen_addrs": [],
+                "connected_peers": 1, "routing_table_peers": 1, "stored_records": 0,
+                "dht_mode": "client", "reachability": reachability,
+                "relay_reservations": relay, "external_addrs": external,
+            }))
+            .unwrap();
+            let mut lines = Lines::default();
+            reachability_line(&mut lines, &status);
+            lines.text
+        };
+        let relay = "/ip4/198.51.100.7/udp/4747/quic-v1/p2p/R/p2p-circuit";
+        assert!(check("public", &[], &[]).starts_with("ok    reachability: public"));
+        let out = check("private", &[], &[]);
+        assert!(
+            out.starts_with("warn  ") && out.contains("no relay"),
+            "{out}"
+        );
+        let out = check("private", &[relay], &[]);
+        assert!(out.starts_with("ok    ") && out.contains(relay), "{out}");
+        let stun = (
+            "/ip4/203.0.113.5/udp/4000",
+            "STUN via x; endpoint-dependent (symmetric) NAT",
+        );
+        let out = check("public behind NAT", &[relay], &[stun]);
+        assert!(
+            out.starts_with("warn  ") && out.contains("symmetric"),
+            "{out}"
+        );
     }
 
     #[test]
