@@ -404,6 +404,13 @@ fn render(response: &Response) -> String {
                         for addr in &peer.addrs {
                             let _ = writeln!(out, "              {addr}");
                         }
+                        for (path, addr) in &peer.connections {
+                            let _ = writeln!(
+                                out,
+                                "              {path} connection{}",
+                                transport_of(addr)
+                            );
+                        }
                     }
                 }
                 None => out.push_str("p2p:        disabled\n"),

@@ -166,6 +166,9 @@ pub struct PeerInfo {
     pub addrs: Vec<String>,
     pub connected: bool,
     pub in_routing_table: bool,
+    /// Open connections: `direct` or `relayed`, and the remote address.
+    #[serde(default)]
+    pub connections: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -421,6 +424,14 @@ async fn status(context: &Context, with_peers: bool) -> Status {
                         addrs: p.addrs.iter().map(ToString::to_string).collect(),
                         connected: p.connected,
                         in_routing_table: p.in_routing_table,
+                        connections: p
+                            .connections
+                            .iter()
+                            .map(|(relayed, addr)| {
+                                let path = if *relayed { "relayed" } else { "direct" };
+                                (path.to_owned(), addr.to_string())
+                            })
+                            .collect(),
                     })
                     .collect()
             } else {

@@ -202,6 +202,8 @@ pub struct PeerEntry {
     pub addrs: Vec<Multiaddr>,
     pub connected: bool,
     pub in_routing_table: bool,
+    /// Its open connections: relayed or not, and the remote address.
+    pub connections: Vec<(bool, Multiaddr)>,
 }
 
 enum Command {
@@ -724,6 +726,7 @@ fn status(
                 addrs: entry.node.value.iter().cloned().collect(),
                 connected: false,
                 in_routing_table: true,
+                connections: Vec::new(),
             });
         }
     }
@@ -739,7 +742,13 @@ fn status(
                 addrs: Vec::new(),
                 connected: true,
                 in_routing_table: false,
+                connections: Vec::new(),
             });
+        }
+    }
+    for (peer, relayed, addr) in state.connections.values() {
+        if let Some(entry) = peers.iter_mut().find(|p| p.peer_id == *peer) {
+            entry.connections.push((*relayed, addr.clone()));
         }
     }
     let reachability = match swarm.behaviour().autonat.nat_status() {
@@ -878,6 +887,11 @@ fn is_own_address<'a>(addr: &Multiaddr, listeners: impl Iterator<Item = &'a Mult
     }
 }
 
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+}
+
 /// The bootstrap peers that name their peer id, one address each (QUIC first: hole punching
 /// works best over it).
 fn relay_candidates(bootstrap: &[Multiaddr]) -> Vec<&Multiaddr> {
@@ -885,14 +899,10 @@ fn relay_candidates(bootstrap: &[Multiaddr]) -> Vec<&Multiaddr> {
         Some(libp2p::multiaddr::Protocol::P2p(peer)) => Some(peer),
         _ => None,
     };
-    let quic = |a: &Multiaddr| {
-        a.iter()
-            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
-    };
     let mut chosen: Vec<&Multiaddr> = Vec::new();
     for addr in bootstrap.iter().filter(|a| peer(a).is_some()) {
         match chosen.iter_mut().find(|c| peer(c) == peer(addr)) {
-            Some(c) if quic(addr) && !quic(c) => *c = addr,
+            Some(c) if is_quic(addr) && !is_quic(c) => *c = addr,
             Some(_) => {}
             None => chosen.push(addr),
         }
@@ -1177,6 +1187,9 @@ impl EventLoop {
                             .with(libp2p::multiaddr::Protocol::P2p(peer))
                     })
                     .collect();
+                // QUIC first: hole punching works best over it.
+                let mut relayed = relayed;
+                relayed.sort_by_key(|a| !is_quic(a));
                 let mut addrs = self
                     .rendezvous_addrs
                     .get(&peer)
