@@ -23,17 +23,19 @@
 //! overlap; every process in the lab is killed and every namespace removed when the test ends,
 //! also when it fails.
 
+mod process;
+
 use std::{
     collections::BTreeSet,
     env, fs,
-    hash::{BuildHasher, Hasher, RandomState},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::mpsc,
+    process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
+
+use process::{Proc, TempDir, describe, kill, random_tag, run_bounded, tail, tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 
@@ -193,7 +195,7 @@ elif mode == "closed":
 "#;
 
 // ---------------------------------------------------------------------------------------------
-// Tools, temporary directories and processes
+// Tools
 // ---------------------------------------------------------------------------------------------
 
 /// The external programs the lab drives.
@@ -214,200 +216,6 @@ impl Tools {
             python3: tool("python3", "python3"),
             dig: tool("dig", "bind9-dnsutils"),
         }
-    }
-}
-
-/// The path of an external program; fails the test if it is not installed. The system
-/// directories come before PATH, so the Debian package's program runs rather than a version
-/// manager's shim.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = env::var_os("PATH").unwrap_or_default();
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(env::split_paths(&path))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed but the p2pdns NAT lab needs it: install the Debian \
-                 package {package} (apt-get install {package})"
-            )
-        })
-}
-
-/// Eight random hex digits, so parallel runs never share a namespace.
-fn random_tag() -> String {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    format!("{:08x}", hasher.finish() & 0xffff_ffff)
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let path = env::temp_dir().join(format!("p2pdns-nat-{tag}"));
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn subdir(&self, name: &str) -> PathBuf {
-        let path = self.0.join(name);
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        path
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Sends SIGKILL to `pids` through the shell's `kill` built-in.
-fn kill(pids: &[String]) {
-    if !pids.is_empty() {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!("kill -KILL {} 2>/dev/null", pids.join(" ")))
-            .status();
-    }
-}
-
-/// Runs a command to completion with a deadline; kills it and fails the test if it hangs.
-fn run_bounded(mut command: Command, timeout: Duration) -> Output {
-    let description = format!("{command:?}");
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {description}: {e}")),
-        Err(_) => {
-            kill(&[pid.to_string()]);
-            panic!("{description} did not finish within {timeout:?}");
-        }
-    }
-}
-
-/// Everything a finished command printed, for assertion messages.
-fn describe(output: &Output) -> String {
-    format!(
-        "{}; stdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The last lines of a log, for assertion messages.
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// A long-running child process with its output in files; killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut command: Command, dir: &Path) -> Self {
-        let open = |suffix: &str| {
-            let path = dir.join(format!("{name}.{suffix}"));
-            let file = fs::File::create(&path)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-            (path, file)
-        };
-        let (stdout, stdout_file) = open("stdout");
-        let (stderr, stderr_file) = open("stderr");
-        command
-            .stdin(Stdio::null())
-            .stdout(stdout_file)
-            .stderr(stderr_file);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
-        Self {
-            name: name.to_owned(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    /// The log: the daemon and the probes write it to stderr.
-    fn stderr(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits until `ready(stdout, stderr)` holds; fails if the process exits first.
-    fn wait_until(&mut self, what: &str, ready: impl Fn(&str, &str) -> bool) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let (out, err) = (self.stdout(), self.stderr());
-            if ready(&out, &err) {
-                return;
-            }
-            let exited = self
-                .child
-                .try_wait()
-                .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name));
-            if let Some(status) = exited {
-                panic!(
-                    "{} exited ({status}) before {what}:\nstdout:\n{out}\nstderr:\n{err}",
-                    self.name
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not {what} within {START_TIMEOUT:?}:\nstdout:\n{out}\nstderr:\n{}",
-                self.name,
-                tail(&err, 60)
-            );
-            thread::sleep(POLL);
-        }
-    }
-
-    /// The exit status, if the process has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -837,7 +645,7 @@ impl Lab {
                 break;
             }
             assert!(
-                proc.exited().is_none() && Instant::now() < deadline,
+                proc.try_exit().is_none() && Instant::now() < deadline,
                 "miniupnpd did not start: {}",
                 tail(&proc.stderr(), 20)
             );
@@ -882,7 +690,9 @@ impl Lab {
             .arg("reflector")
             .args(reflector_sockets());
         let mut reflector = Proc::spawn("reflector", command, self.dir.path());
-        reflector.wait_until("ready", |out, _| out.contains("ready"));
+        reflector.wait_until("print `ready`", START_TIMEOUT, |out, _| {
+            out.contains("ready")
+        });
         reflector
     }
 
@@ -923,7 +733,7 @@ impl Lab {
                 .map(str::to_owned)
                 .collect()
         };
-        proc.wait_until("printing its bootstrap addresses", |_, err| {
+        proc.wait_until("log its bootstrap addresses", START_TIMEOUT, |_, err| {
             bootstrap_lines(err).len() >= addrs.len()
         });
         let bootstrap = bootstrap_lines(&proc.stderr());
@@ -977,7 +787,9 @@ impl Lab {
             .arg("run")
             .args(["--dns-listen", &format!("127.0.0.1:{DNS_PORT}")]);
         let mut proc = Proc::spawn(&name, command, self.dir.path());
-        proc.wait_until("ready", |_, err| err.contains(" ready"));
+        proc.wait_until("log `ready`", START_TIMEOUT, |_, err| {
+            err.contains(" ready")
+        });
         Daemon {
             proc,
             ns: host.clone(),
@@ -1076,16 +888,16 @@ impl Daemon {
                 return;
             }
             assert!(
-                self.proc.exited().is_none(),
+                self.proc.try_exit().is_none(),
                 "{} exited:\n{}",
-                self.proc.name,
+                self.proc.name(),
                 tail(&self.proc.stderr(), 60)
             );
             assert!(
                 Instant::now() < deadline,
                 "{} did not connect to the introduction server within {JOIN_TIMEOUT:?}\n\
                  status:\n{status}\nlog:\n{}",
-                self.proc.name,
+                self.proc.name(),
                 tail(&self.proc.stderr(), 60)
             );
             thread::sleep(Duration::from_millis(200));
@@ -1112,7 +924,7 @@ impl Daemon {
             assert!(
                 Instant::now() < deadline,
                 "{case}: {}'s reachability was not settled within {timeout:?}:\n{status}\n{}",
-                self.proc.name,
+                self.proc.name(),
                 tail(&self.proc.stderr(), 60)
             );
             thread::sleep(Duration::from_millis(250));
@@ -1144,7 +956,7 @@ impl Daemon {
                 Instant::now() < deadline,
                 "{}: fewer than {holders} other nodes hold {name} after {JOIN_TIMEOUT:?}\n\
                  names: {}\nlog:\n{}",
-                self.proc.name,
+                self.proc.name(),
                 describe(&out),
                 tail(&self.proc.stderr(), 60)
             );
@@ -1632,7 +1444,7 @@ fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working
             assert!(
                 Instant::now() < deadline,
                 "{}: not registered at the rendezvous point, or learned no peer:\n{status}\n{}",
-                daemon.proc.name,
+                daemon.proc.name(),
                 tail(&daemon.proc.stderr(), 40)
             );
             thread::sleep(Duration::from_millis(250));

@@ -18,15 +18,17 @@
 //! required, never optional: a missing one fails the test and names the Debian package to
 //! install (`iproute2`, `libc-bin`, `nsd`, `curl`, `chromium`, `python3`).
 
+mod process;
+
 use std::{
-    env, fs,
-    hash::{BuildHasher, Hasher, RandomState},
+    fs,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::mpsc,
+    process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
+
+use process::{Proc, TempDir, describe, kill, random_tag, run_bounded, tail, tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 
@@ -63,7 +65,7 @@ const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
 const GETENT_NOT_FOUND: i32 = 2;
 
 // ---------------------------------------------------------------------------------------------
-// Tools, temporary directories and processes
+// Tools
 // ---------------------------------------------------------------------------------------------
 
 /// The external programs the test drives.
@@ -87,194 +89,6 @@ impl Tools {
             chromium: tool("chromium", "chromium"),
             python3: tool("python3", "python3"),
         }
-    }
-}
-
-/// The path of an external program; fails the test if it is not installed. The system
-/// directories come before PATH, so the Debian package's program runs rather than a version
-/// manager's shim.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = env::var_os("PATH").unwrap_or_default();
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(env::split_paths(&path))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed but the p2pdns OS resolver test needs it: install the \
-                 Debian package {package} (apt-get install {package})"
-            )
-        })
-}
-
-/// Eight random hex digits, so parallel runs never share a namespace.
-fn random_tag() -> String {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    format!("{:08x}", hasher.finish() & 0xffff_ffff)
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let path = env::temp_dir().join(format!("p2pdns-os-{tag}"));
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn subdir(&self, name: &str) -> PathBuf {
-        let path = self.0.join(name);
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        path
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Sends SIGKILL to `pids` through the shell's `kill` built-in.
-fn kill(pids: &[String]) {
-    if !pids.is_empty() {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!("kill -KILL {} 2>/dev/null", pids.join(" ")))
-            .status();
-    }
-}
-
-/// Runs a command to completion with a deadline; kills it and fails the test if it hangs.
-/// Descendants it leaves behind die with the namespace.
-fn run_bounded(mut command: Command, timeout: Duration) -> Output {
-    let description = format!("{command:?}");
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {description}: {e}")),
-        Err(_) => {
-            kill(&[pid.to_string()]);
-            panic!("{description} did not finish within {timeout:?}");
-        }
-    }
-}
-
-/// Everything a finished command printed, for assertion messages.
-fn describe(output: &Output) -> String {
-    format!(
-        "{}; stdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// A long-running child process with its output in files; killed when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    /// stdout, stderr and any log file the program writes itself.
-    files: Vec<PathBuf>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut command: Command, dir: &TempDir) -> Self {
-        let open = |suffix: &str| {
-            let path = dir.path().join(format!("{name}.{suffix}"));
-            let file = fs::File::create(&path)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-            (path, file)
-        };
-        let (stdout_path, stdout) = open("stdout");
-        let (stderr_path, stderr) = open("stderr");
-        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
-        Self {
-            name,
-            child,
-            files: vec![stdout_path, stderr_path],
-        }
-    }
-
-    /// Everything the process wrote so far.
-    fn output(&self) -> String {
-        self.files
-            .iter()
-            .map(|path| {
-                format!(
-                    "--- {}:\n{}",
-                    path.display(),
-                    fs::read_to_string(path).unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child
-            .try_wait()
-            .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name))
-    }
-
-    /// Waits until the process's output contains `needle`; fails if it exits first.
-    fn wait_for(&mut self, needle: &str) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if self.output().contains(needle) {
-                return;
-            }
-            if let Some(status) = self.try_exit() {
-                panic!(
-                    "{} exited ({status}) before printing {needle:?}:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not print {needle:?} within {START_TIMEOUT:?}:\n{}",
-                self.name,
-                self.output()
-            );
-            thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -430,10 +244,10 @@ fn start_nsd(ns: &Netns, tools: &Tools, dir: &TempDir) -> Proc {
     );
     let mut command = ns.exec(&tools.nsd);
     command.arg("-c").arg(conf).arg("-d");
-    let mut nsd = Proc::spawn("nsd", command, dir);
-    nsd.files.push(log);
+    let mut nsd = Proc::spawn("nsd", command, dir.path());
+    nsd.add_log(log);
     // Logged once the sockets are bound and the zone is loaded.
-    nsd.wait_for("nsd started");
+    nsd.wait_for("nsd started", START_TIMEOUT);
     nsd
 }
 
@@ -457,8 +271,8 @@ fn start_daemon(ns: &Netns, dir: &TempDir) -> Proc {
         .arg(dir.path().join("data"))
         .args(["--dns-listen", "127.0.0.1:53"])
         .args(["--upstream", &format!("{UPSTREAM_ADDR}:53")]);
-    let mut daemon = Proc::spawn("p2pdns", command, dir);
-    daemon.wait_for(" ready");
+    let mut daemon = Proc::spawn("p2pdns", command, dir.path());
+    daemon.wait_for(" ready", START_TIMEOUT);
     daemon
 }
 
@@ -486,21 +300,15 @@ fn start_web(ns: &Netns, tools: &Tools, dir: &TempDir, marker: &str) -> Proc {
         ])
         .arg(root)
         .arg(HTTP_PORT.to_string());
-    let mut web = Proc::spawn("http.server", command, dir);
+    let mut web = Proc::spawn("http.server", command, dir.path());
     // Printed once the socket is bound.
-    web.wait_for("Serving HTTP on");
+    web.wait_for("Serving HTTP on", START_TIMEOUT);
     web
 }
 
 // ---------------------------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------------------------
-
-/// The last lines of a log, for assertion messages.
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 #[test]
 fn getent_curl_and_chromium_resolve_a_published_p2p_name_through_resolv_conf() {

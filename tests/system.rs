@@ -10,20 +10,20 @@
 //! The tools are required, never optional: a missing one fails the test and names the Debian
 //! package to install (`bind9-dnsutils`, `knot-dnsutils`, `nsd`).
 
+mod process;
+
 use std::{
     collections::BTreeSet,
-    env, fs,
+    fs,
     io::{self, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc,
-    },
+    path::PathBuf,
+    process::{Command, Output},
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
+
+use process::{Proc, TempDir, run_bounded, tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -64,23 +64,8 @@ const LOCAL_RECORDS: &str = r#"
 "#;
 
 // ---------------------------------------------------------------------------------------------
-// Tools, temporary directories, ports and processes
+// Tools, ports and signals
 // ---------------------------------------------------------------------------------------------
-
-/// The path of an external program the tests need; fails the test if it is not installed.
-fn tool(name: &str, package: &str) -> PathBuf {
-    let path = env::var_os("PATH").unwrap_or_default();
-    env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed but the p2pdns system tests need it: install the Debian \
-                 package {package} (apt-get install {package})"
-            )
-        })
-}
 
 fn dig_bin() -> PathBuf {
     tool("dig", "bind9-dnsutils")
@@ -92,42 +77,6 @@ fn kdig_bin() -> PathBuf {
 
 fn nsd_bin() -> PathBuf {
     tool("nsd", "nsd")
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Self {
-        static COUNT: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = env::temp_dir().join(format!(
-            "p2pdns-system-{label}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A port free for both UDP and TCP on 127.0.0.1 right now: the kernel picks it for a UDP
@@ -177,126 +126,6 @@ fn send_signal(pid: u32, signal: &str) {
         .status()
         .expect("run sh to send a signal");
     assert!(status.success(), "kill -{signal} {pid} failed: {status}");
-}
-
-/// Runs a command to completion with a deadline; kills it and fails the test if it hangs.
-fn run_bounded(mut command: Command, timeout: Duration) -> Output {
-    let description = format!("{command:?}");
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {description}: {e}")),
-        Err(_) => {
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!("kill -KILL {pid}"))
-                .status();
-            panic!("{description} did not finish within {timeout:?}");
-        }
-    }
-}
-
-/// A long-running child process with stdout and stderr in files; killed when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    stderr_path: PathBuf,
-    exited: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut command: Command, dir: &TempDir) -> Self {
-        let open = |suffix: &str| {
-            let path = dir.path().join(format!("{name}.{suffix}"));
-            let file = fs::File::create(&path)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-            (path, file)
-        };
-        let (_, stdout) = open("stdout");
-        let (stderr_path, stderr) = open("stderr");
-        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
-        Self {
-            name,
-            child,
-            stderr_path,
-            exited: None,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything the process wrote to stderr so far, without terminal colour codes.
-    fn stderr(&self) -> String {
-        strip_ansi(&fs::read_to_string(&self.stderr_path).unwrap_or_default())
-    }
-
-    fn try_exit(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self
-                .child
-                .try_wait()
-                .unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name));
-        }
-        self.exited
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_exit() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}; stderr:\n{}",
-                self.name,
-                self.stderr()
-            );
-            thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.try_exit().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI sequences end with a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,7 +180,7 @@ impl Nsd {
         let mut command = Command::new(nsd);
         command.arg("-c").arg(&conf).arg("-d");
         let mut nsd = Self {
-            proc: Proc::spawn("nsd", command, &dir),
+            proc: Proc::spawn("nsd", command, dir.path()),
             port,
             dir,
         };
@@ -456,28 +285,17 @@ impl Daemon {
         }
         command.args(args);
         Self {
-            proc: Proc::spawn("p2pdns", command, &dir),
+            proc: Proc::spawn("p2pdns", command, dir.path()),
             port,
             _dir: dir,
         }
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let log = self.log();
-            if log.lines().any(|line| line.trim_end().ends_with(" ready")) {
-                return;
-            }
-            if let Some(status) = self.proc.try_exit() {
-                panic!("p2pdns exited ({status}) before it was ready; stderr:\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "p2pdns did not log `ready` within {START_TIMEOUT:?}; stderr:\n{log}"
-            );
-            thread::sleep(POLL);
-        }
+        self.proc
+            .wait_until("log `ready`", START_TIMEOUT, |_, log| {
+                log.lines().any(|line| line.trim_end().ends_with(" ready"))
+            });
     }
 
     fn addr(&self) -> SocketAddr {
@@ -2029,33 +1847,24 @@ impl Intro {
         if !args.contains(&"--stun-listen") {
             command.args(["--stun-listen", "127.0.0.1:0"]);
         }
-        let proc = Proc::spawn("p2pdns-intro", command, &dir);
+        let proc = Proc::spawn("p2pdns-intro", command, dir.path());
         Self { proc, _dir: dir }
     }
 
     /// The addresses it logged for `--bootstrap`, once it has logged them.
     fn bootstrap_addrs(&mut self) -> Vec<String> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let log = self.proc.stderr();
-            let addrs: Vec<String> = log
-                .lines()
+        let addrs = |log: &str| -> Vec<String> {
+            log.lines()
                 .filter(|l| l.contains("nodes join with --bootstrap"))
                 .filter_map(|l| l.split("addr=").nth(1))
                 .map(|a| a.trim().to_owned())
-                .collect();
-            if !addrs.is_empty() {
-                return addrs;
-            }
-            if let Some(status) = self.proc.try_exit() {
-                panic!("p2pdns intro exited ({status}); stderr:\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no bootstrap address logged:\n{log}"
-            );
-            thread::sleep(POLL);
-        }
+                .collect()
+        };
+        self.proc
+            .wait_until("log a bootstrap address", START_TIMEOUT, |_, log| {
+                !addrs(log).is_empty()
+            });
+        addrs(&self.proc.stderr())
     }
 }
 
@@ -2155,7 +1964,7 @@ fn the_daemon_tells_the_service_manager_when_it_is_ready_reloading_and_stopping(
         .arg(dir.path().join("data"))
         .arg("--dns-listen")
         .arg(localhost(port).to_string());
-    let mut proc = Proc::spawn("p2pdns", command, &dir);
+    let mut proc = Proc::spawn("p2pdns", command, dir.path());
     let next = || {
         let mut buf = [0; 512];
         let n = socket
@@ -2203,25 +2012,17 @@ fn reload_applies_new_upstream_servers_and_names_what_needs_a_restart() {
         .arg("run")
         .arg("--dns-listen")
         .arg(localhost(port).to_string());
-    let proc = Proc::spawn("p2pdns", command, &dir);
-    let wait_log = |needle: &str| {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !proc.stderr().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log:\n{}",
-                proc.stderr()
-            );
-            thread::sleep(POLL);
-        }
-    };
-    wait_log(" ready");
+    let mut proc = Proc::spawn("p2pdns", command, dir.path());
+    proc.wait_for(" ready", START_TIMEOUT);
     assert_eq!(dig(port, &["www.example.test", "A"]).status, "NOERROR");
 
     // A broken file changes nothing.
     fs::write(&config, "[upstream\nservers = ").unwrap();
     send_signal(proc.pid(), "HUP");
-    wait_log("the configuration file has errors; keeping the running configuration");
+    proc.wait_for(
+        "the configuration file has errors; keeping the running configuration",
+        START_TIMEOUT,
+    );
     assert_eq!(dig(port, &["www.example.test", "A"]).status, "NOERROR");
 
     // Another upstream and another cache size: the upstream applies at once, the cache size
@@ -2232,8 +2033,11 @@ fn reload_applies_new_upstream_servers_and_names_what_needs_a_restart() {
     )
     .unwrap();
     send_signal(proc.pid(), "HUP");
-    wait_log("changed settings need a restart to apply sections=cache");
-    wait_log("reloaded: cache emptied, upstreams re-read");
+    proc.wait_for(
+        "changed settings need a restart to apply sections=cache",
+        START_TIMEOUT,
+    );
+    proc.wait_for("reloaded: cache emptied, upstreams re-read", START_TIMEOUT);
     let upstreams = || {
         let mut command = p2pdns_command(&dir);
         command
