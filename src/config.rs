@@ -286,10 +286,13 @@ pub struct IntroConfig {
     /// Relayed connections open at once, in all and per peer.
     pub max_circuits: usize,
     pub max_circuits_per_peer: usize,
-    /// A relayed connection is cut after this long or this many bytes each way.
+    /// A relayed connection is cut after this long or this many bytes (both directions
+    /// together).
     pub circuit_duration_secs: u64,
     pub circuit_bytes: u64,
-    /// Rendezvous registrations held at once, in all and per peer (one per namespace).
+    /// Rendezvous registrations held at once, in all and per peer (one per namespace). A peer
+    /// renews a registration only while it holds fewer than the per-peer maximum (libp2p counts
+    /// the one being replaced), so keep that above the namespaces peers use (p2pdns uses one).
     pub max_registrations: usize,
     pub max_registrations_per_peer: usize,
     /// Lifetimes a rendezvous registration may ask for.

@@ -68,26 +68,29 @@ const RENDEZVOUS_ADDRS: usize = 8;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an introduction server relays at most: it must stay useful to many and exhaustible by
-/// none.
+/// none. libp2p-relay 0.22 refuses a peer only once it holds *more* than its per-peer maximum,
+/// so it is given one less to grant exactly the configured number.
 fn relay_limits(limits: &IntroConfig) -> relay::Config {
     relay::Config {
         max_reservations: limits.max_reservations,
-        max_reservations_per_peer: limits.max_reservations_per_peer,
+        max_reservations_per_peer: limits.max_reservations_per_peer.saturating_sub(1),
         reservation_duration: Duration::from_secs(limits.reservation_duration_secs),
         max_circuits: limits.max_circuits,
-        max_circuits_per_peer: limits.max_circuits_per_peer,
+        max_circuits_per_peer: limits.max_circuits_per_peer.saturating_sub(1),
         max_circuit_duration: Duration::from_secs(limits.circuit_duration_secs),
         max_circuit_bytes: limits.circuit_bytes,
         ..relay::Config::default()
     }
 }
 
+/// The rendezvous point's bounds. libp2p-rendezvous 0.18 refuses only once it holds *more*
+/// than its total, so it is given one less.
 fn rendezvous_limits(limits: &IntroConfig) -> rendezvous::server::Config {
     rendezvous::server::Config::default()
         .with_min_ttl(limits.registration_min_ttl_secs)
         .with_max_ttl(limits.registration_max_ttl_secs)
         .with_max_registration_per_peer(limits.max_registrations_per_peer)
-        .with_max_registration_total(limits.max_registrations)
+        .with_max_registration_total(limits.max_registrations.saturating_sub(1))
 }
 
 /// Errors of the P2P node.
@@ -989,7 +992,10 @@ type ConnectReply = oneshot::Sender<Result<(), String>>;
 /// What an introduction server holds for others, for its periodic summary.
 #[derive(Debug, Default)]
 struct IntroLoad {
-    reservations: usize,
+    /// Reservations per peer. libp2p reports a "reservation closed" for every closed connection
+    /// of a peer, reserved or not, so a count never goes below zero and may run low for a peer
+    /// that holds a reservation and also opens other connections.
+    reservations: HashMap<PeerId, usize>,
     circuits: usize,
     /// Rendezvous registrations by peer and namespace, with when each expires.
     registrations: HashMap<(PeerId, String), Instant>,
@@ -1007,11 +1013,20 @@ const INTRO_SUMMARY: Duration = Duration::from_secs(600);
 
 impl IntroLoad {
     fn relay(&mut self, event: &relay::Event) {
-        self.changed = true;
         match event {
-            relay::Event::ReservationReqAccepted { renewed: false, .. } => self.reservations += 1,
-            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
-                self.reservations = self.reservations.saturating_sub(1);
+            relay::Event::ReservationReqAccepted {
+                src_peer_id,
+                renewed: false,
+            } => *self.reservations.entry(*src_peer_id).or_default() += 1,
+            relay::Event::ReservationClosed { src_peer_id }
+            | relay::Event::ReservationTimedOut { src_peer_id } => {
+                match self.reservations.get_mut(src_peer_id) {
+                    Some(1) => {
+                        self.reservations.remove(src_peer_id);
+                    }
+                    Some(n) => *n -= 1,
+                    None => return,
+                }
             }
             relay::Event::ReservationReqDenied {
                 src_peer_id,
@@ -1030,13 +1045,13 @@ impl IntroLoad {
                 debug!(src = %src_peer_id, dst = %dst_peer_id, ?status, "relay circuit refused");
                 self.refused_circuits += 1;
             }
-            _ => self.changed = false,
+            _ => return,
         }
+        self.changed = true;
     }
 
     fn rendezvous(&mut self, event: &rendezvous::server::Event) {
         use rendezvous::server::Event;
-        self.changed = true;
         let now = Instant::now();
         match event {
             Event::PeerRegistered { peer, registration } => {
@@ -1065,8 +1080,9 @@ impl IntroLoad {
                     self.registrations.remove(&key);
                 }
             }
-            _ => self.changed = false,
+            _ => return,
         }
+        self.changed = true;
     }
 
     /// Logs what is held, at most every [`INTRO_SUMMARY`] and only after a change; refusals
@@ -1089,7 +1105,7 @@ impl IntroLoad {
             );
         }
         info!(
-            reservations = self.reservations,
+            reservations = self.reservations.values().sum::<usize>(),
             circuits = self.circuits,
             registrations = self.registrations.len(),
             connections,
@@ -1313,8 +1329,16 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 num_established,
+                cause,
+                endpoint,
                 ..
             } => {
+                debug!(
+                    %peer_id,
+                    addr = %endpoint.get_remote_address(),
+                    cause = cause.as_ref().map_or("idle or closed by us".to_owned(), |c| c.to_string()),
+                    "connection closed"
+                );
                 self.connections.remove(&connection_id);
                 // A rendezvous point that went away may have lost the registration (a
                 // restart): register and discover again once it is back.
