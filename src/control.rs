@@ -34,6 +34,10 @@ const MAX_CLIENTS: usize = 16;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `names` waits to count the replicas of each name.
 const REPLICA_COUNT_WAIT: Duration = Duration::from_secs(5);
+/// How long a direct connection must last before `connect` counts it, and how many times it
+/// has the peers punch again when one died at once.
+const DIRECT_SETTLE: Duration = Duration::from_millis(300);
+const MAX_PUNCHES: u32 = 2;
 /// How long `connect` waits for a first connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// TTL of records published without one.
@@ -597,18 +601,35 @@ async fn connect(dht: &Arc<Dht>, name: &str, wait_direct: Duration) -> Result<Re
         .map_err(|e| e.to_string())?;
     let started_relayed = !first.is_empty() && first.iter().all(|(relayed, _)| *relayed);
     let deadline = tokio::time::Instant::now() + wait_direct;
-    let (direct, via) = loop {
+    let mut punches = 0;
+    let (direct, via, elapsed) = loop {
         let open = dht
             .node()
             .connections(peer)
             .await
             .map_err(|e| e.to_string())?;
-        if let Some((_, addr)) = open.iter().find(|(relayed, _)| !relayed) {
-            break (true, addr.to_string());
+        if open.iter().any(|(relayed, _)| !relayed) {
+            let seen = started.elapsed();
+            // A hole-punched TCP connection can be reset right after it opened (both sides
+            // dialled at once): count it once it has lasted a moment.
+            tokio::time::sleep(DIRECT_SETTLE).await;
+            let open = dht
+                .node()
+                .connections(peer)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some((_, addr)) = open.iter().find(|(relayed, _)| !relayed) {
+                break (true, addr.to_string(), seen);
+            }
+            if punches < MAX_PUNCHES && tokio::time::Instant::now() < deadline {
+                punches += 1;
+                // A fresh relayed connection makes the two sides punch again.
+                let _ = dht.node().punch_again(peer).await;
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             let relay = open.first().map(|(_, a)| a.to_string()).unwrap_or_default();
-            break (false, relay);
+            break (false, relay, started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -618,7 +639,7 @@ async fn connect(dht: &Arc<Dht>, name: &str, wait_direct: Duration) -> Result<Re
         path: if direct { "direct" } else { "relayed" }.to_owned(),
         via,
         upgraded: direct && started_relayed,
-        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
     })
 }
 

@@ -1176,12 +1176,58 @@ fn connect_case_over(tools: &Tools, a_nat: Nat, b_nat: Nat, transport: Transport
         tail(&a.proc.stderr(), 60),
         tail(&b.proc.stderr(), 60)
     );
+    let direct = output.contains(": direct connection to ");
+
+    // B's status lists the connection to A as it is; A's doctor says how peers reach it.
+    let a_id = output
+        .split("connection to ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    let listed = connection_lines(&b.status(), &a_id);
+    let want = if direct {
+        "direct connection over "
+    } else {
+        "relayed connection over a relay"
+    };
+    assert!(
+        listed.iter().any(|line| line.starts_with(want)),
+        "{case}: B's status does not list a {want:?} line for {a_id}: {listed:?}\n\
+         connect said: {output}\nA log:\n{}\nB log:\n{}",
+        tail(&a.proc.stderr(), 40),
+        tail(&b.proc.stderr(), 40)
+    );
+    let doctor = String::from_utf8_lossy(&a.cli(&["doctor"]).stdout).into_owned();
+    let want = if a_reachable == "public" {
+        "ok    reachability: public"
+    } else {
+        "reachability: behind "
+    };
+    assert!(
+        doctor.lines().any(|line| line.contains(want)),
+        "{case}: A's doctor does not say {want:?}:\n{doctor}"
+    );
+
     Connected {
         a_reachable: a_reachable.to_owned(),
-        direct: output.contains(": direct connection to "),
+        direct,
         punched: output.contains("relayed first, then hole punched"),
         output,
     }
+}
+
+/// The connection lines `status --peers` prints under `peer`, trimmed.
+fn connection_lines(status: &str, peer: &str) -> Vec<String> {
+    status
+        .lines()
+        .skip_while(|line| !(line.starts_with("peer:") && line.contains(peer)))
+        .skip(1)
+        .take_while(|line| !line.starts_with("peer:"))
+        .map(str::trim)
+        .filter(|line| line.contains(" connection"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The node's STUN client, against the introduction server's two STUN ports: the public

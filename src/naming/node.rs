@@ -232,6 +232,9 @@ enum Command {
     },
     Connect {
         peer: PeerId,
+        /// Open a new relayed connection even when connected, so that the peers try hole
+        /// punching again (a direct connection died right after it was made).
+        through_relay: bool,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Connections {
@@ -324,8 +327,23 @@ impl NodeHandle {
     /// bootstrap peer, as the introduction server where the peer may hold a reservation).
     /// Returns once one connection is up, or the error of the last failed attempt.
     pub async fn connect(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.connect_inner(peer, false).await
+    }
+
+    /// Opens a new connection to `peer` through the relays, on which the two sides try hole
+    /// punching again.
+    pub async fn punch_again(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.connect_inner(peer, true).await
+    }
+
+    async fn connect_inner(&self, peer: PeerId, through_relay: bool) -> Result<(), NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Connect { peer, reply }).await?;
+        self.send(Command::Connect {
+            peer,
+            through_relay,
+            reply,
+        })
+        .await?;
         rx.await
             .map_err(|_| NodeError::Stopped)?
             .map_err(NodeError::Connect)
@@ -1184,8 +1202,12 @@ impl EventLoop {
             Command::Status { reply } => {
                 let _ = reply.send(status(swarm, listen_addrs, peer_id, self));
             }
-            Command::Connect { peer, reply } => {
-                if swarm.is_connected(&peer) {
+            Command::Connect {
+                peer,
+                through_relay,
+                reply,
+            } => {
+                if swarm.is_connected(&peer) && !through_relay {
                     let _ = reply.send(Ok(()));
                     return;
                 }
@@ -1206,19 +1228,24 @@ impl EventLoop {
                 // QUIC first: hole punching works best over it.
                 let mut relayed = relayed;
                 relayed.sort_by_key(|a| !is_quic(a));
-                let mut addrs = self
-                    .rendezvous_addrs
-                    .get(&peer)
-                    .cloned()
-                    .unwrap_or_default();
+                let mut addrs = if through_relay {
+                    Vec::new()
+                } else {
+                    self.rendezvous_addrs
+                        .get(&peer)
+                        .cloned()
+                        .unwrap_or_default()
+                };
                 addrs.extend(relayed);
                 // A dial of its own even when another is under way (the DHT's, say, to an
                 // address a NAT filters): this one tries the relays too.
-                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                let mut opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                     .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
-                    .addresses(addrs)
-                    .extend_addresses_through_behaviour()
-                    .build();
+                    .addresses(addrs);
+                if !through_relay {
+                    opts = opts.extend_addresses_through_behaviour();
+                }
+                let opts = opts.build();
                 let dial = opts.connection_id();
                 match swarm.dial(opts) {
                     Ok(()) => self.connecting.entry(peer).or_default().push((dial, reply)),
