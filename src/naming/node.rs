@@ -1890,4 +1890,50 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn intro_load_counts_reservations_and_registrations_that_are_held() {
+        let mut load = IntroLoad::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let accepted = |peer, renewed| relay::Event::ReservationReqAccepted {
+            src_peer_id: peer,
+            renewed,
+        };
+        load.relay(&accepted(a, false));
+        load.relay(&accepted(a, false));
+        load.relay(&accepted(a, true));
+        assert_eq!(load.reservations.values().sum::<usize>(), 2);
+        // libp2p reports a closed reservation for every closed connection: one of a peer that
+        // never reserved changes nothing.
+        load.changed = false;
+        load.relay(&relay::Event::ReservationClosed { src_peer_id: b });
+        assert!(!load.changed);
+        load.relay(&relay::Event::ReservationTimedOut { src_peer_id: a });
+        load.relay(&relay::Event::ReservationClosed { src_peer_id: a });
+        load.relay(&relay::Event::ReservationClosed { src_peer_id: a });
+        assert!(load.reservations.is_empty());
+        assert!(load.changed);
+
+        // A renewed registration outlives the expiry of the one it replaced.
+        let key = identity::Keypair::generate_ed25519();
+        let registration = |ttl| rendezvous::Registration {
+            namespace: rendezvous::Namespace::from_static("p2pdns"),
+            record: libp2p::core::PeerRecord::new(&key, Vec::new()).unwrap(),
+            ttl,
+        };
+        let peer = key.public().to_peer_id();
+        load.rendezvous(&rendezvous::server::Event::PeerRegistered {
+            peer,
+            registration: registration(7200),
+        });
+        load.rendezvous(&rendezvous::server::Event::RegistrationExpired(
+            registration(300),
+        ));
+        assert_eq!(load.registrations.len(), 1);
+        load.rendezvous(&rendezvous::server::Event::PeerUnregistered {
+            peer,
+            namespace: rendezvous::Namespace::from_static("p2pdns"),
+        });
+        assert!(load.registrations.is_empty());
+    }
 }
