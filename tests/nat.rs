@@ -1443,6 +1443,42 @@ fn a_node_behind_upnp_becomes_publicly_reachable() {
     eprintln!("symmetric -> UPnP: {output}");
 }
 
+/// The router's UPnP service comes up after the node started (a laptop that boots before its
+/// network, a router that reboots): the node searches again and gets its mapping.
+#[test]
+fn a_upnp_gateway_that_appears_later_is_found() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let home = lab.home(Nat::Upnp);
+    // Not there yet when the node starts.
+    drop(lab.services.pop());
+    let intro = lab.start_intro();
+    let mut a = lab.start_daemon(&home, &intro.bootstrap);
+    a.proc
+        .wait_until("find no UPnP gateway", Duration::from_secs(30), |_, err| {
+            err.contains("no UPnP gateway")
+        });
+    lab.start_miniupnpd(&home.router, home.wan.octets()[2]);
+
+    let mapped = format!("/ip4/{}/tcp/{P2P_PORT}", home.wan);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = a.status();
+        if status
+            .lines()
+            .any(|l| l.starts_with("external:") && l.contains(&mapped) && l.contains("(UPnP"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no UPnP mapping after the gateway appeared:\n{status}\n{}",
+            tail(&a.proc.stderr(), 40)
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Nodes meet at the introduction server's rendezvous point, and once it is gone, what was
 /// built through it stands: the direct connection between two homes, and DHT lookups through
 /// a public node that also holds the records.

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod node;
 pub mod record;
 pub mod stun_probe;
+mod upnp;
 mod zbase32;
 mod zone;
 

@@ -137,7 +137,7 @@ struct Behaviour {
     /// Relaying for others: introduction servers only.
     relay_server: Toggle<relay::Behaviour>,
     /// Port mappings on a UPnP gateway (home routers that offer them).
-    upnp: Toggle<libp2p::upnp::tokio::Behaviour>,
+    upnp: Toggle<super::upnp::Upnp>,
     /// A rendezvous point for others (introduction servers only): peers register their
     /// addresses for a while and discover each other's.
     rendezvous_server: Toggle<rendezvous::server::Behaviour>,
@@ -508,7 +508,7 @@ impl Node {
                     }),
                     rendezvous: rendezvous::client::Behaviour::new(key.clone()),
                     limits: connection_limits::Behaviour::new(connection_limits),
-                    upnp: Toggle::from(upnp_enabled.then(libp2p::upnp::tokio::Behaviour::default)),
+                    upnp: Toggle::from(upnp_enabled.then(super::upnp::Upnp::default)),
                 })
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
