@@ -92,7 +92,8 @@ async fn the_owner_keeps_and_republishes_its_names_after_a_restart() {
     let daemons = network(3).await;
     // The owner publishes while it knows no peer, so the name cannot have spread before the
     // restart: only republishing can bring it to the others.
-    let owner = TestDaemon::start(p2p_config(&[])).await;
+    let mut owner = TestDaemon::start(p2p_config(&[])).await;
+    owner.keep_dir();
     let dir = owner.data_dir.clone();
     let old_key = owner.dht.as_ref().unwrap().key_name();
     owner

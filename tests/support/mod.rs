@@ -178,6 +178,22 @@ pub struct TestDaemon {
     pub p2p_addrs: Vec<libp2p::Multiaddr>,
     pub data_dir: PathBuf,
     pub task: JoinHandle<Result<(), DaemonError>>,
+    /// Removes the data directory when the daemon is dropped or stopped.
+    dir_guard: DirGuard,
+}
+
+/// Removes a directory on drop, unless told to keep it.
+struct DirGuard {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 impl TestDaemon {
@@ -205,9 +221,16 @@ impl TestDaemon {
             forwarder,
             dht,
             p2p_addrs,
-            data_dir: dir,
+            data_dir: dir.clone(),
             task,
+            dir_guard: DirGuard { dir, keep: false },
         }
+    }
+
+    /// Keeps the data directory after the daemon stops (to start another on it); whoever runs
+    /// last on it removes it.
+    pub fn keep_dir(&mut self) {
+        self.dir_guard.keep = true;
     }
 
     /// Stops the daemon and returns how `run` ended.
