@@ -907,28 +907,17 @@ impl Daemon {
     /// Waits until AutoNAT has judged the node: `public`, or `private` or `public behind NAT`
     /// with a relay reservation held.
     fn wait_reachability(&self, case: &str, timeout: Duration) -> &'static str {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self.status();
+        let what = format!("{case}: reachability settled");
+        self.wait_status(&what, timeout, |status| {
             let relayed = status.contains("relayed at: ");
             if status.contains("reachable:  public behind NAT ") {
-                if relayed {
-                    return "public behind NAT";
-                }
+                relayed.then_some("public behind NAT")
             } else if status.contains("reachable:  public ") {
-                return "public";
+                Some("public")
+            } else {
+                (status.contains("reachable:  private ") && relayed).then_some("private")
             }
-            if status.contains("reachable:  private ") && relayed {
-                return "private";
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{case}: {}'s reachability was not settled within {timeout:?}:\n{status}\n{}",
-                self.proc.name(),
-                tail(&self.proc.stderr(), 60)
-            );
-            thread::sleep(Duration::from_millis(250));
-        }
+        })
     }
 
     /// Waits until `names` reports `name` held by at least one other node.
@@ -961,6 +950,62 @@ impl Daemon {
                 tail(&self.proc.stderr(), 60)
             );
             thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Reads `status --peers` every 250 ms until `found` takes something from it; fails after
+    /// `timeout` with the last status and the log, saying what was awaited.
+    fn wait_status<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        found: impl Fn(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if let Some(value) = found(&status) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {what} within {timeout:?}:\n{status}\n{}",
+                self.proc.name(),
+                tail(&self.proc.stderr(), 40)
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Asks for `name` every half second until this daemon answers `address`; returns how
+    /// long that took. Fails after [`RESOLVE_TIMEOUT`] with the answers seen, this daemon's
+    /// status and log, and what `context` adds (other nodes' state).
+    fn wait_resolves(
+        &self,
+        case: &str,
+        name: &str,
+        address: &str,
+        context: impl Fn() -> String,
+    ) -> Duration {
+        let started = Instant::now();
+        let mut answers = Vec::new();
+        loop {
+            let answer = self.dig(name);
+            if answer == address {
+                return started.elapsed();
+            }
+            answers.push(answer);
+            assert!(
+                started.elapsed() < RESOLVE_TIMEOUT,
+                "{case}: {name} did not resolve to {address} within {RESOLVE_TIMEOUT:?} \
+                 (answers: {answers:?})\n{} status:\n{}\n{} log:\n{}\n{}",
+                self.proc.name(),
+                self.status(),
+                self.proc.name(),
+                tail(&self.proc.stderr(), 80),
+                context()
+            );
+            thread::sleep(Duration::from_millis(500));
         }
     }
 
@@ -1103,30 +1148,15 @@ fn a_name_published_behind_one_nat_resolves_behind_another() {
         // for the copy on the introduction server, as `p2pdns names` reports it.
         a.wait_held("site.p2p");
 
-        let started = Instant::now();
-        let deadline = started + RESOLVE_TIMEOUT;
-        let mut answers = Vec::new();
-        loop {
-            let answer = b.dig("site.p2p");
-            if answer == address {
-                eprintln!("{case}: resolved in {:?}", started.elapsed());
-                break;
-            }
-            answers.push(answer);
-            assert!(
-                Instant::now() < deadline,
-                "{case}: site.p2p did not resolve to {address} within {RESOLVE_TIMEOUT:?} \
-                 (answers: {answers:?})\n\
-                 publisher status:\n{}\nresolver status:\n{}\n\
-                 publisher log:\n{}\nresolver log:\n{}\nintroduction server log:\n{}",
+        let took = b.wait_resolves(&case, "site.p2p", &address, || {
+            format!(
+                "publisher status:\n{}\npublisher log:\n{}\nintroduction server log:\n{}",
                 a.status(),
-                b.status(),
                 tail(&a.proc.stderr(), 80),
-                tail(&b.proc.stderr(), 80),
                 tail(&intro.proc.stderr(), 80),
-            );
-            thread::sleep(Duration::from_millis(500));
-        }
+            )
+        });
+        eprintln!("{case}: resolved in {took:?}");
     }
 }
 
@@ -1217,6 +1247,13 @@ fn connect_case_over(tools: &Tools, a_nat: Nat, b_nat: Nat, transport: Transport
     }
 }
 
+/// Does `status` list `mapped` as an external address from a UPnP port mapping?
+fn upnp_mapped(status: &str, mapped: &str) -> bool {
+    status
+        .lines()
+        .any(|l| l.starts_with("external:") && l.contains(mapped) && l.contains("(UPnP"))
+}
+
 /// The connection lines `status --peers` prints under `peer`, trimmed.
 fn connection_lines(status: &str, peer: &str) -> Vec<String> {
     status
@@ -1262,20 +1299,14 @@ fn stun_tells_a_node_its_public_address_and_its_nats_mapping() {
         ),
     ];
     for (daemon, home, expected) in &cases {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let line = loop {
-            let status = daemon.status();
-            if let Some(line) = status.lines().find(|l| l.contains("(STUN via ")) {
-                break line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{:?}: no STUN address in status:\n{status}\n{}",
-                home.kind,
-                tail(&daemon.proc.stderr(), 40)
-            );
-            thread::sleep(Duration::from_millis(250));
-        };
+        let line = daemon.wait_status(
+            &format!("{:?}: a STUN address in status", home.kind),
+            Duration::from_secs(20),
+            |status| {
+                let line = status.lines().find(|l| l.contains("(STUN via "))?;
+                Some(line.to_owned())
+            },
+        );
         eprintln!("{:?}: {line}", home.kind);
         assert!(
             line.contains(&format!("/ip4/{}/udp/", home.wan)) && line.contains(expected),
@@ -1371,15 +1402,11 @@ fn a_node_behind_nat_reserves_again_after_the_introduction_server_restarts() {
 
     // The introduction server goes away: the reservation with it.
     drop(intro);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while a.status().contains("relayed at: ") {
-        assert!(
-            Instant::now() < deadline,
-            "the relayed address outlived the relay:\n{}",
-            a.status()
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
+    a.wait_status(
+        "the relayed address to go with the relay",
+        Duration::from_secs(20),
+        |status| (!status.contains("relayed at: ")).then_some(()),
+    );
 
     // Back on the same address with the same identity: A rejoins and reserves again.
     let _intro = lab.start_intro();
@@ -1405,26 +1432,20 @@ fn a_node_behind_upnp_becomes_publicly_reachable() {
     b.wait_joined();
 
     let mapped = format!("/ip4/{}/tcp/{P2P_PORT}", a_home.wan);
-    let deadline = Instant::now() + Duration::from_secs(45);
-    loop {
-        let status = a.status();
-        let upnp = status
-            .lines()
-            .any(|l| l.starts_with("external:") && l.contains(&mapped) && l.contains("(UPnP"));
-        if upnp && status.contains("reachable:  public ") && status.contains("dht mode:   server") {
-            assert!(
-                !status.contains("relayed at: "),
-                "a reachable node took a relay slot:\n{status}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "A behind UPnP is not a reachable DHT server with {mapped} mapped:\n{status}\n{}",
-            tail(&a.proc.stderr(), 60)
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
+    let status = a.wait_status(
+        &format!("A behind UPnP to be a reachable DHT server with {mapped} mapped"),
+        Duration::from_secs(45),
+        |status| {
+            (upnp_mapped(status, &mapped)
+                && status.contains("reachable:  public ")
+                && status.contains("dht mode:   server"))
+            .then(|| status.to_owned())
+        },
+    );
+    assert!(
+        !status.contains("relayed at: "),
+        "a reachable node took a relay slot:\n{status}"
+    );
 
     let out = a.cli(&["publish", "site", "A", "198.18.200.70"]);
     assert!(out.status.success(), "publish: {}", describe(&out));
@@ -1461,22 +1482,11 @@ fn a_upnp_gateway_that_appears_later_is_found() {
     lab.start_miniupnpd(&home.router, home.wan.octets()[2]);
 
     let mapped = format!("/ip4/{}/tcp/{P2P_PORT}", home.wan);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = a.status();
-        if status
-            .lines()
-            .any(|l| l.starts_with("external:") && l.contains(&mapped) && l.contains("(UPnP"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no UPnP mapping after the gateway appeared:\n{status}\n{}",
-            tail(&a.proc.stderr(), 40)
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
+    a.wait_status(
+        "a UPnP mapping after the gateway appeared",
+        Duration::from_secs(60),
+        |status| upnp_mapped(status, &mapped).then_some(()),
+    );
 }
 
 /// Nodes meet at the introduction server's rendezvous point, and once it is gone, what was
@@ -1512,25 +1522,22 @@ fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working
     // Every node registers at the rendezvous point and learns the others there.
     let deadline = Instant::now() + Duration::from_secs(60);
     for daemon in [&p, &a, &b] {
-        loop {
-            let status = daemon.status();
-            let learned = status
-                .lines()
-                .find(|l| l.starts_with("rendezvous: ") && l.contains("(registered;"))
-                .and_then(|l| l.split("; ").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse::<usize>().ok());
-            if learned.is_some_and(|n| n >= 1) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: not registered at the rendezvous point, or learned no peer:\n{status}\n{}",
-                daemon.proc.name(),
-                tail(&daemon.proc.stderr(), 40)
-            );
-            thread::sleep(Duration::from_millis(250));
-        }
+        daemon.wait_status(
+            "registration at the rendezvous point and a peer learned there",
+            deadline.saturating_duration_since(Instant::now()),
+            |status| {
+                let learned = status
+                    .lines()
+                    .find(|l| l.starts_with("rendezvous: ") && l.contains("(registered;"))?
+                    .split("; ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<usize>()
+                    .ok()?;
+                (learned >= 1).then_some(())
+            },
+        );
     }
 
     // A publishes two names; both are held by the public node as well as the introduction
@@ -1563,45 +1570,15 @@ fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working
         b.status()
     );
     // A name B never asked for, found through the public node.
-    let deadline = Instant::now() + RESOLVE_TIMEOUT;
-    let mut answers = Vec::new();
-    loop {
-        let answer = b.dig("later.p2p");
-        if answer == "198.18.200.61" {
-            break;
-        }
-        answers.push(answer);
-        assert!(
-            Instant::now() < deadline,
-            "later.p2p did not resolve without the introduction server (answers: {answers:?})\n\
-             B status:\n{}\nB log:\n{}",
-            b.status(),
-            tail(&b.proc.stderr(), 60)
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
+    let case = "without the introduction server";
+    b.wait_resolves(case, "later.p2p", "198.18.200.61", String::new);
     // A name published after the introduction server went: stored on the public node.
     let out = a.cli(&["publish", "fresh", "A", "198.18.200.62"]);
     assert!(out.status.success(), "publish fresh: {}", describe(&out));
     a.wait_held("fresh.p2p");
-    let deadline = Instant::now() + RESOLVE_TIMEOUT;
-    let mut answers = Vec::new();
-    loop {
-        let answer = b.dig("fresh.p2p");
-        if answer == "198.18.200.62" {
-            break;
-        }
-        answers.push(answer);
-        assert!(
-            Instant::now() < deadline,
-            "fresh.p2p did not resolve without the introduction server (answers: {answers:?})\n\
-             A status:\n{}\nB status:\n{}\nB log:\n{}",
-            a.status(),
-            b.status(),
-            tail(&b.proc.stderr(), 60)
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
+    b.wait_resolves(case, "fresh.p2p", "198.18.200.62", || {
+        format!("A status:\n{}", a.status())
+    });
 }
 
 /// Benchmark, not a test: repeated `connect` trials per NAT pairing; prints the direct
