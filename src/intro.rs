@@ -13,7 +13,7 @@ use crate::{
     config::{DhtMode, IntroConfig, P2pConfig},
     naming::{
         identity::{self, IdentityError},
-        node::{Node, NodeError, Role, Scope, ip_scope},
+        node::{Node, NodeError, Role, Scope, ip_of, ip_scope},
     },
 };
 
@@ -96,14 +96,9 @@ fn with_peer(addr: &Multiaddr, peer: libp2p::PeerId) -> Multiaddr {
 /// Is the address one that hosts elsewhere on the internet can dial? (Global scope, and not
 /// unspecified or a documentation range.)
 fn is_public(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| {
-        let ip: std::net::IpAddr = match p {
-            Protocol::Ip4(ip) if ip.is_documentation() => return false,
-            Protocol::Ip4(ip) => ip.into(),
-            Protocol::Ip6(ip) => ip.into(),
-            _ => return false,
-        };
-        ip_scope(ip) == Scope::Global && !ip.is_unspecified()
+    ip_of(addr).is_some_and(|ip| {
+        let documentation = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_documentation());
+        ip_scope(ip) == Scope::Global && !ip.is_unspecified() && !documentation
     })
 }
 

@@ -15,7 +15,9 @@ use libp2p::{
     core::{transport::MemoryTransport, upgrade},
     dcutr, identify, identity,
     kad::{self, store::MemoryStore, store::MemoryStoreConfig, store::RecordStore},
-    mdns, noise, ping, relay, rendezvous,
+    mdns,
+    multiaddr::Protocol,
+    noise, ping, relay, rendezvous,
     swarm::{ConnectionId, NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
     tcp, yamux,
 };
@@ -645,7 +647,6 @@ impl Node {
             upnp_addrs: HashSet::new(),
             joined: handle.joined.clone(),
             reserved: false,
-            behind_nat: false,
             relay_listeners: HashMap::new(),
             stun_report,
             rendezvous_points: HashMap::new(),
@@ -719,7 +720,7 @@ impl Node {
 /// so that DHT queries can use them as soon as they answer.
 fn dial_bootstrap(swarm: &mut Swarm<Behaviour>, addrs: &[Multiaddr], first: bool) {
     for addr in addrs {
-        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+        if let Some(peer) = peer_of(addr) {
             swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
         }
         match swarm.dial(addr.clone()) {
@@ -773,7 +774,9 @@ fn status(
         }
     }
     let reachability = match swarm.behaviour().autonat.nat_status() {
-        autonat::NatStatus::Public(_) if state.behind_nat => "public behind NAT",
+        status @ autonat::NatStatus::Public(_) if state.behind_nat(&status, swarm) => {
+            "public behind NAT"
+        }
         autonat::NatStatus::Public(_) => "public",
         autonat::NatStatus::Private => "private",
         autonat::NatStatus::Unknown => "unknown",
@@ -874,55 +877,50 @@ pub(crate) fn ip_scope(ip: IpAddr) -> Scope {
 
 /// The scope of a multiaddr's IP (anything else, such as `/memory`, counts as global).
 pub(crate) fn scope(addr: &Multiaddr) -> Scope {
-    use libp2p::multiaddr::Protocol;
-    for protocol in addr.iter() {
-        match protocol {
-            Protocol::Ip4(ip) => return ip_scope(ip.into()),
-            Protocol::Ip6(ip) => return ip_scope(ip.into()),
-            Protocol::P2pCircuit => return Scope::Global,
-            _ => {}
-        }
+    ip_of(addr).map_or(Scope::Global, ip_scope)
+}
+
+/// The IP address a multiaddr starts from, if any (a relayed address: the relay's).
+pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
+}
+
+/// The peer id an address ends with (`.../p2p/<id>`), if it names one.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
     }
-    Scope::Global
 }
 
 /// Does the address go through a relay?
 fn is_relayed(addr: &Multiaddr) -> bool {
-    addr.iter()
-        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 /// Is `addr` (an address peers saw) on one of the node's own interfaces? The node is then not
 /// behind a NAT. Addresses without an IP (memory transport) count as the node's own.
 fn is_own_address<'a>(addr: &Multiaddr, listeners: impl Iterator<Item = &'a Multiaddr>) -> bool {
-    let ip = |a: &Multiaddr| {
-        a.iter().find_map(|p| match p {
-            libp2p::multiaddr::Protocol::Ip4(ip) => Some(IpAddr::from(ip)),
-            libp2p::multiaddr::Protocol::Ip6(ip) => Some(IpAddr::from(ip)),
-            _ => None,
-        })
-    };
-    match ip(addr) {
+    match ip_of(addr) {
         None => true,
-        Some(seen) => listeners.filter_map(ip).any(|own| own == seen),
+        Some(seen) => listeners.filter_map(ip_of).any(|own| own == seen),
     }
 }
 
 fn is_quic(addr: &Multiaddr) -> bool {
-    addr.iter()
-        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+    addr.iter().any(|p| matches!(p, Protocol::QuicV1))
 }
 
 /// The bootstrap peers that name their peer id, one address each (QUIC first: hole punching
 /// works best over it).
 fn relay_candidates(bootstrap: &[Multiaddr]) -> Vec<&Multiaddr> {
-    let peer = |a: &Multiaddr| match a.iter().last() {
-        Some(libp2p::multiaddr::Protocol::P2p(peer)) => Some(peer),
-        _ => None,
-    };
     let mut chosen: Vec<&Multiaddr> = Vec::new();
-    for addr in bootstrap.iter().filter(|a| peer(a).is_some()) {
-        match chosen.iter_mut().find(|c| peer(c) == peer(addr)) {
+    for addr in bootstrap.iter().filter(|a| peer_of(a).is_some()) {
+        match chosen.iter_mut().find(|c| peer_of(c) == peer_of(addr)) {
             Some(c) if is_quic(addr) && !is_quic(c) => *c = addr,
             Some(_) => {}
             None => chosen.push(addr),
@@ -941,13 +939,13 @@ fn reserve_relays(
     first: bool,
 ) {
     for relay in relay_candidates(bootstrap) {
-        let Some(libp2p::multiaddr::Protocol::P2p(peer)) = relay.iter().last() else {
+        let Some(peer) = peer_of(relay) else {
             continue;
         };
         if held.values().any(|p| *p == peer) {
             continue;
         }
-        let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+        let circuit = relay.clone().with(Protocol::P2pCircuit);
         match swarm.listen_on(circuit) {
             Ok(id) => {
                 held.insert(id, peer);
@@ -989,9 +987,6 @@ struct EventLoop {
     connecting: HashMap<PeerId, Vec<(ConnectionId, ConnectReply)>>,
     /// Relay slots were asked for (the node found it is not reachable).
     reserved: bool,
-    /// AutoNAT reached the node at an address that is not its own: it sits behind a NAT that
-    /// let the prober in, which may filter strangers (see `reachability_changed`).
-    behind_nat: bool,
     /// Open relay listeners (a reservation asked for or held), by the relay they are on.
     relay_listeners: HashMap<ListenerId, PeerId>,
     /// Bootstrap peers that keep a rendezvous point, with what is due there.
@@ -1211,22 +1206,19 @@ impl EventLoop {
                     let _ = reply.send(Ok(()));
                     return;
                 }
-                let relayed: Vec<Multiaddr> = self
+                let mut relayed: Vec<Multiaddr> = self
                     .config
                     .bootstrap
                     .iter()
-                    .filter(|a| {
-                        matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_)))
-                    })
+                    .filter(|a| peer_of(a).is_some())
                     .map(|relay| {
                         relay
                             .clone()
-                            .with(libp2p::multiaddr::Protocol::P2pCircuit)
-                            .with(libp2p::multiaddr::Protocol::P2p(peer))
+                            .with(Protocol::P2pCircuit)
+                            .with(Protocol::P2p(peer))
                     })
                     .collect();
                 // QUIC first: hole punching works best over it.
-                let mut relayed = relayed;
                 relayed.sort_by_key(|a| !is_quic(a));
                 let mut addrs = if through_relay {
                     Vec::new()
@@ -1415,8 +1407,8 @@ impl EventLoop {
                     info!(address = %external_addr, "UPnP gateway mapped a port");
                     self.upnp_addrs.insert(external_addr);
                     // A forwarded port lets anyone in: AutoNAT's earlier "public" now holds.
-                    if self.behind_nat {
-                        let status = swarm.behaviour().autonat.nat_status();
+                    let status = swarm.behaviour().autonat.nat_status();
+                    if matches!(status, autonat::NatStatus::Public(_)) {
                         self.reachability_changed(swarm, status);
                     }
                 }
@@ -1434,9 +1426,10 @@ impl EventLoop {
     }
 
     fn is_bootstrap_peer(&self, peer: &PeerId) -> bool {
-        self.config.bootstrap.iter().any(
-            |a| matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(p)) if p == *peer),
-        )
+        self.config
+            .bootstrap
+            .iter()
+            .any(|a| peer_of(a) == Some(*peer))
     }
 
     /// Registers where due (the node needs an external address for that: a confirmed one or a
@@ -1557,6 +1550,20 @@ impl EventLoop {
         }
     }
 
+    /// Did AutoNAT reach the node at an address that is not its own (and is neither a UPnP
+    /// mapping nor configured)? It then sits behind a NAT that let the prober in, which may
+    /// filter strangers.
+    fn behind_nat(&self, status: &autonat::NatStatus, swarm: &Swarm<Behaviour>) -> bool {
+        match status {
+            autonat::NatStatus::Public(addr) => {
+                self.config.external_addresses.is_empty()
+                    && self.upnp_addrs.is_empty()
+                    && !is_own_address(addr, swarm.listeners())
+            }
+            _ => false,
+        }
+    }
+
     /// AutoNAT's verdict: a reachable node serves the DHT, an unreachable one only asks (others
     /// could not dial it) and takes relay slots so that it can still be reached. A relayed
     /// address never makes a node a DHT server.
@@ -1566,15 +1573,8 @@ impl EventLoop {
     /// a peer the node has already sent to, so an address-restricted NAT lets it in and keeps
     /// strangers out: such a node still takes relay slots and stays a DHT client.
     fn reachability_changed(&mut self, swarm: &mut Swarm<Behaviour>, status: autonat::NatStatus) {
-        self.behind_nat = match &status {
-            autonat::NatStatus::Public(addr) => {
-                self.config.external_addresses.is_empty()
-                    && self.upnp_addrs.is_empty()
-                    && !is_own_address(addr, swarm.listeners())
-            }
-            _ => false,
-        };
-        if self.behind_nat {
+        let behind_nat = self.behind_nat(&status, swarm);
+        if behind_nat {
             info!(
                 ?status,
                 "reachable behind NAT, but only proven from a peer this node contacted; \
@@ -1587,7 +1587,7 @@ impl EventLoop {
             return;
         }
         match status {
-            autonat::NatStatus::Public(_) if !self.behind_nat => {
+            autonat::NatStatus::Public(_) if !behind_nat => {
                 swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
                 // Reachable now: no new relay slots (those held expire on their own).
                 self.reserved = false;
