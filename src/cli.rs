@@ -221,7 +221,7 @@ pub struct ServiceTarget {
     pub dry_run: bool,
     /// The platform whose files to write [default: this one].
     #[arg(long, value_enum)]
-    pub platform: Option<crate::service::Platform>,
+    pub platform: Option<crate::os::service::Platform>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -539,7 +539,7 @@ fn transport_of(addr: &str) -> String {
 }
 
 fn expiry(unix: u64) -> String {
-    let now = crate::naming::record::unix_now();
+    let now = crate::record::unix_now();
     if unix <= now {
         return "already".to_owned();
     }

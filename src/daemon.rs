@@ -21,12 +21,12 @@ use crate::{
         server::BoundSockets,
         upstream::{is_own_address, read_resolv_conf},
     },
-    naming::{
-        Dht, Naming, NamingError,
+    naming::{Dht, Naming, NamingError},
+    p2p::{
+        Node, NodeError,
         identity::{self, IdentityError},
-        node::{Node, NodeError},
-        record,
     },
+    record,
 };
 
 /// Longest wait at shutdown for queries in flight to be answered.
@@ -147,7 +147,7 @@ impl Daemon {
     pub async fn bind(config: Config, data_dir: PathBuf) -> Result<Self, DaemonError> {
         let mut naming = Naming::new(&config.naming)?;
         let sockets = BoundSockets::bind(&config.dns.listen)?;
-        identity::create_private_dir(&data_dir)?;
+        identity::create_data_dir(&data_dir)?;
         let control_path = control::socket_path(&data_dir);
         let control = control::bind(&control_path, &data_dir).await?;
         let (node, dht) = if config.p2p.enabled {
@@ -292,7 +292,7 @@ impl Daemon {
         let mut seen = seen.flatten();
         info!("ready");
         let addrs: Vec<String> = listen.iter().map(ToString::to_string).collect();
-        crate::systemd::notify(&format!(
+        crate::os::systemd::notify(&format!(
             "READY=1\nSTATUS=answering DNS on {}",
             addrs.join(", ")
         ));
@@ -307,7 +307,7 @@ impl Daemon {
                     return Err(NodeError::Stopped.into());
                 }
                 () = reload.notified() => {
-                    crate::systemd::notify("RELOADING=1");
+                    crate::os::systemd::notify("RELOADING=1");
                     forwarder.cache().clear();
                     // The file again, with the same flags over it: upstream settings apply now,
                     // the rest is named for a restart. A broken file changes nothing.
@@ -332,7 +332,7 @@ impl Daemon {
                     seen = resolv_conf.as_deref().and_then(modified);
                     forwarder.set_upstreams(&choose_upstreams(&running, &listen));
                     info!("reloaded: cache emptied, upstreams re-read");
-                    crate::systemd::notify("READY=1");
+                    crate::os::systemd::notify("READY=1");
                 }
                 _ = poll.tick(), if resolv_conf.is_some() => {
                     let path = resolv_conf.as_deref().expect("guarded by the branch condition");
@@ -348,7 +348,7 @@ impl Daemon {
             }
         }
         info!("shutting down");
-        crate::systemd::notify("STOPPING=1");
+        crate::os::systemd::notify("STOPPING=1");
         let result = match tokio::time::timeout(SHUTDOWN_GRACE, dns.shutdown(drain)).await {
             Ok(result) => result.map_err(DaemonError::from),
             Err(_) => Err(DaemonError::ShutdownTimeout(SHUTDOWN_GRACE)),

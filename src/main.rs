@@ -191,7 +191,7 @@ fn doctor(cli: &Cli) -> ExitCode {
         Ok(setup) => setup,
         Err(code) => return code,
     };
-    let report = runtime.block_on(p2pdns::doctor::run(&data_dir, try_service));
+    let report = runtime.block_on(p2pdns::os::doctor::run(&data_dir, try_service));
     print!("{}", report.text);
     if report.failed {
         ExitCode::FAILURE
@@ -201,7 +201,7 @@ fn doctor(cli: &Cli) -> ExitCode {
 }
 
 fn service(command: &ServiceCommand) -> ExitCode {
-    use p2pdns::service::{self, Mode, Options, Platform};
+    use p2pdns::os::service::{self, Mode, Options, Platform};
     let (target, mode, binary) = match command {
         ServiceCommand::Install {
             full,

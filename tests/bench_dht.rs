@@ -25,8 +25,8 @@ use libp2p::{
     identity::{self, ed25519},
     kad::KBucketKey,
 };
-use p2pdns::naming::{
-    node::{Node, NodeHandle},
+use p2pdns::{
+    p2p::{Node, NodeHandle},
     record::{NameRecord, dht_key},
 };
 use support::{TestDaemon, WAIT, a_records, ask, p2p_config};
@@ -307,7 +307,7 @@ async fn scaling_with_churn() {
         }
         let rss_rest = rss_kib();
 
-        let now = p2pdns::naming::record::unix_now();
+        let now = p2pdns::record::unix_now();
         let mut published = Vec::new();
         for i in 0..names {
             let owner = next(n);
@@ -552,7 +552,7 @@ async fn memory_holding_records() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let at_rest = status_kib(pid, "VmRSS");
 
-    let now = p2pdns::naming::record::unix_now();
+    let now = p2pdns::record::unix_now();
     let mut bytes = 0;
     let started = Instant::now();
     for i in 0..records {

@@ -49,12 +49,12 @@ const POLL: Duration = Duration::from_millis(50);
 /// How often test clients ping each connection: traffic for the circuit limits, and a proof
 /// that a connection is still alive.
 const PING_EVERY: Duration = Duration::from_millis(50);
-/// The introduction server's identify protocol version (`src/naming/node.rs`).
+/// The introduction server's identify protocol version (`src/p2p/mod.rs`).
 const INTRO_PROTOCOL_VERSION: &str = "/p2pdns/1.0.0";
 /// The introduction server's Kademlia protocol.
 const KAD_PROTOCOL: &str = "/p2pdns/kad/1.0.0";
 /// How long the server lets an incoming connection sit in its handshake (`DIAL_TIMEOUT` in
-/// `src/naming/node.rs`).
+/// `src/p2p/mod.rs`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(6);
 
 // ---------------------------------------------------------------------------------------------

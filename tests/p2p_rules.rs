@@ -28,9 +28,8 @@ use libp2p::{
     swarm::{NetworkBehaviour, SwarmEvent},
     tcp, yamux,
 };
-use p2pdns::naming::{
-    identity::load_or_create,
-    node::{KAD_PROTOCOL, Replicas},
+use p2pdns::{
+    p2p::{KAD_PROTOCOL, Replicas, identity::load_or_create},
     record::{MAX_RECORD_BYTES, NameRecord, RecordError, dht_key, unix_now},
 };
 use support::{TestDaemon, WAIT, a_records, ask, p2p_config, resolve_until};
@@ -828,7 +827,7 @@ async fn honest_nodes_refuse_forged_puts() {
     ));
     forged.push((n, outside.to_bytes()));
 
-    let n = p2pdns::naming::record::key_name(&other.public().to_bytes());
+    let n = p2pdns::record::key_name(&other.public().to_bytes());
     let wrong_key = signed(&key, &n, seq, vec![a(&n.to_ascii(), ip)]);
     assert!(matches!(
         check(&wrong_key.to_bytes()),

@@ -1,34 +1,31 @@
 //! The `naming` subsystem: answers for names under the peer-to-peer TLDs (`.p2p` by default).
 //!
 //! The DNS front end only sees [`Naming::lookup`]; where the records come from is this module's
-//! business. Today they come from the static table in the configuration (`[naming.records]`);
-//! the DHT arrives behind the same call.
+//! business: first the static table in the configuration (`[naming.records]`, `local`), then
+//! the DHT of signed name records ([`resolver`]). `answer` turns a set of records into the
+//! answer an authoritative server would give.
+//!
+//! This module owns TLD routing and the answers built from records; it does not touch the
+//! libp2p swarm (it asks the P2P node through [`crate::p2p::NodeHandle`]) nor DNS sockets.
 
-pub mod dht;
-pub mod identity;
-pub mod node;
-pub mod record;
-pub mod stun_probe;
-mod upnp;
-mod zbase32;
-mod zone;
+mod answer;
+mod local;
+pub mod resolver;
 
 use std::sync::Arc;
 
 use hickory_proto::{
     op::ResponseCode,
-    rr::{DNSClass, LowerName, Name, RData, Record, RecordType, rdata::SOA},
+    rr::{LowerName, Name, RData, Record, RecordType},
 };
 
-pub use dht::Dht;
-pub use zone::{LocalZone, ZoneError, parse_record, parse_zone};
+#[cfg(test)]
+use answer::MAX_CNAME_CHAIN;
+pub(crate) use answer::{RecordSource, answer_from, nodata, positive, soa_record};
+pub use local::{LocalZone, ZoneError, parse_record, parse_zone};
+pub use resolver::Dht;
 
 use crate::config::NamingConfig;
-
-/// Longest CNAME chain followed inside the local names.
-const MAX_CNAME_CHAIN: usize = 8;
-/// TTL and SOA minimum of the synthesized SOA: how long resolvers may cache "no such name".
-const NEGATIVE_TTL: u32 = 60;
 
 /// Errors while setting up the naming subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -150,92 +147,12 @@ impl Naming {
             return answer_from(&self.local, qname, qtype, &tld);
         }
         match &self.dht {
-            Some(dht) if tld.to_ascii() == format!("{}.", record::TLD) => {
+            Some(dht) if tld.to_ascii() == format!("{}.", crate::record::TLD) => {
                 dht.lookup(qname, qtype, &tld).await
             }
             _ => answer_from(&self.local, qname, qtype, &tld),
         }
     }
-}
-
-/// Where [`answer_from`] finds records: the local table or one signed name record.
-pub(crate) trait RecordSource {
-    /// The records owned by `name`.
-    fn records_at(&self, name: &LowerName) -> Vec<Record>;
-    /// Does a name below `name` hold records?
-    fn has_below(&self, name: &LowerName) -> bool;
-}
-
-impl RecordSource for LocalZone {
-    fn records_at(&self, name: &LowerName) -> Vec<Record> {
-        self.get(name).map(<[Record]>::to_vec).unwrap_or_default()
-    }
-
-    fn has_below(&self, name: &LowerName) -> bool {
-        self.has_descendants(name)
-    }
-}
-
-/// Answers `qtype` for `qname` from `source`, following CNAMEs inside it.
-pub(crate) fn answer_from(
-    source: &impl RecordSource,
-    qname: &Name,
-    qtype: RecordType,
-    tld: &Name,
-) -> NamingAnswer {
-    let mut answers = Vec::new();
-    let mut owner = qname.clone();
-    for _ in 0..MAX_CNAME_CHAIN {
-        let key = LowerName::new(&owner);
-        let records = source.records_at(&key);
-        if records.is_empty() {
-            if !answers.is_empty() {
-                // The chain left the records we hold; the client resolves the rest.
-                return positive(answers);
-            }
-            return if source.has_below(&key) {
-                nodata(soa_record(tld))
-            } else {
-                NamingAnswer {
-                    rcode: ResponseCode::NXDomain,
-                    answers: Vec::new(),
-                    authorities: vec![soa_record(tld)],
-                }
-            };
-        }
-        let cname = records
-            .iter()
-            .find(|r| r.record_type() == RecordType::CNAME);
-        match cname {
-            Some(cname) if !matches!(qtype, RecordType::CNAME | RecordType::ANY) => {
-                let mut record = cname.clone();
-                record.name = owner.clone();
-                let RData::CNAME(target) = &cname.data else {
-                    unreachable!("record type was checked to be CNAME")
-                };
-                owner = target.0.clone();
-                answers.push(record);
-            }
-            _ => {
-                answers.extend(
-                    records
-                        .into_iter()
-                        .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
-                        .map(|mut r| {
-                            r.name = owner.clone();
-                            r
-                        }),
-                );
-                return if answers.is_empty() {
-                    nodata(soa_record(tld))
-                } else {
-                    positive(answers)
-                };
-            }
-        }
-    }
-    // A CNAME loop or an over-long chain: answer what we followed.
-    positive(answers)
 }
 
 impl NamingAnswer {
@@ -267,33 +184,6 @@ fn check_answer(qname: &Name, qtype: RecordType, tld: &Name) -> NamingAnswer {
         _ => return nodata(soa_record(tld)),
     };
     positive(vec![Record::from_rdata(qname.clone(), 0, rdata)])
-}
-
-pub(crate) fn positive(answers: Vec<Record>) -> NamingAnswer {
-    NamingAnswer {
-        rcode: ResponseCode::NoError,
-        answers,
-        authorities: Vec::new(),
-    }
-}
-
-pub(crate) fn nodata(soa: Record) -> NamingAnswer {
-    NamingAnswer {
-        rcode: ResponseCode::NoError,
-        answers: Vec::new(),
-        authorities: vec![soa],
-    }
-}
-
-/// The SOA served for a peer-to-peer TLD. Nothing is delegated, so the fields only matter for
-/// negative caching: TTL and minimum give how long "no such name" may be cached.
-pub(crate) fn soa_record(tld: &Name) -> Record {
-    let mname = Name::from_ascii("localhost.").expect("static name");
-    let rname = Name::from_ascii("nobody.invalid.").expect("static name");
-    let soa = SOA::new(mname, rname, 1, 3600, 600, 86_400, NEGATIVE_TTL);
-    let mut record = Record::from_rdata(tld.clone(), NEGATIVE_TTL, RData::SOA(soa));
-    record.dns_class = DNSClass::IN;
-    record
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
     core::transport::ListenerId,
     core::{transport::MemoryTransport, upgrade},
-    dcutr, identify, identity,
+    dcutr, identify,
     kad::{self, store::MemoryStore, store::MemoryStoreConfig, store::RecordStore},
     mdns,
     multiaddr::Protocol,
@@ -25,8 +25,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::record::{NameRecord, RecordError, dht_key, unix_now};
+pub mod identity;
+
 use crate::config::{DhtMode, IntroConfig, P2pConfig};
+use crate::record::{NameRecord, RecordError, dht_key, unix_now};
 
 /// Kademlia protocol id of the p2pdns network (never IPFS's).
 pub const KAD_PROTOCOL: &str = "/p2pdns/kad/1.0.0";
@@ -139,7 +141,7 @@ struct Behaviour {
     /// Relaying for others: introduction servers only.
     relay_server: Toggle<relay::Behaviour>,
     /// Port mappings on a UPnP gateway (home routers that offer them).
-    upnp: Toggle<super::upnp::Upnp>,
+    upnp: Toggle<crate::nat::upnp::Upnp>,
     /// A rendezvous point for others (introduction servers only): peers register their
     /// addresses for a while and discover each other's.
     rendezvous_server: Toggle<rendezvous::server::Behaviour>,
@@ -399,20 +401,23 @@ pub struct Node {
 
 impl Node {
     /// A resolver's node: [`Node::bind_as`] with [`Role::Resolver`].
-    pub async fn bind(keypair: identity::Keypair, config: &P2pConfig) -> Result<Self, NodeError> {
+    pub async fn bind(
+        keypair: libp2p::identity::Keypair,
+        config: &P2pConfig,
+    ) -> Result<Self, NodeError> {
         Self::bind_as(keypair, config, Role::Resolver).await
     }
 
     /// Builds the swarm, starts listening and waits until every listener reports its address.
     pub async fn bind_as(
-        keypair: identity::Keypair,
+        keypair: libp2p::identity::Keypair,
         config: &P2pConfig,
         role: Role,
     ) -> Result<Self, NodeError> {
         let peer_id = keypair.public().to_peer_id();
         let store_config = MemoryStoreConfig {
             max_records: config.max_stored_records,
-            max_value_bytes: super::record::MAX_RECORD_BYTES,
+            max_value_bytes: crate::record::MAX_RECORD_BYTES,
             ..MemoryStoreConfig::default()
         };
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
@@ -510,7 +515,7 @@ impl Node {
                     }),
                     rendezvous: rendezvous::client::Behaviour::new(key.clone()),
                     limits: connection_limits::Behaviour::new(connection_limits),
-                    upnp: Toggle::from(upnp_enabled.then(super::upnp::Upnp::default)),
+                    upnp: Toggle::from(upnp_enabled.then(crate::nat::upnp::Upnp::default)),
                 })
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
@@ -614,11 +619,11 @@ impl Node {
             role,
         } = self;
         let stun_report = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let stun_servers = super::stun_probe::servers(&config.stun_servers, &config.bootstrap);
+        let stun_servers = crate::nat::stun_probe::servers(&config.stun_servers, &config.bootstrap);
         // An introduction server answers STUN; it need not ask.
         let stun_task =
             (config.stun && role == Role::Resolver && !stun_servers.is_empty()).then(|| {
-                tokio::spawn(super::stun_probe::run(
+                tokio::spawn(crate::nat::stun_probe::run(
                     stun_servers,
                     stun_report.clone(),
                     shutdown.child_token(),
@@ -797,11 +802,10 @@ fn status(
             (addr.clone(), how.to_owned())
         })
         .collect();
-    let stun = state
-        .stun_report
-        .lock()
-        .ok()
-        .and_then(|r| r.as_ref().and_then(super::stun_probe::StunReport::external));
+    let stun = state.stun_report.lock().ok().and_then(|r| {
+        r.as_ref()
+            .and_then(crate::nat::stun_probe::StunReport::external)
+    });
     external_addrs.extend(stun);
     let relay_reservations = listen_addrs
         .iter()
@@ -996,7 +1000,7 @@ struct EventLoop {
     /// What an introduction server holds for others.
     intro_load: IntroLoad,
     /// What the STUN client learned last.
-    stun_report: std::sync::Arc<std::sync::Mutex<Option<super::stun_probe::StunReport>>>,
+    stun_report: std::sync::Arc<std::sync::Mutex<Option<crate::nat::stun_probe::StunReport>>>,
 }
 
 /// Where `connect` hears how its dial ended.
@@ -1915,7 +1919,7 @@ mod tests {
         assert!(load.changed);
 
         // A renewed registration outlives the expiry of the one it replaced.
-        let key = identity::Keypair::generate_ed25519();
+        let key = libp2p::identity::Keypair::generate_ed25519();
         let registration = |ttl| rendezvous::Registration {
             namespace: rendezvous::Namespace::from_static("p2pdns"),
             record: libp2p::core::PeerRecord::new(&key, Vec::new()).unwrap(),

@@ -10,7 +10,7 @@ use hickory_proto::{
 use libp2p::identity::ed25519;
 use sha2::{Digest, Sha256};
 
-use super::zbase32;
+mod zbase32;
 
 /// Format version byte.
 pub const VERSION: u8 = 1;

@@ -11,9 +11,10 @@ use tracing::{info, warn};
 
 use crate::{
     config::{DhtMode, IntroConfig, P2pConfig},
-    naming::{
+    p2p::{
+        Node, NodeError, Role, Scope,
         identity::{self, IdentityError},
-        node::{Node, NodeError, Role, Scope, ip_of, ip_scope},
+        ip_of, ip_scope,
     },
 };
 
@@ -42,7 +43,7 @@ pub async fn run(
 ) -> Result<(), IntroError> {
     // It exists to be asked: always a DHT server, whatever the file says.
     config.dht_mode = DhtMode::Server;
-    identity::create_private_dir(&data_dir)?;
+    identity::create_data_dir(&data_dir)?;
     let keypair = identity::load_or_create(&data_dir)?;
     let node = Node::bind_as(keypair.into(), &config, Role::Intro(limits)).await?;
     // STUN on UDP: ordinary clients (and nodes) learn their public address and port.
@@ -74,12 +75,12 @@ pub async fn run(
              set --external-addr (or p2p.external_addresses) to the address they should dial"
         );
     }
-    crate::systemd::notify(&format!(
+    crate::os::systemd::notify(&format!(
         "READY=1\nSTATUS=introduction server {peer_id}, {} addresses",
         advertised.len()
     ));
     node.run(shutdown).await;
-    crate::systemd::notify("STOPPING=1");
+    crate::os::systemd::notify("STOPPING=1");
     for task in stun {
         let _ = task.await;
     }

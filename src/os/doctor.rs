@@ -17,7 +17,7 @@ use hickory_proto::{
 use crate::{
     control::{self, Request, Response, Status},
     naming::CHECK_HOST,
-    service,
+    os::service,
 };
 
 /// How long one DNS probe waits.

@@ -3,13 +3,14 @@
 //! the node publishes.
 
 use std::{
-    fs,
-    io::{self, Write},
+    fs, io,
     path::{Path, PathBuf},
 };
 
 use libp2p::identity::{Keypair, ed25519};
 use tracing::info;
+
+use crate::state::{create_private_dir, write_private};
 
 /// File name of the key inside the data directory.
 pub const KEY_FILE: &str = "identity.key";
@@ -41,6 +42,14 @@ pub enum IdentityError {
     },
 }
 
+/// Creates the data directory (and parents), readable by the owner only.
+pub fn create_data_dir(dir: &Path) -> Result<(), IdentityError> {
+    create_private_dir(dir).map_err(|source| IdentityError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
 /// Loads the key from `data_dir`, or makes and saves a new one.
 pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError> {
     let path = data_dir.join(KEY_FILE);
@@ -53,7 +62,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError
             Ok(keypair)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create_private_dir(data_dir)?;
+            create_data_dir(data_dir)?;
             let keypair = ed25519::Keypair::generate();
             let encoded = Keypair::from(keypair.clone())
                 .to_protobuf_encoding()
@@ -67,49 +76,6 @@ pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError
         }
         Err(source) => Err(IdentityError::Read { path, source }),
     }
-}
-
-/// Creates `dir` (and parents) readable by the owner only.
-pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .map_err(|source| IdentityError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
-/// Writes `bytes` to `path` with mode 0600, atomically: a temporary file in the same
-/// directory, synced, then renamed over the target. A crash or a full disk leaves either the
-/// old file or the new one, never a torn one.
-pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use super::{
-    NamingAnswer, RecordSource, answer_from,
-    identity::write_private,
-    node::{NodeError, NodeHandle, Replicas, Scope, ip_scope},
+use super::{NamingAnswer, RecordSource, answer_from};
+use crate::{
+    p2p::{NodeError, NodeHandle, Replicas, Scope, ip_scope},
     record::{self, NameRecord, RecordError, key_of_name, record_name_for, unix_now},
+    state::write_private,
 };
 
 /// Signed records cached at most.

@@ -27,11 +27,11 @@ use crate::naming::CHECK_HOST;
 /// The line every installed file carries; uninstall removes files that still have it.
 pub const MARKER: &str = "Installed by p2pdns; remove with: p2pdns service uninstall";
 
-const UNIT: &str = include_str!("../packaging/systemd/p2pdns.service");
-const RESOLVED_DROP_IN: &str = include_str!("../packaging/systemd/resolved-p2pdns.conf");
-const NEGATIVE_TRUST_ANCHOR: &str = include_str!("../packaging/systemd/p2p.negative");
-const LAUNCHD_PLIST: &str = include_str!("../packaging/macos/net.p2pdns.daemon.plist");
-const MACOS_RESOLVER: &str = include_str!("../packaging/macos/resolver-p2p");
+const UNIT: &str = include_str!("../../packaging/systemd/p2pdns.service");
+const RESOLVED_DROP_IN: &str = include_str!("../../packaging/systemd/resolved-p2pdns.conf");
+const NEGATIVE_TRUST_ANCHOR: &str = include_str!("../../packaging/systemd/p2p.negative");
+const LAUNCHD_PLIST: &str = include_str!("../../packaging/macos/net.p2pdns.daemon.plist");
+const MACOS_RESOLVER: &str = include_str!("../../packaging/macos/resolver-p2p");
 
 /// Where the manifest lives (relative to the root).
 const MANIFEST: &str = "etc/p2pdns/install-manifest.json";

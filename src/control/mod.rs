@@ -21,7 +21,8 @@ use tracing::{debug, warn};
 
 use crate::{
     dns::forwarder::Forwarder,
-    naming::{Dht, Naming, parse_record, parse_zone, record},
+    naming::{Dht, Naming, parse_record, parse_zone},
+    record,
 };
 
 /// File name of the socket inside the data directory.
