@@ -4,9 +4,12 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
+use libp2p::Multiaddr;
+
 use crate::{
     config::{Config, UpstreamAddr},
-    control::{ClientError, Request, Response, call},
+    control::{ClientError, Request, Response, Status, call},
+    p2p::{NodeStatus, Reachability, Transport},
 };
 
 #[derive(Debug, Parser)]
@@ -337,85 +340,7 @@ fn render(response: &Response) -> String {
     let mut out = String::new();
     match response {
         Response::Error { message } => out.push_str(message),
-        Response::Status(s) => {
-            let _ = writeln!(out, "p2pdns {}", s.version);
-            let _ = writeln!(out, "dns:        {}", s.dns_addrs.join(", "));
-            let upstreams = if s.upstreams.is_empty() {
-                "none (names outside .p2p get SERVFAIL)".to_owned()
-            } else {
-                s.upstreams.join(", ")
-            };
-            let _ = writeln!(out, "upstreams:  {upstreams}");
-            let _ = writeln!(out, "cache:      {} answers", s.cache_entries);
-            match &s.p2p {
-                Some(p) => {
-                    let _ = writeln!(out, "peer id:    {}", p.peer_id);
-                    let _ = writeln!(out, "key name:   {}", p.key_name);
-                    let _ = writeln!(out, "dht mode:   {}", p.dht_mode);
-                    let _ = writeln!(
-                        out,
-                        "peers:      {} connected, {} in the routing table; connections: {} direct, {} relayed",
-                        p.connected_peers,
-                        p.routing_table_peers,
-                        p.direct_connections,
-                        p.relayed_connections
-                    );
-                    let _ = writeln!(out, "reachable:  {} (AutoNAT)", p.reachability);
-                    if p.reachability.contains("behind NAT") {
-                        let _ = writeln!(
-                            out,
-                            "            (proven only from peers it contacted: its NAT may \
-                             filter others, so it keeps a relay slot)"
-                        );
-                    }
-                    for (addr, how) in &p.external_addrs {
-                        let _ = writeln!(out, "external:   {addr} ({how})");
-                    }
-                    for addr in &p.relay_reservations {
-                        let _ = writeln!(out, "relayed at: {addr}");
-                    }
-                    for (point, registered) in &p.rendezvous_points {
-                        let state = if *registered {
-                            "registered"
-                        } else {
-                            "not registered yet"
-                        };
-                        let _ = writeln!(
-                            out,
-                            "rendezvous: {point} ({state}; {} peers learned from rendezvous points)",
-                            p.rendezvous_peers
-                        );
-                    }
-                    let _ = writeln!(
-                        out,
-                        "records:    {} stored for the network",
-                        p.stored_records
-                    );
-                    for addr in &p.listen_addrs {
-                        let _ = writeln!(out, "listening:  {addr}/p2p/{}", p.peer_id);
-                    }
-                    for peer in &p.peers {
-                        let state = match (peer.connected, peer.in_routing_table) {
-                            (true, true) => "connected, routing table",
-                            (true, false) => "connected",
-                            (false, _) => "routing table",
-                        };
-                        let _ = writeln!(out, "peer:       {} ({state})", peer.peer_id);
-                        for addr in &peer.addrs {
-                            let _ = writeln!(out, "              {addr}");
-                        }
-                        for (path, addr) in &peer.connections {
-                            let _ = writeln!(
-                                out,
-                                "              {path} connection{}",
-                                transport_of(addr)
-                            );
-                        }
-                    }
-                }
-                None => out.push_str("p2p:        disabled\n"),
-            }
-        }
+        Response::Status(s) => render_status(&mut out, s),
         Response::Published {
             name,
             seq,
@@ -486,7 +411,7 @@ fn render(response: &Response) -> String {
             } else {
                 ""
             };
-            let transport = transport_of(via);
+            let transport = transport_of(via.as_ref());
             let _ = writeln!(
                 out,
                 "{name}: {path} connection to {peer}{transport}{how} in {elapsed_ms} ms"
@@ -521,23 +446,97 @@ fn render(response: &Response) -> String {
     out
 }
 
-/// A Unix time as seconds from now, for people.
-/// " over QUIC (addr)" for a connection's address, or nothing when it is unknown.
-fn transport_of(addr: &str) -> String {
-    let transport = if addr.contains("/p2p-circuit") {
-        "a relay"
-    } else if addr.contains("/quic-v1") {
-        "QUIC"
-    } else if addr.contains("/tcp/") {
-        "TCP"
-    } else if addr.is_empty() {
-        return String::new();
-    } else {
-        "another transport"
-    };
-    format!(" over {transport} ({addr})")
+/// " over QUIC (addr)" for a connection's address, or nothing when none is known.
+fn transport_of(addr: Option<&Multiaddr>) -> String {
+    addr.map(|addr| format!(" over {} ({addr})", Transport::of(addr)))
+        .unwrap_or_default()
 }
 
+/// `p2pdns status`, for people.
+fn render_status(out: &mut String, s: &Status) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "p2pdns {}", s.version);
+    let _ = writeln!(out, "dns:        {}", s.dns_addrs.join(", "));
+    let upstreams = if s.upstreams.is_empty() {
+        "none (names outside .p2p get SERVFAIL)".to_owned()
+    } else {
+        s.upstreams.join(", ")
+    };
+    let _ = writeln!(out, "upstreams:  {upstreams}");
+    let _ = writeln!(out, "cache:      {} answers", s.cache_entries);
+    match &s.p2p {
+        Some(p) => render_node(out, &p.key_name, &p.node),
+        None => out.push_str("p2p:        disabled\n"),
+    }
+}
+
+/// The P2P node's part of `p2pdns status`.
+fn render_node(out: &mut String, key_name: &str, p: &NodeStatus) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "peer id:    {}", p.peer_id);
+    let _ = writeln!(out, "key name:   {key_name}");
+    let _ = writeln!(out, "dht mode:   {}", p.mode);
+    let _ = writeln!(
+        out,
+        "peers:      {} connected, {} in the routing table; connections: {} direct, {} relayed",
+        p.connected_peers, p.routing_table_peers, p.direct_connections, p.relayed_connections
+    );
+    let _ = writeln!(out, "reachable:  {} (AutoNAT)", p.reachability);
+    if p.reachability == Reachability::PublicBehindNat {
+        let _ = writeln!(
+            out,
+            "            (proven only from peers it contacted: its NAT may filter others, so it \
+             keeps a relay slot)"
+        );
+    }
+    for external in &p.external_addrs {
+        let _ = writeln!(out, "external:   {} ({})", external.addr, external.source);
+    }
+    for addr in &p.relay_reservations {
+        let _ = writeln!(out, "relayed at: {addr}");
+    }
+    for standing in &p.rendezvous_points {
+        let state = if standing.registered {
+            "registered"
+        } else {
+            "not registered yet"
+        };
+        let _ = writeln!(
+            out,
+            "rendezvous: {} ({state}; {} peers learned from rendezvous points)",
+            standing.point, p.rendezvous_peers
+        );
+    }
+    let _ = writeln!(
+        out,
+        "records:    {} stored for the network",
+        p.stored_records
+    );
+    for addr in &p.listen_addrs {
+        let _ = writeln!(out, "listening:  {addr}/p2p/{}", p.peer_id);
+    }
+    for peer in &p.peers {
+        let state = match (peer.connected, peer.in_routing_table) {
+            (true, true) => "connected, routing table",
+            (true, false) => "connected",
+            (false, _) => "routing table",
+        };
+        let _ = writeln!(out, "peer:       {} ({state})", peer.peer_id);
+        for addr in &peer.addrs {
+            let _ = writeln!(out, "              {addr}");
+        }
+        for connection in &peer.connections {
+            let _ = writeln!(
+                out,
+                "              {} connection{}",
+                connection.path,
+                transport_of(Some(&connection.remote))
+            );
+        }
+    }
+}
+
+/// A Unix time as seconds from now, for people.
 fn expiry(unix: u64) -> String {
     let now = crate::record::unix_now();
     if unix <= now {

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use crate::{
     dns::forwarder::Forwarder,
     naming::{Dht, Naming, parse_record, parse_zone},
+    p2p::{ConnectionInfo, ConnectionPath, NodeStatus},
     record,
 };
 
@@ -111,11 +112,10 @@ pub enum Response {
     Connected {
         name: String,
         peer: String,
-        /// `direct` or `relayed`.
-        path: String,
-        /// The address the connection runs over.
-        #[serde(default)]
-        via: String,
+        /// Whether the connection goes straight to the peer.
+        path: ConnectionPath,
+        /// The address the connection runs over, when one is open.
+        via: Option<libp2p::Multiaddr>,
         /// The first connection went through a relay and was upgraded (hole punching).
         upgraded: bool,
         elapsed_ms: u64,
@@ -135,45 +135,14 @@ pub struct Status {
     pub p2p: Option<P2pStatus>,
 }
 
+/// The P2P part of [`Status`]: the node's own report, with the key name the DHT side adds.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct P2pStatus {
-    pub peer_id: String,
+    /// This node's key name (`<key>.p2p.`).
     pub key_name: String,
-    pub listen_addrs: Vec<String>,
-    pub connected_peers: usize,
-    pub routing_table_peers: usize,
-    pub stored_records: usize,
-    pub dht_mode: String,
-    /// Filled when asked for (`status --peers`).
-    #[serde(default)]
-    pub peers: Vec<PeerInfo>,
-    #[serde(default)]
-    pub reachability: String,
-    /// External addresses, each with how it was learned.
-    #[serde(default)]
-    pub external_addrs: Vec<(String, String)>,
-    #[serde(default)]
-    pub relay_reservations: Vec<String>,
-    #[serde(default)]
-    pub relayed_connections: usize,
-    #[serde(default)]
-    pub direct_connections: usize,
-    /// Rendezvous points, each with whether this node is registered there.
-    #[serde(default)]
-    pub rendezvous_points: Vec<(String, bool)>,
-    #[serde(default)]
-    pub rendezvous_peers: usize,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PeerInfo {
-    pub peer_id: String,
-    pub addrs: Vec<String>,
-    pub connected: bool,
-    pub in_routing_table: bool,
-    /// Open connections: `direct` or `relayed`, and the remote address.
-    #[serde(default)]
-    pub connections: Vec<(String, String)>,
+    /// What the node reports; its peer list is filled only when asked for (`status --peers`).
+    #[serde(flatten)]
+    pub node: NodeStatus,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -394,54 +363,14 @@ const NO_P2P: &str = "the P2P node is disabled on this daemon ([p2p] enabled = f
 
 async fn status(context: &Context, with_peers: bool) -> Status {
     let p2p = match context.naming.dht() {
-        Some(dht) => dht.node().status().await.ok().map(|s| P2pStatus {
-            peer_id: s.peer_id.to_string(),
-            key_name: dht.key_name().to_ascii(),
-            listen_addrs: s.listen_addrs.iter().map(ToString::to_string).collect(),
-            connected_peers: s.connected_peers,
-            routing_table_peers: s.routing_table_peers,
-            stored_records: s.stored_records,
-            dht_mode: s.mode,
-            reachability: s.reachability,
-            external_addrs: s
-                .external_addrs
-                .iter()
-                .map(|(a, how)| (a.to_string(), how.clone()))
-                .collect(),
-            relay_reservations: s
-                .relay_reservations
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            relayed_connections: s.relayed_connections,
-            direct_connections: s.direct_connections,
-            rendezvous_points: s
-                .rendezvous_points
-                .iter()
-                .map(|(peer, registered)| (peer.to_string(), *registered))
-                .collect(),
-            rendezvous_peers: s.rendezvous_peers,
-            peers: if with_peers {
-                s.peers
-                    .iter()
-                    .map(|p| PeerInfo {
-                        peer_id: p.peer_id.to_string(),
-                        addrs: p.addrs.iter().map(ToString::to_string).collect(),
-                        connected: p.connected,
-                        in_routing_table: p.in_routing_table,
-                        connections: p
-                            .connections
-                            .iter()
-                            .map(|(relayed, addr)| {
-                                let path = if *relayed { "relayed" } else { "direct" };
-                                (path.to_owned(), addr.to_string())
-                            })
-                            .collect(),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
+        Some(dht) => dht.node().status().await.ok().map(|mut node| {
+            if !with_peers {
+                node.peers.clear();
+            }
+            P2pStatus {
+                key_name: dht.key_name().to_ascii(),
+                node,
+            }
         }),
         None => None,
     };
@@ -600,16 +529,17 @@ async fn connect(dht: &Arc<Dht>, name: &str, wait_direct: Duration) -> Result<Re
         .connections(peer)
         .await
         .map_err(|e| e.to_string())?;
-    let started_relayed = !first.is_empty() && first.iter().all(|(relayed, _)| *relayed);
+    let direct = |c: &ConnectionInfo| c.path == ConnectionPath::Direct;
+    let started_relayed = !first.is_empty() && !first.iter().any(direct);
     let deadline = tokio::time::Instant::now() + wait_direct;
     let mut punches = 0;
-    let (direct, via, elapsed) = loop {
+    let (path, via, elapsed) = loop {
         let open = dht
             .node()
             .connections(peer)
             .await
             .map_err(|e| e.to_string())?;
-        if open.iter().any(|(relayed, _)| !relayed) {
+        if open.iter().any(direct) {
             let seen = started.elapsed();
             // A hole-punched TCP connection can be reset right after it opened (both sides
             // dialled at once): count it once it has lasted a moment.
@@ -619,8 +549,12 @@ async fn connect(dht: &Arc<Dht>, name: &str, wait_direct: Duration) -> Result<Re
                 .connections(peer)
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Some((_, addr)) = open.iter().find(|(relayed, _)| !relayed) {
-                break (true, addr.to_string(), seen);
+            if let Some(connection) = open.iter().find(|c| direct(c)) {
+                break (
+                    ConnectionPath::Direct,
+                    Some(connection.remote.clone()),
+                    seen,
+                );
             }
             if punches < MAX_PUNCHES && tokio::time::Instant::now() < deadline {
                 punches += 1;
@@ -629,17 +563,17 @@ async fn connect(dht: &Arc<Dht>, name: &str, wait_direct: Duration) -> Result<Re
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            let relay = open.first().map(|(_, a)| a.to_string()).unwrap_or_default();
-            break (false, relay, started.elapsed());
+            let relay = open.first().map(|c| c.remote.clone());
+            break (ConnectionPath::Relayed, relay, started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     Ok(Response::Connected {
         name: set.to_ascii(),
         peer: peer.to_string(),
-        path: if direct { "direct" } else { "relayed" }.to_owned(),
+        path,
         via,
-        upgraded: direct && started_relayed,
+        upgraded: path == ConnectionPath::Direct && started_relayed,
         elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
     })
 }

@@ -17,7 +17,10 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::stun::{self, Mapping};
+use crate::{
+    p2p::{AddressSource, ExternalAddr, StunMapping},
+    stun::{self, Mapping},
+};
 
 /// The port STUN servers listen on (RFC 8489 section 9), and introduction servers by default.
 pub const STUN_PORT: u16 = 3478;
@@ -39,30 +42,26 @@ pub struct StunReport {
 }
 
 impl StunReport {
-    /// The public address and how it was learned, as `status` lists external addresses.
-    pub fn external(&self) -> Option<(Multiaddr, String)> {
-        let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
-        let servers = servers.join(", ");
-        let (mapped, what) = match &self.outcome {
-            Ok(Mapping::NotNatted) => return None,
+    /// The public address and how it was learned, as `status` lists external addresses
+    /// (`None` when the node is not behind a NAT or the probe failed).
+    pub fn external(&self) -> Option<ExternalAddr> {
+        let (mapped, mapping) = match &self.outcome {
+            Ok(Mapping::NotNatted) | Err(_) => return None,
             Ok(Mapping::EndpointIndependent(mapped)) if self.servers.len() < 2 => {
-                (*mapped, "one server: mapping behaviour unknown".to_owned())
+                (*mapped, StunMapping::Unknown)
             }
-            Ok(Mapping::EndpointIndependent(mapped)) => (
-                *mapped,
-                "endpoint-independent mapping: hole punching can work".to_owned(),
-            ),
-            Ok(Mapping::EndpointDependent { first, second }) => (
-                *first,
-                format!(
-                    "endpoint-dependent (symmetric) NAT: another server saw {second}; peers \
-                     reach this node through a relay unless they are reachable themselves"
-                ),
-            ),
-            Err(_) => return None,
+            Ok(Mapping::EndpointIndependent(mapped)) => (*mapped, StunMapping::EndpointIndependent),
+            Ok(Mapping::EndpointDependent { first, second }) => {
+                (*first, StunMapping::EndpointDependent { other: *second })
+            }
         };
-        let addr = Multiaddr::from(mapped.ip()).with(Protocol::Udp(mapped.port()));
-        Some((addr, format!("STUN via {servers}; {what}")))
+        Some(ExternalAddr {
+            addr: Multiaddr::from(mapped.ip()).with(Protocol::Udp(mapped.port())),
+            source: AddressSource::Stun {
+                servers: self.servers.clone(),
+                mapping,
+            },
+        })
     }
 }
 
@@ -109,7 +108,7 @@ pub async fn run(
             Ok(_) => {
                 wait = PROBE_INTERVAL;
                 retry = RETRY_AFTER;
-                let seen = new.external().map(|(addr, how)| format!("{addr} ({how})"));
+                let seen = new.external().map(|e| format!("{} ({})", e.addr, e.source));
                 if seen != last_seen {
                     match &seen {
                         Some(seen) => info!(external = %seen, "STUN"),
@@ -216,29 +215,38 @@ mod tests {
             outcome,
         };
         let mapped: SocketAddr = "203.0.113.5:40000".parse().unwrap();
-        let (addr, how) = report(Ok(Mapping::EndpointIndependent(mapped)))
+        let found = report(Ok(Mapping::EndpointIndependent(mapped)))
             .external()
             .unwrap();
-        assert_eq!(addr.to_string(), "/ip4/203.0.113.5/udp/40000");
+        assert_eq!(found.addr.to_string(), "/ip4/203.0.113.5/udp/40000");
+        let how = found.source.to_string();
         assert!(
             how.contains("STUN via 198.51.100.7:3478, 198.51.100.7:3479"),
             "{how}"
         );
         assert!(how.contains("endpoint-independent"), "{how}");
         let other: SocketAddr = "203.0.113.5:40001".parse().unwrap();
-        let (_, how) = report(Ok(Mapping::EndpointDependent {
+        let how = report(Ok(Mapping::EndpointDependent {
             first: mapped,
             second: other,
         }))
         .external()
-        .unwrap();
+        .unwrap()
+        .source
+        .to_string();
         assert!(how.contains("symmetric") && how.contains("40001"), "{how}");
         assert!(report(Ok(Mapping::NotNatted)).external().is_none());
         let one = StunReport {
             servers: vec![server],
             outcome: Ok(Mapping::EndpointIndependent(mapped)),
         };
-        assert!(one.external().unwrap().1.contains("unknown"));
+        assert_eq!(
+            one.external().unwrap().source,
+            AddressSource::Stun {
+                servers: vec![server],
+                mapping: StunMapping::Unknown
+            }
+        );
         assert!(report(Err("timeout".into())).external().is_none());
     }
 }

@@ -18,6 +18,7 @@ use crate::{
     control::{self, Request, Response, Status},
     naming::CHECK_HOST,
     os::service,
+    p2p::{AddressSource, NodeStatus, Reachability, StunMapping},
 };
 
 /// How long one DNS probe waits.
@@ -145,11 +146,11 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
             "p2p: the P2P node is disabled; .p2p names come from local records only",
             Some("set [p2p] enabled = true"),
         ),
-        Some(p2p) if p2p.connected_peers == 0 => lines.add(
+        Some(p2p) if p2p.node.connected_peers == 0 => lines.add(
             Verdict::Fail,
             &format!(
                 "p2p: no peer connected ({} in the routing table); .p2p lookups will fail",
-                p2p.routing_table_peers
+                p2p.node.routing_table_peers
             ),
             Some("add an introduction server to p2p.bootstrap, or start a second node on the LAN (mDNS)"),
         ),
@@ -158,47 +159,54 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
                 Verdict::Ok,
                 &format!(
                     "p2p: {} peers connected, {} in the routing table, DHT mode {}",
-                    p2p.connected_peers, p2p.routing_table_peers, p2p.dht_mode
+                    p2p.node.connected_peers, p2p.node.routing_table_peers, p2p.node.mode
                 ),
                 None,
             );
-            reachability_line(lines, p2p);
+            reachability_line(lines, &p2p.node);
         }
     }
 }
 
 /// Can others reach this node (to connect to the names it publishes)?
-fn reachability_line(lines: &mut Lines, p2p: &control::P2pStatus) {
-    let symmetric = p2p
-        .external_addrs
-        .iter()
-        .any(|(_, how)| how.contains("STUN") && how.contains("symmetric"));
-    let relay = p2p.relay_reservations.first();
-    let (verdict, text, hint) = match (p2p.reachability.as_str(), relay) {
-        ("public", _) => (
+fn reachability_line(lines: &mut Lines, node: &NodeStatus) {
+    let symmetric = node.external_addrs.iter().any(|e| {
+        matches!(
+            e.source,
+            AddressSource::Stun {
+                mapping: StunMapping::EndpointDependent { .. },
+                ..
+            }
+        )
+    });
+    let relay = node.relay_reservations.first();
+    let (verdict, text, hint) = match (node.reachability, relay) {
+        (Reachability::Public, _) => (
             Verdict::Ok,
             "reachability: public, peers connect to this node directly".to_owned(),
             None,
         ),
-        ("unknown", _) => (
+        (Reachability::Unknown, _) => (
             Verdict::Ok,
             "reachability: not known yet (AutoNAT probes peers in the first minute)".to_owned(),
             None,
         ),
-        (_, None) => (
+        (reachability, None) => (
             Verdict::Warn,
             format!(
-                "reachability: {}, and no relay reservation: peers cannot connect to the names                  this node serves",
-                p2p.reachability
+                "reachability: {reachability}, and no relay reservation: peers cannot connect to \
+                 the names this node serves"
             ),
             Some(
-                "list an introduction server in p2p.bootstrap (it relays), or forward the P2P                  port on the router (or enable UPnP there)",
+                "list an introduction server in p2p.bootstrap (it relays), or forward the P2P \
+                 port on the router (or enable UPnP there)",
             ),
         ),
         (_, Some(relay)) if symmetric => (
             Verdict::Warn,
             format!(
-                "reachability: behind a symmetric NAT (STUN), reachable through {relay};                  hole punching fails against it, so connections from other homes stay relayed"
+                "reachability: behind a symmetric NAT (STUN), reachable through {relay}; hole \
+                 punching fails against it, so connections from other homes stay relayed"
             ),
             Some(
                 "forward the P2P port on the router (or enable UPnP there) for direct connections",
@@ -207,7 +215,8 @@ fn reachability_line(lines: &mut Lines, p2p: &control::P2pStatus) {
         (_, Some(relay)) => (
             Verdict::Ok,
             format!(
-                "reachability: behind NAT, reachable through {relay}; connections become direct                  by hole punching"
+                "reachability: behind NAT, reachable through {relay}; connections become direct \
+                 by hole punching"
             ),
             None,
         ),
@@ -401,6 +410,7 @@ fn probe(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Message, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::p2p::{ExternalAddr, KadMode};
 
     #[test]
     fn proc_net_addresses_decode() {
@@ -417,36 +427,53 @@ mod tests {
 
     #[test]
     fn reachability_says_how_peers_reach_the_node() {
-        let check = |reachability: &str, relay: &[&str], external: &[(&str, &str)]| {
-            let status: control::P2pStatus = serde_json::from_value(serde_json::json!({
-                "peer_id": "12D3KooW", "key_name": "k.p2p.", "listen_addrs": [],
-                "connected_peers": 1, "routing_table_peers": 1, "stored_records": 0,
-                "dht_mode": "client", "reachability": reachability,
-                "relay_reservations": relay, "external_addrs": external,
-            }))
-            .unwrap();
+        let check = |reachability, relay: &[&str], external: Vec<ExternalAddr>| {
+            let node = NodeStatus {
+                peer_id: libp2p::PeerId::random(),
+                listen_addrs: Vec::new(),
+                connected_peers: 1,
+                routing_table_peers: 1,
+                stored_records: 0,
+                mode: KadMode::Client,
+                peers: Vec::new(),
+                reachability,
+                external_addrs: external,
+                relay_reservations: relay.iter().map(|a| a.parse().unwrap()).collect(),
+                relayed_connections: 0,
+                direct_connections: 1,
+                rendezvous_points: Vec::new(),
+                rendezvous_peers: 0,
+            };
             let mut lines = Lines::default();
-            reachability_line(&mut lines, &status);
+            reachability_line(&mut lines, &node);
             lines.text
         };
-        let relay = "/ip4/198.51.100.7/udp/4747/quic-v1/p2p/R/p2p-circuit";
-        assert!(check("public", &[], &[]).starts_with("ok    reachability: public"));
-        let out = check("private", &[], &[]);
+        let relay = "/ip4/198.51.100.7/udp/4747/quic-v1/p2p-circuit";
+        let out = check(Reachability::Public, &[], Vec::new());
+        assert!(out.starts_with("ok    reachability: public"), "{out}");
+        let out = check(Reachability::Private, &[], Vec::new());
         assert!(
-            out.starts_with("warn  ") && out.contains("no relay"),
+            out.starts_with("warn  ")
+                && out.contains("no relay reservation: peers cannot connect to the names"),
             "{out}"
         );
-        let out = check("private", &[relay], &[]);
+        let out = check(Reachability::Private, &[relay], Vec::new());
         assert!(out.starts_with("ok    ") && out.contains(relay), "{out}");
-        let stun = (
-            "/ip4/203.0.113.5/udp/4000",
-            "STUN via x; endpoint-dependent (symmetric) NAT",
-        );
-        let out = check("public behind NAT", &[relay], &[stun]);
+        let stun = ExternalAddr {
+            addr: "/ip4/203.0.113.5/udp/4000".parse().unwrap(),
+            source: AddressSource::Stun {
+                servers: vec!["198.51.100.7:3478".parse().unwrap()],
+                mapping: StunMapping::EndpointDependent {
+                    other: "203.0.113.5:4001".parse().unwrap(),
+                },
+            },
+        };
+        let out = check(Reachability::PublicBehindNat, &[relay], vec![stun]);
         assert!(
-            out.starts_with("warn  ") && out.contains("symmetric"),
+            out.starts_with("warn  ") && out.contains("symmetric NAT (STUN), reachable through"),
             "{out}"
         );
+        assert!(!out.contains("  hole"), "no gaps mid-sentence: {out}");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::{
 
 use hickory_proto::rr::Name;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport as _, autonat,
+    connection_limits,
     core::transport::ListenerId,
     core::{transport::MemoryTransport, upgrade},
     dcutr, identify,
@@ -26,6 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub mod identity;
+mod status;
+
+pub use status::{
+    AddressSource, ConnectionInfo, ConnectionPath, ExternalAddr, KadMode, NodeStatus, PeerEntry,
+    Reachability, RendezvousStanding, StunMapping, Transport,
+};
 
 use crate::config::{DhtMode, IntroConfig, P2pConfig};
 use crate::record::{NameRecord, RecordError, dht_key, unix_now};
@@ -174,45 +181,6 @@ pub struct Replicas {
     pub peers_answered: u32,
 }
 
-/// What `p2pdns status` shows about the node.
-#[derive(Debug, Clone)]
-pub struct NodeStatus {
-    pub peer_id: PeerId,
-    pub listen_addrs: Vec<Multiaddr>,
-    pub connected_peers: usize,
-    pub routing_table_peers: usize,
-    pub stored_records: usize,
-    pub mode: String,
-    /// The peers this node knows: its routing table, then connected peers outside it.
-    pub peers: Vec<PeerEntry>,
-    /// `public`, `private` or `unknown` (AutoNAT).
-    pub reachability: String,
-    /// Addresses others can reach this node at, with how each was learned.
-    pub external_addrs: Vec<(Multiaddr, String)>,
-    /// Relays holding a reservation for this node (its relayed addresses).
-    pub relay_reservations: Vec<Multiaddr>,
-    /// Open connections through a relay, and direct ones.
-    pub relayed_connections: usize,
-    pub direct_connections: usize,
-    /// Rendezvous points (bootstrap peers that keep one), each with whether this node is
-    /// registered there.
-    pub rendezvous_points: Vec<(PeerId, bool)>,
-    /// Peers learned from rendezvous points.
-    pub rendezvous_peers: usize,
-}
-
-/// One peer in [`NodeStatus::peers`].
-#[derive(Debug, Clone)]
-pub struct PeerEntry {
-    pub peer_id: PeerId,
-    /// Addresses known for it (routing table) or of its connections.
-    pub addrs: Vec<Multiaddr>,
-    pub connected: bool,
-    pub in_routing_table: bool,
-    /// Its open connections: relayed or not, and the remote address.
-    pub connections: Vec<(bool, Multiaddr)>,
-}
-
 enum Command {
     Lookup {
         name: Name,
@@ -243,7 +211,7 @@ enum Command {
     },
     Connections {
         peer: PeerId,
-        reply: oneshot::Sender<Vec<(bool, Multiaddr)>>,
+        reply: oneshot::Sender<Vec<ConnectionInfo>>,
     },
 }
 
@@ -353,8 +321,8 @@ impl NodeHandle {
             .map_err(NodeError::Connect)
     }
 
-    /// The open connections to `peer`, each with whether it is relayed and its remote address.
-    pub async fn connections(&self, peer: PeerId) -> Result<Vec<(bool, Multiaddr)>, NodeError> {
+    /// The open connections to `peer`.
+    pub async fn connections(&self, peer: PeerId) -> Result<Vec<ConnectionInfo>, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Connections { peer, reply }).await?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -773,33 +741,35 @@ fn status(
             });
         }
     }
-    for (peer, relayed, addr) in state.connections.values() {
+    for (peer, info) in state.connections.values() {
         if let Some(entry) = peers.iter_mut().find(|p| p.peer_id == *peer) {
-            entry.connections.push((*relayed, addr.clone()));
+            entry.connections.push(info.clone());
         }
     }
     let reachability = match swarm.behaviour().autonat.nat_status() {
         status @ autonat::NatStatus::Public(_) if state.behind_nat(&status, swarm) => {
-            "public behind NAT"
+            Reachability::PublicBehindNat
         }
-        autonat::NatStatus::Public(_) => "public",
-        autonat::NatStatus::Private => "private",
-        autonat::NatStatus::Unknown => "unknown",
-    }
-    .to_owned();
-    let mut external_addrs: Vec<(Multiaddr, String)> = swarm
+        autonat::NatStatus::Public(_) => Reachability::Public,
+        autonat::NatStatus::Private => Reachability::Private,
+        autonat::NatStatus::Unknown => Reachability::Unknown,
+    };
+    let mut external_addrs: Vec<ExternalAddr> = swarm
         .external_addresses()
         .map(|addr| {
-            let how = if state.config.external_addresses.contains(addr) {
-                "configured"
+            let source = if state.config.external_addresses.contains(addr) {
+                AddressSource::Configured
             } else if state.upnp_addrs.contains(addr) {
-                "UPnP port mapping"
+                AddressSource::UpnpMapping
             } else if is_relayed(addr) {
-                "relay reservation"
+                AddressSource::RelayReservation
             } else {
-                "observed by peers (identify), confirmed by AutoNAT"
+                AddressSource::Observed
             };
-            (addr.clone(), how.to_owned())
+            ExternalAddr {
+                addr: addr.clone(),
+                source,
+            }
         })
         .collect();
     let stun = state.stun_report.lock().ok().and_then(|r| {
@@ -815,17 +785,18 @@ fn status(
     let relayed_connections = state
         .connections
         .values()
-        .filter(|(_, relayed, _)| *relayed)
+        .filter(|(_, info)| info.path == ConnectionPath::Relayed)
         .count();
     let direct_connections = state.connections.len() - relayed_connections;
     let kad = &mut swarm.behaviour_mut().kad;
+    let now = Instant::now();
     NodeStatus {
         peer_id,
         listen_addrs: listen_addrs.to_vec(),
         connected_peers: connected.len(),
         routing_table_peers,
         stored_records: kad.store_mut().records().count(),
-        mode: kad.mode().to_string(),
+        mode: kad.mode().into(),
         peers,
         reachability,
         external_addrs,
@@ -835,12 +806,9 @@ fn status(
         rendezvous_points: state
             .rendezvous_points
             .iter()
-            .map(|(peer, point)| {
-                let now = Instant::now();
-                (
-                    *peer,
-                    point.registered_until.is_some_and(|until| until > now),
-                )
+            .map(|(peer, point)| RendezvousStanding {
+                point: *peer,
+                registered: point.registered_until.is_some_and(|until| until > now),
             })
             .collect(),
         rendezvous_peers: state.rendezvous_addrs.len(),
@@ -981,8 +949,8 @@ struct EventLoop {
     config: P2pConfig,
     /// A bootstrap query was started.
     bootstrapped: bool,
-    /// Open connections: the peer, whether through a relay, and its address.
-    connections: HashMap<ConnectionId, (PeerId, bool, Multiaddr)>,
+    /// Open connections, with their peer.
+    connections: HashMap<ConnectionId, (PeerId, ConnectionInfo)>,
     /// External addresses mapped on a UPnP gateway.
     upnp_addrs: HashSet<Multiaddr>,
     /// Told when the first DHT peer is met.
@@ -1254,8 +1222,8 @@ impl EventLoop {
                 let kinds = self
                     .connections
                     .values()
-                    .filter(|(p, _, _)| *p == peer)
-                    .map(|(_, relayed, addr)| (*relayed, addr.clone()))
+                    .filter(|(p, _)| *p == peer)
+                    .map(|(_, info)| info.clone())
                     .collect();
                 let _ = reply.send(kinds);
             }
@@ -1294,7 +1262,7 @@ impl EventLoop {
                     let seen_at = self
                         .connections
                         .get(&connection_id)
-                        .map_or(Scope::Global, |c| scope(&c.2));
+                        .map_or(Scope::Global, |c| scope(&c.1.remote));
                     for addr in info.listen_addrs {
                         if scope(&addr) >= seen_at {
                             swarm.behaviour_mut().kad.add_address(&peer_id, addr);
@@ -1326,9 +1294,15 @@ impl EventLoop {
             } => {
                 let relayed = endpoint.is_relayed();
                 debug!(%peer_id, relayed, "connected");
-                let remote = endpoint.get_remote_address().clone();
-                self.connections
-                    .insert(connection_id, (peer_id, relayed, remote));
+                let info = ConnectionInfo {
+                    path: if relayed {
+                        ConnectionPath::Relayed
+                    } else {
+                        ConnectionPath::Direct
+                    },
+                    remote: endpoint.get_remote_address().clone(),
+                };
+                self.connections.insert(connection_id, (peer_id, info));
                 for (_, reply) in self.connecting.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
