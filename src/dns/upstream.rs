@@ -452,6 +452,62 @@ mod tests {
         assert!(!up.usable(10_000));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_rested_upstream_is_asked_again_after_its_rest() {
+        let set = UpstreamSet::new(&[
+            "192.0.2.1:53".parse().unwrap(),
+            "192.0.2.2:53".parse().unwrap(),
+        ]);
+        let list = set.snapshot();
+        for _ in 0..FAILURES_BEFORE_REST {
+            list[0].record_failure(set.now_ms());
+        }
+        assert_eq!(set.order(&list), vec![1], "the failing one rests");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(set.order(&list), vec![1]);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            set.order(&list),
+            vec![1, 0],
+            "back, after the unmeasured one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_switches_the_source_and_keeps_what_was_learned() {
+        let dir = std::env::temp_dir().join(format!("p2pdns-up-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.0.2.1\nnameserver 192.0.2.9\n").unwrap();
+        let listen: Vec<SocketAddr> = vec!["192.0.2.9:53".parse().unwrap()];
+        let first: SocketAddr = "192.0.2.1:53".parse().unwrap();
+        let configured = UpstreamConfig {
+            servers: vec![crate::config::UpstreamAddr(first)],
+            ..UpstreamConfig::default()
+        };
+        let follower = UpstreamFollower::new(&configured, &listen);
+        let set = follower.set().clone();
+        assert_eq!(set.addrs(), vec![first]);
+        set.snapshot()[0].record_answer(Duration::from_millis(10));
+        let stop = CancellationToken::new();
+        let (handle, task) = follower.follow(stop.clone());
+        let task = tokio::spawn(task);
+        let from_file = UpstreamConfig {
+            resolv_conf: path,
+            ..UpstreamConfig::default()
+        };
+        assert!(handle.reload(&from_file).await);
+        assert_eq!(set.addrs(), vec![first], "never its own listen address");
+        assert!(set.snapshot()[0].srtt_us() > 0, "what was learned stays");
+        stop.cancel();
+        task.await.unwrap();
+        assert!(
+            !handle.reload(&configured).await,
+            "the follower has stopped"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn try_wait_follows_the_rtt() {
         let up = Upstream::new("192.0.2.1:53".parse().unwrap());

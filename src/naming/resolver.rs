@@ -372,6 +372,29 @@ mod tests {
         assert!(select(&replicas, Some(other.public().to_bytes())).is_none());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn absence_is_believed_briefly_and_a_record_for_its_ttl() {
+        let name = Name::from_ascii("site.p2p.").unwrap();
+        let a = Record::from_rdata(name.clone(), 30, RData::A("192.0.2.1".parse().unwrap()));
+        let kp = ed25519::Keypair::generate();
+        let record = NameRecord::sign(&kp, &name, 1, unix_now() + 3600, vec![a]).unwrap();
+        let entry = |value| CacheEntry {
+            value,
+            fetched: Instant::now(),
+        };
+        let absent = entry(DhtAnswer::Absent);
+        let found = entry(DhtAnswer::Found(Resolved {
+            record: Arc::new(record),
+            agreeing: 1,
+        }));
+        assert!(absent.fresh() && found.fresh());
+        tokio::time::advance(NEGATIVE_CACHE).await;
+        assert!(!absent.fresh(), "a name may be published any moment");
+        assert!(found.fresh());
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(!found.fresh(), "past the record's smallest TTL");
+    }
+
     #[test]
     fn private_addresses_are_recognized() {
         let name = Name::from_ascii("x.p2p.").unwrap();
