@@ -74,7 +74,11 @@ pub struct Publisher {
     node: NodeHandle,
     keypair: ed25519::Keypair,
     path: PathBuf,
+    /// Read by every `.p2p` query: held for map operations only, never across a file write.
     own: Mutex<OwnNames>,
+    /// One save at a time, each writing the map as it is once it holds this: the last write
+    /// is always the newest map.
+    saving: Mutex<()>,
 }
 
 impl Publisher {
@@ -87,11 +91,12 @@ impl Publisher {
             keypair,
             path,
             own: Mutex::new(own),
+            saving: Mutex::new(()),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, OwnNames> {
-        // Every update is one map operation followed by a save: nothing is left half-done.
+        // Every update is one map operation: a panic leaves nothing half-done.
         self.own.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -141,9 +146,9 @@ impl Publisher {
             signed.verify(unix_now())?;
             let signed = Arc::new(signed);
             own.insert(key, signed.clone());
-            self.save(&own)?;
             signed
         };
+        self.save()?;
         self.node.publish((*signed).clone()).await?;
         info!(name = %name, seq = signed.seq, "published");
         Ok(signed)
@@ -154,10 +159,9 @@ impl Publisher {
     /// # Errors
     /// [`PublishError::Save`] when the names file cannot be written.
     pub fn unpublish(&self, name: &Name) -> Result<bool, PublishError> {
-        let mut own = self.lock();
-        let removed = own.remove(&LowerName::new(name)).is_some();
+        let removed = self.lock().remove(&LowerName::new(name)).is_some();
         if removed {
-            self.save(&own)?;
+            self.save()?;
         }
         Ok(removed)
     }
@@ -225,9 +229,11 @@ impl Publisher {
         }
     }
 
-    fn save(&self, own: &OwnNames) -> Result<(), PublishError> {
-        let names = own
-            .values()
+    fn save(&self) -> Result<(), PublishError> {
+        let _saving = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let names = self
+            .names()
+            .iter()
             .map(|r| {
                 let record = hex(&r.to_bytes());
                 (r.name.to_ascii(), OwnName { record })
