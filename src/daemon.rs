@@ -1,44 +1,73 @@
 //! The daemon: binds every socket first, then serves until told to stop or a subsystem dies.
+//!
+//! It owns the start-up order, the supervision of the long-running tasks (the control socket,
+//! the P2P node, the republisher of own names, the upstream follower: when one ends or panics,
+//! everything stops and [`Daemon::run`] names it), the reload (SIGHUP) and the shutdown
+//! order. What each subsystem does is decided in its own module.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    collections::HashMap,
+    fmt,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use tokio::sync::Notify;
+use tokio::{
+    sync::Notify,
+    task::{JoinError, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, UpstreamConfig},
     control::{self, ControlError},
     dns::{
         DnsError, DnsServer,
         forwarder::Forwarder,
         handler::Handler,
         server::BoundSockets,
-        upstream::{is_own_address, read_resolv_conf},
+        upstream::{UpstreamFollower, UpstreamHandle},
     },
-    naming::{Dht, Naming, NamingError},
+    naming::{Dht, DhtConfig, Naming, NamingError},
     p2p::{
         Node, NodeError,
         identity::{self, IdentityError},
     },
-    record,
 };
 
 /// Longest wait at shutdown for queries in flight to be answered.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
-/// How long a shutdown may take in all before the daemon stops waiting.
+/// How long each shutdown step (the DNS drain, then the tasks) may take before the daemon
+/// stops waiting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
-/// How often own names are pushed to the DHT again, plus up to the jitter.
-const REPUBLISH_EVERY: Duration = Duration::from_secs(600);
-const REPUBLISH_JITTER_MS: u64 = 120_000;
-/// How often resolv.conf is checked for changes when the upstreams come from it (DHCP and VPN
-/// clients rewrite it when the network changes).
-const RESOLV_CONF_POLL: Duration = Duration::from_secs(2);
+
+/// The daemon's supervised tasks, named in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// The control socket server ([`crate::control::serve`]).
+    Control,
+    /// The P2P node's event loop ([`Node::run`]).
+    Node,
+    /// The loop that keeps own names in the DHT ([`crate::naming::publisher::Publisher::run`]).
+    Republisher,
+    /// The task that keeps the upstream list in step with resolv.conf
+    /// ([`UpstreamFollower::follow`]).
+    Upstreams,
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Control => "control socket server",
+            Self::Node => "P2P node",
+            Self::Republisher => "republisher of own names",
+            Self::Upstreams => "upstream follower",
+        })
+    }
+}
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +81,18 @@ pub enum DaemonError {
     /// The identity key could not be read or made.
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    /// The P2P node could not start or stopped.
+    /// The P2P node could not start.
     #[error(transparent)]
     Node(#[from] NodeError),
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// A supervised task returned while the daemon was serving.
+    #[error("the {0} stopped on its own")]
+    TaskEnded(Task),
+    /// A supervised task panicked.
+    #[error("the {task} panicked: {message}")]
+    TaskPanicked { task: Task, message: String },
     /// Shutdown took longer than the grace period.
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
@@ -74,9 +109,9 @@ impl DaemonError {
 pub struct Daemon {
     dns: DnsServer,
     forwarder: Arc<Forwarder>,
+    /// Chooses the upstreams and, once running, follows their source.
+    upstreams: UpstreamFollower,
     data_dir: PathBuf,
-    /// resolv.conf, when the upstreams are read from it, and its modification time when read.
-    resolv_conf: Option<(PathBuf, Option<SystemTime>)>,
     /// How long shutdown waits for queries in flight.
     drain: Duration,
     /// The P2P node, until `run` starts its event loop.
@@ -106,40 +141,26 @@ impl ConfigWatch {
     }
 }
 
-/// The settings that differ between `old` and `new` and take a restart to apply (all but the
-/// upstream servers, which a reload applies).
+/// The sections that differ between `old` and `new` and take a restart to apply: all but the
+/// upstream servers and resolv.conf, which a reload applies. (`[intro]` is not the
+/// resolver's.)
 fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let upstream = |c: &Config| {
-        let mut u = c.upstream.clone();
-        u.servers.clear();
-        u.resolv_conf = PathBuf::new();
-        format!("{u:?}")
+    let fixed_upstream = |c: &Config| UpstreamConfig {
+        servers: Vec::new(),
+        resolv_conf: PathBuf::new(),
+        ..c.upstream.clone()
     };
-    let sections = [
-        (
-            "data_dir",
-            format!("{:?}", old.data_dir),
-            format!("{:?}", new.data_dir),
-        ),
-        ("dns", format!("{:?}", old.dns), format!("{:?}", new.dns)),
-        ("upstream", upstream(old), upstream(new)),
-        (
-            "cache",
-            format!("{:?}", old.cache),
-            format!("{:?}", new.cache),
-        ),
-        (
-            "naming",
-            format!("{:?}", old.naming),
-            format!("{:?}", new.naming),
-        ),
-        ("p2p", format!("{:?}", old.p2p), format!("{:?}", new.p2p)),
-    ];
-    sections
-        .into_iter()
-        .filter(|(_, a, b)| a != b)
-        .map(|(name, _, _)| name)
-        .collect()
+    [
+        ("data_dir", old.data_dir != new.data_dir),
+        ("dns", old.dns != new.dns),
+        ("upstream", fixed_upstream(old) != fixed_upstream(new)),
+        ("cache", old.cache != new.cache),
+        ("naming", old.naming != new.naming),
+        ("p2p", old.p2p != new.p2p),
+    ]
+    .into_iter()
+    .filter_map(|(section, changed)| changed.then_some(section))
+    .collect()
 }
 
 impl Daemon {
@@ -151,27 +172,7 @@ impl Daemon {
         let control_path = control::socket_path(&data_dir);
         let control = control::bind(&control_path, &data_dir).await?;
         let (node, dht) = if config.p2p.enabled {
-            let keypair = identity::load_or_create(&data_dir)?;
-            let node = Node::bind(keypair.clone().into(), &config.p2p).await?;
-            let allow_private = config
-                .naming
-                .allow_private_answers
-                .iter()
-                .filter_map(|n| hickory_proto::rr::Name::from_ascii(n).ok())
-                .map(|n| hickory_proto::rr::LowerName::new(&n))
-                .collect();
-            let dht = Arc::new(Dht::new(
-                node.handle(),
-                keypair,
-                data_dir.clone(),
-                Duration::from_millis(config.p2p.lookup_budget_ms),
-                config.p2p.lookup_replicas,
-                allow_private,
-            ));
-            info!(peer_id = %node.handle().peer_id(), key_name = %dht.key_name(), "P2P identity");
-            for addr in node.listen_addrs() {
-                info!(%addr, "P2P address (for --bootstrap)");
-            }
+            let (node, dht) = bind_p2p(&config, &data_dir).await?;
             naming = naming.with_dht(dht.clone());
             (Some(node), Some(dht))
         } else {
@@ -179,20 +180,14 @@ impl Daemon {
         };
         let p2p_addrs = node.as_ref().map(Node::listen_addrs).unwrap_or_default();
         let naming = Arc::new(naming);
-        let resolv_conf = config.upstream.servers.is_empty().then(|| {
-            let path = config.upstream.resolv_conf.clone();
-            let seen = modified(&path);
-            (path, seen)
-        });
-        let upstreams = choose_upstreams(&config, sockets.addrs());
+        let upstreams = UpstreamFollower::new(&config.upstream, sockets.addrs());
         let forwarder = Arc::new(Forwarder::new(
-            upstreams,
+            upstreams.set().clone(),
             config.upstream.clone(),
             config.cache.clone(),
             config.dns.max_inflight,
         ));
         let handler = Handler::new(forwarder.clone(), naming.clone(), &config.dns);
-        let naming_for_control = naming.clone();
         let dns = DnsServer::serve(
             sockets,
             handler,
@@ -205,13 +200,13 @@ impl Daemon {
         Ok(Self {
             dns,
             forwarder,
+            upstreams,
             data_dir,
-            resolv_conf,
             drain,
             node,
             dht,
             p2p_addrs,
-            naming: naming_for_control,
+            naming,
             control,
             control_path,
             running: config,
@@ -229,10 +224,12 @@ impl Daemon {
         self.dns.addrs()
     }
 
-    pub fn data_dir(&self) -> &std::path::Path {
+    /// The directory holding the identity key, published names and pins.
+    pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
+    /// The forwarder: its upstreams and its cache.
     pub fn forwarder(&self) -> &Arc<Forwarder> {
         &self.forwarder
     }
@@ -248,8 +245,8 @@ impl Daemon {
     }
 
     /// Serves until `shutdown` is cancelled (then drains within a grace period) or a subsystem
-    /// fails (then returns its error). Each `reload` notification (SIGHUP) empties the cache
-    /// and re-reads resolv.conf.
+    /// fails (then stops the others and returns its error). Each `reload` notification
+    /// (SIGHUP) empties the cache and re-reads the upstreams.
     pub async fn run(
         self,
         shutdown: CancellationToken,
@@ -258,211 +255,259 @@ impl Daemon {
         let Self {
             mut dns,
             forwarder,
-            resolv_conf,
+            upstreams,
             drain,
             node,
             dht,
             naming,
             control,
             control_path,
-            mut running,
+            running,
             watch,
             ..
         } = self;
+        // Not a child of `shutdown`: the tasks must outlive the DNS drain (answers in flight
+        // may still need the DHT), so they stop after it.
+        let stop = CancellationToken::new();
+        let mut tasks = Supervisor::default();
         let context = Arc::new(control::Context {
             naming,
             forwarder: forwarder.clone(),
             dns_addrs: dns.addrs().to_vec(),
         });
-        let control_stop = CancellationToken::new();
-        let control_task = tokio::spawn(control::serve(
-            control,
-            context,
-            control_stop.clone(),
-            control_path,
-        ));
-        // Not a child of `shutdown`: the node must outlive the DNS drain (answers in flight may
-        // still need the DHT), and its end before then means it failed.
-        let node_stop = CancellationToken::new();
-        let mut node_task = node.map(|node| tokio::spawn(node.run(node_stop.clone())));
-        let republisher = dht.map(|dht| tokio::spawn(republish(dht, node_stop.clone())));
-        let listen = dns.addrs().to_vec();
-        let mut poll = tokio::time::interval(RESOLV_CONF_POLL);
-        let (mut resolv_conf, seen) = resolv_conf.unzip();
-        let mut seen = seen.flatten();
-        info!("ready");
-        let addrs: Vec<String> = listen.iter().map(ToString::to_string).collect();
-        crate::os::systemd::notify(&format!(
-            "READY=1\nSTATUS=answering DNS on {}",
-            addrs.join(", ")
-        ));
-        loop {
+        let serve_control = control::serve(control, context, stop.clone(), control_path);
+        tasks.spawn(Task::Control, serve_control);
+        if let Some(node) = node {
+            tasks.spawn(Task::Node, node.run(stop.clone()));
+        }
+        if let Some(dht) = dht {
+            tasks.spawn(Task::Republisher, dht.publisher().clone().run(stop.clone()));
+        }
+        let (upstreams, follow) = upstreams.follow(stop.clone());
+        tasks.spawn(Task::Upstreams, follow);
+        let mut reloader = Reloader {
+            running,
+            watch,
+            forwarder,
+            upstreams,
+        };
+        announce_ready(dns.addrs());
+        let failure = loop {
             tokio::select! {
                 result = dns.wait() => {
-                    result?;
-                    return Err(DnsError::Stopped("every listener closed".into()).into());
+                    let stopped = DnsError::Stopped("every listener closed".into());
+                    break Some(DaemonError::from(result.err().unwrap_or(stopped)));
                 }
-                () = shutdown.cancelled() => break,
-                _ = async { node_task.as_mut().expect("guarded").await }, if node_task.is_some() => {
-                    return Err(NodeError::Stopped.into());
-                }
-                () = reload.notified() => {
-                    crate::os::systemd::notify("RELOADING=1");
-                    forwarder.cache().clear();
-                    // The file again, with the same flags over it: upstream settings apply now,
-                    // the rest is named for a restart. A broken file changes nothing.
-                    if let Some(watch) = &watch {
-                        match watch.load() {
-                            Ok(new) => {
-                                let restart = restart_needed(&running, &new);
-                                running.upstream.servers.clone_from(&new.upstream.servers);
-                                running.upstream.resolv_conf.clone_from(&new.upstream.resolv_conf);
-                                if !restart.is_empty() {
-                                    warn!(sections = %restart.join(", "), path = %watch.path.display(), "changed settings need a restart to apply");
-                                }
-                            }
-                            Err(error) => warn!(%error, "reload: the configuration file has errors; keeping the running configuration"),
-                        }
-                    }
-                    resolv_conf = running
-                        .upstream
-                        .servers
-                        .is_empty()
-                        .then(|| running.upstream.resolv_conf.clone());
-                    seen = resolv_conf.as_deref().and_then(modified);
-                    forwarder.set_upstreams(&choose_upstreams(&running, &listen));
-                    info!("reloaded: cache emptied, upstreams re-read");
-                    crate::os::systemd::notify("READY=1");
-                }
-                _ = poll.tick(), if resolv_conf.is_some() => {
-                    let path = resolv_conf.as_deref().expect("guarded by the branch condition");
-                    let now = modified(path);
-                    if now != seen {
-                        seen = now;
-                        let upstreams = upstreams_from_resolv_conf(path, &listen);
-                        if upstreams != forwarder.upstreams() {
-                            forwarder.set_upstreams(&upstreams);
-                        }
-                    }
-                }
+                () = shutdown.cancelled() => break None,
+                ended = tasks.first_end() => break Some(ended),
+                () = reload.notified() => reloader.reload().await,
             }
+        };
+        match &failure {
+            Some(failure) => error!(%failure, "shutting down"),
+            None => info!("shutting down"),
         }
-        info!("shutting down");
         crate::os::systemd::notify("STOPPING=1");
-        let result = match tokio::time::timeout(SHUTDOWN_GRACE, dns.shutdown(drain)).await {
+        let drained = match tokio::time::timeout(SHUTDOWN_GRACE, dns.shutdown(drain)).await {
             Ok(result) => result.map_err(DaemonError::from),
             Err(_) => Err(DaemonError::ShutdownTimeout(SHUTDOWN_GRACE)),
         };
-        node_stop.cancel();
-        control_stop.cancel();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, control_task).await;
-        if let Some(task) = republisher {
-            task.abort();
+        stop.cancel();
+        let joined = tasks.join_all(SHUTDOWN_GRACE).await;
+        match failure {
+            Some(failure) => Err(failure),
+            None => drained.and(joined),
         }
-        if let Some(task) = node_task {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
-        }
-        result
     }
 }
 
-/// Pushes this node's names into the DHT: soon after start (once peers had a moment to
-/// connect), then every few minutes; records past half their lifetime are re-signed.
-async fn republish(dht: Arc<Dht>, stop: CancellationToken) {
-    let mut first = true;
-    loop {
-        let wait = if first {
-            Duration::from_secs(3)
-        } else {
-            REPUBLISH_EVERY + Duration::from_millis(rand::random::<u64>() % REPUBLISH_JITTER_MS)
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-            // Names published while the node was alone reached nobody: push them once the
-            // first peer is met (and its bootstrap had a moment to find others).
-            () = dht.node().joined() => {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+/// Starts the P2P node on `config.p2p` and the DHT side of naming on it.
+async fn bind_p2p(config: &Config, data_dir: &Path) -> Result<(Node, Arc<Dht>), DaemonError> {
+    let keypair = identity::load_or_create(data_dir)?;
+    let node = Node::bind(keypair.clone().into(), &config.p2p).await?;
+    let dht_config = DhtConfig::new(&config.p2p, &config.naming);
+    let dht = Arc::new(Dht::new(node.handle(), keypair, data_dir, dht_config));
+    info!(peer_id = %node.handle().peer_id(), key_name = %dht.key_name(), "P2P identity");
+    for addr in node.listen_addrs() {
+        info!(%addr, "P2P address (for --bootstrap)");
+    }
+    Ok((node, dht))
+}
+
+/// Logs `ready` and tells the service manager, naming the DNS addresses.
+fn announce_ready(listen: &[SocketAddr]) {
+    info!("ready");
+    let addrs: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    crate::os::systemd::notify(&format!(
+        "READY=1\nSTATUS=answering DNS on {}",
+        addrs.join(", ")
+    ));
+}
+
+/// What a reload (SIGHUP) changes: the cache is emptied and the upstreams are read again,
+/// from the configuration file read again when there is one.
+struct Reloader {
+    running: Config,
+    watch: Option<ConfigWatch>,
+    forwarder: Arc<Forwarder>,
+    upstreams: UpstreamHandle,
+}
+
+impl Reloader {
+    async fn reload(&mut self) {
+        crate::os::systemd::notify("RELOADING=1");
+        self.forwarder.cache().clear();
+        // The file again, with the same flags over it: upstream settings apply now, the rest
+        // is named for a restart. A broken file changes nothing.
+        if let Some(watch) = &self.watch {
+            match watch.load() {
+                Ok(new) => {
+                    let restart = restart_needed(&self.running, &new);
+                    let running = &mut self.running.upstream;
+                    running.servers.clone_from(&new.upstream.servers);
+                    running.resolv_conf.clone_from(&new.upstream.resolv_conf);
+                    if !restart.is_empty() {
+                        warn!(sections = %restart.join(", "), path = %watch.path.display(), "changed settings need a restart to apply");
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "reload: the configuration file has errors; keeping the running configuration")
                 }
             }
         }
-        let resigned = dht.republish(false).await;
-        for record in dht.own_names() {
-            if record.expires > record::unix_now()
-                && let Err(error) = dht.node().publish((*record).clone()).await
-            {
-                warn!(name = %record.name, %error, "pushing a name to the DHT failed");
+        if !self.upstreams.reload(&self.running.upstream).await {
+            warn!("reload: the upstream follower has stopped; upstreams unchanged");
+        }
+        info!("reloaded: cache emptied, upstreams re-read");
+        crate::os::systemd::notify("READY=1");
+    }
+}
+
+/// The daemon's tasks, by name: each runs until the shared stop token is cancelled, and any
+/// other end is a failure of the whole daemon.
+#[derive(Default)]
+struct Supervisor {
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, Task>,
+}
+
+impl Supervisor {
+    fn spawn(&mut self, task: Task, future: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(future);
+        self.names.insert(handle.id(), task);
+    }
+
+    /// Waits for the first task to end and says which and how; never returns while none runs.
+    async fn first_end(&mut self) -> DaemonError {
+        match self.set.join_next_with_id().await {
+            Some(Ok((id, ()))) => DaemonError::TaskEnded(self.name(id)),
+            Some(Err(error)) => self.failure(error),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits up to `grace` for every task to end (after the stop token was cancelled), then
+    /// aborts the rest. A task that panicked is an error.
+    async fn join_all(&mut self, grace: Duration) -> Result<(), DaemonError> {
+        let mut result = Ok(());
+        let joined = tokio::time::timeout(grace, async {
+            while let Some(ended) = self.set.join_next_with_id().await {
+                match ended {
+                    Ok((id, ())) => {
+                        self.name(id);
+                    }
+                    Err(error) => {
+                        let failure = self.failure(error);
+                        if result.is_ok() {
+                            result = Err(failure);
+                        }
+                    }
+                }
             }
+        })
+        .await;
+        if joined.is_err() {
+            let left: Vec<String> = self.names.values().map(ToString::to_string).collect();
+            warn!(tasks = %left.join(", "), "tasks did not stop within {grace:?}; aborting them");
+            self.set.shutdown().await;
         }
-        if first || resigned > 0 {
-            debug!(
-                names = dht.own_names().len(),
-                resigned, "own names pushed to the DHT"
-            );
+        result
+    }
+
+    fn name(&mut self, id: tokio::task::Id) -> Task {
+        self.names
+            .remove(&id)
+            .expect("every task is spawned through Supervisor::spawn")
+    }
+
+    /// The error for a task that panicked (or was aborted, which only `join_all` does).
+    fn failure(&mut self, error: JoinError) -> DaemonError {
+        let task = self.name(error.id());
+        if !error.is_panic() {
+            return DaemonError::TaskEnded(task);
         }
-        first = false;
+        let payload = error.into_panic();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        DaemonError::TaskPanicked { task, message }
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The upstream servers: from the config, else from resolv.conf.
-fn choose_upstreams(config: &Config, listen: &[SocketAddr]) -> Vec<SocketAddr> {
-    if config.upstream.servers.is_empty() {
-        return upstreams_from_resolv_conf(&config.upstream.resolv_conf, listen);
+    #[test]
+    fn only_the_upstream_list_reloads_without_a_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.upstream.servers = vec!["192.0.2.1".parse().unwrap()];
+        new.upstream.resolv_conf = PathBuf::from("/elsewhere/resolv.conf");
+        assert!(restart_needed(&old, &new).is_empty());
+        new.upstream.timeout_ms += 1;
+        new.cache.max_entries += 1;
+        new.p2p.mdns = !new.p2p.mdns;
+        new.intro.max_circuits += 1;
+        assert_eq!(restart_needed(&old, &new), vec!["upstream", "cache", "p2p"]);
     }
-    let servers = config.upstream.servers.iter().map(|s| s.0).collect();
-    usable_upstreams(servers, listen, "the configuration")
-}
 
-fn upstreams_from_resolv_conf(path: &Path, listen: &[SocketAddr]) -> Vec<SocketAddr> {
-    let servers = read_resolv_conf(path).unwrap_or_else(|error| {
-        warn!(path = %path.display(), %error, "cannot read upstream servers");
-        Vec::new()
-    });
-    // systemd-resolved's stub: ask the servers behind it instead. With split DNS resolved may
-    // send ordinary names back to this daemon, and each would bounce between the two.
-    let stub = |s: &SocketAddr| matches!(s.ip(), IpAddr::V4(v4) if v4 == RESOLVED_STUB);
-    let behind_stub = Path::new(RESOLVED_UPSTREAMS);
-    if !servers.is_empty()
-        && servers.iter().all(stub)
-        && let Ok(real) = read_resolv_conf(behind_stub)
-    {
-        debug!(path = %behind_stub.display(), "resolv.conf names systemd-resolved's stub; using the servers behind it");
-        return usable_upstreams(real, listen, RESOLVED_UPSTREAMS);
-    }
-    usable_upstreams(servers, listen, &path.display().to_string())
-}
-
-/// systemd-resolved's stub listener address, and the file listing its real upstreams.
-const RESOLVED_STUB: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 53);
-const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
-
-/// Drops our own addresses from `candidates` and logs the outcome.
-fn usable_upstreams(
-    candidates: Vec<SocketAddr>,
-    listen: &[SocketAddr],
-    source: &str,
-) -> Vec<SocketAddr> {
-    let (own, upstreams): (Vec<SocketAddr>, Vec<SocketAddr>) = candidates
-        .into_iter()
-        .partition(|addr| is_own_address(*addr, listen));
-    for addr in &own {
-        info!(%addr, "skipping upstream: it is this daemon's own address");
-    }
-    if upstreams.is_empty() {
-        warn!(
-            from = %source,
-            "no usable upstream DNS server: names outside the p2p TLDs will get SERVFAIL; \
-             set upstream.servers or --upstream"
+    #[tokio::test]
+    async fn a_task_that_ends_or_panics_is_named() {
+        let mut tasks = Supervisor::default();
+        tasks.spawn(Task::Upstreams, async {});
+        let ended = tasks.first_end().await;
+        assert!(matches!(ended, DaemonError::TaskEnded(Task::Upstreams)));
+        assert_eq!(
+            ended.to_string(),
+            "the upstream follower stopped on its own"
         );
-    } else {
-        let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
-        info!(upstreams = %list.join(", "), from = %source, "forwarding to upstreams");
+        tasks.spawn(Task::Node, async { panic!("swarm exploded") });
+        let panicked = tasks.first_end().await;
+        assert_eq!(
+            panicked.to_string(),
+            "the P2P node panicked: swarm exploded"
+        );
     }
-    upstreams
+
+    #[tokio::test]
+    async fn join_all_reports_a_panic_while_stopping() {
+        let stop = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let token = stop.clone();
+        tasks.spawn(Task::Control, async move { token.cancelled().await });
+        let token = stop.clone();
+        tasks.spawn(Task::Node, async move {
+            token.cancelled().await;
+            panic!("{}", String::from("late"));
+        });
+        stop.cancel();
+        let result = tasks.join_all(Duration::from_secs(5)).await;
+        assert!(
+            matches!(&result, Err(DaemonError::TaskPanicked { task: Task::Node, message }) if message == "late"),
+            "{result:?}"
+        );
+    }
 }

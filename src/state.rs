@@ -1,11 +1,16 @@
 //! The daemon's state on disk: the data directory (mode 0700) and files written atomically with
 //! mode 0600. Every state file (the identity key, published names, pins) goes through here.
+//! This module knows where and how state is written, not what it means: each owner (the
+//! identity, the publisher, the pins) chooses its file and format.
 
 use std::{
     fs,
     io::{self, Write},
     path::Path,
 };
+
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::warn;
 
 /// Creates `dir` (and parents) readable by the owner only.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -43,4 +48,23 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Reads a TOML state file. A missing file is `None`; so is an unreadable one, with a warning:
+/// state is rebuilt rather than stopping the daemon.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = fs::read_to_string(path).ok()?;
+    match toml::from_str(&text) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            warn!(path = %path.display(), %error, "ignoring an unreadable state file");
+            None
+        }
+    }
+}
+
+/// Writes `value` as TOML to `path` with [`write_private`].
+pub fn write_toml<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let text = toml::to_string(value).map_err(io::Error::other)?;
+    write_private(path, text.as_bytes())
 }

@@ -6,7 +6,7 @@ use std::{
     mem,
     num::NonZeroUsize,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hickory_proto::{
@@ -14,6 +14,7 @@ use hickory_proto::{
     rr::{LowerName, RData, Record, RecordType},
 };
 use lru::LruCache;
+use tokio::time::Instant;
 
 use crate::config::CacheConfig;
 

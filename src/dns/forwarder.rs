@@ -4,10 +4,9 @@
 
 use std::{
     collections::HashMap,
-    io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use hickory_proto::{
@@ -15,21 +14,17 @@ use hickory_proto::{
     rr::{Name, rdata::opt::EdnsOption},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, UdpSocket},
     sync::{Semaphore, oneshot},
-    time::timeout,
+    time::{Instant, timeout},
 };
 use tracing::{debug, warn};
 
 use super::{
     cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup},
-    upstream::Upstream,
+    exchange::{Exchanged, exchange},
+    upstream::UpstreamSet,
 };
 use crate::config::{CacheConfig, UpstreamConfig};
-
-/// A snapshot of the upstream list.
-type Upstreams = Arc<[Arc<Upstream>]>;
 
 /// EDNS option code (Local/Experimental range, RFC 6891 section 9) carrying our loop tag.
 pub const LOOP_OPTION: u16 = 65_001;
@@ -88,8 +83,8 @@ impl Outcome {
 
 /// The forwarder, shared by every query.
 pub struct Forwarder {
-    /// Replaced as a whole when resolv.conf changes; a query works on one snapshot.
-    upstreams: RwLock<Upstreams>,
+    /// Replaced as a whole when its source changes; a query works on one snapshot.
+    upstreams: Arc<UpstreamSet>,
     cache: Cache,
     inflight: Mutex<HashMap<CacheKey, Vec<oneshot::Sender<Outcome>>>>,
     permits: Semaphore,
@@ -97,58 +92,36 @@ pub struct Forwarder {
     cache_config: CacheConfig,
     /// Random per-process tag sent in every upstream query, to recognize our own queries.
     loop_tag: [u8; 8],
-    epoch: Instant,
 }
 
 impl Forwarder {
+    /// A forwarder asking `upstreams`, with an empty cache. At most `max_inflight` questions
+    /// wait on upstreams at once.
     pub fn new(
-        upstreams: Vec<SocketAddr>,
+        upstreams: Arc<UpstreamSet>,
         upstream_config: UpstreamConfig,
         cache_config: CacheConfig,
         max_inflight: usize,
     ) -> Self {
         Self {
-            upstreams: RwLock::new(
-                upstreams
-                    .into_iter()
-                    .map(|a| Arc::new(Upstream::new(a)))
-                    .collect(),
-            ),
+            upstreams,
             cache: Cache::new(&cache_config),
             inflight: Mutex::new(HashMap::new()),
             permits: Semaphore::new(max_inflight),
             upstream_config,
             cache_config,
             loop_tag: rand::random(),
-            epoch: Instant::now(),
         }
     }
 
     /// The upstream servers in use.
     pub fn upstreams(&self) -> Vec<SocketAddr> {
-        self.snapshot().iter().map(|u| u.addr).collect()
-    }
-
-    fn snapshot(&self) -> Upstreams {
-        self.upstreams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.upstreams.addrs()
     }
 
     /// Replaces the upstream list, keeping what was learned about servers that stay.
     pub fn set_upstreams(&self, addrs: &[SocketAddr]) {
-        let old = self.snapshot();
-        let new: Upstreams = addrs
-            .iter()
-            .map(|&addr| {
-                old.iter()
-                    .find(|u| u.addr == addr)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Upstream::new(addr)))
-            })
-            .collect();
-        *self.upstreams.write().unwrap_or_else(|p| p.into_inner()) = new;
+        self.upstreams.replace(addrs);
     }
 
     pub fn cache(&self) -> &Cache {
@@ -169,7 +142,7 @@ impl Forwarder {
         if data.len() != 9 || data[..8] != self.loop_tag {
             return false;
         }
-        if let Some(upstream) = self.snapshot().get(usize::from(data[8]))
+        if let Some(upstream) = self.upstreams.snapshot().get(usize::from(data[8]))
             && upstream.mark_looping()
         {
             warn!(
@@ -247,9 +220,9 @@ impl Forwarder {
             .await
             .unwrap_or(Err(ForwardError::Timeout));
         let outcome = match result {
-            Ok((msg, wire_len)) => {
+            Ok(Exchanged { message, wire_len }) => {
                 let answer = Arc::new(CachedAnswer::from_message(
-                    msg,
+                    message,
                     wire_len,
                     &self.cache_config,
                 ));
@@ -285,24 +258,9 @@ impl Forwarder {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Upstreams to try, best first: usable ones by smoothed RTT (unmeasured ones first, so each
-    /// gets measured).
-    fn order(&self, upstreams: &[Arc<Upstream>]) -> Vec<usize> {
-        let now = self.now_ms();
-        let mut order: Vec<usize> = (0..upstreams.len())
-            .filter(|&i| upstreams[i].usable(now))
-            .collect();
-        order.sort_by_key(|&i| upstreams[i].srtt_us());
-        order
-    }
-
-    async fn ask_upstreams(&self, key: &CacheKey) -> Result<(Message, usize), ForwardError> {
-        let upstreams = self.snapshot();
-        let order = self.order(&upstreams);
+    async fn ask_upstreams(&self, key: &CacheKey) -> Result<Exchanged, ForwardError> {
+        let upstreams = self.upstreams.snapshot();
+        let order = self.upstreams.order(&upstreams);
         if order.is_empty() {
             return Err(ForwardError::NoUpstreams);
         }
@@ -311,21 +269,17 @@ impl Forwarder {
         for _ in 0..self.upstream_config.attempts {
             for &index in &order {
                 let upstream = &upstreams[index];
-                if !upstream.usable(self.now_ms()) {
+                if !upstream.usable(self.upstreams.now_ms()) {
                     continue;
                 }
                 let wait = upstream.try_wait(max_wait);
+                let query = self.build_query(index, key);
                 let started = Instant::now();
-                match self
-                    .exchange(upstream.addr, index, key, wait, max_wait)
-                    .await
-                {
-                    Ok((msg, wire_len)) => {
+                match exchange(upstream.addr, &query, wait, max_wait).await {
+                    Ok(answer) => {
                         upstream.record_answer(started.elapsed());
-                        match msg.metadata.response_code {
-                            ResponseCode::NoError | ResponseCode::NXDomain => {
-                                return Ok((msg, wire_len));
-                            }
+                        match answer.message.metadata.response_code {
+                            ResponseCode::NoError | ResponseCode::NXDomain => return Ok(answer),
                             rcode => {
                                 debug!(upstream = %upstream.addr, %rcode, name = %key.name, "upstream failed the query");
                                 last_error = ForwardError::Upstream(rcode);
@@ -334,7 +288,7 @@ impl Forwarder {
                     }
                     Err(error) => {
                         debug!(upstream = %upstream.addr, %error, name = %key.name, "upstream exchange failed");
-                        upstream.record_failure(self.now_ms());
+                        upstream.record_failure(self.upstreams.now_ms());
                     }
                 }
             }
@@ -342,8 +296,9 @@ impl Forwarder {
         Err(last_error)
     }
 
-    fn build_query(&self, id: u16, index: usize, key: &CacheKey) -> Vec<u8> {
-        let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    /// The query for `key` to the upstream at `index`, with a fresh random ID and our loop tag.
+    fn build_query(&self, index: usize, key: &CacheKey) -> Message {
+        let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = true;
         msg.add_query(Query::query(Name::from(&key.name), key.qtype));
         let mut edns = Edns::new();
@@ -354,103 +309,11 @@ impl Forwarder {
         edns.options_mut()
             .insert(EdnsOption::Unknown(LOOP_OPTION, tag));
         msg.set_edns(edns);
-        msg.to_vec()
-            .expect("a one-question query with a valid name always encodes")
-    }
-
-    /// One question to one upstream: UDP, then TCP if the answer was truncated.
-    async fn exchange(
-        &self,
-        addr: SocketAddr,
-        index: usize,
-        key: &CacheKey,
-        udp_wait: Duration,
-        tcp_wait: Duration,
-    ) -> Result<(Message, usize), ExchangeError> {
-        let id: u16 = rand::random();
-        let query = self.build_query(id, index, key);
-        let (msg, len) = timeout(udp_wait, udp_exchange(addr, &query, id, key))
-            .await
-            .map_err(|_| ExchangeError::Timeout)??;
-        if !msg.metadata.truncation {
-            return Ok((msg, len));
-        }
-        debug!(upstream = %addr, name = %key.name, "truncated answer, retrying over TCP");
-        timeout(tcp_wait, tcp_exchange(addr, &query, id, key))
-            .await
-            .map_err(|_| ExchangeError::Timeout)?
+        msg
     }
 }
 
 /// Is a cache hit in the last tenth of its TTL (and the TTL long enough to be worth it)?
 fn needs_prefetch(hit: &Hit) -> bool {
     hit.ttl >= PREFETCH_MIN_TTL && hit.age >= hit.ttl - hit.ttl / 10
-}
-
-/// Failure of one exchange with one upstream.
-#[derive(Debug, thiserror::Error)]
-enum ExchangeError {
-    #[error("timed out")]
-    Timeout,
-    #[error("network error")]
-    Io(#[from] io::Error),
-    #[error("malformed answer over TCP")]
-    Malformed,
-}
-
-/// Does `msg` answer our query `id` for `key`? Anything else on the socket is ignored, which
-/// also drops spoofed answers with a wrong ID or question.
-fn answers(msg: &Message, id: u16, key: &CacheKey) -> bool {
-    msg.metadata.id == id
-        && msg.metadata.message_type == MessageType::Response
-        && msg.queries.len() == 1
-        && msg.queries[0].query_type() == key.qtype
-        && Name::from(&key.name) == *msg.queries[0].name()
-}
-
-async fn udp_exchange(
-    addr: SocketAddr,
-    query: &[u8],
-    id: u16,
-    key: &CacheKey,
-) -> Result<(Message, usize), ExchangeError> {
-    // A fresh socket per query gives every query its own random source port (RFC 5452).
-    let local: SocketAddr = if addr.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(addr).await?;
-    socket.send(query).await?;
-    let mut buf = vec![0u8; 65_535];
-    loop {
-        let len = socket.recv(&mut buf).await?;
-        match Message::from_vec(&buf[..len]) {
-            Ok(msg) if answers(&msg, id, key) => return Ok((msg, len)),
-            _ => debug!(upstream = %addr, "ignoring a datagram that does not answer our query"),
-        }
-    }
-}
-
-async fn tcp_exchange(
-    addr: SocketAddr,
-    query: &[u8],
-    id: u16,
-    key: &CacheKey,
-) -> Result<(Message, usize), ExchangeError> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let len = u16::try_from(query.len()).map_err(|_| ExchangeError::Malformed)?;
-    let mut framed = Vec::with_capacity(query.len() + 2);
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(query);
-    stream.write_all(&framed).await?;
-    let len = usize::from(stream.read_u16().await?);
-    let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await?;
-    match Message::from_vec(&buf) {
-        Ok(msg) if answers(&msg, id, key) => Ok((msg, len)),
-        _ => Err(ExchangeError::Malformed),
-    }
 }

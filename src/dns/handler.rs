@@ -1,5 +1,5 @@
-//! The request handler: protocol checks every query passes (RFC 6891, 8482, 8906), routing to
-//! the naming subsystem or the forwarder, and building the reply (EDNS, EDE, truncation).
+//! The request handler: protocol checks every query passes (RFC 6891, 8482, 8906) and routing
+//! to the naming subsystem or the forwarder; [`super::response`] builds and sends the reply.
 
 use std::{
     net::IpAddr,
@@ -10,75 +10,28 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode},
+    op::{Header, HeaderCounts, Metadata, OpCode, ResponseCode},
     rr::{
         DNSClass, LowerName, Name, RData, Record, RecordType,
-        rdata::{HINFO, TXT, opt::EdnsOption},
+        rdata::{HINFO, TXT},
     },
-    serialize::binary::BinEncoder,
 };
 use hickory_server::{
     net::{runtime::Time, xfer::Protocol},
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
-    zone_handler::MessageResponseBuilder,
 };
 use ipnet::IpNet;
 use tracing::debug;
 
 use super::{
     cache::CacheKey,
-    forwarder::{ForwardError, Forwarder, Outcome},
+    forwarder::{Forwarder, Outcome},
+    response::{self, Ede, Reply},
 };
 use crate::{config::DnsConfig, naming::Naming};
 
-/// EDNS option code of Extended DNS Errors (RFC 8914).
-const EDE_OPTION: u16 = 15;
-/// Room left for the header, question and OPT when judging from a size estimate whether an
-/// answer fits; closer calls are measured exactly.
-const SIZE_MARGIN: usize = 128;
 /// TTL of the synthesized answer to ANY queries (RFC 8482 section 4.2).
 const ANY_TTL: u32 = 3600;
-
-/// Extended DNS Error codes we send (RFC 8914 section 4).
-#[derive(Debug, Clone, Copy)]
-enum Ede {
-    Other = 0,
-    StaleAnswer = 3,
-    Filtered = 17,
-    Prohibited = 18,
-    NoReachableAuthority = 22,
-}
-
-/// A reply before encoding.
-struct Reply {
-    rcode: ResponseCode,
-    authoritative: bool,
-    answers: Vec<Record>,
-    authorities: Vec<Record>,
-    additionals: Vec<Record>,
-    ede: Option<(Ede, &'static str)>,
-    /// Estimated encoded size, when known.
-    size_hint: Option<usize>,
-}
-
-impl Reply {
-    fn rcode(rcode: ResponseCode) -> Self {
-        Self {
-            rcode,
-            authoritative: false,
-            answers: Vec::new(),
-            authorities: Vec::new(),
-            additionals: Vec::new(),
-            ede: None,
-            size_hint: Some(0),
-        }
-    }
-
-    fn with_ede(mut self, ede: Ede, text: &'static str) -> Self {
-        self.ede = Some((ede, text));
-        self
-    }
-}
 
 /// Answers every DNS query the server receives.
 pub struct Handler(Arc<Responder>);
@@ -158,28 +111,13 @@ impl Responder {
         self.allow.iter().any(|net| net.contains(&client))
     }
 
+    /// The reply to `request`: refusals and protocol errors first, then the answer from
+    /// wherever the name is served.
     async fn reply(&self, request: &Request) -> Reply {
-        // Checked here rather than by hickory's ACL so that refusals get EDNS like any reply.
-        if !self.allowed(request.src().ip()) {
-            return Reply::rcode(ResponseCode::Refused)
-                .with_ede(Ede::Prohibited, "client not in dns.allow");
+        if let Some(refusal) = self.check(request) {
+            return refusal;
         }
-        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            // RFC 6891 section 6.1.3: BADVERS, answered with our highest version, 0.
-            return Reply::rcode(ResponseCode::BADVERS);
-        }
-        if request.metadata.op_code != OpCode::Query {
-            return Reply::rcode(ResponseCode::NotImp);
-        }
-        let queries = request.queries.queries();
-        if queries.len() != 1 {
-            return Reply::rcode(ResponseCode::FormErr);
-        }
-        if self.forwarder.detect_loop(request.edns.as_ref()) {
-            return Reply::rcode(ResponseCode::Refused)
-                .with_ede(Ede::Prohibited, "forwarding loop");
-        }
-        let query = &queries[0];
+        let query = &request.queries.queries()[0];
         let qname = query.original().name();
         let qtype = query.query_type();
         match query.query_class() {
@@ -195,26 +133,12 @@ impl Responder {
             RecordType::OPT => return Reply::rcode(ResponseCode::FormErr),
             _ => {}
         }
-
         if self.naming.is_local(query.name()) {
             let mut answer = self.naming.lookup(qname, qtype).await;
             self.follow_cname_out(&mut answer.answers, qtype, request)
                 .await;
-            let ede = (answer.rcode == ResponseCode::ServFail).then_some((
-                Ede::NoReachableAuthority,
-                "no answer from the p2p network in time; try again",
-            ));
-            return Reply {
-                rcode: answer.rcode,
-                authoritative: answer.rcode != ResponseCode::ServFail,
-                answers: answer.answers,
-                authorities: answer.authorities,
-                additionals: Vec::new(),
-                ede,
-                size_hint: None,
-            };
+            return Reply::from_naming(answer);
         }
-
         if is_doh_canary(query.name()) {
             // Firefox turns its own DNS-over-HTTPS on by default only where this name resolves;
             // NXDOMAIN keeps it on the system resolver, which is what resolves .p2p names.
@@ -223,68 +147,70 @@ impl Responder {
                 "the local resolver asks applications not to bypass it with DNS-over-HTTPS",
             );
         }
-
         if qtype == RecordType::ANY {
             // RFC 8482: a small synthesized answer instead of everything, which keeps ANY from
             // being an amplifier and costs the upstreams nothing.
             let hinfo = HINFO::new("RFC8482".to_owned(), String::new());
-            let record = Record::from_rdata(qname.clone(), ANY_TTL, RData::HINFO(hinfo));
             let mut reply = Reply::rcode(ResponseCode::NoError);
-            reply.answers.push(record);
+            reply.answers.push(Record::from_rdata(
+                qname.clone(),
+                ANY_TTL,
+                RData::HINFO(hinfo),
+            ));
             return reply;
         }
+        self.forward(request, query.name(), qname, qtype).await
+    }
 
+    /// The checks before a query is routed: the client ACL, EDNS version, opcode, one
+    /// question, and our own upstream queries come back (a forwarding loop).
+    fn check(&self, request: &Request) -> Option<Reply> {
+        // Checked here rather than by hickory's ACL so that refusals get EDNS like any reply.
+        if !self.allowed(request.src().ip()) {
+            return Some(
+                Reply::rcode(ResponseCode::Refused)
+                    .with_ede(Ede::Prohibited, "client not in dns.allow"),
+            );
+        }
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            // RFC 6891 section 6.1.3: BADVERS, answered with our highest version, 0.
+            return Some(Reply::rcode(ResponseCode::BADVERS));
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return Some(Reply::rcode(ResponseCode::NotImp));
+        }
+        if request.queries.queries().len() != 1 {
+            return Some(Reply::rcode(ResponseCode::FormErr));
+        }
+        if self.forwarder.detect_loop(request.edns.as_ref()) {
+            return Some(
+                Reply::rcode(ResponseCode::Refused).with_ede(Ede::Prohibited, "forwarding loop"),
+            );
+        }
+        None
+    }
+
+    /// The forwarder's answer to an ICANN name (`name` is `qname` in lower case).
+    async fn forward(
+        &self,
+        request: &Request,
+        name: &LowerName,
+        qname: &Name,
+        qtype: RecordType,
+    ) -> Reply {
         let key = CacheKey {
-            name: query.name().clone(),
+            name: name.clone(),
             qtype,
-            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            dnssec_ok: dnssec_ok(request),
         };
         match self.forwarder.resolve(key).await {
             Outcome::Answer { answer, age, stale } => {
-                let ttl = |record: &Record| {
-                    if stale {
-                        self.forwarder.stale_ttl()
-                    } else {
-                        record.ttl.saturating_sub(age)
-                    }
-                };
-                let copy = |records: &[Record]| -> Vec<Record> {
-                    records
-                        .iter()
-                        .map(|r| {
-                            let mut r = r.clone();
-                            r.ttl = ttl(&r);
-                            // Owner names that are the question copy its letter case.
-                            if r.name == *qname {
-                                r.name = qname.clone();
-                            }
-                            r
-                        })
-                        .collect()
-                };
-                Reply {
-                    rcode: answer.rcode,
-                    authoritative: false,
-                    answers: copy(&answer.answers),
-                    authorities: copy(&answer.authorities),
-                    additionals: copy(&answer.additionals),
-                    ede: stale.then_some((Ede::StaleAnswer, "")),
-                    size_hint: Some(answer.wire_len),
-                }
+                let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
+                Reply::forwarded(&answer, age, stale_ttl, qname)
             }
             Outcome::Failed(error) => {
                 debug!(name = %qname, %qtype, %error, "answering SERVFAIL");
-                let (ede, text) = match error {
-                    ForwardError::NoUpstreams => {
-                        (Ede::NoReachableAuthority, "no upstream DNS server")
-                    }
-                    ForwardError::Timeout => {
-                        (Ede::NoReachableAuthority, "upstreams did not answer")
-                    }
-                    ForwardError::Upstream(_) => (Ede::Other, "upstreams failed the query"),
-                    ForwardError::Overloaded => (Ede::Other, "too many queries in flight"),
-                };
-                Reply::rcode(ResponseCode::ServFail).with_ede(ede, text)
+                Reply::forward_failed(error)
             }
         }
     }
@@ -311,7 +237,7 @@ impl Responder {
         let key = CacheKey {
             name: target,
             qtype,
-            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            dnssec_ok: dnssec_ok(request),
         };
         if let Outcome::Answer { answer, age, .. } = self.forwarder.resolve(key).await
             && answer.rcode == ResponseCode::NoError
@@ -349,76 +275,17 @@ impl Responder {
     async fn respond<R: ResponseHandler>(
         &self,
         request: &Request,
-        mut response_handle: R,
+        response_handle: R,
     ) -> ResponseInfo {
         let _counted = InFlight::enter(&self.in_flight);
         let reply = self.reply(request).await;
-
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.recursion_available = true;
-        metadata.authoritative = reply.authoritative;
-        metadata.response_code = reply.rcode;
-
-        // RFC 6891: answer EDNS with EDNS (version 0, our size), echo DO (RFC 3225), and send
-        // no option the client did not ask for except an Extended DNS Error.
-        let edns = request.edns.as_ref().map(|req| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(self.udp_payload);
-            edns.set_version(0);
-            edns.set_dnssec_ok(req.flags().dnssec_ok);
-            if let Some((code, text)) = reply.ede {
-                let mut data = (code as u16).to_be_bytes().to_vec();
-                data.extend_from_slice(text.as_bytes());
-                edns.options_mut()
-                    .insert(EdnsOption::Unknown(EDE_OPTION, data));
-            }
-            edns
-        });
-
-        let limit = match request.protocol() {
-            Protocol::Udp => match &request.edns {
-                Some(req) => usize::from(req.max_payload().clamp(512, self.udp_payload)),
-                None => 512,
-            },
-            _ => usize::from(u16::MAX),
-        };
-        let fits = match reply.size_hint {
-            Some(hint) if hint + SIZE_MARGIN <= limit => true,
-            _ => encoded_len(request, &metadata, &reply, edns.as_ref()) <= limit,
-        };
-
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(edns) = &edns {
-            builder.edns(edns);
-        }
-        let sent = if fits {
-            let response = builder.build(
-                metadata,
-                reply.answers.iter(),
-                reply.authorities.iter(),
-                [],
-                reply.additionals.iter(),
-            );
-            response_handle.send_response(response).await
-        } else {
-            // Send an empty TC=1 reply that keeps its OPT record, rather than a cut one that
-            // loses it; the client retries over TCP (RFC 6891 section 7, RFC 7766).
-            metadata.truncation = true;
-            response_handle
-                .send_response(builder.build_no_records(metadata))
-                .await
-        };
-        match sent {
-            Ok(info) => info,
-            Err(error) => {
-                debug!(%error, src = %request.src(), "failed to send a DNS response");
-                ResponseInfo::from(Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                })
-            }
-        }
+        response::send(request, reply, response_handle, self.udp_payload).await
     }
+}
+
+/// Did the client set the DO bit (RFC 3225)?
+fn dnssec_ok(request: &Request) -> bool {
+    request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok)
 }
 
 /// Holds one count in the in-flight counter while a query is answered.
@@ -434,33 +301,6 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The size `reply` takes on the wire.
-fn encoded_len(
-    request: &Request,
-    metadata: &Metadata,
-    reply: &Reply,
-    edns: Option<&Edns>,
-) -> usize {
-    let mut builder = MessageResponseBuilder::from_message_request(request);
-    if let Some(edns) = edns {
-        builder.edns(edns);
-    }
-    let response = builder.build(
-        *metadata,
-        reply.answers.iter(),
-        reply.authorities.iter(),
-        [],
-        reply.additionals.iter(),
-    );
-    let mut buf = Vec::with_capacity(1024);
-    let mut encoder = BinEncoder::new(&mut buf);
-    match response.destructive_emit(&mut encoder) {
-        Ok(_) => buf.len(),
-        // Too large to encode at all: certainly too large for the limit.
-        Err(_) => usize::MAX,
     }
 }
 

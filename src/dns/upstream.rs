@@ -1,14 +1,25 @@
-//! Upstream servers: where they come from (config or resolv.conf, never ourselves), and how
-//! well each one is doing (smoothed RTT, failures, back-off).
+//! The upstream servers: which ones (the configured list, else resolv.conf followed as it
+//! changes; never this daemon itself), the set the forwarder asks, and how well each one is
+//! doing (smoothed RTT, failures, back-off).
 
 use std::{
-    net::{IpAddr, SocketAddr},
-    path::Path,
-    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-    time::Duration,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
 };
 
-use tracing::{info, warn};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::UpstreamConfig;
 
 /// Failures in a row after which an upstream is rested.
 const FAILURES_BEFORE_REST: u32 = 3;
@@ -27,7 +38,7 @@ pub struct Upstream {
     /// Smoothed round-trip time in microseconds; 0 until the first answer.
     srtt_us: AtomicU32,
     failures: AtomicU32,
-    /// Milliseconds (on the forwarder's clock) before which the upstream is not tried.
+    /// Milliseconds (on the [`UpstreamSet`]'s clock) before which the upstream is not tried.
     rest_until_ms: AtomicU64,
     /// It answered our own loop-detection tag: it is this daemon.
     looping: AtomicBool,
@@ -146,6 +157,253 @@ pub fn is_own_address(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
     })
 }
 
+/// How often resolv.conf is checked for changes when the upstreams come from it (DHCP and VPN
+/// clients rewrite it when the network changes).
+const RESOLV_CONF_POLL: Duration = Duration::from_secs(2);
+/// systemd-resolved's stub listener address, and the file listing the servers behind it.
+const RESOLVED_STUB: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
+const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
+/// Reconfigurations waiting for the follower at most (a reload waits for its own).
+const RELOADS_QUEUED: usize = 4;
+
+/// The upstreams the forwarder asks. The list is replaced as a whole when its source changes
+/// (a query works on one snapshot); what was learned about a server stays while it stays listed.
+#[derive(Debug)]
+pub struct UpstreamSet {
+    list: RwLock<Arc<[Arc<Upstream>]>>,
+    /// Start of the clock that rest times count on.
+    epoch: Instant,
+}
+
+impl UpstreamSet {
+    /// A set of `addrs`, in this order, none measured yet.
+    pub fn new(addrs: &[SocketAddr]) -> Self {
+        Self {
+            list: RwLock::new(addrs.iter().map(|&a| Arc::new(Upstream::new(a))).collect()),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The servers' addresses, in list order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.snapshot().iter().map(|u| u.addr).collect()
+    }
+
+    /// The list as it is now.
+    pub fn snapshot(&self) -> Arc<[Arc<Upstream>]> {
+        self.list.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the list with `addrs`, keeping what was learned about servers that stay.
+    pub fn replace(&self, addrs: &[SocketAddr]) {
+        let old = self.snapshot();
+        let new: Arc<[Arc<Upstream>]> = addrs
+            .iter()
+            .map(|&addr| {
+                old.iter()
+                    .find(|u| u.addr == addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Upstream::new(addr)))
+            })
+            .collect();
+        *self.list.write().unwrap_or_else(|p| p.into_inner()) = new;
+    }
+
+    /// Milliseconds since the set was made: the clock of [`Upstream::usable`] and
+    /// [`Upstream::record_failure`].
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Indexes into `snapshot` of the upstreams to try, best first: usable ones by smoothed
+    /// RTT (unmeasured ones first, so each gets measured).
+    pub fn order(&self, snapshot: &[Arc<Upstream>]) -> Vec<usize> {
+        let now = self.now_ms();
+        let mut order: Vec<usize> = (0..snapshot.len())
+            .filter(|&i| snapshot[i].usable(now))
+            .collect();
+        order.sort_by_key(|&i| snapshot[i].srtt_us());
+        order
+    }
+}
+
+/// Where the upstream servers come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamSource {
+    /// `upstream.servers` (or `--upstream`), used as given.
+    Servers(Vec<SocketAddr>),
+    /// The `nameserver` lines of this resolv.conf file, read again whenever it changes.
+    ResolvConf(PathBuf),
+}
+
+impl From<&UpstreamConfig> for UpstreamSource {
+    fn from(config: &UpstreamConfig) -> Self {
+        if config.servers.is_empty() {
+            Self::ResolvConf(config.resolv_conf.clone())
+        } else {
+            Self::Servers(config.servers.iter().map(|s| s.0).collect())
+        }
+    }
+}
+
+impl UpstreamSource {
+    /// The servers of this source a daemon listening on `listen` may forward to (never
+    /// itself); logs the outcome.
+    pub fn select(&self, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+        match self {
+            Self::Servers(servers) => usable(servers.clone(), listen, "the configuration"),
+            Self::ResolvConf(path) => from_resolv_conf(path, listen),
+        }
+    }
+
+    /// The file's modification time, for a resolv.conf source.
+    fn modified(&self) -> Option<SystemTime> {
+        match self {
+            Self::Servers(_) => None,
+            Self::ResolvConf(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        }
+    }
+}
+
+fn from_resolv_conf(path: &Path, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    let servers = read_resolv_conf(path).unwrap_or_else(|error| {
+        warn!(path = %path.display(), %error, "cannot read upstream servers");
+        Vec::new()
+    });
+    // systemd-resolved's stub: ask the servers behind it instead. With split DNS resolved may
+    // send ordinary names back to this daemon, and each would bounce between the two.
+    let stub = |s: &SocketAddr| matches!(s.ip(), IpAddr::V4(v4) if v4 == RESOLVED_STUB);
+    let behind_stub = Path::new(RESOLVED_UPSTREAMS);
+    if !servers.is_empty()
+        && servers.iter().all(stub)
+        && let Ok(real) = read_resolv_conf(behind_stub)
+    {
+        debug!(path = %behind_stub.display(), "resolv.conf names systemd-resolved's stub; using the servers behind it");
+        return usable(real, listen, RESOLVED_UPSTREAMS);
+    }
+    usable(servers, listen, &path.display().to_string())
+}
+
+/// Drops our own addresses from `candidates` (read from `source`) and logs the outcome.
+fn usable(candidates: Vec<SocketAddr>, listen: &[SocketAddr], source: &str) -> Vec<SocketAddr> {
+    let (own, upstreams): (Vec<SocketAddr>, Vec<SocketAddr>) = candidates
+        .into_iter()
+        .partition(|addr| is_own_address(*addr, listen));
+    for addr in &own {
+        info!(%addr, "skipping upstream: it is this daemon's own address");
+    }
+    if upstreams.is_empty() {
+        warn!(
+            from = %source,
+            "no usable upstream DNS server: names outside the p2p TLDs will get SERVFAIL; \
+             set upstream.servers or --upstream"
+        );
+    } else {
+        let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+        info!(upstreams = %list.join(", "), from = %source, "forwarding to upstreams");
+    }
+    upstreams
+}
+
+/// Keeps an [`UpstreamSet`] in step with its source. Its task ([`UpstreamFollower::follow`])
+/// is the only reader of the source: it polls resolv.conf and applies reloads.
+pub struct UpstreamFollower {
+    source: UpstreamSource,
+    /// This daemon's DNS addresses, never used as upstreams.
+    listen: Vec<SocketAddr>,
+    /// resolv.conf's modification time when it was last read.
+    seen: Option<SystemTime>,
+    set: Arc<UpstreamSet>,
+}
+
+/// A new source for the follower, and where to say it is in use.
+type Reload = (UpstreamSource, oneshot::Sender<()>);
+
+impl UpstreamFollower {
+    /// Chooses the upstreams of `config` for a daemon listening on `listen`.
+    pub fn new(config: &UpstreamConfig, listen: &[SocketAddr]) -> Self {
+        let source = UpstreamSource::from(config);
+        // Stamp first, read second: a change in between is seen at the next poll.
+        let seen = source.modified();
+        let set = Arc::new(UpstreamSet::new(&source.select(listen)));
+        Self {
+            source,
+            listen: listen.to_vec(),
+            seen,
+            set,
+        }
+    }
+
+    /// The set the forwarder asks.
+    pub fn set(&self) -> &Arc<UpstreamSet> {
+        &self.set
+    }
+
+    /// The follower's task, to be spawned, and the handle that reloads it. The task ends when
+    /// `stop` is cancelled or every handle is dropped.
+    pub fn follow(
+        self,
+        stop: CancellationToken,
+    ) -> (UpstreamHandle, impl Future<Output = ()> + Send + 'static) {
+        let (tx, rx) = mpsc::channel(RELOADS_QUEUED);
+        (UpstreamHandle { reloads: tx }, self.run(rx, stop))
+    }
+
+    async fn run(mut self, mut reloads: mpsc::Receiver<Reload>, stop: CancellationToken) {
+        let mut poll = tokio::time::interval(RESOLV_CONF_POLL);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                reload = reloads.recv() => {
+                    let Some((source, done)) = reload else { return };
+                    self.switch(source);
+                    let _ = done.send(());
+                }
+                _ = poll.tick(), if matches!(self.source, UpstreamSource::ResolvConf(_)) => {
+                    self.poll();
+                }
+            }
+        }
+    }
+
+    /// Reads `source` (again, when unchanged) and uses what it lists.
+    fn switch(&mut self, source: UpstreamSource) {
+        self.source = source;
+        self.seen = self.source.modified();
+        self.set.replace(&self.source.select(&self.listen));
+    }
+
+    /// Reads resolv.conf again if it changed since it was last read.
+    fn poll(&mut self) {
+        let now = self.source.modified();
+        if now == self.seen {
+            return;
+        }
+        self.seen = now;
+        let upstreams = self.source.select(&self.listen);
+        if upstreams != self.set.addrs() {
+            self.set.replace(&upstreams);
+        }
+    }
+}
+
+/// Reloads a running [`UpstreamFollower`].
+#[derive(Debug, Clone)]
+pub struct UpstreamHandle {
+    reloads: mpsc::Sender<Reload>,
+}
+
+impl UpstreamHandle {
+    /// Switches to the source of `config` and reads it again (a reload re-reads resolv.conf
+    /// even when its path stays). Returns once the new list is in use; false when the
+    /// follower has stopped.
+    pub async fn reload(&self, config: &UpstreamConfig) -> bool {
+        let (done, applied) = oneshot::channel();
+        let source = UpstreamSource::from(config);
+        self.reloads.send((source, done)).await.is_ok() && applied.await.is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +450,62 @@ mod tests {
         assert!(up.mark_looping());
         assert!(!up.mark_looping());
         assert!(!up.usable(10_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rested_upstream_is_asked_again_after_its_rest() {
+        let set = UpstreamSet::new(&[
+            "192.0.2.1:53".parse().unwrap(),
+            "192.0.2.2:53".parse().unwrap(),
+        ]);
+        let list = set.snapshot();
+        for _ in 0..FAILURES_BEFORE_REST {
+            list[0].record_failure(set.now_ms());
+        }
+        assert_eq!(set.order(&list), vec![1], "the failing one rests");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(set.order(&list), vec![1]);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            set.order(&list),
+            vec![1, 0],
+            "back, after the unmeasured one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_switches_the_source_and_keeps_what_was_learned() {
+        let dir = std::env::temp_dir().join(format!("p2pdns-up-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.0.2.1\nnameserver 192.0.2.9\n").unwrap();
+        let listen: Vec<SocketAddr> = vec!["192.0.2.9:53".parse().unwrap()];
+        let first: SocketAddr = "192.0.2.1:53".parse().unwrap();
+        let configured = UpstreamConfig {
+            servers: vec![crate::config::UpstreamAddr(first)],
+            ..UpstreamConfig::default()
+        };
+        let follower = UpstreamFollower::new(&configured, &listen);
+        let set = follower.set().clone();
+        assert_eq!(set.addrs(), vec![first]);
+        set.snapshot()[0].record_answer(Duration::from_millis(10));
+        let stop = CancellationToken::new();
+        let (handle, task) = follower.follow(stop.clone());
+        let task = tokio::spawn(task);
+        let from_file = UpstreamConfig {
+            resolv_conf: path,
+            ..UpstreamConfig::default()
+        };
+        assert!(handle.reload(&from_file).await);
+        assert_eq!(set.addrs(), vec![first], "never its own listen address");
+        assert!(set.snapshot()[0].srtt_us() > 0, "what was learned stays");
+        stop.cancel();
+        task.await.unwrap();
+        assert!(
+            !handle.reload(&configured).await,
+            "the follower has stopped"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

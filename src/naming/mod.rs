@@ -1,15 +1,21 @@
 //! The `naming` subsystem: answers for names under the peer-to-peer TLDs (`.p2p` by default).
 //!
 //! The DNS front end only sees [`Naming::lookup`]; where the records come from is this module's
-//! business: first the static table in the configuration (`[naming.records]`, `local`), then
-//! the DHT of signed name records ([`resolver`]). `answer` turns a set of records into the
-//! answer an authoritative server would give.
+//! business: first the static table in the configuration (`[naming.records]`, [`LocalZone`]),
+//! then, for `.p2p` only, the DHT of signed name records ([`Dht`]): this node's own names
+//! ([`publisher`]), else a lookup ([`resolver`]) that believes the owners in [`pins`]. Other
+//! TLDs in `naming.tlds` are answered from the local table alone. `answer` turns a set of
+//! records into the answer an authoritative server would give.
 //!
-//! This module owns TLD routing and the answers built from records; it does not touch the
-//! libp2p swarm (it asks the P2P node through [`crate::p2p::NodeHandle`]) nor DNS sockets.
+//! This module owns TLD routing, the answers built from records, the published names and the
+//! pins; it does not touch the libp2p swarm (it asks the P2P node through
+//! [`crate::p2p::NodeHandle`]) nor DNS sockets.
 
 mod answer;
+mod dht;
 mod local;
+pub mod pins;
+pub mod publisher;
 pub mod resolver;
 
 use std::sync::Arc;
@@ -22,8 +28,8 @@ use hickory_proto::{
 #[cfg(test)]
 use answer::MAX_CNAME_CHAIN;
 pub(crate) use answer::{RecordSource, answer_from, nodata, positive, soa_record};
+pub use dht::{Dht, DhtConfig};
 pub use local::{LocalZone, ZoneError, parse_record, parse_zone};
-pub use resolver::Dht;
 
 use crate::config::NamingConfig;
 

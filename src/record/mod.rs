@@ -1,5 +1,9 @@
 //! Signed name records: the byte layout, signing, and the checks every node applies. The
 //! format is specified in `docs/PROTOCOL.md`; keep the two in step.
+//!
+//! This module owns the record format, DHT names and keys, and their validity rules; it is
+//! pure (no I/O, no clock but the `now` it is given or [`unix_now`]) and knows nothing of the
+//! DHT, the cache or DNS sockets, which use it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,233 @@
+//! Replies before and while they are sent: the RCODE and sections a query gets, the Extended
+//! DNS Error for each failure (RFC 8914), EDNS in the response (RFC 6891, RFC 3225), and
+//! truncation when a reply does not fit the client's UDP size (RFC 6891 section 7, RFC 7766).
+
+use std::sync::Arc;
+
+use hickory_proto::{
+    op::{Edns, Header, HeaderCounts, Metadata, ResponseCode},
+    rr::{Name, Record, rdata::opt::EdnsOption},
+    serialize::binary::BinEncoder,
+};
+use hickory_server::{
+    net::xfer::Protocol,
+    server::{Request, ResponseHandler, ResponseInfo},
+    zone_handler::MessageResponseBuilder,
+};
+use tracing::debug;
+
+use super::{cache::CachedAnswer, forwarder::ForwardError};
+use crate::naming::NamingAnswer;
+
+/// EDNS option code of Extended DNS Errors (RFC 8914).
+const EDE_OPTION: u16 = 15;
+/// Room left for the header, question and OPT when judging from a size estimate whether an
+/// answer fits; closer calls are measured exactly.
+const SIZE_MARGIN: usize = 128;
+/// Largest reply without EDNS over UDP (RFC 1035 section 4.2.1).
+const PLAIN_UDP_SIZE: u16 = 512;
+
+/// Extended DNS Error codes we send (RFC 8914 section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ede {
+    Other = 0,
+    StaleAnswer = 3,
+    Filtered = 17,
+    Prohibited = 18,
+    NoReachableAuthority = 22,
+}
+
+/// A reply before encoding.
+#[derive(Debug)]
+pub struct Reply {
+    pub rcode: ResponseCode,
+    /// AA: the answer comes from names this daemon serves itself.
+    pub authoritative: bool,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+    /// The Extended DNS Error sent with the reply, and its extra text.
+    pub ede: Option<(Ede, &'static str)>,
+    /// Estimated encoded size in bytes, when known without encoding.
+    pub size_hint: Option<usize>,
+}
+
+impl Reply {
+    /// A reply with `rcode` and no records.
+    pub fn rcode(rcode: ResponseCode) -> Self {
+        Self {
+            rcode,
+            authoritative: false,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+            ede: None,
+            size_hint: Some(0),
+        }
+    }
+
+    /// Adds the Extended DNS Error `ede` with `text`.
+    pub fn with_ede(mut self, ede: Ede, text: &'static str) -> Self {
+        self.ede = Some((ede, text));
+        self
+    }
+
+    /// The naming subsystem's answer, authoritative unless the DHT gave none in time.
+    pub fn from_naming(answer: NamingAnswer) -> Self {
+        let failed = answer.rcode == ResponseCode::ServFail;
+        Self {
+            rcode: answer.rcode,
+            authoritative: !failed,
+            answers: answer.answers,
+            authorities: answer.authorities,
+            additionals: Vec::new(),
+            ede: failed.then_some((
+                Ede::NoReachableAuthority,
+                "no answer from the p2p network in time; try again",
+            )),
+            size_hint: None,
+        }
+    }
+
+    /// A forwarded answer stored `age` seconds ago, its TTLs counted down; a `stale` one gets
+    /// `stale_ttl` seconds on each record (RFC 8767 section 4). Owner names equal to `qname`
+    /// copy its letter case.
+    pub fn forwarded(
+        answer: &Arc<CachedAnswer>,
+        age: u32,
+        stale: Option<u32>,
+        qname: &Name,
+    ) -> Self {
+        let copy = |records: &[Record]| -> Vec<Record> {
+            records
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.ttl = stale.unwrap_or_else(|| r.ttl.saturating_sub(age));
+                    if r.name == *qname {
+                        r.name = qname.clone();
+                    }
+                    r
+                })
+                .collect()
+        };
+        Self {
+            rcode: answer.rcode,
+            authoritative: false,
+            answers: copy(&answer.answers),
+            authorities: copy(&answer.authorities),
+            additionals: copy(&answer.additionals),
+            ede: stale.map(|_| (Ede::StaleAnswer, "")),
+            size_hint: Some(answer.wire_len),
+        }
+    }
+
+    /// SERVFAIL, with the Extended DNS Error that says why no upstream answered.
+    pub fn forward_failed(error: ForwardError) -> Self {
+        let (ede, text) = match error {
+            ForwardError::NoUpstreams => (Ede::NoReachableAuthority, "no upstream DNS server"),
+            ForwardError::Timeout => (Ede::NoReachableAuthority, "upstreams did not answer"),
+            ForwardError::Upstream(_) => (Ede::Other, "upstreams failed the query"),
+            ForwardError::Overloaded => (Ede::Other, "too many queries in flight"),
+        };
+        Self::rcode(ResponseCode::ServFail).with_ede(ede, text)
+    }
+}
+
+/// Sends `reply` to `request` through `response_handle`. A UDP reply larger than the client's
+/// EDNS size (at most `udp_payload` bytes; 512 without EDNS) goes out empty with TC=1, so the
+/// client asks again over TCP.
+pub async fn send<R: ResponseHandler>(
+    request: &Request,
+    reply: Reply,
+    mut response_handle: R,
+    udp_payload: u16,
+) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.recursion_available = true;
+    metadata.authoritative = reply.authoritative;
+    metadata.response_code = reply.rcode;
+    let edns = response_edns(request, &reply, udp_payload);
+    let limit = match (request.protocol(), &request.edns) {
+        (Protocol::Udp, Some(req)) => usize::from(req.max_payload().clamp(512, udp_payload)),
+        (Protocol::Udp, None) => usize::from(PLAIN_UDP_SIZE),
+        _ => usize::from(u16::MAX),
+    };
+    let fits = match reply.size_hint {
+        Some(hint) if hint + SIZE_MARGIN <= limit => true,
+        _ => encoded_len(request, &metadata, &reply, edns.as_ref()) <= limit,
+    };
+
+    let mut builder = MessageResponseBuilder::from_message_request(request);
+    if let Some(edns) = &edns {
+        builder.edns(edns);
+    }
+    let sent = if fits {
+        let response = builder.build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            [],
+            reply.additionals.iter(),
+        );
+        response_handle.send_response(response).await
+    } else {
+        // Send an empty TC=1 reply that keeps its OPT record, rather than a cut one that
+        // loses it; the client retries over TCP (RFC 6891 section 7, RFC 7766).
+        metadata.truncation = true;
+        response_handle
+            .send_response(builder.build_no_records(metadata))
+            .await
+    };
+    sent.unwrap_or_else(|error| {
+        debug!(%error, src = %request.src(), "failed to send a DNS response");
+        ResponseInfo::from(Header {
+            metadata,
+            counts: HeaderCounts::default(),
+        })
+    })
+}
+
+/// RFC 6891: EDNS is answered with EDNS (version 0, our size) and DO echoed (RFC 3225); no
+/// option the client did not ask for is sent except an Extended DNS Error.
+fn response_edns(request: &Request, reply: &Reply, udp_payload: u16) -> Option<Edns> {
+    let req = request.edns.as_ref()?;
+    let mut edns = Edns::new();
+    edns.set_max_payload(udp_payload);
+    edns.set_version(0);
+    edns.set_dnssec_ok(req.flags().dnssec_ok);
+    if let Some((code, text)) = reply.ede {
+        let mut data = (code as u16).to_be_bytes().to_vec();
+        data.extend_from_slice(text.as_bytes());
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(EDE_OPTION, data));
+    }
+    Some(edns)
+}
+
+/// The size `reply` takes on the wire.
+fn encoded_len(
+    request: &Request,
+    metadata: &Metadata,
+    reply: &Reply,
+    edns: Option<&Edns>,
+) -> usize {
+    let mut builder = MessageResponseBuilder::from_message_request(request);
+    if let Some(edns) = edns {
+        builder.edns(edns);
+    }
+    let response = builder.build(
+        *metadata,
+        reply.answers.iter(),
+        reply.authorities.iter(),
+        [],
+        reply.additionals.iter(),
+    );
+    let mut buf = Vec::with_capacity(1024);
+    let mut encoder = BinEncoder::new(&mut buf);
+    match response.destructive_emit(&mut encoder) {
+        Ok(_) => buf.len(),
+        // Too large to encode at all: certainly too large for the limit.
+        Err(_) => usize::MAX,
+    }
+}
