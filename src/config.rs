@@ -20,9 +20,9 @@ use serde::{Deserialize, Deserializer};
 pub const DEFAULT_CONFIG: &str = include_str!("../config/p2pdns.toml");
 
 /// Environment variable naming the configuration file (below `--config`, above the defaults).
-pub const CONFIG_ENV: &str = "P2PDNS_CONFIG";
+const CONFIG_ENV: &str = "P2PDNS_CONFIG";
 /// Environment variable naming the data directory (below `--data-dir`, above the file).
-pub const DATA_DIR_ENV: &str = "P2PDNS_DATA_DIR";
+const DATA_DIR_ENV: &str = "P2PDNS_DATA_DIR";
 
 /// Where the system-wide configuration file lives when no user configuration exists.
 const SYSTEM_CONFIG_FILE: &str = "/etc/p2pdns/p2pdns.toml";
@@ -35,16 +35,28 @@ pub enum ConfigError {
     /// The configuration file could not be read.
     #[error("failed to read config file {path}")]
     Read {
+        /// The file that was tried.
         path: PathBuf,
+        /// Why reading failed: missing, not permitted, or not UTF-8.
         #[source]
         source: std::io::Error,
     },
     /// The file is not valid TOML or does not match the schema (unknown key, wrong type).
     #[error("failed to load config file {path}: {message}")]
-    Parse { path: String, message: String },
+    Parse {
+        /// Where the text came from: the file's path, or the name the caller gave it.
+        path: String,
+        /// The TOML parser's message on one line, with the position and the offending key.
+        message: String,
+    },
     /// A value parsed but makes no sense (named by its dotted key).
     #[error("invalid config value {key}: {message}")]
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The value's dotted key, such as `cache.min_ttl_secs` or `naming.tlds[0]`.
+        key: String,
+        /// What is wrong with the value.
+        message: String,
+    },
 }
 
 /// The whole configuration file.
@@ -53,11 +65,17 @@ pub enum ConfigError {
 pub struct Config {
     /// Directory for the daemon's state files. Empty means the platform default.
     pub data_dir: Option<PathBuf>,
+    /// `[dns]`: the addresses served, who may ask, and per-query limits.
     pub dns: DnsConfig,
+    /// `[upstream]`: the servers other names are forwarded to, and the forwarding timeouts.
     pub upstream: UpstreamConfig,
+    /// `[cache]`: size and TTL bounds of the cache of forwarded answers, and serve-stale.
     pub cache: CacheConfig,
+    /// `[naming]`: the TLDs answered here instead of upstream, and the local records.
     pub naming: NamingConfig,
+    /// `[p2p]`: the P2P node: addresses, peers, NAT traversal, DHT mode and limits.
     pub p2p: P2pConfig,
+    /// `[intro]`: what an introduction server grants; the resolver ignores it.
     pub intro: IntroConfig,
 }
 
@@ -279,25 +297,31 @@ impl Default for P2pConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntroConfig {
-    /// Relay reservations held at once, in all and per peer.
+    /// Relay reservations held at once, in all (a reservation is the slot through which a node
+    /// behind NAT is reached).
     pub max_reservations: usize,
+    /// Relay reservations held at once for any one peer.
     pub max_reservations_per_peer: usize,
-    /// How long a reservation lasts before the node must renew it.
+    /// How long a reservation lasts before the node must renew it, in seconds.
     pub reservation_duration_secs: u64,
-    /// Relayed connections open at once, in all and per peer.
+    /// Relayed connections open at once, in all.
     pub max_circuits: usize,
+    /// Relayed connections open at once with any one peer.
     pub max_circuits_per_peer: usize,
-    /// A relayed connection is cut after this long or this many bytes (both directions
-    /// together).
+    /// A relayed connection is cut after this many seconds.
     pub circuit_duration_secs: u64,
+    /// A relayed connection is cut after this many bytes, both directions together.
     pub circuit_bytes: u64,
-    /// Rendezvous registrations held at once, in all and per peer (one per namespace). A peer
-    /// renews a registration only while it holds fewer than the per-peer maximum (libp2p counts
-    /// the one being replaced), so keep that above the namespaces peers use (p2pdns uses one).
+    /// Rendezvous registrations held at once, in all.
     pub max_registrations: usize,
+    /// Rendezvous registrations held at once for any one peer (one per namespace). A peer
+    /// renews a registration only while it holds fewer than this (libp2p counts the one being
+    /// replaced), so keep it above the namespaces peers use (p2pdns uses one).
     pub max_registrations_per_peer: usize,
-    /// Lifetimes a rendezvous registration may ask for.
+    /// Shortest lifetime a rendezvous registration may ask for, in seconds.
     pub registration_min_ttl_secs: u64,
+    /// Longest lifetime a rendezvous registration may ask for, in seconds; at least
+    /// `registration_min_ttl_secs`.
     pub registration_max_ttl_secs: u64,
 }
 
@@ -326,7 +350,9 @@ pub enum DhtMode {
     /// Serve the DHT while AutoNAT finds the node reachable from anywhere; only ask (and take
     /// relay slots) when it is private or behind a NAT.
     Auto,
+    /// Always serve: store records for others and answer their queries.
     Server,
+    /// Only ask: store nothing for others and stay out of their routing tables.
     Client,
 }
 
@@ -391,7 +417,7 @@ impl<'de> Deserialize<'de> for UpstreamAddr {
 
 impl Config {
     /// Parses configuration text; `origin` names the source in error messages.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+    fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),

@@ -92,7 +92,12 @@ pub enum DaemonError {
     TaskEnded(Task),
     /// A supervised task panicked.
     #[error("the {task} panicked: {message}")]
-    TaskPanicked { task: Task, message: String },
+    TaskPanicked {
+        /// The task that panicked.
+        task: Task,
+        /// The panic's message, or "a panic without a message" when it carried none.
+        message: String,
+    },
     /// Shutdown took longer than the grace period.
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
@@ -111,7 +116,6 @@ pub struct Daemon {
     forwarder: Arc<Forwarder>,
     /// Chooses the upstreams and, once running, follows their source.
     upstreams: UpstreamFollower,
-    data_dir: PathBuf,
     /// How long shutdown waits for queries in flight.
     drain: Duration,
     /// The P2P node, until `run` starts its event loop.
@@ -128,7 +132,9 @@ pub struct Daemon {
 
 /// The configuration file re-read on SIGHUP, with the command line's flags applied over it.
 pub struct ConfigWatch {
+    /// The configuration file, read again on each reload.
     pub path: PathBuf,
+    /// Applies the command line's overrides to the freshly read file, before it is checked.
     pub apply: Box<dyn Fn(&mut Config) + Send + Sync>,
 }
 
@@ -201,7 +207,6 @@ impl Daemon {
             dns,
             forwarder,
             upstreams,
-            data_dir,
             drain,
             node,
             dht,
@@ -222,11 +227,6 @@ impl Daemon {
     /// The addresses DNS is served on (UDP and TCP each).
     pub fn dns_addrs(&self) -> &[SocketAddr] {
         self.dns.addrs()
-    }
-
-    /// The directory holding the identity key, published names and pins.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 
     /// The forwarder: its upstreams and its cache.

@@ -22,8 +22,11 @@ use crate::config::CacheConfig;
 /// are only in answers to queries that set it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
+    /// The question's name; lower case, so `Example.COM` and `example.com` share an entry.
     pub name: LowerName,
+    /// The question's type (QTYPE).
     pub qtype: RecordType,
+    /// The DO bit of the client's EDNS OPT record (RFC 3225).
     pub dnssec_ok: bool,
 }
 
@@ -31,9 +34,14 @@ pub struct CacheKey {
 /// with TTLs as they were when it arrived (after clamping).
 #[derive(Debug)]
 pub struct CachedAnswer {
+    /// The upstream's RCODE: NOERROR and NXDOMAIN are cached, others are passed on only.
     pub rcode: ResponseCode,
+    /// The answer section; empty for a negative answer.
     pub answers: Vec<Record>,
+    /// The authority section: for a negative answer only the SOA and its DNSSEC proof (RFC
+    /// 2308 section 3), otherwise empty.
     pub authorities: Vec<Record>,
+    /// The additional section; [`CachedAnswer::from_message`] empties it (minimal responses).
     pub additionals: Vec<Record>,
     /// Encoded size of the upstream message: at least what we send (we send less).
     pub wire_len: usize,
@@ -117,7 +125,9 @@ impl CachedAnswer {
 /// A cache hit: the answer and how many seconds ago it was stored.
 #[derive(Debug, Clone)]
 pub struct Hit {
+    /// The stored answer, TTLs as stored: subtract `age` before sending.
     pub answer: Arc<CachedAnswer>,
+    /// Seconds since the answer was stored; saturates at `u32::MAX`.
     pub age: u32,
     /// How long the entry is fresh in all, in seconds.
     pub ttl: u32,
@@ -130,6 +140,7 @@ pub enum Lookup {
     Fresh(Hit),
     /// Expired, but still kept for serve-stale.
     Stale(Hit),
+    /// Never stored, pushed out, or expired past the serve-stale window.
     Miss,
 }
 
@@ -153,6 +164,8 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// An empty cache bounded by `max_entries` (at least 1) and `max_bytes`, keeping expired
+    /// entries for `max_stale_secs` when `serve_stale` is on.
     pub fn new(config: &CacheConfig) -> Self {
         let entries = NonZeroUsize::new(config.max_entries.max(1)).expect("max(1) is nonzero");
         let keep_stale = if config.serve_stale {
@@ -178,6 +191,8 @@ impl Cache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Looks `key` up at time `now`, marking it recently used; an entry past its serve-stale
+    /// window is dropped and reported as a miss.
     pub fn get(&self, key: &CacheKey, now: Instant) -> Lookup {
         let mut inner = self.lock();
         let Some(entry) = inner.lru.get(key) else {
@@ -202,6 +217,9 @@ impl Cache {
         }
     }
 
+    /// Stores `answer` under `key`, fresh for `ttl` seconds from `now`, replacing any entry for
+    /// the key and pushing out the least recently used until the byte bound holds. An answer
+    /// bigger than the whole bound is not stored.
     pub fn insert(&self, key: CacheKey, answer: Arc<CachedAnswer>, ttl: u32, now: Instant) {
         let cost = answer.cost(&key);
         if cost > self.max_bytes {
@@ -233,6 +251,7 @@ impl Cache {
         (inner.lru.len(), inner.bytes)
     }
 
+    /// Drops every entry, fresh or stale (on reload, SIGHUP).
     pub fn clear(&self) {
         let mut inner = self.lock();
         inner.lru.clear();

@@ -27,7 +27,7 @@ use super::{
 use crate::config::{CacheConfig, UpstreamConfig};
 
 /// EDNS option code (Local/Experimental range, RFC 6891 section 9) carrying our loop tag.
-pub const LOOP_OPTION: u16 = 65_001;
+const LOOP_OPTION: u16 = 65_001;
 /// Entries with shorter TTLs are not prefetched: they expire too fast to matter.
 const PREFETCH_MIN_TTL: u32 = 10;
 /// Clients waiting on one upstream question at most; later ones get SERVFAIL.
@@ -53,13 +53,17 @@ pub enum ForwardError {
 /// What the forwarder hands back for one question.
 #[derive(Debug, Clone)]
 pub enum Outcome {
+    /// A NOERROR or NXDOMAIN answer, just fetched from an upstream or taken from the cache.
     Answer {
+        /// The answer, TTLs as stored.
         answer: Arc<CachedAnswer>,
         /// Seconds since the answer was stored; subtract from its TTLs.
         age: u32,
         /// The answer is past its TTL and served because refreshing it failed or is slow.
         stale: bool,
     },
+    /// No answer: the upstreams failed (or the forwarder was full) and the cache held none,
+    /// not even a stale one.
     Failed(ForwardError),
 }
 
@@ -119,15 +123,13 @@ impl Forwarder {
         self.upstreams.addrs()
     }
 
-    /// Replaces the upstream list, keeping what was learned about servers that stay.
-    pub fn set_upstreams(&self, addrs: &[SocketAddr]) {
-        self.upstreams.replace(addrs);
-    }
-
+    /// The answer cache, to read its usage or empty it.
     pub fn cache(&self) -> &Cache {
         &self.cache
     }
 
+    /// The TTL written on stale answers, in seconds (`cache.stale_ttl_secs`, RFC 8767 section
+    /// 4).
     pub fn stale_ttl(&self) -> u32 {
         self.cache_config.stale_ttl_secs
     }

@@ -55,6 +55,8 @@ struct Chaos {
 }
 
 impl Handler {
+    /// A handler routing names under the naming TLDs to `naming` and the rest to `forwarder`,
+    /// with the ACL, UDP size limit and CHAOS answers of `config`.
     pub fn new(forwarder: Arc<Forwarder>, naming: Arc<Naming>, config: &DnsConfig) -> Self {
         Self(Arc::new(Responder {
             forwarder,

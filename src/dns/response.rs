@@ -30,26 +30,32 @@ const PLAIN_UDP_SIZE: u16 = 512;
 /// Extended DNS Error codes we send (RFC 8914 section 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ede {
+    /// 0: a failure no other code names (upstreams failed the query, overload).
     Other = 0,
+    /// 3: the answer is past its TTL, served because refreshing it failed or is slow (RFC 8767).
     StaleAnswer = 3,
+    /// 17: the name is answered NXDOMAIN by policy (the DNS-over-HTTPS canary).
     Filtered = 17,
+    /// 18: the client or the request is not allowed (ACL, zone transfer, forwarding loop).
     Prohibited = 18,
+    /// 22: no upstream, or the P2P network, answered in time.
     NoReachableAuthority = 22,
 }
 
 /// A reply before encoding.
 #[derive(Debug)]
 pub struct Reply {
-    pub rcode: ResponseCode,
+    rcode: ResponseCode,
     /// AA: the answer comes from names this daemon serves itself.
     pub authoritative: bool,
+    /// The answer section, TTLs as sent.
     pub answers: Vec<Record>,
-    pub authorities: Vec<Record>,
-    pub additionals: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
     /// The Extended DNS Error sent with the reply, and its extra text.
-    pub ede: Option<(Ede, &'static str)>,
+    ede: Option<(Ede, &'static str)>,
     /// Estimated encoded size in bytes, when known without encoding.
-    pub size_hint: Option<usize>,
+    size_hint: Option<usize>,
 }
 
 impl Reply {

@@ -39,7 +39,9 @@ pub enum DnsError {
          (--dns-listen 127.0.0.1:5353)"
     )]
     BindPermission {
+        /// `"UDP"` or `"TCP"`.
         proto: &'static str,
+        /// The address asked for (its port 0 resolved, for TCP).
         addr: SocketAddr,
     },
     /// Another program already listens there.
@@ -49,14 +51,19 @@ pub enum DnsError {
         port = addr.port()
     )]
     AddrInUse {
+        /// `"UDP"` or `"TCP"`.
         proto: &'static str,
+        /// The address asked for (its port 0 resolved, for TCP).
         addr: SocketAddr,
     },
     /// Any other bind failure (address not on this machine, ...).
     #[error("failed to bind DNS {proto} socket on {addr}")]
     Bind {
+        /// `"UDP"` or `"TCP"`.
         proto: &'static str,
+        /// The address asked for (its port 0 resolved, for TCP).
         addr: SocketAddr,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
@@ -184,6 +191,7 @@ impl DnsServer {
         }
     }
 
+    /// The addresses served, UDP and TCP each (port 0 resolved).
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }

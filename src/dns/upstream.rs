@@ -34,6 +34,7 @@ const MAX_SRTT_US: u32 = 5_000_000;
 /// with relaxed atomics because each value is only a hint for ordering and timeouts.
 #[derive(Debug)]
 pub struct Upstream {
+    /// The server's address and port (53 unless the configuration gives another).
     pub addr: SocketAddr,
     /// Smoothed round-trip time in microseconds; 0 until the first answer.
     srtt_us: AtomicU32,
@@ -45,7 +46,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             srtt_us: AtomicU32::new(0),
@@ -55,7 +56,7 @@ impl Upstream {
         }
     }
 
-    pub fn srtt_us(&self) -> u32 {
+    fn srtt_us(&self) -> u32 {
         self.srtt_us.load(Ordering::Relaxed)
     }
 
@@ -74,6 +75,8 @@ impl Upstream {
         }
     }
 
+    /// Counts an answer that took `rtt`: folds it into the smoothed RTT (weight 1/8, as TCP's
+    /// SRTT in RFC 6298 section 2) and ends any rest.
     pub fn record_answer(&self, rtt: Duration) {
         let rtt = u32::try_from(rtt.as_micros()).unwrap_or(MAX_SRTT_US).max(1);
         let old = self.srtt_us();
@@ -122,7 +125,7 @@ impl Upstream {
 }
 
 /// Reads `nameserver` lines from a resolv.conf file.
-pub fn read_resolv_conf(path: &Path) -> std::io::Result<Vec<SocketAddr>> {
+fn read_resolv_conf(path: &Path) -> std::io::Result<Vec<SocketAddr>> {
     let text = std::fs::read_to_string(path)?;
     Ok(parse_resolv_conf(&text))
 }
@@ -147,7 +150,7 @@ fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 }
 
 /// Would a query sent to `upstream` arrive at one of our own `listen` sockets?
-pub fn is_own_address(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
+fn is_own_address(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
     // ::ffff:127.0.0.1 reaches 127.0.0.1.
     let ip = upstream.ip().to_canonical();
     listen.iter().any(|own| {
@@ -177,7 +180,7 @@ pub struct UpstreamSet {
 
 impl UpstreamSet {
     /// A set of `addrs`, in this order, none measured yet.
-    pub fn new(addrs: &[SocketAddr]) -> Self {
+    fn new(addrs: &[SocketAddr]) -> Self {
         Self {
             list: RwLock::new(addrs.iter().map(|&a| Arc::new(Upstream::new(a))).collect()),
             epoch: Instant::now(),
@@ -229,7 +232,7 @@ impl UpstreamSet {
 
 /// Where the upstream servers come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamSource {
+enum UpstreamSource {
     /// `upstream.servers` (or `--upstream`), used as given.
     Servers(Vec<SocketAddr>),
     /// The `nameserver` lines of this resolv.conf file, read again whenever it changes.
@@ -249,7 +252,7 @@ impl From<&UpstreamConfig> for UpstreamSource {
 impl UpstreamSource {
     /// The servers of this source a daemon listening on `listen` may forward to (never
     /// itself); logs the outcome.
-    pub fn select(&self, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    fn select(&self, listen: &[SocketAddr]) -> Vec<SocketAddr> {
         match self {
             Self::Servers(servers) => usable(servers.clone(), listen, "the configuration"),
             Self::ResolvConf(path) => from_resolv_conf(path, listen),

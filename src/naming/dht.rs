@@ -26,11 +26,11 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct DhtConfig {
     /// Longest a DNS query waits for the DHT.
-    pub budget: Duration,
+    budget: Duration,
     /// Valid replicas wanted before a lookup answers early.
-    pub replicas: usize,
+    replicas: usize,
     /// Names (and their subdomains) whose answers may hold private addresses.
-    pub allow_private: Vec<LowerName>,
+    allow_private: Vec<LowerName>,
 }
 
 impl DhtConfig {
@@ -151,12 +151,6 @@ impl Dht {
     /// The names this node publishes.
     pub fn own_names(&self) -> Vec<Arc<NameRecord>> {
         self.publisher.names()
-    }
-
-    /// Re-signs and pushes own names past half their lifetime (all, with `all`); returns how
-    /// many were pushed.
-    pub async fn republish(&self, all: bool) -> usize {
-        self.publisher.republish(all).await
     }
 
     /// The pinned owners, by name.

@@ -13,19 +13,32 @@ pub enum ZoneError {
     /// The owner is not a valid domain name.
     #[error("{name:?} is not a domain name")]
     Name {
+        /// The owner as written.
         name: String,
+        /// Why hickory refused it (bad label, too long).
         #[source]
         source: hickory_proto::ProtoError,
     },
     /// The owner is not under one of the peer-to-peer TLDs.
     #[error("{name} is not under one of the TLDs in naming.tlds")]
-    OutsideTlds { name: String },
-    /// A record did not parse as `[TTL] TYPE RDATA`.
+    OutsideTlds {
+        /// The owner, fully qualified.
+        name: String,
+    },
+    /// A record did not parse as `[TTL] TYPE RDATA`, or a zone file did not parse.
     #[error("record {record:?} does not parse as \"[TTL] TYPE RDATA\": {message}")]
-    Record { record: String, message: String },
+    Record {
+        /// The record's text as given, or `zone file` for a whole zone ([`parse_zone`]).
+        record: String,
+        /// The parser's message, or why the text was refused (several lines, `$INCLUDE`).
+        message: String,
+    },
     /// The owner has a CNAME beside other data (RFC 1034 section 3.6.2 forbids it).
     #[error("{name} has a CNAME and other records; a CNAME must stand alone")]
-    CnameAndOther { name: String },
+    CnameAndOther {
+        /// The owner, fully qualified.
+        name: String,
+    },
 }
 
 /// Records by owner name, with every ancestor remembered so empty non-terminals answer NODATA.
@@ -70,6 +83,7 @@ impl LocalZone {
         Ok(())
     }
 
+    /// The records owned by exactly `name`, if it has any.
     pub fn get(&self, name: &LowerName) -> Option<&[Record]> {
         self.names.get(name).map(Vec::as_slice)
     }
@@ -95,10 +109,12 @@ impl LocalZone {
         false
     }
 
+    /// Number of owner names holding records.
     pub fn len(&self) -> usize {
         self.names.len()
     }
 
+    /// Holds no local names at all?
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
@@ -113,8 +129,6 @@ fn parse_owner(owner: &str) -> Result<Name, ZoneError> {
     Ok(name)
 }
 
-/// Parses one `[TTL] TYPE RDATA` line through hickory's zone-file parser, with `owner` as the
-/// origin for relative names.
 /// Parses a zone file (RFC 1035 syntax) with `origin` as `$ORIGIN`, for publishing.
 /// `$INCLUDE` is refused: the text comes from a client and must not make the daemon read files.
 pub fn parse_zone(origin: &Name, text: &str, default_ttl: u32) -> Result<Vec<Record>, ZoneError> {
@@ -135,7 +149,12 @@ pub fn parse_zone(origin: &Name, text: &str, default_ttl: u32) -> Result<Vec<Rec
         .collect())
 }
 
-/// Parses one `[TTL] TYPE RDATA` record owned by `owner`.
+/// Parses one `[TTL] TYPE RDATA` line through hickory's zone-file parser, owned by `owner`,
+/// which is also the origin for relative names. A TTL left out is `default_ttl` seconds.
+///
+/// # Errors
+/// [`ZoneError::Record`] when the text spans lines, holds a directive, does not parse or holds
+/// no record.
 pub fn parse_record(owner: &Name, text: &str, default_ttl: u32) -> Result<Vec<Record>, ZoneError> {
     let error = |message: String| ZoneError::Record {
         record: text.to_owned(),

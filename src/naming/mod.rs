@@ -39,7 +39,9 @@ pub enum NamingError {
     /// A record in `[naming.records]` did not parse or lies outside the TLDs.
     #[error("invalid config value naming.records.{name:?}")]
     Record {
+        /// The owner name as written in the file (the table key).
         name: String,
+        /// What is wrong with the owner or one of its records.
         #[source]
         source: ZoneError,
     },
@@ -51,6 +53,8 @@ pub struct NamingAnswer {
     /// NOERROR (with or without records), NXDOMAIN, or SERVFAIL when the DHT gave no answer
     /// within the lookup budget.
     pub rcode: ResponseCode,
+    /// The answer section: the records of the asked type, preceded by the CNAMEs followed to
+    /// them within the same source; owner names copy the query's letter case.
     pub answers: Vec<Record>,
     /// The TLD's SOA for negative answers, so clients can cache them (RFC 2308).
     pub authorities: Vec<Record>,
@@ -64,6 +68,12 @@ pub struct Naming {
 }
 
 impl Naming {
+    /// The naming subsystem for `config`'s TLDs and local records, without a DHT yet (see
+    /// [`Naming::with_dht`]).
+    ///
+    /// # Errors
+    /// [`NamingError::Record`] when an owner or record in `[naming.records]` is invalid or lies
+    /// outside the TLDs.
     pub fn new(config: &NamingConfig) -> Result<Self, NamingError> {
         let tlds: Vec<LowerName> = config
             .tlds
@@ -96,6 +106,7 @@ impl Naming {
         self
     }
 
+    /// The DHT behind the local records; `None` when the P2P node is off.
     pub fn dht(&self) -> Option<&Arc<Dht>> {
         self.dht.as_ref()
     }

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Lifetime of the records this node signs.
-pub const RECORD_LIFETIME: Duration = Duration::from_secs(2 * 24 * 3600);
+const RECORD_LIFETIME: Duration = Duration::from_secs(2 * 24 * 3600);
 /// File holding the names this node publishes.
 const NAMES_FILE: &str = "names.toml";
 /// How often own names are pushed to the DHT again, plus up to the jitter.
@@ -47,7 +47,9 @@ pub enum PublishError {
     /// The names file could not be written.
     #[error("failed to save {path}")]
     Save {
+        /// `names.toml` in the data directory.
         path: PathBuf,
+        /// Why the atomic write failed.
         #[source]
         source: std::io::Error,
     },

@@ -34,6 +34,7 @@ const EMPTY_RECORD_TTL: u32 = 60;
 /// What a resolve found (for `p2pdns resolve`).
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// The record believed, verified, among the replicas (docs/PROTOCOL.md section 6).
     pub record: Arc<NameRecord>,
     /// Valid replicas that carried the chosen record's owner.
     pub agreeing: usize,

@@ -17,15 +17,15 @@ use sha2::{Digest, Sha256};
 mod zbase32;
 
 /// Format version byte.
-pub const VERSION: u8 = 1;
+const VERSION: u8 = 1;
 /// Largest encoded record, signature included.
 pub const MAX_RECORD_BYTES: usize = 1024;
 /// Longest a record may be valid for, counted from now.
-pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Clock difference tolerated between publisher and checker.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 /// Largest TTL of a resource record inside a name record.
-pub const MAX_RR_TTL: u32 = 86_400;
+const MAX_RR_TTL: u32 = 86_400;
 /// The TLD of names in the DHT.
 pub const TLD: &str = "p2p";
 /// Prefix of the signed bytes: a record's signature can never be valid for anything else.
@@ -33,29 +33,43 @@ const SIGNING_CONTEXT: &[u8] = b"p2pdns-record-v1\0";
 /// Prefix of the hashed name that gives the DHT key.
 const KEY_CONTEXT: &[u8] = b"p2pdns-name-v1\0";
 /// Length of a key name's label: 32 bytes of Ed25519 public key in z-base-32.
-pub const KEY_LABEL_LEN: usize = 52;
+const KEY_LABEL_LEN: usize = 52;
 
-/// Why a record is refused.
+/// Why a record is refused; the checks are those of `docs/PROTOCOL.md` section 5.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    /// The encoded record (the size given, in bytes) is over [`MAX_RECORD_BYTES`], when
+    /// signing or decoding; `usize::MAX` for more than 65535 resource records.
     #[error("record is {0} bytes, over the {MAX_RECORD_BYTES}-byte limit")]
     TooLarge(usize),
+    /// The bytes do not decode (empty, too short, bad name or resource record, trailing bytes)
+    /// or are not in canonical form; or a resource record could not be encoded for signing.
     #[error("record is malformed: {0}")]
     Malformed(String),
+    /// The version byte is not 1 (the byte found).
     #[error("unsupported record version {0}")]
     Version(u8),
+    /// The name (as given) is not one lower-case LDH label under `.p2p` (section 1).
     #[error("{0} is not a DHT name (one label under .{TLD})")]
     BadName(String),
+    /// The name is a key name, but of another key than the record's owner.
     #[error("key name {0} belongs to another key")]
     WrongKey(String),
+    /// A resource record (shown as name, type, TTL) has a refused type (SOA, NS, OPT, TSIG,
+    /// SIG, RRSIG, AXFR, IXFR, ANY), a class other than IN, a TTL over 86400 seconds, or an
+    /// owner outside the record's name.
     #[error("resource record {0} is not allowed in a name record")]
     BadResourceRecord(String),
+    /// `expires` is not after `now`.
     #[error("record expired")]
     Expired,
+    /// `expires` is more than 7 days and 1 hour (clock skew) after `now`.
     #[error("record expires too far in the future")]
     TooLong,
+    /// The owner is not a valid Ed25519 key, or the signature does not verify with it.
     #[error("signature does not verify")]
     BadSignature,
+    /// A valid record came back for another name (the one given) than the one looked up.
     #[error("record is for {0}, not the name looked up")]
     OtherName(String),
 }
@@ -73,6 +87,8 @@ pub struct NameRecord {
     pub expires: u64,
     /// DNS records at the name or below it.
     pub records: Vec<Record>,
+    /// Ed25519 signature by `owner` over the context prefix and every byte before it
+    /// (`docs/PROTOCOL.md` section 4).
     pub signature: [u8; 64],
 }
 

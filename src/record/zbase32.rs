@@ -4,7 +4,7 @@
 const ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
 
 /// Encodes `bytes`, most significant bit first, without padding.
-pub fn encode(bytes: &[u8]) -> String {
+pub(super) fn encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity((bytes.len() * 8).div_ceil(5));
     let mut buffer: u16 = 0;
     let mut bits = 0;
@@ -26,7 +26,7 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// Decodes text made by [`encode`] for exactly `len` bytes; `None` for anything else
 /// (characters outside the alphabet, wrong length, non-zero padding bits).
-pub fn decode(text: &str, len: usize) -> Option<Vec<u8>> {
+pub(super) fn decode(text: &str, len: usize) -> Option<Vec<u8>> {
     if text.len() != (len * 8).div_ceil(5) {
         return None;
     }

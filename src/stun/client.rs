@@ -35,34 +35,48 @@ pub enum StunError {
     /// retransmission included).
     #[error("no STUN binding response from {server} within {timeout:?}")]
     Timeout {
+        /// The server asked.
         server: SocketAddr,
+        /// The whole exchange's budget that ran out.
         timeout: Duration,
     },
     /// Sending the request or receiving on the socket failed.
     #[error("STUN binding request to {server} failed")]
     Io {
+        /// The server asked.
         server: SocketAddr,
+        /// The socket's error (unreachable network, closed socket...).
         #[source]
         source: io::Error,
     },
     /// The server answered our transaction with a response that does not give an address:
     /// none in it, an address attribute that does not decode, or an attribute that RFC 8489
-    /// says a client must understand and this one does not.
+    /// says a client must understand and this one does not; or with an error response whose
+    /// ERROR-CODE is missing or out of range.
     #[error("malformed STUN binding response from {server}: {reason}")]
     Malformed {
+        /// The server that answered.
         server: SocketAddr,
+        /// What was wrong, such as `"bad XOR-MAPPED-ADDRESS"` or `"ERROR-CODE out of range"`.
         reason: &'static str,
     },
     /// The server answered with an error response.
     #[error("STUN server {server} refused the binding request: error {code} {reason:?}")]
     ErrorResponse {
+        /// The server that answered.
         server: SocketAddr,
+        /// The ERROR-CODE attribute's number, class times 100 plus number (RFC 8489 section
+        /// 14.8), such as 400 or 500.
         code: u16,
+        /// The ERROR-CODE attribute's reason phrase, as sent.
         reason: String,
     },
     /// [`mapping_behaviour`] needs two servers at different addresses.
     #[error("telling NAT mapping behaviour needs two distinct STUN servers, {given} given")]
-    NotEnoughServers { given: usize },
+    NotEnoughServers {
+        /// Distinct server addresses given.
+        given: usize,
+    },
 }
 
 /// How the network maps this socket's packets (RFC 4787 section 4.1 terms).
@@ -76,7 +90,9 @@ pub enum Mapping {
     /// The servers saw different addresses: a symmetric NAT, which gives every destination its
     /// own mapping, so the address one server saw is useless to a peer.
     EndpointDependent {
+        /// The public address the first server saw.
         first: SocketAddr,
+        /// The public address the second server (at another IP address) saw.
         second: SocketAddr,
     },
 }

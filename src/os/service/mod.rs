@@ -1,11 +1,12 @@
 //! `p2pdns service install` / `uninstall`: puts the daemon in the system's hands (systemd or
 //! launchd) and sends `.p2p` names to it, and takes all of that back.
 //!
-//! Every file the installer writes carries [`MARKER`] (the copied binary cannot, so it is known
-//! by its SHA-256), and a manifest records what was written, which directories were created and
-//! which system files were replaced (with their backups). Uninstall follows the manifest: it
-//! removes the files that are still ours, restores the backups, removes the directories it
-//! created when empty, and finally the manifest, leaving the system as it was.
+//! Every file the installer writes carries a marker line, "Installed by p2pdns; remove with:
+//! p2pdns service uninstall" (the copied binary cannot, so it is known by its SHA-256), and a
+//! manifest records what was written, which directories were created and which system files
+//! were replaced (with their backups). Uninstall follows the manifest: it removes the files
+//! that are still ours, restores the backups, removes the directories it created when empty,
+//! and finally the manifest, leaving the system as it was.
 //!
 //! `--root DIR` writes into a staging root instead of `/` and runs no system command (for
 //! packagers and tests); `--dry-run` only prints the plan.
@@ -38,7 +39,7 @@ use crate::naming::CHECK_HOST;
 use manifest::{Manifest, Step};
 
 /// The line every installed file carries; uninstall removes files that still have it.
-pub const MARKER: &str = "Installed by p2pdns; remove with: p2pdns service uninstall";
+const MARKER: &str = "Installed by p2pdns; remove with: p2pdns service uninstall";
 
 /// The configuration file, written only when none exists.
 const CONFIG_PATH: &str = "/etc/p2pdns/p2pdns.toml";
@@ -125,16 +126,25 @@ impl Options {
 pub enum ServiceError {
     /// A live install or uninstall by a user other than root.
     #[error("{action} the service changes system files: run it as root (sudo)")]
-    NotRoot { action: &'static str },
+    NotRoot {
+        /// `"installing"` or `"uninstalling"`.
+        action: &'static str,
+    },
     /// Install found the manifest of an earlier install that was not undone.
     #[error(
         "p2pdns is already installed ({} exists); run `p2pdns service uninstall` first",
         manifest.display()
     )]
-    AlreadyInstalled { manifest: PathBuf },
+    AlreadyInstalled {
+        /// The manifest found, under the install root.
+        manifest: PathBuf,
+    },
     /// Uninstall found no manifest under the root.
     #[error("p2pdns is not installed here (no {})", manifest.display())]
-    NotInstalled { manifest: PathBuf },
+    NotInstalled {
+        /// Where the manifest was looked for, under the install root.
+        manifest: PathBuf,
+    },
     /// A live split-mode install on Linux without systemd-resolved to route `.p2p`.
     #[error(
         "split DNS needs systemd-resolved, which is not running here; start it, or install \
@@ -156,30 +166,40 @@ pub enum ServiceError {
     /// Reading, writing, moving or removing a file or directory failed.
     #[error("failed to {action} {}", path.display())]
     Io {
+        /// The verb of what failed: `"read"`, `"write"`, `"back up"`, `"restore"`...
         action: &'static str,
+        /// The file or directory, under the install root.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
     /// The manifest is not the JSON install wrote.
     #[error("the install manifest {} is damaged", path.display())]
     Manifest {
+        /// The manifest file.
         path: PathBuf,
+        /// Where and why the JSON does not parse.
         #[source]
         source: serde_json::Error,
     },
     /// A system command (systemctl, launchctl) could not be started.
     #[error("failed to run `{command}`")]
     Spawn {
+        /// The command line, words joined by spaces.
         command: String,
+        /// Why it could not start (usually: not installed).
         #[source]
         source: io::Error,
     },
     /// A system command exited unsuccessfully.
     #[error("`{command}` failed: {status}: {stderr}")]
     CommandFailed {
+        /// The command line, words joined by spaces.
         command: String,
+        /// Its exit status.
         status: ExitStatus,
+        /// What it printed on stderr, trimmed.
         stderr: String,
     },
 }
