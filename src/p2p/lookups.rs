@@ -9,7 +9,10 @@ use std::{
 };
 
 use hickory_proto::rr::Name;
-use libp2p::kad::{self, store::MemoryStore};
+use libp2p::{
+    PeerId,
+    kad::{self, store::MemoryStore},
+};
 use tokio::{
     sync::oneshot,
     time::{Instant, Sleep},
@@ -170,7 +173,8 @@ impl Lookups {
         }
     }
 
-    /// A replica arrived for lookup `id`: keep it if valid, answer once enough are in.
+    /// A replica arrived for lookup `id`: keep it if valid, answer once enough are in (and
+    /// end the query then).
     fn found(
         &mut self,
         kad: &mut kad::Behaviour<MemoryStore>,
@@ -179,36 +183,54 @@ impl Lookups {
         stats: &kad::QueryStats,
         invalid: &mut InvalidRecords,
     ) {
-        let Some(lookup) = self.running.get_mut(&id) else {
+        if !self.collect(id, found.peer, &found.record.value, invalid) {
             return;
+        }
+        if let Some(lookup) = self.running.get_mut(&id) {
+            lookup.replicas.requests = stats.num_requests();
+            lookup.replicas.peers_answered = stats.num_successes();
+            lookup.answer();
+        }
+        if let Some(mut query) = kad.query_mut(&id) {
+            query.finish();
+        }
+    }
+
+    /// Keeps a valid replica; a lookup past its answer time answers with it at once. Returns
+    /// whether the lookup now has all it wanted (for the caller to answer and end it).
+    fn collect(
+        &mut self,
+        id: kad::QueryId,
+        peer: Option<PeerId>,
+        value: &[u8],
+        invalid: &mut InvalidRecords,
+    ) -> bool {
+        let Some(lookup) = self.running.get_mut(&id) else {
+            return false;
         };
-        match checked(&found.record.value, &lookup.name) {
-            Ok(record) => lookup.replicas.records.push((found.peer, record)),
+        match checked(value, &lookup.name) {
+            Ok(record) => lookup.replicas.records.push((peer, record)),
             Err(error) => {
                 lookup.replicas.invalid += 1;
-                if let Some(peer) = found.peer {
+                if let Some(peer) = peer {
                     invalid.warn_once(peer, &error);
                 }
             }
         }
         if lookup.answered || lookup.replicas.records.is_empty() {
-            return;
+            return false;
         }
-        if lookup.replicas.records.len() >= lookup.wanted {
-            lookup.replicas.requests = stats.num_requests();
-            lookup.replicas.peers_answered = stats.num_successes();
-            lookup.answer();
-            if let Some(mut query) = kad.query_mut(&id) {
-                query.finish();
-            }
-        } else if lookup.overdue(Instant::now()) {
-            lookup.answer();
-        } else {
-            return;
+        let enough = lookup.replicas.records.len() >= lookup.wanted;
+        if !enough && !lookup.overdue(Instant::now()) {
+            return false;
         }
         if let Some(key) = lookup.deadline.take() {
             self.deadlines.remove(&key);
         }
+        if !enough {
+            lookup.answer();
+        }
+        enough
     }
 
     fn finish(&mut self, id: kad::QueryId, stats: &kad::QueryStats, peers_answered: bool) {
@@ -233,4 +255,62 @@ fn checked(value: &[u8], name: &Name) -> Result<NameRecord, RecordError> {
         return Err(RecordError::OtherName(record.name.to_ascii()));
     }
     Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hickory_proto::rr::{RData, Record};
+    use libp2p::identity::ed25519;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    use super::*;
+
+    fn replica(name: &Name) -> Vec<u8> {
+        let a = Record::from_rdata(name.clone(), 300, RData::A("192.0.2.1".parse().unwrap()));
+        let key = ed25519::Keypair::generate();
+        let record = NameRecord::sign(&key, name, 1, unix_now() + 600, vec![a]).unwrap();
+        record.to_bytes()
+    }
+
+    /// A lookup answers at its answer time with the one replica it has, not before; one that
+    /// had none by then answers with the first valid one; the timer then has nothing to wait
+    /// for.
+    #[tokio::test]
+    async fn a_lookup_answers_at_its_answer_time_with_what_it_has() {
+        let me = PeerId::random();
+        let mut kad = kad::Behaviour::new(me, MemoryStore::new(me));
+        let mut lookups = Lookups::default();
+        let mut invalid = InvalidRecords::default();
+        let name = Name::from_ascii("site.p2p.").unwrap();
+        let now = Instant::now();
+
+        let (reply, mut answered) = oneshot::channel();
+        let soon = Some(now + Duration::from_millis(100));
+        lookups.start(&mut kad, name.clone(), 3, soon, reply);
+        let id = *lookups.running.keys().next().unwrap();
+        let peer = Some(PeerId::random());
+        assert!(!lookups.collect(id, peer, &replica(&name), &mut invalid));
+        assert!(!lookups.collect(id, peer, b"forged", &mut invalid));
+        assert_eq!(answered.try_recv().unwrap_err(), TryRecvError::Empty);
+        tokio::time::timeout(Duration::from_secs(2), lookups.next_deadline())
+            .await
+            .expect("the timer fires at the answer time");
+        assert!(Instant::now() >= now + Duration::from_millis(100));
+        lookups.answer_due();
+        let replicas = answered.try_recv().expect("answered at the answer time");
+        assert_eq!((replicas.records.len(), replicas.invalid), (1, 1));
+
+        let (reply, mut late) = oneshot::channel();
+        lookups.start(&mut kad, name.clone(), 3, Some(now), reply);
+        let id = *lookups.running.keys().find(|k| **k != id).unwrap();
+        lookups.answer_due();
+        assert_eq!(late.try_recv().unwrap_err(), TryRecvError::Empty);
+        assert!(lookups.deadlines.is_empty());
+        assert!(!lookups.collect(id, peer, &replica(&name), &mut invalid));
+        assert_eq!(late.try_recv().unwrap().records.len(), 1);
+        let idle = tokio::time::timeout(Duration::from_millis(50), lookups.next_deadline());
+        assert!(idle.await.is_err(), "no answer time left to wait for");
+    }
 }
