@@ -99,11 +99,13 @@ pub enum CommandError {
 
 /// A configuration with the command's flags applied and checked.
 pub struct Loaded {
+    /// The configuration, flags applied.
     pub config: Config,
     /// The file it came from, if any.
     pub path: Option<PathBuf>,
     /// The file, or "built-in defaults", for the log.
     pub source: String,
+    /// The data directory: flag, environment, file or default.
     pub data_dir: PathBuf,
 }
 
@@ -175,7 +177,9 @@ pub async fn run_intro(loaded: Loaded, args: &IntroArgs) -> Result<ExitCode, Cli
 /// The daemon a client command talks to: its data directory, and whether a system service's
 /// socket may be tried too (no data directory was chosen).
 pub struct DaemonTarget {
+    /// The daemon's data directory.
     pub data_dir: PathBuf,
+    /// No data directory was chosen: a system service's socket may answer instead.
     pub try_service: bool,
 }
 

@@ -110,10 +110,13 @@ pub struct P2pStatus {
 /// One name this daemon publishes.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct NameInfo {
+    /// The name (`site.p2p.`).
     pub name: String,
+    /// The record's sequence number.
     pub seq: u64,
     /// Unix time, seconds.
     pub expires: u64,
+    /// Its records, in zone-file syntax.
     pub records: Vec<String>,
     /// Other nodes found holding exactly this record.
     pub replicas: usize,
@@ -122,19 +125,26 @@ pub struct NameInfo {
 /// A name resolved through the daemon.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Resolution {
+    /// The name asked for, fully qualified.
     pub name: String,
+    /// The answer records, in zone-file syntax.
     pub answers: Vec<String>,
+    /// The response code (`NOERROR`, `NXDOMAIN`...).
     pub rcode: String,
-    /// Owner key name, sequence number and agreeing replicas, for DHT names.
+    /// For DHT names: the owner's key name...
     pub owner: Option<String>,
+    /// ...the record's sequence number...
     pub seq: Option<u64>,
+    /// ...and how many valid replicas agreed on the owner.
     pub replicas: Option<usize>,
 }
 
 /// A pinned owner of a human name.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PinInfo {
+    /// The human name.
     pub name: String,
+    /// The pinned owner's key name.
     pub owner: String,
     /// Unix time, seconds.
     pub expires: u64,

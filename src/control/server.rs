@@ -43,8 +43,11 @@ const DEFAULT_TTL: u32 = 300;
 
 /// What the control server needs from the daemon.
 pub struct Context {
+    /// Local records and the DHT side (publishing, pins, lookups, the node's handle).
     pub naming: Arc<Naming>,
+    /// Upstream servers and the cache, for `status`.
     pub forwarder: Arc<Forwarder>,
+    /// The addresses DNS is served on, for `status`.
     pub dns_addrs: Vec<std::net::SocketAddr>,
 }
 

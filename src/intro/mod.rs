@@ -5,8 +5,8 @@
 //! a rendezvous point, and answers STUN.
 //!
 //! It owns the server's STUN sockets and what it holds for others (`load`); the node itself
-//! is [`crate::p2p`]'s (in [`Role::Intro`]) and the STUN wire protocol [`crate::stun`]'s. It has
-//! no DNS, naming or control socket. [`Intro::bind`] returns once every socket is bound, with
+//! is [`crate::p2p`]'s (in [`Role::Intro`]) and the STUN wire protocol [`crate::stun`]'s. It
+//! must not grow a DNS port, names or a control socket: those belong to the resolver daemon. [`Intro::bind`] returns once every socket is bound, with
 //! the addresses to give nodes; [`Intro::run`] serves until shut down.
 
 use std::{net::SocketAddr, path::Path};

@@ -36,7 +36,9 @@ enum Verdict {
 
 /// The checks' report and whether any failed.
 pub struct Report {
+    /// One line per check, with a fix under each problem.
     pub text: String,
+    /// A check failed (the command exits 1).
     pub failed: bool,
 }
 
