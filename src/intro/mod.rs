@@ -1,11 +1,18 @@
 //! `p2pdns intro`: the introduction server. A P2P-only node (no DNS port) that always serves the
 //! DHT, so that new nodes have a well-known peer to bootstrap from; it tells nodes their observed
-//! address (identify) and whether they are reachable (AutoNAT), and relays for those that are
-//! not (circuit relay v2, bounded), so that they can be reached and then punch holes (DCUtR).
+//! address (identify) and whether they are reachable (AutoNAT), relays for those that are not
+//! (circuit relay v2, bounded), so that they can be reached and then punch holes (DCUtR), keeps
+//! a rendezvous point, and answers STUN.
+//!
+//! It owns the server's STUN sockets and what it holds for others (`load`); the node itself
+//! is [`crate::p2p`]'s (in [`Role::Intro`]) and the STUN wire protocol [`crate::stun`]'s. It
+//! must not grow a DNS port, names or a control socket: those belong to the resolver daemon. [`Intro::bind`] returns once every socket is bound, with
+//! the addresses to give nodes; [`Intro::run`] serves until shut down.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::Path};
 
-use libp2p::{Multiaddr, multiaddr::Protocol};
+use libp2p::{Multiaddr, PeerId};
+use tokio::{net::UdpSocket, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -13,84 +20,138 @@ use crate::{
     config::{DhtMode, IntroConfig, P2pConfig},
     p2p::{
         Node, NodeError, Role, Scope,
+        addr::with_peer,
         identity::{self, IdentityError},
         ip_of, ip_scope,
     },
 };
 
+pub(crate) mod load;
+
 /// Errors that stop the introduction server.
 #[derive(Debug, thiserror::Error)]
 pub enum IntroError {
+    /// The identity key could not be read or made.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The P2P node could not start.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// A STUN socket could not be bound.
     #[error("failed to listen for STUN on UDP {addr}")]
     Stun {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+    /// A STUN server task died (it panicked) while the server ran.
+    #[error("a STUN server stopped")]
+    StunStopped(#[source] tokio::task::JoinError),
 }
 
-/// Runs the introduction server until `shutdown` is cancelled.
-pub async fn run(
-    mut config: P2pConfig,
-    limits: IntroConfig,
-    data_dir: PathBuf,
-    stun_listen: Vec<SocketAddr>,
-    shutdown: CancellationToken,
-) -> Result<(), IntroError> {
-    // It exists to be asked: always a DHT server, whatever the file says.
-    config.dht_mode = DhtMode::Server;
-    identity::create_data_dir(&data_dir)?;
-    let keypair = identity::load_or_create(&data_dir)?;
-    let node = Node::bind_as(keypair.into(), &config, Role::Intro(limits)).await?;
-    // STUN on UDP: ordinary clients (and nodes) learn their public address and port.
-    let mut stun = Vec::new();
-    for addr in stun_listen {
-        let socket = tokio::net::UdpSocket::bind(addr)
-            .await
-            .map_err(|source| IntroError::Stun { addr, source })?;
-        info!(addr = %socket.local_addr().unwrap_or(addr), "STUN listening (UDP)");
-        stun.push(tokio::spawn(crate::stun::serve(socket, shutdown.clone())));
-    }
-    let peer_id = node.handle().peer_id();
-    info!(%peer_id, "introduction server identity");
-    let advertised = if config.external_addresses.is_empty() {
-        node.listen_addrs()
-    } else {
-        config
-            .external_addresses
-            .iter()
-            .map(|a| with_peer(a, peer_id))
-            .collect()
-    };
-    for addr in &advertised {
-        info!(%addr, "nodes join with --bootstrap");
-    }
-    if config.external_addresses.is_empty() && !advertised.iter().any(is_public) {
-        warn!(
-            "no public address: nodes outside this network cannot reach this server; \
-             set --external-addr (or p2p.external_addresses) to the address they should dial"
-        );
-    }
-    crate::os::systemd::notify(&format!(
-        "READY=1\nSTATUS=introduction server {peer_id}, {} addresses",
-        advertised.len()
-    ));
-    node.run(shutdown).await;
-    crate::os::systemd::notify("STOPPING=1");
-    for task in stun {
-        let _ = task.await;
-    }
-    Ok(())
+/// An introduction server whose sockets are bound.
+pub struct Intro {
+    node: Node,
+    stun: Vec<UdpSocket>,
+    stun_addrs: Vec<SocketAddr>,
+    bootstrap_addrs: Vec<Multiaddr>,
 }
 
-fn with_peer(addr: &Multiaddr, peer: libp2p::PeerId) -> Multiaddr {
-    match addr.iter().last() {
-        Some(Protocol::P2p(_)) => addr.clone(),
-        _ => addr.clone().with(Protocol::P2p(peer)),
+impl Intro {
+    /// Loads (or makes) the identity in `data_dir`, binds the P2P node with `config` (always a
+    /// DHT server, whatever the file says) and `limits`, and a STUN socket on each of
+    /// `stun_listen`; logs the addresses nodes join with.
+    pub async fn bind(
+        mut config: P2pConfig,
+        limits: IntroConfig,
+        data_dir: &Path,
+        stun_listen: &[SocketAddr],
+    ) -> Result<Self, IntroError> {
+        // It exists to be asked: always a DHT server.
+        config.dht_mode = DhtMode::Server;
+        identity::create_data_dir(data_dir)?;
+        let keypair = identity::load_or_create(data_dir)?;
+        let node = Node::bind_as(keypair.into(), &config, Role::Intro(limits)).await?;
+        // STUN on UDP: ordinary clients (and nodes) learn their public address and port.
+        let mut stun = Vec::new();
+        let mut stun_addrs = Vec::new();
+        for &addr in stun_listen {
+            let socket = UdpSocket::bind(addr)
+                .await
+                .map_err(|source| IntroError::Stun { addr, source })?;
+            let bound = socket.local_addr().unwrap_or(addr);
+            info!(addr = %bound, "STUN listening (UDP)");
+            stun.push(socket);
+            stun_addrs.push(bound);
+        }
+        let peer_id = node.handle().peer_id();
+        info!(%peer_id, "introduction server identity");
+        let bootstrap_addrs = if config.external_addresses.is_empty() {
+            node.listen_addrs()
+        } else {
+            let external = config.external_addresses.iter();
+            external.map(|a| with_peer(a, peer_id)).collect()
+        };
+        for addr in &bootstrap_addrs {
+            info!(%addr, "nodes join with --bootstrap");
+        }
+        if config.external_addresses.is_empty() && !bootstrap_addrs.iter().any(is_public) {
+            warn!(
+                "no public address: nodes outside this network cannot reach this server; \
+                 set --external-addr (or p2p.external_addresses) to the address they should dial"
+            );
+        }
+        Ok(Self {
+            node,
+            stun,
+            stun_addrs,
+            bootstrap_addrs,
+        })
+    }
+
+    /// The server's libp2p identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.node.handle().peer_id()
+    }
+
+    /// The addresses nodes join with (`--bootstrap`): the external addresses when configured,
+    /// else the listen addresses; each ends in `/p2p/<peer id>`.
+    pub fn bootstrap_addrs(&self) -> &[Multiaddr] {
+        &self.bootstrap_addrs
+    }
+
+    /// The addresses the P2P node listens on, each ending in `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.node.listen_addrs()
+    }
+
+    /// The UDP addresses STUN is answered on.
+    pub fn stun_addrs(&self) -> &[SocketAddr] {
+        &self.stun_addrs
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    ///
+    /// # Errors
+    /// [`IntroError::StunStopped`] when a STUN server task panicked (the node stops with it).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), IntroError> {
+        let mut stun = JoinSet::new();
+        for socket in self.stun {
+            stun.spawn(crate::stun::serve(socket, shutdown.clone()));
+        }
+        crate::os::systemd::notify(&format!(
+            "READY=1\nSTATUS=introduction server {}, {} addresses",
+            self.node.handle().peer_id(),
+            self.bootstrap_addrs.len()
+        ));
+        // STUN servers return only once `shutdown` is cancelled: one that ends before has died.
+        let result = tokio::select! {
+            () = self.node.run(shutdown.clone()) => Ok(()),
+            Some(Err(error)) = stun.join_next() => Err(IntroError::StunStopped(error)),
+        };
+        crate::os::systemd::notify("STOPPING=1");
+        stun.shutdown().await;
+        result
     }
 }
 
@@ -122,12 +183,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_peer_id_is_appended_once() {
-        let peer = libp2p::PeerId::random();
-        let addr: Multiaddr = "/ip4/198.51.100.7/udp/4747/quic-v1".parse().unwrap();
-        let once = with_peer(&addr, peer);
-        assert_eq!(once.to_string(), format!("{addr}/p2p/{peer}"));
-        assert_eq!(with_peer(&once, peer), once);
+    /// The server runs in-process: bound on port 0, it tells its addresses without a log.
+    #[tokio::test]
+    async fn bind_tells_the_addresses_then_run_serves_until_shutdown() {
+        let dir = std::env::temp_dir().join(format!("p2pdns-intro-{}", rand::random::<u64>()));
+        let config = P2pConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+            upnp: false,
+            ..P2pConfig::default()
+        };
+        let stun: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let intro = Intro::bind(config, IntroConfig::default(), &dir, &[stun])
+            .await
+            .expect("the introduction server binds");
+        let peer = intro.peer_id();
+        let addrs = intro.bootstrap_addrs().to_vec();
+        assert_eq!(addrs, intro.listen_addrs());
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.to_string().ends_with(&format!("/p2p/{peer}"))
+                    && !a.to_string().contains("/tcp/0/")),
+            "{addrs:?}"
+        );
+        let stun = intro.stun_addrs()[0];
+        assert_ne!(stun.port(), 0);
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(intro.run(shutdown.clone()));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let seen = crate::stun::binding(&client, stun, std::time::Duration::from_secs(5)).await;
+        assert_eq!(seen.unwrap(), client.local_addr().unwrap());
+        shutdown.cancel();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,20 +6,16 @@
 //! It asks from a socket of its own, not from the QUIC socket (which the QUIC endpoint reads):
 //! the public address is the one QUIC's packets leave from too, the port is this socket's.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{io, net::SocketAddr, time::Duration};
 
 use libp2p::{Multiaddr, multiaddr::Protocol};
-use tokio::net::UdpSocket;
+use tokio::{net::UdpSocket, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::{
     p2p::{AddressSource, ExternalAddr, StunMapping},
-    stun::{self, Mapping},
+    stun::{self, Mapping, StunError},
 };
 
 /// The port STUN servers listen on (RFC 8489 section 9), and introduction servers by default.
@@ -33,12 +29,27 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// How long one server gets to answer, retransmissions included.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a probe learned nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No server name resolved to an IPv4 address.
+    #[error("no STUN server address")]
+    NoServer,
+    /// The probe's own UDP socket could not be opened.
+    #[error("cannot open a UDP socket")]
+    Socket(#[source] io::Error),
+    /// The servers did not answer, or not as RFC 8489 says.
+    #[error(transparent)]
+    Stun(#[from] StunError),
+}
+
 /// What the last probe learned.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StunReport {
     /// The servers asked.
     pub servers: Vec<SocketAddr>,
-    pub outcome: Result<Mapping, String>,
+    /// The mapping found, or why none was.
+    pub outcome: Result<Mapping, ProbeError>,
 }
 
 impl StunReport {
@@ -89,10 +100,11 @@ pub fn servers(configured: &[String], bootstrap: &[Multiaddr]) -> Vec<String> {
     servers
 }
 
-/// Probes `servers` now and then until `stop`, keeping the last report in `report`.
+/// Probes `servers` now and then until `stop`, publishing each report on `report`: this task
+/// owns what the probe learned, the node's event loop reads the latest.
 pub async fn run(
     servers: Vec<String>,
-    report: Arc<Mutex<Option<StunReport>>>,
+    report: watch::Sender<Option<StunReport>>,
     stop: CancellationToken,
 ) {
     let mut wait = FIRST_PROBE;
@@ -123,16 +135,13 @@ pub async fn run(
                 retry = (retry * 2).min(PROBE_INTERVAL);
             }
         }
-        if let Ok(mut slot) = report.lock() {
-            *slot = Some(new);
-        }
+        report.send_replace(Some(new));
     }
 }
 
 /// One probe: resolve the servers, ask two if there are two (mapping behaviour), else one.
 async fn probe(servers: &[String]) -> StunReport {
     let mut addrs: Vec<SocketAddr> = Vec::new();
-    let mut errors = Vec::new();
     for server in servers {
         match tokio::net::lookup_host(server.as_str()).await {
             Ok(found) => {
@@ -142,35 +151,27 @@ async fn probe(servers: &[String]) -> StunReport {
                     }
                 }
             }
-            Err(error) => errors.push(format!("{server}: {error}")),
+            Err(error) => debug!(%server, %error, "cannot resolve the STUN server"),
         }
     }
-    let outcome = match ask(&addrs).await {
-        Ok(mapping) => Ok(mapping),
-        Err(error) if errors.is_empty() => Err(error),
-        Err(error) => Err(format!("{error}; {}", errors.join("; "))),
-    };
+    let outcome = ask(&addrs).await;
     StunReport {
         servers: addrs,
         outcome,
     }
 }
 
-async fn ask(servers: &[SocketAddr]) -> Result<Mapping, String> {
+async fn ask(servers: &[SocketAddr]) -> Result<Mapping, ProbeError> {
     let Some(&first) = servers.first() else {
-        return Err("no STUN server address".to_owned());
+        return Err(ProbeError::NoServer);
     };
     let socket = UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))
         .await
-        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        .map_err(ProbeError::Socket)?;
     if servers.len() >= 2 {
-        return stun::mapping_behaviour(&socket, servers, SERVER_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string());
+        return Ok(stun::mapping_behaviour(&socket, servers, SERVER_TIMEOUT).await?);
     }
-    let mapped = stun::binding(&socket, first, SERVER_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mapped = stun::binding(&socket, first, SERVER_TIMEOUT).await?;
     // One server cannot tell the mapping kind; it can tell whether there is a NAT at all.
     if stun::local_endpoint(&socket, first).is_some_and(|l| stun::same_endpoint(l, mapped)) {
         return Ok(Mapping::NotNatted);
@@ -247,6 +248,6 @@ mod tests {
                 mapping: StunMapping::Unknown
             }
         );
-        assert!(report(Err("timeout".into())).external().is_none());
+        assert!(report(Err(ProbeError::NoServer)).external().is_none());
     }
 }

@@ -36,7 +36,9 @@ enum Verdict {
 
 /// The checks' report and whether any failed.
 pub struct Report {
+    /// One line per check, with a fix under each problem.
     pub text: String,
+    /// A check failed (the command exits 1).
     pub failed: bool,
 }
 
@@ -95,11 +97,11 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
         &format!(
             "daemon: p2pdns {} running, DNS on {}",
             status.version,
-            status.dns_addrs.join(", ")
+            addr_list(&status.dns_addrs)
         ),
         None,
     );
-    match status.dns_addrs.first().and_then(|a| a.parse::<SocketAddr>().ok()) {
+    match status.dns_addrs.first().copied() {
         Some(addr) => match probe(addr, CHECK_HOST, RecordType::A) {
             Ok(reply) if !reply.answers.is_empty() => {
                 lines.add(Verdict::Ok, &format!("dns: {addr} answers {CHECK_HOST}"), None)
@@ -127,10 +129,7 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
             Some("set upstream.servers in /etc/p2pdns/p2pdns.toml, or fix /etc/resolv.conf"),
         );
     }
-    for upstream in &status.upstreams {
-        let Ok(addr) = upstream.parse::<SocketAddr>() else {
-            continue;
-        };
+    for &addr in &status.upstreams {
         match probe(addr, ".", RecordType::NS) {
             Ok(_) => lines.add(Verdict::Ok, &format!("upstream: {addr} answers"), None),
             Err(error) => lines.add(
@@ -140,6 +139,11 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
             ),
         }
     }
+    p2p_checks(status, lines);
+}
+
+/// Is the P2P node on, connected, and reachable by others?
+fn p2p_checks(status: &Status, lines: &mut Lines) {
     match &status.p2p {
         None => lines.add(
             Verdict::Warn,
@@ -166,6 +170,12 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
             reachability_line(lines, &p2p.node);
         }
     }
+}
+
+/// Addresses as `a, b`.
+fn addr_list(addrs: &[SocketAddr]) -> String {
+    let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    addrs.join(", ")
 }
 
 /// Can others reach this node (to connect to the names it publishes)?

@@ -1,0 +1,254 @@
+//! The command line's grammar (clap). Names here are a contract: tests, docs and service files
+//! use them.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, UpstreamAddr};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "p2pdns",
+    version,
+    about = "A local DNS resolver for a peer-to-peer name network"
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides both flags.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    /// Configuration file [default: $P2PDNS_CONFIG, ~/.config/p2pdns/p2pdns.toml,
+    /// /etc/p2pdns/p2pdns.toml, else built-in defaults].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the daemon's state [default: $P2PDNS_DATA_DIR, data_dir from the config,
+    /// ~/.local/share/p2pdns, /var/lib/p2pdns for service users].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Run(RunArgs),
+    /// Run an introduction server in the foreground: a P2P-only node (no DNS) that new nodes
+    /// bootstrap from; it prints the --bootstrap addresses to give them.
+    Intro(IntroArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Install or remove the system service and the OS resolver integration.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Check the daemon, the OS resolver path, port 53, upstreams and peers; one line each,
+    /// with a fix for what is wrong.
+    Doctor,
+    /// Show the running daemon's state: DNS, upstreams, the P2P node and its peers.
+    Status {
+        /// List every peer: routing table entries with their addresses, and connections.
+        #[arg(long)]
+        peers: bool,
+    },
+    /// Publish records under a .p2p name (added to the name's records), or a zone file.
+    Publish(PublishArgs),
+    /// Stop publishing a name (copies held by other nodes expire on their own).
+    Unpublish {
+        /// The name, e.g. site.p2p (".p2p" may be left out).
+        name: String,
+    },
+    /// List the names this daemon publishes, with how many other nodes hold each.
+    Names,
+    /// Resolve a .p2p name through the daemon; shows the owner key, sequence number and how
+    /// many replicas agreed.
+    Resolve {
+        name: String,
+        /// Record type.
+        #[arg(default_value = "A")]
+        qtype: String,
+    },
+    /// Connect to the node serving a .p2p name (its owner), through an introduction server's
+    /// relay when needed, and report whether the connection ended up direct.
+    Connect {
+        name: String,
+        /// Seconds to wait for a relayed connection to become direct (hole punching).
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
+    /// List pinned owners of human names, or remove a pin.
+    Pins {
+        #[command(subcommand)]
+        command: Option<PinsCommand>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The name, e.g. site.p2p or www.site.p2p (".p2p" may be left out).
+    pub name: String,
+    /// Record type (A, AAAA, CNAME, TXT, MX, SRV, CAA, HTTPS...).
+    #[arg(required_unless_present = "zone")]
+    pub rtype: Option<String>,
+    /// Record data in zone-file syntax, e.g. `192.0.2.1` or `10 mail.site.p2p.` (the words
+    /// are joined with spaces; quote TXT strings: '"hello world"').
+    pub value: Vec<String>,
+    /// TTL of the record in seconds [default: 300].
+    #[arg(long)]
+    pub ttl: Option<u32>,
+    /// Publish this zone file (RFC 1035 syntax, names relative to NAME) as the name's records,
+    /// replacing what it had.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["rtype", "value", "ttl"])]
+    pub zone: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PinsCommand {
+    /// List the pins (the default).
+    List,
+    /// Forget the pinned owner of a name; the next owner seen is pinned.
+    Remove { name: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Answer DNS on this address, UDP and TCP (repeatable; replaces dns.listen).
+    #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
+    pub dns_listen: Vec<SocketAddr>,
+    /// Forward to this upstream server (repeatable; replaces upstream.servers).
+    #[arg(long = "upstream", value_name = "ADDR[:PORT]")]
+    pub upstreams: Vec<UpstreamAddr>,
+    /// Listen for P2P connections on this multiaddr (repeatable; replaces p2p.listen).
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    pub p2p_listen: Vec<libp2p::Multiaddr>,
+    /// Join the network through this peer (repeatable; added to p2p.bootstrap).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Check the configuration, print a summary and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IntroArgs {
+    /// Listen for P2P connections on this multiaddr (repeatable; replaces p2p.listen).
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    pub p2p_listen: Vec<libp2p::Multiaddr>,
+    /// An address at which other nodes reach this server, e.g. its public IP (repeatable;
+    /// replaces p2p.external_addresses).
+    #[arg(long = "external-addr", value_name = "MULTIADDR")]
+    pub external_addrs: Vec<libp2p::Multiaddr>,
+    /// Also join the network through this peer, e.g. another introduction server (repeatable;
+    /// added to p2p.bootstrap).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Answer STUN binding requests (RFC 5389) on this UDP address (repeatable) [default:
+    /// 0.0.0.0:3478]; `--stun-listen none` turns STUN off.
+    #[arg(long = "stun-listen", value_name = "ADDR:PORT|none")]
+    pub stun_listen: Vec<String>,
+}
+
+/// A `--stun-listen` value that is neither an address nor `none`.
+#[derive(Debug, thiserror::Error)]
+#[error("--stun-listen {value}: not an ADDR:PORT")]
+pub struct StunListenError {
+    value: String,
+    #[source]
+    source: std::net::AddrParseError,
+}
+
+impl IntroArgs {
+    /// The STUN addresses asked for, or the defaults.
+    pub fn stun_addrs(&self) -> Result<Vec<SocketAddr>, StunListenError> {
+        if self.stun_listen.is_empty() {
+            return Ok(vec!["0.0.0.0:3478".parse().expect("static address")]);
+        }
+        if self.stun_listen.iter().any(|a| a == "none") {
+            return Ok(Vec::new());
+        }
+        self.stun_listen
+            .iter()
+            .map(|value| {
+                value.parse().map_err(|source| StunListenError {
+                    value: value.clone(),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies the flags over the file's `[p2p]` values.
+    pub fn apply(&self, config: &mut Config) {
+        if !self.p2p_listen.is_empty() {
+            config.p2p.listen.clone_from(&self.p2p_listen);
+        }
+        if !self.external_addrs.is_empty() {
+            config
+                .p2p
+                .external_addresses
+                .clone_from(&self.external_addrs);
+        }
+        config.p2p.bootstrap.extend(self.bootstrap.iter().cloned());
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Install and start the service, and send .p2p names to it (split DNS via
+    /// systemd-resolved or /etc/resolver; --full makes it the system's only resolver).
+    Install {
+        /// Full mode: the system resolver points at p2pdns for every name, and p2pdns forwards
+        /// to the servers the system used before.
+        #[arg(long)]
+        full: bool,
+        /// The binary is already installed at this absolute path (by a package): the service
+        /// runs it and nothing is copied [default: copy this program to /usr/local/bin].
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        #[command(flatten)]
+        target: ServiceTarget,
+    },
+    /// Stop the service and remove exactly what install wrote, restoring what it replaced.
+    Uninstall {
+        #[command(flatten)]
+        target: ServiceTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceTarget {
+    /// Write into this staging root instead of / (runs no system command).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Print what would be done, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The platform whose files to write [default: this one].
+    #[arg(long, value_enum)]
+    pub platform: Option<crate::os::service::Platform>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the commented default configuration.
+    Default,
+}
+
+impl RunArgs {
+    /// Applies the flags over the file's values.
+    pub fn apply(&self, config: &mut Config) {
+        if !self.dns_listen.is_empty() {
+            config.dns.listen.clone_from(&self.dns_listen);
+        }
+        if !self.upstreams.is_empty() {
+            config.upstream.servers.clone_from(&self.upstreams);
+        }
+        if !self.p2p_listen.is_empty() {
+            config.p2p.listen.clone_from(&self.p2p_listen);
+        }
+        config.p2p.bootstrap.extend(self.bootstrap.iter().cloned());
+    }
+}

@@ -1,0 +1,301 @@
+//! The command line: its grammar ([`Cli`] and the argument types), what each subcommand does,
+//! the errors that end one with their exit codes, and how the daemon's answers read for people.
+//! The binary only parses, sets up logging, loads the configuration ([`Loaded`]), builds a
+//! runtime and calls in here.
+//!
+//! It owns no daemon state and binds no socket itself: `run` hands over to [`Daemon`], `intro`
+//! to [`Intro`], `doctor` and `service` to [`crate::os`]; the other commands send one typed
+//! request over the control socket ([`crate::control`]) and render the typed response.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    config::{Config, ConfigError},
+    control::{ClientError, Request, call},
+    daemon::{ConfigWatch, Daemon, DaemonError},
+    intro::{Intro, IntroError},
+    naming::NamingError,
+    os::service::{self, ServiceError},
+};
+
+mod args;
+mod render;
+
+pub use args::{
+    Cli, Command, ConfigCommand, IntroArgs, PinsCommand, PublishArgs, RunArgs, ServiceCommand,
+    ServiceTarget, StunListenError,
+};
+
+/// Exit code for a configuration error (EX_CONFIG from sysexits.h).
+pub const EXIT_CONFIG: u8 = 78;
+/// Exit code for a bad command line (as clap's own).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Errors that end a command; each knows its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The configuration file does not load or is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The naming section is unusable (`--check-config`).
+    #[error(transparent)]
+    Naming(#[from] NamingError),
+    /// The daemon could not start or stopped on an error.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// The introduction server could not start or stopped on an error.
+    #[error(transparent)]
+    Intro(#[from] IntroError),
+    /// A command that talks to the daemon failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// `service install/uninstall` failed.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// A `--stun-listen` value is not an address.
+    #[error(transparent)]
+    StunListen(#[from] StunListenError),
+    /// The tokio runtime could not be built.
+    #[error("failed to start the runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The signal handlers could not be installed.
+    #[error("failed to install the signal handlers")]
+    Signal(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// The process's exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Naming(_) => EXIT_CONFIG,
+            Self::Daemon(error) if error.is_config() => EXIT_CONFIG,
+            Self::StunListen(_) => EXIT_USAGE,
+            _ => 1,
+        }
+    }
+}
+
+/// Errors of the commands that talk to a running daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The daemon could not be reached, or answered with an error.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// `publish --zone FILE` could not read the file.
+    #[error("failed to read the zone file {path}")]
+    Zone {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `publish NAME TYPE` without a value.
+    #[error("publish {name} {rtype} needs a value, e.g. `p2pdns publish {name} A 192.0.2.1`")]
+    MissingValue { name: String, rtype: String },
+}
+
+/// A configuration with the command's flags applied and checked.
+pub struct Loaded {
+    /// The configuration, flags applied.
+    pub config: Config,
+    /// The file it came from, if any.
+    pub path: Option<PathBuf>,
+    /// The file, or "built-in defaults", for the log.
+    pub source: String,
+    /// The data directory: flag, environment, file or default.
+    pub data_dir: PathBuf,
+}
+
+impl Loaded {
+    /// Finds and loads the configuration ([`Config::discover`]), applies the command's flags
+    /// with `apply` and validates the result.
+    pub fn load(cli: &Cli, apply: impl FnOnce(&mut Config)) -> Result<Self, CliError> {
+        let (mut config, path) = Config::discover(cli.config.as_deref())?;
+        apply(&mut config);
+        config.validate()?;
+        let source = path
+            .as_ref()
+            .map_or("built-in defaults".to_owned(), |p| p.display().to_string());
+        let data_dir = config.data_dir(cli.data_dir.as_deref());
+        Ok(Self {
+            config,
+            path,
+            source,
+            data_dir,
+        })
+    }
+}
+
+/// `p2pdns run --check-config`: the configuration and its naming section are usable.
+pub fn check_config(loaded: &Loaded) -> Result<ExitCode, CliError> {
+    crate::naming::Naming::new(&loaded.config.naming)?;
+    println!("configuration OK: {}", loaded.source);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A shutdown token cancelled by SIGINT or SIGTERM, and a notification for each SIGHUP.
+fn signals() -> Result<(CancellationToken, Arc<Notify>), CliError> {
+    let shutdown = CancellationToken::new();
+    let reload = Arc::new(Notify::new());
+    crate::signal::spawn_handler(shutdown.clone(), reload.clone()).map_err(CliError::Signal)?;
+    Ok((shutdown, reload))
+}
+
+/// `p2pdns run`: the daemon until a signal stops it; the configuration file is read again on
+/// SIGHUP, with `args` applied over it.
+pub async fn run_daemon(loaded: Loaded, args: RunArgs) -> Result<ExitCode, CliError> {
+    info!(version = env!("CARGO_PKG_VERSION"), config = %loaded.source, data_dir = %loaded.data_dir.display(), "p2pdns starting");
+    let (shutdown, reload) = signals()?;
+    let mut daemon = Daemon::bind(loaded.config, loaded.data_dir).await?;
+    if let Some(path) = loaded.path {
+        daemon.watch_config(ConfigWatch {
+            path,
+            apply: Box::new(move |c| args.apply(c)),
+        });
+    }
+    daemon.run(shutdown, reload).await?;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `p2pdns intro`: the introduction server until a signal stops it.
+pub async fn run_intro(loaded: Loaded, args: &IntroArgs) -> Result<ExitCode, CliError> {
+    let stun = args.stun_addrs()?;
+    info!(version = env!("CARGO_PKG_VERSION"), config = %loaded.source, data_dir = %loaded.data_dir.display(), "p2pdns introduction server starting");
+    // SIGHUP has nothing to reload here yet; the handler keeps it from killing the server.
+    let (shutdown, _reload) = signals()?;
+    let config = loaded.config;
+    let intro = Intro::bind(config.p2p, config.intro, &loaded.data_dir, &stun).await?;
+    intro.run(shutdown).await?;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon a client command talks to: its data directory, and whether a system service's
+/// socket may be tried too (no data directory was chosen).
+pub struct DaemonTarget {
+    /// The daemon's data directory.
+    pub data_dir: PathBuf,
+    /// No data directory was chosen: a system service's socket may answer instead.
+    pub try_service: bool,
+}
+
+impl DaemonTarget {
+    /// From the configuration and the command line.
+    pub fn discover(cli: &Cli) -> Result<Self, CliError> {
+        let (config, _) = Config::discover(cli.config.as_deref())?;
+        Ok(Self {
+            data_dir: config.data_dir(cli.data_dir.as_deref()),
+            try_service: config.chosen_data_dir(cli.data_dir.as_deref()).is_none(),
+        })
+    }
+}
+
+/// `p2pdns doctor` and the commands that talk to the running daemon: prints what they report.
+pub async fn talk(command: &Command, target: &DaemonTarget) -> Result<ExitCode, CliError> {
+    if let Command::Doctor = command {
+        let report = crate::os::doctor::run(&target.data_dir, target.try_service).await;
+        print!("{}", report.text);
+        return Ok(if report.failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let Some(request) = request(command)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let response = call(&target.data_dir, target.try_service, &request)
+        .await
+        .map_err(CommandError::from)?;
+    print!("{}", render::render(&response));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The control request of a command (`None` for those that do not talk to a daemon).
+fn request(command: &Command) -> Result<Option<Request>, CommandError> {
+    Ok(Some(match command {
+        Command::Run(_)
+        | Command::Intro(_)
+        | Command::Config(_)
+        | Command::Service(_)
+        | Command::Doctor => return Ok(None),
+        Command::Status { peers } => Request::Status { peers: *peers },
+        Command::Publish(args) => publish_request(args)?,
+        Command::Unpublish { name } => Request::Unpublish { name: name.clone() },
+        Command::Names => Request::Names,
+        Command::Connect { name, wait } => Request::Connect {
+            name: name.clone(),
+            wait_direct_secs: *wait,
+        },
+        Command::Resolve { name, qtype } => Request::Resolve {
+            name: name.clone(),
+            qtype: qtype.clone(),
+        },
+        Command::Pins { command } => match command {
+            None | Some(PinsCommand::List) => Request::Pins,
+            Some(PinsCommand::Remove { name }) => Request::RemovePin { name: name.clone() },
+        },
+    }))
+}
+
+fn publish_request(args: &PublishArgs) -> Result<Request, CommandError> {
+    if let Some(path) = &args.zone {
+        let zone = std::fs::read_to_string(path).map_err(|source| CommandError::Zone {
+            path: path.clone(),
+            source,
+        })?;
+        return Ok(Request::PublishZone {
+            name: args.name.clone(),
+            zone,
+        });
+    }
+    let rtype = args.rtype.clone().unwrap_or_default();
+    if args.value.is_empty() {
+        return Err(CommandError::MissingValue {
+            name: args.name.clone(),
+            rtype,
+        });
+    }
+    let ttl = args.ttl.map(|t| format!("{t} ")).unwrap_or_default();
+    Ok(Request::Publish {
+        name: args.name.clone(),
+        records: vec![format!("{ttl}{rtype} {}", args.value.join(" "))],
+    })
+}
+
+/// `p2pdns service install/uninstall`: prints what was done.
+pub fn service(command: &ServiceCommand) -> Result<ExitCode, CliError> {
+    let (target, mode, binary) = match command {
+        ServiceCommand::Install {
+            full,
+            binary,
+            target,
+        } => (target, full_mode(*full), binary.clone()),
+        ServiceCommand::Uninstall { target } => (target, service::Mode::Split, None),
+    };
+    let options = service::Options {
+        root: target.root.clone(),
+        dry_run: target.dry_run,
+        platform: target.platform.unwrap_or_else(service::Platform::current),
+        mode,
+        binary,
+    };
+    let report = match command {
+        ServiceCommand::Install { .. } => service::install(&options)?,
+        ServiceCommand::Uninstall { .. } => service::uninstall(&options)?,
+    };
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn full_mode(full: bool) -> service::Mode {
+    if full {
+        service::Mode::Full
+    } else {
+        service::Mode::Split
+    }
+}

@@ -1,0 +1,458 @@
+//! The daemon's side of the control socket: binds it (mode 0600, refusing to take over one a
+//! live daemon answers on), serves a bounded number of clients, and answers each request from
+//! the naming layer, the forwarder and the P2P node.
+
+use std::{
+    error::Error,
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use hickory_proto::rr::{LowerName, Name, RecordType};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Semaphore,
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::protocol::{NameInfo, P2pStatus, PinInfo, Request, Resolution, Response, Status};
+use crate::{
+    dns::forwarder::Forwarder,
+    naming::{Dht, Naming, ZoneError, parse_record, parse_zone, resolver::PublishError},
+    nat::connect::{ConnectError, connect_direct},
+    record::{self, NameRecord},
+};
+
+/// Longest request line (a zone file fits easily).
+const MAX_REQUEST: usize = 256 * 1024;
+/// Clients served at once.
+const MAX_CLIENTS: usize = 16;
+/// A client must send its request within this time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `names` waits to count the replicas of each name.
+const REPLICA_COUNT_WAIT: Duration = Duration::from_secs(5);
+/// The longest `connect` waits for a direct connection, whatever the client asks.
+const MAX_WAIT_DIRECT: Duration = Duration::from_secs(60);
+/// TTL of records published without one, in seconds.
+const DEFAULT_TTL: u32 = 300;
+
+/// What the control server needs from the daemon.
+pub struct Context {
+    /// Local records and the DHT side (publishing, pins, lookups, the node's handle).
+    pub naming: Arc<Naming>,
+    /// Upstream servers and the cache, for `status`.
+    pub forwarder: Arc<Forwarder>,
+    /// The addresses DNS is served on, for `status`.
+    pub dns_addrs: Vec<std::net::SocketAddr>,
+}
+
+/// Errors setting up the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The socket file could not be created or given its mode.
+    #[error("failed to create the control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A live daemon answers on the socket already.
+    #[error(
+        "another p2pdns daemon is running with the data directory {dir} (its control socket answers)"
+    )]
+    AlreadyRunning { dir: PathBuf },
+}
+
+/// Why a request failed; its message (with causes) goes back to the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The line is not a request of this protocol.
+    #[error("malformed request")]
+    Malformed(#[source] serde_json::Error),
+    /// The request needs the P2P node and it is off.
+    #[error("the P2P node is disabled on this daemon ([p2p] enabled = false)")]
+    NoP2p,
+    /// The text is not a domain name.
+    #[error("{text:?} is not a domain name")]
+    NotAName {
+        text: String,
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
+    /// Records are published under a name like `site.p2p`, or below it.
+    #[error("{0} is not under a name like site.p2p")]
+    NotUnderASite(String),
+    /// The name is not in the peer-to-peer TLD.
+    #[error("{0} is not a name in the p2p network")]
+    NotP2p(String),
+    /// The DHT has no valid record for the name.
+    #[error("{0} was not found in the p2p network")]
+    NotFound(String),
+    /// `connect` to a name this node serves.
+    #[error("{0} is served by this node itself")]
+    ServedHere(String),
+    /// The record's owner key does not decode as an Ed25519 key.
+    #[error("the record's owner key is unusable")]
+    OwnerKey(#[source] libp2p::identity::DecodingError),
+    /// The query type is not a record type.
+    #[error("{0:?} is not a record type")]
+    RecordType(String),
+    /// A record line or a zone file does not parse.
+    #[error(transparent)]
+    Zone(#[from] ZoneError),
+    /// A zone file without any record.
+    #[error("the zone file holds no records")]
+    EmptyZone,
+    /// Publishing failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The pins file could not be written.
+    #[error("failed to save pins")]
+    SavePins(#[source] io::Error),
+    /// No connection to the name's owner.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Binds the control socket at `path` for the daemon using `data_dir`. A socket file left by a
+/// daemon that died is replaced; one that still answers means another daemon runs there.
+pub async fn bind(path: &Path, data_dir: &Path) -> Result<UnixListener, ControlError> {
+    let path = path.to_owned();
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(ControlError::AlreadyRunning {
+                dir: data_dir.to_owned(),
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let listener = UnixListener::bind(&path).map_err(|source| ControlError::Bind {
+        path: path.clone(),
+        source,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| ControlError::Bind { path, source })?;
+    }
+    Ok(listener)
+}
+
+/// Serves control requests until `stop` is cancelled, then removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    context: Arc<Context>,
+    stop: CancellationToken,
+    path: PathBuf,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut clients = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            Some(ended) = clients.join_next() => {
+                if let Err(error) = ended {
+                    warn!(%error, "a control client's task failed");
+                }
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    warn!(%error, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!("too many control clients; closing one");
+            continue;
+        };
+        let context = context.clone();
+        clients.spawn(async move {
+            if let Err(error) = client(stream, &context).await {
+                debug!(%error, "control client failed");
+            }
+            drop(permit);
+        });
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
+    let answered = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => handle(request, context).await,
+        Err(error) => Err(RequestError::Malformed(error)),
+    };
+    let response = answered.unwrap_or_else(|error| Response::Error {
+        message: message(&error),
+    });
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// An error and its causes, joined by ": ", as the CLI prints it.
+fn message(error: &(dyn Error + 'static)) -> String {
+    let chain: Vec<String> = std::iter::successors(Some(error), |e| (*e).source())
+        .map(ToString::to_string)
+        .collect();
+    chain.join(": ")
+}
+
+/// Turns `site`, `site.p2p` or `www.site.p2p.` into a fully qualified, lower-case name under
+/// `.p2p`.
+pub fn p2p_name(text: &str) -> Result<Name, RequestError> {
+    let text = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let full = if text == record::TLD || text.ends_with(&format!(".{}", record::TLD)) {
+        format!("{text}.")
+    } else {
+        format!("{text}.{}.", record::TLD)
+    };
+    Name::from_ascii(&full).map_err(|source| RequestError::NotAName { text, source })
+}
+
+/// Answers one request.
+async fn handle(request: Request, context: &Context) -> Result<Response, RequestError> {
+    let dht = || context.naming.dht().ok_or(RequestError::NoP2p);
+    Ok(match request {
+        Request::Status { peers } => Response::Status(Box::new(status(context, peers).await)),
+        Request::Publish { name, records } => publish(dht()?, &name, records).await?,
+        Request::PublishZone { name, zone } => publish_zone(dht()?, &name, &zone).await?,
+        Request::Unpublish { name } => {
+            let name = p2p_name(&name)?;
+            let existed = dht()?.unpublish(&name)?;
+            Response::Unpublished {
+                name: name.to_ascii(),
+                existed,
+            }
+        }
+        Request::Names => Response::Names {
+            names: names(dht()?).await,
+        },
+        Request::Resolve { name, qtype } => resolve(context, &name, &qtype).await?,
+        Request::Connect {
+            name,
+            wait_direct_secs,
+        } => {
+            let wait = Duration::from_secs(wait_direct_secs).min(MAX_WAIT_DIRECT);
+            connect(dht()?, &name, wait).await?
+        }
+        Request::Pins => Response::Pins {
+            pins: dht()?
+                .pins()
+                .into_iter()
+                .map(|(name, pin)| PinInfo {
+                    name,
+                    owner: pin.owner,
+                    expires: pin.expires,
+                })
+                .collect(),
+        },
+        Request::RemovePin { name } => {
+            let name = p2p_name(&name)?;
+            let existed = dht()?.remove_pin(&name).map_err(RequestError::SavePins)?;
+            Response::PinRemoved {
+                name: name.to_ascii(),
+                existed,
+            }
+        }
+    })
+}
+
+async fn status(context: &Context, with_peers: bool) -> Status {
+    let p2p = match context.naming.dht() {
+        Some(dht) => dht.node().status().await.ok().map(|mut node| {
+            if !with_peers {
+                node.peers.clear();
+            }
+            P2pStatus {
+                key_name: dht.key_name().to_ascii(),
+                node,
+            }
+        }),
+        None => None,
+    };
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        dns_addrs: context.dns_addrs.clone(),
+        upstreams: context.forwarder.upstreams(),
+        cache_entries: context.forwarder.cache().usage().0,
+        p2p,
+    }
+}
+
+/// The record set (`site.p2p.`) that holds `name`, and `name` itself.
+fn record_set_of(name: &str) -> Result<(Name, Name), RequestError> {
+    let name = p2p_name(name)?;
+    let set = record::record_name_for(&LowerName::new(&name))
+        .filter(|set| set.num_labels() == 2)
+        .ok_or_else(|| RequestError::NotUnderASite(name.to_string()))?;
+    Ok((set, name))
+}
+
+async fn publish(dht: &Arc<Dht>, name: &str, lines: Vec<String>) -> Result<Response, RequestError> {
+    let (set, owner) = record_set_of(name)?;
+    let mut records: Vec<hickory_proto::rr::Record> = dht
+        .own_names()
+        .into_iter()
+        .find(|r| r.name == set)
+        .map(|r| r.records.clone())
+        .unwrap_or_default();
+    for line in &lines {
+        for record in parse_record(&owner, line, DEFAULT_TTL)? {
+            if !records.contains(&record) {
+                records.push(record);
+            }
+        }
+    }
+    let record = dht.publish(&set, records).await?;
+    Ok(published(&record))
+}
+
+async fn publish_zone(dht: &Arc<Dht>, name: &str, zone: &str) -> Result<Response, RequestError> {
+    let (set, origin) = record_set_of(name)?;
+    let records = parse_zone(&origin, zone, DEFAULT_TTL)?;
+    if records.is_empty() {
+        return Err(RequestError::EmptyZone);
+    }
+    let record = dht.publish(&set, records).await?;
+    Ok(published(&record))
+}
+
+fn published(record: &NameRecord) -> Response {
+    Response::Published {
+        name: record.name.to_ascii(),
+        seq: record.seq,
+        expires: record.expires,
+        records: record.records.iter().map(ToString::to_string).collect(),
+    }
+}
+
+async fn names(dht: &Arc<Dht>) -> Vec<NameInfo> {
+    let mut out = Vec::new();
+    for record in dht.own_names() {
+        let bytes = record.to_bytes();
+        // Peers that never answer (behind NAT, yet listed in the DHT) would hold the whole
+        // count back: count what answered by the deadline.
+        let replicas = tokio::time::timeout(
+            REPLICA_COUNT_WAIT,
+            dht.node()
+                .lookup_within(record.name.clone(), usize::MAX, REPLICA_COUNT_WAIT * 4 / 5),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map_or(0, |found| {
+            found
+                .records
+                .iter()
+                .filter(|(peer, r)| peer.is_some() && r.to_bytes() == bytes)
+                .count()
+        });
+        out.push(NameInfo {
+            name: record.name.to_ascii(),
+            seq: record.seq,
+            expires: record.expires,
+            records: record.records.iter().map(ToString::to_string).collect(),
+            replicas,
+        });
+    }
+    out
+}
+
+async fn resolve(context: &Context, name: &str, qtype: &str) -> Result<Response, RequestError> {
+    let qtype: RecordType = qtype
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| RequestError::RecordType(qtype.to_owned()))?;
+    let qname = p2p_name(name)?;
+    let answer = context.naming.lookup(&qname, qtype).await;
+    let mut resolution = Resolution {
+        name: qname.to_ascii(),
+        answers: answer.answers.iter().map(ToString::to_string).collect(),
+        rcode: answer.rcode.to_string(),
+        owner: None,
+        seq: None,
+        replicas: None,
+    };
+    let set = record::record_name_for(&LowerName::new(&qname));
+    if let (Some(dht), Some(set)) = (context.naming.dht(), set)
+        && let Some(found) = dht.resolve_record(&set).await
+    {
+        resolution.owner = Some(found.record.owner_name().to_ascii());
+        resolution.seq = Some(found.record.seq);
+        resolution.replicas = Some(found.agreeing);
+    }
+    Ok(Response::Resolved(resolution))
+}
+
+/// Finds the owner of `name`'s record (the peer serving it: a node's libp2p identity is its
+/// owner key), connects to it and waits for a direct connection.
+async fn connect(
+    dht: &Arc<Dht>,
+    name: &str,
+    wait_direct: Duration,
+) -> Result<Response, RequestError> {
+    let qname = p2p_name(name)?;
+    let set = record::record_name_for(&LowerName::new(&qname))
+        .ok_or_else(|| RequestError::NotP2p(qname.to_ascii()))?;
+    let found = dht
+        .resolve_record(&set)
+        .await
+        .ok_or_else(|| RequestError::NotFound(set.to_ascii()))?;
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(&found.record.owner)
+        .map_err(RequestError::OwnerKey)?;
+    let peer = libp2p::identity::PublicKey::from(key).to_peer_id();
+    if peer == dht.node().peer_id() {
+        return Err(RequestError::ServedHere(set.to_ascii()));
+    }
+    let connected = connect_direct(dht.node(), peer, wait_direct).await?;
+    Ok(Response::Connected {
+        name: set.to_ascii(),
+        peer,
+        path: connected.path,
+        via: connected.via,
+        upgraded: connected.upgraded,
+        elapsed_ms: u64::try_from(connected.elapsed.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_put_under_p2p() {
+        assert_eq!(p2p_name("site").unwrap().to_ascii(), "site.p2p.");
+        assert_eq!(p2p_name("Site.P2P").unwrap().to_ascii(), "site.p2p.");
+        assert_eq!(
+            p2p_name("www.site.p2p.").unwrap().to_ascii(),
+            "www.site.p2p."
+        );
+        assert!(record_set_of("p2p").is_err());
+        let (set, owner) = record_set_of("www.site").unwrap();
+        assert_eq!(set.to_ascii(), "site.p2p.");
+        assert_eq!(owner.to_ascii(), "www.site.p2p.");
+    }
+
+    #[test]
+    fn an_error_travels_with_its_causes() {
+        let error = RequestError::SavePins(io::Error::other("disk full"));
+        assert_eq!(message(&error), "failed to save pins: disk full");
+    }
+}

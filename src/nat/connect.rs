@@ -1,0 +1,230 @@
+//! Connecting to a given peer across NATs. In the event loop (`Dialer`): one dial at the
+//! addresses the peer registered at rendezvous points and the DHT knows, and through each
+//! bootstrap peer as a relay (QUIC first), answered when a connection is up or the dial failed.
+//! Over the node's handle ([`connect_direct`]): the hole-punching policy, which waits for the
+//! relayed connection to become direct and has the peers punch again when a direct connection
+//! dies at once.
+
+use std::{collections::HashMap, time::Duration};
+
+use libp2p::{
+    Multiaddr, PeerId, dcutr,
+    multiaddr::Protocol,
+    swarm::{
+        ConnectionId, DialError, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use tokio::{sync::oneshot, time::Instant};
+use tracing::{debug, info};
+
+use crate::p2p::{
+    ConnectionInfo, ConnectionPath, NodeError, NodeHandle,
+    addr::{is_quic, peer_of},
+    behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
+};
+
+/// How long a direct connection must last before it counts: a hole-punched TCP connection can
+/// be reset right after it opened (both sides dialled at once).
+const DIRECT_SETTLE: Duration = Duration::from_millis(300);
+/// How many times the peers are made to punch again when a direct connection died at once.
+const MAX_PUNCHES: u32 = 2;
+/// How long [`connect_direct`] waits for a first connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often [`connect_direct`] looks at the open connections.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Where a `connect` command hears how its dial ended.
+type ConnectReply = oneshot::Sender<Result<(), NodeError>>;
+
+/// The event loop's side of `connect`: the dials made for it and who waits on each.
+pub(crate) struct Dialer {
+    /// Bootstrap addresses that name their peer: the relays to go through.
+    relays: Vec<Multiaddr>,
+    /// `connect` calls waiting for a first connection, by peer, with their own dial.
+    waiting: HashMap<PeerId, Vec<(ConnectionId, ConnectReply)>>,
+}
+
+impl Dialer {
+    pub(crate) fn new(bootstrap: &[Multiaddr]) -> Self {
+        Self {
+            relays: bootstrap
+                .iter()
+                .filter(|a| peer_of(a).is_some())
+                .cloned()
+                .collect(),
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// Dials `peer` at `registered` (addresses from rendezvous points) and the DHT's, then
+    /// through the relays; with `through_relay`, through the relays only, even when connected
+    /// (a new relayed connection makes the two sides punch holes again).
+    pub(crate) fn connect(
+        &mut self,
+        swarm: &mut NodeSwarm,
+        peer: PeerId,
+        through_relay: bool,
+        registered: Vec<Multiaddr>,
+        reply: ConnectReply,
+    ) {
+        if swarm.is_connected(&peer) && !through_relay {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let mut relayed: Vec<Multiaddr> = self
+            .relays
+            .iter()
+            .map(|relay| {
+                relay
+                    .clone()
+                    .with(Protocol::P2pCircuit)
+                    .with(Protocol::P2p(peer))
+            })
+            .collect();
+        // QUIC first: hole punching works best over it.
+        relayed.sort_by_key(|a| !is_quic(a));
+        let mut addrs = if through_relay {
+            Vec::new()
+        } else {
+            registered
+        };
+        addrs.extend(relayed);
+        // A dial of its own even when another is under way (the DHT's, say, to an address a
+        // NAT filters): this one tries the relays too.
+        let mut opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .addresses(addrs);
+        if !through_relay {
+            opts = opts.extend_addresses_through_behaviour();
+        }
+        let opts = opts.build();
+        let dial = opts.connection_id();
+        match swarm.dial(opts) {
+            Ok(()) => self.waiting.entry(peer).or_default().push((dial, reply)),
+            Err(source) => {
+                let _ = reply.send(Err(NodeError::Connect {
+                    peer,
+                    source: Box::new(source),
+                }));
+            }
+        }
+    }
+
+    /// A connection up answers everyone waiting for its peer; hole punching is logged.
+    pub(crate) fn on_event(&mut self, event: &NodeEvent) {
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                for (_, reply) in self.waiting.remove(peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => info!(peer = %remote_peer_id, "hole punched: direct connection"),
+                Err(error) => {
+                    debug!(peer = %remote_peer_id, %error, "hole punching failed; staying relayed")
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// The dial `dial` to `peer` (not connected otherwise) failed: only the failure of
+    /// `connect`'s own dial ends its wait.
+    pub(crate) fn dial_failed(&mut self, dial: ConnectionId, peer: PeerId, source: DialError) {
+        let Some(waiting) = self.waiting.get_mut(&peer) else {
+            return;
+        };
+        if let Some(at) = waiting.iter().position(|(id, _)| *id == dial) {
+            let (_, reply) = waiting.swap_remove(at);
+            let _ = reply.send(Err(NodeError::Connect {
+                peer,
+                source: Box::new(source),
+            }));
+        }
+        if waiting.is_empty() {
+            self.waiting.remove(&peer);
+        }
+    }
+}
+
+/// How [`connect_direct`] ended.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    /// Straight to the peer, or still through a relay when the wait ran out.
+    pub path: ConnectionPath,
+    /// The address the connection runs over, when one is open.
+    pub via: Option<Multiaddr>,
+    /// The first connection went through a relay and was upgraded (hole punching).
+    pub upgraded: bool,
+    /// From the start of the call to the first connection on `path`.
+    pub elapsed: Duration,
+}
+
+/// Errors of [`connect_direct`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No connection at all came up in time.
+    #[error("no connection to {peer} within {after:?}")]
+    Timeout { peer: PeerId, after: Duration },
+    /// The node could not dial, or is gone.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// Connects to `peer` and waits up to `wait_direct` for a direct connection: a relayed one
+/// becomes direct when the peers punch a hole (DCUtR); a direct one that dies at once (both
+/// sides dialled at the same time) has them punch again, up to `MAX_PUNCHES` times.
+pub async fn connect_direct(
+    node: &NodeHandle,
+    peer: PeerId,
+    wait_direct: Duration,
+) -> Result<Connected, ConnectError> {
+    let started = Instant::now();
+    tokio::time::timeout(CONNECT_TIMEOUT, node.connect(peer))
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            peer,
+            after: CONNECT_TIMEOUT,
+        })??;
+    let first = node.connections(peer).await?;
+    let started_relayed = !first.is_empty() && !first.iter().any(is_direct);
+    let deadline = Instant::now() + wait_direct;
+    let mut punches = 0;
+    loop {
+        let open = node.connections(peer).await?;
+        if open.iter().any(is_direct) {
+            let seen = started.elapsed();
+            tokio::time::sleep(DIRECT_SETTLE).await;
+            if let Some(direct) = node.connections(peer).await?.into_iter().find(is_direct) {
+                return Ok(Connected {
+                    path: ConnectionPath::Direct,
+                    via: Some(direct.remote),
+                    upgraded: started_relayed,
+                    elapsed: seen,
+                });
+            }
+            if punches < MAX_PUNCHES && Instant::now() < deadline {
+                punches += 1;
+                // A fresh relayed connection makes the two sides punch again.
+                let _ = node.punch_again(peer).await;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Ok(Connected {
+                path: ConnectionPath::Relayed,
+                via: open.into_iter().next().map(|c| c.remote),
+                upgraded: false,
+                elapsed: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn is_direct(connection: &ConnectionInfo) -> bool {
+    connection.path == ConnectionPath::Direct
+}

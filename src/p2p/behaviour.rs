@@ -1,0 +1,265 @@
+//! The node's libp2p [`NetworkBehaviour`] and the swarm around it: which protocols run, with
+//! which limits, over which transports. What a role turns on (relaying and a rendezvous point
+//! for an introduction server, mDNS and UPnP as configured) is decided here, once.
+
+use std::{error::Error, time::Duration};
+
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport as _, autonat,
+    connection_limits,
+    core::{muxing::StreamMuxerBox, transport::Boxed, upgrade},
+    dcutr, identify,
+    identity::Keypair,
+    kad::{self, store::MemoryStore, store::MemoryStoreConfig},
+    mdns, noise, ping, relay, rendezvous,
+    swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
+    tcp, yamux,
+};
+
+use super::NodeError;
+use crate::config::{DhtMode, IntroConfig, P2pConfig};
+
+/// Kademlia protocol id of the p2pdns network (never IPFS's).
+pub const KAD_PROTOCOL: &str = "/p2pdns/kad/1.0.0";
+/// Identify protocol version string.
+const IDENTIFY_VERSION: &str = "/p2pdns/1.0.0";
+/// How long the DHT keeps asking after a caller's budget ran out (to warm the cache).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections without traffic for this long are closed. A bootstrap's bucket refreshes touch
+/// most peers of a small network; keeping those connections longer costs about 50 KiB each
+/// (buffers) and brings nothing, while a peer asked again within a minute needs no handshake.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest time to set up one connection (TCP connect or QUIC handshake, then Noise and
+/// Yamux): a few round trips even over a satellite link, well under Kademlia's 10 s per peer.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// What the node is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A resolver's node.
+    Resolver,
+    /// An introduction server: also relays for nodes behind NAT and keeps a rendezvous point,
+    /// within these limits.
+    Intro(IntroConfig),
+}
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Refuses connections past the configured limits (first, so that nothing else sees them).
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) kad: kad::Behaviour<MemoryStore>,
+    pub(crate) identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Is this node reachable from outside? (AutoNAT v1; also answers others' probes.)
+    pub(crate) autonat: autonat::Behaviour,
+    /// Reservations on relays, and connections through them, for a node behind NAT.
+    relay_client: relay::client::Behaviour,
+    /// Upgrades relayed connections to direct ones (hole punching).
+    dcutr: dcutr::Behaviour,
+    /// Relaying for others: introduction servers only.
+    relay_server: Toggle<relay::Behaviour>,
+    /// Port mappings on a UPnP gateway (home routers that offer them).
+    upnp: Toggle<crate::nat::upnp::Upnp>,
+    /// A rendezvous point for others (introduction servers only): peers register their
+    /// addresses for a while and discover each other's.
+    rendezvous_server: Toggle<rendezvous::server::Behaviour>,
+    /// Registers this node's addresses on rendezvous points and discovers other peers there.
+    pub(crate) rendezvous: rendezvous::client::Behaviour,
+}
+
+/// The node's swarm and the events it yields.
+pub(crate) type NodeSwarm = Swarm<Behaviour>;
+pub(crate) type NodeEvent = SwarmEvent<BehaviourEvent>;
+
+/// Builds the swarm for `role`: QUIC, TCP (and the in-memory transport with the
+/// `test-support` feature), relayed connections, and the behaviour. Nothing listens yet.
+pub(crate) fn build_swarm(
+    keypair: Keypair,
+    config: &P2pConfig,
+    role: Role,
+) -> Result<NodeSwarm, NodeError> {
+    let build = |source: Box<dyn Error + Send + Sync>| NodeError::Build { source };
+    let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_quic_config(|mut quic| {
+            quic.handshake_timeout = DIAL_TIMEOUT;
+            quic
+        })
+        .with_other_transport(other_transports)
+        .map_err(|e| build(e.into()))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| build(e.into()))?
+        .with_behaviour(|key, relay_client| {
+            Behaviour::new(key, relay_client, config, role).map_err(Into::into)
+        })
+        .map_err(|e| build(e.into()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    let mode = match config.dht_mode {
+        DhtMode::Client => kad::Mode::Client,
+        // Until reachability is probed (AutoNAT), a node that is not told otherwise serves
+        // the DHT: LAN peers reach each other directly.
+        DhtMode::Server | DhtMode::Auto => kad::Mode::Server,
+    };
+    swarm.behaviour_mut().kad.set_mode(Some(mode));
+    for addr in &config.external_addresses {
+        swarm.add_external_address(addr.clone());
+    }
+    Ok(swarm)
+}
+
+/// TCP with a bounded dial: a peer behind a NAT that drops unsolicited packets (yet listed in
+/// the DHT) answers no SYN, and without a bound each query that tries it waits for Kademlia's
+/// 10 s peer timeout.
+fn other_transports(
+    key: &Keypair,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn Error + Send + Sync>> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .timeout(DIAL_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed();
+    // In-process peers (`/memory/N`): the large networks of the benchmarks. Nothing outside
+    // this process can reach it.
+    #[cfg(feature = "test-support")]
+    let tcp = tcp
+        .or_transport(
+            libp2p::core::transport::MemoryTransport::default()
+                .upgrade(upgrade::Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default())
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))),
+        )
+        .map(|either, _| either.into_inner())
+        .boxed();
+    Ok(tcp)
+}
+
+impl Behaviour {
+    fn new(
+        key: &Keypair,
+        relay_client: relay::client::Behaviour,
+        config: &P2pConfig,
+        role: Role,
+    ) -> std::io::Result<Self> {
+        let peer_id = key.public().to_peer_id();
+        let mdns = if config.mdns {
+            Some(mdns::tokio::Behaviour::new(
+                mdns::Config::default(),
+                peer_id,
+            )?)
+        } else {
+            None
+        };
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(config.max_connections))
+            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+            .with_max_pending_incoming(Some(config.max_pending_incoming));
+        let intro = match role {
+            Role::Intro(limits) => Some(limits),
+            Role::Resolver => None,
+        };
+        Ok(Self {
+            limits: connection_limits::Behaviour::new(limits),
+            kad: kademlia(peer_id, config),
+            identify: identify::Behaviour::new(identify::Config::new(
+                IDENTIFY_VERSION.to_owned(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+            mdns: Toggle::from(mdns),
+            autonat: autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    only_global_ips: !config.nat_probe_private_addresses,
+                    // A name's owner behind NAT is unreachable until it knows it and reserves
+                    // a relay slot: probe soon after start, retry often while unsure
+                    // (libp2p's defaults: 15 s and 90 s).
+                    boot_delay: Duration::from_secs(3),
+                    retry_interval: Duration::from_secs(20),
+                    ..autonat::Config::default()
+                },
+            ),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
+            relay_server: Toggle::from(
+                intro.map(|limits| relay::Behaviour::new(peer_id, relay_limits(&limits))),
+            ),
+            upnp: Toggle::from(config.upnp.then(crate::nat::upnp::Upnp::default)),
+            rendezvous_server: Toggle::from(
+                intro.map(|limits| rendezvous::server::Behaviour::new(rendezvous_limits(&limits))),
+            ),
+            rendezvous: rendezvous::client::Behaviour::new(key.clone()),
+        })
+    }
+}
+
+/// Kademlia on the p2pdns protocol, with the store bounded and every inbound record handed to
+/// the node to check ([`kad::StoreInserts::FilterBoth`]).
+fn kademlia(peer_id: PeerId, config: &P2pConfig) -> kad::Behaviour<MemoryStore> {
+    let store = MemoryStoreConfig {
+        max_records: config.max_stored_records,
+        max_value_bytes: crate::record::MAX_RECORD_BYTES,
+        ..MemoryStoreConfig::default()
+    };
+    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    kad_config
+        .set_record_filtering(kad::StoreInserts::FilterBoth)
+        .set_query_timeout(QUERY_TIMEOUT)
+        .set_max_packet_size(16 * 1024)
+        // Owners republish their own records; storage nodes re-replicate what they hold.
+        .set_publication_interval(None)
+        .set_replication_interval(Some(Duration::from_secs(3600)))
+        .set_record_ttl(None);
+    kad::Behaviour::with_config(
+        peer_id,
+        MemoryStore::with_config(peer_id, store),
+        kad_config,
+    )
+}
+
+/// What an introduction server relays at most: it must stay useful to many and exhaustible by
+/// none. libp2p-relay 0.22 refuses a peer only once it holds *more* than its per-peer maximum,
+/// so it is given one less to grant exactly the configured number.
+fn relay_limits(limits: &IntroConfig) -> relay::Config {
+    relay::Config {
+        max_reservations: limits.max_reservations,
+        max_reservations_per_peer: limits.max_reservations_per_peer.saturating_sub(1),
+        reservation_duration: Duration::from_secs(limits.reservation_duration_secs),
+        max_circuits: limits.max_circuits,
+        max_circuits_per_peer: limits.max_circuits_per_peer.saturating_sub(1),
+        max_circuit_duration: Duration::from_secs(limits.circuit_duration_secs),
+        max_circuit_bytes: limits.circuit_bytes,
+        ..relay::Config::default()
+    }
+}
+
+/// The rendezvous point's bounds. libp2p-rendezvous 0.18 refuses only once it holds *more*
+/// than its total, so it is given one less.
+fn rendezvous_limits(limits: &IntroConfig) -> rendezvous::server::Config {
+    rendezvous::server::Config::default()
+        .with_min_ttl(limits.registration_min_ttl_secs)
+        .with_max_ttl(limits.registration_max_ttl_secs)
+        .with_max_registration_per_peer(limits.max_registrations_per_peer)
+        .with_max_registration_total(limits.max_registrations.saturating_sub(1))
+}
+
+/// The addresses the swarm listens on, relayed ones included (the swarm keeps them: they come
+/// and go with its listeners' events), in a stable order.
+pub(crate) fn listen_addrs(swarm: &NodeSwarm) -> Vec<Multiaddr> {
+    let mut addrs: Vec<Multiaddr> = swarm.listeners().cloned().collect();
+    addrs.sort();
+    addrs
+}
+
+/// The swarm's next event (its stream never ends).
+pub(crate) async fn next_event(swarm: &mut NodeSwarm) -> NodeEvent {
+    use futures_util::StreamExt;
+    swarm
+        .next()
+        .await
+        .expect("a swarm's event stream never ends")
+}

@@ -1,0 +1,88 @@
+//! The node's open connections, each with its peer, whether it goes through a relay and its
+//! remote address: what `status` lists and what `connect` waits on.
+
+use std::collections::HashMap;
+
+use libp2p::{
+    Multiaddr, PeerId,
+    swarm::{ConnectionId, SwarmEvent},
+};
+use tracing::debug;
+
+use super::{ConnectionInfo, ConnectionPath, behaviour::NodeEvent};
+
+/// Open connections, by connection.
+#[derive(Default)]
+pub(crate) struct Connections {
+    open: HashMap<ConnectionId, (PeerId, ConnectionInfo)>,
+}
+
+impl Connections {
+    pub(crate) fn on_event(&mut self, event: &NodeEvent) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let relayed = endpoint.is_relayed();
+                debug!(%peer_id, relayed, "connected");
+                let info = ConnectionInfo {
+                    path: if relayed {
+                        ConnectionPath::Relayed
+                    } else {
+                        ConnectionPath::Direct
+                    },
+                    remote: endpoint.get_remote_address().clone(),
+                };
+                self.open.insert(*connection_id, (*peer_id, info));
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                endpoint,
+                ..
+            } => {
+                debug!(
+                    %peer_id,
+                    addr = %endpoint.get_remote_address(),
+                    cause = cause.as_ref().map_or("idle or closed by us".to_owned(), |c| c.to_string()),
+                    "connection closed"
+                );
+                self.open.remove(connection_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// The open connections to `peer`.
+    pub(crate) fn of(&self, peer: PeerId) -> Vec<ConnectionInfo> {
+        self.open
+            .values()
+            .filter(|(p, _)| *p == peer)
+            .map(|(_, info)| info.clone())
+            .collect()
+    }
+
+    /// The remote address of connection `id`, while it is open.
+    pub(crate) fn remote(&self, id: &ConnectionId) -> Option<&Multiaddr> {
+        self.open.get(id).map(|(_, info)| &info.remote)
+    }
+
+    /// Every open connection, with its peer.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(PeerId, ConnectionInfo)> {
+        self.open.values()
+    }
+
+    /// How many open connections go straight to the peer, and how many through a relay.
+    pub(crate) fn direct_and_relayed(&self) -> (usize, usize) {
+        let relayed = self
+            .open
+            .values()
+            .filter(|(_, info)| info.path == ConnectionPath::Relayed)
+            .count();
+        (self.open.len() - relayed, relayed)
+    }
+}

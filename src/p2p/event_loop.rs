@@ -1,0 +1,269 @@
+//! The node's one task: it owns the swarm, waits on commands, swarm events and its timers, and
+//! hands each to the concern that owns the state involved. The concerns never see each other
+//! or this loop; what one needs from another is passed in.
+
+use std::{sync::Arc, time::Duration};
+
+use libp2p::{
+    kad::{self, store::RecordStore},
+    swarm::SwarmEvent,
+};
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    task::{JoinError, JoinSet},
+    time::MissedTickBehavior,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{
+    Command, NodeError, NodeStatus, Role,
+    addr::is_relayed,
+    behaviour::{BehaviourEvent, NodeEvent, NodeSwarm, listen_addrs, next_event},
+    connections::Connections,
+    inbound::{InboundPuts, InvalidRecords, to_kad_record},
+    lookups::Lookups,
+    routing::{self, Routing},
+};
+use crate::{
+    config::P2pConfig,
+    intro::load::IntroLoad,
+    nat::{
+        connect::Dialer,
+        reachability::{self, NatTraversal},
+        rendezvous::{self, RendezvousClient},
+        stun_probe,
+    },
+    record::{NameRecord, dht_key},
+};
+
+/// The event loop and the state of each concern.
+pub(super) struct EventLoop {
+    swarm: NodeSwarm,
+    commands: mpsc::Receiver<Command>,
+    routing: Routing,
+    connections: Connections,
+    lookups: Lookups,
+    inbound: InboundPuts,
+    invalid: InvalidRecords,
+    nat: NatTraversal,
+    rendezvous: RendezvousClient,
+    dialer: Dialer,
+    /// What an introduction server holds for others (that role only).
+    intro_load: Option<IntroLoad>,
+    /// Tasks the node started (the STUN probe): supervised, a panic stops the node.
+    tasks: JoinSet<()>,
+}
+
+impl EventLoop {
+    pub(super) fn new(
+        swarm: NodeSwarm,
+        commands: mpsc::Receiver<Command>,
+        joined: Arc<Notify>,
+        config: &P2pConfig,
+        role: Role,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let (stun_report, stun) = watch::channel(None);
+        let mut tasks = JoinSet::new();
+        let stun_servers = stun_probe::servers(&config.stun_servers, &config.bootstrap);
+        // An introduction server answers STUN; it need not ask.
+        if config.stun && role == Role::Resolver && !stun_servers.is_empty() {
+            tasks.spawn(stun_probe::run(
+                stun_servers,
+                stun_report,
+                shutdown.child_token(),
+            ));
+        }
+        Self {
+            swarm,
+            commands,
+            routing: Routing::new(config.bootstrap.clone(), joined),
+            connections: Connections::default(),
+            lookups: Lookups::default(),
+            inbound: InboundPuts::new(config),
+            invalid: InvalidRecords::default(),
+            nat: NatTraversal::new(config, stun),
+            rendezvous: RendezvousClient::new(&config.bootstrap),
+            dialer: Dialer::new(&config.bootstrap),
+            intro_load: matches!(role, Role::Intro(_)).then(IntroLoad::default),
+            tasks,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled; a panic of a task the node started is raised again
+    /// here.
+    pub(super) async fn run(mut self, shutdown: CancellationToken) {
+        self.routing.dial_bootstrap(&mut self.swarm, true);
+        let mut redial = interval(routing::REDIAL);
+        redial.tick().await;
+        let mut rendezvous_check = interval(rendezvous::CHECK);
+        let mut relay_check = interval(reachability::RELAY_CHECK);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                // No sender left (an introduction server has no user): events go on.
+                Some(command) = self.commands.recv() => self.command(command),
+                event = next_event(&mut self.swarm) => self.on_event(event),
+                () = self.lookups.next_deadline() => self.lookups.answer_due(),
+                _ = relay_check.tick() => self.on_relay_check(),
+                _ = rendezvous_check.tick() => self.rendezvous.due(&mut self.swarm),
+                _ = redial.tick() => self.routing.redial(&mut self.swarm),
+                Some(ended) = self.tasks.join_next() => supervise(ended),
+            }
+        }
+        self.tasks.shutdown().await;
+        debug!("P2P node stopped");
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Lookup {
+                name,
+                wanted,
+                answer_by,
+                reply,
+            } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                self.lookups.start(kad, name, wanted, answer_by, reply);
+            }
+            Command::Publish { record, reply } => {
+                let _ = reply.send(self.publish(&record));
+            }
+            Command::Dial { addr } => {
+                if let Err(error) = self.swarm.dial(addr.clone()) {
+                    warn!(%addr, %error, "cannot dial peer");
+                }
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Connect {
+                peer,
+                through_relay,
+                reply,
+            } => {
+                let registered = self.rendezvous.addrs_of(&peer);
+                self.dialer
+                    .connect(&mut self.swarm, peer, through_relay, registered, reply);
+            }
+            Command::Connections { peer, reply } => {
+                let _ = reply.send(self.connections.of(peer));
+            }
+            Command::Holds { name, reply } => {
+                let key = kad::RecordKey::new(&dht_key(&name));
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                let _ = reply.send(store.get(&key).is_some());
+            }
+        }
+    }
+
+    /// Stores the node's own record and pushes it to the peers closest to its key.
+    fn publish(&mut self, record: &NameRecord) -> Result<(), NodeError> {
+        let peer_id = *self.swarm.local_peer_id();
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .put_record(to_kad_record(record, Some(peer_id)), kad::Quorum::One)
+            .map(|_| ())
+            .map_err(NodeError::Store)
+    }
+
+    /// Each concern sees the event and takes what is its own; the two events whose content
+    /// must be moved go to their one owner.
+    fn on_event(&mut self, event: NodeEvent) {
+        if let SwarmEvent::NewListenAddr { address, .. } = &event {
+            info!(%address, "P2P listening");
+        }
+        self.connections.on_event(&event);
+        let swarm = &mut self.swarm;
+        self.routing.on_event(swarm, &event, &self.connections);
+        self.nat.on_event(swarm, &event);
+        self.rendezvous.on_event(swarm, &event);
+        self.dialer.on_event(&event);
+        if let Some(load) = &mut self.intro_load {
+            load.on_event(&event);
+        }
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(record),
+                        ..
+                    },
+            })) => {
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                self.inbound
+                    .on_put(store, source, record, &mut self.invalid);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                self.lookups.on_event(kad, event, &mut self.invalid);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id: Some(peer),
+                error,
+            } if !self.swarm.is_connected(&peer) => {
+                self.dialer.dial_failed(connection_id, peer, error);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_relay_check(&mut self) {
+        if let Some(load) = &mut self.intro_load {
+            let info = self.swarm.network_info();
+            load.summarize(info.connection_counters().num_established() as usize);
+        }
+        self.nat.check_relays(&mut self.swarm);
+    }
+
+    fn status(&mut self) -> NodeStatus {
+        let (peers, routing_table_peers) = Routing::peers(&mut self.swarm, &self.connections);
+        let (direct_connections, relayed_connections) = self.connections.direct_and_relayed();
+        let listen_addrs = listen_addrs(&self.swarm);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let stored_records = kad.store_mut().records().count();
+        let mode = kad.mode().into();
+        NodeStatus {
+            peer_id: *self.swarm.local_peer_id(),
+            relay_reservations: listen_addrs
+                .iter()
+                .filter(|a| is_relayed(a))
+                .cloned()
+                .collect(),
+            listen_addrs,
+            connected_peers: self.swarm.connected_peers().count(),
+            routing_table_peers,
+            stored_records,
+            mode,
+            peers,
+            reachability: self.nat.reachability(&self.swarm),
+            external_addrs: self.nat.external_addrs(&self.swarm),
+            relayed_connections,
+            direct_connections,
+            rendezvous_points: self.rendezvous.standings(),
+            rendezvous_peers: self.rendezvous.peers_known(),
+        }
+    }
+}
+
+/// A periodic timer whose missed ticks are skipped, not bunched.
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    interval
+}
+
+/// A task of the node ended: raises its panic again, so that the node stops and the daemon
+/// with it.
+fn supervise(ended: Result<(), JoinError>) {
+    if let Err(ended) = ended
+        && ended.is_panic()
+    {
+        error!("a task of the P2P node panicked; stopping the node");
+        std::panic::resume_unwind(ended.into_panic());
+    }
+}

@@ -1,0 +1,210 @@
+//! The cloneable handle through which the rest of the program drives the node: each method
+//! sends a [`Command`] over a bounded channel to the event loop and awaits its answer on a
+//! oneshot channel.
+
+use std::{sync::Arc, time::Duration};
+
+use hickory_proto::rr::Name;
+use libp2p::{Multiaddr, PeerId};
+use tokio::{
+    sync::{Notify, mpsc, oneshot},
+    time::Instant,
+};
+
+use super::{ConnectionInfo, NodeError, NodeStatus};
+use crate::record::NameRecord;
+
+/// Valid replicas of a name found in the DHT so far.
+#[derive(Debug, Clone, Default)]
+pub struct Replicas {
+    /// Each valid record, with the peer that returned it (`None`: this node's own store).
+    pub records: Vec<(Option<PeerId>, NameRecord)>,
+    /// Replicas that failed validation (forged, expired, hijacked...).
+    pub invalid: usize,
+    /// The query ended and no peer had any record: the name is absent from the DHT.
+    pub absent: bool,
+    /// Requests the query had sent to peers when this answer was given.
+    pub requests: u32,
+    /// Peers that had answered those requests.
+    pub peers_answered: u32,
+}
+
+/// What the event loop is asked to do.
+pub(crate) enum Command {
+    Lookup {
+        name: Name,
+        wanted: usize,
+        answer_by: Option<Instant>,
+        reply: oneshot::Sender<Replicas>,
+    },
+    Publish {
+        record: NameRecord,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Dial {
+        addr: Multiaddr,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+    Holds {
+        name: Name,
+        reply: oneshot::Sender<bool>,
+    },
+    Connect {
+        peer: PeerId,
+        /// Open a new relayed connection even when connected, so that the peers try hole
+        /// punching again (a direct connection died right after it was made).
+        through_relay: bool,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Connections {
+        peer: PeerId,
+        reply: oneshot::Sender<Vec<ConnectionInfo>>,
+    },
+}
+
+/// A cloneable handle to the running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    joined: Arc<Notify>,
+}
+
+impl NodeHandle {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        peer_id: PeerId,
+        joined: Arc<Notify>,
+    ) -> Self {
+        Self {
+            commands,
+            peer_id,
+            joined,
+        }
+    }
+
+    /// This node's libp2p identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Completes once the node has met its first DHT peer (at once if it already has): the
+    /// moment to push names published while it was alone.
+    pub async fn joined(&self) {
+        self.joined.notified().await;
+    }
+
+    /// Asks the DHT for `name` (a DHT name, `site.p2p.`) and returns the valid replicas found
+    /// once `wanted` are in or the query ends. The caller bounds the wait; the query goes on
+    /// without it.
+    ///
+    /// # Errors
+    /// [`NodeError::Busy`] when the command queue or the lookup table is full,
+    /// [`NodeError::Stopped`] when the node is gone.
+    pub async fn lookup(&self, name: Name, wanted: usize) -> Result<Replicas, NodeError> {
+        self.lookup_inner(name, wanted, None).await
+    }
+
+    /// As [`NodeHandle::lookup`], but answers after `answer_by` with the valid replicas found
+    /// so far when there is at least one: a peer that never answers (a node behind NAT that
+    /// the DHT still lists) must not hold a found record back.
+    pub async fn lookup_within(
+        &self,
+        name: Name,
+        wanted: usize,
+        answer_by: Duration,
+    ) -> Result<Replicas, NodeError> {
+        self.lookup_inner(name, wanted, Some(Instant::now() + answer_by))
+            .await
+    }
+
+    async fn lookup_inner(
+        &self,
+        name: Name,
+        wanted: usize,
+        answer_by: Option<Instant>,
+    ) -> Result<Replicas, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        // Never wait for room in the queue: a flood of made-up names must fail fast instead of
+        // piling up tasks that wait to ask.
+        self.commands
+            .try_send(Command::Lookup {
+                name,
+                wanted,
+                answer_by,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => NodeError::Busy,
+                mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+            })?;
+        rx.await.map_err(|_| NodeError::Busy)
+    }
+
+    /// Stores `record` locally and pushes it to the peers closest to its key.
+    pub async fn publish(&self, record: NameRecord) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Publish { record, reply }).await?
+    }
+
+    /// Dials a peer (bootstrap or test wiring).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.send(Command::Dial { addr }).await
+    }
+
+    /// What the node reports about itself, its peer list included.
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Connects to `peer`: at addresses rendezvous points gave and the DHT knows, and through
+    /// each bootstrap peer as a relay (where the peer may hold a reservation). Returns once one
+    /// connection is up, or the error of the last failed attempt.
+    pub async fn connect(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.connect_inner(peer, false).await
+    }
+
+    /// Opens a new connection to `peer` through the relays, on which the two sides try hole
+    /// punching again.
+    pub async fn punch_again(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.connect_inner(peer, true).await
+    }
+
+    async fn connect_inner(&self, peer: PeerId, through_relay: bool) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Connect {
+            peer,
+            through_relay,
+            reply,
+        })
+        .await?
+    }
+
+    /// The open connections to `peer`.
+    pub async fn connections(&self, peer: PeerId) -> Result<Vec<ConnectionInfo>, NodeError> {
+        self.ask(|reply| Command::Connections { peer, reply }).await
+    }
+
+    /// Whether this node's store holds a record for `name` (diagnostics and benchmarks).
+    pub async fn holds(&self, name: &Name) -> Result<bool, NodeError> {
+        let name = name.clone();
+        self.ask(|reply| Command::Holds { name, reply }).await
+    }
+
+    /// Sends the command `make` builds around a reply channel and awaits the reply.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NodeError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+}

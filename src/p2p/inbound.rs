@@ -1,0 +1,160 @@
+//! What enters the record store: every record a peer asks this node to keep (Kademlia PUT_VALUE,
+//! handed over by [`libp2p::kad::StoreInserts::FilterBoth`]) is checked in full first: a PUT
+//! rate per peer, the signature and expiry, the key it is stored under, the owner of a name
+//! already held, and the number of records one peer may have stored here. A peer that sends an
+//! invalid record is warned about once.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fmt::Display,
+    time::Duration,
+};
+
+use libp2p::{
+    PeerId,
+    kad::{
+        self,
+        store::{MemoryStore, RecordStore},
+    },
+};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::{
+    config::P2pConfig,
+    record::{NameRecord, dht_key, unix_now},
+};
+
+/// Peers remembered as having sent an invalid record (so each is logged once).
+const WARNED_PEERS: usize = 1024;
+/// The window of the PUT rate limit.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Peers whose PUT times are kept before the idle ones are forgotten.
+const RATE_PEERS: usize = 10_000;
+
+/// Peers that sent an invalid record (inbound or as a lookup's replica), each warned about
+/// once; later ones are logged at debug.
+#[derive(Default)]
+pub(crate) struct InvalidRecords {
+    order: VecDeque<PeerId>,
+    warned: HashSet<PeerId>,
+}
+
+impl InvalidRecords {
+    pub(crate) fn warn_once(&mut self, peer: PeerId, error: &dyn Display) {
+        if self.warned.contains(&peer) {
+            debug!(%peer, %error, "invalid record dropped");
+            return;
+        }
+        warn!(%peer, %error, "peer sent an invalid record; dropped (further ones are logged at debug)");
+        if self.order.len() >= WARNED_PEERS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.warned.remove(&old);
+        }
+        self.order.push_back(peer);
+        self.warned.insert(peer);
+    }
+}
+
+/// The checks on records peers put here.
+pub(crate) struct InboundPuts {
+    max_puts_per_minute: usize,
+    max_records_per_peer: usize,
+    /// Recent PUT times per peer, for the rate limit.
+    put_times: HashMap<PeerId, VecDeque<Instant>>,
+}
+
+impl InboundPuts {
+    pub(crate) fn new(config: &P2pConfig) -> Self {
+        Self {
+            max_puts_per_minute: config.max_puts_per_peer_per_minute,
+            max_records_per_peer: config.max_records_per_peer,
+            put_times: HashMap::new(),
+        }
+    }
+
+    /// A peer asks us to store a record: check it fully before it touches the store.
+    pub(crate) fn on_put(
+        &mut self,
+        store: &mut MemoryStore,
+        source: PeerId,
+        mut record: kad::Record,
+        invalid: &mut InvalidRecords,
+    ) {
+        if !self.within_rate(source) {
+            debug!(peer = %source, "PUT rate limit exceeded; record dropped");
+            return;
+        }
+        let now = unix_now();
+        let parsed = NameRecord::from_bytes(&record.value).and_then(|r| r.verify(now).map(|()| r));
+        let new = match parsed {
+            Ok(new) => new,
+            Err(error) => return invalid.warn_once(source, &error),
+        };
+        if record.key.as_ref() != dht_key(&new.name).as_slice() {
+            return invalid.warn_once(source, &"record stored under another name's key");
+        }
+        if let Some(held) = store.get(&record.key)
+            && let Ok(held) = NameRecord::from_bytes(&held.value)
+            && held.expires > now
+        {
+            if held.owner != new.owner {
+                return invalid.warn_once(source, &"record for a name owned by another key");
+            }
+            if new.seq <= held.seq {
+                return;
+            }
+        }
+        let held_by_source = store
+            .records()
+            .filter(|r| r.publisher == Some(source))
+            .count();
+        if held_by_source >= self.max_records_per_peer {
+            debug!(peer = %source, "per-peer record limit reached; record dropped");
+            return;
+        }
+        let stored = to_kad_record(&new, Some(source));
+        record.value = stored.value;
+        record.publisher = stored.publisher;
+        record.expires = stored.expires;
+        if let Err(error) = store.put(record) {
+            debug!(%error, "record not stored");
+        }
+    }
+
+    fn within_rate(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        if self.put_times.len() > RATE_PEERS {
+            self.put_times.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < RATE_WINDOW)
+            });
+        }
+        let times = self.put_times.entry(peer).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
+        {
+            times.pop_front();
+        }
+        if times.len() >= self.max_puts_per_minute {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+}
+
+/// The Kademlia form of a record: value = encoded record, expiry from the signed field.
+pub(crate) fn to_kad_record(record: &NameRecord, publisher: Option<PeerId>) -> kad::Record {
+    let left = record.expires.saturating_sub(unix_now());
+    kad::Record {
+        key: kad::RecordKey::new(&dht_key(&record.name)),
+        value: record.to_bytes(),
+        publisher,
+        // Kademlia compares this with its own clock (`std::time::Instant`), not tokio's.
+        expires: Some(std::time::Instant::now() + Duration::from_secs(left)),
+    }
+}
