@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use super::protocol::{NameInfo, P2pStatus, PinInfo, Request, Resolution, Response, Status};
 use crate::{
     dns::forwarder::Forwarder,
-    naming::{Dht, Naming, ZoneError, parse_record, parse_zone, resolver::PublishError},
+    naming::{Dht, Naming, ZoneError, parse_record, parse_zone, publisher::PublishError},
     nat::connect::{ConnectError, connect_direct},
     record::{self, NameRecord},
 };
