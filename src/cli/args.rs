@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, UpstreamAddr};
 
+/// The whole command line: global flags and one subcommand.
 #[derive(Debug, Parser)]
 #[command(
     name = "p2pdns",
@@ -28,10 +29,12 @@ pub struct Cli {
     /// ~/.local/share/p2pdns, /var/lib/p2pdns for service users].
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands; each variant's doc is its line in `p2pdns --help`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground.
@@ -66,6 +69,7 @@ pub enum Command {
     /// Resolve a .p2p name through the daemon; shows the owner key, sequence number and how
     /// many replicas agreed.
     Resolve {
+        /// The name, e.g. site.p2p or www.site.p2p (".p2p" may be left out).
         name: String,
         /// Record type.
         #[arg(default_value = "A")]
@@ -74,6 +78,7 @@ pub enum Command {
     /// Connect to the node serving a .p2p name (its owner), through an introduction server's
     /// relay when needed, and report whether the connection ended up direct.
     Connect {
+        /// The name, e.g. site.p2p (".p2p" may be left out).
         name: String,
         /// Seconds to wait for a relayed connection to become direct (hole punching).
         #[arg(long, default_value_t = 10)]
@@ -81,11 +86,13 @@ pub enum Command {
     },
     /// List pinned owners of human names, or remove a pin.
     Pins {
+        /// What to do with the pins; none lists them.
         #[command(subcommand)]
         command: Option<PinsCommand>,
     },
 }
 
+/// `p2pdns publish`: records given on the command line, or a zone file.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// The name, e.g. site.p2p or www.site.p2p (".p2p" may be left out).
@@ -105,14 +112,19 @@ pub struct PublishArgs {
     pub zone: Option<PathBuf>,
 }
 
+/// `p2pdns pins` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PinsCommand {
     /// List the pins (the default).
     List,
     /// Forget the pinned owner of a name; the next owner seen is pinned.
-    Remove { name: String },
+    Remove {
+        /// The name, e.g. site.p2p (".p2p" may be left out).
+        name: String,
+    },
 }
 
+/// `p2pdns run`: flags that override the configuration file.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Answer DNS on this address, UDP and TCP (repeatable; replaces dns.listen).
@@ -132,6 +144,8 @@ pub struct RunArgs {
     pub check_config: bool,
 }
 
+/// `p2pdns intro`: flags that override the configuration file's `[p2p]` section, and the
+/// STUN addresses.
 #[derive(Debug, Args)]
 pub struct IntroArgs {
     /// Listen for P2P connections on this multiaddr (repeatable; replaces p2p.listen).
@@ -145,7 +159,7 @@ pub struct IntroArgs {
     /// added to p2p.bootstrap).
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     pub bootstrap: Vec<libp2p::Multiaddr>,
-    /// Answer STUN binding requests (RFC 5389) on this UDP address (repeatable) [default:
+    /// Answer STUN binding requests (RFC 8489) on this UDP address (repeatable) [default:
     /// 0.0.0.0:3478]; `--stun-listen none` turns STUN off.
     #[arg(long = "stun-listen", value_name = "ADDR:PORT|none")]
     pub stun_listen: Vec<String>,
@@ -195,6 +209,7 @@ impl IntroArgs {
     }
 }
 
+/// `p2pdns service` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Install and start the service, and send .p2p names to it (split DNS via
@@ -208,16 +223,19 @@ pub enum ServiceCommand {
         /// runs it and nothing is copied [default: copy this program to /usr/local/bin].
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
+        /// Where to write, and for which platform.
         #[command(flatten)]
         target: ServiceTarget,
     },
     /// Stop the service and remove exactly what install wrote, restoring what it replaced.
     Uninstall {
+        /// Where to remove from, and for which platform.
         #[command(flatten)]
         target: ServiceTarget,
     },
 }
 
+/// Where `service install/uninstall` write and which platform's files they write.
 #[derive(Debug, Args)]
 pub struct ServiceTarget {
     /// Write into this staging root instead of / (runs no system command).
@@ -231,6 +249,7 @@ pub struct ServiceTarget {
     pub platform: Option<crate::os::service::Platform>,
 }
 
+/// `p2pdns config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the commented default configuration.

@@ -88,13 +88,20 @@ pub enum CommandError {
     /// `publish --zone FILE` could not read the file.
     #[error("failed to read the zone file {path}")]
     Zone {
+        /// The `--zone` file.
         path: PathBuf,
+        /// Why reading it failed.
         #[source]
         source: std::io::Error,
     },
     /// `publish NAME TYPE` without a value.
     #[error("publish {name} {rtype} needs a value, e.g. `p2pdns publish {name} A 192.0.2.1`")]
-    MissingValue { name: String, rtype: String },
+    MissingValue {
+        /// The name as given.
+        name: String,
+        /// The record type as given.
+        rtype: String,
+    },
 }
 
 /// A configuration with the command's flags applied and checked.

@@ -23,14 +23,24 @@ pub enum ClientError {
         "no p2pdns daemon is running with the data directory {dir} (no control socket at {socket}); \
          start one with `p2pdns run`, or pass the --data-dir/--config it uses"
     )]
-    NotRunning { dir: PathBuf, socket: PathBuf },
+    NotRunning {
+        /// The data directory the CLI used.
+        dir: PathBuf,
+        /// The socket path tried last.
+        socket: PathBuf,
+    },
     /// The socket belongs to another user.
     #[error("permission denied on {socket}: the daemon runs as another user; try again with sudo")]
-    Permission { socket: PathBuf },
+    Permission {
+        /// The socket path.
+        socket: PathBuf,
+    },
     /// Talking over the socket failed.
     #[error("failed to talk to the daemon over {socket}")]
     Io {
+        /// The socket path.
         socket: PathBuf,
+        /// The failed connect, write or read.
         #[source]
         source: io::Error,
     },

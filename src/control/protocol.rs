@@ -19,54 +19,100 @@ pub enum Request {
         #[serde(default)]
         peers: bool,
     },
-    /// Adds records (`[TTL] TYPE RDATA` lines) to a name.
-    Publish { name: String, records: Vec<String> },
-    /// Replaces a name's records with a zone file's.
-    PublishZone { name: String, zone: String },
-    /// Stops publishing a name.
-    Unpublish { name: String },
+    /// Adds records to a name, keeping the ones it has; answered by [`Response::Published`].
+    Publish {
+        /// `site`, `site.p2p` or a name below it (`www.site.p2p`); `.p2p` is added when left out.
+        name: String,
+        /// Record lines, `[TTL] TYPE RDATA` in zone-file syntax (RFC 1035 section 5.1); TTL in
+        /// seconds, 300 when left out.
+        records: Vec<String>,
+    },
+    /// Replaces the records of a name's record set (`site.p2p.`) with a zone file's; answered
+    /// by [`Response::Published`].
+    PublishZone {
+        /// `site`, `site.p2p` or a name below it: the origin of the zone's relative names.
+        name: String,
+        /// The zone file's text (RFC 1035 section 5); TTL 300 s where it gives none.
+        zone: String,
+    },
+    /// Stops publishing a name; answered by [`Response::Unpublished`].
+    Unpublish {
+        /// `site` or `site.p2p`.
+        name: String,
+    },
     /// The names this daemon publishes, with their replica counts.
     Names,
-    /// Resolves a name through the daemon (`qtype`: a record type such as `A`).
-    Resolve { name: String, qtype: String },
+    /// Resolves a name through the daemon, as DNS would answer it; answered by
+    /// [`Response::Resolved`].
+    Resolve {
+        /// `site`, `site.p2p` or a name below it.
+        name: String,
+        /// A record type (`A`, `AAAA`, `TXT`...), any case.
+        qtype: String,
+    },
     /// The pinned owners of human names.
     Pins,
-    /// Forgets the pinned owner of a name.
-    RemovePin { name: String },
-    /// Connects to the peer that serves a name (its owner), waiting up to `wait_direct_secs`
-    /// for a relayed connection to become direct.
-    Connect { name: String, wait_direct_secs: u64 },
+    /// Forgets the pinned owner of a name; answered by [`Response::PinRemoved`].
+    RemovePin {
+        /// `site` or `site.p2p`.
+        name: String,
+    },
+    /// Connects to the peer that serves a name (its owner); answered by
+    /// [`Response::Connected`].
+    Connect {
+        /// `site`, `site.p2p` or a name below it.
+        name: String,
+        /// Seconds to wait for a relayed connection to become direct; the daemon caps it at 60.
+        wait_direct_secs: u64,
+    },
 }
 
 /// The daemon's answer.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
-    /// The request failed; the message names the cause chain.
+    /// The request failed.
     Error {
+        /// The error and its causes, joined by `": "`.
         message: String,
     },
+    /// Answer to [`Request::Status`].
     Status(Box<Status>),
+    /// Answer to [`Request::Publish`] and [`Request::PublishZone`]: the record now published.
     Published {
+        /// The record set's name, fully qualified (`site.p2p.`).
         name: String,
+        /// The record's sequence number.
         seq: u64,
-        /// Unix time, seconds.
+        /// When the record expires: Unix time, seconds.
         expires: u64,
+        /// All of the name's records, in zone-file syntax.
         records: Vec<String>,
     },
+    /// Answer to [`Request::Unpublish`].
     Unpublished {
+        /// The name, fully qualified.
         name: String,
+        /// Whether this daemon published it (false: nothing was done).
         existed: bool,
     },
+    /// Answer to [`Request::Names`].
     Names {
+        /// One entry per published name.
         names: Vec<NameInfo>,
     },
+    /// Answer to [`Request::Resolve`].
     Resolved(Resolution),
+    /// Answer to [`Request::Pins`].
     Pins {
+        /// One entry per pinned name.
         pins: Vec<PinInfo>,
     },
+    /// Answer to [`Request::Connect`]: a connection to the name's owner is open.
     Connected {
+        /// The record set's name, fully qualified.
         name: String,
+        /// The owner's peer ID (its owner key).
         peer: PeerId,
         /// Whether the connection goes straight to the peer.
         path: ConnectionPath,
@@ -74,10 +120,14 @@ pub enum Response {
         via: Option<Multiaddr>,
         /// The first connection went through a relay and was upgraded (hole punching).
         upgraded: bool,
+        /// Milliseconds from the request to the first connection on `path`.
         elapsed_ms: u64,
     },
+    /// Answer to [`Request::RemovePin`].
     PinRemoved {
+        /// The name, fully qualified.
         name: String,
+        /// Whether the name had a pin (false: nothing was done).
         existed: bool,
     },
 }
@@ -114,11 +164,11 @@ pub struct NameInfo {
     pub name: String,
     /// The record's sequence number.
     pub seq: u64,
-    /// Unix time, seconds.
+    /// When the record expires: Unix time, seconds.
     pub expires: u64,
     /// Its records, in zone-file syntax.
     pub records: Vec<String>,
-    /// Other nodes found holding exactly this record.
+    /// Other nodes found holding exactly this record (those that answered within 5 s).
     pub replicas: usize,
 }
 
@@ -146,7 +196,7 @@ pub struct PinInfo {
     pub name: String,
     /// The pinned owner's key name.
     pub owner: String,
-    /// Unix time, seconds.
+    /// When the newest record seen from the owner expires: Unix time, seconds.
     pub expires: u64,
 }
 

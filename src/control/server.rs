@@ -57,7 +57,9 @@ pub enum ControlError {
     /// The socket file could not be created or given its mode.
     #[error("failed to create the control socket {path}")]
     Bind {
+        /// The socket path.
         path: PathBuf,
+        /// The failed bind or chmod.
         #[source]
         source: io::Error,
     },
@@ -65,7 +67,10 @@ pub enum ControlError {
     #[error(
         "another p2pdns daemon is running with the data directory {dir} (its control socket answers)"
     )]
-    AlreadyRunning { dir: PathBuf },
+    AlreadyRunning {
+        /// The data directory both daemons use.
+        dir: PathBuf,
+    },
 }
 
 /// Why a request failed; its message (with causes) goes back to the CLI.
@@ -80,7 +85,9 @@ pub enum RequestError {
     /// The text is not a domain name.
     #[error("{text:?} is not a domain name")]
     NotAName {
+        /// The name as given, trimmed and lower-cased.
         text: String,
+        /// Why it does not parse (label too long, bad character...).
         #[source]
         source: hickory_proto::ProtoError,
     },

@@ -6,8 +6,9 @@
 //!
 //! It owns the server's STUN sockets and what it holds for others (`load`); the node itself
 //! is [`crate::p2p`]'s (in [`Role::Intro`]) and the STUN wire protocol [`crate::stun`]'s. It
-//! must not grow a DNS port, names or a control socket: those belong to the resolver daemon. [`Intro::bind`] returns once every socket is bound, with
-//! the addresses to give nodes; [`Intro::run`] serves until shut down.
+//! must not grow a DNS port, names or a control socket: those belong to the resolver daemon.
+//! [`Intro::bind`] returns once every socket is bound, with the addresses to give nodes;
+//! [`Intro::run`] serves until shut down.
 
 use std::{net::SocketAddr, path::Path};
 
@@ -40,7 +41,9 @@ pub enum IntroError {
     /// A STUN socket could not be bound.
     #[error("failed to listen for STUN on UDP {addr}")]
     Stun {
+        /// The `--stun-listen` (or default) address.
         addr: SocketAddr,
+        /// Why the bind failed.
         #[source]
         source: std::io::Error,
     },

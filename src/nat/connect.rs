@@ -169,7 +169,12 @@ pub struct Connected {
 pub enum ConnectError {
     /// No connection at all came up in time.
     #[error("no connection to {peer} within {after:?}")]
-    Timeout { peer: PeerId, after: Duration },
+    Timeout {
+        /// The peer dialled.
+        peer: PeerId,
+        /// How long the dial was given.
+        after: Duration,
+    },
     /// The node could not dial, or is gone.
     #[error(transparent)]
     Node(#[from] NodeError),

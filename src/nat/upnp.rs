@@ -29,7 +29,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(30);
 const LAST_RETRY: Duration = Duration::from_secs(3600);
 
 /// [`upnp::tokio::Behaviour`], searching again while no gateway is found.
-pub struct Upnp {
+pub(crate) struct Upnp {
     inner: upnp::tokio::Behaviour,
     /// Listen addresses seen so far, told to each new search.
     listening: Vec<(libp2p::core::transport::ListenerId, Multiaddr)>,

@@ -10,7 +10,9 @@ pub enum NodeError {
     /// A listen address could not be used, and no other one could either.
     #[error("failed to listen on {addr}")]
     Listen {
+        /// The first listen address that failed.
         addr: Multiaddr,
+        /// Why the transport refused it.
         #[source]
         source: libp2p::TransportError<std::io::Error>,
     },
@@ -20,6 +22,7 @@ pub enum NodeError {
     /// The swarm could not be built (transport or behaviour set-up).
     #[error("failed to start the P2P node")]
     Build {
+        /// The transport's or a behaviour's error.
         #[source]
         source: Box<dyn Error + Send + Sync>,
     },
@@ -32,7 +35,9 @@ pub enum NodeError {
     /// No connection to a peer could be made; the error of the last failed dial.
     #[error("cannot connect to {peer}")]
     Connect {
+        /// The peer dialled.
         peer: PeerId,
+        /// Why the dial failed.
         #[source]
         source: Box<DialError>,
     },

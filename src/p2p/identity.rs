@@ -18,25 +18,38 @@ pub const KEY_FILE: &str = "identity.key";
 /// Errors with the identity key.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// The data directory (or a parent) could not be created.
     #[error("failed to create the data directory {path}")]
     CreateDir {
+        /// The data directory.
         path: PathBuf,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
+    /// The key file exists but could not be read (permissions, I/O).
     #[error("failed to read the identity key {path}")]
     Read {
+        /// The key file.
         path: PathBuf,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
+    /// The key file is not a libp2p protobuf-encoded Ed25519 key pair.
     #[error(
         "the identity key {path} is not a valid Ed25519 key (move it away to make a new identity)"
     )]
-    Invalid { path: PathBuf },
+    Invalid {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A new key could not be written (mode 0600).
     #[error("failed to write the identity key {path}")]
     Write {
+        /// The key file.
         path: PathBuf,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
