@@ -3,28 +3,34 @@
 //!
 //! # Layout
 //!
-//! Each folder is one thing a user or an RFC would name; its `mod.rs` says what it owns.
+//! Each folder is one thing a user or an RFC would name; its `mod.rs` says what it owns and
+//! what it may not touch. Every subsystem is bound first and served second (`bind` returns a
+//! handle once its sockets are bound), and one owner holds each piece of state.
 //!
-//! - [`cli`]: the command line (`p2pdns run`, `p2pdns publish`...); [`config`]: the TOML
-//!   configuration, its embedded defaults and checks.
-//! - [`daemon`]: binds every socket first ([`Daemon::bind`]), then serves until a signal
-//!   ([`signal`]) cancels it or a subsystem fails. [`state`]: the data directory and atomic
-//!   state files.
-//! - [`dns`]: the DNS front end.
-//!   - [`dns::server`]: UDP and TCP sockets served by hickory-server.
-//!   - [`dns::handler`]: the client ACL, per-query protocol checks and routing, EDNS,
-//!     truncation.
-//!   - [`dns::forwarder`]: upstream queries with de-duplication, failover, TCP retry,
-//!     serve-stale; [`dns::upstream`] tracks each server's health; [`dns::cache`] holds answers.
+//! - [`cli`]: the command line: grammar, subcommands, exit codes, rendering for people.
+//!   [`config`]: the TOML configuration, its embedded defaults and checks.
+//! - [`daemon`]: binds every socket first ([`Daemon::bind`]), then supervises its tasks until a
+//!   signal ([`signal`]) cancels it or one of them ends. [`state`]: the data directory and
+//!   atomic state files.
+//! - [`dns`]: the DNS front end: [`dns::server`] (UDP and TCP sockets), [`dns::handler`] (the
+//!   client ACL, per-query checks, routing), [`dns::response`] (EDNS, EDE, truncation),
+//!   [`dns::forwarder`] over [`dns::exchange`] (de-duplication, failover, TCP retry,
+//!   serve-stale), [`dns::upstream`] (the upstream set, its source and health) and
+//!   [`dns::cache`].
 //! - [`naming`]: answers for the peer-to-peer TLDs: local records ([`naming::LocalZone`]), then
-//!   the DHT ([`naming::resolver`]), as an authoritative server would give them.
+//!   the DHT ([`naming::Dht`]): own names ([`naming::publisher`]), lookups
+//!   ([`naming::resolver`]) and pinned owners ([`naming::pins`]).
 //! - [`record`]: the signed name record of `docs/PROTOCOL.md`: codec, signature, DHT key.
 //! - [`p2p`]: the P2P node, one task owning the libp2p swarm, driven through a
-//!   [`p2p::NodeHandle`]; its identity key ([`p2p::identity`]).
-//! - [`nat`]: NAT traversal policy: UPnP port mappings and the STUN probe.
-//! - [`stun`]: STUN Binding (RFC 8489) server and client.
-//! - [`intro`]: the introduction server role (`p2pdns intro`), a P2P-only bootstrap node.
-//! - [`control`]: the Unix socket through which the CLI talks to the running daemon.
+//!   [`p2p::NodeHandle`] and reporting a typed [`p2p::NodeStatus`]; its identity key
+//!   ([`p2p::identity`]).
+//! - [`nat`]: NAT traversal policy: reachability and relay reservations, rendezvous, the
+//!   connect and hole-punching policy, UPnP, the STUN probe.
+//! - [`stun`]: STUN Binding (RFC 8489) codec, server and client.
+//! - [`intro`]: the introduction server role ([`intro::Intro`]), a P2P-only bootstrap node with
+//!   relay, rendezvous point and STUN server.
+//! - [`control`]: the Unix socket through which the CLI talks to the running daemon, with its
+//!   typed protocol.
 //! - [`os`]: `service install/uninstall`, `doctor`, and systemd readiness notification.
 //!
 //! # A query's path
