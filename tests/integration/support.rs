@@ -1,8 +1,6 @@
 //! Shared test fixtures: an authoritative upstream served by hickory on loopback, daemons on
 //! port 0, and a hickory DNS client.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::{
     net::SocketAddr,
     path::PathBuf,

@@ -1,16 +1,14 @@
 //! In-process tests: daemons on 127.0.0.1 port 0 forwarding to a hickory authority on
 //! loopback, queried with hickory's client.
 
-mod support;
-
 use std::{net::SocketAddr, time::Duration};
 
+use crate::support::{
+    TestDaemon, Upstream, WAIT, a_records, ask, config, ede, exchange_tcp, exchange_udp, query,
+};
 use hickory_proto::{
     op::{Edns, ResponseCode},
     rr::{Name, RData, RecordType, rdata::opt::EdnsOption},
-};
-use support::{
-    TestDaemon, Upstream, a_records, ask, config, ede, exchange_tcp, exchange_udp, query,
 };
 
 #[tokio::test]
@@ -122,7 +120,7 @@ async fn identical_questions_in_flight_share_one_upstream_query() {
         }));
     }
     // Wait until the upstream has seen the question, then let the retry through.
-    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     while upstream.queries() == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -277,7 +275,7 @@ async fn overload_is_refused_not_queued_forever() {
     let daemon = TestDaemon::start(cfg).await;
     let addr = daemon.addr;
     let slow = tokio::spawn(async move { ask(addr, "www.example.test.", RecordType::A).await });
-    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     while upstream.queries() == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -430,7 +428,7 @@ async fn pipelined_tcp_queries_are_not_held_up_by_a_slow_one() {
 
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let len = tokio::time::timeout(support::WAIT, stream.read_u16())
+        let len = tokio::time::timeout(WAIT, stream.read_u16())
             .await
             .expect("answer within the bound")
             .unwrap();
@@ -468,7 +466,7 @@ async fn upstreams_follow_resolv_conf_changes() {
     )
     .unwrap();
     let second: SocketAddr = "192.0.2.2:53".parse().unwrap();
-    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     while daemon.forwarder.upstreams() != vec![second, first] {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -489,7 +487,7 @@ async fn reload_empties_the_cache() {
     ask(daemon.addr, "www.example.test.", RecordType::A).await;
     assert_eq!(upstream.queries(), 1, "second answer from the cache");
     daemon.reload.notify_one();
-    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     while daemon.forwarder.cache().usage().0 != 0 {
         assert!(tokio::time::Instant::now() < deadline, "cache not emptied");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -519,7 +517,7 @@ async fn popular_entries_are_refreshed_before_they_expire() {
         "answered from the old entry: {}",
         late.answers[0].ttl
     );
-    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let refreshed = ask(daemon.addr, "www.example.test.", RecordType::A).await;
         if refreshed.answers[0].ttl >= 9 {
@@ -538,7 +536,7 @@ async fn shutdown_answers_the_queries_in_flight() {
     let daemon = TestDaemon::start(config(&[upstream.addr])).await;
     let addr = daemon.addr;
     let pending = tokio::spawn(async move { ask(addr, "www.example.test.", RecordType::A).await });
-    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let deadline = tokio::time::Instant::now() + WAIT;
     while upstream.queries() == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -18,8 +18,6 @@
 //! required, never optional: a missing one fails the test and names the Debian package to
 //! install (`iproute2`, `libc-bin`, `nsd`, `curl`, `chromium`, `python3`).
 
-mod process;
-
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -28,7 +26,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use process::{Proc, TempDir, describe, kill, random_tag, run_bounded, tail, tool};
+use crate::process::{
+    Proc, TempDir, describe, kill, random_tag, require_root, run_bounded, tail, tool,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 
@@ -79,8 +79,10 @@ struct Tools {
 }
 
 impl Tools {
-    /// Finds every tool first, so a missing one fails the test before anything is set up.
+    /// Finds every tool first, so a missing one (or missing root) fails the test before
+    /// anything is set up.
     fn find() -> Self {
+        require_root("the OS resolver path test (a network namespace, /etc/netns)");
         Self {
             ip: tool("ip", "iproute2"),
             getent: tool("getent", "libc-bin"),

@@ -9,13 +9,12 @@
 //!   stopped; hop count, requests, success and latency (BUDGET_MS, default 2000) per size, and
 //!   memory per node at rest.
 
-mod support;
-
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
+use crate::support::{TestDaemon, WAIT, a_records, ask, p2p_config};
 use hickory_proto::{
     op::ResponseCode,
     rr::{Name, RData, Record, RecordType},
@@ -29,7 +28,6 @@ use p2pdns::{
     p2p::{Node, NodeHandle},
     record::{NameRecord, dht_key},
 };
-use support::{TestDaemon, WAIT, a_records, ask, p2p_config};
 use tokio_util::sync::CancellationToken;
 
 fn env(name: &str, default: usize) -> usize {

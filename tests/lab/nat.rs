@@ -23,8 +23,6 @@
 //! overlap; every process in the lab is killed and every namespace removed when the test ends,
 //! also when it fails.
 
-mod process;
-
 use std::{
     collections::BTreeSet,
     env, fs,
@@ -35,7 +33,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use process::{Proc, TempDir, describe, kill, random_tag, run_bounded, tail, tool};
+use crate::process::{
+    Proc, TempDir, describe, kill, random_tag, require_root, run_bounded, tail, tool,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 
@@ -208,8 +208,10 @@ struct Tools {
 }
 
 impl Tools {
-    /// Finds every tool first, so a missing one fails the test before anything is set up.
+    /// Finds every tool first, so a missing one (or missing root) fails the test before
+    /// anything is set up.
     fn find() -> Self {
+        require_root("the NAT lab (network namespaces, nftables)");
         Self {
             ip: tool("ip", "iproute2"),
             nft: tool("nft", "nftables"),

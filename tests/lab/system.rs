@@ -10,8 +10,6 @@
 //! The tools are required, never optional: a missing one fails the test and names the Debian
 //! package to install (`bind9-dnsutils`, `knot-dnsutils`, `nsd`).
 
-mod process;
-
 use std::{
     collections::BTreeSet,
     fs,
@@ -23,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use process::{Proc, TempDir, run_bounded, tool};
+use crate::process::{Proc, TempDir, require_root, run_bounded, tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -1785,6 +1783,9 @@ fn cli_commands_say_clearly_when_no_daemon_runs() {
 
 #[test]
 fn binding_port_53_without_privilege_names_the_address_and_the_remedies() {
+    // Only root can run the binary as another user (nobody) that lacks the privilege.
+    require_root("running the daemon as an unprivileged user");
+    let setpriv = tool("setpriv", "util-linux");
     // Ports below net.ipv4.ip_unprivileged_port_start need privilege; that is what is tested.
     let start: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .expect("read ip_unprivileged_port_start")
@@ -1802,7 +1803,7 @@ fn binding_port_53_without_privilege_names_the_address_and_the_remedies() {
     let mut perms = fs::metadata(dir.path()).expect("stat").permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     fs::set_permissions(dir.path(), perms).expect("chmod the temp dir");
-    let out = Command::new("setpriv")
+    let out = Command::new(setpriv)
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&bin)
         .args(["run", "--dns-listen", "127.0.0.1:53", "--data-dir"])
