@@ -1,14 +1,24 @@
 //! In-process tests: daemons on 127.0.0.1 port 0 forwarding to a hickory authority on
 //! loopback, queried with hickory's client.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, time::Duration};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, ResponseCode},
+    rr::{
+        DNSClass, Name, RData, Record, RecordType,
+        rdata::{SOA, TXT, opt::EdnsOption},
+    },
+};
+use p2pdns::{Config, config::UpstreamAddr};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 use crate::support::{
-    TestDaemon, Upstream, WAIT, a_records, ask, config, ede, exchange_tcp, exchange_udp, query,
-};
-use hickory_proto::{
-    op::{Edns, ResponseCode},
-    rr::{Name, RData, RecordType, rdata::opt::EdnsOption},
+    TestDaemon, Upstream, WAIT, a_records, ask, config, ede, exchange_tcp, exchange_udp,
+    p2p_config, query,
 };
 
 #[tokio::test]
@@ -22,6 +32,11 @@ async fn several_daemons_forward_to_one_upstream() {
         let msg = ask(daemon.addr, "www.example.test.", RecordType::A).await;
         assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
         assert_eq!(a_records(&msg), vec!["192.0.2.80"]);
+        assert_eq!(msg.metadata.message_type, MessageType::Response);
+        assert!(
+            msg.metadata.recursion_desired,
+            "RD is copied from the query"
+        );
         assert!(msg.metadata.recursion_available, "RA must be set");
         assert!(
             !msg.metadata.authoritative,
@@ -41,16 +56,24 @@ async fn several_daemons_forward_to_one_upstream() {
 async fn question_case_is_kept_in_question_and_answer() {
     let upstream = Upstream::start("").await;
     let daemon = TestDaemon::start(config(&[upstream.addr])).await;
-    // Fill the cache with the lower-case spelling first.
-    ask(daemon.addr, "www.example.test.", RecordType::A).await;
-    let msg = ask(daemon.addr, "WwW.ExAmPlE.tEsT.", RecordType::A).await;
-    let asked = Name::from_ascii("WwW.ExAmPlE.tEsT.").unwrap();
-    assert!(
-        msg.queries[0].name().eq_case(&asked),
-        "{:?}",
-        msg.queries[0]
+    // Forwarded with a cold cache, then answered from the entry that the first spelling filled.
+    for spelling in ["WwW.Example.TEST.", "wWw.eXaMpLe.TeSt."] {
+        let msg = ask(daemon.addr, spelling, RecordType::A).await;
+        assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
+        let asked = Name::from_ascii(spelling).unwrap();
+        assert!(
+            msg.queries[0].name().eq_case(&asked),
+            "{:?}",
+            msg.queries[0]
+        );
+        assert!(msg.answers[0].name.eq_case(&asked), "{:?}", msg.answers[0]);
+        assert_eq!(a_records(&msg), vec!["192.0.2.80"]);
+    }
+    assert_eq!(
+        upstream.queries(),
+        1,
+        "the second spelling came from the cache"
     );
-    assert!(msg.answers[0].name.eq_case(&asked), "{:?}", msg.answers[0]);
 }
 
 #[tokio::test]
@@ -60,6 +83,7 @@ async fn answers_are_cached_with_ttls_counted_down() {
     let first = ask(daemon.addr, "short.example.test.", RecordType::A).await;
     assert_eq!(first.answers[0].ttl, 30);
     let seen = upstream.queries();
+    // At least one whole second since the answer was stored, so its TTL must have dropped.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = ask(daemon.addr, "short.example.test.", RecordType::A).await;
     assert_eq!(
@@ -68,11 +92,15 @@ async fn answers_are_cached_with_ttls_counted_down() {
         "second answer came from the cache"
     );
     assert!(
-        second.answers[0].ttl < 30,
+        second.answers[0].ttl < 30 && second.answers[0].ttl > 0,
         "TTL counts down: {}",
         second.answers[0].ttl
     );
     assert_eq!(a_records(&second), vec!["192.0.2.30"]);
+    assert!(
+        !second.metadata.authoritative,
+        "a cached answer is not authoritative"
+    );
 }
 
 #[tokio::test]
@@ -81,12 +109,11 @@ async fn negative_answers_are_cached_by_soa_minimum() {
     let daemon = TestDaemon::start(config(&[upstream.addr])).await;
     let nx = ask(daemon.addr, "missing.example.test.", RecordType::A).await;
     assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
-    let soa = &nx.authorities[0];
-    assert_eq!(soa.record_type(), RecordType::SOA);
+    assert_zone_soa(&nx);
     assert!(
-        soa.ttl <= 60,
+        nx.authorities[0].ttl <= 60,
         "negative TTL is capped by the SOA minimum: {}",
-        soa.ttl
+        nx.authorities[0].ttl
     );
     let nodata = ask(daemon.addr, "ns.example.test.", RecordType::AAAA).await;
     assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
@@ -95,6 +122,7 @@ async fn negative_answers_are_cached_by_soa_minimum() {
     upstream.set_silent(true);
     let again = ask(daemon.addr, "missing.example.test.", RecordType::A).await;
     assert_eq!(again.metadata.response_code, ResponseCode::NXDomain);
+    assert_zone_soa(&again);
     let again = ask(daemon.addr, "ns.example.test.", RecordType::AAAA).await;
     assert_eq!(again.metadata.response_code, ResponseCode::NoError);
     assert_eq!(
@@ -102,6 +130,27 @@ async fn negative_answers_are_cached_by_soa_minimum() {
         seen,
         "negative answers came from the cache"
     );
+}
+
+/// A negative answer from the test zone carries the zone's SOA in its authority section, as
+/// clients need it to cache the answer (RFC 2308).
+fn assert_zone_soa(msg: &Message) {
+    let soa = &msg.authorities[0];
+    assert_eq!(
+        soa.name,
+        Name::from_ascii("example.test.").unwrap(),
+        "{msg:?}"
+    );
+    match &soa.data {
+        RData::SOA(soa) => assert_eq!(
+            (soa.mname.to_string(), soa.rname.to_string()),
+            (
+                "ns.example.test.".to_owned(),
+                "admin.example.test.".to_owned()
+            )
+        ),
+        other => panic!("SOA expected in the authority section, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -146,14 +195,21 @@ async fn failover_prefers_the_upstream_that_answers() {
     // A socket that receives queries and never answers.
     let blackhole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     blackhole.set_nonblocking(true).unwrap();
-    let upstream = Upstream::start("").await;
+    let hosts: String = (1..=10)
+        .map(|i| format!("host{i} IN A 192.0.2.{}\n", 100 + i))
+        .collect();
+    let upstream = Upstream::start(&hosts).await;
     let daemon = TestDaemon::start(config(&[blackhole.local_addr().unwrap(), upstream.addr])).await;
-    let names = [
-        "www", "ns", "short", "alias", "a1", "a2", "a3", "a4", "a5", "a6",
-    ];
-    for name in names {
-        let msg = ask(daemon.addr, &format!("{name}.example.test."), RecordType::A).await;
-        assert_ne!(msg.metadata.response_code, ResponseCode::ServFail, "{name}");
+    // Distinct names, so that none is answered from the cache.
+    for i in 1..=10 {
+        let name = format!("host{i}.example.test.");
+        let msg = ask(daemon.addr, &name, RecordType::A).await;
+        assert_eq!(msg.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(
+            a_records(&msg),
+            vec![format!("192.0.2.{}", 100 + i)],
+            "{name}"
+        );
     }
     let mut buf = [0u8; 1500];
     let mut lost = 0;
@@ -169,36 +225,78 @@ async fn failover_prefers_the_upstream_that_answers() {
 
 #[tokio::test]
 async fn truncated_upstream_answers_are_retried_over_tcp_on_its_port() {
-    let mut big = String::new();
+    let mut zone = String::new();
+    // About 2.9 kB: over any UDP limit.
     for i in 0..40 {
-        big.push_str(&format!(
+        zone.push_str(&format!(
             "big IN TXT \"record {i:02} with enough padding to make the answer large....\"\n"
         ));
     }
-    let upstream = Upstream::start(&big).await;
+    // About 800 bytes: fits 1232 bytes, not 512.
+    for i in 0..MID_TXT {
+        zone.push_str(&format!("mid IN TXT \"{i:02}{}\"\n", "x".repeat(78)));
+    }
+    let upstream = Upstream::start(&zone).await;
     assert_ne!(upstream.addr.port(), 53);
     let daemon = TestDaemon::start(config(&[upstream.addr])).await;
 
-    // Over UDP the client gets TC=1, no records, and keeps its OPT record.
-    let udp = ask(daemon.addr, "big.example.test.", RecordType::TXT).await;
-    assert!(udp.metadata.truncation);
-    assert!(udp.answers.is_empty());
-    assert!(
-        udp.edns.is_some(),
-        "truncated answers keep their OPT record"
-    );
+    // Over UDP the client gets TC=1, no records, and keeps its OPT record; a client size above
+    // the daemon's 1232 bytes does not raise the limit.
+    for payload in [1232, 4096] {
+        let udp = exchange_udp(
+            daemon.addr,
+            query_with_payload("big.example.test.", payload),
+        )
+        .await;
+        assert!(udp.metadata.truncation, "payload {payload}");
+        assert!(udp.answers.is_empty(), "a TC reply carries no answers");
+        assert_eq!(
+            udp.edns.as_ref().map(Edns::version),
+            Some(0),
+            "truncated answers keep their OPT record"
+        );
+    }
 
     // Over TCP the whole answer, which the daemon got from the upstream over TCP.
     let tcp = exchange_tcp(daemon.addr, query("big.example.test.", RecordType::TXT)).await;
     assert!(!tcp.metadata.truncation);
-    assert_eq!(tcp.answers.len(), 40);
+    let distinct: HashSet<String> = tcp.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(distinct.len(), 40, "every record arrives over TCP");
 
-    // Without EDNS the UDP limit is 512 bytes.
+    // The UDP limit is 512 bytes with a smaller client size or without EDNS.
+    let fits = exchange_udp(daemon.addr, query_with_payload("mid.example.test.", 1232)).await;
+    assert!(!fits.metadata.truncation);
+    assert_eq!(fits.answers.len(), MID_TXT);
+    let small = exchange_udp(daemon.addr, query_with_payload("mid.example.test.", 512)).await;
+    assert!(small.metadata.truncation, "client size 512 not honoured");
+    assert!(small.answers.is_empty());
+    assert_eq!(small.edns.as_ref().map(Edns::version), Some(0));
+    let mut plain = query("mid.example.test.", RecordType::TXT);
+    plain.edns = None;
+    let plain = exchange_udp(daemon.addr, plain).await;
+    assert!(
+        plain.metadata.truncation,
+        "512 bytes without EDNS not honoured"
+    );
+    assert!(plain.answers.is_empty());
+    assert!(plain.edns.is_none(), "no OPT for a query without one");
+
+    // A small answer without EDNS arrives whole, without OPT.
     let mut plain = query("www.example.test.", RecordType::A);
     plain.edns = None;
     let msg = exchange_udp(daemon.addr, plain).await;
     assert!(msg.edns.is_none(), "no OPT for a query without one");
     assert_eq!(a_records(&msg), vec!["192.0.2.80"]);
+}
+
+/// TXT records of 80 bytes at mid.example.test in the truncation test.
+const MID_TXT: usize = 8;
+
+/// A TXT query announcing `payload` bytes as its UDP limit.
+fn query_with_payload(name: &str, payload: u16) -> Message {
+    let mut msg = query(name, RecordType::TXT);
+    msg.edns.as_mut().unwrap().set_max_payload(payload);
+    msg
 }
 
 #[tokio::test]
@@ -243,27 +341,37 @@ async fn servfail_with_ede_when_no_upstream_answers() {
 
 #[tokio::test]
 async fn its_own_listen_address_is_never_an_upstream() {
-    // Bind first to learn the port, then make that port the daemon's only upstream.
+    // Bind first to learn the port, then make that port the daemon's only upstream: as given,
+    // and disguised as an IPv4-mapped IPv6 address.
     let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = probe.local_addr().unwrap().port();
     drop(probe);
     let own: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut cfg = config(&[own]);
-    cfg.dns.listen = vec![own];
-    let daemon = TestDaemon::start(cfg).await;
-    let first = ask(daemon.addr, "www.example.test.", RecordType::A).await;
-    assert_eq!(first.metadata.response_code, ResponseCode::ServFail);
-    assert!(daemon.forwarder.upstreams().is_empty());
-    let second = ask(daemon.addr, "other.example.test.", RecordType::A).await;
-    assert_eq!(second.metadata.response_code, ResponseCode::ServFail);
-    assert!(
-        ede(&second).unwrap().1.contains("no upstream"),
-        "{:?}",
-        ede(&second)
-    );
-    // Local names still work.
-    let p2p = ask(daemon.addr, "x.p2p.", RecordType::A).await;
-    assert_eq!(p2p.metadata.response_code, ResponseCode::NXDomain);
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
+    for upstream in [own, mapped] {
+        let mut cfg = config(&[upstream]);
+        cfg.dns.listen = vec![own];
+        local_site(&mut cfg);
+        let daemon = TestDaemon::start(cfg).await;
+        assert!(daemon.forwarder.upstreams().is_empty(), "{upstream}");
+        let first = ask(daemon.addr, "www.example.test.", RecordType::A).await;
+        assert_eq!(first.metadata.response_code, ResponseCode::ServFail);
+        assert!(first.answers.is_empty());
+        let second = ask(daemon.addr, "other.example.test.", RecordType::A).await;
+        assert_eq!(second.metadata.response_code, ResponseCode::ServFail);
+        assert!(
+            ede(&second).unwrap().1.contains("no upstream"),
+            "{:?}",
+            ede(&second)
+        );
+        // Local names still work.
+        let local = ask(daemon.addr, "site.p2p.", RecordType::A).await;
+        assert_eq!(a_records(&local), vec!["192.0.2.10"], "{upstream}");
+        let p2p = ask(daemon.addr, "x.p2p.", RecordType::A).await;
+        assert_eq!(p2p.metadata.response_code, ResponseCode::NXDomain);
+        // The port is free again for the next daemon.
+        daemon.stop().await.expect("clean shutdown");
+    }
 }
 
 #[tokio::test]
@@ -292,51 +400,148 @@ async fn overload_is_refused_not_queued_forever() {
 #[tokio::test]
 async fn edns_rules_of_rfc_6891() {
     let upstream = Upstream::start("").await;
-    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    let mut cfg = config(&[upstream.addr]);
+    local_site(&mut cfg);
+    let daemon = TestDaemon::start(cfg).await;
 
-    // Version 1: BADVERS, with an OPT record of version 0.
-    let mut msg = query("www.example.test.", RecordType::A);
-    msg.edns.as_mut().unwrap().set_version(1);
-    let reply = exchange_udp(daemon.addr, msg).await;
-    // BADVERS and BADSIG share the value 16; hickory decodes it as BADSIG.
-    assert_eq!(u16::from(reply.metadata.response_code), 16, "BADVERS");
-    assert_eq!(reply.edns.as_ref().unwrap().version(), 0);
-    assert!(reply.answers.is_empty());
+    // A forwarded name and a local one take the same rules.
+    for name in ["www.example.test.", "site.p2p."] {
+        // With EDNS: an OPT record of version 0 announcing the daemon's 1232 bytes.
+        let reply = ask(daemon.addr, name, RecordType::A).await;
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{name}"
+        );
+        let edns = reply.edns.as_ref().expect("an OPT record");
+        assert_eq!((edns.version(), edns.max_payload()), (0, 1232), "{name}");
+        assert_eq!(reply.answers.len(), 1, "{name}");
 
-    // Unknown options and flags are ignored and not echoed; DO is echoed.
-    let mut msg = query("www.example.test.", RecordType::A);
-    let edns: &mut Edns = msg.edns.as_mut().unwrap();
-    edns.options_mut()
-        .insert(EdnsOption::Unknown(65_000, vec![1, 2, 3]));
-    edns.flags_mut().z = 0x4000;
-    edns.set_dnssec_ok(true);
-    let reply = exchange_udp(daemon.addr, msg).await;
-    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-    let edns = reply.edns.as_ref().unwrap();
-    assert!(
-        edns.option(65_000u16.into()).is_none(),
-        "unknown option echoed"
-    );
-    assert_eq!(edns.flags().z, 0, "unknown flags echoed");
-    assert!(edns.flags().dnssec_ok, "DO bit not echoed");
+        // Without EDNS: no OPT record.
+        let mut plain = query(name, RecordType::A);
+        plain.edns = None;
+        let reply = exchange_udp(daemon.addr, plain).await;
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{name}"
+        );
+        assert!(
+            reply.edns.is_none(),
+            "{name}: OPT sent to a client without EDNS"
+        );
+        assert_eq!(reply.answers.len(), 1, "{name}");
+
+        // Version 1: BADVERS, with an OPT record of version 0.
+        let mut msg = query(name, RecordType::A);
+        msg.edns.as_mut().unwrap().set_version(1);
+        let reply = exchange_udp(daemon.addr, msg).await;
+        // BADVERS and BADSIG share the value 16; hickory decodes it as BADSIG.
+        assert_eq!(
+            u16::from(reply.metadata.response_code),
+            16,
+            "{name}: BADVERS"
+        );
+        assert_eq!(reply.edns.as_ref().unwrap().version(), 0, "{name}");
+        assert!(reply.answers.is_empty(), "{name}");
+
+        // Unknown options and flags are ignored and not echoed; DO is echoed when set.
+        for dnssec_ok in [false, true] {
+            let mut msg = query(name, RecordType::A);
+            let edns: &mut Edns = msg.edns.as_mut().unwrap();
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(65_000, vec![1, 2, 3]));
+            edns.flags_mut().z = 0x4000;
+            edns.set_dnssec_ok(dnssec_ok);
+            let reply = exchange_udp(daemon.addr, msg).await;
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}"
+            );
+            assert_eq!(reply.answers.len(), 1, "{name}");
+            let edns = reply.edns.as_ref().unwrap();
+            assert!(
+                edns.option(65_000u16.into()).is_none(),
+                "{name}: unknown option echoed"
+            );
+            assert_eq!(edns.flags().z, 0, "{name}: unknown flags echoed");
+            assert_eq!(edns.flags().dnssec_ok, dnssec_ok, "{name}: DO bit");
+        }
+    }
 }
 
 #[tokio::test]
 async fn opcodes_classes_and_types_per_rfc() {
     let upstream = Upstream::start("").await;
-    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    let mut cfg = config(&[upstream.addr]);
+    local_site(&mut cfg);
+    let daemon = TestDaemon::start(cfg).await;
 
-    let mut notify = query("www.example.test.", RecordType::SOA);
-    notify.metadata.op_code = hickory_proto::op::OpCode::Unknown(15);
-    let reply = exchange_udp(daemon.addr, notify).await;
-    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+    // Unknown (15) and unsupported (2, STATUS) opcodes: NOTIMP, for any name.
+    for name in ["www.example.test.", "site.p2p."] {
+        for op_code in [OpCode::Unknown(15), OpCode::Status] {
+            let mut msg = query(name, RecordType::A);
+            msg.metadata.op_code = op_code;
+            let reply = exchange_udp(daemon.addr, msg).await;
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NotImp,
+                "{name} {op_code:?}"
+            );
+            assert!(reply.answers.is_empty(), "{name} {op_code:?}");
+        }
+    }
 
-    let reply = exchange_tcp(daemon.addr, query("example.test.", RecordType::AXFR)).await;
-    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    // Zone transfers are refused and leak no record: AXFR (over TCP, as transfers run), IXFR
+    // over TCP and UDP (with the client's SOA in the authority section, as dig sends it).
+    for zone in ["example.test.", "site.p2p."] {
+        let reply = exchange_tcp(daemon.addr, query(zone, RecordType::AXFR)).await;
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::Refused,
+            "{zone}"
+        );
+        assert!(reply.answers.is_empty(), "{zone}");
+    }
+    for over_tcp in [true, false] {
+        let mut ixfr = query("example.test.", RecordType::IXFR);
+        let soa = SOA::new(
+            Name::from_ascii("ns.example.test.").unwrap(),
+            Name::from_ascii("admin.example.test.").unwrap(),
+            1,
+            0,
+            0,
+            0,
+            0,
+        );
+        ixfr.add_authority(Record::from_rdata(
+            Name::from_ascii("example.test.").unwrap(),
+            0,
+            RData::SOA(soa),
+        ));
+        let reply = if over_tcp {
+            exchange_tcp(daemon.addr, ixfr).await
+        } else {
+            exchange_udp(daemon.addr, ixfr).await
+        };
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::Refused,
+            "IXFR over {}",
+            if over_tcp { "TCP" } else { "UDP" }
+        );
+        assert!(reply.answers.is_empty());
+    }
 
     let before = upstream.queries();
     let any = ask(daemon.addr, "www.example.test.", RecordType::ANY).await;
+    assert_eq!(any.metadata.response_code, ResponseCode::NoError);
     assert_eq!(any.answers.len(), 1);
+    assert_eq!(
+        any.answers[0].name,
+        Name::from_ascii("www.example.test.").unwrap()
+    );
     match &any.answers[0].data {
         RData::HINFO(h) => assert_eq!(&*h.cpu, b"RFC8482"),
         other => panic!("RFC 8482 answer expected, got {other:?}"),
@@ -348,14 +553,20 @@ async fn opcodes_classes_and_types_per_rfc() {
     );
 
     let mut chaos = query("version.bind.", RecordType::TXT);
-    chaos.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+    chaos.queries[0].set_query_class(DNSClass::CH);
     let reply = exchange_udp(daemon.addr, chaos).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(reply.answers.len(), 1);
+    assert_eq!(reply.answers[0].dns_class, DNSClass::CH);
     match &reply.answers[0].data {
-        RData::TXT(txt) => assert!(txt.to_string().contains("p2pdns")),
+        RData::TXT(txt) => assert_eq!(
+            txt.txt_data.iter().map(|s| &**s).collect::<Vec<_>>(),
+            [format!("p2pdns {}", env!("CARGO_PKG_VERSION")).as_bytes()]
+        ),
         other => panic!("TXT expected, got {other:?}"),
     }
     let mut chaos = query("www.example.test.", RecordType::TXT);
-    chaos.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+    chaos.queries[0].set_query_class(DNSClass::CH);
     let reply = exchange_udp(daemon.addr, chaos).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
     assert_eq!(
@@ -368,28 +579,105 @@ async fn opcodes_classes_and_types_per_rfc() {
 #[tokio::test]
 async fn p2p_names_come_from_the_local_table() {
     let upstream = Upstream::start("").await;
-    let mut cfg = config(&[upstream.addr]);
-    cfg.naming.records.insert(
-        "site.p2p".into(),
-        vec!["A 192.0.2.10".into(), "TXT \"hello world\"".into()],
-    );
-    cfg.naming
-        .records
-        .insert("www.site.p2p".into(), vec!["CNAME site.p2p.".into()]);
+    // P2P on, as by default, but without peers: the local table answers alone.
+    let mut cfg = p2p_config(&[]);
+    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr)];
+    local_site(&mut cfg);
     let daemon = TestDaemon::start(cfg).await;
+
+    for (qtype, data) in [
+        (RecordType::A, RData::A("192.0.2.10".parse().unwrap())),
+        (
+            RecordType::AAAA,
+            RData::AAAA("2001:db8::10".parse().unwrap()),
+        ),
+        (
+            RecordType::TXT,
+            RData::TXT(TXT::new(vec!["hello world".into()])),
+        ),
+    ] {
+        let msg = ask(daemon.addr, "site.p2p.", qtype).await;
+        assert_eq!(msg.metadata.response_code, ResponseCode::NoError, "{qtype}");
+        assert!(
+            msg.metadata.authoritative,
+            "{qtype}: local answers are authoritative"
+        );
+        assert_eq!(msg.answers.len(), 1, "{qtype}");
+        assert_eq!(msg.answers[0].data, data);
+    }
 
     let a = ask(daemon.addr, "www.site.p2p.", RecordType::A).await;
     assert!(a.metadata.authoritative);
-    assert_eq!(a.answers[0].record_type(), RecordType::CNAME);
-    assert_eq!(a_records(&a), vec!["192.0.2.10"]);
+    let chain: Vec<(String, RecordType, String)> = a
+        .answers
+        .iter()
+        .map(|r| (r.name.to_string(), r.record_type(), r.data.to_string()))
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            (
+                "www.site.p2p.".into(),
+                RecordType::CNAME,
+                "site.p2p.".into()
+            ),
+            ("site.p2p.".into(), RecordType::A, "192.0.2.10".into()),
+        ]
+    );
 
-    let nx = ask(daemon.addr, "nobody.p2p.", RecordType::A).await;
-    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
-    assert_eq!(nx.authorities[0].name, Name::from_ascii("p2p.").unwrap());
+    // Under a local name, the table is the whole truth: NXDOMAIN and NODATA, with the SOA of
+    // p2p. that lets clients cache them.
+    let nx = ask(daemon.addr, "missing.site.p2p.", RecordType::A).await;
+    let nodata = ask(daemon.addr, "site.p2p.", RecordType::MX).await;
+    for (msg, rcode) in [
+        (&nx, ResponseCode::NXDomain),
+        (&nodata, ResponseCode::NoError),
+    ] {
+        assert_eq!(msg.metadata.response_code, rcode);
+        assert!(msg.metadata.authoritative);
+        assert!(msg.answers.is_empty());
+        assert_eq!(msg.authorities[0].record_type(), RecordType::SOA);
+        assert_eq!(msg.authorities[0].name, Name::from_ascii("p2p.").unwrap());
+    }
+
+    // Another name is the network's to answer. Without peers nobody can say it is absent:
+    // SERVFAIL with an Extended DNS Error, not NXDOMAIN.
+    let unknown = ask(daemon.addr, "nobody-knows.p2p.", RecordType::A).await;
+    assert_eq!(unknown.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        ede(&unknown).map(|e| e.0),
+        Some(22),
+        "EDE 22: No Reachable Authority"
+    );
 
     let tcp = exchange_tcp(daemon.addr, query("site.p2p.", RecordType::TXT)).await;
     assert_eq!(tcp.answers.len(), 1);
     assert_eq!(upstream.queries(), 0, ".p2p names never go upstream");
+
+    // With P2P off, the local table is all of .p2p.
+    let mut cfg = config(&[upstream.addr]);
+    local_site(&mut cfg);
+    let off = TestDaemon::start(cfg).await;
+    let nx = ask(off.addr, "nobody.p2p.", RecordType::A).await;
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(nx.authorities[0].name, Name::from_ascii("p2p.").unwrap());
+    assert_eq!(upstream.queries(), 0, ".p2p names never go upstream");
+}
+
+/// Adds the local names `site.p2p` (A, AAAA, TXT) and `www.site.p2p` (a CNAME to it).
+fn local_site(config: &mut Config) {
+    config.naming.records.insert(
+        "site.p2p".into(),
+        vec![
+            "A 192.0.2.10".into(),
+            "AAAA 2001:db8::10".into(),
+            "TXT \"hello world\"".into(),
+        ],
+    );
+    config
+        .naming
+        .records
+        .insert("www.site.p2p".into(), vec!["CNAME site.p2p.".into()]);
 }
 
 #[tokio::test]
@@ -397,16 +685,37 @@ async fn clients_outside_allow_are_refused() {
     let upstream = Upstream::start("").await;
     let mut cfg = config(&[upstream.addr]);
     cfg.dns.allow = vec!["10.0.0.0/8".parse().unwrap()];
+    local_site(&mut cfg);
     let daemon = TestDaemon::start(cfg).await;
-    let msg = ask(daemon.addr, "www.example.test.", RecordType::A).await;
-    assert_eq!(msg.metadata.response_code, ResponseCode::Refused);
+    for (name, over_tcp) in [
+        ("www.example.test.", false),
+        ("site.p2p.", false),
+        ("site.p2p.", true),
+    ] {
+        let msg = query(name, RecordType::A);
+        let reply = if over_tcp {
+            exchange_tcp(daemon.addr, msg).await
+        } else {
+            exchange_udp(daemon.addr, msg).await
+        };
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::Refused,
+            "{name}"
+        );
+        assert!(reply.answers.is_empty(), "{name}");
+        // RFC 6891 section 6.1.1: a request with an OPT record gets a response with one.
+        assert_eq!(
+            reply.edns.as_ref().map(Edns::version),
+            Some(0),
+            "{name} (TCP: {over_tcp}): the REFUSED reply dropped EDNS"
+        );
+    }
     assert_eq!(upstream.queries(), 0);
 }
 
 #[tokio::test]
 async fn pipelined_tcp_queries_are_not_held_up_by_a_slow_one() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let upstream = Upstream::start("").await;
     upstream.set_silent(true);
     let mut cfg = config(&[upstream.addr]);
@@ -417,24 +726,11 @@ async fn pipelined_tcp_queries_are_not_held_up_by_a_slow_one() {
 
     let slow = query("www.example.test.", RecordType::A);
     let fast = query("fast.p2p.", RecordType::A);
-    let mut wire = Vec::new();
-    for msg in [&slow, &fast] {
-        let bytes = msg.to_vec().unwrap();
-        wire.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-        wire.extend_from_slice(&bytes);
-    }
     let mut stream = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
-    stream.write_all(&wire).await.unwrap();
-
+    write_pipelined(&mut stream, &[&slow, &fast]).await;
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let len = tokio::time::timeout(WAIT, stream.read_u16())
-            .await
-            .expect("answer within the bound")
-            .unwrap();
-        let mut buf = vec![0; usize::from(len)];
-        stream.read_exact(&mut buf).await.unwrap();
-        let msg = hickory_proto::op::Message::from_vec(&buf).unwrap();
+        let msg = read_tcp_message(&mut stream).await;
         ids.push((msg.metadata.id, msg.metadata.response_code));
     }
     assert_eq!(
@@ -445,6 +741,49 @@ async fn pipelined_tcp_queries_are_not_held_up_by_a_slow_one() {
         ],
         "the quick answer overtakes the one waiting on a silent upstream"
     );
+
+    // The connection stays open for more: three queries, forwarded and local, written back to
+    // back before reading anything, all answered.
+    upstream.set_silent(false);
+    let burst = [
+        query("ns.example.test.", RecordType::A),
+        query("fast.p2p.", RecordType::A),
+        query("short.example.test.", RecordType::A),
+    ];
+    write_pipelined(&mut stream, &burst.iter().collect::<Vec<_>>()).await;
+    let mut answered = HashSet::new();
+    for _ in &burst {
+        let msg = read_tcp_message(&mut stream).await;
+        assert_eq!(msg.metadata.response_code, ResponseCode::NoError, "{msg:?}");
+        assert_eq!(a_records(&msg).len(), 1, "{msg:?}");
+        answered.insert(msg.metadata.id);
+    }
+    assert_eq!(
+        answered,
+        burst.iter().map(|q| q.metadata.id).collect::<HashSet<_>>()
+    );
+}
+
+/// Writes `queries` to a DNS-over-TCP stream in one go, each with its length prefix.
+async fn write_pipelined(stream: &mut TcpStream, queries: &[&Message]) {
+    let mut wire = Vec::new();
+    for msg in queries {
+        let bytes = msg.to_vec().unwrap();
+        wire.extend_from_slice(&u16::try_from(bytes.len()).unwrap().to_be_bytes());
+        wire.extend_from_slice(&bytes);
+    }
+    stream.write_all(&wire).await.unwrap();
+}
+
+/// Reads one length-prefixed DNS message from a TCP stream, within [`WAIT`].
+async fn read_tcp_message(stream: &mut TcpStream) -> Message {
+    let len = tokio::time::timeout(WAIT, stream.read_u16())
+        .await
+        .expect("answer within the bound")
+        .unwrap();
+    let mut buf = vec![0; usize::from(len)];
+    stream.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
 }
 
 #[tokio::test]
