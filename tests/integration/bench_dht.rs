@@ -1,7 +1,9 @@
-//! Benchmark, not a test (ignored by `cargo test`): uncached `.p2p` lookups in a network of
-//! daemons on loopback, in one process. Prints figures; asserts only that the set-up works.
+//! Benchmark, not a test (built with the `test-support` feature only, and ignored): uncached
+//! `.p2p` lookups in a network of daemons on loopback, in one process. Prints figures; asserts
+//! only that the set-up works.
 //!
-//! Run: `cargo test --release --test bench_dht -- --ignored --nocapture --test-threads 1`
+//! Run: `cargo test --release --features test-support --test integration bench_dht -- --ignored
+//! --nocapture --test-threads 1`
 //! - `uncached_lookup_latency`: NODES daemons (default 50), NAMES (default 100) resolved once each
 //!   through another daemon's DNS port.
 //! - `scaling_with_churn`: bare P2P nodes (memory transport, Noise, Yamux) in networks of SIZES nodes (default

@@ -1587,7 +1587,7 @@ fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working
 /// connection rate and the time from the first dial to a direct connection.
 ///
 /// Run: `TRIALS=5 PAIRS=eim-eim,eim-addr,sym-sym TRANSPORTS=quic,tcp cargo test --release \
-/// --test nat traversal_benchmark -- --ignored --nocapture` (pairs: publisher-connector, each
+/// --features lab --test lab nat::traversal_benchmark -- --ignored --nocapture` (pairs: publisher-connector, each
 /// one of eim, full, addr, sym, upnp; default: the ten of the matrix test; transports: quic,
 /// tcp, both, the daemons listening on that only; default quic,tcp). The introduction server
 /// always offers both.
