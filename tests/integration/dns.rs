@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::support::{
     TestDaemon, Upstream, WAIT, a_records, ask, config, ede, exchange_tcp, exchange_udp,
-    p2p_config, query,
+    p2p_config, query, wait_until,
 };
 
 #[tokio::test]
@@ -169,14 +169,7 @@ async fn identical_questions_in_flight_share_one_upstream_query() {
         }));
     }
     // Wait until the upstream has seen the question, then let the retry through.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while upstream.queries() == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upstream never asked"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    upstream.wait_until_asked().await;
     upstream.set_silent(false);
     for task in tasks {
         let msg = task.await.unwrap();
@@ -383,14 +376,7 @@ async fn overload_is_refused_not_queued_forever() {
     let daemon = TestDaemon::start(cfg).await;
     let addr = daemon.addr;
     let slow = tokio::spawn(async move { ask(addr, "www.example.test.", RecordType::A).await });
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while upstream.queries() == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upstream never asked"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    upstream.wait_until_asked().await;
     let refused = ask(daemon.addr, "ns.example.test.", RecordType::A).await;
     assert_eq!(refused.metadata.response_code, ResponseCode::ServFail);
     assert!(ede(&refused).unwrap().1.contains("in flight"));
@@ -805,15 +791,10 @@ async fn upstreams_follow_resolv_conf_changes() {
     )
     .unwrap();
     let second: SocketAddr = "192.0.2.2:53".parse().unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while daemon.forwarder.upstreams() != vec![second, first] {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "resolv.conf change not picked up: {:?}",
-            daemon.forwarder.upstreams()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the upstreams of the new resolv.conf", || {
+        daemon.forwarder.upstreams() == vec![second, first]
+    })
+    .await;
     daemon.stop().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -826,11 +807,10 @@ async fn reload_empties_the_cache() {
     ask(daemon.addr, "www.example.test.", RecordType::A).await;
     assert_eq!(upstream.queries(), 1, "second answer from the cache");
     daemon.reload.notify_one();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while daemon.forwarder.cache().usage().0 != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "cache not emptied");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the cache to be emptied", || {
+        daemon.forwarder.cache().usage().0 == 0
+    })
+    .await;
     ask(daemon.addr, "www.example.test.", RecordType::A).await;
     assert_eq!(
         upstream.queries(),
@@ -875,14 +855,7 @@ async fn shutdown_answers_the_queries_in_flight() {
     let daemon = TestDaemon::start(config(&[upstream.addr])).await;
     let addr = daemon.addr;
     let pending = tokio::spawn(async move { ask(addr, "www.example.test.", RecordType::A).await });
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while upstream.queries() == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upstream never asked"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    upstream.wait_until_asked().await;
     daemon.stop().await.expect("clean shutdown");
     // The client got its (failed) answer before the sockets closed, instead of a timeout.
     let answer = pending.await.expect("the client got a reply");

@@ -130,6 +130,24 @@ impl Upstream {
     pub fn set_silent(&self, silent: bool) {
         self.silent.store(silent, Ordering::SeqCst);
     }
+
+    /// Waits until a query has reached the upstream (answered or not, as when it is silent).
+    pub async fn wait_until_asked(&self) {
+        wait_until("the upstream to be asked", || self.queries() > 0).await;
+    }
+}
+
+/// Polls `done` every 10 ms until it holds; fails the test, naming `what` it waited for, after
+/// [`WAIT`].
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 impl Drop for Upstream {

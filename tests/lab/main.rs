@@ -26,11 +26,12 @@
 //!   namespaces.
 //!
 //! [`process`] holds what they share: finding programs, temporary directories, processes with
-//! deadlines.
+//! deadlines; [`netns`] the network namespaces of `nat` and `os_path`.
 
 mod intro_limits;
 mod lan;
 mod nat;
+mod netns;
 mod os_path;
 mod packaging;
 mod process;

@@ -33,8 +33,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::process::{
-    Proc, TempDir, describe, kill, random_tag, require_root, run_bounded, tail, tool,
+use crate::{
+    netns,
+    process::{Proc, TempDir, describe, random_tag, require_root, run_bounded, tail, tool},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
@@ -47,8 +48,6 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(15);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for a name published behind one NAT to resolve behind another.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for the lab's processes to die after SIGKILL.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two looks at something being polled.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -236,19 +235,9 @@ struct Ns {
 }
 
 impl Ns {
-    /// A command running `program` inside the namespace with a clean environment: no proxy
-    /// variables, no p2pdns settings (RUNTIME_DIRECTORY would move the control socket).
+    /// A command running `program` inside the namespace with a clean environment.
     fn exec(&self, program: impl AsRef<Path>) -> Command {
-        let mut command = Command::new(&self.ip);
-        command
-            .args(["netns", "exec", &self.name])
-            .arg(program.as_ref())
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("HOME", &self.home)
-            .env("LANG", "C.UTF-8")
-            .env("NO_COLOR", "1");
-        command
+        netns::exec(&self.ip, &self.name, &self.home, program)
     }
 
     /// Runs `program ARGS` inside the namespace and fails the test if it fails.
@@ -269,21 +258,8 @@ impl Ns {
     fn ip(&self, args: &[&str]) {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
-        ip(&self.ip, &all);
+        netns::ip(&self.ip, &all);
     }
-}
-
-/// Runs `ip ARGS` and fails the test if it fails.
-fn ip(program: &Path, args: &[&str]) {
-    let mut command = Command::new(program);
-    command.args(args);
-    let output = run_bounded(command, TOOL_TIMEOUT);
-    assert!(
-        output.status.success(),
-        "ip {} failed (the NAT lab needs root): {}",
-        args.join(" "),
-        describe(&output)
-    );
 }
 
 /// How a home router translates and filters (RFC 4787).
@@ -524,7 +500,7 @@ impl Lab {
     fn add_namespace(&mut self, ns: &Ns) {
         // Recorded first: if creation half-succeeds, teardown still tries.
         self.namespaces.push(ns.name.clone());
-        ip(&self.tools.ip, &["netns", "add", &ns.name]);
+        netns::ip(&self.tools.ip, &["netns", "add", &ns.name]);
         ns.ip(&["link", "set", "lo", "up"]);
     }
 
@@ -804,33 +780,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let pids = |name: &str| -> Vec<String> {
-            Command::new(&self.tools.ip)
-                .args(["netns", "pids", name])
-                .output()
-                .map(|out| {
-                    String::from_utf8_lossy(&out.stdout)
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        // Everything running in the lab was started by this test.
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            let all: Vec<String> = self.namespaces.iter().flat_map(|ns| pids(ns)).collect();
-            if all.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            kill(&all);
-            thread::sleep(POLL);
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new(&self.tools.ip)
-                .args(["netns", "del", ns])
-                .status();
-        }
+        netns::remove(&self.tools.ip, &self.namespaces);
     }
 }
 
