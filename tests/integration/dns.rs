@@ -10,15 +10,12 @@ use hickory_proto::{
         rdata::{SOA, TXT, opt::EdnsOption},
     },
 };
-use p2pdns::{Config, config::UpstreamAddr};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use p2pdns::config::UpstreamAddr;
 
 use crate::support::{
     TestDaemon, Upstream, WAIT, a_records, ask, config, ede, exchange_tcp, exchange_udp,
-    p2p_config, query, wait_until,
+    local_site, p2p_config, query, query_with_payload, read_tcp_message, wait_until,
+    write_pipelined,
 };
 
 #[tokio::test]
@@ -83,7 +80,6 @@ async fn answers_are_cached_with_ttls_counted_down() {
     let first = ask(daemon.addr, "short.example.test.", RecordType::A).await;
     assert_eq!(first.answers[0].ttl, 30);
     let seen = upstream.queries();
-    // At least one whole second since the answer was stored, so its TTL must have dropped.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = ask(daemon.addr, "short.example.test.", RecordType::A).await;
     assert_eq!(
@@ -284,13 +280,6 @@ async fn truncated_upstream_answers_are_retried_over_tcp_on_its_port() {
 
 /// TXT records of 80 bytes at mid.example.test in the truncation test.
 const MID_TXT: usize = 8;
-
-/// A TXT query announcing `payload` bytes as its UDP limit.
-fn query_with_payload(name: &str, payload: u16) -> Message {
-    let mut msg = query(name, RecordType::TXT);
-    msg.edns.as_mut().unwrap().set_max_payload(payload);
-    msg
-}
 
 #[tokio::test]
 async fn serve_stale_when_upstream_fails() {
@@ -650,22 +639,6 @@ async fn p2p_names_come_from_the_local_table() {
     assert_eq!(upstream.queries(), 0, ".p2p names never go upstream");
 }
 
-/// Adds the local names `site.p2p` (A, AAAA, TXT) and `www.site.p2p` (a CNAME to it).
-fn local_site(config: &mut Config) {
-    config.naming.records.insert(
-        "site.p2p".into(),
-        vec![
-            "A 192.0.2.10".into(),
-            "AAAA 2001:db8::10".into(),
-            "TXT \"hello world\"".into(),
-        ],
-    );
-    config
-        .naming
-        .records
-        .insert("www.site.p2p".into(), vec!["CNAME site.p2p.".into()]);
-}
-
 #[tokio::test]
 async fn clients_outside_allow_are_refused() {
     let upstream = Upstream::start("").await;
@@ -748,28 +721,6 @@ async fn pipelined_tcp_queries_are_not_held_up_by_a_slow_one() {
         answered,
         burst.iter().map(|q| q.metadata.id).collect::<HashSet<_>>()
     );
-}
-
-/// Writes `queries` to a DNS-over-TCP stream in one go, each with its length prefix.
-async fn write_pipelined(stream: &mut TcpStream, queries: &[&Message]) {
-    let mut wire = Vec::new();
-    for msg in queries {
-        let bytes = msg.to_vec().unwrap();
-        wire.extend_from_slice(&u16::try_from(bytes.len()).unwrap().to_be_bytes());
-        wire.extend_from_slice(&bytes);
-    }
-    stream.write_all(&wire).await.unwrap();
-}
-
-/// Reads one length-prefixed DNS message from a TCP stream, within [`WAIT`].
-async fn read_tcp_message(stream: &mut TcpStream) -> Message {
-    let len = tokio::time::timeout(WAIT, stream.read_u16())
-        .await
-        .expect("answer within the bound")
-        .unwrap();
-    let mut buf = vec![0; usize::from(len)];
-    stream.read_exact(&mut buf).await.unwrap();
-    Message::from_vec(&buf).unwrap()
 }
 
 #[tokio::test]
