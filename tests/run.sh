@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh Debian machine: installs the tools the system tests
-# drive (dig, kdig, nsd, ip, curl, chromium, python3, systemd-analyze, dpkg with cargo-deb), then
-# checks formatting and lints and runs every test.
+# Runs the whole test suite on a fresh Debian machine: installs the tools the lab tests drive
+# (dig, kdig, nsd, ip, curl, chromium, python3, systemd-analyze, dpkg with cargo-deb), checks
+# formatting, lints and docs, runs the unit and integration tests (what plain `cargo test` runs,
+# as any user), then the lab tests (tests/lab: root, network namespaces, packaging).
 #
-#   tests/run.sh            # as root, or with sudo available for apt-get
+#   tests/run.sh            # as root: the lab tests need it and fail (not skip) without it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,5 +33,8 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 
 cargo fmt --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --all-targets --all-features -- -D warnings
+cargo clippy --locked --test lab -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 cargo test --locked
+cargo test --locked --test lab

@@ -1,15 +1,13 @@
 //! In-process P2P networks: several daemons on loopback forming a DHT, names published on one
 //! and resolved through another's DNS port with hickory's client.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{TestDaemon, WAIT, ask, p2p_config, resolve_until};
 use hickory_proto::{
     op::ResponseCode,
     rr::{Name, RData, Record, RecordType},
 };
-use support::{TestDaemon, WAIT, ask, p2p_config, resolve_until};
 
 /// Starts `n` daemons: the first alone, the others bootstrapping from it.
 async fn network(n: usize) -> Vec<TestDaemon> {

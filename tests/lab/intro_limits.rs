@@ -15,8 +15,6 @@
 //! Everything listens on 127.0.0.1 only. Every wait has a deadline, and the server is killed and
 //! its temporary directory removed when the test ends, also when it panics.
 
-mod process;
-
 use std::{
     error::Error,
     net::{Ipv4Addr, TcpListener},
@@ -24,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use crate::process::{Proc, TempDir};
 use futures_util::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, identify, identity,
@@ -37,7 +36,6 @@ use libp2p::{
     },
     tcp, yamux,
 };
-use process::{Proc, TempDir};
 use tokio::{io::AsyncReadExt, net::TcpStream, time::Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");

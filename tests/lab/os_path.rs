@@ -18,17 +18,17 @@
 //! required, never optional: a missing one fails the test and names the Debian package to
 //! install (`iproute2`, `libc-bin`, `nsd`, `curl`, `chromium`, `python3`).
 
-mod process;
-
 use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Output},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use process::{Proc, TempDir, describe, kill, random_tag, run_bounded, tail, tool};
+use crate::{
+    netns,
+    process::{Proc, TempDir, describe, random_tag, require_root, run_bounded, tail, tool},
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 
@@ -36,10 +36,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest run of one client command; Chromium's start-up is the slow one (about 3 s).
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for the namespace's processes to die after SIGKILL.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Between two looks at something being polled.
-const POLL: Duration = Duration::from_millis(20);
 
 /// The published name and its address, which the web server listens on.
 const SITE_NAME: &str = "site.p2p";
@@ -79,8 +75,10 @@ struct Tools {
 }
 
 impl Tools {
-    /// Finds every tool first, so a missing one fails the test before anything is set up.
+    /// Finds every tool first, so a missing one (or missing root) fails the test before
+    /// anything is set up.
     fn find() -> Self {
+        require_root("the OS resolver path test (a network namespace, /etc/netns)");
         Self {
             ip: tool("ip", "iproute2"),
             getent: tool("getent", "libc-bin"),
@@ -115,23 +113,14 @@ impl Netns {
             ip: ip.to_owned(),
             home: dir.subdir("home"),
         };
-        ns.ip(&["netns", "add", &ns.name]);
-        let n = ns.name.as_str();
-        ns.ip(&["-n", n, "link", "set", "lo", "up"]);
+        netns::ip(&ns.ip, &["netns", "add", &ns.name]);
+        ns.ip(&["link", "set", "lo", "up"]);
         ns.ip(&[
-            "-n", n, "link", "add", "site0", "type", "veth", "peer", "name", "site1",
+            "link", "add", "site0", "type", "veth", "peer", "name", "site1",
         ]);
-        ns.ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{SITE_ADDR}/32"),
-            "dev",
-            "site0",
-        ]);
-        ns.ip(&["-n", n, "link", "set", "site0", "up"]);
-        ns.ip(&["-n", n, "link", "set", "site1", "up"]);
+        ns.ip(&["addr", "add", &format!("{SITE_ADDR}/32"), "dev", "site0"]);
+        ns.ip(&["link", "set", "site0", "up"]);
+        ns.ip(&["link", "set", "site1", "up"]);
 
         fs::create_dir_all(&ns.etc)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", ns.etc.display()));
@@ -147,67 +136,23 @@ impl Netns {
         ns
     }
 
-    /// Runs `ip ARGS` and fails the test if it fails.
-    fn ip(&self, args: &[&str]) -> Output {
-        let mut command = Command::new(&self.ip);
-        command.args(args);
-        let output = run_bounded(command, TOOL_TIMEOUT);
-        assert!(
-            output.status.success(),
-            "ip {} failed (this test needs root): {}",
-            args.join(" "),
-            describe(&output)
-        );
-        output
+    /// Runs `ip -n NAME ARGS` (iproute2 acting on the namespace) and fails the test if it fails.
+    fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        netns::ip(&self.ip, &all);
     }
 
-    /// A command running `program` inside the namespace, with a clean environment: no proxy
-    /// variables, no p2pdns settings, HOME a temporary directory.
+    /// A command running `program` inside the namespace, with a clean environment.
     fn exec(&self, program: impl AsRef<Path>) -> Command {
-        let mut command = Command::new(&self.ip);
-        command
-            .args(["netns", "exec", &self.name])
-            .arg(program.as_ref())
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("HOME", &self.home)
-            .env("LANG", "C.UTF-8")
-            .env("NO_COLOR", "1");
-        command
-    }
-
-    /// The process ids in the namespace.
-    fn pids(&self) -> Vec<String> {
-        Command::new(&self.ip)
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|out| {
-                String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
+        netns::exec(&self.ip, &self.name, &self.home, program)
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Chromium's helpers and nsd's workers are not our direct children; everything in the
-        // namespace was started by this test.
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            let pids = self.pids();
-            if pids.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            kill(&pids);
-            thread::sleep(POLL);
-        }
+        netns::remove(&self.ip, std::slice::from_ref(&self.name));
         let _ = fs::remove_dir_all(&self.etc);
-        let _ = Command::new(&self.ip)
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 

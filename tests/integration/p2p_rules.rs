@@ -6,14 +6,13 @@
 //! The hostile node is a plain libp2p swarm built here (Kademlia on the p2pdns protocol id,
 //! identify, TCP), so the forgeries travel over the same wire as real records.
 
-mod support;
-
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
     time::Duration,
 };
 
+use crate::support::{TestDaemon, WAIT, a_records, ask, p2p_config, resolve_until};
 use futures_util::StreamExt;
 use hickory_proto::{
     op::ResponseCode,
@@ -32,7 +31,6 @@ use p2pdns::{
     p2p::{KAD_PROTOCOL, Replicas, identity::load_or_create},
     record::{MAX_RECORD_BYTES, NameRecord, RecordError, dht_key, unix_now},
 };
-use support::{TestDaemon, WAIT, a_records, ask, p2p_config, resolve_until};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,

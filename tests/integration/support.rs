@@ -1,8 +1,6 @@
 //! Shared test fixtures: an authoritative upstream served by hickory on loopback, daemons on
 //! port 0, and a hickory DNS client.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -32,7 +30,8 @@ use hickory_server::{
 };
 use p2pdns::{Config, Daemon, DaemonError, config::UpstreamAddr};
 use tokio::{
-    net::{TcpListener, UdpSocket},
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -132,6 +131,24 @@ impl Upstream {
     pub fn set_silent(&self, silent: bool) {
         self.silent.store(silent, Ordering::SeqCst);
     }
+
+    /// Waits until a query has reached the upstream (answered or not, as when it is silent).
+    pub async fn wait_until_asked(&self) {
+        wait_until("the upstream to be asked", || self.queries() > 0).await;
+    }
+}
+
+/// Polls `done` every 10 ms until it holds; fails the test, naming `what` it waited for, after
+/// [`WAIT`].
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 impl Drop for Upstream {
@@ -165,6 +182,22 @@ pub fn p2p_config(bootstrap: &[libp2p::Multiaddr]) -> Config {
     config.p2p.mdns = false;
     config.p2p.dht_mode = p2pdns::config::DhtMode::Server;
     config
+}
+
+/// Adds the local names `site.p2p` (A, AAAA, TXT) and `www.site.p2p` (a CNAME to it).
+pub fn local_site(config: &mut Config) {
+    config.naming.records.insert(
+        "site.p2p".into(),
+        vec![
+            "A 192.0.2.10".into(),
+            "AAAA 2001:db8::10".into(),
+            "TXT \"hello world\"".into(),
+        ],
+    );
+    config
+        .naming
+        .records
+        .insert("www.site.p2p".into(), vec!["CNAME site.p2p.".into()]);
 }
 
 /// A daemon running in this process.
@@ -285,6 +318,36 @@ pub fn query(name: &str, qtype: RecordType) -> Message {
     edns.set_max_payload(1232);
     msg.set_edns(edns);
     msg
+}
+
+/// A TXT query announcing `payload` bytes as its UDP limit.
+pub fn query_with_payload(name: &str, payload: u16) -> Message {
+    let mut msg = query(name, RecordType::TXT);
+    msg.edns.as_mut().unwrap().set_max_payload(payload);
+    msg
+}
+
+/// Writes `queries` to a DNS-over-TCP stream in one go, each with its length prefix (RFC 7766
+/// pipelining, which hickory's client does not do).
+pub async fn write_pipelined(stream: &mut TcpStream, queries: &[&Message]) {
+    let mut wire = Vec::new();
+    for msg in queries {
+        let bytes = msg.to_vec().unwrap();
+        wire.extend_from_slice(&u16::try_from(bytes.len()).unwrap().to_be_bytes());
+        wire.extend_from_slice(&bytes);
+    }
+    stream.write_all(&wire).await.unwrap();
+}
+
+/// Reads one length-prefixed DNS message from a TCP stream, within [`WAIT`].
+pub async fn read_tcp_message(stream: &mut TcpStream) -> Message {
+    let len = tokio::time::timeout(WAIT, stream.read_u16())
+        .await
+        .expect("answer within the bound")
+        .unwrap();
+    let mut buf = vec![0; usize::from(len)];
+    stream.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
 }
 
 /// Shortcut: the answer to `name`/`qtype` over UDP.

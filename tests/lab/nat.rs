@@ -23,8 +23,6 @@
 //! overlap; every process in the lab is killed and every namespace removed when the test ends,
 //! also when it fails.
 
-mod process;
-
 use std::{
     collections::BTreeSet,
     env, fs,
@@ -35,7 +33,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use process::{Proc, TempDir, describe, kill, random_tag, run_bounded, tail, tool};
+use crate::{
+    netns,
+    process::{Proc, TempDir, describe, random_tag, require_root, run_bounded, tail, tool},
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 
@@ -47,8 +48,6 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(15);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for a name published behind one NAT to resolve behind another.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for the lab's processes to die after SIGKILL.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two looks at something being polled.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -208,8 +207,10 @@ struct Tools {
 }
 
 impl Tools {
-    /// Finds every tool first, so a missing one fails the test before anything is set up.
+    /// Finds every tool first, so a missing one (or missing root) fails the test before
+    /// anything is set up.
     fn find() -> Self {
+        require_root("the NAT lab (network namespaces, nftables)");
         Self {
             ip: tool("ip", "iproute2"),
             nft: tool("nft", "nftables"),
@@ -234,19 +235,9 @@ struct Ns {
 }
 
 impl Ns {
-    /// A command running `program` inside the namespace with a clean environment: no proxy
-    /// variables, no p2pdns settings (RUNTIME_DIRECTORY would move the control socket).
+    /// A command running `program` inside the namespace with a clean environment.
     fn exec(&self, program: impl AsRef<Path>) -> Command {
-        let mut command = Command::new(&self.ip);
-        command
-            .args(["netns", "exec", &self.name])
-            .arg(program.as_ref())
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("HOME", &self.home)
-            .env("LANG", "C.UTF-8")
-            .env("NO_COLOR", "1");
-        command
+        netns::exec(&self.ip, &self.name, &self.home, program)
     }
 
     /// Runs `program ARGS` inside the namespace and fails the test if it fails.
@@ -267,21 +258,8 @@ impl Ns {
     fn ip(&self, args: &[&str]) {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
-        ip(&self.ip, &all);
+        netns::ip(&self.ip, &all);
     }
-}
-
-/// Runs `ip ARGS` and fails the test if it fails.
-fn ip(program: &Path, args: &[&str]) {
-    let mut command = Command::new(program);
-    command.args(args);
-    let output = run_bounded(command, TOOL_TIMEOUT);
-    assert!(
-        output.status.success(),
-        "ip {} failed (the NAT lab needs root): {}",
-        args.join(" "),
-        describe(&output)
-    );
 }
 
 /// How a home router translates and filters (RFC 4787).
@@ -522,7 +500,7 @@ impl Lab {
     fn add_namespace(&mut self, ns: &Ns) {
         // Recorded first: if creation half-succeeds, teardown still tries.
         self.namespaces.push(ns.name.clone());
-        ip(&self.tools.ip, &["netns", "add", &ns.name]);
+        netns::ip(&self.tools.ip, &["netns", "add", &ns.name]);
         ns.ip(&["link", "set", "lo", "up"]);
     }
 
@@ -802,33 +780,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let pids = |name: &str| -> Vec<String> {
-            Command::new(&self.tools.ip)
-                .args(["netns", "pids", name])
-                .output()
-                .map(|out| {
-                    String::from_utf8_lossy(&out.stdout)
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        // Everything running in the lab was started by this test.
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            let all: Vec<String> = self.namespaces.iter().flat_map(|ns| pids(ns)).collect();
-            if all.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            kill(&all);
-            thread::sleep(POLL);
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new(&self.tools.ip)
-                .args(["netns", "del", ns])
-                .status();
-        }
+        netns::remove(&self.tools.ip, &self.namespaces);
     }
 }
 
@@ -1585,7 +1537,7 @@ fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working
 /// connection rate and the time from the first dial to a direct connection.
 ///
 /// Run: `TRIALS=5 PAIRS=eim-eim,eim-addr,sym-sym TRANSPORTS=quic,tcp cargo test --release \
-/// --test nat traversal_benchmark -- --ignored --nocapture` (pairs: publisher-connector, each
+/// --features lab --test lab nat::traversal_benchmark -- --ignored --nocapture` (pairs: publisher-connector, each
 /// one of eim, full, addr, sym, upnp; default: the ten of the matrix test; transports: quic,
 /// tcp, both, the daemons listening on that only; default quic,tcp). The introduction server
 /// always offers both.

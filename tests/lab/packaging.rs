@@ -25,6 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::process::require_root;
+
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -398,15 +400,6 @@ fn exists(path: &str) -> bool {
     fs::symlink_metadata(path).is_ok()
 }
 
-fn is_root() -> bool {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
-
 /// Builds the .deb from the debug binary of this test run, in `dir`.
 fn build_deb(dir: &Path) -> PathBuf {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -452,10 +445,7 @@ fn package_files(contents: &str) -> BTreeSet<String> {
 #[test]
 fn deb_installs_nothing_active_and_purges_cleanly() {
     let dpkg_deb = tool("dpkg-deb", "apt-get install dpkg");
-    assert!(
-        is_root(),
-        "this test installs a Debian package: run it as root (CI does)"
-    );
+    require_root("installing the Debian package");
     assert!(
         dpkg(&["-s", "p2pdns"]).is_err(),
         "a p2pdns package is installed on this machine; this test installs and purges its own \

@@ -1,7 +1,9 @@
-//! Benchmark, not a test (ignored by `cargo test`): uncached `.p2p` lookups in a network of
-//! daemons on loopback, in one process. Prints figures; asserts only that the set-up works.
+//! Benchmark, not a test (built with the `test-support` feature only, and ignored): uncached
+//! `.p2p` lookups in a network of daemons on loopback, in one process. Prints figures; asserts
+//! only that the set-up works.
 //!
-//! Run: `cargo test --release --test bench_dht -- --ignored --nocapture --test-threads 1`
+//! Run: `cargo test --release --features test-support --test integration bench_dht -- --ignored
+//! --nocapture --test-threads 1`
 //! - `uncached_lookup_latency`: NODES daemons (default 50), NAMES (default 100) resolved once each
 //!   through another daemon's DNS port.
 //! - `scaling_with_churn`: bare P2P nodes (memory transport, Noise, Yamux) in networks of SIZES nodes (default
@@ -9,13 +11,12 @@
 //!   stopped; hop count, requests, success and latency (BUDGET_MS, default 2000) per size, and
 //!   memory per node at rest.
 
-mod support;
-
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
+use crate::support::{TestDaemon, WAIT, a_records, ask, p2p_config};
 use hickory_proto::{
     op::ResponseCode,
     rr::{Name, RData, Record, RecordType},
@@ -29,7 +30,6 @@ use p2pdns::{
     p2p::{Node, NodeHandle},
     record::{NameRecord, dht_key},
 };
-use support::{TestDaemon, WAIT, a_records, ask, p2p_config};
 use tokio_util::sync::CancellationToken;
 
 fn env(name: &str, default: usize) -> usize {

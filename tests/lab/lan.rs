@@ -1,7 +1,8 @@
 //! Two machines on one LAN, made of two network namespaces joined by a veth pair: daemons
 //! with mDNS and no bootstrap find each other and resolve each other's names with `dig`.
-//! Needs root (`ip netns`), as CI has. The lab is sealed: nothing links it to the host's
-//! network, and it is torn down even when the test fails.
+//! Needs root (`ip netns`), as CI has, and the Debian packages iproute2 and bind9-dnsutils; a
+//! missing one fails the test. The lab is sealed: nothing links it to the host's network, and it
+//! is torn down even when the test fails.
 
 use std::{
     fs,
@@ -10,6 +11,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+use crate::process::{TempDir, require_root, tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 /// Bound on every wait.
@@ -153,10 +156,13 @@ impl Drop for Node {
 
 #[test]
 fn two_daemons_on_a_lan_find_each_other_with_mdns_and_resolve_names() {
-    let dir = std::env::temp_dir().join(format!("p2pdns-lan-{}", std::process::id()));
+    require_root("the LAN lab (network namespaces)");
+    tool("ip", "iproute2");
+    tool("dig", "bind9-dnsutils");
+    let dir = TempDir::new("lan");
     let lan = Lan::new();
-    let a = Node::start(&lan.namespaces[0], &dir.join("a"));
-    let b = Node::start(&lan.namespaces[1], &dir.join("b"));
+    let a = Node::start(&lan.namespaces[0], &dir.path().join("a"));
+    let b = Node::start(&lan.namespaces[1], &dir.path().join("b"));
 
     let out = a.cli(&["publish", "lan", "A", "192.0.2.88"]);
     assert!(
@@ -190,5 +196,4 @@ fn two_daemons_on_a_lan_find_each_other_with_mdns_and_resolve_names() {
     assert!(status.contains("peers:      1 connected"), "{status}");
     drop((a, b));
     drop(lan);
-    let _ = fs::remove_dir_all(&dir);
 }

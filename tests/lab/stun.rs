@@ -11,7 +11,6 @@ use std::{
     collections::HashSet,
     io::Read,
     net::SocketAddr,
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -20,6 +19,8 @@ use p2pdns::stun::{self, Mapping, StunError};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{net::UdpSocket, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+
+use crate::process::tool;
 
 /// Bound on every wait for an answer.
 const WAIT: Duration = Duration::from_secs(3);
@@ -138,20 +139,6 @@ async fn client_times_out_on_a_silent_port() {
 // ---------------------------------------------------------------------------------------------
 // Independent clients
 // ---------------------------------------------------------------------------------------------
-
-/// The path of an external program; fails the test if it is not installed.
-fn tool(name: &str, package: &str) -> PathBuf {
-    ["/usr/bin", "/bin", "/usr/local/bin"]
-        .iter()
-        .map(|dir| PathBuf::from(dir).join(name))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed but the STUN tests need it: install the Debian \
-                 package {package} (apt-get install {package})"
-            )
-        })
-}
 
 /// Runs a program to its end, killing it after `limit`; returns its exit success and output.
 async fn run(mut command: Command, limit: Duration) -> (bool, String) {

@@ -1,12 +1,9 @@
-//! Real programs for the black-box tests (`system`, `os_path`, `nat`): finding them, temporary
-//! directories, commands run to completion with a deadline, and long-running processes whose
-//! output goes to files.
+//! Real programs for the lab's black-box tests: finding them, temporary directories, commands
+//! run to completion with a deadline, and long-running processes whose output goes to files.
 //!
 //! Nothing outlives the test: a [`Proc`] is killed and a [`TempDir`] removed when dropped, also
 //! when the test panics. Every wait has a deadline and fails the test with what the process
 //! printed.
-
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::{
     env, fs,
@@ -21,8 +18,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-/// The test binary this module is compiled into (`system`, `nat`...), for names and messages.
-const TEST: &str = env!("CARGO_CRATE_NAME");
 /// Between two looks at a process being waited for.
 const POLL: Duration = Duration::from_millis(20);
 /// How much of each output file a message shows when a process did not get where expected.
@@ -41,10 +36,26 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "`{name}` is not installed but the p2pdns {TEST} tests need it: install the \
-                 Debian package {package} (apt-get install {package})"
+                "`{name}` is not installed but the p2pdns lab tests need it: install the Debian \
+                 package {package} (apt-get install {package}), or run tests/run.sh, which does"
             )
         })
+}
+
+/// Fails the test unless it runs as root, saying what needs root: the lab fails rather than
+/// skips, so that a run without privilege never passes for a full one.
+pub fn require_root(what: &str) {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective_uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1));
+    assert!(
+        effective_uid == Some("0"),
+        "{what} needs root, which this run does not have (effective uid {}): run the lab as \
+         root, as tests/run.sh does (sudo tests/run.sh), or leave it out (plain `cargo test`)",
+        effective_uid.unwrap_or("unknown")
+    );
 }
 
 /// Eight random hex digits, so parallel runs never share a name (a network namespace, say).
@@ -58,7 +69,7 @@ pub fn random_tag() -> String {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Creates `p2pdns-TEST-LABEL-…` with a suffix no other directory of this or an earlier run
+    /// Creates `p2pdns-lab-LABEL-…` with a suffix no other directory of this or an earlier run
     /// has (process id, a counter, the clock), so tests running side by side never share one.
     pub fn new(label: &str) -> Self {
         static COUNT: AtomicU32 = AtomicU32::new(0);
@@ -66,7 +77,7 @@ impl TempDir {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let path = env::temp_dir().join(format!(
-            "p2pdns-{TEST}-{label}-{}-{}-{nanos}",
+            "p2pdns-lab-{label}-{}-{}-{nanos}",
             std::process::id(),
             COUNT.fetch_add(1, Ordering::Relaxed)
         ));

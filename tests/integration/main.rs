@@ -1,0 +1,24 @@
+//! The integration tests: every test that needs neither root nor a program from outside the
+//! repository, in one binary (one link of libp2p and hickory instead of one per file).
+//!
+//! Each test runs daemons in this process on 127.0.0.1 port 0 and asks them with hickory's
+//! client, so `cargo test`, as an ordinary user, runs all of them in parallel:
+//!
+//! - [`dns`]: the resolver against an authoritative upstream on loopback: forwarding, cache,
+//!   EDNS, opcodes, truncation, access control, reload, shutdown.
+//! - [`p2p`]: small DHT networks; a name published on one node resolves through another.
+//! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
+//!   a hostile node.
+//! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
+//!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
+//!   --nocapture --test-threads 1`.
+//!
+//! The tests of the real binary with real clients (`dig`, `kdig`, nsd), of network namespaces
+//! and of the packaging are the lab's (`tests/lab`), which needs root and Debian packages.
+
+#[cfg(feature = "test-support")]
+mod bench_dht;
+mod dns;
+mod p2p;
+mod p2p_rules;
+mod support;

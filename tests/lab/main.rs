@@ -1,0 +1,40 @@
+//! The lab: black-box tests of the real `p2pdns` binary and of what it does to the machine,
+//! in one binary that plain `cargo test` neither builds nor runs. They need root (network
+//! namespaces, nftables, `/etc/netns`, dpkg) and Debian packages (dig, kdig, nsd, iproute2,
+//! nftables, curl, chromium, python3, stun-client, miniupnpd, systemd, cargo-deb), which
+//! `tests/run.sh` installs before it runs them:
+//!
+//! ```text
+//! cargo test --locked --test lab                        # all of them
+//! cargo test --test lab nat::connect_through -- --nocapture   # one
+//! ```
+//!
+//! Nothing is skipped: a test that lacks root or a program fails and says what to install or
+//! how to run it.
+//!
+//! - [`system`]: the daemon with nsd as its upstream, asked with dig, kdig and raw packets:
+//!   what only the real binary shows (the wire as real clients see it, hostile packets,
+//!   signals, exit codes, the CLI, the service manager protocol, introduction servers).
+//! - [`intro_limits`]: hostile libp2p clients against `p2pdns intro`'s limits.
+//! - [`stun`]: the STUN server asked by our client, by the `stun` program and by Python.
+//! - [`service`]: `p2pdns service install` / `uninstall` into staging roots.
+//! - [`packaging`]: the systemd units, launchd plist and resolver files checked by the programs
+//!   that read them; the .deb built, installed and purged.
+//! - [`lan`]: two namespaces on one LAN find each other with mDNS.
+//! - [`os_path`]: getent, curl and Chromium resolve a `.p2p` name through resolv.conf.
+//! - [`nat`]: nodes behind NATs of every kind, with an introduction server, in a sealed lab of
+//!   namespaces.
+//!
+//! [`process`] holds what they share: finding programs, temporary directories, processes with
+//! deadlines; [`netns`] the network namespaces of `nat` and `os_path`.
+
+mod intro_limits;
+mod lan;
+mod nat;
+mod netns;
+mod os_path;
+mod packaging;
+mod process;
+mod service;
+mod stun;
+mod system;
