@@ -148,13 +148,15 @@ impl InboundPuts {
 }
 
 /// The Kademlia form of a record: value = encoded record, expiry from the signed field.
+// `kad::Record::expires` is a std Instant that Kademlia compares with its own clock; tokio's
+// paused clock would not move it.
+#[allow(clippy::disallowed_types)]
 pub(crate) fn to_kad_record(record: &NameRecord, publisher: Option<PeerId>) -> kad::Record {
     let left = record.expires.saturating_sub(unix_now());
     kad::Record {
         key: kad::RecordKey::new(&dht_key(&record.name)),
         value: record.to_bytes(),
         publisher,
-        // Kademlia compares this with its own clock (`std::time::Instant`), not tokio's.
         expires: Some(std::time::Instant::now() + Duration::from_secs(left)),
     }
 }

@@ -11,6 +11,9 @@
 //!   stopped; hop count, requests, success and latency (BUDGET_MS, default 2000) per size, and
 //!   memory per node at rest.
 
+// Benchmarks time the real world (wall-clock latency), not tokio's pausable clock.
+#![allow(clippy::disallowed_types)]
+
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},

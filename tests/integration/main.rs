@@ -16,6 +16,11 @@
 //! The tests of the real binary with real clients (`dig`, `kdig`, nsd), of network namespaces
 //! and of the packaging are the lab's (`tests/lab`), which needs root and Debian packages.
 
+// A test binary exports nothing: its shared helpers are `pub` for the other modules only.
+#![allow(unreachable_pub)]
+// A test reads as one scenario from set-up to the last check; the 80-line bound is for src/.
+#![allow(clippy::too_many_lines)]
+
 #[cfg(feature = "test-support")]
 mod bench_dht;
 mod dns;
