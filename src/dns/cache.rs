@@ -287,6 +287,21 @@ mod tests {
         }
     }
 
+    /// A cache with `config` holding an A answer (TTL 60) for each of `n0.example.` to
+    /// `n9.example.`, inserted in that order at `now`.
+    fn ten_names(config: &CacheConfig, now: Instant) -> Cache {
+        let cache = Cache::new(config);
+        for i in 0..10 {
+            cache.insert(
+                key(&format!("n{i}.example.")),
+                Arc::new(a_answer(60)),
+                60,
+                now,
+            );
+        }
+        cache
+    }
+
     fn soa(ttl: u32, minimum: u32) -> Record {
         let n = Name::from_ascii("example.").unwrap();
         Record::from_rdata(
@@ -339,20 +354,12 @@ mod tests {
 
     #[test]
     fn bounded_by_entries_and_bytes() {
-        let config = CacheConfig {
+        let now = Instant::now();
+        let by_entries = CacheConfig {
             max_entries: 3,
             ..CacheConfig::default()
         };
-        let cache = Cache::new(&config);
-        let now = Instant::now();
-        for i in 0..10 {
-            cache.insert(
-                key(&format!("n{i}.example.")),
-                Arc::new(a_answer(60)),
-                60,
-                now,
-            );
-        }
+        let cache = ten_names(&by_entries, now);
         assert_eq!(cache.usage().0, 3);
         assert!(matches!(
             cache.get(&key("n9.example."), now),
@@ -361,22 +368,13 @@ mod tests {
         assert!(matches!(cache.get(&key("n0.example."), now), Lookup::Miss));
 
         let one = a_answer(60).cost(&key("n0.example."));
-        let config = CacheConfig {
+        let by_bytes = CacheConfig {
             max_bytes: one * 2 + one / 2,
             ..CacheConfig::default()
         };
-        let cache = Cache::new(&config);
-        for i in 0..10 {
-            cache.insert(
-                key(&format!("n{i}.example.")),
-                Arc::new(a_answer(60)),
-                60,
-                now,
-            );
-        }
-        let (entries, bytes) = cache.usage();
+        let (entries, bytes) = ten_names(&by_bytes, now).usage();
         assert_eq!(entries, 2);
-        assert!(bytes <= config.max_bytes);
+        assert!(bytes <= by_bytes.max_bytes);
     }
 
     #[test]

@@ -9,10 +9,11 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
+    sync::Arc,
     time::Duration,
 };
 
-use crate::support::{TestDaemon, WAIT, a_records, ask, p2p_config, resolve_until};
+use crate::support::{TestDaemon, WAIT, a_records, ask, p2p_config, resolve_until, wait_until};
 use futures_util::StreamExt;
 use hickory_proto::{
     op::ResponseCode,
@@ -31,6 +32,7 @@ use p2pdns::{
     p2p::{KAD_PROTOCOL, Replicas, identity::load_or_create},
     record::{MAX_RECORD_BYTES, NameRecord, RecordError, dht_key, unix_now},
 };
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -139,6 +141,14 @@ fn a(owner: &str, ip: &str) -> Record {
     Record::from_rdata(name(owner), TTL, RData::A(ip.parse().unwrap()))
 }
 
+/// Publishes `ip` as the one A record of `owner` (such as `site.p2p.`) from `daemon`'s node.
+async fn publish_a(daemon: &TestDaemon, owner: &str, ip: &str) -> Arc<NameRecord> {
+    dht(daemon)
+        .publish(&name(owner), vec![a(owner, ip)])
+        .await
+        .unwrap()
+}
+
 /// Asks `addr` until the answer's A records are `want`, tolerating answers without any A
 /// record on the way (SERVFAIL while a slow first lookup runs) but no other address.
 async fn settles_on(addr: SocketAddr, name: &str, want: &[&str]) {
@@ -241,6 +251,13 @@ async fn wait_until_held(
     }
 }
 
+/// Every one of `holders` returned `genuine` as its valid replica in `held` (see [`by_holder`]).
+fn assert_all_hold(held: &HashMap<PeerId, NameRecord>, holders: &[PeerId], genuine: &NameRecord) {
+    for holder in holders {
+        assert_eq!(held.get(holder), Some(genuine), "store of {holder}");
+    }
+}
+
 /// Nothing crashed: every daemon still runs and its node answers.
 async fn all_alive(daemons: &[TestDaemon]) {
     for daemon in daemons {
@@ -284,15 +301,8 @@ fn under(name: &Name, value: Vec<u8>) -> kad::Record {
 
 /// Deterministic junk that starts with the version byte, so decoding gets past the first check.
 fn garbage(len: usize) -> Vec<u8> {
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect();
+    let mut bytes = vec![0u8; len];
+    StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15).fill(&mut bytes[..]);
     bytes[0] = 1;
     bytes
 }
@@ -524,6 +534,25 @@ async fn hostiles(daemons: &[TestDaemon], n: usize) -> Vec<Hostile> {
     nodes
 }
 
+/// Starts `n` hostile nodes (see [`hostiles`]) that all serve `forgery` under `name` from their
+/// own stores; the first also PUTs it to `honest`, and returns once every one acknowledged.
+async fn hostiles_serving(
+    daemons: &[TestDaemon],
+    n: usize,
+    name: &Name,
+    forgery: &NameRecord,
+    honest: &[PeerId],
+) -> Vec<Hostile> {
+    let nodes = hostiles(daemons, n).await;
+    for node in &nodes {
+        node.plant(under(name, forgery.to_bytes())).await;
+    }
+    nodes[0]
+        .put_to(under(name, forgery.to_bytes()), honest)
+        .await;
+    nodes
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -534,23 +563,16 @@ async fn hostiles(daemons: &[TestDaemon], n: usize) -> Vec<Hostile> {
 async fn an_update_replaces_the_old_address_everywhere() {
     // Default lookup settings: this is the everyday path.
     let daemons = network(5, p2pdns::config::P2pConfig::default().lookup_replicas).await;
-    let owner = dht(&daemons[0]);
-    let site = name("site.p2p.");
-    let first = owner
-        .publish(&site, vec![a("site.p2p.", "192.0.2.10")])
-        .await
-        .unwrap();
+    let owner = &daemons[0];
+    let first = publish_a(owner, "site.p2p.", "192.0.2.10").await;
     // Every other node resolves (and caches) the first address.
     for daemon in &daemons[1..] {
         resolve_until(daemon.addr, "site.p2p.", &["192.0.2.10"]).await;
     }
 
-    let second = owner
-        .publish(&site, vec![a("site.p2p.", "192.0.2.20")])
-        .await
-        .unwrap();
+    let second = publish_a(owner, "site.p2p.", "192.0.2.20").await;
     assert!(second.seq > first.seq, "{} <= {}", second.seq, first.seq);
-    let own = ask(daemons[0].addr, "site.p2p.", RecordType::A).await;
+    let own = ask(owner.addr, "site.p2p.", RecordType::A).await;
     assert_eq!(
         a_records(&own),
         ["192.0.2.20"],
@@ -571,10 +593,7 @@ async fn a_second_key_cannot_take_a_human_name() {
     let daemons = network(5, SEE_ALL).await;
     let (owner, rival, thirds) = (&daemons[0], &daemons[1], &daemons[2..]);
     let taken = name("taken.p2p.");
-    let first = dht(owner)
-        .publish(&taken, vec![a("taken.p2p.", "192.0.2.1")])
-        .await
-        .unwrap();
+    let first = publish_a(owner, "taken.p2p.", "192.0.2.1").await;
     // Two third nodes resolve it before the rival publishes (so they pin A); the last one
     // only looks after, and has only the majority to go by.
     for third in &thirds[..2] {
@@ -588,18 +607,8 @@ async fn a_second_key_cannot_take_a_human_name() {
 
     // Sequence numbers are Unix seconds: wait for the next second, so that B's record is also
     // newer than A's and only the owner rule (not "seq must rise") can refuse it.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while unix_now() <= first.seq {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the clock stands still"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stolen = dht(rival)
-        .publish(&taken, vec![a("taken.p2p.", "198.51.100.2")])
-        .await
-        .unwrap();
+    wait_until("the clock to pass A's seq", || unix_now() > first.seq).await;
+    let stolen = publish_a(rival, "taken.p2p.", "198.51.100.2").await;
     assert_ne!(stolen.owner, a_owner);
     assert!(stolen.seq > first.seq);
     // A node answers its own names first.
@@ -656,10 +665,7 @@ async fn forged_replicas_from_hostile_stores_change_no_answer() {
     let daemons = network(4, SEE_ALL).await;
     let owner = &daemons[0];
     let site = name("site.p2p.");
-    let genuine = dht(owner)
-        .publish(&site, vec![a("site.p2p.", "192.0.2.10")])
-        .await
-        .unwrap();
+    let genuine = publish_a(owner, "site.p2p.", "192.0.2.10").await;
     let all: Vec<PeerId> = daemons.iter().map(peer).collect();
     wait_until_held(owner, &site, &all, |r| r.seq == genuine.seq).await;
     // One resolver has seen (and pinned) the genuine record before the attack.
@@ -735,13 +741,7 @@ async fn forged_replicas_from_hostile_stores_change_no_answer() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let held = by_holder(&replicas, peer(observer));
-        for honest in &all {
-            assert_eq!(
-                held.get(honest),
-                Some(genuine.as_ref()),
-                "store of {honest}"
-            );
-        }
+        assert_all_hold(&held, &all, &genuine);
         assert_eq!(held.len(), all.len() + 1, "{replicas:?}");
     }
 
@@ -883,10 +883,7 @@ async fn a_replayed_older_record_is_refused() {
     let owner = &daemons[0];
     let honest: Vec<PeerId> = daemons.iter().map(peer).collect();
     let replay = name("replay.p2p.");
-    let old = dht(owner)
-        .publish(&replay, vec![a("replay.p2p.", "192.0.2.30")])
-        .await
-        .unwrap();
+    let old = publish_a(owner, "replay.p2p.", "192.0.2.30").await;
     for daemon in &daemons[1..] {
         resolve_until(daemon.addr, "replay.p2p.", &["192.0.2.30"]).await;
     }
@@ -910,10 +907,7 @@ async fn a_replayed_older_record_is_refused() {
     };
     assert_eq!(captured, old.to_bytes());
 
-    let new = dht(owner)
-        .publish(&replay, vec![a("replay.p2p.", "192.0.2.31")])
-        .await
-        .unwrap();
+    let new = publish_a(owner, "replay.p2p.", "192.0.2.31").await;
     assert!(new.seq > old.seq);
     wait_until_held(&daemons[1], &replay, &honest, |r| r.seq == new.seq).await;
     for daemon in &daemons[1..] {
@@ -955,10 +949,7 @@ async fn a_key_name_belongs_to_its_key() {
     let owner = &daemons[0];
     let key_name = dht(owner).key_name();
     let key_text = key_name.to_ascii();
-    let genuine = dht(owner)
-        .publish(&key_name, vec![a(&key_text, "192.0.2.99")])
-        .await
-        .unwrap();
+    let genuine = publish_a(owner, &key_text, "192.0.2.99").await;
     resolve_until(daemons[1].addr, &key_text, &["192.0.2.99"]).await;
     let honest: Vec<PeerId> = daemons.iter().map(peer).collect();
     wait_until_held(owner, &key_name, &honest, |r| r.seq == genuine.seq).await;
@@ -976,26 +967,14 @@ async fn a_key_name_belongs_to_its_key() {
         forged.verify(unix_now()),
         Err(RecordError::WrongKey(_))
     ));
-    let hostile = hostiles(&daemons, 4).await;
-    for node in &hostile {
-        node.plant(under(&key_name, forged.to_bytes())).await;
-    }
-    hostile[0]
-        .put_to(under(&key_name, forged.to_bytes()), &honest)
-        .await;
+    let hostile = hostiles_serving(&daemons, 4, &key_name, &forged, &honest).await;
 
     for observer in &daemons[1..] {
         let replicas = all_replicas(observer, &key_name).await;
         assert_eq!(replicas.invalid, hostile.len(), "{replicas:?}");
         let held = by_holder(&replicas, peer(observer));
         assert_eq!(held.len(), honest.len(), "{replicas:?}");
-        for holder in &honest {
-            assert_eq!(
-                held.get(holder),
-                Some(genuine.as_ref()),
-                "store of {holder}"
-            );
-        }
+        assert_all_hold(&held, &honest, &genuine);
     }
     settles_on(daemons[2].addr, &key_text, &["192.0.2.99"]).await;
     let resolvers: Vec<&TestDaemon> = daemons[1..].iter().collect();
@@ -1012,10 +991,7 @@ async fn a_pin_outlasts_a_hostile_majority() {
     let daemons = network(3, SEE_ALL).await;
     let (owner, pinned, fresh) = (&daemons[0], &daemons[1], &daemons[2]);
     let site = name("pinned.p2p.");
-    let genuine = dht(owner)
-        .publish(&site, vec![a("pinned.p2p.", "192.0.2.40")])
-        .await
-        .unwrap();
+    let genuine = publish_a(owner, "pinned.p2p.", "192.0.2.40").await;
     let honest: Vec<PeerId> = daemons.iter().map(peer).collect();
     wait_until_held(owner, &site, &honest, |r| r.seq == genuine.seq).await;
     resolve_until(pinned.addr, "pinned.p2p.", &["192.0.2.40"]).await;
@@ -1028,22 +1004,10 @@ async fn a_pin_outlasts_a_hostile_majority() {
         genuine.seq + 1000,
         vec![a("pinned.p2p.", "203.0.113.40")],
     );
-    let hostile = hostiles(&daemons, 4).await;
-    for node in &hostile {
-        node.plant(under(&site, hijack.to_bytes())).await;
-    }
-    hostile[0]
-        .put_to(under(&site, hijack.to_bytes()), &honest)
-        .await;
+    let hostile = hostiles_serving(&daemons, 4, &site, &hijack, &honest).await;
     for observer in [pinned, fresh] {
         let held = by_holder(&all_replicas(observer, &site).await, peer(observer));
-        for holder in &honest {
-            assert_eq!(
-                held.get(holder),
-                Some(genuine.as_ref()),
-                "store of {holder}"
-            );
-        }
+        assert_all_hold(&held, &honest, &genuine);
         for node in &hostile {
             assert_eq!(held.get(&node.peer_id), Some(&hijack));
         }
@@ -1062,19 +1026,9 @@ async fn a_record_for_another_name_is_not_taken_for_this_one() {
     let daemons = network(3, SEE_ALL).await;
     let owner = &daemons[0];
     let site = name("site.p2p.");
-    let genuine = dht(owner)
-        .publish(&site, vec![a("site.p2p.", "192.0.2.10")])
-        .await
-        .unwrap();
-    let other = name("other.p2p.");
-    dht(owner)
-        .publish(&other, vec![a("other.p2p.", "192.0.2.50")])
-        .await
-        .unwrap();
-    let newer = dht(owner)
-        .publish(&other, vec![a("other.p2p.", "192.0.2.51")])
-        .await
-        .unwrap();
+    let genuine = publish_a(owner, "site.p2p.", "192.0.2.10").await;
+    publish_a(owner, "other.p2p.", "192.0.2.50").await;
+    let newer = publish_a(owner, "other.p2p.", "192.0.2.51").await;
     assert!(newer.seq > genuine.seq);
     let honest: Vec<PeerId> = daemons.iter().map(peer).collect();
     wait_until_held(owner, &site, &honest, |r| r.seq == genuine.seq).await;

@@ -31,7 +31,7 @@ use libp2p::{
     relay::outbound::hop::{ConnectError, ReserveError},
     rendezvous::{self, ErrorCode, Namespace},
     swarm::{
-        ConnectionId, DialError, NetworkBehaviour, SwarmEvent,
+        ConnectionError, ConnectionId, DialError, NetworkBehaviour, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
     tcp, yamux,
@@ -776,6 +776,85 @@ async fn circuits_per_peer_and_in_all_are_capped() {
     assert_still_serves(&mut swarms, &mut intro, "newcomer").await;
 }
 
+/// A relayed connection through a server started for one test of the circuit limits: "target"
+/// holds a reservation there and "source" has dialed it through the relay.
+struct Circuit {
+    intro: Intro,
+    swarms: Swarms,
+    /// What the relay granted the target's reservation.
+    granted: Granted,
+    /// The source's relayed connection.
+    id: ConnectionId,
+    source: PeerId,
+    target: PeerId,
+    /// When the relayed connection was established.
+    opened: Instant,
+}
+
+impl Circuit {
+    /// Starts a server with the `[intro]` section `intro_config` and opens the circuit.
+    async fn open(label: &str, intro_config: &str) -> Self {
+        let intro = Intro::start(label, &config("", intro_config)).await;
+        let mut swarms = Swarms::default();
+        let target = swarms.add("target", client());
+        let granted = swarms.reserve("target", &intro).await.expect("a slot");
+        let source = swarms.add("source", client());
+        let id = swarms
+            .dial_circuit("source", "target", &intro)
+            .await
+            .expect("a circuit");
+        Self {
+            intro,
+            swarms,
+            granted,
+            id,
+            source,
+            target,
+            opened: Instant::now(),
+        }
+    }
+
+    /// Drives the clients until the relayed connection closes: why it closed, and how many
+    /// pings (both ends counted) went through it meanwhile.
+    async fn until_cut(&mut self) -> (Option<ConnectionError>, u64) {
+        let (source, target, circuit) = (self.source, self.target, self.id);
+        let mut pings = 0u64;
+        let cause = self
+            .swarms
+            .until(
+                "the relayed connection to close",
+                |from, event| match event {
+                    SwarmEvent::Behaviour(ClientEvent::Ping(ping::Event {
+                        peer,
+                        result: Ok(_),
+                        ..
+                    })) if (from, peer) == ("source", target)
+                        || (from, peer) == ("target", source) =>
+                    {
+                        pings += 1;
+                        None
+                    }
+                    SwarmEvent::ConnectionClosed {
+                        connection_id,
+                        cause,
+                        ..
+                    } if from == "source" && connection_id == circuit => Some(cause),
+                    _ => None,
+                },
+            )
+            .await;
+        (cause, pings)
+    }
+
+    /// Both ends keep their direct connections to the server, which still serves a newcomer.
+    async fn assert_ends_stay_and_server_serves(mut self) {
+        let intro_id = self.intro.peer_id;
+        assert!(self.swarms.get("source").is_connected(&intro_id));
+        assert!(self.swarms.get("target").is_connected(&intro_id));
+        assert_still_serves(&mut self.swarms, &mut self.intro, "newcomer").await;
+    }
+}
+
 /// `intro.circuit_bytes`: the relay cuts a relayed connection once that many bytes went
 /// through it, long before its duration limit. The relayed connection first works (pings
 /// both ways), the pings that pass are as few as the cap allows, and both ends keep their
@@ -783,55 +862,22 @@ async fn circuits_per_peer_and_in_all_are_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_circuit_is_cut_after_its_byte_limit() {
     let bytes: u64 = 4096;
-    let mut intro = Intro::start(
+    let mut circuit = Circuit::open(
         "circuit-bytes",
-        &config(
-            "",
-            &format!("circuit_bytes = {bytes}\ncircuit_duration_secs = 600"),
-        ),
+        &format!("circuit_bytes = {bytes}\ncircuit_duration_secs = 600"),
     )
     .await;
-    let mut swarms = Swarms::default();
-    let target = swarms.add("target", client());
-    let granted = swarms.reserve("target", &intro).await.expect("a slot");
     assert_eq!(
-        granted,
+        circuit.granted,
         Granted {
             duration: Some(Duration::from_secs(600)),
             bytes: Some(bytes),
         }
     );
-    let source = swarms.add("source", client());
-    let circuit = swarms
-        .dial_circuit("source", "target", &intro)
-        .await
-        .expect("a circuit");
-    let opened = Instant::now();
 
     // Count the pings both ends get through until the relayed connection closes.
-    let mut pings = 0u64;
-    let cause = swarms
-        .until(
-            "the relayed connection to close",
-            |from, event| match event {
-                SwarmEvent::Behaviour(ClientEvent::Ping(ping::Event {
-                    peer,
-                    result: Ok(_),
-                    ..
-                })) if (from, peer) == ("source", target) || (from, peer) == ("target", source) => {
-                    pings += 1;
-                    None
-                }
-                SwarmEvent::ConnectionClosed {
-                    connection_id,
-                    cause,
-                    ..
-                } if from == "source" && connection_id == circuit => Some(cause),
-                _ => None,
-            },
-        )
-        .await;
-    let elapsed = opened.elapsed();
+    let (cause, pings) = circuit.until_cut().await;
+    let elapsed = circuit.opened.elapsed();
     eprintln!("cut after {elapsed:?} and {pings} pings: {cause:?}");
     assert!(pings >= 1, "no ping went through the circuit");
     // Each ping carries 32 bytes each way: at most bytes / 64 fit, handshakes aside.
@@ -840,11 +886,7 @@ async fn a_circuit_is_cut_after_its_byte_limit() {
         "{pings} pings through a {bytes}-byte circuit"
     );
     assert!(elapsed < Duration::from_secs(60), "cut after {elapsed:?}");
-    let intro_id = intro.peer_id;
-    assert!(swarms.get("source").is_connected(&intro_id));
-    assert!(swarms.get("target").is_connected(&intro_id));
-
-    assert_still_serves(&mut swarms, &mut intro, "newcomer").await;
+    circuit.assert_ends_stay_and_server_serves().await;
 }
 
 /// `intro.circuit_duration_secs`: the relay cuts a relayed connection that carries traffic
@@ -853,52 +895,24 @@ async fn a_circuit_is_cut_after_its_byte_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_circuit_is_cut_after_its_duration_limit() {
     let limit = Duration::from_secs(2);
-    let mut intro = Intro::start(
+    let mut circuit = Circuit::open(
         "circuit-duration",
-        &config(
-            "",
-            &format!(
-                "circuit_duration_secs = {}\ncircuit_bytes = 1048576",
-                limit.as_secs()
-            ),
+        &format!(
+            "circuit_duration_secs = {}\ncircuit_bytes = 1048576",
+            limit.as_secs()
         ),
     )
     .await;
-    let mut swarms = Swarms::default();
-    swarms.add("target", client());
-    let granted = swarms.reserve("target", &intro).await.expect("a slot");
-    assert_eq!(granted.duration, Some(limit));
-    swarms.add("source", client());
-    let circuit = swarms
-        .dial_circuit("source", "target", &intro)
-        .await
-        .expect("a circuit");
-    let opened = Instant::now();
-    swarms.pinged("source", circuit).await;
-    let cause = swarms
-        .until(
-            "the relayed connection to close",
-            |from, event| match event {
-                SwarmEvent::ConnectionClosed {
-                    connection_id,
-                    cause,
-                    ..
-                } if from == "source" && connection_id == circuit => Some(cause),
-                _ => None,
-            },
-        )
-        .await;
-    let elapsed = opened.elapsed();
-    eprintln!("cut after {elapsed:?}: {cause:?}");
+    assert_eq!(circuit.granted.duration, Some(limit));
+    circuit.swarms.pinged("source", circuit.id).await;
+    let (cause, pings) = circuit.until_cut().await;
+    let elapsed = circuit.opened.elapsed();
+    eprintln!("cut after {elapsed:?} and {pings} more pings: {cause:?}");
     // The relay's clock starts when it accepts the circuit, just before the connection's
     // handshake over it ends here.
     assert!(elapsed >= limit - Duration::from_millis(500), "{elapsed:?}");
     assert!(elapsed < limit + Duration::from_secs(5), "{elapsed:?}");
-    let intro_id = intro.peer_id;
-    assert!(swarms.get("source").is_connected(&intro_id));
-    assert!(swarms.get("target").is_connected(&intro_id));
-
-    assert_still_serves(&mut swarms, &mut intro, "newcomer").await;
+    circuit.assert_ends_stay_and_server_serves().await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -251,23 +251,50 @@ fn start_web(ns: &Netns, tools: &Tools, dir: &TempDir, marker: &str) -> Proc {
     web
 }
 
+/// A namespace with nsd and the daemon serving in it, as every test starts. Fields drop in
+/// order: the processes, then the namespace (killing what is left in it), then the directory
+/// they used.
+struct Lab {
+    daemon: Proc,
+    _nsd: Proc,
+    ns: Netns,
+    dir: TempDir,
+    tools: Tools,
+    /// Names this run's namespace and directory.
+    tag: String,
+}
+
+impl Lab {
+    fn start() -> Self {
+        let tools = Tools::find();
+        let tag = random_tag();
+        let dir = TempDir::new(&tag);
+        let ns = Netns::create(&tag, &tools.ip, &dir);
+        let nsd = start_nsd(&ns, &tools, &dir);
+        let daemon = start_daemon(&ns, &dir);
+        Self {
+            daemon,
+            _nsd: nsd,
+            ns,
+            dir,
+            tools,
+            tag,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// The test
+// The tests
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn getent_curl_and_chromium_resolve_a_published_p2p_name_through_resolv_conf() {
-    let tools = Tools::find();
-    let tag = random_tag();
-    // Dropped in reverse order: the processes, then the namespace (killing what is left in it),
-    // then the directory they used.
-    let dir = TempDir::new(&tag);
-    let ns = Netns::create(&tag, &tools.ip, &dir);
-    let _nsd = start_nsd(&ns, &tools, &dir);
-    let daemon = start_daemon(&ns, &dir);
-    let marker = format!("served-for-site-p2p-{tag}");
-    let _web = start_web(&ns, &tools, &dir, &marker);
-    let daemon_log = || tail(&daemon.output(), 40);
+    let lab = Lab::start();
+    let Lab { ns, dir, tools, .. } = &lab;
+    let marker = format!("served-for-site-p2p-{}", lab.tag);
+    // Declared after the lab, so it stops before the namespace goes.
+    let _web = start_web(ns, tools, dir, &marker);
+    let daemon_log = || tail(&lab.daemon.output(), 40);
 
     let mut publish = ns.exec(BIN);
     publish
@@ -359,12 +386,10 @@ fn getent_curl_and_chromium_resolve_a_published_p2p_name_through_resolv_conf() {
 
 #[test]
 fn doctor_sees_the_os_path_the_upstream_and_who_holds_port_53() {
-    let tools = Tools::find();
-    let tag = random_tag();
-    let dir = TempDir::new(&tag);
-    let ns = Netns::create(&tag, &tools.ip, &dir);
-    let _nsd = start_nsd(&ns, &tools, &dir);
-    let daemon = start_daemon(&ns, &dir);
+    let lab = Lab::start();
+    let Lab {
+        ns, dir, daemon, ..
+    } = &lab;
 
     let doctor = |data_dir: &Path| {
         let mut command = ns.exec(BIN);

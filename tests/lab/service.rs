@@ -45,6 +45,26 @@ impl Root {
             .expect("run p2pdns")
     }
 
+    /// `service install --platform linux --binary /usr/bin/p2pdns` (so nothing is copied) with
+    /// `extra` flags; it must succeed.
+    fn install_linux(&self, extra: &[&str]) {
+        let mut args = vec!["service", "install", "--platform", "linux"];
+        args.extend(["--binary", "/usr/bin/p2pdns"]);
+        args.extend(extra);
+        ok(&self.p2pdns(&args));
+    }
+
+    /// `service uninstall`, which must succeed and leave the root as `before`: its report.
+    fn uninstall_restores(&self, before: &BTreeMap<String, String>) -> String {
+        let report = ok(&self.p2pdns(&["service", "uninstall"]));
+        assert_eq!(
+            &self.snapshot(),
+            before,
+            "uninstall left the root as it was"
+        );
+        report
+    }
+
     /// Every path under the root with what it is: file contents and mode, link target, or dir.
     fn snapshot(&self) -> BTreeMap<String, String> {
         fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
@@ -179,12 +199,11 @@ fn split_install_writes_the_unit_and_resolved_routing_and_uninstall_restores_the
     let error = failed(&root.p2pdns(&["service", "install", "--platform", "linux"]));
     assert!(error.contains("already installed"), "{error}");
 
-    let report = ok(&root.p2pdns(&["service", "uninstall"]));
+    let report = root.uninstall_restores(&before);
     assert!(
         report.contains("removed  /etc/systemd/system/p2pdns.service"),
         "{report}"
     );
-    assert_eq!(root.snapshot(), before, "uninstall left the root as it was");
 
     let error = failed(&root.p2pdns(&["service", "uninstall"]));
     assert!(error.contains("not installed"), "{error}");
@@ -199,15 +218,7 @@ fn full_install_points_resolv_conf_at_the_daemon_and_forwards_to_the_previous_se
     );
     root.write("etc/p2pdns/keep.txt", "the user's own file\n");
     let before = root.snapshot();
-    ok(&root.p2pdns(&[
-        "service",
-        "install",
-        "--full",
-        "--platform",
-        "linux",
-        "--binary",
-        "/usr/bin/p2pdns",
-    ]));
+    root.install_linux(&["--full"]);
 
     let resolv = root.read("etc/resolv.conf");
     assert!(resolv.contains(MARKER), "{resolv}");
@@ -225,23 +236,14 @@ fn full_install_points_resolv_conf_at_the_daemon_and_forwards_to_the_previous_se
     // No systemd-resolved in this root: no drop-in.
     assert!(!root.path("etc/systemd/resolved.conf.d").exists());
 
-    ok(&root.p2pdns(&["service", "uninstall"]));
-    assert_eq!(root.snapshot(), before, "uninstall left the root as it was");
+    root.uninstall_restores(&before);
 }
 
 #[test]
 fn full_install_over_resolved_takes_its_real_upstreams_not_its_stub() {
     let root = resolved_root();
     let before = root.snapshot();
-    ok(&root.p2pdns(&[
-        "service",
-        "install",
-        "--full",
-        "--platform",
-        "linux",
-        "--binary",
-        "/usr/bin/p2pdns",
-    ]));
+    root.install_linux(&["--full"]);
     let config = root.read("etc/p2pdns/p2pdns.toml");
     assert!(
         config.contains("servers = [\"192.0.2.53\", \"2001:db8::53\"]"),
@@ -258,8 +260,7 @@ fn full_install_over_resolved_takes_its_real_upstreams_not_its_stub() {
             .file_type()
             .is_symlink()
     );
-    ok(&root.p2pdns(&["service", "uninstall"]));
-    assert_eq!(root.snapshot(), before, "uninstall left the root as it was");
+    root.uninstall_restores(&before);
 }
 
 #[test]
@@ -291,8 +292,7 @@ fn macos_install_writes_a_launchd_plist_and_etc_resolver() {
     assert!(resolver.contains("nameserver 127.0.0.1"), "{resolver}");
     let error = failed(&root.p2pdns(&["service", "install", "--full", "--platform", "macos"]));
     assert!(error.contains("already installed"), "{error}");
-    ok(&root.p2pdns(&["service", "uninstall"]));
-    assert_eq!(root.snapshot(), before);
+    root.uninstall_restores(&before);
     let error = failed(&root.p2pdns(&["service", "install", "--full", "--platform", "macos"]));
     assert!(error.contains("not supported on macOS"), "{error}");
     assert_eq!(root.snapshot(), before, "a refused install writes nothing");
@@ -316,14 +316,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
 #[test]
 fn uninstall_keeps_a_file_the_user_took_over_and_removes_the_rest() {
     let root = resolved_root();
-    ok(&root.p2pdns(&[
-        "service",
-        "install",
-        "--platform",
-        "linux",
-        "--binary",
-        "/usr/bin/p2pdns",
-    ]));
+    root.install_linux(&[]);
     // The user rewrote the configuration and dropped the marker: it is theirs now.
     root.write("etc/p2pdns/p2pdns.toml", "[cache]\nmax_entries = 5000\n");
     let report = ok(&root.p2pdns(&["service", "uninstall"]));
@@ -351,18 +344,10 @@ fn an_existing_configuration_is_never_overwritten() {
         "[dns]\nlisten = [\"127.0.0.1:53\"]\n",
     );
     let before = root.snapshot();
-    ok(&root.p2pdns(&[
-        "service",
-        "install",
-        "--platform",
-        "linux",
-        "--binary",
-        "/usr/bin/p2pdns",
-    ]));
+    root.install_linux(&[]);
     assert_eq!(
         root.read("etc/p2pdns/p2pdns.toml"),
         "[dns]\nlisten = [\"127.0.0.1:53\"]\n"
     );
-    ok(&root.p2pdns(&["service", "uninstall"]));
-    assert_eq!(root.snapshot(), before);
+    root.uninstall_restores(&before);
 }

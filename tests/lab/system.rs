@@ -18,13 +18,14 @@ use std::{
     fs,
     io::{self, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
     thread,
     time::{Duration, Instant},
 };
 
 use crate::process::{Proc, TempDir, require_root, run_bounded, tool};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 
@@ -242,15 +243,7 @@ impl Daemon {
     fn spawn(port: u16, upstreams: &[SocketAddr], extra: &str, args: &[&str]) -> Self {
         let dir = TempDir::new("daemon");
         let config = dir.write("p2pdns.toml", &daemon_config(&dir, extra));
-        let mut command = p2pdns_command(&dir);
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--dns-listen")
-            .arg(localhost(port).to_string());
+        let mut command = run_command(&dir, &config, port);
         for upstream in upstreams {
             command.arg("--upstream").arg(upstream.to_string());
         }
@@ -275,10 +268,35 @@ impl Daemon {
 
     /// Runs `p2pdns ARGS` against this daemon's data directory, as a user would.
     fn cli(&self, args: &[&str]) -> Output {
-        let mut command = p2pdns_command(&self._dir);
-        command.arg("--data-dir").arg(self._dir.path().join("data"));
-        command.args(args);
-        command.output().expect("run the p2pdns CLI")
+        cli_command(&self._dir)
+            .args(args)
+            .output()
+            .expect("run the p2pdns CLI")
+    }
+
+    /// [`Daemon::cli`] that must succeed: its stdout.
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "p2pdns {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits for the process to exit, fails the test unless it exited with `code` (`case` names
+    /// the case in the message), and returns its log.
+    fn exit_code(&mut self, code: i32, case: &str) -> String {
+        let status = self.proc.wait_exit(EXIT_TIMEOUT);
+        let log = self.log();
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{case}: {status}; stderr:\n{log}"
+        );
+        log
     }
 
     /// The QUIC multiaddr the daemon logged for --bootstrap.
@@ -334,6 +352,35 @@ fn p2pdns_command(dir: &TempDir) -> Command {
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("XDG_DATA_HOME");
     command
+}
+
+/// A `p2pdns` command on `dir`'s data directory, as the CLI talks to a daemon running on it.
+fn cli_command(dir: &TempDir) -> Command {
+    let mut command = p2pdns_command(dir);
+    command.arg("--data-dir").arg(dir.path().join("data"));
+    command
+}
+
+/// `p2pdns run` with `config` on `dir`'s data directory, answering DNS on 127.0.0.1:`port`.
+fn run_command(dir: &TempDir, config: &Path, port: u16) -> Command {
+    let mut command = cli_command(dir);
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .arg("--dns-listen")
+        .arg(localhost(port).to_string());
+    command
+}
+
+/// The value after `label` (such as `peer id:`) in what `p2pdns status` printed.
+fn status_field(status: &str, label: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in status:\n{status}"))
+        .trim()
+        .to_owned()
 }
 
 fn daemon_config(dir: &TempDir, extra: &str) -> String {
@@ -448,29 +495,28 @@ const FLAG_RD: u16 = 0x0100;
 const RCODE_NOERROR: u8 = 0;
 const RCODE_FORMERR: u8 = 1;
 
-fn wire_header(id: u16, flags: u16, qdcount: u16, ancount: u16) -> Vec<u8> {
+/// A message whose header has `id`, `flags`, QDCOUNT `qdcount` and ANCOUNT `ancount`, whatever
+/// the body holds, and whose body is an A question (class IN) for each of `names`.
+fn wire_message(id: u16, flags: u16, qdcount: u16, ancount: u16, names: &[&str]) -> Vec<u8> {
     let mut packet = Vec::with_capacity(64);
     for field in [id, flags, qdcount, ancount, 0, 0] {
         packet.extend_from_slice(&field.to_be_bytes());
     }
-    packet
-}
-
-fn push_question(packet: &mut Vec<u8>, name: &str, qtype: u16) {
-    for label in name.split('.').filter(|l| !l.is_empty()) {
-        packet.push(u8::try_from(label.len()).expect("test labels are short"));
-        packet.extend_from_slice(label.as_bytes());
+    for name in names {
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            packet.push(u8::try_from(label.len()).expect("test labels are short"));
+            packet.extend_from_slice(label.as_bytes());
+        }
+        packet.push(0);
+        packet.extend_from_slice(&TYPE_A.to_be_bytes());
+        packet.extend_from_slice(&1u16.to_be_bytes());
     }
-    packet.push(0);
-    packet.extend_from_slice(&qtype.to_be_bytes());
-    packet.extend_from_slice(&1u16.to_be_bytes());
+    packet
 }
 
-/// A plain recursive query for `name`.
-fn wire_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut packet = wire_header(id, FLAG_RD, 1, 0);
-    push_question(&mut packet, name, qtype);
-    packet
+/// A plain recursive query for `name`, type A.
+fn wire_query(id: u16, name: &str) -> Vec<u8> {
+    wire_message(id, FLAG_RD, 1, 0, &[name])
 }
 
 /// The header fields of a reply the tests look at.
@@ -514,79 +560,56 @@ enum Expect {
     Whatever,
 }
 
-/// Deterministic noise (xorshift), so a failure can be replayed.
-fn garbage(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed.to_be_bytes()[0]
-        })
-        .collect()
+/// Deterministic noise (a seeded generator), so a failure can be replayed.
+fn garbage(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    StdRng::seed_from_u64(seed).fill(&mut bytes[..]);
+    bytes
 }
 
-fn hostile_packets() -> Vec<(&'static str, u16, Vec<u8>, Expect)> {
+/// The hostile packets, each with a label and what must come back. A packet's first two bytes
+/// are the message ID a reply to it carries.
+fn hostile_packets() -> Vec<(&'static str, Vec<u8>, Expect)> {
+    const FORMERR: Expect = Expect::Rcode(RCODE_FORMERR);
     let mut cases = Vec::new();
 
     let mut noise = garbage(96, 0x5eed_1234_abcd_ef01);
     noise[..2].copy_from_slice(&0xeeeeu16.to_be_bytes());
-    cases.push(("random garbage", 0xeeee, noise, Expect::Whatever));
+    cases.push(("random garbage", noise, Expect::Whatever));
 
-    cases.push((
-        "5-byte packet",
-        0x0505,
-        vec![0x05, 0x05, 0x01, 0x00, 0x00],
-        Expect::NoReply,
-    ));
+    let five = vec![0x05, 0x05, 0x01, 0x00, 0x00];
+    cases.push(("5-byte packet", five, Expect::NoReply));
 
-    let mut two = wire_header(0x0202, FLAG_RD, 2, 0);
-    push_question(&mut two, "www.example.test", TYPE_A);
-    push_question(&mut two, "site.p2p", TYPE_A);
-    cases.push(("two questions", 0x0202, two, Expect::Rcode(RCODE_FORMERR)));
+    let two = wire_message(0x0202, FLAG_RD, 2, 0, &["www.example.test", "site.p2p"]);
+    cases.push(("two questions", two, FORMERR));
 
-    let mut claims_two = wire_header(0x0203, FLAG_RD, 2, 0);
-    push_question(&mut claims_two, "site.p2p", TYPE_A);
+    let claims_two = wire_message(0x0203, FLAG_RD, 2, 0, &["site.p2p"]);
     cases.push((
         "header claims two questions, body has one",
-        0x0203,
         claims_two,
-        Expect::Rcode(RCODE_FORMERR),
+        FORMERR,
     ));
 
-    let mut response = wire_header(0x0404, FLAG_QR | FLAG_RD, 1, 0);
-    push_question(&mut response, "site.p2p", TYPE_A);
-    cases.push(("a response (QR=1)", 0x0404, response, Expect::NoReply));
+    let response = wire_message(0x0404, FLAG_QR | FLAG_RD, 1, 0, &["site.p2p"]);
+    cases.push(("a response (QR=1)", response, Expect::NoReply));
 
-    let mut cut = wire_header(0x0606, FLAG_RD, 1, 0);
+    let mut cut = wire_message(0x0606, FLAG_RD, 1, 0, &[]);
     cut.extend_from_slice(&[10, b'a', b'b', b'c']);
-    cases.push(("truncated name", 0x0606, cut, Expect::Rcode(RCODE_FORMERR)));
+    cases.push(("truncated name", cut, FORMERR));
 
-    let mut pointer_loop = wire_header(0x0707, FLAG_RD, 1, 0);
+    let mut pointer_loop = wire_message(0x0707, FLAG_RD, 1, 0, &[]);
     // A compression pointer to its own offset (12).
     pointer_loop.extend_from_slice(&[0xc0, 0x0c, 0x00, 0x01, 0x00, 0x01]);
-    cases.push((
-        "compression pointer loop",
-        0x0707,
-        pointer_loop,
-        Expect::Rcode(RCODE_FORMERR),
-    ));
+    cases.push(("compression pointer loop", pointer_loop, FORMERR));
 
-    let no_question = wire_header(0x0808, FLAG_RD, 0, 0);
-    cases.push((
-        "no question (QDCOUNT=0)",
-        0x0808,
-        no_question,
-        Expect::Rcode(RCODE_FORMERR),
-    ));
+    let no_question = wire_message(0x0808, FLAG_RD, 0, 0, &[]);
+    cases.push(("no question (QDCOUNT=0)", no_question, FORMERR));
 
-    let mut phantom_answers = wire_header(0x0909, FLAG_RD, 1, 5);
-    push_question(&mut phantom_answers, "site.p2p", TYPE_A);
+    let phantom_answers = wire_message(0x0909, FLAG_RD, 1, 5, &["site.p2p"]);
     cases.push((
         "header claims answers that are not there",
-        0x0909,
         phantom_answers,
-        Expect::Rcode(RCODE_FORMERR),
+        FORMERR,
     ));
 
     cases
@@ -605,13 +628,14 @@ fn hostile_udp_packets_get_formerr_or_silence_and_the_daemon_keeps_serving() {
         .expect("set a read timeout");
     let mut buf = vec![0u8; 65_535];
 
-    for (index, (label, hostile_id, packet, expect)) in hostile_packets().into_iter().enumerate() {
+    for (index, (label, packet, expect)) in hostile_packets().into_iter().enumerate() {
+        let hostile_id = u16::from_be_bytes([packet[0], packet[1]]);
         // After each hostile packet, a normal query: its answer proves the daemon survived, and
         // once it is in, a reply to the hostile packet would have had time to arrive too.
         let probe_id = 0xa000 + u16::try_from(index).expect("few cases");
         socket.send(&packet).expect("send the hostile packet");
         socket
-            .send(&wire_query(probe_id, "site.p2p", TYPE_A))
+            .send(&wire_query(probe_id, "site.p2p"))
             .expect("send the probe");
         let mut replies: Vec<WireReply> = Vec::new();
         let mut probe_answered: Option<Instant> = None;
@@ -754,13 +778,7 @@ fn sigterm_and_sigint_exit_0_after_a_logged_shutdown_and_free_the_port() {
         assert_eq!(reply.status, "NOERROR", "{}", reply.text);
 
         send_signal(daemon.proc.pid(), signal);
-        let status = daemon.proc.wait_exit(EXIT_TIMEOUT);
-        let log = daemon.log();
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "SIG{signal}: {status}; stderr:\n{log}"
-        );
+        let log = daemon.exit_code(0, &format!("SIG{signal}"));
         assert!(log.contains("shutting down"), "SIG{signal}: stderr:\n{log}");
         assert!(
             log.lines().any(|l| l.trim_end().ends_with(" stopped")),
@@ -778,9 +796,7 @@ fn second_daemon_on_the_same_port_exits_1_naming_the_address_in_use() {
     let first = Daemon::start(&[], "");
     let mut second = Daemon::spawn(first.port, &[], "", &[]);
 
-    let status = second.proc.wait_exit(EXIT_TIMEOUT);
-    let log = second.log();
-    assert_eq!(status.code(), Some(1), "{status}; stderr:\n{log}");
+    let log = second.exit_code(1, "the second daemon");
     assert!(
         log.contains(&format!("127.0.0.1:{}", first.port)),
         "stderr:\n{log}"
@@ -799,22 +815,14 @@ fn second_daemon_on_the_same_port_exits_1_naming_the_address_in_use() {
 fn unknown_config_key_exits_78_naming_the_key() {
     let extra = "[dns]\nlisen = [\"127.0.0.1:5353\"]\n";
     let mut daemon = Daemon::spawn(free_port(), &[], extra, &[]);
-    let status = daemon.proc.wait_exit(EXIT_TIMEOUT);
-    let log = daemon.log();
-    assert_eq!(status.code(), Some(78), "{status}; stderr:\n{log}");
+    let log = daemon.exit_code(78, "run");
     assert!(
         log.contains("lisen"),
         "the message does not name the key:\n{log}"
     );
 
     let mut check = Daemon::spawn(free_port(), &[], extra, &["--check-config"]);
-    let status = check.proc.wait_exit(EXIT_TIMEOUT);
-    let log = check.log();
-    assert_eq!(
-        status.code(),
-        Some(78),
-        "--check-config: {status}; stderr:\n{log}"
-    );
+    let log = check.exit_code(78, "--check-config");
     assert!(log.contains("lisen"), "--check-config:\n{log}");
 }
 
@@ -832,12 +840,10 @@ fn default_config_passes_check_config() {
     );
     let path = dir.write("default.toml", &text);
 
-    let mut command = p2pdns_command(&dir);
+    let mut command = cli_command(&dir);
     command
         .args(["run", "--check-config", "--config"])
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"));
+        .arg(&path);
     let output = run_bounded(command, TOOL_TIMEOUT);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
@@ -936,15 +942,9 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
         ),
     );
 
-    let out = publisher.cli(&["publish", "blog", "A", "192.0.2.55"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "publish failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = publisher.cli_ok(&["publish", "blog", "A", "192.0.2.55"]);
     assert!(stdout.contains("published blog.p2p."), "{stdout}");
-    let out = publisher.cli(&[
+    publisher.cli_ok(&[
         "publish",
         "www.blog.p2p",
         "TXT",
@@ -952,11 +952,6 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
         "--ttl",
         "60",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     // dig through the other daemon's DNS port, until the record has travelled.
     let reply = resolver.dig_until(&["blog.p2p", "A"], "192.0.2.55");
@@ -972,15 +967,9 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
     );
 
     // `resolve` names the owner: the publisher's key.
-    let status = String::from_utf8_lossy(&publisher.cli(&["status"]).stdout).into_owned();
-    let key_name = status
-        .lines()
-        .find_map(|l| l.strip_prefix("key name:"))
-        .unwrap_or_else(|| panic!("no key name in status:\n{status}"))
-        .trim()
-        .to_owned();
-    let resolved =
-        String::from_utf8_lossy(&resolver.cli(&["resolve", "blog.p2p"]).stdout).into_owned();
+    let status = publisher.cli_ok(&["status"]);
+    let key_name = status_field(&status, "key name:");
+    let resolved = resolver.cli_ok(&["resolve", "blog.p2p"]);
     assert!(resolved.contains("192.0.2.55"), "{resolved}");
     assert!(
         resolved.contains(&format!("owner:    {key_name}")),
@@ -990,7 +979,7 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
     // The publisher counts the other node holding its record.
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let names = String::from_utf8_lossy(&publisher.cli(&["names"]).stdout).into_owned();
+        let names = publisher.cli_ok(&["names"]);
         if names.contains("held by 1 other node") {
             break;
         }
@@ -1000,11 +989,8 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
 
     // `status --peers` lists the resolver as a connected peer in the routing table, with its
     // address; plain `status` does not list peers.
-    let resolver_id = String::from_utf8_lossy(&resolver.cli(&["status"]).stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("peer id:").map(|id| id.trim().to_owned()))
-        .expect("the resolver's status shows its peer id");
-    let peers = String::from_utf8_lossy(&publisher.cli(&["status", "--peers"]).stdout).into_owned();
+    let resolver_id = status_field(&resolver.cli_ok(&["status"]), "peer id:");
+    let peers = publisher.cli_ok(&["status", "--peers"]);
     assert!(
         peers.contains(&format!(
             "peer:       {resolver_id} (connected, routing table)"
@@ -1018,9 +1004,7 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
 #[test]
 fn cli_commands_say_clearly_when_no_daemon_runs() {
     let dir = TempDir::new("nodaemon");
-    let out = p2pdns_command(&dir)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
+    let out = cli_command(&dir)
         .arg("status")
         .output()
         .expect("run the p2pdns CLI");
@@ -1086,12 +1070,8 @@ struct Intro {
 impl Intro {
     fn start(args: &[&str]) -> Self {
         let dir = TempDir::new("intro");
-        let mut command = p2pdns_command(&dir);
-        command
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("intro")
-            .args(args);
+        let mut command = cli_command(&dir);
+        command.arg("intro").args(args);
         // Tests run side by side: no fixed STUN port unless one is asked for.
         if !args.contains(&"--stun-listen") {
             command.args(["--stun-listen", "127.0.0.1:0"]);
@@ -1136,27 +1116,13 @@ fn two_daemons_that_know_only_an_introduction_server_resolve_each_others_names()
     );
     let publisher = Daemon::start(&[], &p2p);
     let resolver = Daemon::start(&[], &p2p);
-    let out = publisher.cli(&["publish", "intro-site", "A", "192.0.2.77"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publisher.cli_ok(&["publish", "intro-site", "A", "192.0.2.77"]);
 
     resolver.dig_until(&["intro-site.p2p", "A"], "192.0.2.77");
 
     // `connect` finds the owner's peer (its key) and reaches it; on loopback, directly.
-    let publisher_id = String::from_utf8_lossy(&publisher.cli(&["status"]).stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("peer id:").map(|id| id.trim().to_owned()))
-        .expect("the publisher's status shows its peer id");
-    let out = resolver.cli(&["connect", "intro-site", "--wait", "5"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let publisher_id = status_field(&publisher.cli_ok(&["status"]), "peer id:");
+    let stdout = resolver.cli_ok(&["connect", "intro-site", "--wait", "5"]);
     assert!(
         stdout.starts_with(&format!(
             "intro-site.p2p.: direct connection to {publisher_id} "
@@ -1203,16 +1169,8 @@ fn the_daemon_tells_the_service_manager_when_it_is_ready_reloading_and_stopping(
         .expect("set a read timeout");
     let config = dir.write("p2pdns.toml", &daemon_config(&dir, ""));
     let port = free_port();
-    let mut command = p2pdns_command(&dir);
-    command
-        .env("NOTIFY_SOCKET", &socket_path)
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--dns-listen")
-        .arg(localhost(port).to_string());
+    let mut command = run_command(&dir, &config, port);
+    command.env("NOTIFY_SOCKET", &socket_path);
     let mut proc = Proc::spawn("p2pdns", command, dir.path());
     let next = || {
         let mut buf = [0; 512];
@@ -1252,15 +1210,7 @@ fn reload_applies_new_upstream_servers_and_names_what_needs_a_restart() {
     };
     let config = dir.write("p2pdns.toml", &config_text(&first, ""));
     let port = free_port();
-    let mut command = p2pdns_command(&dir);
-    command
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("run")
-        .arg("--dns-listen")
-        .arg(localhost(port).to_string());
+    let command = run_command(&dir, &config, port);
     let mut proc = Proc::spawn("p2pdns", command, dir.path());
     proc.wait_for(" ready", START_TIMEOUT);
     assert_eq!(dig(port, &["www.example.test", "A"]).status, "NOERROR");
@@ -1288,12 +1238,10 @@ fn reload_applies_new_upstream_servers_and_names_what_needs_a_restart() {
     );
     proc.wait_for("reloaded: cache emptied, upstreams re-read", START_TIMEOUT);
     let upstreams = || {
-        let mut command = p2pdns_command(&dir);
-        command
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("status");
-        let out = command.output().expect("run p2pdns status");
+        let out = cli_command(&dir)
+            .arg("status")
+            .output()
+            .expect("run p2pdns status");
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| l.strip_prefix("upstreams:").map(|u| u.trim().to_owned()))
