@@ -2,8 +2,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::fmt::Write as _;
+
 use hickory_proto::{
-    rr::{LowerName, Name, Record, RecordType},
+    rr::{LowerName, Name, RData, Record, RecordType},
     serialize::txt::Parser,
 };
 
@@ -177,6 +179,71 @@ pub fn parse_record(owner: &Name, text: &str, default_ttl: u32) -> Result<Vec<Re
     Ok(records)
 }
 
+/// A record in zone-file presentation format, `NAME TTL CLASS TYPE RDATA`, as `dig` and
+/// [`parse_record`] read it: character-strings (TXT, HINFO) each in double quotes with `"` and
+/// `\` escaped (RFC 1035 section 5.1), other types as hickory prints them. hickory's own
+/// `Display` runs a TXT record's strings together unquoted, so `"hello" "world"` would show as
+/// `helloworld`.
+pub fn presentation(record: &Record) -> String {
+    let mut out = format!(
+        "{} {} {} {} ",
+        record.name,
+        record.ttl,
+        record.dns_class,
+        record.record_type()
+    );
+    match &record.data {
+        RData::TXT(txt) => {
+            for (i, string) in txt.txt_data.iter().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                push_character_string(&mut out, string);
+            }
+        }
+        RData::HINFO(hinfo) => {
+            push_character_string(&mut out, &hinfo.cpu);
+            out.push(' ');
+            push_character_string(&mut out, &hinfo.os);
+        }
+        data => {
+            let _ = write!(out, "{data}");
+        }
+    }
+    out
+}
+
+/// Appends `bytes` as a quoted character-string. Valid UTF-8 stays readable; control
+/// characters and bytes that are not UTF-8 become `\DDD` (decimal, one per byte), so the line
+/// stays one line and says exactly which bytes the string holds.
+fn push_character_string(out: &mut String, bytes: &[u8]) {
+    let decimal = |out: &mut String, byte: u8| {
+        let _ = write!(out, "\\{byte:03}");
+    };
+    out.push('"');
+    for chunk in bytes.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            match ch {
+                '"' | '\\' => {
+                    out.push('\\');
+                    out.push(ch);
+                }
+                ch if ch.is_control() => {
+                    let mut buf = [0; 4];
+                    for byte in ch.encode_utf8(&mut buf).bytes() {
+                        decimal(out, byte);
+                    }
+                }
+                ch => out.push(ch),
+            }
+        }
+        for &byte in chunk.invalid() {
+            decimal(out, byte);
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +305,69 @@ mod tests {
                 .is_err()
         );
         assert!(zone.is_empty());
+    }
+
+    #[test]
+    fn presentation_quotes_character_strings() {
+        let owner = parse_owner("site.p2p").unwrap();
+        let shown = |text: &str| {
+            let records = parse_record(&owner, text, 300).unwrap_or_else(|e| panic!("{text}: {e}"));
+            presentation(&records[0])
+        };
+        for (text, expected) in [
+            (
+                r#"TXT "hello world" "second""#,
+                r#"site.p2p. 300 IN TXT "hello world" "second""#,
+            ),
+            ("TXT hello world", r#"site.p2p. 300 IN TXT "hello" "world""#),
+            (
+                r#"TXT "say \"hi\" \\ bye""#,
+                r#"site.p2p. 300 IN TXT "say \"hi\" \\ bye""#,
+            ),
+            (r#"TXT """#, r#"site.p2p. 300 IN TXT """#),
+            ("TXT café", r#"site.p2p. 300 IN TXT "café""#),
+            (
+                r#"HINFO "Intel x86" Linux"#,
+                r#"site.p2p. 300 IN HINFO "Intel x86" "Linux""#,
+            ),
+            ("60 A 192.0.2.1", "site.p2p. 60 IN A 192.0.2.1"),
+            ("MX 10 mail", "site.p2p. 300 IN MX 10 mail.site.p2p."),
+        ] {
+            assert_eq!(shown(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn presentation_escapes_bytes_that_are_not_text() {
+        let name = Name::from_ascii("site.p2p.").unwrap();
+        let txt = hickory_proto::rr::rdata::TXT::from_bytes(vec![b"a\tb\n", b"\xff\x00z"]);
+        let record = Record::from_rdata(name, 60, RData::TXT(txt));
+        assert_eq!(
+            presentation(&record),
+            r#"site.p2p. 60 IN TXT "a\009b\010" "\255\000z""#
+        );
+    }
+
+    #[test]
+    fn presentation_parses_back_to_the_same_record() {
+        let owner = parse_owner("site.p2p").unwrap();
+        for text in [
+            "A 192.0.2.1",
+            "AAAA 2001:db8::1",
+            "CNAME other.p2p.",
+            r#"TXT "hello world" "two" "quote \" and \\ backslash""#,
+            r#"HINFO "Intel x86" Linux"#,
+            "MX 10 mail",
+            "SRV 0 5 443 web.site.p2p.",
+            r#"CAA 0 issue "letsencrypt.org""#,
+        ] {
+            let record = parse_record(&owner, text, 300).unwrap().remove(0);
+            let shown = presentation(&record);
+            let (_, rest) = shown.split_once(' ').unwrap();
+            let again = parse_record(&owner, rest, 1).unwrap_or_else(|e| panic!("{shown}: {e}"));
+            assert_eq!(again.len(), 1, "{shown}");
+            assert_eq!(again[0], record, "{text} shown as {shown}");
+            assert_eq!(again[0].ttl, record.ttl, "{shown}");
+        }
     }
 }

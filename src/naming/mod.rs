@@ -29,7 +29,7 @@ use hickory_proto::{
 use answer::MAX_CNAME_CHAIN;
 pub(crate) use answer::{RecordSource, answer_from, nodata, positive, soa_record};
 pub use dht::{Dht, DhtConfig};
-pub use local::{LocalZone, ZoneError, parse_record, parse_zone};
+pub use local::{LocalZone, ZoneError, parse_record, parse_zone, presentation};
 
 use crate::config::NamingConfig;
 
