@@ -24,8 +24,8 @@ pub const MAX_RECORD_BYTES: usize = 1024;
 const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Clock difference tolerated between publisher and checker.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
-/// Largest TTL of a resource record inside a name record.
-const MAX_RR_TTL: u32 = 86_400;
+/// Largest TTL of a resource record inside a name record, in seconds.
+pub const MAX_RR_TTL: u32 = 86_400;
 /// The TLD of names in the DHT.
 pub const TLD: &str = "p2p";
 /// Prefix of the signed bytes: a record's signature can never be valid for anything else.
@@ -55,11 +55,16 @@ pub enum RecordError {
     /// The name is a key name, but of another key than the record's owner.
     #[error("key name {0} belongs to another key")]
     WrongKey(String),
-    /// A resource record (shown as name, type, TTL) has a refused type (SOA, NS, OPT, TSIG,
-    /// SIG, RRSIG, AXFR, IXFR, ANY), a class other than IN, a TTL over 86400 seconds, or an
-    /// owner outside the record's name.
-    #[error("resource record {0} is not allowed in a name record")]
-    BadResourceRecord(String),
+    /// A resource record has a refused type (SOA, NS, OPT, TSIG, SIG, RRSIG, AXFR, IXFR,
+    /// ANY), a class other than IN, a TTL over [`MAX_RR_TTL`] seconds, or an owner outside the
+    /// record's name.
+    #[error("resource record {record} is not allowed in a name record: {why}")]
+    BadResourceRecord {
+        /// The resource record as name, type and TTL: `www.site.p2p. A 300`.
+        record: String,
+        /// The rule it breaks, with the limit: `its TTL is over the maximum of 86400 s`.
+        why: String,
+    },
     /// `expires` is not after `now`.
     #[error("record expired")]
     Expired,
@@ -285,29 +290,11 @@ impl NameRecord {
             return Err(RecordError::WrongKey(self.name.to_ascii()));
         }
         for record in &self.records {
-            let allowed = !matches!(
-                record.record_type(),
-                RecordType::SOA
-                    | RecordType::NS
-                    | RecordType::OPT
-                    | RecordType::TSIG
-                    | RecordType::SIG
-                    | RecordType::RRSIG
-                    | RecordType::AXFR
-                    | RecordType::IXFR
-                    | RecordType::ANY
-            );
-            if !allowed
-                || record.dns_class != DNSClass::IN
-                || record.ttl > MAX_RR_TTL
-                || !self.name.zone_of(&record.name)
-            {
-                return Err(RecordError::BadResourceRecord(format!(
-                    "{} {} {}",
-                    record.name,
-                    record.record_type(),
-                    record.ttl
-                )));
+            if let Some(why) = self.refusal(record) {
+                return Err(RecordError::BadResourceRecord {
+                    record: format!("{} {} {}", record.name, record.record_type(), record.ttl),
+                    why,
+                });
             }
         }
         if self.expires <= now {
@@ -324,6 +311,33 @@ impl NameRecord {
             return Err(RecordError::BadSignature);
         }
         Ok(())
+    }
+
+    /// Why `record` may not stand in this name record (section 5, rule 3), if it may not.
+    fn refusal(&self, record: &Record) -> Option<String> {
+        let rtype = record.record_type();
+        if matches!(
+            rtype,
+            RecordType::SOA
+                | RecordType::NS
+                | RecordType::OPT
+                | RecordType::TSIG
+                | RecordType::SIG
+                | RecordType::RRSIG
+                | RecordType::AXFR
+                | RecordType::IXFR
+                | RecordType::ANY
+        ) {
+            Some(format!("type {rtype} is not allowed"))
+        } else if record.dns_class != DNSClass::IN {
+            Some(format!("its class is {}, not IN", record.dns_class))
+        } else if record.ttl > MAX_RR_TTL {
+            Some(format!("its TTL is over the maximum of {MAX_RR_TTL} s"))
+        } else if !self.name.zone_of(&record.name) {
+            Some(format!("its owner is outside {}", self.name))
+        } else {
+            None
+        }
     }
 
     /// The owner's key name.
@@ -418,10 +432,25 @@ mod tests {
             vec![a("x.com.", "192.0.2.1")],
         )
         .unwrap();
-        assert!(matches!(
-            outside.verify(unix_now()),
-            Err(RecordError::BadResourceRecord(_))
-        ));
+        assert_eq!(
+            outside.verify(unix_now()).unwrap_err().to_string(),
+            "resource record x.com. A 300 is not allowed in a name record: \
+             its owner is outside big.p2p."
+        );
+        let mut long = a("big.p2p.", "192.0.2.1");
+        long.ttl = MAX_RR_TTL + 1;
+        let long = NameRecord::sign(&kp, &name, 1, unix_now() + 60, vec![long]).unwrap();
+        assert_eq!(
+            long.verify(unix_now()).unwrap_err().to_string(),
+            "resource record big.p2p. A 86401 is not allowed in a name record: \
+             its TTL is over the maximum of 86400 s"
+        );
+        let mut longest = a("big.p2p.", "192.0.2.1");
+        longest.ttl = MAX_RR_TTL;
+        NameRecord::sign(&kp, &name, 1, unix_now() + 60, vec![longest])
+            .unwrap()
+            .verify(unix_now())
+            .unwrap();
         for bad in ["a.b.p2p.", "site.com.", "x_y.p2p.", "UPPER.p2p.", "p2p."] {
             let n = Name::from_ascii(bad).unwrap();
             assert!(check_name(&n).is_err(), "{bad}");

@@ -821,7 +821,7 @@ async fn honest_nodes_refuse_forged_puts() {
     let outside = signed(&key, &n, seq, vec![a("bank.example.", ip)]);
     assert!(matches!(
         check(&outside.to_bytes()),
-        Err(RecordError::BadResourceRecord(_))
+        Err(RecordError::BadResourceRecord { .. })
     ));
     forged.push((n, outside.to_bytes()));
 
