@@ -159,17 +159,22 @@ fn p2p_checks(status: &Status, lines: &mut Lines) {
             Some("add an introduction server to p2p.bootstrap, or start a second node on the LAN (mDNS)"),
         ),
         Some(p2p) => {
-            lines.add(
-                Verdict::Ok,
-                &format!(
-                    "p2p: {} peers connected, {} in the routing table, DHT mode {}",
-                    p2p.node.connected_peers, p2p.node.routing_table_peers, p2p.node.mode
-                ),
-                None,
-            );
+            lines.add(Verdict::Ok, &connected_line(&p2p.node), None);
             reachability_line(lines, &p2p.node);
         }
     }
+}
+
+/// The line for a node with peers: `p2p: 1 peer connected, 3 in the routing table, ...`.
+fn connected_line(node: &NodeStatus) -> String {
+    let peers = match node.connected_peers {
+        1 => "peer",
+        _ => "peers",
+    };
+    format!(
+        "p2p: {} {peers} connected, {} in the routing table, DHT mode {}",
+        node.connected_peers, node.routing_table_peers, node.mode
+    )
 }
 
 /// Addresses as `a, b`.
@@ -198,7 +203,8 @@ fn reachability_line(lines: &mut Lines, node: &NodeStatus) {
         ),
         (Reachability::Unknown, _) => (
             Verdict::Ok,
-            "reachability: not known yet (AutoNAT probes peers in the first minute)".to_owned(),
+            "reachability: not known: no peer has probed this node's reachability yet (AutoNAT)"
+                .to_owned(),
             None,
         ),
         (reachability, None) => (
@@ -333,7 +339,7 @@ fn os_resolver(lines: &mut Lines, daemon_up: bool) {
             &format!("os resolver: {CHECK_HOST} does not resolve through getaddrinfo ({error})"),
             Some(if daemon_up {
                 "the system does not send .p2p to p2pdns: `sudo p2pdns service install` (split DNS), \
-                 or see README 'OS integration'"
+                 or see README 'Installing it as a service'"
             } else {
                 "start the daemon first"
             }),
@@ -435,24 +441,46 @@ mod tests {
         assert_eq!(proc_net_addr("junk"), None);
     }
 
+    /// A client-mode node with one connected peer.
+    fn node(reachability: Reachability) -> NodeStatus {
+        NodeStatus {
+            peer_id: libp2p::PeerId::random(),
+            listen_addrs: Vec::new(),
+            connected_peers: 1,
+            routing_table_peers: 1,
+            stored_records: 0,
+            mode: KadMode::Client,
+            peers: Vec::new(),
+            reachability,
+            external_addrs: Vec::new(),
+            relay_reservations: Vec::new(),
+            relayed_connections: 0,
+            direct_connections: 1,
+            rendezvous_points: Vec::new(),
+            rendezvous_peers: 0,
+        }
+    }
+
+    #[test]
+    fn peer_counts_agree_in_number() {
+        let mut node = node(Reachability::Unknown);
+        let line = connected_line(&node);
+        assert!(
+            line.starts_with("p2p: 1 peer connected, 1 in the routing table"),
+            "{line}"
+        );
+        node.connected_peers = 2;
+        let line = connected_line(&node);
+        assert!(line.starts_with("p2p: 2 peers connected"), "{line}");
+    }
+
     #[test]
     fn reachability_says_how_peers_reach_the_node() {
         let check = |reachability, relay: &[&str], external: Vec<ExternalAddr>| {
             let node = NodeStatus {
-                peer_id: libp2p::PeerId::random(),
-                listen_addrs: Vec::new(),
-                connected_peers: 1,
-                routing_table_peers: 1,
-                stored_records: 0,
-                mode: KadMode::Client,
-                peers: Vec::new(),
-                reachability,
                 external_addrs: external,
                 relay_reservations: relay.iter().map(|a| a.parse().unwrap()).collect(),
-                relayed_connections: 0,
-                direct_connections: 1,
-                rendezvous_points: Vec::new(),
-                rendezvous_peers: 0,
+                ..node(reachability)
             };
             let mut lines = Lines::default();
             reachability_line(&mut lines, &node);
@@ -461,6 +489,13 @@ mod tests {
         let relay = "/ip4/198.51.100.7/udp/4747/quic-v1/p2p-circuit";
         let out = check(Reachability::Public, &[], Vec::new());
         assert!(out.starts_with("ok    reachability: public"), "{out}");
+        // Two nodes on loopback never probe each other: no promise of an answer soon.
+        let out = check(Reachability::Unknown, &[], Vec::new());
+        assert_eq!(
+            out,
+            "ok    reachability: not known: no peer has probed this node's reachability yet \
+             (AutoNAT)\n"
+        );
         let out = check(Reachability::Private, &[], Vec::new());
         assert!(
             out.starts_with("warn  ")
