@@ -42,12 +42,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or does not match the schema (unknown key, wrong type).
-    #[error("failed to load config file {path}: {message}")]
+    #[error("failed to load config file {path}")]
     Parse {
         /// Where the text came from: the file's path, or the name the caller gave it.
         path: String,
-        /// The TOML parser's message on one line, with the position and the offending key.
-        message: String,
+        /// The TOML parser's message: position, the offending line with a caret under the key
+        /// or value, and what is wrong. Several lines; [`crate::cli::error_report`] keeps them.
+        #[source]
+        source: Box<toml::de::Error>,
     },
     /// A value parsed but makes no sense (named by its dotted key).
     #[error("invalid config value {key}: {message}")]
@@ -418,9 +420,9 @@ impl<'de> Deserialize<'de> for UpstreamAddr {
 impl Config {
     /// Parses configuration text; `origin` names the source in error messages.
     fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            source: Box::new(source),
         })?;
         config.validate()?;
         Ok(config)
@@ -633,32 +635,44 @@ mod tests {
         assert_eq!(parsed, defaults);
     }
 
+    /// The error and its causes, as `error_report` prints them but without the layout.
+    fn chain(text: &str) -> String {
+        let err = Config::from_toml(text, "test.toml").unwrap_err();
+        let first: &(dyn std::error::Error + 'static) = &err;
+        std::iter::successors(Some(first), |e| e.source())
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     #[test]
     fn unknown_key_is_named() {
-        let err =
-            Config::from_toml("[dns]\nlisen = [\"127.0.0.1:53\"]\n", "test.toml").unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("lisen"), "{msg}");
-        assert!(msg.contains("test.toml"), "{msg}");
+        let msg = chain("[dns]\nlisten = [\"127.0.0.1:53\"]\nlisen = 1\n");
+        assert!(
+            msg.starts_with("failed to load config file test.toml\n"),
+            "{msg}"
+        );
+        assert!(msg.contains("unknown field `lisen`"), "{msg}");
+        // The parser's excerpt keeps its lines, so the caret stands under the key.
+        assert!(msg.contains("\n3 | lisen = 1\n  | ^^^^^\n"), "{msg}");
     }
 
     #[test]
     fn unknown_section_is_named() {
-        let err = Config::from_toml("[dsn]\n", "t.toml").unwrap_err();
-        assert!(err.to_string().contains("dsn"), "{err}");
+        let msg = chain("[dsn]\n");
+        assert!(msg.contains("dsn"), "{msg}");
     }
 
     #[test]
     fn bad_values_fail_with_their_key() {
-        let err = Config::from_toml("[dns]\nlisten = [\"localhost:53\"]\n", "t").unwrap_err();
-        assert!(err.to_string().contains("listen"), "{err}");
-        let err = Config::from_toml("[upstream]\nservers = [\"dns.google\"]\n", "t").unwrap_err();
-        assert!(err.to_string().contains("dns.google"), "{err}");
-        let err = Config::from_toml("[naming]\ntlds = [\"a.b\"]\n", "t").unwrap_err();
-        assert!(err.to_string().contains("naming.tlds[0]"), "{err}");
-        let err =
-            Config::from_toml("[cache]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n", "t").unwrap_err();
-        assert!(err.to_string().contains("cache.min_ttl_secs"), "{err}");
+        let msg = chain("[dns]\nlisten = [\"localhost:53\"]\n");
+        assert!(msg.contains("listen"), "{msg}");
+        let msg = chain("[upstream]\nservers = [\"dns.google\"]\n");
+        assert!(msg.contains("dns.google"), "{msg}");
+        let msg = chain("[naming]\ntlds = [\"a.b\"]\n");
+        assert!(msg.contains("naming.tlds[0]"), "{msg}");
+        let msg = chain("[cache]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n");
+        assert!(msg.contains("cache.min_ttl_secs"), "{msg}");
     }
 
     #[test]

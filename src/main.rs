@@ -42,13 +42,9 @@ fn runtime(mut builder: Builder) -> Result<Runtime, CliError> {
     builder.enable_all().build().map_err(CliError::Runtime)
 }
 
-/// Prints the error with its chain of causes on one line, and gives its exit code.
+/// Prints the error with its chain of causes ([`cli::error_report`]), and gives its exit code.
 fn fail(error: &CliError) -> ExitCode {
-    let first: &(dyn std::error::Error + 'static) = error;
-    let chain: Vec<String> = std::iter::successors(Some(first), |e| (*e).source())
-        .map(ToString::to_string)
-        .collect();
-    eprintln!("error: {}", chain.join(": "));
+    eprintln!("{}", cli::error_report(error));
     ExitCode::from(error.exit_code())
 }
 

@@ -29,6 +29,7 @@ pub use args::{
     Cli, Command, ConfigCommand, IntroArgs, PinsCommand, PublishArgs, RunArgs, ServiceCommand,
     ServiceTarget, StunListenError,
 };
+pub use render::error_report;
 
 /// Exit code for a configuration error (EX_CONFIG from sysexits.h).
 pub const EXIT_CONFIG: u8 = 78;
@@ -136,10 +137,11 @@ impl Loaded {
     }
 }
 
-/// `p2pdns run --check-config`: the configuration and its naming section are usable.
+/// `p2pdns run --check-config`: the configuration and its naming section are usable; prints
+/// where it came from and what the daemon would serve, forward and join.
 pub fn check_config(loaded: &Loaded) -> Result<ExitCode, CliError> {
     crate::naming::Naming::new(&loaded.config.naming)?;
-    println!("configuration OK: {}", loaded.source);
+    print!("{}", render::config_summary(loaded));
     Ok(ExitCode::SUCCESS)
 }
 

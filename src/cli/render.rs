@@ -1,14 +1,84 @@
-//! The daemon's responses as people read them. The text is a contract too: scripts and tests
-//! look for lines such as `reachable:  public behind NAT ` or `relayed at: `.
+//! The daemon's responses, the `--check-config` summary and the error that ends a command, as
+//! people read them. The text is a contract too: scripts and tests look for lines such as
+//! `reachable:  public behind NAT ` or `relayed at: `.
 
-use std::{fmt::Write, net::SocketAddr};
+use std::{error::Error, fmt::Write, net::SocketAddr};
 
 use libp2p::Multiaddr;
 
+use super::Loaded;
 use crate::{
     control::{NameInfo, PinInfo, Resolution, Response, Status},
     p2p::{NodeStatus, PeerEntry, Reachability, Transport},
 };
+
+/// The `error: ...` text for an error and its chain of causes. One-line causes follow on the
+/// same line after `: `; a cause of several lines (the TOML parser's excerpt with a caret under
+/// the bad key) starts on a line of its own, every line indented alike so the caret still
+/// points at the key, and the causes after it start on a new line too.
+pub fn error_report(error: &(dyn Error + 'static)) -> String {
+    let mut out = String::from("error:");
+    let mut after_block = false;
+    for (i, cause) in std::iter::successors(Some(error), |e| (*e).source()).enumerate() {
+        let text = cause.to_string();
+        let text = text.trim_end();
+        if text.contains('\n') {
+            out.push_str(if i == 0 { "" } else { ":" });
+            for line in text.lines() {
+                let _ = write!(out, "\n  {line}");
+            }
+            after_block = true;
+        } else if after_block {
+            let _ = write!(out, "\n  {text}");
+            after_block = false;
+        } else {
+            let _ = write!(out, "{} {text}", if i == 0 { "" } else { ":" });
+        }
+    }
+    out
+}
+
+/// What `run --check-config` found: where the configuration came from and what the daemon
+/// would do with it.
+pub(super) fn config_summary(loaded: &Loaded) -> String {
+    let config = &loaded.config;
+    let mut out = String::new();
+    let _ = writeln!(out, "configuration OK: {}", loaded.source);
+    let _ = writeln!(out, "dns:        {}", joined(&config.dns.listen));
+    let upstreams = if config.upstream.servers.is_empty() {
+        format!(
+            "the nameservers in {}",
+            config.upstream.resolv_conf.display()
+        )
+    } else {
+        let servers: Vec<String> = config
+            .upstream
+            .servers
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        servers.join(", ")
+    };
+    let _ = writeln!(out, "upstreams:  {upstreams}");
+    if config.p2p.enabled {
+        let listen: Vec<String> = config.p2p.listen.iter().map(ToString::to_string).collect();
+        let bootstrap = config.p2p.bootstrap.len();
+        let _ = writeln!(
+            out,
+            "p2p:        on, listening on {}; {bootstrap} bootstrap peer{}",
+            if listen.is_empty() {
+                "no address".to_owned()
+            } else {
+                listen.join(", ")
+            },
+            if bootstrap == 1 { "" } else { "s" }
+        );
+    } else {
+        out.push_str("p2p:        off (.p2p names come from local records only)\n");
+    }
+    let _ = writeln!(out, "data dir:   {}", loaded.data_dir.display());
+    out
+}
 
 /// Formats a response for people.
 pub(super) fn render(response: &Response) -> String {
@@ -316,5 +386,92 @@ mod tests {
                  (relayed first, then hole punched) in 42 ms\n"
             )
         );
+    }
+
+    /// An error with causes.
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Error for Chain {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|c| c as &(dyn Error + 'static))
+        }
+    }
+
+    fn chain(messages: &[&'static str]) -> Chain {
+        messages
+            .iter()
+            .rev()
+            .fold(None, |cause, m| Some(Chain(m, cause.map(Box::new))))
+            .unwrap()
+    }
+
+    #[test]
+    fn one_line_causes_share_the_error_line() {
+        let error = chain(&[
+            "failed to bind DNS UDP socket on 127.0.0.1:53",
+            "permission denied",
+        ]);
+        assert_eq!(
+            error_report(&error),
+            "error: failed to bind DNS UDP socket on 127.0.0.1:53: permission denied"
+        );
+    }
+
+    #[test]
+    fn a_cause_of_several_lines_keeps_its_lines_and_its_caret() {
+        let toml = "TOML parse error at line 3, column 1\n  |\n3 | lisen = 1\n  | ^^^^^\n\
+                    unknown field `lisen`\n";
+        let error = chain(&["failed to load config file /etc/p2pdns/p2pdns.toml", toml]);
+        let expected = [
+            "error: failed to load config file /etc/p2pdns/p2pdns.toml:",
+            "  TOML parse error at line 3, column 1",
+            "    |",
+            "  3 | lisen = 1",
+            "    | ^^^^^",
+            "  unknown field `lisen`",
+        ];
+        assert_eq!(error_report(&error), expected.join("\n"));
+        let error = chain(&["outer", "two\nlines", "after", "last"]);
+        assert_eq!(
+            error_report(&error),
+            "error: outer:\n  two\n  lines\n  after: last"
+        );
+    }
+
+    #[test]
+    fn the_config_summary_says_what_the_daemon_would_do() {
+        let mut config = crate::Config::default();
+        config.upstream.servers = vec!["9.9.9.9".parse().unwrap()];
+        config.p2p.listen = vec!["/ip4/0.0.0.0/udp/4747/quic-v1".parse().unwrap()];
+        config.p2p.bootstrap = vec!["/ip4/192.0.2.1/tcp/4747".parse().unwrap()];
+        let mut loaded = Loaded {
+            config,
+            path: None,
+            source: "built-in defaults".into(),
+            data_dir: "/var/lib/p2pdns".into(),
+        };
+        assert_eq!(
+            config_summary(&loaded),
+            "configuration OK: built-in defaults\n\
+             dns:        127.0.0.1:53\n\
+             upstreams:  9.9.9.9:53\n\
+             p2p:        on, listening on /ip4/0.0.0.0/udp/4747/quic-v1; 1 bootstrap peer\n\
+             data dir:   /var/lib/p2pdns\n"
+        );
+        loaded.config.upstream.servers.clear();
+        loaded.config.p2p.enabled = false;
+        let text = config_summary(&loaded);
+        assert!(
+            text.contains("upstreams:  the nameservers in /etc/resolv.conf\n"),
+            "{text}"
+        );
+        assert!(text.contains("p2p:        off"), "{text}");
     }
 }
