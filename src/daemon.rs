@@ -178,7 +178,15 @@ impl Daemon {
         let control_path = control::socket_path(&data_dir);
         let control = control::bind(&control_path, &data_dir).await?;
         let (node, dht) = if config.p2p.enabled {
-            let (node, dht) = bind_p2p(&config, &data_dir).await?;
+            let (node, dht) = match bind_p2p(&config, &data_dir).await {
+                Ok(bound) => bound,
+                Err(error) => {
+                    // Nothing will serve the control socket: leave no file behind that makes
+                    // the CLI believe a daemon is there.
+                    let _ = std::fs::remove_file(&control_path);
+                    return Err(error);
+                }
+            };
             naming = naming.with_dht(dht.clone());
             (Some(node), Some(dht))
         } else {

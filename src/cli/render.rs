@@ -22,6 +22,11 @@ pub fn error_report(error: &(dyn Error + 'static)) -> String {
     for (i, cause) in std::iter::successors(Some(error), |e| (*e).source()).enumerate() {
         let text = cause.to_string();
         let text = text.trim_end();
+        // libp2p's transport errors print their source inside their own text, and some print
+        // nothing: each cause once, none empty.
+        if i > 0 && (text.is_empty() || out.contains(text)) {
+            continue;
+        }
         if text.contains('\n') {
             out.push_str(if i == 0 { "" } else { ":" });
             for line in text.lines() {
@@ -421,6 +426,21 @@ mod tests {
         assert_eq!(
             error_report(&error),
             "error: failed to bind DNS UDP socket on 127.0.0.1:53: permission denied"
+        );
+    }
+
+    #[test]
+    fn empty_and_repeated_causes_are_left_out() {
+        // libp2p's TransportError::Other prints nothing; io errors repeat below it.
+        let error = chain(&[
+            "failed to listen on /ip4/127.0.0.1/tcp/4747",
+            "",
+            "Address already in use (os error 98)",
+            "Address already in use (os error 98)",
+        ]);
+        assert_eq!(
+            error_report(&error),
+            "error: failed to listen on /ip4/127.0.0.1/tcp/4747: Address already in use (os error 98)"
         );
     }
 

@@ -2,11 +2,18 @@
 //! and again while the node has no peer at all), peers on the LAN (mDNS), and the addresses
 //! peers announce (identify), kept only where others can use them.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
-use libp2p::{Multiaddr, identify, mdns, swarm::SwarmEvent};
+use libp2p::{
+    Multiaddr, identify, mdns,
+    swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
+};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     KAD_PROTOCOL, PeerEntry,
@@ -14,6 +21,22 @@ use super::{
     behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
     connections::Connections,
 };
+
+/// An error and its causes on one line, each cause once (libp2p's transport errors repeat
+/// their source in their own text).
+pub(crate) fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
 
 /// How often a node without any peer dials its bootstrap peers again.
 pub(crate) const REDIAL: Duration = Duration::from_secs(30);
@@ -25,6 +48,10 @@ pub(crate) struct Routing {
     bootstrapped: bool,
     /// Told when the first DHT peer is met.
     joined: Arc<Notify>,
+    /// Bootstrap dials under way, by connection, with the address dialed.
+    dialing: HashMap<ConnectionId, Multiaddr>,
+    /// Bootstrap addresses whose failure was logged as a warning (once, until one succeeds).
+    warned: HashSet<Multiaddr>,
 }
 
 impl Routing {
@@ -33,18 +60,24 @@ impl Routing {
             bootstrap,
             bootstrapped: false,
             joined,
+            dialing: HashMap::new(),
+            warned: HashSet::new(),
         }
     }
 
     /// Dials every bootstrap address, and puts those that name their peer into the routing
     /// table so that DHT queries can use them as soon as they answer.
-    pub(crate) fn dial_bootstrap(&self, swarm: &mut NodeSwarm, first: bool) {
+    pub(crate) fn dial_bootstrap(&mut self, swarm: &mut NodeSwarm, first: bool) {
         for addr in &self.bootstrap {
             if let Some(peer) = peer_of(addr) {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
             }
-            match swarm.dial(addr.clone()) {
-                Ok(()) => {}
+            let opts = DialOpts::from(addr.clone());
+            let id = opts.connection_id();
+            match swarm.dial(opts) {
+                Ok(()) => {
+                    self.dialing.insert(id, addr.clone());
+                }
                 Err(error) if first => warn!(%addr, %error, "cannot dial bootstrap peer"),
                 Err(error) => debug!(%addr, %error, "cannot dial bootstrap peer"),
             }
@@ -53,7 +86,7 @@ impl Routing {
 
     /// A daemon often starts before the network is up (a laptop at boot): while it has no peer
     /// at all, it dials its bootstrap peers again.
-    pub(crate) fn redial(&self, swarm: &mut NodeSwarm) {
+    pub(crate) fn redial(&mut self, swarm: &mut NodeSwarm) {
         if swarm.connected_peers().next().is_none() {
             self.dial_bootstrap(swarm, false);
         }
@@ -91,6 +124,28 @@ impl Routing {
                     // than at the first periodic bootstrap.
                     self.bootstrapped = swarm.behaviour_mut().kad.bootstrap().is_ok();
                     self.joined.notify_one();
+                }
+            }
+            SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+                if let Some(addr) = self.dialing.remove(connection_id)
+                    && self.warned.remove(&addr)
+                {
+                    info!(%addr, "reached the bootstrap peer");
+                }
+            }
+            // A bootstrap peer that cannot be reached leaves the node alone in the network:
+            // say so once per address (and again only after it was reached in between).
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some(addr) = self.dialing.remove(connection_id) {
+                    if self.warned.insert(addr.clone()) {
+                        warn!(%addr, error = %one_line(error), "cannot reach the bootstrap peer; dialing it again every {}s while this node has no peer", REDIAL.as_secs());
+                    } else {
+                        debug!(%addr, error = %one_line(error), "cannot reach the bootstrap peer");
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {

@@ -811,6 +811,64 @@ fn second_daemon_on_the_same_port_exits_1_naming_the_address_in_use() {
     );
 }
 
+/// A bootstrap peer that does not answer leaves the node alone in the network: the log says
+/// so once, naming the address, and the daemon keeps serving.
+#[test]
+fn an_unreachable_bootstrap_peer_is_named_in_the_log() {
+    // A port nothing listens on (TCP connect is refused at once).
+    let closed = free_port();
+    let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    let extra = format!(
+        "[p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\n\
+         bootstrap = [\"/ip4/127.0.0.1/tcp/{closed}/p2p/{peer}\"]\n"
+    );
+    let mut daemon = Daemon::start(&[], &extra);
+    daemon.proc.wait_until(
+        "log `cannot reach the bootstrap peer`",
+        START_TIMEOUT,
+        |_, log| log.contains("cannot reach the bootstrap peer"),
+    );
+    let log = daemon.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("cannot reach the bootstrap peer"))
+        .expect("found above");
+    assert!(
+        warning.contains("WARN") && warning.contains(&format!("/tcp/{closed}/p2p/{peer}")),
+        "{warning}"
+    );
+    assert!(!warning.contains("Custom {"), "no Debug dump: {warning}");
+    assert_eq!(daemon.dig(&["site.p2p", "A"]).status, "NOERROR");
+}
+
+/// A P2P port another process holds stops the daemon (exit 1, naming the address), and leaves
+/// no control socket behind that would make the CLI believe a daemon runs there.
+#[test]
+fn a_p2p_port_in_use_exits_1_and_leaves_no_control_socket() {
+    let holder = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a TCP port");
+    let port = holder.local_addr().expect("bound address").port();
+    let extra = format!("[p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\n");
+    let mut daemon = Daemon::spawn(free_port(), &[], &extra, &[]);
+    let log = daemon.exit_code(1, "a daemon whose P2P port is taken");
+    let error = log
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line:\n{log}"));
+    assert!(error.contains(&format!("/tcp/{port}")), "{error}");
+    assert!(!error.contains(": :"), "no empty cause: {error}");
+    assert!(
+        !daemon._dir.path().join("control.sock").exists(),
+        "a control socket was left behind"
+    );
+    let out = daemon.cli(&["status"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no p2pdns daemon is running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn unknown_config_key_exits_78_naming_the_key() {
     let extra = "[dns]\nlisen = [\"127.0.0.1:5353\"]\n";
