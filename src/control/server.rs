@@ -23,7 +23,9 @@ use tracing::{debug, warn};
 use super::protocol::{NameInfo, P2pStatus, PinInfo, Request, Resolution, Response, Status};
 use crate::{
     dns::forwarder::Forwarder,
-    naming::{Dht, Naming, ZoneError, parse_record, parse_zone, publisher::PublishError},
+    naming::{
+        Dht, Naming, ZoneError, parse_record, parse_zone, presentation, publisher::PublishError,
+    },
     nat::connect::{ConnectError, connect_direct},
     record::{self, NameRecord},
 };
@@ -346,7 +348,7 @@ fn published(record: &NameRecord) -> Response {
         name: record.name.to_ascii(),
         seq: record.seq,
         expires: record.expires,
-        records: record.records.iter().map(ToString::to_string).collect(),
+        records: record.records.iter().map(presentation).collect(),
     }
 }
 
@@ -375,7 +377,7 @@ async fn names(dht: &Arc<Dht>) -> Vec<NameInfo> {
             name: record.name.to_ascii(),
             seq: record.seq,
             expires: record.expires,
-            records: record.records.iter().map(ToString::to_string).collect(),
+            records: record.records.iter().map(presentation).collect(),
             replicas,
         });
     }
@@ -391,7 +393,7 @@ async fn resolve(context: &Context, name: &str, qtype: &str) -> Result<Response,
     let answer = context.naming.lookup(&qname, qtype).await;
     let mut resolution = Resolution {
         name: qname.to_ascii(),
-        answers: answer.answers.iter().map(ToString::to_string).collect(),
+        answers: answer.answers.iter().map(presentation).collect(),
         rcode: answer.rcode.to_string(),
         owner: None,
         seq: None,

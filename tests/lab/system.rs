@@ -1002,14 +1002,17 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
 
     let stdout = publisher.cli_ok(&["publish", "blog", "A", "192.0.2.55"]);
     assert!(stdout.contains("published blog.p2p."), "{stdout}");
-    publisher.cli_ok(&[
+    let stdout = publisher.cli_ok(&[
         "publish",
         "www.blog.p2p",
         "TXT",
         "\"hello from p2p\"",
+        "\"second\"",
         "--ttl",
         "60",
     ]);
+    // The CLI prints records as a zone file would: each TXT string quoted, as dig shows it.
+    assert!(stdout.contains("\"hello from p2p\" \"second\""), "{stdout}");
 
     // dig through the other daemon's DNS port, until the record has travelled.
     let reply = resolver.dig_until(&["blog.p2p", "A"], "192.0.2.55");
@@ -1019,7 +1022,7 @@ fn a_name_published_with_the_cli_resolves_with_dig_through_another_daemon() {
     assert!(
         txt.answer
             .iter()
-            .any(|rr| rr.rdata == "\"hello from p2p\"" && rr.ttl <= 60),
+            .any(|rr| rr.rdata == "\"hello from p2p\" \"second\"" && rr.ttl <= 60),
         "{}",
         txt.text
     );
