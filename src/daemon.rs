@@ -379,7 +379,10 @@ impl Reloader {
                     }
                 }
                 Err(error) => {
-                    warn!(%error, "reload: the configuration file has errors; keeping the running configuration")
+                    warn!(
+                        error = &error as &dyn std::error::Error,
+                        "reload: the configuration file has errors; keeping the running configuration"
+                    )
                 }
             }
         }
