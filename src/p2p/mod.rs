@@ -134,6 +134,14 @@ fn listen(swarm: &mut NodeSwarm, addrs: &[Multiaddr]) -> Result<usize, NodeError
     let mut listening = 0;
     let mut first_error = None;
     for addr in addrs {
+        if let Some(taken) = tcp_port_taken(addr) {
+            warn!(%addr, error = %taken, "cannot listen on this P2P address; skipping it");
+            first_error.get_or_insert(NodeError::Listen {
+                addr: addr.clone(),
+                source: libp2p::TransportError::Other(taken),
+            });
+            continue;
+        }
         match swarm.listen_on(addr.clone()) {
             Ok(_) => listening += 1,
             Err(source) => {
@@ -148,6 +156,39 @@ fn listen(swarm: &mut NodeSwarm, addrs: &[Multiaddr]) -> Result<usize, NodeError
     match (listening, first_error) {
         (0, Some(error)) => Err(error),
         _ => Ok(listening),
+    }
+}
+
+/// Is the TCP port of `addr` held by another socket already (another p2pdns, say)? libp2p's
+/// TCP listeners set SO_REUSEPORT (for hole punching), so a second daemon of the same user
+/// would bind the same port without an error and take a share of the first one's incoming
+/// connections. A probe bound without SO_REUSEPORT fails wherever any socket holds the port.
+/// `None` for port 0, non-TCP addresses, and when the probe cannot tell.
+fn tcp_port_taken(addr: &Multiaddr) -> Option<std::io::Error> {
+    use libp2p::multiaddr::Protocol;
+    use socket2::{Domain, Socket, Type};
+    let mut ip = None;
+    let mut port = None;
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::Ip4(v4) => ip = Some(std::net::IpAddr::V4(v4)),
+            Protocol::Ip6(v6) => ip = Some(std::net::IpAddr::V6(v6)),
+            Protocol::Tcp(p) => port = Some(p),
+            Protocol::Udp(_) | Protocol::P2pCircuit => return None,
+            _ => {}
+        }
+    }
+    let addr = std::net::SocketAddr::new(ip?, port.filter(|p| *p != 0)?);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).ok()?;
+    if addr.is_ipv6() {
+        // As libp2p's own listeners: an IPv6 wildcard does not take the IPv4 port too.
+        socket.set_only_v6(true).ok()?;
+    }
+    // Connections of an earlier run lingering in TIME_WAIT do not hold the port.
+    socket.set_reuse_address(true).ok()?;
+    match socket.bind(&addr.into()) {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Some(error),
+        _ => None,
     }
 }
 
@@ -175,5 +216,25 @@ async fn wait_for_addresses(swarm: &mut NodeSwarm, listening: usize) -> Result<(
     match swarm.listeners().next() {
         Some(_) => Ok(()),
         None => Err(NodeError::NoListenAddress),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tcp_port_held_by_another_socket_is_found_taken() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = holder.local_addr().unwrap().port();
+        let at = |a: String| -> Multiaddr { a.parse().unwrap() };
+        assert!(tcp_port_taken(&at(format!("/ip4/127.0.0.1/tcp/{port}"))).is_some());
+        // The wildcard address covers 127.0.0.1 too.
+        assert!(tcp_port_taken(&at(format!("/ip4/0.0.0.0/tcp/{port}"))).is_some());
+        // Not TCP, or a port the system picks: nothing to probe.
+        assert!(tcp_port_taken(&at(format!("/ip4/127.0.0.1/udp/{port}/quic-v1"))).is_none());
+        assert!(tcp_port_taken(&at("/ip4/127.0.0.1/tcp/0".into())).is_none());
+        drop(holder);
+        assert!(tcp_port_taken(&at(format!("/ip4/127.0.0.1/tcp/{port}"))).is_none());
     }
 }

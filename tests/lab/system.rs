@@ -869,6 +869,27 @@ fn a_p2p_port_in_use_exits_1_and_leaves_no_control_socket() {
     );
 }
 
+/// A second daemon configured with the first one's TCP port does not share it silently
+/// (libp2p's listeners set SO_REUSEPORT): it exits 1 naming the address, and the first one
+/// keeps serving.
+#[test]
+fn a_second_daemon_on_the_same_p2p_port_exits_1() {
+    let port = free_port();
+    let extra = format!("[p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\n");
+    let first = Daemon::start(&[], &extra);
+    let mut second = Daemon::spawn(free_port(), &[], &extra, &[]);
+    let log = second.exit_code(1, "a second daemon on the first one's P2P port");
+    assert!(
+        log.lines().any(|l| l.starts_with("error: ")
+            && l.contains(&format!("/tcp/{port}"))
+            && l.contains("in use")),
+        "{log}"
+    );
+    assert_eq!(first.dig(&["site.p2p", "A"]).status, "NOERROR");
+    let status = first.cli_ok(&["status"]);
+    assert!(status.contains(&format!("/tcp/{port}/p2p/")), "{status}");
+}
+
 #[test]
 fn unknown_config_key_exits_78_naming_the_key() {
     let extra = "[dns]\nlisen = [\"127.0.0.1:5353\"]\n";
