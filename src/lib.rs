@@ -32,6 +32,8 @@
 //! - [`control`]: the Unix socket through which the CLI talks to the running daemon, with its
 //!   typed protocol.
 //! - [`os`]: `service install/uninstall`, `doctor`, and systemd readiness notification.
+//! - [`tunnel`]: names that carry TCP over the P2P connection (in progress: the local
+//!   address table).
 //!
 //! # A query's path
 //!
@@ -57,6 +59,7 @@ pub mod record;
 pub mod signal;
 pub mod state;
 pub mod stun;
+pub mod tunnel;
 
 pub use config::Config;
 pub use daemon::{Daemon, DaemonError};
