@@ -123,8 +123,7 @@ pub struct Daemon {
     dht: Option<Arc<Dht>>,
     p2p_addrs: Vec<libp2p::Multiaddr>,
     naming: Arc<Naming>,
-    control: tokio::net::UnixListener,
-    control_path: PathBuf,
+    control: control::ControlSocket,
     /// The configuration running now, and where to read it again on reload.
     running: Config,
     watch: Option<ConfigWatch>,
@@ -175,18 +174,9 @@ impl Daemon {
         let mut naming = Naming::new(&config.naming)?;
         let sockets = BoundSockets::bind(&config.dns.listen)?;
         identity::create_data_dir(&data_dir)?;
-        let control_path = control::socket_path(&data_dir);
-        let control = control::bind(&control_path, &data_dir).await?;
+        let control = control::bind(&control::socket_path(&data_dir), &data_dir).await?;
         let (node, dht) = if config.p2p.enabled {
-            let (node, dht) = match bind_p2p(&config, &data_dir).await {
-                Ok(bound) => bound,
-                Err(error) => {
-                    // Nothing will serve the control socket: leave no file behind that makes
-                    // the CLI believe a daemon is there.
-                    let _ = std::fs::remove_file(&control_path);
-                    return Err(error);
-                }
-            };
+            let (node, dht) = bind_p2p(&config, &data_dir).await?;
             naming = naming.with_dht(dht.clone());
             (Some(node), Some(dht))
         } else {
@@ -221,7 +211,6 @@ impl Daemon {
             p2p_addrs,
             naming,
             control,
-            control_path,
             running: config,
             watch: None,
         })
@@ -269,7 +258,6 @@ impl Daemon {
             dht,
             naming,
             control,
-            control_path,
             running,
             watch,
             ..
@@ -283,7 +271,7 @@ impl Daemon {
             forwarder: forwarder.clone(),
             dns_addrs: dns.addrs().to_vec(),
         });
-        let serve_control = control::serve(control, context, stop.clone(), control_path);
+        let serve_control = control::serve(control, context, stop.clone());
         tasks.spawn(Task::Control, serve_control);
         if let Some(node) = node {
             tasks.spawn(Task::Node, node.run(stop.clone()));

@@ -15,7 +15,7 @@ pub mod server;
 
 pub use client::{ClientError, call};
 pub use protocol::{NameInfo, P2pStatus, PinInfo, Request, Resolution, Response, Status};
-pub use server::{Context, ControlError, RequestError, bind, p2p_name, serve};
+pub use server::{Context, ControlError, ControlSocket, RequestError, bind, p2p_name, serve};
 
 /// File name of the socket inside the data directory.
 pub const SOCKET_FILE: &str = "control.sock";

@@ -128,9 +128,23 @@ pub enum RequestError {
     Connect(#[from] ConnectError),
 }
 
+/// The bound control socket. Dropping it removes the socket file, whether the daemon served
+/// on it or failed to start after binding it: no file is left behind that makes the CLI believe
+/// a daemon is there.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Binds the control socket at `path` for the daemon using `data_dir`. A socket file left by a
 /// daemon that died is replaced; one that still answers means another daemon runs there.
-pub async fn bind(path: &Path, data_dir: &Path) -> Result<UnixListener, ControlError> {
+pub async fn bind(path: &Path, data_dir: &Path) -> Result<ControlSocket, ControlError> {
     let path = path.to_owned();
     if path.exists() {
         if UnixStream::connect(&path).await.is_ok() {
@@ -144,22 +158,23 @@ pub async fn bind(path: &Path, data_dir: &Path) -> Result<UnixListener, ControlE
         path: path.clone(),
         source,
     })?;
+    let socket = ControlSocket { listener, path };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| ControlError::Bind { path, source })?;
+        std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| ControlError::Bind {
+                path: socket.path.clone(),
+                source,
+            },
+        )?;
     }
-    Ok(listener)
+    Ok(socket)
 }
 
-/// Serves control requests until `stop` is cancelled, then removes the socket file.
-pub async fn serve(
-    listener: UnixListener,
-    context: Arc<Context>,
-    stop: CancellationToken,
-    path: PathBuf,
-) {
+/// Serves control requests until `stop` is cancelled; the socket file goes with `socket`.
+pub async fn serve(socket: ControlSocket, context: Arc<Context>, stop: CancellationToken) {
+    let listener = &socket.listener;
     let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
     let mut clients = JoinSet::new();
     loop {
@@ -192,7 +207,6 @@ pub async fn serve(
             drop(permit);
         });
     }
-    let _ = std::fs::remove_file(path);
 }
 
 async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
