@@ -11,7 +11,7 @@
 //!   [`config`]: the TOML configuration, its embedded defaults and checks.
 //! - [`daemon`]: binds every socket first ([`Daemon::bind`]), then supervises its tasks until a
 //!   signal ([`signal`]) cancels it or one of them ends. [`state`]: the data directory and
-//!   atomic state files.
+//!   atomic state files. [`error`]: how an error's chain of causes reads as text.
 //! - [`dns`]: the DNS front end: [`dns::server`] (UDP and TCP sockets), [`dns::handler`] (the
 //!   client ACL, per-query checks, routing), [`dns::response`] (EDNS, EDE, truncation),
 //!   [`dns::forwarder`] over [`dns::exchange`] (de-duplication, failover, TCP retry,
@@ -50,6 +50,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod error;
 pub mod intro;
 pub mod naming;
 pub mod nat;

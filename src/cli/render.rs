@@ -19,14 +19,7 @@ use crate::{
 pub fn error_report(error: &(dyn Error + 'static)) -> String {
     let mut out = String::from("error:");
     let mut after_block = false;
-    for (i, cause) in std::iter::successors(Some(error), |e| (*e).source()).enumerate() {
-        let text = cause.to_string();
-        let text = text.trim_end();
-        // libp2p's transport errors print their source inside their own text, and some print
-        // nothing: each cause once, none empty.
-        if i > 0 && (text.is_empty() || out.contains(text)) {
-            continue;
-        }
+    for (i, text) in crate::error::causes(error).iter().enumerate() {
         if text.contains('\n') {
             out.push_str(if i == 0 { "" } else { ":" });
             for line in text.lines() {

@@ -3,7 +3,6 @@
 //! the naming layer, the forwarder and the P2P node.
 
 use std::{
-    error::Error,
     io,
     path::{Path, PathBuf},
     sync::Arc,
@@ -221,20 +220,12 @@ async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
         Err(error) => Err(RequestError::Malformed(error)),
     };
     let response = answered.unwrap_or_else(|error| Response::Error {
-        message: message(&error),
+        message: crate::error::one_line(&error),
     });
     let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await?;
     write.shutdown().await
-}
-
-/// An error and its causes, joined by ": ", as the CLI prints it.
-fn message(error: &(dyn Error + 'static)) -> String {
-    let chain: Vec<String> = std::iter::successors(Some(error), |e| (*e).source())
-        .map(ToString::to_string)
-        .collect();
-    chain.join(": ")
 }
 
 /// Turns `site`, `site.p2p` or `www.site.p2p.` into a fully qualified, lower-case name under
@@ -476,6 +467,9 @@ mod tests {
     #[test]
     fn an_error_travels_with_its_causes() {
         let error = RequestError::SavePins(io::Error::other("disk full"));
-        assert_eq!(message(&error), "failed to save pins: disk full");
+        assert_eq!(
+            crate::error::one_line(&error),
+            "failed to save pins: disk full"
+        );
     }
 }

@@ -145,7 +145,7 @@ fn listen(swarm: &mut NodeSwarm, addrs: &[Multiaddr]) -> Result<usize, NodeError
         match swarm.listen_on(addr.clone()) {
             Ok(_) => listening += 1,
             Err(source) => {
-                warn!(%addr, error = %routing::one_line(&source), "cannot listen on this P2P address; skipping it");
+                warn!(%addr, error = %crate::error::one_line(&source), "cannot listen on this P2P address; skipping it");
                 first_error.get_or_insert(NodeError::Listen {
                     addr: addr.clone(),
                     source,

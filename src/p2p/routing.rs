@@ -22,22 +22,6 @@ use super::{
     connections::Connections,
 };
 
-/// An error and its causes on one line, each cause once (libp2p's transport errors repeat
-/// their source in their own text).
-pub(crate) fn one_line(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !cause_text.is_empty() && !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// How often a node without any peer dials its bootstrap peers again.
 pub(crate) const REDIAL: Duration = Duration::from_secs(30);
 
@@ -142,9 +126,9 @@ impl Routing {
             } => {
                 if let Some(addr) = self.dialing.remove(connection_id) {
                     if self.warned.insert(addr.clone()) {
-                        warn!(%addr, error = %one_line(error), "cannot reach the bootstrap peer; dialing it again every {}s while this node has no peer", REDIAL.as_secs());
+                        warn!(%addr, error = %crate::error::one_line(error), "cannot reach the bootstrap peer; dialing it again every {}s while this node has no peer", REDIAL.as_secs());
                     } else {
-                        debug!(%addr, error = %one_line(error), "cannot reach the bootstrap peer");
+                        debug!(%addr, error = %crate::error::one_line(error), "cannot reach the bootstrap peer");
                     }
                 }
             }
