@@ -79,6 +79,8 @@ pub struct Config {
     pub p2p: P2pConfig,
     /// `[intro]`: what an introduction server grants; the resolver ignores it.
     pub intro: IntroConfig,
+    /// `[tunnel]`: services exposed through tunnels, and the limits of tunnels.
+    pub tunnel: crate::tunnel::TunnelConfig,
 }
 
 /// `[dns]`: the DNS front end.
@@ -484,7 +486,10 @@ impl Config {
         self.cache.validate()?;
         self.naming.validate()?;
         self.p2p.validate()?;
-        self.intro.validate()
+        self.intro.validate()?;
+        self.tunnel
+            .validate()
+            .map_err(|(key, message)| invalid(&key, message))
     }
 }
 

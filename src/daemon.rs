@@ -36,6 +36,7 @@ use crate::{
         Node, NodeError,
         identity::{self, IdentityError},
     },
+    tunnel::{TunnelError, TunnelServer, Tunnels, addresses::AddressError},
 };
 
 /// Longest wait at shutdown for queries in flight to be answered.
@@ -56,6 +57,8 @@ pub enum Task {
     /// The task that keeps the upstream list in step with resolv.conf
     /// ([`UpstreamFollower::follow`]).
     Upstreams,
+    /// The server of tunnel streams ([`TunnelServer::run`]).
+    Tunnels,
 }
 
 impl fmt::Display for Task {
@@ -65,6 +68,7 @@ impl fmt::Display for Task {
             Self::Node => "P2P node",
             Self::Republisher => "republisher of own names",
             Self::Upstreams => "upstream follower",
+            Self::Tunnels => "tunnel server",
         })
     }
 }
@@ -87,6 +91,9 @@ pub enum DaemonError {
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// Tunnels could not be set up.
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
     /// A supervised task returned while the daemon was serving.
     #[error("the {0} stopped on its own")]
     TaskEnded(Task),
@@ -106,7 +113,12 @@ pub enum DaemonError {
 impl DaemonError {
     /// Is this the user's configuration's fault (distinct exit code)?
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Naming(_))
+        matches!(
+            self,
+            Self::Naming(_)
+                | Self::Tunnel(TunnelError::Config { .. })
+                | Self::Tunnel(TunnelError::Address(AddressError::BadRange { .. }))
+        )
     }
 }
 
@@ -121,6 +133,8 @@ pub struct Daemon {
     /// The P2P node, until `run` starts its event loop.
     node: Option<Node>,
     dht: Option<Arc<Dht>>,
+    /// The tunnel server, until `run` starts it.
+    tunnels: Option<TunnelServer>,
     p2p_addrs: Vec<libp2p::Multiaddr>,
     naming: Arc<Naming>,
     control: control::ControlSocket,
@@ -162,6 +176,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("cache", old.cache != new.cache),
         ("naming", old.naming != new.naming),
         ("p2p", old.p2p != new.p2p),
+        ("tunnel", old.tunnel != new.tunnel),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))
@@ -175,12 +190,12 @@ impl Daemon {
         let sockets = BoundSockets::bind(&config.dns.listen)?;
         identity::create_data_dir(&data_dir)?;
         let control = control::bind(&control::socket_path(&data_dir), &data_dir).await?;
-        let (node, dht) = if config.p2p.enabled {
-            let (node, dht) = bind_p2p(&config, &data_dir).await?;
+        let (node, dht, tunnels) = if config.p2p.enabled {
+            let (node, dht, tunnels) = bind_p2p(&config, &data_dir).await?;
             naming = naming.with_dht(dht.clone());
-            (Some(node), Some(dht))
+            (Some(node), Some(dht), Some(tunnels))
         } else {
-            (None, None)
+            (None, None, None)
         };
         let p2p_addrs = node.as_ref().map(Node::listen_addrs).unwrap_or_default();
         let naming = Arc::new(naming);
@@ -208,6 +223,7 @@ impl Daemon {
             drain,
             node,
             dht,
+            tunnels,
             p2p_addrs,
             naming,
             control,
@@ -256,6 +272,7 @@ impl Daemon {
             drain,
             node,
             dht,
+            tunnels,
             naming,
             control,
             running,
@@ -278,6 +295,9 @@ impl Daemon {
         }
         if let Some(dht) = dht {
             tasks.spawn(Task::Republisher, dht.publisher().clone().run(stop.clone()));
+            if let Some(server) = tunnels {
+                tasks.spawn(Task::Tunnels, serve_tunnels(dht, server, stop.clone()));
+            }
         }
         let (upstreams, follow) = upstreams.follow(stop.clone());
         tasks.spawn(Task::Upstreams, follow);
@@ -317,17 +337,47 @@ impl Daemon {
     }
 }
 
-/// Starts the P2P node on `config.p2p` and the DHT side of naming on it.
-async fn bind_p2p(config: &Config, data_dir: &Path) -> Result<(Node, Arc<Dht>), DaemonError> {
+/// Starts the P2P node on `config.p2p`, tunnels on it, and the DHT side of naming.
+async fn bind_p2p(
+    config: &Config,
+    data_dir: &Path,
+) -> Result<(Node, Arc<Dht>, TunnelServer), DaemonError> {
     let keypair = identity::load_or_create(data_dir)?;
     let node = Node::bind(keypair.clone().into(), &config.p2p).await?;
+    let (tunnels, server) = Tunnels::bind(&config.tunnel, data_dir, node.handle())?;
     let dht_config = DhtConfig::new(&config.p2p, &config.naming);
-    let dht = Arc::new(Dht::new(node.handle(), keypair, data_dir, dht_config));
+    let dht = Arc::new(Dht::new(
+        node.handle(),
+        keypair,
+        data_dir,
+        dht_config,
+        Some(tunnels),
+    ));
     info!(peer_id = %node.handle().peer_id(), key_name = %dht.key_name(), "P2P identity");
     for addr in node.listen_addrs() {
         info!(%addr, "P2P address (for --bootstrap)");
     }
-    Ok((node, dht))
+    Ok((node, dht, server))
+}
+
+/// Brings the records of this node's names in step with its services (the configuration's
+/// may have changed while it was stopped), then serves tunnel streams until `stop`.
+async fn serve_tunnels(dht: Arc<Dht>, server: TunnelServer, stop: CancellationToken) {
+    if let Some(tunnels) = dht.tunnels() {
+        // Names with services now, and names that announced services that are gone.
+        let mut sets = tunnels.record_sets();
+        for own in dht.own_names() {
+            if own.records.iter().any(|r| tunnels.is_managed(r)) && !sets.contains(&own.name) {
+                sets.push(own.name.clone());
+            }
+        }
+        for set in sets {
+            if let Err(error) = dht.sync_services(&set).await {
+                warn!(name = %set, "announcing the services of a name failed: {}", crate::error::one_line(&error));
+            }
+        }
+    }
+    server.run(stop).await;
 }
 
 /// Logs `ready` and tells the service manager, naming the DNS addresses.

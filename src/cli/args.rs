@@ -84,6 +84,35 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         wait: u64,
     },
+    /// Serve a local TCP service under a .p2p name: other nodes open it by name through a
+    /// tunnel to this node, from behind any NAT (kept across restarts).
+    Expose {
+        /// The name, e.g. site.p2p or ssh.home.p2p (".p2p" may be left out).
+        name: String,
+        /// The port clients connect to, e.g. 80.
+        port: u16,
+        /// Where this node connects each tunnel [default: 127.0.0.1:PORT].
+        #[arg(long, value_name = "HOST:PORT")]
+        to: Option<String>,
+        /// Let in only this client key name (repeat for several); without it, anyone may
+        /// connect. A client's key name is the key_name its `p2pdns status` shows.
+        #[arg(long = "allow", value_name = "KEY_NAME")]
+        allow: Vec<String>,
+    },
+    /// Stop serving a name's services through tunnels (one port, or all of them).
+    Unexpose {
+        /// The name, e.g. site.p2p (".p2p" may be left out).
+        name: String,
+        /// The port to stop serving [default: every port of the name].
+        port: Option<u16>,
+    },
+    /// List the services this node exposes and the tunnelled names it opened, with open
+    /// connections, bytes and the path (direct or relayed).
+    Tunnels {
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List pinned owners of human names, or remove a pin.
     Pins {
         /// What to do with the pins; none lists them.

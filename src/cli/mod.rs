@@ -220,7 +220,14 @@ pub async fn talk(command: &Command, target: &DaemonTarget) -> Result<ExitCode, 
     let response = call(&target.data_dir, target.try_service, &request)
         .await
         .map_err(CommandError::from)?;
-    print!("{}", render::render(&response));
+    if let Command::Tunnels { json: true } = command {
+        let json = serde_json::to_string_pretty(&response)
+            .map_err(ClientError::Protocol)
+            .map_err(CommandError::from)?;
+        println!("{json}");
+    } else {
+        print!("{}", render::render(&response));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -236,6 +243,22 @@ fn request(command: &Command) -> Result<Option<Request>, CommandError> {
         Command::Publish(args) => publish_request(args)?,
         Command::Unpublish { name } => Request::Unpublish { name: name.clone() },
         Command::Names => Request::Names,
+        Command::Expose {
+            name,
+            port,
+            to,
+            allow,
+        } => Request::Expose(crate::tunnel::ServiceSpec {
+            name: name.clone(),
+            port: *port,
+            to: to.clone(),
+            allow: allow.clone(),
+        }),
+        Command::Unexpose { name, port } => Request::Unexpose {
+            name: name.clone(),
+            port: *port,
+        },
+        Command::Tunnels { .. } => Request::Tunnels,
         Command::Connect { name, wait } => Request::Connect {
             name: name.clone(),
             wait_direct_secs: *wait,

@@ -10,6 +10,7 @@ use super::Loaded;
 use crate::{
     control::{NameInfo, PinInfo, Resolution, Response, Status},
     p2p::{NodeStatus, PeerEntry, Reachability, Transport},
+    tunnel::{Service, TunnelsReport},
 };
 
 /// The `error: ...` text for an error and its chain of causes. One-line causes follow on the
@@ -134,6 +135,13 @@ pub(super) fn render(response: &Response) -> String {
             );
         }
         Response::Pins { pins: list } => pins(&mut out, list),
+        Response::Exposed {
+            service,
+            key_name,
+            seq,
+        } => exposed(&mut out, service, key_name, *seq),
+        Response::Unexposed { name, ports } => unexposed(&mut out, name, ports),
+        Response::Tunnels(report) => tunnels(&mut out, report),
         Response::PinRemoved {
             name,
             existed: true,
@@ -148,6 +156,93 @@ pub(super) fn render(response: &Response) -> String {
         }
     }
     out
+}
+
+fn exposed(out: &mut String, service: &Service, key_name: &str, seq: Option<u64>) {
+    let who = if service.allow.is_empty() {
+        "anyone".to_owned()
+    } else {
+        service.allow.join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "exposed {} port {} -> {} (open to {who})",
+        service.name, service.port, service.to
+    );
+    if let Some(seq) = seq {
+        let _ = writeln!(out, "  announced in the record of its name (seq {seq})");
+    }
+    let _ = writeln!(
+        out,
+        "  this node's key name, for others' --allow: {key_name}"
+    );
+}
+
+fn unexposed(out: &mut String, name: &str, ports: &[u16]) {
+    if ports.is_empty() {
+        let _ = writeln!(out, "{name} had no service exposed by this daemon");
+        return;
+    }
+    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "{name} no longer exposed on port {}", ports.join(", "));
+}
+
+fn tunnels(out: &mut String, report: &TunnelsReport) {
+    if report.exposed.is_empty() {
+        out.push_str("exposed: none (p2pdns expose NAME PORT)\n");
+    } else {
+        out.push_str("exposed:\n");
+    }
+    for e in &report.exposed {
+        let s = &e.service;
+        let who = if s.allow.is_empty() {
+            "anyone".to_owned()
+        } else {
+            format!("{} key(s)", s.allow.len())
+        };
+        let origin = if e.from_config { ", from config" } else { "" };
+        let _ = writeln!(
+            out,
+            "  {}:{} -> {} (open to {who}{origin}): {} open, {} since start, {} B out, {} B in",
+            s.name, s.port, s.to, e.open, e.streams, e.sent, e.received
+        );
+    }
+    let r = &report.refused;
+    let refused = r.not_exposed + r.not_allowed + r.busy + r.unreachable + r.malformed;
+    if refused > 0 {
+        let _ = writeln!(
+            out,
+            "  refused: {} not exposed, {} not allowed, {} busy, {} service unreachable, {} malformed",
+            r.not_exposed, r.not_allowed, r.busy, r.unreachable, r.malformed
+        );
+    }
+    if report.mapped.is_empty() {
+        out.push_str("tunnelled names: none yet\n");
+        return;
+    }
+    out.push_str("tunnelled names:\n");
+    for m in &report.mapped {
+        let ports: Vec<String> = m.ports.iter().map(ToString::to_string).collect();
+        let path = m
+            .path
+            .map_or("no connection yet".to_owned(), |p| p.to_string());
+        let _ = writeln!(
+            out,
+            "  {} -> {} ports {} via {} ({path}): {} open, {} since start, {} failed, {} B out, {} B in",
+            m.name,
+            m.address,
+            ports.join(","),
+            m.peer,
+            m.open,
+            m.connections,
+            m.failed,
+            m.sent,
+            m.received
+        );
+        if let Some(error) = &m.last_error {
+            let _ = writeln!(out, "    last error: {error}");
+        }
+    }
 }
 
 /// Lines indented by two spaces.

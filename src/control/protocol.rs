@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
-use crate::p2p::{ConnectionPath, NodeStatus};
+use crate::{
+    p2p::{ConnectionPath, NodeStatus},
+    tunnel::{Service, ServiceSpec, TunnelsReport},
+};
 
 /// A request from the CLI.
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,6 +68,19 @@ pub enum Request {
         /// Seconds to wait for a relayed connection to become direct; the daemon caps it at 60.
         wait_direct_secs: u64,
     },
+    /// Serves a local TCP service under a name through tunnels (docs/PROTOCOL.md section 9);
+    /// answered by [`Response::Exposed`].
+    Expose(ServiceSpec),
+    /// Stops serving a name's services; answered by [`Response::Unexposed`].
+    Unexpose {
+        /// `site`, `site.p2p` or a name below it.
+        name: String,
+        /// The port to stop serving; every port of the name when left out.
+        #[serde(default)]
+        port: Option<u16>,
+    },
+    /// The exposed services and the tunnelled names, with their counters.
+    Tunnels,
 }
 
 /// The daemon's answer.
@@ -123,6 +139,24 @@ pub enum Response {
         /// Milliseconds from the request to the first connection on `path`.
         elapsed_ms: u64,
     },
+    /// Answer to [`Request::Expose`]: the service is served, and announced in the record.
+    Exposed {
+        /// The service as stored (name normalized, target filled in).
+        service: Service,
+        /// The key name clients put on allow lists (this node's).
+        key_name: String,
+        /// The sequence number of the record that announces it.
+        seq: Option<u64>,
+    },
+    /// Answer to [`Request::Unexpose`].
+    Unexposed {
+        /// The name, `site.p2p`.
+        name: String,
+        /// The ports no longer served (empty: none was).
+        ports: Vec<u16>,
+    },
+    /// Answer to [`Request::Tunnels`].
+    Tunnels(TunnelsReport),
     /// Answer to [`Request::RemovePin`].
     PinRemoved {
         /// The name, fully qualified.

@@ -125,6 +125,9 @@ pub enum RequestError {
     /// No connection to the name's owner.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// A service could not be exposed or removed.
+    #[error(transparent)]
+    Service(#[from] crate::tunnel::ServiceError),
 }
 
 /// The bound control socket. Dropping it removes the socket file, whether the daemon served
@@ -231,13 +234,10 @@ async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
 /// Turns `site`, `site.p2p` or `www.site.p2p.` into a fully qualified, lower-case name under
 /// `.p2p`.
 pub fn p2p_name(text: &str) -> Result<Name, RequestError> {
-    let text = text.trim().trim_end_matches('.').to_ascii_lowercase();
-    let full = if text == record::TLD || text.ends_with(&format!(".{}", record::TLD)) {
-        format!("{text}.")
-    } else {
-        format!("{text}.{}.", record::TLD)
-    };
-    Name::from_ascii(&full).map_err(|source| RequestError::NotAName { text, source })
+    record::p2p_name(text).map_err(|source| RequestError::NotAName {
+        text: text.trim().to_owned(),
+        source,
+    })
 }
 
 /// Answers one request.
@@ -266,6 +266,9 @@ async fn handle(request: Request, context: &Context) -> Result<Response, Request
             let wait = Duration::from_secs(wait_direct_secs).min(MAX_WAIT_DIRECT);
             connect(dht()?, &name, wait).await?
         }
+        Request::Expose(spec) => expose(dht()?, &spec).await?,
+        Request::Unexpose { name, port } => unexpose(dht()?, &name, port).await?,
+        Request::Tunnels => Response::Tunnels(tunnels(dht()?)?.report()),
         Request::Pins => Response::Pins {
             pins: dht()?
                 .pins()
@@ -413,6 +416,45 @@ async fn resolve(context: &Context, name: &str, qtype: &str) -> Result<Response,
         resolution.replicas = Some(found.agreeing);
     }
     Ok(Response::Resolved(resolution))
+}
+
+/// The tunnel subsystem of `dht`'s daemon.
+fn tunnels(dht: &Arc<Dht>) -> Result<&Arc<crate::tunnel::Tunnels>, RequestError> {
+    dht.tunnels().ok_or(RequestError::NoP2p)
+}
+
+/// Exposes a service, then announces it in its name's record.
+async fn expose(
+    dht: &Arc<Dht>,
+    spec: &crate::tunnel::ServiceSpec,
+) -> Result<Response, RequestError> {
+    let service = tunnels(dht)?.expose(spec)?;
+    let (set, _) = record_set_of(&service.name)?;
+    let record = dht.sync_services(&set).await?;
+    let seq = match record {
+        Some(record) => Some(record.seq),
+        None => dht
+            .own_names()
+            .iter()
+            .find(|r| r.name == set)
+            .map(|r| r.seq),
+    };
+    Ok(Response::Exposed {
+        service,
+        key_name: dht.key_name().to_ascii(),
+        seq,
+    })
+}
+
+/// Stops serving a name's services (on one port or all), then removes them from its record.
+async fn unexpose(dht: &Arc<Dht>, name: &str, port: Option<u16>) -> Result<Response, RequestError> {
+    let (set, qname) = record_set_of(name)?;
+    let name = qname.to_ascii().trim_end_matches('.').to_owned();
+    let ports = tunnels(dht)?.unexpose(&name, port)?;
+    if !ports.is_empty() {
+        dht.sync_services(&set).await?;
+    }
+    Ok(Response::Unexposed { name, ports })
 }
 
 /// Finds the owner of `name`'s record (the peer serving it: a node's libp2p identity is its

@@ -11,16 +11,24 @@ use hickory_proto::{
 use libp2p::identity::ed25519;
 
 use super::{
-    NamingAnswer, answer_from,
+    NamingAnswer, answer_from, nodata,
     pins::{Pin, Pins},
+    positive,
     publisher::{PublishError, Publisher},
     resolver::{DhtAnswer, Empty, Resolved, Resolver},
+    soa_record,
 };
 use crate::{
     config::{NamingConfig, P2pConfig},
     p2p::NodeHandle,
-    record::{NameRecord, record_name_for},
+    record::{NameRecord, record_name_for, unix_now},
+    tunnel::{Tunnels, service::tunnel_of},
 };
+
+/// Longest TTL of the local address a tunnelled name is answered with, in seconds
+/// (docs/PROTOCOL.md section 9.1): short, so that a name that stops being tunnelled is seen
+/// soon.
+const TUNNEL_TTL: u32 = 10;
 
 /// How the DHT side is set up, from `[p2p]` and `[naming]`.
 #[derive(Debug, Clone)]
@@ -55,6 +63,7 @@ pub struct Dht {
     node: NodeHandle,
     resolver: Arc<Resolver>,
     publisher: Arc<Publisher>,
+    tunnels: Option<Arc<Tunnels>>,
 }
 
 impl Dht {
@@ -65,6 +74,7 @@ impl Dht {
         keypair: ed25519::Keypair,
         data_dir: &Path,
         config: DhtConfig,
+        tunnels: Option<Arc<Tunnels>>,
     ) -> Self {
         let pins = Pins::load(data_dir);
         let resolver = Resolver::new(
@@ -79,7 +89,13 @@ impl Dht {
             node,
             resolver: Arc::new(resolver),
             publisher: Arc::new(publisher),
+            tunnels,
         }
+    }
+
+    /// The tunnel subsystem, when it runs.
+    pub fn tunnels(&self) -> Option<&Arc<Tunnels>> {
+        self.tunnels.as_ref()
     }
 
     /// The P2P node the names travel through.
@@ -104,13 +120,52 @@ impl Dht {
             return answer_from(&Empty, qname, qtype, tld);
         };
         if let Some(own) = self.publisher.get(&LowerName::new(&record_name)) {
-            return self.resolver.answer(&own, qname, qtype, tld);
+            return self
+                .tunnel_answer(&own, qname, qtype, tld)
+                .unwrap_or_else(|| self.resolver.answer(&own, qname, qtype, tld));
         }
         match self.resolver.resolve(&record_name).await {
-            Some(DhtAnswer::Found(found)) => self.resolver.answer(&found.record, qname, qtype, tld),
+            Some(DhtAnswer::Found(found)) => self
+                .tunnel_answer(&found.record, qname, qtype, tld)
+                .unwrap_or_else(|| self.resolver.answer(&found.record, qname, qtype, tld)),
             Some(DhtAnswer::Absent) => answer_from(&Empty, qname, qtype, tld),
             None => NamingAnswer::rcode(ResponseCode::ServFail),
         }
+    }
+
+    /// The answer for a tunnelled name (docs/PROTOCOL.md section 9.1): A is the local address
+    /// the tunnels listen on, AAAA is NODATA; `None` when the name is not tunnelled, tunnels
+    /// are off, or the question is of another type.
+    fn tunnel_answer(
+        &self,
+        record: &NameRecord,
+        qname: &Name,
+        qtype: RecordType,
+        tld: &Name,
+    ) -> Option<NamingAnswer> {
+        if !matches!(qtype, RecordType::A | RecordType::AAAA) {
+            return None;
+        }
+        let tunnels = self.tunnels.as_ref()?;
+        let (peer, ports) = tunnel_of(record, qname)?;
+        if qtype == RecordType::AAAA {
+            return Some(nodata(soa_record(tld)));
+        }
+        Some(match tunnels.map(qname, peer, &ports) {
+            Ok(address) => {
+                let left = u32::try_from(record.expires.saturating_sub(unix_now())).unwrap_or(0);
+                let a = hickory_proto::rr::RData::A(address.into());
+                positive(vec![Record::from_rdata(
+                    qname.clone(),
+                    TUNNEL_TTL.min(left),
+                    a,
+                )])
+            }
+            Err(error) => {
+                tracing::warn!(name = %qname, "no local address for a tunnelled name: {}", crate::error::one_line(&error));
+                NamingAnswer::rcode(ResponseCode::ServFail)
+            }
+        })
     }
 
     /// Resolves a DHT name (`site.p2p.`) for `p2pdns resolve`: the chosen record and its
@@ -137,7 +192,43 @@ impl Dht {
         name: &Name,
         records: Vec<Record>,
     ) -> Result<Arc<NameRecord>, PublishError> {
+        let records = self.with_service_records(name, records);
         self.publisher.publish(name, records).await
+    }
+
+    /// `records` with the SRV records of this node's services under `set` in place of those
+    /// of its own services it held: what the record says about tunnels always matches what
+    /// this node serves (docs/PROTOCOL.md section 9.1).
+    fn with_service_records(&self, set: &Name, mut records: Vec<Record>) -> Vec<Record> {
+        let Some(tunnels) = &self.tunnels else {
+            return records;
+        };
+        records.retain(|r| !tunnels.is_managed(r));
+        for srv in tunnels.srv_records(set) {
+            if !records.contains(&srv) {
+                records.push(srv);
+            }
+        }
+        records
+    }
+
+    /// Re-signs the record set `set` (`site.p2p.`) so that it announces this node's services
+    /// under it as they are now; a set that holds no record and no service is left alone.
+    /// Returns the record published, if one was.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the record is invalid, cannot be saved or the node refuses it.
+    pub async fn sync_services(&self, set: &Name) -> Result<Option<Arc<NameRecord>>, PublishError> {
+        let own = self.publisher.get(&LowerName::new(set));
+        let current = own.as_ref().map(|r| r.records.clone()).unwrap_or_default();
+        let wanted = self.with_service_records(set, current.clone());
+        if own.is_some() && wanted == current {
+            return Ok(None);
+        }
+        if own.is_none() && wanted.is_empty() {
+            return Ok(None);
+        }
+        self.publisher.publish(set, wanted).await.map(Some)
     }
 
     /// Stops publishing `name`. Returns whether it was published.

@@ -66,6 +66,9 @@ pub(crate) struct Behaviour {
     rendezvous_server: Toggle<rendezvous::server::Behaviour>,
     /// Registers this node's addresses on rendezvous points and discovers other peers there.
     pub(crate) rendezvous: rendezvous::client::Behaviour,
+    /// Streams of protocols served outside the swarm (tunnels: [`crate::tunnel`]), opened and
+    /// accepted through a [`libp2p_stream::Control`].
+    pub(crate) stream: libp2p_stream::Behaviour,
 }
 
 /// The node's swarm and the events it yields.
@@ -193,6 +196,7 @@ impl Behaviour {
                 intro.map(|limits| rendezvous::server::Behaviour::new(rendezvous_limits(&limits))),
             ),
             rendezvous: rendezvous::client::Behaviour::new(key.clone()),
+            stream: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -66,6 +66,15 @@ impl Connections {
             .collect()
     }
 
+    /// The relayed connections to `peer`.
+    pub(crate) fn relayed_to(&self, peer: PeerId) -> Vec<ConnectionId> {
+        self.open
+            .iter()
+            .filter(|(_, (p, info))| *p == peer && info.path == ConnectionPath::Relayed)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The remote address of connection `id`, while it is open.
     pub(crate) fn remote(&self, id: &ConnectionId) -> Option<&Multiaddr> {
         self.open.get(id).map(|(_, info)| &info.remote)

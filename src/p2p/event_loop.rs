@@ -150,6 +150,13 @@ impl EventLoop {
             Command::Connections { peer, reply } => {
                 let _ = reply.send(self.connections.of(peer));
             }
+            Command::CloseRelayed { peer, reply } => {
+                let relayed = self.connections.relayed_to(peer);
+                for id in &relayed {
+                    self.swarm.close_connection(*id);
+                }
+                let _ = reply.send(relayed.len());
+            }
             Command::Holds { name, reply } => {
                 let key = kad::RecordKey::new(&dht_key(&name));
                 let store = self.swarm.behaviour_mut().kad.store_mut();

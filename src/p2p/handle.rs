@@ -62,6 +62,10 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<Vec<ConnectionInfo>>,
     },
+    CloseRelayed {
+        peer: PeerId,
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 /// A cloneable handle to the running node.
@@ -70,6 +74,7 @@ pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
     joined: Arc<Notify>,
+    streams: libp2p_stream::Control,
 }
 
 impl NodeHandle {
@@ -77,12 +82,22 @@ impl NodeHandle {
         commands: mpsc::Sender<Command>,
         peer_id: PeerId,
         joined: Arc<Notify>,
+        streams: libp2p_stream::Control,
     ) -> Self {
         Self {
             commands,
             peer_id,
             joined,
+            streams,
         }
+    }
+
+    /// Opens and accepts streams of protocols served outside the swarm (tunnels). Clone it per
+    /// task: one opens one stream at a time. A stream opened to a peer without a connection
+    /// dials it by peer id first; with several connections, libp2p-stream picks one at random
+    /// (see [`NodeHandle::close_relayed`]).
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
     }
 
     /// This node's libp2p identity.
@@ -183,6 +198,13 @@ impl NodeHandle {
     /// The open connections to `peer`.
     pub async fn connections(&self, peer: PeerId) -> Result<Vec<ConnectionInfo>, NodeError> {
         self.ask(|reply| Command::Connections { peer, reply }).await
+    }
+
+    /// Closes the relayed connections to `peer`, so that streams opened afterwards use a direct
+    /// one (libp2p-stream cannot choose). Returns how many were closed.
+    pub async fn close_relayed(&self, peer: PeerId) -> Result<usize, NodeError> {
+        self.ask(|reply| Command::CloseRelayed { peer, reply })
+            .await
     }
 
     /// Whether this node's store holds a record for `name` (diagnostics and benchmarks).

@@ -87,10 +87,11 @@ impl Node {
         wait_for_addresses(&mut swarm, listening).await?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let joined = Arc::new(Notify::new());
+        let streams = swarm.behaviour().stream.new_control();
         Ok(Self {
             swarm,
             commands: rx,
-            handle: NodeHandle::new(tx, peer_id, joined.clone()),
+            handle: NodeHandle::new(tx, peer_id, joined.clone(), streams),
             joined,
             config: config.clone(),
             role,

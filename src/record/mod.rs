@@ -128,6 +128,21 @@ pub fn key_of_name(name: &Name) -> Option<[u8; 32]> {
     zbase32::decode(text, 32)?.try_into().ok()
 }
 
+/// Turns what a user types (`site`, `site.p2p`, `WWW.Site.P2P.`) into a fully qualified,
+/// lower-case name under the DHT TLD (`site.p2p.`); `.p2p` is added when left out.
+///
+/// # Errors
+/// The text is not a domain name (an empty label, a label over 63 bytes...).
+pub fn p2p_name(text: &str) -> Result<Name, hickory_proto::ProtoError> {
+    let text = text.trim().trim_end_matches('.').to_ascii_lowercase();
+    let full = if text == TLD || text.ends_with(&format!(".{TLD}")) {
+        format!("{text}.")
+    } else {
+        format!("{text}.{TLD}.")
+    };
+    Name::from_ascii(full)
+}
+
 /// Checks that `name` is one lower-case LDH label under the DHT TLD.
 pub fn check_name(name: &Name) -> Result<(), RecordError> {
     let bad = || RecordError::BadName(name.to_ascii());

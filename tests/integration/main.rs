@@ -7,6 +7,7 @@
 //! - [`dns`]: the resolver against an authoritative upstream on loopback: forwarding, cache,
 //!   EDNS, opcodes, truncation, access control, reload, shutdown.
 //! - [`p2p`]: small DHT networks; a name published on one node resolves through another.
+//! - [`tunnel`]: tunnels between two daemons: a name exposed on one reached through the other.
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
 //!   a hostile node.
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
@@ -27,3 +28,4 @@ mod dns;
 mod p2p;
 mod p2p_rules;
 mod support;
+mod tunnel;

@@ -1,0 +1,489 @@
+//! The client side: each tunnelled name gets a local address, listeners on it at the ports its
+//! record lists, and each TCP connection accepted there becomes one stream to the serving peer
+//! (docs/PROTOCOL.md sections 9.2 and 9.4).
+//!
+//! The path to a peer is set up once per peer at a time: connect (directly, at the addresses
+//! the DHT and rendezvous give, or through a relay), then give hole punching a moment to make
+//! it direct. libp2p-stream puts a stream on any of the peer's connections, so once a direct
+//! connection is up the relayed ones are closed before the next stream opens, unless streams
+//! that started over the relay still run on them.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_util::{
+    compat::{Compat, FuturesAsyncReadCompatExt},
+    task::AbortOnDropHandle,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    PROTOCOL,
+    service::ServiceTable,
+    wire::{self, Counters, Status, TunnelReply, TunnelRequest, WireError},
+};
+use crate::{
+    nat::connect::connect_direct,
+    p2p::{ConnectionPath, NodeError, NodeHandle},
+};
+
+/// How many times a stream the peer did not take (it dropped it unanswered) is opened again.
+const OPEN_ATTEMPTS: u32 = 3;
+/// How long the serving peer has to reply (docs/PROTOCOL.md section 9.2).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After hole punching failed for a peer, how long new connections go through the relay
+/// without waiting for it again.
+const RELAYED_MEMORY: Duration = Duration::from_secs(60);
+/// Backlog of each local listener.
+const BACKLOG: u32 = 1024;
+
+/// The limits of the client side.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientLimits {
+    pub(crate) max_connections: usize,
+    pub(crate) idle: Duration,
+    pub(crate) direct_wait: Duration,
+}
+
+/// One tunnelled name as `p2pdns tunnels` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedName {
+    /// The name, `site.p2p`.
+    pub name: String,
+    /// Its local address.
+    pub address: Ipv4Addr,
+    /// The peer serving it.
+    pub peer: PeerId,
+    /// The ports listened on.
+    pub ports: Vec<u16>,
+    /// The path of the last stream opened: straight to the peer or through a relay.
+    pub path: Option<ConnectionPath>,
+    /// Connections open now.
+    pub open: u64,
+    /// Connections accepted since the name was mapped.
+    pub connections: u64,
+    /// Connections that failed or were cut.
+    pub failed: u64,
+    /// Bytes sent to the peer, and received from it.
+    pub sent: u64,
+    /// Bytes received from the peer.
+    pub received: u64,
+    /// What went wrong last, if anything did.
+    pub last_error: Option<String>,
+}
+
+/// The live state of one tunnelled name, shared by its listeners.
+#[derive(Debug)]
+struct NameState {
+    name: String,
+    address: Ipv4Addr,
+    peer: Mutex<PeerId>,
+    path: Mutex<Option<ConnectionPath>>,
+    open: AtomicU64,
+    connections: AtomicU64,
+    failed: AtomicU64,
+    bytes: Counters,
+    last_error: Mutex<Option<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain value updates: a panic leaves nothing half-done.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl NameState {
+    fn failed(&self, error: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_error) = Some(error);
+    }
+}
+
+/// A tunnelled name: its state and a listener task per port (aborted when dropped).
+struct Mapping {
+    state: Arc<NameState>,
+    listeners: BTreeMap<u16, AbortOnDropHandle<()>>,
+}
+
+/// What the client knows of the path to one peer.
+#[derive(Default)]
+struct PeerPath {
+    /// When hole punching last left the peer relayed.
+    relayed_since: Option<Instant>,
+    /// Streams opened while the only connection went through a relay, still open.
+    relayed_streams: usize,
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    node: NodeHandle,
+    limits: ClientLimits,
+    services: Arc<Mutex<ServiceTable>>,
+    open: AtomicUsize,
+    paths: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<PeerPath>>>>,
+}
+
+/// The client side: tunnelled names and their listeners.
+pub(crate) struct Client {
+    shared: Arc<Shared>,
+    mappings: Mutex<BTreeMap<String, Mapping>>,
+}
+
+impl Client {
+    pub(crate) fn new(
+        node: NodeHandle,
+        limits: ClientLimits,
+        services: Arc<Mutex<ServiceTable>>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                node,
+                limits,
+                services,
+                open: AtomicUsize::new(0),
+                paths: Mutex::new(HashMap::new()),
+            }),
+            mappings: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Listens on `address` at `ports` for `name` (`site.p2p`) served by `peer`: ports no
+    /// longer listed are closed, new ones opened; a port that cannot be bound is logged and
+    /// skipped (the others still work).
+    pub(crate) fn map(&self, name: &str, address: Ipv4Addr, peer: PeerId, ports: &[u16]) {
+        let mut mappings = lock(&self.mappings);
+        let mapping = mappings.entry(name.to_owned()).or_insert_with(|| Mapping {
+            state: Arc::new(NameState {
+                name: name.to_owned(),
+                address,
+                peer: Mutex::new(peer),
+                path: Mutex::new(None),
+                open: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                bytes: Counters::default(),
+                last_error: Mutex::new(None),
+            }),
+            listeners: BTreeMap::new(),
+        });
+        let previous = std::mem::replace(&mut *lock(&mapping.state.peer), peer);
+        if previous != peer {
+            info!(%name, %peer, "tunnelled name now served by another peer");
+        }
+        mapping.listeners.retain(|port, _| ports.contains(port));
+        for &port in ports {
+            if mapping.listeners.contains_key(&port) {
+                continue;
+            }
+            match listen(SocketAddr::from((address, port))) {
+                Ok(listener) => {
+                    debug!(%name, %address, port, "listening for a tunnelled name");
+                    let task =
+                        accept_loop(listener, port, mapping.state.clone(), self.shared.clone());
+                    mapping
+                        .listeners
+                        .insert(port, AbortOnDropHandle::new(tokio::spawn(task)));
+                }
+                Err(error) => {
+                    let message = format!("cannot listen on {address}:{port}: {error}");
+                    warn!(%name, "{message}");
+                    mapping.state.failed(message);
+                }
+            }
+        }
+    }
+
+    /// The tunnelled names, by name.
+    pub(crate) fn report(&self) -> Vec<MappedName> {
+        lock(&self.mappings)
+            .values()
+            .map(|m| {
+                let s = &m.state;
+                MappedName {
+                    name: s.name.clone(),
+                    address: s.address,
+                    peer: *lock(&s.peer),
+                    ports: m.listeners.keys().copied().collect(),
+                    path: *lock(&s.path),
+                    open: s.open.load(Ordering::Relaxed),
+                    connections: s.connections.load(Ordering::Relaxed),
+                    failed: s.failed.load(Ordering::Relaxed),
+                    sent: s.bytes.sent(),
+                    received: s.bytes.received(),
+                    last_error: lock(&s.last_error).clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A listener on `addr` that a restarted daemon can take over at once (SO_REUSEADDR).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Accepts connections for one name and port until aborted (dropping the task aborts its
+/// connections too).
+async fn accept_loop(listener: TcpListener, port: u16, state: Arc<NameState>, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(_) = connections.join_next() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    if shared.open.load(Ordering::Relaxed) >= shared.limits.max_connections {
+                        state.failed(format!(
+                            "refused a connection: {} tunnelled connections are open (tunnel.max_connections)",
+                            shared.limits.max_connections
+                        ));
+                        wire::reset(&tcp);
+                        continue;
+                    }
+                    connections.spawn(connection(tcp, port, state.clone(), shared.clone()));
+                }
+                Err(error) => {
+                    debug!(%error, "accepting a tunnelled connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct OpenGuard(Arc<NameState>, Arc<Shared>);
+
+impl OpenGuard {
+    fn new(state: &Arc<NameState>, shared: &Arc<Shared>) -> Self {
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        state.open.fetch_add(1, Ordering::Relaxed);
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone(), shared.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.1.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One local connection: a stream to the serving peer (or the local service, when this node
+/// serves the name itself), then the copy both ways; reset when it fails or is cut.
+async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared: Arc<Shared>) {
+    let _open = OpenGuard::new(&state, &shared);
+    let _ = tcp.set_nodelay(true);
+    let peer = *lock(&state.peer);
+    if peer == shared.node.peer_id() {
+        return local(tcp, port, &state, &shared).await;
+    }
+    let opened = match open_stream(&shared, peer, &state.name, port).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            let message = crate::error::one_line(&error);
+            warn!(name = %state.name, port, "tunnel not opened: {message}");
+            state.failed(message);
+            wire::reset(&tcp);
+            return;
+        }
+    };
+    *lock(&state.path) = Some(opened.path);
+    let ended = wire::splice(&mut tcp, opened.stream, shared.limits.idle, &state.bytes).await;
+    if let Err(error) = ended {
+        let mut message = crate::error::one_line(&error);
+        if opened.path == ConnectionPath::Relayed {
+            message.push_str(
+                " (the connection went through a relay, which cuts connections at its time and byte limits; introduction servers default to 120 s and 1 MiB)",
+            );
+        }
+        warn!(name = %state.name, port, "tunnel cut: {message}");
+        state.failed(message);
+        wire::reset(&tcp);
+    }
+    drop(opened.relayed);
+}
+
+/// This node serves the name itself: connect to the service's target, if it is exposed.
+async fn local(mut tcp: TcpStream, port: u16, state: &NameState, shared: &Shared) {
+    let target = lock(&shared.services)
+        .find(&state.name, port)
+        .map(|s| s.to.clone());
+    let Some(target) = target else {
+        state.failed(format!("{} port {port} is not exposed here", state.name));
+        wire::reset(&tcp);
+        return;
+    };
+    match TcpStream::connect(&target).await {
+        Ok(mut service) => {
+            if let Ok((sent, received)) =
+                tokio::io::copy_bidirectional(&mut tcp, &mut service).await
+            {
+                state.bytes.add_sent(sent);
+                state.bytes.add_received(received);
+            }
+        }
+        Err(error) => {
+            state.failed(format!("the service at {target} is unreachable: {error}"));
+            wire::reset(&tcp);
+        }
+    }
+}
+
+/// Errors opening a tunnel stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// No connection to the peer could be made.
+    #[error("no connection to the serving peer")]
+    Connect(#[source] crate::nat::connect::ConnectError),
+    /// The node is gone or busy.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// libp2p could not open the stream (the peer does not serve tunnels, or the connection
+    /// failed).
+    #[error("cannot open a tunnel stream")]
+    Open(#[source] libp2p_stream::OpenStreamError),
+    /// The stream failed before the reply.
+    #[error("the tunnel request failed")]
+    Wire(#[source] WireError),
+    /// The peer dropped every stream unanswered (it is overloaded).
+    #[error("the serving peer took none of {OPEN_ATTEMPTS} streams")]
+    NotTaken,
+    /// The peer did not reply in time.
+    #[error("the serving peer did not reply within {} s", REPLY_TIMEOUT.as_secs())]
+    NoReply,
+    /// The peer refused.
+    #[error("the serving peer refused: {reason}")]
+    Refused {
+        /// The status it sent.
+        status: Status,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+/// An accepted stream, its path, and the mark of a stream riding a relayed connection.
+struct Opened {
+    stream: Compat<libp2p::Stream>,
+    path: ConnectionPath,
+    relayed: Option<RelayedStream>,
+}
+
+/// A stream opened while the peer was reachable only through a relay: while one lives, the
+/// relayed connection is kept.
+struct RelayedStream(Arc<tokio::sync::Mutex<PeerPath>>);
+
+impl Drop for RelayedStream {
+    fn drop(&mut self) {
+        let path = self.0.clone();
+        tokio::spawn(async move {
+            let mut path = path.lock().await;
+            path.relayed_streams = path.relayed_streams.saturating_sub(1);
+        });
+    }
+}
+
+/// Opens a stream to `peer` for `name` port `port` and reads the reply; a stream the peer
+/// dropped unanswered is opened again.
+async fn open_stream(
+    shared: &Shared,
+    peer: PeerId,
+    name: &str,
+    port: u16,
+) -> Result<Opened, OpenError> {
+    let (path, relayed) = ensure_path(shared, peer).await?;
+    let mut control = shared.node.streams();
+    let request = TunnelRequest {
+        name: name.to_owned(),
+        port,
+    };
+    for attempt in 0..OPEN_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+        let stream = control
+            .open_stream(peer, StreamProtocol::new(PROTOCOL))
+            .await
+            .map_err(OpenError::Open)?;
+        let mut stream = stream.compat();
+        if request.write_to(&mut stream).await.is_err() {
+            continue;
+        }
+        match tokio::time::timeout(REPLY_TIMEOUT, TunnelReply::read_from(&mut stream)).await {
+            Err(_) => return Err(OpenError::NoReply),
+            Ok(Err(WireError::NotTaken)) => continue,
+            Ok(Err(error)) => return Err(OpenError::Wire(error)),
+            Ok(Ok(reply)) if reply.status == Status::Accepted => {
+                return Ok(Opened {
+                    stream,
+                    path,
+                    relayed,
+                });
+            }
+            Ok(Ok(reply)) => {
+                return Err(OpenError::Refused {
+                    status: reply.status,
+                    reason: reply.reason,
+                });
+            }
+        }
+    }
+    Err(OpenError::NotTaken)
+}
+
+/// Makes sure a connection to `peer` is up, direct where hole punching manages within the
+/// configured wait, and that streams opened now take the direct one. Returns the path, and the
+/// relayed-stream mark when the stream will ride a relay.
+async fn ensure_path(
+    shared: &Shared,
+    peer: PeerId,
+) -> Result<(ConnectionPath, Option<RelayedStream>), OpenError> {
+    let lock_of = lock(&shared.paths).entry(peer).or_default().clone();
+    let mut path = lock_of.lock().await;
+    let open = shared.node.connections(peer).await?;
+    let direct = open.iter().any(|c| c.path == ConnectionPath::Direct);
+    let relayed = open.iter().any(|c| c.path == ConnectionPath::Relayed);
+    let recently_relayed = path
+        .relayed_since
+        .is_some_and(|since| since.elapsed() < RELAYED_MEMORY);
+    let now_direct = if direct {
+        true
+    } else if relayed && recently_relayed {
+        false
+    } else {
+        let connected = connect_direct(&shared.node, peer, shared.limits.direct_wait)
+            .await
+            .map_err(OpenError::Connect)?;
+        connected.path == ConnectionPath::Direct
+    };
+    if now_direct {
+        path.relayed_since = None;
+        if path.relayed_streams == 0 {
+            shared.node.close_relayed(peer).await?;
+        }
+        return Ok((ConnectionPath::Direct, None));
+    }
+    if path.relayed_since.is_none() || !recently_relayed {
+        info!(%peer, "no direct connection: tunnel streams go through the relay");
+        path.relayed_since = Some(Instant::now());
+    }
+    path.relayed_streams += 1;
+    drop(path);
+    Ok((ConnectionPath::Relayed, Some(RelayedStream(lock_of))))
+}

@@ -1,0 +1,290 @@
+//! The serving side: accepts tunnel streams from other nodes and connects each one to the local
+//! target of the service it asks for, within the limits (docs/PROTOCOL.md section 9.3).
+//!
+//! One task owns the accept loop and the per-peer stream counts; each stream runs in a task of
+//! its own set. Nothing but an exposed service is ever connected to: a stream for another name
+//! or port, or from a key off the allow list, is refused with its reason, counted, and logged
+//! once per client, name, port and reason.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use tokio::{net::TcpStream, task::JoinSet};
+use tokio_util::{compat::FuturesAsyncReadCompatExt, sync::CancellationToken};
+use tracing::{debug, info, warn};
+
+use super::{
+    service::{ServiceTable, peer_key_name},
+    wire::{self, Counters, Status, TunnelReply, TunnelRequest},
+};
+
+/// How long a client has to send its request once its stream is open.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to a service's local target may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a busy reply may take to write before the stream is dropped.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Busy replies in flight at most; past them, streams over the limits are dropped unanswered
+/// (the client reads the end of the stream and gives up or tries again later).
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// Distinct refusals logged at most; later ones are only counted.
+const MAX_LOGGED_REFUSALS: usize = 1024;
+
+/// The limits of the serving side.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServerLimits {
+    pub(crate) max_streams: usize,
+    pub(crate) max_streams_per_peer: usize,
+    pub(crate) idle: Duration,
+}
+
+/// Live counters of one exposed service.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceCounters {
+    /// Streams open now.
+    pub(crate) open: std::sync::atomic::AtomicU64,
+    /// Streams accepted since start.
+    pub(crate) streams: std::sync::atomic::AtomicU64,
+    /// Bytes each way.
+    pub(crate) bytes: Counters,
+}
+
+/// What the serving side has done since start, per service and per refusal reason.
+#[derive(Debug, Default)]
+pub(crate) struct ServerStats {
+    services: Mutex<HashMap<(String, u16), Arc<ServiceCounters>>>,
+    refusals: Mutex<Refusals>,
+}
+
+#[derive(Debug, Default)]
+struct Refusals {
+    counts: BTreeMap<Status, u64>,
+    logged: HashSet<(PeerId, String, u16, Status)>,
+}
+
+/// Refusals since start, by reason (the status sent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalCounts {
+    /// Streams for a name or port not exposed here.
+    pub not_exposed: u64,
+    /// Streams from keys not on the service's allow list.
+    pub not_allowed: u64,
+    /// Streams over the limits.
+    pub busy: u64,
+    /// Streams whose local target could not be connected.
+    pub unreachable: u64,
+    /// Malformed or late requests.
+    pub malformed: u64,
+}
+
+impl ServerStats {
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        // Map updates only: a panic leaves nothing half-done.
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The counters of `name` port `port`, made on first use.
+    pub(crate) fn service(&self, name: &str, port: u16) -> Arc<ServiceCounters> {
+        Self::lock(&self.services)
+            .entry((name.to_owned(), port))
+            .or_default()
+            .clone()
+    }
+
+    /// Refusals since start, by reason.
+    pub(crate) fn refusals(&self) -> RefusalCounts {
+        let refusals = Self::lock(&self.refusals);
+        let count = |status| refusals.counts.get(&status).copied().unwrap_or(0);
+        RefusalCounts {
+            not_exposed: count(Status::NotExposed),
+            not_allowed: count(Status::NotAllowed),
+            busy: count(Status::Busy),
+            unreachable: count(Status::Unreachable),
+            malformed: count(Status::Malformed),
+        }
+    }
+
+    /// Counts a refusal; returns whether it is the first of its kind (to be logged).
+    fn refused(&self, peer: PeerId, name: &str, port: u16, status: Status) -> bool {
+        let mut refusals = Self::lock(&self.refusals);
+        *refusals.counts.entry(status).or_default() += 1;
+        refusals.logged.len() < MAX_LOGGED_REFUSALS
+            && refusals
+                .logged
+                .insert((peer, name.to_owned(), port, status))
+    }
+}
+
+/// The accept loop of tunnel streams.
+pub(crate) struct Server {
+    pub(crate) incoming: libp2p_stream::IncomingStreams,
+    pub(crate) services: Arc<Mutex<ServiceTable>>,
+    pub(crate) stats: Arc<ServerStats>,
+    pub(crate) limits: ServerLimits,
+}
+
+impl Server {
+    /// Serves tunnel streams until `stop`; open streams are cut when it returns.
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        let mut streams: JoinSet<PeerId> = JoinSet::new();
+        let mut refusals: JoinSet<()> = JoinSet::new();
+        let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
+        loop {
+            let (peer, stream) = tokio::select! {
+                () = stop.cancelled() => break,
+                Some(ended) = streams.join_next() => {
+                    if let Ok(peer) = ended
+                        && let Some(count) = per_peer.get_mut(&peer)
+                    {
+                        *count -= 1;
+                        if *count == 0 {
+                            per_peer.remove(&peer);
+                        }
+                    }
+                    continue;
+                }
+                Some(_) = refusals.join_next() => continue,
+                next = self.incoming.next() => match next {
+                    Some(accepted) => accepted,
+                    None => break,
+                },
+            };
+            let of_peer = per_peer.get(&peer).copied().unwrap_or(0);
+            if streams.len() >= self.limits.max_streams
+                || of_peer >= self.limits.max_streams_per_peer
+            {
+                if refusals.len() < MAX_REFUSALS_IN_FLIGHT {
+                    let reason = format!(
+                        "busy: this node serves at most {} tunnel streams, {} per client",
+                        self.limits.max_streams, self.limits.max_streams_per_peer
+                    );
+                    let stats = self.stats.clone();
+                    refusals.spawn(async move {
+                        let mut stream = stream.compat();
+                        if stats.refused(peer, "", 0, Status::Busy) {
+                            warn!(%peer, "tunnel stream refused: {reason}");
+                        }
+                        let reply = TunnelReply::new(Status::Busy, reason);
+                        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, reply.write_to(&mut stream))
+                            .await;
+                    });
+                }
+                continue;
+            }
+            *per_peer.entry(peer).or_default() += 1;
+            let services = self.services.clone();
+            let stats = self.stats.clone();
+            let idle = self.limits.idle;
+            streams.spawn(async move {
+                serve_stream(peer, stream, &services, &stats, idle).await;
+                peer
+            });
+        }
+        streams.shutdown().await;
+        refusals.shutdown().await;
+    }
+}
+
+/// One stream: its request, the checks, the connection to the target, then the copy.
+async fn serve_stream(
+    peer: PeerId,
+    stream: libp2p::Stream,
+    services: &Mutex<ServiceTable>,
+    stats: &ServerStats,
+    idle: Duration,
+) {
+    let mut stream = stream.compat();
+    let request =
+        match tokio::time::timeout(REQUEST_TIMEOUT, TunnelRequest::read_from(&mut stream)).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(error)) => {
+                let reason = format!("malformed request: {error}");
+                return refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
+            }
+            Err(_) => {
+                let reason = format!("no request within {} s", REQUEST_TIMEOUT.as_secs());
+                return refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
+            }
+        };
+    let asked = (request.name.as_str(), request.port);
+    let service = ServerStats::lock(services)
+        .find(&request.name, request.port)
+        .cloned();
+    let Some(service) = service else {
+        let reason = format!("{} port {} is not exposed here", asked.0, asked.1);
+        return refuse(&mut stream, peer, asked, stats, Status::NotExposed, reason).await;
+    };
+    if !service.allows(&peer) {
+        let reason = format!(
+            "{} port {} admits only the keys on its allow list",
+            asked.0, asked.1
+        );
+        return refuse(&mut stream, peer, asked, stats, Status::NotAllowed, reason).await;
+    }
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&service.to)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(error)) => {
+            let reason = format!(
+                "the service behind it ({}) is unreachable: {error}",
+                service.to
+            );
+            return refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
+        }
+        Err(_) => {
+            let reason = format!("the service behind it ({}) did not answer", service.to);
+            return refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    if TunnelReply::new(Status::Accepted, String::new())
+        .write_to(&mut stream)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let counters = stats.service(&service.name, service.port);
+    counters
+        .streams
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    counters
+        .open
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let client = peer_key_name(&peer).unwrap_or_else(|| peer.to_string());
+    debug!(%client, service = %service.name, port = service.port, "tunnel stream accepted");
+    let mut tcp = tcp;
+    let ended = wire::splice(&mut tcp, stream, idle, &counters.bytes).await;
+    counters
+        .open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    if let Err(error) = ended {
+        wire::reset(&tcp);
+        info!(%client, service = %service.name, port = service.port, "tunnel ended early: {}", crate::error::one_line(&error));
+    }
+}
+
+/// Sends the refusal `status` with `reason`, counts it, and logs it the first time this client
+/// is refused this way for this name and port.
+async fn refuse<S>(
+    stream: &mut S,
+    peer: PeerId,
+    (name, port): (&str, u16),
+    stats: &ServerStats,
+    status: Status,
+    reason: String,
+) where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    if stats.refused(peer, name, port, status) {
+        let client = peer_key_name(&peer).unwrap_or_else(|| peer.to_string());
+        warn!(%client, "tunnel stream refused: {reason}");
+    }
+    let reply = TunnelReply::new(status, reason);
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, reply.write_to(stream)).await;
+}

@@ -1,0 +1,414 @@
+//! The services this node exposes through tunnels, and their place in the name's record.
+//!
+//! A service is a name and a port (`site.p2p` port 80) whose tunnel streams are connected to
+//! one local target (`127.0.0.1:8080`), for every client or only for the keys on its allow
+//! list. Services come from the configuration (`[[tunnel.expose]]`, fixed while the daemon
+//! runs) and from `p2pdns expose` (kept in `exposed.toml` in the data directory, across
+//! restarts). Each one is announced by an SRV record at `_p2pdns-tunnel._tcp.<name>` in the
+//! owner's signed record (docs/PROTOCOL.md section 9.1), which is also how clients find the
+//! serving peer and the ports to listen on.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    path::{Path, PathBuf},
+};
+
+use hickory_proto::rr::{LowerName, Name, RData, Record, rdata::SRV};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::{
+    record::{self, NameRecord, key_name, key_of_name, record_name_for},
+    state::{read_toml, write_toml},
+};
+
+/// File in the data directory holding the services exposed with `p2pdns expose`.
+pub const EXPOSED_FILE: &str = "exposed.toml";
+/// The first two labels of the SRV owner that announces a tunnelled name (RFC 2782 service
+/// and protocol labels).
+pub const SRV_PREFIX: &str = "_p2pdns-tunnel._tcp";
+/// TTL of the SRV records announcing services, in seconds.
+const SRV_TTL: u32 = 300;
+
+/// Errors of a service's definition or of the service table.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The name is not a `.p2p` name a node can publish (`site.p2p` or a name below it, letters,
+    /// digits and hyphens).
+    #[error("{0:?} is not a name under .p2p that this node can publish (site.p2p or www.site.p2p)")]
+    BadName(String),
+    /// Port 0 was given.
+    #[error("port 0 cannot be exposed")]
+    BadPort,
+    /// The target is not `HOST:PORT`.
+    #[error("{0:?} is not HOST:PORT (for example 127.0.0.1:8080)")]
+    BadTarget(String),
+    /// An allow-list entry is not a key name (`<52 z-base-32 characters>.p2p`).
+    #[error("{0:?} is not a key name (the 52-character name `p2pdns status` shows as key_name)")]
+    BadKeyName(String),
+    /// The service is defined in the configuration file, which the CLI does not change.
+    #[error("{name} port {port} is exposed in the configuration file; change it there")]
+    FromConfig {
+        /// The service's name.
+        name: String,
+        /// The service's port.
+        port: u16,
+    },
+    /// `exposed.toml` could not be written; nothing changed.
+    #[error("failed to save {path}")]
+    Save {
+        /// `exposed.toml` in the data directory.
+        path: PathBuf,
+        /// Why the atomic write failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A service as a user writes it: in `[[tunnel.expose]]` or on the `p2pdns expose` command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `site`, `site.p2p` or a name below it (`ssh.home.p2p`).
+    pub name: String,
+    /// The port clients connect to.
+    pub port: u16,
+    /// Where this node connects each stream: `HOST:PORT`; `127.0.0.1:<port>` when left out.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Key names (`<key>.p2p`, or the bare 52-character label) of the only clients let in;
+    /// empty: every client.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// A checked service: names normalized, allow list decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Lower case, in presentation form without the final dot (`site.p2p`), as streams ask for
+    /// it (docs/PROTOCOL.md section 9.2).
+    pub name: String,
+    /// The port clients connect to.
+    pub port: u16,
+    /// Where each stream is connected: `HOST:PORT`, resolved at each connection.
+    pub to: String,
+    /// Key names (`<key>.p2p`) of the only clients let in; empty: every client.
+    pub allow: Vec<String>,
+}
+
+impl ServiceSpec {
+    /// Checks the spec and normalizes it into a [`Service`].
+    ///
+    /// # Errors
+    /// [`ServiceError::BadName`], [`ServiceError::BadPort`], [`ServiceError::BadTarget`] or
+    /// [`ServiceError::BadKeyName`] for the first value that is wrong.
+    pub fn check(&self) -> Result<Service, ServiceError> {
+        let name = service_name(&self.name)?;
+        if self.port == 0 {
+            return Err(ServiceError::BadPort);
+        }
+        let to = match &self.to {
+            None => format!("127.0.0.1:{}", self.port),
+            Some(to) => check_target(to)?,
+        };
+        let allow = self
+            .allow
+            .iter()
+            .map(|entry| allowed_key_name(entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Service {
+            name: name.to_ascii().trim_end_matches('.').to_owned(),
+            port: self.port,
+            to,
+            allow,
+        })
+    }
+}
+
+/// `text` as a name a node can serve: under `.p2p`, below a record set (`site.p2p.`) whose name
+/// is valid, and with LDH labels only.
+fn service_name(text: &str) -> Result<Name, ServiceError> {
+    let bad = || ServiceError::BadName(text.to_owned());
+    let name = record::p2p_name(text).map_err(|_| bad())?;
+    let set = record_name_for(&LowerName::new(&name)).ok_or_else(bad)?;
+    record::check_name(&set).map_err(|_| bad())?;
+    let ldh = name.iter().all(|label| {
+        !label.is_empty()
+            && label
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+    });
+    if !ldh {
+        return Err(bad());
+    }
+    Ok(name)
+}
+
+/// `HOST:PORT` with a non-empty host and a port above 0; IPv6 hosts in brackets.
+fn check_target(text: &str) -> Result<String, ServiceError> {
+    let bad = || ServiceError::BadTarget(text.to_owned());
+    let (host, port) = text.trim().rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if port == 0 || bare.is_empty() || (bare.contains(':') && !host.starts_with('[')) {
+        return Err(bad());
+    }
+    Ok(text.trim().to_owned())
+}
+
+/// A key name as `<key>.p2p` from `<key>.p2p`, `<key>.p2p.` or `<key>`.
+fn allowed_key_name(text: &str) -> Result<String, ServiceError> {
+    let bad = || ServiceError::BadKeyName(text.to_owned());
+    let name = record::p2p_name(text).map_err(|_| bad())?;
+    let key = key_of_name(&name).filter(|_| name.num_labels() == 2);
+    let key = key.ok_or_else(bad)?;
+    Ok(key_name(&key).to_ascii().trim_end_matches('.').to_owned())
+}
+
+impl Service {
+    /// Whether the peer `client` may use the service.
+    pub fn allows(&self, client: &PeerId) -> bool {
+        self.allow.is_empty()
+            || peer_key_name(client).is_some_and(|name| self.allow.contains(&name))
+    }
+
+    /// The name as a fully qualified [`Name`].
+    fn fqdn(&self) -> Name {
+        Name::from_ascii(format!("{}.", self.name)).expect("checked when the service was made")
+    }
+}
+
+/// The key name (`<key>.p2p`) of a peer whose identity is an Ed25519 key.
+pub fn peer_key_name(peer: &PeerId) -> Option<String> {
+    let key = peer_ed25519(peer)?;
+    Some(key_name(&key).to_ascii().trim_end_matches('.').to_owned())
+}
+
+/// The Ed25519 key a peer id holds inline (identity multihash), if it is one.
+pub(crate) fn peer_ed25519(peer: &PeerId) -> Option<[u8; 32]> {
+    let multihash = libp2p::multihash::Multihash::<64>::from_bytes(&peer.to_bytes()).ok()?;
+    let public = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+    Some(public.try_into_ed25519().ok()?.to_bytes())
+}
+
+/// The peer id of an Ed25519 key (docs/PROTOCOL.md section 8).
+pub fn key_peer_id(key: &[u8; 32]) -> Option<PeerId> {
+    let public = libp2p::identity::ed25519::PublicKey::try_from_bytes(key).ok()?;
+    Some(libp2p::identity::PublicKey::from(public).to_peer_id())
+}
+
+/// What a record says about `qname`'s tunnel (docs/PROTOCOL.md section 9.1): the serving peer
+/// and its ports, sorted; `None` when the name is not tunnelled. Several targets: the one
+/// with the most ports (then the first in the record) wins.
+pub fn tunnel_of(record: &NameRecord, qname: &Name) -> Option<(PeerId, Vec<u16>)> {
+    let owner = srv_owner(qname)?;
+    let mut by_target: BTreeMap<[u8; 32], Vec<u16>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for r in &record.records {
+        let RData::SRV(srv) = &r.data else { continue };
+        if LowerName::new(&r.name) != owner {
+            continue;
+        }
+        let Some(key) = key_of_name(&srv.target).filter(|_| srv.target.num_labels() == 2) else {
+            continue;
+        };
+        if srv.port == 0 {
+            continue;
+        }
+        let ports = by_target.entry(key).or_default();
+        if ports.is_empty() {
+            order.push(key);
+        }
+        if !ports.contains(&srv.port) {
+            ports.push(srv.port);
+        }
+    }
+    let key = order.iter().max_by_key(|k| {
+        (
+            by_target[*k].len(),
+            std::cmp::Reverse(order.iter().position(|o| o == *k)),
+        )
+    })?;
+    let mut ports = by_target.remove(key)?;
+    ports.sort_unstable();
+    Some((key_peer_id(key)?, ports))
+}
+
+/// `_p2pdns-tunnel._tcp.<qname>`, lower case.
+fn srv_owner(qname: &Name) -> Option<LowerName> {
+    let name =
+        Name::from_ascii(format!("{SRV_PREFIX}.{}", qname.to_lowercase().to_ascii())).ok()?;
+    Some(LowerName::new(&name))
+}
+
+/// Whether `record` is an SRV announcing a tunnel served by the key `key`: the SRV records this
+/// node manages in its own records.
+pub fn is_own_tunnel_srv(record: &Record, key: &[u8; 32]) -> bool {
+    let RData::SRV(srv) = &record.data else {
+        return false;
+    };
+    let under_prefix = record
+        .name
+        .iter()
+        .take(2)
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".")
+        == SRV_PREFIX;
+    under_prefix && key_of_name(&srv.target) == Some(*key)
+}
+
+/// The services exposed here: the configuration's and the CLI's.
+#[derive(Debug)]
+pub struct ServiceTable {
+    path: PathBuf,
+    from_config: Vec<Service>,
+    exposed: Vec<Service>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct ExposedFile {
+    #[serde(default)]
+    services: Vec<Service>,
+}
+
+impl ServiceTable {
+    /// The configuration's services and those saved in `data_dir`. A saved service that the
+    /// configuration also defines (same name and port) is dropped: the file wins.
+    pub fn load(data_dir: &Path, from_config: Vec<Service>) -> Self {
+        let path = data_dir.join(EXPOSED_FILE);
+        let file: ExposedFile = read_toml(&path).unwrap_or_default();
+        let mut exposed = Vec::new();
+        for service in file.services {
+            let spec = ServiceSpec {
+                name: service.name.clone(),
+                port: service.port,
+                to: Some(service.to.clone()),
+                allow: service.allow.clone(),
+            };
+            match spec.check() {
+                Ok(s) if !from_config.iter().any(|c| same(c, &s)) => exposed.push(s),
+                Ok(_) => {}
+                Err(error) => warn!(name = %service.name, %error, "ignoring a saved service"),
+            }
+        }
+        Self {
+            path,
+            from_config,
+            exposed,
+        }
+    }
+
+    /// Every service, the configuration's first, each with whether it comes from there.
+    pub fn all(&self) -> impl Iterator<Item = (&Service, bool)> {
+        self.from_config
+            .iter()
+            .map(|s| (s, true))
+            .chain(self.exposed.iter().map(|s| (s, false)))
+    }
+
+    /// The service for `name` (as streams ask for it, `site.p2p`) and `port`.
+    pub fn find(&self, name: &str, port: u16) -> Option<&Service> {
+        self.all()
+            .map(|(s, _)| s)
+            .find(|s| s.port == port && s.name == name)
+    }
+
+    /// Adds `service`, replacing the CLI's service of the same name and port; saved before it
+    /// returns.
+    ///
+    /// # Errors
+    /// [`ServiceError::FromConfig`] when the configuration defines that name and port;
+    /// [`ServiceError::Save`] when the file cannot be written (nothing changed).
+    pub fn expose(&mut self, service: Service) -> Result<(), ServiceError> {
+        if self.from_config.iter().any(|c| same(c, &service)) {
+            return Err(ServiceError::FromConfig {
+                name: service.name,
+                port: service.port,
+            });
+        }
+        let mut next = self.exposed.clone();
+        next.retain(|s| !same(s, &service));
+        next.push(service);
+        self.save(next)
+    }
+
+    /// Removes the CLI's services of `name` (on `port`, or every port); saved before it
+    /// returns. Returns the ports removed.
+    ///
+    /// # Errors
+    /// [`ServiceError::FromConfig`] when only the configuration defines a matching service;
+    /// [`ServiceError::Save`] when the file cannot be written (nothing changed).
+    pub fn unexpose(&mut self, name: &str, port: Option<u16>) -> Result<Vec<u16>, ServiceError> {
+        let matches = |s: &Service| s.name == name && port.is_none_or(|p| s.port == p);
+        let removed: Vec<u16> = self
+            .exposed
+            .iter()
+            .filter(|s| matches(s))
+            .map(|s| s.port)
+            .collect();
+        if removed.is_empty()
+            && let Some(fixed) = self.from_config.iter().find(|s| matches(s))
+        {
+            return Err(ServiceError::FromConfig {
+                name: fixed.name.clone(),
+                port: fixed.port,
+            });
+        }
+        if !removed.is_empty() {
+            let next = self
+                .exposed
+                .iter()
+                .filter(|s| !matches(s))
+                .cloned()
+                .collect();
+            self.save(next)?;
+        }
+        Ok(removed)
+    }
+
+    /// The SRV records announcing the services under the record set `set` (`site.p2p.`),
+    /// served by the key `key` (docs/PROTOCOL.md section 9.1).
+    pub fn srv_records(&self, set: &Name, key: &[u8; 32]) -> Vec<Record> {
+        let set = LowerName::new(set);
+        let target = key_name(key);
+        self.all()
+            .map(|(s, _)| s)
+            .filter(|s| set.zone_of(&LowerName::new(&s.fqdn())))
+            .filter_map(|s| {
+                let owner = Name::from_ascii(format!("{SRV_PREFIX}.{}.", s.name)).ok()?;
+                let srv = SRV::new(0, 0, s.port, target.clone());
+                Some(Record::from_rdata(owner, SRV_TTL, RData::SRV(srv)))
+            })
+            .collect()
+    }
+
+    /// The record sets (`site.p2p.`) that hold a service.
+    pub fn record_sets(&self) -> Vec<Name> {
+        let mut sets: Vec<Name> = self
+            .all()
+            .filter_map(|(s, _)| record_name_for(&LowerName::new(&s.fqdn())))
+            .collect();
+        sets.sort();
+        sets.dedup();
+        sets
+    }
+
+    fn save(&mut self, next: Vec<Service>) -> Result<(), ServiceError> {
+        let file = ExposedFile {
+            services: next.clone(),
+        };
+        write_toml(&self.path, &file).map_err(|source| ServiceError::Save {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.exposed = next;
+        Ok(())
+    }
+}
+
+fn same(a: &Service, b: &Service) -> bool {
+    a.name == b.name && a.port == b.port
+}

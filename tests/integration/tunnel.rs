@@ -1,0 +1,265 @@
+//! Tunnels between daemons in this process (docs/PROTOCOL.md section 9): a name one node
+//! exposes answers A with a loopback address on the other, whose TCP connections reach the
+//! service through a stream; refusals and the stream protocol itself are checked at the wire.
+//!
+//! NAT traversal, browsers and the binary are the lab's (`tests/lab/tunnel.rs`).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{Name, RData, RecordType},
+};
+use libp2p::{PeerId, StreamProtocol};
+use p2pdns::{
+    config::Config,
+    naming::Dht,
+    tunnel::{
+        PROTOCOL, ServiceSpec,
+        wire::{Status, TunnelReply, TunnelRequest},
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::support::{TestDaemon, WAIT, ask, p2p_config};
+
+/// A configuration whose tunnelled names take addresses from a /24 of their own, so that
+/// daemons of tests running at once never bind the same address.
+fn tunnel_config(bootstrap: &[libp2p::Multiaddr]) -> Config {
+    let mut config = p2p_config(bootstrap);
+    let (b, c) = (rand::random::<u8>() % 100 + 100, rand::random::<u8>());
+    config.tunnel.address_range = format!("127.{b}.{c}.0/24").parse().unwrap();
+    config
+}
+
+/// An echo server on loopback: every byte read is written back; EOF is answered with EOF.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A free TCP port on loopback (for the port clients use; the service listens elsewhere).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A random name under `.p2p`, so that tests never share one.
+fn random_name(prefix: &str) -> String {
+    format!("{prefix}-{:x}.p2p", rand::random::<u32>())
+}
+
+/// Exposes `spec` on `dht` and announces it, as `p2pdns expose` does.
+async fn expose(dht: &Arc<Dht>, spec: ServiceSpec) {
+    let service = dht.tunnels().unwrap().expose(&spec).unwrap();
+    let set = Name::from_ascii(format!("{}.", service.name)).unwrap();
+    dht.sync_services(&set)
+        .await
+        .unwrap()
+        .expect("the record is re-signed");
+}
+
+/// Two connected daemons: the server, then the client bootstrapping from it.
+async fn pair() -> (TestDaemon, TestDaemon) {
+    let server = TestDaemon::start(tunnel_config(&[])).await;
+    let client = TestDaemon::start(tunnel_config(&server.p2p_addrs)).await;
+    (server, client)
+}
+
+/// Asks `daemon` for `name`'s A record until the DHT has it; returns the address.
+async fn tunnel_address(daemon: &TestDaemon, name: &str) -> Ipv4Addr {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answer = ask(daemon.addr, name, RecordType::A).await;
+        if let Some(RData::A(a)) = answer.answers.first().map(|r| &r.data) {
+            assert_eq!(answer.answers.len(), 1, "one local address: {answer:?}");
+            assert!(
+                answer.answers[0].ttl <= 10,
+                "a tunnelled name's TTL is short"
+            );
+            return a.0;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never resolved: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exposed_service_is_reached_through_its_name() {
+    let (server, client) = pair().await;
+    let echo = echo_server().await;
+    let name = random_name("echo");
+    let port = free_port();
+    expose(
+        server.dht.as_ref().unwrap(),
+        ServiceSpec {
+            name: name.clone(),
+            port,
+            to: Some(echo.to_string()),
+            allow: Vec::new(),
+        },
+    )
+    .await;
+
+    let address = tunnel_address(&client, &name).await;
+    assert!(address.is_loopback(), "{address} is a loopback address");
+    let aaaa = ask(client.addr, &name, RecordType::AAAA).await;
+    assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
+    assert!(aaaa.answers.is_empty(), "AAAA is NODATA: {aaaa:?}");
+    // The same name keeps its address.
+    assert_eq!(tunnel_address(&client, &name).await, address);
+
+    // 3 MiB there and back, then a half-close: the echo's EOF comes back after the data.
+    let payload: Vec<u8> = (0..3 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let mut tcp = TcpStream::connect((address, port)).await.unwrap();
+    let (mut r, mut w) = tcp.split();
+    let write = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut echoed = Vec::new();
+    let read = r.read_to_end(&mut echoed);
+    let ((), read) = tokio::time::timeout(WAIT, async { tokio::join!(write, read) })
+        .await
+        .expect("the echo completes");
+    read.expect("a clean end, not a reset");
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "the bytes come back unchanged");
+
+    let report = server.dht.as_ref().unwrap().tunnels().unwrap().report();
+    let exposed = &report.exposed[0];
+    assert_eq!(exposed.streams, 1);
+    assert_eq!(exposed.received, payload.len() as u64);
+    let mapped = client.dht.as_ref().unwrap().tunnels().unwrap().report();
+    assert_eq!(mapped.mapped.len(), 1);
+    assert_eq!(mapped.mapped[0].address, address);
+    assert_eq!(mapped.mapped[0].sent, payload.len() as u64);
+    assert_eq!(
+        mapped.mapped[0].failed, 0,
+        "{:?}",
+        mapped.mapped[0].last_error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_an_allow_list_refuses_other_keys() {
+    let (server, client) = pair().await;
+    let echo = echo_server().await;
+    let name = random_name("private");
+    let port = free_port();
+    // An allow list that holds the server's own key only: the client is not on it.
+    let own_key = server.dht.as_ref().unwrap().key_name().to_ascii();
+    expose(
+        server.dht.as_ref().unwrap(),
+        ServiceSpec {
+            name: name.clone(),
+            port,
+            to: Some(echo.to_string()),
+            allow: vec![own_key],
+        },
+    )
+    .await;
+    let address = tunnel_address(&client, &name).await;
+    let mut tcp = TcpStream::connect((address, port)).await.unwrap();
+    let _ = tcp.write_all(b"hello\n").await;
+    let mut buf = [0; 16];
+    let read = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        read.is_err(),
+        "the connection is reset, not answered: {read:?}"
+    );
+    let report = server.dht.as_ref().unwrap().tunnels().unwrap().report();
+    assert_eq!(report.refused.not_allowed, 1);
+    assert_eq!(report.exposed[0].streams, 0);
+    let mapped = client.dht.as_ref().unwrap().tunnels().unwrap().report();
+    let error = mapped.mapped[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("allow list"), "the client says why: {error}");
+}
+
+/// Opens a raw tunnel stream from `from` to `to` and sends `request`; returns the reply.
+async fn ask_stream(from: &TestDaemon, to: PeerId, request: TunnelRequest) -> TunnelReply {
+    let mut control = from.dht.as_ref().unwrap().node().streams();
+    let stream = tokio::time::timeout(WAIT, control.open_stream(to, StreamProtocol::new(PROTOCOL)))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stream = stream.compat();
+    request.write_to(&mut stream).await.unwrap();
+    tokio::time::timeout(WAIT, TunnelReply::read_from(&mut stream))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_for_anything_not_exposed_is_refused_with_its_reason() {
+    let (server, client) = pair().await;
+    let dht = server.dht.as_ref().unwrap();
+    let server_peer = dht.node().peer_id();
+    let name = random_name("web");
+    let port = free_port();
+    // A service whose target nobody listens on.
+    let closed = free_port();
+    expose(
+        dht,
+        ServiceSpec {
+            name: name.clone(),
+            port,
+            to: Some(format!("127.0.0.1:{closed}")),
+            allow: Vec::new(),
+        },
+    )
+    .await;
+
+    let other_port = TunnelRequest {
+        name: name.clone(),
+        port: port.wrapping_add(1).max(1),
+    };
+    let reply = ask_stream(&client, server_peer, other_port).await;
+    assert_eq!(reply.status, Status::NotExposed, "{reply:?}");
+    assert!(reply.reason.contains("not exposed"), "{reply:?}");
+
+    let other_name = TunnelRequest {
+        name: random_name("other"),
+        port,
+    };
+    let reply = ask_stream(&client, server_peer, other_name).await;
+    assert_eq!(reply.status, Status::NotExposed, "{reply:?}");
+
+    let unreachable = TunnelRequest { name, port };
+    let reply = ask_stream(&client, server_peer, unreachable).await;
+    assert_eq!(reply.status, Status::Unreachable, "{reply:?}");
+
+    let report = dht.tunnels().unwrap().report();
+    assert_eq!(report.refused.not_exposed, 2);
+    assert_eq!(report.refused.unreachable, 1);
+}
