@@ -48,6 +48,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// After hole punching failed for a peer, how long new connections go through the relay
 /// without waiting for it again.
 const RELAYED_MEMORY: Duration = Duration::from_secs(60);
+/// Longest wait for relayed connections to close once a direct one is up.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Backlog of each local listener.
 const BACKLOG: u32 = 1024;
 
@@ -417,10 +419,15 @@ async fn open_stream(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
         }
-        let stream = control
+        let stream = match control
             .open_stream(peer, StreamProtocol::new(PROTOCOL))
             .await
-            .map_err(OpenError::Open)?;
+        {
+            Ok(stream) => stream,
+            // The connection it picked closed under it: another may still be up.
+            Err(libp2p_stream::OpenStreamError::Io(_)) if attempt + 1 < OPEN_ATTEMPTS => continue,
+            Err(error) => return Err(OpenError::Open(error)),
+        };
         let mut stream = stream.compat();
         if request.write_to(&mut stream).await.is_err() {
             continue;
@@ -474,8 +481,8 @@ async fn ensure_path(
     };
     if now_direct {
         path.relayed_since = None;
-        if path.relayed_streams == 0 {
-            shared.node.close_relayed(peer).await?;
+        if path.relayed_streams == 0 && shared.node.close_relayed(peer).await? > 0 {
+            wait_relayed_closed(shared, peer).await?;
         }
         return Ok((ConnectionPath::Direct, None));
     }
@@ -486,4 +493,18 @@ async fn ensure_path(
     path.relayed_streams += 1;
     drop(path);
     Ok((ConnectionPath::Relayed, Some(RelayedStream(lock_of))))
+}
+
+/// Waits (briefly) until the relayed connections to `peer` that were asked to close are gone:
+/// until then libp2p-stream may still pick one for the next stream.
+async fn wait_relayed_closed(shared: &Shared, peer: PeerId) -> Result<(), NodeError> {
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while Instant::now() < deadline {
+        let open = shared.node.connections(peer).await?;
+        if !open.iter().any(|c| c.path == ConnectionPath::Relayed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }

@@ -24,6 +24,7 @@
 //! - [`os_path`]: getent, curl and Chromium resolve a `.p2p` name through resolv.conf.
 //! - [`nat`]: nodes behind NATs of every kind, with an introduction server, in a sealed lab of
 //!   namespaces.
+//! - [`tunnel`]: services behind NATs opened by name through tunnels, with curl and Chromium.
 //!
 //! [`process`] holds what they share: finding programs, temporary directories, processes with
 //! deadlines; [`netns`] the network namespaces of `nat` and `os_path`.
@@ -46,3 +47,4 @@ mod process;
 mod service;
 mod stun;
 mod system;
+mod tunnel;

@@ -38,12 +38,12 @@ use crate::{
     process::{Proc, TempDir, describe, random_tag, require_root, run_bounded, tail, tool},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 
 /// Longest wait for a program to start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest run of one tool (ip, nft, a probe, dig, the CLI).
-const TOOL_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const TOOL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait for a daemon behind NAT to connect to the introduction server.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for a name published behind one NAT to resolve behind another.
@@ -78,7 +78,7 @@ const REFLECTOR_OTHER_PORT: u16 = 3479;
 /// namespace, so they never clash; a fixed port is what a cone NAT's port forward points at.
 const P2P_PORT: u16 = 4747;
 /// The daemon's DNS port on 127.0.0.1 inside its home host.
-const DNS_PORT: u16 = 5300;
+pub(crate) const DNS_PORT: u16 = 5300;
 /// A port nothing listens on, for the unsolicited-packet probes.
 const CLOSED_PORT: u16 = 9;
 
@@ -199,17 +199,17 @@ elif mode == "closed":
 
 /// The external programs the lab drives.
 #[derive(Clone)]
-struct Tools {
+pub(crate) struct Tools {
     ip: PathBuf,
     nft: PathBuf,
-    python3: PathBuf,
+    pub(crate) python3: PathBuf,
     dig: PathBuf,
 }
 
 impl Tools {
     /// Finds every tool first, so a missing one (or missing root) fails the test before
     /// anything is set up.
-    fn find() -> Self {
+    pub(crate) fn find() -> Self {
         require_root("the NAT lab (network namespaces, nftables)");
         Self {
             ip: tool("ip", "iproute2"),
@@ -227,8 +227,8 @@ impl Tools {
 /// One network namespace of the lab. The [`Lab`] owns its lifetime; this is a handle to run
 /// commands in it.
 #[derive(Clone)]
-struct Ns {
-    name: String,
+pub(crate) struct Ns {
+    pub(crate) name: String,
     ip: PathBuf,
     /// HOME of every program run inside, so none sees the user's configuration.
     home: PathBuf,
@@ -236,12 +236,12 @@ struct Ns {
 
 impl Ns {
     /// A command running `program` inside the namespace with a clean environment.
-    fn exec(&self, program: impl AsRef<Path>) -> Command {
+    pub(crate) fn exec(&self, program: impl AsRef<Path>) -> Command {
         netns::exec(&self.ip, &self.name, &self.home, program)
     }
 
     /// Runs `program ARGS` inside the namespace and fails the test if it fails.
-    fn must(&self, program: impl AsRef<Path>, args: &[&str]) -> Output {
+    pub(crate) fn must(&self, program: impl AsRef<Path>, args: &[&str]) -> Output {
         let mut command = self.exec(program);
         command.args(args);
         let description = format!("{command:?}");
@@ -264,7 +264,7 @@ impl Ns {
 
 /// How a home router translates and filters (RFC 4787).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Nat {
+pub(crate) enum Nat {
     /// Endpoint-independent mapping, address-and-port-dependent filtering: a plain home router.
     Eim,
     /// Endpoint-independent mapping and filtering: the P2P port is forwarded to the host, and
@@ -423,10 +423,10 @@ impl Transport {
 }
 
 /// A home network: a router doing `kind` NAT and a host behind it.
-struct Home {
+pub(crate) struct Home {
     kind: Nat,
     router: Ns,
-    host: Ns,
+    pub(crate) host: Ns,
     /// The router's internet address, which the host's traffic leaves from.
     wan: Ipv4Addr,
     /// The host's private address.
@@ -435,7 +435,7 @@ struct Home {
 
 /// The sealed lab. On drop, every process in its namespaces is killed, then the namespaces
 /// (and with them every link) are removed, then its directory.
-struct Lab {
+pub(crate) struct Lab {
     tools: Tools,
     tag: String,
     /// Namespaces created so far, removed in reverse order.
@@ -448,12 +448,12 @@ struct Lab {
     services: Vec<Proc>,
     /// What the daemons listen on.
     transport: Transport,
-    dir: TempDir,
+    pub(crate) dir: TempDir,
 }
 
 impl Lab {
     /// The internet with its bridge and the introduction server's namespace on it.
-    fn new(tools: &Tools) -> Self {
+    pub(crate) fn new(tools: &Tools) -> Self {
         let tag = random_tag();
         let dir = TempDir::new(&tag);
         let home = dir.subdir("home");
@@ -539,7 +539,7 @@ impl Lab {
 
     /// Adds home network N (1, 2...): router WAN 198.18.N.1, LAN 10.N.0.0/24 with the router at
     /// .1 and the host at .2.
-    fn home(&mut self, kind: Nat) -> Home {
+    pub(crate) fn home(&mut self, kind: Nat) -> Home {
         self.homes += 1;
         let n = self.homes;
         let ns = |role: String| Ns {
@@ -676,12 +676,17 @@ impl Lab {
 
     /// Starts `p2pdns intro` on the internet, listening on INTRO_ADDR (TCP and QUIC) and
     /// advertising that address, and reads the --bootstrap addresses it prints.
-    fn start_intro(&self) -> Intro {
+    pub(crate) fn start_intro(&self) -> Intro {
+        self.start_intro_with("")
+    }
+
+    /// [`Lab::start_intro`] with more configuration lines (an `[intro]` section, say).
+    pub(crate) fn start_intro_with(&self, extra: &str) -> Intro {
         let dir = self.dir.subdir("intro");
         // The lab's internet is a benchmarking range, not a global one: AutoNAT must accept it.
         let config = self.dir.write(
             "intro.toml",
-            "[p2p]\nmdns = false\nnat_probe_private_addresses = true\n",
+            &format!("[p2p]\nmdns = false\nnat_probe_private_addresses = true\n{extra}\n"),
         );
         let addrs = [
             format!("/ip4/{INTRO_ADDR}/tcp/{P2P_PORT}"),
@@ -729,13 +734,13 @@ impl Lab {
 
     /// Starts `p2pdns run` in `home`'s host: DNS on 127.0.0.1:DNS_PORT, P2P on 0.0.0.0 port
     /// P2P_PORT (TCP and QUIC), no mDNS, no upstream, bootstrapping from `bootstrap`.
-    fn start_daemon(&self, home: &Home, bootstrap: &[String]) -> Daemon {
+    pub(crate) fn start_daemon(&self, home: &Home, bootstrap: &[String]) -> Daemon {
         self.start_daemon_with(&home.host, bootstrap, "")
     }
 
     /// [`Lab::start_daemon`] in namespace `host`, with more lines for the `[p2p]` section of
     /// its configuration.
-    fn start_daemon_with(&self, host: &Ns, bootstrap: &[String], p2p: &str) -> Daemon {
+    pub(crate) fn start_daemon_with(&self, host: &Ns, bootstrap: &[String], p2p: &str) -> Daemon {
         let name = format!("daemon-{}", host.name.rsplit('-').next().unwrap_or("h"));
         let dir = self.dir.subdir(&name);
         let resolv_conf = dir.join("resolv.conf");
@@ -763,7 +768,9 @@ impl Lab {
             .arg("--data-dir")
             .arg(&data)
             .arg("run")
-            .args(["--dns-listen", &format!("127.0.0.1:{DNS_PORT}")]);
+            .args(["--dns-listen", &format!("127.0.0.1:{DNS_PORT}")])
+            // Port 53 too, where a namespace's resolv.conf sends glibc, curl and browsers.
+            .args(["--dns-listen", "127.0.0.1:53"]);
         let mut proc = Proc::spawn(&name, command, self.dir.path());
         proc.wait_until("log `ready`", START_TIMEOUT, |_, err| {
             err.contains(" ready")
@@ -794,23 +801,23 @@ fn reflector_sockets() -> [String; 3] {
 }
 
 /// The introduction server and the addresses it tells nodes to bootstrap from.
-struct Intro {
-    proc: Proc,
-    bootstrap: Vec<String>,
+pub(crate) struct Intro {
+    pub(crate) proc: Proc,
+    pub(crate) bootstrap: Vec<String>,
 }
 
 /// A `p2pdns run` daemon in a home host.
-struct Daemon {
-    proc: Proc,
-    ns: Ns,
+pub(crate) struct Daemon {
+    pub(crate) proc: Proc,
+    pub(crate) ns: Ns,
     config: PathBuf,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     dig: PathBuf,
 }
 
 impl Daemon {
     /// Runs the CLI against this daemon, inside its namespace.
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         let mut command = self.ns.exec(BIN);
         command
             .arg("--config")
@@ -821,12 +828,12 @@ impl Daemon {
         run_bounded(command, TOOL_TIMEOUT)
     }
 
-    fn status(&self) -> String {
+    pub(crate) fn status(&self) -> String {
         String::from_utf8_lossy(&self.cli(&["status", "--peers"]).stdout).into_owned()
     }
 
     /// Waits until the daemon is connected to at least one peer (the introduction server).
-    fn wait_joined(&mut self) {
+    pub(crate) fn wait_joined(&mut self) {
         let deadline = Instant::now() + JOIN_TIMEOUT;
         loop {
             let status = self.status();
@@ -907,7 +914,7 @@ impl Daemon {
 
     /// Reads `status --peers` every 250 ms until `found` takes something from it; fails after
     /// `timeout` with the last status and the log, saying what was awaited.
-    fn wait_status<T>(
+    pub(crate) fn wait_status<T>(
         &self,
         what: &str,
         timeout: Duration,
@@ -962,7 +969,7 @@ impl Daemon {
     }
 
     /// `dig +short` for `name`'s A records through this daemon's DNS port.
-    fn dig(&self, name: &str) -> String {
+    pub(crate) fn dig(&self, name: &str) -> String {
         let mut command = self.ns.exec(&self.dig);
         command
             .args(["@127.0.0.1", "-p", &DNS_PORT.to_string()])

@@ -1,0 +1,470 @@
+//! Tunnels across real NATs (issue 12, docs/PROTOCOL.md section 9), in the lab of [`crate::nat`]:
+//! a web server bound to its host's own 127.0.0.1 behind one NAT, exposed under a `.p2p` name,
+//! opened by name from behind another NAT with the programs a user has (curl, Chromium, a
+//! Python socket client), each resolving through its namespace's resolv.conf and the daemon on
+//! 127.0.0.1:53.
+//!
+//! Each host namespace gets `/etc/netns/NAME/{resolv.conf,nsswitch.conf,hosts}`, which
+//! `ip netns exec` mounts over the machine's files; they are removed with the lab, also when a
+//! test fails. Needs root and the Debian packages iproute2, nftables, python3, bind9-dnsutils,
+//! curl and chromium.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Output,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    nat::{Daemon, Lab, Nat, Ns, TOOL_TIMEOUT, Tools},
+    process::{Proc, describe, run_bounded, tail, tool},
+};
+
+/// The web server's port on its host's own loopback.
+const WEB_PORT: u16 = 8080;
+/// Size of the file downloaded through the tunnel.
+const BIG_FILE: usize = 20 << 20;
+/// Longest wait for a tunnelled name to resolve or a download to finish.
+const TUNNEL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The page's marker text.
+const MARKER: &str = "served from behind a home router";
+
+/// Resolver files for a lab namespace: `ip netns exec` mounts them over `/etc`. Removed on drop.
+struct ResolverFiles(PathBuf);
+
+impl ResolverFiles {
+    fn new(ns: &Ns) -> Self {
+        let etc = Path::new("/etc/netns").join(&ns.name);
+        fs::create_dir_all(&etc).unwrap_or_else(|e| panic!("cannot create {}: {e}", etc.display()));
+        let files = [
+            (
+                "resolv.conf",
+                "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n",
+            ),
+            ("nsswitch.conf", "hosts: files dns\n"),
+            ("hosts", "127.0.0.1 localhost\n::1 localhost\n"),
+        ];
+        for (file, text) in files {
+            fs::write(etc.join(file), text).unwrap_or_else(|e| panic!("cannot write {file}: {e}"));
+        }
+        Self(etc)
+    }
+}
+
+impl Drop for ResolverFiles {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A directory with `index.html` (holding [`MARKER`]) and `big.bin` ([`BIG_FILE`] bytes of
+/// a fixed pseudo-random sequence); returns it and the SHA-256 of `big.bin`.
+fn web_root(lab: &Lab) -> (PathBuf, String) {
+    let root = lab.dir.subdir("www");
+    fs::write(
+        root.join("index.html"),
+        format!("<html><body><p>{MARKER}</p></body></html>\n"),
+    )
+    .unwrap();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: Vec<u8> = (0..BIG_FILE)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    fs::write(root.join("big.bin"), &big).unwrap();
+    (root, hex(&Sha256::digest(&big)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Python's web server on `ns`'s own 127.0.0.1:[`WEB_PORT`], serving `root`.
+fn start_web(tools: &Tools, lab: &Lab, ns: &Ns, root: &Path) -> Proc {
+    let mut command = ns.exec(&tools.python3);
+    command
+        .args(["-u", "-m", "http.server", &WEB_PORT.to_string()])
+        .args(["--bind", "127.0.0.1", "--directory"])
+        .arg(root);
+    let mut web = Proc::spawn("web", command, lab.dir.path());
+    web.wait_until("serve HTTP", Duration::from_secs(20), |out, _| {
+        out.contains("Serving HTTP")
+    });
+    web
+}
+
+/// A line-echo server on `ns`'s own 127.0.0.1:`port`.
+fn start_echo(tools: &Tools, lab: &Lab, ns: &Ns, port: u16) -> Proc {
+    let script = format!(
+        "import socketserver\n\
+         class H(socketserver.StreamRequestHandler):\n\
+         \x20   def handle(self):\n\
+         \x20       for line in self.rfile:\n\
+         \x20           self.wfile.write(b'echo: ' + line)\n\
+         socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
+         s = socketserver.ThreadingTCPServer(('127.0.0.1', {port}), H)\n\
+         print('ready', flush=True)\n\
+         s.serve_forever()\n"
+    );
+    let mut command = ns.exec(&tools.python3);
+    command.args(["-u", "-c", &script]);
+    let mut echo = Proc::spawn("echo", command, lab.dir.path());
+    echo.wait_until("listen", Duration::from_secs(20), |out, _| {
+        out.contains("ready")
+    });
+    echo
+}
+
+/// `curl URL` inside `ns` into `out`; returns curl's output (`-w` prints the HTTP code).
+fn curl(ns: &Ns, url: &str, out: &Path) -> Output {
+    let mut command = ns.exec(tool("curl", "curl"));
+    command
+        .args(["-sS", "--max-time", "50", "-w", "%{http_code}", "-o"])
+        .arg(out)
+        .arg(url);
+    run_bounded(command, TUNNEL_TIMEOUT)
+}
+
+/// Connects to `name`:`port` from `ns` (resolving through its resolv.conf), sends a line and
+/// prints the line that comes back, or `ERROR ...`.
+fn echo_client(tools: &Tools, ns: &Ns, name: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         try:\n\
+         \x20   s = socket.create_connection(('{name}', {port}), timeout=20)\n\
+         \x20   s.sendall(b'hello\\n')\n\
+         \x20   print(s.makefile().readline().strip() or 'ERROR closed without an answer')\n\
+         except Exception as e:\n\
+         \x20   print('ERROR', type(e).__name__, e)\n"
+    );
+    let mut command = ns.exec(&tools.python3);
+    command.args(["-c", &script]);
+    let out = run_bounded(command, TOOL_TIMEOUT * 2);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `p2pdns tunnels --json` of `daemon`.
+fn tunnels(daemon: &Daemon) -> Value {
+    let out = daemon.cli(&["tunnels", "--json"]);
+    assert!(out.status.success(), "tunnels: {}", describe(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("tunnels --json: {e}"))
+}
+
+/// The key name `daemon` shows in `status`.
+fn key_name(daemon: &Daemon) -> String {
+    daemon
+        .status()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("key name:"))
+        .map(|k| k.trim().trim_end_matches('.').to_owned())
+        .unwrap_or_else(|| panic!("no key name in status:\n{}", daemon.status()))
+}
+
+/// Runs `expose ARGS` on `daemon` and checks that it succeeded.
+fn expose(daemon: &Daemon, args: &[&str]) {
+    let mut all = vec!["expose"];
+    all.extend_from_slice(args);
+    let out = daemon.cli(&all);
+    assert!(out.status.success(), "expose {args:?}: {}", describe(&out));
+}
+
+/// Waits until `daemon` answers `name` with a tunnel address (127.77.x.y); returns it.
+fn wait_tunnel_address(daemon: &Daemon, name: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let answer = daemon.dig(name);
+        if answer.starts_with("127.77.") {
+            return answer;
+        }
+        assert!(
+            started.elapsed() < TUNNEL_TIMEOUT,
+            "{name} never got a tunnel address (last answer {answer:?})\nstatus:\n{}\nlog:\n{}",
+            daemon.status(),
+            tail(&daemon.proc.stderr(), 60)
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until `daemon` (behind NAT) holds a relay reservation: others can reach it.
+fn wait_relayed(daemon: &Daemon) {
+    daemon.wait_status("a relay reservation", TUNNEL_TIMEOUT, |status| {
+        status.contains("relayed at: ").then_some(())
+    });
+}
+
+/// Both logs, for a failure message.
+fn logs(a: &Daemon, b: &Daemon) -> String {
+    format!(
+        "A log:\n{}\nB log:\n{}",
+        tail(&a.proc.stderr(), 60),
+        tail(&b.proc.stderr(), 60)
+    )
+}
+
+/// The SHA-256 of the file at `path`.
+fn sha256_file(path: &Path) -> String {
+    hex(&Sha256::digest(fs::read(path).unwrap_or_default()))
+}
+
+#[test]
+fn a_site_behind_a_nat_opens_by_name_from_behind_another() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let a_home = lab.home(Nat::Eim);
+    let b_home = lab.home(Nat::Eim);
+    let _b_files = ResolverFiles::new(&b_home.host);
+    let intro = lab.start_intro();
+    let (root, big_sha) = web_root(&lab);
+    let _web = start_web(&tools, &lab, &a_home.host, &root);
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    a.wait_joined();
+    b.wait_joined();
+    wait_relayed(&a);
+    expose(
+        &a,
+        &["site", "80", "--to", &format!("127.0.0.1:{WEB_PORT}")],
+    );
+    let address = wait_tunnel_address(&b, "site.p2p");
+
+    // curl resolves site.p2p through resolv.conf and fetches the page.
+    let page = lab.dir.path().join("page.html");
+    let out = curl(&b_home.host, "http://site.p2p/", &page);
+    let body = fs::read_to_string(&page).unwrap_or_default();
+    assert!(
+        body.contains(MARKER),
+        "curl http://site.p2p/ (at {address}): {}\nbody: {body}\n{}",
+        describe(&out),
+        logs(&a, &b)
+    );
+
+    // 20 MiB arrive whole.
+    let big = lab.dir.path().join("big.bin");
+    let out = curl(&b_home.host, "http://site.p2p/big.bin", &big);
+    assert_eq!(
+        sha256_file(&big),
+        big_sha,
+        "the 20 MiB file arrived changed or cut: {}\n{}",
+        describe(&out),
+        logs(&a, &b)
+    );
+
+    // Headless Chromium shows the page (its own DNS client reads the same resolv.conf).
+    let profile = lab.dir.subdir("chromium-profile");
+    let mut chromium = b_home.host.exec(tool("chromium", "chromium"));
+    chromium
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--no-proxy-server",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", "http://site.p2p/"]);
+    let out = run_bounded(chromium, TUNNEL_TIMEOUT);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(MARKER),
+        "chromium --dump-dom http://site.p2p/: {}\n{}",
+        describe(&out),
+        logs(&a, &b)
+    );
+
+    // Two plain home routers let hole punching through: the tunnel runs direct, and both sides
+    // count what passed.
+    let report = tunnels(&b);
+    let mapped = &report["mapped"][0];
+    assert_eq!(mapped["name"], "site.p2p", "{report:#}");
+    assert_eq!(mapped["path"], "direct", "{report:#}\n{}", logs(&a, &b));
+    assert!(
+        mapped["received"].as_u64().unwrap_or(0) >= BIG_FILE as u64,
+        "{report:#}"
+    );
+    let served = tunnels(&a);
+    assert!(
+        served["exposed"][0]["streams"].as_u64().unwrap_or(0) >= 3,
+        "{served:#}"
+    );
+}
+
+#[test]
+fn symmetric_nats_tunnel_through_the_relay_and_a_cut_is_reported() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let a_home = lab.home(Nat::Symmetric);
+    let b_home = lab.home(Nat::Symmetric);
+    let _b_files = ResolverFiles::new(&b_home.host);
+    // The introduction server's default circuit budget (120 s, 1 MiB).
+    let intro = lab.start_intro();
+    let (root, _) = web_root(&lab);
+    let _web = start_web(&tools, &lab, &a_home.host, &root);
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    a.wait_joined();
+    b.wait_joined();
+    wait_relayed(&a);
+    expose(
+        &a,
+        &["site", "80", "--to", &format!("127.0.0.1:{WEB_PORT}")],
+    );
+    wait_tunnel_address(&b, "site.p2p");
+
+    // A small page fits in one circuit.
+    let page = lab.dir.path().join("page.html");
+    let out = curl(&b_home.host, "http://site.p2p/", &page);
+    let body = fs::read_to_string(&page).unwrap_or_default();
+    assert!(
+        body.contains(MARKER),
+        "{}\nbody: {body}\n{}",
+        describe(&out),
+        logs(&a, &b)
+    );
+    let report = tunnels(&b);
+    assert_eq!(report["mapped"][0]["path"], "relayed", "{report:#}");
+
+    // 20 MiB do not: the relay cuts the circuit, curl sees a reset (not a short, clean
+    // download), and B's tunnels report says the relay cut it.
+    let big = lab.dir.path().join("big.bin");
+    let out = curl(&b_home.host, "http://site.p2p/big.bin", &big);
+    assert!(
+        !out.status.success(),
+        "the download must fail: {}",
+        describe(&out)
+    );
+    let got = fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
+    assert!(got < BIG_FILE as u64, "only part arrives: {got} B");
+    let report = tunnels(&b);
+    let error = report["mapped"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("cut") && error.contains("relay"),
+        "B's tunnels report names the cut and the relay: {report:#}\n{}",
+        logs(&a, &b)
+    );
+    let log = b.proc.stderr();
+    assert!(
+        log.contains("tunnel cut:"),
+        "B's log says so:\n{}",
+        tail(&log, 40)
+    );
+}
+
+#[test]
+fn symmetric_nats_carry_a_large_transfer_through_a_relay_with_raised_limits() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let a_home = lab.home(Nat::Symmetric);
+    let b_home = lab.home(Nat::Symmetric);
+    let _b_files = ResolverFiles::new(&b_home.host);
+    // An operator who lets circuits carry more: 10 minutes, 64 MiB.
+    let intro =
+        lab.start_intro_with("[intro]\ncircuit_duration_secs = 600\ncircuit_bytes = 67108864\n");
+    let (root, big_sha) = web_root(&lab);
+    let _web = start_web(&tools, &lab, &a_home.host, &root);
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    a.wait_joined();
+    b.wait_joined();
+    wait_relayed(&a);
+    expose(
+        &a,
+        &["site", "80", "--to", &format!("127.0.0.1:{WEB_PORT}")],
+    );
+    wait_tunnel_address(&b, "site.p2p");
+    let big = lab.dir.path().join("big.bin");
+    let out = curl(&b_home.host, "http://site.p2p/big.bin", &big);
+    assert_eq!(
+        sha256_file(&big),
+        big_sha,
+        "20 MiB through the relay: {}\n{}",
+        describe(&out),
+        logs(&a, &b)
+    );
+    let report = tunnels(&b);
+    assert_eq!(report["mapped"][0]["path"], "relayed", "{report:#}");
+}
+
+#[test]
+fn an_allow_listed_service_admits_its_key_only_and_anything_else_is_refused() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let a_home = lab.home(Nat::Eim);
+    let b_home = lab.home(Nat::Eim);
+    let c_home = lab.home(Nat::Eim);
+    let _b_files = ResolverFiles::new(&b_home.host);
+    let _c_files = ResolverFiles::new(&c_home.host);
+    let intro = lab.start_intro();
+    let _echo = start_echo(&tools, &lab, &a_home.host, 7000);
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    let mut c = lab.start_daemon(&c_home, &intro.bootstrap);
+    a.wait_joined();
+    b.wait_joined();
+    c.wait_joined();
+    wait_relayed(&a);
+    let b_key = key_name(&b);
+    let c_key = key_name(&c);
+    expose(
+        &a,
+        &["echo", "7", "--to", "127.0.0.1:7000", "--allow", &b_key],
+    );
+    wait_tunnel_address(&b, "echo.p2p");
+    wait_tunnel_address(&c, "echo.p2p");
+
+    let answer = echo_client(&tools, &b_home.host, "echo.p2p", 7);
+    assert_eq!(
+        answer,
+        "echo: hello",
+        "B is on the allow list\n{}",
+        logs(&a, &b)
+    );
+    let answer = echo_client(&tools, &c_home.host, "echo.p2p", 7);
+    assert!(
+        answer.starts_with("ERROR"),
+        "C is not on the allow list: {answer}"
+    );
+    // A logs why, naming C's key, once.
+    let log = a.proc.stderr();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tunnel stream refused") && l.contains(&c_key))
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        1,
+        "one log line for C's refusal:\n{}",
+        tail(&log, 40)
+    );
+    assert!(refusals[0].contains("allow list"), "{}", refusals[0]);
+    let served = tunnels(&a);
+    assert_eq!(served["refused"]["not_allowed"], 1, "{served:#}");
+    let report = tunnels(&c);
+    let error = report["mapped"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("allow list"), "C is told why: {report:#}");
+
+    // A port the record does not list has no listener; a port A exposes nowhere is refused.
+    let answer = echo_client(&tools, &b_home.host, "echo.p2p", 8);
+    assert!(
+        answer.starts_with("ERROR"),
+        "port 8 is not exposed: {answer}"
+    );
+}
