@@ -412,3 +412,164 @@ impl ServiceTable {
 fn same(a: &Service, b: &Service) -> bool {
     a.name == b.name && a.port == b.port
 }
+
+#[cfg(test)]
+mod tests {
+    use libp2p::identity::ed25519;
+
+    use super::*;
+
+    fn spec(name: &str, port: u16) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            port,
+            to: None,
+            allow: Vec::new(),
+        }
+    }
+
+    fn key() -> ed25519::Keypair {
+        ed25519::Keypair::generate()
+    }
+
+    #[test]
+    fn a_spec_is_normalized_and_checked() {
+        let service = spec("WWW.Site", 80).check().unwrap();
+        assert_eq!(service.name, "www.site.p2p");
+        assert_eq!(service.to, "127.0.0.1:80");
+        let mut with_target = spec("site.p2p.", 22);
+        with_target.to = Some("[::1]:2222".into());
+        assert_eq!(with_target.check().unwrap().to, "[::1]:2222");
+
+        for bad in ["", "p2p", "-site", "site_1", "a..b", "under_score.site"] {
+            assert!(
+                matches!(spec(bad, 80).check(), Err(ServiceError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            spec("site", 0).check(),
+            Err(ServiceError::BadPort)
+        ));
+        for to in ["8080", "host:", ":80", "host:0", "::1:80", "host:99999"] {
+            let mut s = spec("site", 80);
+            s.to = Some(to.into());
+            assert!(
+                matches!(s.check(), Err(ServiceError::BadTarget(_))),
+                "{to:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn allow_lists_take_key_names_in_any_form_and_match_peer_ids() {
+        let client = key();
+        let peer = libp2p::identity::PublicKey::from(client.public()).to_peer_id();
+        let name = key_name(&client.public().to_bytes()).to_ascii();
+        let label = name.split('.').next().unwrap().to_owned();
+        for form in [name.clone(), name.trim_end_matches('.').to_owned(), label] {
+            let mut s = spec("ssh.home", 22);
+            s.allow = vec![form.clone()];
+            let service = s.check().unwrap();
+            assert_eq!(service.allow, vec![name.trim_end_matches('.')], "{form}");
+            assert!(service.allows(&peer), "{form}");
+            let stranger = libp2p::identity::PublicKey::from(key().public()).to_peer_id();
+            assert!(!service.allows(&stranger));
+        }
+        let mut s = spec("ssh.home", 22);
+        s.allow = vec!["site.p2p".into()];
+        assert!(matches!(s.check(), Err(ServiceError::BadKeyName(_))));
+        assert!(spec("open", 80).check().unwrap().allows(&peer));
+    }
+
+    /// A record of `owner` holding `records`.
+    fn record(owner: &ed25519::Keypair, records: Vec<Record>) -> NameRecord {
+        let name = Name::from_ascii("site.p2p.").unwrap();
+        NameRecord::sign(owner, &name, 1, record::unix_now() + 3600, records).unwrap()
+    }
+
+    #[test]
+    fn the_announced_srv_records_name_the_serving_peer_and_ports() {
+        let dir = std::env::temp_dir().join(format!("p2pdns-svc-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let owner = key();
+        let owner_key = owner.public().to_bytes();
+        let mut table = ServiceTable::load(&dir, vec![spec("site", 443).check().unwrap()]);
+        table.expose(spec("site", 80).check().unwrap()).unwrap();
+        table.expose(spec("www.site", 80).check().unwrap()).unwrap();
+        table.expose(spec("other", 80).check().unwrap()).unwrap();
+        let set = Name::from_ascii("site.p2p.").unwrap();
+        let srvs = table.srv_records(&set, &owner_key);
+        assert_eq!(
+            srvs.len(),
+            3,
+            "site:443, site:80, www.site:80, not other: {srvs:?}"
+        );
+        assert!(srvs.iter().all(|r| is_own_tunnel_srv(r, &owner_key)));
+        assert!(!is_own_tunnel_srv(&srvs[0], &key().public().to_bytes()));
+
+        let signed = record(&owner, srvs);
+        let peer = libp2p::identity::PublicKey::from(owner.public()).to_peer_id();
+        let site = Name::from_ascii("Site.P2P.").unwrap();
+        assert_eq!(tunnel_of(&signed, &site), Some((peer, vec![80, 443])));
+        let www = Name::from_ascii("www.site.p2p.").unwrap();
+        assert_eq!(tunnel_of(&signed, &www), Some((peer, vec![80])));
+        let none = Name::from_ascii("mail.site.p2p.").unwrap();
+        assert_eq!(tunnel_of(&signed, &none), None);
+
+        // Saved and loaded again; the configuration's service is not saved.
+        let again = ServiceTable::load(&dir, Vec::new());
+        assert_eq!(again.all().count(), 3);
+        assert!(again.find("site.p2p", 443).is_none());
+        assert!(again.find("www.site.p2p", 80).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn srv_records_that_do_not_name_a_key_are_ignored() {
+        let owner = key();
+        let srv = |target: &str, port| {
+            Record::from_rdata(
+                Name::from_ascii("_p2pdns-tunnel._tcp.site.p2p.").unwrap(),
+                300,
+                RData::SRV(SRV::new(0, 0, port, Name::from_ascii(target).unwrap())),
+            )
+        };
+        let other = key_name(&key().public().to_bytes()).to_ascii();
+        let signed = record(
+            &owner,
+            vec![
+                srv("www.example.com.", 80),
+                srv(".", 80),
+                srv(&other, 0),
+                srv(&other, 8080),
+            ],
+        );
+        let site = Name::from_ascii("site.p2p.").unwrap();
+        let (peer, ports) = tunnel_of(&signed, &site).unwrap();
+        assert_eq!(ports, vec![8080], "port 0 and non-key targets are skipped");
+        assert_eq!(peer_key_name(&peer).unwrap(), other.trim_end_matches('.'));
+    }
+
+    #[test]
+    fn the_configurations_services_cannot_be_changed_from_the_cli() {
+        let dir = std::env::temp_dir().join(format!("p2pdns-svc-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut table = ServiceTable::load(&dir, vec![spec("site", 80).check().unwrap()]);
+        assert!(matches!(
+            table.expose(spec("site", 80).check().unwrap()),
+            Err(ServiceError::FromConfig { .. })
+        ));
+        assert!(matches!(
+            table.unexpose("site.p2p", None),
+            Err(ServiceError::FromConfig { .. })
+        ));
+        table.expose(spec("site", 81).check().unwrap()).unwrap();
+        assert_eq!(table.unexpose("site.p2p", None).unwrap(), vec![81]);
+        assert_eq!(
+            table.unexpose("nothing.p2p", Some(1)).unwrap(),
+            Vec::<u16>::new()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
