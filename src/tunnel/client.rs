@@ -34,15 +34,16 @@ use tracing::{debug, info, warn};
 use super::{
     PROTOCOL,
     service::ServiceTable,
-    wire::{self, Counters, Status, TunnelReply, TunnelRequest, WireError},
+    wire::{self, Counters, SpliceError, Status, TunnelReply, TunnelRequest, WireError},
 };
 use crate::{
     nat::connect::connect_direct,
     p2p::{ConnectionPath, NodeError, NodeHandle},
 };
 
-/// How many times a stream the peer did not take (it dropped it unanswered) is opened again.
-const OPEN_ATTEMPTS: u32 = 3;
+/// How many times a stream is opened before giving up when the peer drops them unanswered
+/// (libp2p-stream drops inbound streams its acceptor is not ready for, as under a burst).
+const OPEN_ATTEMPTS: u32 = 5;
 /// How long the serving peer has to reply (docs/PROTOCOL.md section 9.2).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// After hole punching failed for a peer, how long new connections go through the relay
@@ -308,16 +309,25 @@ async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared
     };
     *lock(&state.path) = Some(opened.path);
     let ended = wire::splice(&mut tcp, opened.stream, shared.limits.idle, &state.bytes).await;
-    if let Err(error) = ended {
-        let mut message = crate::error::one_line(&error);
-        if opened.path == ConnectionPath::Relayed {
-            message.push_str(
-                " (the connection went through a relay, which cuts connections at its time and byte limits; introduction servers default to 120 s and 1 MiB)",
-            );
+    match ended {
+        Ok(_) => {}
+        // The local program went away (a browser resets connections it no longer needs): the
+        // peer was told with an ABORT; nothing failed on the tunnel's side.
+        Err(error @ SpliceError::Local(_)) => {
+            debug!(name = %state.name, port, "tunnelled connection closed by the local program: {}", crate::error::one_line(&error));
+            wire::reset(&tcp);
         }
-        warn!(name = %state.name, port, "tunnel cut: {message}");
-        state.failed(message);
-        wire::reset(&tcp);
+        Err(error) => {
+            let mut message = crate::error::one_line(&error);
+            if opened.path == ConnectionPath::Relayed {
+                message.push_str(
+                    " (the connection went through a relay, which cuts connections at its time and byte limits; introduction servers default to 120 s and 1 MiB)",
+                );
+            }
+            warn!(name = %state.name, port, "tunnel cut: {message}");
+            state.failed(message);
+            wire::reset(&tcp);
+        }
     }
     drop(opened.relayed);
 }
@@ -365,7 +375,7 @@ pub(crate) enum OpenError {
     #[error("the tunnel request failed")]
     Wire(#[source] WireError),
     /// The peer dropped every stream unanswered (it is overloaded).
-    #[error("the serving peer took none of {OPEN_ATTEMPTS} streams")]
+    #[error("the serving peer is busy: it dropped {OPEN_ATTEMPTS} streams unanswered")]
     NotTaken,
     /// The peer did not reply in time.
     #[error("the serving peer did not reply within {} s", REPLY_TIMEOUT.as_secs())]
@@ -417,7 +427,10 @@ async fn open_stream(
     };
     for attempt in 0..OPEN_ATTEMPTS {
         if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            // Exponential with jitter, so that a burst of connections does not retry in step.
+            let base = 50u64 << attempt;
+            let jitter = rand::random::<u64>() % base;
+            tokio::time::sleep(Duration::from_millis(base + jitter)).await;
         }
         let stream = match control
             .open_stream(peer, StreamProtocol::new(PROTOCOL))

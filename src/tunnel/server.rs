@@ -16,7 +16,9 @@ use futures_util::StreamExt;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpStream, task::JoinSet};
-use tokio_util::{compat::FuturesAsyncReadCompatExt, sync::CancellationToken};
+use tokio_util::{
+    compat::FuturesAsyncReadCompatExt, sync::CancellationToken, task::AbortOnDropHandle,
+};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -33,6 +35,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Busy replies in flight at most; past them, streams over the limits are dropped unanswered
 /// (the client reads the end of the stream and gives up or tries again later).
 const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// Accepted streams waiting for the accept loop at most.
+const ACCEPT_QUEUE: usize = 128;
 /// Distinct refusals logged at most; later ones are only counted.
 const MAX_LOGGED_REFUSALS: usize = 1024;
 
@@ -131,7 +135,18 @@ pub(crate) struct Server {
 
 impl Server {
     /// Serves tunnel streams until `stop`; open streams are cut when it returns.
-    pub(crate) async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let Self {
+            incoming,
+            services,
+            stats,
+            limits,
+        } = self;
+        // libp2p-stream hands streams over a channel without room and drops the ones its
+        // acceptor is not polling for at that moment: a task that does nothing but move them
+        // into a queue keeps up with bursts that the loop below, busy with its tasks, would not.
+        let (queue, mut queued) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
+        let forward = AbortOnDropHandle::new(tokio::spawn(forward(incoming, queue)));
         let mut streams: JoinSet<PeerId> = JoinSet::new();
         let mut refusals: JoinSet<()> = JoinSet::new();
         let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
@@ -150,21 +165,19 @@ impl Server {
                     continue;
                 }
                 Some(_) = refusals.join_next() => continue,
-                next = self.incoming.next() => match next {
+                next = queued.recv() => match next {
                     Some(accepted) => accepted,
                     None => break,
                 },
             };
             let of_peer = per_peer.get(&peer).copied().unwrap_or(0);
-            if streams.len() >= self.limits.max_streams
-                || of_peer >= self.limits.max_streams_per_peer
-            {
+            if streams.len() >= limits.max_streams || of_peer >= limits.max_streams_per_peer {
                 if refusals.len() < MAX_REFUSALS_IN_FLIGHT {
                     let reason = format!(
                         "busy: this node serves at most {} tunnel streams, {} per client",
-                        self.limits.max_streams, self.limits.max_streams_per_peer
+                        limits.max_streams, limits.max_streams_per_peer
                     );
-                    let stats = self.stats.clone();
+                    let stats = stats.clone();
                     refusals.spawn(async move {
                         let mut stream = stream.compat();
                         if stats.refused(peer, "", 0, Status::Busy) {
@@ -178,16 +191,30 @@ impl Server {
                 continue;
             }
             *per_peer.entry(peer).or_default() += 1;
-            let services = self.services.clone();
-            let stats = self.stats.clone();
-            let idle = self.limits.idle;
+            let services = services.clone();
+            let stats = stats.clone();
+            let idle = limits.idle;
             streams.spawn(async move {
                 serve_stream(peer, stream, &services, &stats, idle).await;
                 peer
             });
         }
+        drop(forward);
         streams.shutdown().await;
         refusals.shutdown().await;
+    }
+}
+
+/// Moves accepted streams into `queue` as fast as they come; a stream that finds the queue
+/// full is dropped (its opener reads the end of the stream and tries again later).
+async fn forward(
+    mut incoming: libp2p_stream::IncomingStreams,
+    queue: tokio::sync::mpsc::Sender<(PeerId, libp2p::Stream)>,
+) {
+    while let Some(accepted) = incoming.next().await {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = queue.try_send(accepted) {
+            return;
+        }
     }
 }
 

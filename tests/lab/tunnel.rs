@@ -468,3 +468,127 @@ fn an_allow_listed_service_admits_its_key_only_and_anything_else_is_refused() {
         "port 8 is not exposed: {answer}"
     );
 }
+
+/// Opens `count` connections to `name`:80 from `ns` and holds them; prints `held`, waits for
+/// `hold_secs`, then sends a request on each and prints how many got an HTTP answer and how
+/// many were reset or closed.
+fn start_flood(tools: &Tools, lab: &Lab, ns: &Ns, name: &str, count: u32, hold_secs: u32) -> Proc {
+    let script = format!(
+        "import socket, time\n\
+         socks = []\n\
+         for i in range({count}):\n\
+         \x20   try:\n\
+         \x20       socks.append(socket.create_connection(('{name}', 80), timeout=10))\n\
+         \x20   except Exception as e:\n\
+         \x20       print('connect error', e, flush=True)\n\
+         print('held', len(socks), flush=True)\n\
+         time.sleep({hold_secs})\n\
+         ok = failed = 0\n\
+         for s in socks:\n\
+         \x20   try:\n\
+         \x20       s.settimeout(10)\n\
+         \x20       s.sendall(b'GET / HTTP/1.0\\r\\nHost: {name}\\r\\n\\r\\n')\n\
+         \x20       if s.recv(64).startswith(b'HTTP/1.0 200'):\n\
+         \x20           ok += 1\n\
+         \x20       else:\n\
+         \x20           failed += 1\n\
+         \x20   except Exception:\n\
+         \x20       failed += 1\n\
+         print('answered', ok, 'failed', failed, flush=True)\n"
+    );
+    let mut command = ns.exec(&tools.python3);
+    command.args(["-u", "-c", &script]);
+    Proc::spawn("flood", command, lab.dir.path())
+}
+
+#[test]
+fn a_flood_from_one_peer_stays_within_its_limit_and_a_restarted_server_serves_again() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let a_home = lab.home(Nat::Eim);
+    let b_home = lab.home(Nat::Eim);
+    let c_home = lab.home(Nat::Eim);
+    let _b_files = ResolverFiles::new(&b_home.host);
+    let _c_files = ResolverFiles::new(&c_home.host);
+    let intro = lab.start_intro();
+    let (root, _) = web_root(&lab);
+    let _web = start_web(&tools, &lab, &a_home.host, &root);
+    let limits = "\n[tunnel]\nmax_streams_per_peer = 4\n";
+    let mut a = lab.start_daemon_with(&a_home.host, &intro.bootstrap, limits);
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    let mut c = lab.start_daemon(&c_home, &intro.bootstrap);
+    a.wait_joined();
+    b.wait_joined();
+    c.wait_joined();
+    wait_relayed(&a);
+    expose(
+        &a,
+        &["site", "80", "--to", &format!("127.0.0.1:{WEB_PORT}")],
+    );
+    wait_tunnel_address(&b, "site.p2p");
+    wait_tunnel_address(&c, "site.p2p");
+
+    // B holds 30 connections; A serves 4 of them and refuses the rest as busy.
+    let mut flood = start_flood(&tools, &lab, &b_home.host, "site.p2p", 30, 4);
+    flood.wait_until("hold its connections", TUNNEL_TIMEOUT, |out, _| {
+        out.contains("held")
+    });
+    // Meanwhile C is served.
+    let page = lab.dir.path().join("c.html");
+    let out = curl(&c_home.host, "http://site.p2p/", &page);
+    let body = fs::read_to_string(&page).unwrap_or_default();
+    assert!(
+        body.contains(MARKER),
+        "C is served while B floods: {}\n{}",
+        describe(&out),
+        logs(&a, &c)
+    );
+    flood.wait_until("report", TUNNEL_TIMEOUT, |out, _| out.contains("answered"));
+    let line = flood.stdout();
+    let counts: Vec<u32> = line
+        .split_whitespace()
+        .skip_while(|w| *w != "answered")
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 2, "{line}");
+    let (answered, failed) = (counts[0], counts[1]);
+    assert!(
+        (1..=4).contains(&answered) && answered + failed == 30,
+        "at most 4 of B's 30 connections served: {line}\n{}",
+        logs(&a, &b)
+    );
+    let served = tunnels(&a);
+    assert!(
+        served["refused"]["busy"].as_u64().unwrap_or(0) >= u64::from(failed),
+        "A counts the busy refusals: {served:#}"
+    );
+    let report = tunnels(&b);
+    let error = report["mapped"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("busy"), "B is told why: {report:#}");
+
+    // A restarts on its data directory: its service is still exposed, and B's next connection
+    // reaches it.
+    drop(a);
+    let mut a = lab.start_daemon_with(&a_home.host, &intro.bootstrap, limits);
+    a.wait_joined();
+    wait_relayed(&a);
+    let page = lab.dir.path().join("again.html");
+    let started = Instant::now();
+    loop {
+        let out = curl(&b_home.host, "http://site.p2p/", &page);
+        let body = fs::read_to_string(&page).unwrap_or_default();
+        if body.contains(MARKER) {
+            break;
+        }
+        assert!(
+            started.elapsed() < TUNNEL_TIMEOUT,
+            "B never reached A after its restart: {}\n{}",
+            describe(&out),
+            logs(&a, &b)
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
+}
