@@ -320,6 +320,26 @@ fn status(out: &mut String, s: &Status) {
         Some(p) => node(out, &p.key_name, &p.node),
         None => out.push_str("p2p:        disabled\n"),
     }
+    if let Some(t) = &s.tunnels {
+        tunnels_summary(out, t);
+    }
+}
+
+/// The one-line tunnels part of `p2pdns status`, and the last error of each tunnelled name.
+fn tunnels_summary(out: &mut String, t: &TunnelsReport) {
+    let serving: u64 = t.exposed.iter().map(|e| e.open).sum();
+    let using: u64 = t.mapped.iter().map(|m| m.open).sum();
+    let _ = writeln!(
+        out,
+        "tunnels:    {} exposed ({serving} open), {} tunnelled names ({using} open); p2pdns tunnels for more",
+        t.exposed.len(),
+        t.mapped.len()
+    );
+    for m in &t.mapped {
+        if let Some(error) = &m.last_error {
+            let _ = writeln!(out, "            {}: last error: {error}", m.name);
+        }
+    }
 }
 
 /// The P2P node's part of `p2pdns status`.
@@ -452,6 +472,23 @@ mod tests {
                     rendezvous_peers: 3,
                 },
             }),
+            tunnels: Some(TunnelsReport {
+                exposed: Vec::new(),
+                refused: crate::tunnel::RefusalCounts::default(),
+                mapped: vec![crate::tunnel::MappedName {
+                    name: "site.p2p".into(),
+                    address: "127.77.0.9".parse().unwrap(),
+                    peer,
+                    ports: vec![80],
+                    path: Some(ConnectionPath::Relayed),
+                    open: 1,
+                    connections: 3,
+                    failed: 1,
+                    sent: 10,
+                    received: 20,
+                    last_error: Some("the tunnel was cut".into()),
+                }],
+            }),
         };
         let text = render(&Response::Status(Box::new(status)));
         for line in [
@@ -461,9 +498,16 @@ mod tests {
             "external:   /ip4/203.0.113.5/udp/4747/quic-v1 (UPnP port mapping)\n",
             "relayed at: /ip4/198.51.100.7/",
             &format!("rendezvous: {peer} (registered; 3 peers learned from rendezvous points)\n"),
+            "tunnels:    0 exposed (0 open), 1 tunnelled names (1 open)",
+            "            site.p2p: last error: the tunnel was cut\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_connection_reads_as_its_path_and_transport() {
+        let peer = libp2p::PeerId::random();
         let connected = render(&Response::Connected {
             name: "site.p2p.".into(),
             peer,

@@ -179,6 +179,9 @@ pub struct Status {
     pub cache_entries: usize,
     /// The P2P node's report, when it runs.
     pub p2p: Option<P2pStatus>,
+    /// The tunnels' report (`p2pdns tunnels` shows it whole), when the P2P node runs.
+    #[serde(default)]
+    pub tunnels: Option<TunnelsReport>,
 }
 
 /// The P2P part of [`Status`]: the node's own report, with the key name the DHT side adds.

@@ -310,6 +310,11 @@ async fn status(context: &Context, with_peers: bool) -> Status {
         upstreams: context.forwarder.upstreams(),
         cache_entries: context.forwarder.cache().usage().0,
         p2p,
+        tunnels: context
+            .naming
+            .dht()
+            .and_then(|dht| dht.tunnels())
+            .map(|t| t.report()),
     }
 }
 

@@ -48,3 +48,4 @@ mod service;
 mod stun;
 mod system;
 mod tunnel;
+mod tunnel_bench;

@@ -425,12 +425,12 @@ impl Transport {
 /// A home network: a router doing `kind` NAT and a host behind it.
 pub(crate) struct Home {
     kind: Nat,
-    router: Ns,
+    pub(crate) router: Ns,
     pub(crate) host: Ns,
     /// The router's internet address, which the host's traffic leaves from.
-    wan: Ipv4Addr,
+    pub(crate) wan: Ipv4Addr,
     /// The host's private address.
-    lan: Ipv4Addr,
+    pub(crate) lan: Ipv4Addr,
 }
 
 /// The sealed lab. On drop, every process in its namespaces is killed, then the namespaces

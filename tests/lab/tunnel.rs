@@ -35,10 +35,10 @@ const TUNNEL_TIMEOUT: Duration = Duration::from_secs(60);
 const MARKER: &str = "served from behind a home router";
 
 /// Resolver files for a lab namespace: `ip netns exec` mounts them over `/etc`. Removed on drop.
-struct ResolverFiles(PathBuf);
+pub(crate) struct ResolverFiles(PathBuf);
 
 impl ResolverFiles {
-    fn new(ns: &Ns) -> Self {
+    pub(crate) fn new(ns: &Ns) -> Self {
         let etc = Path::new("/etc/netns").join(&ns.name);
         fs::create_dir_all(&etc).unwrap_or_else(|e| panic!("cannot create {}: {e}", etc.display()));
         let files = [
@@ -134,6 +134,20 @@ fn curl(ns: &Ns, url: &str, out: &Path) -> Output {
     run_bounded(command, TUNNEL_TIMEOUT)
 }
 
+/// `curl URL` inside `ns`, discarding the body; returns curl's `time_starttransfer` (DNS,
+/// connection and first byte), in seconds, when the answer was 200.
+pub(crate) fn curl_timing(ns: &Ns, url: &str) -> Option<f64> {
+    let mut command = ns.exec(tool("curl", "curl"));
+    command
+        .args(["-sS", "--max-time", "30", "-o", "/dev/null"])
+        .args(["-w", "%{http_code} %{time_starttransfer}"])
+        .arg(url);
+    let out = run_bounded(command, TUNNEL_TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, time) = text.trim().split_once(' ')?;
+    (code == "200").then(|| time.parse().ok()).flatten()
+}
+
 /// Connects to `name`:`port` from `ns` (resolving through its resolv.conf), sends a line and
 /// prints the line that comes back, or `ERROR ...`.
 fn echo_client(tools: &Tools, ns: &Ns, name: &str, port: u16) -> String {
@@ -178,7 +192,7 @@ fn expose(daemon: &Daemon, args: &[&str]) {
 }
 
 /// Waits until `daemon` answers `name` with a tunnel address (127.77.x.y); returns it.
-fn wait_tunnel_address(daemon: &Daemon, name: &str) -> String {
+pub(crate) fn wait_tunnel_address(daemon: &Daemon, name: &str) -> String {
     let started = Instant::now();
     loop {
         let answer = daemon.dig(name);
@@ -196,7 +210,7 @@ fn wait_tunnel_address(daemon: &Daemon, name: &str) -> String {
 }
 
 /// Waits until `daemon` (behind NAT) holds a relay reservation: others can reach it.
-fn wait_relayed(daemon: &Daemon) {
+pub(crate) fn wait_relayed(daemon: &Daemon) {
     daemon.wait_status("a relay reservation", TUNNEL_TIMEOUT, |status| {
         status.contains("relayed at: ").then_some(())
     });
