@@ -433,9 +433,26 @@ async fn expose(
     dht: &Arc<Dht>,
     spec: &crate::tunnel::ServiceSpec,
 ) -> Result<Response, RequestError> {
-    let service = tunnels(dht)?.expose(spec)?;
-    let (set, _) = record_set_of(&service.name)?;
-    let record = dht.sync_services(&set).await?;
+    let (set, _) = record_set_of(&spec.name)?;
+    let tunnels = tunnels(dht)?;
+    let previous = tunnels.service(&spec.check()?);
+    let service = tunnels.expose(spec)?;
+    let record = match dht.sync_services(&set).await {
+        Ok(record) => record,
+        Err(error) => {
+            // Not announced (another key's key name, a full record...): serve nothing new.
+            let restored = match previous {
+                Some(previous) => tunnels.expose(&previous.spec()).map(drop),
+                None => tunnels
+                    .unexpose(&service.name, Some(service.port))
+                    .map(drop),
+            };
+            if let Err(undo) = restored {
+                warn!(error = %crate::error::one_line(&undo), "undoing a failed expose failed");
+            }
+            return Err(error.into());
+        }
+    };
     let seq = match record {
         Some(record) => Some(record.seq),
         None => dht

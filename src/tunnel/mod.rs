@@ -194,6 +194,16 @@ impl Tunnels {
         Ok(service)
     }
 
+    /// The CLI's service of the same name and port as `service`, if there is one.
+    pub fn service(&self, service: &Service) -> Option<Service> {
+        lock(&self.services)
+            .all()
+            .find(|(s, from_config)| {
+                !from_config && s.name == service.name && s.port == service.port
+            })
+            .map(|(s, _)| s.clone())
+    }
+
     /// Stops exposing `name` (`site.p2p`) on `port`, or on every port. Returns the ports
     /// removed.
     ///

@@ -168,6 +168,16 @@ fn allowed_key_name(text: &str) -> Result<String, ServiceError> {
 }
 
 impl Service {
+    /// The spec that makes this service again.
+    pub fn spec(&self) -> ServiceSpec {
+        ServiceSpec {
+            name: self.name.clone(),
+            port: self.port,
+            to: Some(self.to.clone()),
+            allow: self.allow.clone(),
+        }
+    }
+
     /// Whether the peer `client` may use the service.
     pub fn allows(&self, client: &PeerId) -> bool {
         self.allow.is_empty()
@@ -282,13 +292,7 @@ impl ServiceTable {
         let file: ExposedFile = read_toml(&path).unwrap_or_default();
         let mut exposed = Vec::new();
         for service in file.services {
-            let spec = ServiceSpec {
-                name: service.name.clone(),
-                port: service.port,
-                to: Some(service.to.clone()),
-                allow: service.allow.clone(),
-            };
-            match spec.check() {
+            match service.spec().check() {
                 Ok(s) if !from_config.iter().any(|c| same(c, &s)) => exposed.push(s),
                 Ok(_) => {}
                 Err(error) => warn!(name = %service.name, %error, "ignoring a saved service"),

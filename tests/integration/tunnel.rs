@@ -263,3 +263,75 @@ async fn a_stream_for_anything_not_exposed_is_refused_with_its_reason() {
     assert_eq!(report.refused.not_exposed, 2);
     assert_eq!(report.refused.unreachable, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expose_over_the_control_socket_announces_or_changes_nothing() {
+    use p2pdns::control::{Request, Response, call};
+    let (server, client) = pair().await;
+    let echo = echo_server().await;
+    let port = free_port();
+    let ask = |name: String| {
+        Request::Expose(ServiceSpec {
+            name,
+            port,
+            to: Some(echo.to_string()),
+            allow: Vec::new(),
+        })
+    };
+
+    // Another node's key name can only be published by that node: nothing is exposed.
+    let other = client.dht.as_ref().unwrap().key_name().to_ascii();
+    let error = call(&server.data_dir, false, &ask(other))
+        .await
+        .unwrap_err();
+    assert!(
+        p2pdns::error::one_line(&error).contains("key name of another key"),
+        "{error}"
+    );
+    let tunnels = server.dht.as_ref().unwrap().tunnels().unwrap();
+    assert!(
+        tunnels.report().exposed.is_empty(),
+        "{:?}",
+        tunnels.report()
+    );
+
+    // A name of its own is exposed and announced in its record.
+    let name = random_name("ctl");
+    let response = call(&server.data_dir, false, &ask(name.clone()))
+        .await
+        .unwrap();
+    let Response::Exposed { service, seq, .. } = response else {
+        panic!("{response:?}");
+    };
+    assert_eq!(service.name, name);
+    assert!(seq.is_some(), "the record announcing it was signed");
+    let address = tunnel_address(&client, &name).await;
+    let mut tcp = TcpStream::connect((address, port)).await.unwrap();
+    tcp.write_all(b"ping\n").await.unwrap();
+    let mut buf = [0; 5];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping\n");
+
+    // Unexposed: the record no longer announces it, and the client's resolver stops mapping it
+    // once its cached copy is stale.
+    let response = call(
+        &server.data_dir,
+        false,
+        &Request::Unexpose {
+            name: name.clone(),
+            port: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&response, Response::Unexposed { ports, .. } if ports == &vec![port]),
+        "{response:?}"
+    );
+    let own = server.dht.as_ref().unwrap().own_names();
+    let record = own
+        .iter()
+        .find(|r| r.name.to_ascii() == format!("{name}."))
+        .unwrap();
+    assert!(record.records.is_empty(), "{:?}", record.records);
+}
