@@ -1,6 +1,7 @@
 //! The operating system around the daemon: installing it as a service with the resolver
 //! integration ([`service`]), checking the whole path from a program to the network
-//! ([`doctor`]) and readiness notification for `Type=notify` units ([`systemd`]).
+//! ([`doctor`]), readiness notification for `Type=notify` units ([`systemd`]) and the
+//! loopback aliases tunnelled names need on macOS ([`loopback`]).
 //!
 //! This module owns everything p2pdns writes outside its own data directory (unit files,
 //! resolver configuration, the install manifest) and every system command it runs (systemctl,
@@ -10,5 +11,6 @@
 //! Unix sockets and the effective user id unconditionally.
 
 pub mod doctor;
+pub mod loopback;
 pub mod service;
 pub mod systemd;

@@ -233,12 +233,24 @@ impl Client {
     }
 }
 
-/// A listener on `addr` that a restarted daemon can take over at once (SO_REUSEADDR).
+/// A listener on `addr` that a restarted daemon can take over at once (SO_REUSEADDR). An
+/// address the system does not have yet (macOS) is added to the loopback interface first.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    let bind = || {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    match bind() {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            if let std::net::IpAddr::V4(ip) = addr.ip() {
+                crate::os::loopback::add_alias(ip)?;
+            }
+            bind()
+        }
+        other => other,
+    }
 }
 
 /// Accepts connections for one name and port until aborted (dropping the task aborts its
