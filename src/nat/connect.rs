@@ -25,14 +25,15 @@ use crate::p2p::{
 };
 
 /// How long a direct connection must last before it counts: a hole-punched TCP connection can
-/// be reset right after it opened (both sides dialled at once).
-const DIRECT_SETTLE: Duration = Duration::from_millis(300);
+/// be reset right after it opened (both sides dialled at once), within a round trip or so.
+pub const DIRECT_SETTLE: Duration = Duration::from_millis(300);
 /// How many times the peers are made to punch again when a direct connection died at once.
 const MAX_PUNCHES: u32 = 2;
 /// How long [`connect_direct`] waits for a first connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How often [`connect_direct`] looks at the open connections.
-const POLL: Duration = Duration::from_millis(100);
+/// How often [`connect_direct`] looks at the open connections (a command to the event loop
+/// each time, which is cheap; hole punching usually ends within tens of milliseconds).
+const POLL: Duration = Duration::from_millis(25);
 
 /// Where a `connect` command hears how its dial ended.
 type ConnectReply = oneshot::Sender<Result<(), NodeError>>;
@@ -188,6 +189,17 @@ pub async fn connect_direct(
     peer: PeerId,
     wait_direct: Duration,
 ) -> Result<Connected, ConnectError> {
+    connect_direct_settling(node, peer, wait_direct, DIRECT_SETTLE).await
+}
+
+/// [`connect_direct`], with a direct connection counted once it lasted `settle`: a caller
+/// that a user waits on (the first connection of a tunnel) takes a shorter one.
+pub async fn connect_direct_settling(
+    node: &NodeHandle,
+    peer: PeerId,
+    wait_direct: Duration,
+    settle: Duration,
+) -> Result<Connected, ConnectError> {
     let started = Instant::now();
     tokio::time::timeout(CONNECT_TIMEOUT, node.connect(peer))
         .await
@@ -203,7 +215,7 @@ pub async fn connect_direct(
         let open = node.connections(peer).await?;
         if open.iter().any(is_direct) {
             let seen = started.elapsed();
-            tokio::time::sleep(DIRECT_SETTLE).await;
+            tokio::time::sleep(settle).await;
             if let Some(direct) = node.connections(peer).await?.into_iter().find(is_direct) {
                 return Ok(Connected {
                     path: ConnectionPath::Direct,

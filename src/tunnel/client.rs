@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
@@ -37,7 +37,7 @@ use super::{
     wire::{self, Counters, SpliceError, Status, TunnelReply, TunnelRequest, WireError},
 };
 use crate::{
-    nat::connect::connect_direct,
+    nat::connect::connect_direct_settling,
     p2p::{ConnectionPath, NodeError, NodeHandle},
 };
 
@@ -49,6 +49,10 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// After hole punching failed for a peer, how long new connections go through the relay
 /// without waiting for it again.
 const RELAYED_MEMORY: Duration = Duration::from_secs(60);
+/// How long a new direct connection must last before tunnel streams move to it: shorter than
+/// `p2pdns connect`'s, since a user waits on the first connection (a hole-punched connection
+/// that dies at once is usually gone within a round trip).
+const DIRECT_SETTLE: Duration = Duration::from_millis(100);
 /// Longest wait for relayed connections to close once a direct one is up.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Backlog of each local listener.
@@ -224,8 +228,8 @@ impl Client {
                     open: s.open.load(Ordering::Relaxed),
                     connections: s.connections.load(Ordering::Relaxed),
                     failed: s.failed.load(Ordering::Relaxed),
-                    sent: s.bytes.sent(),
-                    received: s.bytes.received(),
+                    sent: s.bytes.transfer().sent,
+                    received: s.bytes.transfer().received,
                     last_error: lock(&s.last_error).clone(),
                 }
             })
@@ -267,7 +271,7 @@ async fn accept_loop(listener: TcpListener, port: u16, state: Arc<NameState>, sh
                             "refused a connection: {} tunnelled connections are open (tunnel.max_connections)",
                             shared.limits.max_connections
                         ));
-                        wire::reset(&tcp);
+                        let _ = wire::reset(&tcp);
                         continue;
                     }
                     connections.spawn(connection(tcp, port, state.clone(), shared.clone()));
@@ -315,7 +319,7 @@ async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared
             let message = crate::error::one_line(&error);
             warn!(name = %state.name, port, "tunnel not opened: {message}");
             state.failed(message);
-            wire::reset(&tcp);
+            let _ = wire::reset(&tcp);
             return;
         }
     };
@@ -325,9 +329,9 @@ async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared
         Ok(_) => {}
         // The local program went away (a browser resets connections it no longer needs): the
         // peer was told with an ABORT; nothing failed on the tunnel's side.
-        Err(error @ SpliceError::Local(_)) => {
+        Err(error @ SpliceError::Tcp(_)) => {
             debug!(name = %state.name, port, "tunnelled connection closed by the local program: {}", crate::error::one_line(&error));
-            wire::reset(&tcp);
+            let _ = wire::reset(&tcp);
         }
         Err(error) => {
             let mut message = crate::error::one_line(&error);
@@ -338,7 +342,7 @@ async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared
             }
             warn!(name = %state.name, port, "tunnel cut: {message}");
             state.failed(message);
-            wire::reset(&tcp);
+            let _ = wire::reset(&tcp);
         }
     }
     drop(opened.relayed);
@@ -351,7 +355,7 @@ async fn local(mut tcp: TcpStream, port: u16, state: &NameState, shared: &Shared
         .map(|s| s.to.clone());
     let Some(target) = target else {
         state.failed(format!("{} port {port} is not exposed here", state.name));
-        wire::reset(&tcp);
+        let _ = wire::reset(&tcp);
         return;
     };
     match TcpStream::connect(&target).await {
@@ -359,13 +363,12 @@ async fn local(mut tcp: TcpStream, port: u16, state: &NameState, shared: &Shared
             if let Ok((sent, received)) =
                 tokio::io::copy_bidirectional(&mut tcp, &mut service).await
             {
-                state.bytes.add_sent(sent);
-                state.bytes.add_received(received);
+                state.bytes.add(sent, received);
             }
         }
         Err(error) => {
             state.failed(format!("the service at {target} is unreachable: {error}"));
-            wire::reset(&tcp);
+            let _ = wire::reset(&tcp);
         }
     }
 }
@@ -444,10 +447,7 @@ async fn open_stream(
             let jitter = rand::random::<u64>() % base;
             tokio::time::sleep(Duration::from_millis(base + jitter)).await;
         }
-        let stream = match control
-            .open_stream(peer, StreamProtocol::new(PROTOCOL))
-            .await
-        {
+        let stream = match control.open_stream(peer, PROTOCOL).await {
             Ok(stream) => stream,
             // The connection it picked closed under it: another may still be up.
             Err(libp2p_stream::OpenStreamError::Io(_)) if attempt + 1 < OPEN_ATTEMPTS => continue,
@@ -459,7 +459,7 @@ async fn open_stream(
         }
         match tokio::time::timeout(REPLY_TIMEOUT, TunnelReply::read_from(&mut stream)).await {
             Err(_) => return Err(OpenError::NoReply),
-            Ok(Err(WireError::NotTaken)) => continue,
+            Ok(Err(WireError::NotTaken(_))) => continue,
             Ok(Err(error)) => return Err(OpenError::Wire(error)),
             Ok(Ok(reply)) if reply.status == Status::Accepted => {
                 return Ok(Opened {
@@ -499,9 +499,10 @@ async fn ensure_path(
     } else if relayed && recently_relayed {
         false
     } else {
-        let connected = connect_direct(&shared.node, peer, shared.limits.direct_wait)
-            .await
-            .map_err(OpenError::Connect)?;
+        let connected =
+            connect_direct_settling(&shared.node, peer, shared.limits.direct_wait, DIRECT_SETTLE)
+                .await
+                .map_err(OpenError::Connect)?;
         connected.path == ConnectionPath::Direct
     };
     if now_direct {

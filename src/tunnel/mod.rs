@@ -29,13 +29,14 @@ use std::{
 };
 
 use hickory_proto::rr::{Name, Record};
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use client::MappedName;
 pub use server::RefusalCounts;
 pub use service::{Service, ServiceError, ServiceSpec};
+pub use wire::PROTOCOL;
 
 use self::{
     addresses::{AddressError, AddressTable},
@@ -44,9 +45,6 @@ use self::{
     service::ServiceTable,
 };
 use crate::p2p::NodeHandle;
-
-/// The tunnel stream protocol (docs/PROTOCOL.md section 9.2).
-pub const PROTOCOL: &str = "/p2pdns/tunnel/1.0.0";
 
 /// Errors of the tunnel subsystem.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +139,7 @@ impl Tunnels {
         let addresses = AddressTable::load(data_dir, config.address_range)?;
         let incoming = node
             .streams()
-            .accept(StreamProtocol::new(PROTOCOL))
+            .accept(PROTOCOL)
             .map_err(|_| TunnelError::AlreadyServed)?;
         let key = service::peer_ed25519(&node.peer_id()).unwrap_or_default();
         let idle = Duration::from_secs(config.idle_timeout_secs);
@@ -239,8 +237,8 @@ impl Tunnels {
                     from_config,
                     open: counters.open.load(Ordering::Relaxed),
                     streams: counters.streams.load(Ordering::Relaxed),
-                    sent: counters.bytes.sent(),
-                    received: counters.bytes.received(),
+                    sent: counters.bytes.transfer().sent,
+                    received: counters.bytes.transfer().received,
                 }
             })
             .collect();

@@ -291,7 +291,7 @@ async fn serve_stream(
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     if let Err(error) = ended {
-        wire::reset(&tcp);
+        let _ = wire::reset(&tcp);
         info!(%client, service = %service.name, port = service.port, "tunnel ended early: {}", crate::error::one_line(&error));
     }
 }

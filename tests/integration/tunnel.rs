@@ -14,7 +14,7 @@ use hickory_proto::{
     op::ResponseCode,
     rr::{Name, RData, RecordType},
 };
-use libp2p::{PeerId, StreamProtocol};
+use libp2p::PeerId;
 use p2pdns::{
     config::Config,
     naming::Dht,
@@ -208,7 +208,7 @@ async fn a_service_with_an_allow_list_refuses_other_keys() {
 /// Opens a raw tunnel stream from `from` to `to` and sends `request`; returns the reply.
 async fn ask_stream(from: &TestDaemon, to: PeerId, request: TunnelRequest) -> TunnelReply {
     let mut control = from.dht.as_ref().unwrap().node().streams();
-    let stream = tokio::time::timeout(WAIT, control.open_stream(to, StreamProtocol::new(PROTOCOL)))
+    let stream = tokio::time::timeout(WAIT, control.open_stream(to, PROTOCOL))
         .await
         .unwrap()
         .unwrap();

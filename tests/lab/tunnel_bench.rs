@@ -32,10 +32,10 @@ const SENDER_PORT: u16 = 9100;
 /// The web server's port, likewise.
 const WEB_PORT: u16 = 9180;
 
-/// Sends `size` bytes to each connection once it has sent one byte (so that connection set-up
-/// stays outside the timing), then closes it.
+/// Sends each connection the number of bytes it asks for (a decimal line), then closes it;
+/// the time a connection takes to be set up stays outside the receiver's timing.
 const SENDER_PY: &str = "import socket, sys, threading
-size, port = int(sys.argv[1]), int(sys.argv[2])
+port = int(sys.argv[1])
 buf = memoryview(bytes(1 << 20))
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -44,13 +44,14 @@ srv.listen(512)
 print('ready', flush=True)
 def serve(c):
     try:
-        if not c.recv(1):
+        line = c.makefile('rb').readline()
+        if not line:
             return
-        left = size
+        left = int(line)
         while left > 0:
             n = c.send(buf[:min(left, len(buf))])
             left -= n
-    except OSError:
+    except (OSError, ValueError):
         pass
     finally:
         c.close()
@@ -59,11 +60,12 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 ";
 
-/// Pulls from `host`:`port` until EOF; prints the bytes and the seconds.
+/// Asks `host`:`port` for `size` bytes and reads until EOF; prints the bytes and the seconds
+/// from the request to the end.
 const RECEIVER_PY: &str = "import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
-s.sendall(b'g')
 start = time.monotonic()
+s.sendall(sys.argv[3].encode() + b'\\n')
 total = 0
 buf = bytearray(1 << 20)
 while True:
@@ -107,7 +109,13 @@ fn port_forward(home: &Home, port: u16) {
 /// Runs the receiver in `ns` against `host`:`port`; returns MiB/s.
 fn pull(tools: &Tools, ns: &Ns, host: &str, port: u16, size: usize) -> f64 {
     let mut command = ns.exec(&tools.python3);
-    command.args(["-c", RECEIVER_PY, host, &port.to_string()]);
+    command.args([
+        "-c",
+        RECEIVER_PY,
+        host,
+        &port.to_string(),
+        &size.to_string(),
+    ]);
     let out = run_bounded(command, std::time::Duration::from_secs(300));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut words = text.split_whitespace();
@@ -154,7 +162,7 @@ struct Bench {
     _procs: Vec<Proc>,
 }
 
-fn bench_lab(tools: &Tools, kind: Nat, size: usize) -> Bench {
+fn bench_lab(tools: &Tools, kind: Nat) -> Bench {
     let mut lab = Lab::new(tools);
     let a_home = lab.home(kind);
     let b_home = lab.home(kind);
@@ -163,13 +171,7 @@ fn bench_lab(tools: &Tools, kind: Nat, size: usize) -> Bench {
     let intro =
         lab.start_intro_with("[intro]\ncircuit_duration_secs = 600\ncircuit_bytes = 4294967296\n");
     let mut sender = a_home.host.exec(&tools.python3);
-    sender.args([
-        "-u",
-        "-c",
-        SENDER_PY,
-        &size.to_string(),
-        &SENDER_PORT.to_string(),
-    ]);
+    sender.args(["-u", "-c", SENDER_PY, &SENDER_PORT.to_string()]);
     let mut sender = Proc::spawn("sender", sender, lab.dir.path());
     sender.wait_until("listen", std::time::Duration::from_secs(20), |out, _| {
         out.contains("ready")
@@ -191,8 +193,11 @@ fn bench_lab(tools: &Tools, kind: Nat, size: usize) -> Bench {
     });
     port_forward(&a_home, SENDER_PORT);
     port_forward(&a_home, WEB_PORT);
-    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
-    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    // Room for the idle connections of the memory figure.
+    let limits =
+        "\n[tunnel]\nmax_streams = 2000\nmax_streams_per_peer = 2000\nmax_connections = 2000\n";
+    let mut a = lab.start_daemon_with(&a_home.host, &intro.bootstrap, limits);
+    let mut b = lab.start_daemon_with(&b_home.host, &intro.bootstrap, limits);
     a.wait_joined();
     b.wait_joined();
     wait_relayed(&a);
@@ -215,6 +220,109 @@ fn bench_lab(tools: &Tools, kind: Nat, size: usize) -> Bench {
     }
 }
 
+/// Limits `home`'s router to `mbit` Mbit/s out of its internet side (token bucket), as a home
+/// uplink would; both the tunnel and plain TCP pass there.
+fn shape(home: &Home, mbit: u32) {
+    let tc = tool("tc", "iproute2");
+    let rate = format!("{mbit}mbit");
+    let burst = format!("{}kb", (mbit / 8).max(32));
+    home.router.must(
+        &tc,
+        &[
+            "qdisc", "replace", "dev", "wan", "root", "tbf", "rate", &rate, "burst", &burst,
+            "latency", "50ms",
+        ],
+    );
+}
+
+/// Throughput through the tunnel and over plain TCP, as a table row.
+fn throughput_row(tools: &Tools, bench: &Bench, label: &str, size: usize) -> String {
+    let forward = bench.a_home.wan.to_string();
+    let plain = pull(tools, &bench.b_home.host, &forward, SENDER_PORT, size);
+    let tunnel = pull(tools, &bench.b_home.host, "bulk.p2p", 80, size);
+    let path = tunnels_json(&bench.b)["mapped"]
+        .as_array()
+        .and_then(|m| m.iter().find(|n| n["name"] == "bulk.p2p"))
+        .and_then(|n| n["path"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "| throughput, {label} | {tunnel:.1} MiB/s | {plain:.1} MiB/s | {:.2}x | {} MiB, path {path} |",
+        tunnel / plain,
+        size >> 20
+    )
+}
+
+fn tunnels_json(daemon: &Daemon) -> serde_json::Value {
+    let out = daemon.cli(&["tunnels", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Time to first byte for `names` + 1 names never resolved before, as two table rows.
+fn first_byte_rows(bench: &Bench, label: &str, names: usize) -> [String; 2] {
+    let (a, b) = (&bench.a, &bench.b);
+    for i in 0..=names {
+        let to = format!("127.0.0.1:{WEB_PORT}");
+        let out = a.cli(&["expose", &format!("web{i}"), "80", "--to", &to]);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    // The records have reached the DHT before the clock starts (the lookup, not the
+    // publishing, is what a user waits for).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let mut times = Vec::new();
+    for i in 0..=names {
+        let url = format!("http://web{i}.p2p/");
+        let t = curl_timing(&bench.b_home.host, &url)
+            .unwrap_or_else(|| panic!("curl {url} failed\nB log:\n{}", tail(&b.proc.stderr(), 40)));
+        times.push(t);
+    }
+    let first = times.remove(0);
+    times.sort_by(f64::total_cmp);
+    let forward = format!("http://{}:{WEB_PORT}/", bench.a_home.wan);
+    let mut plain: Vec<f64> = (0..names.max(1))
+        .filter_map(|_| curl_timing(&bench.b_home.host, &forward))
+        .collect();
+    plain.sort_by(f64::total_cmp);
+    [
+        format!(
+            "| first byte, {label}: the peer's first name | {:.0} ms | - | | DNS, DHT lookup, connection, stream |",
+            first * 1000.0
+        ),
+        format!(
+            "| first byte, {label}: {names} more fresh names, p50 / p95 | {} / {} | {} / {} | | DNS and DHT lookup each |",
+            quantile(&times, 0.5),
+            quantile(&times, 0.95),
+            quantile(&plain, 0.5),
+            quantile(&plain, 0.95)
+        ),
+    ]
+}
+
+/// Memory per open stream with `idle` idle tunnelled connections, as a table row.
+fn memory_row(tools: &Tools, bench: &Bench, label: &str, idle: usize) -> String {
+    let (a, b) = (&bench.a, &bench.b);
+    let (a_before, b_before) = (rss_kib(&a.proc), rss_kib(&b.proc));
+    let mut holder = bench.b_home.host.exec(&tools.python3);
+    holder.args(["-u", "-c", HOLDER_PY, "bulk.p2p", "80", &idle.to_string()]);
+    let mut holder = Proc::spawn("holder", holder, bench.lab.dir.path());
+    holder.wait_until("hold", std::time::Duration::from_secs(120), |out, _| {
+        out.contains("held")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (a_after, b_after) = (rss_kib(&a.proc), rss_kib(&b.proc));
+    let open: u64 = tunnels_json(b)["mapped"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|n| n["open"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(open, idle as u64, "every held connection is an open tunnel");
+    drop(holder);
+    let per = |before: u64, after: u64| after.saturating_sub(before) as f64 / idle as f64;
+    format!(
+        "| memory per open stream, {label} | client {:.1} KiB, server {:.1} KiB | | | {idle} idle connections, VmRSS |",
+        per(b_before, b_after),
+        per(a_before, a_after)
+    )
+}
+
 #[test]
 #[ignore = "a benchmark: run it on request (see the module docs)"]
 fn tunnel_bench() {
@@ -224,109 +332,38 @@ fn tunnel_bench() {
     let names = env_or("NAMES", 20);
     let idle = env_or("IDLE", 200);
     let mut rows = Vec::new();
+    let mut add = |row: String| {
+        eprintln!("{row}");
+        rows.push(row);
+    };
     for (kind, label) in [
         (Nat::Eim, "direct (EIM/EIM)"),
         (Nat::Symmetric, "relayed (sym/sym)"),
     ] {
-        let bench = bench_lab(&tools, kind, size);
-        let Bench {
-            a_home,
-            b_home,
-            a,
-            b,
-            ..
-        } = &bench;
-        wait_tunnel_address(b, "bulk.p2p");
-        let forward = a_home.wan.to_string();
-        let plain = pull(&tools, &b_home.host, &forward, SENDER_PORT, size);
-        let tunnel = pull(&tools, &b_home.host, "bulk.p2p", 80, size);
-        let path = {
-            let out = b.cli(&["tunnels", "--json"]);
-            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            report["mapped"][0]["path"]
-                .as_str()
-                .unwrap_or("?")
-                .to_owned()
-        };
-        rows.push(format!(
-            "| throughput, {label} | {tunnel:.0} MiB/s | {plain:.0} MiB/s | {:.2}x | path {path} |",
-            tunnel / plain
-        ));
-        eprintln!("{}", rows.last().unwrap());
-
-        // Time to first byte, fresh names.
-        for i in 0..=names {
-            let out = a.cli(&[
-                "expose",
-                &format!("web{i}"),
-                "80",
-                "--to",
-                &format!("127.0.0.1:{WEB_PORT}"),
-            ]);
-            assert!(out.status.success(), "{}", describe(&out));
+        let bench = bench_lab(&tools, kind);
+        wait_tunnel_address(&bench.b, "bulk.p2p");
+        for row in first_byte_rows(&bench, label, names) {
+            add(row);
         }
-        // Every record has reached the DHT before the clock starts (the lookup, not the
-        // publishing, is what a user waits for).
-        thread_sleep_secs(3);
-        let mut warm = Vec::new();
-        let mut cold = 0.0;
-        for i in 0..=names {
-            let url = format!("http://web{i}.p2p/");
-            let t = curl_timing(&b_home.host, &url).unwrap_or_else(|| {
-                panic!("curl {url} failed\nB log:\n{}", tail(&b.proc.stderr(), 40))
-            });
-            if i == 0 {
-                cold = t;
-            } else {
-                warm.push(t);
+        add(throughput_row(
+            &tools,
+            &bench,
+            &format!("{label}, unshaped links"),
+            size,
+        ));
+        if kind == Nat::Eim {
+            for mbit in [1000, 100] {
+                shape(&bench.a_home, mbit);
+                let shaped = size.min((mbit as usize / 8 * 5) << 20);
+                add(throughput_row(
+                    &tools,
+                    &bench,
+                    &format!("{label}, {mbit} Mbit/s uplink"),
+                    shaped,
+                ));
             }
         }
-        warm.sort_by(f64::total_cmp);
-        let mut plain_times: Vec<f64> = (0..names.max(1))
-            .filter_map(|_| curl_timing(&b_home.host, &format!("http://{forward}:{WEB_PORT}/")))
-            .collect();
-        plain_times.sort_by(f64::total_cmp);
-        rows.push(format!(
-            "| first byte, {label}: first name of a peer | {:.0} ms | - | | DNS + DHT + connection + stream |",
-            cold * 1000.0
-        ));
-        rows.push(format!(
-            "| first byte, {label}: fresh names, p50 / p95 | {} / {} | {} / {} | | {names} names |",
-            quantile(&warm, 0.5),
-            quantile(&warm, 0.95),
-            quantile(&plain_times, 0.5),
-            quantile(&plain_times, 0.95)
-        ));
-        eprintln!("{}\n{}", rows[rows.len() - 2], rows[rows.len() - 1]);
-
-        // Memory per open stream.
-        let (a_before, b_before) = (rss_kib(&a.proc), rss_kib(&b.proc));
-        let mut holder = b_home.host.exec(&tools.python3);
-        holder.args(["-u", "-c", HOLDER_PY, "bulk.p2p", "80", &idle.to_string()]);
-        let mut holder = Proc::spawn("holder", holder, bench.lab.dir.path());
-        holder.wait_until("hold", std::time::Duration::from_secs(120), |out, _| {
-            out.contains("held")
-        });
-        thread_sleep_secs(2);
-        let (a_after, b_after) = (rss_kib(&a.proc), rss_kib(&b.proc));
-        let open = {
-            let out = b.cli(&["tunnels", "--json"]);
-            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            report["mapped"]
-                .as_array()
-                .map(|m| m.iter().filter_map(|n| n["open"].as_u64()).sum::<u64>())
-                .unwrap_or(0)
-        };
-        assert_eq!(open, idle as u64, "every held connection is an open tunnel");
-        drop(holder);
-        let per = |before: u64, after: u64| after.saturating_sub(before) as f64 / idle as f64;
-        rows.push(format!(
-            "| memory per open stream, {label} | client {:.1} KiB, server {:.1} KiB | | | {idle} idle connections |",
-            per(b_before, b_after),
-            per(a_before, a_after)
-        ));
-        eprintln!("{}", rows.last().unwrap());
-        drop(bench);
+        add(memory_row(&tools, &bench, label, idle));
     }
     println!();
     println!("| measure | tunnel | plain TCP (port forward) | ratio | note |");
@@ -340,8 +377,4 @@ fn tunnel_bench() {
         size >> 20,
         started.elapsed()
     );
-}
-
-fn thread_sleep_secs(secs: u64) {
-    std::thread::sleep(std::time::Duration::from_secs(secs));
 }
