@@ -73,6 +73,16 @@ fn random_name(prefix: &str) -> String {
     format!("{prefix}-{:x}.p2p", rand::random::<u32>())
 }
 
+/// A service `name`:`port` connected to `to`, for the keys in `allow` (empty: everyone).
+fn spec(name: &str, port: u16, to: impl ToString, allow: Vec<String>) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_owned(),
+        port,
+        to: Some(to.to_string()),
+        allow,
+    }
+}
+
 /// Exposes `spec` on `dht` and announces it, as `p2pdns expose` does.
 async fn expose(dht: &Arc<Dht>, spec: ServiceSpec) {
     let service = dht.tunnels().unwrap().expose(&spec).unwrap();
@@ -119,12 +129,7 @@ async fn an_exposed_service_is_reached_through_its_name() {
     let port = free_port();
     expose(
         server.dht.as_ref().unwrap(),
-        ServiceSpec {
-            name: name.clone(),
-            port,
-            to: Some(echo.to_string()),
-            allow: Vec::new(),
-        },
+        spec(&name, port, echo, Vec::new()),
     )
     .await;
 
@@ -178,12 +183,7 @@ async fn a_service_with_an_allow_list_refuses_other_keys() {
     let own_key = server.dht.as_ref().unwrap().key_name().to_ascii();
     expose(
         server.dht.as_ref().unwrap(),
-        ServiceSpec {
-            name: name.clone(),
-            port,
-            to: Some(echo.to_string()),
-            allow: vec![own_key],
-        },
+        spec(&name, port, echo, vec![own_key]),
     )
     .await;
     let address = tunnel_address(&client, &name).await;
@@ -231,12 +231,7 @@ async fn a_stream_for_anything_not_exposed_is_refused_with_its_reason() {
     let closed = free_port();
     expose(
         dht,
-        ServiceSpec {
-            name: name.clone(),
-            port,
-            to: Some(format!("127.0.0.1:{closed}")),
-            allow: Vec::new(),
-        },
+        spec(&name, port, format!("127.0.0.1:{closed}"), Vec::new()),
     )
     .await;
 
@@ -270,14 +265,7 @@ async fn expose_over_the_control_socket_announces_or_changes_nothing() {
     let (server, client) = pair().await;
     let echo = echo_server().await;
     let port = free_port();
-    let ask = |name: String| {
-        Request::Expose(ServiceSpec {
-            name,
-            port,
-            to: Some(echo.to_string()),
-            allow: Vec::new(),
-        })
-    };
+    let ask = |name: String| Request::Expose(spec(&name, port, echo, Vec::new()));
 
     // Another node's key name can only be published by that node: nothing is exposed.
     let other = client.dht.as_ref().unwrap().key_name().to_ascii();

@@ -21,7 +21,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    nat::{Daemon, Lab, Nat, Ns, TOOL_TIMEOUT, Tools},
+    nat::{Daemon, Home, Intro, Lab, Nat, Ns, TOOL_TIMEOUT, Tools},
     process::{Proc, describe, run_bounded, tail, tool},
 };
 
@@ -230,48 +230,93 @@ fn sha256_file(path: &Path) -> String {
     hex(&Sha256::digest(fs::read(path).unwrap_or_default()))
 }
 
+/// A web site on A's own 127.0.0.1:[`WEB_PORT`] behind an `a_nat` router, exposed as
+/// `site.p2p` port 80, and a client B behind a `b_nat` router that resolves it to its tunnel
+/// address; the introduction server gets `intro` as more configuration.
+struct Site {
+    lab: Lab,
+    b_home: Home,
+    a: Daemon,
+    b: Daemon,
+    big_sha: String,
+    _parts: (Intro, Proc, ResolverFiles),
+}
+
+impl Site {
+    fn start(tools: &Tools, a_nat: Nat, b_nat: Nat, intro: &str) -> Self {
+        let mut lab = Lab::new(tools);
+        let a_home = lab.home(a_nat);
+        let b_home = lab.home(b_nat);
+        let files = ResolverFiles::new(&b_home.host);
+        let intro = lab.start_intro_with(intro);
+        let (root, big_sha) = web_root(&lab);
+        let web = start_web(tools, &lab, &a_home.host, &root);
+        let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+        let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+        a.wait_joined();
+        b.wait_joined();
+        wait_relayed(&a);
+        let to = format!("127.0.0.1:{WEB_PORT}");
+        expose(&a, &["site", "80", "--to", &to]);
+        wait_tunnel_address(&b, "site.p2p");
+        Self {
+            lab,
+            b_home,
+            a,
+            b,
+            big_sha,
+            _parts: (intro, web, files),
+        }
+    }
+
+    /// `curl http://site.p2p/PATH` on B into a file of the lab; returns curl's output and the
+    /// file.
+    fn fetch(&self, path: &str) -> (Output, PathBuf) {
+        let file = self
+            .lab
+            .dir
+            .path()
+            .join(format!("fetched-{}", path.replace('/', "_")));
+        let out = curl(&self.b_home.host, &format!("http://site.p2p/{path}"), &file);
+        (out, file)
+    }
+
+    /// Fetches the page and fails unless it holds [`MARKER`].
+    fn page_loads(&self, what: &str) {
+        let (out, file) = self.fetch("");
+        let body = fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            body.contains(MARKER),
+            "{what}: curl http://site.p2p/: {}\nbody: {body}\n{}",
+            describe(&out),
+            logs(&self.a, &self.b)
+        );
+    }
+
+    /// Fetches the 20 MiB file and fails unless it arrives whole.
+    fn big_file_arrives(&self, what: &str) {
+        let (out, file) = self.fetch("big.bin");
+        assert_eq!(
+            sha256_file(&file),
+            self.big_sha,
+            "{what}: the 20 MiB file arrived changed or cut: {}\n{}",
+            describe(&out),
+            logs(&self.a, &self.b)
+        );
+    }
+}
+
 #[test]
 fn a_site_behind_a_nat_opens_by_name_from_behind_another() {
     let tools = Tools::find();
-    let mut lab = Lab::new(&tools);
-    let a_home = lab.home(Nat::Eim);
-    let b_home = lab.home(Nat::Eim);
-    let _b_files = ResolverFiles::new(&b_home.host);
-    let intro = lab.start_intro();
-    let (root, big_sha) = web_root(&lab);
-    let _web = start_web(&tools, &lab, &a_home.host, &root);
-    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
-    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
-    a.wait_joined();
-    b.wait_joined();
-    wait_relayed(&a);
-    expose(
-        &a,
-        &["site", "80", "--to", &format!("127.0.0.1:{WEB_PORT}")],
-    );
-    let address = wait_tunnel_address(&b, "site.p2p");
+    let site = Site::start(&tools, Nat::Eim, Nat::Eim, "");
+    let Site {
+        lab, b_home, a, b, ..
+    } = &site;
 
-    // curl resolves site.p2p through resolv.conf and fetches the page.
-    let page = lab.dir.path().join("page.html");
-    let out = curl(&b_home.host, "http://site.p2p/", &page);
-    let body = fs::read_to_string(&page).unwrap_or_default();
-    assert!(
-        body.contains(MARKER),
-        "curl http://site.p2p/ (at {address}): {}\nbody: {body}\n{}",
-        describe(&out),
-        logs(&a, &b)
-    );
-
-    // 20 MiB arrive whole.
-    let big = lab.dir.path().join("big.bin");
-    let out = curl(&b_home.host, "http://site.p2p/big.bin", &big);
-    assert_eq!(
-        sha256_file(&big),
-        big_sha,
-        "the 20 MiB file arrived changed or cut: {}\n{}",
-        describe(&out),
-        logs(&a, &b)
-    );
+    // curl resolves site.p2p through resolv.conf and fetches the page; 20 MiB arrive whole.
+    site.page_loads("EIM to EIM");
+    site.big_file_arrives("EIM to EIM");
 
     // Headless Chromium shows the page (its own DNS client reads the same resolv.conf).
     let profile = lab.dir.subdir("chromium-profile");
@@ -295,73 +340,45 @@ fn a_site_behind_a_nat_opens_by_name_from_behind_another() {
         String::from_utf8_lossy(&out.stdout).contains(MARKER),
         "chromium --dump-dom http://site.p2p/: {}\n{}",
         describe(&out),
-        logs(&a, &b)
+        logs(a, b)
     );
 
     // Two plain home routers let hole punching through: the tunnel runs direct, and both sides
     // count what passed.
-    let report = tunnels(&b);
+    let report = tunnels(b);
     let mapped = &report["mapped"][0];
     assert_eq!(mapped["name"], "site.p2p", "{report:#}");
-    assert_eq!(mapped["path"], "direct", "{report:#}\n{}", logs(&a, &b));
-    assert!(
-        mapped["received"].as_u64().unwrap_or(0) >= BIG_FILE as u64,
-        "{report:#}"
-    );
-    let served = tunnels(&a);
-    assert!(
-        served["exposed"][0]["streams"].as_u64().unwrap_or(0) >= 3,
-        "{served:#}"
-    );
+    assert_eq!(mapped["path"], "direct", "{report:#}\n{}", logs(a, b));
+    let received = mapped["received"].as_u64().unwrap_or(0);
+    assert!(received >= BIG_FILE as u64, "{report:#}");
+    let served = tunnels(a);
+    let streams = served["exposed"][0]["streams"].as_u64().unwrap_or(0);
+    assert!(streams >= 3, "{served:#}");
 }
 
 #[test]
 fn symmetric_nats_tunnel_through_the_relay_and_a_cut_is_reported() {
     let tools = Tools::find();
-    let mut lab = Lab::new(&tools);
-    let a_home = lab.home(Nat::Symmetric);
-    let b_home = lab.home(Nat::Symmetric);
-    let _b_files = ResolverFiles::new(&b_home.host);
     // The introduction server's default circuit budget (120 s, 1 MiB).
-    let intro = lab.start_intro();
-    let (root, _) = web_root(&lab);
-    let _web = start_web(&tools, &lab, &a_home.host, &root);
-    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
-    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
-    a.wait_joined();
-    b.wait_joined();
-    wait_relayed(&a);
-    expose(
-        &a,
-        &["site", "80", "--to", &format!("127.0.0.1:{WEB_PORT}")],
-    );
-    wait_tunnel_address(&b, "site.p2p");
+    let site = Site::start(&tools, Nat::Symmetric, Nat::Symmetric, "");
+    let Site { a, b, .. } = &site;
 
     // A small page fits in one circuit.
-    let page = lab.dir.path().join("page.html");
-    let out = curl(&b_home.host, "http://site.p2p/", &page);
-    let body = fs::read_to_string(&page).unwrap_or_default();
-    assert!(
-        body.contains(MARKER),
-        "{}\nbody: {body}\n{}",
-        describe(&out),
-        logs(&a, &b)
-    );
-    let report = tunnels(&b);
+    site.page_loads("symmetric to symmetric");
+    let report = tunnels(b);
     assert_eq!(report["mapped"][0]["path"], "relayed", "{report:#}");
 
     // 20 MiB do not: the relay cuts the circuit, curl sees a reset (not a short, clean
     // download), and B's tunnels report says the relay cut it.
-    let big = lab.dir.path().join("big.bin");
-    let out = curl(&b_home.host, "http://site.p2p/big.bin", &big);
+    let (out, file) = site.fetch("big.bin");
     assert!(
         !out.status.success(),
         "the download must fail: {}",
         describe(&out)
     );
-    let got = fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
+    let got = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     assert!(got < BIG_FILE as u64, "only part arrives: {got} B");
-    let report = tunnels(&b);
+    let report = tunnels(b);
     let error = report["mapped"][0]["last_error"]
         .as_str()
         .unwrap_or_default()
@@ -369,7 +386,7 @@ fn symmetric_nats_tunnel_through_the_relay_and_a_cut_is_reported() {
     assert!(
         error.contains("cut") && error.contains("relay"),
         "B's tunnels report names the cut and the relay: {report:#}\n{}",
-        logs(&a, &b)
+        logs(a, b)
     );
     let log = b.proc.stderr();
     assert!(
@@ -382,35 +399,11 @@ fn symmetric_nats_tunnel_through_the_relay_and_a_cut_is_reported() {
 #[test]
 fn symmetric_nats_carry_a_large_transfer_through_a_relay_with_raised_limits() {
     let tools = Tools::find();
-    let mut lab = Lab::new(&tools);
-    let a_home = lab.home(Nat::Symmetric);
-    let b_home = lab.home(Nat::Symmetric);
-    let _b_files = ResolverFiles::new(&b_home.host);
     // An operator who lets circuits carry more: 10 minutes, 64 MiB.
-    let intro =
-        lab.start_intro_with("[intro]\ncircuit_duration_secs = 600\ncircuit_bytes = 67108864\n");
-    let (root, big_sha) = web_root(&lab);
-    let _web = start_web(&tools, &lab, &a_home.host, &root);
-    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
-    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
-    a.wait_joined();
-    b.wait_joined();
-    wait_relayed(&a);
-    expose(
-        &a,
-        &["site", "80", "--to", &format!("127.0.0.1:{WEB_PORT}")],
-    );
-    wait_tunnel_address(&b, "site.p2p");
-    let big = lab.dir.path().join("big.bin");
-    let out = curl(&b_home.host, "http://site.p2p/big.bin", &big);
-    assert_eq!(
-        sha256_file(&big),
-        big_sha,
-        "20 MiB through the relay: {}\n{}",
-        describe(&out),
-        logs(&a, &b)
-    );
-    let report = tunnels(&b);
+    let intro = "[intro]\ncircuit_duration_secs = 600\ncircuit_bytes = 67108864\n";
+    let site = Site::start(&tools, Nat::Symmetric, Nat::Symmetric, intro);
+    site.big_file_arrives("symmetric to symmetric, raised relay limits");
+    let report = tunnels(&site.b);
     assert_eq!(report["mapped"][0]["path"], "relayed", "{report:#}");
 }
 
