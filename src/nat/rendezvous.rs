@@ -97,8 +97,10 @@ impl RendezvousClient {
                     *point = RendezvousPoint::default();
                 }
             }
-            // Tell the rendezvous points the new address now.
-            SwarmEvent::ExternalAddrConfirmed { .. } => {
+            // Tell the rendezvous points the new addresses now: a relayed one as soon as a
+            // relay grants the slot, and without one the node gave back (it would keep peers
+            // from dialing it directly).
+            SwarmEvent::ExternalAddrConfirmed { .. } | SwarmEvent::ExternalAddrExpired { .. } => {
                 for point in self.points.values_mut() {
                     point.register_at = None;
                 }

@@ -771,12 +771,14 @@ impl Lab {
             .args(["--dns-listen", &format!("127.0.0.1:{DNS_PORT}")])
             // Port 53 too, where a namespace's resolv.conf sends glibc, curl and browsers.
             .args(["--dns-listen", "127.0.0.1:53"]);
+        let started = Instant::now();
         let mut proc = Proc::spawn(&name, command, self.dir.path());
         proc.wait_until("log `ready`", START_TIMEOUT, |_, err| {
             err.contains(" ready")
         });
         Daemon {
             proc,
+            started,
             ns: host.clone(),
             config,
             data,
@@ -809,6 +811,8 @@ pub(crate) struct Intro {
 /// A `p2pdns run` daemon in a home host.
 pub(crate) struct Daemon {
     pub(crate) proc: Proc,
+    /// Just before its process was started.
+    started: Instant,
     pub(crate) ns: Ns,
     config: PathBuf,
     pub(crate) data: PathBuf,
@@ -837,13 +841,7 @@ impl Daemon {
         let deadline = Instant::now() + JOIN_TIMEOUT;
         loop {
             let status = self.status();
-            let connected = status
-                .lines()
-                .find_map(|line| line.strip_prefix("peers:"))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or(0);
-            if connected > 0 {
+            if connected_peers(&status) > 0 {
                 return;
             }
             assert!(
@@ -877,6 +875,23 @@ impl Daemon {
                 (status.contains("reachable:  private ") && relayed).then_some("private")
             }
         })
+    }
+
+    /// Publishes `site.p2p` with `address` as its A record and waits until another node holds
+    /// it.
+    fn publish_site(&mut self, address: &str) {
+        let out = self.cli(&["publish", "site", "A", address]);
+        let name = self.proc.name();
+        assert!(out.status.success(), "{name}: publish: {}", describe(&out));
+        self.wait_held("site.p2p");
+    }
+
+    /// `p2pdns connect site --wait SECONDS` through this daemon: how the command ended, and
+    /// what it said (trimmed).
+    fn connect_site(&self, wait_secs: u64) -> (Output, String) {
+        let out = self.cli(&["connect", "site", "--wait", &wait_secs.to_string()]);
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out, said)
     }
 
     /// Waits until `names` reports `name` held by at least one other node.
@@ -1150,12 +1165,9 @@ fn connect_case_over(tools: &Tools, a_nat: Nat, b_nat: Nat, transport: Transport
     // AutoNAT (against the introduction server) judges A: public (a forwarded port), or
     // private and then A takes a relay slot on the introduction server.
     let a_reachable = a.wait_reachability(&case, Duration::from_secs(45));
-    let out = a.cli(&["publish", "site", "A", "198.18.200.50"]);
-    assert!(out.status.success(), "{case}: {}", describe(&out));
-    a.wait_held("site.p2p");
+    a.publish_site("198.18.200.50");
 
-    let out = b.cli(&["connect", "site", "--wait", "8"]);
-    let output = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (out, output) = b.connect_site(8);
     assert!(
         out.status.success(),
         "{case}: {}\nA status:\n{}\nB status:\n{}\nA log:\n{}\nB log:\n{}",
@@ -1204,6 +1216,23 @@ fn connect_case_over(tools: &Tools, a_nat: Nat, b_nat: Nat, transport: Transport
         punched: output.contains("relayed first, then hole punched"),
         output,
     }
+}
+
+/// The number of connected peers `status` reports (0 when it reports none, or nothing).
+fn connected_peers(status: &str) -> usize {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("peers:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0)
+}
+
+/// AutoNAT's verdict as `status` words it (`unknown`, `private`, `public behind NAT`...), or
+/// nothing when the status has no such line (the daemon is not answering yet).
+fn reachability(status: &str) -> Option<&str> {
+    let line = status.lines().find_map(|l| l.strip_prefix("reachable:"))?;
+    Some(line.trim().trim_end_matches("(AutoNAT)").trim())
 }
 
 /// Does `status` list `mapped` as an external address from a UPnP port mapping?
@@ -1375,6 +1404,112 @@ fn a_node_behind_nat_reserves_again_after_the_introduction_server_restarts() {
     );
 }
 
+/// A node started behind NAT takes a relay slot as soon as it meets the introduction server,
+/// without waiting for AutoNAT's verdict (the first probe waits 3 s, and behind this NAT its
+/// dial-back then times out): its status shows the relayed address, registered at the
+/// rendezvous point, while its reachability is still unknown, and a node behind another NAT
+/// connects to it through the relay right after. How soon, per NAT kind, is
+/// `start_benchmark`'s figure.
+#[test]
+fn a_node_behind_nat_is_connectable_before_autonat_has_judged_it() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let a_home = lab.home(Nat::Eim);
+    let b_home = lab.home(Nat::Symmetric);
+    let intro = lab.start_intro();
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    b.wait_joined();
+
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let status = a.wait_status(
+        "a relayed address, registered at the rendezvous point",
+        JOIN_TIMEOUT,
+        |status| {
+            (status.contains("relayed at: ") && status.contains("(registered;"))
+                .then(|| status.to_owned())
+        },
+    );
+    assert_eq!(
+        reachability(&status),
+        Some("unknown"),
+        "A took its relay slot only once AutoNAT had judged it:\n{status}\n{}",
+        tail(&a.proc.stderr(), 60)
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("external:") && l.contains("(relay reservation)")),
+        "the relayed address is not among A's external addresses:\n{status}"
+    );
+
+    a.publish_site("198.18.200.90");
+    let (out, output) = b.connect_site(0);
+    assert!(
+        out.status.success() && output.contains("relayed"),
+        "B behind a symmetric NAT -> A through the relay: {}\nA status:\n{}\nA log:\n{}",
+        describe(&out),
+        a.status(),
+        tail(&a.proc.stderr(), 60)
+    );
+    eprintln!(
+        "A (reachability {}) at {:?} after its start: {output}",
+        reachability(&a.status()).unwrap_or_default(),
+        a.started.elapsed()
+    );
+}
+
+/// A firewall on a public host that drops new inbound P2P connections: AutoNAT's dial-backs
+/// stay out while it is in place.
+const P2P_FIREWALL: &str = "table inet firewall {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        ct state established,related accept
+        meta l4proto { tcp, udp } th dport 4747 drop
+    }
+}
+";
+
+/// A node on a public address takes a relay slot while it is not judged yet, like any other,
+/// and gives it back once AutoNAT has reached it at its own address: the relayed address goes
+/// from its status and it serves the DHT. A firewall keeps AutoNAT out until the slot shows,
+/// so that the node holds one first whatever the timing.
+#[test]
+fn a_node_found_reachable_directly_gives_its_relay_slot_back() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let (host, _) = lab.public_host();
+    let firewall = lab.dir.write("firewall.nft", P2P_FIREWALL);
+    host.must(&tools.nft, &["-f", &firewall.display().to_string()]);
+    let intro = lab.start_intro();
+    let mut a = lab.start_daemon_with(&host, &intro.bootstrap, "");
+    a.wait_joined();
+    a.wait_status(
+        "a relay slot while AutoNAT cannot reach the node",
+        JOIN_TIMEOUT,
+        |status| status.contains("relayed at: ").then_some(()),
+    );
+
+    host.must(&tools.nft, &["delete", "table", "inet", "firewall"]);
+    // If a probe failed behind the firewall, AutoNAT asks the introduction server (its only
+    // server) again only after 90 s.
+    a.wait_status(
+        "public, serving the DHT, without a relay slot",
+        Duration::from_secs(150),
+        |status| {
+            (reachability(status) == Some("public")
+                && status.contains("dht mode:   server")
+                && !status.contains("relayed at: ")
+                && !status.contains("(relay reservation)"))
+            .then_some(())
+        },
+    );
+    assert!(
+        a.proc.stderr().contains("giving the relay slot back"),
+        "the log does not say the slot was given back:\n{}",
+        tail(&a.proc.stderr(), 60)
+    );
+}
+
 /// A node behind a router that offers UPnP IGD gets its port forwarded, knows it is reachable
 /// (a DHT server, no relay slot), and a node behind a symmetric NAT, which cannot hole punch,
 /// connects to it directly.
@@ -1406,11 +1541,8 @@ fn a_node_behind_upnp_becomes_publicly_reachable() {
         "a reachable node took a relay slot:\n{status}"
     );
 
-    let out = a.cli(&["publish", "site", "A", "198.18.200.70"]);
-    assert!(out.status.success(), "publish: {}", describe(&out));
-    a.wait_held("site.p2p");
-    let out = b.cli(&["connect", "site", "--wait", "8"]);
-    let output = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    a.publish_site("198.18.200.70");
+    let (out, output) = b.connect_site(8);
     assert!(
         out.status.success()
             && output.contains(": direct connection to ")
@@ -1507,8 +1639,7 @@ fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working
     }
     a.wait_held_by("site.p2p", 2);
     a.wait_held_by("later.p2p", 2);
-    let out = b.cli(&["connect", "site", "--wait", "8"]);
-    let connected = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (out, connected) = b.connect_site(8);
     assert!(
         out.status.success() && connected.contains(": direct connection to "),
         "B -> A before the introduction server goes: {}\nA status:\n{}\nB status:\n{}",
@@ -1520,8 +1651,7 @@ fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working
     drop(intro);
 
     // The direct connection stays: `connect` finds it open, and no relayed one is left.
-    let out = b.cli(&["connect", "site", "--wait", "1"]);
-    let again = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (out, again) = b.connect_site(1);
     assert!(
         out.status.success() && again.contains(": direct connection to "),
         "B -> A after the introduction server went: {}\nB status:\n{}",
@@ -1540,11 +1670,23 @@ fn with_the_introduction_server_gone_direct_connections_and_lookups_keep_working
     });
 }
 
+/// A NAT kind as the benchmarks' environment names it.
+fn nat_kind(name: &str) -> Nat {
+    match name {
+        "eim" => Nat::Eim,
+        "full" => Nat::FullCone,
+        "addr" => Nat::AddressRestricted,
+        "sym" => Nat::Symmetric,
+        "upnp" => Nat::Upnp,
+        other => panic!("unknown NAT kind {other:?} (eim, full, addr, sym, upnp)"),
+    }
+}
+
 /// Benchmark, not a test: repeated `connect` trials per NAT pairing; prints the direct
 /// connection rate and the time from the first dial to a direct connection.
 ///
 /// Run: `TRIALS=5 PAIRS=eim-eim,eim-addr,sym-sym TRANSPORTS=quic,tcp cargo test --release \
-/// --features lab --test lab nat::traversal_benchmark -- --ignored --nocapture` (pairs: publisher-connector, each
+/// --test lab nat::traversal_benchmark -- --ignored --nocapture` (pairs: publisher-connector, each
 /// one of eim, full, addr, sym, upnp; default: the ten of the matrix test; transports: quic,
 /// tcp, both, the daemons listening on that only; default quic,tcp). The introduction server
 /// always offers both.
@@ -1556,14 +1698,6 @@ fn traversal_benchmark() {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(3);
-    let kind = |name: &str| match name {
-        "eim" => Nat::Eim,
-        "full" => Nat::FullCone,
-        "addr" => Nat::AddressRestricted,
-        "sym" => Nat::Symmetric,
-        "upnp" => Nat::Upnp,
-        other => panic!("unknown NAT kind {other:?} (eim, full, addr, sym, upnp)"),
-    };
     let pairs: Vec<(Nat, Nat)> = env::var("PAIRS")
         .unwrap_or_else(|_| {
             "eim-eim,eim-full,eim-addr,eim-sym,full-full,full-sym,addr-addr,addr-full,sym-eim,sym-sym"
@@ -1572,7 +1706,7 @@ fn traversal_benchmark() {
         .split(',')
         .map(|pair| {
             let (a, b) = pair.split_once('-').expect("PAIRS: publisher-connector,...");
-            (kind(a), kind(b))
+            (nat_kind(a), nat_kind(b))
         })
         .collect();
     let transports: Vec<Transport> = env::var("TRANSPORTS")
@@ -1641,6 +1775,154 @@ fn traversal_benchmark() {
         "| publisher's NAT | connector's NAT | transports | direct | of which hole punched | set-up failures | time to direct p50 | p95 | direct over |"
     );
     println!("|---|---|---|---:|---:|---:|---:|---:|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
+/// How long [`start_benchmark`] waits for AutoNAT's first verdict on the node it started.
+const VERDICT_WAIT: Duration = Duration::from_secs(45);
+
+/// How soon after its start a node behind NAT could be connected to, in one fresh lab; every
+/// time is counted from just before its process started.
+#[derive(Debug)]
+struct StartFigures {
+    /// The first status with a relayed address: peers can connect through the relay.
+    reserved: Duration,
+    /// AutoNAT's reachability in that status.
+    reachable_then: String,
+    /// AutoNAT's first verdict (reachability no longer unknown), if it came within the trial.
+    verdict: Option<Duration>,
+    /// When a node behind another NAT had connected to it with `p2pdns connect`, asked as
+    /// soon as the relayed address showed and the node's name was held by the network.
+    connected: Duration,
+}
+
+/// Starts A behind `kind`, with B (behind a plain home router) up and joined, and reads A's
+/// status every [`POLL`] until B has connected to A and AutoNAT has judged A (or
+/// `VERDICT_WAIT` passed). A publishes its name as soon as it has a peer.
+fn start_to_connectable(tools: &Tools, kind: Nat) -> StartFigures {
+    let case = format!("started behind {kind:?}");
+    let mut lab = Lab::new(tools);
+    let a_home = lab.home(kind);
+    let b_home = lab.home(Nat::Eim);
+    let intro = lab.start_intro();
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    b.wait_joined();
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let (mut published, mut reserved, mut verdict, mut connected) = (false, None, None, None);
+    while connected.is_none() || (verdict.is_none() && a.started.elapsed() < VERDICT_WAIT) {
+        let status = a.status();
+        let at = a.started.elapsed();
+        let reachable = reachability(&status).unwrap_or_default().to_owned();
+        if verdict.is_none() && !reachable.is_empty() && reachable != "unknown" {
+            verdict = Some(at);
+        }
+        if reserved.is_none() && status.contains("relayed at: ") {
+            reserved = Some((at, reachable));
+        }
+        if !published && connected_peers(&status) > 0 {
+            let out = a.cli(&["publish", "site", "A", "198.18.200.80"]);
+            assert!(out.status.success(), "{case}: publish: {}", describe(&out));
+            published = true;
+        }
+        if connected.is_none() && published && reserved.is_some() {
+            a.wait_held("site.p2p");
+            let (out, _) = b.connect_site(0);
+            assert!(
+                out.status.success(),
+                "{case}: connect: {}\nA status:\n{}\nA log:\n{}",
+                describe(&out),
+                a.status(),
+                tail(&a.proc.stderr(), 60)
+            );
+            connected = Some(a.started.elapsed());
+        }
+        assert!(
+            a.started.elapsed() < VERDICT_WAIT + JOIN_TIMEOUT,
+            "{case}: no relayed address or no connection after {:?}:\n{status}\n{}",
+            a.started.elapsed(),
+            tail(&a.proc.stderr(), 60)
+        );
+        thread::sleep(POLL);
+    }
+    let (reserved, reachable_then) = reserved.expect("the loop ends once connected");
+    StartFigures {
+        reserved,
+        reachable_then,
+        verdict,
+        connected: connected.expect("the loop ends once connected"),
+    }
+}
+
+/// Benchmark, not a test: how soon a node behind each kind of NAT can be connected to after
+/// it starts, side by side with when AutoNAT first judged it. Prints, per NAT kind, the
+/// median and range of: the time to a relay reservation (and AutoNAT's verdict when it was
+/// first seen), to AutoNAT's first verdict, and to another node's `connect` having succeeded.
+///
+/// Run: `TRIALS=3 NATS=eim,full,addr,sym cargo test --test lab nat::start_benchmark -- \
+/// --ignored --nocapture` (NAT kinds as in `traversal_benchmark`; default: the four above).
+/// The connecting node is behind a plain home router and up before the measured one starts.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn start_benchmark() {
+    let tools = Tools::find();
+    let trials: usize = env::var("TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(3);
+    let kinds: Vec<Nat> = env::var("NATS")
+        .unwrap_or_else(|_| "eim,full,addr,sym".into())
+        .split(',')
+        .map(nat_kind)
+        .collect();
+    let spread = |mut times: Vec<Duration>| {
+        times.sort_unstable();
+        match (times.first(), times.get(times.len() / 2), times.last()) {
+            (Some(min), Some(median), Some(max)) => format!(
+                "{:.1} s ({:.1}-{:.1})",
+                median.as_secs_f64(),
+                min.as_secs_f64(),
+                max.as_secs_f64()
+            ),
+            _ => "-".to_owned(),
+        }
+    };
+    let mut rows = Vec::new();
+    for kind in kinds {
+        let mut figures = Vec::new();
+        let mut failed = 0;
+        for _ in 0..trials {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                start_to_connectable(&tools, kind)
+            })) {
+                Ok(f) => figures.push(f),
+                Err(_) => failed += 1,
+            }
+        }
+        let then: BTreeSet<&str> = figures.iter().map(|f| f.reachable_then.as_str()).collect();
+        let unjudged = figures.iter().filter(|f| f.verdict.is_none()).count();
+        rows.push(format!(
+            "| {kind:?} | {} | {} | {}{} | {} | {failed} |",
+            spread(figures.iter().map(|f| f.reserved).collect()),
+            then.into_iter().collect::<Vec<_>>().join(", "),
+            spread(figures.iter().filter_map(|f| f.verdict).collect()),
+            match unjudged {
+                0 => String::new(),
+                n => format!(", {n} not judged within {VERDICT_WAIT:?}"),
+            },
+            spread(figures.iter().map(|f| f.connected).collect()),
+        ));
+        eprintln!("{}", rows.last().expect("just pushed"));
+    }
+    println!();
+    println!(
+        "{trials} trials per NAT kind; a trial is a fresh lab (introduction server, two homes)."
+    );
+    println!(
+        "| NAT | relay reservation, median (range) | reachability then | AutoNAT's first verdict | connected by another node | failed trials |"
+    );
+    println!("|---|---:|---|---:|---:|---:|");
     for row in rows {
         println!("{row}");
     }
