@@ -29,8 +29,10 @@ pub const EXPOSED_FILE: &str = "exposed.toml";
 /// The first two labels of the SRV owner that announces a tunnelled name (RFC 2782 service
 /// and protocol labels).
 pub const SRV_PREFIX: &str = "_p2pdns-tunnel._tcp";
-/// TTL of the SRV records announcing services, in seconds.
-const SRV_TTL: u32 = 300;
+/// TTL of the SRV records announcing services, in seconds. Resolvers keep a record for its
+/// smallest TTL, so this bounds how long a client keeps using a service after it is removed,
+/// or ignores one just added.
+const SRV_TTL: u32 = 60;
 
 /// Errors of a service's definition or of the service table.
 #[derive(Debug, thiserror::Error)]
