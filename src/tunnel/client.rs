@@ -168,9 +168,20 @@ impl Client {
     }
 
     /// Listens on `address` at `ports` for `name` (`site.p2p`) served by `peer`: ports no
-    /// longer listed are closed, new ones opened; a port that cannot be bound is logged and
-    /// skipped (the others still work).
-    pub(crate) fn map(&self, name: &str, address: Ipv4Addr, peer: PeerId, ports: &[u16]) {
+    /// longer listed are closed, new ones opened.
+    ///
+    /// # Errors
+    /// A port that cannot be listened on (another program holds it on every address, or it is
+    /// below 1024 without the capability): the name must not be answered, or a program would
+    /// reach whatever holds that port on this machine instead of the service. The error is
+    /// logged once per distinct message and kept as the name's last error.
+    pub(crate) fn map(
+        &self,
+        name: &str,
+        address: Ipv4Addr,
+        peer: PeerId,
+        ports: &[u16],
+    ) -> Result<(), std::io::Error> {
         let mut mappings = lock(&self.mappings);
         let mapping = mappings.entry(name.to_owned()).or_insert_with(|| Mapping {
             state: Arc::new(NameState {
@@ -205,12 +216,24 @@ impl Client {
                         .insert(port, AbortOnDropHandle::new(tokio::spawn(task)));
                 }
                 Err(error) => {
-                    let message = format!("cannot listen on {address}:{port}: {error}");
-                    warn!(%name, "{message}");
-                    mapping.state.failed(message);
+                    let message = format!(
+                        "cannot listen on {address}:{port}, so {name} is not answered: {error}{}",
+                        if error.kind() == std::io::ErrorKind::AddrInUse {
+                            " (a program on this machine holds that port on every address)"
+                        } else {
+                            ""
+                        }
+                    );
+                    let mut last = lock(&mapping.state.last_error);
+                    if last.as_deref() != Some(message.as_str()) {
+                        warn!("{message}");
+                        *last = Some(message.clone());
+                    }
+                    return Err(std::io::Error::new(error.kind(), message));
                 }
             }
         }
+        Ok(())
     }
 
     /// The tunnelled names, by name.

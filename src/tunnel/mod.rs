@@ -52,6 +52,9 @@ pub enum TunnelError {
     /// The address table could not be loaded or gave no address.
     #[error(transparent)]
     Address(#[from] AddressError),
+    /// A port of a tunnelled name cannot be listened on; the message says which and why.
+    #[error("{0}")]
+    Listen(#[source] std::io::Error),
     /// Something else already accepts the tunnel protocol on this node.
     #[error("the tunnel protocol is already served on this node")]
     AlreadyServed,
@@ -173,12 +176,15 @@ impl Tunnels {
     /// `ports`, listened on at those ports from now on.
     ///
     /// # Errors
-    /// [`AddressError`] when the range is full or the table cannot be saved.
+    /// [`TunnelError::Address`] when the range is full or the table cannot be saved;
+    /// [`TunnelError::Listen`] when a port cannot be listened on (the name must then not be
+    /// answered).
     pub fn map(&self, name: &Name, peer: PeerId, ports: &[u16]) -> Result<Ipv4Addr, TunnelError> {
         let address = lock(&self.addresses).assign(name)?;
         let text = name.to_lowercase().to_ascii();
         self.client
-            .map(text.trim_end_matches('.'), address, peer, ports);
+            .map(text.trim_end_matches('.'), address, peer, ports)
+            .map_err(TunnelError::Listen)?;
         Ok(address)
     }
 

@@ -323,3 +323,45 @@ async fn expose_over_the_control_socket_announces_or_changes_nothing() {
         .unwrap();
     assert!(record.records.is_empty(), "{:?}", record.records);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_held_by_a_local_program_is_never_answered_with_the_tunnel_address() {
+    let (server, client) = pair().await;
+    let echo = echo_server().await;
+    let name = random_name("clash");
+    // A local program holds the port on every address (as sshd on 0.0.0.0:22 would): a
+    // tunnel address would lead programs to it instead of the service.
+    let local = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = local.local_addr().unwrap().port();
+    expose(
+        server.dht.as_ref().unwrap(),
+        spec(&name, port, echo, Vec::new()),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let refused = loop {
+        let answer = ask(client.addr, &name, RecordType::A).await;
+        if answer.metadata.response_code == ResponseCode::ServFail {
+            break answer;
+        }
+        assert!(
+            answer.answers.is_empty(),
+            "no address while the port is held: {answer:?}"
+        );
+        assert!(tokio::time::Instant::now() < deadline, "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused.answers.is_empty(), "{refused:?}");
+    let report = client.dht.as_ref().unwrap().tunnels().unwrap().report();
+    let error = report.mapped[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("cannot listen"), "{error}");
+
+    // Once the program lets go of the port, the name is answered and works.
+    drop(local);
+    let address = tunnel_address(&client, &name).await;
+    let mut tcp = TcpStream::connect((address, port)).await.unwrap();
+    tcp.write_all(b"hi\n").await.unwrap();
+    let mut buf = [0; 3];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi\n");
+}
