@@ -16,6 +16,8 @@ use ipnet::IpNet;
 use libp2p::Multiaddr;
 use serde::{Deserialize, Deserializer};
 
+pub use crate::intro::config::IntroConfig;
+
 /// The commented default configuration, shipped inside the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/p2pdns.toml");
 
@@ -296,57 +298,6 @@ impl Default for P2pConfig {
     }
 }
 
-/// `[intro]`: what an introduction server (`p2pdns intro`) grants at most. Relay circuits only
-/// carry the start of a connection (hole punching replaces them), so they are short and small.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IntroConfig {
-    /// Relay reservations held at once, in all (a reservation is the slot through which a node
-    /// behind NAT is reached).
-    pub max_reservations: usize,
-    /// Relay reservations held at once for any one peer.
-    pub max_reservations_per_peer: usize,
-    /// How long a reservation lasts before the node must renew it, in seconds.
-    pub reservation_duration_secs: u64,
-    /// Relayed connections open at once, in all.
-    pub max_circuits: usize,
-    /// Relayed connections open at once with any one peer.
-    pub max_circuits_per_peer: usize,
-    /// A relayed connection is cut after this many seconds.
-    pub circuit_duration_secs: u64,
-    /// A relayed connection is cut after this many bytes, both directions together.
-    pub circuit_bytes: u64,
-    /// Rendezvous registrations held at once, in all.
-    pub max_registrations: usize,
-    /// Rendezvous registrations held at once for any one peer (one per namespace). A peer
-    /// renews a registration only while it holds fewer than this (libp2p counts the one being
-    /// replaced), so keep it above the namespaces peers use (p2pdns uses one).
-    pub max_registrations_per_peer: usize,
-    /// Shortest lifetime a rendezvous registration may ask for, in seconds.
-    pub registration_min_ttl_secs: u64,
-    /// Longest lifetime a rendezvous registration may ask for, in seconds; at least
-    /// `registration_min_ttl_secs`.
-    pub registration_max_ttl_secs: u64,
-}
-
-impl Default for IntroConfig {
-    fn default() -> Self {
-        Self {
-            max_reservations: 1024,
-            max_reservations_per_peer: 4,
-            reservation_duration_secs: 3600,
-            max_circuits: 256,
-            max_circuits_per_peer: 8,
-            circuit_duration_secs: 120,
-            circuit_bytes: 1 << 20,
-            max_registrations: 10_000,
-            max_registrations_per_peer: 4,
-            registration_min_ttl_secs: 300,
-            registration_max_ttl_secs: 7200,
-        }
-    }
-}
-
 /// Kademlia mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -493,7 +444,7 @@ impl Config {
     }
 }
 
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
         message: message.into(),
@@ -501,7 +452,7 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 }
 
 /// Fails on the first of `limits` (dotted key, value) that is zero.
-fn at_least_one(limits: &[(&str, u64)]) -> Result<(), ConfigError> {
+pub(crate) fn at_least_one(limits: &[(&str, u64)]) -> Result<(), ConfigError> {
     match limits.iter().find(|(_, value)| *value == 0) {
         Some((key, _)) => Err(invalid(key, "must be at least 1")),
         None => Ok(()),
@@ -509,7 +460,7 @@ fn at_least_one(limits: &[(&str, u64)]) -> Result<(), ConfigError> {
 }
 
 /// Fails when the lower bound `min` (at `min_key`) is above `max` (at `max_key`).
-fn ordered(min_key: &str, min: u64, max_key: &str, max: u64) -> Result<(), ConfigError> {
+pub(crate) fn ordered(min_key: &str, min: u64, max_key: &str, max: u64) -> Result<(), ConfigError> {
     if min > max {
         return Err(invalid(
             min_key,
@@ -586,44 +537,6 @@ impl P2pConfig {
             ),
             ("p2p.max_pending_incoming", self.max_pending_incoming.into()),
         ])
-    }
-}
-
-impl IntroConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        at_least_one(&[
-            ("intro.max_reservations", self.max_reservations as u64),
-            (
-                "intro.max_reservations_per_peer",
-                self.max_reservations_per_peer as u64,
-            ),
-            (
-                "intro.reservation_duration_secs",
-                self.reservation_duration_secs,
-            ),
-            ("intro.max_circuits", self.max_circuits as u64),
-            (
-                "intro.max_circuits_per_peer",
-                self.max_circuits_per_peer as u64,
-            ),
-            ("intro.circuit_duration_secs", self.circuit_duration_secs),
-            ("intro.circuit_bytes", self.circuit_bytes),
-            ("intro.max_registrations", self.max_registrations as u64),
-            (
-                "intro.max_registrations_per_peer",
-                self.max_registrations_per_peer as u64,
-            ),
-            (
-                "intro.registration_min_ttl_secs",
-                self.registration_min_ttl_secs,
-            ),
-        ])?;
-        ordered(
-            "intro.registration_min_ttl_secs",
-            self.registration_min_ttl_secs,
-            "intro.registration_max_ttl_secs",
-            self.registration_max_ttl_secs,
-        )
     }
 }
 

@@ -27,6 +27,7 @@ use crate::{
     },
 };
 
+pub mod config;
 pub(crate) mod load;
 
 /// Errors that stop the introduction server.

@@ -2,7 +2,7 @@
 //! which limits, over which transports. What a role turns on (relaying and a rendezvous point
 //! for an introduction server, mDNS and UPnP as configured) is decided here, once.
 
-use std::{error::Error, time::Duration};
+use std::{error::Error, num::NonZeroU32, time::Duration};
 
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport as _, autonat,
@@ -229,7 +229,7 @@ fn kademlia(peer_id: PeerId, config: &P2pConfig) -> kad::Behaviour<MemoryStore> 
 /// none. libp2p-relay 0.22 refuses a peer only once it holds *more* than its per-peer maximum,
 /// so it is given one less to grant exactly the configured number.
 fn relay_limits(limits: &IntroConfig) -> relay::Config {
-    relay::Config {
+    let config = relay::Config {
         max_reservations: limits.max_reservations,
         max_reservations_per_peer: limits.max_reservations_per_peer.saturating_sub(1),
         reservation_duration: Duration::from_secs(limits.reservation_duration_secs),
@@ -237,8 +237,20 @@ fn relay_limits(limits: &IntroConfig) -> relay::Config {
         max_circuits_per_peer: limits.max_circuits_per_peer.saturating_sub(1),
         max_circuit_duration: Duration::from_secs(limits.circuit_duration_secs),
         max_circuit_bytes: limits.circuit_bytes,
+        circuit_src_rate_limiters: Vec::new(),
         ..relay::Config::default()
-    }
+    };
+    // A token bucket per source peer and per source IP address: a burst of a minute's worth,
+    // then one circuit every 60/rate seconds.
+    let per_peer = limits.circuits_per_minute_per_peer.max(1);
+    let per_ip = per_peer.saturating_mul(4);
+    let every = |rate: u32| Duration::from_secs(60) / rate;
+    config
+        .circuit_src_per_peer(
+            NonZeroU32::new(per_peer).expect("at least 1"),
+            every(per_peer),
+        )
+        .circuit_src_per_ip(NonZeroU32::new(per_ip).expect("at least 1"), every(per_ip))
 }
 
 /// The rendezvous point's bounds. libp2p-rendezvous 0.18 refuses only once it holds *more*

@@ -53,6 +53,10 @@ const RELAYED_MEMORY: Duration = Duration::from_secs(60);
 /// `p2pdns connect`'s, since a user waits on the first connection (a hole-punched connection
 /// that dies at once is usually gone within a round trip).
 const DIRECT_SETTLE: Duration = Duration::from_millis(100);
+/// After a failed attempt to connect to a peer, the first wait before the next; it doubles
+/// with each failure in a row, up to [`MAX_BACKOFF`].
+const DIAL_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest wait for relayed connections to close once a direct one is up.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Backlog of each local listener.
@@ -132,6 +136,10 @@ struct PeerPath {
     relayed_since: Option<Instant>,
     /// Streams opened while the only connection went through a relay, still open.
     relayed_streams: usize,
+    /// Connecting failed this many times in a row; no new attempt before `retry_at`, so that
+    /// a burst of local connections does not each dial (and use up the relay's circuits).
+    failures: u32,
+    retry_at: Option<Instant>,
 }
 
 /// What every connection task shares.
@@ -332,6 +340,9 @@ impl Drop for OpenGuard {
 async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared: Arc<Shared>) {
     let _open = OpenGuard::new(&state, &shared);
     let _ = tcp.set_nodelay(true);
+    // Until the tunnel ends cleanly, any close is a reset, also the kernel's if this daemon dies:
+    // the program must not take a cut transfer for a whole one.
+    let _ = wire::reset(&tcp);
     let peer = *lock(&state.peer);
     if peer == shared.node.peer_id() {
         return local(tcp, port, &state, &shared).await;
@@ -349,7 +360,9 @@ async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared
     *lock(&state.path) = Some(opened.path);
     let ended = wire::splice(&mut tcp, opened.stream, shared.limits.idle, &state.bytes).await;
     match ended {
-        Ok(_) => {}
+        Ok(_) => {
+            let _ = wire::close_cleanly(&tcp);
+        }
         // The local program went away (a browser resets connections it no longer needs): the
         // peer was told with an ABORT; nothing failed on the tunnel's side.
         Err(error @ SpliceError::Tcp(_)) => {
@@ -387,6 +400,7 @@ async fn local(mut tcp: TcpStream, port: u16, state: &NameState, shared: &Shared
                 tokio::io::copy_bidirectional(&mut tcp, &mut service).await
             {
                 state.bytes.add(sent, received);
+                let _ = wire::close_cleanly(&tcp);
             }
         }
         Err(error) => {
@@ -412,6 +426,16 @@ pub(crate) enum OpenError {
     /// The stream failed before the reply.
     #[error("the tunnel request failed")]
     Wire(#[source] WireError),
+    /// Connecting to the peer failed a moment ago; no new attempt yet.
+    #[error(
+        "connecting to the serving peer failed {failures} time(s) in a row; next try in {secs} s"
+    )]
+    Backoff {
+        /// Failures in a row.
+        failures: u32,
+        /// Seconds until the next attempt, rounded up.
+        secs: u64,
+    },
     /// The peer dropped every stream unanswered (it is overloaded).
     #[error("the serving peer is busy: it dropped {OPEN_ATTEMPTS} streams unanswered")]
     NotTaken,
@@ -522,10 +546,28 @@ async fn ensure_path(
     } else if relayed && recently_relayed {
         false
     } else {
+        if let Some(retry_at) = path.retry_at
+            && Instant::now() < retry_at
+        {
+            return Err(OpenError::Backoff {
+                failures: path.failures,
+                secs: (retry_at - Instant::now()).as_secs() + 1,
+            });
+        }
         let connected =
             connect_direct_settling(&shared.node, peer, shared.limits.direct_wait, DIRECT_SETTLE)
-                .await
-                .map_err(OpenError::Connect)?;
+                .await;
+        let connected = match connected {
+            Ok(connected) => connected,
+            Err(error) => {
+                path.failures = path.failures.saturating_add(1);
+                let backoff = (DIAL_BACKOFF * 2u32.pow(path.failures.min(6) - 1)).min(MAX_BACKOFF);
+                path.retry_at = Some(Instant::now() + backoff);
+                return Err(OpenError::Connect(error));
+            }
+        };
+        path.failures = 0;
+        path.retry_at = None;
         connected.path == ConnectionPath::Direct
     };
     if now_direct {

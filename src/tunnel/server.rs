@@ -269,6 +269,8 @@ async fn serve_stream(
         }
     };
     let _ = tcp.set_nodelay(true);
+    // Until the tunnel ends cleanly, any close is a reset, also the kernel's if this daemon dies.
+    let _ = wire::reset(&tcp);
     if TunnelReply::new(Status::Accepted, String::new())
         .write_to(&mut stream)
         .await
@@ -290,9 +292,14 @@ async fn serve_stream(
     counters
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    if let Err(error) = ended {
-        let _ = wire::reset(&tcp);
-        info!(%client, service = %service.name, port = service.port, "tunnel ended early: {}", crate::error::one_line(&error));
+    match ended {
+        Ok(_) => {
+            let _ = wire::close_cleanly(&tcp);
+        }
+        // Still set to reset: dropping it below tells the service the tunnel was cut.
+        Err(error) => {
+            info!(%client, service = %service.name, port = service.port, "tunnel ended early: {}", crate::error::one_line(&error));
+        }
     }
 }
 

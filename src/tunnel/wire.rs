@@ -354,6 +354,17 @@ pub fn reset(tcp: &tokio::net::TcpStream) -> io::Result<()> {
     socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO))
 }
 
+/// Undoes [`reset`]: dropping `tcp` closes it cleanly again, after its queued bytes. A tunnel
+/// sets [`reset`] as soon as it holds a connection, so that the connection is reset even when
+/// the daemon dies (the kernel closes its sockets), and calls this once [`splice`] ended
+/// cleanly.
+///
+/// # Errors
+/// The `setsockopt(SO_LINGER)` error, if any.
+pub fn close_cleanly(tcp: &tokio::net::TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(tcp).set_linger(None)
+}
+
 /// Carries the TCP connection `tcp` over the tunnel stream `stream` (after an accepted reply)
 /// in both directions until both have carried END, and returns the bytes moved.
 ///

@@ -235,6 +235,7 @@ fn sha256_file(path: &Path) -> String {
 /// address; the introduction server gets `intro` as more configuration.
 struct Site {
     lab: Lab,
+    a_home: Home,
     b_home: Home,
     a: Daemon,
     b: Daemon,
@@ -261,6 +262,7 @@ impl Site {
         wait_tunnel_address(&b, "site.p2p");
         Self {
             lab,
+            a_home,
             b_home,
             a,
             b,
@@ -598,4 +600,71 @@ fn a_flood_from_one_peer_stays_within_its_limit_and_a_restarted_server_serves_ag
         );
         thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// A web server on `ns`'s own 127.0.0.1:`port` that answers every request with HTTP/1.0 and no
+/// Content-Length, 1 KiB every 20 ms for 20 s: only the way the connection ends tells a whole
+/// answer from a cut one.
+fn start_slow(tools: &Tools, lab: &Lab, ns: &Ns, port: u16) -> Proc {
+    let script = format!(
+        "import socketserver, time\n\
+         class H(socketserver.StreamRequestHandler):\n\
+         \x20   def handle(self):\n\
+         \x20       self.rfile.readline()\n\
+         \x20       self.wfile.write(b'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n')\n\
+         \x20       for i in range(1000):\n\
+         \x20           self.wfile.write(b'x' * 1024)\n\
+         \x20           self.wfile.flush()\n\
+         \x20           time.sleep(0.02)\n\
+         socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
+         s = socketserver.ThreadingTCPServer(('127.0.0.1', {port}), H)\n\
+         print('ready', flush=True)\n\
+         s.serve_forever()\n"
+    );
+    let mut command = ns.exec(&tools.python3);
+    command.args(["-u", "-c", &script]);
+    let mut slow = Proc::spawn("slow", command, lab.dir.path());
+    slow.wait_until("listen", Duration::from_secs(20), |out, _| {
+        out.contains("ready")
+    });
+    slow
+}
+
+#[test]
+fn a_download_cut_by_a_dying_daemon_is_a_reset_not_a_short_file() {
+    let tools = Tools::find();
+    let site = Site::start(&tools, Nat::Eim, Nat::Eim, "");
+    let _slow = start_slow(&tools, &site.lab, &site.a_home.host, 8082);
+    expose(&site.a, &["slow", "80", "--to", "127.0.0.1:8082"]);
+    wait_tunnel_address(&site.b, "slow.p2p");
+    let file = site.lab.dir.path().join("slow.txt");
+    let mut command = site.b_home.host.exec(tool("curl", "curl"));
+    command
+        .args(["-sS", "--max-time", "60", "-o"])
+        .arg(&file)
+        .arg("http://slow.p2p/");
+    let mut curl = Proc::spawn("curl-slow", command, site.lab.dir.path());
+    // Some of the answer has arrived: the tunnel is carrying it.
+    let started = Instant::now();
+    while fs::metadata(&file).map(|m| m.len()).unwrap_or(0) < 10 * 1024 {
+        assert!(
+            started.elapsed() < TUNNEL_TIMEOUT,
+            "nothing arrived through slow.p2p"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The client's daemon dies the hard way: the kernel closes its sockets.
+    crate::process::kill(&[site.b.proc.pid().to_string()]);
+    let status = curl.wait_exit(TUNNEL_TIMEOUT);
+    let got = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        !status.success(),
+        "curl must fail, not end with {got} B as if the answer were whole: {status}\n{}",
+        curl.stderr()
+    );
+    assert!(
+        curl.stderr().contains("reset") || curl.stderr().contains("(56)"),
+        "a reset: {}",
+        curl.stderr()
+    );
 }
