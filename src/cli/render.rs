@@ -139,7 +139,12 @@ pub(super) fn render(response: &Response) -> String {
             service,
             key_name,
             seq,
-        } => exposed(&mut out, service, key_name, *seq),
+            replaced,
+            unreachable,
+        } => {
+            exposed(&mut out, service, key_name, *seq);
+            exposed_notes(&mut out, replaced.as_ref(), unreachable.as_deref());
+        }
         Response::Unexposed { name, ports } => unexposed(&mut out, name, ports),
         Response::Tunnels(report) => tunnels(&mut out, report),
         Response::PinRemoved {
@@ -176,6 +181,28 @@ fn exposed(out: &mut String, service: &Service, key_name: &str, seq: Option<u64>
         out,
         "  this node's key name, for others' --allow: {key_name}"
     );
+}
+
+/// What `expose` changed besides the service itself, and a target nothing answers at yet.
+fn exposed_notes(out: &mut String, replaced: Option<&Service>, unreachable: Option<&str>) {
+    if let Some(old) = replaced {
+        let who = if old.allow.is_empty() {
+            "anyone".to_owned()
+        } else {
+            old.allow.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  replaces the earlier settings: -> {} (open to {who})",
+            old.to
+        );
+    }
+    if let Some(why) = unreachable {
+        let _ = writeln!(
+            out,
+            "  warning: {why}; clients are refused until the service runs"
+        );
+    }
 }
 
 fn unexposed(out: &mut String, name: &str, ports: &[u16]) {

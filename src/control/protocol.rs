@@ -147,6 +147,13 @@ pub enum Response {
         key_name: String,
         /// The sequence number of the record that announces it.
         seq: Option<u64>,
+        /// The service of the same name and port this one replaced, if any.
+        #[serde(default)]
+        replaced: Option<Service>,
+        /// Why nothing answers at the target yet, if nothing does (clients are refused until
+        /// something does).
+        #[serde(default)]
+        unreachable: Option<String>,
     },
     /// Answer to [`Request::Unexpose`].
     Unexposed {

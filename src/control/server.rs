@@ -39,6 +39,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLICA_COUNT_WAIT: Duration = Duration::from_secs(5);
 /// The longest `connect` waits for a direct connection, whatever the client asks.
 const MAX_WAIT_DIRECT: Duration = Duration::from_secs(60);
+/// How long `expose` tries the service's target, to warn when nothing answers there.
+const TARGET_PROBE: Duration = Duration::from_secs(1);
 /// TTL of records published without one, in seconds.
 const DEFAULT_TTL: u32 = 300;
 
@@ -125,6 +127,22 @@ pub enum RequestError {
     /// No connection to the name's owner.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// `unexpose` of a name and port this daemon does not expose.
+    #[error("{name} has no service exposed by this daemon{}", exposed_ports(.exposed))]
+    NotExposed {
+        /// The name, `site.p2p`.
+        name: String,
+        /// The ports it does expose under that name.
+        exposed: Vec<u16>,
+    },
+    /// `unpublish` of a name that still carries services.
+    #[error("{name} still serves {service} through a tunnel; `p2pdns unexpose` it first")]
+    HasServices {
+        /// The name, `site.p2p`.
+        name: String,
+        /// One of its services, `site.p2p port 80`.
+        service: String,
+    },
     /// A service could not be exposed or removed.
     #[error(transparent)]
     Service(#[from] crate::tunnel::ServiceError),
@@ -249,6 +267,14 @@ async fn handle(request: Request, context: &Context) -> Result<Response, Request
         Request::PublishZone { name, zone } => publish_zone(dht()?, &name, &zone).await?,
         Request::Unpublish { name } => {
             let name = p2p_name(&name)?;
+            let text = name.to_ascii();
+            let text = text.trim_end_matches('.');
+            if let Some(service) = dht()?.tunnels().and_then(|t| t.service_under(text)) {
+                return Err(RequestError::HasServices {
+                    name: text.to_owned(),
+                    service: format!("{} port {}", service.name, service.port),
+                });
+            }
             let existed = dht()?.unpublish(&name)?;
             Response::Unpublished {
                 name: name.to_ascii(),
@@ -423,6 +449,15 @@ async fn resolve(context: &Context, name: &str, qtype: &str) -> Result<Response,
     Ok(Response::Resolved(resolution))
 }
 
+/// `" on that port (it exposes 80, 443)"`, or nothing when no port is exposed.
+fn exposed_ports(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return String::new();
+    }
+    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    format!(" on that port (it exposes {})", ports.join(", "))
+}
+
 /// The tunnel subsystem of `dht`'s daemon.
 fn tunnels(dht: &Arc<Dht>) -> Result<&Arc<crate::tunnel::Tunnels>, RequestError> {
     dht.tunnels().ok_or(RequestError::NoP2p)
@@ -461,10 +496,20 @@ async fn expose(
             .find(|r| r.name == set)
             .map(|r| r.seq),
     };
+    // Not an error (the service may start later), but worth saying now.
+    let unreachable =
+        match tokio::time::timeout(TARGET_PROBE, tokio::net::TcpStream::connect(&service.to)).await
+        {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(format!("nothing answers at {} yet ({error})", service.to)),
+            Err(_) => Some(format!("nothing answered at {} within 1 s", service.to)),
+        };
     Ok(Response::Exposed {
         service,
         key_name: dht.key_name().to_ascii(),
         seq,
+        replaced: previous,
+        unreachable,
     })
 }
 
@@ -472,8 +517,19 @@ async fn expose(
 async fn unexpose(dht: &Arc<Dht>, name: &str, port: Option<u16>) -> Result<Response, RequestError> {
     let (set, qname) = record_set_of(name)?;
     let name = qname.to_ascii().trim_end_matches('.').to_owned();
-    let ports = tunnels(dht)?.unexpose(&name, port)?;
-    if !ports.is_empty() {
+    let tunnels = tunnels(dht)?;
+    let ports = tunnels.unexpose(&name, port)?;
+    if ports.is_empty() {
+        let exposed: Vec<u16> = tunnels
+            .report()
+            .exposed
+            .iter()
+            .filter(|e| e.service.name == name)
+            .map(|e| e.service.port)
+            .collect();
+        return Err(RequestError::NotExposed { name, exposed });
+    }
+    {
         dht.sync_services(&set).await?;
     }
     Ok(Response::Unexposed { name, ports })

@@ -208,6 +208,16 @@ impl Tunnels {
             .map(|(s, _)| s.clone())
     }
 
+    /// A service of `name` (`site.p2p`) or of a name below it, if there is one.
+    pub fn service_under(&self, name: &str) -> Option<Service> {
+        let below = format!(".{name}");
+        lock(&self.services)
+            .all()
+            .map(|(s, _)| s)
+            .find(|s| s.name == name || s.name.ends_with(&below))
+            .cloned()
+    }
+
     /// Stops exposing `name` (`site.p2p`) on `port`, or on every port. Returns the ports
     /// removed.
     ///

@@ -187,7 +187,14 @@ async fn a_service_with_an_allow_list_refuses_other_keys() {
     )
     .await;
     let address = tunnel_address(&client, &name).await;
-    let mut tcp = TcpStream::connect((address, port)).await.unwrap();
+    let mut tcp = TcpStream::connect((address, port))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "connect {address}:{port}: {e}; {:?}",
+                client.dht.as_ref().unwrap().tunnels().unwrap().report()
+            )
+        });
     let _ = tcp.write_all(b"hello\n").await;
     let mut buf = [0; 16];
     let read = tokio::time::timeout(WAIT, tcp.read(&mut buf))
@@ -364,4 +371,62 @@ async fn a_port_held_by_a_local_program_is_never_answered_with_the_tunnel_addres
     let mut buf = [0; 3];
     tcp.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"hi\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expose_says_what_it_replaced_and_unexpose_and_unpublish_refuse_mistakes() {
+    use p2pdns::control::{Request, Response, call};
+    let server = TestDaemon::start(tunnel_config(&[])).await;
+    let dir = &server.data_dir;
+    let echo = echo_server().await;
+    let name = random_name("ctl");
+    let port = free_port();
+    let closed = free_port();
+
+    // Nothing answers at the target: exposed, with a warning.
+    let first = spec(&name, port, format!("127.0.0.1:{closed}"), Vec::new());
+    let response = call(dir, false, &Request::Expose(first)).await.unwrap();
+    let Response::Exposed {
+        replaced,
+        unreachable,
+        ..
+    } = response
+    else {
+        panic!("{response:?}");
+    };
+    assert!(replaced.is_none());
+    assert!(
+        unreachable.is_some_and(|why| why.contains(&closed.to_string())),
+        "the unreachable target is named"
+    );
+
+    // The same name and port again: the earlier settings are named as replaced.
+    let second = spec(&name, port, echo, Vec::new());
+    let response = call(dir, false, &Request::Expose(second)).await.unwrap();
+    let Response::Exposed {
+        replaced,
+        unreachable,
+        ..
+    } = response
+    else {
+        panic!("{response:?}");
+    };
+    assert_eq!(replaced.unwrap().to, format!("127.0.0.1:{closed}"));
+    assert!(unreachable.is_none());
+
+    // Unpublishing a name that still serves is refused; so is unexposing a port it does not.
+    let unpublish = Request::Unpublish { name: name.clone() };
+    let error = call(dir, false, &unpublish).await.unwrap_err().to_string();
+    assert!(error.contains("unexpose"), "{error}");
+    let wrong = Request::Unexpose {
+        name: name.clone(),
+        port: Some(port.wrapping_add(1).max(1)),
+    };
+    let error = call(dir, false, &wrong).await.unwrap_err().to_string();
+    assert!(error.contains(&format!("it exposes {port}")), "{error}");
+    let nothing = Request::Unexpose {
+        name: random_name("nothing"),
+        port: None,
+    };
+    assert!(call(dir, false, &nothing).await.is_err());
 }
