@@ -363,21 +363,7 @@ async fn bind_p2p(
 /// Brings the records of this node's names in step with its services (the configuration's
 /// may have changed while it was stopped), then serves tunnel streams until `stop`.
 async fn serve_tunnels(dht: Arc<Dht>, server: TunnelServer, stop: CancellationToken) {
-    if let Some(tunnels) = dht.tunnels() {
-        // Names with services now, and names that announced services that are gone.
-        let mut sets = tunnels.record_sets();
-        for own in dht.own_names() {
-            if own.records.iter().any(|r| tunnels.is_managed(r)) && !sets.contains(&own.name) {
-                sets.push(own.name.clone());
-            }
-        }
-        for set in sets {
-            if let Err(error) = dht.sync_services(&set).await {
-                warn!(name = %set, "announcing the services of a name failed: {}", crate::error::one_line(&error));
-            }
-        }
-    }
-    server.run(stop).await;
+    tokio::join!(dht.start_tunnels(&stop), server.run(stop.clone()));
 }
 
 /// Logs `ready` and tells the service manager, naming the DNS addresses.

@@ -212,6 +212,49 @@ impl Dht {
         records
     }
 
+    /// At start: brings the records of this node's names in step with its services (the
+    /// configuration's may have changed while it was stopped); then, once the node has met
+    /// the network, resolves again the tunnelled names of earlier runs, so that their local
+    /// addresses (which programs may still hold) are listened on before anyone asks.
+    pub async fn start_tunnels(&self, stop: &tokio_util::sync::CancellationToken) {
+        let Some(tunnels) = &self.tunnels else {
+            return;
+        };
+        // Names with services now, and names that announced services that are gone.
+        let mut sets = tunnels.record_sets();
+        for own in self.own_names() {
+            if own.records.iter().any(|r| tunnels.is_managed(r)) && !sets.contains(&own.name) {
+                sets.push(own.name.clone());
+            }
+        }
+        for set in sets {
+            if let Err(error) = self.sync_services(&set).await {
+                tracing::warn!(name = %set, "announcing the services of a name failed: {}", crate::error::one_line(&error));
+            }
+        }
+        // Another task may take the node's "joined" notice first: look at the routing table.
+        let joined = async {
+            for _ in 0..240 {
+                match self.node.status().await {
+                    Ok(status) if status.routing_table_peers > 0 => return,
+                    Err(_) => return,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = joined => {}
+        }
+        let tld = Name::from_ascii(format!("{}.", crate::record::TLD)).expect("a valid TLD");
+        for name in tunnels.mapped_names() {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = self.lookup(&name, RecordType::A, &tld) => {}
+            }
+        }
+    }
+
     /// Re-signs the record set `set` (`site.p2p.`) so that it announces this node's services
     /// under it as they are now; a set that holds no record and no service is left alone.
     /// Returns the record published, if one was.

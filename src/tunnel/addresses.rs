@@ -154,6 +154,14 @@ impl AddressTable {
         Ok(true)
     }
 
+    /// The names that hold an address (fully qualified, lower case).
+    pub fn names(&self) -> Vec<Name> {
+        self.by_name
+            .keys()
+            .filter_map(|name| Name::from_ascii(name).ok())
+            .collect()
+    }
+
     /// How many names hold an address.
     pub fn len(&self) -> usize {
         self.by_name.len()

@@ -188,6 +188,11 @@ impl Tunnels {
         Ok(address)
     }
 
+    /// The tunnelled names that hold a local address (from earlier runs too).
+    pub fn mapped_names(&self) -> Vec<Name> {
+        lock(&self.addresses).names()
+    }
+
     /// Exposes a service (or replaces the CLI's one of the same name and port).
     ///
     /// # Errors

@@ -430,3 +430,55 @@ async fn expose_says_what_it_replaced_and_unexpose_and_unpublish_refuse_mistakes
     };
     assert!(call(dir, false, &nothing).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_client_listens_again_before_anyone_asks() {
+    let (server, mut client) = pair().await;
+    let echo = echo_server().await;
+    let name = random_name("again");
+    let port = free_port();
+    expose(
+        server.dht.as_ref().unwrap(),
+        spec(&name, port, echo, Vec::new()),
+    )
+    .await;
+    let address = tunnel_address(&client, &name).await;
+
+    // The client restarts on its data directory; a program still holding the address (a
+    // browser's DNS cache) connects without asking DNS again.
+    let mut config = tunnel_config(&server.p2p_addrs);
+    let range = client
+        .dht
+        .as_ref()
+        .unwrap()
+        .tunnels()
+        .unwrap()
+        .report()
+        .mapped[0]
+        .address;
+    config.tunnel.address_range =
+        format!("{}/24", std::net::Ipv4Addr::from(u32::from(range) & !0xff))
+            .parse()
+            .unwrap();
+    client.keep_dir();
+    let dir = client.data_dir.clone();
+    client.stop().await.unwrap();
+    let _client = TestDaemon::start_in(config, dir).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tcp = loop {
+        match TcpStream::connect((address, port)).await {
+            Ok(tcp) => break tcp,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{address}:{port} never listened again: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    tcp.write_all(b"back\n").await.unwrap();
+    let mut buf = [0; 5];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"back\n");
+}
