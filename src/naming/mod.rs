@@ -191,7 +191,8 @@ static CHECK_NAME: std::sync::LazyLock<LowerName> = std::sync::LazyLock::new(|| 
     LowerName::new(&Name::from_ascii(format!("{CHECK_HOST}.")).expect("a valid name"))
 });
 static RESERVED_NAME: std::sync::LazyLock<LowerName> = std::sync::LazyLock::new(|| {
-    LowerName::new(&Name::from_ascii("p2pdns.p2p.").expect("a valid name"))
+    let reserved = format!("{}.{}.", crate::record::RESERVED_LABEL, crate::record::TLD);
+    LowerName::new(&Name::from_ascii(reserved).expect("a valid name"))
 });
 
 fn check_answer(qname: &Name, qtype: RecordType, tld: &Name) -> NamingAnswer {

@@ -44,6 +44,12 @@ pub enum PublishError {
     /// The name is the key name of another key, which only that key can publish under.
     #[error("{0} is a key name of another key")]
     NotOurKeyName(String),
+    /// `p2pdns.p2p` and the names under it are reserved (docs/PROTOCOL.md section 1): never
+    /// looked up in the DHT, so never published.
+    #[error(
+        "{0} is reserved (docs/PROTOCOL.md section 1) and is never looked up; choose another name"
+    )]
+    Reserved(String),
     /// The names file could not be written.
     #[error("failed to save {path}")]
     Save {
@@ -134,6 +140,9 @@ impl Publisher {
     ) -> Result<Arc<NameRecord>, PublishError> {
         let name = name.to_lowercase();
         record::check_name(&name)?;
+        if name.iter().next() == Some(record::RESERVED_LABEL.as_bytes()) {
+            return Err(PublishError::Reserved(name.to_ascii()));
+        }
         if let Some(key) = key_of_name(&name)
             && key != self.keypair.public().to_bytes()
         {

@@ -28,6 +28,8 @@ const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 pub const MAX_RR_TTL: u32 = 86_400;
 /// The TLD of names in the DHT.
 pub const TLD: &str = "p2p";
+/// The label of the reserved name `p2pdns.p2p.` (docs/PROTOCOL.md section 1).
+pub const RESERVED_LABEL: &str = "p2pdns";
 /// Prefix of the signed bytes: a record's signature can never be valid for anything else.
 const SIGNING_CONTEXT: &[u8] = b"p2pdns-record-v1\0";
 /// Prefix of the hashed name that gives the DHT key.
