@@ -95,7 +95,7 @@ pub enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         to: Option<String>,
         /// Let in only this client key name (repeat for several); without it, anyone may
-        /// connect. A client's key name is the key_name its `p2pdns status` shows.
+        /// connect. A client's key name is the `key name` line of its `p2pdns status`.
         #[arg(long = "allow", value_name = "KEY_NAME")]
         allow: Vec<String>,
     },
