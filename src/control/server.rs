@@ -135,6 +135,15 @@ pub enum RequestError {
         /// The ports it does expose under that name.
         exposed: Vec<u16>,
     },
+    /// The network holds the name's record from another key (names are first come, first
+    /// served: docs/PROTOCOL.md sections 5 and 6).
+    #[error("{name} belongs to another key ({owner}); choose another name")]
+    Taken {
+        /// The record set's name.
+        name: String,
+        /// The owner's key name.
+        owner: String,
+    },
     /// `unpublish` of a name that still carries services.
     #[error("{name} still serves {service} through a tunnel; `p2pdns unexpose` it first")]
     HasServices {
@@ -469,6 +478,12 @@ async fn expose(
     spec: &crate::tunnel::ServiceSpec,
 ) -> Result<Response, RequestError> {
     let (set, _) = record_set_of(&spec.name)?;
+    if let Some(owner) = dht.owned_elsewhere(&set).await {
+        return Err(RequestError::Taken {
+            name: set.to_ascii(),
+            owner: record::key_name(&owner).to_ascii(),
+        });
+    }
     let tunnels = tunnels(dht)?;
     let previous = tunnels.service(&spec.check()?);
     let service = tunnels.expose(spec)?;

@@ -183,6 +183,20 @@ impl Dht {
         }
     }
 
+    /// The owner key of the record the network holds for `set` (`site.p2p.`), when another
+    /// key than this node's owns it; `None` when the name is free, this node's, or not found
+    /// within the lookup budget.
+    pub async fn owned_elsewhere(&self, set: &Name) -> Option<[u8; 32]> {
+        if self.publisher.get(&LowerName::new(set)).is_some() {
+            return None;
+        }
+        let own = crate::record::key_of_name(&self.key_name())?;
+        match self.resolver.resolve(set).await {
+            Some(DhtAnswer::Found(found)) if found.record.owner != own => Some(found.record.owner),
+            _ => None,
+        }
+    }
+
     /// Signs `records` under `name`, saves and publishes them ([`Publisher::publish`]).
     ///
     /// # Errors

@@ -284,6 +284,46 @@ async fn expose_over_the_control_socket_announces_or_changes_nothing() {
         p2pdns::error::one_line(&error).contains("key name of another key"),
         "{error}"
     );
+    // Nor a name another node owns.
+    let taken = random_name("taken");
+    let taken_set = Name::from_ascii(format!("{taken}.")).unwrap();
+    client
+        .dht
+        .as_ref()
+        .unwrap()
+        .publish(&taken_set, Vec::new())
+        .await
+        .unwrap();
+    // Once the server's node sees the client's record for it:
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server
+        .dht
+        .as_ref()
+        .unwrap()
+        .resolve_record(&taken_set)
+        .await
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{taken} never resolved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let error = call(&server.data_dir, false, &ask(taken.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("belongs to another key"),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains(&client.dht.as_ref().unwrap().key_name().to_ascii()),
+        "{error}"
+    );
+
     // Nor the reserved name, nor a name below it.
     for reserved in ["p2pdns", "www.p2pdns.p2p"] {
         let error = call(&server.data_dir, false, &ask(reserved.into()))
