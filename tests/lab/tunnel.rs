@@ -396,6 +396,11 @@ fn symmetric_nats_tunnel_through_the_relay_and_a_cut_is_reported() {
         "B's log says so:\n{}",
         tail(&log, 40)
     );
+
+    // The name keeps working: the next connections get new circuits.
+    for i in 0..5 {
+        site.page_loads(&format!("request {i} after the relay's cut"));
+    }
 }
 
 #[test]
