@@ -163,12 +163,17 @@ pub(super) fn render(response: &Response) -> String {
     out
 }
 
-fn exposed(out: &mut String, service: &Service, key_name: &str, seq: Option<u64>) {
-    let who = if service.allow.is_empty() {
+/// Who may use `service`: `anyone`, or its allow list.
+fn open_to(service: &Service) -> String {
+    if service.allow.is_empty() {
         "anyone".to_owned()
     } else {
         service.allow.join(", ")
-    };
+    }
+}
+
+fn exposed(out: &mut String, service: &Service, key_name: &str, seq: Option<u64>) {
+    let who = open_to(service);
     let _ = writeln!(
         out,
         "exposed {} port {} -> {} (open to {who})",
@@ -186,11 +191,7 @@ fn exposed(out: &mut String, service: &Service, key_name: &str, seq: Option<u64>
 /// What `expose` changed besides the service itself, and a target nothing answers at yet.
 fn exposed_notes(out: &mut String, replaced: Option<&Service>, unreachable: Option<&str>) {
     if let Some(old) = replaced {
-        let who = if old.allow.is_empty() {
-            "anyone".to_owned()
-        } else {
-            old.allow.join(", ")
-        };
+        let who = open_to(old);
         let _ = writeln!(
             out,
             "  replaces the earlier settings: -> {} (open to {who})",
