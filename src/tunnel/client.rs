@@ -466,10 +466,13 @@ struct RelayedStream(Arc<tokio::sync::Mutex<PeerPath>>);
 impl Drop for RelayedStream {
     fn drop(&mut self) {
         let path = self.0.clone();
-        tokio::spawn(async move {
-            let mut path = path.lock().await;
-            path.relayed_streams = path.relayed_streams.saturating_sub(1);
-        });
+        // Not at shutdown, when no runtime is left to count for.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut path = path.lock().await;
+                path.relayed_streams = path.relayed_streams.saturating_sub(1);
+            });
+        }
     }
 }
 
