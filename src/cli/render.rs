@@ -251,21 +251,18 @@ fn tunnels(out: &mut String, report: &TunnelsReport) {
     out.push_str("tunnelled names:\n");
     for m in &report.mapped {
         let ports: Vec<String> = m.ports.iter().map(ToString::to_string).collect();
+        let ports = if ports.is_empty() {
+            "(none listened on)".to_owned()
+        } else {
+            ports.join(",")
+        };
         let path = m
             .path
             .map_or("no connection yet".to_owned(), |p| p.to_string());
         let _ = writeln!(
             out,
             "  {} -> {} ports {} via {} ({path}): {} open, {} since start, {} failed, {} B out, {} B in",
-            m.name,
-            m.address,
-            ports.join(","),
-            m.peer,
-            m.open,
-            m.connections,
-            m.failed,
-            m.sent,
-            m.received
+            m.name, m.address, ports, m.peer, m.open, m.connections, m.failed, m.sent, m.received
         );
         if let Some(error) = &m.last_error {
             let _ = writeln!(out, "    last error: {error}");

@@ -520,10 +520,10 @@ async fn expose(
             Err(_) => Some(format!("nothing answered at {} within 1 s", service.to)),
         };
     Ok(Response::Exposed {
+        replaced: previous.filter(|old| *old != service),
         service,
         key_name: dht.key_name().to_ascii(),
         seq,
-        replaced: previous,
         unreachable,
     })
 }
