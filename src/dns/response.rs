@@ -87,10 +87,14 @@ impl Reply {
             answers: answer.answers,
             authorities: answer.authorities,
             additionals: Vec::new(),
-            ede: failed.then_some((
-                Ede::NoReachableAuthority,
-                "no answer from the p2p network in time; try again",
-            )),
+            ede: match answer.failure {
+                _ if !failed => None,
+                Some(why) => Some((Ede::Other, why)),
+                None => Some((
+                    Ede::NoReachableAuthority,
+                    "no answer from the p2p network in time; try again",
+                )),
+            },
             size_hint: None,
         }
     }

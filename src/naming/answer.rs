@@ -55,6 +55,7 @@ pub(crate) fn answer_from(
                     rcode: ResponseCode::NXDomain,
                     answers: Vec::new(),
                     authorities: vec![soa_record(tld)],
+                    failure: None,
                 }
             };
         }
@@ -98,6 +99,7 @@ pub(crate) fn positive(answers: Vec<Record>) -> NamingAnswer {
         rcode: ResponseCode::NoError,
         answers,
         authorities: Vec::new(),
+        failure: None,
     }
 }
 
@@ -106,6 +108,7 @@ pub(crate) fn nodata(soa: Record) -> NamingAnswer {
         rcode: ResponseCode::NoError,
         answers: Vec::new(),
         authorities: vec![soa],
+        failure: None,
     }
 }
 

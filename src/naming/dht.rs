@@ -22,7 +22,7 @@ use crate::{
     config::{NamingConfig, P2pConfig},
     p2p::NodeHandle,
     record::{NameRecord, record_name_for, unix_now},
-    tunnel::{Tunnels, service::tunnel_of},
+    tunnel::{TunnelError, Tunnels, service::tunnel_of},
 };
 
 /// Longest TTL of the local address a tunnelled name is answered with, in seconds
@@ -161,9 +161,19 @@ impl Dht {
                     a,
                 )])
             }
+            // Listening failures are logged where they happen, once each.
+            Err(TunnelError::Listen(_)) => NamingAnswer {
+                failure: Some(
+                    "a tunnelled name whose port this machine cannot listen on; see p2pdns tunnels",
+                ),
+                ..NamingAnswer::rcode(ResponseCode::ServFail)
+            },
             Err(error) => {
                 tracing::warn!(name = %qname, "no local address for a tunnelled name: {}", crate::error::one_line(&error));
-                NamingAnswer::rcode(ResponseCode::ServFail)
+                NamingAnswer {
+                    failure: Some("no local address for a tunnelled name; see the daemon's log"),
+                    ..NamingAnswer::rcode(ResponseCode::ServFail)
+                }
             }
         })
     }

@@ -58,6 +58,9 @@ pub struct NamingAnswer {
     pub answers: Vec<Record>,
     /// The TLD's SOA for negative answers, so clients can cache them (RFC 2308).
     pub authorities: Vec<Record>,
+    /// Why a SERVFAIL is not the DHT's silence (the Extended DNS Error text, RFC 8914); `None`
+    /// for every other answer.
+    pub failure: Option<&'static str>,
 }
 
 /// The naming subsystem's handle.
@@ -156,6 +159,7 @@ impl Naming {
                         rcode: ResponseCode::NXDomain,
                         answers: Vec::new(),
                         authorities: vec![soa],
+                        failure: None,
                     }
                 }
             };
@@ -178,6 +182,7 @@ impl NamingAnswer {
             rcode,
             answers: Vec::new(),
             authorities: Vec::new(),
+            failure: None,
         }
     }
 }

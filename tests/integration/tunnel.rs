@@ -407,6 +407,9 @@ async fn a_port_held_by_a_local_program_is_never_answered_with_the_tunnel_addres
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(refused.answers.is_empty(), "{refused:?}");
+    let (code, text) = crate::support::ede(&refused).expect("an Extended DNS Error says why");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("cannot listen"), "{text}");
     let report = client.dht.as_ref().unwrap().tunnels().unwrap().report();
     let error = report.mapped[0].last_error.clone().unwrap_or_default();
     assert!(error.contains("cannot listen"), "{error}");
