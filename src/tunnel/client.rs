@@ -12,7 +12,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddr},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -32,7 +32,7 @@ use tokio_util::{
 use tracing::{debug, info, warn};
 
 use super::{
-    PROTOCOL,
+    PROTOCOL, lock,
     service::ServiceTable,
     wire::{self, Counters, SpliceError, Status, TunnelReply, TunnelRequest, WireError},
 };
@@ -109,11 +109,6 @@ struct NameState {
     failed: AtomicU64,
     bytes: Counters,
     last_error: Mutex<Option<String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain value updates: a panic leaves nothing half-done.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl NameState {

@@ -117,8 +117,9 @@ impl TunnelServer {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Table operations only: a panic leaves nothing half-done.
+/// Locks `m`, also after a panic elsewhere: every lock in this module guards plain map or
+/// value updates, which a panic leaves whole.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

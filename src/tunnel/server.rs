@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -22,6 +22,7 @@ use tokio_util::{
 use tracing::{debug, info, warn};
 
 use super::{
+    lock,
     service::{ServiceTable, peer_key_name},
     wire::{self, Counters, Status, TunnelReply, TunnelRequest},
 };
@@ -88,14 +89,9 @@ pub struct RefusalCounts {
 }
 
 impl ServerStats {
-    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-        // Map updates only: a panic leaves nothing half-done.
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The counters of `name` port `port`, made on first use.
     pub(crate) fn service(&self, name: &str, port: u16) -> Arc<ServiceCounters> {
-        Self::lock(&self.services)
+        lock(&self.services)
             .entry((name.to_owned(), port))
             .or_default()
             .clone()
@@ -103,7 +99,7 @@ impl ServerStats {
 
     /// Refusals since start, by reason.
     pub(crate) fn refusals(&self) -> RefusalCounts {
-        let refusals = Self::lock(&self.refusals);
+        let refusals = lock(&self.refusals);
         let count = |status| refusals.counts.get(&status).copied().unwrap_or(0);
         RefusalCounts {
             not_exposed: count(Status::NotExposed),
@@ -116,7 +112,7 @@ impl ServerStats {
 
     /// Counts a refusal; returns whether it is the first of its kind (to be logged).
     fn refused(&self, peer: PeerId, name: &str, port: u16, status: Status) -> bool {
-        let mut refusals = Self::lock(&self.refusals);
+        let mut refusals = lock(&self.refusals);
         *refusals.counts.entry(status).or_default() += 1;
         refusals.logged.len() < MAX_LOGGED_REFUSALS
             && refusals
@@ -240,9 +236,7 @@ async fn serve_stream(
             }
         };
     let asked = (request.name.as_str(), request.port);
-    let service = ServerStats::lock(services)
-        .find(&request.name, request.port)
-        .cloned();
+    let service = lock(services).find(&request.name, request.port).cloned();
     let Some(service) = service else {
         let reason = format!("{} port {} is not exposed here", asked.0, asked.1);
         return refuse(&mut stream, peer, asked, stats, Status::NotExposed, reason).await;
