@@ -535,18 +535,10 @@ async fn unexpose(dht: &Arc<Dht>, name: &str, port: Option<u16>) -> Result<Respo
     let tunnels = tunnels(dht)?;
     let ports = tunnels.unexpose(&name, port)?;
     if ports.is_empty() {
-        let exposed: Vec<u16> = tunnels
-            .report()
-            .exposed
-            .iter()
-            .filter(|e| e.service.name == name)
-            .map(|e| e.service.port)
-            .collect();
+        let exposed = tunnels.ports_of(&name);
         return Err(RequestError::NotExposed { name, exposed });
     }
-    {
-        dht.sync_services(&set).await?;
-    }
+    dht.sync_services(&set).await?;
     Ok(Response::Unexposed { name, ports })
 }
 

@@ -214,6 +214,15 @@ impl Tunnels {
             .map(|(s, _)| s.clone())
     }
 
+    /// The ports `name` (`site.p2p`) is exposed on, from the configuration or the CLI.
+    pub fn ports_of(&self, name: &str) -> Vec<u16> {
+        lock(&self.services)
+            .all()
+            .filter(|(s, _)| s.name == name)
+            .map(|(s, _)| s.port)
+            .collect()
+    }
+
     /// A service of `name` (`site.p2p`) or of a name below it, if there is one.
     pub fn service_under(&self, name: &str) -> Option<Service> {
         let below = format!(".{name}");
