@@ -10,6 +10,7 @@
 //! - [`tunnel`]: tunnels between two daemons: a name exposed on one reached through the other.
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
 //!   a hostile node.
+//! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -27,5 +28,6 @@ mod bench_dht;
 mod dns;
 mod p2p;
 mod p2p_rules;
+mod scripted;
 mod support;
 mod tunnel;

@@ -1,0 +1,317 @@
+//! A scripted upstream: a DNS server on 127.0.0.1 (UDP and TCP, one port) whose every answer
+//! is decided by a closure, down to the byte, so a test can play an upstream that misbehaves
+//! the way real ones do (strict about EDNS, answering the wrong type, sending what does not
+//! parse). It logs every query it receives.
+
+// Until the forwarding-fault tests (issue 11) that use all of it land.
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hickory_proto::op::{Message, ResponseCode};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
+use tokio_util::sync::CancellationToken;
+
+/// Which transport a query came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// One query the scripted upstream received.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    pub transport: Transport,
+    /// The query as sent, byte for byte.
+    pub wire: Vec<u8>,
+    /// The query decoded (the daemon's queries always decode).
+    pub message: Message,
+}
+
+impl Asked {
+    /// The question's name, lower case, with the final dot.
+    pub fn qname(&self) -> String {
+        self.message.queries[0].name().to_lowercase().to_string()
+    }
+
+    /// Does the query carry an EDNS OPT record?
+    pub fn has_edns(&self) -> bool {
+        self.message.edns.is_some()
+    }
+}
+
+/// What the scripted upstream does with one query.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Send these bytes as the answer (over TCP with the 2-byte length in front).
+    Reply(Vec<u8>),
+    /// Send nothing.
+    Drop,
+    /// Wait, then send these bytes.
+    Delayed(Duration, Vec<u8>),
+}
+
+type Script = Arc<dyn Fn(&Asked) -> Action + Send + Sync>;
+
+/// The running scripted upstream; stops when dropped.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Asked>>>,
+    stop: CancellationToken,
+}
+
+impl Scripted {
+    /// Starts a scripted upstream on 127.0.0.1 answering each query as `script` says.
+    pub async fn start(script: impl Fn(&Asked) -> Action + Send + Sync + 'static) -> Self {
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let script: Script = Arc::new(script);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_udp(udp, script.clone(), log.clone(), stop.clone()));
+        tokio::spawn(serve_tcp(tcp, script, log.clone(), stop.clone()));
+        Self { addr, log, stop }
+    }
+
+    /// Every query received so far, in order.
+    pub fn asked(&self) -> Vec<Asked> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The queries received so far for `name` (lower case, with the final dot).
+    pub fn asked_for(&self, name: &str) -> Vec<Asked> {
+        self.asked()
+            .into_iter()
+            .filter(|a| a.qname() == name)
+            .collect()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn record(log: &Mutex<Vec<Asked>>, transport: Transport, wire: &[u8]) -> Option<Asked> {
+    let message = Message::from_vec(wire).ok()?;
+    let asked = Asked {
+        transport,
+        wire: wire.to_vec(),
+        message,
+    };
+    log.lock().unwrap().push(asked.clone());
+    Some(asked)
+}
+
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    script: Script,
+    log: Arc<Mutex<Vec<Asked>>>,
+    stop: CancellationToken,
+) {
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (len, client) = tokio::select! {
+            () = stop.cancelled() => return,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                Err(_) => continue,
+            },
+        };
+        let Some(asked) = record(&log, Transport::Udp, &buf[..len]) else {
+            continue;
+        };
+        let action = script(&asked);
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            if let Some(bytes) = perform(action).await {
+                let _ = socket.send_to(&bytes, client).await;
+            }
+        });
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    script: Script,
+    log: Arc<Mutex<Vec<Asked>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let (script, log, stop) = (script.clone(), log.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = serve_connection(stream, script, log) => {}
+            }
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, script: Script, log: Arc<Mutex<Vec<Asked>>>) {
+    loop {
+        let Ok(len) = stream.read_u16().await else {
+            return;
+        };
+        let mut wire = vec![0u8; usize::from(len)];
+        if stream.read_exact(&mut wire).await.is_err() {
+            return;
+        }
+        let Some(asked) = record(&log, Transport::Tcp, &wire) else {
+            return;
+        };
+        if let Some(bytes) = perform(script(&asked)).await {
+            let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            if stream.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn perform(action: Action) -> Option<Vec<u8>> {
+    match action {
+        Action::Reply(bytes) => Some(bytes),
+        Action::Drop => None,
+        Action::Delayed(wait, bytes) => {
+            tokio::time::sleep(wait).await;
+            Some(bytes)
+        }
+    }
+}
+
+/// A name in wire format, uncompressed (`"www.example."` → `3www7example0`).
+pub fn wire_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(u8::try_from(label.len()).unwrap());
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// One resource record in wire format, its owner name uncompressed and its RDATA as given.
+pub fn raw_rr(name: &str, rtype: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
+    let mut out = wire_name(name);
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&1u16.to_be_bytes()); // class IN
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(rdata.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(rdata);
+    out
+}
+
+/// The sections of a raw response, each a list of records from [`raw_rr`] (or any bytes: a
+/// test may put what does not parse there).
+#[derive(Debug, Clone, Default)]
+pub struct RawSections {
+    pub answers: Vec<Vec<u8>>,
+    pub authorities: Vec<Vec<u8>>,
+    pub additionals: Vec<Vec<u8>>,
+}
+
+/// A response to `asked` built byte by byte: its ID and question, QR=1, RD copied, RA=1, the
+/// given RCODE (low four bits) and `extra_flags` OR-ed into the second flags byte (0x20 for
+/// AD, 0x10 for CD), then `sections`. No OPT record unless a test adds one to the additionals.
+pub fn raw_response(
+    asked: &Asked,
+    rcode: ResponseCode,
+    extra_flags: u8,
+    sections: &RawSections,
+) -> Vec<u8> {
+    let wire = &asked.wire;
+    let question_end = 12 + question_len(&wire[12..]);
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(&wire[..2]);
+    out.push(0x80 | (wire[2] & 0x01)); // QR, opcode 0, RD as asked
+    out.push(0x80 | extra_flags | (u16::from(rcode) & 0x0f) as u8); // RA
+    out.extend_from_slice(&1u16.to_be_bytes());
+    for section in [
+        &sections.answers,
+        &sections.authorities,
+        &sections.additionals,
+    ] {
+        out.extend_from_slice(&u16::try_from(section.len()).unwrap().to_be_bytes());
+    }
+    out.extend_from_slice(&wire[12..question_end]);
+    for record in sections
+        .answers
+        .iter()
+        .chain(&sections.authorities)
+        .chain(&sections.additionals)
+    {
+        out.extend_from_slice(record);
+    }
+    out
+}
+
+/// Length of the one question at the start of `body` (an uncompressed name, type, class).
+fn question_len(body: &[u8]) -> usize {
+    let mut at = 0;
+    while body[at] != 0 {
+        at += 1 + usize::from(body[at]);
+    }
+    at + 1 + 4
+}
+
+/// A response to `asked` with `message`'s sections and flags, encoded by hickory: for answers
+/// hickory can express. The ID and question are the query's.
+pub fn encoded_response(asked: &Asked, mut message: Message) -> Vec<u8> {
+    message.metadata.id = asked.message.metadata.id;
+    message.metadata.message_type = hickory_proto::op::MessageType::Response;
+    message.metadata.recursion_desired = asked.message.metadata.recursion_desired;
+    message.metadata.recursion_available = true;
+    message.queries = asked.message.queries.clone();
+    message.to_vec().unwrap()
+}
+
+#[tokio::test]
+async fn a_scripted_upstream_answers_as_told_and_logs_what_it_was_asked() {
+    use hickory_proto::rr::RecordType;
+    let upstream = Scripted::start(|asked| {
+        let rdata = [192, 0, 2, 7];
+        let answer = raw_rr(&asked.qname(), 1, 60, &rdata);
+        Action::Reply(raw_response(
+            asked,
+            ResponseCode::NoError,
+            0,
+            &RawSections {
+                answers: vec![answer],
+                ..RawSections::default()
+            },
+        ))
+    })
+    .await;
+    let reply = super::support::exchange_udp(
+        upstream.addr,
+        super::support::query("www.example.", RecordType::A),
+    )
+    .await;
+    assert_eq!(super::support::a_records(&reply), vec!["192.0.2.7"]);
+    let asked = upstream.asked_for("www.example.");
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].transport, Transport::Udp);
+}
