@@ -101,6 +101,9 @@ pub struct DnsConfig {
     pub udp_payload: u16,
     /// Answer CHAOS TXT `version.bind` and `id.server` to local clients.
     pub chaos: bool,
+    /// Special-use zones answered locally by default that are forwarded upstream instead
+    /// (`onion` to a Tor DNSPort, `alt` to a GNS resolver); see [`crate::dns::special`].
+    pub forward_special: Vec<String>,
 }
 
 impl Default for DnsConfig {
@@ -115,6 +118,7 @@ impl Default for DnsConfig {
             tcp_idle_timeout_secs: 10,
             udp_payload: 1232,
             chaos: true,
+            forward_special: Vec::new(),
         }
     }
 }
@@ -479,6 +483,10 @@ impl DnsConfig {
         if self.udp_payload < 512 {
             return Err(invalid("dns.udp_payload", "must be at least 512"));
         }
+        for (i, entry) in self.forward_special.iter().enumerate() {
+            crate::dns::special::check_forwardable(entry)
+                .map_err(|e| invalid(&format!("dns.forward_special[{i}]"), e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -591,6 +599,8 @@ mod tests {
         assert!(msg.contains("naming.tlds[0]"), "{msg}");
         let msg = chain("[cache]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n");
         assert!(msg.contains("cache.min_ttl_secs"), "{msg}");
+        let msg = chain("[dns]\nforward_special = [\"onion\", \"localhost\"]\n");
+        assert!(msg.contains("dns.forward_special[1]"), "{msg}");
     }
 
     #[test]

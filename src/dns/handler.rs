@@ -27,6 +27,7 @@ use super::{
     cache::CacheKey,
     forwarder::{Forwarder, Outcome},
     response::{self, Ede, Reply},
+    special::SpecialUse,
 };
 use crate::{config::DnsConfig, naming::Naming};
 
@@ -40,6 +41,8 @@ pub struct Handler(Arc<Responder>);
 struct Responder {
     forwarder: Arc<Forwarder>,
     naming: Arc<Naming>,
+    /// Special-use names answered here (localhost, invalid...): never forwarded.
+    special: SpecialUse,
     /// Client networks answered; others get REFUSED.
     allow: Vec<IpNet>,
     udp_payload: u16,
@@ -61,6 +64,7 @@ impl Handler {
         Self(Arc::new(Responder {
             forwarder,
             naming,
+            special: SpecialUse::new(&config.forward_special),
             allow: config.allow.clone(),
             udp_payload: config.udp_payload,
             chaos: config.chaos.then(|| Chaos {
@@ -134,6 +138,9 @@ impl Responder {
             }
             RecordType::OPT => return Reply::rcode(ResponseCode::FormErr),
             _ => {}
+        }
+        if let Some(answer) = self.special.answer(query.name(), qname, qtype) {
+            return Reply::from_naming(answer);
         }
         if self.naming.is_local(query.name()) {
             let mut answer = self.naming.lookup(qname, qtype).await;

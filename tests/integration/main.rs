@@ -10,6 +10,8 @@
 //! - [`tunnel`]: tunnels between two daemons: a name exposed on one reached through the other.
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
 //!   a hostile node.
+//! - [`special_names`]: special-use names (localhost, invalid, onion...) answered here or
+//!   forwarded, as the README's table says.
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
@@ -29,5 +31,6 @@ mod dns;
 mod p2p;
 mod p2p_rules;
 mod scripted;
+mod special_names;
 mod support;
 mod tunnel;
