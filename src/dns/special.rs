@@ -131,7 +131,7 @@ pub struct SpecialUse {
 }
 
 impl SpecialUse {
-    /// The table of [`ZONES`] without the zones in `forward` (entries already checked with
+    /// The zones of the README's table answered here, without the zones in `forward` (entries already checked with
     /// [`check_forwardable`]; others are ignored).
     pub fn new(forward: &[String]) -> Self {
         let forwarded: Vec<String> = forward.iter().map(|e| normalize(e)).collect();
