@@ -131,8 +131,8 @@ pub struct SpecialUse {
 }
 
 impl SpecialUse {
-    /// The zones of the README's table answered here, without the zones in `forward` (entries already checked with
-    /// [`check_forwardable`]; others are ignored).
+    /// The zones of the README's table answered here, without the zones in `forward`
+    /// (entries already checked with [`check_forwardable`]; others are ignored).
     pub fn new(forward: &[String]) -> Self {
         let forwarded: Vec<String> = forward.iter().map(|e| normalize(e)).collect();
         let zones = ZONES
