@@ -479,7 +479,16 @@ impl DnsConfig {
         if self.listen.is_empty() {
             return Err(invalid("dns.listen", "at least one address is needed"));
         }
-        at_least_one(&[("dns.max_inflight", self.max_inflight as u64)])?;
+        if self.allow.is_empty() {
+            return Err(invalid(
+                "dns.allow",
+                "empty: every client would be refused (loopback is 127.0.0.0/8 and ::1/128)",
+            ));
+        }
+        at_least_one(&[
+            ("dns.max_inflight", self.max_inflight as u64),
+            ("dns.tcp_idle_timeout_secs", self.tcp_idle_timeout_secs),
+        ])?;
         if self.udp_payload < 512 {
             return Err(invalid("dns.udp_payload", "must be at least 512"));
         }
@@ -496,14 +505,17 @@ impl UpstreamConfig {
         if self.edns_payload < 512 {
             return Err(invalid("upstream.edns_payload", "must be at least 512"));
         }
-        at_least_one(&[("upstream.attempts", self.attempts.into())])?;
-        if self.timeout_ms == 0 || self.query_timeout_ms == 0 {
-            return Err(invalid(
-                "upstream.timeout_ms",
-                "timeouts must be above zero",
-            ));
-        }
-        Ok(())
+        at_least_one(&[
+            ("upstream.attempts", self.attempts.into()),
+            ("upstream.timeout_ms", self.timeout_ms),
+            ("upstream.query_timeout_ms", self.query_timeout_ms),
+        ])?;
+        ordered(
+            "upstream.timeout_ms",
+            self.timeout_ms,
+            "upstream.query_timeout_ms",
+            self.query_timeout_ms,
+        )
     }
 }
 
@@ -514,6 +526,13 @@ impl CacheConfig {
             self.min_ttl_secs.into(),
             "cache.max_ttl_secs",
             self.max_ttl_secs.into(),
+        )?;
+        // Negative TTLs are clamped between the two as well.
+        ordered(
+            "cache.min_ttl_secs",
+            self.min_ttl_secs.into(),
+            "cache.max_negative_ttl_secs",
+            self.max_negative_ttl_secs.into(),
         )
     }
 }
@@ -531,13 +550,55 @@ impl NamingConfig {
                 ));
             }
         }
+        for (i, entry) in self.allow_private_answers.iter().enumerate() {
+            self.check_allowed_name(entry)
+                .map_err(|why| invalid(&format!("naming.allow_private_answers[{i}]"), why))?;
+        }
         Ok(())
+    }
+
+    /// An `allow_private_answers` entry must be a name under one of the TLDs: only their
+    /// answers are filtered.
+    fn check_allowed_name(&self, entry: &str) -> Result<(), String> {
+        let name = hickory_proto::rr::Name::from_ascii(entry)
+            .ok()
+            .filter(|n| !n.is_root() && !n.is_wildcard())
+            .ok_or_else(|| {
+                format!("{entry:?} is not a domain name (write international names as xn--)")
+            })?;
+        let tld = name.iter().next_back().map(|l| l.to_ascii_lowercase());
+        if self
+            .tlds
+            .iter()
+            .any(|t| Some(t.to_ascii_lowercase().as_bytes()) == tld.as_deref())
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "{entry:?} is not under naming.tlds ({}): only their answers are filtered",
+            self.tlds.join(", ")
+        ))
     }
 }
 
 impl P2pConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        let store = "must be at least 1 (p2p.dht_mode = \"client\" stores nothing for others)";
+        for (key, value) in [
+            ("p2p.max_stored_records", self.max_stored_records),
+            ("p2p.max_records_per_peer", self.max_records_per_peer),
+            (
+                "p2p.max_puts_per_peer_per_minute",
+                self.max_puts_per_peer_per_minute,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, store));
+            }
+        }
         at_least_one(&[
+            ("p2p.lookup_budget_ms", self.lookup_budget_ms),
+            ("p2p.lookup_replicas", self.lookup_replicas as u64),
             ("p2p.max_connections", self.max_connections.into()),
             (
                 "p2p.max_connections_per_peer",
@@ -601,6 +662,56 @@ mod tests {
         assert!(msg.contains("cache.min_ttl_secs"), "{msg}");
         let msg = chain("[dns]\nforward_special = [\"onion\", \"localhost\"]\n");
         assert!(msg.contains("dns.forward_special[1]"), "{msg}");
+    }
+
+    /// Every key that takes a bound or a name is refused when its value makes no sense, with
+    /// the key named (README: "bad values stop the daemon with a message naming the key").
+    #[test]
+    fn senseless_values_are_refused_with_their_key() {
+        for (text, key) in [
+            (
+                "[naming]\nallow_private_answers = [\"lan.p2p\", \"bad name!\"]",
+                "naming.allow_private_answers[1]",
+            ),
+            (
+                "[naming]\nallow_private_answers = [\"nas.example.com\"]",
+                "naming.allow_private_answers[0]",
+            ),
+            (
+                "[naming]\nallow_private_answers = [\"*.p2p\"]",
+                "naming.allow_private_answers[0]",
+            ),
+            ("[dns]\nallow = []", "dns.allow"),
+            (
+                "[dns]\ntcp_idle_timeout_secs = 0",
+                "dns.tcp_idle_timeout_secs",
+            ),
+            (
+                "[upstream]\nquery_timeout_ms = 0",
+                "upstream.query_timeout_ms",
+            ),
+            (
+                "[upstream]\ntimeout_ms = 5000\nquery_timeout_ms = 4000",
+                "upstream.timeout_ms",
+            ),
+            ("[cache]\nmin_ttl_secs = 7200", "cache.min_ttl_secs"),
+            ("[p2p]\nlookup_budget_ms = 0", "p2p.lookup_budget_ms"),
+            ("[p2p]\nlookup_replicas = 0", "p2p.lookup_replicas"),
+            ("[p2p]\nmax_stored_records = 0", "p2p.max_stored_records"),
+            (
+                "[p2p]\nmax_records_per_peer = 0",
+                "p2p.max_records_per_peer",
+            ),
+            (
+                "[p2p]\nmax_puts_per_peer_per_minute = 0",
+                "p2p.max_puts_per_peer_per_minute",
+            ),
+        ] {
+            let msg = chain(text);
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+        let fine = "[naming]\ntlds = [\"p2p\", \"lan\"]\nallow_private_answers = [\"NAS.Home.P2P.\", \"printer.lan\"]";
+        assert!(Config::from_toml(fine, "test.toml").is_ok());
     }
 
     #[test]
