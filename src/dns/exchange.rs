@@ -277,8 +277,11 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn a_tcp_answer_cut_short_is_malformed() {
+    /// A server on loopback that answers the first UDP query truncated, then the TCP query
+    /// with the octets `tcp_answer` makes of it (length prefix included).
+    async fn truncating_server(
+        tcp_answer: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> SocketAddr {
         let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let server = udp.local_addr().unwrap();
         let tcp = tokio::net::TcpListener::bind(server).await.unwrap();
@@ -293,10 +296,15 @@ mod tests {
             let len = usize::from(stream.read_u16().await.unwrap());
             let mut buf = vec![0u8; len];
             stream.read_exact(&mut buf).await.unwrap();
-            // Announces 100 octets and sends 20, then closes.
-            stream.write_u16(100).await.unwrap();
-            stream.write_all(&buf[..20]).await.unwrap();
+            stream.write_all(&tcp_answer(&buf)).await.unwrap();
         });
+        server
+    }
+
+    #[tokio::test]
+    async fn a_tcp_answer_cut_short_is_malformed() {
+        // Announces 100 octets and sends 20, then closes.
+        let server = truncating_server(|query| [&[0, 100][..], &query[..20]].concat()).await;
         let wait = Duration::from_secs(5);
         let error = exchange(server, &query("www.example."), wait, wait)
             .await
@@ -309,26 +317,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_truncated_udp_answer_is_asked_again_over_tcp() {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let server = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(server).await.unwrap();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; MAX_MESSAGE];
-            let (len, client) = udp.recv_from(&mut buf).await.unwrap();
-            let mut reply = Message::from_vec(&buf[..len]).unwrap();
-            reply.metadata.message_type = MessageType::Response;
-            reply.metadata.truncation = true;
-            udp.send_to(&reply.to_vec().unwrap(), client).await.unwrap();
-            let (mut stream, _) = tcp.accept().await.unwrap();
-            let len = usize::from(stream.read_u16().await.unwrap());
-            let mut buf = vec![0u8; len];
-            stream.read_exact(&mut buf).await.unwrap();
-            let mut reply = Message::from_vec(&buf).unwrap();
+        let server = truncating_server(|query| {
+            let mut reply = Message::from_vec(query).unwrap();
             reply.metadata.message_type = MessageType::Response;
             let wire = reply.to_vec().unwrap();
-            stream.write_u16(wire.len() as u16).await.unwrap();
-            stream.write_all(&wire).await.unwrap();
-        });
+            [&u16::try_from(wire.len()).unwrap().to_be_bytes()[..], &wire].concat()
+        })
+        .await;
         let wait = Duration::from_secs(5);
         let answer = exchange(server, &query("www.example."), wait, wait)
             .await

@@ -1,7 +1,8 @@
 //! The upstream servers: which ones (the configured list, else resolv.conf followed as it
 //! changes; never this daemon itself), the set the forwarder asks, how well each one is doing
-//! (smoothed RTT, failures, back-off), how to talk to each ([`edns`]: with EDNS or without,
-//! RFC 6891 section 7) and whether one sends our queries back to us ([`loops`]).
+//! (smoothed RTT, failures, back-off), how to talk to each (module `edns`: with EDNS or
+//! without, RFC 6891 section 7) and whether one sends our queries back to us (module `loops`:
+//! probes, [`UpstreamSet::detect_loop`]).
 
 mod edns;
 mod loops;
@@ -354,7 +355,7 @@ fn usable(candidates: Vec<SocketAddr>, listen: &[SocketAddr], source: &str) -> V
 
 /// Keeps an [`UpstreamSet`] in step with its source. Its task ([`UpstreamFollower::follow`])
 /// is the only reader of the source: it polls resolv.conf and applies reloads. It also sends
-/// the set's loop probes ([`loops`]).
+/// the set's loop probes (see [`UpstreamSet::detect_loop`]).
 pub struct UpstreamFollower {
     source: UpstreamSource,
     /// This daemon's DNS addresses, never used as upstreams.

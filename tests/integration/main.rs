@@ -11,6 +11,8 @@
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
 //!   a hostile node.
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
+//! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
+//!   records the forwarder does not model or what does not parse; forwarding loops.
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -31,3 +33,4 @@ mod p2p_rules;
 mod scripted;
 mod support;
 mod tunnel;
+mod upstream_faults;
