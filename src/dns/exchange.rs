@@ -28,7 +28,8 @@ const MAX_MESSAGE: usize = 65_535;
 pub struct Exchanged {
     /// The decoded response ([`wire`]'s rules); it answers the query (same ID and question).
     pub message: Message,
-    /// Its size on the wire, in bytes.
+    /// Its size on the wire, in bytes, plus what writing out compressed names in its RDATA
+    /// added: at least about what it takes encoded again.
     pub wire_len: usize,
 }
 
@@ -133,12 +134,12 @@ fn check(response: &Message, query: &Message) -> Result<(), Malformed> {
 
 /// The answer in `bytes`, checked against `query`.
 fn accept(bytes: &[u8], query: &Message) -> Result<Exchanged, ExchangeError> {
-    let message = decode_response(bytes)
+    let decoded = decode_response(bytes)
         .map_err(|error| ExchangeError::Malformed(Malformed::Undecodable(error)))?;
-    check(&message, query).map_err(ExchangeError::Malformed)?;
+    check(&decoded.message, query).map_err(ExchangeError::Malformed)?;
     Ok(Exchanged {
-        message,
-        wire_len: bytes.len(),
+        message: decoded.message,
+        wire_len: bytes.len() + decoded.expanded_by,
     })
 }
 

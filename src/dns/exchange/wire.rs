@@ -100,33 +100,54 @@ pub fn message_id(wire: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([*wire.first()?, *wire.get(1)?]))
 }
 
+/// A decoded response.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The response.
+    pub message: Message,
+    /// Octets that writing out compressed names in RDATA added: encoded again, the message
+    /// may be this much longer than it came.
+    pub expanded_by: usize,
+}
+
 /// Decodes a response by the rules of this module.
 ///
 /// # Errors
 /// [`WireError`] when the header, the question or a record of the answer or authority
 /// section does not parse (TC=1 excuses the record sections).
-pub fn decode_response(wire: &[u8]) -> Result<Message, WireError> {
-    let mut decoder = BinDecoder::new(wire);
+pub fn decode_response(wire: &[u8]) -> Result<Decoded, WireError> {
+    let mut reader = Reader {
+        wire,
+        decoder: BinDecoder::new(wire),
+        edns: None,
+        expanded_by: 0,
+    };
     let Header {
         mut metadata,
         counts,
-    } = Header::read(&mut decoder).map_err(|_| WireError::Header)?;
+    } = Header::read(&mut reader.decoder).map_err(|_| WireError::Header)?;
     let mut message = Message::new(metadata.id, metadata.message_type, metadata.op_code);
     for _ in 0..counts.queries {
-        let query = Query::read(&mut decoder).map_err(|_| WireError::Question)?;
+        let query = Query::read(&mut reader.decoder).map_err(|_| WireError::Question)?;
         message.queries.push(query);
     }
-    let truncated = metadata.truncation;
-    for (section, count) in [
+    'sections: for (section, count) in [
         (Section::Answer, counts.answers),
         (Section::Authority, counts.authorities),
+        (Section::Additional, counts.additionals),
     ] {
         for index in 0..count {
-            match read_record(wire, &mut decoder, section, &mut message.edns) {
-                Ok(Some(record)) if section == Section::Answer => message.answers.push(record),
-                Ok(Some(record)) => message.authorities.push(record),
-                Ok(None) => unreachable!("OPT is refused outside the additional section"),
-                Err(_) if truncated => return Ok(finish(message, metadata)),
+            match reader.record(section) {
+                Ok(Some(record)) => match section {
+                    Section::Answer => message.answers.push(record),
+                    Section::Authority => message.authorities.push(record),
+                    Section::Additional => message.additionals.push(record),
+                },
+                Ok(None) => {}
+                // The additional section ends at what does not parse; with TC=1 any does.
+                Err(_) if section == Section::Additional || metadata.truncation => {
+                    break 'sections;
+                }
                 Err(fault) => {
                     return Err(WireError::Record {
                         section,
@@ -137,74 +158,78 @@ pub fn decode_response(wire: &[u8]) -> Result<Message, WireError> {
             }
         }
     }
-    for _ in 0..counts.additionals {
-        match read_record(wire, &mut decoder, Section::Additional, &mut message.edns) {
-            Ok(Some(record)) => message.additionals.push(record),
-            Ok(None) => {}
-            Err(_) => break,
-        }
-    }
-    if let Some(edns) = &message.edns {
+    if let Some(edns) = &reader.edns {
         metadata.response_code =
             ResponseCode::from(edns.rcode_high(), metadata.response_code.low());
     }
-    Ok(finish(message, metadata))
-}
-
-fn finish(mut message: Message, metadata: hickory_proto::op::Metadata) -> Message {
     message.metadata = metadata;
-    message
+    message.edns = reader.edns;
+    Ok(Decoded {
+        message,
+        expanded_by: reader.expanded_by,
+    })
 }
 
-/// Reads one record of the message `wire` at the decoder's position and moves past it. An OPT
-/// pseudo-record gives `edns` instead, unless an earlier one did (then it is ignored).
-fn read_record(
-    wire: &[u8],
-    decoder: &mut BinDecoder<'_>,
-    section: Section,
-    edns: &mut Option<Edns>,
-) -> Result<Option<Record>, Fault> {
-    let name = Name::read(decoder).map_err(|_| Fault::OwnerName)?;
-    let mut field = || decoder.read_u16().map(Restrict::unverified);
-    let (rtype, class) = (field().map_err(cut)?, field().map_err(cut)?);
-    let ttl = decoder.read_u32().map_err(cut)?.unverified();
-    let rdlength = decoder.read_u16().map_err(cut)?.unverified();
-    let start = decoder.index();
-    let rdata = decoder
-        .read_slice(usize::from(rdlength))
-        .map_err(cut)?
-        .unverified();
-    let rtype = RecordType::from(rtype);
-    if rtype == RecordType::OPT {
-        if section != Section::Additional || !name.is_root() {
-            return Err(Fault::Opt);
+/// A response being read, record by record.
+struct Reader<'a> {
+    /// The whole message, which compression pointers point into.
+    wire: &'a [u8],
+    decoder: BinDecoder<'a>,
+    /// The first OPT record's EDNS.
+    edns: Option<Edns>,
+    /// Octets added so far by writing out names in RDATA.
+    expanded_by: usize,
+}
+
+impl Reader<'_> {
+    /// Reads the record at the decoder's position and moves past it. An OPT pseudo-record
+    /// gives the message's EDNS instead (`None`), unless an earlier one did (then it is
+    /// ignored).
+    fn record(&mut self, section: Section) -> Result<Option<Record>, Fault> {
+        let decoder = &mut self.decoder;
+        let name = Name::read(decoder).map_err(|_| Fault::OwnerName)?;
+        let mut field = || decoder.read_u16().map(Restrict::unverified);
+        let (rtype, class) = (field().map_err(cut)?, field().map_err(cut)?);
+        let ttl = decoder.read_u32().map_err(cut)?.unverified();
+        let rdlength = decoder.read_u16().map_err(cut)?.unverified();
+        let start = decoder.index();
+        let rdata = decoder
+            .read_slice(usize::from(rdlength))
+            .map_err(cut)?
+            .unverified();
+        let rtype = RecordType::from(rtype);
+        if rtype == RecordType::OPT {
+            if section != Section::Additional || !name.is_root() {
+                return Err(Fault::Opt);
+            }
+            self.edns.get_or_insert_with(|| opt_edns(class, ttl, rdata));
+            return Ok(None);
         }
-        edns.get_or_insert_with(|| opt_edns(class, ttl, rdata));
-        return Ok(None);
+        let octets = match layout(rtype) {
+            Some(fields) => expand(self.wire, start, rdata.len(), fields)?,
+            None => rdata.to_vec(),
+        };
+        self.expanded_by += octets.len().saturating_sub(rdata.len());
+        let data = if matches!(
+            rtype,
+            RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::SOA
+        ) {
+            typed(rtype, &octets)?
+        } else if octets.is_empty() {
+            RData::Unknown {
+                code: rtype,
+                rdata: NULL::new(),
+            }
+        } else {
+            RData::Unknown {
+                code: rtype,
+                rdata: NULL::with(octets),
+            }
+        };
+        let mut record = Record::from_rdata(name, ttl, data);
+        record.dns_class = DNSClass::from(class);
+        Ok(Some(record))
     }
-    let octets = match layout(rtype) {
-        Some(fields) => expand(wire, start, rdata.len(), fields)?,
-        None => rdata.to_vec(),
-    };
-    let data = if matches!(
-        rtype,
-        RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::SOA
-    ) {
-        typed(rtype, &octets)?
-    } else if octets.is_empty() {
-        RData::Unknown {
-            code: rtype,
-            rdata: NULL::new(),
-        }
-    } else {
-        RData::Unknown {
-            code: rtype,
-            rdata: NULL::with(octets),
-        }
-    };
-    let mut record = Record::from_rdata(name, ttl, data);
-    record.dns_class = DNSClass::from(class);
-    Ok(Some(record))
 }
 
 fn cut<E>(_: E) -> Fault {
@@ -377,7 +402,7 @@ mod tests {
     }
 
     fn answer_of(records: &[Vec<u8>]) -> Result<Message, WireError> {
-        decode_response(&response(0, [records, &[], &[]]))
+        decode_response(&response(0, [records, &[], &[]])).map(|d| d.message)
     }
 
     /// The RDATA octets a record encodes to.
@@ -439,6 +464,10 @@ mod tests {
             let message = answer_of(&[rr(&QNAME, rtype, &rdata)]).unwrap();
             assert_eq!(encoded_rdata(&message.answers[0]), expanded, "type {rtype}");
         }
+        // The size check of replies learns how much longer the message became.
+        let ns = rr(&QNAME, 2, &QNAME);
+        let decoded = decode_response(&response(0, [&[ns], &[], &[]])).unwrap();
+        assert_eq!(decoded.expanded_by, name("www.example.").len() - 2);
         let cname = answer_of(&[rr(&QNAME, 5, &[3, b'w', b'e', b'b', 0xc0, 16])]).unwrap();
         match &cname.answers[0].data {
             RData::CNAME(target) => assert_eq!(target.0.to_ascii(), "web.example."),
@@ -479,12 +508,17 @@ mod tests {
         let mut cut = rr(&QNAME, 1, &[192, 0, 2, 1]);
         cut.truncate(cut.len() - 1);
         assert_eq!(bad(&[cut.clone()]), Fault::CutOff, "RDLENGTH past the end");
-        assert_eq!(decode_response(&[0x12, 0x34, 0x81]), Err(WireError::Header));
+        assert_eq!(
+            decode_response(&[0x12, 0x34, 0x81]).unwrap_err(),
+            WireError::Header
+        );
         let mut question = response(0, [&[], &[], &[]]);
         question.truncate(20);
-        assert_eq!(decode_response(&question), Err(WireError::Question));
+        assert_eq!(decode_response(&question).unwrap_err(), WireError::Question);
         // With TC=1 the records need not parse: the answer is asked again over TCP.
-        let truncated = decode_response(&response(0x02, [&[cut], &[], &[]])).unwrap();
+        let truncated = decode_response(&response(0x02, [&[cut], &[], &[]]))
+            .unwrap()
+            .message;
         assert!(truncated.metadata.truncation && truncated.answers.is_empty());
     }
 
@@ -495,7 +529,9 @@ mod tests {
         let mut opt = name("");
         opt.extend_from_slice(&[0, 41, 0x04, 0xd0, 1, 0, 0x80, 0, 0, 0]);
         let garbage = vec![0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 9, 1];
-        let message = decode_response(&response(0, [&[a], &[], &[opt, garbage]])).unwrap();
+        let message = decode_response(&response(0, [&[a], &[], &[opt, garbage]]))
+            .unwrap()
+            .message;
         assert_eq!(message.answers.len(), 1);
         assert!(message.additionals.is_empty());
         let edns = message
@@ -512,7 +548,9 @@ mod tests {
         let mut opt = name("");
         // Options that claim 9 octets of data and hold 1.
         opt.extend_from_slice(&[0, 41, 0x02, 0x00, 0, 0, 0, 0, 0, 5, 0, 10, 0, 9, 1]);
-        let message = decode_response(&response(0, [&[], &[], &[opt]])).unwrap();
+        let message = decode_response(&response(0, [&[], &[], &[opt]]))
+            .unwrap()
+            .message;
         let edns = message.edns.expect("EDNS without its options");
         assert_eq!(edns.max_payload(), 512);
         assert_eq!(edns.options().as_ref().len(), 0);
