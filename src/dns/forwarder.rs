@@ -11,23 +11,21 @@ use std::{
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
-    rr::{Name, rdata::opt::EdnsOption},
+    rr::{LowerName, Name},
 };
 use tokio::{
     sync::{Semaphore, oneshot},
     time::{Instant, timeout},
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{
     cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup},
-    exchange::{Exchanged, exchange},
+    exchange::{ExchangeError, Exchanged},
     upstream::UpstreamSet,
 };
 use crate::config::{CacheConfig, UpstreamConfig};
 
-/// EDNS option code (Local/Experimental range, RFC 6891 section 9) carrying our loop tag.
-const LOOP_OPTION: u16 = 65_001;
 /// Entries with shorter TTLs are not prefetched: they expire too fast to matter.
 const PREFETCH_MIN_TTL: u32 = 10;
 /// Clients waiting on one upstream question at most; later ones get SERVFAIL.
@@ -48,6 +46,10 @@ pub enum ForwardError {
     /// Too many queries are waiting on upstreams already.
     #[error("too many queries in flight")]
     Overloaded,
+    /// An upstream answered, but with what does not decode or does not answer the question
+    /// (and no other upstream answered better).
+    #[error("an upstream answer is malformed")]
+    Malformed,
 }
 
 /// What the forwarder hands back for one question.
@@ -94,8 +96,6 @@ pub struct Forwarder {
     permits: Semaphore,
     upstream_config: UpstreamConfig,
     cache_config: CacheConfig,
-    /// Random per-process tag sent in every upstream query, to recognize our own queries.
-    loop_tag: [u8; 8],
 }
 
 impl Forwarder {
@@ -114,7 +114,6 @@ impl Forwarder {
             permits: Semaphore::new(max_inflight),
             upstream_config,
             cache_config,
-            loop_tag: rand::random(),
         }
     }
 
@@ -134,25 +133,11 @@ impl Forwarder {
         self.cache_config.stale_ttl_secs
     }
 
-    /// Checks a client query's EDNS options for our loop tag. If the query is one of our own
-    /// upstream queries come back, the upstream it was sent to is this daemon: stop using it.
-    pub fn detect_loop(&self, edns: Option<&Edns>) -> bool {
-        let Some(EdnsOption::Unknown(_, data)) = edns.and_then(|e| e.option(LOOP_OPTION.into()))
-        else {
-            return false;
-        };
-        if data.len() != 9 || data[..8] != self.loop_tag {
-            return false;
-        }
-        if let Some(upstream) = self.upstreams.snapshot().get(usize::from(data[8]))
-            && upstream.mark_looping()
-        {
-            warn!(
-                upstream = %upstream.addr,
-                "upstream is this daemon itself (a forwarding loop); not using it"
-            );
-        }
-        true
+    /// Is a client query for `qname` one of our own loop probes come back? Then the upstream it
+    /// was sent to forwards our queries to us, and is no longer used (see
+    /// [`UpstreamSet::detect_loop`]).
+    pub fn detect_loop(&self, qname: &LowerName) -> bool {
+        self.upstreams.detect_loop(qname)
     }
 
     /// Answers `key` from the cache or the upstreams.
@@ -260,6 +245,9 @@ impl Forwarder {
         }
     }
 
+    /// Asks the upstreams, best first, in up to `upstream.attempts` rounds, for `key`. An
+    /// upstream whose answer was malformed is not asked again for this question (it would say
+    /// the same) but stays in service for others.
     async fn ask_upstreams(&self, key: &CacheKey) -> Result<Exchanged, ForwardError> {
         let upstreams = self.upstreams.snapshot();
         let order = self.upstreams.order(&upstreams);
@@ -268,29 +256,29 @@ impl Forwarder {
         }
         let max_wait = Duration::from_millis(self.upstream_config.timeout_ms);
         let mut last_error = ForwardError::Timeout;
+        let mut malformed = Vec::new();
         for _ in 0..self.upstream_config.attempts {
             for &index in &order {
                 let upstream = &upstreams[index];
-                if !upstream.usable(self.upstreams.now_ms()) {
+                if !upstream.usable(self.upstreams.now_ms()) || malformed.contains(&index) {
                     continue;
                 }
-                let wait = upstream.try_wait(max_wait);
-                let query = self.build_query(index, key);
-                let started = Instant::now();
-                match exchange(upstream.addr, &query, wait, max_wait).await {
-                    Ok(answer) => {
-                        upstream.record_answer(started.elapsed());
-                        match answer.message.metadata.response_code {
-                            ResponseCode::NoError | ResponseCode::NXDomain => return Ok(answer),
-                            rcode => {
-                                debug!(upstream = %upstream.addr, %rcode, name = %key.name, "upstream failed the query");
-                                last_error = ForwardError::Upstream(rcode);
-                            }
+                let query = |edns| self.build_query(key, edns);
+                match self.upstreams.ask(upstream, query, max_wait).await {
+                    Ok(answer) => match answer.message.metadata.response_code {
+                        ResponseCode::NoError | ResponseCode::NXDomain => return Ok(answer),
+                        rcode => {
+                            debug!(upstream = %upstream.addr, %rcode, name = %key.name, "upstream failed the query");
+                            last_error = ForwardError::Upstream(rcode);
                         }
+                    },
+                    Err(ExchangeError::Malformed(why)) => {
+                        debug!(upstream = %upstream.addr, name = %key.name, error = &why as &dyn std::error::Error, "malformed upstream answer");
+                        malformed.push(index);
+                        last_error = ForwardError::Malformed;
                     }
                     Err(error) => {
                         debug!(upstream = %upstream.addr, %error, name = %key.name, "upstream exchange failed");
-                        upstream.record_failure(self.upstreams.now_ms());
                     }
                 }
             }
@@ -298,19 +286,18 @@ impl Forwarder {
         Err(last_error)
     }
 
-    /// The query for `key` to the upstream at `index`, with a fresh random ID and our loop tag.
-    fn build_query(&self, index: usize, key: &CacheKey) -> Message {
+    /// The query for `key` with a fresh random ID: with an OPT record (our UDP size, the
+    /// client's DO bit, no option) when `edns`, else a plain one.
+    fn build_query(&self, key: &CacheKey, edns: bool) -> Message {
         let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = true;
         msg.add_query(Query::query(Name::from(&key.name), key.qtype));
-        let mut edns = Edns::new();
-        edns.set_max_payload(self.upstream_config.edns_payload);
-        edns.set_dnssec_ok(key.dnssec_ok);
-        let mut tag = self.loop_tag.to_vec();
-        tag.push(u8::try_from(index).unwrap_or(u8::MAX));
-        edns.options_mut()
-            .insert(EdnsOption::Unknown(LOOP_OPTION, tag));
-        msg.set_edns(edns);
+        if edns {
+            let mut opt = Edns::new();
+            opt.set_max_payload(self.upstream_config.edns_payload);
+            opt.set_dnssec_ok(key.dnssec_ok);
+            msg.set_edns(opt);
+        }
         msg
     }
 }

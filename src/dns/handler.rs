@@ -191,7 +191,10 @@ impl Responder {
         if request.queries.queries().len() != 1 {
             return Some(Reply::rcode(ResponseCode::FormErr));
         }
-        if self.forwarder.detect_loop(request.edns.as_ref()) {
+        if self
+            .forwarder
+            .detect_loop(request.queries.queries()[0].name())
+        {
             return Some(
                 Reply::rcode(ResponseCode::Refused).with_ede(Ede::Prohibited, "forwarding loop"),
             );

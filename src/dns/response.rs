@@ -40,6 +40,9 @@ pub enum Ede {
     Prohibited = 18,
     /// 22: no upstream, or the P2P network, answered in time.
     NoReachableAuthority = 22,
+    /// 23: an upstream's answer could not be used (malformed): an unrecoverable error in
+    /// talking to another server.
+    NetworkError = 23,
 }
 
 /// A reply before encoding.
@@ -139,6 +142,7 @@ impl Reply {
             ForwardError::Timeout => (Ede::NoReachableAuthority, "upstreams did not answer"),
             ForwardError::Upstream(_) => (Ede::Other, "upstreams failed the query"),
             ForwardError::Overloaded => (Ede::Other, "too many queries in flight"),
+            ForwardError::Malformed => (Ede::NetworkError, "upstream answer is malformed"),
         };
         Self::rcode(ResponseCode::ServFail).with_ede(ede, text)
     }

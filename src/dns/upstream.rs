@@ -1,6 +1,11 @@
 //! The upstream servers: which ones (the configured list, else resolv.conf followed as it
-//! changes; never this daemon itself), the set the forwarder asks, and how well each one is
-//! doing (smoothed RTT, failures, back-off).
+//! changes; never this daemon itself), the set the forwarder asks, how well each one is doing
+//! (smoothed RTT, failures, back-off), how to talk to each (module `edns`: with EDNS or
+//! without, RFC 6891 section 7) and whether one sends our queries back to us (module `loops`:
+//! probes, [`UpstreamSet::detect_loop`]).
+
+mod edns;
+mod loops;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -13,7 +18,8 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot},
+    task::JoinSet,
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -41,8 +47,12 @@ pub struct Upstream {
     failures: AtomicU32,
     /// Milliseconds (on the [`UpstreamSet`]'s clock) before which the upstream is not tried.
     rest_until_ms: AtomicU64,
-    /// It answered our own loop-detection tag: it is this daemon.
+    /// Our loop probe came back through it: it forwards our queries to this daemon.
     looping: AtomicBool,
+    /// What we know of its EDNS support.
+    edns: edns::EdnsMemory,
+    /// Its loop probes.
+    probe: loops::ProbeState,
 }
 
 impl Upstream {
@@ -53,6 +63,8 @@ impl Upstream {
             failures: AtomicU32::new(0),
             rest_until_ms: AtomicU64::new(0),
             looping: AtomicBool::new(false),
+            edns: edns::EdnsMemory::default(),
+            probe: loops::ProbeState::default(),
         }
     }
 
@@ -105,6 +117,10 @@ impl Upstream {
         self.srtt_us
             .store(penalized.min(MAX_SRTT_US), Ordering::Relaxed);
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= loops::PROBE_AFTER_FAILURES {
+            // A forwarding loop shows as timeouts: each daemon in it waits on the other.
+            self.probe.request();
+        }
         if failures < FAILURES_BEFORE_REST {
             return false;
         }
@@ -118,9 +134,26 @@ impl Upstream {
         true
     }
 
-    /// Marks the upstream as this daemon itself. Returns true the first time.
-    pub fn mark_looping(&self) -> bool {
-        !self.looping.swap(true, Ordering::Relaxed)
+    /// Marks the upstream as sending our queries back to us; logs it the first time.
+    fn mark_looping(&self) {
+        if !self.looping.swap(true, Ordering::Relaxed) {
+            warn!(
+                upstream = %self.addr,
+                "upstream sends our queries back to this daemon (a forwarding loop); not using it"
+            );
+        }
+    }
+
+    /// Clears a loop mark once a probe went through it and was answered elsewhere.
+    fn clear_looping(&self) {
+        if self.looping.swap(false, Ordering::Relaxed) {
+            info!(upstream = %self.addr, "upstream no longer sends our queries back; using it again");
+        }
+    }
+
+    /// Is it marked as sending our queries back to us?
+    fn is_looping(&self) -> bool {
+        self.looping.load(Ordering::Relaxed)
     }
 }
 
@@ -149,15 +182,24 @@ fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
     servers
 }
 
-/// Would a query sent to `upstream` arrive at one of our own `listen` sockets?
+/// Would a query sent to `upstream` arrive at one of our own `listen` sockets? A wildcard
+/// listener receives what is sent to any address of this host (the LAN address that DHCP may
+/// put in resolv.conf too). Loops through other hosts are [`loops`]'s to find.
 fn is_own_address(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
     // ::ffff:127.0.0.1 reaches 127.0.0.1.
     let ip = upstream.ip().to_canonical();
     listen.iter().any(|own| {
         own.port() == upstream.port()
             && (own.ip() == ip
-                || (own.ip().is_unspecified() && own.is_ipv4() == ip.is_ipv4() && ip.is_loopback()))
+                || (own.ip().is_unspecified()
+                    && own.is_ipv4() == ip.is_ipv4()
+                    && (ip.is_loopback() || is_host_address(ip))))
     })
+}
+
+/// Is `ip` an address of this host? Only a local address can be bound.
+fn is_host_address(ip: IpAddr) -> bool {
+    !ip.is_unspecified() && std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// How often resolv.conf is checked for changes when the upstreams come from it (DHCP and VPN
@@ -176,6 +218,8 @@ pub struct UpstreamSet {
     list: RwLock<Arc<[Arc<Upstream>]>>,
     /// Start of the clock that rest times count on.
     epoch: Instant,
+    /// Wakes the follower when an upstream wants a loop probe.
+    probes_due: Notify,
 }
 
 impl UpstreamSet {
@@ -184,6 +228,7 @@ impl UpstreamSet {
         Self {
             list: RwLock::new(addrs.iter().map(|&a| Arc::new(Upstream::new(a))).collect()),
             epoch: Instant::now(),
+            probes_due: Notify::new(),
         }
     }
 
@@ -309,7 +354,8 @@ fn usable(candidates: Vec<SocketAddr>, listen: &[SocketAddr], source: &str) -> V
 }
 
 /// Keeps an [`UpstreamSet`] in step with its source. Its task ([`UpstreamFollower::follow`])
-/// is the only reader of the source: it polls resolv.conf and applies reloads.
+/// is the only reader of the source: it polls resolv.conf and applies reloads. It also sends
+/// the set's loop probes (see [`UpstreamSet::detect_loop`]).
 pub struct UpstreamFollower {
     source: UpstreamSource,
     /// This daemon's DNS addresses, never used as upstreams.
@@ -317,6 +363,8 @@ pub struct UpstreamFollower {
     /// resolv.conf's modification time when it was last read.
     seen: Option<SystemTime>,
     set: Arc<UpstreamSet>,
+    /// How long a loop probe waits for its answer (`upstream.timeout_ms`).
+    probe_wait: Duration,
 }
 
 /// A new source for the follower, and where to say it is in use.
@@ -334,6 +382,7 @@ impl UpstreamFollower {
             listen: listen.to_vec(),
             seen,
             set,
+            probe_wait: Duration::from_millis(config.timeout_ms),
         }
     }
 
@@ -354,6 +403,10 @@ impl UpstreamFollower {
 
     async fn run(mut self, mut reloads: mpsc::Receiver<Reload>, stop: CancellationToken) {
         let mut poll = tokio::time::interval(RESOLV_CONF_POLL);
+        let mut recheck = tokio::time::interval(loops::LOOP_RECHECK);
+        // Each probe is bounded by its wait; those still out when the follower stops are
+        // dropped with the set.
+        let mut probes = JoinSet::new();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -365,6 +418,14 @@ impl UpstreamFollower {
                 _ = poll.tick(), if matches!(self.source, UpstreamSource::ResolvConf(_)) => {
                     self.poll();
                 }
+                () = self.set.probes_due.notified() => {
+                    loops::start_probes(&self.set, &mut probes, self.probe_wait);
+                }
+                _ = recheck.tick() => {
+                    self.set.recheck_loops();
+                    loops::start_probes(&self.set, &mut probes, self.probe_wait);
+                }
+                Some(_) = probes.join_next(), if !probes.is_empty() => {}
             }
         }
     }
@@ -437,6 +498,10 @@ mod tests {
         let wildcard: Vec<SocketAddr> = vec!["0.0.0.0:53".parse().unwrap()];
         assert!(is_own_address("127.0.0.1:53".parse().unwrap(), &wildcard));
         assert!(!is_own_address("[::1]:53".parse().unwrap(), &wildcard));
+        // Any address of this host reaches a wildcard listener; others do not.
+        assert!(is_host_address("127.0.0.1".parse().unwrap()));
+        assert!(!is_host_address("192.0.2.1".parse().unwrap()));
+        assert!(!is_own_address("192.0.2.1:53".parse().unwrap(), &wildcard));
     }
 
     #[test]
@@ -450,9 +515,11 @@ mod tests {
         assert!(up.usable(2000));
         up.record_answer(Duration::from_millis(10));
         assert!(up.usable(1000));
-        assert!(up.mark_looping());
-        assert!(!up.mark_looping());
+        up.mark_looping();
+        assert!(up.is_looping());
         assert!(!up.usable(10_000));
+        up.clear_looping();
+        assert!(up.usable(10_000));
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,8 @@
 //! - [`special_names`]: special-use names (localhost, invalid, onion...) answered here or
 //!   forwarded, as the README's table says.
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
+//! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
+//!   records the forwarder does not model or what does not parse; forwarding loops.
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -34,3 +36,4 @@ mod scripted;
 mod special_names;
 mod support;
 mod tunnel;
+mod upstream_faults;

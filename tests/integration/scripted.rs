@@ -57,6 +57,9 @@ pub enum Action {
     Drop,
     /// Wait, then send these bytes.
     Delayed(Duration, Vec<u8>),
+    /// Send these bytes exactly as given, then (over TCP) close the connection: over TCP the
+    /// script writes the length in front itself, so it may announce more than it sends.
+    Unframed(Vec<u8>),
 }
 
 type Script = Arc<dyn Fn(&Asked) -> Action + Send + Sync>;
@@ -71,9 +74,8 @@ pub struct Scripted {
 impl Scripted {
     /// Starts a scripted upstream on 127.0.0.1 answering each query as `script` says.
     pub async fn start(script: impl Fn(&Asked) -> Action + Send + Sync + 'static) -> Self {
-        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (udp, tcp) = bind_pair().await;
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
         let script: Script = Arc::new(script);
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
@@ -94,6 +96,18 @@ impl Scripted {
             .filter(|a| a.qname() == name)
             .collect()
     }
+}
+
+/// A UDP socket and a TCP listener on one free port of 127.0.0.1. The port the system picks
+/// for UDP may be in use for TCP (by a connection of another test): then another one.
+async fn bind_pair() -> (Arc<UdpSocket>, TcpListener) {
+    for _ in 0..20 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+            return (Arc::new(udp), tcp);
+        }
+    }
+    panic!("no port free for both UDP and TCP");
 }
 
 impl Drop for Scripted {
@@ -120,14 +134,7 @@ async fn serve_udp(
     stop: CancellationToken,
 ) {
     let mut buf = vec![0u8; 65_535];
-    loop {
-        let (len, client) = tokio::select! {
-            () = stop.cancelled() => return,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(received) => received,
-                Err(_) => continue,
-            },
-        };
+    while let Some((len, client)) = next_datagram(&socket, &mut buf, &stop).await {
         let Some(asked) = record(&log, Transport::Udp, &buf[..len]) else {
             continue;
         };
@@ -138,6 +145,22 @@ async fn serve_udp(
                 let _ = socket.send_to(&bytes, client).await;
             }
         });
+    }
+}
+
+/// The next datagram into `buf` and its sender; `None` once `stop` is cancelled.
+async fn next_datagram(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    stop: &CancellationToken,
+) -> Option<(usize, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            received = socket.recv_from(buf) => if let Ok(received) = received {
+                return Some(received);
+            },
+        }
     }
 }
 
@@ -177,7 +200,12 @@ async fn serve_connection(mut stream: TcpStream, script: Script, log: Arc<Mutex<
         let Some(asked) = record(&log, Transport::Tcp, &wire) else {
             return;
         };
-        if let Some(bytes) = perform(script(&asked)).await {
+        let action = script(&asked);
+        if let Action::Unframed(bytes) = action {
+            let _ = stream.write_all(&bytes).await;
+            return;
+        }
+        if let Some(bytes) = perform(action).await {
             let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
             framed.extend_from_slice(&bytes);
             if stream.write_all(&framed).await.is_err() {
@@ -189,7 +217,7 @@ async fn serve_connection(mut stream: TcpStream, script: Script, log: Arc<Mutex<
 
 async fn perform(action: Action) -> Option<Vec<u8>> {
     match action {
-        Action::Reply(bytes) => Some(bytes),
+        Action::Reply(bytes) | Action::Unframed(bytes) => Some(bytes),
         Action::Drop => None,
         Action::Delayed(wait, bytes) => {
             tokio::time::sleep(wait).await;
@@ -314,4 +342,161 @@ async fn a_scripted_upstream_answers_as_told_and_logs_what_it_was_asked() {
     let asked = upstream.asked_for("www.example.");
     assert_eq!(asked.len(), 1);
     assert_eq!(asked[0].transport, Transport::Udp);
+}
+
+/// A query in wire form for `name`/`qtype` with RD=1 and the given ID, with an OPT record
+/// (payload 1232) when `edns`: written by hand, for tests whose answers hickory cannot decode.
+pub fn raw_query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
+    let mut out = id.to_be_bytes().to_vec();
+    out.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
+    out.extend_from_slice(&wire_name(name));
+    out.extend_from_slice(&qtype.to_be_bytes());
+    out.extend_from_slice(&1u16.to_be_bytes());
+    if edns {
+        out.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    }
+    out
+}
+
+/// Sends `query` over UDP to `server` and returns the datagram that comes back, undecoded.
+pub async fn raw_exchange_udp(server: SocketAddr, query: &[u8]) -> Vec<u8> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(server).await.unwrap();
+    socket.send(query).await.unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let len = tokio::time::timeout(super::support::WAIT, socket.recv(&mut buf))
+        .await
+        .expect("an answer within the bound")
+        .unwrap();
+    buf.truncate(len);
+    buf
+}
+
+/// Sends `query` over TCP to `server` and returns the message that comes back, undecoded.
+pub async fn raw_exchange_tcp(server: SocketAddr, query: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let mut framed = u16::try_from(query.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    stream.write_all(&framed).await.unwrap();
+    let len = tokio::time::timeout(super::support::WAIT, stream.read_u16())
+        .await
+        .expect("an answer within the bound")
+        .unwrap();
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await.unwrap();
+    buf
+}
+
+/// The RCODE (low four bits) and the answer section of a message in wire form, each record as
+/// its TYPE and RDATA octets: read without hickory (which refuses empty RDATA), skipping
+/// names as they stand (a compression pointer ends a name).
+pub fn raw_answers(message: &[u8]) -> (u8, Vec<(u16, Vec<u8>)>) {
+    let skip_name = |mut at: usize| loop {
+        match message[at] {
+            0 => return at + 1,
+            len if len & 0xc0 == 0xc0 => return at + 2,
+            len => at += 1 + usize::from(len),
+        }
+    };
+    let count = |at: usize| usize::from(u16::from_be_bytes([message[at], message[at + 1]]));
+    let mut at = 12;
+    for _ in 0..count(4) {
+        at = skip_name(at) + 4;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..count(6) {
+        at = skip_name(at);
+        let rtype = u16::from_be_bytes([message[at], message[at + 1]]);
+        let len = count(at + 8);
+        answers.push((rtype, message[at + 10..at + 10 + len].to_vec()));
+        at += 10 + len;
+    }
+    (message[3] & 0x0f, answers)
+}
+
+/// A UDP and TCP relay on 127.0.0.1 that passes every query to a target set later, and its
+/// answer back: an address that reaches a daemon without being one of the daemon's own.
+pub struct Relay {
+    pub addr: SocketAddr,
+    target: tokio::sync::watch::Sender<Option<SocketAddr>>,
+    stop: CancellationToken,
+}
+
+impl Relay {
+    /// Starts a relay; queries wait until [`Relay::point_to`] names where they go.
+    pub async fn start() -> Self {
+        let (udp, tcp) = bind_pair().await;
+        let addr = udp.local_addr().unwrap();
+        let (target, watch) = tokio::sync::watch::channel(None);
+        let stop = CancellationToken::new();
+        tokio::spawn(relay_udp(udp, watch.clone(), stop.clone()));
+        tokio::spawn(relay_tcp(tcp, watch, stop.clone()));
+        Self { addr, target, stop }
+    }
+
+    /// Relays every query, waiting ones too, to `target`.
+    pub fn point_to(&self, target: SocketAddr) {
+        self.target.send_replace(Some(target));
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+type Target = tokio::sync::watch::Receiver<Option<SocketAddr>>;
+
+async fn target_of(mut watch: Target) -> SocketAddr {
+    let target = watch.wait_for(Option::is_some).await.unwrap();
+    target.expect("waited for it")
+}
+
+async fn relay_udp(socket: Arc<UdpSocket>, watch: Target, stop: CancellationToken) {
+    let mut buf = vec![0u8; 65_535];
+    while let Some((len, client)) = next_datagram(&socket, &mut buf, &stop).await {
+        let (query, socket, watch, stop) = (
+            buf[..len].to_vec(),
+            socket.clone(),
+            watch.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let target = target_of(watch).await;
+            let out = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            out.connect(target).await.unwrap();
+            let _ = out.send(&query).await;
+            let mut answer = vec![0u8; 65_535];
+            tokio::select! {
+                () = stop.cancelled() => {}
+                received = out.recv(&mut answer) => if let Ok(len) = received {
+                    let _ = socket.send_to(&answer[..len], client).await;
+                },
+            }
+        });
+    }
+}
+
+async fn relay_tcp(listener: TcpListener, watch: Target, stop: CancellationToken) {
+    loop {
+        let mut inbound = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let (watch, stop) = (watch.clone(), stop.clone());
+        tokio::spawn(async move {
+            let target = target_of(watch).await;
+            let Ok(mut outbound) = TcpStream::connect(target).await else {
+                return;
+            };
+            tokio::select! {
+                () = stop.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+            }
+        });
+    }
 }
