@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use super::{
     cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup},
     exchange::{Exchanged, exchange},
+    scrub,
     upstream::UpstreamSet,
 };
 use crate::config::{CacheConfig, UpstreamConfig};
@@ -48,6 +49,10 @@ pub enum ForwardError {
     /// Too many queries are waiting on upstreams already.
     #[error("too many queries in flight")]
     Overloaded,
+    /// Upstreams answered, but not the question asked (another type, other names, a
+    /// referral): see [`super::scrub`].
+    #[error("upstream answers did not answer the question")]
+    Mismatch,
 }
 
 /// What the forwarder hands back for one question.
@@ -226,6 +231,7 @@ impl Forwarder {
                 let answer = Arc::new(CachedAnswer::from_message(
                     message,
                     wire_len,
+                    &key,
                     &self.cache_config,
                 ));
                 if let Some(ttl) = answer.cache_ttl(&self.cache_config)
@@ -278,10 +284,18 @@ impl Forwarder {
                 let query = self.build_query(index, key);
                 let started = Instant::now();
                 match exchange(upstream.addr, &query, wait, max_wait).await {
-                    Ok(answer) => {
+                    Ok(mut answer) => {
                         upstream.record_answer(started.elapsed());
                         match answer.message.metadata.response_code {
-                            ResponseCode::NoError | ResponseCode::NXDomain => return Ok(answer),
+                            ResponseCode::NoError | ResponseCode::NXDomain => {
+                                match scrub::vet(&mut answer.message, key) {
+                                    Ok(()) => return Ok(answer),
+                                    Err(mismatch) => {
+                                        debug!(upstream = %upstream.addr, %mismatch, name = %key.name, "upstream answer refused");
+                                        last_error = ForwardError::Mismatch;
+                                    }
+                                }
+                            }
                             rcode => {
                                 debug!(upstream = %upstream.addr, %rcode, name = %key.name, "upstream failed the query");
                                 last_error = ForwardError::Upstream(rcode);
@@ -302,6 +316,7 @@ impl Forwarder {
     fn build_query(&self, index: usize, key: &CacheKey) -> Message {
         let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = true;
+        key.set_query_flags(&mut msg.metadata);
         msg.add_query(Query::query(Name::from(&key.name), key.qtype));
         let mut edns = Edns::new();
         edns.set_max_payload(self.upstream_config.edns_payload);
