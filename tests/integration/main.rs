@@ -11,6 +11,9 @@
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
 //!   a hostile node.
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
+//! - [`answer_rules`]: what a forwarded answer must be, against scripted upstreams: DNSSEC
+//!   header bits passed through, negative answers after a CNAME, answers that do not answer
+//!   the question refused and unrelated records removed (issue 11, kinds 2, 6 and 8).
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -23,6 +26,7 @@
 // A test reads as one scenario from set-up to the last check; the 80-line bound is for src/.
 #![allow(clippy::too_many_lines)]
 
+mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;
 mod dns;
