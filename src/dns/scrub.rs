@@ -164,7 +164,7 @@ impl Chain {
             return Ok(false);
         }
         if record.dns_class != DNSClass::IN {
-            return Err(self.mismatch(record));
+            return Err(not_asked(record));
         }
         match rtype {
             // Data of the asked type beside an alias loses to the alias (RFC 2181 section
@@ -172,16 +172,17 @@ impl Chain {
             _ if rtype == qtype || qtype == RecordType::ANY => Ok(at + 1 == self.names.len()),
             // A second alias at a name, or a CNAME that contradicts its DNAME.
             RecordType::CNAME | RecordType::DNAME => Ok(false),
-            _ => Err(self.mismatch(record)),
+            _ => Err(not_asked(record)),
         }
     }
+}
 
-    fn mismatch(&self, record: &Record) -> Mismatch {
-        Mismatch::NotAsked {
-            name: record.name.clone(),
-            rtype: record.record_type(),
-            class: record.dns_class,
-        }
+/// The refusal of an answer that holds `record` where the question's data belongs.
+fn not_asked(record: &Record) -> Mismatch {
+    Mismatch::NotAsked {
+        name: record.name.clone(),
+        rtype: record.record_type(),
+        class: record.dns_class,
     }
 }
 
