@@ -10,7 +10,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Message, ResponseCode},
+    op::{Message, Metadata, ResponseCode},
     rr::{LowerName, RData, Record, RecordType},
 };
 use lru::LruCache;
@@ -18,28 +18,51 @@ use tokio::time::Instant;
 
 use crate::config::CacheConfig;
 
-/// What a cached answer is filed under. The DO bit is part of the key because DNSSEC records
-/// are only in answers to queries that set it.
+/// What a cached answer is filed under: the question and the client's DNSSEC bits, which
+/// change what an upstream answers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     /// The question's name; lower case, so `Example.COM` and `example.com` share an entry.
     pub name: LowerName,
     /// The question's type (QTYPE).
     pub qtype: RecordType,
-    /// The DO bit of the client's EDNS OPT record (RFC 3225).
+    /// The DO bit of the client's EDNS OPT record (RFC 3225): DNSSEC records are only in
+    /// answers to queries that set it.
     pub dnssec_ok: bool,
+    /// The CD bit of the client's query (RFC 4035 section 3.2.2): a validating upstream
+    /// answers SERVFAIL with CD=0 where it gives the data with CD=1, so the two answers are
+    /// cached apart; data given to CD=1 may be data that validation refuses.
+    pub checking_disabled: bool,
 }
 
-/// An upstream answer, stripped to what is served again: RCODE and the three record sections,
-/// with TTLs as they were when it arrived (after clamping).
+impl CacheKey {
+    /// Sets the header bits of an upstream query for this key: CD as the client sent it (RFC
+    /// 4035 section 3.2.2), and AD=1 so that the upstream says whether it validated the
+    /// answer even without DO (RFC 6840 section 5.7); the client only sees that AD if it
+    /// asked for it ([`CachedAnswer::authentic_data`]).
+    pub fn set_query_flags(&self, metadata: &mut Metadata) {
+        metadata.checking_disabled = self.checking_disabled;
+        metadata.authentic_data = true;
+    }
+}
+
+/// An upstream answer, stripped to what is served again: RCODE, AD and the three record
+/// sections, with TTLs as they were when it arrived (after clamping).
 #[derive(Debug)]
 pub struct CachedAnswer {
     /// The upstream's RCODE: NOERROR and NXDOMAIN are cached, others are passed on only.
     pub rcode: ResponseCode,
-    /// The answer section; empty for a negative answer.
+    /// The upstream's AD bit: it validated the answer. Passed on only to clients that set DO
+    /// or AD in their query (RFC 6840 section 5.8).
+    pub authentic_data: bool,
+    /// NOERROR without records of the asked type, alias chain or not (NODATA, RFC 2308
+    /// section 2.2); with NXDOMAIN (section 2.1) one of the two negative answers.
+    pub nodata: bool,
+    /// The answer section: the alias chain and the data at its end; for a negative answer
+    /// the chain only, often empty.
     pub answers: Vec<Record>,
-    /// The authority section: for a negative answer only the SOA and its DNSSEC proof (RFC
-    /// 2308 section 3), otherwise empty.
+    /// The authority section: for a negative answer the SOA and, with DO, its DNSSEC proof
+    /// (RFC 2308 section 3); for a positive one the NSEC proofs of a wildcard answer at most.
     pub authorities: Vec<Record>,
     /// The additional section; [`CachedAnswer::from_message`] empties it (minimal responses).
     pub additionals: Vec<Record>,
@@ -48,8 +71,18 @@ pub struct CachedAnswer {
 }
 
 impl CachedAnswer {
-    /// Takes the sections of an upstream response, clamping every TTL to the configured range.
-    pub fn from_message(mut msg: Message, wire_len: usize, config: &CacheConfig) -> Self {
+    /// Takes the sections of an upstream response to the question of `key`, already vetted
+    /// ([`super::scrub::vet`]), clamping every TTL to the configured range.
+    pub fn from_message(
+        mut msg: Message,
+        wire_len: usize,
+        key: &CacheKey,
+        config: &CacheConfig,
+    ) -> Self {
+        let rcode = msg.metadata.response_code;
+        let nodata = rcode == ResponseCode::NoError
+            && !msg.answers.iter().any(|r| r.record_type() == key.qtype);
+        let negative = nodata || rcode == ResponseCode::NXDomain;
         let clamp = |records: &mut Vec<Record>| {
             for record in records.iter_mut() {
                 record.ttl = record.ttl.clamp(config.min_ttl_secs, config.max_ttl_secs);
@@ -57,7 +90,7 @@ impl CachedAnswer {
         };
         clamp(&mut msg.answers);
         clamp(&mut msg.authorities);
-        if msg.answers.is_empty() {
+        if negative {
             // RFC 2308 section 3: a negative answer's SOA carries min(TTL, MINIMUM), which is
             // how long clients may cache the negative answer.
             for record in &mut msg.authorities {
@@ -68,20 +101,20 @@ impl CachedAnswer {
         }
         // Minimal responses (unbound's default): a stub resolver uses the answer, and for a
         // negative answer the SOA (with its DNSSEC proof); the upstream's NS records and glue
-        // only make every cached answer bigger and slower to send.
-        if msg.answers.is_empty() {
-            msg.authorities.retain(|r| {
-                matches!(
-                    r.record_type(),
-                    RecordType::SOA | RecordType::RRSIG | RecordType::NSEC | RecordType::NSEC3
-                )
-            });
-        } else {
-            msg.authorities.clear();
-        }
+        // only make every cached answer bigger and slower to send. DNSSEC records are here
+        // only if the client set DO and they prove this answer (the scrubber saw to it).
+        msg.authorities.retain(|r| match r.record_type() {
+            RecordType::SOA => negative,
+            rtype => matches!(
+                rtype,
+                RecordType::RRSIG | RecordType::NSEC | RecordType::NSEC3
+            ),
+        });
         msg.additionals.clear();
         Self {
-            rcode: msg.metadata.response_code,
+            rcode,
+            authentic_data: msg.metadata.authentic_data,
+            nodata,
             answers: msg.answers,
             authorities: msg.authorities,
             additionals: msg.additionals,
@@ -89,26 +122,28 @@ impl CachedAnswer {
         }
     }
 
-    /// How long this answer may be served as fresh, or `None` if it must not be cached.
+    /// How long this answer may be served as fresh, in seconds, or `None` if it must not be
+    /// cached.
     pub fn cache_ttl(&self, config: &CacheConfig) -> Option<u32> {
-        match self.rcode {
-            ResponseCode::NoError if !self.answers.is_empty() => {
-                self.answers.iter().map(|r| r.ttl).min()
-            }
-            ResponseCode::NoError | ResponseCode::NXDomain => {
-                // RFC 2308 section 5: the SOA's TTL, capped by its MINIMUM field. Without an SOA
-                // a negative answer is not cached.
-                self.authorities.iter().find_map(|r| match &r.data {
-                    RData::SOA(soa) => Some(
-                        r.ttl
-                            .min(soa.minimum)
-                            .clamp(config.min_ttl_secs, config.max_negative_ttl_secs),
-                    ),
-                    _ => None,
-                })
-            }
-            _ => None,
+        if !matches!(self.rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
+            return None;
         }
+        let chain = self.answers.iter().map(|r| r.ttl).min();
+        if !self.nodata && self.rcode == ResponseCode::NoError {
+            return chain;
+        }
+        // RFC 2308 section 5: the SOA's TTL, capped by its MINIMUM field, and by the alias
+        // chain that led to the name without data (its CNAMEs may expire sooner). Without an
+        // SOA a negative answer is not cached.
+        let soa = self.authorities.iter().find_map(|r| match &r.data {
+            RData::SOA(soa) => Some(
+                r.ttl
+                    .min(soa.minimum)
+                    .clamp(config.min_ttl_secs, config.max_negative_ttl_secs),
+            ),
+            _ => None,
+        })?;
+        Some(chain.map_or(soa, |chain| chain.min(soa)))
     }
 
     /// Rough memory held by this answer, for the byte bound.
@@ -269,6 +304,7 @@ mod tests {
             name: LowerName::new(&Name::from_ascii(name).unwrap()),
             qtype: RecordType::A,
             dnssec_ok: false,
+            checking_disabled: false,
         }
     }
 
@@ -280,6 +316,8 @@ mod tests {
         );
         CachedAnswer {
             rcode: ResponseCode::NoError,
+            authentic_data: false,
+            nodata: false,
             answers: vec![rec],
             authorities: vec![],
             additionals: vec![],
@@ -391,7 +429,7 @@ mod tests {
         msg.add_answer(a_answer(60).answers[0].clone());
         msg.add_authority(ns.clone());
         msg.add_additional(a_answer(60).answers[0].clone());
-        let cached = CachedAnswer::from_message(msg, 100, &config);
+        let cached = CachedAnswer::from_message(msg, 100, &key("a.example."), &config);
         assert_eq!(cached.answers.len(), 1);
         assert!(cached.authorities.is_empty() && cached.additionals.is_empty());
 
@@ -399,7 +437,7 @@ mod tests {
         negative.metadata.response_code = ResponseCode::NXDomain;
         negative.add_authority(ns);
         negative.add_authority(soa(60, 60));
-        let cached = CachedAnswer::from_message(negative, 100, &config);
+        let cached = CachedAnswer::from_message(negative, 100, &key("a.example."), &config);
         assert_eq!(cached.authorities.len(), 1);
         assert_eq!(cached.authorities[0].record_type(), RecordType::SOA);
     }
@@ -414,9 +452,84 @@ mod tests {
         let mut msg = Message::response(1, hickory_proto::op::OpCode::Query);
         msg.add_answer(a_answer(5).answers[0].clone());
         msg.add_answer(a_answer(5000).answers[0].clone());
-        let cached = CachedAnswer::from_message(msg, 100, &config);
+        let cached = CachedAnswer::from_message(msg, 100, &key("a.example."), &config);
         assert_eq!(cached.answers[0].ttl, 30);
         assert_eq!(cached.answers[1].ttl, 600);
         assert_eq!(cached.cache_ttl(&config), Some(30));
+    }
+
+    fn cname(ttl: u32) -> Record {
+        Record::from_rdata(
+            Name::from_ascii("alias.example.").unwrap(),
+            ttl,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(
+                Name::from_ascii("target.example.").unwrap(),
+            )),
+        )
+    }
+
+    fn after_cname(rcode: ResponseCode, cname_ttl: u32, soa: Record) -> CachedAnswer {
+        let mut msg = Message::response(1, hickory_proto::op::OpCode::Query);
+        msg.metadata.response_code = rcode;
+        msg.add_answer(cname(cname_ttl));
+        msg.add_authority(soa);
+        let key = CacheKey {
+            qtype: RecordType::AAAA,
+            ..key("alias.example.")
+        };
+        CachedAnswer::from_message(msg, 100, &key, &CacheConfig::default())
+    }
+
+    #[test]
+    fn negative_answers_after_a_cname_keep_their_soa_and_its_ttl() {
+        let config = CacheConfig::default();
+        // RFC 2308 section 2.2: NODATA after a CNAME, SOA MINIMUM 2 s, CNAME TTL 3600 s.
+        let nodata = after_cname(ResponseCode::NoError, 3600, soa(3600, 2));
+        assert!(nodata.nodata);
+        assert_eq!(nodata.answers.len(), 1);
+        assert_eq!(nodata.authorities[0].ttl, 2, "SOA TTL is min(TTL, MINIMUM)");
+        assert_eq!(nodata.cache_ttl(&config), Some(2));
+        // Section 2.1: NXDOMAIN after a CNAME is cached too.
+        let nxdomain = after_cname(ResponseCode::NXDomain, 3600, soa(300, 60));
+        assert!(!nxdomain.nodata);
+        assert_eq!(nxdomain.cache_ttl(&config), Some(60));
+        // The chain bounds the negative TTL: the alias may change sooner.
+        let short_alias = after_cname(ResponseCode::NXDomain, 5, soa(300, 60));
+        assert_eq!(short_alias.cache_ttl(&config), Some(5));
+        let positive = CachedAnswer::from_message(
+            {
+                let mut msg = Message::response(1, hickory_proto::op::OpCode::Query);
+                msg.add_answer(cname(3600));
+                msg.add_answer(a_answer(30).answers[0].clone());
+                msg.add_authority(soa(3600, 2));
+                msg
+            },
+            100,
+            &key("alias.example."),
+            &config,
+        );
+        assert!(!positive.nodata && positive.authorities.is_empty());
+        assert_eq!(positive.cache_ttl(&config), Some(30));
+    }
+
+    #[test]
+    fn the_ad_bit_is_kept_and_upstream_queries_carry_cd_and_ad() {
+        let mut msg = Message::response(1, hickory_proto::op::OpCode::Query);
+        msg.metadata.authentic_data = true;
+        msg.add_answer(a_answer(60).answers[0].clone());
+        let cached =
+            CachedAnswer::from_message(msg, 100, &key("a.example."), &CacheConfig::default());
+        assert!(cached.authentic_data);
+
+        let mut metadata = Message::query().metadata;
+        key("a.example.").set_query_flags(&mut metadata);
+        assert!(!metadata.checking_disabled && metadata.authentic_data);
+        let cd = CacheKey {
+            checking_disabled: true,
+            ..key("a.example.")
+        };
+        assert_ne!(cd, key("a.example."), "CD=1 and CD=0 are cached apart");
+        cd.set_query_flags(&mut metadata);
+        assert!(metadata.checking_disabled);
     }
 }

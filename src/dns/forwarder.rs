@@ -22,6 +22,7 @@ use tracing::debug;
 use super::{
     cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup},
     exchange::{ExchangeError, Exchanged},
+    scrub,
     upstream::UpstreamSet,
 };
 use crate::config::{CacheConfig, UpstreamConfig};
@@ -50,6 +51,10 @@ pub enum ForwardError {
     /// (and no other upstream answered better).
     #[error("an upstream answer is malformed")]
     Malformed,
+    /// Upstreams answered, but not the question asked (another type, other names, a
+    /// referral): see [`super::scrub`].
+    #[error("upstream answers did not answer the question")]
+    Mismatch,
 }
 
 /// What the forwarder hands back for one question.
@@ -211,6 +216,7 @@ impl Forwarder {
                 let answer = Arc::new(CachedAnswer::from_message(
                     message,
                     wire_len,
+                    &key,
                     &self.cache_config,
                 ));
                 if let Some(ttl) = answer.cache_ttl(&self.cache_config)
@@ -246,8 +252,8 @@ impl Forwarder {
     }
 
     /// Asks the upstreams, best first, in up to `upstream.attempts` rounds, for `key`. An
-    /// upstream whose answer was malformed is not asked again for this question (it would say
-    /// the same) but stays in service for others.
+    /// upstream whose answer was malformed or did not answer the question is not asked again
+    /// for it (it would say the same) but stays in service for others.
     async fn ask_upstreams(&self, key: &CacheKey) -> Result<Exchanged, ForwardError> {
         let upstreams = self.upstreams.snapshot();
         let order = self.upstreams.order(&upstreams);
@@ -256,17 +262,26 @@ impl Forwarder {
         }
         let max_wait = Duration::from_millis(self.upstream_config.timeout_ms);
         let mut last_error = ForwardError::Timeout;
-        let mut malformed = Vec::new();
+        let mut answered_badly = Vec::new();
         for _ in 0..self.upstream_config.attempts {
             for &index in &order {
                 let upstream = &upstreams[index];
-                if !upstream.usable(self.upstreams.now_ms()) || malformed.contains(&index) {
+                if !upstream.usable(self.upstreams.now_ms()) || answered_badly.contains(&index) {
                     continue;
                 }
                 let query = |edns| self.build_query(key, edns);
                 match self.upstreams.ask(upstream, query, max_wait).await {
-                    Ok(answer) => match answer.message.metadata.response_code {
-                        ResponseCode::NoError | ResponseCode::NXDomain => return Ok(answer),
+                    Ok(mut answer) => match answer.message.metadata.response_code {
+                        ResponseCode::NoError | ResponseCode::NXDomain => {
+                            match scrub::vet(&mut answer.message, key) {
+                                Ok(()) => return Ok(answer),
+                                Err(mismatch) => {
+                                    debug!(upstream = %upstream.addr, %mismatch, name = %key.name, "upstream answer refused");
+                                    answered_badly.push(index);
+                                    last_error = ForwardError::Mismatch;
+                                }
+                            }
+                        }
                         rcode => {
                             debug!(upstream = %upstream.addr, %rcode, name = %key.name, "upstream failed the query");
                             last_error = ForwardError::Upstream(rcode);
@@ -274,7 +289,7 @@ impl Forwarder {
                     },
                     Err(ExchangeError::Malformed(why)) => {
                         debug!(upstream = %upstream.addr, name = %key.name, error = &why as &dyn std::error::Error, "malformed upstream answer");
-                        malformed.push(index);
+                        answered_badly.push(index);
                         last_error = ForwardError::Malformed;
                     }
                     Err(error) => {
@@ -291,6 +306,7 @@ impl Forwarder {
     fn build_query(&self, key: &CacheKey, edns: bool) -> Message {
         let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
         msg.metadata.recursion_desired = true;
+        key.set_query_flags(&mut msg.metadata);
         msg.add_query(Query::query(Name::from(&key.name), key.qtype));
         if edns {
             let mut opt = Edns::new();

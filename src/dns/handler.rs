@@ -214,11 +214,13 @@ impl Responder {
             name: name.clone(),
             qtype,
             dnssec_ok: dnssec_ok(request),
+            checking_disabled: checking_disabled(request),
         };
         match self.forwarder.resolve(key).await {
             Outcome::Answer { answer, age, stale } => {
                 let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
-                Reply::forwarded(&answer, age, stale_ttl, qname)
+                let ad_asked = dnssec_ok(request) || request.metadata.authentic_data;
+                Reply::forwarded(&answer, age, stale_ttl, qname, ad_asked)
             }
             Outcome::Failed(error) => {
                 debug!(name = %qname, %qtype, %error, "answering SERVFAIL");
@@ -250,6 +252,7 @@ impl Responder {
             name: target,
             qtype,
             dnssec_ok: dnssec_ok(request),
+            checking_disabled: checking_disabled(request),
         };
         if let Outcome::Answer { answer, age, .. } = self.forwarder.resolve(key).await
             && answer.rcode == ResponseCode::NoError
@@ -298,6 +301,12 @@ impl Responder {
 /// Did the client set the DO bit (RFC 3225)?
 fn dnssec_ok(request: &Request) -> bool {
     request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok)
+}
+
+/// Did the client set the CD bit (RFC 4035 section 3.2.2): it validates, or wants the data
+/// even where validation fails?
+fn checking_disabled(request: &Request) -> bool {
+    request.metadata.checking_disabled
 }
 
 /// Holds one count in the in-flight counter while a query is answered.

@@ -43,6 +43,8 @@ pub enum Ede {
     /// 23: an upstream's answer could not be used (malformed): an unrecoverable error in
     /// talking to another server.
     NetworkError = 23,
+    /// 24: upstreams answered with data that cannot be used (answers to another question).
+    InvalidData = 24,
 }
 
 /// A reply before encoding.
@@ -51,6 +53,9 @@ pub struct Reply {
     rcode: ResponseCode,
     /// AA: the answer comes from names this daemon serves itself.
     pub authoritative: bool,
+    /// AD: an upstream validated the answer and the client asked to know (RFC 6840 section
+    /// 5.8).
+    pub authentic_data: bool,
     /// The answer section, TTLs as sent.
     pub answers: Vec<Record>,
     authorities: Vec<Record>,
@@ -67,6 +72,7 @@ impl Reply {
         Self {
             rcode,
             authoritative: false,
+            authentic_data: false,
             answers: Vec::new(),
             authorities: Vec::new(),
             additionals: Vec::new(),
@@ -87,6 +93,7 @@ impl Reply {
         Self {
             rcode: answer.rcode,
             authoritative: !failed,
+            authentic_data: false,
             answers: answer.answers,
             authorities: answer.authorities,
             additionals: Vec::new(),
@@ -104,12 +111,15 @@ impl Reply {
 
     /// A forwarded answer stored `age` seconds ago, its TTLs counted down; a `stale` one gets
     /// `stale_ttl` seconds on each record (RFC 8767 section 4). Owner names equal to `qname`
-    /// copy its letter case.
+    /// copy its letter case. The upstream's AD bit is passed on only if `ad_asked` (the
+    /// client set DO or AD: RFC 6840 section 5.8); legacy stubs and middleboxes would take
+    /// it for more than it is.
     pub fn forwarded(
         answer: &Arc<CachedAnswer>,
         age: u32,
         stale: Option<u32>,
         qname: &Name,
+        ad_asked: bool,
     ) -> Self {
         let copy = |records: &[Record]| -> Vec<Record> {
             records
@@ -127,6 +137,7 @@ impl Reply {
         Self {
             rcode: answer.rcode,
             authoritative: false,
+            authentic_data: answer.authentic_data && ad_asked,
             answers: copy(&answer.answers),
             authorities: copy(&answer.authorities),
             additionals: copy(&answer.additionals),
@@ -143,6 +154,10 @@ impl Reply {
             ForwardError::Upstream(_) => (Ede::Other, "upstreams failed the query"),
             ForwardError::Overloaded => (Ede::Other, "too many queries in flight"),
             ForwardError::Malformed => (Ede::NetworkError, "upstream answer is malformed"),
+            ForwardError::Mismatch => (
+                Ede::InvalidData,
+                "upstream answers did not answer the question",
+            ),
         };
         Self::rcode(ResponseCode::ServFail).with_ede(ede, text)
     }
@@ -160,6 +175,8 @@ pub async fn send<R: ResponseHandler>(
     let mut metadata = Metadata::response_from_request(&request.metadata);
     metadata.recursion_available = true;
     metadata.authoritative = reply.authoritative;
+    // CD is copied from the query by hickory (RFC 4035 section 3.2.2); AD is ours to set.
+    metadata.authentic_data = reply.authentic_data;
     metadata.response_code = reply.rcode;
     let edns = response_edns(request, &reply, udp_payload);
     let limit = match (request.protocol(), &request.edns) {

@@ -15,6 +15,9 @@
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
 //!   records the forwarder does not model or what does not parse; forwarding loops.
+//! - [`answer_rules`]: what a forwarded answer must be, against scripted upstreams: DNSSEC
+//!   header bits passed through, negative answers after a CNAME, answers that do not answer
+//!   the question refused and unrelated records removed (issue 11, kinds 2, 6 and 8).
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -27,6 +30,7 @@
 // A test reads as one scenario from set-up to the last check; the 80-line bound is for src/.
 #![allow(clippy::too_many_lines)]
 
+mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;
 mod dns;

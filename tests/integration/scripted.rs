@@ -500,3 +500,57 @@ async fn relay_tcp(listener: TcpListener, watch: Target, stop: CancellationToken
         });
     }
 }
+
+// Records and query details for the answer-rule tests (issue 11, kinds 2, 6 and 8).
+
+impl Asked {
+    /// The DO bit of the query's OPT record (false without EDNS).
+    pub fn dnssec_ok(&self) -> bool {
+        self.message
+            .edns
+            .as_ref()
+            .is_some_and(|e| e.flags().dnssec_ok)
+    }
+
+    /// The CD bit of the query's header.
+    pub fn checking_disabled(&self) -> bool {
+        self.message.metadata.checking_disabled
+    }
+
+    /// The question's type.
+    pub fn qtype(&self) -> hickory_proto::rr::RecordType {
+        self.message.queries[0].query_type()
+    }
+}
+
+/// An A record (type 1).
+pub fn raw_a(name: &str, ttl: u32, address: [u8; 4]) -> Vec<u8> {
+    raw_rr(name, 1, ttl, &address)
+}
+
+/// An AAAA record (type 28).
+pub fn raw_aaaa(name: &str, ttl: u32, address: std::net::Ipv6Addr) -> Vec<u8> {
+    raw_rr(name, 28, ttl, &address.octets())
+}
+
+/// A CNAME record (type 5), its target uncompressed.
+pub fn raw_cname(name: &str, ttl: u32, target: &str) -> Vec<u8> {
+    raw_rr(name, 5, ttl, &wire_name(target))
+}
+
+/// An NS record (type 2) for `zone`.
+pub fn raw_ns(zone: &str, ttl: u32, host: &str) -> Vec<u8> {
+    raw_rr(zone, 2, ttl, &wire_name(host))
+}
+
+/// The SOA record (type 6) of `zone`, with the given TTL and MINIMUM (the negative-caching
+/// TTL, RFC 2308 section 4); MNAME `ns.<zone>`, RNAME `admin.<zone>`.
+pub fn raw_soa(zone: &str, ttl: u32, minimum: u32) -> Vec<u8> {
+    let zone = zone.trim_end_matches('.');
+    let mut rdata = wire_name(&format!("ns.{zone}."));
+    rdata.extend(wire_name(&format!("admin.{zone}.")));
+    for field in [1u32, 3600, 600, 86_400, minimum] {
+        rdata.extend_from_slice(&field.to_be_bytes());
+    }
+    raw_rr(zone, 6, ttl, &rdata)
+}
