@@ -5,7 +5,10 @@
 //! then, for `.p2p` only, the DHT of signed name records ([`Dht`]): this node's own names
 //! ([`publisher`]), else a lookup ([`resolver`]) that believes the owners in [`pins`]. Other
 //! TLDs in `naming.tlds` are answered from the local table alone. `answer` turns a set of
-//! records into the answer an authoritative server would give.
+//! records into the answer an authoritative server would give (docs/PROTOCOL.md section 10),
+//! [`Naming::lookup`] follows a CNAME chain from one source into the next, and `rebinding`
+//! screens what came from the network. Why an answer is not plain data is an [`AnswerNote`],
+//! which the DNS front end turns into an Extended DNS Error.
 //!
 //! This module owns TLD routing, the answers built from records, the published names and the
 //! pins; it does not touch the libp2p swarm (it asks the P2P node through
