@@ -24,12 +24,15 @@ use ipnet::IpNet;
 use tracing::debug;
 
 use super::{
-    cache::CacheKey,
+    cache::{CacheKey, CachedAnswer},
     forwarder::{Forwarder, Outcome},
     response::{self, Ede, Reply},
     special::SpecialUse,
 };
-use crate::{config::DnsConfig, naming::Naming};
+use crate::{
+    config::DnsConfig,
+    naming::{AnswerNote, Naming, NamingAnswer, remove_private},
+};
 
 /// TTL of the synthesized answer to ANY queries (RFC 8482 section 4.2).
 const ANY_TTL: u32 = 3600;
@@ -144,8 +147,7 @@ impl Responder {
         }
         if self.naming.is_local(query.name()) {
             let mut answer = self.naming.lookup(qname, qtype).await;
-            self.follow_cname_out(&mut answer.answers, qtype, request)
-                .await;
+            self.follow_cname_out(&mut answer, qtype, request).await;
             return Reply::from_naming(answer);
         }
         if is_doh_canary(query.name()) {
@@ -230,18 +232,22 @@ impl Responder {
     }
 
     /// A `.p2p` answer that ends in a CNAME to an ICANN name (`site.p2p CNAME
-    /// example.github.io.`) is completed through the forwarder, so stub resolvers that do not
-    /// chase CNAMEs themselves get addresses.
+    /// example.github.io.`) is completed through the forwarder when the client asked for
+    /// recursion, so stub resolvers that do not chase CNAMEs themselves get addresses
+    /// (RFC 1034 section 4.3.2 step 3a; docs/PROTOCOL.md section 10.3).
     async fn follow_cname_out(
         &self,
-        answers: &mut Vec<Record>,
+        answer: &mut NamingAnswer,
         qtype: RecordType,
         request: &Request,
     ) {
-        if matches!(qtype, RecordType::CNAME | RecordType::ANY) {
+        if !request.metadata.recursion_desired
+            || answer.rcode != ResponseCode::NoError
+            || matches!(qtype, RecordType::CNAME | RecordType::ANY)
+        {
             return;
         }
-        let Some(RData::CNAME(target)) = answers.last().map(|r| &r.data) else {
+        let Some(RData::CNAME(target)) = answer.answers.last().map(|r| &r.data) else {
             return;
         };
         let target = LowerName::new(&target.0);
@@ -254,14 +260,14 @@ impl Responder {
             dnssec_ok: dnssec_ok(request),
             checking_disabled: checking_disabled(request),
         };
-        if let Outcome::Answer { answer, age, .. } = self.forwarder.resolve(key).await
-            && answer.rcode == ResponseCode::NoError
-        {
-            answers.extend(answer.answers.iter().map(|r| {
-                let mut r = r.clone();
-                r.ttl = r.ttl.saturating_sub(age);
-                r
-            }));
+        match self.forwarder.resolve(key).await {
+            Outcome::Answer {
+                answer: tail, age, ..
+            } => append_tail(answer, &tail, age),
+            Outcome::Failed(error) => {
+                debug!(%error, "the ICANN target of a .p2p CNAME did not resolve");
+                *answer = NamingAnswer::failed(AnswerNote::TargetFailed);
+            }
         }
     }
 
@@ -296,6 +302,36 @@ impl Responder {
         let reply = self.reply(request).await;
         response::send(request, reply, response_handle, self.udp_payload).await
     }
+}
+
+/// Appends the upstream's answer for the ICANN target of a `.p2p` CNAME chain (stored `age`
+/// seconds ago) to `answer`, which takes its RCODE and authority section (the target zone's
+/// SOA when it is negative: RFC 2308 sections 2.1 and 2.2, RFC 6604). The answer is no longer
+/// authoritative, and its addresses pass the DNS-rebinding filter when the chain came from the
+/// network. An upstream that failed the name fails the answer.
+fn append_tail(answer: &mut NamingAnswer, tail: &CachedAnswer, age: u32) {
+    if !matches!(tail.rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
+        *answer = NamingAnswer::failed(AnswerNote::TargetFailed);
+        return;
+    }
+    let aged = |records: &[Record]| -> Vec<Record> {
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.ttl = r.ttl.saturating_sub(age);
+                r
+            })
+            .collect()
+    };
+    let mut records = aged(&tail.answers);
+    if answer.screen_tail && remove_private(&mut records) {
+        answer.note = Some(AnswerNote::PrivateRemoved);
+    }
+    answer.answers.extend(records);
+    answer.rcode = tail.rcode;
+    answer.authorities = aged(&tail.authorities);
+    answer.authoritative = false;
 }
 
 /// Did the client set the DO bit (RFC 3225)?

@@ -17,7 +17,7 @@ use hickory_server::{
 use tracing::debug;
 
 use super::{cache::CachedAnswer, forwarder::ForwardError};
-use crate::naming::NamingAnswer;
+use crate::naming::{AnswerNote, NamingAnswer};
 
 /// EDNS option code of Extended DNS Errors (RFC 8914).
 const EDE_OPTION: u16 = 15;
@@ -34,11 +34,12 @@ pub enum Ede {
     Other = 0,
     /// 3: the answer is past its TTL, served because refreshing it failed or is slow (RFC 8767).
     StaleAnswer = 3,
-    /// 17: the name is answered NXDOMAIN by policy (the DNS-over-HTTPS canary).
+    /// 17: an answer changed by policy: NXDOMAIN for the DNS-over-HTTPS canary, private
+    /// addresses removed from a `.p2p` answer (DNS rebinding protection).
     Filtered = 17,
     /// 18: the client or the request is not allowed (ACL, zone transfer, forwarding loop).
     Prohibited = 18,
-    /// 22: no upstream, or the P2P network, answered in time.
+    /// 22: no upstream, or the P2P network, answered (or this node has no peer to ask).
     NoReachableAuthority = 22,
     /// 23: an upstream's answer could not be used (malformed): an unrecoverable error in
     /// talking to another server.
@@ -87,24 +88,18 @@ impl Reply {
         self
     }
 
-    /// The naming subsystem's answer, authoritative unless the DHT gave none in time.
+    /// The naming subsystem's answer: AA as the answer says (never on SERVFAIL), and its note
+    /// as an Extended DNS Error.
     pub fn from_naming(answer: NamingAnswer) -> Self {
         let failed = answer.rcode == ResponseCode::ServFail;
         Self {
             rcode: answer.rcode,
-            authoritative: !failed,
+            authoritative: answer.authoritative && !failed,
             authentic_data: false,
             answers: answer.answers,
             authorities: answer.authorities,
-            additionals: Vec::new(),
-            ede: match answer.failure {
-                _ if !failed => None,
-                Some(why) => Some((Ede::Other, why)),
-                None => Some((
-                    Ede::NoReachableAuthority,
-                    "no answer from the p2p network in time; try again",
-                )),
-            },
+            additionals: answer.additionals,
+            ede: answer.note.map(|note| (naming_ede(note), note.text())),
             size_hint: None,
         }
     }
@@ -160,6 +155,22 @@ impl Reply {
             ),
         };
         Self::rcode(ResponseCode::ServFail).with_ede(ede, text)
+    }
+}
+
+/// The Extended DNS Error code for why a `.p2p` answer is not simply what the records say.
+fn naming_ede(note: AnswerNote) -> Ede {
+    match note {
+        AnswerNote::NotConnected
+        | AnswerNote::NoPeerAnswered
+        | AnswerNote::Timeout
+        | AnswerNote::TargetFailed => Ede::NoReachableAuthority,
+        AnswerNote::PrivateRemoved => Ede::Filtered,
+        AnswerNote::Busy
+        | AnswerNote::NodeStopped
+        | AnswerNote::PinnedOwnerMissing
+        | AnswerNote::TunnelListen
+        | AnswerNote::TunnelAddress => Ede::Other,
     }
 }
 

@@ -207,10 +207,8 @@ fn answer_in_zone(kind: Kind, apex: &Name, qname: &Name, qtype: RecordType) -> N
         return negative(ResponseCode::NoError, apex);
     }
     NamingAnswer {
-        rcode: ResponseCode::NoError,
         answers: records,
-        authorities: Vec::new(),
-        failure: None,
+        ..NamingAnswer::rcode(ResponseCode::NoError)
     }
 }
 
@@ -242,10 +240,8 @@ fn soa(apex: &Name) -> RData {
 /// NXDOMAIN or NODATA with the zone's SOA in the authority section (RFC 2308 section 3).
 fn negative(rcode: ResponseCode, apex: &Name) -> NamingAnswer {
     NamingAnswer {
-        rcode,
-        answers: Vec::new(),
         authorities: vec![Record::from_rdata(apex.clone(), LOCAL_TTL, soa(apex))],
-        failure: None,
+        ..NamingAnswer::rcode(rcode)
     }
 }
 

@@ -4,14 +4,11 @@
 
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
-use hickory_proto::{
-    op::ResponseCode,
-    rr::{LowerName, Name, Record, RecordType},
-};
+use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use libp2p::identity::ed25519;
 
 use super::{
-    NamingAnswer, answer_from, nodata,
+    AnswerNote, Built, NamingAnswer, Origin, answer_from, nodata,
     pins::{Pin, Pins},
     positive,
     publisher::{PublishError, Publisher},
@@ -37,23 +34,15 @@ pub struct DhtConfig {
     budget: Duration,
     /// Valid replicas wanted before a lookup answers early.
     replicas: usize,
-    /// Names (and their subdomains) whose answers may hold private addresses.
-    allow_private: Vec<LowerName>,
 }
 
 impl DhtConfig {
-    /// The settings of `p2p` (lookup budget and replicas) and `naming` (names allowed private
-    /// answers; entries that are not domain names are skipped).
-    pub fn new(p2p: &P2pConfig, naming: &NamingConfig) -> Self {
+    /// The settings of `p2p` (lookup budget and replicas). (`naming` is kept for callers: the
+    /// names allowed private answers are the [`super::Naming`]'s business now.)
+    pub fn new(p2p: &P2pConfig, _naming: &NamingConfig) -> Self {
         Self {
             budget: Duration::from_millis(p2p.lookup_budget_ms),
             replicas: p2p.lookup_replicas,
-            allow_private: naming
-                .allow_private_answers
-                .iter()
-                .filter_map(|n| Name::from_ascii(n).ok())
-                .map(|n| LowerName::new(&n))
-                .collect(),
         }
     }
 }
@@ -77,13 +66,7 @@ impl Dht {
         tunnels: Option<Arc<Tunnels>>,
     ) -> Self {
         let pins = Pins::load(data_dir);
-        let resolver = Resolver::new(
-            node.clone(),
-            pins,
-            config.budget,
-            config.replicas,
-            config.allow_private,
-        );
+        let resolver = Resolver::new(node.clone(), pins, config.budget, config.replicas);
         let publisher = Publisher::load(node.clone(), keypair, data_dir);
         Self {
             node,
@@ -114,22 +97,32 @@ impl Dht {
     }
 
     /// Answers a DNS question for a name under `.p2p`: from this node's own record for the
-    /// name, else from the DHT; SERVFAIL when the DHT gave no answer within the budget.
-    pub async fn lookup(&self, qname: &Name, qtype: RecordType, tld: &Name) -> NamingAnswer {
+    /// name, else from the DHT; SERVFAIL, with the reason, when the DHT gave no answer
+    /// (`seen`: see [`answer_from`]).
+    pub(crate) async fn answer(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        tld: &Name,
+        seen: &mut Vec<LowerName>,
+    ) -> Built {
         let Some(record_name) = record_name_for(&LowerName::new(qname)) else {
-            return answer_from(&Empty, qname, qtype, tld);
+            return answer_from(&Empty, qname, qtype, tld, seen);
         };
-        if let Some(own) = self.publisher.get(&LowerName::new(&record_name)) {
-            return self
-                .tunnel_answer(&own, qname, qtype, tld)
-                .unwrap_or_else(|| self.resolver.answer(&own, qname, qtype, tld));
-        }
-        match self.resolver.resolve(&record_name).await {
-            Some(DhtAnswer::Found(found)) => self
-                .tunnel_answer(&found.record, qname, qtype, tld)
-                .unwrap_or_else(|| self.resolver.answer(&found.record, qname, qtype, tld)),
-            Some(DhtAnswer::Absent) => answer_from(&Empty, qname, qtype, tld),
-            None => NamingAnswer::rcode(ResponseCode::ServFail),
+        let record = match self.publisher.get(&LowerName::new(&record_name)) {
+            Some(own) => own,
+            None => match self.resolver.resolve(&record_name).await {
+                Ok(DhtAnswer::Found(found)) => found.record,
+                Ok(DhtAnswer::Absent) => return answer_from(&Empty, qname, qtype, tld, seen),
+                Err(note) => return Built::done(NamingAnswer::failed(note), Origin::Network),
+            },
+        };
+        match self.tunnel_answer(&record, qname, qtype, tld) {
+            Some(answer) => {
+                seen.push(LowerName::new(qname));
+                Built::done(answer, Origin::Tunnel)
+            }
+            None => Resolver::answer(&record, qname, qtype, tld, seen),
         }
     }
 
@@ -162,18 +155,10 @@ impl Dht {
                 )])
             }
             // Listening failures are logged where they happen, once each.
-            Err(TunnelError::Listen(_)) => NamingAnswer {
-                failure: Some(
-                    "a tunnelled name whose port this machine cannot listen on; see p2pdns tunnels",
-                ),
-                ..NamingAnswer::rcode(ResponseCode::ServFail)
-            },
+            Err(TunnelError::Listen(_)) => NamingAnswer::failed(AnswerNote::TunnelListen),
             Err(error) => {
                 tracing::warn!(name = %qname, "no local address for a tunnelled name: {}", crate::error::one_line(&error));
-                NamingAnswer {
-                    failure: Some("no local address for a tunnelled name; see the daemon's log"),
-                    ..NamingAnswer::rcode(ResponseCode::ServFail)
-                }
+                NamingAnswer::failed(AnswerNote::TunnelAddress)
             }
         })
     }
@@ -188,7 +173,7 @@ impl Dht {
             });
         }
         match self.resolver.resolve(name).await {
-            Some(DhtAnswer::Found(found)) => Some(found),
+            Ok(DhtAnswer::Found(found)) => Some(found),
             _ => None,
         }
     }
@@ -202,7 +187,7 @@ impl Dht {
         }
         let own = crate::record::key_of_name(&self.key_name())?;
         match self.resolver.resolve(set).await {
-            Some(DhtAnswer::Found(found)) if found.record.owner != own => Some(found.record.owner),
+            Ok(DhtAnswer::Found(found)) if found.record.owner != own => Some(found.record.owner),
             _ => None,
         }
     }
@@ -272,9 +257,10 @@ impl Dht {
         }
         let tld = Name::from_ascii(format!("{}.", crate::record::TLD)).expect("a valid TLD");
         for name in tunnels.mapped_names() {
+            let mut seen = Vec::new();
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = self.lookup(&name, RecordType::A, &tld) => {}
+                _ = self.answer(&name, RecordType::A, &tld, &mut seen) => {}
             }
         }
     }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use hickory_proto::{
-    rr::{LowerName, Name, RData, Record, RecordType},
+    rr::{LowerName, Name, RData, Record},
     serialize::txt::Parser,
 };
 
@@ -35,12 +35,11 @@ pub enum ZoneError {
         /// The parser's message, or why the text was refused (several lines, `$INCLUDE`).
         message: String,
     },
-    /// The owner has a CNAME beside other data (RFC 1034 section 3.6.2 forbids it).
-    #[error("{name} has a CNAME and other records; a CNAME must stand alone")]
-    CnameAndOther {
-        /// The owner, fully qualified.
-        name: String,
-    },
+    /// The owner's records break a rule of docs/PROTOCOL.md section 10.1 (a CNAME beside
+    /// other data, several TTLs in an RRset...), which local records follow like published
+    /// ones.
+    #[error(transparent)]
+    Content(#[from] crate::record::ContentError),
 }
 
 /// Records by owner name, with every ancestor remembered so empty non-terminals answer NODATA.
@@ -70,18 +69,16 @@ impl LocalZone {
         for text in records {
             parsed.extend(parse_record(&name, text, default_ttl)?);
         }
-        let has_cname = parsed.iter().any(|r| r.record_type() == RecordType::CNAME);
-        if has_cname && parsed.len() > 1 {
-            return Err(ZoneError::CnameAndOther {
-                name: name.to_ascii(),
-            });
-        }
+        // An owner written twice (`site.p2p` and `Site.p2p`) is one name: check them together.
+        let mut all = self.names.get(&lower).cloned().unwrap_or_default();
+        all.extend(parsed);
+        let all = crate::record::tidy(all)?;
         let mut ancestor = name.base_name();
         while !ancestor.is_root() {
             self.ancestors.insert(LowerName::new(&ancestor));
             ancestor = ancestor.base_name();
         }
-        self.names.entry(lower).or_default().extend(parsed);
+        self.names.insert(lower, all);
         Ok(())
     }
 
@@ -96,7 +93,8 @@ impl LocalZone {
     }
 
     /// Are answers for `name` ours to give: does it, a name above it or one below it hold
-    /// local records? (Local names shadow the network, subdomains included.)
+    /// local records, or a wildcard that matches it (`*.site.p2p` for `www.site.p2p`)? (Local
+    /// names shadow the network, subdomains included.)
     pub fn covers(&self, name: &LowerName) -> bool {
         if self.ancestors.contains(name) {
             return true;
@@ -107,6 +105,10 @@ impl LocalZone {
                 return true;
             }
             name = name.base_name();
+            let wildcard = name.prepend_label("*").map(|w| LowerName::new(&w));
+            if wildcard.is_ok_and(|w| self.names.contains_key(&w)) {
+                return true;
+            }
         }
         false
     }
@@ -247,7 +249,7 @@ fn push_character_string(out: &mut String, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::RData;
+    use hickory_proto::rr::{RData, RecordType};
 
     fn tlds() -> Vec<LowerName> {
         vec![LowerName::new(&Name::from_ascii("p2p.").unwrap())]
@@ -299,7 +301,13 @@ mod tests {
                 &tlds(),
             )
             .unwrap_err();
-        assert!(matches!(err, ZoneError::CnameAndOther { .. }));
+        assert!(
+            matches!(
+                err,
+                ZoneError::Content(crate::record::ContentError::CnameAndOther { .. })
+            ),
+            "{err}"
+        );
         assert!(
             zone.add("p2p", &["A 192.0.2.1".to_owned()], 300, &tlds())
                 .is_err()

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     p2p::{NodeError, NodeHandle},
-    record::{self, NameRecord, RecordError, key_of_name, unix_now},
+    record::{self, ContentError, NameRecord, RecordError, key_of_name, unix_now},
     state::{read_toml, write_toml},
 };
 
@@ -38,6 +38,10 @@ pub enum PublishError {
     /// The name or the records cannot make a valid record.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// The records break a rule of docs/PROTOCOL.md section 10.1 (a CNAME beside other data,
+    /// several TTLs in one RRset, a DNAME).
+    #[error(transparent)]
+    Content(#[from] ContentError),
     /// The P2P node did not take the record.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -127,13 +131,25 @@ impl Publisher {
     }
 
     /// Signs `records` under `name` with this node's key, saves them and pushes them to the
-    /// DHT. The sequence number rises with the clock, so it keeps rising even if the names
-    /// file is lost.
+    /// DHT. Exact duplicates are dropped first ([`record::tidy`]). The sequence number rises
+    /// with the clock, so it keeps rising even if the names file is lost.
     ///
     /// # Errors
-    /// [`PublishError`]: an invalid name or record, another key's key name, a failed save, or
-    /// the node not taking the record.
+    /// [`PublishError`]: an invalid name or record, records an authoritative server would not
+    /// load together, another key's key name, a failed save, or the node not taking the record.
     pub async fn publish(
+        &self,
+        name: &Name,
+        records: Vec<Record>,
+    ) -> Result<Arc<NameRecord>, PublishError> {
+        let records = record::tidy(records)?;
+        self.sign_and_push(name, records).await
+    }
+
+    /// Signs, saves and pushes `records` as they are: a record signed before the rules of
+    /// [`record::tidy`] existed is re-signed unchanged rather than dropped (resolvers answer
+    /// it by docs/PROTOCOL.md section 10.2).
+    async fn sign_and_push(
         &self,
         name: &Name,
         records: Vec<Record>,
@@ -188,7 +204,10 @@ impl Publisher {
             .collect();
         let mut pushed = 0;
         for record in due {
-            match self.publish(&record.name, record.records.clone()).await {
+            match self
+                .sign_and_push(&record.name, record.records.clone())
+                .await
+            {
                 Ok(_) => pushed += 1,
                 Err(error) => warn!(name = %record.name, %error, "republishing failed"),
             }

@@ -1,25 +1,23 @@
 //! `.p2p` names from the DHT: lookups within a time budget (one DHT query however many
 //! clients ask), replica selection with pins (docs/PROTOCOL.md section 6), a cache of the
-//! signed records found, and the answers built from a record (TTLs capped by its expiry,
-//! private addresses removed).
+//! signed records found, and the answers built from a record (TTLs capped by its expiry).
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
     num::NonZeroUsize,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use libp2p::PeerId;
 use lru::LruCache;
 use tokio::{sync::oneshot, time::Instant};
 use tracing::{debug, warn};
 
-use super::{NamingAnswer, RecordSource, answer_from, pins::Pins};
+use super::{AnswerNote, Built, Origin, RecordSource, answer_from, pins::Pins};
 use crate::{
-    p2p::{NodeHandle, Replicas, Scope, ip_scope},
+    p2p::{NodeError, NodeHandle, Replicas},
     record::{NameRecord, key_of_name, unix_now},
 };
 
@@ -71,8 +69,12 @@ impl CacheEntry {
     }
 }
 
+/// What a lookup ends with: the DHT's answer, or why there is none (one of the SERVFAIL
+/// notes).
+type Outcome = Result<DhtAnswer, AnswerNote>;
+
 /// Clients waiting on one DHT lookup.
-type Waiters = Vec<oneshot::Sender<Option<DhtAnswer>>>;
+type Waiters = Vec<oneshot::Sender<Outcome>>;
 
 /// The cache and the lookups in flight, under one lock: a finished lookup fills the first and
 /// leaves the second in one step, so no query falls between them.
@@ -88,27 +90,18 @@ pub struct Resolver {
     budget: Duration,
     /// Valid replicas wanted before a lookup answers early.
     replicas: usize,
-    /// Names (and their subdomains) whose answers may hold private addresses.
-    allow_private: Vec<LowerName>,
     pins: Pins,
     state: Mutex<State>,
 }
 
 impl Resolver {
     /// A resolver asking `node`, answering within `budget`, believing `pins`.
-    pub fn new(
-        node: NodeHandle,
-        pins: Pins,
-        budget: Duration,
-        replicas: usize,
-        allow_private: Vec<LowerName>,
-    ) -> Self {
+    pub fn new(node: NodeHandle, pins: Pins, budget: Duration, replicas: usize) -> Self {
         let entries = NonZeroUsize::new(CACHE_ENTRIES).expect("nonzero constant");
         Self {
             node,
             budget,
             replicas: replicas.max(1),
-            allow_private,
             pins,
             state: Mutex::new(State {
                 cache: LruCache::new(entries),
@@ -137,15 +130,19 @@ impl Resolver {
         Ok(removed)
     }
 
-    /// Cache, else a DHT lookup within the budget. `None`: no answer in time (the lookup goes
-    /// on and fills the cache for the next query); a cached record still valid is served
-    /// then, rather than nothing.
-    pub async fn resolve(self: &Arc<Self>, name: &Name) -> Option<DhtAnswer> {
+    /// Cache, else a DHT lookup within the budget.
+    ///
+    /// # Errors
+    /// Why there is no answer: no peers, none answered, not in time (the lookup goes on and
+    /// fills the cache for the next query), the node busy or stopped, or only records by
+    /// other keys than the pinned owner's. A cached record still valid is served then, rather
+    /// than nothing.
+    pub async fn resolve(self: &Arc<Self>, name: &Name) -> Result<DhtAnswer, AnswerNote> {
         let key = LowerName::new(name);
         let (stale, rx) = {
             let mut state = self.lock();
             let stale = match state.cache.get(&key) {
-                Some(entry) if entry.fresh() => return Some(entry.value.clone()),
+                Some(entry) if entry.fresh() => return Ok(entry.value.clone()),
                 Some(CacheEntry {
                     value: value @ DhtAnswer::Found(found),
                     ..
@@ -154,10 +151,12 @@ impl Resolver {
             };
             (stale, self.join_or_start(&mut state, name, key))
         };
-        match tokio::time::timeout(self.budget, rx).await {
-            Ok(Ok(Some(found))) => Some(found),
-            _ => stale,
-        }
+        let outcome = match tokio::time::timeout(self.budget, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(AnswerNote::NodeStopped),
+            Err(_) => Err(AnswerNote::Timeout),
+        };
+        outcome.or_else(|note| stale.ok_or(note))
     }
 
     fn join_or_start(
@@ -165,7 +164,7 @@ impl Resolver {
         state: &mut State,
         name: &Name,
         key: LowerName,
-    ) -> oneshot::Receiver<Option<DhtAnswer>> {
+    ) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         if let Some(waiters) = state.inflight.get_mut(&key) {
             waiters.push(tx);
@@ -190,12 +189,15 @@ impl Resolver {
             Ok(replicas) => self.settle(&name, replicas),
             Err(error) => {
                 debug!(%name, %error, "DHT lookup failed");
-                None
+                Err(match error {
+                    NodeError::Busy => AnswerNote::Busy,
+                    _ => AnswerNote::NodeStopped,
+                })
             }
         };
         let waiters = {
             let mut state = self.lock();
-            if let Some(value) = &outcome {
+            if let Ok(value) = &outcome {
                 let fetched = Instant::now();
                 let value = value.clone();
                 state.cache.put(key.clone(), CacheEntry { value, fetched });
@@ -207,9 +209,9 @@ impl Resolver {
         }
     }
 
-    /// Picks the record to believe among the replicas of `name` and updates its pin. `None`
-    /// when nothing usable came back.
-    fn settle(&self, name: &Name, replicas: Replicas) -> Option<DhtAnswer> {
+    /// Picks the record to believe among the replicas of `name` and updates its pin; when
+    /// nothing usable came back, says why.
+    fn settle(&self, name: &Name, replicas: Replicas) -> Outcome {
         let human = key_of_name(name).is_none();
         let pinned = human.then(|| self.pins.owner(name, unix_now())).flatten();
         if replicas.invalid > 0 {
@@ -221,44 +223,37 @@ impl Resolver {
                     self.pins.pin(name, &record);
                 }
                 let record = Arc::new(record);
-                Some(DhtAnswer::Found(Resolved { record, agreeing }))
+                Ok(DhtAnswer::Found(Resolved { record, agreeing }))
             }
-            None if replicas.absent => Some(DhtAnswer::Absent),
+            None if replicas.absent => Ok(DhtAnswer::Absent),
             None if pinned.is_some() && !replicas.records.is_empty() => {
                 warn!(%name, "only records from another key than the pinned owner were found; refused");
-                None
+                Err(AnswerNote::PinnedOwnerMissing)
             }
-            None => None,
+            // The query ended without asking anyone: the routing table is empty.
+            None if replicas.requests == 0 => Err(AnswerNote::NotConnected),
+            None if replicas.peers_answered == 0 => Err(AnswerNote::NoPeerAnswered),
+            None => Err(AnswerNote::Timeout),
         }
     }
 
-    /// The answer to `qtype` for `qname` from `record`: TTLs no longer than the record has
-    /// left, and private addresses removed unless allowed for the name.
-    pub fn answer(
-        &self,
+    /// The answer to `qtype` for `qname` from `record`, TTLs no longer than the record has
+    /// left (`seen`: see [`answer_from`]).
+    pub(crate) fn answer(
         record: &NameRecord,
         qname: &Name,
         qtype: RecordType,
         tld: &Name,
-    ) -> NamingAnswer {
-        let mut answer = answer_from(record, qname, qtype, tld);
+        seen: &mut Vec<LowerName>,
+    ) -> Built {
+        let mut built = answer_from(record, qname, qtype, tld, seen);
         let left = u32::try_from(record.expires.saturating_sub(unix_now())).unwrap_or(u32::MAX);
-        for r in &mut answer.answers {
+        let answer = &mut built.answer;
+        for r in answer.answers.iter_mut().chain(&mut answer.additionals) {
             r.ttl = r.ttl.min(left);
         }
-        let lower = LowerName::new(qname);
-        let private_ok = self
-            .allow_private
-            .iter()
-            .any(|allowed| allowed.zone_of(&lower));
-        if !private_ok {
-            let before = answer.answers.len();
-            answer.answers.retain(|r| !is_private_answer(r));
-            if answer.answers.len() < before {
-                debug!(name = %qname, "removed private addresses from a .p2p answer (DNS rebinding protection)");
-            }
-        }
-        answer
+        built.origin = Origin::Network;
+        built
     }
 }
 
@@ -293,19 +288,6 @@ fn select(
         .map(|(_, (count, record))| ((*record).clone(), *count))
 }
 
-/// Loopback, private, link-local and unspecified addresses: a .p2p name must not point a
-/// browser at the user's own network unless allowed (DNS rebinding).
-fn is_private_answer(record: &Record) -> bool {
-    let ip: IpAddr = match &record.data {
-        RData::A(a) => IpAddr::V4(a.0),
-        RData::AAAA(aaaa) => IpAddr::V6(aaaa.0),
-        _ => return false,
-    };
-    let ip = ip.to_canonical();
-    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-    ip_scope(ip) != Scope::Global || ip.is_unspecified() || broadcast
-}
-
 impl RecordSource for NameRecord {
     fn records_at(&self, name: &LowerName) -> Vec<Record> {
         self.records
@@ -321,6 +303,10 @@ impl RecordSource for NameRecord {
             owner != *name && name.zone_of(&owner)
         })
     }
+
+    fn holds(&self, name: &LowerName) -> bool {
+        LowerName::new(&self.name).zone_of(name)
+    }
 }
 
 /// No records at all: NXDOMAIN for everything.
@@ -334,11 +320,16 @@ impl RecordSource for Empty {
     fn has_below(&self, _: &LowerName) -> bool {
         false
     }
+
+    fn holds(&self, _: &LowerName) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::rr::RData;
     use libp2p::identity::ed25519;
 
     fn rec(kp: &ed25519::Keypair, seq: u64) -> NameRecord {
@@ -394,29 +385,5 @@ mod tests {
         assert!(found.fresh());
         tokio::time::advance(Duration::from_secs(20)).await;
         assert!(!found.fresh(), "past the record's smallest TTL");
-    }
-
-    #[test]
-    fn private_addresses_are_recognized() {
-        let name = Name::from_ascii("x.p2p.").unwrap();
-        let a = |ip: &str| Record::from_rdata(name.clone(), 60, RData::A(ip.parse().unwrap()));
-        let aaaa =
-            |ip: &str| Record::from_rdata(name.clone(), 60, RData::AAAA(ip.parse().unwrap()));
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.1.1",
-            "172.16.0.1",
-            "169.254.1.1",
-            "100.64.0.1",
-            "0.0.0.0",
-        ] {
-            assert!(is_private_answer(&a(private)), "{private}");
-        }
-        for private in ["::1", "fd00::1", "fe80::1", "::ffff:192.168.1.1"] {
-            assert!(is_private_answer(&aaaa(private)), "{private}");
-        }
-        assert!(!is_private_answer(&a("192.0.2.1")));
-        assert!(!is_private_answer(&aaaa("2001:db8::1")));
     }
 }

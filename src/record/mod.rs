@@ -14,7 +14,10 @@ use hickory_proto::{
 use libp2p::identity::ed25519;
 use sha2::{Digest, Sha256};
 
+mod content;
 mod zbase32;
+
+pub use content::{ContentError, tidy};
 
 /// Format version byte.
 const VERSION: u8 = 1;

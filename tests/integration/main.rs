@@ -8,6 +8,9 @@
 //!   EDNS, opcodes, truncation, access control, reload, shutdown.
 //! - [`p2p`]: small DHT networks; a name published on one node resolves through another.
 //! - [`tunnel`]: tunnels between two daemons: a name exposed on one reached through the other.
+//! - [`p2p_answers`]: `.p2p` answers follow the DNS algorithm (docs/PROTOCOL.md section 10):
+//!   the local table, own signed records and a foreign record answered alike, with the
+//!   publisher's checks, the DNS-rebinding screen and the SERVFAIL reasons.
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
 //!   a hostile node.
 //! - [`special_names`]: special-use names (localhost, invalid, onion...) answered here or
@@ -35,6 +38,7 @@ mod answer_rules;
 mod bench_dht;
 mod dns;
 mod p2p;
+mod p2p_answers;
 mod p2p_rules;
 mod scripted;
 mod special_names;

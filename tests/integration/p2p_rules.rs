@@ -1039,3 +1039,51 @@ async fn a_record_for_another_name_is_not_taken_for_this_one() {
     let resolvers: Vec<&TestDaemon> = daemons[1..].iter().collect();
     keeps_answering(&resolvers, "site.p2p.", &["192.0.2.10"]).await;
 }
+
+/// A record a foreign publisher signed without the publisher's checks (docs/PROTOCOL.md
+/// section 10.1): a CNAME beside other data and beside a second CNAME, the same RR twice, an
+/// RRset with two TTLs. Storage nodes keep it (those checks are not validity) and every
+/// resolver answers it one way (section 10.2): the first CNAME alone at its name, one copy of
+/// each RR, the RRset's lowest TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_breaks_the_publisher_checks_is_answered_one_way() {
+    use crate::p2p_answers::{lines, owner};
+    let daemons = network(2, 3).await;
+    let rr = |at: &str, text: &str| {
+        p2pdns::naming::parse_record(&owner(at), text, 300)
+            .unwrap()
+            .remove(0)
+    };
+    let records = vec![
+        rr("www", "A 192.0.2.99"),
+        rr("www", "CNAME site.p2p."),
+        rr("www", "CNAME mail.site.p2p."),
+        rr("@", "300 A 192.0.2.1"),
+        rr("@", "300 A 192.0.2.1"),
+        rr("@", "60 A 192.0.2.2"),
+    ];
+    let foreign = signed(
+        &ed25519::Keypair::generate(),
+        &name("site.p2p."),
+        1,
+        records,
+    );
+    dht(&daemons[0]).node().publish(foreign).await.unwrap();
+
+    let a = resolve_until(daemons[1].addr, "site.p2p.", &["192.0.2.1", "192.0.2.2"]).await;
+    assert!(a.answers.iter().all(|r| r.ttl <= 60), "{a:?}");
+    for qtype in [RecordType::A, RecordType::TXT, RecordType::ANY] {
+        let msg = ask(daemons[1].addr, "www.site.p2p.", qtype).await;
+        assert_eq!(
+            lines(&msg.answers)[0],
+            "www.site.p2p. CNAME site.p2p.",
+            "{qtype}"
+        );
+        assert!(
+            msg.answers
+                .iter()
+                .all(|r| r.data.to_string() != "192.0.2.99"),
+            "{qtype}: {msg:?}"
+        );
+    }
+}

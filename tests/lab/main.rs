@@ -16,6 +16,7 @@
 //!   what only the real binary shows (the wire as real clients see it, hostile packets,
 //!   signals, exit codes, the CLI, the service manager protocol, introduction servers).
 //! - [`intro_limits`]: hostile libp2p clients against `p2pdns intro`'s limits.
+//! - [`p2p_answers`]: `.p2p` answers compared with nsd's for the same records.
 //! - [`stun`]: the STUN server asked by our client, by the `stun` program and by Python.
 //! - [`service`]: `p2pdns service install` / `uninstall` into staging roots.
 //! - [`packaging`]: the systemd units, launchd plist and resolver files checked by the programs
@@ -42,6 +43,7 @@ mod lan;
 mod nat;
 mod netns;
 mod os_path;
+mod p2p_answers;
 mod packaging;
 mod process;
 mod service;
