@@ -62,10 +62,10 @@ def name(text):
     return out + b"\x00"
 
 
-def rr(owner, rtype, rdata, ttl=TTL):
-    """One resource record, class IN; owner is a name or wire bytes (e.g. a pointer)."""
+def rr(owner, rtype, rdata, ttl=TTL, cls=1):
+    """One resource record (class IN unless told); owner is a name or wire bytes (a pointer)."""
     owner_wire = owner if isinstance(owner, bytes) else name(owner)
-    return owner_wire + struct.pack("!HHIH", rtype, 1, ttl, len(rdata)) + rdata
+    return owner_wire + struct.pack("!HHIH", rtype, cls, ttl, len(rdata)) + rdata
 
 
 def soa_rr():
@@ -262,6 +262,21 @@ def extra_rr(q):
     return reply
 
 
+def wrong_class(q):
+    """The right name and type, but class CH (3) instead of IN."""
+    rdata = a("203.0.113.66") if q.qtype == TYPE["A"] else aaaa("2001:db8::66")
+    return Reply(answer=[rr(q.qname, q.qtype, rdata, cls=3)], note="class CH")
+
+
+def case_flip(q):
+    """A correct answer whose owner name is in upper case (names compare case-insensitively)."""
+    reply = normal(q)
+    if q.qtype in (TYPE["A"], TYPE["AAAA"]):
+        rdata = a("192.0.2.1") if q.qtype == TYPE["A"] else aaaa("2001:db8::1")
+        reply.answer = [rr(q.qname.upper(), q.qtype, rdata)]
+    return reply
+
+
 def undecodable(kind):
     """Right ID, flags and question; the answer section does not parse."""
     def play(q):
@@ -322,6 +337,8 @@ SCENARIOS = {
     "cname-nxdomain": (cname_negative("NXDOMAIN"), "CNAME (TTL 3600) to target.<name>, which does not exist; SOA MINIMUM 2"),
     "wrong-type": (wrong_type, "AAAA answered with an A record"),
     "wrong-owner": (wrong_owner, "answer holds only a record for www.<label>.bank.example."),
+    "wrong-class": (wrong_class, "answer record of class CH (right name and type)"),
+    "case-flip": (case_flip, "correct A/AAAA whose owner name is in upper case"),
     "extra-rr": (extra_rr, "right A plus A 203.0.113.66 for www.<label>.bank.example."),
     "bad-rdlen": (undecodable("rdlen"), "answer RR with RDLENGTH past the end of the message"),
     "bad-pointer": (undecodable("pointer"), "answer RR owner is a compression pointer to itself"),
