@@ -13,8 +13,10 @@
 # that matter and the records.
 #
 # The resolvers are restarted for every group of rows, so no cache or learned upstream state
-# (EDNS support, a server marked down) carries over from one group to the next; within a group
-# each row uses its own names. The three resolvers run at once, each on its own port.
+# (EDNS support, a server marked down) carries over from one group to the next: each EDNS
+# upstream, each record type of kind 4 and each undecodable answer of kind 5 has a group of its
+# own, so a row shows that fault and not the after-effects of the row before. Within a group each
+# row uses its own names. The three resolvers run at once, each on its own port.
 #
 # It is a report, not a test: it prints a table and exits 0 whatever the verdicts. It fails only
 # when the setup does (a missing tool, a resolver that does not start or answer a plain name).
@@ -27,7 +29,8 @@
 # Environment:
 #   P2PDNS_BIN=path   use this p2pdns binary instead of `cargo build --release --locked`
 #   RESOLVERS="unbound dnsmasq p2pdns"   which resolvers to compare, in this column order
-#   ONLY="..."        run only these groups of rows (default: all; names in GROUP_ORDER below)
+#   ONLY="..."        run only these groups of rows (default: all; names in GROUP_LIST below,
+#                     e.g. ONLY="edns-formerr dnssec")
 #   DIG_TIME=2        dig +time: seconds a client waits for an answer (one try)
 #   DROP_TIME=5       dig +time for the rows whose upstream drops EDNS queries, so a resolver
 #                     that falls back to plain queries after timeouts has the time to do it
@@ -38,7 +41,7 @@
 # fetched; dnsmasq with --no-resolv --no-hosts --server; p2pdns with `run --config` (listen,
 # upstream, [p2p] enabled = false, data_dir in the temporary directory). Everything else is each
 # resolver's default. Everything listens on 127.0.0.1 high ports only; all processes and files
-# are removed on exit, including on error or Ctrl-C. A run takes about a minute.
+# are removed on exit, including on error or Ctrl-C. A run takes about 30 s.
 
 set -Eeuo pipefail
 
@@ -53,7 +56,11 @@ RESOLVERS=${RESOLVERS:-unbound dnsmasq p2pdns}
 DIG_TIME=${DIG_TIME:-2}
 DROP_TIME=${DROP_TIME:-5}
 KEEP_TMP=${KEEP_TMP:-0}
-GROUP_ORDER="edns-formerr edns-notimp edns-drop edns-strict dnssec special rdata cname-negative mismatch bad-rdlen bad-pointer bad-count"
+GROUP_LIST=(edns-formerr edns-notimp edns-drop edns-strict dnssec special
+    rdata-unknown-empty rdata-unknown-bytes rdata-null-empty rdata-apl-empty rdata-txt-empty
+    rdata-caa-odd rdata-caa-critical rdata-https-unknown-key
+    cname-negative mismatch bad-rdlen bad-pointer bad-count)
+GROUP_ORDER="${GROUP_LIST[*]}"
 GROUPS_RUN=${ONLY:-$GROUP_ORDER}
 
 log() { printf '[faults] %s\n' "$*" >&2; }
@@ -251,13 +258,17 @@ wait_ready() {
 
 version_of() {
     case $1 in
-    p2pdns) "$P2PDNS" --version | awk 'NR == 1' ;; # not head: with pipefail, SIGPIPE would fail
+    p2pdns) # not head: with pipefail, SIGPIPE would fail
+        printf '%s (%s, modified %s)\n' "$("$P2PDNS" --version | awk 'NR == 1')" "$P2PDNS" \
+            "$(date -u -r "$P2PDNS" '+%Y-%m-%d %H:%M UTC')" ;;
     unbound) unbound -V 2>&1 | awk 'NR == 1 { sub(/^Version /, "unbound "); print }' ;;
     dnsmasq) dnsmasq --version | awk 'NR == 1 { print $1 " " $3 }' ;;
     esac
 }
 
 # --- asking and reading answers (these run in one worker per resolver) ------------------------
+
+R="" RPORT="" # the worker's resolver and its port
 
 # ask TAG NAME TYPE [dig options]: asks the worker's resolver, keeps dig's output in
 # $WORK/out/$R/TAG and reads it into RC (status, or TIMEOUT/MALFORMED/ERROR), FLAGS, EDE, AN and
@@ -433,17 +444,26 @@ row 8h "control: right answer, owner name in upper case" "NOERROR A 192.0.2.1 (n
 
 # --- the groups: each runs once per resolver, in a worker with R and RPORT set -----------------
 
+# Predicates on the last answer.
 is_a() { [[ $RC == NOERROR ]] && grep -qx "$QNAME $1" <<<"$(rrs_of "$AN" A)"; }
+has_rr() { [[ $RC == NOERROR ]] && grep -qx "$QNAME $2" <<<"$(rrs_of "$AN" "$1")"; }
+answered() { [[ $RC != TIMEOUT && $RC != MALFORMED* && $RC != ERROR ]]; }
+soa_in_ns() { grep -q ' SOA ' <<<"$NS"; }
+cname_in_an() { [[ -n $(rrs_of "$AN" CNAME) ]]; }
+not_forwarded() { (($(upcount "$QNAME") == 0)); }
+forwarded_note() { if not_forwarded; then echo "not forwarded"; else echo "forwarded"; fi; }
+opts_seen() { upfirst "$QNAME" | awk '{ print $8 }'; } # "opts=..." of the first upstream query
 
 group_edns-formerr() {
+    local v first
     ask 1a q1a.edns-formerr.example A
     put 1a "$(judge is_a 192.0.2.1)" "$(summary)"
     ask 1b q1b.edns-formerr.example A +noedns
     put 1b "$(judge is_a 192.0.2.1)" "$(summary)"
     ask 1c q1c.edns-formerr.example A
-    local first
     first=$(upfirst "$QNAME")
-    put 1c "$(judge grep -q 'edns=0' <<<"$first")" "$(awk '{ print $5 }' <<<"$first"); client got $(summary)"
+    v=FAIL && [[ $first == *" edns=0 "* ]] && v=PASS
+    put 1c "$v" "$(awk '{ print $5 }' <<<"$first"); client got $(summary)"
 }
 
 group_edns-notimp() {
@@ -460,21 +480,23 @@ group_edns-drop() {
 
 group_edns-strict() {
     ask 1g q1g.edns-strict.example A
-    put 1g "$(judge is_a 192.0.2.1)" "$(summary); upstream saw $(upfirst "$QNAME" | awk '{ print $8 }')"
+    put 1g "$(judge is_a 192.0.2.1)" "$(summary); upstream saw $(opts_seen)"
     ask 1h q1h.edns-strict.example A +ednsopt=65002:abcd
-    put 1h "$(judge is_a 192.0.2.1)" "$(summary); upstream saw $(upfirst "$QNAME" | awk '{ print $8 }')"
+    put 1h "$(judge is_a 192.0.2.1)" "$(summary); upstream saw $(opts_seen)"
 }
 
 txt_of() { rrs_of "$AN" TXT | awk 'NR == 1 { $1 = ""; sub(/^ +/, ""); gsub(/"/, ""); print }'; }
 
 group_dnssec() {
-    local seen
+    local v seen
     ask 2a q2a.flags-echo.example TXT +dnssec +cd
     seen=$(txt_of)
-    put 2a "$(judge grep -q 'cd=1 .*do=1' <<<"$seen")" "$RC, upstream saw: ${seen:-nothing}"
+    v=FAIL && [[ $seen == *"cd=1 "*"do=1 "* ]] && v=PASS
+    put 2a "$v" "$RC, upstream saw: ${seen:-nothing}"
     ask 2b q2b.flags-echo.example TXT
     seen=$(txt_of)
-    put 2b "$(judge grep -q 'cd=0' <<<"$seen")" "$RC, upstream saw: ${seen:-nothing}"
+    v=FAIL && [[ $seen == *"cd=0 "* ]] && v=PASS
+    put 2b "$v" "$RC, upstream saw: ${seen:-nothing}"
     ask 2c q2c.cd-only.example A +cd
     put 2c "$(judge is_a 192.0.2.2)" "$(summary)"
     ask 2d q2c.cd-only.example A
@@ -486,114 +508,129 @@ group_dnssec() {
     ask 2g q2g.ad-set.example A +dnssec
     put 2g "$(judge has_flag ad)" "$(summary)"
     ask 2h q2g.ad-set.example A +noadflag
-    put 2h "$(judge eval '[[ $RC == NOERROR ]] && ! has_flag ad')" "$(summary)"
+    v=FAIL && [[ $RC == NOERROR ]] && ! has_flag ad && v=PASS
+    put 2h "$v" "$(summary)"
     ask 2i q2g.ad-set.example A
     put 2i "$(judge has_flag ad)" "$(summary)"
 }
 
-# not_forwarded NAME: the upstream never saw NAME.
-not_forwarded() { (($(upcount "$1") == 0)); }
-forwarded_note() { (($(upcount "$QNAME") == 0)) && echo "not forwarded" || echo "forwarded"; }
+# special ROW NAME TYPE RCODE [RR-TYPE RDATA]: a special-use name answered here, never forwarded.
+special() {
+    local v=FAIL
+    ask "$1" "$2" "$3"
+    if [[ $RC == "$4" ]] && not_forwarded; then
+        if (($# == 4)) || has_rr "$5" "$6"; then v=PASS; fi
+    fi
+    put "$1" "$v" "$(summary); $(forwarded_note)"
+}
 
 group_special() {
-    local n
-    ask 3a localhost A
-    put 3a "$(judge eval 'is_a 127.0.0.1 && not_forwarded $QNAME')" "$(summary); $(forwarded_note)"
-    ask 3b foo.localhost AAAA
-    put 3b "$(judge eval '[[ $RC == NOERROR ]] && grep -qx "$QNAME ::1" <<<"$(rrs_of "$AN" AAAA)" && not_forwarded $QNAME')" "$(summary); $(forwarded_note)"
-    ask 3c foo.localhost A
-    put 3c "$(judge eval 'is_a 127.0.0.1 && not_forwarded $QNAME')" "$(summary); $(forwarded_note)"
-    ask 3d 1.0.0.127.in-addr.arpa PTR
-    put 3d "$(judge eval '[[ $RC == NOERROR ]] && grep -qx "$QNAME localhost." <<<"$(rrs_of "$AN" PTR)" && not_forwarded $QNAME')" "$(summary); $(forwarded_note)"
-    ask 3e x.onion A
-    put 3e "$(judge eval '[[ $RC == NXDOMAIN ]] && not_forwarded $QNAME')" "$(summary); $(forwarded_note)"
-    ask 3f x.invalid A
-    put 3f "$(judge eval '[[ $RC == NXDOMAIN ]] && not_forwarded $QNAME')" "$(summary); $(forwarded_note)"
+    local v
+    special 3a localhost A NOERROR A 127.0.0.1
+    special 3b foo.localhost AAAA NOERROR AAAA ::1
+    special 3c foo.localhost A NOERROR A 127.0.0.1
+    special 3d 1.0.0.127.in-addr.arpa PTR NOERROR PTR localhost.
+    special 3e x.onion A NXDOMAIN
+    special 3f x.invalid A NXDOMAIN
     ask 3g _dns.resolver.arpa SVCB
-    put 3g "$(judge eval '[[ $RC == NXDOMAIN || ( $RC == NOERROR && -z $AN ) ]] && not_forwarded $QNAME')" "$(summary); $(forwarded_note)"
+    v=FAIL && { [[ $RC == NXDOMAIN ]] || [[ $RC == NOERROR && -z $AN ]]; } && not_forwarded && v=PASS
+    put 3g "$v" "$(summary); $(forwarded_note)"
     ask 3h router.home.arpa A
     put 3h "$(judge is_a 198.51.100.53)" "$(summary); $(forwarded_note)"
     ask 3i 1.1.168.192.in-addr.arpa PTR
-    put 3i "$(judge eval '[[ $RC == NOERROR ]] && grep -q "public.example." <<<"$AN"')" "$(summary); $(forwarded_note)"
+    put 3i "$(judge has_rr PTR public.example.)" "$(summary); $(forwarded_note)"
     ask 3j x.test A
     put 3j "$(judge is_a 198.51.100.53)" "$(summary); $(forwarded_note)"
-    ask 3k FOO.LocalHost A
-    put 3k "$(judge eval 'is_a 127.0.0.1 && not_forwarded $QNAME')" "$(summary); $(forwarded_note)"
+    special 3k FOO.LocalHost A NOERROR A 127.0.0.1
 }
 
-# unknown_rdata: the answer's records of TYPE$1 as "\# LEN HEX" (dig +unknownformat), spaces
-# inside the hex removed, one per line.
+# unknown_rdata TYPE MNEMONIC: the answer's records of that type as "\# LEN HEX" (dig
+# +unknownformat), the spaces inside the hex removed, one per line.
 unknown_rdata() {
     awk -v t="TYPE$1" -v m="$2" '$4 == t || $4 == m { $1 = $2 = $3 = $4 = ""; sub(/^ +/, "");
         len = $2; $1 = $2 = ""; gsub(/ /, ""); print "\\# " len (len > 0 ? " " : "") $0 }' <<<"$AN"
 }
 
-group_rdata() {
-    local id scenario type hex want got mnemonic
-    for id in 4a 4b 4c 4d 4e 4f 4g 4h; do
-        scenario=${RDATA_ROW[$id]}
-        read -r type hex < <(python3 "$UPSTREAM_PY" rdata "$scenario")
-        want="\\# $((${#hex} / 2))${hex:+ $hex}"
-        case $type in 10) mnemonic=NULL ;; 16) mnemonic=TXT ;; 42) mnemonic=APL ;; 65) mnemonic=HTTPS ;; 257) mnemonic=CAA ;; *) mnemonic=TYPE$type ;; esac
-        ask "$id" "q$id.$scenario.example" "TYPE$type" +unknownformat
-        got=$(unknown_rdata "$type" "$mnemonic")
-        put "$id" "$(judge eval '[[ $RC == NOERROR && $got == "$want" ]]')" "$RC${got:+, $got}${EDE:+ ($EDE)}"
-        if [[ $id == 4a ]]; then
-            ask 4i "q$id.$scenario.example" "TYPE$type" +unknownformat
-            got=$(unknown_rdata "$type" "$mnemonic")
-            put 4i "$(judge eval '[[ $RC == NOERROR && $got == "$want" ]] && (($(upcount $QNAME) == 1))')" \
-                "$RC${got:+, $got}; upstream asked $(upcount "$QNAME")x"
-        fi
-    done
+# rdata_row ROW: one record-passthrough row (4i, the cached copy, goes with 4a). Each runs in a
+# group of its own, so that what one answer does to a resolver (an upstream rested after answers
+# it could not read) does not show up in the next row.
+rdata_row() {
+    local id=$1 scenario type hex want got mnemonic v
+    scenario=${RDATA_ROW[$id]}
+    read -r type hex < <(python3 "$UPSTREAM_PY" rdata "$scenario")
+    want="\\# $((${#hex} / 2))${hex:+ $hex}"
+    case $type in 10) mnemonic=NULL ;; 16) mnemonic=TXT ;; 42) mnemonic=APL ;; 65) mnemonic=HTTPS ;; 257) mnemonic=CAA ;; *) mnemonic=TYPE$type ;; esac
+    ask "$id" "q$id.$scenario.example" "TYPE$type" +unknownformat
+    got=$(unknown_rdata "$type" "$mnemonic")
+    v=FAIL && [[ $RC == NOERROR && $got == "$want" ]] && v=PASS
+    put "$id" "$v" "$RC${got:+, $got}${EDE:+ ($EDE)}"
+    [[ $id == 4a ]] || return 0
+    ask 4i "q$id.$scenario.example" "TYPE$type" +unknownformat
+    got=$(unknown_rdata "$type" "$mnemonic")
+    v=FAIL && [[ $RC == NOERROR && $got == "$want" ]] && (($(upcount "$QNAME") == 1)) && v=PASS
+    put 4i "$v" "$RC${got:+, $got}; upstream asked $(upcount "$QNAME")x"
 }
+for id in "${!RDATA_ROW[@]}"; do eval "group_rdata-${RDATA_ROW[$id]}() { rdata_row $id; }"; done
 
-soa_in_ns() { grep -q ' SOA ' <<<"$NS"; }
-cname_in_an() { [[ -n $(rrs_of "$AN" CNAME) ]]; }
+# negative ROW-FIRST ROW-AGAIN NAME RCODE: a CNAME to a negative answer, asked twice at once.
+negative() {
+    local v n
+    ask "$1" "$3" AAAA
+    v=FAIL && [[ $RC == "$4" ]] && cname_in_an && soa_in_ns && v=PASS
+    put "$1" "$v" "$(summary)"
+    ask "$2" "$3" AAAA
+    n=$(upcount "$QNAME" 28)
+    v=FAIL && [[ $RC == "$4" ]] && soa_in_ns && ((n == 1)) && v=PASS
+    put "$2" "$v" "$(summary); upstream asked ${n}x"
+}
+# expired ROW NAME: asked again after its negative TTL, the upstream must see the alias or target.
+expired() {
+    local v n
+    ask "$1" "$2" AAAA
+    n=$(upchain "$QNAME" 28)
+    v=FAIL && ((n >= 2)) && v=PASS
+    put "$1" "$v" "$(summary); alias+target asked ${n}x in all"
+}
 
 group_cname-negative() {
-    local n1 n2
-    ask 6a q6a.cname-nodata.example AAAA
-    put 6a "$(judge eval '[[ $RC == NOERROR ]] && cname_in_an && soa_in_ns')" "$(summary)"
-    ask 6b q6a.cname-nodata.example AAAA
-    n1=$(upcount "$QNAME" 28)
-    put 6b "$(judge eval '[[ $RC == NOERROR ]] && soa_in_ns && ((n1 == 1))')" "$(summary); upstream asked ${n1}x"
-    ask 6d q6d.cname-nxdomain.example AAAA
-    put 6d "$(judge eval '[[ $RC == NXDOMAIN ]] && cname_in_an && soa_in_ns')" "$(summary)"
-    ask 6e q6d.cname-nxdomain.example AAAA
-    n2=$(upcount "$QNAME" 28)
-    put 6e "$(judge eval '[[ $RC == NXDOMAIN ]] && soa_in_ns && ((n2 == 1))')" "$(summary); upstream asked ${n2}x"
+    negative 6a 6b q6a.cname-nodata.example NOERROR
+    negative 6d 6e q6d.cname-nxdomain.example NXDOMAIN
     sleep 3
-    ask 6c q6a.cname-nodata.example AAAA
-    n1=$(upchain "$QNAME" 28)
-    put 6c "$(judge eval '((n1 >= 2))')" "$(summary); alias+target asked ${n1}x in all"
-    ask 6f q6d.cname-nxdomain.example AAAA
-    n2=$(upchain "$QNAME" 28)
-    put 6f "$(judge eval '((n2 >= 2))')" "$(summary); alias+target asked ${n2}x in all"
+    expired 6c q6a.cname-nodata.example
+    expired 6f q6d.cname-nxdomain.example
 }
 
+# no_answer_rr: the answer section is empty (or has no record of TYPE $1) and dig could read it.
+no_answer_rr() { answered && [[ -z $(if (($#)); then rrs_of "$AN" "$1"; else echo "$AN"; fi) ]]; }
+
 group_mismatch() {
+    local v
     ask 8a q8a.wrong-type.example AAAA
-    put 8a "$(judge eval '[[ -z $(rrs_of "$AN" A) && $RC != TIMEOUT && $RC != MALFORMED* ]]')" "$(summary)"
+    put 8a "$(judge no_answer_rr A)" "$(summary)"
     ask 8b q8a.wrong-type.example AAAA
-    put 8b "$(judge eval '[[ -z $(rrs_of "$AN" A) && $RC != TIMEOUT && $RC != MALFORMED* ]]')" "$(summary)"
+    put 8b "$(judge no_answer_rr A)" "$(summary)"
     ask 8c q8c.wrong-owner.example A
-    put 8c "$(judge eval '[[ -z $AN && $RC != TIMEOUT && $RC != MALFORMED* ]]')" "$(summary)"
+    put 8c "$(judge no_answer_rr)" "$(summary)"
     ask 8d q8d.extra-rr.example A
-    put 8d "$(judge eval 'is_a 192.0.2.8 && (($(wc -l <<<"$AN") == 1))')" "$(summary)"
+    v=FAIL && is_a 192.0.2.8 && (($(wc -l <<<"$AN") == 1)) && v=PASS
+    put 8d "$v" "$(summary)"
     ask 8e www.q8d.bank.example A
     put 8e "$(judge is_a 192.0.2.1)" "$(summary)"
     ask 8f q8f.cname-nodata.example A
-    put 8f "$(judge eval 'cname_in_an && grep -q " 192.0.2.7$" <<<"$(rrs_of "$AN" A)"')" "$(summary)"
+    v=FAIL && cname_in_an && grep -q " 192.0.2.7$" <<<"$(rrs_of "$AN" A)" && v=PASS
+    put 8f "$v" "$(summary)"
     ask 8g q8g.wrong-class.example A
-    put 8g "$(judge eval '[[ -z $AN && $RC != TIMEOUT && $RC != MALFORMED* ]]')" "$(summary)"
+    put 8g "$(judge no_answer_rr)" "$(summary)"
     ask 8h q8h.case-flip.example A
     put 8h "$(judge is_a 192.0.2.1)" "$(summary)"
 }
 
 undecodable() { # scenario bad-row next-row
+    local v
     ask "$2-1" "q$2.$1.example" A
     ask "$2" "q$2.$1.example" A
-    put "$2" "$(judge eval '[[ $RC == SERVFAIL && $EDE != *"EDE 22:"* ]]')" "$(summary); upstream asked $(upcount "$QNAME")x"
+    v=FAIL && [[ $RC == SERVFAIL && $EDE != *"EDE 22:"* ]] && v=PASS
+    put "$2" "$v" "$(summary); upstream asked $(upcount "$QNAME")x"
     ask "$3" "q$3.probe.example" A
     put "$3" "$(judge is_a 192.0.2.1)" "$(summary)"
 }
@@ -684,8 +721,8 @@ python3 "$UPSTREAM_PY" list | awk '{ print "    " $0 }'
 echo
 echo "Reproduce (from the repository root):"
 echo
-printf '    DIG_TIME=%s DROP_TIME=%s RESOLVERS="%s" ONLY="%s" tests/bench/dns-faults.sh\n' \
-    "$DIG_TIME" "$DROP_TIME" "$RESOLVERS" "$GROUPS_RUN"
+printf '    %s%sDIG_TIME=%s DROP_TIME=%s RESOLVERS="%s" tests/bench/dns-faults.sh\n' \
+    "${P2PDNS_BIN:+P2PDNS_BIN=$P2PDNS_BIN }" "${ONLY:+ONLY=\"$ONLY\" }" "$DIG_TIME" "$DROP_TIME" "$RESOLVERS"
 echo
 echo "Commands used (ports of the last group; \$TMP is the temporary directory):"
 echo

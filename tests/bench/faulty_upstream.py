@@ -247,11 +247,16 @@ def wrong_type(q):
     return normal(q)
 
 
+def forged(q):
+    """(type, RDATA) of a record an upstream should not have sent: AAAA for AAAA, else A."""
+    if q.qtype == TYPE["AAAA"]:
+        return TYPE["AAAA"], aaaa("2001:db8::66")
+    return TYPE["A"], a("203.0.113.66")
+
+
 def wrong_owner(q):
     """An answer whose only record belongs to another name."""
-    return Reply(answer=[rr(injected_owner(q), q.qtype if q.qtype == TYPE["AAAA"] else TYPE["A"],
-                            aaaa("2001:db8::66") if q.qtype == TYPE["AAAA"] else a("203.0.113.66"))],
-                 note="other owner")
+    return Reply(answer=[rr(injected_owner(q), *forged(q))], note="other owner")
 
 
 def extra_rr(q):
@@ -264,8 +269,7 @@ def extra_rr(q):
 
 def wrong_class(q):
     """The right name and type, but class CH (3) instead of IN."""
-    rdata = a("203.0.113.66") if q.qtype == TYPE["A"] else aaaa("2001:db8::66")
-    return Reply(answer=[rr(q.qname, q.qtype, rdata, cls=3)], note="class CH")
+    return Reply(answer=[rr(q.qname, *forged(q), cls=3)], note="class CH")
 
 
 def case_flip(q):
@@ -354,11 +358,10 @@ def respond(wire):
         q = Query(wire)
     except (ValueError, struct.error, IndexError) as err:
         return None, "undecodable query (%s) -> drop" % err
-    scenario = q.labels[-2] if len(q.labels) >= 2 and q.labels[-1] == "example" else None
-    if q.labels[-1:] != ["example"]:
-        play = public
+    if len(q.labels) >= 2 and q.labels[-1] == "example":
+        play = SCENARIOS.get(q.labels[-2], (normal, ""))[0]
     else:
-        play = SCENARIOS.get(scenario, (normal, ""))[0]
+        play = public
     reply = play(q)
     if reply is DROP:
         return None, q.describe() + " -> drop"
