@@ -284,7 +284,8 @@ ask() {
     RC=$(awk '
         /status: / { match($0, /status: [A-Z0-9]+/); s = substr($0, RSTART + 8, RLENGTH - 8) }
         /timed out/ { t = 1 }
-        /Got bad packet|malformed/ { m = 1 }
+        # parse failures dig reports itself, not an EDE text that says "malformed"
+        /^;; (Got bad packet|Warning: Message parser reports malformed)/ { m = 1 }
         END {
             if (m) print "MALFORMED" (s != "" ? "(" s ")" : "")
             else if (s != "") print s
