@@ -93,7 +93,8 @@ pub struct DnsConfig {
     pub listen: Vec<SocketAddr>,
     /// Client networks that get answers; everyone else gets REFUSED.
     pub allow: Vec<IpNet>,
-    /// Queries waiting on an upstream or the naming subsystem at once; more are dropped.
+    /// Queries waiting on an upstream or on a DHT lookup at once, together; more that would
+    /// wait get SERVFAIL at once (or a stale answer). Cached and local answers never wait.
     pub max_inflight: usize,
     /// Idle TCP connections are closed after this many seconds.
     pub tcp_idle_timeout_secs: u64,

@@ -15,7 +15,7 @@ use std::{
 };
 
 use tokio::{
-    sync::Notify,
+    sync::{Notify, Semaphore},
     task::{JoinError, JoinSet},
 };
 use tokio_util::sync::CancellationToken;
@@ -187,11 +187,13 @@ impl Daemon {
     /// Binds every socket and prepares every subsystem; returns once the daemon could serve.
     pub async fn bind(config: Config, data_dir: PathBuf) -> Result<Self, DaemonError> {
         let mut naming = Naming::new(&config.naming)?;
+        // Queries waiting on an upstream or on the DHT, together (dns.max_inflight).
+        let waiting = Arc::new(Semaphore::new(config.dns.max_inflight));
         let sockets = BoundSockets::bind(&config.dns.listen)?;
         identity::create_data_dir(&data_dir)?;
         let control = control::bind(&control::socket_path(&data_dir), &data_dir).await?;
         let (node, dht, tunnels) = if config.p2p.enabled {
-            let (node, dht, tunnels) = bind_p2p(&config, &data_dir).await?;
+            let (node, dht, tunnels) = bind_p2p(&config, &data_dir, waiting.clone()).await?;
             naming = naming.with_dht(dht.clone());
             (Some(node), Some(dht), Some(tunnels))
         } else {
@@ -204,7 +206,7 @@ impl Daemon {
             upstreams.set().clone(),
             config.upstream.clone(),
             config.cache.clone(),
-            config.dns.max_inflight,
+            waiting,
         ));
         let handler = Handler::new(forwarder.clone(), naming.clone(), &config.dns);
         let dns = DnsServer::serve(
@@ -337,15 +339,17 @@ impl Daemon {
     }
 }
 
-/// Starts the P2P node on `config.p2p`, tunnels on it, and the DHT side of naming.
+/// Starts the P2P node on `config.p2p`, tunnels on it, and the DHT side of naming, whose
+/// lookups share `waiting` with the forwarder.
 async fn bind_p2p(
     config: &Config,
     data_dir: &Path,
+    waiting: Arc<Semaphore>,
 ) -> Result<(Node, Arc<Dht>, TunnelServer), DaemonError> {
     let keypair = identity::load_or_create(data_dir)?;
     let node = Node::bind(keypair.clone().into(), &config.p2p).await?;
     let (tunnels, server) = Tunnels::bind(&config.tunnel, data_dir, node.handle())?;
-    let dht_config = DhtConfig::new(&config.p2p, &config.naming);
+    let dht_config = DhtConfig::new(&config.p2p, waiting);
     let dht = Arc::new(Dht::new(
         node.handle(),
         keypair,

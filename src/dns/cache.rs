@@ -199,8 +199,9 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// An empty cache bounded by `max_entries` (at least 1) and `max_bytes`, keeping expired
-    /// entries for `max_stale_secs` when `serve_stale` is on.
+    /// An empty cache bounded by `max_entries` and `max_bytes` (either 0: nothing is stored,
+    /// as dnsmasq's `cache-size=0`), keeping expired entries for `max_stale_secs` when
+    /// `serve_stale` is on.
     pub fn new(config: &CacheConfig) -> Self {
         let entries = NonZeroUsize::new(config.max_entries.max(1)).expect("max(1) is nonzero");
         let keep_stale = if config.serve_stale {
@@ -213,7 +214,12 @@ impl Cache {
                 lru: LruCache::new(entries),
                 bytes: 0,
             }),
-            max_bytes: config.max_bytes,
+            // The LRU needs room for one entry; a byte bound of 0 then keeps it empty.
+            max_bytes: if config.max_entries == 0 {
+                0
+            } else {
+                config.max_bytes
+            },
             keep_stale,
         }
     }
@@ -388,6 +394,23 @@ mod tests {
             Lookup::Miss
         ));
         assert_eq!(cache.usage(), (0, 0));
+    }
+
+    #[test]
+    fn zero_entries_or_bytes_turns_the_cache_off() {
+        let now = Instant::now();
+        for config in [
+            CacheConfig {
+                max_entries: 0,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                max_bytes: 0,
+                ..CacheConfig::default()
+            },
+        ] {
+            assert_eq!(ten_names(&config, now).usage(), (0, 0));
+        }
     }
 
     #[test]

@@ -98,25 +98,26 @@ pub struct Forwarder {
     upstreams: Arc<UpstreamSet>,
     cache: Cache,
     inflight: Mutex<HashMap<CacheKey, Vec<oneshot::Sender<Outcome>>>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     upstream_config: UpstreamConfig,
     cache_config: CacheConfig,
 }
 
 impl Forwarder {
-    /// A forwarder asking `upstreams`, with an empty cache. At most `max_inflight` questions
-    /// wait on upstreams at once.
+    /// A forwarder asking `upstreams`, with an empty cache. A client query that waits on
+    /// upstreams holds one of `waiting`'s permits, which `.p2p` lookups share
+    /// (`dns.max_inflight`); with none left it is answered at once (stale, or SERVFAIL).
     pub fn new(
         upstreams: Arc<UpstreamSet>,
         upstream_config: UpstreamConfig,
         cache_config: CacheConfig,
-        max_inflight: usize,
+        waiting: Arc<Semaphore>,
     ) -> Self {
         Self {
             upstreams,
             cache: Cache::new(&cache_config),
             inflight: Mutex::new(HashMap::new()),
-            permits: Semaphore::new(max_inflight),
+            permits: waiting,
             upstream_config,
             cache_config,
         }

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use libp2p::identity::ed25519;
+use tokio::sync::Semaphore;
 
 use super::{
     AnswerNote, Built, NamingAnswer, Origin, answer_from, nodata,
@@ -16,7 +17,7 @@ use super::{
     soa_record,
 };
 use crate::{
-    config::{NamingConfig, P2pConfig},
+    config::P2pConfig,
     p2p::NodeHandle,
     record::{NameRecord, record_name_for, unix_now},
     tunnel::{TunnelError, Tunnels, service::tunnel_of},
@@ -34,15 +35,19 @@ pub struct DhtConfig {
     budget: Duration,
     /// Valid replicas wanted before a lookup answers early.
     replicas: usize,
+    /// Queries waiting on the network, shared with the forwarder (`dns.max_inflight`).
+    waiting: Arc<Semaphore>,
 }
 
 impl DhtConfig {
-    /// The settings of `p2p` (lookup budget and replicas). (`naming` is kept for callers: the
-    /// names allowed private answers are the [`super::Naming`]'s business now.)
-    pub fn new(p2p: &P2pConfig, _naming: &NamingConfig) -> Self {
+    /// The settings of `p2p` (lookup budget and replicas); a query waiting on a DHT lookup
+    /// holds one of `waiting`'s permits, the same the forwarder's queries take
+    /// (`dns.max_inflight` bounds both together).
+    pub fn new(p2p: &P2pConfig, waiting: Arc<Semaphore>) -> Self {
         Self {
             budget: Duration::from_millis(p2p.lookup_budget_ms),
             replicas: p2p.lookup_replicas,
+            waiting,
         }
     }
 }
@@ -66,7 +71,13 @@ impl Dht {
         tunnels: Option<Arc<Tunnels>>,
     ) -> Self {
         let pins = Pins::load(data_dir);
-        let resolver = Resolver::new(node.clone(), pins, config.budget, config.replicas);
+        let resolver = Resolver::new(
+            node.clone(),
+            pins,
+            config.budget,
+            config.replicas,
+            config.waiting,
+        );
         let publisher = Publisher::load(node.clone(), keypair, data_dir);
         Self {
             node,

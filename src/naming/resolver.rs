@@ -12,7 +12,10 @@ use std::{
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use libp2p::PeerId;
 use lru::LruCache;
-use tokio::{sync::oneshot, time::Instant};
+use tokio::{
+    sync::{Semaphore, oneshot},
+    time::Instant,
+};
 use tracing::{debug, warn};
 
 use super::{AnswerNote, Built, Origin, RecordSource, answer_from, pins::Pins};
@@ -90,18 +93,29 @@ pub struct Resolver {
     budget: Duration,
     /// Valid replicas wanted before a lookup answers early.
     replicas: usize,
+    /// Permits of queries waiting on the network (`dns.max_inflight`, shared with the
+    /// forwarder).
+    waiting: Arc<Semaphore>,
     pins: Pins,
     state: Mutex<State>,
 }
 
 impl Resolver {
-    /// A resolver asking `node`, answering within `budget`, believing `pins`.
-    pub fn new(node: NodeHandle, pins: Pins, budget: Duration, replicas: usize) -> Self {
+    /// A resolver asking `node`, answering within `budget`, believing `pins`; a query that
+    /// waits on a lookup holds one of `waiting`'s permits (none left: SERVFAIL at once).
+    pub fn new(
+        node: NodeHandle,
+        pins: Pins,
+        budget: Duration,
+        replicas: usize,
+        waiting: Arc<Semaphore>,
+    ) -> Self {
         let entries = NonZeroUsize::new(CACHE_ENTRIES).expect("nonzero constant");
         Self {
             node,
             budget,
             replicas: replicas.max(1),
+            waiting,
             pins,
             state: Mutex::new(State {
                 cache: LruCache::new(entries),
@@ -139,7 +153,7 @@ impl Resolver {
     /// than nothing.
     pub async fn resolve(self: &Arc<Self>, name: &Name) -> Result<DhtAnswer, AnswerNote> {
         let key = LowerName::new(name);
-        let (stale, rx) = {
+        let (stale, rx, _permit) = {
             let mut state = self.lock();
             let stale = match state.cache.get(&key) {
                 Some(entry) if entry.fresh() => return Ok(entry.value.clone()),
@@ -149,7 +163,12 @@ impl Resolver {
                 }) if found.record.expires > unix_now() => Some(value.clone()),
                 _ => None,
             };
-            (stale, self.join_or_start(&mut state, name, key))
+            // Only a query that must wait on the network takes a permit: cached answers never
+            // wait for capacity.
+            let Ok(permit) = self.waiting.try_acquire() else {
+                return stale.ok_or(AnswerNote::Busy);
+            };
+            (stale, self.join_or_start(&mut state, name, key), permit)
         };
         let outcome = match tokio::time::timeout(self.budget, rx).await {
             Ok(Ok(outcome)) => outcome,

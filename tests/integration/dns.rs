@@ -386,6 +386,50 @@ async fn overload_is_refused_not_queued_forever() {
     slow.await.unwrap();
 }
 
+/// `dns.max_inflight` bounds the queries waiting on upstreams and on the DHT together: with
+/// the one permit held by a forwarded query, a `.p2p` name that needs a lookup is refused at
+/// once, while a name the daemon holds itself is still answered.
+#[tokio::test]
+async fn max_inflight_covers_p2p_lookups_too() {
+    let upstream = Upstream::start("").await;
+    upstream.set_silent(true);
+    let mut cfg = p2p_config(&[]);
+    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr)];
+    cfg.dns.max_inflight = 1;
+    local_site(&mut cfg);
+    let daemon = TestDaemon::start(cfg).await;
+    let addr = daemon.addr;
+    let slow = tokio::spawn(async move { ask(addr, "www.example.test.", RecordType::A).await });
+    upstream.wait_until_asked().await;
+    let refused = ask(daemon.addr, "nobody-publishes-this.p2p.", RecordType::A).await;
+    assert_eq!(refused.metadata.response_code, ResponseCode::ServFail);
+    let (_, text) = ede(&refused).expect("an Extended DNS Error");
+    assert!(text.contains("in flight"), "refused for capacity: {text}");
+    let local = ask(daemon.addr, "site.p2p.", RecordType::A).await;
+    assert_eq!(
+        a_records(&local),
+        vec!["192.0.2.10"],
+        "local names need no permit"
+    );
+    slow.await.unwrap();
+    // The forwarded query gives its permit back once its upstream budget (1.5 s) is spent;
+    // then the lookup runs (and finds no peer).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let after = ask(daemon.addr, "nobody-publishes-this.p2p.", RecordType::A).await;
+        let (_, text) = ede(&after).expect("an Extended DNS Error");
+        if text.contains("not connected") {
+            break;
+        }
+        assert!(text.contains("in flight"), "{text}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the permit never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn edns_rules_of_rfc_6891() {
     let upstream = Upstream::start("").await;
