@@ -939,10 +939,11 @@ fn default_config_passes_check_config() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn forwarding_loop_through_a_relay_is_detected_by_the_loop_tag() {
+fn forwarding_loop_through_a_relay_is_detected_by_a_probe() {
     // A relay on another loopback port hands datagrams to the daemon and back, as a port
-    // forward or a resolver that passes EDNS options on would. The upstream address is not one
-    // of the daemon's own, so only the loop tag in its queries can tell.
+    // forward or another forwarder would. The upstream address is not one of the daemon's own:
+    // only the probe query it sends to an upstream that keeps failing, seen coming back, can
+    // tell.
     let port = free_port();
     let daemon_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
     let relay = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind the relay");
