@@ -92,70 +92,16 @@ fi
 ((EUID == 0)) || log "warning: not running as root; the script is meant to run as root"
 [[ -r $UPSTREAM_PY ]] || die "$UPSTREAM_PY is missing"
 
+# shellcheck source=tests/bench/common.sh
+source "$SCRIPT_DIR/common.sh"
 if [[ " $RESOLVERS " == *" p2pdns "* ]]; then
-    if [[ -n ${P2PDNS_BIN:-} ]]; then
-        [[ -x $P2PDNS_BIN ]] || die "P2PDNS_BIN=$P2PDNS_BIN is not an executable"
-        P2PDNS=$(cd "$(dirname "$P2PDNS_BIN")" && pwd)/$(basename "$P2PDNS_BIN")
-    else
-        command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust or set P2PDNS_BIN"
-        log "building p2pdns: cargo build --release --locked (in $REPO_ROOT)"
-        (cd "$REPO_ROOT" && cargo build --release --locked) >&2 || die "cargo build failed (exit $?)"
-        P2PDNS=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/p2pdns
-        [[ $P2PDNS == /* ]] || P2PDNS=$REPO_ROOT/$P2PDNS
-        [[ -x $P2PDNS ]] || die "build finished but $P2PDNS is missing"
-    fi
+    find_p2pdns
 fi
 
 # --- temporary directory, processes and cleanup ------------------------------------------------
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/p2pdns-faults.XXXXXX")
+start_workspace faults
 mkdir -p "$WORK/res" "$WORK/out"
-declare -A PID=() # name -> pid of every process we started and have not reaped yet
-
-stop_pid() { # name: TERM, then KILL after 5 s
-    local name=$1 pid=${PID[$1]:-} i
-    [[ -n $pid ]] || return 0
-    unset "PID[$name]"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$? name
-    trap - EXIT INT TERM
-    for name in "${!PID[@]}"; do stop_pid "$name"; done
-    if ((KEEP_TMP)); then
-        log "kept $WORK"
-    else
-        rm -rf -- "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "failed (status $?) at line $LINENO: $BASH_COMMAND"' ERR
-trap 'log interrupted; exit 130' INT
-trap 'log terminated; exit 143' TERM
-
-# A port free for both UDP and TCP on 127.0.0.1, below the ephemeral range, not handed out yet.
-USED_PORTS=" "
-free_port() {
-    local port i
-    for ((i = 0; i < 200; i++)); do
-        port=$((20000 + RANDOM % 12000))
-        [[ $USED_PORTS == *" $port "* ]] && continue
-        if [[ -z $(ss -Hantu "sport = :$port") ]]; then
-            USED_PORTS+="$port "
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
 
 # --- the upstreams: one faulty_upstream.py per resolver ----------------------------------------
 

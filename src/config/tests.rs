@@ -1,0 +1,113 @@
+use super::*;
+
+#[test]
+fn shipped_file_parses_to_the_defaults() {
+    let parsed = Config::from_toml(DEFAULT_CONFIG, "config/p2pdns.toml").unwrap();
+    let defaults = Config::default();
+    // Every section compares field by field, so any drift between the file and the code
+    // shows.
+    assert_eq!(parsed, defaults);
+}
+
+/// The error and its causes, as `error_report` prints them but without the layout.
+fn chain(text: &str) -> String {
+    let err = Config::from_toml(text, "test.toml").unwrap_err();
+    let first: &(dyn std::error::Error + 'static) = &err;
+    std::iter::successors(Some(first), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let msg = chain("[dns]\nlisten = [\"127.0.0.1:53\"]\nlisen = 1\n");
+    assert!(
+        msg.starts_with("failed to load config file test.toml\n"),
+        "{msg}"
+    );
+    assert!(msg.contains("unknown field `lisen`"), "{msg}");
+    // The parser's excerpt keeps its lines, so the caret stands under the key.
+    assert!(msg.contains("\n3 | lisen = 1\n  | ^^^^^\n"), "{msg}");
+}
+
+#[test]
+fn unknown_section_is_named() {
+    let msg = chain("[dsn]\n");
+    assert!(msg.contains("dsn"), "{msg}");
+}
+
+#[test]
+fn bad_values_fail_with_their_key() {
+    let msg = chain("[dns]\nlisten = [\"localhost:53\"]\n");
+    assert!(msg.contains("listen"), "{msg}");
+    let msg = chain("[upstream]\nservers = [\"dns.google\"]\n");
+    assert!(msg.contains("dns.google"), "{msg}");
+    let msg = chain("[naming]\ntlds = [\"a.b\"]\n");
+    assert!(msg.contains("naming.tlds[0]"), "{msg}");
+    let msg = chain("[cache]\nmin_ttl_secs = 10\nmax_ttl_secs = 5\n");
+    assert!(msg.contains("cache.min_ttl_secs"), "{msg}");
+    let msg = chain("[dns]\nforward_special = [\"onion\", \"localhost\"]\n");
+    assert!(msg.contains("dns.forward_special[1]"), "{msg}");
+}
+
+/// Every key that takes a bound or a name is refused when its value makes no sense, with
+/// the key named (README: "bad values stop the daemon with a message naming the key").
+#[test]
+fn senseless_values_are_refused_with_their_key() {
+    for (text, key) in [
+        (
+            "[naming]\nallow_private_answers = [\"lan.p2p\", \"bad name!\"]",
+            "naming.allow_private_answers[1]",
+        ),
+        (
+            "[naming]\nallow_private_answers = [\"nas.example.com\"]",
+            "naming.allow_private_answers[0]",
+        ),
+        (
+            "[naming]\nallow_private_answers = [\"*.p2p\"]",
+            "naming.allow_private_answers[0]",
+        ),
+        ("[dns]\nallow = []", "dns.allow"),
+        (
+            "[dns]\ntcp_idle_timeout_secs = 0",
+            "dns.tcp_idle_timeout_secs",
+        ),
+        (
+            "[upstream]\nquery_timeout_ms = 0",
+            "upstream.query_timeout_ms",
+        ),
+        (
+            "[upstream]\ntimeout_ms = 5000\nquery_timeout_ms = 4000",
+            "upstream.timeout_ms",
+        ),
+        ("[cache]\nmin_ttl_secs = 7200", "cache.min_ttl_secs"),
+        ("[p2p]\nlookup_budget_ms = 0", "p2p.lookup_budget_ms"),
+        ("[p2p]\nlookup_replicas = 0", "p2p.lookup_replicas"),
+        ("[p2p]\nmax_stored_records = 0", "p2p.max_stored_records"),
+        (
+            "[p2p]\nmax_records_per_peer = 0",
+            "p2p.max_records_per_peer",
+        ),
+        (
+            "[p2p]\nmax_puts_per_peer_per_minute = 0",
+            "p2p.max_puts_per_peer_per_minute",
+        ),
+    ] {
+        let msg = chain(text);
+        assert!(msg.contains(key), "{text}: {msg}");
+    }
+    let fine = "[naming]\ntlds = [\"p2p\", \"lan\"]\nallow_private_answers = [\"NAS.Home.P2P.\", \"printer.lan\"]";
+    assert!(Config::from_toml(fine, "test.toml").is_ok());
+}
+
+#[test]
+fn upstream_addresses_take_optional_ports() {
+    let parse = |s: &str| s.parse::<UpstreamAddr>().unwrap().0;
+    assert_eq!(parse("9.9.9.9"), "9.9.9.9:53".parse().unwrap());
+    assert_eq!(parse("127.0.0.1:5353"), "127.0.0.1:5353".parse().unwrap());
+    assert_eq!(parse("2620:fe::fe"), "[2620:fe::fe]:53".parse().unwrap());
+    assert_eq!(parse("[::1]"), "[::1]:53".parse().unwrap());
+    assert_eq!(parse("[::1]:54"), "[::1]:54".parse().unwrap());
+    assert!("example.com".parse::<UpstreamAddr>().is_err());
+}
