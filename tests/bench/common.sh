@@ -69,3 +69,24 @@ free_port() {
     done
     die "no free port found"
 }
+
+# The server: lines every unbound of these benchmarks shares: one thread on 127.0.0.1:PORT, in
+# the foreground, no chroot or logs of its own, loopback clients, loopback upstreams allowed.
+unbound_server_lines() { # port dir
+    cat <<EOF
+    verbosity: 0
+    num-threads: 1
+    interface: 127.0.0.1@$1
+    port: $1
+    do-ip6: no
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "$2"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+EOF
+}

@@ -269,22 +269,10 @@ start_unbound() {
     mkdir -p "$dir"
     # Forward everything to nsd like the others; "iterator" only (no validator module), so no
     # DNSSEC work; test. is one of unbound's default local zones, hence "nodefault".
-    cat >"$dir/unbound.conf" <<EOF
-server:
-    verbosity: 0
-    num-threads: 1
-    interface: 127.0.0.1@$port
-    port: $port
-    do-ip6: no
-    do-daemonize: no
-    username: ""
-    chroot: ""
-    directory: "$dir"
-    pidfile: ""
-    use-syslog: no
-    logfile: ""
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
+    {
+        echo "server:"
+        unbound_server_lines "$port" "$dir"
+        cat <<EOF
     module-config: "iterator"
     domain-insecure: "bench.test"
     local-zone: "test." nodefault
@@ -294,6 +282,7 @@ forward-zone:
     name: "."
     forward-addr: 127.0.0.1@$NSD_PORT
 EOF
+    } >"$dir/unbound.conf"
     CMD[unbound]="unbound -d -c $dir/unbound.conf"
     taskset -c "$SERVER_CPU" unbound -d -c "$dir/unbound.conf" >>"$WORK/unbound.log" 2>&1 &
     PID[unbound]=$!

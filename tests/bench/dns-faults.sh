@@ -128,28 +128,17 @@ log "upstreams answer on 127.0.0.1:$(for r in $RESOLVERS; do printf '%s (%s) ' "
 start_unbound() { # port upstream-port
     local dir=$WORK/unbound
     mkdir -p "$dir"
-    cat >"$dir/unbound.conf" <<EOF
-server:
-    verbosity: 0
-    num-threads: 1
-    interface: 127.0.0.1@$1
-    port: $1
-    do-ip6: no
-    do-daemonize: no
-    username: ""
-    chroot: ""
-    directory: "$dir"
-    pidfile: ""
-    use-syslog: no
-    logfile: ""
-    access-control: 127.0.0.0/8 allow
-    do-not-query-localhost: no
+    {
+        echo "server:"
+        unbound_server_lines "$1" "$dir"
+        cat <<EOF
 remote-control:
     control-enable: no
 forward-zone:
     name: "."
     forward-addr: 127.0.0.1@$2
 EOF
+    } >"$dir/unbound.conf"
     CMD[unbound]="unbound -d -c $dir/unbound.conf"
     unbound -d -c "$dir/unbound.conf" >>"$WORK/unbound.log" 2>&1 &
     PID[unbound]=$!
