@@ -92,10 +92,16 @@ impl CachedAnswer {
         clamp(&mut msg.authorities);
         if negative {
             // RFC 2308 section 3: a negative answer's SOA carries min(TTL, MINIMUM), which is
-            // how long clients may cache the negative answer.
+            // how long clients may cache the negative answer; clients get no longer than we
+            // keep it ourselves (`cache.max_negative_ttl_secs`, as unbound's
+            // cache-max-negative-ttl).
             for record in &mut msg.authorities {
                 if let RData::SOA(soa) = &record.data {
-                    record.ttl = record.ttl.min(soa.minimum);
+                    record.ttl = record
+                        .ttl
+                        .min(soa.minimum)
+                        .min(config.max_negative_ttl_secs)
+                        .max(config.min_ttl_secs.min(config.max_negative_ttl_secs));
                 }
             }
         }
@@ -533,6 +539,18 @@ mod tests {
         );
         assert!(!positive.nodata && positive.authorities.is_empty());
         assert_eq!(positive.cache_ttl(&config), Some(30));
+    }
+
+    #[test]
+    fn clients_see_negative_ttls_no_longer_than_the_cache_keeps_them() {
+        let config = CacheConfig::default();
+        for rcode in [ResponseCode::NXDomain, ResponseCode::NoError] {
+            let long = after_cname(rcode, 3600, soa(99_999, 99_999));
+            assert_eq!(long.authorities[0].ttl, config.max_negative_ttl_secs);
+            assert_eq!(long.cache_ttl(&config), Some(config.max_negative_ttl_secs));
+            let short = after_cname(rcode, 3600, soa(99_999, 20));
+            assert_eq!(short.authorities[0].ttl, 20, "MINIMUM below the cap stays");
+        }
     }
 
     #[test]

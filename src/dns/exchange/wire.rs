@@ -29,6 +29,9 @@ use hickory_proto::{
     },
 };
 
+/// The largest TTL a record may carry (RFC 2181 section 8: 2^31 - 1 seconds).
+const MAX_TTL: u32 = i32::MAX as u32;
+
 /// Why a response could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -226,6 +229,8 @@ impl Reader<'_> {
                 rdata: NULL::with(octets),
             }
         };
+        // RFC 2181 section 8: a TTL with the most significant bit set is treated as zero.
+        let ttl = if ttl > MAX_TTL { 0 } else { ttl };
         let mut record = Record::from_rdata(name, ttl, data);
         record.dns_class = DNSClass::from(class);
         Ok(Some(record))
@@ -440,6 +445,21 @@ mod tests {
             assert_eq!(u16::from(record.record_type()), rtype);
             assert_eq!(encoded_rdata(record), rdata, "type {rtype}");
             assert_eq!(record.ttl, 300);
+        }
+    }
+
+    #[test]
+    fn ttls_with_the_top_bit_set_are_zero() {
+        for (ttl, expected) in [
+            (0x7fff_ffff_u32, 0x7fff_ffff_u32),
+            (0x8000_0000, 0),
+            (0xffff_ffff, 0),
+            (0, 0),
+        ] {
+            let mut record = rr(&QNAME, 1, &[192, 0, 2, 1]);
+            record[6..10].copy_from_slice(&ttl.to_be_bytes());
+            let message = answer_of(&[record]).unwrap();
+            assert_eq!(message.answers[0].ttl, expected, "TTL {ttl:#x}");
         }
     }
 
