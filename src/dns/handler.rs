@@ -36,6 +36,9 @@ use crate::{
 
 /// TTL of the synthesized answer to ANY queries (RFC 8482 section 4.2).
 const ANY_TTL: u32 = 3600;
+/// How many more queries may complete one incomplete upstream alias chain (unbound restarts
+/// a query at most 8 to 11 times for CNAMEs, depending on version).
+const MAX_CHAIN_HOPS: usize = 8;
 
 /// Answers every DNS query the server receives.
 pub struct Handler(Arc<Responder>);
@@ -218,7 +221,7 @@ impl Responder {
             dnssec_ok: dnssec_ok(request),
             checking_disabled: checking_disabled(request),
         };
-        match self.forwarder.resolve(key).await {
+        let mut reply = match self.forwarder.resolve(key).await {
             Outcome::Answer { answer, age, stale } => {
                 let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
                 let ad_asked = dnssec_ok(request) || request.metadata.authentic_data;
@@ -226,8 +229,40 @@ impl Responder {
             }
             Outcome::Failed(error) => {
                 debug!(name = %qname, %qtype, %error, "answering SERVFAIL");
-                Reply::forward_failed(error)
+                return Reply::forward_failed(error);
             }
+        };
+        self.complete_chain(&mut reply, qtype, request).await;
+        reply
+    }
+
+    /// Completes an upstream answer whose alias chain stops short of the data (`www.example
+    /// CNAME cdn.example.net.` and nothing for the target) by asking for the target, up to
+    /// [`MAX_CHAIN_HOPS`] times, as a recursive resolver does (RFC 1034 section 4.3.2 step
+    /// 3a). Targets served here (`.p2p`, special-use names) are left for the client to ask,
+    /// and so is a target that fails: the chain so far is still true.
+    async fn complete_chain(&self, reply: &mut Reply, qtype: RecordType, request: &Request) {
+        for _ in 0..MAX_CHAIN_HOPS {
+            let Some(target) = reply.dangling_alias(qtype) else {
+                return;
+            };
+            let name = LowerName::new(&target);
+            if self.naming.is_local(&name) || self.special.answer(&name, &target, qtype).is_some() {
+                return;
+            }
+            let key = CacheKey {
+                name,
+                qtype,
+                dnssec_ok: dnssec_ok(request),
+                checking_disabled: checking_disabled(request),
+            };
+            let Outcome::Answer { answer, age, stale } = self.forwarder.resolve(key).await else {
+                debug!(%target, "the target of an incomplete alias chain did not resolve");
+                return;
+            };
+            let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
+            let ad_asked = dnssec_ok(request) || request.metadata.authentic_data;
+            reply.extend_chain(Reply::forwarded(&answer, age, stale_ttl, &target, ad_asked));
         }
     }
 
@@ -250,8 +285,15 @@ impl Responder {
         let Some(RData::CNAME(target)) = answer.answers.last().map(|r| &r.data) else {
             return;
         };
-        let target = LowerName::new(&target.0);
+        let target_name = target.0.clone();
+        let target = LowerName::new(&target_name);
         if self.naming.is_local(&target) {
+            return;
+        }
+        if let Some(special) = self.special.answer(&target, &target_name, qtype) {
+            // localhost., onion., invalid.: answered here as if asked directly, never
+            // forwarded (README "Special-use names").
+            append_records(answer, special.rcode, special.answers, special.authorities);
             return;
         }
         let key = CacheKey {
@@ -324,13 +366,29 @@ fn append_tail(answer: &mut NamingAnswer, tail: &CachedAnswer, age: u32) {
             })
             .collect()
     };
-    let mut records = aged(&tail.answers);
+    append_records(
+        answer,
+        tail.rcode,
+        aged(&tail.answers),
+        aged(&tail.authorities),
+    );
+}
+
+/// Appends the answer for the target of `answer`'s alias chain, which was not served by the
+/// naming subsystem: `answer` takes its RCODE and authorities, loses AA, and the appended
+/// addresses pass the DNS-rebinding filter when the chain came from the network.
+fn append_records(
+    answer: &mut NamingAnswer,
+    rcode: ResponseCode,
+    mut records: Vec<Record>,
+    authorities: Vec<Record>,
+) {
     if answer.screen_tail && remove_private(&mut records) {
         answer.note = Some(AnswerNote::PrivateRemoved);
     }
     answer.answers.extend(records);
-    answer.rcode = tail.rcode;
-    answer.authorities = aged(&tail.authorities);
+    answer.rcode = rcode;
+    answer.authorities = authorities;
     answer.authoritative = false;
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use hickory_proto::{
     op::{Edns, Header, HeaderCounts, Metadata, ResponseCode},
-    rr::{Name, Record, rdata::opt::EdnsOption},
+    rr::{Name, RData, Record, RecordType, rdata::opt::EdnsOption},
     serialize::binary::BinEncoder,
 };
 use hickory_server::{
@@ -139,6 +139,40 @@ impl Reply {
             ede: stale.map(|_| (Ede::StaleAnswer, "")),
             size_hint: Some(answer.wire_len),
         }
+    }
+
+    /// The target of the alias chain that ends this NOERROR answer without data of `qtype`
+    /// and without an SOA saying there is none: an upstream that did not complete the chain
+    /// (an authoritative server, or one that stops at a zone it does not serve). `None` when
+    /// the answer is complete, negative, or its chain loops back on itself.
+    pub fn dangling_alias(&self, qtype: RecordType) -> Option<Name> {
+        if self.rcode != ResponseCode::NoError
+            || matches!(qtype, RecordType::CNAME | RecordType::ANY)
+            || self.answers.iter().any(|r| r.record_type() == qtype)
+            || self
+                .authorities
+                .iter()
+                .any(|r| r.record_type() == RecordType::SOA)
+        {
+            return None;
+        }
+        let RData::CNAME(target) = &self.answers.last()?.data else {
+            return None;
+        };
+        let seen = self.answers.iter().any(|r| r.name == target.0);
+        (!seen).then(|| target.0.clone())
+    }
+
+    /// Appends `tail`, the answer for the target of this reply's alias chain: its records
+    /// follow the chain, its RCODE and authority section (an SOA when negative) replace
+    /// ours, and AD stays only if both parts were validated.
+    pub fn extend_chain(&mut self, tail: Self) {
+        self.rcode = tail.rcode;
+        self.authentic_data &= tail.authentic_data;
+        self.answers.extend(tail.answers);
+        self.authorities = tail.authorities;
+        self.ede = self.ede.or(tail.ede);
+        self.size_hint = self.size_hint.zip(tail.size_hint).map(|(a, b)| a + b);
     }
 
     /// SERVFAIL, with the Extended DNS Error that says why no upstream answered.

@@ -21,6 +21,8 @@
 //! - [`answer_rules`]: what a forwarded answer must be, against scripted upstreams: DNSSEC
 //!   header bits passed through, negative answers after a CNAME, answers that do not answer
 //!   the question refused and unrelated records removed (issue 11, kinds 2, 6 and 8).
+//! - [`alias_chains`]: alias chains leaving their zone: incomplete upstream chains completed,
+//!   chains to special-use names answered here.
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -33,6 +35,7 @@
 // A test reads as one scenario from set-up to the last check; the 80-line bound is for src/.
 #![allow(clippy::too_many_lines)]
 
+mod alias_chains;
 mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;
