@@ -169,27 +169,26 @@ pub enum RecordError {
 pub(super) fn head<'t, 'a>(
     tokens: &'t [Token<'a>],
 ) -> Result<(Option<u32>, RecordType, &'t [Token<'a>]), RecordError> {
-    let (mut ttl, mut class) = (None, None);
+    let (mut given_ttl, mut given_class) = (None, None);
     for (i, token) in tokens.iter().enumerate() {
         let word = token.raw.to_ascii_uppercase();
         if token.quoted {
             return Err(RecordError::UnknownType(token.raw.to_owned()));
         } else if word.starts_with(|c: char| c.is_ascii_digit()) {
-            let seconds = self::ttl(token.raw)?;
-            if ttl.replace(seconds).is_some() {
+            if given_ttl.replace(ttl(token.raw)?).is_some() {
                 return Err(RecordError::Twice("the TTL"));
             }
-        } else if let Some(parsed) = self::class(&word) {
+        } else if let Some(parsed) = class(&word) {
             if parsed != DNSClass::IN {
                 return Err(RecordError::Class(token.raw.to_owned()));
             }
-            if class.replace(parsed).is_some() {
+            if given_class.replace(parsed).is_some() {
                 return Err(RecordError::Twice("the class"));
             }
         } else {
             let rtype = record_type(&word)?;
             check_data_type(rtype)?;
-            return Ok((ttl, rtype, &tokens[i + 1..]));
+            return Ok((given_ttl, rtype, &tokens[i + 1..]));
         }
     }
     Err(RecordError::NoType)
