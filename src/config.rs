@@ -5,9 +5,8 @@
 //! stops the daemon at start-up with the dotted key in the message, never later on the query path.
 
 use std::{
-    collections::BTreeMap,
     fmt, fs,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -17,6 +16,7 @@ use libp2p::Multiaddr;
 use serde::{Deserialize, Deserializer};
 
 pub use crate::intro::config::IntroConfig;
+pub use naming::NamingConfig;
 
 /// The commented default configuration, shipped inside the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/p2pdns.toml");
@@ -30,6 +30,10 @@ const DATA_DIR_ENV: &str = "P2PDNS_DATA_DIR";
 const SYSTEM_CONFIG_FILE: &str = "/etc/p2pdns/p2pdns.toml";
 /// Data directory for a service user that has no home directory.
 const SYSTEM_DATA_DIR: &str = "/var/lib/p2pdns";
+
+/// The largest TTL, in seconds: RFC 2181 section 8 keeps the top bit clear (2^31 - 1). Local
+/// records with a larger one are refused by their parser; this bounds the default given to them.
+const MAX_TTL: u32 = 0x7fff_ffff;
 
 /// Errors while finding, reading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -195,32 +199,6 @@ impl Default for CacheConfig {
     }
 }
 
-/// `[naming]`: the peer-to-peer names.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NamingConfig {
-    /// Top-level domains answered by the naming subsystem instead of upstream: `p2p` from the
-    /// local records, then the DHT; any other TLD from the local records only.
-    pub tlds: Vec<String>,
-    /// TTL for local records that do not give one, in seconds.
-    pub default_ttl_secs: u32,
-    /// Local names: owner name → records in zone-file syntax (`[TTL] TYPE RDATA`).
-    pub records: BTreeMap<String, Vec<String>>,
-    /// Names (and their subdomains) whose network answers may hold private addresses.
-    pub allow_private_answers: Vec<String>,
-}
-
-impl Default for NamingConfig {
-    fn default() -> Self {
-        Self {
-            tlds: vec!["p2p".to_owned()],
-            default_ttl_secs: 300,
-            records: BTreeMap::new(),
-            allow_private_answers: Vec::new(),
-        }
-    }
-}
-
 /// `[p2p]`: the peer-to-peer node.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -359,6 +337,32 @@ impl FromStr for UpstreamAddr {
                 "{s:?} is not an IP address with an optional port (e.g. 9.9.9.9, 9.9.9.9:53, [2620:fe::fe]:53)"
             )),
         }
+    }
+}
+
+impl UpstreamAddr {
+    /// Can a query be sent to this address? Not to port 0, to "any address" (0.0.0.0/8, ::,
+    /// RFC 1122 section 3.2.1.3 and RFC 4291 section 2.5.2), to a multicast or the broadcast
+    /// address, nor to a link-local IPv6 address without its interface (`[fe80::1%2]:53`).
+    /// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+    ///
+    /// # Errors
+    /// What is wrong with the address, for the message naming its key.
+    pub fn check(&self) -> Result<(), String> {
+        let ip = self.0.ip().to_canonical();
+        let why = if self.0.port() == 0 {
+            "port 0 is no server's port"
+        } else if ip.is_unspecified() || matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 0) {
+            "it means \"any address\" and reaches no server (for one on this machine: 127.0.0.1 or ::1)"
+        } else if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            "a multicast or broadcast address is no DNS server (multicast DNS is RFC 6762's)"
+        } else if matches!((ip, self.0), (IpAddr::V6(v6), SocketAddr::V6(sa)) if v6.is_unicast_link_local() && sa.scope_id() == 0)
+        {
+            "a link-local address needs its interface's index, e.g. [fe80::1%2]:53"
+        } else {
+            return Ok(());
+        };
+        Err(format!("{self} cannot be an upstream server: {why}"))
     }
 }
 
@@ -503,6 +507,11 @@ impl DnsConfig {
 
 impl UpstreamConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        for (i, server) in self.servers.iter().enumerate() {
+            server
+                .check()
+                .map_err(|why| invalid(&format!("upstream.servers[{i}]"), why))?;
+        }
         if self.edns_payload < 512 {
             return Err(invalid("upstream.edns_payload", "must be at least 512"));
         }
@@ -538,50 +547,6 @@ impl CacheConfig {
     }
 }
 
-impl NamingConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        for (i, tld) in self.tlds.iter().enumerate() {
-            let ok = !tld.is_empty()
-                && tld.len() <= 63
-                && tld.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-            if !ok {
-                return Err(invalid(
-                    &format!("naming.tlds[{i}]"),
-                    format!("{tld:?} is not a single DNS label"),
-                ));
-            }
-        }
-        for (i, entry) in self.allow_private_answers.iter().enumerate() {
-            self.check_allowed_name(entry)
-                .map_err(|why| invalid(&format!("naming.allow_private_answers[{i}]"), why))?;
-        }
-        Ok(())
-    }
-
-    /// An `allow_private_answers` entry must be a name under one of the TLDs: only their
-    /// answers are filtered.
-    fn check_allowed_name(&self, entry: &str) -> Result<(), String> {
-        let name = hickory_proto::rr::Name::from_ascii(entry)
-            .ok()
-            .filter(|n| !n.is_root() && !n.is_wildcard())
-            .ok_or_else(|| {
-                format!("{entry:?} is not a domain name (write international names as xn--)")
-            })?;
-        let tld = name.iter().next_back().map(|l| l.to_ascii_lowercase());
-        if self
-            .tlds
-            .iter()
-            .any(|t| Some(t.to_ascii_lowercase().as_bytes()) == tld.as_deref())
-        {
-            return Ok(());
-        }
-        Err(format!(
-            "{entry:?} is not under naming.tlds ({}): only their answers are filtered",
-            self.tlds.join(", ")
-        ))
-    }
-}
-
 impl P2pConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let store = "must be at least 1 (p2p.dht_mode = \"client\" stores nothing for others)";
@@ -610,5 +575,6 @@ impl P2pConfig {
     }
 }
 
+mod naming;
 #[cfg(test)]
 mod tests;

@@ -111,3 +111,125 @@ fn upstream_addresses_take_optional_ports() {
     assert_eq!(parse("[::1]:54"), "[::1]:54".parse().unwrap());
     assert!("example.com".parse::<UpstreamAddr>().is_err());
 }
+
+/// Records of `[naming.records]` that an authoritative server would not load stop the daemon
+/// with the record's key and index, the record's text and what is wrong.
+#[test]
+fn bad_local_records_are_refused_with_their_index() {
+    let records = |list: &str| format!("[naming.records]\n\"site.p2p\" = [{list}]\n");
+    for (list, key, expected) in [
+        (
+            r#""A 192.0.2.1", "A 192.0.2.2 junk""#,
+            "naming.records.\"site.p2p\"[1]",
+            "\"junk\" after the A RDATA",
+        ),
+        (
+            r#""CH A 192.0.2.1""#,
+            "naming.records.\"site.p2p\"[0]",
+            "class CH is not served",
+        ),
+        (
+            r#""4294967295 A 192.0.2.1""#,
+            "naming.records.\"site.p2p\"[0]",
+            "TTL 4294967295 is above 2147483647",
+        ),
+        (
+            r#""TYPE65534 \\# 2 abcdef""#,
+            "naming.records.\"site.p2p\"[0]",
+            "announces 2 bytes",
+        ),
+        (
+            r#""A \\# 3 c00002""#,
+            "naming.records.\"site.p2p\"[0]",
+            "not A RDATA",
+        ),
+        (
+            r#""CNAME a.p2p.", "A 192.0.2.1""#,
+            "naming.records.\"site.p2p\"[1]",
+            "CNAME",
+        ),
+    ] {
+        let msg = chain(&records(list));
+        assert!(msg.contains(key), "{list}: {msg}");
+        assert!(msg.contains(expected), "{list}: {msg}");
+    }
+    let msg = chain("[naming.records]\n\"site.example.com\" = []\n");
+    assert!(msg.contains("naming.records.\"site.example.com\""), "{msg}");
+    let fine = records(r#""60 IN A 192.0.2.1", "TYPE65534 \\# 3 abcdef", "TYPE65280 \\# 0""#);
+    assert!(Config::from_toml(&fine, "test.toml").is_ok());
+    let msg = chain("[naming]\ndefault_ttl_secs = 2147483648\n");
+    assert!(
+        msg.contains("naming.default_ttl_secs") && msg.contains("2147483648"),
+        "{msg}"
+    );
+}
+
+/// A TLD answered here hides every real name under it: special-use TLDs and TLDs of the
+/// internet are refused; test, example and names never delegated are fine.
+#[test]
+fn tlds_that_would_hijack_names_are_refused() {
+    for (tld, expected) in [
+        ("localhost", "special-use"),
+        ("LocalHost", "special-use"),
+        ("invalid", "special-use"),
+        ("onion", "special-use"),
+        ("arpa", "special-use"),
+        ("local", "mDNS responder"),
+        ("alt", "special-use"),
+        ("com", "TLD of the internet"),
+        ("ORG", "TLD of the internet"),
+        ("int", "TLD of the internet"),
+        ("de", "TLD of the internet"),
+        ("io", "TLD of the internet"),
+        ("home.arpa", "single DNS label"),
+        ("", "single DNS label"),
+    ] {
+        let msg = chain(&format!("[naming]\ntlds = [\"p2p\", \"{tld}\"]\n"));
+        assert!(msg.contains("naming.tlds[1]"), "{tld}: {msg}");
+        assert!(msg.contains(expected), "{tld}: {msg}");
+    }
+    for tld in [
+        "p2p", "test", "example", "internal", "lan", "home", "corp", "aa", "zz", "xy", "qm", "a1",
+    ] {
+        let text = format!("[naming]\ntlds = [\"{tld}\"]\n");
+        assert!(Config::from_toml(&text, "test.toml").is_ok(), "{tld}");
+    }
+}
+
+/// An upstream that no query can reach is refused with its key.
+#[test]
+fn unreachable_upstreams_are_refused_with_their_key() {
+    for (server, expected) in [
+        ("0.0.0.0", "any address"),
+        ("0.0.0.0:53", "any address"),
+        ("0.1.2.3", "any address"),
+        ("::", "any address"),
+        ("[::]:53", "any address"),
+        ("[::ffff:0.0.0.0]:53", "any address"),
+        ("127.0.0.1:0", "port 0"),
+        ("[::1]:0", "port 0"),
+        ("224.0.0.251", "multicast"),
+        ("[ff02::fb]:5353", "multicast"),
+        ("[::ffff:239.1.2.3]:53", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("fe80::1", "interface"),
+        ("[fe80::1]:53", "interface"),
+    ] {
+        let text = format!("[upstream]\nservers = [\"9.9.9.9\", \"{server}\"]\n");
+        let msg = chain(&text);
+        assert!(msg.contains("upstream.servers[1]"), "{server}: {msg}");
+        assert!(msg.contains(expected), "{server}: {msg}");
+    }
+    for server in [
+        "9.9.9.9",
+        "127.0.0.53",
+        "[::1]:5353",
+        "[fe80::1%2]:53",
+        "192.0.2.1:853",
+    ] {
+        let text = format!("[upstream]\nservers = [\"{server}\"]\n");
+        assert!(Config::from_toml(&text, "test.toml").is_ok(), "{server}");
+    }
+    // Listening on port 0 (the system picks one) stays possible: tests and labs use it.
+    assert!(Config::from_toml("[dns]\nlisten = [\"127.0.0.1:0\"]\n", "test.toml").is_ok());
+}

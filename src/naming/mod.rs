@@ -31,7 +31,7 @@ use hickory_proto::{
 
 pub(crate) use answer::{Built, Origin, RecordSource, answer_from, nodata, positive, soa_record};
 pub use dht::{Dht, DhtConfig};
-pub use local::{LocalZone, ZoneError, parse_record, parse_zone, presentation};
+pub use local::{LocalZone, RecordError, ZoneError, parse_record, parse_zone, presentation};
 pub use rebinding::remove_private;
 
 use crate::config::NamingConfig;

@@ -6,6 +6,9 @@
 //!
 //! - [`dns`]: the resolver against an authoritative upstream on loopback: forwarding, cache,
 //!   EDNS, opcodes, truncation, access control, reload, shutdown.
+//! - [`local_records`]: `[naming.records]` in every form the master-file parser reads (RFC
+//!   3597's generic ones served byte for byte), what it refuses and how the daemon and
+//!   `--check-config` say so; `naming.tlds` and `upstream.servers` values that are refused.
 //! - [`p2p`]: small DHT networks; a name published on one node resolves through another.
 //! - [`tunnel`]: tunnels between two daemons: a name exposed on one reached through the other.
 //! - [`p2p_answers`]: `.p2p` answers follow the DNS algorithm (docs/PROTOCOL.md section 10):
@@ -40,6 +43,7 @@ mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;
 mod dns;
+mod local_records;
 mod p2p;
 mod p2p_answers;
 mod p2p_rules;
