@@ -74,7 +74,8 @@ pub struct Scripted {
 impl Scripted {
     /// Starts a scripted upstream on 127.0.0.1 answering each query as `script` says.
     pub async fn start(script: impl Fn(&Asked) -> Action + Send + Sync + 'static) -> Self {
-        let (udp, tcp) = bind_pair().await;
+        let (udp, tcp) = crate::support::bind_pair().await;
+        let udp = Arc::new(udp);
         let addr = udp.local_addr().unwrap();
         let script: Script = Arc::new(script);
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -100,16 +101,6 @@ impl Scripted {
 
 /// A UDP socket and a TCP listener on one free port of 127.0.0.1. The port the system picks
 /// for UDP may be in use for TCP (by a connection of another test): then another one.
-async fn bind_pair() -> (Arc<UdpSocket>, TcpListener) {
-    for _ in 0..20 {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
-            return (Arc::new(udp), tcp);
-        }
-    }
-    panic!("no port free for both UDP and TCP");
-}
-
 impl Drop for Scripted {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -425,7 +416,8 @@ pub struct Relay {
 impl Relay {
     /// Starts a relay; queries wait until [`Relay::point_to`] names where they go.
     pub async fn start() -> Self {
-        let (udp, tcp) = bind_pair().await;
+        let (udp, tcp) = crate::support::bind_pair().await;
+        let udp = Arc::new(udp);
         let addr = udp.local_addr().unwrap();
         let (target, watch) = tokio::sync::watch::channel(None);
         let stop = CancellationToken::new();

@@ -87,6 +87,18 @@ impl RequestHandler for Counting {
     }
 }
 
+/// A UDP socket and a TCP listener on the same loopback port: another test may hold the TCP
+/// port of a free UDP one, so a few ports are tried.
+pub async fn bind_pair() -> (UdpSocket, TcpListener) {
+    for _ in 0..20 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
 impl Upstream {
     pub async fn start(extra: &str) -> Self {
         let text = format!("{ZONE}{extra}");
@@ -110,9 +122,8 @@ impl Upstream {
             queries: queries.clone(),
             silent: silent.clone(),
         };
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (udp, tcp) = bind_pair().await;
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
         let mut server = Server::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, WAIT, 16);
