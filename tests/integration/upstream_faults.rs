@@ -10,7 +10,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::ResponseCode,
+    op::{Message, ResponseCode},
     rr::{RecordType, rdata::opt::EdnsOption},
 };
 use tokio::time::Instant;
@@ -45,14 +45,16 @@ fn opt_record() -> Vec<u8> {
     vec![0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]
 }
 
+/// Asks `name`/A with EDNS and checks the reply's RCODE.
+async fn ask_expecting(daemon: SocketAddr, name: &str, rcode: ResponseCode) -> Message {
+    let reply = ask(daemon, name, RecordType::A).await;
+    assert_eq!(reply.metadata.response_code, rcode, "{name}: {reply:?}");
+    reply
+}
+
 /// Asks `name`/A with EDNS and checks the scripted address comes back.
 async fn assert_answered(daemon: SocketAddr, name: &str) {
-    let reply = ask(daemon, name, RecordType::A).await;
-    assert_eq!(
-        reply.metadata.response_code,
-        ResponseCode::NoError,
-        "{name}: {reply:?}"
-    );
+    let reply = ask_expecting(daemon, name, ResponseCode::NoError).await;
     assert_eq!(a_records(&reply), vec!["192.0.2.1"], "{name}");
 }
 
@@ -278,9 +280,9 @@ fn misbehaving(asked: &Asked) -> Action {
         }
         // Cut in the middle of the answer, without TC.
         "cut.example." => Action::Reply(good[..good.len() - 3].to_vec()),
-        // The query sent back (QR=0).
+        // The query sent back (QR=0), or a response to another question with our ID, are no
+        // answer (RFC 5452 section 9.1): ignored while the try waits on (upstream_tries).
         "echo.example." => Action::Reply(asked.wire.clone()),
-        // A response to another question, with our ID.
         "other.example." => {
             let mut other = good.clone();
             let at = 12 + 1;
@@ -306,37 +308,40 @@ fn misbehaving(asked: &Asked) -> Action {
     }
 }
 
-#[tokio::test]
-async fn a_malformed_answer_fails_its_question_and_not_the_upstream() {
+/// Asks `name`/A and checks the answer is SERVFAIL with EDE 23 (Network Error): the upstream
+/// answer was malformed, not missing.
+async fn assert_malformed(daemon: SocketAddr, name: &str) {
+    let reply = ask_expecting(daemon, name, ResponseCode::ServFail).await;
+    assert_eq!(
+        ede(&reply),
+        Some((23, "upstream answer is malformed".to_owned())),
+        "{name}"
+    );
+}
+
+/// The [`misbehaving`] upstream and a daemon asking it with these waits, in milliseconds.
+async fn misbehaving_daemon(timeout_ms: u64, query_timeout_ms: u64) -> (Scripted, TestDaemon) {
     let upstream = Scripted::start(misbehaving).await;
     let mut cfg = config(&[upstream.addr]);
+    cfg.upstream.timeout_ms = timeout_ms;
+    cfg.upstream.query_timeout_ms = query_timeout_ms;
+    (upstream, TestDaemon::start(cfg).await)
+}
+
+#[tokio::test]
+async fn a_malformed_answer_fails_its_question_and_not_the_upstream() {
     // Long waits, so that an answer taken for a timeout would show.
-    cfg.upstream.timeout_ms = 2_000;
-    cfg.upstream.query_timeout_ms = 4_000;
-    let daemon = TestDaemon::start(cfg).await;
+    let (upstream, daemon) = misbehaving_daemon(2_000, 4_000).await;
     let prompt = Duration::from_millis(1_000);
-    let malformed = [
-        "bad.example.",
-        "cut.example.",
-        "echo.example.",
-        "other.example.",
-        "tcp.example.",
-    ];
+    // Answers that match the query (ID, QR=1, question) but do not decode. Datagrams that do
+    // not match (echo.example., other.example.) are no answer at all: see
+    // only_datagrams_that_do_not_answer_give_servfail_with_ede_23.
+    let malformed = ["bad.example.", "cut.example.", "tcp.example."];
     for name in malformed {
         // Three times: three answers taken for timeouts used to rest the upstream for all.
         for _ in 0..3 {
             let started = Instant::now();
-            let reply = ask(daemon.addr, name, RecordType::A).await;
-            assert_eq!(
-                reply.metadata.response_code,
-                ResponseCode::ServFail,
-                "{name}"
-            );
-            assert_eq!(
-                ede(&reply),
-                Some((23, "upstream answer is malformed".to_owned())),
-                "{name}"
-            );
+            assert_malformed(daemon.addr, name).await;
             assert!(
                 started.elapsed() < prompt,
                 "{name}: {:?}",
@@ -364,6 +369,25 @@ async fn a_malformed_answer_fails_its_question_and_not_the_upstream() {
         let started = Instant::now();
         assert_answered(daemon.addr, &name).await;
         assert!(started.elapsed() < prompt, "{name}");
+        assert_eq!(upstream.asked_for(&name).len(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn only_datagrams_that_do_not_answer_give_servfail_with_ede_23() {
+    let (upstream, daemon) = misbehaving_daemon(200, 600).await;
+    for name in ["echo.example.", "other.example."] {
+        for _ in 0..3 {
+            assert_malformed(daemon.addr, name).await;
+        }
+        // Once a question: what the upstream sends back for it is no answer, and it would
+        // send the same again.
+        assert_eq!(upstream.asked_for(name).len(), 3, "{name}");
+    }
+    // The upstream was heard from, so it never rested: every other name is answered by it.
+    for i in 0..5 {
+        let name = format!("n{i}.example.");
+        assert_answered(daemon.addr, &name).await;
         assert_eq!(upstream.asked_for(&name).len(), 1, "{name}");
     }
 }
