@@ -99,17 +99,122 @@ async fn an_upstream_without_edns_is_asked_again_without_it_and_that_is_remember
             "{case}"
         );
 
-        // A client without EDNS gets its answer too; and from now on the upstream is asked
-        // once per name, without EDNS.
+        // A client without EDNS gets its answer too. One name proves little (it may be the
+        // trouble); a second name refused alike confirms it, and from then on the upstream
+        // is asked once per name, without EDNS.
         let mut plain = query("second.example.", RecordType::A);
         plain.edns = None;
         let reply = exchange_udp(daemon.addr, plain).await;
         assert_eq!(a_records(&reply), vec!["192.0.2.1"], "{case}");
         assert!(reply.edns.is_none(), "{case}");
-        assert_answered(daemon.addr, "third.example.").await;
-        for name in ["second.example.", "third.example."] {
+        assert_eq!(
+            edns_of(&upstream, "second.example."),
+            [true, false],
+            "{case}: the second name confirms"
+        );
+        for name in ["third.example.", "fourth.example."] {
+            assert_answered(daemon.addr, name).await;
             assert_eq!(edns_of(&upstream, name), [false], "{case}: {name}");
         }
+    }
+}
+
+/// An upstream that speaks EDNS (its answers to EDNS queries carry OPT, and an RRSIG when
+/// DO=1) but answers FORMERR without OPT to EDNS queries for the names in `buggy`, as a
+/// server with a bug on one zone's path does.
+fn edns_but_not_for(buggy: &'static [&'static str]) -> impl Fn(&Asked) -> Action {
+    move |asked| {
+        let name = asked.qname();
+        if asked.has_edns() && buggy.contains(&name.as_str()) {
+            let sections = RawSections::default();
+            return Action::Reply(raw_response(asked, ResponseCode::FormErr, 0, &sections));
+        }
+        let mut answers = vec![raw_rr(&name, 1, 300, &ADDRESS)];
+        if asked.dnssec_ok() {
+            let signer = wire_name("example.");
+            let rrsig = [
+                &[0, 1, 13, 2, 0, 0, 1, 44][..],
+                &[0; 10],
+                &signer,
+                &[0xAB; 64],
+            ];
+            answers.push(raw_rr(&name, 46, 300, &rrsig.concat()));
+        }
+        let sections = RawSections {
+            answers,
+            additionals: if asked.has_edns() {
+                vec![opt_record()]
+            } else {
+                Vec::new()
+            },
+            ..RawSections::default()
+        };
+        Action::Reply(raw_response(asked, ResponseCode::NoError, 0, &sections))
+    }
+}
+
+/// Asks `name`/A with DO=1; returns the types of the answer records.
+async fn ask_signed(daemon: SocketAddr, name: &str) -> Vec<RecordType> {
+    let mut msg = query(name, RecordType::A);
+    msg.edns.as_mut().unwrap().set_dnssec_ok(true);
+    let reply = exchange_udp(daemon, msg).await;
+    assert_eq!(
+        reply.metadata.response_code,
+        ResponseCode::NoError,
+        "{name}: {reply:?}"
+    );
+    assert_eq!(a_records(&reply), vec!["192.0.2.1"], "{name}");
+    reply.answers.iter().map(|r| r.record_type()).collect()
+}
+
+#[tokio::test]
+async fn edns_trouble_with_one_name_stays_with_that_name() {
+    let upstream = Scripted::start(edns_but_not_for(&["bug.example.", "bug2.example."])).await;
+    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    let signed = |name: &str| {
+        let asked = upstream.asked_for(name);
+        asked.len() == 1 && asked[0].has_edns() && asked[0].dnssec_ok()
+    };
+    for bug in ["bug.example.", "bug2.example."] {
+        // The name that fails with EDNS is answered through the plain retry (without RRSIGs:
+        // that upstream gives none without DO)...
+        assert_eq!(ask_signed(daemon.addr, bug).await, [RecordType::A], "{bug}");
+        assert_eq!(edns_of(&upstream, bug), [true, false], "{bug}");
+        // ...and every other name still goes with EDNS and DO, and gets its RRSIGs.
+        for i in 0..3 {
+            let name = format!("www{i}.{bug}");
+            let types = ask_signed(daemon.addr, &name).await;
+            assert_eq!(types, [RecordType::A, RecordType::RRSIG], "{name}");
+            assert!(signed(&name), "{name}: {:?}", upstream.asked_for(&name));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lost_edns_query_does_not_turn_edns_off() {
+    // The first EDNS query is lost; every other one is answered, with OPT.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let script = edns_but_not_for(&[]);
+    let upstream = Scripted::start(move |asked| {
+        let first_lost = asked.has_edns() && !lost.swap(true, std::sync::atomic::Ordering::SeqCst);
+        if first_lost {
+            Action::Drop
+        } else {
+            script(asked)
+        }
+    })
+    .await;
+    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    // The question's next try goes without EDNS (the upstream never showed OPT yet)...
+    assert_answered(daemon.addr, "first.example.").await;
+    assert_eq!(edns_of(&upstream, "first.example."), [true, false]);
+    // ...but one lost datagram is no reason to drop EDNS for every name.
+    for name in ["second.example.", "third.example."] {
+        assert_eq!(
+            ask_signed(daemon.addr, name).await,
+            [RecordType::A, RecordType::RRSIG]
+        );
+        assert_eq!(edns_of(&upstream, name), [true], "{name}");
     }
 }
 
@@ -144,15 +249,19 @@ async fn an_upstream_that_drops_edns_queries_is_asked_without_edns() {
     })
     .await;
     let daemon = TestDaemon::start(config(&[upstream.addr])).await;
-    // The first question waits for one try to time out, then goes without EDNS.
-    assert_answered(daemon.addr, "first.example.").await;
-    assert_eq!(edns_of(&upstream, "first.example."), [true, false]);
+    // Each of the first two questions waits for its EDNS try's wait to pass, then its next
+    // try goes without EDNS; two names dropped alike are remembered (one could be a lost
+    // datagram).
+    for name in ["first.example.", "second.example."] {
+        assert_answered(daemon.addr, name).await;
+        assert_eq!(edns_of(&upstream, name), [true, false], "{name}");
+    }
     let started = Instant::now();
-    assert_answered(daemon.addr, "second.example.").await;
-    assert_eq!(edns_of(&upstream, "second.example."), [false]);
+    assert_answered(daemon.addr, "third.example.").await;
+    assert_eq!(edns_of(&upstream, "third.example."), [false]);
     assert!(
         started.elapsed() < Duration::from_millis(250),
-        "no second timeout"
+        "no third timeout"
     );
 }
 
