@@ -276,12 +276,26 @@ impl UpstreamSet {
     }
 
     /// Indexes into `snapshot` of the upstreams to try, best first: usable ones by smoothed
-    /// RTT (unmeasured ones first, so each gets measured).
+    /// RTT (unmeasured ones first, so each gets measured). When every upstream that does not
+    /// loop is resting, those, the soonest to wake first: a rest is to prefer the others, and
+    /// with none left, a server that timed out a few times beats no server at all. Empty only
+    /// when none is configured or every one loops.
     pub fn order(&self, snapshot: &[Arc<Upstream>]) -> Vec<usize> {
         let now = self.now_ms();
-        let mut order: Vec<usize> = (0..snapshot.len())
+        let candidates = (0..snapshot.len()).filter(|&i| !snapshot[i].is_looping());
+        let mut order: Vec<usize> = candidates
+            .clone()
             .filter(|&i| snapshot[i].usable(now))
             .collect();
+        if order.is_empty() {
+            order = candidates.collect();
+            order.sort_by_key(|&i| {
+                let upstream = &snapshot[i];
+                let wakes = upstream.rest_until_ms.load(Ordering::Relaxed);
+                (wakes, upstream.srtt_us())
+            });
+            return order;
+        }
         order.sort_by_key(|&i| snapshot[i].srtt_us());
         order
     }
@@ -561,6 +575,39 @@ mod tests {
             set.order(&list),
             vec![1, 0],
             "back, after the unmeasured one"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_upstream_rests_the_rested_ones_are_asked_anyway() {
+        let set = UpstreamSet::new(&[
+            "192.0.2.1:53".parse().unwrap(),
+            "192.0.2.2:53".parse().unwrap(),
+            "192.0.2.3:53".parse().unwrap(),
+        ]);
+        let list = set.snapshot();
+        // The first rests longest (more failures), the second wakes first, the third loops.
+        for _ in 0..FAILURES_BEFORE_REST + 2 {
+            list[0].record_failure(set.now_ms());
+        }
+        for _ in 0..FAILURES_BEFORE_REST {
+            list[1].record_failure(set.now_ms());
+        }
+        list[2].mark_looping();
+        assert!(!list[0].usable(set.now_ms()) && !list[1].usable(set.now_ms()));
+        assert_eq!(set.order(&list), vec![1, 0], "soonest to wake first");
+        list[0].mark_looping();
+        assert_eq!(set.order(&list[..1]), Vec::<usize>::new(), "loops stay out");
+        list[0].clear_looping();
+        let lone = UpstreamSet::new(&["192.0.2.9:53".parse().unwrap()]);
+        let only = lone.snapshot();
+        for _ in 0..FAILURES_BEFORE_REST {
+            only[0].record_failure(lone.now_ms());
+        }
+        assert_eq!(
+            lone.order(&only),
+            vec![0],
+            "a lone upstream is never left out"
         );
     }
 

@@ -6,7 +6,10 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -16,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     scripted::{Action, Asked, RawSections, Scripted, Transport, raw_response, raw_rr},
-    support::{TestDaemon, a_records, ask, config},
+    support::{TestDaemon, a_records, ask, config, ede},
 };
 
 /// An answer to `asked` with one A record, 192.0.2.`last`.
@@ -130,6 +133,45 @@ async fn a_slow_upstream_is_heard_whatever_the_next_one_does() {
             let tries = upstream.asked_for(name).len();
             assert!((1..=3).contains(&tries), "{second:?}: {tries}");
         }
+    }
+}
+
+/// A scripted upstream that drops every query until `answering` is set, then answers.
+async fn down_then_up(answering: Arc<AtomicBool>) -> Scripted {
+    Scripted::start(move |asked| match answering.load(Ordering::SeqCst) {
+        true => Action::Reply(a_answer(asked, 1)),
+        false => Action::Drop,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rested_upstreams_are_asked_when_there_is_no_other() {
+    for count in [1, 2] {
+        let answering = Arc::new(AtomicBool::new(false));
+        let mut upstreams = Vec::new();
+        for _ in 0..count {
+            upstreams.push(down_then_up(answering.clone()).await);
+        }
+        let addrs: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr).collect();
+        let mut cfg = config(&addrs);
+        cfg.upstream.timeout_ms = 100;
+        cfg.upstream.query_timeout_ms = 500;
+        let daemon = TestDaemon::start(cfg).await;
+        // Two questions of two rounds each: four timeouts for every upstream, which rests
+        // each for two seconds.
+        for name in ["down1.example.", "down2.example."] {
+            let reply = ask(daemon.addr, name, RecordType::A).await;
+            assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+            assert_eq!(ede(&reply).map(|e| e.0), Some(22), "{count}: {name}");
+        }
+        for upstream in &upstreams {
+            let asked = upstream.asked_for("down2.example.").len();
+            assert_eq!(asked, 2, "{count}: asked though resting");
+        }
+        // Back: the next question is asked of them, not refused for want of an upstream.
+        answering.store(true, Ordering::SeqCst);
+        assert_eq!(answered(daemon.addr, "up.example.").await, ["192.0.2.1"]);
     }
 }
 
