@@ -1,18 +1,33 @@
 //! One DNS exchange with one server: the query over UDP, then over TCP when the answer comes
-//! back truncated (RFC 1035 section 4.2, RFC 7766 section 5). The forwarder asks its upstreams
-//! through [`exchange`]; anything else that must ask a DNS server (a diagnostic probe) can too.
+//! back truncated (RFC 1035 section 4.2, RFC 7766 section 5). The forwarder's hedged tries
+//! (`super::upstream`) drive [`UdpTry`]s and their TCP follow-ups themselves; anything else
+//! that must ask a DNS server (a loop probe) calls [`exchange`].
+//!
+//! Over UDP a datagram is the answer only if it matches the query as RFC 5452 section 9.1
+//! says: it comes from the server's address and port (the socket is connected, so the kernel
+//! drops any other), carries the query's ID, is a response (QR=1) and repeats the question.
+//! Anything else is ignored and the socket keeps listening (RFC 1035 section 7.3): a spoofer
+//! must not be able to end a query by sending junk, nor an upstream that sends junk before its
+//! answer lose that answer. A datagram that does match but whose records do not parse is the
+//! answer, malformed.
 
 pub mod wire;
 
 use std::{
+    future::{Future, poll_fn},
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    pin::Pin,
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::{
+    op::{Header, Message, MessageType, Metadata, Query, ResponseCode},
+    serialize::binary::{BinDecodable, BinDecoder},
+};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt, ReadBuf},
     net::{TcpStream, UdpSocket},
     time::timeout,
 };
@@ -20,8 +35,9 @@ use tracing::debug;
 
 use self::wire::{WireError, decode_response, message_id};
 
-/// Largest DNS message over UDP or TCP (a 16-bit length).
-const MAX_MESSAGE: usize = 65_535;
+/// Largest DNS message over UDP or TCP (a 16-bit length): the size of the receive buffer a
+/// [`UdpTry`] is polled with.
+pub const MAX_MESSAGE: usize = 65_535;
 
 /// A server's answer to one query.
 #[derive(Debug)]
@@ -46,8 +62,10 @@ pub enum ExchangeError {
     /// The query did not encode, or is too large for TCP's 16-bit length.
     #[error("the query does not encode")]
     Encode,
-    /// The server answered (over UDP: a datagram with the query's ID), but not with a usable
-    /// response to the query. The server is alive: this is no reason to rest it.
+    /// The server answered, but not with a usable response to the query: over UDP a datagram
+    /// that matches the query but does not decode, or (only when nothing better came within
+    /// the wait) datagrams with the query's ID that do not answer it; over TCP any response
+    /// that does not decode or answer. The server is alive: this is no reason to rest it.
     #[error("malformed answer")]
     Malformed(#[source] Malformed),
 }
@@ -73,10 +91,102 @@ pub enum Malformed {
     Undecodable(#[source] WireError),
 }
 
+/// The TCP follow-up of a truncated UDP answer, polled to its end.
+pub type TcpTry = Pin<Box<dyn Future<Output = Result<Exchanged, ExchangeError>> + Send>>;
+
+/// One query sent over UDP from a socket of its own, listening for its answer until dropped.
+/// Polling it is cancel-safe: it may be polled alongside other tries and dropped at any time.
+#[derive(Debug)]
+pub struct UdpTry {
+    server: SocketAddr,
+    socket: UdpSocket,
+    query: Message,
+    wire: Vec<u8>,
+    /// What the first datagram with the query's ID that could not be its answer was.
+    junk: Option<Malformed>,
+}
+
+impl UdpTry {
+    /// Sends `query` to `server` from a fresh socket: every try gets its own random source
+    /// port (RFC 5452 section 10), and the socket is connected, so datagrams from any other
+    /// address or port never reach it.
+    ///
+    /// # Errors
+    /// [`ExchangeError::Encode`] or [`ExchangeError::Io`].
+    pub fn send(server: SocketAddr, query: Message) -> Result<Self, ExchangeError> {
+        let wire = query.to_vec().map_err(|_| ExchangeError::Encode)?;
+        let local: SocketAddr = if server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = std::net::UdpSocket::bind(local)?;
+        socket.connect(server)?;
+        socket.set_nonblocking(true)?;
+        // A fresh socket's send buffer is empty: the datagram goes at once or not at all
+        // (sent before tokio takes the socket, which knows no readiness yet).
+        socket.send(&wire)?;
+        let socket = UdpSocket::from_std(socket)?;
+        Ok(Self {
+            server,
+            socket,
+            query,
+            wire,
+            junk: None,
+        })
+    }
+
+    /// Polls for the answer, reading datagrams into `scratch` (at least [`MAX_MESSAGE`]
+    /// octets, or longer datagrams are cut). Datagrams that do not match the query are
+    /// skipped (those with its ID noted, see [`UdpTry::junk`]). The answer may be truncated
+    /// (TC=1): then ask again with [`UdpTry::into_tcp`].
+    ///
+    /// # Errors
+    /// [`ExchangeError::Malformed`] for a matching datagram that does not decode;
+    /// [`ExchangeError::Io`] when receiving fails (an ICMP port unreachable, for one).
+    pub fn poll_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+        scratch: &mut [u8],
+    ) -> Poll<Result<Exchanged, ExchangeError>> {
+        loop {
+            let mut buf = ReadBuf::new(scratch);
+            ready!(self.socket.poll_recv(cx, &mut buf))?;
+            match sort(buf.filled(), &self.query) {
+                Datagram::Answer(answer) => return Poll::Ready(answer),
+                Datagram::Junk(why) => {
+                    debug!(server = %self.server, %why, "ignoring a datagram that does not answer the query");
+                    self.junk.get_or_insert(why);
+                }
+                Datagram::Stray => {
+                    debug!(server = %self.server, "ignoring a datagram with another ID");
+                }
+            }
+        }
+    }
+
+    /// Why the datagrams with the query's ID that came so far were not its answer (the
+    /// first one's reason), if any came.
+    pub fn junk(&self) -> Option<Malformed> {
+        self.junk
+    }
+
+    /// The query asked again over TCP, after a truncated answer; the UDP socket is closed.
+    pub fn into_tcp(self) -> TcpTry {
+        let Self {
+            server,
+            query,
+            wire,
+            ..
+        } = self;
+        Box::pin(async move { over_tcp(server, &wire, &query).await })
+    }
+}
+
 /// Sends `query` to `server` over UDP and waits up to `udp_wait` for its answer; a truncated
-/// answer (TC=1) is asked again over TCP, waiting up to `tcp_wait`. Datagrams with another ID
-/// (late or spoofed) are ignored; the first one with the query's ID is the answer, usable or
-/// not.
+/// answer (TC=1) is asked again over TCP, waiting up to `tcp_wait`. Datagrams that do not
+/// answer the query are ignored (see the module); if only such datagrams with the query's ID
+/// came, the answer is malformed rather than missing.
 ///
 /// # Errors
 /// [`ExchangeError`]: no answer in time, a network error, or an answer that is malformed.
@@ -86,30 +196,76 @@ pub async fn exchange(
     udp_wait: Duration,
     tcp_wait: Duration,
 ) -> Result<Exchanged, ExchangeError> {
-    let wire = query.to_vec().map_err(|_| ExchangeError::Encode)?;
-    let answer = timeout(udp_wait, over_udp(server, &wire, query))
-        .await
-        .map_err(|_| ExchangeError::Timeout)??;
+    let mut attempt = UdpTry::send(server, query.clone())?;
+    let mut scratch = vec![0u8; MAX_MESSAGE];
+    let answer = match timeout(
+        udp_wait,
+        poll_fn(|cx| attempt.poll_answer(cx, &mut scratch)),
+    )
+    .await
+    {
+        Ok(answer) => answer?,
+        Err(_) => {
+            return Err(attempt
+                .junk()
+                .map_or(ExchangeError::Timeout, ExchangeError::Malformed));
+        }
+    };
     if !answer.message.metadata.truncation {
         return Ok(answer);
     }
     debug!(%server, "truncated answer, retrying over TCP");
-    timeout(tcp_wait, over_tcp(server, &wire, query))
+    timeout(tcp_wait, attempt.into_tcp())
         .await
         .map_err(|_| ExchangeError::Timeout)?
 }
 
-/// Does `response` answer `query`: a response with its ID and its one question? An error
-/// response may come without the question (servers that cannot parse a query cannot copy it).
-fn check(response: &Message, query: &Message) -> Result<(), Malformed> {
-    if response.metadata.id != query.metadata.id {
+/// What a datagram that came to a try's socket is.
+enum Datagram {
+    /// The response to the query (it matches), decoded or malformed.
+    Answer(Result<Exchanged, ExchangeError>),
+    /// It has the query's ID but does not answer it.
+    Junk(Malformed),
+    /// It has another ID (or none): late for some other query, or spoofed.
+    Stray,
+}
+
+/// Sorts `datagram` by RFC 5452 section 9.1's match against `query`: ID, then the header
+/// and question, read without the record sections so that a response whose records do not
+/// parse still counts as the answer.
+fn sort(datagram: &[u8], query: &Message) -> Datagram {
+    if message_id(datagram) != Some(query.metadata.id) {
+        return Datagram::Stray;
+    }
+    let mut decoder = BinDecoder::new(datagram);
+    let Ok(Header { metadata, counts }) = Header::read(&mut decoder) else {
+        return Datagram::Junk(Malformed::Undecodable(WireError::Header));
+    };
+    let mut questions = Vec::with_capacity(1);
+    for _ in 0..counts.queries {
+        let Ok(question) = Query::read(&mut decoder) else {
+            return Datagram::Junk(Malformed::Undecodable(WireError::Question));
+        };
+        questions.push(question);
+    }
+    match check(&metadata, &questions, query) {
+        Ok(()) => Datagram::Answer(accept(datagram, query)),
+        Err(why) => Datagram::Junk(why),
+    }
+}
+
+/// Does a response with this header and these questions answer `query`: a response with its
+/// ID and its one question? An error response may come without the question (servers that
+/// cannot parse a query cannot copy it).
+fn check(metadata: &Metadata, questions: &[Query], query: &Message) -> Result<(), Malformed> {
+    if metadata.id != query.metadata.id {
         return Err(Malformed::OtherId);
     }
-    if response.metadata.message_type != MessageType::Response {
+    if metadata.message_type != MessageType::Response {
         return Err(Malformed::NotAResponse);
     }
     let asked = query.queries.first();
-    match (asked, response.queries.as_slice()) {
+    match (asked, questions) {
         (Some(asked), [question])
             if question.query_type() == asked.query_type()
                 && question.query_class() == asked.query_class()
@@ -119,7 +275,7 @@ fn check(response: &Message, query: &Message) -> Result<(), Malformed> {
         }
         (_, [])
             if matches!(
-                response.metadata.response_code,
+                metadata.response_code,
                 ResponseCode::FormErr
                     | ResponseCode::NotImp
                     | ResponseCode::Refused
@@ -136,36 +292,12 @@ fn check(response: &Message, query: &Message) -> Result<(), Malformed> {
 fn accept(bytes: &[u8], query: &Message) -> Result<Exchanged, ExchangeError> {
     let decoded = decode_response(bytes)
         .map_err(|error| ExchangeError::Malformed(Malformed::Undecodable(error)))?;
-    check(&decoded.message, query).map_err(ExchangeError::Malformed)?;
+    let message = decoded.message;
+    check(&message.metadata, &message.queries, query).map_err(ExchangeError::Malformed)?;
     Ok(Exchanged {
-        message: decoded.message,
+        message,
         wire_len: bytes.len() + decoded.expanded_by,
     })
-}
-
-async fn over_udp(
-    server: SocketAddr,
-    wire: &[u8],
-    query: &Message,
-) -> Result<Exchanged, ExchangeError> {
-    // A fresh socket per query gives every query its own random source port (RFC 5452).
-    let local: SocketAddr = if server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(server).await?;
-    socket.send(wire).await?;
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    loop {
-        let len = socket.recv(&mut buf).await?;
-        let datagram = &buf[..len];
-        if message_id(datagram) == Some(query.metadata.id) {
-            return accept(datagram, query);
-        }
-        debug!(%server, "ignoring a datagram with another ID");
-    }
 }
 
 async fn over_tcp(
@@ -205,24 +337,33 @@ mod tests {
         msg
     }
 
+    /// `check` of `reply`'s header and question against `asked`.
+    fn check_reply(reply: &Message, asked: &Message) -> Result<(), Malformed> {
+        check(&reply.metadata, &reply.queries, asked)
+    }
+
     #[test]
     fn only_a_response_to_the_same_question_and_id_answers() {
         let asked = query("www.example.");
         let mut reply = query("WWW.Example.");
         reply.metadata.message_type = MessageType::Response;
-        assert_eq!(check(&reply, &asked), Ok(()), "names compare without case");
+        assert_eq!(
+            check_reply(&reply, &asked),
+            Ok(()),
+            "names compare without case"
+        );
         reply.metadata.id = 8;
-        assert_eq!(check(&reply, &asked), Err(Malformed::OtherId));
+        assert_eq!(check_reply(&reply, &asked), Err(Malformed::OtherId));
         let mut other = query("other.example.");
         other.metadata.message_type = MessageType::Response;
-        assert_eq!(check(&other, &asked), Err(Malformed::OtherQuestion));
-        assert_eq!(check(&asked, &asked), Err(Malformed::NotAResponse));
+        assert_eq!(check_reply(&other, &asked), Err(Malformed::OtherQuestion));
+        assert_eq!(check_reply(&asked, &asked), Err(Malformed::NotAResponse));
         // An error needs no question; an answer does.
         let mut formerr = Message::new(7, MessageType::Response, OpCode::Query);
         formerr.metadata.response_code = ResponseCode::FormErr;
-        assert_eq!(check(&formerr, &asked), Ok(()));
+        assert_eq!(check_reply(&formerr, &asked), Ok(()));
         formerr.metadata.response_code = ResponseCode::NoError;
-        assert_eq!(check(&formerr, &asked), Err(Malformed::OtherQuestion));
+        assert_eq!(check_reply(&formerr, &asked), Err(Malformed::OtherQuestion));
     }
 
     /// A UDP server on loopback that answers the first query with what `reply` makes of it.
@@ -267,15 +408,85 @@ mod tests {
             started.elapsed() < Duration::from_secs(1),
             "no wait for a timeout"
         );
-        // A query sent back as it came (QR=0) is no answer either.
+    }
+
+    /// The response `server` would give to `query`: QR=1, one A record (192.0.2.`last`).
+    fn answer_to(query: &[u8], last: u8) -> Vec<u8> {
+        let mut reply = Message::from_vec(query).unwrap();
+        reply.metadata.message_type = MessageType::Response;
+        let name = reply.queries[0].name().clone();
+        reply.add_answer(hickory_proto::rr::Record::from_rdata(
+            name,
+            60,
+            hickory_proto::rr::RData::A(std::net::Ipv4Addr::new(192, 0, 2, last).into()),
+        ));
+        reply.to_vec().unwrap()
+    }
+
+    #[tokio::test]
+    async fn datagrams_that_do_not_answer_are_skipped_and_the_answer_is_taken() {
+        type Junk = fn(&[u8]) -> Vec<u8>;
+        let junk: Vec<Junk> = vec![
+            |query| query.to_vec(),                              // echoed: QR=0
+            |query| [&query[..2], &[0x81, 0x80, 0, 1]].concat(), // a question that is not there
+            |query| query[..5].to_vec(),                         // shorter than a header
+            |query| {
+                let mut other = Message::from_vec(query).unwrap();
+                other.metadata.message_type = MessageType::Response;
+                other.queries[0].set_name(Name::from_ascii("other.example.").unwrap());
+                other.to_vec().unwrap()
+            },
+            |query| {
+                let mut stray = answer_to(query, 66);
+                stray[0] ^= 0xff;
+                stray
+            },
+        ];
+        let wait = Duration::from_secs(5);
+        for (case, make_junk) in junk.into_iter().enumerate() {
+            let server = udp_server(move |query| vec![make_junk(query), answer_to(query, 1)]).await;
+            let answer = exchange(server, &query("www.example."), wait, wait)
+                .await
+                .unwrap_or_else(|error| panic!("case {case}: {error:?}"));
+            assert_eq!(answer.message.answers.len(), 1, "case {case}");
+        }
+        // Only junk with the query's ID: malformed once the wait is over, not a timeout.
         let echo = udp_server(|query| vec![query.to_vec()]).await;
-        let error = exchange(echo, &query("www.example."), wait, wait)
+        let short = Duration::from_millis(200);
+        let error = exchange(echo, &query("www.example."), short, short)
             .await
             .unwrap_err();
-        assert!(matches!(
-            error,
-            ExchangeError::Malformed(Malformed::NotAResponse)
-        ));
+        assert!(
+            matches!(error, ExchangeError::Malformed(Malformed::NotAResponse)),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_from_another_port_never_reaches_the_query() {
+        // The server answers from a second socket first (another port: spoofed or misrouted),
+        // then from its own.
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = udp.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            let (len, client) = udp.recv_from(&mut buf).await.unwrap();
+            other
+                .send_to(&answer_to(&buf[..len], 66), client)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            udp.send_to(&answer_to(&buf[..len], 1), client)
+                .await
+                .unwrap();
+        });
+        let wait = Duration::from_secs(5);
+        let answer = exchange(server, &query("www.example."), wait, wait)
+            .await
+            .unwrap();
+        let rdata = answer.message.answers[0].data.to_string();
+        assert_eq!(rdata, "192.0.2.1");
     }
 
     /// A server on loopback that answers the first UDP query truncated, then the TCP query

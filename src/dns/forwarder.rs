@@ -1,6 +1,7 @@
 //! Forwarding to upstream servers: cache first, one upstream query for many identical
-//! in-flight questions, fastest upstream first with failover, UDP with TCP retry on truncation,
-//! and serve-stale when every upstream fails.
+//! in-flight questions, hedged tries of the upstreams, fastest first (see
+//! [`UpstreamSet::ask`]), UDP with TCP retry on truncation, and serve-stale when every
+//! upstream fails.
 
 use std::{
     collections::HashMap,
@@ -15,15 +16,15 @@ use hickory_proto::{
 };
 use tokio::{
     sync::{Semaphore, oneshot},
-    time::{Instant, timeout},
+    time::Instant,
 };
 use tracing::debug;
 
 use super::{
     cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup},
-    exchange::{ExchangeError, Exchanged},
+    exchange::Exchanged,
     scrub,
-    upstream::UpstreamSet,
+    upstream::{AskError, TryPlan, UpstreamSet},
 };
 use crate::config::{CacheConfig, UpstreamConfig};
 
@@ -55,6 +56,18 @@ pub enum ForwardError {
     /// referral): see [`super::scrub`].
     #[error("upstream answers did not answer the question")]
     Mismatch,
+}
+
+impl From<AskError> for ForwardError {
+    fn from(error: AskError) -> Self {
+        match error {
+            AskError::NoUpstreams => Self::NoUpstreams,
+            AskError::Timeout => Self::Timeout,
+            AskError::Rcode(rcode) => Self::Upstream(rcode),
+            AskError::Malformed => Self::Malformed,
+            AskError::Mismatch => Self::Mismatch,
+        }
+    }
 }
 
 /// What the forwarder hands back for one question.
@@ -208,10 +221,7 @@ impl Forwarder {
     }
 
     async fn fetch(self: Arc<Self>, key: CacheKey) {
-        let budget = Duration::from_millis(self.upstream_config.query_timeout_ms);
-        let result = timeout(budget, self.ask_upstreams(&key))
-            .await
-            .unwrap_or(Err(ForwardError::Timeout));
+        let result = self.ask_upstreams(&key).await;
         let outcome = match result {
             Ok(Exchanged { message, wire_len }) => {
                 let answer = Arc::new(CachedAnswer::from_message(
@@ -252,54 +262,18 @@ impl Forwarder {
         }
     }
 
-    /// Asks the upstreams, best first, in up to `upstream.attempts` rounds, for `key`. An
-    /// upstream whose answer was malformed or did not answer the question is not asked again
-    /// for it (it would say the same) but stays in service for others.
+    /// Asks the upstreams for `key` (see [`UpstreamSet::ask`]) within the query budget
+    /// (`upstream.query_timeout_ms`); an answer must answer the question ([`scrub::vet`]).
     async fn ask_upstreams(&self, key: &CacheKey) -> Result<Exchanged, ForwardError> {
-        let upstreams = self.upstreams.snapshot();
-        let order = self.upstreams.order(&upstreams);
-        if order.is_empty() {
-            return Err(ForwardError::NoUpstreams);
-        }
-        let max_wait = Duration::from_millis(self.upstream_config.timeout_ms);
-        let mut last_error = ForwardError::Timeout;
-        let mut answered_badly = Vec::new();
-        for _ in 0..self.upstream_config.attempts {
-            for &index in &order {
-                let upstream = &upstreams[index];
-                if !upstream.usable(self.upstreams.now_ms()) || answered_badly.contains(&index) {
-                    continue;
-                }
-                let query = |edns| self.build_query(key, edns);
-                match self.upstreams.ask(upstream, query, max_wait).await {
-                    Ok(mut answer) => match answer.message.metadata.response_code {
-                        ResponseCode::NoError | ResponseCode::NXDomain => {
-                            match scrub::vet(&mut answer.message, key) {
-                                Ok(()) => return Ok(answer),
-                                Err(mismatch) => {
-                                    debug!(upstream = %upstream.addr, %mismatch, name = %key.name, "upstream answer refused");
-                                    answered_badly.push(index);
-                                    last_error = ForwardError::Mismatch;
-                                }
-                            }
-                        }
-                        rcode => {
-                            debug!(upstream = %upstream.addr, %rcode, name = %key.name, "upstream failed the query");
-                            last_error = ForwardError::Upstream(rcode);
-                        }
-                    },
-                    Err(ExchangeError::Malformed(why)) => {
-                        debug!(upstream = %upstream.addr, name = %key.name, error = &why as &dyn std::error::Error, "malformed upstream answer");
-                        answered_badly.push(index);
-                        last_error = ForwardError::Malformed;
-                    }
-                    Err(error) => {
-                        debug!(upstream = %upstream.addr, %error, name = %key.name, "upstream exchange failed");
-                    }
-                }
-            }
-        }
-        Err(last_error)
+        let config = &self.upstream_config;
+        let plan = TryPlan {
+            attempts: config.attempts,
+            max_wait: Duration::from_millis(config.timeout_ms),
+            deadline: Instant::now() + Duration::from_millis(config.query_timeout_ms),
+        };
+        let query = |edns| self.build_query(key, edns);
+        let judge = |message: &mut Message| scrub::vet(message, key);
+        Ok(self.upstreams.ask(plan, &key.name, query, judge).await?)
     }
 
     /// The query for `key` with a fresh random ID: with an OPT record (our UDP size, the

@@ -1,11 +1,15 @@
 //! The upstream servers: which ones (the configured list, else resolv.conf followed as it
 //! changes; never this daemon itself), the set the forwarder asks, how well each one is doing
-//! (smoothed RTT, failures, back-off), how to talk to each (module `edns`: with EDNS or
+//! (smoothed RTT, failures, back-off), how one question is asked of them (module `tries`:
+//! hedged tries, [`UpstreamSet::ask`]), how to talk to each (module `edns`: with EDNS or
 //! without, RFC 6891 section 7) and whether one sends our queries back to us (module `loops`:
 //! probes, [`UpstreamSet::detect_loop`]).
 
 mod edns;
 mod loops;
+mod tries;
+
+pub use tries::{AskError, TryPlan};
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -31,8 +35,15 @@ use crate::config::UpstreamConfig;
 const FAILURES_BEFORE_REST: u32 = 3;
 /// Longest rest for an upstream that keeps failing.
 const MAX_REST: Duration = Duration::from_secs(30);
-/// Shortest per-try wait, whatever the measured RTT.
-const MIN_TRY_WAIT: Duration = Duration::from_millis(150);
+/// Shortest per-try wait, whatever the measured RTT. An upstream of a stub is a recursive
+/// resolver: its RTT, measured mostly on its cache hits, says little about a cache miss, which
+/// takes it a recursion of often 100 to 300 ms. A try is not abandoned when its wait passes
+/// (see module `tries`), so a short wait costs no answer, but each wait that passes sends the
+/// question again (load on the upstreams) and counts as a timeout towards resting the upstream.
+/// unbound starts from 376 ms for a server it has not measured; 400 ms keeps ordinary
+/// recursions inside one try while a lost datagram or a dead upstream still costs well under
+/// the 1 s that RFC 6298 section 2.4 gives TCP as its least retransmission timeout.
+const MIN_TRY_WAIT: Duration = Duration::from_millis(400);
 /// Largest smoothed RTT kept, so one bad spell cannot push the wait past any use.
 const MAX_SRTT_US: u32 = 5_000_000;
 
@@ -78,7 +89,8 @@ impl Upstream {
             && self.rest_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
-    /// How long to wait for this upstream before moving on: four smoothed RTTs, within bounds.
+    /// How long a try of this upstream waits before the next try starts: four smoothed RTTs
+    /// and 20 ms, at least 400 ms (or `max` if less) and at most `max`; `max` until measured.
     pub fn try_wait(&self, max: Duration) -> Duration {
         match self.srtt_us() {
             0 => max,
@@ -264,14 +276,37 @@ impl UpstreamSet {
     }
 
     /// Indexes into `snapshot` of the upstreams to try, best first: usable ones by smoothed
-    /// RTT (unmeasured ones first, so each gets measured).
+    /// RTT (unmeasured ones first, so each gets measured). When every upstream that does not
+    /// loop is resting, those, the soonest to wake first: a rest is to prefer the others, and
+    /// with none left, a server that timed out a few times beats no server at all. Empty only
+    /// when none is configured or every one loops.
     pub fn order(&self, snapshot: &[Arc<Upstream>]) -> Vec<usize> {
         let now = self.now_ms();
-        let mut order: Vec<usize> = (0..snapshot.len())
+        let candidates = (0..snapshot.len()).filter(|&i| !snapshot[i].is_looping());
+        let mut order: Vec<usize> = candidates
+            .clone()
             .filter(|&i| snapshot[i].usable(now))
             .collect();
+        if order.is_empty() {
+            order = candidates.collect();
+            order.sort_by_key(|&i| {
+                let upstream = &snapshot[i];
+                let wakes = upstream.rest_until_ms.load(Ordering::Relaxed);
+                (wakes, upstream.srtt_us())
+            });
+            return order;
+        }
         order.sort_by_key(|&i| snapshot[i].srtt_us());
         order
+    }
+
+    /// Counts a try of `upstream` that went unanswered within its wait, or failed on the
+    /// network, into its health; wakes the follower when that makes a loop probe due.
+    fn count_failure(&self, upstream: &Upstream) {
+        upstream.record_failure(self.now_ms());
+        if upstream.probe.is_due() {
+            self.probes_due.notify_one();
+        }
     }
 }
 
@@ -543,6 +578,39 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn when_every_upstream_rests_the_rested_ones_are_asked_anyway() {
+        let set = UpstreamSet::new(&[
+            "192.0.2.1:53".parse().unwrap(),
+            "192.0.2.2:53".parse().unwrap(),
+            "192.0.2.3:53".parse().unwrap(),
+        ]);
+        let list = set.snapshot();
+        // The first rests longest (more failures), the second wakes first, the third loops.
+        for _ in 0..FAILURES_BEFORE_REST + 2 {
+            list[0].record_failure(set.now_ms());
+        }
+        for _ in 0..FAILURES_BEFORE_REST {
+            list[1].record_failure(set.now_ms());
+        }
+        list[2].mark_looping();
+        assert!(!list[0].usable(set.now_ms()) && !list[1].usable(set.now_ms()));
+        assert_eq!(set.order(&list), vec![1, 0], "soonest to wake first");
+        list[0].mark_looping();
+        assert_eq!(set.order(&list[..1]), Vec::<usize>::new(), "loops stay out");
+        list[0].clear_looping();
+        let lone = UpstreamSet::new(&["192.0.2.9:53".parse().unwrap()]);
+        let only = lone.snapshot();
+        for _ in 0..FAILURES_BEFORE_REST {
+            only[0].record_failure(lone.now_ms());
+        }
+        assert_eq!(
+            lone.order(&only),
+            vec![0],
+            "a lone upstream is never left out"
+        );
+    }
+
     #[tokio::test]
     async fn a_reload_switches_the_source_and_keeps_what_was_learned() {
         let dir = std::env::temp_dir().join(format!("p2pdns-up-{}", rand::random::<u64>()));
@@ -583,8 +651,8 @@ mod tests {
         let up = Upstream::new("192.0.2.1:53".parse().unwrap());
         let max = Duration::from_secs(1);
         assert_eq!(up.try_wait(max), max);
-        up.record_answer(Duration::from_millis(50));
-        assert_eq!(up.try_wait(max), Duration::from_millis(220));
+        up.record_answer(Duration::from_millis(150));
+        assert_eq!(up.try_wait(max), Duration::from_millis(620));
         up.record_answer(Duration::from_micros(10));
         assert!(up.try_wait(max) >= MIN_TRY_WAIT);
     }

@@ -21,6 +21,9 @@
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
 //!   records the forwarder does not model or what does not parse; forwarding loops.
+//! - [`upstream_tries`]: how one question is tried on the upstreams: hedged tries (a slow
+//!   answer to an earlier try is taken), rested upstreams asked when there is no other, and
+//!   datagrams that do not answer a query ignored while it listens on.
 //! - [`answer_rules`]: what a forwarded answer must be, against scripted upstreams: DNSSEC
 //!   header bits passed through, negative answers after a CNAME, answers that do not answer
 //!   the question refused and unrelated records removed (issue 11, kinds 2, 6 and 8).
@@ -52,3 +55,4 @@ mod special_names;
 mod support;
 mod tunnel;
 mod upstream_faults;
+mod upstream_tries;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::ResponseCode,
+    op::{Message, ResponseCode},
     rr::{RecordType, rdata::opt::EdnsOption},
 };
 use tokio::time::Instant;
@@ -45,14 +45,16 @@ fn opt_record() -> Vec<u8> {
     vec![0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]
 }
 
+/// Asks `name`/A with EDNS and checks the reply's RCODE.
+async fn ask_expecting(daemon: SocketAddr, name: &str, rcode: ResponseCode) -> Message {
+    let reply = ask(daemon, name, RecordType::A).await;
+    assert_eq!(reply.metadata.response_code, rcode, "{name}: {reply:?}");
+    reply
+}
+
 /// Asks `name`/A with EDNS and checks the scripted address comes back.
 async fn assert_answered(daemon: SocketAddr, name: &str) {
-    let reply = ask(daemon, name, RecordType::A).await;
-    assert_eq!(
-        reply.metadata.response_code,
-        ResponseCode::NoError,
-        "{name}: {reply:?}"
-    );
+    let reply = ask_expecting(daemon, name, ResponseCode::NoError).await;
     assert_eq!(a_records(&reply), vec!["192.0.2.1"], "{name}");
 }
 
@@ -97,17 +99,122 @@ async fn an_upstream_without_edns_is_asked_again_without_it_and_that_is_remember
             "{case}"
         );
 
-        // A client without EDNS gets its answer too; and from now on the upstream is asked
-        // once per name, without EDNS.
+        // A client without EDNS gets its answer too. One name proves little (it may be the
+        // trouble); a second name refused alike confirms it, and from then on the upstream
+        // is asked once per name, without EDNS.
         let mut plain = query("second.example.", RecordType::A);
         plain.edns = None;
         let reply = exchange_udp(daemon.addr, plain).await;
         assert_eq!(a_records(&reply), vec!["192.0.2.1"], "{case}");
         assert!(reply.edns.is_none(), "{case}");
-        assert_answered(daemon.addr, "third.example.").await;
-        for name in ["second.example.", "third.example."] {
+        assert_eq!(
+            edns_of(&upstream, "second.example."),
+            [true, false],
+            "{case}: the second name confirms"
+        );
+        for name in ["third.example.", "fourth.example."] {
+            assert_answered(daemon.addr, name).await;
             assert_eq!(edns_of(&upstream, name), [false], "{case}: {name}");
         }
+    }
+}
+
+/// An upstream that speaks EDNS (its answers to EDNS queries carry OPT, and an RRSIG when
+/// DO=1) but answers FORMERR without OPT to EDNS queries for the names in `buggy`, as a
+/// server with a bug on one zone's path does.
+fn edns_but_not_for(buggy: &'static [&'static str]) -> impl Fn(&Asked) -> Action {
+    move |asked| {
+        let name = asked.qname();
+        if asked.has_edns() && buggy.contains(&name.as_str()) {
+            let sections = RawSections::default();
+            return Action::Reply(raw_response(asked, ResponseCode::FormErr, 0, &sections));
+        }
+        let mut answers = vec![raw_rr(&name, 1, 300, &ADDRESS)];
+        if asked.dnssec_ok() {
+            let signer = wire_name("example.");
+            let rrsig = [
+                &[0, 1, 13, 2, 0, 0, 1, 44][..],
+                &[0; 10],
+                &signer,
+                &[0xAB; 64],
+            ];
+            answers.push(raw_rr(&name, 46, 300, &rrsig.concat()));
+        }
+        let sections = RawSections {
+            answers,
+            additionals: if asked.has_edns() {
+                vec![opt_record()]
+            } else {
+                Vec::new()
+            },
+            ..RawSections::default()
+        };
+        Action::Reply(raw_response(asked, ResponseCode::NoError, 0, &sections))
+    }
+}
+
+/// Asks `name`/A with DO=1; returns the types of the answer records.
+async fn ask_signed(daemon: SocketAddr, name: &str) -> Vec<RecordType> {
+    let mut msg = query(name, RecordType::A);
+    msg.edns.as_mut().unwrap().set_dnssec_ok(true);
+    let reply = exchange_udp(daemon, msg).await;
+    assert_eq!(
+        reply.metadata.response_code,
+        ResponseCode::NoError,
+        "{name}: {reply:?}"
+    );
+    assert_eq!(a_records(&reply), vec!["192.0.2.1"], "{name}");
+    reply.answers.iter().map(|r| r.record_type()).collect()
+}
+
+#[tokio::test]
+async fn edns_trouble_with_one_name_stays_with_that_name() {
+    let upstream = Scripted::start(edns_but_not_for(&["bug.example.", "bug2.example."])).await;
+    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    let signed = |name: &str| {
+        let asked = upstream.asked_for(name);
+        asked.len() == 1 && asked[0].has_edns() && asked[0].dnssec_ok()
+    };
+    for bug in ["bug.example.", "bug2.example."] {
+        // The name that fails with EDNS is answered through the plain retry (without RRSIGs:
+        // that upstream gives none without DO)...
+        assert_eq!(ask_signed(daemon.addr, bug).await, [RecordType::A], "{bug}");
+        assert_eq!(edns_of(&upstream, bug), [true, false], "{bug}");
+        // ...and every other name still goes with EDNS and DO, and gets its RRSIGs.
+        for i in 0..3 {
+            let name = format!("www{i}.{bug}");
+            let types = ask_signed(daemon.addr, &name).await;
+            assert_eq!(types, [RecordType::A, RecordType::RRSIG], "{name}");
+            assert!(signed(&name), "{name}: {:?}", upstream.asked_for(&name));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lost_edns_query_does_not_turn_edns_off() {
+    // The first EDNS query is lost; every other one is answered, with OPT.
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let script = edns_but_not_for(&[]);
+    let upstream = Scripted::start(move |asked| {
+        let first_lost = asked.has_edns() && !lost.swap(true, std::sync::atomic::Ordering::SeqCst);
+        if first_lost {
+            Action::Drop
+        } else {
+            script(asked)
+        }
+    })
+    .await;
+    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    // The question's next try goes without EDNS (the upstream never showed OPT yet)...
+    assert_answered(daemon.addr, "first.example.").await;
+    assert_eq!(edns_of(&upstream, "first.example."), [true, false]);
+    // ...but one lost datagram is no reason to drop EDNS for every name.
+    for name in ["second.example.", "third.example."] {
+        assert_eq!(
+            ask_signed(daemon.addr, name).await,
+            [RecordType::A, RecordType::RRSIG]
+        );
+        assert_eq!(edns_of(&upstream, name), [true], "{name}");
     }
 }
 
@@ -142,15 +249,19 @@ async fn an_upstream_that_drops_edns_queries_is_asked_without_edns() {
     })
     .await;
     let daemon = TestDaemon::start(config(&[upstream.addr])).await;
-    // The first question waits for one try to time out, then goes without EDNS.
-    assert_answered(daemon.addr, "first.example.").await;
-    assert_eq!(edns_of(&upstream, "first.example."), [true, false]);
+    // Each of the first two questions waits for its EDNS try's wait to pass, then its next
+    // try goes without EDNS; two names dropped alike are remembered (one could be a lost
+    // datagram).
+    for name in ["first.example.", "second.example."] {
+        assert_answered(daemon.addr, name).await;
+        assert_eq!(edns_of(&upstream, name), [true, false], "{name}");
+    }
     let started = Instant::now();
-    assert_answered(daemon.addr, "second.example.").await;
-    assert_eq!(edns_of(&upstream, "second.example."), [false]);
+    assert_answered(daemon.addr, "third.example.").await;
+    assert_eq!(edns_of(&upstream, "third.example."), [false]);
     assert!(
         started.elapsed() < Duration::from_millis(250),
-        "no second timeout"
+        "no third timeout"
     );
 }
 
@@ -278,9 +389,9 @@ fn misbehaving(asked: &Asked) -> Action {
         }
         // Cut in the middle of the answer, without TC.
         "cut.example." => Action::Reply(good[..good.len() - 3].to_vec()),
-        // The query sent back (QR=0).
+        // The query sent back (QR=0), or a response to another question with our ID, are no
+        // answer (RFC 5452 section 9.1): ignored while the try waits on (upstream_tries).
         "echo.example." => Action::Reply(asked.wire.clone()),
-        // A response to another question, with our ID.
         "other.example." => {
             let mut other = good.clone();
             let at = 12 + 1;
@@ -306,37 +417,40 @@ fn misbehaving(asked: &Asked) -> Action {
     }
 }
 
-#[tokio::test]
-async fn a_malformed_answer_fails_its_question_and_not_the_upstream() {
+/// Asks `name`/A and checks the answer is SERVFAIL with EDE 23 (Network Error): the upstream
+/// answer was malformed, not missing.
+async fn assert_malformed(daemon: SocketAddr, name: &str) {
+    let reply = ask_expecting(daemon, name, ResponseCode::ServFail).await;
+    assert_eq!(
+        ede(&reply),
+        Some((23, "upstream answer is malformed".to_owned())),
+        "{name}"
+    );
+}
+
+/// The [`misbehaving`] upstream and a daemon asking it with these waits, in milliseconds.
+async fn misbehaving_daemon(timeout_ms: u64, query_timeout_ms: u64) -> (Scripted, TestDaemon) {
     let upstream = Scripted::start(misbehaving).await;
     let mut cfg = config(&[upstream.addr]);
+    cfg.upstream.timeout_ms = timeout_ms;
+    cfg.upstream.query_timeout_ms = query_timeout_ms;
+    (upstream, TestDaemon::start(cfg).await)
+}
+
+#[tokio::test]
+async fn a_malformed_answer_fails_its_question_and_not_the_upstream() {
     // Long waits, so that an answer taken for a timeout would show.
-    cfg.upstream.timeout_ms = 2_000;
-    cfg.upstream.query_timeout_ms = 4_000;
-    let daemon = TestDaemon::start(cfg).await;
+    let (upstream, daemon) = misbehaving_daemon(2_000, 4_000).await;
     let prompt = Duration::from_millis(1_000);
-    let malformed = [
-        "bad.example.",
-        "cut.example.",
-        "echo.example.",
-        "other.example.",
-        "tcp.example.",
-    ];
+    // Answers that match the query (ID, QR=1, question) but do not decode. Datagrams that do
+    // not match (echo.example., other.example.) are no answer at all: see
+    // only_datagrams_that_do_not_answer_give_servfail_with_ede_23.
+    let malformed = ["bad.example.", "cut.example.", "tcp.example."];
     for name in malformed {
         // Three times: three answers taken for timeouts used to rest the upstream for all.
         for _ in 0..3 {
             let started = Instant::now();
-            let reply = ask(daemon.addr, name, RecordType::A).await;
-            assert_eq!(
-                reply.metadata.response_code,
-                ResponseCode::ServFail,
-                "{name}"
-            );
-            assert_eq!(
-                ede(&reply),
-                Some((23, "upstream answer is malformed".to_owned())),
-                "{name}"
-            );
+            assert_malformed(daemon.addr, name).await;
             assert!(
                 started.elapsed() < prompt,
                 "{name}: {:?}",
@@ -364,6 +478,25 @@ async fn a_malformed_answer_fails_its_question_and_not_the_upstream() {
         let started = Instant::now();
         assert_answered(daemon.addr, &name).await;
         assert!(started.elapsed() < prompt, "{name}");
+        assert_eq!(upstream.asked_for(&name).len(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn only_datagrams_that_do_not_answer_give_servfail_with_ede_23() {
+    let (upstream, daemon) = misbehaving_daemon(200, 600).await;
+    for name in ["echo.example.", "other.example."] {
+        for _ in 0..3 {
+            assert_malformed(daemon.addr, name).await;
+        }
+        // Once a question: what the upstream sends back for it is no answer, and it would
+        // send the same again.
+        assert_eq!(upstream.asked_for(name).len(), 3, "{name}");
+    }
+    // The upstream was heard from, so it never rested: every other name is answered by it.
+    for i in 0..5 {
+        let name = format!("n{i}.example.");
+        assert_answered(daemon.addr, &name).await;
         assert_eq!(upstream.asked_for(&name).len(), 1, "{name}");
     }
 }
