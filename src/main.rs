@@ -2,7 +2,10 @@
 //! builds the runtime and hands over to the library ([`p2pdns::cli`]), then prints the error
 //! chain of a failure once and exits with its code.
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::{
+    io::{IsTerminal, Write},
+    process::ExitCode,
+};
 
 use clap::Parser;
 use p2pdns::{
@@ -17,7 +20,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let result = match &cli.command {
         Command::Config(ConfigCommand::Default) => {
-            print!("{DEFAULT_CONFIG}");
+            cli::print(DEFAULT_CONFIG);
             Ok(ExitCode::SUCCESS)
         }
         Command::Service(command) => cli::service(command),
@@ -44,7 +47,8 @@ fn runtime(mut builder: Builder) -> Result<Runtime, CliError> {
 
 /// Prints the error with its chain of causes ([`cli::error_report`]), and gives its exit code.
 fn fail(error: &CliError) -> ExitCode {
-    eprintln!("{}", cli::error_report(error));
+    // A closed stderr must not turn the error's exit code into a panic's.
+    let _ = writeln!(std::io::stderr().lock(), "{}", cli::error_report(error));
     ExitCode::from(error.exit_code())
 }
 

@@ -7,7 +7,7 @@
 //! to [`Intro`], `doctor` and `service` to [`crate::os`]; the other commands send one typed
 //! request over the control socket ([`crate::control`]) and render the typed response.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{io::Write, path::PathBuf, process::ExitCode, sync::Arc};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -141,8 +141,15 @@ impl Loaded {
 /// where it came from and what the daemon would serve, forward and join.
 pub fn check_config(loaded: &Loaded) -> Result<ExitCode, CliError> {
     crate::naming::Naming::new(&loaded.config.naming)?;
-    print!("{}", render::config_summary(loaded));
+    print(&render::config_summary(loaded));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to standard output. A reader that went away (`p2pdns status | head -1`)
+/// ends the output quietly: `print!` would panic, and turn the command's exit code into 101.
+pub fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// A shutdown token cancelled by SIGINT or SIGTERM, and a notification for each SIGHUP.
@@ -207,7 +214,7 @@ impl DaemonTarget {
 pub async fn talk(command: &Command, target: &DaemonTarget) -> Result<ExitCode, CliError> {
     if let Command::Doctor = command {
         let report = crate::os::doctor::run(&target.data_dir, target.try_service).await;
-        print!("{}", report.text);
+        print(&report.text);
         return Ok(if report.failed {
             ExitCode::FAILURE
         } else {
@@ -224,9 +231,9 @@ pub async fn talk(command: &Command, target: &DaemonTarget) -> Result<ExitCode, 
         let json = serde_json::to_string_pretty(&response)
             .map_err(ClientError::Protocol)
             .map_err(CommandError::from)?;
-        println!("{json}");
+        print(&format!("{json}\n"));
     } else {
-        print!("{}", render::render(&response));
+        print(&render::render(&response));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -320,7 +327,7 @@ pub fn service(command: &ServiceCommand) -> Result<ExitCode, CliError> {
         ServiceCommand::Install { .. } => service::install(&options)?,
         ServiceCommand::Uninstall { .. } => service::uninstall(&options)?,
     };
-    print!("{report}");
+    print(&report.to_string());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -29,6 +29,7 @@
 //!   the question refused and unrelated records removed (issue 11, kinds 2, 6 and 8).
 //! - [`alias_chains`]: alias chains leaving their zone: incomplete upstream chains completed,
 //!   chains to special-use names answered here.
+//! - [`cli_pipes`]: the command-line tool keeps its exit code when its output pipe closes.
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -45,6 +46,8 @@ mod alias_chains;
 mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;
+#[cfg(unix)]
+mod cli_pipes;
 mod dns;
 mod local_records;
 mod p2p;
