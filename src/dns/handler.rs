@@ -215,13 +215,30 @@ impl Responder {
         qname: &Name,
         qtype: RecordType,
     ) -> Reply {
+        let mut reply = self
+            .ask_forwarder(name.clone(), qname, qtype, request)
+            .await;
+        self.complete_chain(&mut reply, qtype, request).await;
+        reply
+    }
+
+    /// The forwarder's answer (cached or fresh) for `qtype` at `qname` (`name` in lower
+    /// case), with the header bits `request` asked for; SERVFAIL with its reason when no
+    /// upstream answered.
+    async fn ask_forwarder(
+        &self,
+        name: LowerName,
+        qname: &Name,
+        qtype: RecordType,
+        request: &Request,
+    ) -> Reply {
         let key = CacheKey {
-            name: name.clone(),
+            name,
             qtype,
             dnssec_ok: dnssec_ok(request),
             checking_disabled: checking_disabled(request),
         };
-        let mut reply = match self.forwarder.resolve(key).await {
+        match self.forwarder.resolve(key).await {
             Outcome::Answer { answer, age, stale } => {
                 let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
                 let ad_asked = dnssec_ok(request) || request.metadata.authentic_data;
@@ -229,41 +246,47 @@ impl Responder {
             }
             Outcome::Failed(error) => {
                 debug!(name = %qname, %qtype, %error, "answering SERVFAIL");
-                return Reply::forward_failed(error);
+                Reply::forward_failed(error)
             }
-        };
-        self.complete_chain(&mut reply, qtype, request).await;
-        reply
+        }
     }
 
     /// Completes an upstream answer whose alias chain stops short of the data (`www.example
     /// CNAME cdn.example.net.` and nothing for the target) by asking for the target, up to
     /// [`MAX_CHAIN_HOPS`] times, as a recursive resolver does (RFC 1034 section 4.3.2 step
-    /// 3a). Targets served here (`.p2p`, special-use names) are left for the client to ask,
-    /// and so is a target that fails: the chain so far is still true.
+    /// 3a). What an upstream says about names served here (`.p2p`, `localhost.`) is dropped
+    /// and answered here instead, as unbound does with its local zones; a target that fails
+    /// fails the answer.
     async fn complete_chain(&self, reply: &mut Reply, qtype: RecordType, request: &Request) {
+        let served_here = |name: &Name| {
+            let name = LowerName::new(name);
+            self.naming.is_local(&name) || self.special.covers(&name)
+        };
+        if reply.cut_chain_at(served_here) {
+            debug!("upstream records for names served here dropped from an alias chain");
+        }
         for _ in 0..MAX_CHAIN_HOPS {
             let Some(target) = reply.dangling_alias(qtype) else {
                 return;
             };
-            let name = LowerName::new(&target);
-            if self.naming.is_local(&name) || self.special.answer(&name, &target, qtype).is_some() {
-                return;
-            }
-            let key = CacheKey {
-                name,
-                qtype,
-                dnssec_ok: dnssec_ok(request),
-                checking_disabled: checking_disabled(request),
-            };
-            let Outcome::Answer { answer, age, stale } = self.forwarder.resolve(key).await else {
-                debug!(%target, "the target of an incomplete alias chain did not resolve");
-                return;
-            };
-            let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
-            let ad_asked = dnssec_ok(request) || request.metadata.authentic_data;
-            reply.extend_chain(Reply::forwarded(&answer, age, stale_ttl, &target, ad_asked));
+            let tail = self.answer_target(&target, qtype, request).await;
+            reply.extend_chain(tail);
         }
+    }
+
+    /// The answer for `target`, the end of an alias chain from upstream: from the special-use
+    /// table, the naming subsystem or the forwarder, wherever `target` is served.
+    async fn answer_target(&self, target: &Name, qtype: RecordType, request: &Request) -> Reply {
+        let name = LowerName::new(target);
+        if let Some(special) = self.special.answer(&name, target, qtype) {
+            return Reply::from_naming(special);
+        }
+        if self.naming.is_local(&name) {
+            let mut answer = self.naming.lookup(target, qtype).await;
+            self.follow_cname_out(&mut answer, qtype, request).await;
+            return Reply::from_naming(answer);
+        }
+        self.ask_forwarder(name, target, qtype, request).await
     }
 
     /// A `.p2p` answer that ends in a CNAME to an ICANN name (`site.p2p CNAME

@@ -163,10 +163,32 @@ impl Reply {
         (!seen).then(|| target.0.clone())
     }
 
+    /// Drops the records of the answer section from the first one owned by a name for which
+    /// `served_here` holds (an upstream's data for `localhost.` or a `.p2p` name inside an
+    /// alias chain), with the authority section that described the chain's end: this
+    /// resolver answers those names itself. Returns whether anything was dropped.
+    pub fn cut_chain_at(&mut self, served_here: impl Fn(&Name) -> bool) -> bool {
+        let Some(first) = self.answers.iter().position(|r| served_here(&r.name)) else {
+            return false;
+        };
+        self.answers.truncate(first);
+        self.authorities.clear();
+        self.rcode = ResponseCode::NoError;
+        self.authentic_data = false;
+        self.size_hint = None;
+        true
+    }
+
     /// Appends `tail`, the answer for the target of this reply's alias chain: its records
     /// follow the chain, its RCODE and authority section (an SOA when negative) replace
     /// ours, and AD stays only if both parts were validated.
     pub fn extend_chain(&mut self, tail: Self) {
+        if tail.rcode == ResponseCode::ServFail {
+            // An alias whose target cannot be resolved fails the answer (unbound does the
+            // same): a chain without its end reads as "no such data" to a stub.
+            *self = tail;
+            return;
+        }
         self.rcode = tail.rcode;
         self.authentic_data &= tail.authentic_data;
         self.answers.extend(tail.answers);

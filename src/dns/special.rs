@@ -151,21 +151,31 @@ impl SpecialUse {
         qname: &Name,
         qtype: RecordType,
     ) -> Option<NamingAnswer> {
+        let (kind, apex) = self.zone_of(name)?;
+        Some(answer_in_zone(kind, &apex, qname, qtype))
+    }
+
+    /// Is `name` (lower case) in a zone answered here?
+    pub fn covers(&self, name: &LowerName) -> bool {
+        self.zone_of(name).is_some()
+    }
+
+    /// The zone answered here that holds `name`: how it is answered, and its apex.
+    fn zone_of(&self, name: &LowerName) -> Option<(Kind, Name)> {
         let tld = name.iter().next_back()?;
         if !TLDS.iter().any(|t| t.eq_ignore_ascii_case(tld)) {
             return None;
         }
         let mut apex = Name::from(name);
-        let kind = loop {
+        loop {
             if let Some(kind) = self.zones.get(&LowerName::new(&apex)) {
-                break *kind;
+                return Some((*kind, apex));
             }
             if apex.num_labels() <= 1 {
                 return None;
             }
             apex = apex.base_name();
-        };
-        Some(answer_in_zone(kind, &apex, qname, qtype))
+        }
     }
 }
 

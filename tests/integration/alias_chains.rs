@@ -1,8 +1,8 @@
 //! Alias chains that leave the zone they start in (issue 11): an upstream answer that stops at
 //! a CNAME without the target's data is completed by asking for the target, as a recursive
-//! resolver does (RFC 1034 section 4.3.2 step 3a); a chain that reaches a special-use name
-//! (localhost, onion, invalid) is answered here, never forwarded, whether it starts in `.p2p`
-//! or upstream.
+//! resolver does (RFC 1034 section 4.3.2 step 3a), and fails when its target fails; a chain
+//! that reaches a special-use name (localhost, onion, invalid) or a `.p2p` name is completed
+//! here, never forwarded, whatever the upstream said about that name.
 
 use hickory_proto::{
     op::ResponseCode,
@@ -11,7 +11,7 @@ use hickory_proto::{
 
 use crate::{
     scripted::{Action, Asked, RawSections, Scripted, raw_a, raw_cname, raw_response, raw_soa},
-    support::{TestDaemon, a_records, ask, config},
+    support::{TestDaemon, a_records, ask, config, ede},
 };
 
 /// The answer to `asked` with `rcode` and these sections.
@@ -34,76 +34,43 @@ fn answer(
 async fn zone_by_zone_upstream() -> Scripted {
     Scripted::start(|asked| {
         let qname = asked.qname();
-        let cname = |target: &str| raw_cname(&qname, 300, target);
-        match qname.as_str() {
-            "www.example." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![cname("cdn.example.net.")],
-                vec![],
-            ),
-            "cdn.example.net." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![cname("edge.example.org.")],
-                vec![],
-            ),
-            "edge.example.org." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![raw_a(&qname, 60, [192, 0, 2, 7])],
-                vec![],
-            ),
-            "gone.example." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![cname("missing.example.net.")],
-                vec![],
-            ),
-            "loop-a.example." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![cname("loop-b.example.")],
-                vec![],
-            ),
-            "loop-b.example." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![cname("loop-a.example.")],
-                vec![],
-            ),
-            "nodata.example." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![cname("target.example.")],
+        let alias = |target: &str| vec![raw_cname(&qname, 300, target)];
+        let ok = ResponseCode::NoError;
+        let (rcode, answers, authorities) = match qname.as_str() {
+            "www.example." => (ok, alias("cdn.example.net."), vec![]),
+            "cdn.example.net." => (ok, alias("edge.example.org."), vec![]),
+            "edge.example.org." => (ok, vec![raw_a(&qname, 60, [192, 0, 2, 7])], vec![]),
+            "gone.example." => (ok, alias("missing.example.net."), vec![]),
+            "loop-a.example." => (ok, alias("loop-b.example."), vec![]),
+            "loop-b.example." => (ok, alias("loop-a.example."), vec![]),
+            "nodata.example." => (
+                ok,
+                alias("target.example."),
                 vec![raw_soa("example.", 300, 60)],
             ),
-            "local.example." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![cname("localhost.")],
-                vec![],
-            ),
-            "tor.example." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![cname("abc.onion.")],
-                vec![],
-            ),
-            "broken.example." => answer(
-                asked,
-                ResponseCode::NoError,
-                vec![cname("down.example.net.")],
-                vec![],
-            ),
-            "down.example.net." => Action::Drop,
-            _ => answer(
-                asked,
+            "local.example." => (ok, alias("localhost."), vec![]),
+            "tor.example." => (ok, alias("abc.onion."), vec![]),
+            "broken.example." => (ok, alias("down.example.net."), vec![]),
+            "down.example.net." => return Action::Drop,
+            "refusing.example." => (ok, alias("refused.example.net."), vec![]),
+            "refused.example.net." => (ResponseCode::ServFail, vec![], vec![]),
+            "poison.example." => {
+                let mut answers = alias("local.p2p.");
+                answers.push(raw_a("local.p2p.", 300, [6, 6, 6, 6]));
+                (ok, answers, vec![])
+            }
+            "poison-lh.example." => {
+                let mut answers = alias("localhost.");
+                answers.push(raw_a("localhost.", 300, [6, 6, 6, 6]));
+                (ok, answers, vec![])
+            }
+            _ => (
                 ResponseCode::NXDomain,
                 vec![],
                 vec![raw_soa("example.net.", 300, 60)],
             ),
-        }
+        };
+        answer(asked, rcode, answers, authorities)
     })
     .await
 }
@@ -156,13 +123,24 @@ async fn chains_that_loop_or_say_nodata_are_not_chased() {
 }
 
 #[tokio::test]
-async fn a_target_that_fails_leaves_the_chain_so_far() {
+async fn a_target_that_fails_fails_the_answer() {
     let upstream = zone_by_zone_upstream().await;
     let daemon = TestDaemon::start(config(&[upstream.addr])).await;
-    let reply = ask(daemon.addr, "broken.example.", RecordType::A).await;
-    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-    assert_eq!(owners(&reply), ["broken.example."]);
-    assert!(!upstream.asked_for("down.example.net.").is_empty());
+    // Silent, or SERVFAIL: a stub must not read a chain without its end as "no address".
+    for (name, target) in [
+        ("broken.example.", "down.example.net."),
+        ("refusing.example.", "refused.example.net."),
+    ] {
+        let reply = ask(daemon.addr, name, RecordType::A).await;
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::ServFail,
+            "{name}"
+        );
+        assert!(reply.answers.is_empty(), "{name}");
+        assert!(ede(&reply).is_some(), "{name}: the reason is given");
+        assert!(!upstream.asked_for(target).is_empty(), "{target} was asked");
+    }
 }
 
 #[tokio::test]
@@ -200,20 +178,13 @@ async fn special_use_targets_are_never_forwarded() {
             "{name}: the special zone's SOA"
         );
     }
-    // Upstream chains that reach a special-use name stop there: the client asks for the
-    // target itself, and gets this resolver's answer for it.
-    for (name, target) in [
-        ("local.example.", "localhost."),
-        ("tor.example.", "abc.onion."),
-    ] {
-        let reply = ask(daemon.addr, name, RecordType::A).await;
-        assert_eq!(owners(&reply), [name], "{name}");
-        assert!(a_records(&reply).is_empty(), "{name}");
-        assert!(
-            upstream.asked_for(target).is_empty(),
-            "{target} went upstream"
-        );
-    }
+    // Upstream chains that reach a special-use name are completed here, never forwarded.
+    let local = ask(daemon.addr, "local.example.", RecordType::A).await;
+    assert_eq!(owners(&local), ["local.example.", "localhost."]);
+    assert_eq!(a_records(&local), ["127.0.0.1"]);
+    let tor = ask(daemon.addr, "tor.example.", RecordType::A).await;
+    assert_eq!(tor.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(owners(&tor), ["tor.example."]);
     assert!(
         upstream
             .asked()
@@ -221,4 +192,28 @@ async fn special_use_targets_are_never_forwarded() {
             .all(|a| a.qname().ends_with(".example.")),
         "only the upstream's own names went upstream"
     );
+}
+
+#[tokio::test]
+async fn upstream_data_for_names_served_here_is_replaced() {
+    let upstream = zone_by_zone_upstream().await;
+    let mut config = config(&[upstream.addr]);
+    config
+        .naming
+        .records
+        .insert("local.p2p".into(), vec!["A 192.0.2.50".into()]);
+    let daemon = TestDaemon::start(config).await;
+    let p2p = ask(daemon.addr, "poison.example.", RecordType::A).await;
+    assert_eq!(p2p.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(owners(&p2p), ["poison.example.", "local.p2p."]);
+    assert_eq!(
+        a_records(&p2p),
+        ["192.0.2.50"],
+        "the local record, not the upstream's"
+    );
+    let lh = ask(daemon.addr, "poison-lh.example.", RecordType::A).await;
+    assert_eq!(owners(&lh), ["poison-lh.example.", "localhost."]);
+    assert_eq!(a_records(&lh), ["127.0.0.1"]);
+    assert!(upstream.asked_for("local.p2p.").is_empty());
+    assert!(upstream.asked_for("localhost.").is_empty());
 }
