@@ -18,6 +18,7 @@ use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -27,7 +28,7 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinDecoder},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, ReadBuf},
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{TcpStream, UdpSocket},
     time::timeout,
 };
@@ -94,12 +95,17 @@ pub enum Malformed {
 /// The TCP follow-up of a truncated UDP answer, polled to its end.
 pub type TcpTry = Pin<Box<dyn Future<Output = Result<Exchanged, ExchangeError>> + Send>>;
 
+/// Waits until a socket is readable or has a pending error.
+type Readiness = Pin<Box<dyn Future<Output = io::Result<tokio::io::Ready>> + Send>>;
+
 /// One query sent over UDP from a socket of its own, listening for its answer until dropped.
 /// Polling it is cancel-safe: it may be polled alongside other tries and dropped at any time.
-#[derive(Debug)]
 pub struct UdpTry {
     server: SocketAddr,
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
+    /// Readable, or an error queued on the socket: an ICMP "port unreachable" sets only
+    /// EPOLLERR, which a plain receive never wakes for.
+    readiness: Readiness,
     query: Message,
     wire: Vec<u8>,
     /// What the first datagram with the query's ID that could not be its answer was.
@@ -126,9 +132,10 @@ impl UdpTry {
         // A fresh socket's send buffer is empty: the datagram goes at once or not at all
         // (sent before tokio takes the socket, which knows no readiness yet).
         socket.send(&wire)?;
-        let socket = UdpSocket::from_std(socket)?;
+        let socket = Arc::new(UdpSocket::from_std(socket)?);
         Ok(Self {
             server,
+            readiness: readiness(&socket),
             socket,
             query,
             wire,
@@ -150,9 +157,24 @@ impl UdpTry {
         scratch: &mut [u8],
     ) -> Poll<Result<Exchanged, ExchangeError>> {
         loop {
-            let mut buf = ReadBuf::new(scratch);
-            ready!(self.socket.poll_recv(cx, &mut buf))?;
-            match sort(buf.filled(), &self.query) {
+            let ready = ready!(self.readiness.as_mut().poll(cx))?;
+            self.readiness = readiness(&self.socket);
+            if ready.is_error() {
+                if let Some(error) = self.socket.take_error()? {
+                    // ECONNREFUSED from an ICMP port unreachable: nobody serves DNS there.
+                    return Poll::Ready(Err(error.into()));
+                }
+                // Taken already: forget the error readiness, or it would wake us forever.
+                let _ = self.socket.try_io(Interest::ERROR, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+            let len = match self.socket.try_recv(scratch) {
+                Ok(len) => len,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error.into())),
+            };
+            match sort(&scratch[..len], &self.query) {
                 Datagram::Answer(answer) => return Poll::Ready(answer),
                 Datagram::Junk(why) => {
                     debug!(server = %self.server, %why, "ignoring a datagram that does not answer the query");
@@ -181,6 +203,12 @@ impl UdpTry {
         } = self;
         Box::pin(async move { over_tcp(server, &wire, &query).await })
     }
+}
+
+/// The readiness future of `socket`: readable, or an error pending.
+fn readiness(socket: &Arc<UdpSocket>) -> Readiness {
+    let socket = Arc::clone(socket);
+    Box::pin(async move { socket.ready(Interest::READABLE | Interest::ERROR).await })
 }
 
 /// Sends `query` to `server` over UDP and waits up to `udp_wait` for its answer; a truncated

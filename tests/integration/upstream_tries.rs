@@ -311,3 +311,34 @@ async fn a_late_answer_after_junk_is_still_taken() {
     let daemon = daemon_for(&[upstream.addr]).await;
     assert_eq!(answered(daemon.addr, "late.example.").await, ["192.0.2.1"]);
 }
+
+/// A loopback UDP port where nothing listens: queries to it get ICMP "port unreachable".
+async fn closed_port() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn an_upstream_whose_port_is_closed_is_passed_at_once() {
+    // The question budget is far longer than the client waits (support::WAIT): only the
+    // ICMP "port unreachable", taken as the end of the try, can answer within it.
+    let live = Scripted::start(|asked| Action::Reply(a_answer(asked, 9))).await;
+    let dead = closed_port().await;
+    let mut cfg = config(&[dead, live.addr]);
+    cfg.upstream.timeout_ms = 60_000;
+    cfg.upstream.query_timeout_ms = 120_000;
+    let daemon = TestDaemon::start(cfg).await;
+    for name in ["a.example.", "b.example."] {
+        assert_eq!(answered(daemon.addr, name).await, ["192.0.2.9"], "{name}");
+    }
+    let alone = TestDaemon::start({
+        let mut cfg = config(&[closed_port().await]);
+        cfg.upstream.timeout_ms = 60_000;
+        cfg.upstream.query_timeout_ms = 120_000;
+        cfg
+    })
+    .await;
+    let reply = ask(alone.addr, "c.example.", RecordType::A).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert!(ede(&reply).is_some());
+}
