@@ -84,6 +84,10 @@ pub enum Malformed {
     /// is not an error.
     #[error("a response to another question")]
     OtherQuestion,
+    /// The answer over TCP has TC=1 too: the whole answer is not to be had (RFC 7766
+    /// section 8 leaves nothing to fall back to).
+    #[error("the answer over TCP is truncated too")]
+    TruncatedOverTcp,
     /// The TCP connection closed in the middle of the answer.
     #[error("the TCP answer was cut short")]
     CutShort,
@@ -343,7 +347,12 @@ async fn over_tcp(
     let len = usize::from(stream.read_u16().await?);
     let mut buf = vec![0u8; len];
     match stream.read_exact(&mut buf).await {
-        Ok(_) => accept(&buf, query),
+        Ok(_) => match accept(&buf, query)? {
+            answer if answer.message.metadata.truncation => {
+                Err(ExchangeError::Malformed(Malformed::TruncatedOverTcp))
+            }
+            answer => Ok(answer),
+        },
         Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
             Err(ExchangeError::Malformed(Malformed::CutShort))
         }

@@ -406,6 +406,13 @@ fn misbehaving(asked: &Asked) -> Action {
             Action::Reply(truncated)
         }
         "tcp.example." => Action::Unframed([&[0, 200][..], &good[..20]].concat()),
+        // Truncated over UDP and over TCP too: no whole answer to be had.
+        "tctc.example." => {
+            let mut truncated =
+                raw_response(asked, ResponseCode::NoError, 0, &RawSections::default());
+            truncated[2] |= 0x02;
+            Action::Reply(truncated)
+        }
         // Garbage in the additional section only, or an OPT whose options do not parse: the
         // answer stands.
         "extra.example." => Action::Reply(a_answer_with(asked, vec![vec![0xc0, 12, 0, 1, 0xff]])),
@@ -441,28 +448,27 @@ async fn misbehaving_daemon(timeout_ms: u64, query_timeout_ms: u64) -> (Scripted
 async fn a_malformed_answer_fails_its_question_and_not_the_upstream() {
     // Long waits, so that an answer taken for a timeout would show.
     let (upstream, daemon) = misbehaving_daemon(2_000, 4_000).await;
-    let prompt = Duration::from_millis(1_000);
     // Answers that match the query (ID, QR=1, question) but do not decode. Datagrams that do
     // not match (echo.example., other.example.) are no answer at all: see
     // only_datagrams_that_do_not_answer_give_servfail_with_ede_23.
-    let malformed = ["bad.example.", "cut.example.", "tcp.example."];
+    let malformed = [
+        "bad.example.",
+        "cut.example.",
+        "tcp.example.",
+        "tctc.example.",
+    ];
     for name in malformed {
-        // Three times: three answers taken for timeouts used to rest the upstream for all.
+        // Three times: three answers taken for timeouts used to rest the upstream for all
+        // (EDE 23, not 22, says the answer was not taken for a timeout).
         for _ in 0..3 {
-            let started = Instant::now();
             assert_malformed(daemon.addr, name).await;
-            assert!(
-                started.elapsed() < prompt,
-                "{name}: {:?}",
-                started.elapsed()
-            );
         }
         let transports: Vec<Transport> = upstream
             .asked_for(name)
             .iter()
             .map(|a| a.transport)
             .collect();
-        let per_question = if name == "tcp.example." { 2 } else { 1 };
+        let per_question = if name.starts_with("tc") { 2 } else { 1 };
         assert_eq!(
             transports.len(),
             3 * per_question,
@@ -475,9 +481,7 @@ async fn a_malformed_answer_fails_its_question_and_not_the_upstream() {
     // Every other name is answered at once, by the upstream, which never rested.
     for i in 0..5 {
         let name = format!("n{i}.example.");
-        let started = Instant::now();
         assert_answered(daemon.addr, &name).await;
-        assert!(started.elapsed() < prompt, "{name}");
         assert_eq!(upstream.asked_for(&name).len(), 1, "{name}");
     }
 }
