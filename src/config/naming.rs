@@ -81,6 +81,17 @@ fn check_tld(tld: &str) -> Result<(), String> {
     {
         return Err(format!("{tld:?} is not a single DNS label"));
     }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err(format!(
+            "{tld:?} starts or ends with a hyphen, which no host name label may (RFC 1123 section 2.1)"
+        ));
+    }
+    if label.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{tld:?} is all digits: a TLD never is, or names under it would read as IPv4 \
+             addresses (RFC 3696 section 2)"
+        ));
+    }
     if let Some((_, what)) = SPECIAL_TLDS.iter().find(|(special, _)| *special == label) {
         return Err(format!(
             "{tld:?} is a special-use TLD for {what}; choose another"
@@ -106,6 +117,15 @@ impl NamingConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         for (i, tld) in self.tlds.iter().enumerate() {
             check_tld(tld).map_err(|why| invalid(&format!("naming.tlds[{i}]"), why))?;
+            if let Some(first) = self.tlds[..i]
+                .iter()
+                .position(|t| t.eq_ignore_ascii_case(tld))
+            {
+                return Err(invalid(
+                    &format!("naming.tlds[{i}]"),
+                    format!("{tld:?} is listed already, as naming.tlds[{first}]"),
+                ));
+            }
         }
         if self.default_ttl_secs > MAX_TTL {
             return Err(invalid(

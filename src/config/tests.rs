@@ -183,6 +183,10 @@ fn tlds_that_would_hijack_names_are_refused() {
         ("io", "TLD of the internet"),
         ("home.arpa", "single DNS label"),
         ("", "single DNS label"),
+        ("123", "all digits"),
+        ("-p2p", "hyphen"),
+        ("p2p-", "hyphen"),
+        ("P2P", "listed already, as naming.tlds[0]"),
     ] {
         let msg = chain(&format!("[naming]\ntlds = [\"p2p\", \"{tld}\"]\n"));
         assert!(msg.contains("naming.tlds[1]"), "{tld}: {msg}");

@@ -252,6 +252,9 @@ fn check_data_type(rtype: RecordType) -> Result<(), RecordError> {
         "NULL records are not allowed in master files (RFC 1035 section 3.3.10)"
     } else if rtype.is_dnssec() {
         "a DNSSEC record: local and published names are not signed with DNSSEC"
+    } else if rtype == RecordType::DNAME {
+        "names below a DNAME are not rewritten here (docs/PROTOCOL.md section 10.2); give the \
+         names a CNAME each"
     } else {
         return Ok(());
     };

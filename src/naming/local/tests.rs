@@ -374,6 +374,8 @@ fn types_that_cannot_be_data_are_refused_in_every_form() {
         r"TYPE48 \# 4 01000300",
         r"DS 1 15 2 abcd",
         r"TSIG \# 0",
+        "DNAME other.example.",
+        r"TYPE39 \# 1 00",
     ] {
         let error = refusal(text);
         assert!(
