@@ -1,6 +1,10 @@
 //! Joining the DHT and filling the Kademlia routing table: the bootstrap peers (dialed at start
 //! and again while the node has no peer at all), peers on the LAN (mDNS), and the addresses
-//! peers announce (identify), kept only where others can use them.
+//! peers announce (identify), kept only where others can use them, [`ADDRS_PER_PEER`] at most
+//! per peer and announcement, and never for a peer set aside ([`Stalls`]).
+//!
+//! What a peer can grow here is bounded: the routing table by Kademlia (k = 20 peers per
+//! bucket), `dialing` and `warned` by the bootstrap list.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,7 +13,7 @@ use std::{
 };
 
 use libp2p::{
-    Multiaddr, identify, mdns,
+    Multiaddr, PeerId, identify, mdns,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
 };
 use tokio::sync::Notify;
@@ -20,10 +24,14 @@ use super::{
     addr::{Scope, peer_of, scope},
     behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
     connections::Connections,
+    stalls::Stalls,
 };
 
 /// How often a node without any peer dials its bootstrap peers again.
 pub(crate) const REDIAL: Duration = Duration::from_secs(30);
+/// Addresses of one peer taken from one announcement (identify, mDNS) at most: a host has a
+/// few (IPv4 and IPv6, QUIC and TCP, a relay or two), and each one kept is dialed by lookups.
+pub(crate) const ADDRS_PER_PEER: usize = 8;
 
 /// The routing table's keeper.
 pub(crate) struct Routing {
@@ -81,6 +89,7 @@ impl Routing {
         swarm: &mut NodeSwarm,
         event: &NodeEvent,
         connections: &Connections,
+        stalls: &Stalls,
     ) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -88,7 +97,9 @@ impl Routing {
                 connection_id,
                 info,
             })) => {
-                if !info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
+                if !info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL)
+                    || stalls.is_set_aside(peer_id)
+                {
                     return;
                 }
                 // rust-libp2p does not feed identify into Kademlia; without this, peers that
@@ -98,10 +109,9 @@ impl Routing {
                 let seen_at = connections
                     .remote(connection_id)
                     .map_or(Scope::Global, scope);
-                for addr in &info.listen_addrs {
-                    if scope(addr) >= seen_at {
-                        swarm.behaviour_mut().kad.add_address(peer_id, addr.clone());
-                    }
+                let usable = info.listen_addrs.iter().filter(|a| scope(a) >= seen_at);
+                for addr in usable.take(ADDRS_PER_PEER) {
+                    swarm.behaviour_mut().kad.add_address(peer_id, addr.clone());
                 }
                 if !self.bootstrapped {
                     // First DHT peer: look ourselves up to fill the routing table now rather
@@ -133,7 +143,13 @@ impl Routing {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut taken: HashMap<PeerId, usize> = HashMap::new();
                 for (peer, addr) in found {
+                    let count = taken.entry(*peer).or_default();
+                    *count += 1;
+                    if *count > ADDRS_PER_PEER || stalls.is_set_aside(peer) {
+                        continue;
+                    }
                     debug!(%peer, %addr, "found a peer on the LAN");
                     swarm.behaviour_mut().kad.add_address(peer, addr.clone());
                     if !swarm.is_connected(peer) {

@@ -14,6 +14,8 @@
 //! - [`p2p_answers`]: `.p2p` answers follow the DNS algorithm (docs/PROTOCOL.md section 10):
 //!   the local table, own signed records and a foreign record answered alike, with the
 //!   publisher's checks, the DNS-rebinding screen and the SERVFAIL reasons.
+//! - [`dht_fairness`]: the DHT's capacity shared fairly: real names answered while one client
+//!   floods the daemon with made-up names and a peer never answers (issue 15, kind 2).
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
 //!   a hostile node.
 //! - [`special_names`]: special-use names (localhost, invalid, onion...) answered here or
@@ -42,6 +44,7 @@ mod alias_chains;
 mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;
+mod dht_fairness;
 mod dns;
 mod local_records;
 mod p2p;
