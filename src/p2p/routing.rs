@@ -29,8 +29,10 @@ use super::{
 
 /// How often a node without any peer dials its bootstrap peers again.
 pub(crate) const REDIAL: Duration = Duration::from_secs(30);
-/// Addresses of one peer taken from one announcement (identify, mDNS) at most: a host has a
-/// few (IPv4 and IPv6, QUIC and TCP, a relay or two), and each one kept is dialed by lookups.
+/// Addresses the routing table takes for one peer from its announcements (identify, mDNS) at
+/// most: a host has a few (IPv4 and IPv6, QUIC and TCP, a relay or two), and each one kept is
+/// dialed by lookups. Kademlia itself keeps every address it is given, and a peer may announce
+/// new ones again and again; room comes back as addresses fail when dialed.
 pub(crate) const ADDRS_PER_PEER: usize = 8;
 
 /// The routing table's keeper.
@@ -109,8 +111,9 @@ impl Routing {
                 let seen_at = connections
                     .remote(connection_id)
                     .map_or(Scope::Global, scope);
+                let room = ADDRS_PER_PEER.saturating_sub(addresses_held(swarm, peer_id));
                 let usable = info.listen_addrs.iter().filter(|a| scope(a) >= seen_at);
-                for addr in usable.take(ADDRS_PER_PEER) {
+                for addr in usable.take(room) {
                     swarm.behaviour_mut().kad.add_address(peer_id, addr.clone());
                 }
                 if !self.bootstrapped {
@@ -145,7 +148,9 @@ impl Routing {
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut taken: HashMap<PeerId, usize> = HashMap::new();
                 for (peer, addr) in found {
-                    let count = taken.entry(*peer).or_default();
+                    let count = taken
+                        .entry(*peer)
+                        .or_insert_with(|| addresses_held(swarm, peer));
                     *count += 1;
                     if *count > ADDRS_PER_PEER || stalls.is_set_aside(peer) {
                         continue;
@@ -200,4 +205,17 @@ impl Routing {
         }
         (peers, routing_table_peers)
     }
+}
+
+/// The addresses the routing table holds for `peer`.
+fn addresses_held(swarm: &mut NodeSwarm, peer: &PeerId) -> usize {
+    let kad = &mut swarm.behaviour_mut().kad;
+    kad.kbucket(*peer)
+        .and_then(|bucket| {
+            bucket
+                .iter()
+                .find(|entry| entry.node.key.preimage() == peer)
+                .map(|entry| entry.node.value.len())
+        })
+        .unwrap_or(0)
 }

@@ -78,7 +78,8 @@ struct StalledBehaviour {
 impl Stalled {
     /// Starts the stalled peer on loopback TCP and dials every daemon of `daemons`, so that
     /// each learns it (identify lists the Kademlia protocol) and puts it in its routing table.
-    async fn join(daemons: &[&TestDaemon]) -> Self {
+    /// Besides its own, it announces `extra` made-up loopback addresses.
+    async fn join(daemons: &[&TestDaemon], extra: u16) -> Self {
         let behaviour = |key: &identity::Keypair| StalledBehaviour {
             identify: identify::Behaviour::new(identify::Config::new(
                 "/stalled/0.0.1".to_owned(),
@@ -119,6 +120,12 @@ impl Stalled {
                 break address;
             }
         };
+        for port in 0..extra {
+            let made_up = Multiaddr::empty()
+                .with(Protocol::Ip4([127, 0, 0, 1].into()))
+                .with(Protocol::Tcp(10_000 + port));
+            swarm.add_external_address(made_up);
+        }
         for daemon in daemons {
             swarm.dial(tcp_addr(daemon)).unwrap();
         }
@@ -348,7 +355,7 @@ async fn real_names_are_answered_during_a_junk_flood_with_a_stalled_peer() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let stalled = Stalled::join(&[&first, &second, &third, &asked]).await;
+    let stalled = Stalled::join(&[&first, &second, &third, &asked], 0).await;
     // Dialed both ways: one dial lost under load must not leave it out.
     dht(&asked).node().dial(stalled.addr.clone()).await.unwrap();
     wait_for_peers(&asked, &[stalled.peer_id]).await;
@@ -389,6 +396,20 @@ async fn real_names_are_answered_during_a_junk_flood_with_a_stalled_peer() {
         REAL_NAMES + HELD_NAMES - own_failed.len(),
     );
     let flood_rcodes = flood.await.unwrap();
+    // The lookups showed the stalled peer answering nothing: it is set aside.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = dht(&asked).node().status().await.unwrap();
+        let known = status.peers.iter().find(|p| p.peer_id == stalled.peer_id);
+        if known.is_none_or(|p| !p.in_routing_table && !p.connected) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled peer stayed: {known:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     eprintln!(
         "real names answered during the flood: {real_answered}/{REAL_NAMES}; \
          the flooder's cached and held names: {own_answered}/{}; \
@@ -436,4 +457,24 @@ fn ask_at(
         let during = !flood_done.load(Ordering::SeqCst);
         (client.failure(server, &name, &want).await, during)
     })
+}
+
+/// A peer that announces a thousand addresses gets a few of them into the routing table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_many_addresses_gets_a_few_into_the_routing_table() {
+    let daemon = TestDaemon::start(p2p_config(&[])).await;
+    let hostile = Stalled::join(&[&daemon], 1000).await;
+    wait_for_peers(&daemon, &[hostile.peer_id]).await;
+    let status = dht(&daemon).node().status().await.unwrap();
+    let entry = status
+        .peers
+        .iter()
+        .find(|p| p.peer_id == hostile.peer_id)
+        .unwrap();
+    // p2p::routing::ADDRS_PER_PEER.
+    assert!(
+        (1..=8).contains(&entry.addrs.len()),
+        "{} addresses kept",
+        entry.addrs.len()
+    );
 }
