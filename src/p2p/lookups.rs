@@ -68,6 +68,8 @@ impl Lookup {
 pub(crate) struct Lookups {
     /// Lookups running at once at most (`p2p.max_lookups`).
     max: usize,
+    /// The lookups, [`Lookups::max`] at most (answered ones stay until Kademlia reports their
+    /// queries finished, at its next poll).
     running: HashMap<kad::QueryId, Lookup>,
     /// Answer times of lookups not answered yet, earliest first (the number keeps equal times
     /// apart).
