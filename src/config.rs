@@ -246,6 +246,13 @@ pub struct P2pConfig {
     pub max_connections_per_peer: u32,
     /// Incoming connections still in their handshake at most.
     pub max_pending_incoming: u32,
+    /// DHT lookups running at once at most. DNS clients share them (and `dns.max_inflight`)
+    /// fairly: one client alone may hold half, and with n clients waiting each may hold
+    /// 1/(n+1); a lookup past its answer time is ended first when another needs room.
+    pub max_lookups: usize,
+    /// Pinned owners kept at most (`pins.toml`); past it, expired pins go first, then the
+    /// least recently used.
+    pub max_pins: usize,
 }
 
 impl Default for P2pConfig {
@@ -277,6 +284,8 @@ impl Default for P2pConfig {
             max_connections: 1024,
             max_connections_per_peer: 8,
             max_pending_incoming: 256,
+            max_lookups: 512,
+            max_pins: 10_000,
         }
     }
 }
@@ -571,6 +580,8 @@ impl P2pConfig {
                 self.max_connections_per_peer.into(),
             ),
             ("p2p.max_pending_incoming", self.max_pending_incoming.into()),
+            ("p2p.max_lookups", self.max_lookups as u64),
+            ("p2p.max_pins", self.max_pins as u64),
         ])
     }
 }

@@ -296,7 +296,7 @@ impl Daemon {
             tasks.spawn(Task::Node, node.run(stop.clone()));
         }
         if let Some(dht) = dht {
-            tasks.spawn(Task::Republisher, dht.publisher().clone().run(stop.clone()));
+            tasks.spawn(Task::Republisher, dht.clone().run(stop.clone()));
             if let Some(server) = tunnels {
                 tasks.spawn(Task::Tunnels, serve_tunnels(dht, server, stop.clone()));
             }

@@ -149,7 +149,10 @@ impl Responder {
             return Reply::from_naming(answer);
         }
         if self.naming.is_local(query.name()) {
-            let mut answer = self.naming.lookup(qname, qtype).await;
+            let mut answer = self
+                .naming
+                .lookup_for(qname, qtype, request.src().ip())
+                .await;
             self.follow_cname_out(&mut answer, qtype, request).await;
             return Reply::from_naming(answer);
         }
@@ -282,7 +285,8 @@ impl Responder {
             return Reply::from_naming(special);
         }
         if self.naming.is_local(&name) {
-            let mut answer = self.naming.lookup(target, qtype).await;
+            let client = request.src().ip();
+            let mut answer = self.naming.lookup_for(target, qtype, client).await;
             self.follow_cname_out(&mut answer, qtype, request).await;
             return Reply::from_naming(answer);
         }

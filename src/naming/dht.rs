@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use libp2p::identity::ed25519;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     AnswerNote, Built, NamingAnswer, Origin, answer_from, nodata,
@@ -14,6 +15,7 @@ use super::{
     positive,
     publisher::{PublishError, Publisher},
     resolver::{DhtAnswer, Empty, Resolved, Resolver},
+    shares::Requester,
     soa_record,
 };
 use crate::{
@@ -32,22 +34,30 @@ const TUNNEL_TTL: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct DhtConfig {
     /// Longest a DNS query waits for the DHT.
-    budget: Duration,
+    pub(super) budget: Duration,
     /// Valid replicas wanted before a lookup answers early.
-    replicas: usize,
+    pub(super) replicas: usize,
     /// Queries waiting on the network, shared with the forwarder (`dns.max_inflight`).
-    waiting: Arc<Semaphore>,
+    pub(super) waiting: Arc<Semaphore>,
+    /// Queries that may wait on lookups at once, shared fairly among clients: the smaller of
+    /// `dns.max_inflight` and `p2p.max_lookups`.
+    pub(super) lookups: usize,
+    /// Pins kept at most (`p2p.max_pins`).
+    pub(super) max_pins: usize,
 }
 
 impl DhtConfig {
-    /// The settings of `p2p` (lookup budget and replicas); a query waiting on a DHT lookup
-    /// holds one of `waiting`'s permits, the same the forwarder's queries take
-    /// (`dns.max_inflight` bounds both together).
+    /// The settings of `p2p` (lookup budget, replicas and capacity, pins kept); a query
+    /// waiting on a DHT lookup holds one of `waiting`'s permits, the same the forwarder's
+    /// queries take (`dns.max_inflight`, all of whose permits must be free now, bounds both
+    /// together).
     pub fn new(p2p: &P2pConfig, waiting: Arc<Semaphore>) -> Self {
         Self {
             budget: Duration::from_millis(p2p.lookup_budget_ms),
             replicas: p2p.lookup_replicas,
+            lookups: waiting.available_permits().min(p2p.max_lookups),
             waiting,
+            max_pins: p2p.max_pins,
         }
     }
 }
@@ -70,14 +80,8 @@ impl Dht {
         config: DhtConfig,
         tunnels: Option<Arc<Tunnels>>,
     ) -> Self {
-        let pins = Pins::load(data_dir);
-        let resolver = Resolver::new(
-            node.clone(),
-            pins,
-            config.budget,
-            config.replicas,
-            config.waiting,
-        );
+        let pins = Arc::new(Pins::load(data_dir, config.max_pins));
+        let resolver = Resolver::new(node.clone(), pins, &config);
         let publisher = Publisher::load(node.clone(), keypair, data_dir);
         Self {
             node,
@@ -85,6 +89,13 @@ impl Dht {
             publisher: Arc::new(publisher),
             tunnels,
         }
+    }
+
+    /// Runs the DHT side's tasks until `stop`: the republisher of this node's names
+    /// ([`Publisher::run`]) and the saver of the pins ([`Pins::run`]).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let pins = self.resolver.pins().clone();
+        tokio::join!(self.publisher.clone().run(stop.clone()), pins.run(stop));
     }
 
     /// The tunnel subsystem, when it runs.
@@ -107,22 +118,23 @@ impl Dht {
         self.publisher.key_name()
     }
 
-    /// Answers a DNS question for a name under `.p2p`: from this node's own record for the
-    /// name, else from the DHT; SERVFAIL, with the reason, when the DHT gave no answer
-    /// (`seen`: see [`answer_from`]).
+    /// Answers a DNS question of `requester` for a name under `.p2p`: from this node's own
+    /// record for the name, else from the DHT; SERVFAIL, with the reason, when the DHT gave no
+    /// answer (`seen`: see [`answer_from`]).
     pub(crate) async fn answer(
         &self,
         qname: &Name,
         qtype: RecordType,
         tld: &Name,
         seen: &mut Vec<LowerName>,
+        requester: Requester,
     ) -> Built {
         let Some(record_name) = record_name_for(&LowerName::new(qname)) else {
             return answer_from(&Empty, qname, qtype, tld, seen);
         };
         let record = match self.publisher.get(&LowerName::new(&record_name)) {
             Some(own) => own,
-            None => match self.resolver.resolve(&record_name).await {
+            None => match self.resolver.resolve(&record_name, requester).await {
                 Ok(DhtAnswer::Found(found)) => found.record,
                 Ok(DhtAnswer::Absent) => return answer_from(&Empty, qname, qtype, tld, seen),
                 Err(note) => return Built::done(NamingAnswer::failed(note), Origin::Network),
@@ -183,7 +195,7 @@ impl Dht {
                 agreeing: 1,
             });
         }
-        match self.resolver.resolve(name).await {
+        match self.resolver.resolve(name, Requester::Operator).await {
             Ok(DhtAnswer::Found(found)) => Some(found),
             _ => None,
         }
@@ -197,7 +209,7 @@ impl Dht {
             return None;
         }
         let own = crate::record::key_of_name(&self.key_name())?;
-        match self.resolver.resolve(set).await {
+        match self.resolver.resolve(set, Requester::Operator).await {
             Ok(DhtAnswer::Found(found)) if found.record.owner != own => Some(found.record.owner),
             _ => None,
         }
@@ -271,7 +283,7 @@ impl Dht {
             let mut seen = Vec::new();
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = self.answer(&name, RecordType::A, &tld, &mut seen) => {}
+                _ = self.answer(&name, RecordType::A, &tld, &mut seen, Requester::Operator) => {}
             }
         }
     }

@@ -7,7 +7,8 @@
 //! TLDs in `naming.tlds` are answered from the local table alone. `answer` turns a set of
 //! records into the answer an authoritative server would give (docs/PROTOCOL.md section 10),
 //! [`Naming::lookup`] follows a CNAME chain from one source into the next, and `rebinding`
-//! screens what came from the network. Why an answer is not plain data is an [`AnswerNote`],
+//! screens what came from the network. DHT lookups are shared fairly among the clients that
+//! wait on them (`shares`, by [`Requester`]); answers that need none never wait for them. Why an answer is not plain data is an [`AnswerNote`],
 //! which the DNS front end turns into an Extended DNS Error.
 //!
 //! This module owns TLD routing, the answers built from records, the published names and the
@@ -21,8 +22,9 @@ pub mod pins;
 pub mod publisher;
 mod rebinding;
 pub mod resolver;
+mod shares;
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, net::IpAddr, pin::Pin, sync::Arc};
 
 use hickory_proto::{
     op::ResponseCode,
@@ -33,6 +35,7 @@ pub(crate) use answer::{Built, Origin, RecordSource, answer_from, nodata, positi
 pub use dht::{Dht, DhtConfig};
 pub use local::{LocalZone, RecordError, ZoneError, parse_record, parse_zone, presentation};
 pub use rebinding::remove_private;
+pub use shares::Requester;
 
 use crate::config::NamingConfig;
 
@@ -143,6 +146,8 @@ struct Chase {
     network: bool,
     /// The question name may have private addresses (`naming.allow_private_answers`).
     private_ok: bool,
+    /// Whose question it is, for the share of DHT lookups it may hold.
+    requester: Requester,
 }
 
 /// The naming subsystem's handle.
@@ -226,17 +231,40 @@ impl Naming {
         self.local.len()
     }
 
-    /// Answers `qtype` for `qname` (docs/PROTOCOL.md section 10). `qname` keeps the client's
-    /// letter case, which the answer's first owner names copy. Local records win over the
-    /// DHT; a CNAME chain that leaves one source goes on in the one that holds its target, as
-    /// long as that is under our TLDs. Addresses from the network are screened for DNS
-    /// rebinding unless `naming.allow_private_answers` lists `qname`.
+    /// Answers `qtype` for `qname` to this machine's user (the control socket): as
+    /// [`Naming::lookup_for`], with the operator's own share of DHT lookups.
     pub async fn lookup(&self, qname: &Name, qtype: RecordType) -> NamingAnswer {
+        self.lookup_as(qname, qtype, Requester::Operator).await
+    }
+
+    /// Answers `qtype` for `qname` to the DNS client at `client` (docs/PROTOCOL.md section
+    /// 10). `qname` keeps the client's letter case, which the answer's first owner names copy.
+    /// Local records win over the DHT; a CNAME chain that leaves one source goes on in the one
+    /// that holds its target, as long as that is under our TLDs. Addresses from the network
+    /// are screened for DNS rebinding unless `naming.allow_private_answers` lists `qname`.
+    /// DHT lookups the question needs take a share of the capacity the clients share
+    /// ([`Requester::dns`]).
+    pub async fn lookup_for(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        client: IpAddr,
+    ) -> NamingAnswer {
+        self.lookup_as(qname, qtype, Requester::dns(client)).await
+    }
+
+    async fn lookup_as(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        requester: Requester,
+    ) -> NamingAnswer {
         let lower = LowerName::new(qname);
         let mut chase = Chase {
             seen: Vec::new(),
             network: false,
             private_ok: self.allow_private.iter().any(|a| a.zone_of(&lower)),
+            requester,
         };
         let mut answer = self.chain(qname, qtype, &mut chase).await;
         answer.screen_tail = chase.network && !chase.private_ok;
@@ -256,7 +284,9 @@ impl Naming {
                 mut answer,
                 exit,
                 origin,
-            } = self.step(qname, qtype, &mut chase.seen).await;
+            } = self
+                .step(qname, qtype, &mut chase.seen, chase.requester)
+                .await;
             chase.network |= origin == Origin::Network;
             // A tunnel's local address leads to the tunnel only, never into the user's
             // network: it needs no screening.
@@ -278,8 +308,14 @@ impl Naming {
         })
     }
 
-    /// The answer of the one source that holds `qname`.
-    async fn step(&self, qname: &Name, qtype: RecordType, seen: &mut Vec<LowerName>) -> Built {
+    /// The answer of the one source that holds `qname`, for `requester`.
+    async fn step(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        seen: &mut Vec<LowerName>,
+        requester: Requester,
+    ) -> Built {
         let lower = LowerName::new(qname);
         let Some(tld) = self.tld_of(&lower) else {
             // The front end only routes names under our TLDs here.
@@ -303,7 +339,7 @@ impl Naming {
         }
         match &self.dht {
             Some(dht) if tld.to_ascii() == format!("{}.", crate::record::TLD) => {
-                dht.answer(qname, qtype, &tld, seen).await
+                dht.answer(qname, qtype, &tld, seen, requester).await
             }
             _ => answer_from(&self.local, qname, qtype, &tld, seen),
         }

@@ -1,6 +1,10 @@
 //! `.p2p` names from the DHT: lookups within a time budget (one DHT query however many
 //! clients ask), replica selection with pins (docs/PROTOCOL.md section 6), a cache of the
 //! signed records found, and the answers built from a record (TTLs capped by its expiry).
+//!
+//! Lookup capacity is shared fairly among clients (by [`Requester`]); what needs no lookup never
+//! waits for it: a cached record (fresh, or stale but unexpired when no capacity is left) and
+//! the record the node's own store holds for others.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,18 +17,23 @@ use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use libp2p::PeerId;
 use lru::LruCache;
 use tokio::{
-    sync::{Semaphore, oneshot},
+    sync::{Semaphore, SemaphorePermit, oneshot},
     time::Instant,
 };
 use tracing::{debug, warn};
 
-use super::{AnswerNote, Built, Origin, RecordSource, answer_from, pins::Pins};
+use super::{
+    AnswerNote, Built, Origin, RecordSource, answer_from,
+    dht::DhtConfig,
+    pins::Pins,
+    shares::{Requester, Share, Shares},
+};
 use crate::{
     p2p::{NodeError, NodeHandle, Replicas},
     record::{NameRecord, key_of_name, unix_now},
 };
 
-/// Signed records cached at most.
+/// Signed records and absences cached at most (least recently used first out).
 const CACHE_ENTRIES: usize = 10_000;
 /// How long "the DHT has no such name" is believed: short, because a name may be published
 /// any moment (clients cache NXDOMAIN for the p2p. SOA minimum on their own).
@@ -83,6 +92,10 @@ type Waiters = Vec<oneshot::Sender<Outcome>>;
 /// leaves the second in one step, so no query falls between them.
 struct State {
     cache: LruCache<LowerName, CacheEntry>,
+    /// Queries waiting, by name looked up. Names: one per lookup task, and the node runs
+    /// `p2p.max_lookups` at most (a task whose lookup it refuses ends at once). Waiters: those
+    /// whose query gave up are dropped whenever another joins, so at most the queries waiting
+    /// now (each holds a [`Share`]).
     inflight: HashMap<LowerName, Waiters>,
 }
 
@@ -96,26 +109,24 @@ pub struct Resolver {
     /// Permits of queries waiting on the network (`dns.max_inflight`, shared with the
     /// forwarder).
     waiting: Arc<Semaphore>,
-    pins: Pins,
+    /// The part of the lookup capacity each client may hold.
+    shares: Arc<Shares>,
+    pins: Arc<Pins>,
     state: Mutex<State>,
 }
 
 impl Resolver {
-    /// A resolver asking `node`, answering within `budget`, believing `pins`; a query that
-    /// waits on a lookup holds one of `waiting`'s permits (none left: SERVFAIL at once).
-    pub fn new(
-        node: NodeHandle,
-        pins: Pins,
-        budget: Duration,
-        replicas: usize,
-        waiting: Arc<Semaphore>,
-    ) -> Self {
+    /// A resolver asking `node` with `config`'s budget and replicas, believing `pins`; a query
+    /// that waits on a lookup holds one of `config`'s waiting permits and a share of its lookup
+    /// capacity (none left: the cache or the node's store, else SERVFAIL at once).
+    pub(super) fn new(node: NodeHandle, pins: Arc<Pins>, config: &DhtConfig) -> Self {
         let entries = NonZeroUsize::new(CACHE_ENTRIES).expect("nonzero constant");
         Self {
             node,
-            budget,
-            replicas: replicas.max(1),
-            waiting,
+            budget: config.budget,
+            replicas: config.replicas.max(1),
+            waiting: config.waiting.clone(),
+            shares: Shares::new(config.lookups),
             pins,
             state: Mutex::new(State {
                 cache: LruCache::new(entries),
@@ -130,7 +141,7 @@ impl Resolver {
     }
 
     /// The pin store.
-    pub fn pins(&self) -> &Pins {
+    pub fn pins(&self) -> &Arc<Pins> {
         &self.pins
     }
 
@@ -144,16 +155,22 @@ impl Resolver {
         Ok(removed)
     }
 
-    /// Cache, else a DHT lookup within the budget.
+    /// Cache, else a DHT lookup within the budget for `requester`, within its share of the
+    /// lookup capacity.
     ///
     /// # Errors
-    /// Why there is no answer: no peers, none answered, not in time (the lookup goes on and
-    /// fills the cache for the next query), the node busy or stopped, or only records by
-    /// other keys than the pinned owner's. A cached record still valid is served then, rather
-    /// than nothing.
-    pub async fn resolve(self: &Arc<Self>, name: &Name) -> Result<DhtAnswer, AnswerNote> {
+    /// Why there is no answer: no peers, none answered, not in time (the lookup goes on while
+    /// the node has room and fills the cache for the next query), no capacity left for this
+    /// requester or the node busy, the node stopped, or only records by other keys than the
+    /// pinned owner's. A cached record still valid is served then, rather than nothing; and
+    /// when capacity is what is missing, the record the node's own store holds.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        name: &Name,
+        requester: Requester,
+    ) -> Result<DhtAnswer, AnswerNote> {
         let key = LowerName::new(name);
-        let (stale, rx, _permit) = {
+        let admitted = {
             let mut state = self.lock();
             let stale = match state.cache.get(&key) {
                 Some(entry) if entry.fresh() => return Ok(entry.value.clone()),
@@ -163,19 +180,56 @@ impl Resolver {
                 }) if found.record.expires > unix_now() => Some(value.clone()),
                 _ => None,
             };
-            // Only a query that must wait on the network takes a permit: cached answers never
-            // wait for capacity.
-            let Ok(permit) = self.waiting.try_acquire() else {
-                return stale.ok_or(AnswerNote::Busy);
-            };
-            (stale, self.join_or_start(&mut state, name, key), permit)
+            // Only a query that must wait on the network takes a share and a permit: cached
+            // answers never wait for capacity.
+            match self.admit(requester) {
+                Some(held) => Ok((stale, self.join_or_start(&mut state, name, key), held)),
+                None => Err(stale),
+            }
+        };
+        let (stale, rx, _held) = match admitted {
+            Ok(admitted) => admitted,
+            Err(Some(stale)) => return Ok(stale),
+            Err(None) => return self.held_here(name).await,
         };
         let outcome = match tokio::time::timeout(self.budget, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(AnswerNote::NodeStopped),
             Err(_) => Err(AnswerNote::Timeout),
         };
-        outcome.or_else(|note| stale.ok_or(note))
+        match (outcome, stale) {
+            (Ok(answer), _) | (Err(_), Some(answer)) => Ok(answer),
+            (Err(AnswerNote::Busy), None) => self.held_here(name).await,
+            (Err(note), None) => Err(note),
+        }
+    }
+
+    /// A share of the lookup capacity for `requester` and a waiting permit, if both are free.
+    fn admit(&self, requester: Requester) -> Option<(Share, SemaphorePermit<'_>)> {
+        let share = self.shares.take(requester)?;
+        let permit = self.waiting.try_acquire().ok()?;
+        Some((share, permit))
+    }
+
+    /// The record the node's own store holds for `name` (it keeps it for another node), when
+    /// no lookup can be had: one replica, not a majority, so it is neither cached nor pinned,
+    /// and a record by another key than the pinned owner is no answer.
+    async fn held_here(&self, name: &Name) -> Result<DhtAnswer, AnswerNote> {
+        let stored = tokio::time::timeout(self.budget, self.node.stored(name.clone())).await;
+        let Ok(Ok(Some(record))) = stored else {
+            return Err(AnswerNote::Busy);
+        };
+        if key_of_name(name).is_none()
+            && let Some(owner) = self.pins.owner(name, unix_now())
+            && owner != record.owner
+        {
+            return Err(AnswerNote::Busy);
+        }
+        let record = Arc::new(record);
+        Ok(DhtAnswer::Found(Resolved {
+            record,
+            agreeing: 1,
+        }))
     }
 
     fn join_or_start(
@@ -186,6 +240,7 @@ impl Resolver {
     ) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         if let Some(waiters) = state.inflight.get_mut(&key) {
+            waiters.retain(|waiter| !waiter.is_closed());
             waiters.push(tx);
             return rx;
         }

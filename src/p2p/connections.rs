@@ -14,6 +14,8 @@ use super::{ConnectionInfo, ConnectionPath, behaviour::NodeEvent};
 /// Open connections, by connection.
 #[derive(Default)]
 pub(crate) struct Connections {
+    /// Bounded by `p2p.max_connections` (and `p2p.max_connections_per_peer` for one peer):
+    /// connections past them are refused before they are established.
     open: HashMap<ConnectionId, (PeerId, ConnectionInfo)>,
 }
 

@@ -24,6 +24,7 @@ use super::{
     inbound::{InboundPuts, InvalidRecords, to_kad_record},
     lookups::Lookups,
     routing::{self, Routing},
+    stalls::Stalls,
 };
 use crate::{
     config::P2pConfig,
@@ -34,7 +35,7 @@ use crate::{
         rendezvous::{self, RendezvousClient},
         stun_probe,
     },
-    record::{NameRecord, dht_key},
+    record::NameRecord,
 };
 
 /// The event loop and the state of each concern.
@@ -44,6 +45,8 @@ pub(super) struct EventLoop {
     routing: Routing,
     connections: Connections,
     lookups: Lookups,
+    /// Peers that answer no DHT request, set aside for a while.
+    stalls: Stalls,
     inbound: InboundPuts,
     invalid: InvalidRecords,
     nat: NatTraversal,
@@ -80,7 +83,8 @@ impl EventLoop {
             commands,
             routing: Routing::new(config.bootstrap.clone(), joined),
             connections: Connections::default(),
-            lookups: Lookups::default(),
+            lookups: Lookups::new(config.max_lookups),
+            stalls: Stalls::new(&config.bootstrap),
             inbound: InboundPuts::new(config),
             invalid: InvalidRecords::default(),
             nat: NatTraversal::new(config, stun),
@@ -105,7 +109,9 @@ impl EventLoop {
                 // No sender left (an introduction server has no user): events go on.
                 Some(command) = self.commands.recv() => self.command(command),
                 event = next_event(&mut self.swarm) => self.on_event(event),
-                () = self.lookups.next_deadline() => self.lookups.answer_due(),
+                () = self.lookups.next_deadline() => {
+                    self.lookups.answer_due(&mut self.swarm.behaviour_mut().kad);
+                }
                 _ = relay_check.tick() => self.on_relay_check(),
                 _ = rendezvous_check.tick() => self.rendezvous.due(&mut self.swarm),
                 _ = redial.tick() => self.routing.redial(&mut self.swarm),
@@ -157,10 +163,9 @@ impl EventLoop {
                 }
                 let _ = reply.send(relayed.len());
             }
-            Command::Holds { name, reply } => {
-                let key = kad::RecordKey::new(&dht_key(&name));
+            Command::Stored { name, reply } => {
                 let store = self.swarm.behaviour_mut().kad.store_mut();
-                let _ = reply.send(store.get(&key).is_some());
+                let _ = reply.send(Lookups::stored(store, &name));
             }
         }
     }
@@ -184,7 +189,20 @@ impl EventLoop {
         }
         self.connections.on_event(&event);
         let swarm = &mut self.swarm;
-        self.routing.on_event(swarm, &event, &self.connections);
+        if let SwarmEvent::ConnectionEstablished {
+            peer_id,
+            connection_id,
+            ..
+        } = &event
+            && self.stalls.is_set_aside(peer_id)
+        {
+            // Refused while set aside: a lookup that hears of it from another peer fails it at
+            // once instead of waiting for its timeout.
+            swarm.close_connection(*connection_id);
+            swarm.behaviour_mut().kad.remove_peer(peer_id);
+        }
+        self.routing
+            .on_event(swarm, &event, &self.connections, &self.stalls);
         self.nat.on_event(swarm, &event);
         self.rendezvous.on_event(swarm, &event);
         self.dialer.on_event(&event);
@@ -206,7 +224,12 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
-                self.lookups.on_event(kad, event, &mut self.invalid);
+                let stalls = &mut self.stalls;
+                self.lookups.on_event(kad, event, &mut self.invalid, stalls);
+                for peer in self.stalls.take_new() {
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,

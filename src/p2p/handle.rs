@@ -47,9 +47,9 @@ pub(crate) enum Command {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
-    Holds {
+    Stored {
         name: Name,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Option<NameRecord>>,
     },
     Connect {
         peer: PeerId,
@@ -116,7 +116,8 @@ impl NodeHandle {
     /// without it.
     ///
     /// # Errors
-    /// [`NodeError::Busy`] when the command queue or the lookup table is full,
+    /// [`NodeError::Busy`] when the command queue is full or the lookup table is full of
+    /// lookups within their answer time,
     /// [`NodeError::Stopped`] when the node is gone.
     pub async fn lookup(&self, name: Name, wanted: usize) -> Result<Replicas, NodeError> {
         self.lookup_inner(name, wanted, None).await
@@ -142,20 +143,22 @@ impl NodeHandle {
         answer_by: Option<Instant>,
     ) -> Result<Replicas, NodeError> {
         let (reply, rx) = oneshot::channel();
-        // Never wait for room in the queue: a flood of made-up names must fail fast instead of
-        // piling up tasks that wait to ask.
-        self.commands
-            .try_send(Command::Lookup {
-                name,
-                wanted,
-                answer_by,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => NodeError::Busy,
-                mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
-            })?;
+        self.try_send(Command::Lookup {
+            name,
+            wanted,
+            answer_by,
+            reply,
+        })?;
         rx.await.map_err(|_| NodeError::Busy)
+    }
+
+    /// Never waits for room in the queue: a flood of made-up names must fail fast instead of
+    /// piling up tasks that wait to ask.
+    fn try_send(&self, command: Command) -> Result<(), NodeError> {
+        self.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => NodeError::Busy,
+            mpsc::error::TrySendError::Closed(_) => NodeError::Stopped,
+        })
     }
 
     /// Stores `record` locally and pushes it to the peers closest to its key.
@@ -207,10 +210,23 @@ impl NodeHandle {
             .await
     }
 
-    /// Whether this node's store holds a record for `name` (diagnostics and benchmarks).
+    /// Whether this node's store holds a valid record for `name` (diagnostics and
+    /// benchmarks).
     pub async fn holds(&self, name: &Name) -> Result<bool, NodeError> {
-        let name = name.clone();
-        self.ask(|reply| Command::Holds { name, reply }).await
+        Ok(self.stored(name.clone()).await?.is_some())
+    }
+
+    /// The valid record this node's store holds for `name` (a DHT name, `site.p2p.`), which it
+    /// keeps for another node: an answer that needs no lookup. Like a lookup, it never waits
+    /// for room in the command queue.
+    ///
+    /// # Errors
+    /// [`NodeError::Busy`] when the command queue is full, [`NodeError::Stopped`] when the
+    /// node is gone.
+    pub async fn stored(&self, name: Name) -> Result<Option<NameRecord>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.try_send(Command::Stored { name, reply })?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Sends the command `make` builds around a reply channel and awaits the reply.

@@ -3,10 +3,15 @@
 //! rate per peer, the signature and expiry, the key it is stored under, the owner of a name
 //! already held, and the number of records one peer may have stored here. A peer that sends an
 //! invalid record is warned about once.
+//!
+//! Every map here is bounded: the store by `p2p.max_stored_records` (and
+//! `p2p.max_records_per_peer` for one peer), the PUT times by [`RATE_PEERS`] peers of
+//! `p2p.max_puts_per_peer_per_minute` times each, the peers warned about by [`WARNED_PEERS`].
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashSet, VecDeque},
     fmt::Display,
+    num::NonZeroUsize,
     time::Duration,
 };
 
@@ -17,6 +22,7 @@ use libp2p::{
         store::{MemoryStore, RecordStore},
     },
 };
+use lru::LruCache;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -29,7 +35,8 @@ use crate::{
 const WARNED_PEERS: usize = 1024;
 /// The window of the PUT rate limit.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
-/// Peers whose PUT times are kept before the idle ones are forgotten.
+/// Peers whose PUT times are kept, at most; the one heard from least recently is forgotten
+/// first. A peer forgotten gets a fresh minute's allowance, which a new identity gets anyway.
 const RATE_PEERS: usize = 10_000;
 
 /// Peers that sent an invalid record (inbound or as a lookup's replica), each warned about
@@ -62,7 +69,7 @@ pub(crate) struct InboundPuts {
     max_puts_per_minute: usize,
     max_records_per_peer: usize,
     /// Recent PUT times per peer, for the rate limit.
-    put_times: HashMap<PeerId, VecDeque<Instant>>,
+    put_times: LruCache<PeerId, VecDeque<Instant>>,
 }
 
 impl InboundPuts {
@@ -70,7 +77,7 @@ impl InboundPuts {
         Self {
             max_puts_per_minute: config.max_puts_per_peer_per_minute,
             max_records_per_peer: config.max_records_per_peer,
-            put_times: HashMap::new(),
+            put_times: LruCache::new(NonZeroUsize::new(RATE_PEERS).expect("nonzero constant")),
         }
     }
 
@@ -125,14 +132,7 @@ impl InboundPuts {
 
     fn within_rate(&mut self, peer: PeerId) -> bool {
         let now = Instant::now();
-        if self.put_times.len() > RATE_PEERS {
-            self.put_times.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < RATE_WINDOW)
-            });
-        }
-        let times = self.put_times.entry(peer).or_default();
+        let times = self.put_times.get_or_insert_mut(peer, VecDeque::new);
         while times
             .front()
             .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
@@ -158,5 +158,28 @@ pub(crate) fn to_kad_record(record: &NameRecord, publisher: Option<PeerId>) -> k
         value: record.to_bytes(),
         publisher,
         expires: Some(std::time::Instant::now() + Duration::from_secs(left)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Peers by the ten thousand, fresh identities each: the PUT times kept stay bounded, and
+    /// a peer still sending is still limited.
+    #[test]
+    fn put_times_are_kept_for_a_bounded_number_of_peers() {
+        let config = P2pConfig {
+            max_puts_per_peer_per_minute: 2,
+            ..P2pConfig::default()
+        };
+        let mut puts = InboundPuts::new(&config);
+        let steady = PeerId::random();
+        assert!(puts.within_rate(steady) && puts.within_rate(steady));
+        for _ in 0..RATE_PEERS + 5_000 {
+            assert!(puts.within_rate(PeerId::random()));
+            assert!(!puts.within_rate(steady), "the steady peer stays limited");
+        }
+        assert_eq!(puts.put_times.len(), RATE_PEERS);
     }
 }

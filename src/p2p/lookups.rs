@@ -1,10 +1,15 @@
 //! DHT lookups: the Kademlia GET_VALUE queries that callers asked for, the valid replicas each
 //! has collected, and the replies. A lookup answers once enough replicas are in, when its query
-//! ends, or at its answer time (`answer_by`) if it has found something by then; one timer
-//! sleeps until the earliest such time.
+//! ends, or at its answer time (`answer_by`) if it has found something by then, and its query
+//! ends there: one timer sleeps until the earliest such time.
+//!
+//! The table is bounded (`p2p.max_lookups`). A lookup past its answer time with nothing found
+//! goes on while there is room (its answer warms the caller's cache), but it is the first to
+//! end when a new lookup needs the room: a peer that never answers costs a lookup its answer
+//! time, not the table.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     pin::Pin,
 };
 
@@ -19,11 +24,12 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::{Replicas, inbound::InvalidRecords};
+use super::{
+    Replicas,
+    inbound::InvalidRecords,
+    stalls::{Probe, Stalls},
+};
 use crate::record::{NameRecord, RecordError, dht_key, unix_now};
-
-/// Lookups running at once at most; more are refused rather than queued without bound.
-const MAX_LOOKUPS: usize = 512;
 
 /// A lookup being collected.
 struct Lookup {
@@ -31,22 +37,26 @@ struct Lookup {
     name: Name,
     wanted: usize,
     replicas: Replicas,
-    replies: Vec<oneshot::Sender<Replicas>>,
-    /// Replies already sent (quorum reached); later replicas are dropped.
-    answered: bool,
+    /// The caller, until answered (later replicas are dropped).
+    reply: Option<oneshot::Sender<Replicas>>,
     /// Answer with what is in by then, if anything.
     answer_by: Option<Instant>,
     /// This lookup's key in [`Lookups::deadlines`], while it is there.
     deadline: Option<(Instant, u64)>,
+    /// Whom the query asked first, for [`Stalls`].
+    probe: Probe,
 }
 
 impl Lookup {
-    /// Sends what is in to every caller; the query may go on.
+    /// Sends what is in to the caller, once.
     fn answer(&mut self) {
-        self.answered = true;
-        for reply in self.replies.drain(..) {
+        if let Some(reply) = self.reply.take() {
             let _ = reply.send(self.replicas.clone());
         }
+    }
+
+    fn answered(&self) -> bool {
+        self.reply.is_none()
     }
 
     fn overdue(&self, now: Instant) -> bool {
@@ -55,19 +65,43 @@ impl Lookup {
 }
 
 /// The lookups in flight, by Kademlia query.
-#[derive(Default)]
 pub(crate) struct Lookups {
+    /// Lookups running at once at most (`p2p.max_lookups`).
+    max: usize,
+    /// The lookups, [`Lookups::max`] at most (answered ones stay until Kademlia reports their
+    /// queries finished, at its next poll).
     running: HashMap<kad::QueryId, Lookup>,
     /// Answer times of lookups not answered yet, earliest first (the number keeps equal times
     /// apart).
     deadlines: BTreeMap<(Instant, u64), kad::QueryId>,
+    /// Lookups past their answer time with nothing found, oldest first: ended first when the
+    /// table is full. Ids of lookups that ended meanwhile are skipped, and dropped whenever the
+    /// queue outgrows the table twice over.
+    overtime: VecDeque<kad::QueryId>,
+    /// Lookups ended to make room, until Kademlia reports their queries finished (at its next
+    /// poll); kept for [`Stalls`]. A backstop clears it past [`Lookups::max`].
+    ending: HashMap<kad::QueryId, Probe>,
     next_number: u64,
     /// Sleeps until the earliest answer time (made at the first one).
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Lookups {
-    /// Starts a query for `name`; a full table drops `reply` (the caller sees the node busy).
+    /// An empty table for `max` lookups at once (at least 1).
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            running: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            overtime: VecDeque::new(),
+            ending: HashMap::new(),
+            next_number: 0,
+            timer: None,
+        }
+    }
+
+    /// Starts a query for `name`; a table full of lookups still within their answer time drops
+    /// `reply` (the caller sees the node busy).
     pub(crate) fn start(
         &mut self,
         kad: &mut kad::Behaviour<MemoryStore>,
@@ -76,10 +110,13 @@ impl Lookups {
         answer_by: Option<Instant>,
         reply: oneshot::Sender<Replicas>,
     ) {
-        if self.running.len() >= MAX_LOOKUPS {
+        if self.running.len() >= self.max && !self.end_oldest_overtime(kad) {
+            debug!(%name, "lookup table full; lookup refused");
             return;
         }
-        let id = kad.get_record(kad::RecordKey::new(&dht_key(&name)));
+        let key = kad::RecordKey::new(&dht_key(&name));
+        let probe = Stalls::probe(kad, &key);
+        let id = kad.get_record(key);
         let deadline = answer_by.map(|at| {
             self.next_number += 1;
             self.deadlines.insert((at, self.next_number), id);
@@ -91,12 +128,38 @@ impl Lookups {
                 name: name.to_lowercase(),
                 wanted: wanted.max(1),
                 replicas: Replicas::default(),
-                replies: vec![reply],
-                answered: false,
+                reply: Some(reply),
                 answer_by,
                 deadline,
+                probe,
             },
         );
+    }
+
+    /// Ends the lookup longest past its answer time, answering it with what the query knows
+    /// (as if it had ended: absent when peers answered and none had a record). Returns whether
+    /// there was one.
+    fn end_oldest_overtime(&mut self, kad: &mut kad::Behaviour<MemoryStore>) -> bool {
+        while let Some(id) = self.overtime.pop_front() {
+            let Some(mut lookup) = self.running.remove(&id) else {
+                continue;
+            };
+            if let Some(mut query) = kad.query_mut(&id) {
+                let stats = *query.stats();
+                lookup.replicas.absent = stats.num_successes() > 0;
+                lookup.replicas.requests = stats.num_requests();
+                lookup.replicas.peers_answered = stats.num_successes();
+                query.finish();
+            }
+            debug!(name = %lookup.name, "lookup past its answer time ended to make room");
+            lookup.answer();
+            if self.ending.len() >= self.max {
+                self.ending.clear();
+            }
+            self.ending.insert(id, lookup.probe);
+            return true;
+        }
+        false
     }
 
     /// Completes at the earliest answer time of a lookup not answered yet (never while there
@@ -114,22 +177,32 @@ impl Lookups {
         timer.as_mut().await;
     }
 
-    /// Lookups past their answer time with at least one valid replica answer now; their
-    /// queries go on (more replicas may still be pinned or out-vote these). Those with none
-    /// answer as soon as one comes.
-    pub(crate) fn answer_due(&mut self) {
+    /// Lookups past their answer time: those with a valid replica answer now and their queries
+    /// end; those with none go on, as the first to end when room is needed, and answer as
+    /// soon as a replica comes.
+    pub(crate) fn answer_due(&mut self, kad: &mut kad::Behaviour<MemoryStore>) {
         let now = Instant::now();
         while let Some(entry) = self.deadlines.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let id = entry.remove();
-            if let Some(lookup) = self.running.get_mut(&id) {
-                lookup.deadline = None;
-                if !lookup.answered && !lookup.replicas.records.is_empty() {
-                    lookup.answer();
+            let Some(lookup) = self.running.get_mut(&id) else {
+                continue;
+            };
+            lookup.deadline = None;
+            if lookup.replicas.records.is_empty() {
+                self.overtime.push_back(id);
+            } else {
+                lookup.answer();
+                if let Some(mut query) = kad.query_mut(&id) {
+                    query.finish();
                 }
             }
+        }
+        if self.overtime.len() > 2 * self.max {
+            let running = &self.running;
+            self.overtime.retain(|id| running.contains_key(id));
         }
     }
 
@@ -139,6 +212,7 @@ impl Lookups {
         kad: &mut kad::Behaviour<MemoryStore>,
         event: kad::Event,
         invalid: &mut InvalidRecords,
+        stalls: &mut Stalls,
     ) {
         let kad::Event::OutboundQueryProgressed {
             id,
@@ -151,20 +225,34 @@ impl Lookups {
         };
         match result {
             kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                if let Some(peer) = &found.peer {
+                    stalls.answered(peer);
+                }
                 self.found(kad, id, found, &stats, invalid);
             }
             // Only peers that answered can say a name is absent; a query that reached nobody
             // (no peers yet) says nothing. Replicas that all failed validation are no record
             // either.
+            kad::QueryResult::GetRecord(Err(kad::GetRecordError::NotFound {
+                closest_peers,
+                ..
+            })) => {
+                let table = kad.kbuckets().map(|b| b.num_entries()).sum();
+                let probe = self.finish(id, &stats, stats.num_successes() > 0);
+                if let Some(probe) = probe.or_else(|| self.ending.remove(&id)) {
+                    stalls.ended(&probe, &closest_peers, table);
+                }
+            }
             kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord {
                 ..
-            }))
-            | kad::QueryResult::GetRecord(Err(kad::GetRecordError::NotFound { .. })) => {
+            })) => {
                 self.finish(id, &stats, stats.num_successes() > 0);
+                self.ending.remove(&id);
             }
             kad::QueryResult::GetRecord(Err(error)) => {
                 debug!(%error, "DHT lookup ended");
                 self.finish(id, &stats, false);
+                self.ending.remove(&id);
             }
             kad::QueryResult::PutRecord(result) if step.last => {
                 debug!(?result, "DHT put finished");
@@ -183,21 +271,19 @@ impl Lookups {
         stats: &kad::QueryStats,
         invalid: &mut InvalidRecords,
     ) {
-        if !self.collect(id, found.peer, &found.record.value, invalid) {
-            return;
-        }
         if let Some(lookup) = self.running.get_mut(&id) {
             lookup.replicas.requests = stats.num_requests();
             lookup.replicas.peers_answered = stats.num_successes();
-            lookup.answer();
         }
-        if let Some(mut query) = kad.query_mut(&id) {
+        if self.collect(id, found.peer, &found.record.value, invalid)
+            && let Some(mut query) = kad.query_mut(&id)
+        {
             query.finish();
         }
     }
 
-    /// Keeps a valid replica; a lookup past its answer time answers with it at once. Returns
-    /// whether the lookup now has all it wanted (for the caller to answer and end it).
+    /// Keeps a valid replica, and answers when the lookup has all it wanted or is past its
+    /// answer time. Returns whether it answered (its query is to end).
     fn collect(
         &mut self,
         id: kad::QueryId,
@@ -208,6 +294,9 @@ impl Lookups {
         let Some(lookup) = self.running.get_mut(&id) else {
             return false;
         };
+        if lookup.answered() {
+            return false;
+        }
         match checked(value, &lookup.name) {
             Ok(record) => lookup.replicas.records.push((peer, record)),
             Err(error) => {
@@ -217,7 +306,7 @@ impl Lookups {
                 }
             }
         }
-        if lookup.answered || lookup.replicas.records.is_empty() {
+        if lookup.replicas.records.is_empty() {
             return false;
         }
         let enough = lookup.replicas.records.len() >= lookup.wanted;
@@ -227,16 +316,19 @@ impl Lookups {
         if let Some(key) = lookup.deadline.take() {
             self.deadlines.remove(&key);
         }
-        if !enough {
-            lookup.answer();
-        }
-        enough
+        lookup.answer();
+        true
     }
 
-    fn finish(&mut self, id: kad::QueryId, stats: &kad::QueryStats, peers_answered: bool) {
-        let Some(mut lookup) = self.running.remove(&id) else {
-            return;
-        };
+    /// The query of lookup `id` ended: answers it if it was not, and returns what the lookup
+    /// remembered for [`Stalls`] (`None` when it is not running).
+    fn finish(
+        &mut self,
+        id: kad::QueryId,
+        stats: &kad::QueryStats,
+        peers_answered: bool,
+    ) -> Option<Probe> {
+        let mut lookup = self.running.remove(&id)?;
         if let Some(key) = lookup.deadline.take() {
             self.deadlines.remove(&key);
         }
@@ -244,6 +336,15 @@ impl Lookups {
         lookup.replicas.requests = stats.num_requests();
         lookup.replicas.peers_answered = stats.num_successes();
         lookup.answer();
+        Some(lookup.probe)
+    }
+
+    /// The record `store` holds for `name`, if it is valid (a record held for another node).
+    pub(crate) fn stored(store: &mut MemoryStore, name: &Name) -> Option<NameRecord> {
+        use kad::store::RecordStore;
+        let name = name.to_lowercase();
+        let held = store.get(&kad::RecordKey::new(&dht_key(&name)))?;
+        checked(&held.value, &name).ok()
     }
 }
 
@@ -281,7 +382,7 @@ mod tests {
     async fn a_lookup_answers_at_its_answer_time_with_what_it_has() {
         let me = PeerId::random();
         let mut kad = kad::Behaviour::new(me, MemoryStore::new(me));
-        let mut lookups = Lookups::default();
+        let mut lookups = Lookups::new(8);
         let mut invalid = InvalidRecords::default();
         let name = Name::from_ascii("site.p2p.").unwrap();
         let now = Instant::now();
@@ -298,19 +399,59 @@ mod tests {
             .await
             .expect("the timer fires at the answer time");
         assert!(Instant::now() >= now + Duration::from_millis(100));
-        lookups.answer_due();
+        lookups.answer_due(&mut kad);
         let replicas = answered.try_recv().expect("answered at the answer time");
         assert_eq!((replicas.records.len(), replicas.invalid), (1, 1));
 
         let (reply, mut late) = oneshot::channel();
         lookups.start(&mut kad, name.clone(), 3, Some(now), reply);
         let id = *lookups.running.keys().find(|k| **k != id).unwrap();
-        lookups.answer_due();
+        lookups.answer_due(&mut kad);
         assert_eq!(late.try_recv().unwrap_err(), TryRecvError::Empty);
         assert!(lookups.deadlines.is_empty());
-        assert!(!lookups.collect(id, peer, &replica(&name), &mut invalid));
+        assert!(lookups.collect(id, peer, &replica(&name), &mut invalid));
         assert_eq!(late.try_recv().unwrap().records.len(), 1);
+        assert!(
+            !lookups.collect(id, peer, &replica(&name), &mut invalid),
+            "answered once; later replicas are dropped"
+        );
         let idle = tokio::time::timeout(Duration::from_millis(50), lookups.next_deadline());
         assert!(idle.await.is_err(), "no answer time left to wait for");
+    }
+
+    /// A full table makes room by ending the lookup longest past its answer time (which
+    /// answers with what it has); lookups still within theirs are never ended for another.
+    #[tokio::test]
+    async fn a_full_table_ends_the_lookup_longest_past_its_answer_time() {
+        let me = PeerId::random();
+        let mut kad = kad::Behaviour::new(me, MemoryStore::new(me));
+        let mut lookups = Lookups::new(2);
+        let now = Instant::now();
+        let later = Some(now + Duration::from_secs(60));
+        let start = |lookups: &mut Lookups, kad: &mut kad::Behaviour<_>, name: &str, by| {
+            let (reply, rx) = oneshot::channel();
+            lookups.start(kad, Name::from_ascii(name).unwrap(), 3, by, reply);
+            rx
+        };
+        let mut overdue = start(&mut lookups, &mut kad, "junk.p2p.", Some(now));
+        let mut waiting = start(&mut lookups, &mut kad, "site.p2p.", later);
+        lookups.answer_due(&mut kad);
+        assert_eq!(overdue.try_recv().unwrap_err(), TryRecvError::Empty);
+        assert_eq!(lookups.overtime.len(), 1);
+
+        let mut third = start(&mut lookups, &mut kad, "other.p2p.", later);
+        let ended = overdue.try_recv().expect("the overdue lookup answered");
+        assert!(ended.records.is_empty());
+        assert_eq!(lookups.running.len(), 2);
+        assert_eq!(
+            lookups.ending.len(),
+            1,
+            "kept until Kademlia reports its end"
+        );
+
+        let mut refused = start(&mut lookups, &mut kad, "more.p2p.", later);
+        assert_eq!(refused.try_recv().unwrap_err(), TryRecvError::Closed);
+        assert_eq!(waiting.try_recv().unwrap_err(), TryRecvError::Empty);
+        assert_eq!(third.try_recv().unwrap_err(), TryRecvError::Empty);
     }
 }

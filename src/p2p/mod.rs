@@ -9,8 +9,10 @@
 //! - [`Node::bind`] builds the swarm (`behaviour`) and returns once every listener has an
 //!   address; [`Node::run`] runs the event loop until shut down.
 //! - The loop owns one struct per concern, each with an `on_event`: `lookups` (GET_VALUE
-//!   queries and their answer times), `inbound` (PUT_VALUE checks), `routing`,
-//!   `connections`; and from [`crate::nat`] reachability, rendezvous and `connect`.
+//!   queries and their answer times), `stalls` (peers that answer no request, set aside),
+//!   `inbound` (PUT_VALUE checks), `routing`, `connections`; and from [`crate::nat`]
+//!   reachability, rendezvous and `connect`. Every map a peer can grow in them is bounded
+//!   (a config key or a constant, named in the doc comment of the map).
 //! - `addr` classifies addresses; `status` is what `p2pdns status` shows.
 
 use std::{sync::Arc, time::Duration};
@@ -30,6 +32,7 @@ pub mod identity;
 mod inbound;
 mod lookups;
 mod routing;
+mod stalls;
 mod status;
 
 pub(crate) use addr::{Scope, ip_of, ip_scope};

@@ -1,6 +1,10 @@
 //! Joining the DHT and filling the Kademlia routing table: the bootstrap peers (dialed at start
 //! and again while the node has no peer at all), peers on the LAN (mDNS), and the addresses
-//! peers announce (identify), kept only where others can use them.
+//! peers announce (identify), kept only where others can use them, [`ADDRS_PER_PEER`] at most
+//! per peer and announcement, and never for a peer set aside ([`Stalls`]).
+//!
+//! What a peer can grow here is bounded: the routing table by Kademlia (k = 20 peers per
+//! bucket), `dialing` and `warned` by the bootstrap list.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,7 +13,7 @@ use std::{
 };
 
 use libp2p::{
-    Multiaddr, identify, mdns,
+    Multiaddr, PeerId, identify, mdns,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
 };
 use tokio::sync::Notify;
@@ -20,10 +24,16 @@ use super::{
     addr::{Scope, peer_of, scope},
     behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
     connections::Connections,
+    stalls::Stalls,
 };
 
 /// How often a node without any peer dials its bootstrap peers again.
 pub(crate) const REDIAL: Duration = Duration::from_secs(30);
+/// Addresses the routing table takes for one peer from its announcements (identify, mDNS) at
+/// most: a host has a few (IPv4 and IPv6, QUIC and TCP, a relay or two), and each one kept is
+/// dialed by lookups. Kademlia itself keeps every address it is given, and a peer may announce
+/// new ones again and again; room comes back as addresses fail when dialed.
+pub(crate) const ADDRS_PER_PEER: usize = 8;
 
 /// The routing table's keeper.
 pub(crate) struct Routing {
@@ -81,6 +91,7 @@ impl Routing {
         swarm: &mut NodeSwarm,
         event: &NodeEvent,
         connections: &Connections,
+        stalls: &Stalls,
     ) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -88,7 +99,9 @@ impl Routing {
                 connection_id,
                 info,
             })) => {
-                if !info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
+                if !info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL)
+                    || stalls.is_set_aside(peer_id)
+                {
                     return;
                 }
                 // rust-libp2p does not feed identify into Kademlia; without this, peers that
@@ -98,10 +111,10 @@ impl Routing {
                 let seen_at = connections
                     .remote(connection_id)
                     .map_or(Scope::Global, scope);
-                for addr in &info.listen_addrs {
-                    if scope(addr) >= seen_at {
-                        swarm.behaviour_mut().kad.add_address(peer_id, addr.clone());
-                    }
+                let room = ADDRS_PER_PEER.saturating_sub(addresses_held(swarm, peer_id));
+                let usable = info.listen_addrs.iter().filter(|a| scope(a) >= seen_at);
+                for addr in usable.take(room) {
+                    swarm.behaviour_mut().kad.add_address(peer_id, addr.clone());
                 }
                 if !self.bootstrapped {
                     // First DHT peer: look ourselves up to fill the routing table now rather
@@ -133,7 +146,15 @@ impl Routing {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut taken: HashMap<PeerId, usize> = HashMap::new();
                 for (peer, addr) in found {
+                    let count = taken
+                        .entry(*peer)
+                        .or_insert_with(|| addresses_held(swarm, peer));
+                    *count += 1;
+                    if *count > ADDRS_PER_PEER || stalls.is_set_aside(peer) {
+                        continue;
+                    }
                     debug!(%peer, %addr, "found a peer on the LAN");
                     swarm.behaviour_mut().kad.add_address(peer, addr.clone());
                     if !swarm.is_connected(peer) {
@@ -184,4 +205,17 @@ impl Routing {
         }
         (peers, routing_table_peers)
     }
+}
+
+/// The addresses the routing table holds for `peer`.
+fn addresses_held(swarm: &mut NodeSwarm, peer: &PeerId) -> usize {
+    let kad = &mut swarm.behaviour_mut().kad;
+    kad.kbucket(*peer)
+        .and_then(|bucket| {
+            bucket
+                .iter()
+                .find(|entry| entry.node.key.preimage() == peer)
+                .map(|entry| entry.node.value.len())
+        })
+        .unwrap_or(0)
 }

@@ -14,6 +14,10 @@
 //! - [`p2p_answers`]: `.p2p` answers follow the DNS algorithm (docs/PROTOCOL.md section 10):
 //!   the local table, own signed records and a foreign record answered alike, with the
 //!   publisher's checks, the DNS-rebinding screen and the SERVFAIL reasons.
+//! - [`dht_fairness`]: the DHT's capacity shared fairly: real names answered while one client
+//!   floods the daemon with made-up names and a peer never answers (issue 15, kind 2).
+//! - [`bounded_maps`]: what peers and clients grow stays bounded: pins, a peer's addresses
+//!   (issue 15, kind 3).
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
 //!   a hostile node.
 //! - [`special_names`]: special-use names (localhost, invalid, onion...) answered here or
@@ -46,8 +50,10 @@ mod alias_chains;
 mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;
+mod bounded_maps;
 #[cfg(unix)]
 mod cli_pipes;
+mod dht_fairness;
 mod dns;
 mod local_records;
 mod p2p;
