@@ -336,17 +336,40 @@ impl FromStr for UpstreamAddr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Ok(addr) = s.parse::<SocketAddr>() {
+        let text = with_interface_index(s)?;
+        if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(Self(addr));
         }
-        let bare = s.trim_start_matches('[').trim_end_matches(']');
-        match bare.parse::<IpAddr>() {
-            Ok(ip) => Ok(Self(SocketAddr::new(ip, 53))),
-            Err(_) => Err(format!(
-                "{s:?} is not an IP address with an optional port (e.g. 9.9.9.9, 9.9.9.9:53, [2620:fe::fe]:53)"
-            )),
+        let bare = text.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(Self(SocketAddr::new(ip, 53)));
         }
+        // A link-local address with its zone and no port: fe80::1%2.
+        if let Ok(addr) = format!("[{bare}]:53").parse::<SocketAddr>() {
+            return Ok(Self(addr));
+        }
+        Err(format!(
+            "{s:?} is not an IP address with an optional port (e.g. 9.9.9.9, 9.9.9.9:53, [2620:fe::fe]:53, [fe80::1%eth0]:53)"
+        ))
     }
+}
+
+/// `text` with the interface name of an IPv6 zone (`fe80::1%eth0`, RFC 4007 section 11)
+/// replaced by the interface's index, the only form Rust's addresses read.
+///
+/// # Errors
+/// The name is no interface of this machine.
+fn with_interface_index(text: &str) -> Result<String, String> {
+    let Some((head, tail)) = text.split_once('%') else {
+        return Ok(text.to_owned());
+    };
+    let (zone, rest) = tail.split_at(tail.find(']').unwrap_or(tail.len()));
+    if zone.is_empty() || zone.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(text.to_owned());
+    }
+    let index = nix::net::if_::if_nametoindex(zone)
+        .map_err(|_| format!("{zone:?} in {text:?} is no network interface of this machine"))?;
+    Ok(format!("{head}%{index}{rest}"))
 }
 
 impl UpstreamAddr {

@@ -224,8 +224,13 @@ fn unreachable_upstreams_are_refused_with_their_key() {
         assert!(msg.contains("upstream.servers[1]"), "{server}: {msg}");
         assert!(msg.contains(expected), "{server}: {msg}");
     }
+    // A zone names an interface of this machine, or the file does not parse.
+    let msg = chain("[upstream]\nservers = [\"[fe80::1%no-such-if0]:53\"]\n");
+    assert!(msg.contains("no network interface"), "{msg}");
     for server in [
         "9.9.9.9",
+        "[fe80::1%lo]:53",
+        "fe80::1%lo",
         "127.0.0.53",
         "[::1]:5353",
         "[fe80::1%2]:53",

@@ -29,7 +29,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamAddr, UpstreamConfig};
 
 /// Failures in a row after which an upstream is rested.
 const FAILURES_BEFORE_REST: u32 = 3;
@@ -182,13 +182,30 @@ fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
         if words.next() != Some("nameserver") {
             continue;
         }
-        // Link-local IPv6 servers carry a zone (fe80::1%eth0); Rust's IpAddr cannot hold it.
-        let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) else {
+        let Some(word) = words.next() else {
             continue;
         };
-        let addr = SocketAddr::new(ip, 53);
-        if !servers.contains(&addr) {
-            servers.push(addr);
+        // glibc reads an address only (a link-local one with its zone, fe80::1%eth0), always
+        // on port 53; what it would not use is not used here either, and said so.
+        let address_only =
+            word.parse::<IpAddr>().is_ok() || (word.contains('%') && !word.starts_with('['));
+        let addr = match word.parse::<UpstreamAddr>() {
+            Ok(addr) if address_only && addr.0.port() == 53 => addr,
+            Ok(_) => {
+                warn!(nameserver = %word, "ignoring a resolv.conf nameserver with a port: resolv.conf takes an address only (set upstream.servers for a port)");
+                continue;
+            }
+            Err(why) => {
+                warn!(nameserver = %word, %why, "ignoring a resolv.conf nameserver");
+                continue;
+            }
+        };
+        if let Err(why) = addr.check() {
+            warn!(nameserver = %word, %why, "ignoring a resolv.conf nameserver");
+            continue;
+        }
+        if !servers.contains(&addr.0) {
+            servers.push(addr.0);
         }
     }
     servers
@@ -510,12 +527,17 @@ mod tests {
     #[test]
     fn resolv_conf_nameservers() {
         let text = "# comment\nsearch lan\nnameserver 192.0.2.53\nnameserver  2001:db8::53 \n\
-                    nameserver fe80::1%eth0\nnameserver bogus\nnameserver 192.0.2.53\noptions edns0\n";
+                    nameserver fe80::1%lo\nnameserver fe80::2%no-such-if0\nnameserver fe80::3\n\
+                    nameserver bogus\nnameserver 192.0.2.53\nnameserver 192.0.2.54:53\n\
+                    nameserver 0.0.0.0\nnameserver 224.0.0.1\nnameserver [2001:db8::54]:53\n\
+                    options edns0\n";
+        let lo = nix::net::if_::if_nametoindex("lo").unwrap();
         assert_eq!(
             parse_resolv_conf(text),
             vec![
                 "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
-                "[2001:db8::53]:53".parse().unwrap()
+                "[2001:db8::53]:53".parse().unwrap(),
+                format!("[fe80::1%{lo}]:53").parse().unwrap(),
             ]
         );
     }
@@ -620,7 +642,7 @@ mod tests {
         let listen: Vec<SocketAddr> = vec!["192.0.2.9:53".parse().unwrap()];
         let first: SocketAddr = "192.0.2.1:53".parse().unwrap();
         let configured = UpstreamConfig {
-            servers: vec![crate::config::UpstreamAddr(first)],
+            servers: vec![UpstreamAddr(first)],
             ..UpstreamConfig::default()
         };
         let follower = UpstreamFollower::new(&configured, &listen);
