@@ -21,6 +21,8 @@
 #   NOFILE=1024       soft descriptor limit each resolver starts under (p2pdns raises its own
 #                     soft limit to the hard one at start; unbound does what it does)
 #   IDLE=1100 HOLD=8  idle connections and how long they are held, in seconds
+#   SOURCES=1         loopback addresses the idle connections come from in turn (127.0.0.1,
+#                     127.0.0.2, ...): more than one reaches the total cap, not the per-client one
 #   PIPE=20 PIPE_SECS=10   pipelining connections and for how long they send
 #   SERVERS="p2pdns unbound"   which resolvers, in this order
 #   KEEP_TMP=1        keep the temporary directory (configs, logs)
@@ -37,6 +39,7 @@ CLIENTS_PY=$SCRIPT_DIR/tcp_clients.py
 NOFILE=${NOFILE:-1024}
 IDLE=${IDLE:-1100}
 HOLD=${HOLD:-8}
+SOURCES=${SOURCES:-1}
 PIPE=${PIPE:-20}
 PIPE_SECS=${PIPE_SECS:-10}
 SERVERS=${SERVERS:-p2pdns unbound}
@@ -116,7 +119,7 @@ idle_round() { # name
     port=$(port_of "$1")
     hz=$(getconf CLK_TCK)
     before=$(rss_mib "$pid")
-    python3 "$CLIENTS_PY" idle 127.0.0.1 "$port" "$IDLE" "$HOLD" >"$WORK/idle-$1.out" &
+    python3 "$CLIENTS_PY" idle 127.0.0.1 "$port" "$IDLE" "$HOLD" "$SOURCES" >"$WORK/idle-$1.out" &
     client=$!
     sleep 3
     cpu0=$(cpu_ticks "$pid")
@@ -149,7 +152,7 @@ pipeline_round() { # name
         "$(probes "$port")"
 }
 
-log "NOFILE=$NOFILE IDLE=$IDLE PIPE=$PIPE x ${PIPE_SECS}s; $(unbound -V 2>&1 | head -1)"
+log "NOFILE=$NOFILE IDLE=$IDLE from $SOURCES address(es), PIPE=$PIPE x ${PIPE_SECS}s; $(unbound -V 2>&1 | head -1)"
 [[ -n ${P2PDNS:-} ]] && log "p2pdns: $P2PDNS"
 start_unbound
 wait_answer "$UNBOUND_PORT"

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Hostile DNS-over-TCP clients for tests/bench/dns-tcp.sh (issue 15, kind 1).
 
-  tcp_clients.py idle HOST PORT COUNT HOLD
-      opens COUNT TCP connections that never send anything, holds them HOLD seconds (the
+  tcp_clients.py idle HOST PORT COUNT HOLD [SOURCES]
+      opens COUNT TCP connections that never send anything, from SOURCES loopback addresses
+      in turn (127.0.0.1, 127.0.0.2, ...; default 1), holds them HOLD seconds (the
       connections the server closes meanwhile are counted), then closes them all.
   tcp_clients.py pipeline HOST PORT COUNT SECONDS
       opens COUNT connections that send `localhost. A` queries as fast as the server takes
@@ -26,10 +27,12 @@ def query(qid):
     return header + b"\x09localhost\x00" + struct.pack(">HH", 1, 1)
 
 
-def connect_all(host, port, count):
+def connect_all(host, port, count, sources=1):
     conns, failed = [], 0
-    for _ in range(count):
+    for i in range(count):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if sources > 1:
+            sock.bind((f"127.0.{(i % sources) // 250}.{(i % sources) % 250 + 1}", 0))
         sock.setblocking(False)
         try:
             sock.connect((host, port))
@@ -55,8 +58,8 @@ def closed_by_server(sock):
         return True
 
 
-def idle(host, port, count, hold):
-    conns, failed = connect_all(host, port, count)
+def idle(host, port, count, hold, sources=1):
+    conns, failed = connect_all(host, port, count, sources)
     time.sleep(hold)
     closed = sum(1 for s in conns if closed_by_server(s))
     for sock in conns:
@@ -93,7 +96,8 @@ def pipeline(host, port, count, seconds):
 
 def main():
     mode, host, port, count, secs = sys.argv[1:6]
-    {"idle": idle, "pipeline": pipeline}[mode](host, int(port), int(count), float(secs))
+    extra = [int(arg) for arg in sys.argv[6:]]
+    {"idle": idle, "pipeline": pipeline}[mode](host, int(port), int(count), float(secs), *extra)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 //! `tcp_max_connections` in all the oldest idle connection of anyone is (RFC 7766 section
 //! 6.2.3 lets a server close idle connections, oldest first); with none idle, the new
 //! connection is closed instead. An accept that fails for want of descriptors (EMFILE,
-//! ENFILE) closes the oldest idle connection and pauses accepting for a moment instead of
-//! spinning on a listener that stays readable.
+//! ENFILE) pauses accepting for a moment instead of spinning on a listener that stays
+//! readable; the caps, not this, are what keeps TCP clients from taking every descriptor.
 
 use std::{
     collections::HashMap,
@@ -175,16 +175,15 @@ impl Table {
         self.open.remove(&id);
     }
 
-    async fn accept_failed(&mut self, error: &io::Error) {
+    async fn accept_failed(&self, error: &io::Error) {
         if !is_local_shortage(error) {
             // The connection was gone before it was accepted (reset, aborted): nothing to do.
             debug!(%error, "accepting a DNS TCP connection failed");
             return;
         }
         if ACCEPT_FAILED.admit() {
-            warn!(%error, open = self.open.len(), "out of descriptors accepting DNS TCP connections; closing the oldest idle one and pausing");
+            warn!(%error, open = self.open.len(), "out of descriptors accepting DNS TCP connections; pausing");
         }
-        self.close_oldest_idle(None);
         tokio::time::sleep(ACCEPT_PAUSE).await;
     }
 }
