@@ -91,6 +91,20 @@ async fn closed_by_server(stream: &mut TcpStream) -> bool {
     }
 }
 
+/// A new connection from `from` is served, the first of `idle` (the oldest idle connection)
+/// is closed to make room, and the others of `idle` stay open.
+async fn newcomer_closes_the_first(from: [u8; 4], daemon: SocketAddr, idle: &mut [TcpStream]) {
+    let mut newcomer = connect_from(from, daemon).await;
+    round_trip(&mut newcomer, "localhost.").await;
+    assert!(
+        closed_by_server(&mut idle[0]).await,
+        "the oldest idle connection stays open at the cap"
+    );
+    for stream in &mut idle[1..] {
+        round_trip(stream, "localhost.").await;
+    }
+}
+
 /// The daemon still answers a local name and a forwarded one over UDP.
 async fn udp_and_forwarding_answer(daemon: SocketAddr) {
     let local = ask(daemon, "localhost.", RecordType::A).await;
@@ -117,15 +131,7 @@ async fn at_the_per_client_cap_that_clients_oldest_idle_connection_closes() {
     assert_eq!(a_records(&forwarded), ["192.0.2.1"]);
     // A fourth connection from the first address is served, and that address's oldest idle
     // connection closes to make room.
-    let mut fourth = connect_from([127, 0, 0, 1], daemon.addr).await;
-    round_trip(&mut fourth, "localhost.").await;
-    assert!(
-        closed_by_server(&mut held[0]).await,
-        "the oldest idle connection of the client at its cap stays open"
-    );
-    for stream in &mut held[1..] {
-        round_trip(stream, "localhost.").await;
-    }
+    newcomer_closes_the_first([127, 0, 0, 1], daemon.addr, &mut held).await;
     round_trip(&mut other, "localhost.").await;
 }
 
@@ -148,15 +154,7 @@ async fn at_the_total_cap_the_oldest_idle_connection_closes_never_a_busy_one() {
         idle.push(stream);
     }
     // A fifth client is served; the oldest idle connection closes, not the busy one.
-    let mut fifth = connect_from([127, 0, 0, 5], daemon.addr).await;
-    round_trip(&mut fifth, "localhost.").await;
-    assert!(
-        closed_by_server(&mut idle[0]).await,
-        "the oldest idle connection stays open at the total cap"
-    );
-    for stream in &mut idle[1..] {
-        round_trip(stream, "localhost.").await;
-    }
+    newcomer_closes_the_first([127, 0, 0, 5], daemon.addr, &mut idle).await;
     let answer = read_tcp_message(&mut busy).await;
     assert_eq!(
         answer.metadata.id, slow.metadata.id,

@@ -187,7 +187,8 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// The running DNS server.
 pub struct DnsServer {
-    /// One task per socket, and the one reporting suppressed log lines.
+    /// One task per UDP socket, one for every TCP listener, and the one reporting
+    /// suppressed log lines.
     tasks: JoinSet<io::Result<()>>,
     stop: CancellationToken,
     addrs: Vec<SocketAddr>,
@@ -204,9 +205,12 @@ impl DnsServer {
             tasks.spawn(udp::serve(socket, handler.clone(), stop.clone()));
         }
         let limits = TcpLimits::new(config);
-        for listener in sockets.tcp {
-            tasks.spawn(tcp::serve(listener, handler.clone(), limits, stop.clone()));
-        }
+        tasks.spawn(tcp::serve(
+            sockets.tcp,
+            handler.clone(),
+            limits,
+            stop.clone(),
+        ));
         let reporter_stop = stop.clone();
         tasks.spawn(async move {
             log_limit::report_suppressed(&LOG_LIMITS, reporter_stop).await;

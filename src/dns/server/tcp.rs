@@ -9,9 +9,11 @@
 
 use std::{
     collections::HashMap,
+    future::poll_fn,
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::Arc,
+    task::Poll,
     time::Duration,
 };
 
@@ -67,10 +69,10 @@ impl TcpLimits {
     }
 }
 
-/// Accepts connections on `listener` and serves them until `stop`; then every connection
-/// still open is closed.
+/// Accepts connections on `listeners` (every TCP address of `dns.listen`, under one set of
+/// caps) and serves them until `stop`; then every connection still open is closed.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     handler: Handler,
     limits: TcpLimits,
     stop: CancellationToken,
@@ -81,9 +83,20 @@ pub async fn serve(
         tasks: JoinSet::new(),
         open: HashMap::new(),
     };
+    let accept = || {
+        poll_fn(|cx| {
+            listeners
+                .iter()
+                .find_map(|listener| match listener.poll_accept(cx) {
+                    Poll::Ready(accepted) => Some(accepted),
+                    Poll::Pending => None,
+                })
+                .map_or(Poll::Pending, Poll::Ready)
+        })
+    };
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept() => match accepted {
                 Ok((stream, peer)) => table.open(stream, peer, &handler),
                 Err(error) => table.accept_failed(&error).await,
             },
@@ -93,7 +106,7 @@ pub async fn serve(
     }
 }
 
-/// The open connections of one listener.
+/// The open connections, of every listener.
 struct Table {
     limits: TcpLimits,
     epoch: Instant,
