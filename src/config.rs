@@ -100,8 +100,19 @@ pub struct DnsConfig {
     /// Queries waiting on an upstream or on a DHT lookup at once, together; more that would
     /// wait get SERVFAIL at once (or a stale answer). Cached and local answers never wait.
     pub max_inflight: usize,
-    /// Idle TCP connections are closed after this many seconds.
+    /// Idle TCP connections are closed after this many seconds, and so is one whose client
+    /// takes none of its answers for as long.
     pub tcp_idle_timeout_secs: u64,
+    /// TCP connections open at once, from every client together; at the cap a new one closes
+    /// the oldest idle connection, or is closed itself when none is idle (RFC 7766 section
+    /// 6.2.3).
+    pub tcp_max_connections: usize,
+    /// TCP connections open at once from one client address (an IPv6 client: its /64); at the
+    /// cap a new one closes that client's oldest idle connection, or is closed itself.
+    pub tcp_max_per_client: usize,
+    /// Queries read from one TCP connection whose answers are not written yet; at this many the
+    /// connection is not read until its client takes answers (pipelining backpressure).
+    pub tcp_max_pending: usize,
     /// Largest UDP answer we send, in bytes (the client's EDNS size may lower it).
     pub udp_payload: u16,
     /// Answer CHAOS TXT `version.bind` and `id.server` to local clients.
@@ -121,6 +132,9 @@ impl Default for DnsConfig {
             ],
             max_inflight: 1024,
             tcp_idle_timeout_secs: 10,
+            tcp_max_connections: 256,
+            tcp_max_per_client: 64,
+            tcp_max_pending: 32,
             udp_payload: 1232,
             chaos: true,
             forward_special: Vec::new(),
@@ -525,7 +539,24 @@ impl DnsConfig {
         at_least_one(&[
             ("dns.max_inflight", self.max_inflight as u64),
             ("dns.tcp_idle_timeout_secs", self.tcp_idle_timeout_secs),
+            ("dns.tcp_max_per_client", self.tcp_max_per_client as u64),
+            ("dns.tcp_max_pending", self.tcp_max_pending as u64),
         ])?;
+        // Each connection is a file descriptor and up to tcp_max_pending answers of 64 KiB.
+        for (key, value, most) in [
+            ("dns.tcp_max_connections", self.tcp_max_connections, 65_536),
+            ("dns.tcp_max_pending", self.tcp_max_pending, 1024),
+        ] {
+            if value > most {
+                return Err(invalid(key, format!("{value} is above {most}")));
+            }
+        }
+        ordered(
+            "dns.tcp_max_per_client",
+            self.tcp_max_per_client as u64,
+            "dns.tcp_max_connections",
+            self.tcp_max_connections as u64,
+        )?;
         if self.udp_payload < 512 {
             return Err(invalid("dns.udp_payload", "must be at least 512"));
         }

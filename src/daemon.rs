@@ -186,6 +186,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
 impl Daemon {
     /// Binds every socket and prepares every subsystem; returns once the daemon could serve.
     pub async fn bind(config: Config, data_dir: PathBuf) -> Result<Self, DaemonError> {
+        crate::os::limits::raise_nofile_limit();
         let mut naming = Naming::new(&config.naming)?;
         // Queries waiting on an upstream or on the DHT, together (dns.max_inflight).
         let waiting = Arc::new(Semaphore::new(config.dns.max_inflight));
@@ -209,11 +210,7 @@ impl Daemon {
             waiting,
         ));
         let handler = Handler::new(forwarder.clone(), naming.clone(), &config.dns);
-        let dns = DnsServer::serve(
-            sockets,
-            handler,
-            Duration::from_secs(config.dns.tcp_idle_timeout_secs),
-        );
+        let dns = DnsServer::serve(sockets, handler, &config.dns);
         let drain = Duration::from_millis(config.upstream.query_timeout_ms).min(SHUTDOWN_DRAIN);
         if naming.local_names() > 0 {
             info!(names = naming.local_names(), "local names loaded");

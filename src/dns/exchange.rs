@@ -56,10 +56,15 @@ pub enum ExchangeError {
     /// No answer within the wait given for UDP or for the TCP retry.
     #[error("timed out")]
     Timeout,
-    /// The socket could not be opened, or sending or receiving failed (no route, connection
-    /// refused, reset, or a TCP connection closed before any answer).
+    /// Sending or receiving failed (no route, connection refused, reset, or a TCP connection
+    /// closed before any answer), or the socket could not be opened for another reason than
+    /// [`ExchangeError::LocalResources`].
     #[error("network error")]
-    Io(#[from] io::Error),
+    Io(#[source] io::Error),
+    /// This machine is out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM): the
+    /// query never reached the server, which is no reason to doubt the server.
+    #[error("out of local sockets or buffers")]
+    LocalResources(#[source] io::Error),
     /// The query did not encode, or is too large for TCP's 16-bit length.
     #[error("the query does not encode")]
     Encode,
@@ -69,6 +74,26 @@ pub enum ExchangeError {
     /// that does not decode or answer. The server is alive: this is no reason to rest it.
     #[error("malformed answer")]
     Malformed(#[source] Malformed),
+}
+
+impl From<io::Error> for ExchangeError {
+    fn from(error: io::Error) -> Self {
+        if is_local_shortage(&error) {
+            Self::LocalResources(error)
+        } else {
+            Self::Io(error)
+        }
+    }
+}
+
+/// Is `error` this machine running out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM) rather than anything a peer did?
+pub fn is_local_shortage(error: &io::Error) -> bool {
+    use nix::errno::Errno;
+    error.raw_os_error().is_some_and(|code| {
+        [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM]
+            .contains(&Errno::from_raw(code))
+    })
 }
 
 /// How an answer that arrived fails to answer the query.

@@ -56,6 +56,9 @@ pub enum ForwardError {
     /// referral): see [`super::scrub`].
     #[error("upstream answers did not answer the question")]
     Mismatch,
+    /// This machine ran out of sockets or buffers for upstream queries.
+    #[error("out of local sockets or buffers")]
+    LocalResources,
 }
 
 impl From<AskError> for ForwardError {
@@ -66,6 +69,7 @@ impl From<AskError> for ForwardError {
             AskError::Rcode(rcode) => Self::Upstream(rcode),
             AskError::Malformed => Self::Malformed,
             AskError::Mismatch => Self::Mismatch,
+            AskError::LocalResources => Self::LocalResources,
         }
     }
 }

@@ -10,14 +10,14 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Header, HeaderCounts, Metadata, OpCode, ResponseCode},
+    op::{OpCode, ResponseCode},
     rr::{
         DNSClass, LowerName, Name, RData, Record, RecordType,
         rdata::{HINFO, TXT},
     },
 };
 use hickory_server::{
-    net::{runtime::Time, xfer::Protocol},
+    net::runtime::Time,
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
 };
 use ipnet::IpNet;
@@ -40,10 +40,12 @@ const ANY_TTL: u32 = 3600;
 /// a query at most 8 to 11 times for CNAMEs, depending on version).
 const MAX_CHAIN_HOPS: usize = 8;
 
-/// Answers every DNS query the server receives.
+/// Answers every DNS query the server receives; clones share one state.
+#[derive(Clone)]
 pub struct Handler(Arc<Responder>);
 
-/// The state behind [`Handler`], shared with the tasks that answer pipelined TCP queries.
+/// The state behind [`Handler`]. Pipelined TCP queries are answered concurrently by the
+/// server (RFC 7766 section 6.2.1.1), each in a task of its own.
 struct Responder {
     forwarder: Arc<Forwarder>,
     naming: Arc<Naming>,
@@ -94,25 +96,6 @@ impl RequestHandler for Handler {
         request: &Request,
         response_handle: R,
     ) -> ResponseInfo {
-        if request.protocol() == Protocol::Tcp {
-            // hickory reads the next query on a connection only after this returns. Answer in
-            // a task of its own so one slow upstream does not hold up the queries pipelined
-            // behind it (RFC 7766 section 6.2.1.1). The task count is bounded by
-            // dns.max_inflight: only queries waiting upstream take long.
-            let owned = Request::from_bytes(
-                request.as_slice().to_vec(),
-                request.src(),
-                request.protocol(),
-            );
-            if let Ok(owned) = owned {
-                let responder = self.0.clone();
-                tokio::spawn(async move { responder.respond(&owned, response_handle).await });
-                return ResponseInfo::from(Header {
-                    metadata: Metadata::response_from_request(&request.metadata),
-                    counts: HeaderCounts::default(),
-                });
-            }
-        }
         self.0.respond(request, response_handle).await
     }
 }

@@ -204,6 +204,7 @@ impl Reply {
             ForwardError::Timeout => (Ede::NoReachableAuthority, "upstreams did not answer"),
             ForwardError::Upstream(_) => (Ede::Other, "upstreams failed the query"),
             ForwardError::Overloaded => (Ede::Other, "too many queries in flight"),
+            ForwardError::LocalResources => (Ede::Other, "out of sockets for upstream queries"),
             ForwardError::Malformed => (Ede::NetworkError, "upstream answer is malformed"),
             ForwardError::Mismatch => (
                 Ede::InvalidData,

@@ -1,7 +1,8 @@
 //! The operating system around the daemon: installing it as a service with the resolver
 //! integration ([`service`]), checking the whole path from a program to the network
 //! ([`doctor`]), readiness notification for `Type=notify` units ([`systemd`]) and the
-//! loopback aliases tunnelled names need on macOS ([`loopback`]).
+//! loopback aliases tunnelled names need on macOS ([`loopback`]), and the process limits the
+//! daemon raises for itself at start ([`limits`]).
 //!
 //! This module owns everything p2pdns writes outside its own data directory (unit files,
 //! resolver configuration, the install manifest) and every system command it runs (systemctl,
@@ -11,6 +12,7 @@
 //! Unix only: it uses Unix permissions, Unix sockets and the effective user id unconditionally.
 
 pub mod doctor;
+pub mod limits;
 pub mod loopback;
 pub mod service;
 pub mod systemd;

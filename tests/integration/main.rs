@@ -31,6 +31,9 @@
 //! - [`answer_rules`]: what a forwarded answer must be, against scripted upstreams: DNSSEC
 //!   header bits passed through, negative answers after a CNAME, answers that do not answer
 //!   the question refused and unrelated records removed (issue 11, kinds 2, 6 and 8).
+//! - [`tcp_limits`]: hostile TCP clients (issue 15, kind 1): connections capped per client
+//!   and in total, oldest idle closed first; pipelining without reading is not read past
+//!   `dns.tcp_max_pending`; UDP and forwarding go on while TCP is full.
 //! - [`alias_chains`]: alias chains leaving their zone: incomplete upstream chains completed,
 //!   chains to special-use names answered here.
 //! - [`cli_pipes`]: the command-line tool keeps its exit code when its output pipe closes.
@@ -62,6 +65,7 @@ mod p2p_rules;
 mod scripted;
 mod special_names;
 mod support;
+mod tcp_limits;
 mod tunnel;
 mod upstream_faults;
 mod upstream_tries;

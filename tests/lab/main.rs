@@ -15,6 +15,9 @@
 //! - [`system`]: the daemon with nsd as its upstream, asked with dig, kdig and raw packets:
 //!   what only the real binary shows (the wire as real clients see it, hostile packets,
 //!   signals, exit codes, the CLI, the service manager protocol, introduction servers).
+//! - [`dns_limits`]: hostile DNS clients against the real binary: descriptors exhausted (the
+//!   upstream never blamed, no accept spin), the soft descriptor limit raised at start, junk
+//!   floods adding a bounded number of log lines (issue 15, kinds 1 and 5).
 //! - [`intro_limits`]: hostile libp2p clients against `p2pdns intro`'s limits.
 //! - [`p2p_answers`]: `.p2p` answers compared with nsd's for the same records.
 //! - [`stun`]: the STUN server asked by our client, by the `stun` program and by Python.
@@ -38,6 +41,7 @@
 // clippy.toml asks src/ to use, for paused-time tests) is not theirs.
 #![allow(clippy::disallowed_types)]
 
+mod dns_limits;
 mod intro_limits;
 mod lan;
 mod nat;

@@ -59,6 +59,10 @@ pub enum AskError {
     /// An upstream's NOERROR or NXDOMAIN answer was refused by the caller's judge.
     #[error("an upstream answer did not answer the question")]
     Mismatch,
+    /// This machine ran out of sockets or buffers before a query could go out
+    /// ([`ExchangeError::LocalResources`]); no upstream is blamed for it.
+    #[error("out of local sockets or buffers")]
+    LocalResources,
 }
 
 /// The bounds of one question's tries (from `[upstream]`).
@@ -241,8 +245,10 @@ impl Tries<'_> {
             Ok(udp) => udp,
             Err(error) => {
                 debug!(upstream = %upstream.addr, %error, name = %self.qname, "upstream query not sent");
-                if matches!(error, ExchangeError::Io(_)) {
-                    self.set.count_failure(&upstream);
+                match error {
+                    ExchangeError::Io(_) => self.set.count_failure(&upstream),
+                    ExchangeError::LocalResources(_) => self.last_error = AskError::LocalResources,
+                    _ => {}
                 }
                 return false;
             }
@@ -345,6 +351,11 @@ impl Tries<'_> {
             Err(ExchangeError::Malformed(why)) => {
                 debug!(upstream = %upstream.addr, name = %self.qname, error = &why as &dyn std::error::Error, "malformed upstream answer");
                 self.rule_out(index, AskError::Malformed);
+                None
+            }
+            Err(ExchangeError::LocalResources(error)) => {
+                debug!(upstream = %upstream.addr, %error, name = %self.qname, "out of local sockets; the upstream is not blamed");
+                self.last_error = AskError::LocalResources;
                 None
             }
             Err(error) => {

@@ -1,4 +1,9 @@
-//! Binding the DNS sockets and running hickory's server on them.
+//! The DNS server: it binds the UDP and TCP sockets of `dns.listen`, then serves them with
+//! loops of its own ([`udp`], [`tcp`] and its [`connection`]s), where every resource a client
+//! can take is bounded (issue 15): TCP connections in total and per client, answers queued per
+//! connection, datagrams being answered, and the log lines a client can cause ([`log_limit`]).
+//! Each message goes to the [`Handler`] as hickory's `Request` ([`message`]); hickory's own
+//! server loops are not used, as they offer no hook for these bounds.
 
 use std::{
     io,
@@ -10,22 +15,39 @@ use std::{
     time::Duration,
 };
 
-use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     net::{TcpListener, UdpSocket},
+    task::JoinSet,
     time::Instant,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use self::{log_limit::LogLimit, tcp::TcpLimits};
 use super::handler::Handler;
+use crate::config::DnsConfig;
+
+pub mod connection;
+pub mod log_limit;
+pub mod message;
+pub mod tcp;
+pub mod udp;
+
+/// Every rate-limited kind of log line of the server, for their summaries.
+static LOG_LIMITS: [&LogLimit; 6] = [
+    &udp::NO_REPLY_ADDRESS,
+    &udp::BUSY,
+    &udp::SOCKET_ERROR,
+    &tcp::REFUSED,
+    &tcp::EVICTED,
+    &tcp::ACCEPT_FAILED,
+];
 
 /// Receive buffer asked for on each UDP socket: room for bursts while the workers are busy.
 const UDP_RECV_BUFFER: usize = 4 * 1024 * 1024;
 /// Pending TCP connections the kernel queues for us.
 const TCP_BACKLOG: i32 = 1024;
-/// Responses queued per TCP connection; pipelined queries are answered concurrently.
-const TCP_RESPONSE_BUFFER: usize = 256;
 /// How often to try again when port 0 gave a UDP port whose TCP twin is taken.
 const PORT_ZERO_TRIES: usize = 16;
 
@@ -165,27 +187,41 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// The running DNS server.
 pub struct DnsServer {
-    server: Server<Handler>,
+    /// One task per UDP socket, one for every TCP listener, and the one reporting
+    /// suppressed log lines.
+    tasks: JoinSet<io::Result<()>>,
+    stop: CancellationToken,
     addrs: Vec<SocketAddr>,
     in_flight: Arc<AtomicUsize>,
 }
 
 impl DnsServer {
-    /// Starts serving `sockets` with `handler`.
-    pub fn serve(sockets: BoundSockets, handler: Handler, tcp_idle_timeout: Duration) -> Self {
+    /// Starts serving `sockets` with `handler`, within the bounds of `config`.
+    pub fn serve(sockets: BoundSockets, handler: Handler, config: &DnsConfig) -> Self {
         let in_flight = handler.in_flight();
-        let mut server = Server::new(handler);
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
         for socket in sockets.udp {
-            server.register_socket(socket);
+            tasks.spawn(udp::serve(socket, handler.clone(), stop.clone()));
         }
-        for listener in sockets.tcp {
-            server.register_listener(listener, tcp_idle_timeout, TCP_RESPONSE_BUFFER);
-        }
+        let limits = TcpLimits::new(config);
+        tasks.spawn(tcp::serve(
+            sockets.tcp,
+            handler.clone(),
+            limits,
+            stop.clone(),
+        ));
+        let reporter_stop = stop.clone();
+        tasks.spawn(async move {
+            log_limit::report_suppressed(&LOG_LIMITS, reporter_stop).await;
+            Ok(())
+        });
         for addr in &sockets.addrs {
             info!(%addr, "DNS listening on UDP and TCP");
         }
         Self {
-            server,
+            tasks,
+            stop,
             addrs: sockets.addrs,
             in_flight,
         }
@@ -196,16 +232,22 @@ impl DnsServer {
         &self.addrs
     }
 
-    /// Runs until every listener stops; only returns early if one failed.
+    /// Runs until every socket's task ends (which they do only when stopped); the error of
+    /// one that failed, if any did.
     pub async fn wait(&mut self) -> Result<(), DnsError> {
-        self.server
-            .block_until_done()
-            .await
-            .map_err(|e| DnsError::Stopped(e.to_string()))
+        let mut outcome = Ok(());
+        while let Some(ended) = self.tasks.join_next().await {
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => outcome = Err(DnsError::Stopped(error.to_string())),
+                Err(error) => outcome = Err(DnsError::Stopped(error.to_string())),
+            }
+        }
+        outcome
     }
 
     /// Lets the queries being answered finish (new ones are still answered meanwhile) for at
-    /// most `drain`, then closes the listeners.
+    /// most `drain`, then closes the sockets and every TCP connection.
     pub async fn shutdown(&mut self, drain: Duration) -> Result<(), DnsError> {
         let deadline = Instant::now() + drain;
         while self.in_flight.load(Ordering::Relaxed) > 0 {
@@ -219,9 +261,7 @@ impl DnsServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.server
-            .shutdown_gracefully()
-            .await
-            .map_err(|e| DnsError::Stopped(e.to_string()))
+        self.stop.cancel();
+        self.wait().await
     }
 }
