@@ -18,6 +18,9 @@
 //!   a hostile node.
 //! - [`special_names`]: special-use names (localhost, invalid, onion...) answered here or
 //!   forwarded, as the README's table says.
+//! - [`durable`]: what the daemon acknowledged is never lost: publishes at once and restarts,
+//!   damaged and unreadable state files, a damaged identity key, temporary files of
+//!   interrupted writes, one process per data directory (issue 15, kind 4).
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
 //!   records the forwarder does not model or what does not parse; forwarding loops.
@@ -43,6 +46,7 @@ mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;
 mod dns;
+mod durable;
 mod local_records;
 mod p2p;
 mod p2p_answers;
