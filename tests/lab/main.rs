@@ -16,6 +16,8 @@
 //!   what only the real binary shows (the wire as real clients see it, hostile packets,
 //!   signals, exit codes, the CLI, the service manager protocol, introduction servers).
 //! - [`intro_limits`]: hostile libp2p clients against `p2pdns intro`'s limits.
+//! - [`durable`]: acknowledged publishes survive kill -9; a full disk (a tmpfs) is refused and
+//!   named.
 //! - [`p2p_answers`]: `.p2p` answers compared with nsd's for the same records.
 //! - [`stun`]: the STUN server asked by our client, by the `stun` program and by Python.
 //! - [`service`]: `p2pdns service install` / `uninstall` into staging roots.
@@ -38,6 +40,7 @@
 // clippy.toml asks src/ to use, for paused-time tests) is not theirs.
 #![allow(clippy::disallowed_types)]
 
+mod durable;
 mod intro_limits;
 mod lan;
 mod nat;
