@@ -449,7 +449,9 @@ impl Config {
         self.intro.validate()?;
         self.tunnel
             .validate()
-            .map_err(|(key, message)| invalid(&key, message))
+            .map_err(|(key, message)| invalid(&key, message))?;
+        // After the sections' own checks, whose messages say more about a zero.
+        ranges::check(self)
     }
 }
 
@@ -576,5 +578,6 @@ impl P2pConfig {
 }
 
 mod naming;
+pub(crate) mod ranges;
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,7 @@ use crate::{
 
 pub mod config;
 pub(crate) mod load;
+pub(crate) mod per_ip;
 
 /// Errors that stop the introduction server.
 #[derive(Debug, thiserror::Error)]

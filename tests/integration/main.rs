@@ -4,6 +4,8 @@
 //! Each test runs daemons in this process on 127.0.0.1 port 0 and asks them with hickory's
 //! client, so `cargo test`, as an ordinary user, runs all of them in parallel:
 //!
+//! - [`config_ranges`]: out-of-range numbers stop the binary with exit code 78 naming the key,
+//!   never a panic (issue 15, kind 5).
 //! - [`dns`]: the resolver against an authoritative upstream on loopback: forwarding, cache,
 //!   EDNS, opcodes, truncation, access control, reload, shutdown.
 //! - [`local_records`]: `[naming.records]` in every form the master-file parser reads (RFC
@@ -21,6 +23,8 @@
 //! - [`durable`]: what the daemon acknowledged is never lost: publishes at once and restarts,
 //!   damaged and unreadable state files, a damaged identity key, temporary files of
 //!   interrupted writes, one process per data directory (issue 15, kind 4).
+//! - [`intro_flood`]: 300 idle TCP connections from one address do not keep a node from
+//!   another address out of an introduction server (issue 15, kind 5).
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
 //!   records the forwarder does not model or what does not parse; forwarding loops.
@@ -45,8 +49,10 @@ mod alias_chains;
 mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;
+mod config_ranges;
 mod dns;
 mod durable;
+mod intro_flood;
 mod local_records;
 mod p2p;
 mod p2p_answers;
