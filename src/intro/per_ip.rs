@@ -83,8 +83,45 @@ impl PerIpLimits {
         }
     }
 
-    fn counts(&self, ip: IpAddr) -> Counts {
-        self.counts.get(&ip).copied().unwrap_or_default()
+    /// Counts connection `id` from `ip` as open (`established`) or pending, unless `ip` holds
+    /// as many as its limit allows.
+    fn admit(
+        &mut self,
+        id: ConnectionId,
+        ip: IpAddr,
+        established: bool,
+    ) -> Result<(), ConnectionDenied> {
+        let counts = self.counts.entry(ip).or_default();
+        let (count, limit, kind, key) = if established {
+            let kind = "open connections";
+            (
+                &mut counts.established,
+                self.max_established,
+                kind,
+                "max_connections_per_ip",
+            )
+        } else {
+            let kind = "connections in their handshake";
+            (
+                &mut counts.pending,
+                self.max_pending,
+                kind,
+                "max_pending_per_ip",
+            )
+        };
+        // Limits are at least 1 (config ranges): a refused address holds a connection, so
+        // its entry is not left empty.
+        if *count >= limit {
+            return Err(ConnectionDenied::new(Exceeded {
+                kind,
+                source_ip: ip,
+                limit,
+                key,
+            }));
+        }
+        *count += 1;
+        self.sources.insert(id, (ip, established));
+        Ok(())
     }
 }
 
@@ -120,17 +157,7 @@ impl NetworkBehaviour for PerIpLimits {
         let Some(ip) = source_of(remote_addr) else {
             return Ok(());
         };
-        if self.counts(ip).pending >= self.max_pending {
-            return Err(ConnectionDenied::new(Exceeded {
-                kind: "connections in their handshake",
-                source_ip: ip,
-                limit: self.max_pending,
-                key: "max_pending_per_ip",
-            }));
-        }
-        self.counts.entry(ip).or_default().pending += 1;
-        self.sources.insert(connection_id, (ip, false));
-        Ok(())
+        self.admit(connection_id, ip, false)
     }
 
     fn handle_established_inbound_connection(
@@ -144,18 +171,9 @@ impl NetworkBehaviour for PerIpLimits {
         let Some(ip) = source_of(remote_addr) else {
             return Ok(dummy::ConnectionHandler);
         };
-        if self.counts(ip).established >= self.max_established {
-            return Err(ConnectionDenied::new(Exceeded {
-                kind: "open connections",
-                source_ip: ip,
-                limit: self.max_established,
-                key: "max_connections_per_ip",
-            }));
-        }
         // Counted now rather than once every behaviour accepted it: a refusal by a later one
         // comes back as a `ListenFailure`, which releases it.
-        self.counts.entry(ip).or_default().established += 1;
-        self.sources.insert(connection_id, (ip, true));
+        self.admit(connection_id, ip, true)?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -269,7 +287,7 @@ mod tests {
             peer_id: None,
         }));
         assert_eq!(
-            limits.counts(one_ip()),
+            limits.counts.get(&one_ip()).copied().unwrap_or_default(),
             Counts {
                 pending: 0,
                 established: 1
