@@ -495,7 +495,9 @@ impl Config {
         self.intro.validate()?;
         self.tunnel
             .validate()
-            .map_err(|(key, message)| invalid(&key, message))
+            .map_err(|(key, message)| invalid(&key, message))?;
+        // After the sections' own checks, whose messages say more about a zero.
+        ranges::check(self)
     }
 }
 
@@ -530,6 +532,14 @@ impl DnsConfig {
         if self.listen.is_empty() {
             return Err(invalid("dns.listen", "at least one address is needed"));
         }
+        for (i, addr) in self.listen.iter().enumerate() {
+            if let Some(first) = self.listen[..i].iter().position(|a| a == addr) {
+                return Err(invalid(
+                    &format!("dns.listen[{i}]"),
+                    format!("{addr} is listed already, as dns.listen[{first}]"),
+                ));
+            }
+        }
         if self.allow.is_empty() {
             return Err(invalid(
                 "dns.allow",
@@ -542,15 +552,6 @@ impl DnsConfig {
             ("dns.tcp_max_per_client", self.tcp_max_per_client as u64),
             ("dns.tcp_max_pending", self.tcp_max_pending as u64),
         ])?;
-        // Each connection is a file descriptor and up to tcp_max_pending answers of 64 KiB.
-        for (key, value, most) in [
-            ("dns.tcp_max_connections", self.tcp_max_connections, 65_536),
-            ("dns.tcp_max_pending", self.tcp_max_pending, 1024),
-        ] {
-            if value > most {
-                return Err(invalid(key, format!("{value} is above {most}")));
-            }
-        }
         ordered(
             "dns.tcp_max_per_client",
             self.tcp_max_per_client as u64,
@@ -641,5 +642,6 @@ impl P2pConfig {
 }
 
 mod naming;
+pub(crate) mod ranges;
 #[cfg(test)]
 mod tests;

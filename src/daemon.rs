@@ -36,6 +36,7 @@ use crate::{
         Node, NodeError,
         identity::{self, IdentityError},
     },
+    state::{self, DataDirLock, LockError},
     tunnel::{TunnelError, TunnelServer, Tunnels, addresses::AddressError},
 };
 
@@ -85,6 +86,9 @@ pub enum DaemonError {
     /// The identity key could not be read or made.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The data directory is used by another process, or could not be locked.
+    #[error(transparent)]
+    DataDir(#[from] LockError),
     /// The P2P node could not start.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -141,6 +145,8 @@ pub struct Daemon {
     /// The configuration running now, and where to read it again on reload.
     running: Config,
     watch: Option<ConfigWatch>,
+    /// The data directory, this daemon's until it is dropped (after `run`).
+    data_dir_lock: DataDirLock,
 }
 
 /// The configuration file re-read on SIGHUP, with the command line's flags applied over it.
@@ -193,6 +199,8 @@ impl Daemon {
         let sockets = BoundSockets::bind(&config.dns.listen)?;
         identity::create_data_dir(&data_dir)?;
         let control = control::bind(&control::socket_path(&data_dir), &data_dir).await?;
+        // Before any state is read: no other process writes it, no write is under way.
+        let data_dir_lock = state::take_data_dir(&data_dir)?;
         let (node, dht, tunnels) = if config.p2p.enabled {
             let (node, dht, tunnels) = bind_p2p(&config, &data_dir, waiting.clone()).await?;
             naming = naming.with_dht(dht.clone());
@@ -228,6 +236,7 @@ impl Daemon {
             control,
             running: config,
             watch: None,
+            data_dir_lock,
         })
     }
 
@@ -276,6 +285,7 @@ impl Daemon {
             control,
             running,
             watch,
+            data_dir_lock,
             ..
         } = self;
         // Not a child of `shutdown`: the tasks must outlive the DNS drain (answers in flight
@@ -329,6 +339,9 @@ impl Daemon {
         };
         stop.cancel();
         let joined = tasks.join_all(SHUTDOWN_GRACE).await;
+        // The tasks that write state have stopped (or were given up on): the directory is
+        // free for the next process.
+        drop(data_dir_lock);
         match failure {
             Some(failure) => Err(failure),
             None => drained.and(joined),

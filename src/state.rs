@@ -1,16 +1,131 @@
-//! The daemon's state on disk: the data directory (mode 0700) and files written atomically with
-//! mode 0600. Every state file (the identity key, published names, pins) goes through here.
+//! The daemon's state on disk: the data directory (mode 0700, used by one process at a time)
+//! and the files in it, written atomically and durably with mode 0600. Every state file (the
+//! identity key, published names, pins, tunnel addresses and services) goes through here.
 //! This module knows where and how state is written, not what it means: each owner (the
-//! identity, the publisher, the pins) chooses its file and format.
+//! identity, the publisher, the pins, the tunnel tables) chooses its file and format, and is
+//! that file's only writer.
+//!
+//! What it promises its owners:
+//! - a write is durable once it returns: the data is synced, renamed over the file, and the
+//!   directory synced, so that the rename itself survives a power cut ([`save_toml`]);
+//! - a crash leaves the old file or the new one, never a torn one; the temporary files a crash
+//!   leaves are removed at the next start ([`remove_stale_temp_files`]);
+//! - a damaged file is never overwritten: it is moved aside (`names.toml.corrupt-<unix time>`)
+//!   and the log says where it went and how to get it back ([`load_toml`]);
+//! - a full disk is named as such ([`SaveError::Full`]);
+//! - one process per data directory ([`lock_data_dir`]): two would overwrite each other's
+//!   files and share one identity.
 
 use std::{
     fs,
     io::{self, Write},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use serde::{Serialize, de::DeserializeOwned};
-use tracing::warn;
+use tracing::{error, info, warn};
+
+/// The lock file inside the data directory; it holds the pid of the process using the directory.
+pub const LOCK_FILE: &str = "p2pdns.lock";
+/// What a temporary file's name holds between the state file's name and the writer's pid.
+const TEMP_INFIX: &str = ".tmp-";
+/// What names a moved-aside damaged file, between the file's name and the Unix time.
+const CORRUPT_INFIX: &str = ".corrupt-";
+
+/// Writes in this process so far: each temporary file gets a name of its own.
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Errors saving a state file. The file is unchanged after each of them.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// The file system holding the data directory has no space left (ENOSPC).
+    #[error("no space left on device to save {path}; free some space, then try again")]
+    Full {
+        /// The state file.
+        path: PathBuf,
+    },
+    /// Writing, syncing or renaming failed otherwise (permissions, a quota, an I/O error).
+    #[error("failed to save {path}")]
+    Io {
+        /// The state file.
+        path: PathBuf,
+        /// The failed step's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SaveError {
+    fn new(path: &Path, source: io::Error) -> Self {
+        let path = path.to_owned();
+        match source.kind() {
+            io::ErrorKind::StorageFull => Self::Full { path },
+            _ => Self::Io { path, source },
+        }
+    }
+}
+
+/// For owners whose errors carry an `io::Error`: the kind is kept (`StorageFull` for a full
+/// disk) and the message is this one's.
+impl From<SaveError> for io::Error {
+    fn from(error: SaveError) -> Self {
+        let kind = match &error {
+            SaveError::Full { .. } => io::ErrorKind::StorageFull,
+            SaveError::Io { source, .. } => source.kind(),
+        };
+        io::Error::new(kind, error)
+    }
+}
+
+/// Errors reading a state file at start. After each of them the file is where it was,
+/// untouched, and its owner must not overwrite it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file exists but could not be read (permissions, an I/O error).
+    #[error("failed to read {path}")]
+    Read {
+        /// The state file.
+        path: PathBuf,
+        /// Why reading failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is damaged and could not be moved aside.
+    #[error("{path} is damaged and could not be moved aside")]
+    Quarantine {
+        /// The state file.
+        path: PathBuf,
+        /// Why the rename failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Errors taking the data directory for this process.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the directory's lock.
+    #[error(
+        "another p2pdns process ({holder}) uses the data directory {dir}; stop it, or give each \
+         process its own --data-dir (they would overwrite each other's state and share one identity)"
+    )]
+    Held {
+        /// The data directory.
+        dir: PathBuf,
+        /// "pid N" as the holder wrote it, or "unknown pid".
+        holder: String,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("failed to lock the data directory {dir}")]
+    Io {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// Creates `dir` (and parents) readable by the owner only.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -24,47 +139,387 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     builder.create(dir)
 }
 
-/// Writes `bytes` to `path` with mode 0600, atomically: a temporary file in the same
-/// directory, synced, then renamed over the target. A crash or a full disk leaves either the
-/// old file or the new one, never a torn one.
-pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
+/// The data directory, held by this process while the value lives (an advisory lock on
+/// [`LOCK_FILE`], released by the kernel when the process dies, even by kill -9).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: fs::File,
+}
+
+/// Takes the data directory `dir` (which must exist) for this process.
+///
+/// # Errors
+/// [`LockError::Held`] when another process (or another daemon in this one) holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, LockError> {
+    let io_error = |source| LockError::Io {
+        dir: dir.to_owned(),
+        source,
+    };
+    let path = dir.join(LOCK_FILE);
+    let mut file = private_options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = match holder.trim() {
+                "" => "unknown pid".to_owned(),
+                pid => format!("pid {pid}"),
+            };
+            return Err(LockError::Held {
+                dir: dir.to_owned(),
+                holder,
+            });
         }
-        let mut file = options.open(&tmp)?;
+        Err(fs::TryLockError::Error(source)) => return Err(io_error(source)),
+    }
+    // Only the holder writes the pid: what another process reads is the holder's.
+    let pid = format!("{}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(io_error)?;
+    Ok(DataDirLock { _file: file })
+}
+
+/// Takes the data directory `dir` (which must exist) for this process ([`lock_data_dir`]) and
+/// removes what interrupted writes left in it ([`remove_stale_temp_files`]): what a process
+/// does first with its data directory, before it reads any state.
+///
+/// # Errors
+/// [`LockError`], as [`lock_data_dir`].
+pub fn take_data_dir(dir: &Path) -> Result<DataDirLock, LockError> {
+    let lock = lock_data_dir(dir)?;
+    remove_stale_temp_files(dir);
+    Ok(lock)
+}
+
+/// Removes the temporary files that writes interrupted by a crash left in `dir` (only names of
+/// [`save_toml`]'s pattern, `.<file>.tmp-<pid>-<n>`, and of its predecessor,
+/// `.<file>.tmp<pid>`). Call it holding the directory's lock: no write is under way then.
+/// Returns how many were removed.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && is_temp_name(name) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(error) => {
+                    warn!(file = %entry.path().display(), %error, "failed to remove a stale temporary file")
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        info!(dir = %dir.display(), removed, "removed temporary files left by an interrupted write");
+    }
+    removed
+}
+
+/// Is `name` a temporary file of ours: `.<file>.tmp-<pid>-<n>` or `.<file>.tmp<pid>`?
+fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some((file, tail)) = rest.rsplit_once(TEMP_INFIX) {
+        return !file.is_empty()
+            && tail
+                .split_once('-')
+                .is_some_and(|(pid, n)| digits(pid) && digits(n));
+    }
+    rest.rsplit_once(".tmp")
+        .is_some_and(|(file, pid)| !file.is_empty() && digits(pid))
+}
+
+fn private_options() -> fs::OpenOptions {
+    let mut options = fs::OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
+/// Writes `bytes` to `path` with mode 0600, atomically and durably: a temporary file of its
+/// own in the same directory, synced, renamed over the target, then the directory synced. A
+/// crash or a full disk leaves either the old file or the new one, never a torn one; once this
+/// returns `Ok`, the new one survives a crash or a power cut.
+///
+/// # Errors
+/// [`SaveError::Full`] on a full disk, [`SaveError::Io`] otherwise; the file is unchanged.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}{TEMP_INFIX}{}-{n}", std::process::id()));
+    let result = (|| {
+        let mut file = private_options().write(true).create_new(true).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
     })();
-    if result.is_err() {
+    if let Err(source) = result {
         let _ = fs::remove_file(&tmp);
+        return Err(SaveError::new(path, source));
     }
-    result
+    sync_dir(dir).map_err(|source| SaveError::new(path, source))
 }
 
-/// Reads a TOML state file. A missing file is `None`; so is an unreadable one, with a warning:
-/// state is rebuilt rather than stopping the daemon.
-pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Option<T> {
-    let text = fs::read_to_string(path).ok()?;
-    match toml::from_str(&text) {
-        Ok(value) => Some(value),
-        Err(error) => {
-            warn!(path = %path.display(), %error, "ignoring an unreadable state file");
-            None
-        }
+/// Makes a rename in `dir` durable (POSIX leaves a directory entry in memory until then).
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        fs::File::open(dir)?.sync_all()
     }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Reads a TOML state file: `None` when it does not exist. A damaged file (not UTF-8, not
+/// TOML, not the owner's schema) is moved aside to `<file>.corrupt-<unix time>` and reported
+/// as an error in the log with the way back; the owner starts without it and its next save
+/// writes a new file, never over the damaged one.
+///
+/// # Errors
+/// [`LoadError`] when the file cannot be read, or is damaged and cannot be moved aside: it is
+/// left where it is and the owner must not save over it.
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, LoadError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LoadError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let parsed = std::str::from_utf8(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|text| toml::from_str(text).map_err(|e| e.to_string()));
+    let reason = match parsed {
+        Ok(value) => return Ok(Some(value)),
+        Err(reason) => reason,
+    };
+    let aside = quarantine(path).map_err(|source| LoadError::Quarantine {
+        path: path.to_owned(),
+        source,
+    })?;
+    error!(
+        file = %path.display(),
+        moved_to = %aside.display(),
+        reason = %reason.lines().next().unwrap_or_default(),
+        "a state file is damaged: moved it aside and started without it. To recover, stop the \
+         daemon, repair the moved file (or take it from a backup), move it back and start again"
+    );
+    Ok(None)
+}
+
+/// Moves `path` to a free `<path>.corrupt-<unix time>[-n]` and syncs the directory.
+fn quarantine(path: &Path) -> io::Result<PathBuf> {
+    let now = crate::record::unix_now();
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!("{CORRUPT_INFIX}{now}"));
+    let base = PathBuf::from(name);
+    let mut aside = base.clone();
+    let mut n = 1;
+    while fs::symlink_metadata(&aside).is_ok() {
+        let mut next = base.clone().into_os_string();
+        next.push(format!("-{n}"));
+        aside = PathBuf::from(next);
+        n += 1;
+    }
+    fs::rename(path, &aside)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        sync_dir(dir)?;
+    }
+    Ok(aside)
+}
+
+/// [`load_toml`] for owners that start empty whatever happened: a file that cannot be read
+/// or moved aside is logged as an error and `None` is returned.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    load_toml(path).unwrap_or_else(|error| {
+        error!("{}; starting without it", crate::error::one_line(&error));
+        None
+    })
 }
 
 /// Writes `value` as TOML to `path` with [`write_private`].
-pub fn write_toml<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let text = toml::to_string(value).map_err(io::Error::other)?;
+///
+/// # Errors
+/// [`SaveError`], as [`write_private`]; the file is unchanged.
+pub fn save_toml<T: Serialize>(path: &Path, value: &T) -> Result<(), SaveError> {
+    let text = toml::to_string(value).map_err(|e| SaveError::new(path, io::Error::other(e)))?;
     write_private(path, text.as_bytes())
+}
+
+/// [`save_toml`] for owners whose errors carry an `io::Error`.
+pub fn write_toml<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    save_toml(path, value).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("p2pdns-{label}-{}", rand::random::<u64>()));
+        create_private_dir(&dir).unwrap();
+        dir
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Writers of one file each get a temporary file of their own: none fails, and what is
+    /// left is one whole write.
+    #[test]
+    fn concurrent_writes_of_one_file_never_share_a_temporary_file() {
+        let dir = temp_dir("state-race");
+        let path = dir.join("names.toml");
+        let writers: Vec<_> = (0..16)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for round in 0..20 {
+                        write_private(&path, format!("{i}-{round}").repeat(100).as_bytes())
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        let whole = (0..16).any(|i| (0..20).any(|r| text == format!("{i}-{r}").repeat(100)));
+        assert!(whole, "a torn write: {text}");
+        assert_eq!(files(&dir), ["names.toml"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_file_is_moved_aside_never_overwritten() {
+        let dir = temp_dir("state-corrupt");
+        let path = dir.join("names.toml");
+        for damaged in [
+            &b"[names\nx = "[..],
+            &[0xff, 0xfe, 0x00][..],
+            b"names = 3\n",
+        ] {
+            fs::write(&path, damaged).unwrap();
+            #[derive(serde::Deserialize)]
+            #[allow(dead_code)]
+            struct Schema {
+                names: std::collections::BTreeMap<String, String>,
+            }
+            assert!(load_toml::<Schema>(&path).unwrap().is_none());
+            assert!(!path.exists());
+            // Every damaged file is kept, each under a name of its own.
+            let kept: Vec<String> = files(&dir);
+            let aside = kept.iter().find(|n| {
+                fs::read(dir.join(n)).unwrap() == damaged && n.starts_with("names.toml.corrupt-")
+            });
+            assert!(aside.is_some(), "{kept:?}");
+        }
+        assert_eq!(files(&dir).len(), 3);
+        // A missing file is no error.
+        assert!(load_toml::<toml::Table>(&path).unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_file_is_left_where_it_is() {
+        let dir = temp_dir("state-unreadable");
+        let path = dir.join("names.toml");
+        fs::create_dir(&path).unwrap();
+        assert!(matches!(
+            load_toml::<toml::Table>(&path),
+            Err(LoadError::Read { .. })
+        ));
+        assert!(path.is_dir());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_our_temporary_files_are_stale() {
+        for (name, temp) in [
+            (".names.toml.tmp-12-0", true),
+            (".identity.key.tmp-4242-17", true),
+            (".names.toml.tmp31337", true),
+            ("names.toml", false),
+            ("names.toml.corrupt-1796000000", false),
+            (".names.toml.tmp-12", false),
+            (".names.toml.tmp-x-1", false),
+            (".names.toml.tmpx", false),
+            (".tmp-1-2", false),
+            ("..tmp1", false),
+            ("notes.tmp1", false),
+        ] {
+            assert_eq!(is_temp_name(name), temp, "{name}");
+        }
+        let dir = temp_dir("state-stale");
+        for name in [
+            ".names.toml.tmp-1-2",
+            ".pins.toml.tmp77",
+            "names.toml",
+            "keep.tmp1",
+        ] {
+            fs::write(dir.join(name), b"x").unwrap();
+        }
+        fs::create_dir(dir.join(".sub.tmp-1-1")).unwrap();
+        assert_eq!(remove_stale_temp_files(&dir), 2);
+        assert_eq!(files(&dir), [".sub.tmp-1-1", "keep.tmp1", "names.toml"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_named() {
+        let full = SaveError::new(Path::new("/d/names.toml"), io::Error::from_raw_os_error(28));
+        assert!(matches!(full, SaveError::Full { .. }));
+        assert_eq!(
+            full.to_string(),
+            "no space left on device to save /d/names.toml; free some space, then try again"
+        );
+        let io: io::Error = full.into();
+        assert_eq!(io.kind(), io::ErrorKind::StorageFull);
+        assert!(io.to_string().starts_with("no space left on device"));
+    }
+
+    #[test]
+    fn one_process_per_data_directory() {
+        let dir = temp_dir("state-lock");
+        let lock = lock_data_dir(&dir).unwrap();
+        let again = lock_data_dir(&dir).unwrap_err();
+        let pid = format!("pid {}", std::process::id());
+        assert!(again.to_string().contains(&pid), "{again}");
+        drop(lock);
+        let _lock = lock_data_dir(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -70,6 +70,10 @@ fn senseless_values_are_refused_with_their_key() {
         ),
         ("[dns]\nallow = []", "dns.allow"),
         (
+            "[dns]\nlisten = [\"127.0.0.1:53\", \"[::1]:53\", \"127.0.0.1:53\"]",
+            "dns.listen[2]",
+        ),
+        (
             "[dns]\ntcp_idle_timeout_secs = 0",
             "dns.tcp_idle_timeout_secs",
         ),
@@ -241,4 +245,162 @@ fn unreachable_upstreams_are_refused_with_their_key() {
     }
     // Listening on port 0 (the system picks one) stays possible: tests and labs use it.
     assert!(Config::from_toml("[dns]\nlisten = [\"127.0.0.1:0\"]\n", "test.toml").is_ok());
+}
+
+/// Every integer key of the shipped file has a range in [`ranges::RANGES`] and states the same
+/// range in the comment on its line; every range is of a key of the file; every default lies
+/// in its range.
+#[test]
+fn every_numeric_key_has_its_range_in_the_code_and_in_the_file() {
+    fn integers(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let dotted = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                toml::Value::Integer(_) => out.push(dotted),
+                toml::Value::Table(inner) => integers(&dotted, inner, out),
+                _ => {}
+            }
+        }
+    }
+    let file: toml::Table = toml::from_str(DEFAULT_CONFIG).unwrap();
+    let mut in_file = Vec::new();
+    integers("", &file, &mut in_file);
+    let mut in_code: Vec<String> = ranges::RANGES.iter().map(|r| r.key.to_owned()).collect();
+    in_file.sort();
+    in_code.sort();
+    assert_eq!(
+        in_file, in_code,
+        "numeric keys of config/p2pdns.toml vs RANGES"
+    );
+
+    let defaults = Config::default();
+    for range in ranges::RANGES {
+        let (section, key) = range.key.split_once('.').unwrap();
+        let text = DEFAULT_CONFIG
+            .split(&format!("\n[{section}]\n"))
+            .nth(1)
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap();
+        let stated = format!("  # {} to {}", range.min, range.max);
+        assert!(
+            line.ends_with(&stated),
+            "{}: {line:?} should end with {stated:?}",
+            range.key
+        );
+        let value = (range.value)(&defaults);
+        assert!(
+            (range.min..=range.max).contains(&value),
+            "{}: {value}",
+            range.key
+        );
+    }
+}
+
+/// `[section]` text setting `key` to `value`, with the keys a relation ties to it moved so
+/// that only the range decides.
+fn with_value(dotted: &str, value: u64) -> String {
+    let (section, key) = dotted.split_once('.').unwrap();
+    let companion = match (dotted, value) {
+        ("upstream.timeout_ms", v) => format!("query_timeout_ms = {}\n", v.max(1)),
+        ("upstream.query_timeout_ms", v) => format!("timeout_ms = {}\n", v.clamp(1, 60_000)),
+        ("cache.min_ttl_secs", v) => {
+            format!(
+                "max_ttl_secs = {v}\nmax_negative_ttl_secs = {}\n",
+                v.min(86_400)
+            )
+        }
+        ("cache.max_ttl_secs" | "cache.max_negative_ttl_secs", _) => String::new(),
+        ("dns.tcp_max_connections", v) => format!("tcp_max_per_client = {}\n", v.clamp(1, 65_536)),
+        ("dns.tcp_max_per_client", v) => {
+            format!("tcp_max_connections = {}\n", v.clamp(1, 65_536))
+        }
+        ("intro.registration_min_ttl_secs", v) => {
+            format!("registration_max_ttl_secs = {}\n", v.clamp(1, 259_200))
+        }
+        ("intro.registration_max_ttl_secs", v) => {
+            format!("registration_min_ttl_secs = {}\n", v.clamp(1, 300))
+        }
+        _ => String::new(),
+    };
+    format!("[{section}]\n{key} = {value}\n{companion}")
+}
+
+/// Each range's bounds are taken and the values just past them refused, naming the key.
+#[test]
+fn every_range_boundary_holds() {
+    for range in ranges::RANGES {
+        for fine in [range.min, range.max] {
+            let text = with_value(range.key, fine);
+            let loaded = Config::from_toml(&text, "test.toml");
+            assert!(loaded.is_ok(), "{text}: {}", chain(&text));
+        }
+        let outside = [range.min.checked_sub(1), range.max.checked_add(1)];
+        for bad in outside.into_iter().flatten() {
+            let text = with_value(range.key, bad);
+            let msg = chain(&text);
+            let (_, key) = range.key.split_once('.').unwrap();
+            assert!(
+                msg.contains(range.key) || msg.contains(key),
+                "{text}: {msg}"
+            );
+        }
+    }
+}
+
+/// The values that panicked or aborted at start or later (issue 15, kind 5) are refused at
+/// load, naming the key and the range.
+#[test]
+fn values_that_broke_the_daemon_are_refused() {
+    for (text, key) in [
+        // tokio's semaphore panicked above 2^61 permits.
+        (
+            "[dns]\nmax_inflight = 9223372036854775807",
+            "dns.max_inflight",
+        ),
+        // The cache's table was allocated whole: an abort, or a panic on its size.
+        ("[cache]\nmax_entries = 1000000000", "cache.max_entries"),
+        (
+            "[cache]\nmax_entries = 9223372036854775807",
+            "cache.max_entries",
+        ),
+        // libp2p-relay sends the circuit duration as 32 bits: a panic per reservation.
+        (
+            "[intro]\ncircuit_duration_secs = 4294967296",
+            "intro.circuit_duration_secs",
+        ),
+        // "now + duration" past what the clock holds.
+        (
+            "[intro]\nreservation_duration_secs = 9223372036854775807",
+            "intro.reservation_duration_secs",
+        ),
+        (
+            "[intro]\nregistration_max_ttl_secs = 9223372036854775807",
+            "intro.registration_max_ttl_secs",
+        ),
+        (
+            "[dns]\ntcp_idle_timeout_secs = 9223372036854775807",
+            "dns.tcp_idle_timeout_secs",
+        ),
+        (
+            "[tunnel]\nidle_timeout_secs = 9223372036854775807",
+            "tunnel.idle_timeout_secs",
+        ),
+        (
+            "[upstream]\ntimeout_ms = 9223372036854775807\nquery_timeout_ms = 9223372036854775807",
+            "upstream.timeout_ms",
+        ),
+    ] {
+        let msg = chain(text);
+        assert!(
+            msg.contains(&format!("invalid config value {key}: ")) && msg.contains("out of range"),
+            "{text}: {msg}"
+        );
+    }
 }

@@ -13,7 +13,6 @@ use hickory_proto::rr::{LowerName, Name, RecordType};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::Semaphore,
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -31,7 +30,7 @@ use crate::{
 
 /// Longest request line (a zone file fits easily).
 const MAX_REQUEST: usize = 256 * 1024;
-/// Clients served at once.
+/// Clients served at once; more wait in the socket's backlog.
 const MAX_CLIENTS: usize = 16;
 /// A client must send its request within this time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -204,7 +203,6 @@ pub async fn bind(path: &Path, data_dir: &Path) -> Result<ControlSocket, Control
 /// Serves control requests until `stop` is cancelled; the socket file goes with `socket`.
 pub async fn serve(socket: ControlSocket, context: Arc<Context>, stop: CancellationToken) {
     let listener = &socket.listener;
-    let permits = Arc::new(Semaphore::new(MAX_CLIENTS));
     let mut clients = JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -215,7 +213,9 @@ pub async fn serve(socket: ControlSocket, context: Arc<Context>, stop: Cancellat
                 }
                 continue;
             }
-            accepted = listener.accept() => match accepted {
+            // At MAX_CLIENTS, the next clients wait in the socket's backlog until one is done
+            // (closing them instead failed publishes sent at once with a broken pipe).
+            accepted = listener.accept(), if clients.len() < MAX_CLIENTS => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     warn!(%error, "control socket accept failed");
@@ -224,16 +224,11 @@ pub async fn serve(socket: ControlSocket, context: Arc<Context>, stop: Cancellat
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            debug!("too many control clients; closing one");
-            continue;
-        };
         let context = context.clone();
         clients.spawn(async move {
             if let Err(error) = client(stream, &context).await {
                 debug!(%error, "control client failed");
             }
-            drop(permit);
         });
     }
 }

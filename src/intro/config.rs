@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, at_least_one, ordered};
+use crate::config::{ConfigError, ordered};
 
 /// `[intro]`: what an introduction server (`p2pdns intro`) grants at most. Relay circuits only
 /// carry the start of a connection (hole punching replaces them), so they are short and small.
@@ -39,6 +39,13 @@ pub struct IntroConfig {
     /// Longest lifetime a rendezvous registration may ask for, in seconds; at least
     /// `registration_min_ttl_secs`.
     pub registration_max_ttl_secs: u64,
+    /// Incoming connections still in their handshake from any one IP address (IPv6: any one
+    /// /64) at once; more from that address are refused at once, so that one address cannot
+    /// fill `p2p.max_pending_incoming` and keep everyone else out.
+    pub max_pending_per_ip: u32,
+    /// Open incoming connections from any one IP address (IPv6: any one /64): nodes behind
+    /// one NAT share an address, one host with many identities does too.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for IntroConfig {
@@ -56,43 +63,15 @@ impl Default for IntroConfig {
             max_registrations_per_peer: 4,
             registration_min_ttl_secs: 300,
             registration_max_ttl_secs: 7200,
+            max_pending_per_ip: 8,
+            max_connections_per_ip: 64,
         }
     }
 }
 
 impl IntroConfig {
+    /// Checks what the ranges of [`crate::config`] cannot: the registration lifetimes in order.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        at_least_one(&[
-            ("intro.max_reservations", self.max_reservations as u64),
-            (
-                "intro.max_reservations_per_peer",
-                self.max_reservations_per_peer as u64,
-            ),
-            (
-                "intro.reservation_duration_secs",
-                self.reservation_duration_secs,
-            ),
-            ("intro.max_circuits", self.max_circuits as u64),
-            (
-                "intro.max_circuits_per_peer",
-                self.max_circuits_per_peer as u64,
-            ),
-            ("intro.circuit_duration_secs", self.circuit_duration_secs),
-            ("intro.circuit_bytes", self.circuit_bytes),
-            (
-                "intro.circuits_per_minute_per_peer",
-                self.circuits_per_minute_per_peer.into(),
-            ),
-            ("intro.max_registrations", self.max_registrations as u64),
-            (
-                "intro.max_registrations_per_peer",
-                self.max_registrations_per_peer as u64,
-            ),
-            (
-                "intro.registration_min_ttl_secs",
-                self.registration_min_ttl_secs,
-            ),
-        ])?;
         ordered(
             "intro.registration_min_ttl_secs",
             self.registration_min_ttl_secs,

@@ -25,10 +25,12 @@ use crate::{
         identity::{self, IdentityError},
         ip_of, ip_scope,
     },
+    state::{self, DataDirLock, LockError},
 };
 
 pub mod config;
 pub(crate) mod load;
+pub(crate) mod per_ip;
 
 /// Errors that stop the introduction server.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,10 @@ pub enum IntroError {
     /// The identity key could not be read or made.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The data directory is used by another process (a resolver daemon, say), or could not
+    /// be locked.
+    #[error(transparent)]
+    DataDir(#[from] LockError),
     /// The P2P node could not start.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -56,6 +62,8 @@ pub enum IntroError {
 /// An introduction server whose sockets are bound.
 pub struct Intro {
     node: Node,
+    /// The data directory, this server's while it lives.
+    _data_dir_lock: DataDirLock,
     stun: Vec<UdpSocket>,
     stun_addrs: Vec<SocketAddr>,
     bootstrap_addrs: Vec<Multiaddr>,
@@ -74,6 +82,7 @@ impl Intro {
         // It exists to be asked: always a DHT server.
         config.dht_mode = DhtMode::Server;
         identity::create_data_dir(data_dir)?;
+        let data_dir_lock = state::take_data_dir(data_dir)?;
         let keypair = identity::load_or_create(data_dir)?;
         let node = Node::bind_as(keypair.into(), &config, Role::Intro(limits)).await?;
         // STUN on UDP: ordinary clients (and nodes) learn their public address and port.
@@ -107,6 +116,7 @@ impl Intro {
         }
         Ok(Self {
             node,
+            _data_dir_lock: data_dir_lock,
             stun,
             stun_addrs,
             bootstrap_addrs,

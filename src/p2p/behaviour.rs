@@ -45,6 +45,9 @@ pub enum Role {
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Refuses connections past the per-address limits (introduction servers only), before
+    /// they take a slot of the totals.
+    per_ip: Toggle<crate::intro::per_ip::PerIpLimits>,
     /// Refuses connections past the configured limits (first, so that nothing else sees them).
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) kad: kad::Behaviour<MemoryStore>,
@@ -166,6 +169,7 @@ impl Behaviour {
             Role::Resolver => None,
         };
         Ok(Self {
+            per_ip: Toggle::from(intro.as_ref().map(crate::intro::per_ip::PerIpLimits::new)),
             limits: connection_limits::Behaviour::new(limits),
             kad: kademlia(peer_id, config),
             identify: identify::Behaviour::new(identify::Config::new(

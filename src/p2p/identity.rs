@@ -10,7 +10,7 @@ use std::{
 use libp2p::identity::{Keypair, ed25519};
 use tracing::info;
 
-use crate::state::{create_private_dir, write_private};
+use crate::state::{SaveError, create_private_dir, write_private};
 
 /// File name of the key inside the data directory.
 pub const KEY_FILE: &str = "identity.key";
@@ -36,23 +36,22 @@ pub enum IdentityError {
         #[source]
         source: io::Error,
     },
-    /// The key file is not a libp2p protobuf-encoded Ed25519 key pair.
+    /// The key file is not a libp2p protobuf-encoded Ed25519 key pair (damaged, truncated,
+    /// or another program's file). The daemon stops rather than make a new key: a new identity
+    /// would own none of the names published so far.
     #[error(
-        "the identity key {path} is not a valid Ed25519 key (move it away to make a new identity)"
+        "the identity key {path} is damaged (not a libp2p Ed25519 key pair); restore it from a \
+         backup. Only if none exists, move it away and start again: that makes a new identity, \
+         which does not own the names published with the old one (they expire, and other nodes \
+         keep them pinned to the old key until then)"
     )]
     Invalid {
         /// The key file.
         path: PathBuf,
     },
-    /// A new key could not be written (mode 0600).
-    #[error("failed to write the identity key {path}")]
-    Write {
-        /// The key file.
-        path: PathBuf,
-        /// Why it failed.
-        #[source]
-        source: io::Error,
-    },
+    /// A new key could not be written (mode 0600): nothing was written, a full disk included.
+    #[error(transparent)]
+    Write(#[from] SaveError),
 }
 
 /// Creates the data directory (and parents), readable by the owner only.
@@ -80,10 +79,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError
             let encoded = Keypair::from(keypair.clone())
                 .to_protobuf_encoding()
                 .expect("Ed25519 keys always encode");
-            write_private(&path, &encoded).map_err(|source| IdentityError::Write {
-                path: path.clone(),
-                source,
-            })?;
+            write_private(&path, &encoded)?;
             info!(path = %path.display(), "created a new identity key");
             Ok(keypair)
         }
@@ -110,11 +106,19 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        fs::write(dir.join(KEY_FILE), b"garbage").unwrap();
-        assert!(matches!(
-            load_or_create(&dir),
-            Err(IdentityError::Invalid { .. })
-        ));
+        // A damaged key stops the node and stays as it is: a new key would own none of the
+        // names published with this one.
+        let good = fs::read(dir.join(KEY_FILE)).unwrap();
+        for damaged in [&b"garbage"[..], b"", &good[..good.len() - 1]] {
+            fs::write(dir.join(KEY_FILE), damaged).unwrap();
+            let error = load_or_create(&dir).unwrap_err();
+            assert!(matches!(error, IdentityError::Invalid { .. }), "{error}");
+            assert!(
+                error.to_string().contains("restore it from a backup"),
+                "{error}"
+            );
+            assert_eq!(fs::read(dir.join(KEY_FILE)).unwrap(), damaged);
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 }

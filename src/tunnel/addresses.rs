@@ -9,7 +9,6 @@
 
 use std::{
     collections::BTreeMap,
-    io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -20,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use crate::state::{read_toml, write_toml};
+use crate::state::{SaveError, read_toml, save_toml};
 
 /// File in the data directory holding the assignments.
 pub const ADDRESSES_FILE: &str = "tunnel-addresses.toml";
@@ -47,15 +46,9 @@ pub enum AddressError {
         /// How many names hold an address.
         used: usize,
     },
-    /// The table could not be written (a full disk, say); the assignment was not made.
-    #[error("failed to save {path}")]
-    Save {
-        /// The table's file.
-        path: PathBuf,
-        /// Why the write failed.
-        #[source]
-        source: io::Error,
-    },
+    /// The table could not be written (a full disk says so); the change was not made.
+    #[error(transparent)]
+    Save(#[from] SaveError),
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -125,12 +118,9 @@ impl AddressTable {
         }
         let addr = self.free_address(&key)?;
         self.by_name.insert(key.clone(), addr);
-        if let Err(source) = self.save() {
+        if let Err(error) = self.save() {
             self.by_name.remove(&key);
-            return Err(AddressError::Save {
-                path: self.path.clone(),
-                source,
-            });
+            return Err(error.into());
         }
         Ok(addr)
     }
@@ -144,12 +134,9 @@ impl AddressTable {
         let Some(addr) = self.by_name.remove(&key) else {
             return Ok(false);
         };
-        if let Err(source) = self.save() {
+        if let Err(error) = self.save() {
             self.by_name.insert(key, addr);
-            return Err(AddressError::Save {
-                path: self.path.clone(),
-                source,
-            });
+            return Err(error.into());
         }
         Ok(true)
     }
@@ -197,11 +184,11 @@ impl AddressTable {
             })
     }
 
-    fn save(&self) -> io::Result<()> {
+    fn save(&self) -> Result<(), SaveError> {
         let file = AddressesFile {
             names: self.by_name.clone(),
         };
-        write_toml(&self.path, &file)
+        save_toml(&self.path, &file)
     }
 }
 

@@ -10,7 +10,6 @@
 
 use std::{
     collections::BTreeMap,
-    io,
     path::{Path, PathBuf},
 };
 
@@ -21,7 +20,7 @@ use tracing::warn;
 
 use crate::{
     record::{self, NameRecord, key_name, key_of_name, record_name_for},
-    state::{read_toml, write_toml},
+    state::{SaveError, read_toml, save_toml},
 };
 
 /// File in the data directory holding the services exposed with `p2pdns expose`.
@@ -58,15 +57,9 @@ pub enum ServiceError {
         /// The service's port.
         port: u16,
     },
-    /// `exposed.toml` could not be written; nothing changed.
-    #[error("failed to save {path}")]
-    Save {
-        /// `exposed.toml` in the data directory.
-        path: PathBuf,
-        /// Why the atomic write failed.
-        #[source]
-        source: io::Error,
-    },
+    /// `exposed.toml` could not be written (a full disk says so); nothing changed.
+    #[error(transparent)]
+    Save(#[from] SaveError),
 }
 
 /// A service as a user writes it: in `[[tunnel.expose]]` or on the `p2pdns expose` command line.
@@ -406,10 +399,7 @@ impl ServiceTable {
         let file = ExposedFile {
             services: next.clone(),
         };
-        write_toml(&self.path, &file).map_err(|source| ServiceError::Save {
-            path: self.path.clone(),
-            source,
-        })?;
+        save_toml(&self.path, &file)?;
         self.exposed = next;
         Ok(())
     }

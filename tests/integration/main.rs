@@ -4,6 +4,8 @@
 //! Each test runs daemons in this process on 127.0.0.1 port 0 and asks them with hickory's
 //! client, so `cargo test`, as an ordinary user, runs all of them in parallel:
 //!
+//! - [`config_ranges`]: out-of-range numbers stop the binary with exit code 78 naming the key,
+//!   never a panic (issue 15, kind 5).
 //! - [`dns`]: the resolver against an authoritative upstream on loopback: forwarding, cache,
 //!   EDNS, opcodes, truncation, access control, reload, shutdown.
 //! - [`local_records`]: `[naming.records]` in every form the master-file parser reads (RFC
@@ -22,6 +24,11 @@
 //!   a hostile node.
 //! - [`special_names`]: special-use names (localhost, invalid, onion...) answered here or
 //!   forwarded, as the README's table says.
+//! - [`durable`]: what the daemon acknowledged is never lost: publishes at once and restarts,
+//!   damaged and unreadable state files, a damaged identity key, temporary files of
+//!   interrupted writes, one process per data directory (issue 15, kind 4).
+//! - [`intro_flood`]: 300 idle TCP connections from one address do not keep a node from
+//!   another address out of an introduction server (issue 15, kind 5).
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
 //!   records the forwarder does not model or what does not parse; forwarding loops.
@@ -56,8 +63,11 @@ mod bench_dht;
 mod bounded_maps;
 #[cfg(unix)]
 mod cli_pipes;
+mod config_ranges;
 mod dht_fairness;
 mod dns;
+mod durable;
+mod intro_flood;
 mod local_records;
 mod p2p;
 mod p2p_answers;

@@ -325,16 +325,16 @@ async fn an_upstream_whose_port_is_closed_is_passed_at_once() {
     let live = Scripted::start(|asked| Action::Reply(a_answer(asked, 9))).await;
     let dead = closed_port().await;
     let mut cfg = config(&[dead, live.addr]);
-    cfg.upstream.timeout_ms = 60_000;
-    cfg.upstream.query_timeout_ms = 120_000;
+    cfg.upstream.timeout_ms = 30_000;
+    cfg.upstream.query_timeout_ms = 60_000;
     let daemon = TestDaemon::start(cfg).await;
     for name in ["a.example.", "b.example."] {
         assert_eq!(answered(daemon.addr, name).await, ["192.0.2.9"], "{name}");
     }
     let alone = TestDaemon::start({
         let mut cfg = config(&[closed_port().await]);
-        cfg.upstream.timeout_ms = 60_000;
-        cfg.upstream.query_timeout_ms = 120_000;
+        cfg.upstream.timeout_ms = 30_000;
+        cfg.upstream.query_timeout_ms = 60_000;
         cfg
     })
     .await;

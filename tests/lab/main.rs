@@ -19,6 +19,8 @@
 //!   upstream never blamed, no accept spin), the soft descriptor limit raised at start, junk
 //!   floods adding a bounded number of log lines (issue 15, kinds 1 and 5).
 //! - [`intro_limits`]: hostile libp2p clients against `p2pdns intro`'s limits.
+//! - [`durable`]: acknowledged publishes survive kill -9; a full disk (a tmpfs) is refused and
+//!   named.
 //! - [`p2p_answers`]: `.p2p` answers compared with nsd's for the same records.
 //! - [`stun`]: the STUN server asked by our client, by the `stun` program and by Python.
 //! - [`service`]: `p2pdns service install` / `uninstall` into staging roots.
@@ -42,6 +44,7 @@
 #![allow(clippy::disallowed_types)]
 
 mod dns_limits;
+mod durable;
 mod intro_limits;
 mod lan;
 mod nat;

@@ -1,0 +1,84 @@
+//! Out-of-range numbers stop the real binary at start with exit code 78 naming the key, never
+//! a panic or an abort (issue 15, kind 5). Each value here broke the daemon before: tokio's
+//! semaphore panicked on a huge `dns.max_inflight`, the cache's table aborted the process on
+//! a huge `cache.max_entries`, libp2p-relay panicked on every reservation past 2^32 seconds
+//! of `intro.circuit_duration_secs`.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+/// Longest wait for the binary to exit: a daemon that started instead fails the test.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn exits_78_naming(config: &str, subcommand: &[&str], key: &str) {
+    let dir = std::env::temp_dir().join(format!("p2pdns-ranges-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p2pdns.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pdns"))
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(subcommand)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{config}: the binary did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let status = output.status;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{config}: {stderr}");
+    assert_eq!(status.code(), Some(78), "{config}: {stderr}");
+    assert!(
+        stderr.contains(&format!("invalid config value {key}: "))
+            && stderr.contains("out of range"),
+        "{config}: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn huge_values_exit_78_naming_the_key() {
+    // The P2P node is off so that a run that did start would not reach the network.
+    let off = "[p2p]\nenabled = false\n[dns]\nlisten = [\"127.0.0.1:0\"]\n";
+    for (extra, key) in [
+        ("max_inflight = 9223372036854775807\n", "dns.max_inflight"),
+        ("[cache]\nmax_entries = 1000000000\n", "cache.max_entries"),
+        (
+            "[intro]\ncircuit_duration_secs = 4294967296\n",
+            "intro.circuit_duration_secs",
+        ),
+    ] {
+        let config = format!("{off}{extra}");
+        exits_78_naming(&config, &["run"], key);
+    }
+    // The introduction server reads [intro]: the same refusal before it binds anything.
+    let intro = "[intro]\ncircuit_duration_secs = 4294967296\n";
+    exits_78_naming(
+        intro,
+        &[
+            "intro",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--stun-listen",
+            "none",
+        ],
+        "intro.circuit_duration_secs",
+    );
+}
