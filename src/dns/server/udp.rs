@@ -5,10 +5,20 @@
 //! a flood of instant answers from piling up tasks faster than they finish. On a wildcard
 //! address each answer leaves from the address its query was sent to ([`pktinfo`]).
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use hickory_server::net::xfer::Protocol;
-use tokio::{net::UdpSocket, sync::Semaphore, task::JoinSet};
+use tokio::{
+    net::UdpSocket,
+    sync::Semaphore,
+    task::{Id, JoinError, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -51,7 +61,7 @@ pub async fn serve(
             received = server.recv(&mut buf) => received,
             () = draining.cancelled() => break,
         };
-        server.on_datagram(received, &buf, false).await;
+        server.on_datagram(received, &buf, None).await;
     }
     server.drain(&mut buf, &stop).await;
     Ok(())
@@ -65,7 +75,14 @@ struct Server {
     handler: Handler,
     answering: Arc<Semaphore>,
     tasks: JoinSet<()>,
+    /// Who asked each query being answered, by task: a query sent again while the server
+    /// shuts down is known as one in flight, whose answer is coming.
+    asking: HashMap<Id, Asker>,
 }
+
+/// The source address and message ID of a query. Not its port: some clients send a query
+/// again from a new port (hickory's does, every try from a port of its own).
+type Asker = (IpAddr, u16);
 
 impl Server {
     fn new(socket: UdpSocket, handler: Handler) -> Self {
@@ -78,6 +95,7 @@ impl Server {
             handler,
             answering: Arc::new(Semaphore::new(MAX_ANSWERING)),
             tasks: JoinSet::new(),
+            asking: HashMap::new(),
         }
     }
 
@@ -89,21 +107,42 @@ impl Server {
     /// their answers, which must leave from its address; a query that comes meanwhile is
     /// answered REFUSED at once, which stub resolvers take, like the port unreachable they get
     /// once the socket is closed, as the cue to ask their next server (instead of waiting out
-    /// their timeout for a query read and never answered).
+    /// their timeout for a query read and never answered). A query in flight sent again (a
+    /// stub's retransmission) is not refused: its answer is coming.
     async fn drain(&mut self, buf: &mut [u8], stop: &CancellationToken) {
+        let in_flight: HashSet<Asker> = self.asking.values().copied().collect();
         while !self.tasks.is_empty() {
-            let received = tokio::select! {
-                received = recv(&self.socket, self.control.as_mut(), buf) => received,
-                Some(_) = self.tasks.join_next() => continue,
+            let event = tokio::select! {
+                received = recv(&self.socket, self.control.as_mut(), buf) => Ok(received),
+                Some(ended) = self.tasks.join_next_with_id() => Err(ended),
                 () = stop.cancelled() => return,
             };
-            self.on_datagram(received, buf, true).await;
+            match event {
+                Ok(received) => self.on_datagram(received, buf, Some(&in_flight)).await,
+                Err(ended) => self.ended(ended),
+            }
         }
     }
 
-    /// Answers (or, with `refuse`, refuses) the datagram `received` into `buf`.
-    async fn on_datagram(&mut self, received: io::Result<Received>, buf: &[u8], refuse: bool) {
-        while self.tasks.try_join_next().is_some() {}
+    fn ended(&mut self, ended: Result<(Id, ()), JoinError>) {
+        let id = match ended {
+            Ok((id, ())) => id,
+            Err(error) => error.id(),
+        };
+        self.asking.remove(&id);
+    }
+
+    /// Answers the datagram `received` into `buf`; or, while draining (given the queries in
+    /// flight then), refuses it.
+    async fn on_datagram(
+        &mut self,
+        received: io::Result<Received>,
+        buf: &[u8],
+        draining: Option<&HashSet<Asker>>,
+    ) {
+        while let Some(ended) = self.tasks.try_join_next_with_id() {
+            self.ended(ended);
+        }
         let (len, src, dst) = match received {
             Ok(received) => received,
             Err(error) => {
@@ -122,8 +161,12 @@ impl Server {
             }
             return;
         }
-        if refuse {
-            if let Some(refused) = message::refused(&buf[..len]) {
+        let query = &buf[..len];
+        let asker = (src.ip(), message_id(query));
+        if let Some(in_flight) = draining {
+            if !in_flight.contains(&asker)
+                && let Some(refused) = message::refused(query)
+            {
                 send(&self.socket, &refused, src, dst).await;
             }
             return;
@@ -134,14 +177,23 @@ impl Server {
             }
             return;
         };
-        let query = buf[..len].to_vec();
+        let query = query.to_vec();
         let (socket, handler) = (self.socket.clone(), self.handler.clone());
-        self.tasks.spawn(async move {
+        let task = self.tasks.spawn(async move {
             let _permit = permit;
             if let Some(answer) = message::answer(&handler, query, src, Protocol::Udp).await {
                 send(&socket, &answer, src, dst).await;
             }
         });
+        self.asking.insert(task.id(), asker);
+    }
+}
+
+/// The ID of the DNS message `bytes` (0 if too short to have one: no answer goes to it).
+fn message_id(bytes: &[u8]) -> u16 {
+    match bytes {
+        [high, low, ..] => u16::from_be_bytes([*high, *low]),
+        _ => 0,
     }
 }
 
@@ -182,8 +234,8 @@ async fn send(socket: &UdpSocket, answer: &[u8], to: SocketAddr, from: Option<De
 fn answerable(src: SocketAddr) -> bool {
     let ip = src.ip().to_canonical();
     let broadcast = match ip {
-        std::net::IpAddr::V4(v4) => v4.is_broadcast(),
-        std::net::IpAddr::V6(_) => false,
+        IpAddr::V4(v4) => v4.is_broadcast(),
+        IpAddr::V6(_) => false,
     };
     src.port() != 0 && !ip.is_unspecified() && !broadcast
 }
