@@ -45,9 +45,9 @@ pub static BUSY: LogLimit = LogLimit::new("UDP query dropped: too many being ans
 pub static SOCKET_ERROR: LogLimit = LogLimit::new("UDP socket error");
 
 /// Answers the queries that come to `socket` until `draining`; then answers those in flight,
-/// refusing what comes meanwhile (a query in flight sent again excepted), and returns once they are answered or
-/// at `stop`, closing the socket. On a wildcard address, `socket` was made ready with
-/// [`pktinfo::enable`].
+/// refusing what comes meanwhile (a query in flight sent again excepted), and returns once
+/// they are answered or at `stop`, closing the socket. On a wildcard address, `socket` was
+/// made ready with [`pktinfo::enable`].
 pub async fn serve(
     socket: UdpSocket,
     handler: Handler,
