@@ -41,6 +41,9 @@
 //! - [`tcp_limits`]: hostile TCP clients (issue 15, kind 1): connections capped per client
 //!   and in total, oldest idle closed first; pipelining without reading is not read past
 //!   `dns.tcp_max_pending`; UDP and forwarding go on while TCP is full.
+//! - [`server_sockets`]: the daemon's own sockets: on a wildcard listen address UDP replies
+//!   leave from the address asked; during the shutdown new queries are turned away at once
+//!   (REFUSED over UDP, refused connections over TCP) while those in flight are answered.
 //! - [`alias_chains`]: alias chains leaving their zone: incomplete upstream chains completed,
 //!   chains to special-use names answered here.
 //! - [`cli_pipes`]: the command-line tool keeps its exit code when its output pipe closes.
@@ -73,6 +76,7 @@ mod p2p;
 mod p2p_answers;
 mod p2p_rules;
 mod scripted;
+mod server_sockets;
 mod special_names;
 mod support;
 mod tcp_limits;

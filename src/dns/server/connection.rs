@@ -29,6 +29,7 @@ use tokio::{
     task::JoinSet,
     time::{Instant, timeout},
 };
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{message, tcp::TcpLimits};
@@ -81,13 +82,15 @@ impl Activity {
     }
 }
 
-/// Serves the connection `stream` from `peer` until it closes (see the module).
+/// Serves the connection `stream` from `peer` until it closes (see the module), or, from
+/// `draining` on, until the answers to the queries read are written.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     handler: Handler,
     limits: TcpLimits,
     activity: Arc<Activity>,
+    draining: CancellationToken,
 ) {
     // Answers are whole messages written at once: no reason to wait for more to coalesce.
     let _ = stream.set_nodelay(true);
@@ -103,6 +106,7 @@ pub async fn serve(
         peer,
         activity: activity.clone(),
         idle_timeout: limits.idle_timeout,
+        draining,
     };
     tokio::select! {
         // The client sent its last query (or went idle): the answers still due are written.
@@ -121,17 +125,21 @@ struct Reader {
     peer: SocketAddr,
     activity: Arc<Activity>,
     idle_timeout: Duration,
+    /// The server shuts down: no more queries are read.
+    draining: CancellationToken,
 }
 
 impl Reader {
     async fn run(mut self, queries: &mut JoinSet<()>) {
+        let draining = self.draining.clone();
         loop {
             // Backpressure: with every place taken by answers not yet written, the client is
             // not read until it takes some.
-            let Ok(place) = self.answers.clone().reserve_owned().await else {
-                return;
+            let next = async {
+                let place = self.answers.clone().reserve_owned().await.ok()?;
+                Some((place, self.next_query().await?))
             };
-            let Some(query) = self.next_query().await else {
+            let Some((place, query)) = draining.run_until_cancelled(next).await.flatten() else {
                 return;
             };
             self.activity.query_read();

@@ -9,7 +9,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode},
+    op::{Header, HeaderCounts, MessageType, Metadata, Query, ResponseCode},
     rr::Record,
     serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder},
 };
@@ -51,6 +51,37 @@ pub async fn answer(
         .handle_request::<_, TokioTime>(&request, capture.clone())
         .await;
     Arc::into_inner(capture.encoded).and_then(OnceLock::into_inner)
+}
+
+/// REFUSED to the DNS message `bytes`, its question copied when it has one (so that clients
+/// match it to their query); `None` when it gets no reply (see the module). For the queries
+/// that come while the server shuts down: the client moves to its next server at once.
+pub fn refused(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut decoder = BinDecoder::new(bytes);
+    let header = Header::read(&mut decoder).ok()?;
+    if header.metadata.message_type == MessageType::Response {
+        return None;
+    }
+    let query = match header.counts.queries {
+        1 => Query::read(&mut decoder).ok(),
+        _ => None,
+    };
+    let mut metadata = Metadata::response_from_request(&header.metadata);
+    metadata.response_code = ResponseCode::Refused;
+    let reply = Header {
+        metadata,
+        counts: HeaderCounts {
+            queries: u16::from(query.is_some()),
+            ..HeaderCounts::default()
+        },
+    };
+    let mut out = Vec::with_capacity(bytes.len().min(512));
+    let mut encoder = BinEncoder::new(&mut out);
+    reply.emit(&mut encoder).ok()?;
+    if let Some(query) = query {
+        query.emit(&mut encoder).ok()?;
+    }
+    Some(out)
 }
 
 /// A reply of a header alone with `rcode`, to the query whose header is `query`.

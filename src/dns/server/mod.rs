@@ -19,7 +19,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     net::{TcpListener, UdpSocket},
     task::JoinSet,
-    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -31,6 +30,7 @@ use crate::config::DnsConfig;
 pub mod connection;
 pub mod log_limit;
 pub mod message;
+pub mod pktinfo;
 pub mod tcp;
 pub mod udp;
 
@@ -172,6 +172,9 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let socket = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
     // Best effort: the kernel caps it at net.core.rmem_max.
     let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
+    if addr.ip().is_unspecified() {
+        pktinfo::enable(&socket, addr.is_ipv6())?;
+    }
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }
@@ -190,6 +193,9 @@ pub struct DnsServer {
     /// One task per UDP socket, one for every TCP listener, and the one reporting
     /// suppressed log lines.
     tasks: JoinSet<io::Result<()>>,
+    /// Cancelled when the shutdown begins: no new query is taken from then on.
+    draining: CancellationToken,
+    /// Cancelled when the drain is over: what is still open closes.
     stop: CancellationToken,
     addrs: Vec<SocketAddr>,
     in_flight: Arc<AtomicUsize>,
@@ -200,18 +206,22 @@ impl DnsServer {
     pub fn serve(sockets: BoundSockets, handler: Handler, config: &DnsConfig) -> Self {
         let in_flight = handler.in_flight();
         let stop = CancellationToken::new();
+        let draining = stop.child_token();
         let mut tasks = JoinSet::new();
         for socket in sockets.udp {
-            tasks.spawn(udp::serve(socket, handler.clone(), stop.clone()));
+            let serve = udp::serve(socket, handler.clone(), draining.clone(), stop.clone());
+            tasks.spawn(serve);
         }
         let limits = TcpLimits::new(config);
-        tasks.spawn(tcp::serve(
+        let serve = tcp::serve(
             sockets.tcp,
             handler.clone(),
             limits,
+            draining.clone(),
             stop.clone(),
-        ));
-        let reporter_stop = stop.clone();
+        );
+        tasks.spawn(serve);
+        let reporter_stop = draining.clone();
         tasks.spawn(async move {
             log_limit::report_suppressed(&LOG_LIMITS, reporter_stop).await;
             Ok(())
@@ -221,6 +231,7 @@ impl DnsServer {
         }
         Self {
             tasks,
+            draining,
             stop,
             addrs: sockets.addrs,
             in_flight,
@@ -246,22 +257,25 @@ impl DnsServer {
         outcome
     }
 
-    /// Lets the queries being answered finish (new ones are still answered meanwhile) for at
-    /// most `drain`, then closes the sockets and every TCP connection.
+    /// Shuts down: takes no new query from now on (the TCP listeners close; a UDP socket
+    /// answers REFUSED to what comes until the queries it has in flight are answered, then
+    /// closes; TCP connections are no longer read), lets the queries in flight be answered for
+    /// at most `drain`, then closes what is still open.
     pub async fn shutdown(&mut self, drain: Duration) -> Result<(), DnsError> {
-        let deadline = Instant::now() + drain;
-        while self.in_flight.load(Ordering::Relaxed) > 0 {
-            if Instant::now() >= deadline {
-                let left = self.in_flight.load(Ordering::Relaxed);
-                warn!(
-                    queries = left,
-                    "shutting down with queries still unanswered"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        self.draining.cancel();
+        let (stop, in_flight) = (self.stop.clone(), self.in_flight.clone());
+        let wait = self.wait();
+        tokio::pin!(wait);
+        tokio::select! {
+            outcome = &mut wait => return outcome,
+            () = tokio::time::sleep(drain) => {}
         }
-        self.stop.cancel();
-        self.wait().await
+        let left = in_flight.load(Ordering::Relaxed);
+        warn!(
+            queries = left,
+            "shutting down with queries still unanswered"
+        );
+        stop.cancel();
+        wait.await
     }
 }

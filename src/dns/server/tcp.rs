@@ -70,11 +70,14 @@ impl TcpLimits {
 }
 
 /// Accepts connections on `listeners` (every TCP address of `dns.listen`, under one set of
-/// caps) and serves them until `stop`; then every connection still open is closed.
+/// caps) and serves them until `draining`. Then the listeners close (the kernel refuses new
+/// connections), the connections are read no more and close once their answers in flight are
+/// written; at `stop` every connection still open is closed.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     handler: Handler,
     limits: TcpLimits,
+    draining: CancellationToken,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let mut table = Table {
@@ -82,6 +85,7 @@ pub async fn serve(
         epoch: Instant::now(),
         tasks: JoinSet::new(),
         open: HashMap::new(),
+        draining: draining.clone(),
     };
     let accept = || {
         poll_fn(|cx| {
@@ -101,9 +105,17 @@ pub async fn serve(
                 Err(error) => table.accept_failed(&error).await,
             },
             Some(ended) = table.tasks.join_next_with_id() => table.ended(ended),
-            () = stop.cancelled() => return Ok(()),
+            () = draining.cancelled() => break,
         }
     }
+    drop(listeners);
+    while !table.tasks.is_empty() {
+        tokio::select! {
+            Some(ended) = table.tasks.join_next_with_id() => table.ended(ended),
+            () = stop.cancelled() => break,
+        }
+    }
+    Ok(())
 }
 
 /// The open connections, of every listener.
@@ -113,6 +125,8 @@ struct Table {
     /// One task per connection; dropping the table closes them all.
     tasks: JoinSet<()>,
     open: HashMap<Id, Open>,
+    /// Tells the connections to read no more queries.
+    draining: CancellationToken,
 }
 
 /// One open connection.
@@ -133,8 +147,14 @@ impl Table {
             return;
         }
         let activity = Arc::new(Activity::new(self.epoch));
-        let connection =
-            connection::serve(stream, peer, handler.clone(), self.limits, activity.clone());
+        let connection = connection::serve(
+            stream,
+            peer,
+            handler.clone(),
+            self.limits,
+            activity.clone(),
+            self.draining.clone(),
+        );
         let abort = self.tasks.spawn(connection);
         let open = Open {
             client,

@@ -2,16 +2,31 @@
 //! being answered at once (a datagram past it is dropped, as unbound drops queries past
 //! `num-queries-per-thread`: the client asks again). Only queries waiting on an upstream or a
 //! DHT lookup take long, and those are bounded by `dns.max_inflight` already; this bound keeps
-//! a flood of instant answers from piling up tasks faster than they finish.
+//! a flood of instant answers from piling up tasks faster than they finish. On a wildcard
+//! address each answer leaves from the address its query was sent to ([`pktinfo`]).
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use hickory_server::net::xfer::Protocol;
-use tokio::{net::UdpSocket, sync::Semaphore, task::JoinSet};
+use tokio::{
+    net::UdpSocket,
+    sync::Semaphore,
+    task::{Id, JoinError, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{log_limit::LogLimit, message};
+use super::{
+    log_limit::LogLimit,
+    message,
+    pktinfo::{self, Destination},
+};
 use crate::dns::{exchange::is_local_shortage, handler::Handler};
 
 /// Datagrams being answered at once, per UDP socket.
@@ -29,19 +44,106 @@ pub static BUSY: LogLimit = LogLimit::new("UDP query dropped: too many being ans
 /// Receive or send errors.
 pub static SOCKET_ERROR: LogLimit = LogLimit::new("UDP socket error");
 
-/// Answers the queries that come to `socket` until `stop`.
-pub async fn serve(socket: UdpSocket, handler: Handler, stop: CancellationToken) -> io::Result<()> {
-    let socket = Arc::new(socket);
-    let answering = Arc::new(Semaphore::new(MAX_ANSWERING));
-    let mut tasks = JoinSet::new();
+/// Answers the queries that come to `socket` until `draining`; then answers those in flight,
+/// refusing what comes meanwhile (a query in flight sent again excepted), and returns once
+/// they are answered or at `stop`, closing the socket. On a wildcard address, `socket` was
+/// made ready with [`pktinfo::enable`].
+pub async fn serve(
+    socket: UdpSocket,
+    handler: Handler,
+    draining: CancellationToken,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    let mut server = Server::new(socket, handler);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
-            received = socket.recv_from(&mut buf) => received,
-            () = stop.cancelled() => return Ok(()),
+            received = server.recv(&mut buf) => received,
+            () = draining.cancelled() => break,
         };
-        while tasks.try_join_next().is_some() {}
-        let (len, src) = match received {
+        server.on_datagram(received, &buf, None).await;
+    }
+    server.drain(&mut buf, &stop).await;
+    Ok(())
+}
+
+/// One UDP socket and the queries it is answering.
+struct Server {
+    socket: Arc<UdpSocket>,
+    /// On a wildcard address, where each datagram's destination is read (see [`pktinfo`]).
+    control: Option<pktinfo::Control>,
+    handler: Handler,
+    answering: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    /// Who asked each query being answered, by task: a query sent again while the server
+    /// shuts down is known as one in flight, whose answer is coming.
+    asking: HashMap<Id, Asker>,
+}
+
+/// The source address and message ID of a query. Not its port: some clients send a query
+/// again from a new port (hickory's does, every try from a port of its own).
+type Asker = (IpAddr, u16);
+
+impl Server {
+    fn new(socket: UdpSocket, handler: Handler) -> Self {
+        let wildcard = socket
+            .local_addr()
+            .is_ok_and(|addr| addr.ip().is_unspecified());
+        Self {
+            socket: Arc::new(socket),
+            control: wildcard.then(pktinfo::Control::new),
+            handler,
+            answering: Arc::new(Semaphore::new(MAX_ANSWERING)),
+            tasks: JoinSet::new(),
+            asking: HashMap::new(),
+        }
+    }
+
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received> {
+        recv(&self.socket, self.control.as_mut(), buf).await
+    }
+
+    /// Answers the queries in flight, then returns (or at `stop`). The socket stays open for
+    /// their answers, which must leave from its address; a query that comes meanwhile is
+    /// answered REFUSED at once, which stub resolvers take, like the port unreachable they get
+    /// once the socket is closed, as the cue to ask their next server (instead of waiting out
+    /// their timeout for a query read and never answered). A query in flight sent again (a
+    /// stub's retransmission) is not refused: its answer is coming.
+    async fn drain(&mut self, buf: &mut [u8], stop: &CancellationToken) {
+        let in_flight: HashSet<Asker> = self.asking.values().copied().collect();
+        while !self.tasks.is_empty() {
+            let event = tokio::select! {
+                received = recv(&self.socket, self.control.as_mut(), buf) => Ok(received),
+                Some(ended) = self.tasks.join_next_with_id() => Err(ended),
+                () = stop.cancelled() => return,
+            };
+            match event {
+                Ok(received) => self.on_datagram(received, buf, Some(&in_flight)).await,
+                Err(ended) => self.ended(ended),
+            }
+        }
+    }
+
+    fn ended(&mut self, ended: Result<(Id, ()), JoinError>) {
+        let id = match ended {
+            Ok((id, ())) => id,
+            Err(error) => error.id(),
+        };
+        self.asking.remove(&id);
+    }
+
+    /// Answers the datagram `received` into `buf`; or, while draining (given the queries in
+    /// flight then), refuses it.
+    async fn on_datagram(
+        &mut self,
+        received: io::Result<Received>,
+        buf: &[u8],
+        draining: Option<&HashSet<Asker>>,
+    ) {
+        while let Some(ended) = self.tasks.try_join_next_with_id() {
+            self.ended(ended);
+        }
+        let (len, src, dst) = match received {
             Ok(received) => received,
             Err(error) => {
                 if SOCKET_ERROR.admit() {
@@ -50,34 +152,80 @@ pub async fn serve(socket: UdpSocket, handler: Handler, stop: CancellationToken)
                 if is_local_shortage(&error) {
                     tokio::time::sleep(SHORTAGE_PAUSE).await;
                 }
-                continue;
+                return;
             }
         };
         if !answerable(src) {
             if NO_REPLY_ADDRESS.admit() {
                 warn!(%src, "dropping a UDP query from an address no answer can go to");
             }
-            continue;
+            return;
         }
-        let Ok(permit) = answering.clone().try_acquire_owned() else {
+        let query = &buf[..len];
+        let asker = (src.ip(), message_id(query));
+        if let Some(in_flight) = draining {
+            if !in_flight.contains(&asker)
+                && let Some(refused) = message::refused(query)
+            {
+                send(&self.socket, &refused, src, dst).await;
+            }
+            return;
+        }
+        let Ok(permit) = self.answering.clone().try_acquire_owned() else {
             if BUSY.admit() {
                 warn!(%src, limit = MAX_ANSWERING, "dropping a UDP query: too many are being answered");
             }
-            continue;
+            return;
         };
-        let query = buf[..len].to_vec();
-        let (socket, handler) = (socket.clone(), handler.clone());
-        tasks.spawn(async move {
+        let query = query.to_vec();
+        let (socket, handler) = (self.socket.clone(), self.handler.clone());
+        let task = self.tasks.spawn(async move {
             let _permit = permit;
-            let Some(answer) = message::answer(&handler, query, src, Protocol::Udp).await else {
-                return;
-            };
-            if let Err(error) = socket.send_to(&answer, src).await
-                && SOCKET_ERROR.admit()
-            {
-                warn!(%src, %error, "sending a DNS answer over UDP failed");
+            if let Some(answer) = message::answer(&handler, query, src, Protocol::Udp).await {
+                send(&socket, &answer, src, dst).await;
             }
         });
+        self.asking.insert(task.id(), asker);
+    }
+}
+
+/// The ID of the DNS message `bytes` (0 if too short to have one: no answer goes to it).
+fn message_id(bytes: &[u8]) -> u16 {
+    match bytes {
+        [high, low, ..] => u16::from_be_bytes([*high, *low]),
+        _ => 0,
+    }
+}
+
+/// A datagram read: its length, source, and destination where the socket's address does not
+/// say it.
+type Received = (usize, SocketAddr, Option<Destination>);
+
+/// The next datagram of `socket` into `buf`; `control` is given on a wildcard address.
+async fn recv(
+    socket: &UdpSocket,
+    control: Option<&mut pktinfo::Control>,
+    buf: &mut [u8],
+) -> io::Result<Received> {
+    match control {
+        Some(control) => pktinfo::recv(socket, buf, control).await,
+        None => {
+            let (len, src) = socket.recv_from(buf).await?;
+            Ok((len, src, None))
+        }
+    }
+}
+
+/// Sends `answer` to `to`, from `from` if given (else from where the kernel picks).
+async fn send(socket: &UdpSocket, answer: &[u8], to: SocketAddr, from: Option<Destination>) {
+    let sent = match from {
+        Some(from) => pktinfo::send_from(socket, answer, to, from).await,
+        None => socket.send_to(answer, to).await,
+    };
+    if let Err(error) = sent
+        && SOCKET_ERROR.admit()
+    {
+        warn!(%to, %error, "sending a DNS answer over UDP failed");
     }
 }
 
@@ -86,8 +234,8 @@ pub async fn serve(socket: UdpSocket, handler: Handler, stop: CancellationToken)
 fn answerable(src: SocketAddr) -> bool {
     let ip = src.ip().to_canonical();
     let broadcast = match ip {
-        std::net::IpAddr::V4(v4) => v4.is_broadcast(),
-        std::net::IpAddr::V6(_) => false,
+        IpAddr::V4(v4) => v4.is_broadcast(),
+        IpAddr::V6(_) => false,
     };
     src.port() != 0 && !ip.is_unspecified() && !broadcast
 }
