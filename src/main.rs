@@ -24,6 +24,9 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Service(command) => cli::service(command),
+        Command::Reload { pid } => p2pdns::signal::request_reload(*pid)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(CliError::from),
         Command::Run(args) => Loaded::load(&cli, |c| args.apply(c)).and_then(|loaded| {
             if args.check_config {
                 return cli::check_config(&loaded);

@@ -66,6 +66,13 @@ pub enum Command {
     },
     /// List the names this daemon publishes, with how many other nodes hold each.
     Names,
+    /// Ask the daemon with this process id to reload, as SIGHUP does (the systemd unit's
+    /// ExecReload runs it, so no `kill` binary is needed).
+    Reload {
+        /// The daemon's process id (systemd passes $MAINPID).
+        #[arg(long)]
+        pid: i32,
+    },
     /// Resolve a .p2p name through the daemon; shows the owner key, sequence number and how
     /// many replicas agreed.
     Resolve {

@@ -66,6 +66,9 @@ pub enum CliError {
     /// The signal handlers could not be installed.
     #[error("failed to install the signal handlers")]
     Signal(#[source] std::io::Error),
+    /// `p2pdns reload` could not signal the daemon.
+    #[error(transparent)]
+    Reload(#[from] crate::signal::ReloadError),
 }
 
 impl CliError {
@@ -245,6 +248,7 @@ fn request(command: &Command) -> Result<Option<Request>, CommandError> {
         | Command::Intro(_)
         | Command::Config(_)
         | Command::Service(_)
+        | Command::Reload { .. }
         | Command::Doctor => return Ok(None),
         Command::Status { peers } => Request::Status { peers: *peers },
         Command::Publish(args) => publish_request(args)?,

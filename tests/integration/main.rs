@@ -47,6 +47,7 @@
 //! - [`alias_chains`]: alias chains leaving their zone: incomplete upstream chains completed,
 //!   chains to special-use names answered here.
 //! - [`cli_pipes`]: the command-line tool keeps its exit code when its output pipe closes.
+//! - [`cli_reload`]: `p2pdns reload --pid`, the unit's ExecReload, signals only a p2pdns.
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -66,6 +67,8 @@ mod bench_dht;
 mod bounded_maps;
 #[cfg(unix)]
 mod cli_pipes;
+#[cfg(target_os = "linux")]
+mod cli_reload;
 mod config_ranges;
 mod dht_fairness;
 mod dns;
