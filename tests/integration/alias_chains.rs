@@ -10,24 +10,9 @@ use hickory_proto::{
 };
 
 use crate::{
-    scripted::{Action, Asked, RawSections, Scripted, raw_a, raw_cname, raw_response, raw_soa},
+    scripted::{Action, Scripted, answer, raw_a, raw_cname, raw_soa},
     support::{TestDaemon, a_records, ask, config, ede},
 };
-
-/// The answer to `asked` with `rcode` and these sections.
-fn answer(
-    asked: &Asked,
-    rcode: ResponseCode,
-    answers: Vec<Vec<u8>>,
-    authorities: Vec<Vec<u8>>,
-) -> Action {
-    let sections = RawSections {
-        answers,
-        authorities,
-        additionals: Vec::new(),
-    };
-    Action::Reply(raw_response(asked, rcode, 0, &sections))
-}
 
 /// An upstream that serves each zone on its own, as authoritative servers do: it answers a
 /// CNAME without following it.
@@ -70,7 +55,7 @@ async fn zone_by_zone_upstream() -> Scripted {
                 vec![raw_soa("example.net.", 300, 60)],
             ),
         };
-        answer(asked, rcode, answers, authorities)
+        answer(asked, rcode, 0, answers, authorities)
     })
     .await
 }

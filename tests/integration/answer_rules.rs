@@ -13,8 +13,8 @@ use hickory_proto::{
 
 use crate::{
     scripted::{
-        Action, Asked, RawSections, Scripted, raw_a, raw_aaaa, raw_cname, raw_ns, raw_response,
-        raw_rr, raw_soa, wire_name,
+        Action, Asked, RawSections, Scripted, answer, raw_a, raw_aaaa, raw_cname, raw_ns,
+        raw_response, raw_rr, raw_soa, wire_name,
     },
     support::{TestDaemon, a_records, config, ede, exchange_udp, query},
 };
@@ -39,22 +39,6 @@ fn flagged(name: &str, qtype: RecordType, dnssec_ok: Option<bool>, cd: bool, ad:
     msg.metadata.checking_disabled = cd;
     msg.metadata.authentic_data = ad;
     msg
-}
-
-/// The answer to `asked` with `rcode`, extra header `flags`, and these sections.
-fn answer(
-    asked: &Asked,
-    rcode: ResponseCode,
-    flags: u8,
-    answers: Vec<Vec<u8>>,
-    authorities: Vec<Vec<u8>>,
-) -> Action {
-    let sections = RawSections {
-        answers,
-        authorities,
-        additionals: Vec::new(),
-    };
-    Action::Reply(raw_response(asked, rcode, flags, &sections))
 }
 
 /// AD in the second flags byte of a raw response.

@@ -296,6 +296,23 @@ fn question_len(body: &[u8]) -> usize {
     at + 1 + 4
 }
 
+/// The answer to `asked` with `rcode`, extra header `flags` (second octet: AD 0x20, CD
+/// 0x10), and these sections.
+pub fn answer(
+    asked: &Asked,
+    rcode: ResponseCode,
+    flags: u8,
+    answers: Vec<Vec<u8>>,
+    authorities: Vec<Vec<u8>>,
+) -> Action {
+    let sections = RawSections {
+        answers,
+        authorities,
+        additionals: Vec::new(),
+    };
+    Action::Reply(raw_response(asked, rcode, flags, &sections))
+}
+
 /// A response to `asked` with `message`'s sections and flags, encoded by hickory: for answers
 /// hickory can express. The ID and question are the query's.
 pub fn encoded_response(asked: &Asked, mut message: Message) -> Vec<u8> {

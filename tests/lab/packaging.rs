@@ -166,7 +166,11 @@ fn units_for_this_build(dir: &Path) -> Vec<PathBuf> {
             );
             // Every command of the unit (ExecStart, ExecReload) runs the binary of this build.
             let copy = dir.join(unit);
-            fs::write(&copy, text.replace("=/usr/bin/p2pdns ", &format!("={BIN} "))).unwrap();
+            fs::write(
+                &copy,
+                text.replace("=/usr/bin/p2pdns ", &format!("={BIN} ")),
+            )
+            .unwrap();
             copy
         })
         .collect()
