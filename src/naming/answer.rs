@@ -13,8 +13,10 @@ use super::NamingAnswer;
 
 /// Longest CNAME chain followed for one question, across sources.
 pub(crate) const MAX_CNAME_CHAIN: usize = 8;
-/// TTL and SOA minimum of the synthesized SOA: how long resolvers may cache "no such name".
-const NEGATIVE_TTL: u32 = 60;
+/// TTL and SOA minimum of the synthesized SOA: how long resolvers may cache "no such name",
+/// the same time this resolver believes the DHT has no such name (docs/PROTOCOL.md section
+/// 10): short, because a name may be published any moment.
+pub(crate) const NEGATIVE_TTL: u32 = 10;
 
 /// Where [`answer_from`] finds records: the local table or one signed name record.
 pub(crate) trait RecordSource {

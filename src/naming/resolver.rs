@@ -35,9 +35,9 @@ use crate::{
 
 /// Signed records and absences cached at most (least recently used first out).
 const CACHE_ENTRIES: usize = 10_000;
-/// How long "the DHT has no such name" is believed: short, because a name may be published
-/// any moment (clients cache NXDOMAIN for the p2p. SOA minimum on their own).
-const NEGATIVE_CACHE: Duration = Duration::from_secs(10);
+/// How long "the DHT has no such name" is believed: as long as clients may cache it, the
+/// `p2p.` SOA's TTL and minimum (one negative TTL, docs/PROTOCOL.md section 10).
+const NEGATIVE_CACHE: Duration = Duration::from_secs(super::answer::NEGATIVE_TTL as u64);
 /// Freshness of a cached record that holds no resource record to take a TTL from.
 const EMPTY_RECORD_TTL: u32 = 60;
 

@@ -205,14 +205,21 @@ impl Behaviour {
     }
 }
 
+/// The record store's bounds: `p2p.max_stored_records` records of at most
+/// [`crate::record::MAX_RECORD_BYTES`] each (docs/PROTOCOL.md section 3), that size included:
+/// libp2p refuses values of `max_value_bytes` and more.
+fn store_config(config: &P2pConfig) -> MemoryStoreConfig {
+    MemoryStoreConfig {
+        max_records: config.max_stored_records,
+        max_value_bytes: crate::record::MAX_RECORD_BYTES + 1,
+        ..MemoryStoreConfig::default()
+    }
+}
+
 /// Kademlia on the p2pdns protocol, with the store bounded and every inbound record handed to
 /// the node to check ([`kad::StoreInserts::FilterBoth`]).
 fn kademlia(peer_id: PeerId, config: &P2pConfig) -> kad::Behaviour<MemoryStore> {
-    let store = MemoryStoreConfig {
-        max_records: config.max_stored_records,
-        max_value_bytes: crate::record::MAX_RECORD_BYTES,
-        ..MemoryStoreConfig::default()
-    };
+    let store = store_config(config);
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kad_config
         .set_record_filtering(kad::StoreInserts::FilterBoth)
@@ -282,4 +289,29 @@ pub(crate) async fn next_event(swarm: &mut NodeSwarm) -> NodeEvent {
         .next()
         .await
         .expect("a swarm's event stream never ends")
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::kad::{
+        self, RecordKey,
+        store::{MemoryStore, RecordStore},
+    };
+
+    use super::*;
+
+    #[test]
+    fn the_store_takes_records_of_the_largest_size_and_no_larger() {
+        let mut store =
+            MemoryStore::with_config(PeerId::random(), store_config(&P2pConfig::default()));
+        let record =
+            |len: usize| kad::Record::new(RecordKey::new(&len.to_be_bytes()), vec![0; len]);
+        let largest = crate::record::MAX_RECORD_BYTES;
+        assert!(store.put(record(largest)).is_ok(), "{largest} bytes");
+        assert!(
+            store.put(record(largest + 1)).is_err(),
+            "{} bytes",
+            largest + 1
+        );
+    }
 }

@@ -127,7 +127,7 @@ const TYPES: &[RecordType] = &[
 ];
 
 /// The apex SOA the daemon synthesizes (docs/PROTOCOL.md section 10).
-const APEX_SOA: &str = "p2p. 60 IN SOA localhost. nobody.invalid. 1 3600 600 86400 60";
+const APEX_SOA: &str = "p2p. 10 IN SOA localhost. nobody.invalid. 1 3600 600 86400 10";
 
 /// Longest wait for nsd to serve, and for one reply.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
