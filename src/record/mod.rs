@@ -145,7 +145,12 @@ pub fn p2p_name(text: &str) -> Result<Name, hickory_proto::ProtoError> {
     } else {
         format!("{text}.{TLD}.")
     };
-    Name::from_ascii(full)
+    if full.is_ascii() && !full.contains("xn--") {
+        return Name::from_ascii(full);
+    }
+    // Internationalized names become A-labels by IDNA (UTS 46, as browsers do), and A-labels
+    // given as such must decode: `bücher` is `xn--bcher-kva`, `xn--a` is refused.
+    Name::from_utf8(full)
 }
 
 /// Checks that `name` is one lower-case LDH label under the DHT TLD.
@@ -397,6 +402,18 @@ mod tests {
             vec![a(name, "192.0.2.1"), a(&format!("www.{name}"), "192.0.2.2")],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn internationalized_names_become_a_labels_and_bad_a_labels_are_refused() {
+        let name = |text: &str| p2p_name(text).map(|n| n.to_ascii());
+        assert_eq!(name("bücher").unwrap(), "xn--bcher-kva.p2p.");
+        assert_eq!(name("Bücher.p2p").unwrap(), "xn--bcher-kva.p2p.");
+        assert_eq!(name("xn--bcher-kva").unwrap(), "xn--bcher-kva.p2p.");
+        assert_eq!(name("Site").unwrap(), "site.p2p.");
+        for bad in ["xn--a", "xn--bcher-kva-", "xn--ab-cd-\u{e9}"] {
+            assert!(name(bad).is_err(), "{bad}: {:?}", name(bad));
+        }
     }
 
     #[test]
