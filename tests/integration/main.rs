@@ -34,6 +34,8 @@
 //! - [`alias_chains`]: alias chains leaving their zone: incomplete upstream chains completed,
 //!   chains to special-use names answered here.
 //! - [`cli_pipes`]: the command-line tool keeps its exit code when its output pipe closes.
+//! - [`fuzz_found`]: what the fuzz targets of `tests/fuzz` found, replayed against a daemon
+//!   (issue 15, kind 6).
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -55,6 +57,7 @@ mod bounded_maps;
 mod cli_pipes;
 mod dht_fairness;
 mod dns;
+mod fuzz_found;
 mod local_records;
 mod p2p;
 mod p2p_answers;
