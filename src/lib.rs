@@ -34,6 +34,8 @@
 //! - [`os`]: `service install/uninstall`, `doctor`, and systemd readiness notification.
 //! - [`tunnel`]: names that carry TCP over the P2P connection (in progress: the local
 //!   address table).
+//! - `fuzzing` (feature `fuzzing` only): the private parsers the fuzz targets of `tests/fuzz`
+//!   drive.
 //!
 //! # A query's path
 //!
@@ -51,6 +53,8 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod intro;
 pub mod naming;
 pub mod nat;

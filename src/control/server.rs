@@ -233,7 +233,7 @@ pub async fn serve(socket: ControlSocket, context: Arc<Context>, stop: Cancellat
     }
 }
 
-async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
+pub(crate) async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();

@@ -278,7 +278,7 @@ pub async fn exchange(
 }
 
 /// What a datagram that came to a try's socket is.
-enum Datagram {
+pub(crate) enum Datagram {
     /// The response to the query (it matches), decoded or malformed.
     Answer(Result<Exchanged, ExchangeError>),
     /// It has the query's ID but does not answer it.
@@ -290,7 +290,7 @@ enum Datagram {
 /// Sorts `datagram` by RFC 5452 section 9.1's match against `query`: ID, then the header
 /// and question, read without the record sections so that a response whose records do not
 /// parse still counts as the answer.
-fn sort(datagram: &[u8], query: &Message) -> Datagram {
+pub(crate) fn sort(datagram: &[u8], query: &Message) -> Datagram {
     if message_id(datagram) != Some(query.metadata.id) {
         return Datagram::Stray;
     }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use hickory_proto::{
     op::{Edns, Header, HeaderCounts, Metadata, ResponseCode},
     rr::{Name, RData, Record, RecordType, rdata::opt::EdnsOption},
-    serialize::binary::BinEncoder,
+    serialize::binary::{BinDecoder, BinEncoder},
 };
 use hickory_server::{
     net::xfer::Protocol,
     server::{Request, ResponseHandler, ResponseInfo},
-    zone_handler::MessageResponseBuilder,
+    zone_handler::{MessageResponseBuilder, Queries},
 };
 use tracing::debug;
 
@@ -21,8 +21,8 @@ use crate::naming::{AnswerNote, NamingAnswer};
 
 /// EDNS option code of Extended DNS Errors (RFC 8914).
 const EDE_OPTION: u16 = 15;
-/// Room left for the header, question and OPT when judging from a size estimate whether an
-/// answer fits; closer calls are measured exactly.
+/// Room left for the header and OPT (an Extended DNS Error included) when judging from a size
+/// estimate whether an answer fits; closer calls are measured exactly.
 const SIZE_MARGIN: usize = 128;
 /// Largest reply without EDNS over UDP (RFC 1035 section 4.2.1).
 const PLAIN_UDP_SIZE: u16 = 512;
@@ -252,11 +252,15 @@ pub async fn send<R: ResponseHandler>(
         (Protocol::Udp, None) => usize::from(PLAIN_UDP_SIZE),
         _ => usize::from(u16::MAX),
     };
+    // hickory echoes the question section as it came and compresses no name against it: a
+    // name the upstream compressed against the question is written out once more.
+    let question = request.queries.as_bytes().len();
     let fits = match reply.size_hint {
-        Some(hint) if hint + SIZE_MARGIN <= limit => true,
+        Some(hint) if hint + question + SIZE_MARGIN <= limit => true,
         _ => encoded_len(request, &metadata, &reply, edns.as_ref()) <= limit,
     };
 
+    let no_question: Queries;
     let mut builder = MessageResponseBuilder::from_message_request(request);
     if let Some(edns) = &edns {
         builder.edns(edns);
@@ -274,6 +278,15 @@ pub async fn send<R: ResponseHandler>(
         // Send an empty TC=1 reply that keeps its OPT record, rather than a cut one that
         // loses it; the client retries over TCP (RFC 6891 section 7, RFC 7766).
         metadata.truncation = true;
+        if question + SIZE_MARGIN > limit {
+            // The question section, echoed as it came, is over the limit by itself (several
+            // questions, answered FORMERR, REFUSED or BADVERS): hickory would fail to encode
+            // the reply, log an error and send a bare SERVFAIL for every such datagram. Leave
+            // it out, as hickory does for a query it cannot parse.
+            no_question = Queries::read(&mut BinDecoder::new(&[]), 0)
+                .expect("no question reads from no bytes");
+            builder = MessageResponseBuilder::new(&no_question, edns.as_ref());
+        }
         response_handle
             .send_response(builder.build_no_records(metadata))
             .await

@@ -321,6 +321,7 @@ fn record(
         return Err(RecordError::TtlTooLarge(ttl.into()));
     }
     let data = rdata::rdata(rtype, words, origin)?;
+    rdata::check_wire(rtype, &data)?;
     let mut owner = owner.clone();
     owner.set_fqdn(true);
     Ok(Record::from_rdata(owner, ttl, data))

@@ -181,7 +181,7 @@ pub(super) fn binding_request(id: &[u8; 12]) -> Vec<u8> {
 
 /// The outcome carried by `datagram` if it is a response to our transaction `id`; `None` for
 /// anything else, which the caller ignores.
-pub(super) fn read_response(
+pub(crate) fn read_response(
     datagram: &[u8],
     id: &[u8; 12],
     server: SocketAddr,

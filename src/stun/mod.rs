@@ -19,6 +19,8 @@ mod test_vectors;
 pub use client::{Mapping, StunError, binding, mapping_behaviour};
 pub(crate) use client::{local_endpoint, same_endpoint};
 pub use server::{MAX_RESPONSE, serve};
+#[cfg(feature = "fuzzing")]
+pub(crate) use {client::read_response, server::respond};
 
 /// The two roles against each other, and both parsers against hostile input.
 #[cfg(test)]

@@ -114,7 +114,7 @@ pub async fn serve(socket: UdpSocket, stop: CancellationToken) {
 }
 
 /// The reply to `datagram` from `source`, or why there is none.
-pub(super) fn respond(datagram: &[u8], source: SocketAddr) -> Result<Vec<u8>, &'static str> {
+pub(crate) fn respond(datagram: &[u8], source: SocketAddr) -> Result<Vec<u8>, &'static str> {
     if datagram.len() > MAX_REQUEST {
         return Err("larger than any Binding request");
     }

@@ -48,6 +48,8 @@
 //!   chains to special-use names answered here.
 //! - [`cli_pipes`]: the command-line tool keeps its exit code when its output pipe closes.
 //! - [`cli_reload`]: `p2pdns reload --pid`, the unit's ExecReload, signals only a p2pdns.
+//! - [`fuzz_found`]: what the fuzz targets of `tests/fuzz` found, replayed against a daemon
+//!   (issue 15, kind 6).
 //! - `bench_dht` (with the `test-support` feature, ignored): DHT benchmarks, run on request:
 //!   `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //!   --nocapture --test-threads 1`.
@@ -73,6 +75,7 @@ mod config_ranges;
 mod dht_fairness;
 mod dns;
 mod durable;
+mod fuzz_found;
 mod intro_flood;
 mod local_records;
 mod p2p;

@@ -2,20 +2,26 @@
 
 use std::fmt::Write as _;
 
-use hickory_proto::rr::{RData, Record};
+use hickory_proto::{
+    rr::{Name, RData, Record},
+    serialize::binary::{BinEncodable, BinEncoder, NameEncoding},
+};
 
 use super::rdata::type_name;
 
 /// A record in zone-file presentation format, `NAME TTL CLASS TYPE RDATA`, as `dig` and
-/// [`super::parse_record`] read it: character-strings (TXT, HINFO) each in double quotes with
-/// `"` and `\` escaped (RFC 1035 section 5.1), a type hickory does not know as `TYPEnnn` with
-/// its RDATA in the generic form `\# LENGTH HEX` (RFC 3597 section 5), other types as hickory
-/// prints them. hickory's own `Display` runs a TXT record's strings together unquoted, so
-/// `"hello" "world"` would show as `helloworld`, and prints unknown types as `Unknown`.
+/// [`super::parse_record`] read it: names in ASCII (`xn--` labels, `\.` and `\DDD` escapes),
+/// character-strings (TXT, HINFO) each in double quotes with `"` and `\` escaped (RFC 1035
+/// section 5.1), a type hickory does not know as `TYPEnnn` with its RDATA in the generic form
+/// `\# LENGTH HEX` (RFC 3597 section 5), other types as hickory prints them, unless that text
+/// does not read back as the same record (hickory prints some CERT, CAA and NAPTR values and
+/// names in RDATA in forms its parser does not read): then in the generic form too. hickory's
+/// own `Display` runs a TXT record's strings together unquoted, so `"hello" "world"` would
+/// show as `helloworld`, and prints unknown types as `Unknown`.
 pub fn presentation(record: &Record) -> String {
     let mut out = format!(
         "{} {} {} {} ",
-        record.name,
+        record.name.to_ascii(),
         record.ttl,
         record.dns_class,
         type_name(record.record_type())
@@ -40,10 +46,24 @@ pub fn presentation(record: &Record) -> String {
         // A record of zero length read from the wire.
         RData::Update0(_) => push_generic(&mut out, &[]),
         data => {
+            let head = out.len();
             let _ = write!(out, "{data}");
+            if !reads_back(&out, record) {
+                out.truncate(head);
+                let mut wire = Vec::new();
+                let mut encoder = BinEncoder::new(&mut wire);
+                let _ = data.emit(&mut encoder.with_name_encoding(NameEncoding::Uncompressed));
+                push_generic(&mut out, &wire);
+            }
         }
     }
     out
+}
+
+/// Does `text` read back (as a zone file's line) as `record`?
+fn reads_back(text: &str, record: &Record) -> bool {
+    super::parse_zone(&Name::root(), text, 0)
+        .is_ok_and(|again| again.len() == 1 && again[0] == *record && again[0].ttl == record.ttl)
 }
 
 /// Appends `\# LENGTH HEX` (RFC 3597 section 5); `\# 0` for empty RDATA.

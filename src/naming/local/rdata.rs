@@ -151,6 +151,19 @@ pub enum RecordError {
         /// The type.
         rtype: RecordType,
     },
+    /// RDATA that hickory's text parser of the type accepts but that cannot go on the wire as
+    /// written: hickory cannot encode it (an SVCB `alpn` without a protocol) or reads the
+    /// encoding back as other RDATA. It could be neither served nor published as written.
+    #[error(
+        "the {rtype} RDATA cannot be sent as written (hickory cannot encode it, or reads it back otherwise)"
+    )]
+    WireForm {
+        /// The type.
+        rtype: RecordType,
+        /// hickory's reason, when it refused to encode.
+        #[source]
+        source: Option<hickory_proto::ProtoError>,
+    },
     /// A record's owner name (in a zone file) does not parse.
     #[error("{name:?} is not a domain name")]
     Owner {
@@ -421,4 +434,26 @@ fn generic(rtype: RecordType, words: &[Token<'_>]) -> Result<RData, RecordError>
         return Err(no_strings());
     }
     Ok(data)
+}
+
+/// Refuses `data` unless it encodes (at most 65535 bytes) and reads back as itself: a record
+/// that does not would fail every reply that carries it, or be read by peers as other data
+/// than its publisher signed.
+pub(super) fn check_wire(rtype: RecordType, data: &RData) -> Result<(), RecordError> {
+    let mut wire = Vec::with_capacity(64);
+    let mut encoder = BinEncoder::new(&mut wire);
+    data.emit(&mut encoder.with_name_encoding(NameEncoding::Uncompressed))
+        .map_err(|source| RecordError::WireForm {
+            rtype,
+            source: Some(source),
+        })?;
+    let refused = || RecordError::WireForm {
+        rtype,
+        source: None,
+    };
+    let length = u16::try_from(wire.len()).map_err(|_| refused())?;
+    match RData::read(&mut BinDecoder::new(&wire), rtype, Restrict::new(length)) {
+        Ok(back) if back == *data => Ok(()),
+        _ => Err(refused()),
+    }
 }

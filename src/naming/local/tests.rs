@@ -598,3 +598,46 @@ fn a_config_table_names_the_record_refused() {
         assert!(message.contains(expected), "{message}");
     }
 }
+
+/// Found by the `zone_text` fuzz target (issue 15, kind 6): RDATA that hickory's text parser of
+/// HTTPS accepts but that does not go on the wire as written. It failed at `publish` with
+/// "record is malformed" or was read by peers as other RDATA than was signed; as a local
+/// record, every reply carrying it failed to encode.
+#[test]
+fn rdata_that_cannot_go_on_the_wire_as_written_is_refused() {
+    for text in [
+        "HTTPS 1 5 alpn=;,2ph3o rt1 5 alpn=[h,2ph3o rt=8443",
+        "HTTPS 1 n3",
+        "HTTPS 1 CLASS3",
+        "HTTPS 1 pm",
+    ] {
+        let refused = refusal(text);
+        assert!(
+            matches!(refused, RecordError::WireForm { .. }),
+            "{text}: {refused}"
+        );
+    }
+    // What goes on the wire as written is still read.
+    one("HTTPS 1 . alpn=h2,h3 port=8443");
+    one("SVCB 1 svc.example. ipv4hint=192.0.2.1");
+}
+
+/// Found by the `zone_text` fuzz target (issue 15, kind 6): hickory prints some RDATA (CERT
+/// algorithms, CAA values with quotes, names in RDATA with escaped dots) in forms that do not
+/// read back as the record: `p2pdns names` and `resolve` showed records that could not be
+/// published again as shown.
+#[test]
+fn presentation_reads_back_whatever_hickory_prints() {
+    for text in [
+        r#"CAA 0 isu el"estsencrypt./rg""#,
+        "CERT 2 0 60 E0Pe",
+        r"NS 55555\555d\.65\.\.35\x.65\.55",
+        r"MX 0 \.\.uu",
+    ] {
+        let record = one(text);
+        let shown = presentation(&record);
+        let again = parse_zone(&Name::root(), &shown, 0)
+            .unwrap_or_else(|e| panic!("{text} shown as {shown}: {e}"));
+        assert_eq!(again, [record], "{text} shown as {shown}");
+    }
+}
