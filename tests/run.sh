@@ -38,3 +38,6 @@ cargo clippy --locked --test lab -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 cargo test --locked
 cargo test --locked --test lab
+# Fuzzing (tests/fuzz/README.md): builds the libFuzzer targets (about 5 minutes) and runs each
+# for 10 s; fails on any crash. Longer runs: tests/fuzz/run.sh 600.
+tests/fuzz/run.sh 10
