@@ -5,7 +5,7 @@
 //! stops the daemon at start-up with the dotted key in the message, never later on the query path.
 
 use std::{
-    fmt, fs,
+    fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
@@ -30,6 +30,9 @@ const DATA_DIR_ENV: &str = "P2PDNS_DATA_DIR";
 const SYSTEM_CONFIG_FILE: &str = "/etc/p2pdns/p2pdns.toml";
 /// Data directory for a service user that has no home directory.
 const SYSTEM_DATA_DIR: &str = "/var/lib/p2pdns";
+/// Largest configuration file read, in bytes: a file of local records is far smaller, and a
+/// path such as /dev/zero must not be read without end.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// The largest TTL, in seconds: RFC 2181 section 8 keeps the top bit clear (2^31 - 1). Local
 /// records with a larger one are refused by their parser; this bounds the default given to them.
@@ -438,9 +441,11 @@ impl Config {
 
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = crate::state::read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         Self::from_toml(&text, &path.display().to_string())
     }

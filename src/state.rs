@@ -127,6 +127,27 @@ pub enum LockError {
     },
 }
 
+/// Reads the text file at `path`, refusing one longer than `max` bytes: configuration and
+/// resolv.conf may name anything (`/dev/zero`), and reading must stay bounded.
+///
+/// # Errors
+/// The file cannot be read, is not UTF-8, or is longer than `max` bytes
+/// ([`io::ErrorKind::FileTooLarge`]).
+pub fn read_text_bounded(path: &Path, max: u64) -> io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("longer than {max} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Creates `dir` (and parents) readable by the owner only.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
@@ -398,6 +419,17 @@ mod tests {
 
     /// Writers of one file each get a temporary file of their own: none fails, and what is
     /// left is one whole write.
+    #[test]
+    fn bounded_reads_refuse_endless_and_long_files() {
+        let error = read_text_bounded(Path::new("/dev/zero"), 1024).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::FileTooLarge);
+        let dir = temp_dir("bounded-read");
+        let path = dir.join("text");
+        fs::write(&path, "12345").unwrap();
+        assert_eq!(read_text_bounded(&path, 5).unwrap(), "12345");
+        assert!(read_text_bounded(&path, 4).is_err());
+    }
+
     #[test]
     fn concurrent_writes_of_one_file_never_share_a_temporary_file() {
         let dir = temp_dir("state-race");

@@ -287,9 +287,11 @@ fn request(command: &Command) -> Result<Option<Request>, CommandError> {
 
 fn publish_request(args: &PublishArgs) -> Result<Request, CommandError> {
     if let Some(path) = &args.zone {
-        let zone = std::fs::read_to_string(path).map_err(|source| CommandError::Zone {
-            path: path.clone(),
-            source,
+        let zone = crate::state::read_text_bounded(path, 1 << 20).map_err(|source| {
+            CommandError::Zone {
+                path: path.clone(),
+                source,
+            }
         })?;
         return Ok(Request::PublishZone {
             name: args.name.clone(),

@@ -171,7 +171,8 @@ impl Upstream {
 
 /// Reads `nameserver` lines from a resolv.conf file.
 fn read_resolv_conf(path: &Path) -> std::io::Result<Vec<SocketAddr>> {
-    let text = std::fs::read_to_string(path)?;
+    // resolv.conf is a few lines; 64 KiB is far more than any real one.
+    let text = crate::state::read_text_bounded(path, 64 * 1024)?;
     Ok(parse_resolv_conf(&text))
 }
 
