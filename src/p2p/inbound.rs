@@ -102,6 +102,7 @@ impl InboundPuts {
         if record.key.as_ref() != dht_key(&new.name).as_slice() {
             return invalid.warn_once(source, &"record stored under another name's key");
         }
+        let mut replaces = false;
         if let Some(held) = store.get(&record.key)
             && let Ok(held) = NameRecord::from_bytes(&held.value)
             && held.expires > now
@@ -112,12 +113,16 @@ impl InboundPuts {
             if new.seq <= held.seq {
                 return;
             }
+            // A newer version takes the old one's place: it adds nothing to any bound.
+            replaces = true;
         }
-        let held_by_source = store
-            .records()
-            .filter(|r| r.publisher == Some(source))
-            .count();
-        if held_by_source >= self.max_records_per_peer {
+        let held_by_source = || {
+            store
+                .records()
+                .filter(|r| r.publisher == Some(source))
+                .count()
+        };
+        if !replaces && held_by_source() >= self.max_records_per_peer {
             debug!(peer = %source, "per-peer record limit reached; record dropped");
             return;
         }
@@ -181,5 +186,52 @@ mod tests {
             assert!(!puts.within_rate(steady), "the steady peer stays limited");
         }
         assert_eq!(puts.put_times.len(), RATE_PEERS);
+    }
+
+    /// A peer at its record limit can still update the records it holds here (a newer `seq`
+    /// replaces, docs/PROTOCOL.md section 5 rule 10), but not add another.
+    #[test]
+    fn a_peer_at_its_record_limit_can_still_update_what_it_holds() {
+        let config = P2pConfig {
+            max_records_per_peer: 1,
+            ..P2pConfig::default()
+        };
+        let mut puts = InboundPuts::new(&config);
+        let peer = PeerId::random();
+        let me = PeerId::random();
+        let mut store = MemoryStore::new(me);
+        let mut invalid = InvalidRecords::default();
+        let key = libp2p::identity::ed25519::Keypair::generate();
+        let record = |name: &str, seq| {
+            let name = hickory_proto::rr::Name::from_ascii(name).expect("name");
+            let signed = NameRecord::sign(&key, &name, seq, unix_now() + 600, Vec::new());
+            to_kad_record(&signed.expect("signed"), None)
+        };
+        let seq_held = |store: &MemoryStore, name: &str| {
+            let key = record(name, 0).key;
+            store
+                .get(&key)
+                .map(|r| NameRecord::from_bytes(&r.value).expect("stored").seq)
+        };
+        puts.on_put(&mut store, peer, record("one.p2p.", 1), &mut invalid);
+        puts.on_put(&mut store, peer, record("two.p2p.", 1), &mut invalid);
+        assert_eq!(seq_held(&store, "one.p2p."), Some(1));
+        assert_eq!(
+            seq_held(&store, "two.p2p."),
+            None,
+            "over the per-peer limit"
+        );
+        puts.on_put(&mut store, peer, record("one.p2p.", 2), &mut invalid);
+        assert_eq!(
+            seq_held(&store, "one.p2p."),
+            Some(2),
+            "an update is no new record"
+        );
+        puts.on_put(&mut store, peer, record("one.p2p.", 1), &mut invalid);
+        assert_eq!(
+            seq_held(&store, "one.p2p."),
+            Some(2),
+            "an older one is refused"
+        );
     }
 }
