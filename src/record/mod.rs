@@ -8,13 +8,16 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_proto::{
-    rr::{DNSClass, LowerName, Name, Record, RecordType},
+    rr::{DNSClass, LowerName, Name, Record},
     serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding},
 };
 use libp2p::identity::ed25519;
 use sha2::{Digest, Sha256};
 
 mod content;
+pub mod rdata;
+#[cfg(test)]
+mod vectors;
 mod zbase32;
 
 pub use content::{ContentError, tidy};
@@ -37,6 +40,9 @@ pub const RESERVED_LABEL: &str = "p2pdns";
 const SIGNING_CONTEXT: &[u8] = b"p2pdns-record-v1\0";
 /// Prefix of the hashed name that gives the DHT key.
 const KEY_CONTEXT: &[u8] = b"p2pdns-name-v1\0";
+/// Namespace in front of the hash in a DHT key (docs/PROTOCOL.md section 2): stock go-, js-
+/// and rust-libp2p Kademlia route `/namespace/...` keys to a per-namespace validator.
+pub const KEY_NAMESPACE: &[u8] = b"/p2pdns/";
 /// Length of a key name's label: 32 bytes of Ed25519 public key in z-base-32.
 const KEY_LABEL_LEN: usize = 52;
 
@@ -47,10 +53,15 @@ pub enum RecordError {
     /// signing or decoding; `usize::MAX` for more than 65535 resource records.
     #[error("record is {0} bytes, over the {MAX_RECORD_BYTES}-byte limit")]
     TooLarge(usize),
-    /// The bytes do not decode (empty, too short, bad name or resource record, trailing bytes)
-    /// or are not in canonical form; or a resource record could not be encoded for signing.
+    /// The bytes do not decode (empty, too short, a name or resource record cut short, RDATA
+    /// without the form of its type, trailing bytes); or a resource record could not be
+    /// encoded for signing.
     #[error("record is malformed: {0}")]
     Malformed(String),
+    /// The record decodes but is not the one encoding section 3.1 allows: a compressed or
+    /// upper-case name, resource records out of canonical order, or duplicates.
+    #[error("record is not in canonical form: {0}")]
+    NotCanonical(String),
     /// The version byte is not 1 (the byte found).
     #[error("unsupported record version {0}")]
     Version(u8),
@@ -60,8 +71,8 @@ pub enum RecordError {
     /// The name is a key name, but of another key than the record's owner.
     #[error("key name {0} belongs to another key")]
     WrongKey(String),
-    /// A resource record has a refused type (SOA, NS, OPT, TSIG, SIG, RRSIG, AXFR, IXFR,
-    /// ANY), a class other than IN, a TTL over [`MAX_RR_TTL`] seconds, or an owner outside the
+    /// A resource record has a refused type (not a data type of RFC 6895, or NS, SOA, SIG,
+    /// NXT, A6, OPT, RRSIG: [`rdata::allowed_type`]), a class other than IN, a TTL over [`MAX_RR_TTL`] seconds, or an owner outside the
     /// record's name.
     #[error("resource record {record} is not allowed in a name record: {why}")]
     BadResourceRecord {
@@ -84,6 +95,27 @@ pub enum RecordError {
     OtherName(String),
 }
 
+impl RecordError {
+    /// The verdict's stable name used by the test vectors of docs/PROTOCOL.md section 11:
+    /// `too-large`, `malformed`, `not-canonical`, `version`, `bad-name`, `wrong-key`,
+    /// `bad-rr`, `expired`, `too-long`, `bad-signature`, `other-name`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge(_) => "too-large",
+            Self::Malformed(_) => "malformed",
+            Self::NotCanonical(_) => "not-canonical",
+            Self::Version(_) => "version",
+            Self::BadName(_) => "bad-name",
+            Self::WrongKey(_) => "wrong-key",
+            Self::BadResourceRecord { .. } => "bad-rr",
+            Self::Expired => "expired",
+            Self::TooLong => "too-long",
+            Self::BadSignature => "bad-signature",
+            Self::OtherName(_) => "other-name",
+        }
+    }
+}
+
 /// A name record: the DNS records one owner publishes under one name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NameRecord {
@@ -95,7 +127,7 @@ pub struct NameRecord {
     pub seq: u64,
     /// Unix seconds after which the record is void.
     pub expires: u64,
-    /// DNS records at the name or below it.
+    /// DNS records at the name or below it, in canonical order (section 3.1).
     pub records: Vec<Record>,
     /// Ed25519 signature by `owner` over the context prefix and every byte before it
     /// (`docs/PROTOCOL.md` section 4).
@@ -109,12 +141,15 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The DHT key a name's records are stored under.
+/// The DHT key a name's records are stored under (section 2): `/p2pdns/` and the 32 octets
+/// of SHA-256 over the context and the name in wire form, 40 octets in all.
 pub fn dht_key(name: &Name) -> Vec<u8> {
     let mut hasher = Sha256::new();
     hasher.update(KEY_CONTEXT);
     hasher.update(wire_name(name));
-    hasher.finalize().to_vec()
+    let mut key = KEY_NAMESPACE.to_vec();
+    key.extend_from_slice(&hasher.finalize());
+    key
 }
 
 /// The key name (`<z-base-32 key>.p2p.`) of a public key.
@@ -197,7 +232,12 @@ fn wire_name(name: &Name) -> Vec<u8> {
 }
 
 impl NameRecord {
-    /// Builds and signs a record.
+    /// Builds and signs a record; `records` are put in canonical order (section 3.1).
+    ///
+    /// # Errors
+    /// [`RecordError::TooLarge`] over 1024 octets; [`RecordError::Malformed`] or
+    /// [`RecordError::NotCanonical`] for a resource record without the form of its type, or
+    /// duplicates (drop them first: `tidy` does).
     pub fn sign(
         keypair: &ed25519::Keypair,
         name: &Name,
@@ -205,6 +245,7 @@ impl NameRecord {
         expires: u64,
         records: Vec<Record>,
     ) -> Result<Self, RecordError> {
+        let (records, _) = rdata::canonical(&records)?;
         let mut record = Self {
             name: name.to_lowercase(),
             owner: keypair.public().to_bytes(),
@@ -256,12 +297,16 @@ impl NameRecord {
         bytes
     }
 
-    /// Decodes a record without checking it; use [`NameRecord::verify`] next.
+    /// Decodes a record without checking what [`NameRecord::verify`] checks next: rule 1 of
+    /// section 5 (size, version, framing, the form of section 3.1).
+    ///
+    /// # Errors
+    /// [`RecordError::TooLarge`], [`RecordError::Version`], [`RecordError::Malformed`],
+    /// [`RecordError::NotCanonical`], in that order of checking.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, RecordError> {
         if bytes.len() > MAX_RECORD_BYTES {
             return Err(RecordError::TooLarge(bytes.len()));
         }
-        let malformed = |e: &dyn std::fmt::Display| RecordError::Malformed(e.to_string());
         let Some((&version, _)) = bytes.split_first() else {
             return Err(RecordError::Malformed("empty".into()));
         };
@@ -272,25 +317,30 @@ impl NameRecord {
             return Err(RecordError::Malformed("too short".into()));
         }
         let (body, signature) = bytes.split_at(bytes.len() - 64);
-        let mut decoder = BinDecoder::new(&body[1..]);
-        let name = Name::read(&mut decoder).map_err(|e| malformed(&e))?;
-        let mut fixed = |n: usize| -> Result<Vec<u8>, RecordError> {
-            decoder
-                .read_slice(n)
-                .map(|s| s.unverified().to_vec())
-                .map_err(|e| malformed(&e))
-        };
-        let owner: [u8; 32] = fixed(32)?.try_into().expect("read 32 bytes");
-        let seq = u64::from_be_bytes(fixed(8)?.try_into().expect("read 8 bytes"));
-        let expires = u64::from_be_bytes(fixed(8)?.try_into().expect("read 8 bytes"));
-        let count = u16::from_be_bytes(fixed(2)?.try_into().expect("read 2 bytes"));
-        let mut records = Vec::with_capacity(usize::from(count).min(64));
+        let mut at = 1;
+        rdata::read_name(body, &mut at)?;
+        let name = Name::read(&mut BinDecoder::new(&body[1..at]))
+            .map_err(|e| RecordError::Malformed(e.to_string()))?;
+        let fixed = body
+            .get(at..at + 50)
+            .ok_or_else(|| RecordError::Malformed("too short".into()))?;
+        at += 50;
+        let owner: [u8; 32] = fixed[..32].try_into().expect("32 octets");
+        let seq = u64::from_be_bytes(fixed[32..40].try_into().expect("8 octets"));
+        let expires = u64::from_be_bytes(fixed[40..48].try_into().expect("8 octets"));
+        let count = u16::from_be_bytes([fixed[48], fixed[49]]);
+        let mut raw = Vec::with_capacity(usize::from(count).min(64));
         for _ in 0..count {
-            records.push(Record::read(&mut decoder).map_err(|e| malformed(&e))?);
+            raw.push(rdata::read(body, &mut at)?);
         }
-        if !decoder.is_empty() {
+        if at != body.len() {
             return Err(RecordError::Malformed("trailing bytes".into()));
         }
+        rdata::check_order(&raw)?;
+        let records = raw
+            .into_iter()
+            .map(rdata::Rr::to_record)
+            .collect::<Result<_, _>>()?;
         let record = Self {
             name,
             owner,
@@ -299,9 +349,11 @@ impl NameRecord {
             records,
             signature: signature.try_into().expect("split off 64 bytes"),
         };
-        // One record, one encoding: what was signed must be what we would encode.
+        // What was read must be what we would encode; the checks above make it so.
         if record.unsigned_bytes()? != body {
-            return Err(RecordError::Malformed("not in canonical form".into()));
+            return Err(RecordError::Malformed(
+                "does not encode back to itself".into(),
+            ));
         }
         Ok(record)
     }
@@ -341,18 +393,7 @@ impl NameRecord {
     /// Why `record` may not stand in this name record (section 5, rule 3), if it may not.
     fn refusal(&self, record: &Record) -> Option<String> {
         let rtype = record.record_type();
-        if matches!(
-            rtype,
-            RecordType::SOA
-                | RecordType::NS
-                | RecordType::OPT
-                | RecordType::TSIG
-                | RecordType::SIG
-                | RecordType::RRSIG
-                | RecordType::AXFR
-                | RecordType::IXFR
-                | RecordType::ANY
-        ) {
+        if !rdata::allowed_type(rtype.into()) {
             Some(format!("type {rtype} is not allowed"))
         } else if record.dns_class != DNSClass::IN {
             Some(format!("its class is {}, not IN", record.dns_class))
@@ -516,7 +557,8 @@ mod tests {
         let c = dht_key(&Name::from_ascii("other.p2p.").unwrap());
         assert_eq!(a, b);
         assert_ne!(a, c);
-        assert_eq!(a.len(), 32);
+        assert_eq!(a.len(), 40);
+        assert!(a.starts_with(b"/p2pdns/"));
     }
 
     #[test]

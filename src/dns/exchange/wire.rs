@@ -7,10 +7,9 @@
 //! - Every record is framed by hand (owner name, TYPE, CLASS, TTL, RDLENGTH) and its RDATA is
 //!   kept as the octets received (`RData::Unknown`, whatever the type), so that it reaches the
 //!   client byte for byte, empty or not.
-//! - Types whose RDATA holds names that a sender may compress (RFC 3597 section 4: NS, MD, MF,
-//!   CNAME, SOA, MB, MG, MR, PTR, MINFO, MX must be decompressed; RP, AFSDB, RT, SIG, PX, NXT,
-//!   NAPTR, SRV should be; DNAME too, for senders that compress it against RFC 6672) get those
-//!   names expanded in place, so the octets stay meaningful outside this message.
+//! - Types whose RDATA holds names (the table of `record::rdata::layout`: those a sender may
+//!   compress by RFC 3597 section 4, DNAME for senders that compress it against RFC 6672, and
+//!   KX) get those names expanded in place, so the octets stay meaningful outside this message.
 //! - The types the daemon reads (A and AAAA for the rebinding filter, CNAME to follow a chain,
 //!   SOA for negative caching) are decoded by hickory from the expanded octets, and only when
 //!   hickory encodes them back to exactly those octets; otherwise the record is malformed.
@@ -28,6 +27,8 @@ use hickory_proto::{
         BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding, Restrict,
     },
 };
+
+use crate::record::rdata::{Field, layout};
 
 /// The largest TTL a record may carry (RFC 2181 section 8: 2^31 - 1 seconds).
 const MAX_TTL: u32 = i32::MAX as u32;
@@ -260,46 +261,6 @@ fn opt_edns(class: u16, ttl: u32, rdata: &[u8]) -> Edns {
         *edns.options_mut() = options;
     }
     edns
-}
-
-/// One field of an RDATA layout, as far as names are concerned.
-#[derive(Debug, Clone, Copy)]
-enum Field {
-    /// A domain name, possibly compressed.
-    Name,
-    /// This many octets.
-    Octets(usize),
-    /// A <character-string>: a length octet and that many octets.
-    Text,
-    /// Whatever is left.
-    Rest,
-}
-
-/// The layout of the RDATA of types that hold names a sender may compress (RFC 3597 section
-/// 4 and the RFCs of each type).
-fn layout(rtype: RecordType) -> Option<&'static [Field]> {
-    use Field::{Name, Octets, Rest, Text};
-    Some(match u16::from(rtype) {
-        // NS, MD, MF, CNAME, MB, MG, MR, PTR, DNAME
-        2 | 3 | 4 | 5 | 7 | 8 | 9 | 12 | 39 => &[Name],
-        // SOA: MNAME, RNAME, then SERIAL, REFRESH, RETRY, EXPIRE, MINIMUM
-        6 => &[Name, Name, Octets(20)],
-        // MINFO, RP
-        14 | 17 => &[Name, Name],
-        // MX, AFSDB, RT: a 16-bit preference or subtype, then a host
-        15 | 18 | 21 => &[Octets(2), Name],
-        // SIG (RFC 2535): 18 octets of fields, the signer's name, the signature
-        24 => &[Octets(18), Name, Rest],
-        // PX: preference, MAP822, MAPX400
-        26 => &[Octets(2), Name, Name],
-        // NXT: next name, type bitmap
-        30 => &[Name, Rest],
-        // SRV: priority, weight, port, target
-        33 => &[Octets(6), Name],
-        // NAPTR: order, preference, flags, services, regexp, replacement
-        35 => &[Octets(4), Text, Text, Text, Name],
-        _ => return None,
-    })
 }
 
 /// The RDATA of the message `message` at `start` (`len` octets) with every name of `fields`
