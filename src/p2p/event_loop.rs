@@ -2,14 +2,14 @@
 //! hands each to the concern that owns the state involved. The concerns never see each other
 //! or this loop; what one needs from another is passed in.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::{
     kad::{self, store::RecordStore},
     swarm::SwarmEvent,
 };
 use tokio::{
-    sync::{Notify, mpsc, watch},
+    sync::{Notify, mpsc, oneshot, watch},
     task::{JoinError, JoinSet},
     time::MissedTickBehavior,
 };
@@ -56,6 +56,9 @@ pub(super) struct EventLoop {
     intro_load: Option<IntroLoad>,
     /// Tasks the node started (the STUN probe): supervised, a panic stops the node.
     tasks: JoinSet<()>,
+    /// Own records being put, answered when their PUT query ends. Bounded by the queries
+    /// running: each ends within Kademlia's query timeout, and the publisher paces them.
+    puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
 }
 
 impl EventLoop {
@@ -92,6 +95,7 @@ impl EventLoop {
             dialer: Dialer::new(&config.bootstrap),
             intro_load: matches!(role, Role::Intro(_)).then(IntroLoad::default),
             tasks,
+            puts: HashMap::new(),
         }
     }
 
@@ -133,9 +137,14 @@ impl EventLoop {
                 let kad = &mut self.swarm.behaviour_mut().kad;
                 self.lookups.start(kad, name, wanted, answer_by, reply);
             }
-            Command::Publish { record, reply } => {
-                let _ = reply.send(self.publish(&record));
-            }
+            Command::Publish { record, reply } => match self.publish(&record) {
+                Ok(id) => {
+                    self.puts.insert(id, reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
             Command::Dial { addr } => {
                 if let Err(error) = self.swarm.dial(addr.clone()) {
                     warn!(%addr, %error, "cannot dial peer");
@@ -170,14 +179,13 @@ impl EventLoop {
         }
     }
 
-    /// Stores the node's own record and pushes it to the peers closest to its key.
-    fn publish(&mut self, record: &NameRecord) -> Result<(), NodeError> {
+    /// Stores the node's own record and starts pushing it to the peers closest to its key.
+    fn publish(&mut self, record: &NameRecord) -> Result<kad::QueryId, NodeError> {
         let peer_id = *self.swarm.local_peer_id();
         self.swarm
             .behaviour_mut()
             .kad
             .put_record(to_kad_record(record, Some(peer_id)), kad::Quorum::One)
-            .map(|_| ())
             .map_err(NodeError::Store)
     }
 
@@ -221,6 +229,19 @@ impl EventLoop {
                 let store = self.swarm.behaviour_mut().kad.store_mut();
                 self.inbound
                     .on_put(store, source, record, &mut self.invalid);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::PutRecord(result),
+                step,
+                ..
+            })) if step.last => {
+                // Storage nodes acknowledge what they then drop (docs/PROTOCOL.md section 5):
+                // the outcome says only that the PUT went out; the publisher reads back.
+                debug!(?result, "DHT put finished");
+                if let Some(reply) = self.puts.remove(&id) {
+                    let _ = reply.send(Ok(()));
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;

@@ -161,7 +161,14 @@ impl NodeHandle {
         })
     }
 
-    /// Stores `record` locally and pushes it to the peers closest to its key.
+    /// Stores `record` locally and pushes it to the peers closest to its key; returns once
+    /// the PUT query has ended (within Kademlia's query timeout of 10 s). That says nothing
+    /// of who kept it: storage nodes acknowledge records they drop (docs/PROTOCOL.md section
+    /// 5); read it back with [`NodeHandle::lookup_within`] to learn that.
+    ///
+    /// # Errors
+    /// [`NodeError::Store`] when the local store refuses it (full), [`NodeError::Busy`] or
+    /// [`NodeError::Stopped`] as for every command.
     pub async fn publish(&self, record: NameRecord) -> Result<(), NodeError> {
         self.ask(|reply| Command::Publish { record, reply }).await?
     }

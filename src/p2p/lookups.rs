@@ -215,10 +215,7 @@ impl Lookups {
         stalls: &mut Stalls,
     ) {
         let kad::Event::OutboundQueryProgressed {
-            id,
-            result,
-            step,
-            stats,
+            id, result, stats, ..
         } = event
         else {
             return;
@@ -253,9 +250,6 @@ impl Lookups {
                 debug!(%error, "DHT lookup ended");
                 self.finish(id, &stats, false);
                 self.ending.remove(&id);
-            }
-            kad::QueryResult::PutRecord(result) if step.last => {
-                debug!(?result, "DHT put finished");
             }
             _ => {}
         }
