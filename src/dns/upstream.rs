@@ -158,7 +158,7 @@ fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 /// Would a query sent to `upstream` arrive at one of our own `listen` sockets? A wildcard
 /// listener receives what is sent to any address of this host (the LAN address that DHCP may
 /// put in resolv.conf too). Loops through other hosts are [`loops`]'s to find.
-fn is_own_address(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
+pub(crate) fn is_own_address(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
     // ::ffff:127.0.0.1 reaches 127.0.0.1.
     let ip = upstream.ip().to_canonical();
     listen.iter().any(|own| {
