@@ -9,10 +9,10 @@
 //! end it. The first answer after it ends brings the upstream back; one that fails again within
 //! [`STEADY`] of coming back (or before any answer) rests twice as long as the time before, up
 //! to [`MAX_REST`]; one that stays up for [`STEADY`] starts again from [`FIRST_REST`]. So an
-//! upstream changes state at most twice per rest, and a flapping one every [`MAX_REST`] at most,
-//! whatever the query rate (issue 15: under a flood a slow upstream went from resting to
-//! answering and back every millisecond). dnsmasq similarly tries a failed server again only
-//! every 20 s or 50 queries.
+//! upstream changes state at most twice per rest, and the rests of one that keeps flapping soon
+//! last [`MAX_REST`], whatever the query rate (issue 15: under a flood a slow upstream went from
+//! resting to answering and back every millisecond). dnsmasq likewise tries all its servers again only
+//! every 50 queries or 20 s (its `FORWARD_TEST` and `FORWARD_TIME`), not at each query.
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
