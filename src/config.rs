@@ -14,9 +14,11 @@ use std::{
 use ipnet::IpNet;
 use libp2p::Multiaddr;
 use serde::{Deserialize, Deserializer};
+use tracing::warn;
 
 pub use crate::intro::config::IntroConfig;
 pub use naming::NamingConfig;
+pub use relations::ConfigWarning;
 
 /// The commented default configuration, shipped inside the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/p2pdns.toml");
@@ -100,6 +102,9 @@ pub struct DnsConfig {
     pub listen: Vec<SocketAddr>,
     /// Client networks that get answers; everyone else gets REFUSED.
     pub allow: Vec<IpNet>,
+    /// Lets `allow` admit the whole internet on a non-loopback `listen` address (an open
+    /// resolver, RFC 5358); without it such a configuration is refused.
+    pub open_resolver: bool,
     /// Queries waiting on an upstream or on a DHT lookup at once, together; more that would
     /// wait get SERVFAIL at once (or a stale answer). Cached and local answers never wait.
     pub max_inflight: usize,
@@ -133,6 +138,7 @@ impl Default for DnsConfig {
                 "127.0.0.0/8".parse().expect("static CIDR"),
                 "::1/128".parse().expect("static CIDR"),
             ],
+            open_resolver: false,
             max_inflight: 1024,
             tcp_idle_timeout_secs: 10,
             tcp_max_connections: 256,
@@ -435,11 +441,12 @@ impl Config {
             path: origin.to_owned(),
             source: Box::new(source),
         })?;
-        config.validate()?;
+        config.check()?;
         Ok(config)
     }
 
-    /// Reads and checks a configuration file.
+    /// Reads and checks a configuration file (warnings are [`Config::validate`]'s to log, once
+    /// the command line's flags are applied).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = crate::state::read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|source| {
             ConfigError::Read {
@@ -489,9 +496,20 @@ impl Config {
         flag.map(Path::to_owned).or(env).or(self.data_dir.clone())
     }
 
-    /// Checks relations between values that serde cannot express, section by section; the
-    /// error names the first bad value by its dotted key.
+    /// Checks the configuration as [`Config::check`] does, and logs its
+    /// [`Config::warnings`] when it passes.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()?;
+        for warning in self.warnings() {
+            warn!("config value {}: {}", warning.key, warning.message);
+        }
+        Ok(())
+    }
+
+    /// Checks relations between values that serde cannot express, section by section, then
+    /// the ranges of numbers and the contradictions between sections; the error names the
+    /// first bad value by its dotted key.
+    pub fn check(&self) -> Result<(), ConfigError> {
         self.dns.validate()?;
         self.upstream.validate()?;
         self.cache.validate()?;
@@ -502,7 +520,14 @@ impl Config {
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;
         // After the sections' own checks, whose messages say more about a zero.
-        ranges::check(self)
+        ranges::check(self)?;
+        relations::check(self)
+    }
+
+    /// Values the daemon runs with but probably not as meant, each with what to write
+    /// instead.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        relations::warnings(self)
     }
 }
 
@@ -557,12 +582,6 @@ impl DnsConfig {
             ("dns.tcp_max_per_client", self.tcp_max_per_client as u64),
             ("dns.tcp_max_pending", self.tcp_max_pending as u64),
         ])?;
-        ordered(
-            "dns.tcp_max_per_client",
-            self.tcp_max_per_client as u64,
-            "dns.tcp_max_connections",
-            self.tcp_max_connections as u64,
-        )?;
         if self.udp_payload < 512 {
             return Err(invalid("dns.udp_payload", "must be at least 512"));
         }
@@ -648,5 +667,6 @@ impl P2pConfig {
 
 mod naming;
 pub(crate) mod ranges;
+mod relations;
 #[cfg(test)]
 mod tests;

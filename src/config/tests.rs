@@ -1,4 +1,5 @@
 use super::*;
+use std::fmt::Write as _;
 
 #[test]
 fn shipped_file_parses_to_the_defaults() {
@@ -317,19 +318,34 @@ fn with_value(dotted: &str, value: u64) -> String {
             )
         }
         ("cache.max_ttl_secs" | "cache.max_negative_ttl_secs", _) => String::new(),
-        ("dns.tcp_max_connections", v) => format!("tcp_max_per_client = {}\n", v.clamp(1, 65_536)),
-        ("dns.tcp_max_per_client", v) => {
-            format!("tcp_max_connections = {}\n", v.clamp(1, 65_536))
-        }
         ("intro.registration_min_ttl_secs", v) => {
             format!("registration_max_ttl_secs = {}\n", v.clamp(1, 259_200))
         }
         ("intro.registration_max_ttl_secs", v) => {
             format!("registration_min_ttl_secs = {}\n", v.clamp(1, 300))
         }
-        _ => String::new(),
+        _ => within_companion(dotted, value),
     };
     format!("[{section}]\n{key} = {value}\n{companion}")
+}
+
+/// For a key of a pair of [`relations::WITHIN`] set to `value`, the other key of the pair set
+/// as near `value` as its range allows, so that the pair holds whenever both are in range.
+fn within_companion(dotted: &str, value: u64) -> String {
+    let range_of = |key: &str| ranges::RANGES.iter().find(|r| r.key == key).unwrap();
+    relations::WITHIN
+        .iter()
+        .find_map(|&(part, whole)| {
+            let other = match dotted {
+                d if d == part => whole,
+                d if d == whole => part,
+                _ => return None,
+            };
+            let range = range_of(other);
+            let (_, key) = other.split_once('.').unwrap();
+            Some(format!("{key} = {}\n", value.clamp(range.min, range.max)))
+        })
+        .unwrap_or_default()
 }
 
 /// Each range's bounds are taken and the values just past them refused, naming the key.
@@ -403,4 +419,195 @@ fn values_that_broke_the_daemon_are_refused() {
             "{text}: {msg}"
         );
     }
+}
+
+/// Each pair of a limit per peer (or client) and the limit for all together is in one
+/// section, both keys have a range, and a part above its whole is refused naming both keys.
+#[test]
+fn a_limit_per_peer_above_the_limit_for_all_is_refused_naming_both_keys() {
+    for &(part, whole) in relations::WITHIN {
+        let (section, part_key) = part.split_once('.').unwrap();
+        let (whole_section, whole_key) = whole.split_once('.').unwrap();
+        assert_eq!(section, whole_section, "{part} and {whole}");
+        let text = format!("[{section}]\n{part_key} = 5\n{whole_key} = 4\n");
+        let msg = chain(&text);
+        assert!(
+            msg.contains(&format!(
+                "invalid config value {part}: 5 is above {whole} (4)"
+            )),
+            "{text}: {msg}"
+        );
+        let text = format!("[{section}]\n{part_key} = 4\n{whole_key} = 4\n");
+        assert!(Config::from_toml(&text, "test.toml").is_ok(), "{text}");
+    }
+    // The newcomer's case: fewer reservations in all than one peer may hold.
+    let msg = chain("[intro]\nmax_reservations = 2\n");
+    assert!(
+        msg.contains("intro.max_reservations_per_peer: 4 is above intro.max_reservations (2)"),
+        "{msg}"
+    );
+}
+
+/// `dns.allow` wider than any one network, on an address other than loopback, is an open
+/// resolver: refused unless `dns.open_resolver` says so. Every way of writing "everyone" is
+/// caught, and the wide networks of one's own are not.
+#[test]
+fn an_open_resolver_is_refused_unless_asked_for() {
+    let config = |listen: &str, allow: &str, extra: &str| {
+        format!("[dns]\nlisten = [\"{listen}\"]\nallow = [\"127.0.0.0/8\", \"{allow}\"]\n{extra}")
+    };
+    for listen in [
+        "0.0.0.0:53",
+        "192.0.2.53:53",
+        "[::]:53",
+        "[2001:db8::53]:5353",
+    ] {
+        for open in [
+            "0.0.0.0/0",
+            "::/0",
+            "0.0.0.0/1",
+            "128.0.0.0/1",
+            "8.0.0.0/7",
+            "::/1",
+            "2000::/3",
+            "2001::/15",
+        ] {
+            let msg = chain(&config(listen, open, ""));
+            assert!(
+                msg.contains("dns.allow[1]") && msg.contains("open resolver"),
+                "{listen} {open}: {msg}"
+            );
+            let opted_in = config(listen, open, "open_resolver = true\n");
+            assert!(Config::from_toml(&opted_in, "t").is_ok(), "{opted_in}");
+        }
+        for own in [
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "fc00::/7",
+            "fe80::/10",
+            "2001:db8::/32",
+        ] {
+            let text = config(listen, own, "");
+            assert!(Config::from_toml(&text, "t").is_ok(), "{text}");
+        }
+    }
+    // Reachable from this machine only: nobody else can use it.
+    for listen in ["127.0.0.1:53", "[::1]:53"] {
+        let text = config(listen, "0.0.0.0/0", "");
+        assert!(Config::from_toml(&text, "t").is_ok(), "{text}");
+    }
+    // Clients are matched by their IPv4 address: an IPv4-mapped network matches none.
+    for (mapped, written) in [
+        ("::ffff:0.0.0.0/96", "0.0.0.0/0"),
+        ("::ffff:192.168.1.0/120", "192.168.1.0/24"),
+    ] {
+        let msg = chain(&config("127.0.0.1:53", mapped, ""));
+        assert!(
+            msg.contains("dns.allow[1]") && msg.contains(&format!("write {written}")),
+            "{msg}"
+        );
+    }
+}
+
+/// Contradictions between keys a user would write: no TLD at all, a listen address a
+/// wildcard one already takes, an upstream listed twice or that is this daemon itself.
+#[test]
+fn contradictions_are_refused_with_their_key() {
+    let msg = chain("[naming]\ntlds = []\n");
+    assert!(
+        msg.contains("invalid config value naming.tlds: empty") && msg.contains(".p2p"),
+        "{msg}"
+    );
+    for (listen, refused) in [
+        (r#""0.0.0.0:53", "127.0.0.1:53""#, true),
+        (r#""127.0.0.1:53", "0.0.0.0:53""#, true),
+        (r#""[::]:53", "[::1]:53""#, true),
+        (r#""0.0.0.0:53", "[::1]:53""#, false),
+        (r#""0.0.0.0:53", "127.0.0.1:5353""#, false),
+        (r#""0.0.0.0:0", "127.0.0.1:0""#, false),
+    ] {
+        let text = format!("[dns]\nlisten = [{listen}]\n");
+        match refused {
+            true => assert!(chain(&text).contains("dns.listen[1]"), "{listen}"),
+            false => assert!(Config::from_toml(&text, "t").is_ok(), "{listen}"),
+        }
+    }
+    let upstreams = |listen: &str, server: &str| {
+        format!(
+            "[dns]\nlisten = [\"{listen}\"]\n[upstream]\nservers = [\"9.9.9.9\", \"{server}\"]\n"
+        )
+    };
+    for (listen, server, expected) in [
+        (
+            "127.0.0.1:53",
+            "127.0.0.1",
+            "own address (dns.listen[0] is 127.0.0.1:53)",
+        ),
+        ("0.0.0.0:53", "127.0.0.1:53", "forwarding loop"),
+        ("0.0.0.0:53", "127.0.0.2", "forwarding loop"),
+        ("[::]:53", "[::1]:53", "forwarding loop"),
+        ("[::1]:53", "::1", "forwarding loop"),
+        ("127.0.0.1:53", "[::ffff:127.0.0.1]:53", "forwarding loop"),
+        (
+            "127.0.0.1:53",
+            "9.9.9.9:53",
+            "listed already, as upstream.servers[0]",
+        ),
+    ] {
+        let msg = chain(&upstreams(listen, server));
+        assert!(
+            msg.contains("upstream.servers[1]") && msg.contains(expected),
+            "{listen} {server}: {msg}"
+        );
+    }
+    for (listen, server) in [
+        ("127.0.0.1:53", "127.0.0.1:5353"),
+        ("127.0.0.1:5353", "127.0.0.53"),
+        ("0.0.0.0:53", "[::1]:53"),
+        ("127.0.0.1:0", "127.0.0.1"),
+    ] {
+        let text = upstreams(listen, server);
+        assert!(Config::from_toml(&text, "t").is_ok(), "{text}");
+    }
+}
+
+/// What works, but probably not as meant, is loaded with a warning naming the key.
+#[test]
+fn doubtful_values_are_warned_about_with_their_key() {
+    let warned = |text: &str| -> String {
+        let config = Config::from_toml(text, "t").unwrap();
+        config.warnings().iter().fold(String::new(), |mut out, w| {
+            let _ = writeln!(out, "{}: {}", w.key, w.message);
+            out
+        })
+    };
+    assert_eq!(warned(""), "", "the defaults are fine");
+    let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    let bootstrap = format!(
+        "[p2p]\nbootstrap = [\"/ip4/192.0.2.7/udp/4747/quic-v1/p2p/{peer}\", \"/ip4/192.0.2.8/tcp/4747\"]\n"
+    );
+    let out = warned(&bootstrap);
+    assert!(
+        out.starts_with("p2p.bootstrap[1]: /ip4/192.0.2.8/tcp/4747 names no peer")
+            && out.contains("cannot be authenticated")
+            && out.lines().count() == 1,
+        "{out}"
+    );
+    let out = warned("[naming]\ntlds = [\"lan\"]\n");
+    assert!(
+        out.starts_with("naming.tlds: does not list \"p2p\""),
+        "{out}"
+    );
+    assert_eq!(
+        warned("[naming]\ntlds = [\"lan\"]\n[p2p]\nenabled = false\n"),
+        ""
+    );
+    let out = warned("[dns]\nlisten = [\"127.0.0.1:53\", \"192.0.2.53:53\"]\n");
+    assert!(
+        out.starts_with("dns.listen[1]: 192.0.2.53:53 is not a loopback"),
+        "{out}"
+    );
+    let lan = "[dns]\nlisten = [\"192.0.2.53:53\"]\nallow = [\"127.0.0.0/8\", \"192.0.2.0/24\"]\n";
+    assert_eq!(warned(lan), "");
+    assert_eq!(warned("[dns]\nlisten = [\"0.0.0.0:53\"]\n"), "");
 }

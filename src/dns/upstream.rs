@@ -1,11 +1,13 @@
 //! The upstream servers: which ones (the configured list, else resolv.conf followed as it
 //! changes; never this daemon itself), the set the forwarder asks, how well each one is doing
-//! (smoothed RTT, failures, back-off), how one question is asked of them (module `tries`:
-//! hedged tries, [`UpstreamSet::ask`]), how to talk to each (module `edns`: with EDNS or
-//! without, RFC 6891 section 7) and whether one sends our queries back to us (module `loops`:
-//! probes, [`UpstreamSet::detect_loop`]).
+//! (module `health`: smoothed RTT, failures, rests that back off), how one question is asked
+//! of them (module `tries`: hedged tries, [`UpstreamSet::ask`]), how to talk to each (module
+//! `edns`: with EDNS or without, RFC 6891 section 7) and whether one sends our queries back to
+//! us (module `loops`: probes, [`UpstreamSet::detect_loop`]). An upstream's changes of state
+//! are logged at a bounded rate ([`LogLimit`]), whatever the rate of queries that cause them.
 
 mod edns;
+mod health;
 mod loops;
 mod tries;
 
@@ -16,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -29,23 +31,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{UpstreamAddr, UpstreamConfig};
-
-/// Failures in a row after which an upstream is rested.
-const FAILURES_BEFORE_REST: u32 = 3;
-/// Longest rest for an upstream that keeps failing.
-const MAX_REST: Duration = Duration::from_secs(30);
-/// Shortest per-try wait, whatever the measured RTT. An upstream of a stub is a recursive
-/// resolver: its RTT, measured mostly on its cache hits, says little about a cache miss, which
-/// takes it a recursion of often 100 to 300 ms. A try is not abandoned when its wait passes
-/// (see module `tries`), so a short wait costs no answer, but each wait that passes sends the
-/// question again (load on the upstreams) and counts as a timeout towards resting the upstream.
-/// unbound starts from 376 ms for a server it has not measured; 400 ms keeps ordinary
-/// recursions inside one try while a lost datagram or a dead upstream still costs well under
-/// the 1 s that RFC 6298 section 2.4 gives TCP as its least retransmission timeout.
-const MIN_TRY_WAIT: Duration = Duration::from_millis(400);
-/// Largest smoothed RTT kept, so one bad spell cannot push the wait past any use.
-const MAX_SRTT_US: u32 = 5_000_000;
+use crate::{
+    config::{UpstreamAddr, UpstreamConfig},
+    dns::server::log_limit::{self, LogLimit},
+};
 
 /// One upstream server and what we have learned about it. Shared by all queries; updated
 /// with relaxed atomics because each value is only a hint for ordering and timeouts.
@@ -53,11 +42,8 @@ const MAX_SRTT_US: u32 = 5_000_000;
 pub struct Upstream {
     /// The server's address and port (53 unless the configuration gives another).
     pub addr: SocketAddr,
-    /// Smoothed round-trip time in microseconds; 0 until the first answer.
-    srtt_us: AtomicU32,
-    failures: AtomicU32,
-    /// Milliseconds (on the [`UpstreamSet`]'s clock) before which the upstream is not tried.
-    rest_until_ms: AtomicU64,
+    /// Its RTT, failures and rests.
+    health: health::Health,
     /// Our loop probe came back through it: it forwards our queries to this daemon.
     looping: AtomicBool,
     /// What we know of its EDNS support.
@@ -70,9 +56,7 @@ impl Upstream {
     fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
-            srtt_us: AtomicU32::new(0),
-            failures: AtomicU32::new(0),
-            rest_until_ms: AtomicU64::new(0),
+            health: health::Health::default(),
             looping: AtomicBool::new(false),
             edns: edns::EdnsMemory::default(),
             probe: loops::ProbeState::default(),
@@ -80,70 +64,29 @@ impl Upstream {
     }
 
     fn srtt_us(&self) -> u32 {
-        self.srtt_us.load(Ordering::Relaxed)
+        self.health.srtt_us()
     }
 
-    /// May this upstream be asked now?
+    /// May this upstream be asked now (at `now_ms` on its set's clock)?
     pub fn usable(&self, now_ms: u64) -> bool {
-        !self.looping.load(Ordering::Relaxed)
-            && self.rest_until_ms.load(Ordering::Relaxed) <= now_ms
+        !self.looping.load(Ordering::Relaxed) && !self.health.rests_at(now_ms)
     }
 
     /// How long a try of this upstream waits before the next try starts: four smoothed RTTs
     /// and 20 ms, at least 400 ms (or `max` if less) and at most `max`; `max` until measured.
     pub fn try_wait(&self, max: Duration) -> Duration {
-        match self.srtt_us() {
-            0 => max,
-            srtt => (Duration::from_micros(u64::from(srtt) * 4) + Duration::from_millis(20))
-                .clamp(MIN_TRY_WAIT.min(max), max),
-        }
+        self.health.try_wait(max)
     }
 
-    /// Counts an answer that took `rtt`: folds it into the smoothed RTT (weight 1/8, as TCP's
-    /// SRTT in RFC 6298 section 2) and ends any rest.
-    pub fn record_answer(&self, rtt: Duration) {
-        let rtt = u32::try_from(rtt.as_micros()).unwrap_or(MAX_SRTT_US).max(1);
-        let old = self.srtt_us();
-        let new = if old == 0 {
-            rtt
-        } else {
-            (old / 8) * 7 + rtt / 8
-        };
-        self.srtt_us
-            .store(new.clamp(1, MAX_SRTT_US), Ordering::Relaxed);
-        let failures = self.failures.swap(0, Ordering::Relaxed);
-        if failures >= FAILURES_BEFORE_REST {
-            info!(upstream = %self.addr, "upstream answers again");
-        }
-        self.rest_until_ms.store(0, Ordering::Relaxed);
-    }
-
-    /// Counts a timeout or network error; returns true when this failure rested the upstream.
-    pub fn record_failure(&self, now_ms: u64) -> bool {
-        let old = self.srtt_us();
-        let penalized = if old == 0 {
-            500_000
-        } else {
-            old.saturating_mul(2)
-        };
-        self.srtt_us
-            .store(penalized.min(MAX_SRTT_US), Ordering::Relaxed);
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= loops::PROBE_AFTER_FAILURES {
+    /// Counts a timeout or network error at `now_ms` (asking for a loop probe after a few);
+    /// returns the rest it started, if it started one.
+    fn record_failure(&self, now_ms: u64) -> Option<Duration> {
+        let rest = self.health.record_failure(now_ms);
+        if self.health.failures() >= loops::PROBE_AFTER_FAILURES {
             // A forwarding loop shows as timeouts: each daemon in it waits on the other.
             self.probe.request();
         }
-        if failures < FAILURES_BEFORE_REST {
-            return false;
-        }
-        let exponent = (failures - FAILURES_BEFORE_REST).min(5);
-        let rest = (Duration::from_secs(1) * (1 << exponent)).min(MAX_REST);
-        self.rest_until_ms
-            .store(now_ms + rest.as_millis() as u64, Ordering::Relaxed);
-        if failures == FAILURES_BEFORE_REST {
-            warn!(upstream = %self.addr, "upstream is not answering; resting it and asking the others");
-        }
-        true
+        rest
     }
 
     /// Marks the upstream as sending our queries back to us; logs it the first time.
@@ -215,7 +158,7 @@ fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 /// Would a query sent to `upstream` arrive at one of our own `listen` sockets? A wildcard
 /// listener receives what is sent to any address of this host (the LAN address that DHCP may
 /// put in resolv.conf too). Loops through other hosts are [`loops`]'s to find.
-fn is_own_address(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
+pub(crate) fn is_own_address(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
     // ::ffff:127.0.0.1 reaches 127.0.0.1.
     let ip = upstream.ip().to_canonical();
     listen.iter().any(|own| {
@@ -250,6 +193,9 @@ pub struct UpstreamSet {
     epoch: Instant,
     /// Wakes the follower when an upstream wants a loop probe.
     probes_due: Notify,
+    /// Bounds the log lines of the upstreams' rests and returns, of all of them together
+    /// (resolv.conf may list many): the queries of a flood cause them.
+    changes_logged: LogLimit,
 }
 
 impl UpstreamSet {
@@ -259,6 +205,7 @@ impl UpstreamSet {
             list: RwLock::new(addrs.iter().map(|&a| Arc::new(Upstream::new(a))).collect()),
             epoch: Instant::now(),
             probes_due: Notify::new(),
+            changes_logged: LogLimit::new("upstream rested or back"),
         }
     }
 
@@ -287,8 +234,8 @@ impl UpstreamSet {
         *self.list.write().unwrap_or_else(|p| p.into_inner()) = new;
     }
 
-    /// Milliseconds since the set was made: the clock of [`Upstream::usable`] and
-    /// [`Upstream::record_failure`].
+    /// Milliseconds since the set was made: the clock of [`Upstream::usable`] and of the
+    /// upstreams' rests.
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -309,8 +256,7 @@ impl UpstreamSet {
             order = candidates.collect();
             order.sort_by_key(|&i| {
                 let upstream = &snapshot[i];
-                let wakes = upstream.rest_until_ms.load(Ordering::Relaxed);
-                (wakes, upstream.srtt_us())
+                (upstream.health.rest_until_ms(), upstream.srtt_us())
             });
             return order;
         }
@@ -319,12 +265,29 @@ impl UpstreamSet {
     }
 
     /// Counts a try of `upstream` that went unanswered within its wait, or failed on the
-    /// network, into its health; wakes the follower when that makes a loop probe due.
-    fn count_failure(&self, upstream: &Upstream) {
-        upstream.record_failure(self.now_ms());
+    /// network, into its health; wakes the follower when that makes a loop probe due. Returns
+    /// the rest this started, if it started one.
+    fn count_failure(&self, upstream: &Upstream) -> Option<Duration> {
+        let rest = upstream.record_failure(self.now_ms());
+        if let Some(rest) = rest
+            && self.changes_logged.admit()
+        {
+            warn!(upstream = %upstream.addr, rest_secs = rest.as_secs(), "upstream is not answering; resting it and asking the others");
+        }
         if upstream.probe.is_due() {
             self.probes_due.notify_one();
         }
+        rest
+    }
+
+    /// Counts an answer from `upstream` that took `rtt` into its health; true when it brought
+    /// the upstream back from a rest.
+    fn count_answer(&self, upstream: &Upstream, rtt: Duration) -> bool {
+        let back = upstream.health.record_answer(rtt, self.now_ms());
+        if back && self.changes_logged.admit() {
+            info!(upstream = %upstream.addr, "upstream answers again");
+        }
+        back
     }
 }
 
@@ -460,9 +423,15 @@ impl UpstreamFollower {
         // Each probe is bounded by its wait; those still out when the follower stops are
         // dropped with the set.
         let mut probes = JoinSet::new();
+        let set = self.set.clone();
+        let limits = [&set.changes_logged];
+        // Says how many changes went unlogged once their minute is over, even if none follows.
+        let summaries = log_limit::report_suppressed(&limits, stop.clone());
+        tokio::pin!(summaries);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
+                () = &mut summaries => return,
                 reload = reloads.recv() => {
                     let Some((source, done)) = reload else { return };
                     self.switch(source);
@@ -522,161 +491,4 @@ impl UpstreamHandle {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolv_conf_nameservers() {
-        let text = "# comment\nsearch lan\nnameserver 192.0.2.53\nnameserver  2001:db8::53 \n\
-                    nameserver fe80::1%lo\nnameserver fe80::2%no-such-if0\nnameserver fe80::3\n\
-                    nameserver bogus\nnameserver 192.0.2.53\nnameserver 192.0.2.54:53\n\
-                    nameserver 0.0.0.0\nnameserver 224.0.0.1\nnameserver [2001:db8::54]:53\n\
-                    options edns0\n";
-        let lo = nix::net::if_::if_nametoindex("lo").unwrap();
-        assert_eq!(
-            parse_resolv_conf(text),
-            vec![
-                "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
-                "[2001:db8::53]:53".parse().unwrap(),
-                format!("[fe80::1%{lo}]:53").parse().unwrap(),
-            ]
-        );
-    }
-
-    #[test]
-    fn own_addresses_are_recognized() {
-        let listen: Vec<SocketAddr> = vec!["127.0.0.1:53".parse().unwrap()];
-        assert!(is_own_address("127.0.0.1:53".parse().unwrap(), &listen));
-        assert!(!is_own_address("127.0.0.53:53".parse().unwrap(), &listen));
-        assert!(!is_own_address("127.0.0.1:5353".parse().unwrap(), &listen));
-        assert!(is_own_address(
-            "[::ffff:127.0.0.1]:53".parse().unwrap(),
-            &listen
-        ));
-        let wildcard: Vec<SocketAddr> = vec!["0.0.0.0:53".parse().unwrap()];
-        assert!(is_own_address("127.0.0.1:53".parse().unwrap(), &wildcard));
-        assert!(!is_own_address("[::1]:53".parse().unwrap(), &wildcard));
-        // Any address of this host reaches a wildcard listener; others do not.
-        assert!(is_host_address("127.0.0.1".parse().unwrap()));
-        assert!(!is_host_address("192.0.2.1".parse().unwrap()));
-        assert!(!is_own_address("192.0.2.1:53".parse().unwrap(), &wildcard));
-    }
-
-    #[test]
-    fn failures_rest_an_upstream_and_answers_revive_it() {
-        let up = Upstream::new("192.0.2.1:53".parse().unwrap());
-        assert!(up.usable(0));
-        assert!(!up.record_failure(1000));
-        assert!(!up.record_failure(1000));
-        assert!(up.record_failure(1000));
-        assert!(!up.usable(1000));
-        assert!(up.usable(2000));
-        up.record_answer(Duration::from_millis(10));
-        assert!(up.usable(1000));
-        up.mark_looping();
-        assert!(up.is_looping());
-        assert!(!up.usable(10_000));
-        up.clear_looping();
-        assert!(up.usable(10_000));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_rested_upstream_is_asked_again_after_its_rest() {
-        let set = UpstreamSet::new(&[
-            "192.0.2.1:53".parse().unwrap(),
-            "192.0.2.2:53".parse().unwrap(),
-        ]);
-        let list = set.snapshot();
-        for _ in 0..FAILURES_BEFORE_REST {
-            list[0].record_failure(set.now_ms());
-        }
-        assert_eq!(set.order(&list), vec![1], "the failing one rests");
-        tokio::time::advance(Duration::from_millis(999)).await;
-        assert_eq!(set.order(&list), vec![1]);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(
-            set.order(&list),
-            vec![1, 0],
-            "back, after the unmeasured one"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn when_every_upstream_rests_the_rested_ones_are_asked_anyway() {
-        let set = UpstreamSet::new(&[
-            "192.0.2.1:53".parse().unwrap(),
-            "192.0.2.2:53".parse().unwrap(),
-            "192.0.2.3:53".parse().unwrap(),
-        ]);
-        let list = set.snapshot();
-        // The first rests longest (more failures), the second wakes first, the third loops.
-        for _ in 0..FAILURES_BEFORE_REST + 2 {
-            list[0].record_failure(set.now_ms());
-        }
-        for _ in 0..FAILURES_BEFORE_REST {
-            list[1].record_failure(set.now_ms());
-        }
-        list[2].mark_looping();
-        assert!(!list[0].usable(set.now_ms()) && !list[1].usable(set.now_ms()));
-        assert_eq!(set.order(&list), vec![1, 0], "soonest to wake first");
-        list[0].mark_looping();
-        assert_eq!(set.order(&list[..1]), Vec::<usize>::new(), "loops stay out");
-        list[0].clear_looping();
-        let lone = UpstreamSet::new(&["192.0.2.9:53".parse().unwrap()]);
-        let only = lone.snapshot();
-        for _ in 0..FAILURES_BEFORE_REST {
-            only[0].record_failure(lone.now_ms());
-        }
-        assert_eq!(
-            lone.order(&only),
-            vec![0],
-            "a lone upstream is never left out"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_reload_switches_the_source_and_keeps_what_was_learned() {
-        let dir = std::env::temp_dir().join(format!("p2pdns-up-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("resolv.conf");
-        std::fs::write(&path, "nameserver 192.0.2.1\nnameserver 192.0.2.9\n").unwrap();
-        let listen: Vec<SocketAddr> = vec!["192.0.2.9:53".parse().unwrap()];
-        let first: SocketAddr = "192.0.2.1:53".parse().unwrap();
-        let configured = UpstreamConfig {
-            servers: vec![UpstreamAddr(first)],
-            ..UpstreamConfig::default()
-        };
-        let follower = UpstreamFollower::new(&configured, &listen);
-        let set = follower.set().clone();
-        assert_eq!(set.addrs(), vec![first]);
-        set.snapshot()[0].record_answer(Duration::from_millis(10));
-        let stop = CancellationToken::new();
-        let (handle, task) = follower.follow(stop.clone());
-        let task = tokio::spawn(task);
-        let from_file = UpstreamConfig {
-            resolv_conf: path,
-            ..UpstreamConfig::default()
-        };
-        assert!(handle.reload(&from_file).await);
-        assert_eq!(set.addrs(), vec![first], "never its own listen address");
-        assert!(set.snapshot()[0].srtt_us() > 0, "what was learned stays");
-        stop.cancel();
-        task.await.unwrap();
-        assert!(
-            !handle.reload(&configured).await,
-            "the follower has stopped"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn try_wait_follows_the_rtt() {
-        let up = Upstream::new("192.0.2.1:53".parse().unwrap());
-        let max = Duration::from_secs(1);
-        assert_eq!(up.try_wait(max), max);
-        up.record_answer(Duration::from_millis(150));
-        assert_eq!(up.try_wait(max), Duration::from_millis(620));
-        up.record_answer(Duration::from_micros(10));
-        assert!(up.try_wait(max) >= MIN_TRY_WAIT);
-    }
-}
+mod tests;

@@ -2,7 +2,9 @@
 //! a panic or an abort (issue 15, kind 5). Each value here broke the daemon before: tokio's
 //! semaphore panicked on a huge `dns.max_inflight`, the cache's table aborted the process on
 //! a huge `cache.max_entries`, libp2p-relay panicked on every reservation past 2^32 seconds
-//! of `intro.circuit_duration_secs`.
+//! of `intro.circuit_duration_secs`. Values in range that contradict each other stop it the
+//! same way: the daemon started without complaint as an open resolver, or forwarding to
+//! itself.
 
 use std::{
     process::{Command, Stdio},
@@ -14,7 +16,9 @@ use tokio::time::Instant;
 /// Longest wait for the binary to exit: a daemon that started instead fails the test.
 const WAIT: Duration = Duration::from_secs(20);
 
-fn exits_78_naming(config: &str, subcommand: &[&str], key: &str) {
+/// Runs the binary's `subcommand` on `config`, which must stop it with exit code 78 and a
+/// message naming `key` and saying `why`.
+fn exits_78_naming(config: &str, subcommand: &[&str], key: &str, why: &str) {
     let dir = std::env::temp_dir().join(format!("p2pdns-ranges-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("p2pdns.toml");
@@ -46,8 +50,7 @@ fn exits_78_naming(config: &str, subcommand: &[&str], key: &str) {
     assert!(!stderr.contains("panicked"), "{config}: {stderr}");
     assert_eq!(status.code(), Some(78), "{config}: {stderr}");
     assert!(
-        stderr.contains(&format!("invalid config value {key}: "))
-            && stderr.contains("out of range"),
+        stderr.contains(&format!("invalid config value {key}: ")) && stderr.contains(why),
         "{config}: {stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -66,7 +69,7 @@ fn huge_values_exit_78_naming_the_key() {
         ),
     ] {
         let config = format!("{off}{extra}");
-        exits_78_naming(&config, &["run"], key);
+        exits_78_naming(&config, &["run"], key, "out of range");
     }
     // The introduction server reads [intro]: the same refusal before it binds anything.
     let intro = "[intro]\ncircuit_duration_secs = 4294967296\n";
@@ -80,5 +83,31 @@ fn huge_values_exit_78_naming_the_key() {
             "none",
         ],
         "intro.circuit_duration_secs",
+        "out of range",
+    );
+}
+
+#[test]
+fn contradictory_values_exit_78_naming_the_key() {
+    let off = "[p2p]\nenabled = false\n";
+    // The newcomer's open resolver: everyone allowed on every address, and no opt-in.
+    let open = format!("{off}[dns]\nlisten = [\"0.0.0.0:0\"]\nallow = [\"0.0.0.0/0\"]\n");
+    exits_78_naming(&open, &["run"], "dns.allow[0]", "open resolver");
+    // Forwarding to itself, the listen address given on the command line.
+    let looping = format!("{off}[upstream]\nservers = [\"9.9.9.9\", \"127.0.0.1:5399\"]\n");
+    let run = ["run", "--dns-listen", "127.0.0.1:5399", "--check-config"];
+    exits_78_naming(&looping, &run, "upstream.servers[1]", "forwarding loop");
+    // The introduction server reads [intro]: the same refusal before it binds anything.
+    exits_78_naming(
+        "[intro]\nmax_reservations = 2\n",
+        &[
+            "intro",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--stun-listen",
+            "none",
+        ],
+        "intro.max_reservations_per_peer",
+        "above intro.max_reservations (2)",
     );
 }

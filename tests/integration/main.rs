@@ -4,8 +4,8 @@
 //! Each test runs daemons in this process on 127.0.0.1 port 0 and asks them with hickory's
 //! client, so `cargo test`, as an ordinary user, runs all of them in parallel:
 //!
-//! - [`config_ranges`]: out-of-range numbers stop the binary with exit code 78 naming the key,
-//!   never a panic (issue 15, kind 5).
+//! - [`config_ranges`]: out-of-range numbers, and values that contradict each other, stop the
+//!   binary with exit code 78 naming the key, never a panic (issue 15, kind 5).
 //! - [`dns`]: the resolver against an authoritative upstream on loopback: forwarding, cache,
 //!   EDNS, opcodes, truncation, access control, reload, shutdown.
 //! - [`local_records`]: `[naming.records]` in every form the master-file parser reads (RFC

@@ -23,7 +23,9 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Where window starts are counted from.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-/// The rate bound of one kind of event; a `static` beside the code that logs it.
+/// The rate bound of one kind of event; a `static` beside the code that logs it, or a field of
+/// the value that logs it.
+#[derive(Debug)]
 pub struct LogLimit {
     /// Names the kind in the summary line.
     kind: &'static str,

@@ -246,7 +246,9 @@ impl Tries<'_> {
             Err(error) => {
                 debug!(upstream = %upstream.addr, %error, name = %self.qname, "upstream query not sent");
                 match error {
-                    ExchangeError::Io(_) => self.set.count_failure(&upstream),
+                    ExchangeError::Io(_) => {
+                        self.set.count_failure(&upstream);
+                    }
                     ExchangeError::LocalResources(_) => self.last_error = AskError::LocalResources,
                     _ => {}
                 }
@@ -335,7 +337,7 @@ impl Tries<'_> {
         match result {
             Ok(answer) => {
                 if let Leg::Udp(udp) = leg {
-                    upstream.record_answer(meta.sent.elapsed());
+                    self.set.count_answer(&upstream, meta.sent.elapsed());
                     if answer.message.metadata.truncation {
                         debug!(upstream = %upstream.addr, name = %self.qname, "truncated answer, asking again over TCP");
                         if was_current {
@@ -530,7 +532,7 @@ mod tests {
         let (addr, count) = server(Some(delay)).await;
         let set = UpstreamSet::new(&[addr]);
         let upstream = set.snapshot()[0].clone();
-        upstream.record_answer(Duration::from_millis(10));
+        set.count_answer(&upstream, Duration::from_millis(10));
         // Waits of 400 ms: the second try goes at 400 ms, the first one's answer comes at
         // 900 ms and serves.
         let plan = plan(2, Duration::from_secs(1), Duration::from_secs(5));
@@ -540,11 +542,7 @@ mod tests {
         // least `delay` (from the second try it would be 400 ms less).
         let least = 40_000 / 8 * 7 + u32::try_from(delay.as_micros()).unwrap() / 8;
         assert!(upstream.srtt_us() >= least, "{} µs", upstream.srtt_us());
-        assert_eq!(
-            upstream.failures.load(Ordering::Relaxed),
-            0,
-            "an answer came"
-        );
+        assert_eq!(upstream.health.failures(), 0, "an answer came");
     }
 
     #[tokio::test]

@@ -2,9 +2,9 @@
 //! configuration as `Daemon::bind` builds them, minus the sockets; a response handler that
 //! encodes replies as hickory's server does; and the checks every reply must pass.
 //!
-//! The forwarder has no upstream (the daemon's own address is its only `upstream.servers`
-//! entry, which it never forwards to), so a query that needs one is answered SERVFAIL at once,
-//! with no network; the `upstream_answer` target feeds answers into its cache instead.
+//! The forwarder has no upstream (`upstream.servers` is empty and its resolv.conf is
+//! /dev/null), so a query that needs one is answered SERVFAIL at once, with no network; the
+//! `upstream_answer` target feeds answers into its cache instead.
 
 use std::{
     future::Future,
@@ -43,7 +43,7 @@ const CONFIG: &str = r#"
 [dns]
 listen = ["127.0.0.1:53"]
 [upstream]
-servers = ["127.0.0.1:53"]
+resolv_conf = "/dev/null"
 [cache]
 max_entries = 256
 max_bytes = 1048576
