@@ -120,7 +120,7 @@ function startProcess (label, args) {
   child.on('error', (e) => out.push(`spawn error: ${e.message}\n`))
   children.push(child)
   // For run.sh, which kills what is left should this process itself be killed.
-  if (process.env.E2E_PID_FILE && child.pid) appendFileSync(process.env.E2E_PID_FILE, `${child.pid}\n`)
+  if (process.env.E2E_PID_FILE && child.pid) appendFileSync(process.env.E2E_PID_FILE, `${child.pid} ${dir}\n`)
   return child
 }
 

@@ -20,14 +20,16 @@ npm ci --no-audit --no-fund --loglevel=error >/dev/null
 node vectors.js
 
 # e2e.js kills what it started, also on a timeout or a signal; should it be killed itself, the
-# trap ends the daemons it listed (by process id, checking that the id is still a p2pdns).
+# trap ends the daemons it listed ("PID DIR" lines), by process id, once it has checked that the
+# process still runs on that temporary directory, and removes the directory.
 pids="$(mktemp)"
 leftovers() {
-    while read -r pid; do
-        if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q p2pdns; then
+    while read -r pid dir; do
+        if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/"; then
             echo "tests/foreign: killing left-over p2pdns process $pid" >&2
             kill -KILL "$pid" 2>/dev/null || true
         fi
+        case "$dir" in */p2pdns-foreign-*) [ ! -d "$dir" ] || { sleep 0.2; rm -rf "$dir"; } ;; esac
     done <"$pids"
     rm -f "$pids"
 }
