@@ -38,6 +38,9 @@ cargo clippy --locked --test lab -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 cargo test --locked
 cargo test --locked --test lab
+# The foreign implementation (tests/foreign/README.md: JavaScript on js-libp2p, written from
+# docs/PROTOCOL.md only) checks the protocol vectors and works with the daemon built above.
+tests/foreign/run.sh
 # Fuzzing (tests/fuzz/README.md): builds the libFuzzer targets (about 5 minutes) and runs each
 # for 10 s; fails on any crash. Longer runs: tests/fuzz/run.sh 600.
 tests/fuzz/run.sh 10
