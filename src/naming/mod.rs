@@ -20,6 +20,7 @@ mod dht;
 mod local;
 pub mod pins;
 pub mod publisher;
+pub mod pushes;
 mod rebinding;
 pub mod resolver;
 mod shares;

@@ -332,7 +332,8 @@ impl Resolver {
 }
 
 /// Section 6 of docs/PROTOCOL.md: the pinned owner's newest record; else the owner most
-/// replicas agree on (ties: higher seq, then lower key), and that owner's newest record.
+/// replicas agree on (ties: higher seq, then lower key), and that owner's newest record
+/// ([`NameRecord::is_newer_than`]).
 /// Returns the record and how many replicas carried its owner.
 fn select(
     records: &[(Option<PeerId>, NameRecord)],
@@ -342,7 +343,7 @@ fn select(
     for (_, record) in records {
         let entry = by_owner.entry(record.owner).or_insert((0, record));
         entry.0 += 1;
-        if record.seq > entry.1.seq {
+        if record.is_newer_than(entry.1) {
             entry.1 = record;
         }
     }

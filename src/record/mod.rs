@@ -202,6 +202,11 @@ pub fn check_name(name: &Name) -> Result<(), RecordError> {
     if label.is_empty() || !ldh || label[0] == b'-' || label[label.len() - 1] == b'-' {
         return Err(bad());
     }
+    // A label of a key name's length is a key name or nothing: a look-alike (spare bits set,
+    // a letter outside z-base-32) would pass for another key's name (section 1).
+    if label.len() == KEY_LABEL_LEN && key_of_name(name).is_none() {
+        return Err(bad());
+    }
     Ok(())
 }
 
@@ -329,14 +334,19 @@ impl NameRecord {
         let seq = u64::from_be_bytes(fixed[32..40].try_into().expect("8 octets"));
         let expires = u64::from_be_bytes(fixed[40..48].try_into().expect("8 octets"));
         let count = u16::from_be_bytes([fixed[48], fixed[49]]);
-        let mut raw = Vec::with_capacity(usize::from(count).min(64));
+        let mut raw: Vec<rdata::Rr<'_>> = Vec::with_capacity(usize::from(count).min(64));
         for _ in 0..count {
-            raw.push(rdata::read(body, &mut at)?);
+            let rr = rdata::read(body, &mut at)?;
+            // Front to back (section 5, rule 1): a record out of order is the fault found
+            // before a malformed one after it.
+            if let Some(previous) = raw.last() {
+                rdata::check_order([previous, &rr])?;
+            }
+            raw.push(rr);
         }
         if at != body.len() {
             return Err(RecordError::Malformed("trailing bytes".into()));
         }
-        rdata::check_order(&raw)?;
         let records = raw
             .into_iter()
             .map(rdata::Rr::to_record)
@@ -381,10 +391,8 @@ impl NameRecord {
         if self.expires > horizon {
             return Err(RecordError::TooLong);
         }
-        let public = ed25519::PublicKey::try_from_bytes(&self.owner)
-            .map_err(|_| RecordError::BadSignature)?;
         let unsigned = self.unsigned_bytes()?;
-        if !public.verify(&signing_input(&unsigned), &self.signature) {
+        if !verify_strict(&self.owner, &signing_input(&unsigned), &self.signature) {
             return Err(RecordError::BadSignature);
         }
         Ok(())
@@ -406,10 +414,38 @@ impl NameRecord {
         }
     }
 
+    /// Whether this record wins over `other`, a record of the same owner and name, when a
+    /// resolver chooses among replicas (docs/PROTOCOL.md section 6): the higher `seq`, then
+    /// the later `expires`, then the lower encoding byte for byte. Two replicas with one
+    /// `seq` can differ, since a storage node keeps the first it was given.
+    pub fn is_newer_than(&self, other: &Self) -> bool {
+        (self.seq, self.expires)
+            .cmp(&(other.seq, other.expires))
+            .then_with(|| other.to_bytes().cmp(&self.to_bytes()))
+            .is_gt()
+    }
+
     /// The owner's key name.
     pub fn owner_name(&self) -> Name {
         key_name(&self.owner)
     }
+}
+
+/// Ed25519 verification as docs/PROTOCOL.md section 4 fixes it, so that every implementation
+/// gives the same verdict: the key a canonical encoding of a point that is not of small
+/// order, S below the group order, R not of small order, and the cofactorless equation
+/// compared as encodings (ed25519-dalek's `verify_strict`, libsodium's
+/// `crypto_sign_verify_detached`). A looser check lets anyone sign for the eight small-order
+/// keys, whose key names could then be taken.
+fn verify_strict(owner: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(owner) else {
+        return false;
+    };
+    if key.is_weak() || key.to_edwards().compress().to_bytes() != *owner {
+        return false;
+    }
+    let signature = ed25519_dalek::Signature::from_bytes(signature);
+    key.verify_strict(message, &signature).is_ok()
 }
 
 fn signing_input(unsigned: &[u8]) -> Vec<u8> {

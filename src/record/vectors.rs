@@ -88,6 +88,18 @@ impl Raw {
     }
 
     fn signed(&self, key: &ed25519::Keypair) -> Vec<u8> {
+        let mut out = self.unsigned();
+        let signature = key.sign(&signing_input(&out));
+        out.extend_from_slice(&signature);
+        out
+    }
+
+    /// The record with `signature` in place of one made by a key.
+    fn with_signature(&self, signature: &[u8; 64]) -> Vec<u8> {
+        [self.unsigned(), signature.to_vec()].concat()
+    }
+
+    fn unsigned(&self) -> Vec<u8> {
         let mut out = vec![self.version];
         out.extend_from_slice(&self.name);
         out.extend_from_slice(&self.owner);
@@ -101,8 +113,6 @@ impl Raw {
             out.extend_from_slice(record);
         }
         out.extend_from_slice(&self.trailing);
-        let signature = key.sign(&signing_input(&out));
-        out.extend_from_slice(&signature);
         out
     }
 }
@@ -339,6 +349,33 @@ fn bad_form() -> Vec<Value> {
             "not-canonical",
             "the same A record twice, with two TTLs",
         ),
+        invalid("no-bytes", "site.p2p.", &[], "malformed", "an empty value"),
+        invalid(
+            "one-byte",
+            "site.p2p.",
+            &[1],
+            "malformed",
+            "the version byte alone",
+        ),
+        bad(
+            "label-64",
+            Raw {
+                name: [&[64][..], &[b'a'; 64], &wire("p2p.")].concat(),
+                ..site(vec![])
+            },
+            "malformed",
+            "a label length byte of 64 in the record's name",
+        ),
+        bad(
+            "order-then-form",
+            site(vec![
+                a("www.site.p2p.", [192, 0, 2, 1]),
+                a("site.p2p.", [192, 0, 2, 1]),
+                rr("site.p2p.", 28, 1, 300, &[0x20, 0x01, 0x0d]),
+            ]),
+            "not-canonical",
+            "the second RR is out of order, the third malformed: front to back, order first",
+        ),
         invalid(
             "too-large",
             "site.p2p.",
@@ -364,6 +401,10 @@ fn bad_content() -> Vec<Value> {
         |id, raw: Raw, verdict, note| invalid(id, "site.p2p.", &raw.signed(&key), verdict, note);
     let site = |records| Raw::new("site.p2p.", records);
     let stolen = key_name(&other_key().public().to_bytes()).to_ascii();
+    let own = key_name(&key.public().to_bytes()).to_ascii();
+    // The same label with its last character's spare bits set ('y' is 0, 'n' is 2).
+    let lookalike = own.replacen("y.p2p.", "n.p2p.", 1);
+    assert_ne!(own, lookalike, "the test key's name ends in y");
     let mut out = vec![
         invalid(
             "two-labels",
@@ -371,6 +412,24 @@ fn bad_content() -> Vec<Value> {
             &Raw::new("www.site.p2p.", vec![]).signed(&key),
             "bad-name",
             "a name two labels under p2p",
+        ),
+        invalid(
+            "root-name",
+            ".",
+            &Raw {
+                name: vec![0],
+                ..site(vec![])
+            }
+            .signed(&key),
+            "bad-name",
+            "the root as the record's name",
+        ),
+        invalid(
+            "key-lookalike",
+            &lookalike,
+            &Raw::new(&lookalike, vec![]).signed(&key),
+            "bad-name",
+            "52 characters that are no key's z-base-32 (spare bits set)",
         ),
         invalid(
             "underscore",
@@ -450,6 +509,7 @@ fn bad_content() -> Vec<Value> {
             "signed by the test key, another key in owner",
         ),
     ];
+    out.extend(weak_keys());
     let mut flipped = site(vec![]).signed(&key);
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
@@ -469,6 +529,62 @@ fn bad_content() -> Vec<Value> {
         "a valid record for other.p2p. where site.p2p. was looked up",
     ));
     out
+}
+
+/// The order of the Ed25519 group (RFC 8032 section 5.1), little-endian.
+const GROUP_ORDER: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// Signatures that a loose Ed25519 check accepts and section 4 refuses.
+fn weak_keys() -> Vec<Value> {
+    // The identity point, of small order: R = that point and S = 0 verify for any message
+    // under the cofactorless equation unless small-order keys are refused.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let forged: [u8; 64] = [identity, [0; 32]].concat().try_into().expect("64 octets");
+    let weak_name = key_name(&identity).to_ascii();
+    let human = Raw {
+        owner: identity,
+        ..Raw::new("site.p2p.", vec![a("site.p2p.", [192, 0, 2, 66])])
+    };
+    let keyed = Raw {
+        owner: identity,
+        ..Raw::new(&weak_name, vec![])
+    };
+    // S + L: the same signature with S not reduced (RFC 8032 section 5.1.7 refuses S >= L).
+    let mut malleable = Raw::new("site.p2p.", vec![]).signed(&test_key());
+    let s_at = malleable.len() - 32;
+    let mut carry = 0u16;
+    for (i, l) in GROUP_ORDER.iter().enumerate() {
+        let sum = u16::from(malleable[s_at + i]) + u16::from(*l) + carry;
+        malleable[s_at + i] = sum.to_le_bytes()[0];
+        carry = sum >> 8;
+    }
+    vec![
+        invalid(
+            "small-order-key",
+            "site.p2p.",
+            &human.with_signature(&forged),
+            "bad-signature",
+            "owner is the identity point (small order), R = it, S = 0",
+        ),
+        invalid(
+            "small-order-key-name",
+            &weak_name,
+            &keyed.with_signature(&forged),
+            "bad-signature",
+            "the same forgery for the identity point's own key name",
+        ),
+        invalid(
+            "s-not-reduced",
+            "site.p2p.",
+            &malleable,
+            "bad-signature",
+            "a valid signature with L added to S",
+        ),
+    ]
 }
 
 fn dht_keys() -> Vec<Value> {

@@ -4,7 +4,8 @@
 // choice among replicas (section 6). Node's own crypto does SHA-256 and Ed25519; nothing here
 // depends on libp2p.
 
-import { createHash, createPrivateKey, createPublicKey, sign, verify } from 'node:crypto'
+import { createHash, createPrivateKey, createPublicKey, sign } from 'node:crypto'
+import { ed25519 } from '@noble/curves/ed25519.js'
 
 export const MAX_RECORD_BYTES = 1024
 export const MAX_TTL = 86400
@@ -72,7 +73,9 @@ const LDH = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/
 export function isDhtName (labels) {
   if (labels.length !== 2) return false
   if (Buffer.from(labels[1]).toString('latin1') !== 'p2p') return false
-  return LDH.test(Buffer.from(labels[0]).toString('latin1'))
+  const label = Buffer.from(labels[0]).toString('latin1')
+  // Section 1: a 52-character label is a key name or no DHT name at all.
+  return LDH.test(label) && (label.length !== 52 || keyOfLabel(label) !== null)
 }
 
 /** A presentation-form name ("site.p2p" or "site.p2p.") in lower-case wire format. */
@@ -339,9 +342,31 @@ export function publicKeyObject (raw) {
   return createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(raw).toString('base64url') }, format: 'jwk' })
 }
 
+// The order of the Ed25519 group (RFC 8032 section 5.1).
+const GROUP_ORDER = 2n ** 252n + 27742317777372353535851937790883648493n
+
+function littleEndian (bytes) {
+  let n = 0n
+  for (let i = bytes.length - 1; i >= 0; i--) n = (n << 8n) + BigInt(bytes[i])
+  return n
+}
+
+// Section 4's strict verification: A and R canonical encodings of points not of small order,
+// S below the group order, and encode([S]B - [k]A) equal to R's bytes (cofactorless).
+// Node's crypto (OpenSSL) accepts small-order keys, so the points are checked with noble.
 export function verifySignature (owner, signed, signature) {
   try {
-    return verify(null, concat(SIGNING_CONTEXT, signed), publicKeyObject(owner), signature)
+    const { Point } = ed25519
+    const rBytes = signature.subarray(0, 32)
+    const A = Point.fromBytes(owner, false)
+    const R = Point.fromBytes(rBytes, false)
+    const S = littleEndian(signature.subarray(32))
+    if (S >= GROUP_ORDER || A.isSmallOrder() || R.isSmallOrder()) return false
+    const digest = createHash('sha512').update(rBytes).update(owner)
+      .update(concat(SIGNING_CONTEXT, signed)).digest()
+    const k = littleEndian(digest) % GROUP_ORDER
+    const expected = Point.BASE.multiplyUnsafe(S).subtract(A.multiplyUnsafe(k)).toBytes()
+    return Buffer.from(expected).equals(Buffer.from(rBytes))
   } catch {
     return false
   }
