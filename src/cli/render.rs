@@ -282,15 +282,38 @@ fn names(out: &mut String, names: &[NameInfo]) {
         out.push_str("no names published (see `p2pdns publish`)\n");
     }
     for n in names {
+        let held = match (n.replicas, n.counted_at) {
+            (Some(holders), Some(at)) => format!(
+                "held by {holders} other node(s) ({})",
+                ago(at, crate::record::unix_now())
+            ),
+            (Some(holders), None) => format!("held by {holders} other node(s)"),
+            (None, _) => "held by: not counted yet".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "{}  seq {}  expires {}  held by {} other node(s)",
+            "{}  seq {}  expires {}  {held}",
             n.name,
             n.seq,
             expiry(n.expires),
-            n.replicas
         );
         indented(out, &n.records);
+    }
+    if names.iter().any(|n| n.replicas.is_none()) {
+        out.push_str(
+            "(the daemon counts the replicas in the background: run `p2pdns names` again in a \
+             few seconds)\n",
+        );
+    }
+}
+
+/// `counted 12 s ago` for the Unix time `at`, seen at `now`.
+fn ago(at: u64, now: u64) -> String {
+    let age = now.saturating_sub(at);
+    match age {
+        0..=119 => format!("counted {age} s ago"),
+        120..=7199 => format!("counted {} min ago", age / 60),
+        _ => format!("counted {} h ago", age / 3600),
     }
 }
 
@@ -458,6 +481,39 @@ mod tests {
         control::P2pStatus,
         p2p::{AddressSource, ConnectionPath, ExternalAddr, KadMode, RendezvousStanding},
     };
+
+    /// The lab's tests read `held by N other node` off `names`; a name not counted yet says so
+    /// without a number they could misread.
+    #[test]
+    fn names_say_when_their_replicas_were_counted() {
+        let now = crate::record::unix_now();
+        let info = |replicas, counted_at| NameInfo {
+            name: "site.p2p.".into(),
+            seq: 7,
+            expires: now + 3600,
+            records: vec!["site.p2p. 300 IN A 192.0.2.1".into()],
+            replicas,
+            counted_at,
+        };
+        let text = render(&Response::Names {
+            names: vec![info(Some(1), Some(now - 3))],
+        });
+        // A second may pass between the two clocks.
+        assert!(
+            text.contains("held by 1 other node(s) (counted 3 s ago)")
+                || text.contains("held by 1 other node(s) (counted 4 s ago)"),
+            "{text}"
+        );
+        assert!(!text.contains("again in a few seconds"), "{text}");
+        let text = render(&Response::Names {
+            names: vec![info(None, None)],
+        });
+        assert!(text.contains("held by: not counted yet"), "{text}");
+        assert!(
+            text.contains("run `p2pdns names` again in a few seconds"),
+            "{text}"
+        );
+    }
 
     /// The lines the NAT lab and the system tests look for.
     #[test]
