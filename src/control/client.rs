@@ -74,8 +74,9 @@ pub enum ClientError {
     /// No answer within the time limit, though the daemon took the request.
     #[error(
         "the daemon did not answer `{command}` within {} s: it is running (it took the request \
-         on {socket}) but busy or stuck, and may still carry the request out; {WHERE_TO_LOOK}; \
-         --timeout SECS waits longer", .after.as_secs()
+         on {socket}) but busy or stuck{}; {WHERE_TO_LOOK}; --timeout SECS waits longer",
+        .after.as_secs(),
+        if *.changes { ", and may still carry the request out" } else { "" }
     )]
     TimedOut {
         /// The socket path.
@@ -84,6 +85,8 @@ pub enum ClientError {
         command: &'static str,
         /// The time limit.
         after: Duration,
+        /// The request changes state (a publish...): it may still be done.
+        changes: bool,
     },
     /// The answer is longer than [`MAX_RESPONSE`] bytes.
     #[error(
@@ -187,6 +190,7 @@ async fn call_socket(
                 socket: socket.to_owned(),
                 command,
                 after: timeout,
+                changes: !request.is_local(),
             });
         }
     };
@@ -284,27 +288,19 @@ mod tests {
     fn connect_failures_are_told_apart() {
         let dir = Path::new("/d");
         let socket = Path::new("/d/control.sock");
-        let kind = |kind: io::ErrorKind| connect_error(io::Error::from(kind), dir, socket);
-        assert!(matches!(
-            kind(io::ErrorKind::NotFound),
-            ClientError::NotRunning { .. }
-        ));
-        assert!(matches!(
-            kind(io::ErrorKind::ConnectionRefused),
-            ClientError::NotRunning { .. }
-        ));
-        assert!(matches!(
-            kind(io::ErrorKind::PermissionDenied),
-            ClientError::Permission { .. }
-        ));
-        assert!(matches!(
-            kind(io::ErrorKind::WouldBlock),
-            ClientError::Busy { .. }
-        ));
-        assert!(matches!(
-            kind(io::ErrorKind::InvalidInput),
-            ClientError::Io { .. }
-        ));
+        for (kind, variant) in [
+            (io::ErrorKind::NotFound, "NotRunning"),
+            (io::ErrorKind::ConnectionRefused, "NotRunning"),
+            (io::ErrorKind::PermissionDenied, "Permission"),
+            (io::ErrorKind::WouldBlock, "Busy"),
+            (io::ErrorKind::InvalidInput, "Io"),
+        ] {
+            let error = format!("{:?}", connect_error(io::Error::from(kind), dir, socket));
+            assert!(
+                error.starts_with(&format!("{variant} ")),
+                "{kind:?}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -66,6 +66,17 @@ fn start_publishes(
     }
 }
 
+/// Waits for every publish of `publishes`; each must have been acknowledged.
+async fn all_acknowledged(publishes: JoinSet<Result<(), String>>) {
+    let failed: Vec<String> = publishes
+        .join_all()
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
 /// Whether the daemon still holds `stream` open (no end of stream to read yet).
 fn still_open(stream: &UnixStream) -> bool {
     let mut byte = [0; 1];
@@ -86,13 +97,7 @@ async fn names_answers_while_publishes_and_lookups_are_in_flight() {
     let mut publishes = JoinSet::new();
     let first: Vec<String> = (0..PUBLISHES).map(|i| format!("first{i}")).collect();
     start_publishes(&mut publishes, &dir, first.into_iter(), &acknowledged);
-    let failed: Vec<String> = publishes
-        .join_all()
-        .await
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
-    assert!(failed.is_empty(), "{failed:#?}");
+    all_acknowledged(publishes).await;
     let mut held = BTreeSet::new();
     while let Ok(name) = acks.try_recv() {
         held.insert(name);
@@ -138,13 +143,7 @@ async fn names_answers_while_publishes_and_lookups_are_in_flight() {
     );
 
     // Once every publish is acknowledged, `names` lists all 300.
-    let failed: Vec<String> = publishes
-        .join_all()
-        .await
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
-    assert!(failed.is_empty(), "{failed:#?}");
+    all_acknowledged(publishes).await;
     assert_eq!(names(&dir).await.len(), 2 * PUBLISHES);
     lookups.abort_all();
     drop(idle);

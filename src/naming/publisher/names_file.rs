@@ -89,7 +89,7 @@ impl EntryFault {
             }
             _ => {
                 "publish the name again (`p2pdns publish`), or restore names.toml from a backup \
-                 (the daemon stopped)"
+                 (with the daemon stopped)"
             }
         }
     }
