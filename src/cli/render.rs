@@ -288,7 +288,10 @@ fn names(out: &mut String, names: &[NameInfo]) {
                 ago(at, crate::record::unix_now())
             ),
             (Some(holders), None) => format!("held by {holders} other node(s)"),
-            (None, _) => "held by: not counted yet".to_owned(),
+            // No number here: scripts read "held by N" (and each line's first word as a name).
+            (None, _) => {
+                "held by: not counted yet (counting now: ask again in a few seconds)".to_owned()
+            }
         };
         let _ = writeln!(
             out,
@@ -298,12 +301,6 @@ fn names(out: &mut String, names: &[NameInfo]) {
             expiry(n.expires),
         );
         indented(out, &n.records);
-    }
-    if names.iter().any(|n| n.replicas.is_none()) {
-        out.push_str(
-            "(the daemon counts the replicas in the background: run `p2pdns names` again in a \
-             few seconds)\n",
-        );
     }
 }
 
@@ -504,15 +501,18 @@ mod tests {
                 || text.contains("held by 1 other node(s) (counted 4 s ago)"),
             "{text}"
         );
-        assert!(!text.contains("again in a few seconds"), "{text}");
+        assert!(!text.contains("not counted"), "{text}");
         let text = render(&Response::Names {
             names: vec![info(None, None)],
         });
-        assert!(text.contains("held by: not counted yet"), "{text}");
         assert!(
-            text.contains("run `p2pdns names` again in a few seconds"),
+            text.contains("held by: not counted yet (counting now: ask again in a few seconds)"),
             "{text}"
         );
+        // Every line that is not a record line starts with a name.
+        for line in text.lines().filter(|l| !l.starts_with(' ')) {
+            assert!(line.starts_with("site.p2p. "), "{line}");
+        }
     }
 
     /// The lines the NAT lab and the system tests look for.
