@@ -85,7 +85,7 @@ pub enum Request {
 
 impl Request {
     /// Whether the daemon answers it from its own state at once, without writing a file or
-    /// asking the network: such a request never waits behind others.
+    /// asking the network: such a request never waits behind others, and changes nothing.
     pub fn is_local(&self) -> bool {
         matches!(
             self,

@@ -2,10 +2,10 @@
 //! live daemon answers on), serves a bounded number of clients, and answers each request from
 //! the naming layer, the forwarder and the P2P node.
 //!
-//! Requests answered from local state (`status`, `names`, `pins`, `tunnels`:
-//! [`Request::is_local`]) are answered at once, whatever else is in flight; those that change
-//! state or ask the network take turns, [`MAX_BUSY`] at a time, so that a burst of them (150
-//! publishes started at once) never holds a read-only request back.
+//! Each client is a task of its own, and requests answered from local state (`status`,
+//! `names`, `pins`, `tunnels`: [`Request::is_local`]) touch nothing the others hold: a burst
+//! of publishes (150 started at once, each waiting on the disk and on its DHT PUT) or of
+//! lookups never holds them back. Synced file writes run off the runtime's threads.
 
 use std::{
     io,
@@ -18,7 +18,6 @@ use hickory_proto::rr::{LowerName, Name, RecordType};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::Semaphore,
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -36,13 +35,10 @@ use crate::{
 
 /// Longest request line (a zone file fits easily).
 const MAX_REQUEST: usize = 256 * 1024;
-/// Connections served at once (a request being read, answered or waiting its turn); more wait
-/// in the socket's backlog. With the 256 KiB bound on a request, it bounds what requests hold:
-/// 64 MiB.
+/// Connections served at once (a request being read or answered); more wait in the socket's
+/// backlog. With the 256 KiB bound on a request, it bounds what requests hold: 64 MiB. Work
+/// is bounded further by its owners (one names-file write at a time, the DHT's lookup shares).
 pub const MAX_CONNECTIONS: usize = 256;
-/// Requests that change state or ask the network handled at once; the others wait their turn,
-/// connected. Requests answered from local state never wait.
-pub const MAX_BUSY: usize = 16;
 /// A client must send its request within this time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest `connect` waits for a direct connection, whatever the client asks.
@@ -216,7 +212,6 @@ pub async fn bind(path: &Path, data_dir: &Path) -> Result<ControlSocket, Control
 pub async fn serve(socket: ControlSocket, context: Arc<Context>, stop: CancellationToken) {
     let listener = &socket.listener;
     let mut clients = JoinSet::new();
-    let busy = Arc::new(Semaphore::new(MAX_BUSY));
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => break,
@@ -238,25 +233,16 @@ pub async fn serve(socket: ControlSocket, context: Arc<Context>, stop: Cancellat
             },
         };
         let context = context.clone();
-        let busy = busy.clone();
         clients.spawn(async move {
-            if let Err(error) = answer_client(stream, &context, &busy).await {
+            if let Err(error) = client(stream, &context).await {
                 debug!(%error, "control client failed");
             }
         });
     }
 }
 
-/// Reads one request from `stream` and answers it, as a client of its own (the fuzz target's
-/// entry, [`crate::fuzzing`]).
-#[cfg(feature = "fuzzing")]
+/// Reads one request from `stream` and answers it.
 pub(crate) async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
-    answer_client(stream, context, &Semaphore::new(MAX_BUSY)).await
-}
-
-/// Reads one request from `stream` and answers it, taking a turn of `busy` first when it is
-/// not answered from local state.
-async fn answer_client(stream: UnixStream, context: &Context, busy: &Semaphore) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();
@@ -264,14 +250,7 @@ async fn answer_client(stream: UnixStream, context: &Context, busy: &Semaphore) 
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
     let answered = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => {
-            // The semaphore is never closed: a permit always comes.
-            let _turn = match request.is_local() {
-                true => None,
-                false => busy.acquire().await.ok(),
-            };
-            handle(request, context).await
-        }
+        Ok(request) => handle(request, context).await,
         Err(error) => Err(RequestError::Malformed(error)),
     };
     let response = answered.unwrap_or_else(|error| Response::Error {

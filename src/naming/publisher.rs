@@ -103,6 +103,9 @@ pub struct Publisher {
     replicas: watch::Sender<BTreeMap<LowerName, ReplicaCount>>,
     /// Asks [`Publisher::run`] for a new count (asks made during one make one more).
     count_asked: Notify,
+    /// Taken by a publish before its synced write: publishes started at once wait here as
+    /// tasks, not each as a thread of the blocking pool waiting on [`Names`]' lock.
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// This node's names and `names.toml`, whose only writer this is. What the map holds is always
@@ -144,6 +147,7 @@ impl Publisher {
             names: Arc::new(Names::load(keypair, data_dir)),
             replicas: watch::Sender::new(BTreeMap::new()),
             count_asked: Notify::new(),
+            writing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -226,7 +230,9 @@ impl Publisher {
         };
         // Signing and the synced write block: off the runtime's threads.
         let names = self.names.clone();
+        let writing = self.writing.lock().await;
         let applied = tokio::task::spawn_blocking(move || names.apply(change)).await;
+        drop(writing);
         let signed = match applied {
             Ok(result) => result?,
             Err(error) => match error.try_into_panic() {

@@ -3,8 +3,8 @@
 //! with a DHT lookup of up to 5 s, one name after the other, and it waited in the socket's
 //! backlog while 16 other requests (publishes, lookups, idle clients) held every place.
 //!
-//! Here a daemon whose only peer never answers a Kademlia request (each lookup waits for its
-//! deadline) publishes 150 names, then is given 20 lookups of absent names, 16 clients that
+//! Here a daemon whose only peer never answers a Kademlia request (each lookup and each PUT
+//! waits for its deadline) publishes 150 names, then is given 20 lookups of absent names, 16 clients that
 //! never send their request, and 150 more publishes at once; `names`, `status` and `pins` must
 //! answer while all that is in flight. What is asserted is an order of events, never a
 //! duration: the answers come while the idle clients are still connected (the daemon drops
@@ -23,9 +23,9 @@ use crate::{
 
 /// Publishes started at once, in each of the two rounds.
 const PUBLISHES: usize = 150;
-/// Lookups of absent names in flight (more than the 16 requests handled at once).
+/// Lookups of absent names in flight (more than the 16 places there were).
 const LOOKUPS: usize = 20;
-/// Clients that connect and never send a request (as many as the places there were).
+/// Clients that connect and never send a request (as many as there were places).
 const IDLE: usize = 16;
 
 async fn publish(dir: &Path, name: &str) -> Result<(), String> {
