@@ -11,9 +11,9 @@
 //! them only after its 10 s request timeout), and `names` lists every name acknowledged before
 //! it was asked.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{collections::BTreeSet, path::Path, time::Duration};
 
-use p2pdns::control::{Request, Response, call};
+use p2pdns::control::{Request, Response, call, call_within};
 use tokio::{net::UnixStream, sync::mpsc, task::JoinSet};
 
 use crate::{
@@ -27,13 +27,17 @@ const PUBLISHES: usize = 150;
 const LOOKUPS: usize = 20;
 /// Clients that connect and never send a request (as many as there were places).
 const IDLE: usize = 16;
+/// How long a publish may wait for its answer: each waits for its turn to write and for its
+/// DHT PUT, which the stalled peer makes last until Kademlia's timeout. A bound against a
+/// hang, not a measure of speed.
+const PUBLISH_WAIT: Duration = Duration::from_secs(120);
 
 async fn publish(dir: &Path, name: &str) -> Result<(), String> {
     let request = Request::Publish {
         name: name.to_owned(),
         records: vec!["A 192.0.2.1".to_owned()],
     };
-    match call(dir, false, &request).await {
+    match call_within(dir, false, &request, PUBLISH_WAIT).await {
         Ok(Response::Published { .. }) => Ok(()),
         Ok(other) => Err(format!("{name}: {other:?}")),
         Err(error) => Err(format!("{name}: {}", p2pdns::error::one_line(&error))),
