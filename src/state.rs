@@ -11,7 +11,9 @@
 //! - a crash leaves the old file or the new one, never a torn one; the temporary files a crash
 //!   leaves are removed at the next start ([`remove_stale_temp_files`]);
 //! - a damaged file is never overwritten: it is moved aside (`names.toml.corrupt-<unix time>`)
-//!   and the log says where it went and how to get it back ([`load_toml`]);
+//!   and the log says where it went and how to get it back ([`load_toml`]); a file of which
+//!   only some entries are refused is copied aside whole before its owner writes the rest
+//!   back ([`set_aside_damaged`]);
 //! - a full disk is named as such ([`SaveError::Full`]);
 //! - one process per data directory ([`lock_data_dir`]): two would overwrite each other's
 //!   files and share one identity.
@@ -281,10 +283,7 @@ fn private_options() -> fs::OpenOptions {
 /// # Errors
 /// [`SaveError::Full`] on a full disk, [`SaveError::Io`] otherwise; the file is unchanged.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}{TEMP_INFIX}{}-{n}", std::process::id()));
@@ -314,6 +313,22 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Reads a state file's bytes: `None` when it does not exist.
+///
+/// # Errors
+/// [`LoadError::Read`] when the file exists but cannot be read: it is left where it is and
+/// its owner must not save over it.
+pub fn read_state(path: &Path) -> Result<Option<Vec<u8>>, LoadError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LoadError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Reads a TOML state file: `None` when it does not exist. A damaged file (not UTF-8, not
 /// TOML, not the owner's schema) is moved aside to `<file>.corrupt-<unix time>` and reported
 /// as an error in the log with the way back; the owner starts without it and its next save
@@ -323,15 +338,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// [`LoadError`] when the file cannot be read, or is damaged and cannot be moved aside: it is
 /// left where it is and the owner must not save over it.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, LoadError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(LoadError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
+    let Some(bytes) = read_state(path)? else {
+        return Ok(None);
     };
     let parsed = std::str::from_utf8(&bytes)
         .map_err(|e| e.to_string())
@@ -354,8 +362,46 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, LoadErro
     Ok(None)
 }
 
-/// Moves `path` to a free `<path>.corrupt-<unix time>[-n]` and syncs the directory.
-fn quarantine(path: &Path) -> io::Result<PathBuf> {
+/// For a state file of which only parts are damaged (entries its owner refuses): keeps a
+/// copy of the whole file as it was, `original`, at a free `<file>.corrupt-<unix time>[-n]`
+/// (written durably, mode 0600), then puts `repaired` (what its owner keeps of it) in its
+/// place, or removes it when nothing is kept. A crash in between leaves the original in
+/// place. Returns where the copy is.
+///
+/// # Errors
+/// [`LoadError::Quarantine`]: the copy or the replacement failed; if the copy was made, the
+/// original is still in place, and its owner must not save over it.
+pub fn set_aside_damaged(
+    path: &Path,
+    original: &[u8],
+    repaired: Option<&[u8]>,
+) -> Result<PathBuf, LoadError> {
+    let failed = |source| LoadError::Quarantine {
+        path: path.to_owned(),
+        source,
+    };
+    let aside = free_aside_path(path);
+    write_private(&aside, original).map_err(|e| failed(e.into()))?;
+    match repaired {
+        Some(bytes) => write_private(path, bytes).map_err(|e| failed(e.into()))?,
+        None => {
+            fs::remove_file(path).map_err(failed)?;
+            sync_dir(parent_dir(path)).map_err(failed)?;
+        }
+    }
+    Ok(aside)
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// A free `<path>.corrupt-<unix time>[-n]`: no file of that name exists.
+fn free_aside_path(path: &Path) -> PathBuf {
     let now = crate::record::unix_now();
     let mut name = path.as_os_str().to_owned();
     name.push(format!("{CORRUPT_INFIX}{now}"));
@@ -368,10 +414,14 @@ fn quarantine(path: &Path) -> io::Result<PathBuf> {
         aside = PathBuf::from(next);
         n += 1;
     }
+    aside
+}
+
+/// Moves `path` to a free `<path>.corrupt-<unix time>[-n]` and syncs the directory.
+fn quarantine(path: &Path) -> io::Result<PathBuf> {
+    let aside = free_aside_path(path);
     fs::rename(path, &aside)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        sync_dir(dir)?;
-    }
+    sync_dir(parent_dir(path))?;
     Ok(aside)
 }
 
@@ -482,6 +532,23 @@ mod tests {
         assert_eq!(files(&dir).len(), 3);
         // A missing file is no error.
         assert!(load_toml::<toml::Table>(&path).unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_partly_damaged_file_is_copied_aside_before_it_is_replaced() {
+        let dir = temp_dir("state-partly");
+        let path = dir.join("names.toml");
+        fs::write(&path, b"good\nbad\n").unwrap();
+        let aside = set_aside_damaged(&path, b"good\nbad\n", Some(b"good\n")).unwrap();
+        assert_eq!(fs::read(&aside).unwrap(), b"good\nbad\n");
+        assert_eq!(fs::read(&path).unwrap(), b"good\n");
+        // Nothing kept: the file goes, its copy stays, and an earlier copy is not replaced.
+        let again = set_aside_damaged(&path, b"good\n", None).unwrap();
+        assert_ne!(again, aside);
+        assert!(!path.exists());
+        assert_eq!(fs::read(&aside).unwrap(), b"good\nbad\n");
+        assert_eq!(fs::read(&again).unwrap(), b"good\n");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -29,6 +29,10 @@ pub struct Cli {
     /// ~/.local/share/p2pdns, /var/lib/p2pdns for service users].
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Seconds to wait for the daemon's answer, for the commands that talk to it [default: 30;
+    /// connect: 30 plus --wait].
+    #[arg(long, global = true, value_name = "SECS")]
+    pub timeout: Option<u64>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -64,7 +68,8 @@ pub enum Command {
         /// The name, e.g. site.p2p (".p2p" may be left out).
         name: String,
     },
-    /// List the names this daemon publishes, with how many other nodes hold each.
+    /// List the names this daemon publishes, with how many other nodes held each at the last
+    /// count (each listing starts a new count in the background).
     Names,
     /// Ask the daemon with this process id to reload, as SIGHUP does (the systemd unit's
     /// ExecReload runs it, so no `kill` binary is needed).

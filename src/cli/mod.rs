@@ -15,7 +15,7 @@ use tracing::info;
 
 use crate::{
     config::{Config, ConfigError},
-    control::{ClientError, Request, call},
+    control::{ClientError, Request, answer_time, call_within},
     daemon::{ConfigWatch, Daemon, DaemonError},
     intro::{Intro, IntroError},
     naming::NamingError,
@@ -35,6 +35,18 @@ pub use render::error_report;
 pub const EXIT_CONFIG: u8 = 78;
 /// Exit code for a bad command line (as clap's own).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code when the daemon closed the connection without answering: it stopped or crashed
+/// (EX_UNAVAILABLE from sysexits.h).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when talking to the daemon failed otherwise (EX_IOERR).
+pub const EXIT_IOERR: u8 = 74;
+/// Exit code when the daemon did not answer in time, or took no connection: it runs but is
+/// busy, and trying again may work (EX_TEMPFAIL).
+pub const EXIT_TEMPFAIL: u8 = 75;
+/// Exit code when what answered on the control socket is not a p2pdns response (EX_PROTOCOL).
+pub const EXIT_PROTOCOL: u8 = 76;
+/// Exit code when the control socket is another user's (EX_NOPERM).
+pub const EXIT_NOPERM: u8 = 77;
 
 /// Errors that end a command; each knows its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +90,22 @@ impl CliError {
             Self::Config(_) | Self::Naming(_) => EXIT_CONFIG,
             Self::Daemon(error) if error.is_config() => EXIT_CONFIG,
             Self::StunListen(_) => EXIT_USAGE,
+            Self::Command(CommandError::Client(error)) => client_exit_code(error),
             _ => 1,
         }
+    }
+}
+
+/// The exit code of a failed exchange with the daemon. "No daemon" and the daemon's own error
+/// answers keep 1, as before these codes existed (scripts test for it).
+fn client_exit_code(error: &ClientError) -> u8 {
+    match error {
+        ClientError::NotRunning { .. } | ClientError::Daemon(_) => 1,
+        ClientError::Closed { .. } => EXIT_UNAVAILABLE,
+        ClientError::Busy { .. } | ClientError::TimedOut { .. } => EXIT_TEMPFAIL,
+        ClientError::Permission { .. } => EXIT_NOPERM,
+        ClientError::Garbage { .. } | ClientError::TooLarge { .. } => EXIT_PROTOCOL,
+        ClientError::Io { .. } | ClientError::Encode(_) => EXIT_IOERR,
     }
 }
 
@@ -193,13 +219,15 @@ pub async fn run_intro(loaded: Loaded, args: &IntroArgs) -> Result<ExitCode, Cli
     Ok(ExitCode::SUCCESS)
 }
 
-/// The daemon a client command talks to: its data directory, and whether a system service's
-/// socket may be tried too (no data directory was chosen).
+/// The daemon a client command talks to: its data directory, whether a system service's
+/// socket may be tried too (no data directory was chosen), and how long to wait.
 pub struct DaemonTarget {
     /// The daemon's data directory.
     pub data_dir: PathBuf,
     /// No data directory was chosen: a system service's socket may answer instead.
     pub try_service: bool,
+    /// `--timeout`: how long to wait for an answer, when given.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl DaemonTarget {
@@ -209,6 +237,7 @@ impl DaemonTarget {
         Ok(Self {
             data_dir: config.data_dir(cli.data_dir.as_deref()),
             try_service: config.chosen_data_dir(cli.data_dir.as_deref()).is_none(),
+            timeout: cli.timeout.map(std::time::Duration::from_secs),
         })
     }
 }
@@ -227,12 +256,13 @@ pub async fn talk(command: &Command, target: &DaemonTarget) -> Result<ExitCode, 
     let Some(request) = request(command)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let response = call(&target.data_dir, target.try_service, &request)
+    let timeout = target.timeout.unwrap_or_else(|| answer_time(&request));
+    let response = call_within(&target.data_dir, target.try_service, &request, timeout)
         .await
         .map_err(CommandError::from)?;
     if let Command::Tunnels { json: true } = command {
         let json = serde_json::to_string_pretty(&response)
-            .map_err(ClientError::Protocol)
+            .map_err(ClientError::Encode)
             .map_err(CommandError::from)?;
         print(&format!("{json}\n"));
     } else {

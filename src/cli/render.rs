@@ -282,13 +282,26 @@ fn names(out: &mut String, names: &[NameInfo]) {
         out.push_str("no names published (see `p2pdns publish`)\n");
     }
     for n in names {
+        let held = match (n.replicas, n.counted_at) {
+            (Some(holders), Some(at)) => {
+                let age = crate::record::unix_now().saturating_sub(at);
+                format!(
+                    "held by {holders} other node(s) (counted {} ago)",
+                    span(age)
+                )
+            }
+            (Some(holders), None) => format!("held by {holders} other node(s)"),
+            // No number here: scripts read "held by N" (and each line's first word as a name).
+            (None, _) => {
+                "held by: not counted yet (counting now: ask again in a few seconds)".to_owned()
+            }
+        };
         let _ = writeln!(
             out,
-            "{}  seq {}  expires {}  held by {} other node(s)",
+            "{}  seq {}  expires {}  {held}",
             n.name,
             n.seq,
             expiry(n.expires),
-            n.replicas
         );
         indented(out, &n.records);
     }
@@ -443,11 +456,15 @@ fn expiry(unix: u64) -> String {
     if unix <= now {
         return "already".to_owned();
     }
-    let left = unix - now;
-    match left {
-        0..=119 => format!("in {left} s"),
-        120..=7199 => format!("in {} min", left / 60),
-        _ => format!("in {} h", left / 3600),
+    format!("in {}", span(unix - now))
+}
+
+/// A span of seconds for people: `90 s`, `12 min`, `48 h`.
+fn span(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        _ => format!("{} h", secs / 3600),
     }
 }
 
@@ -458,6 +475,33 @@ mod tests {
         control::P2pStatus,
         p2p::{AddressSource, ConnectionPath, ExternalAddr, KadMode, RendezvousStanding},
     };
+
+    /// The lab's tests read `held by N other node` off `names`; a name not counted yet says so
+    /// without a number they could misread.
+    #[test]
+    fn names_say_when_their_replicas_were_counted() {
+        let now = crate::record::unix_now();
+        let info = |replicas, counted_at| NameInfo {
+            name: "site.p2p.".into(),
+            seq: 7,
+            expires: now + 3600,
+            records: vec!["site.p2p. 300 IN A 192.0.2.1".into()],
+            replicas,
+            counted_at,
+        };
+        let text = render(&Response::Names {
+            names: vec![info(Some(1), Some(now - 300)), info(None, None)],
+        });
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+        assert!(
+            lines[0].ends_with("held by 1 other node(s) (counted 5 min ago)"),
+            "{text}"
+        );
+        let later = "held by: not counted yet (counting now: ask again in a few seconds)";
+        assert!(lines[1].ends_with(later), "{text}");
+        // Every line that is not a record line starts with a name.
+        assert!(lines.iter().all(|l| l.starts_with("site.p2p. ")), "{text}");
+    }
 
     /// The lines the NAT lab and the system tests look for.
     #[test]

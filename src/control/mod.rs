@@ -13,7 +13,7 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 
-pub use client::{ClientError, call};
+pub use client::{ClientError, answer_time, call, call_within};
 pub use protocol::{NameInfo, P2pStatus, PinInfo, Request, Resolution, Response, Status};
 pub use server::{Context, ControlError, ControlSocket, RequestError, bind, p2p_name, serve};
 

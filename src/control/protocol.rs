@@ -83,6 +83,34 @@ pub enum Request {
     Tunnels,
 }
 
+impl Request {
+    /// Whether the daemon answers it from its own state at once, without writing a file or
+    /// asking the network: such a request never waits behind others, and changes nothing.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Self::Status { .. } | Self::Names | Self::Pins | Self::Tunnels
+        )
+    }
+
+    /// The CLI command that sends it (`names`, `publish`...), for messages.
+    pub fn command(&self) -> &'static str {
+        match self {
+            Self::Status { .. } => "status",
+            Self::Publish { .. } | Self::PublishZone { .. } => "publish",
+            Self::Unpublish { .. } => "unpublish",
+            Self::Names => "names",
+            Self::Resolve { .. } => "resolve",
+            Self::Pins => "pins",
+            Self::RemovePin { .. } => "pins remove",
+            Self::Connect { .. } => "connect",
+            Self::Expose(_) => "expose",
+            Self::Unexpose { .. } => "unexpose",
+            Self::Tunnels => "tunnels",
+        }
+    }
+}
+
 /// The daemon's answer.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
@@ -212,8 +240,14 @@ pub struct NameInfo {
     pub expires: u64,
     /// Its records, in zone-file syntax.
     pub records: Vec<String>,
-    /// Other nodes found holding exactly this record (those that answered within 5 s).
-    pub replicas: usize,
+    /// Other nodes found holding exactly this record by the last count (those that answered
+    /// within 5 s); `None` before one was made. Each `names` asks for a new count, in the
+    /// background: the answer never waits for the network.
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    /// When `replicas` was counted: Unix time, seconds.
+    #[serde(default)]
+    pub counted_at: Option<u64>,
 }
 
 /// A name resolved through the daemon.

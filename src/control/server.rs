@@ -1,6 +1,11 @@
 //! The daemon's side of the control socket: binds it (mode 0600, refusing to take over one a
 //! live daemon answers on), serves a bounded number of clients, and answers each request from
 //! the naming layer, the forwarder and the P2P node.
+//!
+//! Each client is a task of its own, and requests answered from local state (`status`,
+//! `names`, `pins`, `tunnels`: [`Request::is_local`]) touch nothing the others hold: a burst
+//! of publishes (150 started at once, each waiting on the disk and on its DHT PUT) or of
+//! lookups never holds them back. Synced file writes run off the runtime's threads.
 
 use std::{
     io,
@@ -30,12 +35,12 @@ use crate::{
 
 /// Longest request line (a zone file fits easily).
 const MAX_REQUEST: usize = 256 * 1024;
-/// Clients served at once; more wait in the socket's backlog.
-const MAX_CLIENTS: usize = 16;
+/// Connections served at once (a request being read or answered); more wait in the socket's
+/// backlog. With the 256 KiB bound on a request, it bounds what requests hold: 64 MiB. Work
+/// is bounded further by its owners (one names-file write at a time, the DHT's lookup shares).
+pub const MAX_CONNECTIONS: usize = 256;
 /// A client must send its request within this time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `names` waits to count the replicas of each name.
-const REPLICA_COUNT_WAIT: Duration = Duration::from_secs(5);
 /// The longest `connect` waits for a direct connection, whatever the client asks.
 const MAX_WAIT_DIRECT: Duration = Duration::from_secs(60);
 /// How long `expose` tries the service's target, to warn when nothing answers there.
@@ -154,6 +159,9 @@ pub enum RequestError {
     /// A service could not be exposed or removed.
     #[error(transparent)]
     Service(#[from] crate::tunnel::ServiceError),
+    /// The daemon is shutting down: the request was not carried out.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
 }
 
 /// The bound control socket. Dropping it removes the socket file, whether the daemon served
@@ -213,9 +221,9 @@ pub async fn serve(socket: ControlSocket, context: Arc<Context>, stop: Cancellat
                 }
                 continue;
             }
-            // At MAX_CLIENTS, the next clients wait in the socket's backlog until one is done
-            // (closing them instead failed publishes sent at once with a broken pipe).
-            accepted = listener.accept(), if clients.len() < MAX_CLIENTS => match accepted {
+            // At MAX_CONNECTIONS, the next clients wait in the socket's backlog until one is
+            // done (closing them instead failed publishes sent at once with a broken pipe).
+            accepted = listener.accept(), if clients.len() < MAX_CONNECTIONS => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     warn!(%error, "control socket accept failed");
@@ -233,6 +241,7 @@ pub async fn serve(socket: ControlSocket, context: Arc<Context>, stop: Cancellat
     }
 }
 
+/// Reads one request from `stream` and answers it.
 pub(crate) async fn client(stream: UnixStream, context: &Context) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
@@ -279,14 +288,16 @@ async fn handle(request: Request, context: &Context) -> Result<Response, Request
                     service: format!("{} port {}", service.name, service.port),
                 });
             }
-            let existed = dht()?.unpublish(&name)?;
+            let dht = dht()?.clone();
+            let unpublish = name.clone();
+            let existed = off_runtime(move || dht.unpublish(&unpublish)).await??;
             Response::Unpublished {
                 name: name.to_ascii(),
                 existed,
             }
         }
         Request::Names => Response::Names {
-            names: names(dht()?).await,
+            names: names(dht()?),
         },
         Request::Resolve { name, qtype } => resolve(context, &name, &qtype).await?,
         Request::Connect {
@@ -312,7 +323,11 @@ async fn handle(request: Request, context: &Context) -> Result<Response, Request
         },
         Request::RemovePin { name } => {
             let name = p2p_name(&name)?;
-            let existed = dht()?.remove_pin(&name).map_err(RequestError::SavePins)?;
+            let dht = dht()?.clone();
+            let remove = name.clone();
+            let existed = off_runtime(move || dht.remove_pin(&remove))
+                .await?
+                .map_err(RequestError::SavePins)?;
             Response::PinRemoved {
                 name: name.to_ascii(),
                 existed,
@@ -395,36 +410,41 @@ fn published(record: &NameRecord) -> Response {
     }
 }
 
-async fn names(dht: &Arc<Dht>) -> Vec<NameInfo> {
-    let mut out = Vec::new();
-    for record in dht.own_names() {
-        let bytes = record.to_bytes();
-        // Peers that never answer (behind NAT, yet listed in the DHT) would hold the whole
-        // count back: count what answered by the deadline.
-        let replicas = tokio::time::timeout(
-            REPLICA_COUNT_WAIT,
-            dht.node()
-                .lookup_within(record.name.clone(), usize::MAX, REPLICA_COUNT_WAIT * 4 / 5),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map_or(0, |found| {
-            found
-                .records
-                .iter()
-                .filter(|(peer, r)| peer.is_some() && r.to_bytes() == bytes)
-                .count()
-        });
-        out.push(NameInfo {
-            name: record.name.to_ascii(),
-            seq: record.seq,
-            expires: record.expires,
-            records: record.records.iter().map(presentation).collect(),
-            replicas,
-        });
+/// The names this daemon publishes, from its own table, with the last replica counts; asks
+/// for a new count, which the next `names` shows.
+fn names(dht: &Arc<Dht>) -> Vec<NameInfo> {
+    let publisher = dht.publisher();
+    let names = dht
+        .own_names()
+        .iter()
+        .map(|record| {
+            let count = publisher.replicas(&LowerName::new(&record.name), record.seq);
+            NameInfo {
+                name: record.name.to_ascii(),
+                seq: record.seq,
+                expires: record.expires,
+                records: record.records.iter().map(presentation).collect(),
+                replicas: count.map(|c| c.holders),
+                counted_at: count.map(|c| c.counted_at),
+            }
+        })
+        .collect();
+    publisher.count_replicas();
+    names
+}
+
+/// Runs `work` (a synced file write, which may wait for another) off the runtime's threads,
+/// so that it holds back no other client.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RequestError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => Ok(done),
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Err(RequestError::ShuttingDown),
+        },
     }
-    out
 }
 
 async fn resolve(context: &Context, name: &str, qtype: &str) -> Result<Response, RequestError> {

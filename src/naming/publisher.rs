@@ -1,5 +1,6 @@
-//! The names this node publishes: signed with its key, kept in `names.toml`, pushed to the DHT
-//! and republished by [`Publisher::run`] before replicas forget them or they expire.
+//! The names this node publishes: signed with its key, kept in `names.toml` (its own module),
+//! pushed to the DHT and republished by [`Publisher::run`] before replicas forget them or they
+//! expire; `run` also counts, when asked, how many other nodes hold each.
 
 use std::{
     collections::BTreeMap,
@@ -8,17 +9,25 @@ use std::{
     time::Duration,
 };
 
+use futures_util::StreamExt;
 use hickory_proto::rr::{LowerName, Name, Record};
 use libp2p::identity::ed25519;
-use serde::{Deserialize, Serialize};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::{
     p2p::{NodeError, NodeHandle},
     record::{self, ContentError, NameRecord, RecordError, key_of_name, unix_now},
-    state::{LoadError, SaveError, load_toml, save_toml},
+    state::{LoadError, SaveError},
 };
+
+mod names_file;
+
+use names_file::OwnNames;
 
 /// Lifetime of the records this node signs.
 const RECORD_LIFETIME: Duration = Duration::from_secs(2 * 24 * 3600);
@@ -31,6 +40,10 @@ const REPUBLISH_JITTER_MS: u64 = 120_000;
 const FIRST_PUSH: Duration = Duration::from_secs(3);
 /// Wait after the first peer is met, so its bootstrap can find others, before pushing.
 const AFTER_JOINING: Duration = Duration::from_secs(2);
+/// How long a count of replicas waits for the network, for all names together.
+const REPLICA_COUNT_WAIT: Duration = Duration::from_secs(5);
+/// Lookups a count of replicas runs at once (the DHT's capacity is for DNS first).
+const REPLICA_COUNT_LOOKUPS: usize = 8;
 
 /// Errors when publishing.
 #[derive(Debug, thiserror::Error)]
@@ -70,26 +83,29 @@ pub enum PublishError {
     ShuttingDown,
 }
 
-/// One name this node publishes, as saved.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OwnName {
-    /// The signed record, hex.
-    record: String,
+/// How many other nodes were found holding the record of one of this node's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaCount {
+    /// The sequence number of the record counted.
+    pub seq: u64,
+    /// Other nodes that returned exactly that record within the count's time.
+    pub holders: usize,
+    /// When it was counted: Unix time, seconds.
+    pub counted_at: u64,
 }
-
-#[derive(Default, Serialize, Deserialize)]
-struct NamesFile {
-    #[serde(default)]
-    names: BTreeMap<String, OwnName>,
-}
-
-/// Own names by lower-case name.
-type OwnNames = BTreeMap<LowerName, Arc<NameRecord>>;
 
 /// The owner of this node's names.
 pub struct Publisher {
     node: NodeHandle,
     names: Arc<Names>,
+    /// The last replica count of each name, by name: written by [`Publisher::run`] only,
+    /// read by anyone at once.
+    replicas: watch::Sender<BTreeMap<LowerName, ReplicaCount>>,
+    /// Asks [`Publisher::run`] for a new count (asks made during one make one more).
+    count_asked: Notify,
+    /// Taken by a publish before its synced write: publishes started at once wait here as
+    /// tasks, not each as a thread of the blocking pool waiting on [`Names`]' lock.
+    writing: tokio::sync::Mutex<()>,
 }
 
 /// This node's names and `names.toml`, whose only writer this is. What the map holds is always
@@ -99,9 +115,6 @@ struct Names {
     path: PathBuf,
     /// Read by every `.p2p` query: held for map operations only, never across a file write.
     own: Mutex<OwnNames>,
-    /// Entries of the file that did not load (signed by another key, or undecodable): written
-    /// back as they are, so that no save loses them.
-    kept: BTreeMap<String, OwnName>,
     /// Why the file could not be read at start, if it could not: then no save may replace it.
     unloaded: Option<Arc<LoadError>>,
     /// One change at a time, held from reading the map to applying the change: each write
@@ -126,12 +139,32 @@ enum Change {
 impl Publisher {
     /// The publisher signing with `keypair`, with the names saved in `data_dir`. A names file
     /// that cannot be read is left alone and turns publishing off ([`PublishError::Unloaded`]);
-    /// a damaged one is moved aside ([`crate::state::load_toml`]).
+    /// entries of it that fail a resolver's checks are not published, and the file as it was
+    /// is kept aside ([`crate::state::set_aside_damaged`]).
     pub fn load(node: NodeHandle, keypair: ed25519::Keypair, data_dir: &Path) -> Self {
         Self {
             node,
             names: Arc::new(Names::load(keypair, data_dir)),
+            replicas: watch::Sender::new(BTreeMap::new()),
+            count_asked: Notify::new(),
+            writing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The last count of the other nodes holding the record `seq` of `name`, if one was made
+    /// since that record was signed. Never waits: counting is [`Publisher::count_replicas`].
+    pub fn replicas(&self, name: &LowerName, seq: u64) -> Option<ReplicaCount> {
+        self.replicas
+            .borrow()
+            .get(name)
+            .filter(|count| count.seq == seq)
+            .copied()
+    }
+
+    /// Asks for the replicas of every name to be counted again, in the background (within
+    /// 5 s, a few lookups at a time); [`Publisher::replicas`] gives the counts when done.
+    pub fn count_replicas(&self) {
+        self.count_asked.notify_one();
     }
 
     /// This node's key name (`<key>.p2p.`).
@@ -197,7 +230,9 @@ impl Publisher {
         };
         // Signing and the synced write block: off the runtime's threads.
         let names = self.names.clone();
+        let writing = self.writing.lock().await;
         let applied = tokio::task::spawn_blocking(move || names.apply(change)).await;
+        drop(writing);
         let signed = match applied {
             Ok(result) => result?,
             Err(error) => match error.try_into_panic() {
@@ -227,10 +262,16 @@ impl Publisher {
     /// them, with `all`). Returns how many were pushed.
     pub async fn republish(&self, all: bool) -> usize {
         let now = unix_now();
+        let lifetime = RECORD_LIFETIME.as_secs();
+        // Also re-signed: a record expiring later than a new one would, signed under a clock
+        // running ahead, which resolvers may refuse as too long-lived.
         let due: Vec<Arc<NameRecord>> = self
             .names()
             .into_iter()
-            .filter(|r| all || r.expires.saturating_sub(now) < RECORD_LIFETIME.as_secs() / 2)
+            .filter(|r| {
+                let left = r.expires.saturating_sub(now);
+                all || left < lifetime / 2 || left > lifetime
+            })
             .collect();
         let mut pushed = 0;
         for record in due {
@@ -253,23 +294,26 @@ impl Publisher {
 
     /// Pushes this node's names into the DHT until `stop`: soon after start, again once the
     /// first peer is met (names published while alone reached nobody), then every few minutes;
-    /// records past half their lifetime are re-signed first.
+    /// records past half their lifetime are re-signed first. Counts replicas when asked.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut first = true;
+        let mut push_at = Instant::now() + FIRST_PUSH;
         loop {
-            let wait = if first {
-                FIRST_PUSH
-            } else {
-                REPUBLISH_EVERY + Duration::from_millis(rand::random::<u64>() % REPUBLISH_JITTER_MS)
-            };
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep_until(push_at) => {}
                 () = self.node.joined() => {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(AFTER_JOINING) => {}
                     }
+                }
+                () = self.count_asked.notified() => {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = self.count() => {}
+                    }
+                    continue;
                 }
             }
             let resigned = self.republish(false).await;
@@ -281,7 +325,52 @@ impl Publisher {
                 );
             }
             first = false;
+            let jitter = Duration::from_millis(rand::random::<u64>() % REPUBLISH_JITTER_MS);
+            push_at = Instant::now() + REPUBLISH_EVERY + jitter;
         }
+    }
+
+    /// Counts the other nodes holding each unexpired name's record, a few lookups at a time
+    /// and within [`REPLICA_COUNT_WAIT`] in all: a name not counted in time keeps its last
+    /// count (peers that never answer, behind NAT yet listed in the DHT, must not hold the
+    /// others back).
+    async fn count(&self) {
+        let deadline = Instant::now() + REPLICA_COUNT_WAIT;
+        let now = unix_now();
+        let names: Vec<Arc<NameRecord>> = self
+            .names()
+            .into_iter()
+            .filter(|r| r.expires > now)
+            .collect();
+        let counts: Vec<(LowerName, ReplicaCount)> = futures_util::stream::iter(names)
+            .map(|record| async move {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let lookup = self
+                    .node
+                    .lookup_within(record.name.clone(), usize::MAX, left * 4 / 5);
+                let found = tokio::time::timeout_at(deadline, lookup).await.ok()?.ok()?;
+                let bytes = record.to_bytes();
+                let holders = found
+                    .records
+                    .iter()
+                    .filter(|(peer, r)| peer.is_some() && r.to_bytes() == bytes)
+                    .count();
+                let count = ReplicaCount {
+                    seq: record.seq,
+                    holders,
+                    counted_at: unix_now(),
+                };
+                Some((LowerName::new(&record.name), count))
+            })
+            .buffer_unordered(REPLICA_COUNT_LOOKUPS)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        let held = self.names.lock();
+        self.replicas.send_modify(|replicas| {
+            replicas.retain(|name, count| held.get(name).is_some_and(|r| r.seq == count.seq));
+            replicas.extend(counts);
+        });
     }
 
     /// Pushes every unexpired own name to the DHT as it is.
@@ -299,24 +388,20 @@ impl Publisher {
 impl Names {
     fn load(keypair: ed25519::Keypair, data_dir: &Path) -> Self {
         let path = data_dir.join(NAMES_FILE);
-        let (own, kept, unloaded) = match load_toml::<NamesFile>(&path) {
-            Ok(file) => {
-                let (own, kept) = split_names(file.unwrap_or_default(), &keypair);
-                (own, kept, None)
-            }
+        let (own, unloaded) = match names_file::load(&path, &keypair.public().to_bytes()) {
+            Ok(own) => (own, None),
             Err(error) => {
                 error!(
                     "{}; publishing is off until it is fixed and the daemon restarted",
                     crate::error::one_line(&error)
                 );
-                (OwnNames::new(), BTreeMap::new(), Some(Arc::new(error)))
+                (OwnNames::new(), Some(Arc::new(error)))
             }
         };
         Self {
             keypair,
             path,
             own: Mutex::new(own),
-            kept,
             unloaded,
             changing: Mutex::new(()),
         }
@@ -365,61 +450,10 @@ impl Names {
         Ok(Some(done))
     }
 
-    /// Writes `names`, with the entries kept from the file as they were.
+    /// Writes `names` (synced).
     fn save(&self, names: &OwnNames) -> Result<(), SaveError> {
-        let mut file = NamesFile {
-            names: self.kept.clone(),
-        };
-        for record in names.values() {
-            let record_hex = hex(&record.to_bytes());
-            let entry = OwnName { record: record_hex };
-            file.names.insert(record.name.to_ascii(), entry);
-        }
-        save_toml(&self.path, &file)
+        names_file::save(&self.path, names)
     }
-}
-
-/// The names of `file` that `keypair` signed, and the entries that are not (another key's,
-/// undecodable), which are kept in the file untouched with a warning.
-fn split_names(
-    file: NamesFile,
-    keypair: &ed25519::Keypair,
-) -> (OwnNames, BTreeMap<String, OwnName>) {
-    let own = keypair.public().to_bytes();
-    let mut names = BTreeMap::new();
-    let mut kept = BTreeMap::new();
-    for (name, entry) in file.names {
-        let record = unhex(&entry.record).and_then(|b| NameRecord::from_bytes(&b).ok());
-        match record {
-            // Expired ones are kept too: republishing re-signs them.
-            Some(record) if record.owner == own => {
-                names.insert(LowerName::new(&record.name), Arc::new(record));
-            }
-            Some(_) => {
-                warn!(%name, "the names file holds a name signed by another key (was the identity key replaced?); it is kept in the file, not published");
-                kept.insert(name, entry);
-            }
-            None => {
-                warn!(%name, "the names file holds an unreadable entry; it is kept in the file, not published");
-                kept.insert(name, entry);
-            }
-        }
-    }
-    (names, kept)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -465,10 +499,11 @@ mod tests {
         assert_eq!(names_in(&names), ["kept.p2p."]);
     }
 
-    /// Entries the key cannot load are written back as they were; a file that cannot be read
-    /// is never replaced.
+    /// Entries the key cannot load are never lost: the file as it was is kept aside, byte for
+    /// byte, and what is saved next holds only what loaded; a file that cannot be read is
+    /// never replaced. (Before, such entries were written back into the file, unchecked.)
     #[test]
-    fn what_did_not_load_is_never_overwritten() {
+    fn what_did_not_load_is_never_lost() {
         let dir = temp_dir();
         let other = Names::load(ed25519::Keypair::generate(), &dir);
         sign(&other, "theirs.p2p.").unwrap();
@@ -479,10 +514,20 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let names = Names::load(ed25519::Keypair::generate(), &dir);
         assert!(names_in(&names).is_empty());
+        assert!(!path.exists(), "nothing loaded: nothing is left in place");
         sign(&names, "ours.p2p.").unwrap();
-        let saved: NamesFile = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let saved: Vec<&String> = saved.names.keys().collect();
-        assert_eq!(saved, ["junk.p2p.", "ours.p2p.", "theirs.p2p."]);
+        let saved = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            saved.contains("ours.p2p.") && !saved.contains("theirs"),
+            "{saved}"
+        );
+        let aside: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("names.toml.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), text);
 
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
@@ -511,15 +556,5 @@ mod tests {
         assert!(matches!(resign, Ok(None)));
         assert!(names_in(&names).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn hex_round_trip() {
-        assert_eq!(
-            unhex(&hex(&[0, 1, 254, 255])).unwrap(),
-            vec![0, 1, 254, 255]
-        );
-        assert!(unhex("abc").is_none());
-        assert!(unhex("zz").is_none());
     }
 }

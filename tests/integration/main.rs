@@ -47,6 +47,12 @@
 //! - [`alias_chains`]: alias chains leaving their zone: incomplete upstream chains completed,
 //!   chains to special-use names answered here.
 //! - [`cli_pipes`]: the command-line tool keeps its exit code when its output pipe closes.
+//! - [`cli_control`]: the command-line tool against a fake daemon that closes, sends garbage,
+//!   an endless line or nothing: each failure has its own message and exit code (issue 15).
+//! - [`control_busy`]: `names`, `status` and `pins` answer at once while 150 publishes and
+//!   lookups of a stalled network are in flight (issue 15).
+//! - [`names_checked`]: entries of `names.toml` edited, cut short, signed by another key or
+//!   written twice are not published and are kept aside; the good names keep working (issue 15).
 //! - [`cli_reload`]: `p2pdns reload --pid`, the unit's ExecReload, signals only a p2pdns.
 //! - [`fuzz_found`]: what the fuzz targets of `tests/fuzz` found, replayed against a daemon
 //!   (issue 15, kind 6).
@@ -68,16 +74,20 @@ mod answer_rules;
 mod bench_dht;
 mod bounded_maps;
 #[cfg(unix)]
+mod cli_control;
+#[cfg(unix)]
 mod cli_pipes;
 #[cfg(target_os = "linux")]
 mod cli_reload;
 mod config_ranges;
+mod control_busy;
 mod dht_fairness;
 mod dns;
 mod durable;
 mod fuzz_found;
 mod intro_flood;
 mod local_records;
+mod names_checked;
 mod p2p;
 mod p2p_answers;
 mod p2p_rules;
