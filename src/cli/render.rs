@@ -85,19 +85,7 @@ pub(super) fn render(response: &Response) -> String {
     match response {
         Response::Error { message } => out.push_str(message),
         Response::Status(s) => status(&mut out, s),
-        Response::Published {
-            name,
-            seq,
-            expires,
-            records,
-        } => {
-            let _ = writeln!(
-                out,
-                "published {name} (seq {seq}, expires {})",
-                expiry(*expires)
-            );
-            indented(&mut out, records);
-        }
+        Response::Published { .. } => published(&mut out, response),
         Response::Unpublished {
             name,
             existed: true,
@@ -275,6 +263,35 @@ fn indented(out: &mut String, lines: &[String]) {
     for line in lines {
         let _ = writeln!(out, "  {line}");
     }
+}
+
+fn published(out: &mut String, response: &Response) {
+    let Response::Published {
+        name,
+        seq,
+        expires,
+        records,
+        held_by,
+        peers_answered,
+    } = response
+    else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "published {name} (seq {seq}, expires {})",
+        expiry(*expires)
+    );
+    indented(out, records);
+    let held = match (held_by, peers_answered) {
+        (Some(holders), Some(answered)) => {
+            format!("held by {holders} other node(s); {answered} peer(s) answered the check")
+        }
+        _ => "saved; not confirmed by the network yet (it is being pushed: \
+              `p2pdns names` shows how many nodes hold it)"
+            .to_owned(),
+    };
+    let _ = writeln!(out, "{held}");
 }
 
 fn names(out: &mut String, names: &[NameInfo]) {
@@ -469,230 +486,4 @@ fn span(secs: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        control::P2pStatus,
-        p2p::{AddressSource, ConnectionPath, ExternalAddr, KadMode, RendezvousStanding},
-    };
-
-    /// The lab's tests read `held by N other node` off `names`; a name not counted yet says so
-    /// without a number they could misread.
-    #[test]
-    fn names_say_when_their_replicas_were_counted() {
-        let now = crate::record::unix_now();
-        let info = |replicas, counted_at| NameInfo {
-            name: "site.p2p.".into(),
-            seq: 7,
-            expires: now + 3600,
-            records: vec!["site.p2p. 300 IN A 192.0.2.1".into()],
-            replicas,
-            counted_at,
-        };
-        let text = render(&Response::Names {
-            names: vec![info(Some(1), Some(now - 300)), info(None, None)],
-        });
-        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
-        assert!(
-            lines[0].ends_with("held by 1 other node(s) (counted 5 min ago)"),
-            "{text}"
-        );
-        let later = "held by: not counted yet (counting now: ask again in a few seconds)";
-        assert!(lines[1].ends_with(later), "{text}");
-        // Every line that is not a record line starts with a name.
-        assert!(lines.iter().all(|l| l.starts_with("site.p2p. ")), "{text}");
-    }
-
-    /// The lines the NAT lab and the system tests look for.
-    #[test]
-    fn status_lines_keep_their_wording() {
-        let peer = libp2p::PeerId::random();
-        let relayed: Multiaddr =
-            format!("/ip4/198.51.100.7/udp/4747/quic-v1/p2p/{peer}/p2p-circuit")
-                .parse()
-                .unwrap();
-        let status = Status {
-            version: "0.1.0".into(),
-            dns_addrs: vec!["127.0.0.1:53".parse().unwrap()],
-            upstreams: Vec::new(),
-            cache_entries: 0,
-            p2p: Some(P2pStatus {
-                key_name: "key.p2p.".into(),
-                node: NodeStatus {
-                    peer_id: peer,
-                    listen_addrs: vec![relayed.clone()],
-                    connected_peers: 1,
-                    routing_table_peers: 1,
-                    stored_records: 2,
-                    mode: KadMode::Client,
-                    peers: Vec::new(),
-                    reachability: Reachability::PublicBehindNat,
-                    external_addrs: vec![ExternalAddr {
-                        addr: "/ip4/203.0.113.5/udp/4747/quic-v1".parse().unwrap(),
-                        source: AddressSource::UpnpMapping,
-                    }],
-                    relay_reservations: vec![relayed],
-                    relayed_connections: 0,
-                    direct_connections: 1,
-                    rendezvous_points: vec![RendezvousStanding {
-                        point: peer,
-                        registered: true,
-                    }],
-                    rendezvous_peers: 3,
-                },
-            }),
-            tunnels: Some(TunnelsReport {
-                exposed: Vec::new(),
-                refused: crate::tunnel::RefusalCounts::default(),
-                mapped: vec![crate::tunnel::MappedName {
-                    name: "site.p2p".into(),
-                    address: "127.77.0.9".parse().unwrap(),
-                    peer,
-                    ports: vec![80],
-                    path: Some(ConnectionPath::Relayed),
-                    open: 1,
-                    connections: 3,
-                    failed: 1,
-                    sent: 10,
-                    received: 20,
-                    last_error: Some("the tunnel was cut".into()),
-                }],
-            }),
-        };
-        let text = render(&Response::Status(Box::new(status)));
-        for line in [
-            "dns:        127.0.0.1:53\n",
-            "upstreams:  none (names outside .p2p get SERVFAIL)\n",
-            "reachable:  public behind NAT (AutoNAT)\n",
-            "external:   /ip4/203.0.113.5/udp/4747/quic-v1 (UPnP port mapping)\n",
-            "relayed at: /ip4/198.51.100.7/",
-            &format!("rendezvous: {peer} (registered; 3 peers learned from rendezvous points)\n"),
-            "tunnels:    0 exposed (0 open), 1 tunnelled names (1 open)",
-            "            site.p2p: last error: the tunnel was cut\n",
-        ] {
-            assert!(text.contains(line), "{line:?} missing from:\n{text}");
-        }
-    }
-
-    #[test]
-    fn a_connection_reads_as_its_path_and_transport() {
-        let peer = libp2p::PeerId::random();
-        let connected = render(&Response::Connected {
-            name: "site.p2p.".into(),
-            peer,
-            path: ConnectionPath::Direct,
-            via: Some("/ip4/192.0.2.1/udp/4747/quic-v1".parse().unwrap()),
-            upgraded: true,
-            elapsed_ms: 42,
-        });
-        assert_eq!(
-            connected,
-            format!(
-                "site.p2p.: direct connection to {peer} over QUIC (/ip4/192.0.2.1/udp/4747/quic-v1) \
-                 (relayed first, then hole punched) in 42 ms\n"
-            )
-        );
-    }
-
-    /// An error with causes.
-    #[derive(Debug)]
-    struct Chain(&'static str, Option<Box<Chain>>);
-
-    impl std::fmt::Display for Chain {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-
-    impl Error for Chain {
-        fn source(&self) -> Option<&(dyn Error + 'static)> {
-            self.1.as_deref().map(|c| c as &(dyn Error + 'static))
-        }
-    }
-
-    fn chain(messages: &[&'static str]) -> Chain {
-        messages
-            .iter()
-            .rev()
-            .fold(None, |cause, m| Some(Chain(m, cause.map(Box::new))))
-            .unwrap()
-    }
-
-    #[test]
-    fn one_line_causes_share_the_error_line() {
-        let error = chain(&[
-            "failed to bind DNS UDP socket on 127.0.0.1:53",
-            "permission denied",
-        ]);
-        assert_eq!(
-            error_report(&error),
-            "error: failed to bind DNS UDP socket on 127.0.0.1:53: permission denied"
-        );
-    }
-
-    #[test]
-    fn empty_and_repeated_causes_are_left_out() {
-        // libp2p's TransportError::Other prints nothing; io errors repeat below it.
-        let error = chain(&[
-            "failed to listen on /ip4/127.0.0.1/tcp/4747",
-            "",
-            "Address already in use (os error 98)",
-            "Address already in use (os error 98)",
-        ]);
-        assert_eq!(
-            error_report(&error),
-            "error: failed to listen on /ip4/127.0.0.1/tcp/4747: Address already in use (os error 98)"
-        );
-    }
-
-    #[test]
-    fn a_cause_of_several_lines_keeps_its_lines_and_its_caret() {
-        let toml = "TOML parse error at line 3, column 1\n  |\n3 | lisen = 1\n  | ^^^^^\n\
-                    unknown field `lisen`\n";
-        let error = chain(&["failed to load config file /etc/p2pdns/p2pdns.toml", toml]);
-        let expected = [
-            "error: failed to load config file /etc/p2pdns/p2pdns.toml:",
-            "  TOML parse error at line 3, column 1",
-            "    |",
-            "  3 | lisen = 1",
-            "    | ^^^^^",
-            "  unknown field `lisen`",
-        ];
-        assert_eq!(error_report(&error), expected.join("\n"));
-        let error = chain(&["outer", "two\nlines", "after", "last"]);
-        assert_eq!(
-            error_report(&error),
-            "error: outer:\n  two\n  lines\n  after: last"
-        );
-    }
-
-    #[test]
-    fn the_config_summary_says_what_the_daemon_would_do() {
-        let mut config = crate::Config::default();
-        config.upstream.servers = vec!["9.9.9.9".parse().unwrap()];
-        config.p2p.listen = vec!["/ip4/0.0.0.0/udp/4747/quic-v1".parse().unwrap()];
-        config.p2p.bootstrap = vec!["/ip4/192.0.2.1/tcp/4747".parse().unwrap()];
-        let mut loaded = Loaded {
-            config,
-            path: None,
-            source: "built-in defaults".into(),
-            data_dir: "/var/lib/p2pdns".into(),
-        };
-        assert_eq!(
-            config_summary(&loaded),
-            "configuration OK: built-in defaults\n\
-             dns:        127.0.0.1:53\n\
-             upstreams:  9.9.9.9:53\n\
-             p2p:        on, listening on /ip4/0.0.0.0/udp/4747/quic-v1; 1 bootstrap peer\n\
-             data dir:   /var/lib/p2pdns\n"
-        );
-        loaded.config.upstream.servers.clear();
-        loaded.config.p2p.enabled = false;
-        let text = config_summary(&loaded);
-        assert!(
-            text.contains("upstreams:  the nameservers in /etc/resolv.conf\n"),
-            "{text}"
-        );
-        assert!(text.contains("p2p:        off"), "{text}");
-    }
-}
+mod tests;

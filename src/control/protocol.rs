@@ -132,6 +132,14 @@ pub enum Response {
         expires: u64,
         /// All of the name's records, in zone-file syntax.
         records: Vec<String>,
+        /// Other nodes found holding the record when it was read back after its PUT
+        /// (docs/PROTOCOL.md section 8.2); `None` when that had not happened within 10 s
+        /// (the push goes on: `names` shows the count later).
+        #[serde(default)]
+        held_by: Option<usize>,
+        /// Peers that answered that read-back.
+        #[serde(default)]
+        peers_answered: Option<u32>,
     },
     /// Answer to [`Request::Unpublish`].
     Unpublished {

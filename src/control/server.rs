@@ -387,8 +387,9 @@ async fn publish(dht: &Arc<Dht>, name: &str, lines: Vec<String>) -> Result<Respo
             }
         }
     }
+    refuse_taken(dht, &set).await?;
     let record = dht.publish(&set, records).await?;
-    Ok(published(&record))
+    Ok(published(dht, &record))
 }
 
 async fn publish_zone(dht: &Arc<Dht>, name: &str, zone: &str) -> Result<Response, RequestError> {
@@ -397,16 +398,35 @@ async fn publish_zone(dht: &Arc<Dht>, name: &str, zone: &str) -> Result<Response
     if records.is_empty() {
         return Err(RequestError::EmptyZone);
     }
+    refuse_taken(dht, &set).await?;
     let record = dht.publish(&set, records).await?;
-    Ok(published(&record))
+    Ok(published(dht, &record))
 }
 
-fn published(record: &NameRecord) -> Response {
+fn published(dht: &Dht, record: &NameRecord) -> Response {
+    let count = dht
+        .publisher()
+        .replicas(&LowerName::new(&record.name), record.seq);
     Response::Published {
         name: record.name.to_ascii(),
         seq: record.seq,
         expires: record.expires,
         records: record.records.iter().map(presentation).collect(),
+        held_by: count.map(|c| c.holders),
+        peers_answered: count.map(|c| c.answered),
+    }
+}
+
+/// Refuses to publish a human name whose record the network holds from another key: storage
+/// nodes would drop this node's record (docs/PROTOCOL.md section 5, rule 7), and the user
+/// must hear it instead of "published".
+async fn refuse_taken(dht: &Dht, set: &Name) -> Result<(), RequestError> {
+    match dht.owned_elsewhere(set).await {
+        Some(owner) => Err(RequestError::Taken {
+            name: set.to_ascii(),
+            owner: record::key_name(&owner).to_ascii(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -493,12 +513,7 @@ async fn expose(
     spec: &crate::tunnel::ServiceSpec,
 ) -> Result<Response, RequestError> {
     let (set, _) = record_set_of(&spec.name)?;
-    if let Some(owner) = dht.owned_elsewhere(&set).await {
-        return Err(RequestError::Taken {
-            name: set.to_ascii(),
-            owner: record::key_name(&owner).to_ascii(),
-        });
-    }
+    refuse_taken(dht, &set).await?;
     let tunnels = tunnels(dht)?;
     let previous = tunnels.service(&spec.check()?);
     let service = tunnels.expose(spec)?;

@@ -1,6 +1,7 @@
 //! The names this node publishes: signed with its key, kept in `names.toml` (its own module),
 //! pushed to the DHT and republished by [`Publisher::run`] before replicas forget them or they
-//! expire; `run` also counts, when asked, how many other nodes hold each.
+//! expire. Pushes are paced and read back (`super::pushes`): each push counts the other nodes
+//! holding the record, and `run` also counts again when asked.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +20,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+pub use super::pushes::ReplicaCount;
+use super::pushes::{PUT_SPACING, PUTS_IN_FLIGHT, PushQueue, put_and_count};
 use crate::{
     p2p::{NodeError, NodeHandle},
     record::{self, ContentError, NameRecord, RecordError, key_of_name, unix_now},
@@ -44,6 +47,15 @@ const AFTER_JOINING: Duration = Duration::from_secs(2);
 const REPLICA_COUNT_WAIT: Duration = Duration::from_secs(5);
 /// Lookups a count of replicas runs at once (the DHT's capacity is for DNS first).
 const REPLICA_COUNT_LOOKUPS: usize = 8;
+/// How long a publish waits for its record to be put and read back before it answers (the
+/// push goes on after).
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+/// How long a first publish of a name looks for what the network holds already.
+const LEARN_WAIT: Duration = Duration::from_secs(2);
+/// When a push left a name with fewer holders than this while more peers answered, all names
+/// are pushed again after [`PUSH_AGAIN_SOON`] rather than [`REPUBLISH_EVERY`].
+const WANTED_HOLDERS: usize = 3;
+const PUSH_AGAIN_SOON: Duration = Duration::from_secs(60);
 
 /// Errors when publishing.
 #[derive(Debug, thiserror::Error)]
@@ -83,17 +95,6 @@ pub enum PublishError {
     ShuttingDown,
 }
 
-/// How many other nodes were found holding the record of one of this node's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplicaCount {
-    /// The sequence number of the record counted.
-    pub seq: u64,
-    /// Other nodes that returned exactly that record within the count's time.
-    pub holders: usize,
-    /// When it was counted: Unix time, seconds.
-    pub counted_at: u64,
-}
-
 /// The owner of this node's names.
 pub struct Publisher {
     node: NodeHandle,
@@ -106,6 +107,8 @@ pub struct Publisher {
     /// Taken by a publish before its synced write: publishes started at once wait here as
     /// tasks, not each as a thread of the blocking pool waiting on [`Names`]' lock.
     writing: tokio::sync::Mutex<()>,
+    /// Names waiting for their paced PUT ([`Publisher::run`] takes them).
+    queue: PushQueue,
 }
 
 /// This node's names and `names.toml`, whose only writer this is. What the map holds is always
@@ -131,6 +134,8 @@ enum Change {
         name: Name,
         records: Vec<Record>,
         if_seq: Option<u64>,
+        /// The lowest sequence number to sign with: above what the network holds.
+        min_seq: u64,
     },
     /// Stop publishing a name.
     Remove(LowerName),
@@ -148,6 +153,7 @@ impl Publisher {
             replicas: watch::Sender::new(BTreeMap::new()),
             count_asked: Notify::new(),
             writing: tokio::sync::Mutex::new(()),
+            queue: PushQueue::default(),
         }
     }
 
@@ -186,10 +192,12 @@ impl Publisher {
         self.names.lock().values().cloned().collect()
     }
 
-    /// Signs `records` under `name` with this node's key, saves them and pushes them to the
-    /// DHT. Exact duplicates are dropped first ([`record::tidy`]). The sequence number rises
-    /// with the clock, so it keeps rising even if the names file is lost. When this returns
-    /// `Ok`, the record is on disk (synced) and survives a crash.
+    /// Signs `records` under `name` with this node's key, saves them and queues them for the
+    /// DHT, then waits up to 10 s for the push and its count ([`Publisher::replicas`] gives
+    /// it). Exact duplicates are dropped first ([`record::tidy`]). The sequence number rises
+    /// with the clock and, for a name this node did not hold, goes above what the network
+    /// holds from this key (another machine, lost files). When this returns `Ok`, the record
+    /// is on disk (synced) and survives a crash.
     ///
     /// # Errors
     /// [`PublishError`]: an invalid name or record, records an authoritative server would not
@@ -201,7 +209,39 @@ impl Publisher {
         records: Vec<Record>,
     ) -> Result<Arc<NameRecord>, PublishError> {
         let records = record::tidy(records)?;
-        self.sign_and_push(name, records, None).await
+        let min_seq = self.learn(name).await;
+        let signed = self.sign_and_push(name, records, None, min_seq).await?;
+        let mut counts = self.replicas.subscribe();
+        let key = LowerName::new(&signed.name);
+        let pushed = counts.wait_for(|c| c.get(&key).is_some_and(|c| c.seq >= signed.seq));
+        let _ = tokio::time::timeout(PUBLISH_WAIT, pushed).await;
+        Ok(signed)
+    }
+
+    /// The lowest sequence number a first publish of `name` here may use: one above the
+    /// highest of this node's key that the network holds (docs/PROTOCOL.md section 3), or 0
+    /// when this node holds the name already or nothing is found within [`LEARN_WAIT`].
+    async fn learn(&self, name: &Name) -> u64 {
+        if self.names.lock().contains_key(&LowerName::new(name)) {
+            return 0;
+        }
+        let own = self.names.keypair.public().to_bytes();
+        let lookup = self
+            .node
+            .lookup_within(name.to_lowercase(), usize::MAX, LEARN_WAIT);
+        let Ok(Ok(found)) = tokio::time::timeout(LEARN_WAIT * 2, lookup).await else {
+            return 0;
+        };
+        let highest = found
+            .records
+            .iter()
+            .filter(|(_, r)| r.owner == own)
+            .map(|(_, r)| r.seq)
+            .max();
+        highest.map_or(0, |seq| {
+            info!(name = %name, seq, "the network holds this name from this key already; signing above it");
+            seq.saturating_add(1)
+        })
     }
 
     /// Signs, saves and pushes `records` as they are: a record signed before the rules of
@@ -212,6 +252,7 @@ impl Publisher {
         name: &Name,
         records: Vec<Record>,
         if_seq: Option<u64>,
+        min_seq: u64,
     ) -> Result<Arc<NameRecord>, PublishError> {
         let name = name.to_lowercase();
         record::check_name(&name)?;
@@ -227,6 +268,7 @@ impl Publisher {
             name: name.clone(),
             records,
             if_seq,
+            min_seq,
         };
         // Signing and the synced write block: off the runtime's threads.
         let names = self.names.clone();
@@ -243,8 +285,8 @@ impl Publisher {
         let Some(signed) = signed else {
             return Err(PublishError::Withdrawn(name.to_ascii()));
         };
-        self.node.publish((*signed).clone()).await?;
-        info!(name = %name, seq = signed.seq, "published");
+        self.queue.push(LowerName::new(&name));
+        info!(name = %name, seq = signed.seq, queued = self.queue.len(), "signed; queued for the DHT");
         Ok(signed)
     }
 
@@ -277,7 +319,7 @@ impl Publisher {
         for record in due {
             let records = record.records.clone();
             match self
-                .sign_and_push(&record.name, records, Some(record.seq))
+                .sign_and_push(&record.name, records, Some(record.seq), 0)
                 .await
             {
                 Ok(_) => pushed += 1,
@@ -293,11 +335,18 @@ impl Publisher {
     }
 
     /// Pushes this node's names into the DHT until `stop`: soon after start, again once the
-    /// first peer is met (names published while alone reached nobody), then every few minutes;
-    /// records past half their lifetime are re-signed first. Counts replicas when asked.
+    /// first peer is met (names published while alone reached nobody), then every few minutes,
+    /// and a minute after a push that found too few holders; records past half their lifetime
+    /// are re-signed first. The PUTs themselves are paced by [`Publisher::push_queued`].
+    /// Counts replicas when asked.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        tokio::join!(self.schedule(&stop), self.push_queued(&stop));
+    }
+
+    async fn schedule(&self, stop: &CancellationToken) {
         let mut first = true;
         let mut push_at = Instant::now() + FIRST_PUSH;
+        let mut all_at = push_at;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -307,6 +356,7 @@ impl Publisher {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(AFTER_JOINING) => {}
                     }
+                    all_at = Instant::now();
                 }
                 () = self.count_asked.notified() => {
                     tokio::select! {
@@ -316,17 +366,112 @@ impl Publisher {
                     continue;
                 }
             }
-            let resigned = self.republish(false).await;
-            self.push_all().await;
-            if first || resigned > 0 {
-                debug!(
-                    names = self.names().len(),
-                    resigned, "own names pushed to the DHT"
-                );
+            if Instant::now() >= all_at {
+                let resigned = self.republish(false).await;
+                self.push_all();
+                if first || resigned > 0 {
+                    debug!(
+                        names = self.names().len(),
+                        resigned, "own names queued for the DHT"
+                    );
+                }
+                first = false;
+                let jitter = Duration::from_millis(rand::random::<u64>() % REPUBLISH_JITTER_MS);
+                all_at = Instant::now() + REPUBLISH_EVERY + jitter;
+            } else {
+                self.push_under_held();
             }
-            first = false;
-            let jitter = Duration::from_millis(rand::random::<u64>() % REPUBLISH_JITTER_MS);
-            push_at = Instant::now() + REPUBLISH_EVERY + jitter;
+            push_at = all_at.min(Instant::now() + PUSH_AGAIN_SOON);
+        }
+    }
+
+    /// Takes queued names one by one and puts each, [`PUT_SPACING`] apart and at most
+    /// [`PUTS_IN_FLIGHT`] at once, until `stop`.
+    async fn push_queued(self: &Arc<Self>, stop: &CancellationToken) {
+        let mut running = tokio::task::JoinSet::new();
+        let mut last: Option<Instant> = None;
+        loop {
+            let name = tokio::select! {
+                () = stop.cancelled() => break,
+                Some(ended) = running.join_next() => {
+                    raise_panic(ended);
+                    continue;
+                }
+                name = self.queue.next(), if running.len() < PUTS_IN_FLIGHT => name,
+            };
+            if let Some(last) = last {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep_until(last + PUT_SPACING) => {}
+                }
+            }
+            let Some(record) = self.get(&name) else {
+                continue;
+            };
+            last = Some(Instant::now());
+            let this = self.clone();
+            running.spawn(async move { this.push(&record).await });
+        }
+        running.shutdown().await;
+    }
+
+    /// Puts `record`, counts its holders, and acts on what the count found.
+    async fn push(&self, record: &NameRecord) {
+        let count = match put_and_count(&self.node, record).await {
+            Ok(count) => count,
+            Err(error) => {
+                debug!(name = %record.name, %error, "pushing a name to the DHT failed; pushed again later");
+                return;
+            }
+        };
+        let name = LowerName::new(&record.name);
+        let before = self.replicas.borrow().get(&name).copied();
+        self.replicas.send_modify(|counts| {
+            counts.insert(name.clone(), count);
+        });
+        if let Some(owner) = count.taken_by
+            && before.is_none_or(|b| b.taken_by != Some(owner))
+        {
+            warn!(
+                name = %record.name,
+                owner = %record::key_name(&owner),
+                "another key holds this name: storage nodes keep its record, not this node's, until it expires"
+            );
+        }
+        if let Some(newer) = count.newer {
+            warn!(
+                name = %record.name,
+                seq = record.seq,
+                newer,
+                "the network holds a newer record of this name from this key (another machine, or a clock ahead); signing above it"
+            );
+            let resigned = self
+                .sign_and_push(
+                    &record.name,
+                    record.records.clone(),
+                    Some(record.seq),
+                    newer + 1,
+                )
+                .await;
+            if let Err(error) = resigned {
+                warn!(name = %record.name, "re-signing failed: {}", crate::error::one_line(&error));
+            }
+        }
+    }
+
+    /// Queues every name whose last count found fewer than [`WANTED_HOLDERS`] holders while
+    /// more peers answered: storage nodes dropped it (a full store, a rate limit) or missed it.
+    fn push_under_held(&self) {
+        let counts = self.replicas.borrow().clone();
+        for record in self.names() {
+            let name = LowerName::new(&record.name);
+            if let Some(count) = counts.get(&name)
+                && count.seq == record.seq
+                && count.holders < WANTED_HOLDERS
+                && usize::try_from(count.answered).unwrap_or(usize::MAX) > count.holders
+            {
+                self.queue.push(name);
+            }
         }
     }
 
@@ -349,17 +494,7 @@ impl Publisher {
                     .node
                     .lookup_within(record.name.clone(), usize::MAX, left * 4 / 5);
                 let found = tokio::time::timeout_at(deadline, lookup).await.ok()?.ok()?;
-                let bytes = record.to_bytes();
-                let holders = found
-                    .records
-                    .iter()
-                    .filter(|(peer, r)| peer.is_some() && r.to_bytes() == bytes)
-                    .count();
-                let count = ReplicaCount {
-                    seq: record.seq,
-                    holders,
-                    counted_at: unix_now(),
-                };
+                let count = ReplicaCount::of(&record, &found);
                 Some((LowerName::new(&record.name), count))
             })
             .buffer_unordered(REPLICA_COUNT_LOOKUPS)
@@ -373,15 +508,22 @@ impl Publisher {
         });
     }
 
-    /// Pushes every unexpired own name to the DHT as it is.
-    async fn push_all(&self) {
+    /// Queues every unexpired own name for the DHT as it is.
+    fn push_all(&self) {
         for record in self.names() {
-            if record.expires > unix_now()
-                && let Err(error) = self.node.publish((*record).clone()).await
-            {
-                warn!(name = %record.name, %error, "pushing a name to the DHT failed");
+            if record.expires > unix_now() {
+                self.queue.push(LowerName::new(&record.name));
             }
         }
+    }
+}
+
+/// Raises again the panic of a push task (a bug); a cancelled one ended with the daemon.
+fn raise_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = ended
+        && let Ok(panic) = error.try_into_panic()
+    {
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -426,13 +568,14 @@ impl Names {
                 name,
                 records,
                 if_seq,
+                min_seq,
             } => {
                 let key = LowerName::new(&name);
                 let held = next.get(&key).map(|r| r.seq);
                 if if_seq.is_some() && held != if_seq {
                     return Ok(None);
                 }
-                let seq = (held.unwrap_or(0) + 1).max(unix_now());
+                let seq = (held.unwrap_or(0) + 1).max(unix_now()).max(min_seq);
                 let expires = unix_now() + RECORD_LIFETIME.as_secs();
                 let signed = NameRecord::sign(&self.keypair, &name, seq, expires, records)?;
                 signed.verify(unix_now())?;
@@ -457,104 +600,4 @@ impl Names {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use hickory_proto::rr::RData;
-    use std::str::FromStr;
-
-    fn temp_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("p2pdns-names-{}", rand::random::<u64>()));
-        crate::state::create_private_dir(&dir).unwrap();
-        dir
-    }
-
-    fn sign(names: &Names, name: &str) -> Result<Option<Arc<NameRecord>>, PublishError> {
-        let name = Name::from_ascii(name).unwrap();
-        let a = RData::A("192.0.2.1".parse().unwrap());
-        names.apply(Change::Sign {
-            records: vec![Record::from_rdata(name.clone(), 300, a)],
-            name,
-            if_seq: None,
-        })
-    }
-
-    fn names_in(names: &Names) -> Vec<String> {
-        names.lock().keys().map(ToString::to_string).collect()
-    }
-
-    /// A change that cannot be saved is not made: what the map holds is on disk.
-    #[test]
-    fn a_change_that_cannot_be_saved_is_not_made() {
-        let dir = temp_dir();
-        let names = Names::load(ed25519::Keypair::generate(), &dir);
-        sign(&names, "kept.p2p.").unwrap().unwrap();
-        // The data directory is gone: every write fails.
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(matches!(
-            sign(&names, "new.p2p."),
-            Err(PublishError::Save(_))
-        ));
-        let removed = names.apply(Change::Remove(LowerName::from_str("kept.p2p.").unwrap()));
-        assert!(matches!(removed, Err(PublishError::Save(_))));
-        assert_eq!(names_in(&names), ["kept.p2p."]);
-    }
-
-    /// Entries the key cannot load are never lost: the file as it was is kept aside, byte for
-    /// byte, and what is saved next holds only what loaded; a file that cannot be read is
-    /// never replaced. (Before, such entries were written back into the file, unchecked.)
-    #[test]
-    fn what_did_not_load_is_never_lost() {
-        let dir = temp_dir();
-        let other = Names::load(ed25519::Keypair::generate(), &dir);
-        sign(&other, "theirs.p2p.").unwrap();
-        drop(other);
-        let path = dir.join(NAMES_FILE);
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str("[names.\"junk.p2p.\"]\nrecord = \"zz\"\n");
-        std::fs::write(&path, &text).unwrap();
-        let names = Names::load(ed25519::Keypair::generate(), &dir);
-        assert!(names_in(&names).is_empty());
-        assert!(!path.exists(), "nothing loaded: nothing is left in place");
-        sign(&names, "ours.p2p.").unwrap();
-        let saved = std::fs::read_to_string(&path).unwrap();
-        assert!(
-            saved.contains("ours.p2p.") && !saved.contains("theirs"),
-            "{saved}"
-        );
-        let aside: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().contains("names.toml.corrupt-"))
-            .collect();
-        assert_eq!(aside.len(), 1, "{aside:?}");
-        assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), text);
-
-        std::fs::remove_file(&path).unwrap();
-        std::fs::create_dir(&path).unwrap();
-        let names = Names::load(ed25519::Keypair::generate(), &dir);
-        assert!(matches!(
-            sign(&names, "a.p2p."),
-            Err(PublishError::Unloaded(_))
-        ));
-        assert!(path.is_dir());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// Re-signing for republication leaves a name that changed meanwhile alone.
-    #[test]
-    fn republishing_does_not_bring_back_an_unpublished_name() {
-        let dir = temp_dir();
-        let names = Names::load(ed25519::Keypair::generate(), &dir);
-        let first = sign(&names, "site.p2p.").unwrap().unwrap();
-        let key = LowerName::from_str("site.p2p.").unwrap();
-        names.apply(Change::Remove(key)).unwrap().unwrap();
-        let resign = names.apply(Change::Sign {
-            name: first.name.clone(),
-            records: first.records.clone(),
-            if_seq: Some(first.seq),
-        });
-        assert!(matches!(resign, Ok(None)));
-        assert!(names_in(&names).is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -1,144 +1,144 @@
 //! Pushing this node's records into the DHT within what storage nodes accept, and learning
-//! which nodes really hold them (docs/PROTOCOL.md section 8.2). Storage nodes acknowledge
-//! every PUT, also one they drop (section 5), so "the PUT went out" says nothing: after each
-//! PUT the record is read back from the network, and the peers that return it (or a newer
-//! record of the same key) are its holders.
+//! which nodes really hold them (docs/PROTOCOL.md section 8.2). Storage nodes answer a PUT
+//! the same whether they kept the record or not (section 5), so "the PUT went out" says
+//! nothing: after each PUT the record is read back from the network, and the peers that
+//! return it (or a newer record of the same key) are its holders.
 //!
-//! PUTs are spaced [`PUT_SPACING`] apart, in the order they were asked for: a storage node
-//! takes at most 60 PUTs a minute from one peer, and every PUT of every name of this node can
-//! reach the same few nodes in a small network.
+//! PUTs start [`PUT_SPACING`] apart, in the order names were queued: a storage node takes at
+//! most 60 PUTs a minute from one peer, and in a small network every name of this node is put
+//! to the same few nodes. The queue holds each name once (its record when its turn comes), so
+//! it is bounded by the names this node publishes.
 
 use std::{
-    collections::HashMap,
+    collections::{HashSet, VecDeque},
     sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
 use hickory_proto::rr::LowerName;
-use tokio::time::{Instant, sleep_until};
+use tokio::sync::Notify;
 
 use crate::{
     p2p::{NodeError, NodeHandle, Replicas},
     record::{NameRecord, unix_now},
 };
 
-/// Time between two PUTs of this node: 50 a minute, under the 60 a storage node takes from one
-/// peer (docs/PROTOCOL.md section 5, rule 9).
+/// Time between the starts of two PUTs of this node: 50 a minute, under the 60 a storage node
+/// takes from one peer (docs/PROTOCOL.md section 5, rule 9).
 pub const PUT_SPACING: Duration = Duration::from_millis(1200);
-/// How long reading a record back may take: peers that have not answered by then are not
-/// counted.
-const READ_BACK: Duration = Duration::from_secs(5);
+/// How long reading a record back waits for peers: those that have not answered by then are
+/// not counted.
+pub const READ_BACK: Duration = Duration::from_secs(5);
+/// PUTs with their read-backs running at once, at most.
+pub const PUTS_IN_FLIGHT: usize = 16;
 
-/// What reading a record back found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    /// The sequence number pushed.
+/// How many other nodes were found holding the record of one of this node's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaCount {
+    /// The sequence number of the record counted.
     pub seq: u64,
-    /// Peers that returned this record or a newer one of the same owner.
+    /// Other nodes that returned that record, or a newer one of the same owner.
     pub holders: usize,
-    /// Peers that answered the read-back at all (those that hold nothing included).
+    /// Peers that answered the lookup at all (those holding nothing included).
     pub answered: u32,
-    /// The highest sequence number of the same owner found above `seq`: another machine
-    /// with this key, or an earlier run with the clock ahead, published it. Storage nodes
+    /// The highest sequence number of this node's key found above `seq`: another machine
+    /// with this key, or an earlier run with the clock ahead, published it, and storage nodes
     /// refuse `seq` while they hold it.
     pub newer: Option<u64>,
-    /// Another key whose valid record the network holds for this name (a human name taken
-    /// before this node published it: storage nodes refuse this node's record).
+    /// Another key whose valid record the network holds for the name: a human name taken
+    /// before this node published it (storage nodes refuse this node's record).
     pub taken_by: Option<[u8; 32]>,
-    /// When the read-back ended, Unix seconds.
-    pub checked: u64,
+    /// When it was counted: Unix time, seconds.
+    pub counted_at: u64,
 }
 
-impl Held {
+impl ReplicaCount {
     /// What `replicas` of the name of `record` say about it.
-    pub fn from_replicas(record: &NameRecord, replicas: &Replicas) -> Self {
-        let mut held = Self {
+    pub fn of(record: &NameRecord, replicas: &Replicas) -> Self {
+        let mut count = Self {
             seq: record.seq,
             holders: 0,
             answered: replicas.peers_answered,
             newer: None,
             taken_by: None,
-            checked: unix_now(),
+            counted_at: unix_now(),
         };
-        for (peer, replica) in &replicas.records {
-            if peer.is_none() {
-                // This node's own store: not a replica elsewhere.
-                continue;
-            }
+        // `None` is this node's own store: not a replica elsewhere.
+        for (_, replica) in replicas.records.iter().filter(|(peer, _)| peer.is_some()) {
             if replica.owner != record.owner {
-                held.taken_by = Some(replica.owner);
-                continue;
-            }
-            if replica.seq >= record.seq {
-                held.holders += 1;
-            }
-            if replica.seq > record.seq {
-                held.newer = held.newer.max(Some(replica.seq));
+                count.taken_by = Some(replica.owner);
+            } else if replica.seq >= record.seq {
+                count.holders += 1;
+                if replica.seq > record.seq {
+                    count.newer = count.newer.max(Some(replica.seq));
+                }
             }
         }
-        held
+        count
     }
 }
 
-/// Spaced PUTs and what the last read-back of each name found.
-pub struct Pushes {
-    node: NodeHandle,
-    /// When the last PUT went out; held while waiting for a turn, so turns go in order
-    /// (tokio's mutex is fair).
-    last_put: tokio::sync::Mutex<Option<Instant>>,
-    /// The last read-back of each own name. Bounded by the names this node publishes: entries
-    /// of names no longer published are dropped by [`Pushes::forget`].
-    held: Mutex<HashMap<LowerName, Held>>,
+/// Puts `record` into the DHT, waits for the PUT query to end, then reads the record back for
+/// at most [`READ_BACK`].
+///
+/// # Errors
+/// [`NodeError`] when the node refuses the record or is gone, or has no lookup slot free.
+pub async fn put_and_count(
+    node: &NodeHandle,
+    record: &NameRecord,
+) -> Result<ReplicaCount, NodeError> {
+    node.publish(record.clone()).await?;
+    let replicas = node
+        .lookup_within(record.name.clone(), usize::MAX, READ_BACK)
+        .await?;
+    Ok(ReplicaCount::of(record, &replicas))
 }
 
-impl Pushes {
-    /// Pushes through `node`.
-    pub fn new(node: NodeHandle) -> Self {
-        Self {
-            node,
-            last_put: tokio::sync::Mutex::new(None),
-            held: Mutex::new(HashMap::new()),
+/// The names waiting for their PUT, each once, in order.
+#[derive(Default)]
+pub struct PushQueue {
+    waiting: Mutex<(VecDeque<LowerName>, HashSet<LowerName>)>,
+    added: Notify,
+}
+
+impl PushQueue {
+    /// Queues `name`, unless it waits already (its turn then pushes its newest record).
+    pub fn push(&self, name: LowerName) {
+        let mut waiting = self.lock();
+        if waiting.1.insert(name.clone()) {
+            waiting.0.push_back(name);
+            self.added.notify_one();
         }
     }
 
-    /// Waits for this node's turn to PUT, puts `record`, reads it back and remembers what it
-    /// found.
-    ///
-    /// # Errors
-    /// [`NodeError`] when the node refuses the record or is gone, or no lookup slot is free
-    /// for the read-back.
-    pub async fn push(&self, record: &NameRecord) -> Result<Held, NodeError> {
-        {
-            let mut last = self.last_put.lock().await;
-            if let Some(last) = *last {
-                sleep_until(last + PUT_SPACING).await;
+    /// The next name, waiting for one.
+    pub async fn next(&self) -> LowerName {
+        loop {
+            let added = self.added.notified();
+            {
+                let mut waiting = self.lock();
+                if let Some(name) = waiting.0.pop_front() {
+                    waiting.1.remove(&name);
+                    return name;
+                }
             }
-            *last = Some(Instant::now());
+            added.await;
         }
-        self.node.publish(record.clone()).await?;
-        let replicas = self
-            .node
-            .lookup_within(record.name.clone(), usize::MAX, READ_BACK)
-            .await?;
-        let held = Held::from_replicas(record, &replicas);
-        self.lock()
-            .insert(LowerName::new(&record.name), held.clone());
-        Ok(held)
     }
 
-    /// What the last read-back of `name` found, if it was pushed since the daemon started.
-    pub fn held(&self, name: &LowerName) -> Option<Held> {
-        self.lock().get(name).cloned()
+    /// Names waiting.
+    pub fn len(&self) -> usize {
+        self.lock().0.len()
     }
 
-    /// Forgets `name` (no longer published).
-    pub fn forget(&self, name: &LowerName) {
-        self.lock().remove(name);
+    /// Whether no name waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<LowerName, Held>> {
-        // A panic elsewhere cannot leave the map half-changed: every change is one call.
-        self.held
+    fn lock(&self) -> MutexGuard<'_, (VecDeque<LowerName>, HashSet<LowerName>)> {
+        // Every change is one call: a panic elsewhere cannot leave the queue half-changed.
+        self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -172,10 +172,25 @@ mod tests {
             requests: 5,
             peers_answered: 5,
         };
-        let held = Held::from_replicas(&pushed, &replicas);
-        assert_eq!(held.holders, 2, "{held:?}");
-        assert_eq!(held.newer, Some(12));
-        assert_eq!(held.taken_by, Some(theirs.public().to_bytes()));
-        assert_eq!(held.answered, 5);
+        let count = ReplicaCount::of(&pushed, &replicas);
+        assert_eq!(count.holders, 2, "{count:?}");
+        assert_eq!(count.newer, Some(12));
+        assert_eq!(count.taken_by, Some(theirs.public().to_bytes()));
+        assert_eq!(count.answered, 5);
+    }
+
+    #[tokio::test]
+    async fn the_queue_holds_each_name_once_in_order() {
+        let queue = PushQueue::default();
+        let name = |text: &str| LowerName::new(&Name::from_ascii(text).expect("name"));
+        queue.push(name("a.p2p."));
+        queue.push(name("b.p2p."));
+        queue.push(name("a.p2p."));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.next().await, name("a.p2p."));
+        queue.push(name("a.p2p."));
+        assert_eq!(queue.next().await, name("b.p2p."));
+        assert_eq!(queue.next().await, name("a.p2p."));
+        assert!(queue.is_empty());
     }
 }
