@@ -91,6 +91,7 @@ mod names_checked;
 mod p2p;
 mod p2p_answers;
 mod p2p_rules;
+mod publishing;
 mod scripted;
 mod server_sockets;
 mod special_names;

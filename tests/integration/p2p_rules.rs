@@ -58,7 +58,7 @@ const ROUNDS: usize = 3;
 /// connected directly and every routing table fills without waiting for periodic bootstrap),
 /// each asking for `replicas` valid replicas per lookup, and waits until every routing table
 /// holds every peer.
-async fn network(n: usize, replicas: usize) -> Vec<TestDaemon> {
+pub(crate) async fn network(n: usize, replicas: usize) -> Vec<TestDaemon> {
     let mut daemons: Vec<TestDaemon> = Vec::new();
     let mut bootstrap = Vec::new();
     for _ in 0..n {
@@ -125,7 +125,7 @@ fn addrs_of(daemons: &[TestDaemon]) -> Vec<Multiaddr> {
     daemons.iter().flat_map(|d| d.p2p_addrs.clone()).collect()
 }
 
-fn dht(daemon: &TestDaemon) -> &p2pdns::naming::Dht {
+pub(crate) fn dht(daemon: &TestDaemon) -> &p2pdns::naming::Dht {
     daemon.dht.as_ref().expect("P2P is enabled in p2p_config")
 }
 
