@@ -23,7 +23,7 @@ use super::{
     connections::Connections,
     inbound::{InboundPuts, InvalidRecords, to_kad_record},
     lookups::Lookups,
-    routing::{self, Routing},
+    routing::Routing,
     stalls::Stalls,
 };
 use crate::{
@@ -103,8 +103,6 @@ impl EventLoop {
     /// here.
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
         self.routing.dial_bootstrap(&mut self.swarm, true);
-        let mut redial = interval(routing::REDIAL);
-        redial.tick().await;
         let mut rendezvous_check = interval(rendezvous::CHECK);
         let mut relay_check = interval(reachability::RELAY_CHECK);
         loop {
@@ -118,7 +116,9 @@ impl EventLoop {
                 }
                 _ = relay_check.tick() => self.on_relay_check(),
                 _ = rendezvous_check.tick() => self.rendezvous.due(&mut self.swarm),
-                _ = redial.tick() => self.routing.redial(&mut self.swarm),
+                () = tokio::time::sleep_until(self.routing.redial_at()) => {
+                    self.routing.redial(&mut self.swarm);
+                }
                 Some(ended) = self.tasks.join_next() => supervise(ended),
             }
         }

@@ -16,7 +16,7 @@ use libp2p::{
     Multiaddr, PeerId, identify, mdns,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
 };
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -29,6 +29,10 @@ use super::{
 
 /// How often a node without any peer dials its bootstrap peers again.
 pub(crate) const REDIAL: Duration = Duration::from_secs(30);
+/// The first wait before dialing the bootstrap peers again while this node has no peer; it
+/// doubles at each attempt up to [`REDIAL`]. A first dial can fail for a passing reason (the
+/// peer still starting, a local port in use), and a node without peers serves no name.
+const FIRST_REDIAL: Duration = Duration::from_secs(1);
 /// Addresses the routing table takes for one peer from its announcements (identify, mDNS) at
 /// most: a host has a few (IPv4 and IPv6, QUIC and TCP, a relay or two), and each one kept is
 /// dialed by lookups. Kademlia itself keeps every address it is given, and a peer may announce
@@ -42,6 +46,9 @@ pub(crate) struct Routing {
     bootstrapped: bool,
     /// Told when the first DHT peer is met.
     joined: Arc<Notify>,
+    /// When [`Routing::redial`] is due, and the wait after it while no peer comes.
+    redial_at: Instant,
+    redial_wait: Duration,
     /// Bootstrap dials under way, by connection, with the address dialed.
     dialing: HashMap<ConnectionId, Multiaddr>,
     /// Bootstrap addresses whose failure was logged as a warning (once, until one succeeds).
@@ -53,6 +60,8 @@ impl Routing {
         Self {
             bootstrap,
             bootstrapped: false,
+            redial_at: Instant::now() + FIRST_REDIAL,
+            redial_wait: FIRST_REDIAL,
             joined,
             dialing: HashMap::new(),
             warned: HashSet::new(),
@@ -80,9 +89,21 @@ impl Routing {
 
     /// A daemon often starts before the network is up (a laptop at boot): while it has no peer
     /// at all, it dials its bootstrap peers again.
+    /// When [`Routing::redial`] is due next.
+    pub(crate) fn redial_at(&self) -> Instant {
+        self.redial_at
+    }
+
+    /// Dials the bootstrap peers again if this node has no peer: 1 s after start, then at
+    /// doubling intervals up to [`REDIAL`]; with peers it only checks every [`REDIAL`].
     pub(crate) fn redial(&mut self, swarm: &mut NodeSwarm) {
         if swarm.connected_peers().next().is_none() {
             self.dial_bootstrap(swarm, false);
+            self.redial_at = Instant::now() + self.redial_wait;
+            self.redial_wait = (self.redial_wait * 2).min(REDIAL);
+        } else {
+            self.redial_wait = FIRST_REDIAL;
+            self.redial_at = Instant::now() + REDIAL;
         }
     }
 
@@ -139,7 +160,7 @@ impl Routing {
             } => {
                 if let Some(addr) = self.dialing.remove(connection_id) {
                     if self.warned.insert(addr.clone()) {
-                        warn!(%addr, error = %crate::error::one_line(error), "cannot reach the bootstrap peer; dialing it again every {}s while this node has no peer", REDIAL.as_secs());
+                        warn!(%addr, error = %crate::error::one_line(error), "cannot reach the bootstrap peer; dialing it again while this node has no peer (after 1 s, doubling up to {} s)", REDIAL.as_secs());
                     } else {
                         debug!(%addr, error = %crate::error::one_line(error), "cannot reach the bootstrap peer");
                     }
