@@ -402,15 +402,7 @@ mod tests {
             "*.z.example.",
         ]
         .iter()
-        .map(|text| {
-            let mut out = Vec::new();
-            for label in text.split('.').filter(|l| !l.is_empty()) {
-                out.push(u8::try_from(label.len()).expect("short"));
-                out.extend_from_slice(label.as_bytes());
-            }
-            out.push(0);
-            out
-        })
+        .map(|text| super::super::vectors::wire(text))
         .collect();
         for pair in names.windows(2) {
             assert_eq!(order(&pair[0], &pair[1]), Ordering::Less, "{pair:?}");

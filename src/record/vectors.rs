@@ -36,7 +36,7 @@ fn name(text: &str) -> Name {
 }
 
 /// A name in wire form with its letters as written (upper case kept).
-fn wire(text: &str) -> Vec<u8> {
+pub(super) fn wire(text: &str) -> Vec<u8> {
     let mut out = Vec::new();
     for label in text.split('.').filter(|l| !l.is_empty()) {
         out.push(u8::try_from(label.len()).expect("short label"));
