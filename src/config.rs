@@ -263,11 +263,17 @@ pub struct P2pConfig {
     pub max_records_per_peer: usize,
     /// Records accepted from any one peer per minute at most.
     pub max_puts_per_peer_per_minute: usize,
-    /// Open connections at most, in all.
+    /// Open connections at most, in all. An introduction server counts incoming and outgoing
+    /// ones apart (each at most this); at the cap it closes an incoming connection of the
+    /// busiest address group, then address, then of the address that opened the most lately,
+    /// to let in a newcomer from elsewhere, so up to 64 more may be open while those close.
     pub max_connections: u32,
     /// Open connections with any one peer at most.
     pub max_connections_per_peer: u32,
-    /// Incoming connections still in their handshake at most.
+    /// Incoming connections still in their handshake at most, on each transport (TCP and QUIC
+    /// apart). At the cap a newcomer takes the place of the oldest handshake of the busiest
+    /// address group (IPv4 /24, IPv6 /48), then address, unless it comes from there itself
+    /// (then it is refused).
     pub max_pending_incoming: u32,
     /// DHT lookups running at once at most. DNS clients share them (and `dns.max_inflight`)
     /// fairly: one client alone may hold half, and with n clients waiting each may hold

@@ -40,11 +40,13 @@ pub struct IntroConfig {
     /// `registration_min_ttl_secs`.
     pub registration_max_ttl_secs: u64,
     /// Incoming connections still in their handshake from any one IP address (IPv6: any one
-    /// /64) at once; more from that address are refused at once, so that one address cannot
-    /// fill `p2p.max_pending_incoming` and keep everyone else out.
+    /// /64) at once, on each transport; more from that address are refused at once. (Many
+    /// addresses cannot keep others out either: `p2p.max_pending_incoming` is shared by
+    /// address group.)
     pub max_pending_per_ip: u32,
     /// Open incoming connections from any one IP address (IPv6: any one /64): nodes behind
-    /// one NAT share an address, one host with many identities does too.
+    /// one NAT share an address, one host with many identities does too. (`p2p.max_connections`
+    /// is shared by address group.)
     pub max_connections_per_ip: u32,
 }
 

@@ -1,146 +1,125 @@
-//! Per-address connection limits of an introduction server: incoming connections still in their
-//! handshake, and open ones, per source IP address (IPv6: per /64, which one host gets whole).
-//! libp2p's `connection_limits` counts them in all and per peer only, and a peer identity costs
-//! nothing: 300 idle TCP connections from one address filled every handshake slot and kept
-//! every other node out, QUIC included. A connection past its address's limit is refused at
-//! once, before it takes a slot of the totals.
+//! An introduction server's open incoming connections, shared fairly between addresses (IPv6:
+//! /64s, which one host gets whole) and address groups (IPv4 /24s, IPv6 /48s).
 //!
-//! Connections that never finish their handshake are cut by the transports' handshake timeout
-//! (`DIAL_TIMEOUT` in [`crate::p2p`]), which frees their slot here.
+//! libp2p's `connection_limits` counts connections in all and per peer only, and a peer
+//! identity costs nothing: connections from a few addresses, handshakes done and nothing asked
+//! after, filled `p2p.max_connections` and kept every newcomer out. So one address holds at
+//! most `intro.max_connections_per_ip`, and a full budget refuses no one outright: the
+//! newcomer takes the place of a connection of the busiest group, then address, then of the
+//! address that opened the most lately, the oldest of those, which is closed; unless the
+//! newcomer ranks as high itself, in which case it is the one refused
+//! ([`crate::p2p::fair_share::FairShare`], the rule the transports apply to handshakes in
+//! flight, before this). A connection's use is not visible here; its address's behaviour is:
+//! addresses that open again what is closed displace one another, and a peer that came once,
+//! newcomer or long held, stays.
+//!
+//! Incoming connections still in their handshake are admitted by the transports
+//! ([`crate::p2p::admission`]); outgoing ones (the server's own DHT queries, AutoNAT dial-backs)
+//! are bounded by `connection_limits`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet, VecDeque},
     convert::Infallible,
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
     task::{Context, Poll},
 };
 
 use libp2p::{
     Multiaddr, PeerId,
     core::{Endpoint, transport::PortUse},
-    multiaddr::Protocol,
     swarm::{
-        ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure,
-        NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+        CloseConnection, ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm,
+        ListenFailure, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        dummy,
     },
 };
 
 use super::config::IntroConfig;
+use crate::p2p::fair_share::{FairShare, Refused, Source};
+
+/// Connections closed to make room that may be closing at once; past it newcomers are refused
+/// until some are gone (so the open connections exceed `p2p.max_connections` by this at most).
+pub(crate) const CLOSING_AT_MOST: usize = 64;
 
 /// Why a connection was refused, for the swarm's `IncomingConnectionError`.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind} from {source_ip} are at their limit of {limit} (intro.{key})")]
-pub(crate) struct Exceeded {
-    kind: &'static str,
-    source_ip: IpAddr,
-    limit: u32,
-    key: &'static str,
+pub(crate) enum Exceeded {
+    /// Its address holds as many as one may.
+    #[error("open connections from {0} are at their limit of {1} (intro.max_connections_per_ip)")]
+    Address(IpAddr, u32),
+    /// All are taken and its address group holds the most.
+    #[error(
+        "open connections are at their limit of {0} (p2p.max_connections), and the address group of {1} holds the most"
+    )]
+    Busiest(u32, IpAddr),
+    /// All are taken and enough are closing already.
+    #[error(
+        "open connections are at their limit of {0} (p2p.max_connections), and {CLOSING_AT_MOST} are closing to make room"
+    )]
+    Closing(u32),
 }
 
-/// Connections counted for one source address.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    pending: u32,
-    established: u32,
-}
-
-/// The per-address limits, as a behaviour of the node's swarm (introduction servers only).
+/// The fair share of open incoming connections, as a behaviour of the node's swarm
+/// (introduction servers only).
 #[derive(Debug)]
 pub(crate) struct PerIpLimits {
-    max_pending: u32,
-    max_established: u32,
-    /// The source of every connection counted, and whether it is open (else pending).
-    sources: HashMap<ConnectionId, (IpAddr, bool)>,
-    /// Counts per source; an address with none is removed.
-    counts: HashMap<IpAddr, Counts>,
+    max_connections: u32,
+    /// The open incoming connections counted, by age; bounded by `p2p.max_connections`.
+    open: FairShare<(ConnectionId, PeerId)>,
+    /// The ticket of each connection in `open`.
+    tickets: HashMap<ConnectionId, u64>,
+    /// Connections displaced and not closed yet, at most [`CLOSING_AT_MOST`].
+    closing: HashSet<ConnectionId>,
+    /// Connections to ask the swarm to close (taken from `closing` as they are displaced).
+    to_close: VecDeque<(PeerId, ConnectionId)>,
 }
 
 impl PerIpLimits {
-    pub(crate) fn new(config: &IntroConfig) -> Self {
+    /// At most `max_connections` (`p2p.max_connections`, at least 1) open incoming connections,
+    /// `config.max_connections_per_ip` of them from one address.
+    pub(crate) fn new(config: &IntroConfig, max_connections: u32) -> Self {
         Self {
-            max_pending: config.max_pending_per_ip,
-            max_established: config.max_connections_per_ip,
-            sources: HashMap::new(),
-            counts: HashMap::new(),
+            max_connections,
+            open: FairShare::new(
+                usize::try_from(max_connections).unwrap_or(usize::MAX),
+                Some(config.max_connections_per_ip),
+            )
+            .with_opens(),
+            tickets: HashMap::new(),
+            closing: HashSet::new(),
+            to_close: VecDeque::new(),
         }
     }
 
-    /// Forgets connection `id`, from the count it is in.
+    /// Counts connection `id` of `peer` from `source`, displacing another if need be.
+    fn admit(&mut self, id: ConnectionId, peer: PeerId, source: Source) -> Result<(), Exceeded> {
+        if self.open.is_full() && self.closing.len() >= CLOSING_AT_MOST {
+            return Err(Exceeded::Closing(self.max_connections));
+        }
+        match self.open.admit(source, (id, peer)) {
+            Err(Refused::AddressLimit) => Err(Exceeded::Address(
+                source.address,
+                self.open.per_address().unwrap_or(u32::MAX),
+            )),
+            Err(Refused::Busiest) => Err(Exceeded::Busiest(self.max_connections, source.address)),
+            Ok((ticket, displaced)) => {
+                self.tickets.insert(id, ticket);
+                if let Some((id, peer)) = displaced {
+                    self.tickets.remove(&id);
+                    self.closing.insert(id);
+                    self.to_close.push_back((peer, id));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets connection `id`, open or closing.
     fn release(&mut self, id: ConnectionId) {
-        let Some((ip, established)) = self.sources.remove(&id) else {
-            return;
-        };
-        if let Some(counts) = self.counts.get_mut(&ip) {
-            let count = if established {
-                &mut counts.established
-            } else {
-                &mut counts.pending
-            };
-            *count = count.saturating_sub(1);
-            if *counts == Counts::default() {
-                self.counts.remove(&ip);
-            }
+        if let Some(ticket) = self.tickets.remove(&id) {
+            self.open.remove(ticket);
         }
-    }
-
-    /// Counts connection `id` from `ip` as open (`established`) or pending, unless `ip` holds
-    /// as many as its limit allows.
-    fn admit(
-        &mut self,
-        id: ConnectionId,
-        ip: IpAddr,
-        established: bool,
-    ) -> Result<(), ConnectionDenied> {
-        let counts = self.counts.entry(ip).or_default();
-        let (count, limit, kind, key) = if established {
-            let kind = "open connections";
-            (
-                &mut counts.established,
-                self.max_established,
-                kind,
-                "max_connections_per_ip",
-            )
-        } else {
-            let kind = "connections in their handshake";
-            (
-                &mut counts.pending,
-                self.max_pending,
-                kind,
-                "max_pending_per_ip",
-            )
-        };
-        // Limits are at least 1 (config ranges): a refused address holds a connection, so
-        // its entry is not left empty.
-        if *count >= limit {
-            return Err(ConnectionDenied::new(Exceeded {
-                kind,
-                source_ip: ip,
-                limit,
-                key,
-            }));
-        }
-        *count += 1;
-        self.sources.insert(id, (ip, established));
-        Ok(())
-    }
-}
-
-/// The address a connection is counted under: its IP, or its /64 for IPv6; `None` for a
-/// relayed connection (it takes no socket of this server's) or an address without an IP.
-fn source_of(addr: &Multiaddr) -> Option<IpAddr> {
-    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
-        return None;
-    }
-    match addr.iter().next()? {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => match ip.to_ipv4_mapped() {
-            Some(v4) => Some(IpAddr::V4(v4)),
-            None => {
-                let prefix = u128::from(ip) & !((1u128 << 64) - 1);
-                Some(IpAddr::V6(Ipv6Addr::from(prefix)))
-            }
-        },
-        _ => None,
+        self.closing.remove(&id);
     }
 }
 
@@ -148,32 +127,20 @@ impl NetworkBehaviour for PerIpLimits {
     type ConnectionHandler = dummy::ConnectionHandler;
     type ToSwarm = Infallible;
 
-    fn handle_pending_inbound_connection(
-        &mut self,
-        connection_id: ConnectionId,
-        _local_addr: &Multiaddr,
-        remote_addr: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        let Some(ip) = source_of(remote_addr) else {
-            return Ok(());
-        };
-        self.admit(connection_id, ip, false)
-    }
-
     fn handle_established_inbound_connection(
         &mut self,
         connection_id: ConnectionId,
-        _peer: PeerId,
+        peer: PeerId,
         _local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.release(connection_id);
-        let Some(ip) = source_of(remote_addr) else {
-            return Ok(dummy::ConnectionHandler);
-        };
-        // Counted now rather than once every behaviour accepted it: a refusal by a later one
-        // comes back as a `ListenFailure`, which releases it.
-        self.admit(connection_id, ip, true)?;
+        // Relayed connections take no socket of this server's: never counted.
+        if let Some(source) = Source::of(remote_addr) {
+            // Counted now rather than once every behaviour accepted it: a refusal by a later
+            // one comes back as a `ListenFailure`, which releases it.
+            self.admit(connection_id, peer, source)
+                .map_err(ConnectionDenied::new)?;
+        }
         Ok(dummy::ConnectionHandler)
     }
 
@@ -190,7 +157,7 @@ impl NetworkBehaviour for PerIpLimits {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
-            // A handshake that failed or timed out, or a connection a later behaviour refused.
+            // A connection a later behaviour refused, or one that closed.
             FromSwarm::ListenFailure(ListenFailure { connection_id, .. })
             | FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
                 self.release(connection_id);
@@ -208,8 +175,16 @@ impl NetworkBehaviour for PerIpLimits {
         match event {}
     }
 
+    // The swarm polls its behaviours again after each connection it hands them, so a
+    // connection displaced there is asked to close without a waker.
     fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
-        Poll::Pending
+        match self.to_close.pop_front() {
+            Some((peer_id, id)) => Poll::Ready(ToSwarm::CloseConnection {
+                peer_id,
+                connection: CloseConnection::One(id),
+            }),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -221,88 +196,64 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// Past its address's limit a connection is refused, others' addresses are not; a full
+    /// budget closes the oldest connection of the busiest group for a newcomer from another;
+    /// a place comes back when its connection goes, however it goes.
     #[test]
-    fn connections_are_counted_per_address_and_per_ipv6_64() {
-        for (text, source) in [
-            ("/ip4/192.0.2.7/tcp/4747", Some("192.0.2.7")),
-            (
-                "/ip6/2001:db8:1:2:3:4:5:6/udp/1/quic-v1",
-                Some("2001:db8:1:2::"),
-            ),
-            ("/ip6/::ffff:192.0.2.7/tcp/1", Some("192.0.2.7")),
-            (
-                "/ip4/192.0.2.7/tcp/1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA/p2p-circuit",
-                None,
-            ),
-            ("/dns4/example.com/tcp/1", None),
-        ] {
-            let source = source.map(|s| s.parse::<IpAddr>().unwrap());
-            assert_eq!(source_of(&addr(text)), source, "{text}");
-        }
-    }
-
-    /// Past its address's limits a connection is refused; others' addresses are not; a slot
-    /// comes back when its connection goes, however it goes.
-    #[test]
-    fn one_address_fills_only_its_own_slots() {
+    fn one_address_fills_only_its_own_places() {
         let config = IntroConfig {
-            max_pending_per_ip: 2,
-            max_connections_per_ip: 1,
+            max_connections_per_ip: 2,
             ..IntroConfig::default()
         };
-        let mut limits = PerIpLimits::new(&config);
+        let mut limits = PerIpLimits::new(&config, 3);
         let local = addr("/ip4/127.0.0.1/tcp/4747");
         let one = addr("/ip4/192.0.2.1/tcp/5000");
-        let other = addr("/ip4/192.0.2.2/tcp/5000");
-        let ids: Vec<ConnectionId> = (1..=6).map(ConnectionId::new_unchecked).collect();
-        let pending = |limits: &mut PerIpLimits, id, remote: &Multiaddr| {
+        let other = addr("/ip4/198.51.100.2/tcp/5000");
+        let third = addr("/ip4/203.0.113.3/tcp/5000");
+        let ids: Vec<ConnectionId> = (1..=8).map(ConnectionId::new_unchecked).collect();
+        let peers: Vec<PeerId> = ids.iter().map(|_| PeerId::random()).collect();
+        let open = |limits: &mut PerIpLimits, i: usize, remote: &Multiaddr| {
             limits
-                .handle_pending_inbound_connection(id, &local, remote)
+                .handle_established_inbound_connection(ids[i], peers[i], &local, remote)
                 .is_ok()
         };
-        assert!(pending(&mut limits, ids[0], &one));
-        assert!(pending(&mut limits, ids[1], &one));
-        assert!(!pending(&mut limits, ids[2], &one));
-        assert!(pending(&mut limits, ids[3], &other));
-        // One finishes its handshake: a pending slot is free, the open one is taken.
-        let peer = PeerId::random();
-        assert!(
-            limits
-                .handle_established_inbound_connection(ids[0], peer, &local, &one)
-                .is_ok()
-        );
-        assert!(pending(&mut limits, ids[2], &one));
-        assert!(
-            limits
-                .handle_established_inbound_connection(ids[1], peer, &local, &one)
-                .is_err()
-        );
-        // A refused or failed handshake frees its slot.
+        assert!(open(&mut limits, 0, &one));
+        assert!(open(&mut limits, 1, &one));
+        assert!(!open(&mut limits, 2, &one), "past the address's limit");
+        assert!(open(&mut limits, 3, &other));
+        // Full: the newcomer from a third group displaces the oldest of 192.0.2.0/24.
+        assert!(open(&mut limits, 4, &third));
+        let close = |limits: &mut PerIpLimits| match limits.poll(&mut Context::from_waker(
+            futures_util::task::noop_waker_ref(),
+        )) {
+            Poll::Ready(ToSwarm::CloseConnection {
+                peer_id,
+                connection: CloseConnection::One(id),
+            }) => Some((peer_id, id)),
+            _ => None,
+        };
+        assert_eq!(close(&mut limits), Some((peers[0], ids[0])));
+        assert_eq!(close(&mut limits), None);
+        // Every group holds one now, and 192.0.2.1 opened the most: a newcomer from it is
+        // refused.
+        assert!(!open(&mut limits, 5, &one));
+        // A refused connection or a closed one frees its place.
         let error = libp2p::swarm::ListenError::Aborted;
         limits.on_swarm_event(FromSwarm::ListenFailure(ListenFailure {
             local_addr: &local,
-            send_back_addr: &one,
+            send_back_addr: &other,
             error: &error,
-            connection_id: ids[2],
-            peer_id: None,
+            connection_id: ids[3],
+            peer_id: Some(peers[3]),
         }));
-        assert_eq!(
-            limits.counts.get(&one_ip()).copied().unwrap_or_default(),
-            Counts {
-                pending: 0,
-                established: 1
-            }
-        );
+        assert!(open(&mut limits, 5, &other));
         // Relayed connections are not this server's sockets: never counted.
         let relayed = addr(
             "/ip4/192.0.2.1/tcp/1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA/p2p-circuit",
         );
-        assert!(pending(&mut limits, ids[4], &relayed));
-        assert!(pending(&mut limits, ids[5], &relayed));
-        assert_eq!(limits.counts.len(), 2);
-    }
-
-    fn one_ip() -> IpAddr {
-        "192.0.2.1".parse().unwrap()
+        assert!(open(&mut limits, 6, &relayed));
+        assert!(open(&mut limits, 7, &relayed));
+        assert_eq!(limits.tickets.len(), 3);
+        assert_eq!(limits.closing.len(), 1);
     }
 }

@@ -11,12 +11,15 @@ use libp2p::{
     dcutr, identify,
     identity::Keypair,
     kad::{self, store::MemoryStore, store::MemoryStoreConfig},
-    mdns, noise, ping, relay, rendezvous,
+    mdns, noise, ping, quic, relay, rendezvous,
     swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle},
     tcp, yamux,
 };
 
-use super::NodeError;
+use super::{
+    NodeError,
+    admission::{Admission, AdmissionLimits, Alternate},
+};
 use crate::config::{DhtMode, IntroConfig, P2pConfig};
 
 /// Kademlia protocol id of the p2pdns network (never IPFS's).
@@ -45,11 +48,11 @@ pub enum Role {
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
-    /// Refuses connections past the per-address limits (introduction servers only), before
-    /// they take a slot of the totals.
-    per_ip: Toggle<crate::intro::per_ip::PerIpLimits>,
     /// Refuses connections past the configured limits (first, so that nothing else sees them).
     pub(crate) limits: connection_limits::Behaviour,
+    /// Shares the open incoming connections fairly between addresses (introduction servers
+    /// only): it may close one to make room, so it comes after the refusals of `limits`.
+    per_ip: Toggle<crate::intro::per_ip::PerIpLimits>,
     pub(crate) kad: kad::Behaviour<MemoryStore>,
     pub(crate) identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -88,11 +91,7 @@ pub(crate) fn build_swarm(
     let build = |source: Box<dyn Error + Send + Sync>| NodeError::Build { source };
     let mut swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_quic_config(|mut quic| {
-            quic.handshake_timeout = DIAL_TIMEOUT;
-            quic
-        })
-        .with_other_transport(other_transports)
+        .with_other_transport(|key| direct_transports(key, admission_limits(config, role)))
         .map_err(|e| build(e.into()))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| build(e.into()))?
@@ -115,33 +114,53 @@ pub(crate) fn build_swarm(
     Ok(swarm)
 }
 
-/// TCP with a bounded dial: a peer behind a NAT that drops unsolicited packets (yet listed in
-/// the DHT) answers no SYN, and without a bound each query that tries it waits for Kademlia's
+/// How many incoming handshakes each transport runs at once, and from one address.
+fn admission_limits(config: &P2pConfig, role: Role) -> AdmissionLimits {
+    AdmissionLimits {
+        budget: usize::try_from(config.max_pending_incoming).unwrap_or(usize::MAX),
+        per_address: match role {
+            Role::Intro(limits) => Some(limits.max_pending_per_ip),
+            Role::Resolver => None,
+        },
+    }
+}
+
+/// QUIC and TCP, each admitting incoming handshakes within its own `limits`
+/// ([`super::admission`]: a TCP flood must not keep QUIC peers out), polled in turn, each with
+/// a bounded handshake: a peer behind a NAT that drops unsolicited packets (yet listed in the
+/// DHT) answers no SYN, and without a bound each query that tries it waits for Kademlia's
 /// 10 s peer timeout.
-fn other_transports(
+fn direct_transports(
     key: &Keypair,
+    limits: AdmissionLimits,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn Error + Send + Sync>> {
+    let mut quic = quic::Config::new(key);
+    quic.handshake_timeout = DIAL_TIMEOUT;
+    let quic = Admission::new(quic::tokio::Transport::new(quic), limits)
+        .map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)))
+        .boxed();
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())
-        .timeout(DIAL_TIMEOUT)
+        .timeout(DIAL_TIMEOUT);
+    let tcp = Admission::new(tcp, limits)
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
         .boxed();
+    #[cfg_attr(not(feature = "test-support"), expect(unused_mut))]
+    let mut transports = vec![tcp, quic];
     // In-process peers (`/memory/N`): the large networks of the benchmarks. Nothing outside
     // this process can reach it.
     #[cfg(feature = "test-support")]
-    let tcp = tcp
-        .or_transport(
-            libp2p::core::transport::MemoryTransport::default()
-                .upgrade(upgrade::Version::V1)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default())
-                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))),
-        )
-        .map(|either, _| either.into_inner())
-        .boxed();
-    Ok(tcp)
+    transports.push(
+        libp2p::core::transport::MemoryTransport::default()
+            .upgrade(upgrade::Version::V1)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    );
+    Ok(Alternate::new(transports).boxed())
 }
 
 impl Behaviour {
@@ -160,17 +179,25 @@ impl Behaviour {
         } else {
             None
         };
-        let limits = connection_limits::ConnectionLimits::default()
-            .with_max_established(Some(config.max_connections))
-            .with_max_established_per_peer(Some(config.max_connections_per_peer))
-            .with_max_pending_incoming(Some(config.max_pending_incoming));
         let intro = match role {
             Role::Intro(limits) => Some(limits),
             Role::Resolver => None,
         };
+        // No total of incoming handshakes here: each transport admits its own, within
+        // `p2p.max_pending_incoming` ([`super::admission`]); one total refusing newcomers is
+        // what floods filled. For the same reason an introduction server's open incoming
+        // connections are counted by `per_ip`, which makes room for newcomers.
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established_per_peer(Some(config.max_connections_per_peer));
+        let limits = match intro {
+            Some(_) => limits.with_max_established_outgoing(Some(config.max_connections)),
+            None => limits.with_max_established(Some(config.max_connections)),
+        };
+        let per_ip = intro
+            .map(|intro| crate::intro::per_ip::PerIpLimits::new(&intro, config.max_connections));
         Ok(Self {
-            per_ip: Toggle::from(intro.as_ref().map(crate::intro::per_ip::PerIpLimits::new)),
             limits: connection_limits::Behaviour::new(limits),
+            per_ip: Toggle::from(per_ip),
             kad: kademlia(peer_id, config),
             identify: identify::Behaviour::new(identify::Config::new(
                 IDENTIFY_VERSION.to_owned(),

@@ -13,6 +13,8 @@
 //!   `inbound` (PUT_VALUE checks), `routing`, `connections`; and from [`crate::nat`]
 //!   reachability, rendezvous and `connect`. Every map a peer can grow in them is bounded
 //!   (a config key or a constant, named in the doc comment of the map).
+//! - `admission` admits incoming handshakes on each transport, shared fairly between
+//!   address groups, so that no set of addresses can keep other peers out.
 //! - `addr` classifies addresses; `status` is what `p2pdns status` shows.
 
 use std::{sync::Arc, time::Duration};
@@ -23,10 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub(crate) mod addr;
+pub(crate) mod admission;
 pub(crate) mod behaviour;
 mod connections;
 mod error;
 mod event_loop;
+pub(crate) mod fair_share;
 mod handle;
 pub mod identity;
 mod inbound;

@@ -27,8 +27,9 @@
 //! - [`durable`]: what the daemon acknowledged is never lost: publishes at once and restarts,
 //!   damaged and unreadable state files, a damaged identity key, temporary files of
 //!   interrupted writes, one process per data directory (issue 15, kind 4).
-//! - [`intro_flood`]: 300 idle TCP connections from one address do not keep a node from
-//!   another address out of an introduction server (issue 15, kind 5).
+//! - [`intro_flood`]: no set of addresses keeps a node out of an introduction server: idle
+//!   connections from one address or a thousand, handshaken idle ones from many (issue 15,
+//!   kind 5).
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
 //!   records the forwarder does not model or what does not parse; forwarding loops.
