@@ -116,14 +116,18 @@ impl CachedAnswer {
                 RecordType::RRSIG | RecordType::NSEC | RecordType::NSEC3
             ),
         });
-        msg.additionals.clear();
+        // The decoder grows each section by pushing, so one record sits in room for four
+        // (280 octets each): without this, a cache full of one-record answers held three
+        // times what it counted, and `cache.max_bytes` bounded a third of its memory.
+        msg.answers.shrink_to_fit();
+        msg.authorities.shrink_to_fit();
         Self {
             rcode,
             authentic_data: msg.metadata.authentic_data,
             nodata,
             answers: msg.answers,
             authorities: msg.authorities,
-            additionals: msg.additionals,
+            additionals: Vec::new(),
             wire_len,
         }
     }
@@ -152,14 +156,20 @@ impl CachedAnswer {
         Some(chain.map_or(soa, |chain| chain.min(soa)))
     }
 
-    /// Rough memory held by this answer, for the byte bound.
+    /// Rough memory held by this answer and its entry, for the byte bound: the LRU node (key,
+    /// entry, two links) and its hash slot, the shared answer, every record slot its sections
+    /// hold (used or not), and the wire size for what names and RDATA keep on the heap.
     fn cost(&self, key: &CacheKey) -> usize {
-        let records = self.answers.len() + self.authorities.len() + self.additionals.len();
-        mem::size_of::<Entry>()
+        let slots =
+            self.answers.capacity() + self.authorities.capacity() + self.additionals.capacity();
+        mem::size_of::<CacheKey>()
+            + mem::size_of::<Entry>()
+            // Two links and a hash slot for the node, two counts for the `Arc`.
+            + 5 * mem::size_of::<usize>()
             + mem::size_of::<Self>()
             + key.name.len()
             + self.wire_len
-            + records * mem::size_of::<Record>()
+            + slots * mem::size_of::<Record>()
     }
 }
 
@@ -469,6 +479,53 @@ mod tests {
         let cached = CachedAnswer::from_message(negative, 100, &key("a.example."), &config);
         assert_eq!(cached.authorities.len(), 1);
         assert_eq!(cached.authorities[0].record_type(), RecordType::SOA);
+    }
+
+    #[test]
+    fn cached_answers_hold_no_spare_record_slots_and_pay_for_every_slot() {
+        // As the upstream decoder builds it: sections grown by pushing, room for four records.
+        let mut msg = Message::response(1, hickory_proto::op::OpCode::Query);
+        msg.add_answer(a_answer(60).answers[0].clone());
+        msg.add_authority(soa(60, 60));
+        msg.add_additional(a_answer(60).answers[0].clone());
+        assert!(
+            msg.answers.capacity() > 1,
+            "the premise: pushing leaves spare room"
+        );
+        let config = CacheConfig::default();
+        let cached = CachedAnswer::from_message(msg, 100, &key("a.example."), &config);
+        assert_eq!(cached.answers.capacity(), cached.answers.len());
+        assert_eq!(
+            cached.authorities.capacity(),
+            0,
+            "the SOA of a positive answer goes"
+        );
+        assert_eq!(cached.additionals.capacity(), 0);
+
+        // An answer whose sections do hold spare room is charged for it.
+        let mut roomy = a_answer(60);
+        let tight = roomy.cost(&key("a.example."));
+        roomy.answers.reserve_exact(9);
+        let spare = roomy.answers.capacity() - roomy.answers.len();
+        assert!(roomy.cost(&key("a.example.")) >= tight + spare * mem::size_of::<Record>());
+        // 10,000 such answers fit in `max_bytes` only if their record slots alone do.
+        let held = 10_000 * roomy.answers.capacity() * mem::size_of::<Record>();
+        let by_bytes = CacheConfig {
+            max_bytes: held,
+            ..CacheConfig::default()
+        };
+        let cache = Cache::new(&by_bytes);
+        let now = Instant::now();
+        for i in 0..10_000 {
+            let mut answer = a_answer(60);
+            answer.answers.reserve_exact(9);
+            cache.insert(key(&format!("n{i}.example.")), Arc::new(answer), 60, now);
+        }
+        let (entries, bytes) = cache.usage();
+        assert!(
+            entries < 10_000 && bytes <= held,
+            "{entries} entries, {bytes} bytes"
+        );
     }
 
     #[test]

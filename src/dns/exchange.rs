@@ -14,6 +14,7 @@
 pub mod wire;
 
 use std::{
+    cell::RefCell,
     future::{Future, poll_fn},
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -36,9 +37,17 @@ use tracing::debug;
 
 use self::wire::{WireError, decode_response, message_id};
 
-/// Largest DNS message over UDP or TCP (a 16-bit length): the size of the receive buffer a
-/// [`UdpTry`] is polled with.
+/// Largest DNS message over UDP or TCP (a 16-bit length): the size of the buffer a
+/// [`UdpTry`] receives into.
 pub const MAX_MESSAGE: usize = 65_535;
+
+thread_local! {
+    /// The buffer every [`UdpTry`] polled on this thread receives into. A datagram is read
+    /// and sorted within one poll, so one buffer per thread does: one per question waiting
+    /// on an upstream was 64 KiB each, 64 MiB at `dns.max_inflight` (1,024) questions, the
+    /// bulk of the daemon's peak under a flood of uncached names.
+    static RECEIVED: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_MESSAGE]);
+}
 
 /// A server's answer to one query.
 #[derive(Debug)]
@@ -172,19 +181,14 @@ impl UdpTry {
         })
     }
 
-    /// Polls for the answer, reading datagrams into `scratch` (at least [`MAX_MESSAGE`]
-    /// octets, or longer datagrams are cut). Datagrams that do not match the query are
-    /// skipped (those with its ID noted, see [`UdpTry::junk`]). The answer may be truncated
-    /// (TC=1): then ask again with [`UdpTry::into_tcp`].
+    /// Polls for the answer. Datagrams that do not match the query are skipped (those with
+    /// its ID noted, see [`UdpTry::junk`]). The answer may be truncated (TC=1): then ask
+    /// again with [`UdpTry::into_tcp`].
     ///
     /// # Errors
     /// [`ExchangeError::Malformed`] for a matching datagram that does not decode;
     /// [`ExchangeError::Io`] when receiving fails (an ICMP port unreachable, for one).
-    pub fn poll_answer(
-        &mut self,
-        cx: &mut Context<'_>,
-        scratch: &mut [u8],
-    ) -> Poll<Result<Exchanged, ExchangeError>> {
+    pub fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Exchanged, ExchangeError>> {
         loop {
             let ready = ready!(self.readiness.as_mut().poll(cx))?;
             self.readiness = readiness(&self.socket);
@@ -198,12 +202,16 @@ impl UdpTry {
                     Err::<(), _>(io::ErrorKind::WouldBlock.into())
                 });
             }
-            let len = match self.socket.try_recv(scratch) {
-                Ok(len) => len,
+            let received = RECEIVED.with_borrow_mut(|buf| {
+                let len = self.socket.try_recv(buf)?;
+                Ok::<_, io::Error>(sort(&buf[..len], &self.query))
+            });
+            let datagram = match received {
+                Ok(datagram) => datagram,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(error) => return Poll::Ready(Err(error.into())),
             };
-            match sort(&scratch[..len], &self.query) {
+            match datagram {
                 Datagram::Answer(answer) => return Poll::Ready(answer),
                 Datagram::Junk(why) => {
                     debug!(server = %self.server, %why, "ignoring a datagram that does not answer the query");
@@ -254,13 +262,7 @@ pub async fn exchange(
     tcp_wait: Duration,
 ) -> Result<Exchanged, ExchangeError> {
     let mut attempt = UdpTry::send(server, query.clone())?;
-    let mut scratch = vec![0u8; MAX_MESSAGE];
-    let answer = match timeout(
-        udp_wait,
-        poll_fn(|cx| attempt.poll_answer(cx, &mut scratch)),
-    )
-    .await
-    {
+    let answer = match timeout(udp_wait, poll_fn(|cx| attempt.poll_answer(cx))).await {
         Ok(answer) => answer?,
         Err(_) => {
             return Err(attempt

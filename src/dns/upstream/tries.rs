@@ -38,7 +38,7 @@ use super::{
     Upstream, UpstreamSet,
     edns::{Evidence, refuses_edns},
 };
-use crate::dns::exchange::{ExchangeError, Exchanged, MAX_MESSAGE, TcpTry, UdpTry};
+use crate::dns::exchange::{ExchangeError, Exchanged, TcpTry, UdpTry};
 
 /// Why the upstreams gave no acceptable answer to a question: the latest failure that was not
 /// a timeout, else a timeout.
@@ -114,7 +114,6 @@ impl UpstreamSet {
             refused: Vec::new(),
             last_error: AskError::Timeout,
         };
-        let mut scratch = vec![0u8; MAX_MESSAGE];
         loop {
             if tries.current.is_none() {
                 tries.start_next(&query);
@@ -122,7 +121,7 @@ impl UpstreamSet {
             if tries.flight.is_empty() {
                 return Err(tries.last_error);
             }
-            match tries.next_event(&mut scratch, plan.deadline).await {
+            match tries.next_event(plan.deadline).await {
                 Event::Budget => return Err(tries.last_error),
                 Event::Overdue => tries.overdue(),
                 Event::Landed(index, result) => {
@@ -274,12 +273,12 @@ impl Tries<'_> {
     }
 
     /// Waits for a try to end, the current try's wait to pass, or the budget to end.
-    async fn next_event(&mut self, scratch: &mut [u8], budget: Instant) -> Event {
+    async fn next_event(&mut self, budget: Instant) -> Event {
         let overdue_at = self.current.map_or(budget, |(_, at)| at);
         let flight = &mut self.flight;
         tokio::select! {
             biased;
-            (index, result) = poll_fn(|cx| poll_flight(flight, cx, scratch)) => {
+            (index, result) = poll_fn(|cx| poll_flight(flight, cx)) => {
                 Event::Landed(index, result)
             }
             () = sleep_until(overdue_at), if self.current.is_some() => Event::Overdue,
@@ -447,11 +446,10 @@ impl Tries<'_> {
 fn poll_flight(
     flight: &mut [Try],
     cx: &mut Context<'_>,
-    scratch: &mut [u8],
 ) -> Poll<(usize, Result<Exchanged, ExchangeError>)> {
     for (index, attempt) in flight.iter_mut().enumerate() {
         let polled = match &mut attempt.leg {
-            Leg::Udp(udp) => udp.poll_answer(cx, scratch),
+            Leg::Udp(udp) => udp.poll_answer(cx),
             Leg::Tcp(tcp) => tcp.as_mut().poll(cx),
         };
         if let Poll::Ready(result) = polled {
@@ -464,6 +462,7 @@ fn poll_flight(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::exchange::MAX_MESSAGE;
     use hickory_proto::{
         op::{MessageType, OpCode, Query},
         rr::{Name, RecordType},
