@@ -337,7 +337,7 @@ impl Publisher {
     /// Pushes this node's names into the DHT until `stop`: soon after start, again once the
     /// first peer is met (names published while alone reached nobody), then every few minutes,
     /// and a minute after a push that found too few holders; records past half their lifetime
-    /// are re-signed first. The PUTs themselves are paced by [`Publisher::push_queued`].
+    /// are re-signed first. The PUTs themselves are paced (`push_queued`).
     /// Counts replicas when asked.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         tokio::join!(self.schedule(&stop), self.push_queued(&stop));
