@@ -56,6 +56,11 @@ fn sign_and_decode(site: &Name, records: Vec<Record>) {
         ed25519::Keypair::from(secret)
     });
     let expires = unix_now() + 3600;
+    // What a publisher signs: duplicates dropped, zone-loading rules checked (a record set with
+    // a duplicate is not canonical, docs/PROTOCOL.md section 3.1).
+    let Ok(records) = p2pdns::record::tidy(records) else {
+        return;
+    };
     let signed = match NameRecord::sign(key, site, 1, expires, records) {
         Ok(signed) => signed,
         Err(RecordError::TooLarge(_)) => return,
