@@ -34,7 +34,7 @@ impl NamesFile {
             .values()
             .map(|record| {
                 let entry = OwnName {
-                    record: hex(&record.to_bytes()),
+                    record: hex::encode(record.to_bytes()),
                 };
                 (record.name.to_ascii(), entry)
             })
@@ -200,8 +200,8 @@ fn sections(text: &str) -> Vec<(usize, usize, String)> {
 fn checked(entries: Vec<(String, String)>, own: &[u8; 32], refused: &mut Vec<Refused>) -> OwnNames {
     let now = unix_now();
     let mut names = OwnNames::new();
-    for (entry, hex) in entries {
-        let record = match check(&entry, &hex, own, now) {
+    for (entry, text) in entries {
+        let record = match check(&entry, &text, own, now) {
             Ok(record) => record,
             Err(fault) => {
                 refused.push(Refused {
@@ -240,8 +240,8 @@ fn checked(entries: Vec<(String, String)>, own: &[u8; 32], refused: &mut Vec<Ref
 /// lookups: decoded, verified, for the name asked), and signed by `own`. The clock alone does
 /// not refuse one: an own record past its time (or signed under a clock running ahead) is
 /// re-signed by the next republication, not lost.
-fn check(entry: &str, hex: &str, own: &[u8; 32], now: u64) -> Result<NameRecord, EntryFault> {
-    let bytes = unhex(hex).ok_or(EntryFault::NotHex)?;
+fn check(entry: &str, text: &str, own: &[u8; 32], now: u64) -> Result<NameRecord, EntryFault> {
+    let bytes = hex::decode(text).map_err(|_| EntryFault::NotHex)?;
     let record = NameRecord::from_bytes(&bytes).map_err(EntryFault::Invalid)?;
     match record.verify(now) {
         Err(RecordError::Expired | RecordError::TooLong) => {
@@ -257,20 +257,6 @@ fn check(entry: &str, hex: &str, own: &[u8; 32], now: u64) -> Result<NameRecord,
         return Err(EntryFault::OtherName(record.name.to_ascii()));
     }
     Ok(record)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -289,9 +275,11 @@ mod tests {
     fn signed(key: &ed25519::Keypair, name: &str, seq: u64, expires: u64, ip: &str) -> String {
         let name = Name::from_ascii(name).unwrap();
         let a = Record::from_rdata(name.clone(), 300, RData::A(ip.parse().unwrap()));
-        hex(&NameRecord::sign(key, &name, seq, expires, vec![a])
-            .unwrap()
-            .to_bytes())
+        hex::encode(
+            NameRecord::sign(key, &name, seq, expires, vec![a])
+                .unwrap()
+                .to_bytes(),
+        )
     }
 
     fn entry(name: &str, record: &str) -> String {
@@ -299,11 +287,11 @@ mod tests {
     }
 
     /// Flips the last bit of the hex byte at `from_end` bytes before the end.
-    fn flip(hex: &str, from_end: usize) -> String {
-        let mut bytes = unhex(hex).unwrap();
+    fn flip(text: &str, from_end: usize) -> String {
+        let mut bytes = hex::decode(text).unwrap();
         let at = bytes.len() - from_end;
         bytes[at] ^= 1;
-        super::hex(&bytes)
+        hex::encode(bytes)
     }
 
     /// Loads `text` as the names file of `key`: the names published, what is in place of the
@@ -430,10 +418,10 @@ mod tests {
     #[test]
     fn hex_round_trip() {
         assert_eq!(
-            unhex(&hex(&[0, 1, 254, 255])).unwrap(),
+            hex::decode(hex::encode([0, 1, 254, 255])).unwrap(),
             vec![0, 1, 254, 255]
         );
-        assert!(unhex("abc").is_none());
-        assert!(unhex("zz").is_none());
+        assert!(hex::decode("abc").is_err());
+        assert!(hex::decode("zz").is_err());
     }
 }
