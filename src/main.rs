@@ -15,6 +15,10 @@ use p2pdns::{
 use tokio::runtime::{Builder, Runtime};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc with its background thread purging freed pages (see Cargo.toml for why).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);

@@ -90,3 +90,14 @@ unbound_server_lines() { # port dir
     do-not-query-localhost: no
 EOF
 }
+
+# Waits up to 10 s for the server on 127.0.0.1:PORT to answer NAME (default localhost.) with
+# data; dies if it does not.
+wait_answer() { # port [name]
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -n $(dig +short +time=1 +tries=1 -p "$1" @127.0.0.1 "${2:-localhost}" A 2>/dev/null) ]] && return 0
+        sleep 0.1
+    done
+    die "no answer for ${2:-localhost} on port $1"
+}

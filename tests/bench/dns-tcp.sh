@@ -92,15 +92,6 @@ EOF
 
 port_of() { if [[ $1 == p2pdns ]]; then echo "$P2PDNS_PORT"; else echo "$UNBOUND_PORT"; fi; }
 
-wait_answer() { # port
-    local i
-    for ((i = 0; i < 100; i++)); do
-        dig +short +time=1 +tries=1 -p "$1" @127.0.0.1 localhost A >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    die "no answer on port $1"
-}
-
 rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
