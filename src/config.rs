@@ -259,8 +259,11 @@ pub struct P2pConfig {
     pub lookup_replicas: usize,
     /// Records this node stores for others at most.
     pub max_stored_records: usize,
-    /// Records stored for any one peer at most.
-    pub max_records_per_peer: usize,
+    /// Records of any one owner key stored at most (docs/PROTOCOL.md section 5 rule 10), whichever
+    /// peer put them: a storage node handing records on is not charged for them. Read from the
+    /// key's earlier name `max_records_per_peer` too.
+    #[serde(alias = "max_records_per_peer")]
+    pub max_records_per_owner: usize,
     /// Records accepted from any one peer per minute at most.
     pub max_puts_per_peer_per_minute: usize,
     /// Open connections at most, in all. An introduction server counts incoming and outgoing
@@ -308,7 +311,7 @@ impl Default for P2pConfig {
             lookup_budget_ms: 2000,
             lookup_replicas: 3,
             max_stored_records: 10_000,
-            max_records_per_peer: 100,
+            max_records_per_owner: 100,
             max_puts_per_peer_per_minute: 60,
             max_connections: 1024,
             max_connections_per_peer: 8,
@@ -646,7 +649,7 @@ impl P2pConfig {
         let store = "must be at least 1 (p2p.dht_mode = \"client\" stores nothing for others)";
         for (key, value) in [
             ("p2p.max_stored_records", self.max_stored_records),
-            ("p2p.max_records_per_peer", self.max_records_per_peer),
+            ("p2p.max_records_per_owner", self.max_records_per_owner),
             (
                 "p2p.max_puts_per_peer_per_minute",
                 self.max_puts_per_peer_per_minute,

@@ -92,8 +92,8 @@ pub(crate) const RANGES: &[Range] = &[
     range("p2p.max_stored_records", 1, 10_000_000, |c| {
         n(c.p2p.max_stored_records)
     }),
-    range("p2p.max_records_per_peer", 1, 10_000_000, |c| {
-        n(c.p2p.max_records_per_peer)
+    range("p2p.max_records_per_owner", 1, 10_000_000, |c| {
+        n(c.p2p.max_records_per_owner)
     }),
     range("p2p.max_puts_per_peer_per_minute", 1, 1_000_000, |c| {
         n(c.p2p.max_puts_per_peer_per_minute)

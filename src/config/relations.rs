@@ -15,7 +15,7 @@ use super::{Config, ConfigError, invalid, ranges::RANGES};
 /// keys of a pair are in one section.
 pub(crate) const WITHIN: &[(&str, &str)] = &[
     ("dns.tcp_max_per_client", "dns.tcp_max_connections"),
-    ("p2p.max_records_per_peer", "p2p.max_stored_records"),
+    ("p2p.max_records_per_owner", "p2p.max_stored_records"),
     ("p2p.max_connections_per_peer", "p2p.max_connections"),
     ("intro.max_reservations_per_peer", "intro.max_reservations"),
     ("intro.max_circuits_per_peer", "intro.max_circuits"),

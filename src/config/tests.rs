@@ -32,6 +32,14 @@ fn unknown_key_is_named() {
     assert!(msg.contains("\n3 | lisen = 1\n  | ^^^^^\n"), "{msg}");
 }
 
+/// `p2p.max_records_per_owner` was `p2p.max_records_per_peer` until records were counted by
+/// owner key (docs/PROTOCOL.md section 5 rule 10): files written before still load.
+#[test]
+fn the_earlier_name_of_a_renamed_key_still_loads() {
+    let old = Config::from_toml("[p2p]\nmax_records_per_peer = 7\n", "test.toml").unwrap();
+    assert_eq!(old.p2p.max_records_per_owner, 7);
+}
+
 #[test]
 fn unknown_section_is_named() {
     let msg = chain("[dsn]\n");
@@ -91,8 +99,8 @@ fn senseless_values_are_refused_with_their_key() {
         ("[p2p]\nlookup_replicas = 0", "p2p.lookup_replicas"),
         ("[p2p]\nmax_stored_records = 0", "p2p.max_stored_records"),
         (
-            "[p2p]\nmax_records_per_peer = 0",
-            "p2p.max_records_per_peer",
+            "[p2p]\nmax_records_per_owner = 0",
+            "p2p.max_records_per_owner",
         ),
         (
             "[p2p]\nmax_puts_per_peer_per_minute = 0",

@@ -181,11 +181,10 @@ impl EventLoop {
 
     /// Stores the node's own record and starts pushing it to the peers closest to its key.
     fn publish(&mut self, record: &NameRecord) -> Result<kad::QueryId, NodeError> {
-        let peer_id = *self.swarm.local_peer_id();
         self.swarm
             .behaviour_mut()
             .kad
-            .put_record(to_kad_record(record, Some(peer_id)), kad::Quorum::One)
+            .put_record(to_kad_record(record), kad::Quorum::One)
             .map_err(NodeError::Store)
     }
 

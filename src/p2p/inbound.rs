@@ -1,11 +1,12 @@
 //! What enters the record store: every record a peer asks this node to keep (Kademlia PUT_VALUE,
 //! handed over by [`libp2p::kad::StoreInserts::FilterBoth`]) is checked in full first: a PUT
 //! rate per peer, the signature and expiry, the key it is stored under, the owner of a name
-//! already held, and the number of records one peer may have stored here. A peer that sends an
-//! invalid record is warned about once.
+//! already held, and the number of records of one owner key stored here. A copy of a record
+//! held already (a storage node's hourly replication, a publisher's re-put) is a no-op that
+//! costs its sender nothing. A peer that sends an invalid record is warned about once.
 //!
 //! Every map here is bounded: the store by `p2p.max_stored_records` (and
-//! `p2p.max_records_per_peer` for one peer), the PUT times by [`RATE_PEERS`] peers of
+//! `p2p.max_records_per_owner` for one owner key), the PUT times by [`RATE_PEERS`] peers of
 //! `p2p.max_puts_per_peer_per_minute` times each, the peers warned about by [`WARNED_PEERS`].
 
 use std::{
@@ -67,7 +68,7 @@ impl InvalidRecords {
 /// The checks on records peers put here.
 pub(crate) struct InboundPuts {
     max_puts_per_minute: usize,
-    max_records_per_peer: usize,
+    max_records_per_owner: usize,
     /// Recent PUT times per peer, for the rate limit.
     put_times: LruCache<PeerId, VecDeque<Instant>>,
 }
@@ -76,12 +77,13 @@ impl InboundPuts {
     pub(crate) fn new(config: &P2pConfig) -> Self {
         Self {
             max_puts_per_minute: config.max_puts_per_peer_per_minute,
-            max_records_per_peer: config.max_records_per_peer,
+            max_records_per_owner: config.max_records_per_owner,
             put_times: LruCache::new(NonZeroUsize::new(RATE_PEERS).expect("nonzero constant")),
         }
     }
 
-    /// A peer asks us to store a record: check it fully before it touches the store.
+    /// A peer asks us to store a record: check it fully before it touches the store
+    /// (docs/PROTOCOL.md section 5).
     pub(crate) fn on_put(
         &mut self,
         store: &mut MemoryStore,
@@ -89,6 +91,15 @@ impl InboundPuts {
         mut record: kad::Record,
         invalid: &mut InvalidRecords,
     ) {
+        // The very record held (rule 8): storage nodes replicate what they hold every hour
+        // and publishers re-put every 10 minutes, so copies are the bulk of PUTs. Comparing
+        // bytes costs less than the rate check's bookkeeping and needs no signature check.
+        if store
+            .get(&record.key)
+            .is_some_and(|held| held.value == record.value)
+        {
+            return;
+        }
         if !self.within_rate(source) {
             debug!(peer = %source, "PUT rate limit exceeded; record dropped");
             return;
@@ -116,17 +127,20 @@ impl InboundPuts {
             // A newer version takes the old one's place: it adds nothing to any bound.
             replaces = true;
         }
-        let held_by_source = || {
+        let stored = to_kad_record(&new);
+        // Counted by owner key, not by sender (rule 10): a storage node replicating others'
+        // records must not use up its own allowance, nor an owner's records be refused
+        // because another node handed them over.
+        let held_by_owner = || {
             store
                 .records()
-                .filter(|r| r.publisher == Some(source))
+                .filter(|r| r.publisher == stored.publisher)
                 .count()
         };
-        if !replaces && held_by_source() >= self.max_records_per_peer {
-            debug!(peer = %source, "per-peer record limit reached; record dropped");
+        if !replaces && held_by_owner() >= self.max_records_per_owner {
+            debug!(peer = %source, "per-owner record limit reached; record dropped");
             return;
         }
-        let stored = to_kad_record(&new, Some(source));
         record.value = stored.value;
         record.publisher = stored.publisher;
         record.expires = stored.expires;
@@ -152,11 +166,16 @@ impl InboundPuts {
     }
 }
 
-/// The Kademlia form of a record: value = encoded record, expiry from the signed field.
+/// The Kademlia form of a record: value = encoded record, expiry from the signed field,
+/// `publisher` = the peer ID of the owner key (libp2p's "original publisher"; the key the
+/// per-owner count of section 5 rule 10 goes by).
 // `kad::Record::expires` is a std Instant that Kademlia compares with its own clock; tokio's
 // paused clock would not move it.
 #[allow(clippy::disallowed_types)]
-pub(crate) fn to_kad_record(record: &NameRecord, publisher: Option<PeerId>) -> kad::Record {
+pub(crate) fn to_kad_record(record: &NameRecord) -> kad::Record {
+    let publisher = libp2p::identity::ed25519::PublicKey::try_from_bytes(&record.owner)
+        .ok()
+        .map(|key| PeerId::from_public_key(&key.into()));
     let left = record.expires.saturating_sub(unix_now());
     kad::Record {
         key: kad::RecordKey::new(&dht_key(&record.name)),
@@ -188,12 +207,12 @@ mod tests {
         assert_eq!(puts.put_times.len(), RATE_PEERS);
     }
 
-    /// A peer at its record limit can still update the records it holds here (a newer `seq`
+    /// An owner at its record limit can still update the records held here (a newer `seq`
     /// replaces, docs/PROTOCOL.md section 5 rule 10), but not add another.
     #[test]
-    fn a_peer_at_its_record_limit_can_still_update_what_it_holds() {
+    fn an_owner_at_its_record_limit_can_still_update_what_it_holds() {
         let config = P2pConfig {
-            max_records_per_peer: 1,
+            max_records_per_owner: 1,
             ..P2pConfig::default()
         };
         let mut puts = InboundPuts::new(&config);
@@ -205,7 +224,7 @@ mod tests {
         let record = |name: &str, seq| {
             let name = hickory_proto::rr::Name::from_ascii(name).expect("name");
             let signed = NameRecord::sign(&key, &name, seq, unix_now() + 600, Vec::new());
-            to_kad_record(&signed.expect("signed"), None)
+            to_kad_record(&signed.expect("signed"))
         };
         let seq_held = |store: &MemoryStore, name: &str| {
             let key = record(name, 0).key;
@@ -232,6 +251,49 @@ mod tests {
             seq_held(&store, "one.p2p."),
             Some(2),
             "an older one is refused"
+        );
+    }
+
+    /// Records are counted by owner key, not by the peer that put them (section 5 rule 10),
+    /// and a copy of a record held costs its sender no PUT allowance: a storage node
+    /// replicating others' records every hour uses up neither.
+    #[test]
+    fn replication_is_charged_to_owners_not_to_the_node_handing_records_on() {
+        let config = P2pConfig {
+            max_records_per_owner: 1,
+            max_puts_per_peer_per_minute: 3,
+            ..P2pConfig::default()
+        };
+        let mut puts = InboundPuts::new(&config);
+        let mut store = MemoryStore::new(PeerId::random());
+        let mut invalid = InvalidRecords::default();
+        let owners: Vec<_> = (0..3)
+            .map(|_| libp2p::identity::ed25519::Keypair::generate())
+            .collect();
+        let record = |owner: usize, name: &str| {
+            let name = hickory_proto::rr::Name::from_ascii(name).expect("name");
+            let signed = NameRecord::sign(&owners[owner], &name, 1, unix_now() + 600, Vec::new());
+            to_kad_record(&signed.expect("signed"))
+        };
+        let held = |store: &MemoryStore, r: &kad::Record| store.get(&r.key).is_some();
+        let storage_node = PeerId::random();
+        let first = record(0, "a.p2p.");
+        puts.on_put(&mut store, storage_node, first.clone(), &mut invalid);
+        for _ in 0..50 {
+            puts.on_put(&mut store, storage_node, first.clone(), &mut invalid);
+        }
+        let (second, third) = (record(1, "b.p2p."), record(2, "c.p2p."));
+        puts.on_put(&mut store, storage_node, second.clone(), &mut invalid);
+        puts.on_put(&mut store, storage_node, third.clone(), &mut invalid);
+        assert!(
+            held(&store, &first) && held(&store, &second) && held(&store, &third),
+            "three owners' records from one node, its 50 copies free of charge"
+        );
+        let fourth = record(0, "d.p2p.");
+        puts.on_put(&mut store, PeerId::random(), fourth.clone(), &mut invalid);
+        assert!(
+            !held(&store, &fourth),
+            "owner 0 is at its limit, whoever puts"
         );
     }
 }

@@ -6,8 +6,9 @@
 // so it does checks 1 to 6 of section 5 (the storage node's form of check 6: the key is its
 // name's key). Checks 7 and 8 (comparing with the record held for the key) are made by the
 // datastore the DHT writes into: a refused record is not written, and the PUT is still echoed
-// (section 5, "Refusals are silent"). Checks 9 and 10 (per-peer limits) need the sending peer,
-// which neither hook is given; this test peer does not make them.
+// (section 5, "Refusals are silent"). Check 9 (the PUT rate per peer) needs the sending peer,
+// which neither hook is given; check 10 (records per owner key) could be made by the datastore;
+// this test peer makes neither.
 
 import './node20.js'
 import { noise } from '@chainsafe/libp2p-noise'

@@ -510,7 +510,7 @@ async fn memory_holding_records() {
         format!(
             "[upstream]\nservers = [\"127.0.0.1:9\"]\n[p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/{p2p_port}\"]\n\
              mdns = false\ndht_mode = \"server\"\nmax_stored_records = {}\n\
-             max_records_per_peer = {}\nmax_puts_per_peer_per_minute = 1000000\n",
+             max_records_per_owner = {}\nmax_puts_per_peer_per_minute = 1000000\n",
             records + 100,
             records + 100
         ),
