@@ -264,19 +264,11 @@ impl Dht {
                 tracing::warn!(name = %set, "announcing the services of a name failed: {}", crate::error::one_line(&error));
             }
         }
-        // Another task may take the node's "joined" notice first: look at the routing table.
-        let joined = async {
-            for _ in 0..240 {
-                match self.node.status().await {
-                    Ok(status) if status.routing_table_peers > 0 => return,
-                    Err(_) => return,
-                    Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
-            }
-        };
+        // Told, not polled: an idle daemon without peers must not wake up for this (issue
+        // 14). After a minute alone the names are resolved anyway, from what the node has.
         tokio::select! {
             () = stop.cancelled() => return,
-            () = joined => {}
+            _ = tokio::time::timeout(Duration::from_secs(60), self.node.joined()) => {}
         }
         let tld = Name::from_ascii(format!("{}.", crate::record::TLD)).expect("a valid TLD");
         for name in tunnels.mapped_names() {

@@ -347,11 +347,14 @@ impl Publisher {
         let mut first = true;
         let mut push_at = Instant::now() + FIRST_PUSH;
         let mut all_at = push_at;
+        // The node says it joined for as long as it runs: once is news.
+        let mut joined = false;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(push_at) => {}
-                () = self.node.joined() => {
+                () = self.node.joined(), if !joined => {
+                    joined = true;
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(AFTER_JOINING) => {}

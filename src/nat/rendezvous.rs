@@ -70,6 +70,12 @@ impl RendezvousClient {
         }
     }
 
+    /// Does any bootstrap peer keep a rendezvous point? Until one does, [`Self::due`] has
+    /// nothing to do and its timer is not armed (an idle node must not wake up for it).
+    pub(crate) fn has_points(&self) -> bool {
+        !self.points.is_empty()
+    }
+
     pub(crate) fn on_event(&mut self, swarm: &mut NodeSwarm, event: &NodeEvent) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {

@@ -2,14 +2,14 @@
 //! hands each to the concern that owns the state involved. The concerns never see each other
 //! or this loop; what one needs from another is passed in.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use libp2p::{
     kad::{self, store::RecordStore},
     swarm::SwarmEvent,
 };
 use tokio::{
-    sync::{Notify, mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch},
     task::{JoinError, JoinSet},
     time::MissedTickBehavior,
 };
@@ -65,7 +65,7 @@ impl EventLoop {
     pub(super) fn new(
         swarm: NodeSwarm,
         commands: mpsc::Receiver<Command>,
-        joined: Arc<Notify>,
+        joined: watch::Sender<bool>,
         config: &P2pConfig,
         role: Role,
         shutdown: &CancellationToken,
@@ -114,8 +114,13 @@ impl EventLoop {
                 () = self.lookups.next_deadline() => {
                     self.lookups.answer_due(&mut self.swarm.behaviour_mut().kad);
                 }
-                _ = relay_check.tick() => self.on_relay_check(),
-                _ = rendezvous_check.tick() => self.rendezvous.due(&mut self.swarm),
+                // Both checks look at peers: a node without any (or without a rendezvous
+                // point) leaves their timers unarmed, so that it idles without waking up.
+                _ = relay_check.tick(), if self.intro_load.is_some()
+                    || self.swarm.network_info().num_peers() > 0 => self.on_relay_check(),
+                _ = rendezvous_check.tick(), if self.rendezvous.has_points() => {
+                    self.rendezvous.due(&mut self.swarm);
+                }
                 () = tokio::time::sleep_until(self.routing.redial_at()) => {
                     self.routing.redial(&mut self.swarm);
                 }

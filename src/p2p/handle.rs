@@ -2,12 +2,12 @@
 //! sends a [`Command`] over a bounded channel to the event loop and awaits its answer on a
 //! oneshot channel.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use hickory_proto::rr::Name;
 use libp2p::{Multiaddr, PeerId};
 use tokio::{
-    sync::{Notify, mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     time::Instant,
 };
 
@@ -73,7 +73,7 @@ pub(crate) enum Command {
 pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
-    joined: Arc<Notify>,
+    joined: watch::Receiver<bool>,
     streams: libp2p_stream::Control,
 }
 
@@ -81,7 +81,7 @@ impl NodeHandle {
     pub(crate) fn new(
         commands: mpsc::Sender<Command>,
         peer_id: PeerId,
-        joined: Arc<Notify>,
+        joined: watch::Receiver<bool>,
         streams: libp2p_stream::Control,
     ) -> Self {
         Self {
@@ -107,8 +107,12 @@ impl NodeHandle {
 
     /// Completes once the node has met its first DHT peer (at once if it already has): the
     /// moment to push names published while it was alone.
+    /// Every caller is told, however many wait; a node that is gone never completes it.
     pub async fn joined(&self) {
-        self.joined.notified().await;
+        let mut joined = self.joined.clone();
+        if joined.wait_for(|joined| *joined).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Asks the DHT for `name` (a DHT name, `site.p2p.`) and returns the valid replicas found

@@ -17,10 +17,10 @@
 //!   address groups, so that no set of addresses can keep other peers out.
 //! - `addr` classifies addresses; `status` is what `p2pdns status` shows.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use libp2p::{Multiaddr, swarm::SwarmEvent};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -62,7 +62,7 @@ pub struct Node {
     swarm: NodeSwarm,
     commands: mpsc::Receiver<Command>,
     handle: NodeHandle,
-    joined: Arc<Notify>,
+    joined: watch::Sender<bool>,
     config: P2pConfig,
     role: Role,
 }
@@ -93,12 +93,12 @@ impl Node {
         let listening = listen(&mut swarm, &config.listen)?;
         wait_for_addresses(&mut swarm, listening).await?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let joined = Arc::new(Notify::new());
+        let (joined, joined_rx) = watch::channel(false);
         let streams = swarm.behaviour().stream.new_control();
         Ok(Self {
             swarm,
             commands: rx,
-            handle: NodeHandle::new(tx, peer_id, joined.clone(), streams),
+            handle: NodeHandle::new(tx, peer_id, joined_rx, streams),
             joined,
             config: config.clone(),
             role,

@@ -8,7 +8,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
     time::Duration,
 };
 
@@ -16,7 +15,7 @@ use libp2p::{
     Multiaddr, PeerId, identify, mdns,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
 };
-use tokio::{sync::Notify, time::Instant};
+use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -44,8 +43,8 @@ pub(crate) struct Routing {
     bootstrap: Vec<Multiaddr>,
     /// A bootstrap query was started.
     bootstrapped: bool,
-    /// Told when the first DHT peer is met.
-    joined: Arc<Notify>,
+    /// Set once the first DHT peer is met.
+    joined: watch::Sender<bool>,
     /// When [`Routing::redial`] is due, and the wait after it while no peer comes.
     redial_at: Instant,
     redial_wait: Duration,
@@ -56,7 +55,7 @@ pub(crate) struct Routing {
 }
 
 impl Routing {
-    pub(crate) fn new(bootstrap: Vec<Multiaddr>, joined: Arc<Notify>) -> Self {
+    pub(crate) fn new(bootstrap: Vec<Multiaddr>, joined: watch::Sender<bool>) -> Self {
         Self {
             bootstrap,
             bootstrapped: false,
@@ -141,7 +140,7 @@ impl Routing {
                     // First DHT peer: look ourselves up to fill the routing table now rather
                     // than at the first periodic bootstrap.
                     self.bootstrapped = swarm.behaviour_mut().kad.bootstrap().is_ok();
-                    self.joined.notify_one();
+                    self.joined.send_replace(true);
                 }
             }
             SwarmEvent::ConnectionEstablished { connection_id, .. } => {
