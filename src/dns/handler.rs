@@ -152,7 +152,7 @@ impl Responder {
             // being an amplifier and costs the upstreams nothing.
             let hinfo = HINFO::new("RFC8482".to_owned(), String::new());
             let mut reply = Reply::rcode(ResponseCode::NoError);
-            reply.answers.push(Record::from_rdata(
+            reply.push_answer(Record::from_rdata(
                 qname.clone(),
                 ANY_TTL,
                 RData::HINFO(hinfo),
@@ -339,7 +339,7 @@ impl Responder {
             let mut record =
                 Record::from_rdata(qname.clone(), 0, RData::TXT(TXT::new(vec![text.clone()])));
             record.dns_class = DNSClass::CH;
-            reply.answers.push(record);
+            reply.push_answer(record);
         }
         reply
     }

@@ -57,8 +57,9 @@ pub struct Reply {
     /// AD: an upstream validated the answer and the client asked to know (RFC 6840 section
     /// 5.8).
     pub authentic_data: bool,
-    /// The answer section, TTLs as sent.
-    pub answers: Vec<Record>,
+    /// The answer section, TTLs as sent. Add to it with [`Reply::push_answer`], which keeps
+    /// the size estimate true.
+    answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
     /// The Extended DNS Error sent with the reply, and its extra text.
@@ -80,6 +81,20 @@ impl Reply {
             ede: None,
             size_hint: Some(0),
         }
+    }
+
+    /// The answer section, TTLs as sent.
+    pub fn answers(&self) -> &[Record] {
+        &self.answers
+    }
+
+    /// Appends `record` to the answer section. The size is then known only by encoding: a
+    /// long owner name is written out in full after the question (hickory compresses no name
+    /// against the question it echoes), which the fuzzer found a synthesized ANY answer
+    /// (RFC 8482) sending over the client's UDP size with.
+    pub fn push_answer(&mut self, record: Record) {
+        self.answers.push(record);
+        self.size_hint = None;
     }
 
     /// Adds the Extended DNS Error `ede` with `text`.

@@ -122,3 +122,39 @@ async fn a_long_name_compressed_upstream_fits_the_client_udp_size() {
     assert_eq!(full.answers.len(), 1, "the answer over TCP");
     daemon.stop().await.unwrap();
 }
+
+/// upstream_answer (a 600 s run): the same kind for answers the daemon makes itself. ANY for a
+/// 245-byte name gets the RFC 8482 HINFO owned by that name; the reply was judged by the size
+/// of an empty reply and went out at 542 bytes to a client that allowed 512. Answers the
+/// daemon adds records to are now measured by encoding them: TC=1 within 512 bytes, with the
+/// OPT record when the query had one, and the answer over TCP.
+#[tokio::test]
+async fn a_synthesized_answer_for_a_long_name_fits_the_client_udp_size() {
+    let label = "b".repeat(60);
+    let qname = format!("{label}.{label}.{label}.{label}.");
+    let daemon = TestDaemon::start(config(&[])).await;
+    for edns in [false, true] {
+        let mut ask = raw_query(0x5353, &qname, 255, edns);
+        if edns {
+            let payload = ask.len() - 8;
+            ask[payload..payload + 2].copy_from_slice(&512u16.to_be_bytes());
+        }
+        let reply = udp(daemon.addr, &ask).await;
+        assert!(reply.len() <= 512, "{} bytes (EDNS: {edns})", reply.len());
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.metadata.truncation, "TC=1 (EDNS: {edns})");
+        assert_eq!(
+            reply.edns.is_some(),
+            edns,
+            "OPT exactly when asked with one"
+        );
+    }
+    let full = exchange_tcp(
+        daemon.addr,
+        query(&qname, hickory_proto::rr::RecordType::ANY),
+    )
+    .await;
+    assert_eq!(full.answers.len(), 1, "the RFC 8482 answer over TCP");
+    daemon.stop().await.unwrap();
+}

@@ -109,8 +109,10 @@ pub fn message_id(wire: &[u8]) -> Option<u16> {
 pub struct Decoded {
     /// The response.
     pub message: Message,
-    /// Octets that writing out compressed names in RDATA added: encoded again, the message
-    /// may be this much longer than it came.
+    /// Octets that writing out compressed names (the question's, owners', names in RDATA)
+    /// added: encoded again, the message may be this much longer than it came. A reply's size
+    /// check relies on it: an upstream may compress a 255-octet question name into a pointer
+    /// of two (the fuzzer found a reply over the client's UDP size that way).
     pub expanded_by: usize,
 }
 
@@ -132,7 +134,11 @@ pub fn decode_response(wire: &[u8]) -> Result<Decoded, WireError> {
     } = Header::read(&mut reader.decoder).map_err(|_| WireError::Header)?;
     let mut message = Message::new(metadata.id, metadata.message_type, metadata.op_code);
     for _ in 0..counts.queries {
+        let at = reader.decoder.index();
         let query = Query::read(&mut reader.decoder).map_err(|_| WireError::Question)?;
+        // The type and class follow the name: four octets.
+        let read = (reader.decoder.index() - at).saturating_sub(4);
+        reader.expanded_by += expansion(query.name(), read);
         message.queries.push(query);
     }
     'sections: for (section, count) in [
@@ -174,6 +180,13 @@ pub fn decode_response(wire: &[u8]) -> Result<Decoded, WireError> {
     })
 }
 
+/// Octets `name`, read from `read` octets of a message, takes written out in full (RFC 1035
+/// section 4.1.4: a pointer stands for the rest of a name).
+fn expansion(name: &Name, read: usize) -> usize {
+    let full = 1 + name.iter().map(|label| 1 + label.len()).sum::<usize>();
+    full.saturating_sub(read)
+}
+
 /// A response being read, record by record.
 struct Reader<'a> {
     /// The whole message, which compression pointers point into.
@@ -191,7 +204,9 @@ impl Reader<'_> {
     /// ignored).
     fn record(&mut self, section: Section) -> Result<Option<Record>, Fault> {
         let decoder = &mut self.decoder;
+        let at = decoder.index();
         let name = Name::read(decoder).map_err(|_| Fault::OwnerName)?;
+        self.expanded_by += expansion(&name, decoder.index() - at);
         let mut field = || decoder.read_u16().map(Restrict::unverified);
         let (rtype, class) = (field().map_err(cut)?, field().map_err(cut)?);
         let ttl = decoder.read_u32().map_err(cut)?.unverified();
@@ -448,7 +463,8 @@ mod tests {
         // The size check of replies learns how much longer the message became.
         let ns = rr(&QNAME, 2, &QNAME);
         let decoded = decode_response(&response(0, [&[ns], &[], &[]])).unwrap();
-        assert_eq!(decoded.expanded_by, name("www.example.").len() - 2);
+        // Its owner and its RDATA are both a pointer to the question name.
+        assert_eq!(decoded.expanded_by, 2 * (name("www.example.").len() - 2));
         let cname = answer_of(&[rr(&QNAME, 5, &[3, b'w', b'e', b'b', 0xc0, 16])]).unwrap();
         match &cname.answers[0].data {
             RData::CNAME(target) => assert_eq!(target.0.to_ascii(), "web.example."),
