@@ -444,13 +444,24 @@ impl<'de> Deserialize<'de> for UpstreamAddr {
 }
 
 impl Config {
-    /// Parses configuration text; `origin` names the source in error messages.
+    /// Parses and checks configuration text in full; `origin` names the source in error
+    /// messages.
+    #[cfg(test)]
     fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config = Self::parse(text, origin)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses configuration text and checks each value on its own (sections and ranges). The
+    /// relations between values ([`relations::check`]) wait for the command line's flags, which
+    /// may replace one side of them (`--dns-listen` over a listen address an upstream shares).
+    fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: origin.to_owned(),
             source: Box::new(source),
         })?;
-        config.check()?;
+        config.check_values()?;
         Ok(config)
     }
 
@@ -463,7 +474,7 @@ impl Config {
                 source,
             }
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        Self::parse(&text, &path.display().to_string())
     }
 
     /// Finds the configuration: an explicit path, then `$P2PDNS_CONFIG`, then the user's and the
@@ -519,6 +530,12 @@ impl Config {
     /// the ranges of numbers and the contradictions between sections; the error names the
     /// first bad value by its dotted key.
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.check_values()?;
+        relations::check(self)
+    }
+
+    /// The checks of [`Config::check`] that look at one value (or one section) at a time.
+    fn check_values(&self) -> Result<(), ConfigError> {
         self.dns.validate()?;
         self.upstream.validate()?;
         self.cache.validate()?;
@@ -529,8 +546,7 @@ impl Config {
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;
         // After the sections' own checks, whose messages say more about a zero.
-        ranges::check(self)?;
-        relations::check(self)
+        ranges::check(self)
     }
 
     /// Values the daemon runs with but probably not as meant, each with what to write

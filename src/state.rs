@@ -133,21 +133,38 @@ pub enum LockError {
 /// resolv.conf may name anything (`/dev/zero`), and reading must stay bounded.
 ///
 /// # Errors
-/// The file cannot be read, is not UTF-8, or is longer than `max` bytes
-/// ([`io::ErrorKind::FileTooLarge`]).
+/// As [`read_bounded`], and when the file is not UTF-8.
 pub fn read_text_bounded(path: &Path, max: u64) -> io::Result<String> {
+    String::from_utf8(read_bounded(path, max)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Reads the regular file at `path` (symbolic links followed), refusing one longer than `max`
+/// bytes. Anything else is refused before it is opened: a FIFO would block the reading thread
+/// (and the daemon's shutdown) until a writer came, a device such as `/dev/zero` never ends.
+///
+/// # Errors
+/// The file cannot be read, is not a regular file ([`io::ErrorKind::InvalidInput`]), or is
+/// longer than `max` bytes ([`io::ErrorKind::FileTooLarge`]).
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut text = String::new();
+    if !fs::metadata(path)?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
     fs::File::open(path)?
         .take(max.saturating_add(1))
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > max {
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
         return Err(io::Error::new(
             io::ErrorKind::FileTooLarge,
             format!("longer than {max} bytes"),
         ));
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 /// Creates `dir` (and parents) readable by the owner only.
@@ -313,13 +330,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// The largest state file read, in bytes: 64 MiB holds hundreds of thousands of pins, far
+/// more than `p2p.max_pins` allows by default; a larger file is not the daemon's.
+pub const MAX_STATE_BYTES: u64 = 64 << 20;
+
 /// Reads a state file's bytes: `None` when it does not exist.
 ///
 /// # Errors
-/// [`LoadError::Read`] when the file exists but cannot be read: it is left where it is and
-/// its owner must not save over it.
+/// [`LoadError::Read`] when the file exists but cannot be read, is not a regular file or is
+/// over [`MAX_STATE_BYTES`]: it is left where it is and its owner must not save over it.
 pub fn read_state(path: &Path) -> Result<Option<Vec<u8>>, LoadError> {
-    match fs::read(path) {
+    match read_bounded(path, MAX_STATE_BYTES) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(LoadError::Read {
@@ -467,17 +488,36 @@ mod tests {
         names
     }
 
-    /// Writers of one file each get a temporary file of their own: none fails, and what is
-    /// left is one whole write.
+    /// Files the daemon reads may name anything: a device that never ends, a FIFO that would
+    /// block the reading thread (and shutdown) until a writer comes, a huge file. Each is
+    /// refused with its reason, through a symbolic link too, and a state file over
+    /// [`MAX_STATE_BYTES`] is not read whole.
     #[test]
     fn bounded_reads_refuse_endless_and_long_files() {
         let error = read_text_bounded(Path::new("/dev/zero"), 1024).unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::FileTooLarge);
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
         let dir = temp_dir("bounded-read");
         let path = dir.join("text");
         fs::write(&path, "12345").unwrap();
         assert_eq!(read_text_bounded(&path, 5).unwrap(), "12345");
-        assert!(read_text_bounded(&path, 4).is_err());
+        let long = read_text_bounded(&path, 4).unwrap_err();
+        assert_eq!(long.kind(), io::ErrorKind::FileTooLarge);
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success(), "mkfifo");
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        for path in [&fifo, &link] {
+            let error = read_bounded(path, 1024).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{path:?}");
+        }
+        let huge = dir.join("pins.toml");
+        fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_STATE_BYTES + 1)
+            .unwrap();
+        assert!(matches!(read_state(&huge), Err(LoadError::Read { .. })));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

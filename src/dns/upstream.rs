@@ -114,9 +114,11 @@ impl Upstream {
 
 /// Reads `nameserver` lines from a resolv.conf file.
 fn read_resolv_conf(path: &Path) -> std::io::Result<Vec<SocketAddr>> {
-    // resolv.conf is a few lines; 64 KiB is far more than any real one.
-    let text = crate::state::read_text_bounded(path, 64 * 1024)?;
-    Ok(parse_resolv_conf(&text))
+    // resolv.conf is a few lines; 64 KiB is far more than any real one. A byte that is not
+    // UTF-8 (a Latin-1 comment) costs its line only, as with glibc: the nameserver lines are
+    // ASCII.
+    let bytes = crate::state::read_bounded(path, 64 * 1024)?;
+    Ok(parse_resolv_conf(&String::from_utf8_lossy(&bytes)))
 }
 
 fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {

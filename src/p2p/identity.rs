@@ -3,7 +3,7 @@
 //! the node publishes.
 
 use std::{
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
@@ -65,7 +65,9 @@ pub fn create_data_dir(dir: &Path) -> Result<(), IdentityError> {
 /// Loads the key from `data_dir`, or makes and saves a new one.
 pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError> {
     let path = data_dir.join(KEY_FILE);
-    match fs::read(&path) {
+    // An Ed25519 key in libp2p's protobuf encoding is 68 bytes; the bound keeps a key file
+    // that links to a device or a huge file from being read whole.
+    match crate::state::read_bounded(&path, 4096) {
         Ok(bytes) => {
             let keypair = Keypair::from_protobuf_encoding(&bytes)
                 .ok()
@@ -90,6 +92,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn key_is_created_once_and_reused() {

@@ -111,3 +111,32 @@ fn contradictory_values_exit_78_naming_the_key() {
         "above intro.max_reservations (2)",
     );
 }
+
+/// The relations between values are checked once the flags are applied: a file whose
+/// upstream is its own listen address is fine when `--dns-listen` moves the daemon elsewhere
+/// (it was refused, naming the file's listen address the flag had replaced), and refused when
+/// the flag makes the loop.
+#[test]
+fn relations_are_checked_with_the_flags_applied() {
+    let dir = std::env::temp_dir().join(format!("p2pdns-relations-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p2pdns.toml");
+    let file = "[p2p]\nenabled = false\n[dns]\nlisten = [\"127.0.0.1:53\"]\n\
+                [upstream]\nservers = [\"127.0.0.1:53\"]\n";
+    std::fs::write(&path, file).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_p2pdns"))
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["run", "--dns-listen", "127.0.0.1:5390", "--check-config"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let run = ["run", "--check-config"];
+    exits_78_naming(file, &run, "upstream.servers[0]", "forwarding loop");
+}

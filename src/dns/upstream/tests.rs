@@ -23,6 +23,22 @@ fn resolv_conf_nameservers() {
     );
 }
 
+/// A byte that is not UTF-8 (a Latin-1 comment) costs its own line only, as with glibc: it
+/// dropped every upstream (SERVFAIL for every forwarded name), also when a running daemon
+/// re-read the file.
+#[test]
+fn a_resolv_conf_byte_that_is_not_utf8_costs_its_line_only() {
+    let dir = std::env::temp_dir().join(format!("p2pdns-latin1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("resolv.conf");
+    std::fs::write(&path, b"# r\xe9solveur local\nnameserver 192.0.2.9\n").unwrap();
+    assert_eq!(
+        read_resolv_conf(&path).unwrap(),
+        vec!["192.0.2.9:53".parse::<SocketAddr>().unwrap()]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn own_addresses_are_recognized() {
     let listen: Vec<SocketAddr> = vec!["127.0.0.1:53".parse().unwrap()];
