@@ -37,6 +37,7 @@ use super::{
     wire::{self, Counters, SpliceError, Status, TunnelReply, TunnelRequest, WireError},
 };
 use crate::{
+    dns::server::log_limit::LogLimit,
     nat::connect::connect_direct_settling,
     p2p::{ConnectionPath, NodeError, NodeHandle},
 };
@@ -330,6 +331,10 @@ impl Drop for OpenGuard {
     }
 }
 
+/// Tunnels that could not be opened: a local program (or a web page) can open connections
+/// to a tunnelled address as fast as it likes, and each failure would be a warning.
+static NOT_OPENED: LogLimit = LogLimit::new("tunnel not opened");
+
 /// One local connection: a stream to the serving peer (or the local service, when this node
 /// serves the name itself), then the copy both ways; reset when it fails or is cut.
 async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared: Arc<Shared>) {
@@ -346,7 +351,9 @@ async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared
         Ok(opened) => opened,
         Err(error) => {
             let message = crate::error::one_line(&error);
-            warn!(name = %state.name, port, "tunnel not opened: {message}");
+            if NOT_OPENED.admit() {
+                warn!(name = %state.name, port, "tunnel not opened: {message}");
+            }
             state.failed(message);
             let _ = wire::reset(&tcp);
             return;

@@ -110,6 +110,54 @@ pub async fn report_suppressed(limits: &[&LogLimit], stop: CancellationToken) {
 }
 
 #[cfg(test)]
+pub(crate) use testing::LogLines;
+
+#[cfg(test)]
+mod testing {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    /// Counts the events at INFO and above logged on this thread while it lives (a
+    /// `#[tokio::test]` runtime runs every task on the test's thread).
+    pub(crate) struct LogLines {
+        count: Arc<AtomicUsize>,
+        _guard: tracing::subscriber::DefaultGuard,
+    }
+
+    struct CountLines(Arc<AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountLines {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if *event.metadata().level() <= tracing::Level::INFO {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    impl LogLines {
+        pub(crate) fn count() -> Self {
+            use tracing_subscriber::layer::SubscriberExt;
+            let count = Arc::new(AtomicUsize::new(0));
+            let subscriber = tracing_subscriber::registry().with(CountLines(count.clone()));
+            Self {
+                count,
+                _guard: tracing::subscriber::set_default(subscriber),
+            }
+        }
+
+        pub(crate) fn lines(&self) -> usize {
+            self.count.load(Ordering::Relaxed)
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

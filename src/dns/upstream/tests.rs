@@ -1,9 +1,8 @@
 //! Tests of the upstream set: its own addresses, rests, reloads, and how many log lines a
 //! flood of failing queries makes.
 
-use std::sync::atomic::AtomicUsize;
-
 use super::*;
+use crate::dns::server::log_limit::LogLines;
 
 #[test]
 fn resolv_conf_nameservers() {
@@ -169,39 +168,6 @@ async fn a_reload_switches_the_source_and_keeps_what_was_learned() {
         "the follower has stopped"
     );
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Counts the events at INFO and above logged on this thread while it lives (a
-/// `#[tokio::test]` runtime runs every task on the test's thread).
-struct LogLines {
-    count: Arc<AtomicUsize>,
-    _guard: tracing::subscriber::DefaultGuard,
-}
-
-struct CountLines(Arc<AtomicUsize>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountLines {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if *event.metadata().level() <= tracing::Level::INFO {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl LogLines {
-    fn count() -> Self {
-        use tracing_subscriber::layer::SubscriberExt;
-        let count = Arc::new(AtomicUsize::new(0));
-        let subscriber = tracing_subscriber::registry().with(CountLines(count.clone()));
-        Self {
-            count,
-            _guard: tracing::subscriber::set_default(subscriber),
-        }
-    }
-
-    fn lines(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
 }
 
 /// A flood on a slow, overloaded upstream: for `minutes` (of paused time), one try of a
