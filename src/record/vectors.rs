@@ -62,6 +62,17 @@ fn a(owner: &str, ip: [u8; 4]) -> Vec<u8> {
 }
 
 /// A record signed by `key` whose fields are given as octets, so that it can break any rule.
+/// Four labels of 63 `a`s and the root: 257 bytes, two over the limit of a name.
+fn long_name() -> Vec<u8> {
+    let mut name = Vec::new();
+    for _ in 0..4 {
+        name.push(63);
+        name.extend_from_slice(&[b'a'; 63]);
+    }
+    name.push(0);
+    name
+}
+
 struct Raw {
     version: u8,
     name: Vec<u8>,
@@ -349,6 +360,27 @@ fn bad_form() -> Vec<Value> {
             "not-canonical",
             "the same A record twice, with two TTLs",
         ),
+        bad(
+            "duplicate-other-class",
+            site(vec![
+                a("site.p2p.", [192, 0, 2, 1]),
+                rr("site.p2p.", 1, 3, 60, &[192, 0, 2, 1]),
+            ]),
+            "not-canonical",
+            "the same A record in class IN and in class CH: duplicates whatever the CLASS",
+        ),
+        bad(
+            "ch-a-3-bytes",
+            site(vec![rr("site.p2p.", 1, 3, 60, &[192, 0, 2])]),
+            "malformed",
+            "class CH, type A, 3 bytes of RDATA: the form is checked before the CLASS",
+        ),
+        bad(
+            "name-over-255",
+            site(vec![rr("site.p2p.", 5, 1, 60, &long_name())]),
+            "malformed",
+            "a CNAME target of four 63-byte labels: 257 bytes",
+        ),
         invalid("no-bytes", "site.p2p.", &[], "malformed", "an empty value"),
         invalid(
             "one-byte",
@@ -498,6 +530,15 @@ fn bad_content() -> Vec<Value> {
             },
             "too-long",
             "expires one second past now + 7 days + 1 hour",
+        ),
+        bad(
+            "expires-2-63",
+            Raw {
+                expires: 1 << 63,
+                ..site(vec![])
+            },
+            "too-long",
+            "expires = 2^63: unsigned, far in the future, never negative",
         ),
         bad(
             "other-owner",
