@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use libp2p::{
     kad::{self, store::RecordStore},
-    swarm::SwarmEvent,
+    swarm::{DialError, SwarmEvent},
 };
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -251,23 +251,54 @@ impl EventLoop {
                 let kad = &mut self.swarm.behaviour_mut().kad;
                 let stalls = &mut self.stalls;
                 self.lookups.on_event(kad, event, &mut self.invalid, stalls);
-                for peer in self.stalls.take_new() {
-                    self.swarm.behaviour_mut().kad.remove_peer(&peer);
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                }
+                self.apply_stalls();
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 peer_id: Some(peer),
                 error,
             } if !self.swarm.is_connected(&peer) => {
+                let unreachable = matches!(
+                    error,
+                    DialError::Transport(_)
+                        | DialError::NoAddresses
+                        | DialError::WrongPeerId { .. }
+                );
+                // Only peers of the routing table (reachable from outside by definition): a
+                // peer behind a NAT fails direct dials and is still reached through a relay.
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let table: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
+                let in_table = kad.kbucket(peer).is_some_and(|bucket| {
+                    bucket
+                        .iter()
+                        .any(|entry| *entry.node.key.preimage() == peer)
+                });
+                if unreachable && in_table {
+                    self.stalls.unreachable(peer, table);
+                    self.apply_stalls();
+                }
                 self.dialer.dial_failed(connection_id, peer, error);
             }
             _ => {}
         }
     }
 
+    /// Peers newly set aside leave the routing table and are blocked; peers whose time aside
+    /// is over are let in again.
+    fn apply_stalls(&mut self) {
+        for peer in self.stalls.take_new() {
+            let behaviour = self.swarm.behaviour_mut();
+            behaviour.kad.remove_peer(&peer);
+            behaviour.blocked.block_peer(peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        for peer in self.stalls.take_expired() {
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+    }
+
     fn on_relay_check(&mut self) {
+        self.apply_stalls();
         if let Some(load) = &mut self.intro_load {
             let info = self.swarm.network_info();
             load.summarize(info.connection_counters().num_established() as usize);

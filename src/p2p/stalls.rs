@@ -7,7 +7,11 @@
 //!
 //! A peer counts as not answering when, in several lookups in a row that ran long enough for
 //! any live peer to answer, it was among the first peers asked and was not among those that
-//! answered. Bootstrap peers are never set aside: they are the way back into the network.
+//! answered. A peer of the routing table that cannot be dialed at all (stopped, gone) is set
+//! aside too, for a shorter while: Kademlia keeps it until its bucket needs room, other peers
+//! keep naming it, and every dial waits for a handshake to time out (5 s over QUIC). Set-aside
+//! peers are refused by the swarm's block list. Bootstrap peers are never set aside: they are
+//! the way back into the network.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,7 +25,7 @@ use libp2p::{
 };
 use lru::LruCache;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::addr::peer_of;
 
@@ -34,6 +38,9 @@ const MISSES: u8 = 3;
 const MIN_RUN: Duration = Duration::from_secs(1);
 /// How long a peer that does not answer stays set aside.
 pub(crate) const SET_ASIDE: Duration = Duration::from_secs(600);
+/// How long a peer that could not be dialed stays set aside: long enough that lookups stop
+/// waiting for it, short enough that a node restarted at another address is soon asked again.
+pub(crate) const UNREACHABLE_ASIDE: Duration = Duration::from_secs(60);
 /// Peers whose unanswered lookups are counted, at most (the least recent are forgotten first).
 const TRACKED: usize = 1024;
 /// Peers set aside at once, at most; never more than half the routing table either, so that a
@@ -55,6 +62,8 @@ pub(crate) struct Stalls {
     set_aside: HashMap<PeerId, Instant>,
     /// Set aside since the event loop last acted on it.
     new: Vec<PeerId>,
+    /// Back from aside since the event loop last acted on it.
+    expired: Vec<PeerId>,
 }
 
 impl Stalls {
@@ -64,6 +73,7 @@ impl Stalls {
             misses: LruCache::new(NonZeroUsize::new(TRACKED).expect("nonzero constant")),
             set_aside: HashMap::new(),
             new: Vec::new(),
+            expired: Vec::new(),
         }
     }
 
@@ -110,24 +120,52 @@ impl Stalls {
             *count += 1;
             if *count >= MISSES {
                 self.misses.pop(peer);
-                self.set_aside(*peer, table);
+                if self.set_aside(*peer, table, SET_ASIDE) {
+                    info!(%peer, "peer answers no DHT request; set aside for {} s", SET_ASIDE.as_secs());
+                }
             }
         }
     }
 
-    fn set_aside(&mut self, peer: PeerId, table: usize) {
-        let now = Instant::now();
-        self.set_aside.retain(|_, until| *until > now);
+    /// A dial of `peer`, a peer of the routing table of `table` peers, failed on every
+    /// address: set it aside for [`UNREACHABLE_ASIDE`].
+    pub(crate) fn unreachable(&mut self, peer: PeerId, table: usize) {
+        if self.set_aside(peer, table, UNREACHABLE_ASIDE) {
+            debug!(%peer, "peer cannot be dialed; set aside for {} s", UNREACHABLE_ASIDE.as_secs());
+        }
+    }
+
+    /// Sets `peer` aside for `span` unless it is a bootstrap peer, already aside, or too many
+    /// are; returns whether it was.
+    fn set_aside(&mut self, peer: PeerId, table: usize, span: Duration) -> bool {
+        let now = self.sweep();
         if self.bootstrap.contains(&peer)
             || self.set_aside.contains_key(&peer)
             || self.set_aside.len() >= MAX_SET_ASIDE
             || self.set_aside.len() + 1 > table / 2
         {
-            return;
+            return false;
         }
-        info!(%peer, "peer answers no DHT request; set aside for {} s", SET_ASIDE.as_secs());
-        self.set_aside.insert(peer, now + SET_ASIDE);
+        self.set_aside.insert(peer, now + span);
         self.new.push(peer);
+        true
+    }
+
+    /// The peers whose time aside is over, for the event loop to let in again.
+    pub(crate) fn take_expired(&mut self) -> Vec<PeerId> {
+        self.sweep();
+        std::mem::take(&mut self.expired)
+    }
+
+    /// Moves the peers whose time aside is over to `expired`; returns the time it looked at.
+    fn sweep(&mut self) -> Instant {
+        let now = Instant::now();
+        self.expired.extend(
+            self.set_aside
+                .extract_if(|_, until| *until <= now)
+                .map(|(peer, _)| peer),
+        );
+        now
     }
 
     /// Is `peer` set aside now?

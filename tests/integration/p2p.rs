@@ -131,3 +131,48 @@ async fn the_owner_keeps_and_republishes_its_names_after_a_restart() {
         resolve_until(daemon.addr, "kept.p2p.", &["192.0.2.77"]).await;
     }
 }
+
+/// One node of five stops: the others still answer NXDOMAIN for names no one published.
+/// Kademlia kept the stopped node in every routing table and the other nodes kept naming it,
+/// so every negative lookup waited for its dial (over QUIC, the handshake's 5 s timeout, past
+/// the 2 s lookup budget): a newcomer saw SERVFAIL for every unknown name for 11 minutes. A
+/// peer of the routing table that cannot be dialed is now set aside for a minute (refused at
+/// once), as a peer that answers nothing is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_does_not_turn_negative_answers_into_failures() {
+    let mut daemons = network(5).await;
+    let nx = ask(daemons[2].addr, "nothing-here-0.p2p.", RecordType::A).await;
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    daemons.pop().unwrap().stop().await.unwrap();
+    // The lookups right after the stop may wait for it (each at most the 2 s budget) until a
+    // dial of it has failed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut asked = 1;
+    loop {
+        let name = format!("nothing-here-{asked}.p2p.");
+        let reply = ask(daemons[2].addr, &name, RecordType::A).await;
+        asked += 1;
+        if reply.metadata.response_code == ResponseCode::NXDomain {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} for {name} a minute after the stop",
+            reply.metadata.response_code
+        );
+    }
+    for i in 0..5 {
+        for daemon in &daemons {
+            let name = format!("still-nothing-{i}.p2p.");
+            let reply = ask(daemon.addr, &name, RecordType::A).await;
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name} after {asked} names"
+            );
+        }
+    }
+    for daemon in daemons {
+        daemon.stop().await.unwrap();
+    }
+}
