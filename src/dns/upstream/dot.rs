@@ -51,6 +51,11 @@ impl DotLink {
         self.writer.flush().await
     }
 
+    /// Closes the connection: TLS close_notify, then the TCP FIN.
+    pub(super) async fn close(mut self) {
+        let _ = self.writer.shutdown().await;
+    }
+
     /// The next answer, under its ID; `None` once the connection closed or failed.
     pub(super) async fn next(&mut self) -> Option<Incoming> {
         loop {

@@ -48,6 +48,12 @@ use crate::{
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The TCP connect, TLS handshake and HTTP/2 preface together take at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is taken as dead when a query sent on it gets nothing back by its deadline,
+/// and not before this long after it was sent (a query sent just before its deadline proves
+/// nothing about the connection).
+const STALL_GRACE: Duration = Duration::from_secs(2);
+/// Writing one query may take this long; a server that stops reading is taken as dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queries out on one connection at most; more wait for one to end.
 const MAX_INFLIGHT: usize = 128;
 /// Queries waiting for the session task at most; more wait to be handed over.
@@ -227,11 +233,21 @@ enum Link {
 impl Link {
     async fn send(&mut self, id: u16, wire: Vec<u8>) -> io::Result<()> {
         match self {
-            Self::Tls(link) => link.send(&wire).await,
+            Self::Tls(link) => timeout(WRITE_TIMEOUT, link.send(&wire))
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
             Self::Https(link) => {
                 link.send(id, wire);
                 Ok(())
             }
+        }
+    }
+
+    /// Closes the connection (TLS close_notify for DoT; dropping an HTTP/2 connection sends
+    /// GOAWAY).
+    async fn close(self) {
+        if let Self::Tls(link) = self {
+            let _ = timeout(WRITE_TIMEOUT, link.close()).await;
         }
     }
 
@@ -352,7 +368,9 @@ async fn run(endpoint: Arc<Endpoint>, mut jobs: mpsc::Receiver<Job>, stop: Cance
                     inflight: HashMap::new(),
                     last_read: Instant::now(),
                 };
-                match connection.serve(waiting, &mut jobs, &stop).await {
+                let again = connection.serve(waiting, &mut jobs, &stop).await;
+                connection.link.close().await;
+                match again {
                     Some(again) => waiting = again,
                     None => return,
                 }
@@ -444,12 +462,19 @@ impl Connection<'_> {
         self.inflight
             .values()
             .filter(|sent| sent.at >= self.last_read)
-            .map(|sent| sent.job.deadline)
+            .map(|sent| sent.job.deadline.max(sent.at + STALL_GRACE))
             .min()
     }
 
     /// Sends `job` under an ID no query out on the connection has.
     async fn send(&mut self, mut job: Job) -> io::Result<()> {
+        if job.reply.is_closed() {
+            return Ok(());
+        }
+        if Instant::now() >= job.deadline {
+            let _ = job.reply.send(Err(ExchangeError::Timeout.into()));
+            return Ok(());
+        }
         let id = loop {
             let id = rand::random::<u16>();
             if !self.inflight.contains_key(&id) {
