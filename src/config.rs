@@ -5,10 +5,8 @@
 //! stops the daemon at start-up with the dotted key in the message, never later on the query path.
 
 use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use ipnet::IpNet;
@@ -19,6 +17,7 @@ use tracing::warn;
 pub use crate::intro::config::IntroConfig;
 pub use naming::NamingConfig;
 pub use relations::ConfigWarning;
+pub use upstream::{EncryptedServer, EncryptedTransport, UpstreamAddr, UpstreamServer};
 
 /// The commented default configuration, shipped inside the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/p2pdns.toml");
@@ -156,7 +155,7 @@ impl Default for DnsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Upstream servers; empty means the `nameserver` lines of `resolv_conf`.
-    pub servers: Vec<UpstreamAddr>,
+    pub servers: Vec<UpstreamServer>,
     /// The file read when `servers` is empty.
     pub resolv_conf: PathBuf,
     /// Longest wait for one upstream before trying the next, in milliseconds.
@@ -358,89 +357,6 @@ fn host_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
         }
     }
     Ok(all)
-}
-
-/// An upstream server: an IP address with an optional port (53 if absent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamAddr(pub SocketAddr);
-
-impl FromStr for UpstreamAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let text = with_interface_index(s)?;
-        if let Ok(addr) = text.parse::<SocketAddr>() {
-            return Ok(Self(addr));
-        }
-        let bare = text.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok(Self(SocketAddr::new(ip, 53)));
-        }
-        // A link-local address with its zone and no port: fe80::1%2.
-        if let Ok(addr) = format!("[{bare}]:53").parse::<SocketAddr>() {
-            return Ok(Self(addr));
-        }
-        Err(format!(
-            "{s:?} is not an IP address with an optional port (e.g. 9.9.9.9, 9.9.9.9:53, [2620:fe::fe]:53, [fe80::1%eth0]:53)"
-        ))
-    }
-}
-
-/// `text` with the interface name of an IPv6 zone (`fe80::1%eth0`, RFC 4007 section 11)
-/// replaced by the interface's index, the only form Rust's addresses read.
-///
-/// # Errors
-/// The name is no interface of this machine.
-fn with_interface_index(text: &str) -> Result<String, String> {
-    let Some((head, tail)) = text.split_once('%') else {
-        return Ok(text.to_owned());
-    };
-    let (zone, rest) = tail.split_at(tail.find(']').unwrap_or(tail.len()));
-    if zone.is_empty() || zone.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(text.to_owned());
-    }
-    let index = nix::net::if_::if_nametoindex(zone)
-        .map_err(|_| format!("{zone:?} in {text:?} is no network interface of this machine"))?;
-    Ok(format!("{head}%{index}{rest}"))
-}
-
-impl UpstreamAddr {
-    /// Can a query be sent to this address? Not to port 0, to "any address" (0.0.0.0/8, ::,
-    /// RFC 1122 section 3.2.1.3 and RFC 4291 section 2.5.2), to a multicast or the broadcast
-    /// address, nor to a link-local IPv6 address without its interface (`[fe80::1%2]:53`).
-    /// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
-    ///
-    /// # Errors
-    /// What is wrong with the address, for the message naming its key.
-    pub fn check(&self) -> Result<(), String> {
-        let ip = self.0.ip().to_canonical();
-        let why = if self.0.port() == 0 {
-            "port 0 is no server's port"
-        } else if ip.is_unspecified() || matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 0) {
-            "it means \"any address\" and reaches no server (for one on this machine: 127.0.0.1 or ::1)"
-        } else if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
-            "a multicast or broadcast address is no DNS server (multicast DNS is RFC 6762's)"
-        } else if matches!((ip, self.0), (IpAddr::V6(v6), SocketAddr::V6(sa)) if v6.is_unicast_link_local() && sa.scope_id() == 0)
-        {
-            "a link-local address needs its interface's index, e.g. [fe80::1%2]:53"
-        } else {
-            return Ok(());
-        };
-        Err(format!("{self} cannot be an upstream server: {why}"))
-    }
-}
-
-impl fmt::Display for UpstreamAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl<'de> Deserialize<'de> for UpstreamAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 impl Config {
@@ -695,3 +611,4 @@ pub(crate) mod ranges;
 mod relations;
 #[cfg(test)]
 mod tests;
+mod upstream;

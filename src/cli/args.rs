@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, UpstreamAddr};
+use crate::config::{Config, UpstreamServer};
 
 /// The whole command line: global flags and one subcommand.
 #[derive(Debug, Parser)]
@@ -171,9 +171,11 @@ pub struct RunArgs {
     /// Answer DNS on this address, UDP and TCP (repeatable; replaces dns.listen).
     #[arg(long = "dns-listen", value_name = "ADDR:PORT")]
     pub dns_listen: Vec<SocketAddr>,
-    /// Forward to this upstream server (repeatable; replaces upstream.servers).
-    #[arg(long = "upstream", value_name = "ADDR[:PORT]")]
-    pub upstreams: Vec<UpstreamAddr>,
+    /// Forward to this upstream server (repeatable; replaces upstream.servers): plain DNS
+    /// `IP[:PORT]`, DNS over TLS `tls://IP[:PORT]#NAME` (port 853), or DNS over HTTPS
+    /// `https://IP[:PORT]/PATH#NAME` (port 443); NAME is what the certificate must be valid for.
+    #[arg(long = "upstream", value_name = "SERVER")]
+    pub upstreams: Vec<UpstreamServer>,
     /// Listen for P2P connections on this multiaddr (repeatable; replaces p2p.listen).
     #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
     pub p2p_listen: Vec<libp2p::Multiaddr>,

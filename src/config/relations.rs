@@ -164,7 +164,7 @@ fn check_upstreams(config: &Config) -> Result<(), ConfigError> {
         }
         let listen = &config.dns.listen;
         let own = (0..listen.len()).find(|&j| {
-            crate::dns::upstream::is_own_address(server.0, std::slice::from_ref(&listen[j]))
+            crate::dns::upstream::is_own_address(server.addr(), std::slice::from_ref(&listen[j]))
         });
         if let Some(j) = own {
             return Err(invalid(

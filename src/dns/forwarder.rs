@@ -59,6 +59,9 @@ pub enum ForwardError {
     /// This machine ran out of sockets or buffers for upstream queries.
     #[error("out of local sockets or buffers")]
     LocalResources,
+    /// An encrypted upstream's certificate was not accepted (and no other upstream answered).
+    #[error("an upstream's certificate was not accepted")]
+    Certificate,
 }
 
 impl From<AskError> for ForwardError {
@@ -70,6 +73,7 @@ impl From<AskError> for ForwardError {
             AskError::Malformed => Self::Malformed,
             AskError::Mismatch => Self::Mismatch,
             AskError::LocalResources => Self::LocalResources,
+            AskError::Certificate => Self::Certificate,
         }
     }
 }

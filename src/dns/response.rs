@@ -221,6 +221,10 @@ impl Reply {
             ForwardError::Overloaded => (Ede::Other, "too many queries in flight"),
             ForwardError::LocalResources => (Ede::Other, "out of sockets for upstream queries"),
             ForwardError::Malformed => (Ede::NetworkError, "upstream answer is malformed"),
+            ForwardError::Certificate => (
+                Ede::NetworkError,
+                "upstream certificate not accepted (see the daemon's log)",
+            ),
             ForwardError::Mismatch => (
                 Ede::InvalidData,
                 "upstream answers did not answer the question",

@@ -5,15 +5,24 @@
 //! `edns`: with EDNS or without, RFC 6891 section 7) and whether one sends our queries back to
 //! us (module `loops`: probes, [`UpstreamSet::detect_loop`]). An upstream's changes of state
 //! are logged at a bounded rate ([`LogLimit`]), whatever the rate of queries that cause them.
+//! An encrypted upstream (DNS over TLS or HTTPS) keeps a connection in its session (module
+//! `session`, with `dot`, `doh` and `certs`); its tries are counted and ordered as plain ones.
 
+mod certs;
+mod doh;
+mod dot;
 mod edns;
 mod health;
 mod loops;
+mod session;
 mod tries;
 
+pub use certs::{CertsError, load_ca_file};
+pub use session::{HttpFailure, SessionError};
 pub use tries::{AskError, TryPlan};
 
 use std::{
+    fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
@@ -32,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{UpstreamAddr, UpstreamConfig},
+    config::{UpstreamAddr, UpstreamConfig, UpstreamServer},
     dns::server::log_limit::{self, LogLimit},
 };
 
@@ -40,8 +49,13 @@ use crate::{
 /// with relaxed atomics because each value is only a hint for ordering and timeouts.
 #[derive(Debug)]
 pub struct Upstream {
-    /// The server's address and port (53 unless the configuration gives another).
+    /// The server's address and port (53 unless the configuration gives another; 853 for DNS
+    /// over TLS, 443 for DNS over HTTPS).
     pub addr: SocketAddr,
+    /// The server as configured: what a reload compares.
+    server: UpstreamServer,
+    /// An encrypted upstream's connection; `None` for plain DNS.
+    session: Option<session::Session>,
     /// Its RTT, failures and rests.
     health: health::Health,
     /// Our loop probe came back through it: it forwards our queries to this daemon.
@@ -53,9 +67,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(addr: SocketAddr) -> Self {
+    /// The upstream `server`; an encrypted one's session stops with `stop`.
+    fn new(server: UpstreamServer, stop: &CancellationToken) -> Self {
+        let session = match &server {
+            UpstreamServer::Plain(_) => None,
+            UpstreamServer::Encrypted(encrypted) => {
+                Some(session::Session::new(encrypted, stop.child_token()))
+            }
+        };
         Self {
-            addr,
+            addr: server.addr(),
+            server,
+            session,
             health: health::Health::default(),
             looping: AtomicBool::new(false),
             edns: edns::EdnsMemory::default(),
@@ -82,8 +105,10 @@ impl Upstream {
     /// returns the rest it started, if it started one.
     fn record_failure(&self, now_ms: u64) -> Option<Duration> {
         let rest = self.health.record_failure(now_ms);
-        if self.health.failures() >= loops::PROBE_AFTER_FAILURES {
-            // A forwarding loop shows as timeouts: each daemon in it waits on the other.
+        if self.health.failures() >= loops::PROBE_AFTER_FAILURES && self.session.is_none() {
+            // A forwarding loop shows as timeouts: each daemon in it waits on the other. An
+            // encrypted upstream is not probed: this daemon serves no encrypted DNS, so a
+            // loop through one would have to pass a plain hop that the probe finds.
             self.probe.request();
         }
         rest
@@ -93,7 +118,7 @@ impl Upstream {
     fn mark_looping(&self) {
         if !self.looping.swap(true, Ordering::Relaxed) {
             warn!(
-                upstream = %self.addr,
+                upstream = %self,
                 "upstream sends our queries back to this daemon (a forwarding loop); not using it"
             );
         }
@@ -102,13 +127,19 @@ impl Upstream {
     /// Clears a loop mark once a probe went through it and was answered elsewhere.
     fn clear_looping(&self) {
         if self.looping.swap(false, Ordering::Relaxed) {
-            info!(upstream = %self.addr, "upstream no longer sends our queries back; using it again");
+            info!(upstream = %self, "upstream no longer sends our queries back; using it again");
         }
     }
 
     /// Is it marked as sending our queries back to us?
     fn is_looping(&self) -> bool {
         self.looping.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.server.fmt(f)
     }
 }
 
@@ -198,17 +229,30 @@ pub struct UpstreamSet {
     /// Bounds the log lines of the upstreams' rests and returns, of all of them together
     /// (resolv.conf may list many): the queries of a flood cause them.
     changes_logged: LogLimit,
+    /// Stops the encrypted upstreams' sessions when the set is dropped.
+    sessions: CancellationToken,
 }
 
 impl UpstreamSet {
-    /// A set of `addrs`, in this order, none measured yet.
-    fn new(addrs: &[SocketAddr]) -> Self {
+    /// A set of `servers`, in this order, none measured yet.
+    fn new(servers: &[UpstreamServer]) -> Self {
+        let sessions = CancellationToken::new();
+        let list = servers
+            .iter()
+            .map(|server| Arc::new(Upstream::new(server.clone(), &sessions)))
+            .collect();
         Self {
-            list: RwLock::new(addrs.iter().map(|&a| Arc::new(Upstream::new(a))).collect()),
+            list: RwLock::new(list),
             epoch: Instant::now(),
             probes_due: Notify::new(),
             changes_logged: LogLimit::new("upstream rested or back"),
+            sessions,
         }
+    }
+
+    /// The servers as configured, in list order.
+    fn servers(&self) -> Vec<UpstreamServer> {
+        self.snapshot().iter().map(|u| u.server.clone()).collect()
     }
 
     /// The servers' addresses, in list order.
@@ -221,16 +265,17 @@ impl UpstreamSet {
         self.list.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Replaces the list with `addrs`, keeping what was learned about servers that stay.
-    pub fn replace(&self, addrs: &[SocketAddr]) {
+    /// Replaces the list with `servers`, keeping what was learned about servers that stay
+    /// (and an encrypted one's connection).
+    pub fn replace(&self, servers: &[UpstreamServer]) {
         let old = self.snapshot();
-        let new: Arc<[Arc<Upstream>]> = addrs
+        let new: Arc<[Arc<Upstream>]> = servers
             .iter()
-            .map(|&addr| {
+            .map(|server| {
                 old.iter()
-                    .find(|u| u.addr == addr)
+                    .find(|u| u.server == *server)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Upstream::new(addr)))
+                    .unwrap_or_else(|| Arc::new(Upstream::new(server.clone(), &self.sessions)))
             })
             .collect();
         *self.list.write().unwrap_or_else(|p| p.into_inner()) = new;
@@ -274,7 +319,7 @@ impl UpstreamSet {
         if let Some(rest) = rest
             && self.changes_logged.admit()
         {
-            warn!(upstream = %upstream.addr, rest_secs = rest.as_secs(), "upstream is not answering; resting it and asking the others");
+            warn!(upstream = %upstream, rest_secs = rest.as_secs(), "upstream is not answering; resting it and asking the others");
         }
         if upstream.probe.is_due() {
             self.probes_due.notify_one();
@@ -287,9 +332,15 @@ impl UpstreamSet {
     fn count_answer(&self, upstream: &Upstream, rtt: Duration) -> bool {
         let back = upstream.health.record_answer(rtt, self.now_ms());
         if back && self.changes_logged.admit() {
-            info!(upstream = %upstream.addr, "upstream answers again");
+            info!(upstream = %upstream, "upstream answers again");
         }
         back
+    }
+}
+
+impl Drop for UpstreamSet {
+    fn drop(&mut self) {
+        self.sessions.cancel();
     }
 }
 
@@ -297,7 +348,7 @@ impl UpstreamSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum UpstreamSource {
     /// `upstream.servers` (or `--upstream`), used as given.
-    Servers(Vec<SocketAddr>),
+    Servers(Vec<UpstreamServer>),
     /// The `nameserver` lines of this resolv.conf file, read again whenever it changes.
     ResolvConf(PathBuf),
 }
@@ -307,7 +358,7 @@ impl From<&UpstreamConfig> for UpstreamSource {
         if config.servers.is_empty() {
             Self::ResolvConf(config.resolv_conf.clone())
         } else {
-            Self::Servers(config.servers.iter().map(|s| s.0).collect())
+            Self::Servers(config.servers.clone())
         }
     }
 }
@@ -315,7 +366,7 @@ impl From<&UpstreamConfig> for UpstreamSource {
 impl UpstreamSource {
     /// The servers of this source a daemon listening on `listen` may forward to (never
     /// itself); logs the outcome.
-    fn select(&self, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+    fn select(&self, listen: &[SocketAddr]) -> Vec<UpstreamServer> {
         match self {
             Self::Servers(servers) => usable(servers.clone(), listen, "the configuration"),
             Self::ResolvConf(path) => from_resolv_conf(path, listen),
@@ -331,7 +382,7 @@ impl UpstreamSource {
     }
 }
 
-fn from_resolv_conf(path: &Path, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+fn from_resolv_conf(path: &Path, listen: &[SocketAddr]) -> Vec<UpstreamServer> {
     let servers = read_resolv_conf(path).unwrap_or_else(|error| {
         warn!(path = %path.display(), %error, "cannot read upstream servers");
         Vec::new()
@@ -345,16 +396,25 @@ fn from_resolv_conf(path: &Path, listen: &[SocketAddr]) -> Vec<SocketAddr> {
         && let Ok(real) = read_resolv_conf(behind_stub)
     {
         debug!(path = %behind_stub.display(), "resolv.conf names systemd-resolved's stub; using the servers behind it");
-        return usable(real, listen, RESOLVED_UPSTREAMS);
+        return usable(plain(real), listen, RESOLVED_UPSTREAMS);
     }
-    usable(servers, listen, &path.display().to_string())
+    usable(plain(servers), listen, &path.display().to_string())
+}
+
+/// resolv.conf's servers, plain DNS.
+fn plain(addrs: Vec<SocketAddr>) -> Vec<UpstreamServer> {
+    addrs.into_iter().map(|a| UpstreamAddr(a).into()).collect()
 }
 
 /// Drops our own addresses from `candidates` (read from `source`) and logs the outcome.
-fn usable(candidates: Vec<SocketAddr>, listen: &[SocketAddr], source: &str) -> Vec<SocketAddr> {
-    let (own, upstreams): (Vec<SocketAddr>, Vec<SocketAddr>) = candidates
+fn usable(
+    candidates: Vec<UpstreamServer>,
+    listen: &[SocketAddr],
+    source: &str,
+) -> Vec<UpstreamServer> {
+    let (own, upstreams): (Vec<_>, Vec<_>) = candidates
         .into_iter()
-        .partition(|addr| is_own_address(*addr, listen));
+        .partition(|server| is_own_address(server.addr(), listen));
     for addr in &own {
         info!(%addr, "skipping upstream: it is this daemon's own address");
     }
@@ -469,7 +529,7 @@ impl UpstreamFollower {
         }
         self.seen = now;
         let upstreams = self.source.select(&self.listen);
-        if upstreams != self.set.addrs() {
+        if upstreams != self.set.servers() {
             self.set.replace(&upstreams);
         }
     }

@@ -394,7 +394,7 @@ async fn max_inflight_covers_p2p_lookups_too() {
     let upstream = Upstream::start("").await;
     upstream.set_silent(true);
     let mut cfg = p2p_config(&[]);
-    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr)];
+    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr).into()];
     cfg.dns.max_inflight = 1;
     local_site(&mut cfg);
     let daemon = TestDaemon::start(cfg).await;
@@ -614,7 +614,7 @@ async fn p2p_names_come_from_the_local_table() {
     let upstream = Upstream::start("").await;
     // P2P on, as by default, but without peers: the local table answers alone.
     let mut cfg = p2p_config(&[]);
-    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr)];
+    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr).into()];
     local_site(&mut cfg);
     let daemon = TestDaemon::start(cfg).await;
 

@@ -33,6 +33,10 @@
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
 //!   records the forwarder does not model or what does not parse; forwarding loops.
+//! - [`encrypted_upstreams`]: forwarding over DNS over TLS and DNS over HTTPS to servers on
+//!   loopback with certificates from a CA the test makes: many queries on one connection, a
+//!   certificate for another name or a key off its pins (SERVFAIL with the reason, failover),
+//!   idle connections closed by the server, a broken server rested (issue 16).
 //! - [`upstream_tries`]: how one question is tried on the upstreams: hedged tries (a slow
 //!   answer to an earlier try is taken), rested upstreams asked when there is no other, and
 //!   datagrams that do not answer a query ignored while it listens on.
@@ -85,6 +89,7 @@ mod control_busy;
 mod dht_fairness;
 mod dns;
 mod durable;
+mod encrypted_upstreams;
 mod fuzz_found;
 mod intro_flood;
 mod local_records;

@@ -250,7 +250,7 @@ async fn own_signed_records_answer_alike_and_are_screened() {
     let upstream = Upstream::start(UPSTREAM_EXTRA).await;
     // P2P on, without peers: this node's own names are answered from its own records.
     let mut cfg = p2p_config(&[]);
-    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr)];
+    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr).into()];
     let daemon = TestDaemon::start(cfg).await;
     let dht = daemon.dht.clone().unwrap();
 
@@ -315,7 +315,7 @@ async fn own_signed_records_answer_alike_and_are_screened() {
 async fn allowed_names_keep_their_private_addresses() {
     let upstream = Upstream::start(UPSTREAM_EXTRA).await;
     let mut cfg = p2p_config(&[]);
-    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr)];
+    cfg.upstream.servers = vec![UpstreamAddr(upstream.addr).into()];
     cfg.naming.allow_private_answers = vec!["home.site.p2p".into(), "out-private.site.p2p".into()];
     let daemon = TestDaemon::start(cfg).await;
     let dht = daemon.dht.clone().unwrap();

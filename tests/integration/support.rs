@@ -172,7 +172,7 @@ impl Drop for Upstream {
 pub fn config(upstreams: &[SocketAddr]) -> Config {
     let mut config = Config::default();
     config.dns.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    config.upstream.servers = upstreams.iter().map(|&a| UpstreamAddr(a)).collect();
+    config.upstream.servers = upstreams.iter().map(|&a| UpstreamAddr(a).into()).collect();
     config.upstream.resolv_conf = PathBuf::from("/nonexistent/resolv.conf");
     config.upstream.timeout_ms = 300;
     config.upstream.query_timeout_ms = 1500;

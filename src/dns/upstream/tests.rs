@@ -59,7 +59,7 @@ fn own_addresses_are_recognized() {
 
 #[test]
 fn failures_rest_an_upstream_and_answers_revive_it() {
-    let up = Upstream::new("192.0.2.1:53".parse().unwrap());
+    let up = Upstream::new("192.0.2.1:53".parse().unwrap(), &CancellationToken::new());
     assert!(up.usable(0));
     assert!(up.record_failure(1000).is_none());
     assert!(up.record_failure(1000).is_none());
@@ -144,7 +144,7 @@ async fn a_reload_switches_the_source_and_keeps_what_was_learned() {
     let listen: Vec<SocketAddr> = vec!["192.0.2.9:53".parse().unwrap()];
     let first: SocketAddr = "192.0.2.1:53".parse().unwrap();
     let configured = UpstreamConfig {
-        servers: vec![UpstreamAddr(first)],
+        servers: vec![UpstreamAddr(first).into()],
         ..UpstreamConfig::default()
     };
     let follower = UpstreamFollower::new(&configured, &listen);
@@ -216,8 +216,8 @@ async fn a_flapping_upstream_rests_longer_each_time_and_logs_a_few_lines_a_minut
 #[tokio::test(start_paused = true)]
 async fn the_changes_of_many_flapping_upstreams_are_logged_at_a_bounded_rate() {
     let logs = LogLines::count();
-    let addrs: Vec<SocketAddr> = (1..=40)
-        .map(|i| SocketAddr::from(([192, 0, 2, i], 53)))
+    let addrs: Vec<UpstreamServer> = (1..=40)
+        .map(|i| UpstreamAddr(SocketAddr::from(([192, 0, 2, i], 53))).into())
         .collect();
     let set = UpstreamSet::new(&addrs);
     let minutes = 3;

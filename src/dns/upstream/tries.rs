@@ -18,6 +18,11 @@
 //! that try's own query: with a fresh ID per try, an answer is never ambiguous (RFC 6298
 //! section 3, Karn's algorithm, is about the ambiguity this avoids). EDNS fallbacks are
 //! [`super::edns`]'s.
+//!
+//! A try of an encrypted upstream is a query handed to its session ([`super::session`]),
+//! which sends it on the upstream's connection; it ends, and counts, as a plain try does. A
+//! failure to connect counts as a timeout would; a certificate not accepted also makes
+//! [`AskError::Certificate`] the question's error, unless a later failure replaces it.
 
 use std::{
     fmt::Display,
@@ -37,6 +42,7 @@ use tracing::debug;
 use super::{
     Upstream, UpstreamSet,
     edns::{Evidence, refuses_edns},
+    session::{EncryptedTry, SessionError},
 };
 use crate::dns::exchange::{ExchangeError, Exchanged, TcpTry, UdpTry};
 
@@ -63,6 +69,10 @@ pub enum AskError {
     /// ([`ExchangeError::LocalResources`]); no upstream is blamed for it.
     #[error("out of local sockets or buffers")]
     LocalResources,
+    /// An encrypted upstream's certificate was not accepted (its name, issuer, dates or pin):
+    /// the reason is logged once per spell ([`SessionError::Certificate`]).
+    #[error("an upstream's certificate was not accepted")]
+    Certificate,
 }
 
 /// The bounds of one question's tries (from `[upstream]`).
@@ -105,6 +115,7 @@ impl UpstreamSet {
             upstreams,
             qname,
             max_wait: plan.max_wait,
+            deadline: plan.deadline,
             next_step: 0,
             flight: Vec::new(),
             current: None,
@@ -159,12 +170,14 @@ enum Leg {
     Udp(Box<UdpTry>),
     /// Asked again over TCP after a truncated UDP answer.
     Tcp(TcpTry),
+    /// Asked of an encrypted upstream's session.
+    Encrypted(EncryptedTry),
 }
 
 /// What happened next to a question's tries.
 enum Event {
     /// The try at this index of [`Tries::flight`] ended so.
-    Landed(usize, Result<Exchanged, ExchangeError>),
+    Landed(usize, Result<Exchanged, SessionError>),
     /// The current try's wait passed.
     Overdue,
     /// The question's budget is spent.
@@ -182,6 +195,8 @@ struct Tries<'a> {
     steps: usize,
     next_step: usize,
     max_wait: Duration,
+    /// The question's budget ends then.
+    deadline: Instant,
     /// The tries out.
     flight: Vec<Try>,
     /// The try whose wait is running, and when it ends.
@@ -240,19 +255,24 @@ impl Tries<'_> {
         current: bool,
     ) -> bool {
         let upstream = self.upstreams[index].clone();
-        let udp = match UdpTry::send(upstream.addr, query(edns)) {
-            Ok(udp) => udp,
-            Err(error) => {
-                debug!(upstream = %upstream.addr, %error, name = %self.qname, "upstream query not sent");
-                match error {
-                    ExchangeError::Io(_) => {
-                        self.set.count_failure(&upstream);
+        let leg = match &upstream.session {
+            Some(session) => Leg::Encrypted(session.ask(query(edns), self.deadline)),
+            None => match UdpTry::send(upstream.addr, query(edns)) {
+                Ok(udp) => Leg::Udp(Box::new(udp)),
+                Err(error) => {
+                    debug!(%upstream, %error, name = %self.qname, "upstream query not sent");
+                    match error {
+                        ExchangeError::Io(_) => {
+                            self.set.count_failure(&upstream);
+                        }
+                        ExchangeError::LocalResources(_) => {
+                            self.last_error = AskError::LocalResources;
+                        }
+                        _ => {}
                     }
-                    ExchangeError::LocalResources(_) => self.last_error = AskError::LocalResources,
-                    _ => {}
+                    return false;
                 }
-                return false;
-            }
+            },
         };
         let id = self.next_id;
         self.next_id += 1;
@@ -264,7 +284,6 @@ impl Tries<'_> {
             sent,
             overdue: false,
         };
-        let leg = Leg::Udp(Box::new(udp));
         self.flight.push(Try { meta, leg });
         if current {
             self.current = Some((id, sent + upstream.try_wait(self.max_wait)));
@@ -302,14 +321,14 @@ impl Tries<'_> {
         let upstream = self.upstreams[index].clone();
         let junk = match &attempt.leg {
             Leg::Udp(udp) => udp.junk(),
-            Leg::Tcp(_) => None,
+            Leg::Tcp(_) | Leg::Encrypted(_) => None,
         };
         if let Some(why) = junk {
-            debug!(upstream = %upstream.addr, %why, name = %self.qname, "only datagrams that do not answer came back");
+            debug!(%upstream, %why, name = %self.qname, "only datagrams that do not answer came back");
             self.rule_out(index, AskError::Malformed);
             return;
         }
-        debug!(upstream = %upstream.addr, name = %self.qname, "no answer within the try's wait; asking on, still listening");
+        debug!(%upstream, name = %self.qname, "no answer within the try's wait; asking on, still listening");
         let on_udp = matches!(attempt.leg, Leg::Udp(_));
         if on_udp && edns && !upstream.edns.seen() && !self.dropped.contains(&index) {
             self.dropped.push(index);
@@ -322,7 +341,7 @@ impl Tries<'_> {
     fn landed<E: Display>(
         &mut self,
         at: usize,
-        result: Result<Exchanged, ExchangeError>,
+        result: Result<Exchanged, SessionError>,
         query: &impl Fn(bool) -> Message,
         judge: &mut impl FnMut(&mut Message) -> Result<(), E>,
     ) -> Option<Exchanged> {
@@ -335,10 +354,13 @@ impl Tries<'_> {
         let upstream = self.upstreams[index].clone();
         match result {
             Ok(answer) => {
+                if let Leg::Encrypted(_) = leg {
+                    self.set.count_answer(&upstream, meta.sent.elapsed());
+                }
                 if let Leg::Udp(udp) = leg {
                     self.set.count_answer(&upstream, meta.sent.elapsed());
                     if answer.message.metadata.truncation {
-                        debug!(upstream = %upstream.addr, name = %self.qname, "truncated answer, asking again over TCP");
+                        debug!(%upstream, name = %self.qname, "truncated answer, asking again over TCP");
                         if was_current {
                             self.current = Some((meta.id, Instant::now() + self.max_wait));
                         }
@@ -349,18 +371,21 @@ impl Tries<'_> {
                 }
                 self.answered(index, meta.edns, was_current, answer, query, judge)
             }
-            Err(ExchangeError::Malformed(why)) => {
-                debug!(upstream = %upstream.addr, name = %self.qname, error = &why as &dyn std::error::Error, "malformed upstream answer");
+            Err(SessionError::Exchange(ExchangeError::Malformed(why))) => {
+                debug!(%upstream, name = %self.qname, error = &why as &dyn std::error::Error, "malformed upstream answer");
                 self.rule_out(index, AskError::Malformed);
                 None
             }
-            Err(ExchangeError::LocalResources(error)) => {
-                debug!(upstream = %upstream.addr, %error, name = %self.qname, "out of local sockets; the upstream is not blamed");
+            Err(SessionError::Exchange(ExchangeError::LocalResources(error))) => {
+                debug!(%upstream, %error, name = %self.qname, "out of local sockets; the upstream is not blamed");
                 self.last_error = AskError::LocalResources;
                 None
             }
             Err(error) => {
-                debug!(upstream = %upstream.addr, %error, name = %self.qname, "upstream exchange failed");
+                debug!(%upstream, %error, name = %self.qname, "upstream exchange failed");
+                if let SessionError::Certificate(_) = error {
+                    self.last_error = AskError::Certificate;
+                }
                 if !meta.overdue {
                     self.set.count_failure(&upstream);
                 }
@@ -387,7 +412,7 @@ impl Tries<'_> {
         } else if answer.message.edns.is_some() {
             upstream.edns.saw_opt();
         } else if refuses_edns(&answer.message) && self.refusal(index).is_none() {
-            debug!(upstream = %upstream.addr, %rcode, name = %self.qname, "EDNS query answered without OPT; asking again without EDNS");
+            debug!(%upstream, %rcode, name = %self.qname, "EDNS query answered without OPT; asking again without EDNS");
             self.refused.push((index, rcode));
             self.last_error = AskError::Rcode(rcode);
             self.launch(index, false, query, was_current);
@@ -397,12 +422,12 @@ impl Tries<'_> {
             ResponseCode::NoError | ResponseCode::NXDomain => match judge(&mut answer.message) {
                 Ok(()) => return Some(answer),
                 Err(why) => {
-                    debug!(upstream = %upstream.addr, %why, name = %self.qname, "upstream answer refused");
+                    debug!(%upstream, %why, name = %self.qname, "upstream answer refused");
                     self.rule_out(index, AskError::Mismatch);
                 }
             },
             rcode => {
-                debug!(upstream = %upstream.addr, %rcode, name = %self.qname, "upstream failed the query");
+                debug!(%upstream, %rcode, name = %self.qname, "upstream failed the query");
                 self.last_error = AskError::Rcode(rcode);
             }
         }
@@ -446,11 +471,12 @@ impl Tries<'_> {
 fn poll_flight(
     flight: &mut [Try],
     cx: &mut Context<'_>,
-) -> Poll<(usize, Result<Exchanged, ExchangeError>)> {
+) -> Poll<(usize, Result<Exchanged, SessionError>)> {
     for (index, attempt) in flight.iter_mut().enumerate() {
         let polled = match &mut attempt.leg {
-            Leg::Udp(udp) => udp.poll_answer(cx),
-            Leg::Tcp(tcp) => tcp.as_mut().poll(cx),
+            Leg::Udp(udp) => udp.poll_answer(cx).map_err(SessionError::Exchange),
+            Leg::Tcp(tcp) => tcp.as_mut().poll(cx).map_err(SessionError::Exchange),
+            Leg::Encrypted(session) => session.as_mut().poll(cx),
         };
         if let Poll::Ready(result) = polled {
             return Poll::Ready((index, result));
@@ -510,6 +536,10 @@ mod tests {
         (addr, count)
     }
 
+    fn plain(addr: SocketAddr) -> crate::config::UpstreamServer {
+        crate::config::UpstreamAddr(addr).into()
+    }
+
     fn plan(attempts: u32, max_wait: Duration, budget: Duration) -> TryPlan {
         TryPlan {
             attempts,
@@ -529,7 +559,7 @@ mod tests {
     async fn a_late_answer_is_timed_from_its_own_try() {
         let delay = Duration::from_millis(900);
         let (addr, count) = server(Some(delay)).await;
-        let set = UpstreamSet::new(&[addr]);
+        let set = UpstreamSet::new(&[plain(addr)]);
         let upstream = set.snapshot()[0].clone();
         set.count_answer(&upstream, Duration::from_millis(10));
         // Waits of 400 ms: the second try goes at 400 ms, the first one's answer comes at
@@ -548,7 +578,7 @@ mod tests {
     async fn tries_are_bounded_by_rounds_times_upstreams() {
         let (first, first_count) = server(None).await;
         let (second, second_count) = server(None).await;
-        let set = UpstreamSet::new(&[first, second]);
+        let set = UpstreamSet::new(&[plain(first), plain(second)]);
         let plan = plan(3, Duration::from_millis(30), Duration::from_millis(600));
         assert_eq!(ask(&set, plan).await.unwrap_err(), AskError::Timeout);
         for count in [first_count, second_count] {
