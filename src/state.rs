@@ -301,11 +301,8 @@ fn private_options() -> fs::OpenOptions {
 /// [`SaveError::Full`] on a full disk, [`SaveError::Io`] otherwise; the file is unchanged.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
     let dir = parent_dir(path);
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let n = WRITES.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}{TEMP_INFIX}{}-{n}", std::process::id()));
+    let (mut file, tmp) = create_temporary(path).map_err(|source| SaveError::new(path, source))?;
     let result = (|| {
-        let mut file = private_options().write(true).create_new(true).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
@@ -315,6 +312,28 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
         return Err(SaveError::new(path, source));
     }
     sync_dir(dir).map_err(|source| SaveError::new(path, source))
+}
+
+/// Creates a new temporary file beside `path`, `.<file>.tmp-<pid>-<n>`, never opening one
+/// that exists: a name taken (a file left by a process of the same id before a reboot, or
+/// put there by another user of a directory others may write to) is passed over for the next
+/// number, and never removed, as it is not ours.
+fn create_temporary(path: &Path) -> io::Result<(fs::File, PathBuf)> {
+    /// Names tried before giving up: more taken ones than this are no accident.
+    const TRIES: usize = 64;
+    let dir = parent_dir(path);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let mut last = None;
+    for _ in 0..TRIES {
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}{TEMP_INFIX}{}-{n}", std::process::id()));
+        match private_options().write(true).create_new(true).open(&tmp) {
+            Ok(file) => return Ok((file, tmp)),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no temporary file name left")))
 }
 
 /// Makes a rename in `dir` durable (POSIX leaves a directory entry in memory until then).
@@ -517,6 +536,28 @@ mod tests {
             .set_len(MAX_STATE_BYTES + 1)
             .unwrap();
         assert!(matches!(read_state(&huge), Err(LoadError::Read { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A temporary file name someone else took (another user of a directory open to all, a
+    /// process of the same id before a reboot) is passed over, not failed on nor removed.
+    #[test]
+    fn a_taken_temporary_name_is_passed_over() {
+        let dir = temp_dir("taken-temporary");
+        let path = dir.join("names.toml");
+        let next = WRITES.load(Ordering::Relaxed);
+        let pid = std::process::id();
+        let planted: Vec<PathBuf> = (next..next + 8)
+            .map(|n| dir.join(format!(".names.toml{TEMP_INFIX}{pid}-{n}")))
+            .collect();
+        for file in &planted {
+            fs::write(file, "not ours").unwrap();
+        }
+        write_private(&path, b"mine").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"mine");
+        for file in &planted {
+            assert_eq!(fs::read(file).unwrap(), b"not ours", "left alone");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 
