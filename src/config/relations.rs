@@ -230,5 +230,28 @@ pub(crate) fn warnings(config: &Config) -> Vec<ConfigWarning> {
             ),
         );
     }
+    let p2p = &config.p2p;
+    if !p2p.enabled && !p2p.bootstrap.is_empty() {
+        warn(
+            "p2p.bootstrap".into(),
+            "is set but p2p.enabled = false: the node does not run, so no peer is dialed".into(),
+        );
+    }
+    if p2p.enabled && p2p.listen.is_empty() {
+        warn(
+            "p2p.listen".into(),
+            "is empty: the node listens on no address, so no peer can reach it (it can still \
+             dial out and resolve names)"
+                .into(),
+        );
+    }
+    for (i, server) in p2p.stun_servers.iter().enumerate() {
+        if p2p.stun_servers[..i].contains(server) {
+            warn(
+                format!("p2p.stun_servers[{i}]"),
+                format!("{server} is listed twice; it is asked once"),
+            );
+        }
+    }
     warnings
 }

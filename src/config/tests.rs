@@ -590,6 +590,20 @@ fn doubtful_values_are_warned_about_with_their_key() {
         })
     };
     assert_eq!(warned(""), "", "the defaults are fine");
+    // Settings that do nothing as written: named, not refused.
+    for (text, key) in [
+        (
+            "[p2p]\nenabled = false\nbootstrap = [\"/ip4/192.0.2.7/tcp/4747\"]\n",
+            "p2p.bootstrap: is set but p2p.enabled = false",
+        ),
+        ("[p2p]\nlisten = []\n", "p2p.listen: is empty"),
+        (
+            "[p2p]\nstun_servers = [\"192.0.2.9:3478\", \"192.0.2.9:3478\"]\n",
+            "p2p.stun_servers[1]: 192.0.2.9:3478 is listed twice",
+        ),
+    ] {
+        assert!(warned(text).contains(key), "{text}: {}", warned(text));
+    }
     let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
     let bootstrap = format!(
         "[p2p]\nbootstrap = [\"/ip4/192.0.2.7/udp/4747/quic-v1/p2p/{peer}\", \"/ip4/192.0.2.8/tcp/4747\"]\n"
