@@ -285,9 +285,14 @@ impl NameRecord {
         let mut records = Vec::with_capacity(256);
         let mut encoder = canonical_encoder(&mut records);
         for record in &self.records {
-            record
-                .emit(&mut encoder)
-                .map_err(|e| RecordError::Malformed(e.to_string()))?;
+            record.emit(&mut encoder).map_err(|e| match e {
+                // The encoder's own bound (64 KiB): far over the record limit, which is what
+                // the publisher of a zone of thousands of records needs to hear.
+                hickory_proto::ProtoError::MaxBufferSizeExceeded(max) => {
+                    RecordError::TooLarge(max + 1)
+                }
+                e => RecordError::Malformed(e.to_string()),
+            })?;
         }
         buf.extend_from_slice(&records);
         Ok(buf)
@@ -491,6 +496,27 @@ mod tests {
         for bad in ["xn--a", "xn--bcher-kva-", "xn--ab-cd-\u{e9}"] {
             assert!(name(bad).is_err(), "{bad}: {:?}", name(bad));
         }
+    }
+
+    /// Thousands of records (a zone file) are over the limit, and said so: the encoder's own
+    /// 64 KiB bound gave "record is malformed: maximum buffer size exceeded".
+    #[test]
+    fn a_huge_record_set_is_too_large_not_malformed() {
+        let kp = ed25519::Keypair::generate();
+        let records = (0..3000u32)
+            .map(|i| {
+                a(
+                    "site.p2p.",
+                    &std::net::Ipv4Addr::from(0xc000_0000 + i).to_string(),
+                )
+            })
+            .collect();
+        let name = Name::from_ascii("site.p2p.").unwrap();
+        let signed = NameRecord::sign(&kp, &name, 1, unix_now() + 60, records);
+        assert!(
+            matches!(signed, Err(RecordError::TooLarge(_))),
+            "{signed:?}"
+        );
     }
 
     #[test]
