@@ -16,6 +16,7 @@ mod health;
 mod loops;
 mod session;
 mod tries;
+mod watch;
 
 pub use certs::{CertsError, load_ca_file};
 pub use session::{HttpFailure, SessionError};
@@ -211,6 +212,8 @@ fn is_host_address(ip: IpAddr) -> bool {
 /// How often resolv.conf is checked for changes when the upstreams come from it (DHCP and VPN
 /// clients rewrite it when the network changes).
 const RESOLV_CONF_POLL: Duration = Duration::from_secs(2);
+/// How often resolv.conf is read while it is watched ([`watch`]): a safety net only.
+const RESOLV_CONF_WATCHED_POLL: Duration = Duration::from_secs(300);
 /// systemd-resolved's stub listener address, and the file listing the servers behind it.
 const RESOLVED_STUB: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
 const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
@@ -480,7 +483,9 @@ impl UpstreamFollower {
     }
 
     async fn run(mut self, mut reloads: mpsc::Receiver<Reload>, stop: CancellationToken) {
-        let mut poll = tokio::time::interval(RESOLV_CONF_POLL);
+        let (changed_tx, mut changed) = mpsc::channel(1);
+        let mut watch = self.watch(&changed_tx);
+        let mut next_poll = Instant::now() + poll_every(watch.as_ref());
         let mut recheck = tokio::time::interval(loops::LOOP_RECHECK);
         // Each probe is bounded by its wait; those still out when the follower stops are
         // dropped with the set.
@@ -497,10 +502,19 @@ impl UpstreamFollower {
                 reload = reloads.recv() => {
                     let Some((source, done)) = reload else { return };
                     self.switch(source);
+                    watch = self.watch(&changed_tx);
                     let _ = done.send(());
                 }
-                _ = poll.tick(), if matches!(self.source, UpstreamSource::ResolvConf(_)) => {
+                () = tokio::time::sleep_until(next_poll),
+                    if matches!(self.source, UpstreamSource::ResolvConf(_)) =>
+                {
                     self.poll();
+                    next_poll = Instant::now() + poll_every(watch.as_ref());
+                }
+                Some(()) = changed.recv() => {
+                    self.reread();
+                    // The link may point elsewhere now.
+                    watch = self.watch(&changed_tx);
                 }
                 () = self.set.probes_due.notified() => {
                     loops::start_probes(&self.set, &mut probes, self.probe_wait);
@@ -521,17 +535,38 @@ impl UpstreamFollower {
         self.set.replace(&self.source.select(&self.listen));
     }
 
+    /// Watches resolv.conf, when that is the source and the platform can.
+    fn watch(&self, changed: &mpsc::Sender<()>) -> Option<watch::ResolvConfWatch> {
+        let UpstreamSource::ResolvConf(path) = &self.source else {
+            return None;
+        };
+        watch::ResolvConfWatch::new(path, Path::new(RESOLVED_UPSTREAMS), changed.clone())
+    }
+
     /// Reads resolv.conf again if it changed since it was last read.
     fn poll(&mut self) {
-        let now = self.source.modified();
-        if now == self.seen {
-            return;
+        if self.source.modified() != self.seen {
+            self.reread();
         }
-        self.seen = now;
+    }
+
+    /// Reads resolv.conf again (a watch saw it, or the file behind it, change) and uses what
+    /// it lists if that differs.
+    fn reread(&mut self) {
+        self.seen = self.source.modified();
         let upstreams = self.source.select(&self.listen);
         if upstreams != self.set.servers() {
             self.set.replace(&upstreams);
         }
+    }
+}
+
+/// How long until resolv.conf is read again: rarely while it is watched.
+fn poll_every(watch: Option<&watch::ResolvConfWatch>) -> Duration {
+    if watch.is_some() {
+        RESOLV_CONF_WATCHED_POLL
+    } else {
+        RESOLV_CONF_POLL
     }
 }
 
