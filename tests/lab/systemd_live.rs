@@ -704,6 +704,29 @@ impl Container {
         );
     }
 
+    /// A reload with a broken configuration file fails, as `nginx -t` or `sshd -t` make it
+    /// fail, so the admin sees it; the daemon keeps running (process `pid`) and the journal
+    /// names the fault. The file is restored byte for byte afterwards.
+    fn assert_broken_config_refused(&self, pid: &str) {
+        let config = "/etc/p2pdns/p2pdns.toml";
+        let good = self.ok(&["cat", config]);
+        self.ok(&["sh", "-c", "echo '[lab_typo]' >> \"$0\"", config]);
+        let refused = self.run(&["systemctl", "reload", "p2pdns"]);
+        self.ok(&["sh", "-c", "printf %s \"$1\" > \"$0\"", config, &good]);
+        assert!(
+            !refused.status.success(),
+            "`systemctl reload` succeeded with a broken {config}: {}",
+            describe(&refused)
+        );
+        assert_eq!(self.assert_ready("a refused reload"), pid);
+        let journal = self.journal();
+        assert!(
+            journal.contains("lab_typo"),
+            "the journal does not name the broken key:\n{journal}"
+        );
+        self.ok(&["systemctl", "reload", "p2pdns"]);
+    }
+
     /// The addresses `name` has through /etc/resolv.conf's servers, asked once.
     fn through_resolv_conf(&self, name: &str) -> String {
         self.ok(&["getent", "-s", "hosts:dns", "ahostsv4", name])
@@ -767,8 +790,9 @@ impl Container {
             }
             assert!(
                 Instant::now() < deadline,
-                "p2pdns doctor is not all ok: {}",
-                describe(&output)
+                "p2pdns doctor is not all ok: {}\nthe service's log:\n{}",
+                describe(&output),
+                self.journal()
             );
             thread::sleep(POLL);
         }
@@ -951,6 +975,9 @@ fn service_install_split_and_full_under_a_booted_systemd_with_resolved() {
     c.assert_lab_network();
     let before = c.etc_listing();
 
+    port_53_taken(&lab.container);
+    lab.container.assert_etc_as(&before, "failed");
+
     split_mode(&mut lab, &tools);
     lab.container.assert_etc_as(&before, "split");
     eprintln!("split mode done at {:?}", started.elapsed());
@@ -958,6 +985,37 @@ fn service_install_split_and_full_under_a_booted_systemd_with_resolved() {
     full_mode(&mut lab, &tools);
     lab.container.assert_etc_as(&before, "full");
     eprintln!("full mode done at {:?}", started.elapsed());
+}
+
+/// Another server holds 127.0.0.1:53 (as dnsmasq or unbound may): install fails naming that
+/// cause and how to go on, and uninstall takes everything back, leaving no failed unit.
+fn port_53_taken(c: &Container) {
+    // systemd itself binds the port, for a transient socket unit.
+    c.ok(&[
+        "systemd-run",
+        "--unit=lab-squatter",
+        "--socket-property=ListenDatagram=127.0.0.1:53",
+        "/bin/true",
+    ]);
+    let failed = c.run(&[DOWNLOADED_BIN, "service", "install"]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !failed.status.success()
+            && stderr.contains("the p2pdns service did not start: failed to bind DNS UDP socket")
+            && stderr.contains("address already in use")
+            && stderr.contains("p2pdns service uninstall"),
+        "install with port 53 taken must fail naming the cause: {}",
+        describe(&failed)
+    );
+    c.ok(&["systemctl", "stop", "lab-squatter.socket"]);
+    c.ok(&[INSTALLED_BIN, "service", "uninstall"]);
+    let unit = c.unit("LoadState,ActiveState");
+    assert_eq!(
+        (unit["LoadState"].as_str(), unit["ActiveState"].as_str()),
+        ("not-found", "inactive"),
+        "uninstall left a failed p2pdns.service behind:\n{}",
+        c.ok(&["systemctl", "--failed", "--no-pager"])
+    );
 }
 
 /// `service install` (split DNS through resolved) of the downloaded binary, everything a user
@@ -998,6 +1056,8 @@ fn split_mode(lab: &mut Lab, tools: &Tools) {
         journal.contains("reloaded: cache emptied, upstreams re-read"),
         "the daemon did not log its reload:\n{journal}"
     );
+
+    c.assert_broken_config_refused(&pid);
 
     c.ok(&["systemctl", "restart", "p2pdns"]);
     let restarted = c.assert_ready("restart");
