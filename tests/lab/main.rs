@@ -56,5 +56,6 @@ mod process;
 mod service;
 mod stun;
 mod system;
+mod systemd_live;
 mod tunnel;
 mod tunnel_bench;

@@ -183,6 +183,20 @@ pub enum ServiceError {
         #[source]
         source: serde_json::Error,
     },
+    /// The service manager could not start the daemon (`systemctl enable --now` failed): the
+    /// files stay installed, so the cause can be fixed and the service restarted.
+    #[error(
+        "the p2pdns service did not start: {reason}\n(the files are installed: fix that and run \
+         `sudo systemctl restart p2pdns`, or undo the install with `sudo p2pdns service \
+         uninstall`)"
+    )]
+    NotStarted {
+        /// The daemon's own error from the service's log, or where to look for it.
+        reason: String,
+        /// The failed service manager command.
+        #[source]
+        source: Box<ServiceError>,
+    },
     /// A system command (systemctl, launchctl) could not be started.
     #[error("failed to run `{command}`")]
     Spawn {
@@ -239,7 +253,14 @@ pub fn install(options: &Options) -> Result<String, ServiceError> {
     // be undone by uninstall.
     let result = manifest.apply(options, &steps, &mut report);
     manifest.save(options)?;
-    result?;
+    result.map_err(|error| match error {
+        ServiceError::CommandFailed { ref command, .. }
+            if options.live() && *command == systemd::START.join(" ") =>
+        {
+            systemd::not_started(error)
+        }
+        other => other,
+    })?;
     if options.live() {
         verify(&mut report);
     } else {

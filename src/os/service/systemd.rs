@@ -15,8 +15,15 @@ pub(super) const TEMPLATE_BIN: &str = "/usr/bin/p2pdns";
 /// exists tells that resolved runs.
 pub(super) const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
 
+/// Enables and starts the service; install's last word on whether the daemon runs.
+pub(super) const START: &[&str] = &["systemctl", "enable", "--now", "p2pdns.service"];
 /// Stops the service before uninstall removes its unit.
-pub(super) const STOP: &[&[&str]] = &[&["systemctl", "disable", "--now", "p2pdns.service"]];
+pub(super) const STOP: &[&[&str]] = &[
+    &["systemctl", "disable", "--now", "p2pdns.service"],
+    // A unit that failed (port 53 taken at install) stays listed by `systemctl --failed`, and
+    // its start rate limit blocks the next install, until this.
+    &["systemctl", "reset-failed", "p2pdns.service"],
+];
 /// After uninstall: systemd forgets the unit, resolved the routing domain.
 pub(super) const FORGET: &[&[&str]] = &[
     &["systemctl", "daemon-reload"],
@@ -64,12 +71,7 @@ pub(super) fn plan(
         ));
     }
     steps.push(Step::run(&["systemctl", "daemon-reload"]));
-    steps.push(Step::run(&[
-        "systemctl",
-        "enable",
-        "--now",
-        "p2pdns.service",
-    ]));
+    steps.push(Step::run(START));
     if routing_domain {
         steps.push(Step::run(&[
             "systemctl",
@@ -78,6 +80,37 @@ pub(super) fn plan(
         ]));
     }
     Ok(steps)
+}
+
+/// Why the service did not start, for [`ServiceError::NotStarted`]: the daemon's last
+/// `error:` line in the service's log of the last minute (it prints one line naming the fault,
+/// such as port 53 taken), or where to look when there is none.
+pub(super) fn not_started(source: ServiceError) -> ServiceError {
+    let log = std::process::Command::new("journalctl")
+        .args([
+            "--unit",
+            "p2pdns.service",
+            "--since",
+            "-60s",
+            "--output",
+            "cat",
+        ])
+        .arg("--no-pager")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    let reason = log
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("error: "))
+        .map_or_else(
+            || "see `systemctl status p2pdns` and `journalctl -u p2pdns`".to_owned(),
+            str::to_owned,
+        );
+    ServiceError::NotStarted {
+        reason,
+        source: Box::new(source),
+    }
 }
 
 /// The configuration written in split mode: forward what resolved sends besides `.p2p` to
