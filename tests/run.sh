@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the tools the lab tests drive
-# (dig, kdig, nsd, ip, curl, chromium, python3, systemd-analyze, dpkg with cargo-deb), checks
+# (dig, kdig, nsd, ip, curl, chromium, python3, systemd-analyze, debootstrap and
+# systemd-nspawn, dpkg with cargo-deb), checks
 # formatting, lints and docs, runs the unit and integration tests (what plain `cargo test` runs,
 # as any user), then the lab tests (tests/lab: root, network namespaces, packaging).
 #
@@ -8,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(bind9-dnsutils knot-dnsutils nsd iproute2 curl chromium python3 systemd procps binutils nftables stun-client miniupnpd-nftables)
-commands=(dig kdig nsd ip curl chromium python3 systemd-analyze kill strip nft stun miniupnpd)
+packages=(bind9-dnsutils knot-dnsutils nsd iproute2 curl chromium python3 systemd procps binutils nftables stun-client miniupnpd-nftables debootstrap systemd-container)
+commands=(dig kdig nsd ip curl chromium python3 systemd-analyze kill strip nft stun miniupnpd debootstrap systemd-nspawn)
 missing=()
 for i in "${!commands[@]}"; do
     command -v "${commands[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${commands[$i]}" ] || missing+=("${packages[$i]}")
@@ -37,6 +38,9 @@ cargo clippy --locked --all-targets --all-features -- -D warnings
 cargo clippy --locked --test lab -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps
 cargo test --locked
+# The live systemd test (tests/lab/systemd_live.rs) installs the release binary in a booted
+# Debian container (debootstrap's root cached in /var/cache/p2pdns-test, about 2 min to build).
+cargo build --locked --release
 cargo test --locked --test lab
 # The foreign implementation (tests/foreign/README.md: JavaScript on js-libp2p, written from
 # docs/PROTOCOL.md only) checks the protocol vectors and works with the daemon built above.
