@@ -5,8 +5,8 @@
 use std::{error::Error, num::NonZeroU32, time::Duration};
 
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport as _, allow_block_list,
-    autonat, connection_limits,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport as _, autonat,
+    connection_limits,
     core::{muxing::StreamMuxerBox, transport::Boxed, upgrade},
     dcutr, identify,
     identity::Keypair,
@@ -48,9 +48,9 @@ pub enum Role {
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
-    /// Refuses dials to and connections with the peers set aside ([`super::stalls`]): a lookup
-    /// that hears of one fails it at once instead of waiting for a handshake's timeout.
-    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Refuses dials of the peers set aside ([`super::stalls`]): a lookup that hears of one
+    /// fails it at once instead of waiting for a handshake's timeout.
+    pub(crate) dial_guard: super::dial_guard::DialGuard,
     /// Refuses connections past the configured limits (first, so that nothing else sees them).
     pub(crate) limits: connection_limits::Behaviour,
     /// Shares the open incoming connections fairly between addresses (introduction servers
@@ -199,7 +199,7 @@ impl Behaviour {
         let per_ip = intro
             .map(|intro| crate::intro::per_ip::PerIpLimits::new(&intro, config.max_connections));
         Ok(Self {
-            blocked: allow_block_list::Behaviour::default(),
+            dial_guard: super::dial_guard::DialGuard::default(),
             limits: connection_limits::Behaviour::new(limits),
             per_ip: Toggle::from(per_ip),
             kad: kademlia(peer_id, config),

@@ -206,12 +206,16 @@ impl EventLoop {
             connection_id,
             ..
         } = &event
-            && self.stalls.is_set_aside(peer_id)
         {
-            // Refused while set aside: a lookup that hears of it from another peer fails it at
-            // once instead of waiting for its timeout.
-            swarm.close_connection(*connection_id);
-            swarm.behaviour_mut().kad.remove_peer(peer_id);
+            if self.stalls.reached(peer_id) {
+                // Set aside for being unreachable, and here it is (restarted, or moved).
+                swarm.behaviour_mut().dial_guard.allow(peer_id);
+            } else if self.stalls.is_set_aside(peer_id) {
+                // A peer that answers nothing: refused while set aside, so that a lookup that
+                // hears of it from another peer fails it at once instead of waiting.
+                swarm.close_connection(*connection_id);
+                swarm.behaviour_mut().kad.remove_peer(peer_id);
+            }
         }
         self.routing
             .on_event(swarm, &event, &self.connections, &self.stalls);
@@ -258,28 +262,31 @@ impl EventLoop {
                 peer_id: Some(peer),
                 error,
             } if !self.swarm.is_connected(&peer) => {
-                let unreachable = matches!(
-                    error,
-                    DialError::Transport(_)
-                        | DialError::NoAddresses
-                        | DialError::WrongPeerId { .. }
-                );
-                // Only peers of the routing table (reachable from outside by definition): a
-                // peer behind a NAT fails direct dials and is still reached through a relay.
-                let kad = &mut self.swarm.behaviour_mut().kad;
-                let table: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
-                let in_table = kad.kbucket(peer).is_some_and(|bucket| {
-                    bucket
-                        .iter()
-                        .any(|entry| *entry.node.key.preimage() == peer)
-                });
-                if unreachable && in_table {
-                    self.stalls.unreachable(peer, table);
-                    self.apply_stalls();
-                }
+                self.set_aside_if_unreachable(peer, &error);
                 self.dialer.dial_failed(connection_id, peer, error);
             }
             _ => {}
+        }
+    }
+
+    /// A dial of `peer` failed on every address: a peer of the routing table is set aside for
+    /// a while. Only such peers (reachable from outside by definition): a peer behind a NAT
+    /// fails direct dials and is still reached through a relay.
+    fn set_aside_if_unreachable(&mut self, peer: libp2p::PeerId, error: &DialError) {
+        let unreachable = matches!(
+            error,
+            DialError::Transport(_) | DialError::NoAddresses | DialError::WrongPeerId { .. }
+        );
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let table: usize = kad.kbuckets().map(|b| b.num_entries()).sum();
+        let in_table = kad.kbucket(peer).is_some_and(|bucket| {
+            bucket
+                .iter()
+                .any(|entry| *entry.node.key.preimage() == peer)
+        });
+        if unreachable && in_table {
+            self.stalls.unreachable(peer, table);
+            self.apply_stalls();
         }
     }
 
@@ -289,11 +296,11 @@ impl EventLoop {
         for peer in self.stalls.take_new() {
             let behaviour = self.swarm.behaviour_mut();
             behaviour.kad.remove_peer(&peer);
-            behaviour.blocked.block_peer(peer);
+            behaviour.dial_guard.refuse(peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
         for peer in self.stalls.take_expired() {
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            self.swarm.behaviour_mut().dial_guard.allow(&peer);
         }
     }
 

@@ -28,6 +28,7 @@ pub(crate) mod addr;
 pub(crate) mod admission;
 pub(crate) mod behaviour;
 mod connections;
+mod dial_guard;
 mod error;
 mod event_loop;
 pub(crate) mod fair_share;

@@ -9,9 +9,10 @@
 //! any live peer to answer, it was among the first peers asked and was not among those that
 //! answered. A peer of the routing table that cannot be dialed at all (stopped, gone) is set
 //! aside too, for a shorter while: Kademlia keeps it until its bucket needs room, other peers
-//! keep naming it, and every dial waits for a handshake to time out (5 s over QUIC). Set-aside
-//! peers are refused by the swarm's block list. Bootstrap peers are never set aside: they are
-//! the way back into the network.
+//! keep naming it, and every dial waits for a handshake to time out (5 s over QUIC). Dials of a
+//! peer set aside are refused at once ([`super::dial_guard`]); one that could not be dialed
+//! comes back as soon as it connects to this node. Bootstrap peers are never set aside: they
+//! are the way back into the network.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -59,7 +60,8 @@ pub(crate) struct Probe {
 pub(crate) struct Stalls {
     bootstrap: HashSet<PeerId>,
     misses: LruCache<PeerId, u8>,
-    set_aside: HashMap<PeerId, Instant>,
+    /// Until when, and whether for being unreachable (rather than for not answering).
+    set_aside: HashMap<PeerId, (Instant, bool)>,
     /// Set aside since the event loop last acted on it.
     new: Vec<PeerId>,
     /// Back from aside since the event loop last acted on it.
@@ -120,7 +122,7 @@ impl Stalls {
             *count += 1;
             if *count >= MISSES {
                 self.misses.pop(peer);
-                if self.set_aside(*peer, table, SET_ASIDE) {
+                if self.set_aside(*peer, table, SET_ASIDE, false) {
                     info!(%peer, "peer answers no DHT request; set aside for {} s", SET_ASIDE.as_secs());
                 }
             }
@@ -130,14 +132,14 @@ impl Stalls {
     /// A dial of `peer`, a peer of the routing table of `table` peers, failed on every
     /// address: set it aside for [`UNREACHABLE_ASIDE`].
     pub(crate) fn unreachable(&mut self, peer: PeerId, table: usize) {
-        if self.set_aside(peer, table, UNREACHABLE_ASIDE) {
+        if self.set_aside(peer, table, UNREACHABLE_ASIDE, true) {
             debug!(%peer, "peer cannot be dialed; set aside for {} s", UNREACHABLE_ASIDE.as_secs());
         }
     }
 
     /// Sets `peer` aside for `span` unless it is a bootstrap peer, already aside, or too many
     /// are; returns whether it was.
-    fn set_aside(&mut self, peer: PeerId, table: usize, span: Duration) -> bool {
+    fn set_aside(&mut self, peer: PeerId, table: usize, span: Duration, unreachable: bool) -> bool {
         let now = self.sweep();
         if self.bootstrap.contains(&peer)
             || self.set_aside.contains_key(&peer)
@@ -146,7 +148,7 @@ impl Stalls {
         {
             return false;
         }
-        self.set_aside.insert(peer, now + span);
+        self.set_aside.insert(peer, (now + span, unreachable));
         self.new.push(peer);
         true
     }
@@ -162,7 +164,7 @@ impl Stalls {
         let now = Instant::now();
         self.expired.extend(
             self.set_aside
-                .extract_if(|_, until| *until <= now)
+                .extract_if(|_, (until, _)| *until <= now)
                 .map(|(peer, _)| peer),
         );
         now
@@ -172,7 +174,20 @@ impl Stalls {
     pub(crate) fn is_set_aside(&self, peer: &PeerId) -> bool {
         self.set_aside
             .get(peer)
-            .is_some_and(|until| *until > Instant::now())
+            .is_some_and(|(until, _)| *until > Instant::now())
+    }
+
+    /// `peer` connected to this node: if it was set aside for being unreachable, that is over
+    /// (it was restarted, or its address changed); returns whether it was.
+    pub(crate) fn reached(&mut self, peer: &PeerId) -> bool {
+        let unreachable = self
+            .set_aside
+            .get(peer)
+            .is_some_and(|(_, unreachable)| *unreachable);
+        if unreachable {
+            self.set_aside.remove(peer);
+        }
+        unreachable
     }
 
     /// The peers set aside since the last call, for the event loop to drop.
