@@ -140,6 +140,10 @@ pub enum Response {
         /// Peers that answered that read-back.
         #[serde(default)]
         peers_answered: Option<u32>,
+        /// The key name of another key whose record of the name that read-back found:
+        /// storage nodes keep that one, not this node's (docs/PROTOCOL.md section 5 rule 7).
+        #[serde(default)]
+        taken_by: Option<String>,
     },
     /// Answer to [`Request::Unpublish`].
     Unpublished {
@@ -256,6 +260,10 @@ pub struct NameInfo {
     /// When `replicas` was counted: Unix time, seconds.
     #[serde(default)]
     pub counted_at: Option<u64>,
+    /// The key name of another key whose record of the name the last count found: storage
+    /// nodes keep that one, not this node's (docs/PROTOCOL.md section 5 rule 7).
+    #[serde(default)]
+    pub taken_by: Option<String>,
 }
 
 /// A name resolved through the daemon.
