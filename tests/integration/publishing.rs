@@ -257,3 +257,55 @@ async fn a_moved_key_adds_to_the_network_and_its_old_machine_follows() {
     let names = std::fs::read_to_string(back.data_dir.join("names.toml")).unwrap();
     assert!(names.contains(&hex::encode(moved.to_bytes())), "{names}");
 }
+
+/// Finding 5: when two keys publish one human name at once, the one whose record storage
+/// nodes refuse heard "published" and `names` said "held by 0 other node(s)", nothing more.
+/// Now `names` says which key holds it. (Here the other key's record reaches the storage
+/// nodes first, and the publish goes straight to the publisher, past the control server's
+/// look-up that refuses a name taken before it is asked: what a publish of the same second
+/// meets.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_say_which_key_took_a_name() {
+    let daemons = network(3, 3).await;
+    let (owner, others) = (&daemons[0], &daemons[1..]);
+    let name = Name::from_ascii("taken.p2p.").unwrap();
+    let other = libp2p::identity::ed25519::Keypair::generate();
+    let theirs = NameRecord::sign(
+        &other,
+        &name,
+        1,
+        p2pdns::record::unix_now() + 3600,
+        vec![a("taken.p2p.", "192.0.2.66")],
+    )
+    .unwrap();
+    dht(&others[0])
+        .node()
+        .publish(theirs.clone())
+        .await
+        .unwrap();
+    resolve_until(others[1].addr, "taken.p2p.", &["192.0.2.66"]).await;
+    dht(owner)
+        .publish(&name, vec![a("taken.p2p.", "192.0.2.1")])
+        .await
+        .unwrap();
+    let expected = theirs.owner_name().to_ascii();
+    let deadline = tokio::time::Instant::now() + 2 * WAIT;
+    loop {
+        let Response::Names { names } =
+            call(&owner.data_dir, false, &Request::Names).await.unwrap()
+        else {
+            panic!("not an answer to names");
+        };
+        let info = names.iter().find(|n| n.name == "taken.p2p.").unwrap();
+        if info.taken_by.is_some() {
+            assert_eq!(info.taken_by.as_deref(), Some(expected.as_str()));
+            assert_eq!(info.replicas, Some(0), "{info:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "names never said who took the name: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
