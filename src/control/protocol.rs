@@ -22,7 +22,10 @@ pub enum Request {
         #[serde(default)]
         peers: bool,
     },
-    /// Adds records to a name, keeping the ones it has; answered by [`Response::Published`].
+    /// Adds records to a name, keeping the ones it has (RFC 2136 section 3.4.2.2: a record
+    /// present is not added twice, an added record's TTL becomes its RRset's); answered by
+    /// [`Response::Published`]. A new record set beyond the 100 one key may publish is
+    /// refused.
     Publish {
         /// `site`, `site.p2p` or a name below it (`www.site.p2p`); `.p2p` is added when left out.
         name: String,
