@@ -144,7 +144,8 @@ pub struct PublishArgs {
     /// Record data in zone-file syntax, e.g. `192.0.2.1` or `10 mail.site.p2p.` (the words
     /// are joined with spaces; quote TXT strings: '"hello world"').
     pub value: Vec<String>,
-    /// TTL of the record in seconds, at most 86400 [default: 300].
+    /// TTL of the record in seconds, at most 86400 [default: 300]; it becomes the TTL of every
+    /// record of the same name and type (RFC 2136 section 3.4.2.2).
     #[arg(long)]
     pub ttl: Option<u32>,
     /// Publish this zone file (RFC 1035 syntax, names relative to NAME) as the name's records,

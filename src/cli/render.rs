@@ -273,6 +273,7 @@ fn published(out: &mut String, response: &Response) {
         records,
         held_by,
         peers_answered,
+        taken_by,
     } = response
     else {
         return;
@@ -291,7 +292,18 @@ fn published(out: &mut String, response: &Response) {
               `p2pdns names` shows how many nodes hold it)"
             .to_owned(),
     };
-    let _ = writeln!(out, "{held}");
+    let _ = writeln!(out, "{held}{}", taken_note(taken_by.as_deref()));
+}
+
+/// `"; taken by <key name>: ..."` when a count found another key's record of the name, which
+/// storage nodes keep instead of this node's; nothing otherwise.
+fn taken_note(taken_by: Option<&str>) -> String {
+    taken_by.map_or_else(String::new, |owner| {
+        format!(
+            "; taken by {owner}: storage nodes keep that key's record of the name, not this \
+             node's (choose another name, or wait until that record expires)"
+        )
+    })
 }
 
 fn names(out: &mut String, names: &[NameInfo]) {
@@ -315,10 +327,11 @@ fn names(out: &mut String, names: &[NameInfo]) {
         };
         let _ = writeln!(
             out,
-            "{}  seq {}  expires {}  {held}",
+            "{}  seq {}  expires {}  {held}{}",
             n.name,
             n.seq,
             expiry(n.expires),
+            taken_note(n.taken_by.as_deref()),
         );
         indented(out, &n.records);
     }

@@ -22,7 +22,10 @@ pub enum Request {
         #[serde(default)]
         peers: bool,
     },
-    /// Adds records to a name, keeping the ones it has; answered by [`Response::Published`].
+    /// Adds records to a name, keeping the ones it has (RFC 2136 section 3.4.2.2: a record
+    /// present is not added twice, an added record's TTL becomes its RRset's); answered by
+    /// [`Response::Published`]. A new record set beyond the 100 one key may publish is
+    /// refused.
     Publish {
         /// `site`, `site.p2p` or a name below it (`www.site.p2p`); `.p2p` is added when left out.
         name: String,
@@ -140,6 +143,10 @@ pub enum Response {
         /// Peers that answered that read-back.
         #[serde(default)]
         peers_answered: Option<u32>,
+        /// The key name of another key whose record of the name that read-back found:
+        /// storage nodes keep that one, not this node's (docs/PROTOCOL.md section 5 rule 7).
+        #[serde(default)]
+        taken_by: Option<String>,
     },
     /// Answer to [`Request::Unpublish`].
     Unpublished {
@@ -256,6 +263,10 @@ pub struct NameInfo {
     /// When `replicas` was counted: Unix time, seconds.
     #[serde(default)]
     pub counted_at: Option<u64>,
+    /// The key name of another key whose record of the name the last count found: storage
+    /// nodes keep that one, not this node's (docs/PROTOCOL.md section 5 rule 7).
+    #[serde(default)]
+    pub taken_by: Option<String>,
 }
 
 /// A name resolved through the daemon.

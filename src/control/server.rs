@@ -27,7 +27,8 @@ use super::protocol::{NameInfo, P2pStatus, PinInfo, Request, Resolution, Respons
 use crate::{
     dns::forwarder::Forwarder,
     naming::{
-        Dht, Naming, ZoneError, parse_record, parse_zone, presentation, publisher::PublishError,
+        Dht, Naming, ZoneError, parse_record, parse_zone, presentation,
+        publisher::{PublishError, ReplicaCount},
     },
     nat::connect::{ConnectError, connect_direct},
     record::{self, NameRecord},
@@ -374,21 +375,14 @@ fn record_set_of(name: &str) -> Result<(Name, Name), RequestError> {
 
 async fn publish(dht: &Arc<Dht>, name: &str, lines: Vec<String>) -> Result<Response, RequestError> {
     let (set, owner) = record_set_of(name)?;
-    let mut records: Vec<hickory_proto::rr::Record> = dht
-        .own_names()
-        .into_iter()
-        .find(|r| r.name == set)
-        .map(|r| r.records.clone())
-        .unwrap_or_default();
+    let mut records = Vec::new();
     for line in &lines {
-        for record in parse_record(&owner, line, DEFAULT_TTL)? {
-            if !records.contains(&record) {
-                records.push(record);
-            }
-        }
+        records.extend(parse_record(&owner, line, DEFAULT_TTL)?);
     }
     refuse_taken(dht, &set).await?;
-    let record = dht.publish(&set, records).await?;
+    // Added to what the name holds by the publisher, under its lock: publishes at once to
+    // one name all count (they were lost when the records were read and merged here).
+    let record = dht.add(&set, records).await?;
     Ok(published(dht, &record))
 }
 
@@ -414,7 +408,14 @@ fn published(dht: &Dht, record: &NameRecord) -> Response {
         records: record.records.iter().map(presentation).collect(),
         held_by: count.map(|c| c.holders),
         peers_answered: count.map(|c| c.answered),
+        taken_by: taken_by(count),
     }
+}
+
+/// The key name of the other key a count found holding the name, if it found one.
+fn taken_by(count: Option<ReplicaCount>) -> Option<String> {
+    let owner = count?.taken_by?;
+    Some(record::key_name(&owner).to_ascii())
 }
 
 /// Refuses to publish a human name whose record the network holds from another key: storage
@@ -446,6 +447,7 @@ fn names(dht: &Arc<Dht>) -> Vec<NameInfo> {
                 records: record.records.iter().map(presentation).collect(),
                 replicas: count.map(|c| c.holders),
                 counted_at: count.map(|c| c.counted_at),
+                taken_by: taken_by(count),
             }
         })
         .collect();

@@ -228,6 +228,20 @@ impl Dht {
         self.publisher.publish(name, records).await
     }
 
+    /// Adds `records` to those of `name` ([`Publisher::add`], RFC 2136 section 3.4.2.2),
+    /// saves and publishes them; adds made at once all count.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the records are invalid, cannot be saved or the node refuses them.
+    pub async fn add(
+        &self,
+        name: &Name,
+        records: Vec<Record>,
+    ) -> Result<Arc<NameRecord>, PublishError> {
+        let records = self.with_service_records(name, records);
+        self.publisher.add(name, records).await
+    }
+
     /// `records` with the SRV records of this node's services under `set` in place of those
     /// of its own services it held: what the record says about tunnels always matches what
     /// this node serves (docs/PROTOCOL.md section 9.1).

@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -18,19 +18,21 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 pub use super::pushes::ReplicaCount;
-use super::pushes::{PUT_SPACING, PUTS_IN_FLIGHT, PushQueue, put_and_count};
+use super::pushes::{PUT_SPACING, PUTS_IN_FLIGHT, PushQueue, ReadBack, put_and_count};
 use crate::{
     p2p::{NodeError, NodeHandle},
     record::{self, ContentError, NameRecord, RecordError, key_of_name, unix_now},
     state::{LoadError, SaveError},
 };
 
+mod merge;
+mod names;
 mod names_file;
 
-use names_file::OwnNames;
+use names::{Change, Edit, Learned, Names};
 
 /// Lifetime of the records this node signs.
 const RECORD_LIFETIME: Duration = Duration::from_secs(2 * 24 * 3600);
@@ -56,6 +58,11 @@ const LEARN_WAIT: Duration = Duration::from_secs(2);
 /// are pushed again after [`PUSH_AGAIN_SOON`] rather than [`REPUBLISH_EVERY`].
 const WANTED_HOLDERS: usize = 3;
 const PUSH_AGAIN_SOON: Duration = Duration::from_secs(60);
+/// The most names one key publishes: what storage nodes keep of one owner key by default
+/// (`p2p.max_records_per_owner`, docs/PROTOCOL.md section 5 rule 10 and section 8.2). A name
+/// beyond it would be dropped by every storage node without a word; more names are served as
+/// names under fewer record sets (`www.site.p2p.` lives in the record of `site.p2p.`).
+pub const MAX_NAMES_PER_KEY: usize = 100;
 
 /// Errors when publishing.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +100,19 @@ pub enum PublishError {
     /// The daemon is shutting down: the change was not made.
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// A new name while this key publishes [`MAX_NAMES_PER_KEY`] names already: storage
+    /// nodes would drop its record (docs/PROTOCOL.md section 5 rule 10). Nothing changed.
+    #[error(
+        "{name} not published: this key publishes {limit} names already, the most storage nodes \
+         keep for one key (docs/PROTOCOL.md section 5 rule 10); publish it as a name under one \
+         of them (www.site.p2p lives in the record of site.p2p), or unpublish one first"
+    )]
+    TooManyNames {
+        /// The name refused.
+        name: String,
+        /// [`MAX_NAMES_PER_KEY`].
+        limit: usize,
+    },
 }
 
 /// The owner of this node's names.
@@ -109,36 +129,10 @@ pub struct Publisher {
     writing: tokio::sync::Mutex<()>,
     /// Names waiting for their paced PUT ([`Publisher::run`] takes them).
     queue: PushQueue,
-}
-
-/// This node's names and `names.toml`, whose only writer this is. What the map holds is always
-/// on disk: a change is written (and synced) first and applied to the map after.
-struct Names {
-    keypair: ed25519::Keypair,
-    path: PathBuf,
-    /// Read by every `.p2p` query: held for map operations only, never across a file write.
-    own: Mutex<OwnNames>,
-    /// Why the file could not be read at start, if it could not: then no save may replace it.
-    unloaded: Option<Arc<LoadError>>,
-    /// One change at a time, held from reading the map to applying the change: each write
-    /// holds every change acknowledged before it.
-    changing: Mutex<()>,
-}
-
-/// A change to the names.
-enum Change {
-    /// Sign `records` under `name` (already checked). With `if_seq`, only if the name still
-    /// holds the record of that sequence number (republishing must not bring back a name
-    /// unpublished meanwhile).
-    Sign {
-        name: Name,
-        records: Vec<Record>,
-        if_seq: Option<u64>,
-        /// The lowest sequence number to sign with: above what the network holds.
-        min_seq: u64,
-    },
-    /// Stop publishing a name.
-    Remove(LowerName),
+    /// The sequence number of each name's record that the user published in this run and
+    /// whose read-back has not been seen yet: a newer record of this key found then is
+    /// signed above (the user's wish is the newest); found at any other time, it is adopted.
+    user_signed: Mutex<BTreeMap<LowerName, u64>>,
 }
 
 impl Publisher {
@@ -154,6 +148,7 @@ impl Publisher {
             count_asked: Notify::new(),
             writing: tokio::sync::Mutex::new(()),
             queue: PushQueue::default(),
+            user_signed: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -192,67 +187,99 @@ impl Publisher {
         self.names.lock().values().cloned().collect()
     }
 
-    /// Signs `records` under `name` with this node's key, saves them and queues them for the
-    /// DHT, then waits up to 10 s for the push and its count ([`Publisher::replicas`] gives
-    /// it). Exact duplicates are dropped first ([`record::tidy`]). The sequence number rises
-    /// with the clock and, for a name this node did not hold, goes above what the network
-    /// holds from this key (another machine, lost files). When this returns `Ok`, the record
-    /// is on disk (synced) and survives a crash.
+    /// Signs `records` under `name` with this node's key in place of the records it held,
+    /// saves them and queues them for the DHT, then waits up to 10 s for the push and its
+    /// count ([`Publisher::replicas`] gives it). Exact duplicates are dropped first
+    /// ([`record::tidy`]). The sequence number rises with the clock and, for a name this node
+    /// did not hold, goes above what the network holds from this key (another machine, lost
+    /// files). When this returns `Ok`, the record is on disk (synced) and survives a crash.
     ///
     /// # Errors
     /// [`PublishError`]: an invalid name or record, records an authoritative server would not
-    /// load together, another key's key name, a failed save (then nothing changed), or the
-    /// node not taking the record.
+    /// load together, another key's key name, a new name beyond [`MAX_NAMES_PER_KEY`], a
+    /// failed save (then nothing changed), or the node not taking the record.
     pub async fn publish(
         &self,
         name: &Name,
         records: Vec<Record>,
     ) -> Result<Arc<NameRecord>, PublishError> {
-        let records = record::tidy(records)?;
-        let min_seq = self.learn(name).await;
-        let signed = self.sign_and_push(name, records, None, min_seq).await?;
-        let mut counts = self.replicas.subscribe();
+        self.publish_edit(name, Edit::Replace(record::tidy(records)?))
+            .await
+    }
+
+    /// Adds `records` to those `name` holds, as [`Publisher::publish`] publishes them: an RR
+    /// present already is not added twice, and an added RR's TTL becomes its whole RRset's
+    /// (RFC 2136 section 3.4.2.2). Adds made at once all count (the merge is made under the
+    /// names' lock). A name this node holds no record of is added to the network's newest
+    /// record of this key (the key moved here from another machine). Adding nothing new
+    /// re-signs nothing.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`]; the records together must pass [`record::tidy`].
+    pub async fn add(
+        &self,
+        name: &Name,
+        records: Vec<Record>,
+    ) -> Result<Arc<NameRecord>, PublishError> {
+        self.publish_edit(name, Edit::Add(record::tidy(records)?))
+            .await
+    }
+
+    async fn publish_edit(&self, name: &Name, edit: Edit) -> Result<Arc<NameRecord>, PublishError> {
+        let learned = self.learn(name).await;
+        let signed = self.sign_and_push(name, edit, None, learned).await?;
         let key = LowerName::new(&signed.name);
+        let mut counts = self.replicas.subscribe();
         let pushed = counts.wait_for(|c| c.get(&key).is_some_and(|c| c.seq >= signed.seq));
         let _ = tokio::time::timeout(PUBLISH_WAIT, pushed).await;
         Ok(signed)
     }
 
-    /// The lowest sequence number a first publish of `name` here may use: one above the
-    /// highest of this node's key that the network holds (docs/PROTOCOL.md section 3), or 0
-    /// when this node holds the name already or nothing is found within [`LEARN_WAIT`].
-    async fn learn(&self, name: &Name) -> u64 {
+    /// What a first publish of `name` here builds on: the network's newest record of this
+    /// key, to sign above (docs/PROTOCOL.md section 3) and to add to; nothing when this node
+    /// holds the name already or nothing is found within [`LEARN_WAIT`].
+    async fn learn(&self, name: &Name) -> Learned {
         if self.names.lock().contains_key(&LowerName::new(name)) {
-            return 0;
+            return Learned::default();
         }
+        let Some(found) = self.network_newest(name).await else {
+            return Learned::default();
+        };
+        info!(name = %name, seq = found.seq, "the network holds this name from this key already; signing above it");
+        Learned {
+            min_seq: found.seq.saturating_add(1),
+            base: Some(found.records),
+        }
+    }
+
+    /// The newest record of `name` signed by this node's key that the network holds, looked
+    /// up within [`LEARN_WAIT`].
+    async fn network_newest(&self, name: &Name) -> Option<NameRecord> {
         let own = self.names.keypair.public().to_bytes();
         let lookup = self
             .node
             .lookup_within(name.to_lowercase(), usize::MAX, LEARN_WAIT);
-        let Ok(Ok(found)) = tokio::time::timeout(LEARN_WAIT * 2, lookup).await else {
-            return 0;
-        };
-        let highest = found
+        let found = tokio::time::timeout(LEARN_WAIT * 2, lookup)
+            .await
+            .ok()?
+            .ok()?;
+        found
             .records
-            .iter()
-            .filter(|(_, r)| r.owner == own)
-            .map(|(_, r)| r.seq)
-            .max();
-        highest.map_or(0, |seq| {
-            info!(name = %name, seq, "the network holds this name from this key already; signing above it");
-            seq.saturating_add(1)
-        })
+            .into_iter()
+            .map(|(_, record)| record)
+            .filter(|r| r.owner == own)
+            .max_by_key(|r| r.seq)
     }
 
-    /// Signs, saves and pushes `records` as they are: a record signed before the rules of
-    /// [`record::tidy`] existed is re-signed unchanged rather than dropped (resolvers answer
-    /// it by docs/PROTOCOL.md section 10.2).
+    /// Signs, saves and pushes the records `edit` makes; replaced records as they are: a
+    /// record signed before the rules of [`record::tidy`] existed is re-signed unchanged
+    /// rather than dropped (resolvers answer it by docs/PROTOCOL.md section 10.2).
     async fn sign_and_push(
         &self,
         name: &Name,
-        records: Vec<Record>,
+        edit: Edit,
         if_seq: Option<u64>,
-        min_seq: u64,
+        learned: Learned,
     ) -> Result<Arc<NameRecord>, PublishError> {
         let name = name.to_lowercase();
         record::check_name(&name)?;
@@ -266,28 +293,36 @@ impl Publisher {
         }
         let change = Change::Sign {
             name: name.clone(),
-            records,
+            edit,
             if_seq,
-            min_seq,
+            learned,
         };
-        // Signing and the synced write block: off the runtime's threads.
+        let Some(signed) = self.apply(change).await? else {
+            return Err(PublishError::Withdrawn(name.to_ascii()));
+        };
+        if if_seq.is_none() {
+            // Before it is queued: its read-back must know it.
+            lock(&self.user_signed).insert(LowerName::new(&name), signed.seq);
+        }
+        self.queue.push(LowerName::new(&name));
+        info!(name = %name, seq = signed.seq, queued = self.queue.len(), "signed; queued for the DHT");
+        Ok(signed)
+    }
+
+    /// Makes `change` ([`Names::apply`]) off the runtime's threads: signing and the synced
+    /// write block.
+    async fn apply(&self, change: Change) -> Result<Option<Arc<NameRecord>>, PublishError> {
         let names = self.names.clone();
         let writing = self.writing.lock().await;
         let applied = tokio::task::spawn_blocking(move || names.apply(change)).await;
         drop(writing);
-        let signed = match applied {
-            Ok(result) => result?,
+        match applied {
+            Ok(result) => result,
             Err(error) => match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
-                Err(_) => return Err(PublishError::ShuttingDown),
+                Err(_) => Err(PublishError::ShuttingDown),
             },
-        };
-        let Some(signed) = signed else {
-            return Err(PublishError::Withdrawn(name.to_ascii()));
-        };
-        self.queue.push(LowerName::new(&name));
-        info!(name = %name, seq = signed.seq, queued = self.queue.len(), "signed; queued for the DHT");
-        Ok(signed)
+        }
     }
 
     /// Stops publishing `name`; replicas expire on their own. Returns whether it was published.
@@ -296,30 +331,50 @@ impl Publisher {
     /// # Errors
     /// [`PublishError::Save`] when the names file cannot be written (the name stays).
     pub fn unpublish(&self, name: &Name) -> Result<bool, PublishError> {
-        let removed = self.names.apply(Change::Remove(LowerName::new(name)))?;
+        let key = LowerName::new(name);
+        let removed = self.names.apply(Change::Remove(key.clone()))?;
+        lock(&self.user_signed).remove(&key);
         Ok(removed.is_some())
     }
 
     /// Re-signs and pushes every own name whose record is past half its lifetime (or all of
-    /// them, with `all`). Returns how many were pushed.
+    /// them, with `all`). Returns how many were pushed. A name of which the network holds a
+    /// newer record of this key (another machine with the key published it since this node
+    /// last did) takes that record instead of re-signing its stale content over it, and is
+    /// re-signed only if that record is due too.
     pub async fn republish(&self, all: bool) -> usize {
         let now = unix_now();
         let lifetime = RECORD_LIFETIME.as_secs();
         // Also re-signed: a record expiring later than a new one would, signed under a clock
         // running ahead, which resolvers may refuse as too long-lived.
-        let due: Vec<Arc<NameRecord>> = self
-            .names()
-            .into_iter()
-            .filter(|r| {
-                let left = r.expires.saturating_sub(now);
-                all || left < lifetime / 2 || left > lifetime
+        let is_due = |r: &NameRecord| {
+            let left = r.expires.saturating_sub(now);
+            all || left < lifetime / 2 || left > lifetime
+        };
+        let due = self.names().into_iter().filter(|r| is_due(r));
+        let looked_up: Vec<(Arc<NameRecord>, Option<NameRecord>)> = futures_util::stream::iter(due)
+            .map(|record| async move {
+                let newest = self.network_newest(&record.name).await;
+                (record, newest)
             })
-            .collect();
+            .buffer_unordered(REPLICA_COUNT_LOOKUPS)
+            .collect()
+            .await;
         let mut pushed = 0;
-        for record in due {
-            let records = record.records.clone();
+        for (mut record, newest) in looked_up {
+            if let Some(newer) = newest.filter(|n| n.seq > record.seq) {
+                let Some(adopted) = self.adopt(newer).await else {
+                    continue;
+                };
+                record = adopted;
+                if !is_due(&record) {
+                    pushed += 1;
+                    continue;
+                }
+            }
+            let records = Edit::Replace(record.records.clone());
             match self
-                .sign_and_push(&record.name, records, Some(record.seq), 0)
+                .sign_and_push(&record.name, records, Some(record.seq), Learned::default())
                 .await
             {
                 Ok(_) => pushed += 1,
@@ -420,8 +475,8 @@ impl Publisher {
 
     /// Puts `record`, counts its holders, and acts on what the count found.
     async fn push(&self, record: &NameRecord) {
-        let count = match put_and_count(&self.node, record).await {
-            Ok(count) => count,
+        let (count, newest) = match put_and_count(&self.node, record).await {
+            Ok(ReadBack { count, newest }) => (count, newest),
             Err(error) => {
                 debug!(name = %record.name, %error, "pushing a name to the DHT failed; pushed again later");
                 return;
@@ -441,23 +496,59 @@ impl Publisher {
                 "another key holds this name: storage nodes keep its record, not this node's, until it expires"
             );
         }
-        if let Some(newer) = count.newer {
-            warn!(
-                name = %record.name,
-                seq = record.seq,
-                newer,
-                "the network holds a newer record of this name from this key (another machine, or a clock ahead); signing above it"
-            );
-            let resigned = self
-                .sign_and_push(
-                    &record.name,
-                    record.records.clone(),
-                    Some(record.seq),
-                    newer + 1,
-                )
-                .await;
-            if let Err(error) = resigned {
-                warn!(name = %record.name, "re-signing failed: {}", crate::error::one_line(&error));
+        let by_user = {
+            let mut user_signed = lock(&self.user_signed);
+            let by_user = user_signed.get(&name) == Some(&record.seq);
+            if by_user {
+                user_signed.remove(&name);
+            }
+            by_user
+        };
+        let Some(newest) = newest else {
+            return;
+        };
+        if !by_user {
+            self.adopt(newest).await;
+            return;
+        }
+        warn!(
+            name = %record.name,
+            seq = record.seq,
+            newer = newest.seq,
+            "the network holds a newer record of this name from this key (another machine, or a clock ahead) than the one just published; signing above it"
+        );
+        let learned = Learned {
+            min_seq: newest.seq.saturating_add(1),
+            base: None,
+        };
+        let edit = Edit::Replace(record.records.clone());
+        let resigned = self
+            .sign_and_push(&record.name, edit, Some(record.seq), learned)
+            .await;
+        if let Err(error) = resigned {
+            warn!(name = %record.name, "re-signing failed: {}", crate::error::one_line(&error));
+        }
+    }
+
+    /// Takes `newer`, a record of this key signed on another machine, as the local copy of
+    /// its name (saved), when it is newer than the one held: the key moved, and the last
+    /// machine to publish wins rather than the one that republishes. Returns it when taken.
+    async fn adopt(&self, newer: NameRecord) -> Option<Arc<NameRecord>> {
+        let (name, seq) = (newer.name.clone(), newer.seq);
+        match self.apply(Change::Adopt(Arc::new(newer))).await {
+            Ok(Some(adopted)) => {
+                warn!(
+                    name = %name,
+                    seq,
+                    "the network holds a newer record of this name from this key, published by another machine with it; taking it as this node's copy"
+                );
+                self.queue.push(LowerName::new(&name));
+                Some(adopted)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                warn!(name = %name, "taking the network's newer record failed: {}", crate::error::one_line(&error));
+                None
             }
         }
     }
@@ -521,84 +612,19 @@ impl Publisher {
     }
 }
 
+/// Locks `mutex`, whose every update is one map operation: a panic leaves nothing half-done.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Raises again the panic of a push task (a bug); a cancelled one ended with the daemon.
 fn raise_panic(ended: Result<(), tokio::task::JoinError>) {
     if let Err(error) = ended
         && let Ok(panic) = error.try_into_panic()
     {
         std::panic::resume_unwind(panic);
-    }
-}
-
-impl Names {
-    fn load(keypair: ed25519::Keypair, data_dir: &Path) -> Self {
-        let path = data_dir.join(NAMES_FILE);
-        let (own, unloaded) = match names_file::load(&path, &keypair.public().to_bytes()) {
-            Ok(own) => (own, None),
-            Err(error) => {
-                error!(
-                    "{}; publishing is off until it is fixed and the daemon restarted",
-                    crate::error::one_line(&error)
-                );
-                (OwnNames::new(), Some(Arc::new(error)))
-            }
-        };
-        Self {
-            keypair,
-            path,
-            own: Mutex::new(own),
-            unloaded,
-            changing: Mutex::new(()),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, OwnNames> {
-        // Every update is one map operation: a panic leaves nothing half-done.
-        self.own.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Makes `change`: on disk (synced) first, then in the map. Returns the record signed or
-    /// removed; `None` when there was nothing to remove, or the name to re-sign changed.
-    /// Blocks on the disk.
-    fn apply(&self, change: Change) -> Result<Option<Arc<NameRecord>>, PublishError> {
-        let _changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(error) = &self.unloaded {
-            return Err(PublishError::Unloaded(error.clone()));
-        }
-        let mut next = self.lock().clone();
-        let done = match change {
-            Change::Sign {
-                name,
-                records,
-                if_seq,
-                min_seq,
-            } => {
-                let key = LowerName::new(&name);
-                let held = next.get(&key).map(|r| r.seq);
-                if if_seq.is_some() && held != if_seq {
-                    return Ok(None);
-                }
-                let seq = (held.unwrap_or(0) + 1).max(unix_now()).max(min_seq);
-                let expires = unix_now() + RECORD_LIFETIME.as_secs();
-                let signed = NameRecord::sign(&self.keypair, &name, seq, expires, records)?;
-                signed.verify(unix_now())?;
-                let signed = Arc::new(signed);
-                next.insert(key, signed.clone());
-                signed
-            }
-            Change::Remove(name) => match next.remove(&name) {
-                Some(removed) => removed,
-                None => return Ok(None),
-            },
-        };
-        self.save(&next)?;
-        *self.lock() = next;
-        Ok(Some(done))
-    }
-
-    /// Writes `names` (synced).
-    fn save(&self, names: &OwnNames) -> Result<(), SaveError> {
-        names_file::save(&self.path, names)
     }
 }
 

@@ -78,20 +78,34 @@ impl ReplicaCount {
     }
 }
 
+/// What reading a record back after its PUT found.
+#[derive(Debug)]
+pub struct ReadBack {
+    /// The holders.
+    pub count: ReplicaCount,
+    /// The newest record of the same owner above the one put that another node returned (the
+    /// one whose `seq` is [`ReplicaCount::newer`]).
+    pub newest: Option<NameRecord>,
+}
+
 /// Puts `record` into the DHT, waits for the PUT query to end, then reads the record back for
 /// at most [`READ_BACK`].
 ///
 /// # Errors
 /// [`NodeError`] when the node refuses the record or is gone, or has no lookup slot free.
-pub async fn put_and_count(
-    node: &NodeHandle,
-    record: &NameRecord,
-) -> Result<ReplicaCount, NodeError> {
+pub async fn put_and_count(node: &NodeHandle, record: &NameRecord) -> Result<ReadBack, NodeError> {
     node.publish(record.clone()).await?;
     let replicas = node
         .lookup_within(record.name.clone(), usize::MAX, READ_BACK)
         .await?;
-    Ok(ReplicaCount::of(record, &replicas))
+    let count = ReplicaCount::of(record, &replicas);
+    let newest = replicas
+        .records
+        .into_iter()
+        .filter(|(peer, r)| peer.is_some() && r.owner == record.owner && r.seq > record.seq)
+        .map(|(_, r)| r)
+        .max_by_key(|r| r.seq);
+    Ok(ReadBack { count, newest })
 }
 
 /// The names waiting for their PUT, each once, in order.

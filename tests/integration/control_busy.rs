@@ -10,8 +10,16 @@
 //! duration: the answers come while the idle clients are still connected (the daemon drops
 //! them only after its 10 s request timeout), and `names` lists every name acknowledged before
 //! it was asked.
+//!
+//! One key publishes at most 100 record sets (`MAX_NAMES_PER_KEY`, what storage nodes keep of
+//! one key): the 150 names of each round are names under 50 record sets (`w7.first7.p2p.`),
+//! three added to each at once, and every one of those adds must count.
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::Duration,
+};
 
 use p2pdns::control::{Request, Response, call, call_within};
 use tokio::{net::UnixStream, sync::mpsc, task::JoinSet};
@@ -23,6 +31,8 @@ use crate::{
 
 /// Publishes started at once, in each of the two rounds.
 const PUBLISHES: usize = 150;
+/// Record sets the names of one round are added to (`PUBLISHES / RECORD_SETS` each).
+const RECORD_SETS: usize = 50;
 /// Lookups of absent names in flight (more than the 16 places there were).
 const LOOKUPS: usize = 20;
 /// Clients that connect and never send a request (as many as there were places).
@@ -44,27 +54,29 @@ async fn publish(dir: &Path, name: &str) -> Result<(), String> {
     }
 }
 
-/// The names `names` lists.
-async fn names(dir: &Path) -> BTreeSet<String> {
+/// The record sets `names` lists, with their records.
+async fn names(dir: &Path) -> BTreeMap<String, Vec<String>> {
     match call(dir, false, &Request::Names).await.unwrap() {
-        Response::Names { names } => names.into_iter().map(|n| n.name).collect(),
+        Response::Names { names } => names.into_iter().map(|n| (n.name, n.records)).collect(),
         other => panic!("{other:?}"),
     }
 }
 
-/// Starts one publish per name, each reporting its acknowledged name on `acknowledged`.
+/// Starts the publishes of a round, `w{i}.{round}{i % RECORD_SETS}`, each reporting its
+/// acknowledged name on `acknowledged`.
 fn start_publishes(
     tasks: &mut JoinSet<Result<(), String>>,
     dir: &Path,
-    names: impl Iterator<Item = String>,
+    round: &str,
     acknowledged: &mpsc::Sender<String>,
 ) {
-    for name in names {
+    for i in 0..PUBLISHES {
         let dir = dir.to_owned();
         let acknowledged = acknowledged.clone();
+        let set = format!("{round}{}", i % RECORD_SETS);
         tasks.spawn(async move {
-            publish(&dir, &name).await?;
-            let _ = acknowledged.try_send(format!("{name}.p2p."));
+            publish(&dir, &format!("w{i}.{set}")).await?;
+            let _ = acknowledged.try_send(format!("{set}.p2p."));
             Ok(())
         });
     }
@@ -99,14 +111,13 @@ async fn names_answers_while_publishes_and_lookups_are_in_flight() {
     // Room for every acknowledgement of both rounds: no send ever waits.
     let (acknowledged, mut acks) = mpsc::channel(2 * PUBLISHES);
     let mut publishes = JoinSet::new();
-    let first: Vec<String> = (0..PUBLISHES).map(|i| format!("first{i}")).collect();
-    start_publishes(&mut publishes, &dir, first.into_iter(), &acknowledged);
+    start_publishes(&mut publishes, &dir, "first", &acknowledged);
     all_acknowledged(publishes).await;
     let mut held = BTreeSet::new();
     while let Ok(name) = acks.try_recv() {
         held.insert(name);
     }
-    assert_eq!(held.len(), PUBLISHES);
+    assert_eq!(held.len(), RECORD_SETS);
 
     // Round 2: idle clients, lookups that wait on the stalled peer, 150 more publishes.
     let mut idle = Vec::new();
@@ -125,14 +136,13 @@ async fn names_answers_while_publishes_and_lookups_are_in_flight() {
         });
     }
     let mut publishes = JoinSet::new();
-    let second = (0..PUBLISHES).map(|i| format!("second{i}"));
-    start_publishes(&mut publishes, &dir, second, &acknowledged);
+    start_publishes(&mut publishes, &dir, "second", &acknowledged);
 
     // Asked now, while all of that is in flight: every name acknowledged so far is listed.
     while let Ok(name) = acks.try_recv() {
         held.insert(name);
     }
-    let listed = names(&dir).await;
+    let listed: BTreeSet<String> = names(&dir).await.into_keys().collect();
     let missing: Vec<&String> = held.difference(&listed).collect();
     assert!(missing.is_empty(), "acknowledged, not listed: {missing:?}");
     let status = call(&dir, false, &Request::Status { peers: true }).await;
@@ -146,9 +156,14 @@ async fn names_answers_while_publishes_and_lookups_are_in_flight() {
         "names, status and pins answered only after the idle clients' request timeout"
     );
 
-    // Once every publish is acknowledged, `names` lists all 300.
+    // Once every publish is acknowledged, `names` lists all 100 record sets, each with the
+    // three names added to it at once.
     all_acknowledged(publishes).await;
-    assert_eq!(names(&dir).await.len(), 2 * PUBLISHES);
+    let listed = names(&dir).await;
+    assert_eq!(listed.len(), 2 * RECORD_SETS);
+    for (set, records) in &listed {
+        assert_eq!(records.len(), PUBLISHES / RECORD_SETS, "{set}: {records:?}");
+    }
     lookups.abort_all();
     drop(idle);
     daemon.stop().await.unwrap();

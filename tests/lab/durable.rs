@@ -75,13 +75,14 @@ impl Node {
         run_bounded(command, WAIT)
     }
 
-    /// The names the daemon publishes, from `p2pdns names`.
+    /// The names the daemon publishes records at, from `p2pdns names`: the owner names of
+    /// the record lines (indented) under each record set.
     fn names(&self) -> BTreeSet<String> {
         let output = self.cli(&["names"]);
         assert!(output.status.success(), "{}", describe(&output));
         String::from_utf8_lossy(&output.stdout)
             .lines()
-            .filter(|line| !line.starts_with(' '))
+            .filter(|line| line.starts_with(' '))
             .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
             .collect()
     }
@@ -136,7 +137,8 @@ fn acknowledged_publishes_survive_kill_9() {
         );
         let publishes: Vec<_> = (0..AT_ONCE)
             .map(|i| {
-                let name = format!("r{round}-n{i}");
+                // Names under 16 record sets: one key publishes at most 100 of them.
+                let name = format!("r{round}.n{i}");
                 let mut command = node.command();
                 command.args(["publish", &name, "A", &format!("192.0.2.{}", i + 1)]);
                 (name, std::thread::spawn(move || run_bounded(command, WAIT)))

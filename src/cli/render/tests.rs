@@ -16,6 +16,7 @@ fn names_say_when_their_replicas_were_counted() {
         records: vec!["site.p2p. 300 IN A 192.0.2.1".into()],
         replicas,
         counted_at,
+        taken_by: None,
     };
     let text = render(&Response::Names {
         names: vec![info(Some(1), Some(now - 300)), info(None, None)],
@@ -29,6 +30,49 @@ fn names_say_when_their_replicas_were_counted() {
     assert!(lines[1].ends_with(later), "{text}");
     // Every line that is not a record line starts with a name.
     assert!(lines.iter().all(|l| l.starts_with("site.p2p. ")), "{text}");
+}
+
+/// A name another key holds says so, by key name, in `names` and `publish` (before, only the
+/// logs did, and `names` showed "held by 0 other node(s)").
+#[test]
+fn a_name_taken_by_another_key_says_by_which() {
+    let now = crate::record::unix_now();
+    let owner = "k51qzi5uqu5dexample.p2p.";
+    let text = render(&Response::Names {
+        names: vec![NameInfo {
+            name: "site.p2p.".into(),
+            seq: 7,
+            expires: now + 3600,
+            records: vec!["site.p2p. 300 IN A 192.0.2.1".into()],
+            replicas: Some(0),
+            counted_at: Some(now),
+            taken_by: Some(owner.into()),
+        }],
+    });
+    let first = text.lines().next().unwrap();
+    assert!(first.starts_with("site.p2p. "), "{text}");
+    assert!(first.contains("held by 0 other node(s)"), "{text}");
+    assert!(first.contains(&format!("taken by {owner}")), "{text}");
+    let text = render(&Response::Published {
+        name: "site.p2p.".into(),
+        seq: 7,
+        expires: now + 3600,
+        records: vec!["site.p2p. 300 IN A 192.0.2.1".into()],
+        held_by: Some(0),
+        peers_answered: Some(3),
+        taken_by: Some(owner.into()),
+    });
+    assert!(text.contains(&format!("taken by {owner}")), "{text}");
+    let untaken = render(&Response::Published {
+        name: "site.p2p.".into(),
+        seq: 7,
+        expires: now + 3600,
+        records: Vec::new(),
+        held_by: Some(2),
+        peers_answered: Some(3),
+        taken_by: None,
+    });
+    assert!(!untaken.contains("taken by"), "{untaken}");
 }
 
 /// The lines the NAT lab and the system tests look for.
