@@ -73,6 +73,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError
                 .ok()
                 .and_then(|k| k.try_into_ed25519().ok())
                 .ok_or_else(|| IdentityError::Invalid { path: path.clone() })?;
+            warn_if_exposed(data_dir, &path);
             Ok(keypair)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -89,10 +90,58 @@ pub fn load_or_create(data_dir: &Path) -> Result<ed25519::Keypair, IdentityError
     }
 }
 
+/// Warns when others may read the key or write the data directory: whoever reads the key
+/// can publish as this node, and whoever writes the directory can replace its files. The
+/// daemon makes both private (0600, 0700); a copy or an operator may have loosened them.
+fn warn_if_exposed(data_dir: &Path, key: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).map(|m| m.permissions().mode()).ok();
+        if let Some(mode) = mode(key)
+            && mode & 0o077 != 0
+        {
+            tracing::warn!(path = %key.display(), mode = format!("{:o}", mode & 0o777), "the identity key can be read by other users, who could publish as this node; chmod 600 it");
+        }
+        // The sticky bit (as on /tmp) keeps others from replacing files they do not own.
+        if let Some(mode) = mode(data_dir)
+            && mode & 0o002 != 0
+            && mode & 0o1000 == 0
+        {
+            tracing::warn!(path = %data_dir.display(), mode = format!("{:o}", mode & 0o7777), "the data directory can be written by every user, who could replace its files; chmod 700 it");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (data_dir, key);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+
+    /// A key others may read and a directory everyone may write are each warned about once
+    /// per start; private ones are not.
+    #[test]
+    fn an_exposed_key_or_data_directory_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("p2pdns-id-{}", rand::random::<u64>()));
+        load_or_create(&dir).unwrap();
+        let logs = crate::dns::server::log_limit::LogLines::count();
+        load_or_create(&dir).unwrap();
+        assert_eq!(logs.lines(), 0, "private: no warning");
+        let chmod = |path: &Path, mode| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        chmod(&dir.join(KEY_FILE), 0o644);
+        chmod(&dir, 0o777);
+        load_or_create(&dir).unwrap();
+        assert_eq!(logs.lines(), 2, "the key and the directory");
+        chmod(&dir, 0o1777);
+        load_or_create(&dir).unwrap();
+        assert_eq!(logs.lines(), 3, "sticky directory: the key only");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn key_is_created_once_and_reused() {
