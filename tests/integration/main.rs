@@ -18,6 +18,9 @@
 //!   publisher's checks, the DNS-rebinding screen and the SERVFAIL reasons.
 //! - [`dht_fairness`]: the DHT's capacity shared fairly: real names answered while one client
 //!   floods the daemon with made-up names and a peer never answers (issue 15, kind 2).
+//! - [`forward_fairness`]: forwarded names shared fairly: one client holds at most its share
+//!   of `dns.max_inflight`, and other clients' names are answered during its flood of made-up
+//!   names under a slow upstream.
 //! - [`bounded_maps`]: what peers and clients grow stays bounded: pins, a peer's addresses
 //!   (issue 15, kind 3).
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
@@ -85,6 +88,7 @@ mod control_busy;
 mod dht_fairness;
 mod dns;
 mod durable;
+mod forward_fairness;
 mod fuzz_found;
 mod intro_flood;
 mod local_records;
