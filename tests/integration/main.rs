@@ -45,6 +45,8 @@
 //! - [`tcp_limits`]: hostile TCP clients (issue 15, kind 1): connections capped per client
 //!   and in total, oldest idle closed first; pipelining without reading is not read past
 //!   `dns.tcp_max_pending`; UDP and forwarding go on while TCP is full.
+//! - [`tcp_unread`]: TCP clients that send queries and never read: the kernel holds little for
+//!   each connection, and the daemon closes them after `dns.tcp_idle_timeout_secs`.
 //! - [`server_sockets`]: the daemon's own sockets: on a wildcard listen address UDP replies
 //!   leave from the address asked; during the shutdown new queries are turned away at once
 //!   (REFUSED over UDP, refused connections over TCP) while those in flight are answered.
@@ -102,6 +104,8 @@ mod server_sockets;
 mod special_names;
 mod support;
 mod tcp_limits;
+#[cfg(target_os = "linux")]
+mod tcp_unread;
 mod tunnel;
 mod upstream_faults;
 mod upstream_tries;
