@@ -106,9 +106,11 @@ pub struct DnsConfig {
     pub open_resolver: bool,
     /// Queries waiting on an upstream or on a DHT lookup at once, together; more that would
     /// wait get SERVFAIL at once (or a stale answer). Cached and local answers never wait.
+    /// Clients share them fairly (an IPv4 address, an IPv6 /64): one alone may hold half of
+    /// those waiting on upstreams, and with n clients waiting each may hold 1/(n+1).
     pub max_inflight: usize,
     /// Idle TCP connections are closed after this many seconds, and so is one whose client
-    /// takes none of its answers for as long.
+    /// takes none of its answers for as long (counted from when its receive window closed).
     pub tcp_idle_timeout_secs: u64,
     /// TCP connections open at once, from every client together; at the cap a new one closes
     /// the oldest idle connection, or is closed itself when none is idle (RFC 7766 section

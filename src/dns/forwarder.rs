@@ -2,6 +2,13 @@
 //! in-flight questions, hedged tries of the upstreams, fastest first (see
 //! [`UpstreamSet::ask`]), UDP with TCP retry on truncation, and serve-stale when every
 //! upstream fails.
+//!
+//! A query that must wait on the upstreams holds one of the permits of `dns.max_inflight`
+//! (which `.p2p` lookups share) and a share of them for its client, by the rule that shares
+//! DHT lookups (`naming::shares`): one client may hold half when alone, and less as more
+//! clients wait, so a client flooding the daemon with made-up names (a "random subdomain"
+//! attack) cannot take every permit and leave the others with SERVFAIL. Cached answers never
+//! wait for either.
 
 use std::{
     collections::HashMap,
@@ -15,7 +22,7 @@ use hickory_proto::{
     rr::{LowerName, Name},
 };
 use tokio::{
-    sync::{Semaphore, oneshot},
+    sync::{Semaphore, SemaphorePermit, oneshot},
     time::Instant,
 };
 use tracing::debug;
@@ -26,7 +33,10 @@ use super::{
     scrub,
     upstream::{AskError, TryPlan, UpstreamSet},
 };
-use crate::config::{CacheConfig, UpstreamConfig};
+use crate::{
+    config::{CacheConfig, UpstreamConfig},
+    naming::{Requester, Share, Shares},
+};
 
 /// Entries with shorter TTLs are not prefetched: they expire too fast to matter.
 const PREFETCH_MIN_TTL: u32 = 10;
@@ -120,6 +130,8 @@ pub struct Forwarder {
     cache: Cache,
     inflight: Mutex<HashMap<CacheKey, Vec<oneshot::Sender<Outcome>>>>,
     permits: Arc<Semaphore>,
+    /// The part of `permits` each client may hold.
+    shares: Arc<Shares>,
     upstream_config: UpstreamConfig,
     cache_config: CacheConfig,
 }
@@ -127,7 +139,8 @@ pub struct Forwarder {
 impl Forwarder {
     /// A forwarder asking `upstreams`, with an empty cache. A client query that waits on
     /// upstreams holds one of `waiting`'s permits, which `.p2p` lookups share
-    /// (`dns.max_inflight`); with none left it is answered at once (stale, or SERVFAIL).
+    /// (`dns.max_inflight`, all of whose permits must be free now), and its client's share of
+    /// them; with none left it is answered at once (stale, or SERVFAIL).
     pub fn new(
         upstreams: Arc<UpstreamSet>,
         upstream_config: UpstreamConfig,
@@ -138,6 +151,7 @@ impl Forwarder {
             upstreams,
             cache: Cache::new(&cache_config),
             inflight: Mutex::new(HashMap::new()),
+            shares: Shares::new(waiting.available_permits()),
             permits: waiting,
             upstream_config,
             cache_config,
@@ -167,8 +181,10 @@ impl Forwarder {
         self.upstreams.detect_loop(qname)
     }
 
-    /// Answers `key` from the cache or the upstreams.
-    pub async fn resolve(self: &Arc<Self>, key: CacheKey) -> Outcome {
+    /// Answers `key` for `client` from the cache or the upstreams; when the answer must be
+    /// waited for and `client` holds its share of the permits already, or none is left, at
+    /// once (stale, or [`ForwardError::Overloaded`]).
+    pub async fn resolve(self: &Arc<Self>, key: CacheKey, client: Requester) -> Outcome {
         let stale = match self.cache.get(&key, Instant::now()) {
             Lookup::Fresh(hit) => {
                 if needs_prefetch(&hit) {
@@ -179,7 +195,7 @@ impl Forwarder {
             Lookup::Stale(hit) => Some(hit),
             Lookup::Miss => None,
         };
-        let Ok(_permit) = self.permits.try_acquire() else {
+        let Some(_held) = self.admit(client) else {
             return stale.map_or(Outcome::Failed(ForwardError::Overloaded), Outcome::stale);
         };
         let Some(rx) = self.join_or_start(key) else {
@@ -193,6 +209,13 @@ impl Forwarder {
             },
             None => rx.await.unwrap_or(Outcome::Failed(ForwardError::Timeout)),
         }
+    }
+
+    /// A share of the permits for `client` and a permit, if both are free.
+    fn admit(&self, client: Requester) -> Option<(Share, SemaphorePermit<'_>)> {
+        let share = self.shares.take(client)?;
+        let permit = self.permits.try_acquire().ok()?;
+        Some((share, permit))
     }
 
     /// Refreshes a popular entry shortly before it expires, so its clients never wait on the

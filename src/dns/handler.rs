@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     config::DnsConfig,
-    naming::{AnswerNote, Naming, NamingAnswer, remove_private},
+    naming::{AnswerNote, Naming, NamingAnswer, Requester, remove_private},
 };
 
 /// TTL of the synthesized answer to ANY queries (RFC 8482 section 4.2).
@@ -224,7 +224,8 @@ impl Responder {
             dnssec_ok: dnssec_ok(request),
             checking_disabled: checking_disabled(request),
         };
-        match self.forwarder.resolve(key).await {
+        let client = Requester::dns(request.src().ip());
+        match self.forwarder.resolve(key, client).await {
             Outcome::Answer { answer, age, stale } => {
                 let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
                 let ad_asked = dnssec_ok(request) || request.metadata.authentic_data;
@@ -312,7 +313,8 @@ impl Responder {
             dnssec_ok: dnssec_ok(request),
             checking_disabled: checking_disabled(request),
         };
-        match self.forwarder.resolve(key).await {
+        let client = Requester::dns(request.src().ip());
+        match self.forwarder.resolve(key, client).await {
             Outcome::Answer {
                 answer: tail, age, ..
             } => append_tail(answer, &tail, age),

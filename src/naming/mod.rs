@@ -37,6 +37,7 @@ pub use dht::{Dht, DhtConfig};
 pub use local::{LocalZone, RecordError, ZoneError, parse_record, parse_zone, presentation};
 pub use rebinding::remove_private;
 pub use shares::Requester;
+pub(crate) use shares::{Share, Shares};
 
 use crate::config::NamingConfig;
 

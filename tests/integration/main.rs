@@ -18,6 +18,9 @@
 //!   publisher's checks, the DNS-rebinding screen and the SERVFAIL reasons.
 //! - [`dht_fairness`]: the DHT's capacity shared fairly: real names answered while one client
 //!   floods the daemon with made-up names and a peer never answers (issue 15, kind 2).
+//! - [`forward_fairness`]: forwarded names shared fairly: one client holds at most its share
+//!   of `dns.max_inflight`, and other clients' names are answered during its flood of made-up
+//!   names under a slow upstream.
 //! - [`bounded_maps`]: what peers and clients grow stays bounded: pins, a peer's addresses
 //!   (issue 15, kind 3).
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
@@ -46,6 +49,8 @@
 //! - [`tcp_limits`]: hostile TCP clients (issue 15, kind 1): connections capped per client
 //!   and in total, oldest idle closed first; pipelining without reading is not read past
 //!   `dns.tcp_max_pending`; UDP and forwarding go on while TCP is full.
+//! - [`tcp_unread`]: TCP clients that send queries and never read: the kernel holds little for
+//!   each connection, and the daemon closes them after `dns.tcp_idle_timeout_secs`.
 //! - [`server_sockets`]: the daemon's own sockets: on a wildcard listen address UDP replies
 //!   leave from the address asked; during the shutdown new queries are turned away at once
 //!   (REFUSED over UDP, refused connections over TCP) while those in flight are answered.
@@ -90,6 +95,7 @@ mod dht_fairness;
 mod dns;
 mod durable;
 mod encrypted_upstreams;
+mod forward_fairness;
 mod fuzz_found;
 mod intro_flood;
 mod local_records;
@@ -103,6 +109,8 @@ mod server_sockets;
 mod special_names;
 mod support;
 mod tcp_limits;
+#[cfg(target_os = "linux")]
+mod tcp_unread;
 mod tunnel;
 mod upstream_faults;
 mod upstream_tries;

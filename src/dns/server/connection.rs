@@ -6,7 +6,12 @@
 //! waiting to be written, and a client that sends queries without reading the answers is
 //! simply no longer read (backpressure: its queries wait in the kernel, then in its own
 //! buffers). A connection closes when its client closes it, after `dns.tcp_idle_timeout_secs`
-//! with no query and no answer pending, or when its client takes no answer for as long.
+//! with no query and no answer pending, or when its client takes no answer for as long: from
+//! the moment the kernel holds an answer it cannot send because the client's receive window is
+//! closed (TCP_USER_TIMEOUT, RFC 5482; each connection's kernel buffers are small, so a client
+//! that does not read closes its window after a few answers), or an answer cannot even be handed to the kernel. A connection
+//! closed for taking no answer is reset, so that the kernel drops what it still holds for it
+//! at once.
 
 use std::{
     io,
@@ -19,6 +24,7 @@ use std::{
 };
 
 use hickory_server::net::xfer::Protocol;
+use socket2::SockRef;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{
@@ -94,6 +100,7 @@ pub async fn serve(
 ) {
     // Answers are whole messages written at once: no reason to wait for more to coalesce.
     let _ = stream.set_nodelay(true);
+    take_no_answer_for(&stream, limits.idle_timeout);
     let (read_half, write_half) = stream.into_split();
     let (answers, queue) = mpsc::channel(limits.max_pending);
     let mut queries = JoinSet::new();
@@ -195,10 +202,26 @@ async fn write_answers(
             }
             Err(_) => {
                 debug!("closing a DNS TCP connection whose client takes no answers");
+                // A reset: an orderly close would leave the answers it did not take queued
+                // behind a closed window until the kernel gave up on them.
+                let _ = SockRef::from(half.as_ref()).set_linger(Some(Duration::ZERO));
                 return;
             }
         }
     }
+}
+
+/// Has the kernel end `stream` once an answer has waited `timeout` for the client to open its
+/// receive window (or to acknowledge it), counted from the first answer not taken, not from
+/// when the send buffer is full. Best effort: where the option is missing, the timeout on
+/// handing answers to the kernel remains.
+fn take_no_answer_for(stream: &TcpStream, timeout: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+        debug!(%error, "setting TCP_USER_TIMEOUT on a DNS TCP connection failed");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, timeout);
 }
 
 /// `message` with its two-octet length in front (RFC 1035 section 4.2.2).

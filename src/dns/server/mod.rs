@@ -48,6 +48,12 @@ static LOG_LIMITS: [&LogLimit; 6] = [
 const UDP_RECV_BUFFER: usize = 4 * 1024 * 1024;
 /// Pending TCP connections the kernel queues for us.
 const TCP_BACKLOG: i32 = 1024;
+/// Send and receive buffers of each TCP connection, in bytes (Linux doubles them for its
+/// bookkeeping): room for a few answers written ahead of a client and a burst of pipelined
+/// queries. Left to autotuning, a client that sends queries and never reads the answers made
+/// the kernel hold up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB, per connection; now
+/// `dns.tcp_max_connections` (256) hold about 16 MiB at most.
+const TCP_BUFFER: usize = 16 * 1024;
 /// How often to try again when port 0 gave a UDP port whose TCP twin is taken.
 const PORT_ZERO_TRIES: usize = 16;
 
@@ -183,6 +189,10 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = new_socket(addr, Type::STREAM, Protocol::TCP)?;
     // Lets a restarted daemon bind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    // Set on the listener, which every connection inherits them from, so that the window a
+    // connection announces from its handshake on fits its receive buffer.
+    socket.set_send_buffer_size(TCP_BUFFER)?;
+    socket.set_recv_buffer_size(TCP_BUFFER)?;
     socket.bind(&addr.into())?;
     socket.listen(TCP_BACKLOG)?;
     TcpListener::from_std(socket.into())
