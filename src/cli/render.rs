@@ -379,6 +379,8 @@ fn status(out: &mut String, s: &Status) {
     let _ = writeln!(out, "dns:        {}", joined(&s.dns_addrs));
     let upstreams = if s.upstreams.is_empty() {
         "none (names outside .p2p get SERVFAIL)".to_owned()
+    } else if s.upstream_servers.len() == s.upstreams.len() {
+        s.upstream_servers.join(", ")
     } else {
         joined(&s.upstreams)
     };

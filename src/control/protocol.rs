@@ -225,6 +225,10 @@ pub struct Status {
     pub dns_addrs: Vec<SocketAddr>,
     /// The upstream servers names outside the peer-to-peer TLDs are forwarded to.
     pub upstreams: Vec<SocketAddr>,
+    /// The same servers as configured, in the same order: `tls://...` and `https://...` for
+    /// encrypted ones ([`crate::config::UpstreamServer`]'s form).
+    #[serde(default)]
+    pub upstream_servers: Vec<String>,
     /// Answers in the cache.
     pub cache_entries: usize,
     /// The P2P node's report, when it runs.

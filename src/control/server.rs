@@ -354,6 +354,7 @@ async fn status(context: &Context, with_peers: bool) -> Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         dns_addrs: context.dns_addrs.clone(),
         upstreams: context.forwarder.upstreams(),
+        upstream_servers: context.forwarder.upstream_servers(),
         cache_entries: context.forwarder.cache().usage().0,
         p2p,
         tunnels: context

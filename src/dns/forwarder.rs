@@ -163,6 +163,16 @@ impl Forwarder {
         self.upstreams.addrs()
     }
 
+    /// The upstream servers as configured, in list order (`tls://9.9.9.9:853#dns.quad9.net`
+    /// for an encrypted one, the address for a plain one).
+    pub fn upstream_servers(&self) -> Vec<String> {
+        self.upstreams
+            .servers()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     /// The answer cache, to read its usage or empty it.
     pub fn cache(&self) -> &Cache {
         &self.cache

@@ -254,7 +254,7 @@ impl UpstreamSet {
     }
 
     /// The servers as configured, in list order.
-    fn servers(&self) -> Vec<UpstreamServer> {
+    pub fn servers(&self) -> Vec<UpstreamServer> {
         self.snapshot().iter().map(|u| u.server.clone()).collect()
     }
 

@@ -129,7 +129,18 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
             Some("set upstream.servers in /etc/p2pdns/p2pdns.toml, or fix /etc/resolv.conf"),
         );
     }
-    for &addr in &status.upstreams {
+    for (i, &addr) in status.upstreams.iter().enumerate() {
+        let server = status.upstream_servers.get(i);
+        if let Some(server) = server.filter(|s| s.contains("://")) {
+            // A plain question to a DoT or DoH port says nothing: the daemon's own tries do
+            // (a refused certificate is logged once per spell, with its reason).
+            lines.add(
+                Verdict::Ok,
+                &format!("upstream: {server} (encrypted; not probed here, the daemon's log names any failure)"),
+                None,
+            );
+            continue;
+        }
         match probe(addr, ".", RecordType::NS) {
             Ok(_) => lines.add(Verdict::Ok, &format!("upstream: {addr} answers"), None),
             Err(error) => lines.add(

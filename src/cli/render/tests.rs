@@ -76,6 +76,40 @@ fn a_name_taken_by_another_key_says_by_which() {
 }
 
 /// The lines the NAT lab and the system tests look for.
+/// Encrypted upstreams are shown as configured (`tls://...#name`), not as a bare address that
+/// `doctor` would probe with plain DNS; an older daemon's status without them still renders.
+#[test]
+fn encrypted_upstreams_show_as_configured() {
+    let upstreams = |servers: Vec<String>| {
+        let status = Status {
+            version: "0.1.0".into(),
+            dns_addrs: Vec::new(),
+            upstreams: vec![
+                "9.9.9.9:853".parse().unwrap(),
+                "192.0.2.53:53".parse().unwrap(),
+            ],
+            upstream_servers: servers,
+            cache_entries: 0,
+            p2p: None,
+            tunnels: None,
+        };
+        render(&Response::Status(Box::new(status)))
+    };
+    let configured = vec![
+        "tls://9.9.9.9:853#dns.quad9.net".into(),
+        "192.0.2.53:53".into(),
+    ];
+    assert!(
+        upstreams(configured)
+            .contains("upstreams:  tls://9.9.9.9:853#dns.quad9.net, 192.0.2.53:53\n"),
+        "encrypted upstreams in their configured form"
+    );
+    assert!(
+        upstreams(Vec::new()).contains("upstreams:  9.9.9.9:853, 192.0.2.53:53\n"),
+        "a daemon that sends no configured forms"
+    );
+}
+
 #[test]
 fn status_lines_keep_their_wording() {
     let peer = libp2p::PeerId::random();
@@ -86,6 +120,7 @@ fn status_lines_keep_their_wording() {
         version: "0.1.0".into(),
         dns_addrs: vec!["127.0.0.1:53".parse().unwrap()],
         upstreams: Vec::new(),
+        upstream_servers: Vec::new(),
         cache_entries: 0,
         p2p: Some(P2pStatus {
             key_name: "key.p2p.".into(),
