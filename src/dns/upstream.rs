@@ -212,6 +212,8 @@ fn is_host_address(ip: IpAddr) -> bool {
 /// How often resolv.conf is checked for changes when the upstreams come from it (DHCP and VPN
 /// clients rewrite it when the network changes).
 const RESOLV_CONF_POLL: Duration = Duration::from_secs(2);
+/// How long after a change is seen resolv.conf is read: the rest of a writer's burst.
+const RESOLV_CONF_SETTLE: Duration = Duration::from_millis(100);
 /// How often resolv.conf is read while it is watched ([`watch`]): a safety net only.
 const RESOLV_CONF_WATCHED_POLL: Duration = Duration::from_secs(300);
 /// systemd-resolved's stub listener address, and the file listing the servers behind it.
@@ -479,12 +481,31 @@ impl UpstreamFollower {
         stop: CancellationToken,
     ) -> (UpstreamHandle, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(RELOADS_QUEUED);
-        (UpstreamHandle { reloads: tx }, self.run(rx, stop))
+        // Watched from here, not from the task's first poll: a change made before the task
+        // runs would otherwise go unseen until the safety poll.
+        let (changed_tx, changed) = mpsc::channel(1);
+        let watch = self.watch(&changed_tx);
+        let changes = Changes {
+            watch,
+            tx: changed_tx,
+            rx: changed,
+        };
+        (UpstreamHandle { reloads: tx }, self.run(rx, changes, stop))
     }
 
-    async fn run(mut self, mut reloads: mpsc::Receiver<Reload>, stop: CancellationToken) {
-        let (changed_tx, mut changed) = mpsc::channel(1);
-        let mut watch = self.watch(&changed_tx);
+    async fn run(
+        mut self,
+        mut reloads: mpsc::Receiver<Reload>,
+        changes: Changes,
+        stop: CancellationToken,
+    ) {
+        let Changes {
+            mut watch,
+            tx: changed_tx,
+            rx: mut changed,
+        } = changes;
+        // Whatever changed between the first read and the watch.
+        self.poll();
         let mut next_poll = Instant::now() + poll_every(watch.as_ref());
         let mut recheck = tokio::time::interval(loops::LOOP_RECHECK);
         // Each probe is bounded by its wait; those still out when the follower stops are
@@ -512,6 +533,11 @@ impl UpstreamFollower {
                     next_poll = Instant::now() + poll_every(watch.as_ref());
                 }
                 Some(()) = changed.recv() => {
+                    // A writer truncates, writes and closes: events of one change come in a
+                    // burst, and the first may come before the new text is in. Read once the
+                    // burst is over; an event after the drain wakes the loop again.
+                    tokio::time::sleep(RESOLV_CONF_SETTLE).await;
+                    while changed.try_recv().is_ok() {}
                     self.reread();
                     // The link may point elsewhere now.
                     watch = self.watch(&changed_tx);
@@ -568,6 +594,13 @@ fn poll_every(watch: Option<&watch::ResolvConfWatch>) -> Duration {
     } else {
         RESOLV_CONF_POLL
     }
+}
+
+/// The watch on resolv.conf and the channel its events come on.
+struct Changes {
+    watch: Option<watch::ResolvConfWatch>,
+    tx: mpsc::Sender<()>,
+    rx: mpsc::Receiver<()>,
 }
 
 /// Reloads a running [`UpstreamFollower`].
