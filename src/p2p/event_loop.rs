@@ -151,6 +151,12 @@ impl EventLoop {
                 }
             },
             Command::Dial { addr } => {
+                // Asked for by name: a peer set aside as unreachable is tried again.
+                if let Some(peer) = super::addr::peer_of(&addr)
+                    && self.stalls.forgive(&peer)
+                {
+                    self.swarm.behaviour_mut().dial_guard.allow(&peer);
+                }
                 if let Err(error) = self.swarm.dial(addr.clone()) {
                     warn!(%addr, %error, "cannot dial peer");
                 }

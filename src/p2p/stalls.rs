@@ -42,6 +42,8 @@ pub(crate) const SET_ASIDE: Duration = Duration::from_secs(600);
 /// How long a peer that could not be dialed stays set aside: long enough that lookups stop
 /// waiting for it, short enough that a node restarted at another address is soon asked again.
 pub(crate) const UNREACHABLE_ASIDE: Duration = Duration::from_secs(60);
+/// How long after a first failed dial a second one confirms that a peer is unreachable.
+const UNREACHABLE_CONFIRM: Duration = Duration::from_secs(5);
 /// Peers whose unanswered lookups are counted, at most (the least recent are forgotten first).
 const TRACKED: usize = 1024;
 /// Peers set aside at once, at most; never more than half the routing table either, so that a
@@ -60,6 +62,8 @@ pub(crate) struct Probe {
 pub(crate) struct Stalls {
     bootstrap: HashSet<PeerId>,
     misses: LruCache<PeerId, u8>,
+    /// The first failed dial of peers not reached since, for [`Stalls::unreachable`].
+    dial_failures: LruCache<PeerId, Instant>,
     /// Until when, and whether for being unreachable (rather than for not answering).
     set_aside: HashMap<PeerId, (Instant, bool)>,
     /// Set aside since the event loop last acted on it.
@@ -73,6 +77,7 @@ impl Stalls {
         Self {
             bootstrap: bootstrap.iter().filter_map(peer_of).collect(),
             misses: LruCache::new(NonZeroUsize::new(TRACKED).expect("nonzero constant")),
+            dial_failures: LruCache::new(NonZeroUsize::new(TRACKED).expect("nonzero constant")),
             set_aside: HashMap::new(),
             new: Vec::new(),
             expired: Vec::new(),
@@ -130,11 +135,25 @@ impl Stalls {
     }
 
     /// A dial of `peer`, a peer of the routing table of `table` peers, failed on every
-    /// address: set it aside for [`UNREACHABLE_ASIDE`].
+    /// address. A second such failure at least [`UNREACHABLE_CONFIRM`] after the first, with
+    /// no connection in between, sets it aside for [`UNREACHABLE_ASIDE`]: one dial timing out
+    /// on a loaded machine says little, a peer that stays unreachable fails every lookup.
     pub(crate) fn unreachable(&mut self, peer: PeerId, table: usize) {
+        let now = Instant::now();
+        let first = *self.dial_failures.get_or_insert(peer, || now);
+        if now.duration_since(first) < UNREACHABLE_CONFIRM {
+            return;
+        }
+        self.dial_failures.pop(&peer);
         if self.set_aside(peer, table, UNREACHABLE_ASIDE, true) {
             debug!(%peer, "peer cannot be dialed; set aside for {} s", UNREACHABLE_ASIDE.as_secs());
         }
+    }
+
+    /// `peer` was dialed on purpose (an operator, a bootstrap list): it is tried again.
+    pub(crate) fn forgive(&mut self, peer: &PeerId) -> bool {
+        self.dial_failures.pop(peer);
+        self.reached(peer)
     }
 
     /// Sets `peer` aside for `span` unless it is a bootstrap peer, already aside, or too many
@@ -162,11 +181,14 @@ impl Stalls {
     /// Moves the peers whose time aside is over to `expired`; returns the time it looked at.
     fn sweep(&mut self) -> Instant {
         let now = Instant::now();
-        self.expired.extend(
-            self.set_aside
-                .extract_if(|_, (until, _)| *until <= now)
-                .map(|(peer, _)| peer),
-        );
+        for (peer, (_, unreachable)) in self.set_aside.extract_if(|_, (until, _)| *until <= now) {
+            if unreachable {
+                // Back on probation: its next failed dial sets it aside at once.
+                let confirmed = now.checked_sub(UNREACHABLE_CONFIRM).unwrap_or(now);
+                self.dial_failures.put(peer, confirmed);
+            }
+            self.expired.push(peer);
+        }
         now
     }
 
@@ -180,6 +202,7 @@ impl Stalls {
     /// `peer` connected to this node: if it was set aside for being unreachable, that is over
     /// (it was restarted, or its address changed); returns whether it was.
     pub(crate) fn reached(&mut self, peer: &PeerId) -> bool {
+        self.dial_failures.pop(peer);
         let unreachable = self
             .set_aside
             .get(peer)
@@ -206,6 +229,37 @@ mod tests {
             first: first.to_vec(),
             started: Instant::now() - ran,
         }
+    }
+
+    /// One failed dial sets no peer aside (a dial may time out on a loaded machine); failures
+    /// 5 s apart do, and the peer comes back as soon as it connects or is dialed on purpose.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stays_unreachable_is_set_aside_until_it_connects() {
+        let (gone, boot) = (PeerId::random(), PeerId::random());
+        let bootstrap: Multiaddr = format!("/ip4/192.0.2.1/tcp/4747/p2p/{boot}")
+            .parse()
+            .unwrap();
+        let mut stalls = Stalls::new(&[bootstrap]);
+        stalls.unreachable(gone, 10);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        stalls.unreachable(gone, 10);
+        assert!(!stalls.is_set_aside(&gone), "two failures within a second");
+        tokio::time::advance(UNREACHABLE_CONFIRM).await;
+        stalls.unreachable(gone, 10);
+        assert!(stalls.is_set_aside(&gone));
+        assert_eq!(stalls.take_new(), [gone]);
+        assert!(stalls.reached(&gone), "it connected");
+        assert!(!stalls.is_set_aside(&gone));
+        for _ in 0..3 {
+            stalls.unreachable(boot, 10);
+            tokio::time::advance(UNREACHABLE_CONFIRM).await;
+        }
+        assert!(!stalls.is_set_aside(&boot), "bootstrap peers stay");
+        stalls.unreachable(gone, 10);
+        tokio::time::advance(UNREACHABLE_CONFIRM).await;
+        stalls.unreachable(gone, 10);
+        assert!(stalls.forgive(&gone), "dialed on purpose");
+        assert!(!stalls.is_set_aside(&gone));
     }
 
     #[tokio::test(start_paused = true)]

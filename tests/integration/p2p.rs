@@ -136,29 +136,32 @@ async fn the_owner_keeps_and_republishes_its_names_after_a_restart() {
 /// Kademlia kept the stopped node in every routing table and the other nodes kept naming it,
 /// so every negative lookup waited for its dial (over QUIC, the handshake's 5 s timeout, past
 /// the 2 s lookup budget): a newcomer saw SERVFAIL for every unknown name for 11 minutes. A
-/// peer of the routing table that cannot be dialed is now set aside for a minute (refused at
-/// once), as a peer that answers nothing is.
+/// peer of the routing table that cannot be dialed twice 5 s apart is now set aside for a
+/// minute (its dials refused at once); src/p2p/stalls.rs tests how it comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_does_not_turn_negative_answers_into_failures() {
     let mut daemons = network(5).await;
     let nx = ask(daemons[2].addr, "nothing-here-0.p2p.", RecordType::A).await;
     assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
-    let mut stopped = daemons.pop().unwrap();
-    stopped.keep_dir();
-    let stopped_dir = stopped.data_dir.clone();
-    stopped.stop().await.unwrap();
+    daemons.pop().unwrap().stop().await.unwrap();
     // The lookups right after the stop may wait for it (each at most the 2 s budget) until a
     // dial of it has failed; each node finds that out for itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut asked = 0;
     for daemon in &daemons {
+        let mut in_a_row = 0;
         loop {
             let name = format!("nothing-here-{asked}.p2p.");
             let reply = ask(daemon.addr, &name, RecordType::A).await;
             asked += 1;
             if reply.metadata.response_code == ResponseCode::NXDomain {
-                break;
+                in_a_row += 1;
+                if in_a_row == 3 {
+                    break;
+                }
+                continue;
             }
+            in_a_row = 0;
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{} for {name} a minute after the stop",
@@ -178,30 +181,6 @@ async fn a_stopped_node_does_not_turn_negative_answers_into_failures() {
         }
     }
 
-    // Started again (same key, a new port): the nodes that set it aside let it in at once,
-    // and dial it again once it has connected.
-    let bootstrap = daemons[0].p2p_addrs.clone();
-    let restarted = TestDaemon::start_in(p2p_config(&bootstrap), stopped_dir).await;
-    let node = restarted.dht.as_ref().unwrap();
-    // Its publish puts the record to every node, the one that set it aside included.
-    node.publish(
-        &Name::from_ascii("back.p2p.").unwrap(),
-        vec![a("back.p2p.", "192.0.2.88")],
-    )
-    .await
-    .unwrap();
-    let asker = daemons[2].dht.as_ref().unwrap().node();
-    let back = node.node().peer_id();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while asker.connections(back).await.unwrap().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the node that set it aside never let it in"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    resolve_until(daemons[2].addr, "back.p2p.", &["192.0.2.88"]).await;
-    restarted.stop().await.unwrap();
     for daemon in daemons {
         daemon.stop().await.unwrap();
     }
