@@ -152,10 +152,9 @@ impl EventLoop {
             },
             Command::Dial { addr } => {
                 // Asked for by name: a peer set aside as unreachable is tried again.
-                if let Some(peer) = super::addr::peer_of(&addr)
-                    && self.stalls.forgive(&peer)
-                {
-                    self.swarm.behaviour_mut().dial_guard.allow(&peer);
+                if let Some(peer) = super::addr::peer_of(&addr) {
+                    self.stalls.forgive(&peer);
+                    self.apply_stalls();
                 }
                 if let Err(error) = self.swarm.dial(addr.clone()) {
                     warn!(%addr, %error, "cannot dial peer");
@@ -206,23 +205,23 @@ impl EventLoop {
             info!(%address, "P2P listening");
         }
         self.connections.on_event(&event);
-        let swarm = &mut self.swarm;
         if let SwarmEvent::ConnectionEstablished {
             peer_id,
             connection_id,
             ..
         } = &event
         {
-            if self.stalls.reached(peer_id) {
-                // Set aside for being unreachable, and here it is (restarted, or moved).
-                swarm.behaviour_mut().dial_guard.allow(peer_id);
-            } else if self.stalls.is_set_aside(peer_id) {
+            // Set aside for being unreachable, and here it is (restarted, or moved): let back.
+            self.stalls.reached(peer_id);
+            self.apply_stalls();
+            if self.stalls.is_set_aside(peer_id) {
                 // A peer that answers nothing: refused while set aside, so that a lookup that
                 // hears of it from another peer fails it at once instead of waiting.
-                swarm.close_connection(*connection_id);
-                swarm.behaviour_mut().kad.remove_peer(peer_id);
+                self.swarm.close_connection(*connection_id);
+                self.swarm.behaviour_mut().kad.remove_peer(peer_id);
             }
         }
+        let swarm = &mut self.swarm;
         self.routing
             .on_event(swarm, &event, &self.connections, &self.stalls);
         self.nat.on_event(swarm, &event);

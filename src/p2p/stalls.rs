@@ -172,7 +172,8 @@ impl Stalls {
         true
     }
 
-    /// The peers whose time aside is over, for the event loop to let in again.
+    /// The peers back from aside (their time over, or reached since), for the event loop to
+    /// let in again: the one place the dial guard learns of it.
     pub(crate) fn take_expired(&mut self) -> Vec<PeerId> {
         self.sweep();
         std::mem::take(&mut self.expired)
@@ -209,6 +210,7 @@ impl Stalls {
             .is_some_and(|(_, unreachable)| *unreachable);
         if unreachable {
             self.set_aside.remove(peer);
+            self.expired.push(*peer);
         }
         unreachable
     }
