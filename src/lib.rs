@@ -56,6 +56,7 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod intro;
+pub mod log_limit;
 pub mod naming;
 pub mod nat;
 pub mod os;

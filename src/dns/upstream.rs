@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::{UpstreamAddr, UpstreamConfig, UpstreamServer},
-    dns::server::log_limit::{self, LogLimit},
+    log_limit::{self, LogLimit},
 };
 
 /// One upstream server and what we have learned about it. Shared by all queries; updated

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    dns::server::log_limit::LogLimit,
+    log_limit::LogLimit,
     record::{NameRecord, key_of_name, unix_now},
     state::{read_toml, write_toml},
 };
@@ -324,7 +324,7 @@ mod tests {
     /// pins go before any unexpired one, on the way in and from a saved file.
     #[test]
     fn the_store_is_bounded_and_keeps_the_pins_that_matter() {
-        let logs = crate::dns::server::log_limit::LogLines::count();
+        let logs = crate::log_limit::LogLines::count();
         let dir = temp_dir();
         let owner = ed25519::Keypair::generate();
         let now = unix_now();
@@ -340,7 +340,7 @@ mod tests {
         let all = pins.all();
         assert_eq!(all.len(), 100);
         // 1,337 pins dropped, each a client's doing: logged at the rate of any such line.
-        let bound = usize::try_from(crate::dns::server::log_limit::BURST).unwrap() + 1;
+        let bound = usize::try_from(crate::log_limit::BURST).unwrap() + 1;
         assert!(logs.lines() <= bound, "{} log lines", logs.lines());
         for i in 0..10 {
             assert!(all.contains_key(&name(i).to_ascii()), "used pins are kept");

@@ -127,7 +127,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("p2pdns-id-{}", rand::random::<u64>()));
         load_or_create(&dir).unwrap();
-        let logs = crate::dns::server::log_limit::LogLines::count();
+        let logs = crate::log_limit::LogLines::count();
         load_or_create(&dir).unwrap();
         assert_eq!(logs.lines(), 0, "private: no warning");
         let chmod = |path: &Path, mode| {

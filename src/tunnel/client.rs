@@ -37,7 +37,7 @@ use super::{
     wire::{self, Counters, SpliceError, Status, TunnelReply, TunnelRequest, WireError},
 };
 use crate::{
-    dns::server::log_limit::LogLimit,
+    log_limit::LogLimit,
     nat::connect::connect_direct_settling,
     p2p::{ConnectionPath, NodeError, NodeHandle},
 };

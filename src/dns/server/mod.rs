@@ -1,7 +1,7 @@
 //! The DNS server: it binds the UDP and TCP sockets of `dns.listen`, then serves them with
 //! loops of its own ([`udp`], [`tcp`] and its [`connection`]s), where every resource a client
 //! can take is bounded (issue 15): TCP connections in total and per client, answers queued per
-//! connection, datagrams being answered, and the log lines a client can cause ([`log_limit`]).
+//! connection, datagrams being answered, and the log lines a client can cause ([`crate::log_limit`]).
 //! Each message goes to the [`Handler`] as hickory's `Request` ([`message`]); hickory's own
 //! server loops are not used, as they offer no hook for these bounds.
 
@@ -23,12 +23,15 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use self::{log_limit::LogLimit, tcp::TcpLimits};
+use self::tcp::TcpLimits;
 use super::handler::Handler;
-use crate::config::DnsConfig;
+use crate::{
+    config::DnsConfig,
+    log_limit::{self, LogLimit},
+};
 
 pub mod connection;
-pub mod log_limit;
+
 pub mod message;
 pub mod pktinfo;
 pub mod tcp;

@@ -25,10 +25,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{
-    connection::{self, Activity},
-    log_limit::LogLimit,
-};
+use super::connection::{self, Activity};
+use crate::log_limit::LogLimit;
 use crate::{
     config::DnsConfig,
     dns::{exchange::is_local_shortage, handler::Handler},

@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{
-    log_limit::LogLimit,
     message,
     pktinfo::{self, Destination},
 };
 use crate::dns::{exchange::is_local_shortage, handler::Handler};
+use crate::log_limit::LogLimit;
 
 /// Datagrams being answered at once, per UDP socket.
 pub const MAX_ANSWERING: usize = 4096;

@@ -2,7 +2,7 @@
 //! flood of failing queries makes.
 
 use super::*;
-use crate::dns::server::log_limit::LogLines;
+use crate::log_limit::LogLines;
 
 #[test]
 fn resolv_conf_nameservers() {
