@@ -5,7 +5,10 @@
 use std::{
     mem,
     num::NonZeroUsize,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -182,6 +185,26 @@ pub struct Hit {
     pub age: u32,
     /// How long the entry is fresh in all, in seconds.
     pub ttl: u32,
+    /// When the entry was stored: `age` counts from it.
+    pub stored: Instant,
+    /// The cache's [`Cache::generation`] at the look-up.
+    pub generation: u64,
+}
+
+/// How a reply made from one fresh cache hit may be sent again as bytes by
+/// [`super::memo::AnswerMemo`]: its TTLs were written `age` seconds after `stored` and count
+/// down from there; it holds until `until` (before the entry's end or its prefetch) while the
+/// cache stays at `generation`.
+#[derive(Debug, Clone, Copy)]
+pub struct Reuse {
+    /// When the cache entry the reply was made from was stored.
+    pub stored: Instant,
+    /// Whole seconds from `stored` to when the reply's TTLs were counted down.
+    pub age: u32,
+    /// When the reply stops holding.
+    pub until: Instant,
+    /// [`Cache::generation`] when the entry was read.
+    pub generation: u64,
 }
 
 /// Result of a cache look-up.
@@ -212,6 +235,8 @@ pub struct Cache {
     inner: Mutex<Inner>,
     max_bytes: usize,
     keep_stale: Duration,
+    /// Bumped by [`Cache::clear`], so that what was made from the entries dropped is known.
+    generation: AtomicU64,
 }
 
 impl Cache {
@@ -237,6 +262,7 @@ impl Cache {
                 config.max_bytes
             },
             keep_stale,
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -260,6 +286,8 @@ impl Cache {
             answer: entry.answer.clone(),
             age: u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX),
             ttl: entry.ttl,
+            stored: entry.stored,
+            generation: self.generation(),
         };
         let ttl = Duration::from_secs(entry.ttl.into());
         if elapsed < ttl {
@@ -308,11 +336,18 @@ impl Cache {
         (inner.lru.len(), inner.bytes)
     }
 
-    /// Drops every entry, fresh or stale (on reload, SIGHUP).
+    /// Drops every entry, fresh or stale (on reload, SIGHUP), and starts a new generation.
     pub fn clear(&self) {
         let mut inner = self.lock();
         inner.lru.clear();
         inner.bytes = 0;
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times the cache was emptied: what was made from its entries before then no
+    /// longer holds.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 }
 

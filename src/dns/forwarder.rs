@@ -28,7 +28,7 @@ use tokio::{
 use tracing::debug;
 
 use super::{
-    cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup},
+    cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup, Reuse},
     exchange::Exchanged,
     scrub,
     upstream::{AskError, TryPlan, UpstreamSet},
@@ -99,6 +99,8 @@ pub enum Outcome {
         age: u32,
         /// The answer is past its TTL and served because refreshing it failed or is slow.
         stale: bool,
+        /// A fresh cache hit not due for prefetch: how a reply made from it may be reused.
+        reuse: Option<Reuse>,
     },
     /// No answer: the upstreams failed (or the forwarder was full) and the cache held none,
     /// not even a stale one.
@@ -106,11 +108,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn fresh(hit: Hit) -> Self {
+    /// A fresh hit; `reuse` says whether a reply made from it may be sent again as bytes.
+    fn fresh(hit: Hit, reuse: bool) -> Self {
+        let reuse = reuse.then(|| Reuse {
+            stored: hit.stored,
+            age: hit.age,
+            until: hit.stored + Duration::from_secs(prefetch_age(hit.ttl).into()),
+            generation: hit.generation,
+        });
         Self::Answer {
             answer: hit.answer,
             age: hit.age,
             stale: false,
+            reuse,
         }
     }
 
@@ -119,6 +129,7 @@ impl Outcome {
             answer: hit.answer,
             age: hit.age,
             stale: true,
+            reuse: None,
         }
     }
 }
@@ -197,10 +208,11 @@ impl Forwarder {
     pub async fn resolve(self: &Arc<Self>, key: CacheKey, client: Requester) -> Outcome {
         let stale = match self.cache.get(&key, Instant::now()) {
             Lookup::Fresh(hit) => {
-                if needs_prefetch(&hit) {
+                let prefetch = needs_prefetch(&hit);
+                if prefetch {
                     self.prefetch(key);
                 }
-                return Outcome::fresh(hit);
+                return Outcome::fresh(hit, !prefetch);
             }
             Lookup::Stale(hit) => Some(hit),
             Lookup::Miss => None,
@@ -281,12 +293,13 @@ impl Forwarder {
                     answer,
                     age: 0,
                     stale: false,
+                    reuse: None,
                 }
             }
             Err(error) => {
                 debug!(name = %key.name, qtype = %key.qtype, %error, "upstream query failed");
                 match self.cache.get(&key, Instant::now()) {
-                    Lookup::Fresh(hit) => Outcome::fresh(hit),
+                    Lookup::Fresh(hit) => Outcome::fresh(hit, false),
                     Lookup::Stale(hit) => Outcome::stale(hit),
                     Lookup::Miss => Outcome::Failed(error),
                 }
@@ -336,5 +349,15 @@ impl Forwarder {
 
 /// Is a cache hit in the last tenth of its TTL (and the TTL long enough to be worth it)?
 fn needs_prefetch(hit: &Hit) -> bool {
-    hit.ttl >= PREFETCH_MIN_TTL && hit.age >= hit.ttl - hit.ttl / 10
+    hit.age >= prefetch_age(hit.ttl)
+}
+
+/// The age in seconds from which an entry fresh for `ttl` seconds in all is prefetched (its
+/// last tenth); `ttl` itself, when it expires, if too short to be prefetched.
+fn prefetch_age(ttl: u32) -> u32 {
+    if ttl >= PREFETCH_MIN_TTL {
+        ttl - ttl / 10
+    } else {
+        ttl
+    }
 }

@@ -21,11 +21,13 @@ use hickory_server::{
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
 };
 use ipnet::IpNet;
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
-    cache::{CacheKey, CachedAnswer},
+    cache::{CacheKey, CachedAnswer, Reuse},
     forwarder::{Forwarder, Outcome},
+    memo::AnswerMemo,
     response::{self, Ede, Reply},
     special::SpecialUse,
 };
@@ -57,6 +59,8 @@ struct Responder {
     chaos: Option<Chaos>,
     /// Queries being answered right now, so shutdown can let them finish.
     in_flight: Arc<AtomicUsize>,
+    /// Encoded replies to plain UDP queries answered from the cache, sent again as bytes.
+    memo: AnswerMemo,
 }
 
 /// Answers for CHAOS-class TXT queries.
@@ -80,7 +84,36 @@ impl Handler {
                 identity: hostname(),
             }),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            memo: AnswerMemo::default(),
         }))
+    }
+
+    /// Writes into `out` the reply to the UDP query `query` from `client` if the memo holds
+    /// one ([`super::memo`]: the query is byte for byte one answered before from a cache entry
+    /// still fresh); returns whether it did. Everything else takes [`Handler::answer`].
+    pub fn answer_from_memo(&self, query: &[u8], client: IpAddr, out: &mut Vec<u8>) -> bool {
+        let responder = &self.0;
+        let generation = responder.forwarder.cache().generation();
+        responder.allowed(client)
+            && responder
+                .memo
+                .answer(query, Instant::now(), generation, out)
+    }
+
+    /// Remembers `reply`, the encoding of the reply to the UDP query `query` that
+    /// [`Handler::answer`] said may be reused as `reuse`.
+    pub fn remember(&self, query: &[u8], reply: &[u8], reuse: Reuse) {
+        self.0.memo.remember(query, reply, reuse);
+    }
+
+    /// Answers `request` through `response_handle`, as [`RequestHandler::handle_request`]
+    /// does; also says how the reply's encoding may be sent again, if it may.
+    pub async fn answer<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> (ResponseInfo, Option<Reuse>) {
+        self.0.respond(request, response_handle).await
     }
 
     /// Counts the queries being answered.
@@ -96,7 +129,7 @@ impl RequestHandler for Handler {
         request: &Request,
         response_handle: R,
     ) -> ResponseInfo {
-        self.0.respond(request, response_handle).await
+        self.0.respond(request, response_handle).await.0
     }
 }
 
@@ -226,10 +259,15 @@ impl Responder {
         };
         let client = Requester::dns(request.src().ip());
         match self.forwarder.resolve(key, client).await {
-            Outcome::Answer { answer, age, stale } => {
+            Outcome::Answer {
+                answer,
+                age,
+                stale,
+                reuse,
+            } => {
                 let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
                 let ad_asked = dnssec_ok(request) || request.metadata.authentic_data;
-                Reply::forwarded(&answer, age, stale_ttl, qname, ad_asked)
+                Reply::forwarded(&answer, age, stale_ttl, qname, ad_asked).reusable(reuse)
             }
             Outcome::Failed(error) => {
                 debug!(name = %qname, %qtype, %error, "answering SERVFAIL");
@@ -346,15 +384,17 @@ impl Responder {
         reply
     }
 
-    /// Answers `request` through `response_handle`.
+    /// Answers `request` through `response_handle`; says how the reply may be reused.
     async fn respond<R: ResponseHandler>(
         &self,
         request: &Request,
         response_handle: R,
-    ) -> ResponseInfo {
+    ) -> (ResponseInfo, Option<Reuse>) {
         let _counted = InFlight::enter(&self.in_flight);
         let reply = self.reply(request).await;
-        response::send(request, reply, response_handle, self.udp_payload).await
+        let reuse = reply.reuse();
+        let info = response::send(request, reply, response_handle, self.udp_payload).await;
+        (info, reuse)
     }
 }
 

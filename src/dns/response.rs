@@ -16,7 +16,10 @@ use hickory_server::{
 };
 use tracing::debug;
 
-use super::{cache::CachedAnswer, forwarder::ForwardError};
+use super::{
+    cache::{CachedAnswer, Reuse},
+    forwarder::ForwardError,
+};
 use crate::naming::{AnswerNote, NamingAnswer};
 
 /// EDNS option code of Extended DNS Errors (RFC 8914).
@@ -66,6 +69,9 @@ pub struct Reply {
     ede: Option<(Ede, &'static str)>,
     /// Estimated encoded size in bytes, when known without encoding.
     size_hint: Option<usize>,
+    /// Set while the reply is one fresh cache hit as it was stored: then its encoding may be
+    /// sent again ([`super::memo`]); anything that changes the reply drops it.
+    reuse: Option<Reuse>,
 }
 
 impl Reply {
@@ -80,6 +86,7 @@ impl Reply {
             additionals: Vec::new(),
             ede: None,
             size_hint: Some(0),
+            reuse: None,
         }
     }
 
@@ -95,12 +102,26 @@ impl Reply {
     pub fn push_answer(&mut self, record: Record) {
         self.answers.push(record);
         self.size_hint = None;
+        self.reuse = None;
     }
 
     /// Adds the Extended DNS Error `ede` with `text`.
     pub fn with_ede(mut self, ede: Ede, text: &'static str) -> Self {
         self.ede = Some((ede, text));
+        self.reuse = None;
         self
+    }
+
+    /// Marks this reply, a fresh cache hit as [`Reply::forwarded`] made it, as one whose
+    /// encoding may be sent again as `reuse` says.
+    pub fn reusable(mut self, reuse: Option<Reuse>) -> Self {
+        self.reuse = reuse;
+        self
+    }
+
+    /// How the encoding of this reply may be sent again, if it may ([`super::memo`]).
+    pub fn reuse(&self) -> Option<Reuse> {
+        self.reuse
     }
 
     /// The naming subsystem's answer: AA as the answer says (never on SERVFAIL), and its note
@@ -116,6 +137,7 @@ impl Reply {
             additionals: answer.additionals,
             ede: answer.note.map(|note| (naming_ede(note), note.text())),
             size_hint: None,
+            reuse: None,
         }
     }
 
@@ -153,6 +175,7 @@ impl Reply {
             additionals: copy(&answer.additionals),
             ede: stale.map(|_| (Ede::StaleAnswer, "")),
             size_hint: Some(answer.wire_len),
+            reuse: None,
         }
     }
 
@@ -191,6 +214,7 @@ impl Reply {
         self.rcode = ResponseCode::NoError;
         self.authentic_data = false;
         self.size_hint = None;
+        self.reuse = None;
         true
     }
 
@@ -198,6 +222,7 @@ impl Reply {
     /// follow the chain, its RCODE and authority section (an SOA when negative) replace
     /// ours, and AD stays only if both parts were validated.
     pub fn extend_chain(&mut self, tail: Self) {
+        self.reuse = None;
         if tail.rcode == ResponseCode::ServFail {
             // An alias whose target cannot be resolved fails the answer (unbound does the
             // same): a chain without its end reads as "no such data" to a stub.

@@ -79,6 +79,7 @@
 #![allow(clippy::too_many_lines)]
 
 mod alias_chains;
+mod answer_memo;
 mod answer_rules;
 #[cfg(feature = "test-support")]
 mod bench_dht;

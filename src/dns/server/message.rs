@@ -14,13 +14,13 @@ use hickory_proto::{
     serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder},
 };
 use hickory_server::{
-    net::{NetError, runtime::TokioTime, xfer::Protocol},
-    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+    net::{NetError, xfer::Protocol},
+    server::{Request, ResponseHandler, ResponseInfo},
     zone_handler::MessageResponse,
 };
 use tracing::debug;
 
-use crate::dns::handler::Handler;
+use crate::dns::{handler::Handler, memo::is_plain_query};
 
 /// Largest reply without EDNS over UDP (RFC 1035 section 4.2.1).
 const PLAIN_UDP_SIZE: u16 = 512;
@@ -36,6 +36,8 @@ pub async fn answer(
     if header.metadata.message_type == MessageType::Response {
         return None;
     }
+    // The query's bytes are the memo's key: kept only where a reply to it may be remembered.
+    let memo_key = (protocol == Protocol::Udp && is_plain_query(&bytes)).then(|| bytes.clone());
     let request = match Request::from_bytes(bytes, src, protocol) {
         Ok(request) => request,
         Err(error) => {
@@ -47,10 +49,12 @@ pub async fn answer(
         protocol,
         encoded: Arc::default(),
     };
-    handler
-        .handle_request::<_, TokioTime>(&request, capture.clone())
-        .await;
-    Arc::into_inner(capture.encoded).and_then(OnceLock::into_inner)
+    let (_, reuse) = handler.answer(&request, capture.clone()).await;
+    let encoded = Arc::into_inner(capture.encoded).and_then(OnceLock::into_inner)?;
+    if let (Some(query), Some(reuse)) = (memo_key, reuse) {
+        handler.remember(&query, &encoded, reuse);
+    }
+    Some(encoded)
 }
 
 /// REFUSED to the DNS message `bytes`, its question copied when it has one (so that clients

@@ -26,7 +26,7 @@ use super::{
     message,
     pktinfo::{self, Destination},
 };
-use crate::dns::{exchange::is_local_shortage, handler::Handler};
+use crate::dns::{exchange::is_local_shortage, handler::Handler, memo::MEMO_MAX_REPLY};
 use crate::log_limit::LogLimit;
 
 /// Datagrams being answered at once, per UDP socket.
@@ -78,6 +78,8 @@ struct Server {
     /// Who asked each query being answered, by task: a query sent again while the server
     /// shuts down is known as one in flight, whose answer is coming.
     asking: HashMap<Id, Asker>,
+    /// Room for a reply from the handler's memo, sent without a task of its own.
+    memo_reply: Vec<u8>,
 }
 
 /// The source address and message ID of a query. Not its port: some clients send a query
@@ -96,6 +98,7 @@ impl Server {
             answering: Arc::new(Semaphore::new(MAX_ANSWERING)),
             tasks: JoinSet::new(),
             asking: HashMap::new(),
+            memo_reply: Vec::with_capacity(MEMO_MAX_REPLY),
         }
     }
 
@@ -169,6 +172,13 @@ impl Server {
             {
                 send(&self.socket, &refused, src, dst).await;
             }
+            return;
+        }
+        if self
+            .handler
+            .answer_from_memo(query, src.ip(), &mut self.memo_reply)
+        {
+            send(&self.socket, &self.memo_reply, src, dst).await;
             return;
         }
         let Ok(permit) = self.answering.clone().try_acquire_owned() else {
