@@ -38,6 +38,11 @@
 #   SERVER_CPU=0 CLIENT_CPU=1          CPUs for the servers and for dnsperf
 #   LATENCY=1         1: run dnsperf with -v and compute latency percentiles from its
 #                     per-query lines; 0: only dnsperf's own average (slightly less client load)
+#   RATE=0            0: as fast as the server answers (saturation, closed loop); N: dnsperf -Q N sends
+#                     at most N queries a second (a user's load; compare latencies, not qps)
+#   UNCACHED=0        1: every timed query asks a name never asked before (under a wildcard of the
+#                     zone), so each one is forwarded to nsd, which then runs during the timed pass;
+#                     not for p2pdns-p2p
 #   P2PDNS_BIN=path   use this p2pdns binary instead of `cargo build --release --locked`
 #   KEEP_TMP=1        keep the temporary directory (configs, logs, dnsperf output)
 #   WAIT_QUIET=60     before each timed pass, wait up to this many seconds for both CPUs to be
@@ -80,11 +85,13 @@ LATENCY=${LATENCY:-1}
 KEEP_TMP=${KEEP_TMP:-0}
 ROUNDS=${ROUNDS:-1}
 WAIT_QUIET=${WAIT_QUIET:-60}
+RATE=${RATE:-0}
+UNCACHED=${UNCACHED:-0}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 
-for var in WAIT_QUIET ROUNDS DURATION WARMUP CLIENTS OUTSTANDING NAMES SERVER_CPU CLIENT_CPU LATENCY KEEP_TMP; do
+for var in RATE UNCACHED WAIT_QUIET ROUNDS DURATION WARMUP CLIENTS OUTSTANDING NAMES SERVER_CPU CLIENT_CPU LATENCY KEEP_TMP; do
     [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer, not '${!var}'"
 done
 ((DURATION >= 1 && ROUNDS >= 1)) || die "DURATION and ROUNDS must be at least 1"
@@ -93,6 +100,9 @@ done
 for s in $SERVERS; do
     case $s in p2pdns | p2pdns-p2p | unbound | dnsmasq) ;; *) die "unknown server '$s' in SERVERS" ;; esac
 done
+if ((UNCACHED)) && [[ " $SERVERS " == *" p2pdns-p2p "* ]]; then
+    die "UNCACHED=1 is for forwarded names: leave p2pdns-p2p out of SERVERS (the DHT's own benchmark is tests/integration/bench_dht.rs)"
+fi
 
 # --- prerequisites -----------------------------------------------------------------------------
 
@@ -167,6 +177,8 @@ mkdir -p "$WORK/nsd"
     printf '$ORIGIN bench.test.\n$TTL 3600\n'
     printf '@ IN SOA ns hostmaster 1 3600 600 86400 3600\n@ IN NS ns\nns IN A 127.0.0.1\n'
     for ((i = 1; i <= NAMES; i++)); do printf 'n%d IN A %s\n' "$i" "$(expected_ip "$i")"; done
+    # The names of the uncached passes (UNCACHED=1), each asked once.
+    printf '* IN A 10.255.255.1\n'
 } >"$WORK/nsd/bench.test.zone"
 cat >"$WORK/nsd/nsd.conf" <<EOF
 server:
@@ -199,6 +211,23 @@ for s in $SERVERS; do
     QUERIES[$s]=$WORK/queries.$s.txt
     for ((i = 1; i <= NAMES; i++)); do printf '%s A\n' "$(qname "$s" "$i")"; done >"${QUERIES[$s]}"
 done
+# UNCACHED=1: names asked once each, more than a pass can send (dnsperf starts the file again
+# at its end, and a name asked twice would be a cache hit): up to 80,000 a second at saturation.
+unique_names() { # prefix count
+    awk -v p="$1" -v n="$2" 'BEGIN { for (i = 1; i <= n; i++) printf "%s%d.bench.test A\n", p, i }'
+}
+if ((UNCACHED)); then
+    per_second=$((RATE ? RATE * 12 / 10 + 100 : 80000))
+    unique_names w "$((per_second * (WARMUP + 1)))" >"$WORK/warmup-unique.txt"
+    unique_names u "$((per_second * DURATION))" >"$WORK/timed-unique.txt"
+fi
+timed_queries() { # server: the file of the timed pass (and of the warm-up with "warmup")
+    if ((UNCACHED)); then
+        [[ ${2:-} == warmup ]] && echo "$WORK/warmup-unique.txt" || echo "$WORK/timed-unique.txt"
+    else
+        echo "${QUERIES[$1]}"
+    fi
+}
 
 # --- the resolvers -----------------------------------------------------------------------------
 
@@ -339,6 +368,7 @@ stat_line() { # value after "$2:" in dnsperf output $1
 
 DNSPERF_ARGS=(-s 127.0.0.1 -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2)
 ((LATENCY)) && DNSPERF_ARGS+=(-v)
+((RATE == 0)) || DNSPERF_ARGS+=(-Q "$RATE")
 
 declare -A R=() # "server,field" -> value
 
@@ -368,7 +398,8 @@ measure() { # server round
     done
 
     # The upstream (and the publisher) is paused from here on: only cached answers count.
-    kill -STOP "${PID[nsd]}"
+    # Uncached, every timed answer comes from it.
+    ((UNCACHED)) || kill -STOP "${PID[nsd]}"
     [[ -z ${PID[publisher]:-} ]] || kill -STOP "${PID[publisher]}"
     # Other processes on the machine (a build, say) would skew the figures: wait up to
     # WAIT_QUIET seconds for both CPUs to be idle, and record what was left.
@@ -384,7 +415,7 @@ measure() { # server round
 
     if ((WARMUP)); then
         run_client "$WORK/$k.warmup.txt" "$WORK/$k.warmup.err" taskset -c "$CLIENT_CPU" dnsperf \
-            -s 127.0.0.1 -p "$port" -d "${QUERIES[$name]}" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2 -l "$WARMUP" ||
+            -s 127.0.0.1 -p "$port" -d "$(timed_queries "$name" warmup)" -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2 -l "$WARMUP" ||
             die "$name: warm-up pass failed: $(tail -n 5 "$WORK/$k.warmup.err")"
     fi
 
@@ -396,7 +427,7 @@ measure() { # server round
     read -r sb0 st0 ss0 <<<"$(cpu_sample "$SERVER_CPU")"
     read -r cb0 ct0 cs0 <<<"$(cpu_sample "$CLIENT_CPU")"
     times >"$WORK/times.before" # CPU time of the children reaped so far (line 2), in this shell
-    run_client "$out" "$err" taskset -c "$CLIENT_CPU" dnsperf "${DNSPERF_ARGS[@]}" -d "${QUERIES[$name]}" -p "$port" -l "$DURATION" ||
+    run_client "$out" "$err" taskset -c "$CLIENT_CPU" dnsperf "${DNSPERF_ARGS[@]}" -d "$(timed_queries "$name")" -p "$port" -l "$DURATION" ||
         die "$name: dnsperf failed: $(tail -n 5 "$err")"
     times >"$WORK/times.after"
     if ! kill -0 "${PID[$name]}" 2>/dev/null; then
@@ -413,7 +444,7 @@ measure() { # server round
     R[$k,rss]=$(status_kib "${PID[$name]}" VmRSS)
     R[$k,hwm]=$(status_kib "${PID[$name]}" VmHWM)
     R[$k,threads]=$(status_kib "${PID[$name]}" Threads)
-    kill -CONT "${PID[nsd]}"
+    ((UNCACHED)) || kill -CONT "${PID[nsd]}"
     [[ -z ${PID[publisher]:-} ]] || kill -CONT "${PID[publisher]}"
     stop_pid "$name"
     stop_pid publisher
@@ -432,6 +463,8 @@ measure() { # server round
     R[$k,runtime]=$(stat_line "$out" "Run time (s)")
     R[$k,srvcpu]=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v s="${R[$k,runtime]}" \
         'BEGIN { printf "%.0f", (b - a) / hz / s * 100 }')
+    R[$k,cpu_us]=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="${R[$k,completed]}" \
+        'BEGIN { if (n > 0) printf "%.2f", (b - a) / hz / n * 1000000; else print "-" }')
     R[$k,clicpu]=$(awk -v s="${R[$k,runtime]}" '
         FNR == 2 { split($1, u, /[ms]/); split($2, y, /[ms]/); t[FILENAME] = u[1] * 60 + u[2] + y[1] * 60 + y[2] }
         END { printf "%.0f", (t[ARGV[2]] - t[ARGV[1]]) / s * 100 }' "$WORK/times.before" "$WORK/times.after")
@@ -511,12 +544,21 @@ limit_of() { # which side held the figure back, from the CPU time of each proces
 
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
+if ((RATE)); then load="at most $RATE queries a second (dnsperf -Q $RATE)"; else load="at saturation"; fi
 echo
-echo "## Cached answers: p2pdns (forwarded names, and .p2p names from the DHT) vs unbound vs dnsmasq"
-echo
-echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), nproc $(nproc), CPU: ${cpu_model:-unknown}."
-echo "Each server alone on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU; $NAMES cached A names queried in a cycle over UDP;"
-echo "dnsperf -c $CLIENTS -q $OUTSTANDING -T 1 -l $DURATION after a cache fill and a ${WARMUP} s warm-up; upstream nsd paused while timed."
+if ((UNCACHED)); then
+    echo "## Uncached answers, $load: p2pdns vs unbound vs dnsmasq"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), nproc $(nproc), CPU: ${cpu_model:-unknown}."
+    echo "Each server alone on CPU $SERVER_CPU with nsd, dnsperf on CPU $CLIENT_CPU; every timed query a name never asked before"
+    echo "(a wildcard A of nsd's zone), so every answer is forwarded; dnsperf -c $CLIENTS -q $OUTSTANDING -T 1 -l $DURATION after a ${WARMUP} s warm-up."
+else
+    echo "## Cached answers, $load: p2pdns (forwarded names, and .p2p names from the DHT) vs unbound vs dnsmasq"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), nproc $(nproc), CPU: ${cpu_model:-unknown}."
+    echo "Each server alone on CPU $SERVER_CPU, dnsperf on CPU $CLIENT_CPU; $NAMES cached A names queried in a cycle over UDP;"
+    echo "dnsperf -c $CLIENTS -q $OUTSTANDING -T 1 -l $DURATION after a cache fill and a ${WARMUP} s warm-up; upstream nsd paused while timed."
+fi
 ((ROUNDS == 1)) || echo "$ROUNDS rounds, servers in rotating order; each row is the server's median round by qps."
 echo
 echo "| server | sent | completed | lost | lost % | qps | avg latency ms | p99 latency ms | server CPU % | dnsperf CPU % | limit | VmRSS MiB | VmHWM MiB |"
@@ -539,6 +581,33 @@ echo "CPU %: CPU time of the server process (all threads) and of dnsperf over th
 echo "limit: server = the server used >= 90 % of its core; dnsperf = dnsperf used >= 95 % of its core, so the"
 echo "server's qps is a lower bound; both = both; neither = neither (idle time, or other processes: see below)."
 echo "Memory: /proc/PID/status of the server right after the timed pass (VmHWM: peak since start)."
+echo
+ratio() { # $1 / $2 with two decimals, or - when either is missing
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'
+}
+refs=()
+for ref in unbound dnsmasq; do [[ " $SERVERS " == *" $ref "* ]] && refs+=("$ref"); done
+if ((${#refs[@]})); then
+    echo "Ratios (p2pdns / reference; qps: higher is better, latency and CPU per answer: lower is better):"
+    echo
+    echo "| server | vs | qps | avg latency | p99 latency | CPU per answer |"
+    echo "|---|---|---:|---:|---:|---:|"
+    for s in $SERVERS; do
+        [[ $s == p2pdns* ]] || continue
+        for ref in "${refs[@]}"; do
+            printf '| %s | %s | %s | %s | %s | %s |\n' "$s" "$ref" "$(ratio "${R[$s,qps]}" "${R[$ref,qps]}")" \
+                "$(ratio "${R[$s,avg]}" "${R[$ref,avg]}")" "$(ratio "${R[$s,p99]}" "${R[$ref,p99]}")" \
+                "$(ratio "${R[$s,cpu_us]}" "${R[$ref,cpu_us]}")"
+        done
+    done
+    echo
+    echo "CPU per answer (server's CPU time over the timed pass / answers, us, ${CLK_TCK} Hz ticks):$(for s in $SERVERS; do printf ' %s %s;' "$s" "${R[$s,cpu_us]}"; done)"
+    echo
+fi
+# One line per server for scripts (tests/bench/dns-speed.sh reads them).
+for s in $SERVERS; do
+    echo "RESULT cached=$((1 - UNCACHED)) rate=$RATE server=$s qps=${R[$s,qps]} avg_ms=${R[$s,avg]} p99_ms=${R[$s,p99]} cpu_pct=${R[$s,srvcpu]} cpu_us=${R[$s,cpu_us]} lost=${R[$s,lost]} rss_mib=$(mib "${R[$s,rss]}")"
+done
 echo
 echo "Details:"
 for s in $SERVERS; do
@@ -577,8 +646,8 @@ echo "- $(nsd -v 2>&1 | awk 'NR == 1') (upstream)"
 echo
 echo "Reproduce (from the repository root):"
 echo
-printf '    ROUNDS=%s DURATION=%s WARMUP=%s CLIENTS=%s OUTSTANDING=%s NAMES=%s LATENCY=%s SERVER_CPU=%s CLIENT_CPU=%s SERVERS="%s" tests/bench/dns-cached.sh\n' \
-    "$ROUNDS" "$DURATION" "$WARMUP" "$CLIENTS" "$OUTSTANDING" "$NAMES" "$LATENCY" "$SERVER_CPU" "$CLIENT_CPU" "$SERVERS"
+printf '    RATE=%s UNCACHED=%s ROUNDS=%s DURATION=%s WARMUP=%s CLIENTS=%s OUTSTANDING=%s NAMES=%s LATENCY=%s SERVER_CPU=%s CLIENT_CPU=%s SERVERS="%s" tests/bench/dns-cached.sh\n' \
+    "$RATE" "$UNCACHED" "$ROUNDS" "$DURATION" "$WARMUP" "$CLIENTS" "$OUTSTANDING" "$NAMES" "$LATENCY" "$SERVER_CPU" "$CLIENT_CPU" "$SERVERS"
 echo
 echo "Commands used (ports of the last round; \$TMP is the temporary directory):"
 echo
