@@ -187,24 +187,6 @@ pub struct Hit {
     pub ttl: u32,
     /// When the entry was stored: `age` counts from it.
     pub stored: Instant,
-    /// The cache's [`Cache::generation`] at the look-up.
-    pub generation: u64,
-}
-
-/// How a reply made from one fresh cache hit may be sent again as bytes by
-/// [`super::memo::AnswerMemo`]: its TTLs were written `age` seconds after `stored` and count
-/// down from there; it holds until `until` (before the entry's end or its prefetch) while the
-/// cache stays at `generation`.
-#[derive(Debug, Clone, Copy)]
-pub struct Reuse {
-    /// When the cache entry the reply was made from was stored.
-    pub stored: Instant,
-    /// Whole seconds from `stored` to when the reply's TTLs were counted down.
-    pub age: u32,
-    /// When the reply stops holding.
-    pub until: Instant,
-    /// [`Cache::generation`] when the entry was read.
-    pub generation: u64,
 }
 
 /// Result of a cache look-up.
@@ -287,7 +269,6 @@ impl Cache {
             age: u32::try_from(elapsed.as_secs()).unwrap_or(u32::MAX),
             ttl: entry.ttl,
             stored: entry.stored,
-            generation: self.generation(),
         };
         let ttl = Duration::from_secs(entry.ttl.into());
         if elapsed < ttl {

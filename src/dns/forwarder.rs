@@ -28,8 +28,9 @@ use tokio::{
 use tracing::debug;
 
 use super::{
-    cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup, Reuse},
+    cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup},
     exchange::Exchanged,
+    memo::Reuse,
     scrub,
     upstream::{AskError, TryPlan, UpstreamSet},
 };
@@ -114,7 +115,6 @@ impl Outcome {
             stored: hit.stored,
             age: hit.age,
             until: hit.stored + Duration::from_secs(prefetch_age(hit.ttl).into()),
-            generation: hit.generation,
         });
         Self::Answer {
             answer: hit.answer,

@@ -25,9 +25,9 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
-    cache::{CacheKey, CachedAnswer, Reuse},
+    cache::{CacheKey, CachedAnswer},
     forwarder::{Forwarder, Outcome},
-    memo::AnswerMemo,
+    memo::{AnswerMemo, NAMING_HOLD, Reuse},
     response::{self, Ede, Reply},
     special::SpecialUse,
 };
@@ -93,26 +93,27 @@ impl Handler {
     /// still fresh); returns whether it did. Everything else takes [`Handler::answer`].
     pub fn answer_from_memo(&self, query: &[u8], client: IpAddr, out: &mut Vec<u8>) -> bool {
         let responder = &self.0;
-        let generation = responder.forwarder.cache().generation();
         responder.allowed(client)
             && responder
                 .memo
-                .answer(query, Instant::now(), generation, out)
+                .answer(query, Instant::now(), responder.generation(), out)
     }
 
     /// Remembers `reply`, the encoding of the reply to the UDP query `query` that
-    /// [`Handler::answer`] said may be reused as `reuse`.
-    pub fn remember(&self, query: &[u8], reply: &[u8], reuse: Reuse) {
-        self.0.memo.remember(query, reply, reuse);
+    /// [`Handler::answer`] said may be reused as `reuse` while the answers' sources stay at
+    /// `generation`.
+    pub fn remember(&self, query: &[u8], reply: &[u8], (reuse, generation): (Reuse, u64)) {
+        self.0.memo.remember(query, reply, reuse, generation);
     }
 
     /// Answers `request` through `response_handle`, as [`RequestHandler::handle_request`]
-    /// does; also says how the reply's encoding may be sent again, if it may.
+    /// does; also says how the reply's encoding may be sent again, if it may, and the
+    /// generation of the answers' sources it was made at (see [`Handler::remember`]).
     pub async fn answer<R: ResponseHandler>(
         &self,
         request: &Request,
         response_handle: R,
-    ) -> (ResponseInfo, Option<Reuse>) {
+    ) -> (ResponseInfo, Option<(Reuse, u64)>) {
         self.0.respond(request, response_handle).await
     }
 
@@ -134,6 +135,15 @@ impl RequestHandler for Handler {
 }
 
 impl Responder {
+    /// A count that moves whenever what answers are made from changes in a way the answer
+    /// memo must know: the cache emptied, or this node's own names changed.
+    fn generation(&self) -> u64 {
+        self.forwarder
+            .cache()
+            .generation()
+            .wrapping_add(self.naming.changes())
+    }
+
     fn allowed(&self, client: IpAddr) -> bool {
         let client = client.to_canonical();
         self.allow.iter().any(|net| net.contains(&client))
@@ -169,8 +179,9 @@ impl Responder {
                 .naming
                 .lookup_for(qname, qtype, request.src().ip())
                 .await;
-            self.follow_cname_out(&mut answer, qtype, request).await;
-            return Reply::from_naming(answer);
+            let completed_elsewhere = self.follow_cname_out(&mut answer, qtype, request).await;
+            let reuse = (!completed_elsewhere).then(|| Reuse::held_for(NAMING_HOLD));
+            return Reply::from_naming(answer).reusable(reuse);
         }
         if is_doh_canary(query.name()) {
             // Firefox turns its own DNS-over-HTTPS on by default only where this name resolves;
@@ -318,32 +329,33 @@ impl Responder {
     /// A `.p2p` answer that ends in a CNAME to an ICANN name (`site.p2p CNAME
     /// example.github.io.`) is completed through the forwarder when the client asked for
     /// recursion, so stub resolvers that do not chase CNAMEs themselves get addresses
-    /// (RFC 1034 section 4.3.2 step 3a; docs/PROTOCOL.md section 10.3).
+    /// (RFC 1034 section 4.3.2 step 3a; docs/PROTOCOL.md section 10.3). Returns whether the
+    /// answer was completed so (from the special-use table or the forwarder).
     async fn follow_cname_out(
         &self,
         answer: &mut NamingAnswer,
         qtype: RecordType,
         request: &Request,
-    ) {
+    ) -> bool {
         if !request.metadata.recursion_desired
             || answer.rcode != ResponseCode::NoError
             || matches!(qtype, RecordType::CNAME | RecordType::ANY)
         {
-            return;
+            return false;
         }
         let Some(RData::CNAME(target)) = answer.answers.last().map(|r| &r.data) else {
-            return;
+            return false;
         };
         let target_name = target.0.clone();
         let target = LowerName::new(&target_name);
         if self.naming.is_local(&target) {
-            return;
+            return false;
         }
         if let Some(special) = self.special.answer(&target, &target_name, qtype) {
             // localhost., onion., invalid.: answered here as if asked directly, never
             // forwarded (README "Special-use names").
             append_records(answer, special.rcode, special.answers, special.authorities);
-            return;
+            return true;
         }
         let key = CacheKey {
             name: target,
@@ -361,6 +373,7 @@ impl Responder {
                 *answer = NamingAnswer::failed(AnswerNote::TargetFailed);
             }
         }
+        true
     }
 
     /// CHAOS TXT: version.bind and version.server, id.server and hostname.bind.
@@ -389,10 +402,12 @@ impl Responder {
         &self,
         request: &Request,
         response_handle: R,
-    ) -> (ResponseInfo, Option<Reuse>) {
+    ) -> (ResponseInfo, Option<(Reuse, u64)>) {
         let _counted = InFlight::enter(&self.in_flight);
+        // Read before the answer is made: a change meanwhile makes it stale at once.
+        let generation = self.generation();
         let reply = self.reply(request).await;
-        let reuse = reply.reuse();
+        let reuse = reply.reuse().map(|reuse| (reuse, generation));
         let info = response::send(request, reply, response_handle, self.udp_payload).await;
         (info, reuse)
     }

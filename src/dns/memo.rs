@@ -4,7 +4,8 @@
 //! fastest resolvers answer cache hits this way). Only what the full path made is served: a
 //! reply enters the memo after the handler answered the query byte for byte the same (ID
 //! aside), from one cache entry that stays fresh, and leaves it when that entry would be
-//! prefetched, when it expires, or when the cache is emptied. A query of any other shape (EDNS
+//! prefetched, when it expires, or when the cache is emptied; or, for a `.p2p` answer, after
+//! [`NAMING_HOLD`] or when this node's own names change. A query of any other shape (EDNS
 //! options, DO or CD, more than a question and an OPT record, an opcode other than QUERY) is
 //! never remembered, so it always takes the full path and protocol behaviour does not change.
 //!
@@ -20,8 +21,11 @@ use std::{
 use lru::LruCache;
 use tokio::time::Instant;
 
-use super::cache::Reuse;
-
+/// How long a `.p2p` answer may be sent again: this node's own names are followed by a
+/// generation count, but the records of other nodes, fetched from the DHT and cached by the
+/// naming subsystem, change without one; a second is the most an answer lags behind them (the
+/// resolver's own cache already keeps them for their TTL).
+pub const NAMING_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 /// Replies kept in all.
 pub const MEMO_ENTRIES: usize = 2048;
 /// Largest reply kept, in bytes: the EDNS payload size of DNS Flag Day 2020; a bigger reply is
@@ -33,6 +37,32 @@ const SHARDS: usize = 8;
 const HEADER: usize = 12;
 /// The OPT pseudo-record's TYPE (RFC 6891 section 6.1.2).
 const OPT: u16 = 41;
+
+/// How a reply may be sent again as bytes by [`AnswerMemo`]: its TTLs were written `age` seconds
+/// after `stored` and count down from there; it holds until `until` (for one made from a cache
+/// hit, the entry's prefetch point or end), as long as nothing it was made from changed
+/// meanwhile (the memo's generation).
+#[derive(Debug, Clone, Copy)]
+pub struct Reuse {
+    /// When what the reply was made from was stored (a cache entry), or the reply made.
+    pub stored: Instant,
+    /// Whole seconds from `stored` to when the reply's TTLs were counted down.
+    pub age: u32,
+    /// When the reply stops holding.
+    pub until: Instant,
+}
+
+impl Reuse {
+    /// A reply made now that holds for `hold` and whose TTLs stay as they are meanwhile.
+    pub fn held_for(hold: std::time::Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            stored: now,
+            age: 0,
+            until: now + hold,
+        }
+    }
+}
 
 /// One shard: replies by the bytes of their query after its ID.
 type Shard = LruCache<Box<[u8]>, Memo>;
@@ -51,6 +81,8 @@ struct Memo {
     ttls: Box<[(u16, u32)]>,
     /// Where the TTLs come from and until when the reply holds.
     reuse: Reuse,
+    /// What it was made from, as [`AnswerMemo::answer`]'s `generation`.
+    generation: u64,
 }
 
 impl Default for AnswerMemo {
@@ -67,8 +99,9 @@ impl Default for AnswerMemo {
 
 impl AnswerMemo {
     /// Writes into `out` the reply to `query` at `now`, if one is remembered, still holds, and
-    /// came from the cache whose contents are at `generation` ([`super::cache::Cache::generation`]);
-    /// returns whether it did. `out` is cleared first. A reply that no longer holds is dropped.
+    /// was made while what answers are made from (the cache, this node's own names) was at
+    /// `generation`, a count that grows with every change to them; returns whether it did.
+    /// `out` is cleared first. A reply that no longer holds is dropped.
     pub fn answer(&self, query: &[u8], now: Instant, generation: u64, out: &mut Vec<u8>) -> bool {
         let Some(key) = query.get(2..).filter(|_| query.len() >= HEADER) else {
             return false;
@@ -77,7 +110,7 @@ impl AnswerMemo {
         let Some(memo) = shard.get(key) else {
             return false;
         };
-        if now >= memo.reuse.until || memo.reuse.generation != generation {
+        if now >= memo.reuse.until || memo.generation != generation {
             shard.pop(key);
             return false;
         }
@@ -95,9 +128,10 @@ impl AnswerMemo {
         true
     }
 
-    /// Remembers `reply`, the full path's answer to `query`, made from a cache hit as `reuse`
-    /// says; does nothing unless both are of the plain shapes the memo serves (see the module).
-    pub fn remember(&self, query: &[u8], reply: &[u8], reuse: Reuse) {
+    /// Remembers `reply`, the full path's answer to `query`, which may be sent again as `reuse`
+    /// says while what it was made from stays at `generation` (read before the answer was
+    /// made); does nothing unless both are of the plain shapes the memo serves (see the module).
+    pub fn remember(&self, query: &[u8], reply: &[u8], reuse: Reuse, generation: u64) {
         if !is_plain_query(query) || reply.len() > MEMO_MAX_REPLY || reply[..2] != query[..2] {
             return;
         }
@@ -109,6 +143,7 @@ impl AnswerMemo {
             reply: reply.into(),
             ttls,
             reuse,
+            generation,
         };
         self.shard(&key).put(key, memo);
     }

@@ -16,10 +16,7 @@ use hickory_server::{
 };
 use tracing::debug;
 
-use super::{
-    cache::{CachedAnswer, Reuse},
-    forwarder::ForwardError,
-};
+use super::{cache::CachedAnswer, forwarder::ForwardError, memo::Reuse};
 use crate::naming::{AnswerNote, NamingAnswer};
 
 /// EDNS option code of Extended DNS Errors (RFC 8914).

@@ -228,6 +228,14 @@ impl Naming {
         self.tlds.iter().find(|tld| tld.zone_of(name))
     }
 
+    /// A count that grows whenever this node's own names change ([`publisher::Publisher::changes`]); the
+    /// local names of the configuration never change while it runs. Records of other nodes are
+    /// not counted: the DNS front end sends an answer made from them again for a second at
+    /// most.
+    pub fn changes(&self) -> u64 {
+        self.dht.as_ref().map_or(0, |dht| dht.publisher().changes())
+    }
+
     /// Number of local names configured.
     pub fn local_names(&self) -> usize {
         self.local.len()

@@ -182,6 +182,12 @@ impl Publisher {
             .cloned()
     }
 
+    /// How many times this node's names changed since it started: an answer made from them
+    /// before the count moved may no longer be true (the DNS front end's answer memo).
+    pub fn changes(&self) -> u64 {
+        self.names.changes()
+    }
+
     /// The names this node publishes, expired ones included (republishing re-signs them).
     pub fn names(&self) -> Vec<Arc<NameRecord>> {
         self.names.lock().values().cloned().collect()

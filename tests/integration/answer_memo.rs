@@ -1,15 +1,18 @@
 //! The answer memo (src/dns/memo.rs) is invisible to clients: a plain UDP query asked again is
 //! answered from the bytes the full path made for it, and that answer is, ID aside, what the
 //! full path gives at that moment (TCP never uses the memo: it is the reference here), through
-//! TTL countdown, prefetch and the client ACL.
+//! TTL countdown, prefetch and the client ACL; a `.p2p` answer changes at once when this node's
+//! own name does.
 
 use std::{net::SocketAddr, time::Duration};
 
+use hickory_proto::rr::Name;
+use p2pdns::naming::parse_record;
 use tokio::net::UdpSocket;
 
 use crate::{
-    scripted::{raw_exchange_tcp, raw_exchange_udp, raw_query},
-    support::{TestDaemon, Upstream, WAIT, config, wait_until},
+    scripted::{raw_answers, raw_exchange_tcp, raw_exchange_udp, raw_query},
+    support::{TestDaemon, Upstream, WAIT, config, p2p_config, wait_until},
 };
 
 const A: u16 = 1;
@@ -157,5 +160,40 @@ async fn remembered_answers_go_only_to_clients_the_acl_allows() {
         .unwrap();
     assert!(len >= 12);
     assert_eq!(buf[3] & 0x0F, 5, "REFUSED to 127.0.0.2, memo or not");
+    daemon.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_p2p_answer_sent_again_changes_as_soon_as_the_name_does() {
+    // P2P on, without peers: this node's own names are answered from its own records.
+    let daemon = TestDaemon::start(p2p_config(&[])).await;
+    let dht = daemon.dht.clone().unwrap();
+    let site = Name::from_ascii("memo.p2p.").unwrap();
+    let record = parse_record(&site, "A 192.0.2.1", 300).unwrap();
+    dht.publish(&site, record).await.unwrap();
+    let queries = [
+        raw_query(0x0A0A, "memo.p2p.", A, false),
+        raw_query(0x0B0B, "memo.p2p.", A, true),
+        raw_query(0x0C0C, "nothing.memo.p2p.", A, false),
+    ];
+    for query in &queries {
+        for _ in 0..4 {
+            let answer = udp_as_full_path(daemon.addr, query).await;
+            if query[13..17] == *b"memo" {
+                assert_eq!(raw_answers(&answer).1, [(A, vec![192, 0, 2, 1])]);
+            } else {
+                assert_eq!(answer[3] & 0x0F, 3, "NXDOMAIN under this node's name");
+            }
+        }
+    }
+    // Published again: the very next answer, over UDP too, is the new address. (A publish
+    // waits for its push, about as long as a `.p2p` answer is held; this node's names changing
+    // also drops them at once, which src/naming/publisher/tests.rs checks by its count.)
+    let record = parse_record(&site, "A 192.0.2.2", 300).unwrap();
+    dht.publish(&site, record).await.unwrap();
+    for query in &queries[..2] {
+        let answer = udp_as_full_path(daemon.addr, query).await;
+        assert_eq!(raw_answers(&answer).1, [(A, vec![192, 0, 2, 2])]);
+    }
     daemon.stop().await.expect("clean shutdown");
 }

@@ -5,7 +5,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use hickory_proto::rr::{LowerName, Name, Record};
@@ -33,6 +36,8 @@ pub(super) struct Names {
     /// One change at a time, held from reading the map to applying the change: each write
     /// holds every change acknowledged before it.
     changing: Mutex<()>,
+    /// Changes applied to the map so far: what was made from the names before one is stale.
+    changes: AtomicU64,
 }
 
 /// What signing a name does to the records it holds.
@@ -102,6 +107,7 @@ impl Names {
             own: Mutex::new(own),
             unloaded,
             changing: Mutex::new(()),
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -149,7 +155,13 @@ impl Names {
         };
         self.save(&next)?;
         *self.lock() = next;
+        self.changes.fetch_add(1, Ordering::Release);
         Ok(Some(done))
+    }
+
+    /// How many changes the map has had (see [`super::Publisher::changes`]).
+    pub(super) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     /// Signs `name` into `next` with the records `edit` makes of those held (or of

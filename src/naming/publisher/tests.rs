@@ -259,3 +259,22 @@ fn a_moved_key_adds_to_and_takes_the_networks_record() {
     assert_eq!(*again.lock()[&LowerName::new(&name)], newer, "saved");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every change the map shows moves the count the DNS answer memo checks; a change refused or
+/// making nothing new does not (answers made before it still hold).
+#[test]
+fn every_change_of_the_names_is_counted() {
+    let dir = temp_dir();
+    let names = Names::load(ed25519::Keypair::generate(), &dir);
+    assert_eq!(names.changes(), 0);
+    sign(&names, "counted.p2p.").unwrap().unwrap();
+    assert_eq!(names.changes(), 1);
+    let key = LowerName::from_str("counted.p2p.").unwrap();
+    names.apply(Change::Remove(key.clone())).unwrap().unwrap();
+    assert_eq!(names.changes(), 2);
+    assert!(names.apply(Change::Remove(key)).unwrap().is_none());
+    assert_eq!(names.changes(), 2, "nothing removed, nothing counted");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(sign(&names, "unsaved.p2p.").is_err());
+    assert_eq!(names.changes(), 2, "a change not made is not counted");
+}
