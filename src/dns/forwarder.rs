@@ -35,6 +35,7 @@ use super::{
 };
 use crate::{
     config::{CacheConfig, UpstreamConfig},
+    metrics::{DnsMetrics, Source, UpstreamFamily},
     naming::{Requester, Share, Shares},
 };
 
@@ -99,6 +100,8 @@ pub enum Outcome {
         age: u32,
         /// The answer is past its TTL and served because refreshing it failed or is slow.
         stale: bool,
+        /// Taken from the cache (fresh or stale), not fetched for this question.
+        from_cache: bool,
     },
     /// No answer: the upstreams failed (or the forwarder was full) and the cache held none,
     /// not even a stale one.
@@ -111,6 +114,7 @@ impl Outcome {
             answer: hit.answer,
             age: hit.age,
             stale: false,
+            from_cache: true,
         }
     }
 
@@ -119,6 +123,18 @@ impl Outcome {
             answer: hit.answer,
             age: hit.age,
             stale: true,
+            from_cache: true,
+        }
+    }
+
+    /// Where the answer came from, for the metrics.
+    pub fn source(&self) -> Source {
+        match self {
+            Self::Answer { stale: true, .. } => Source::Stale,
+            Self::Answer {
+                from_cache: true, ..
+            } => Source::Cache,
+            _ => Source::Upstream,
         }
     }
 }
@@ -134,6 +150,8 @@ pub struct Forwarder {
     shares: Arc<Shares>,
     upstream_config: UpstreamConfig,
     cache_config: CacheConfig,
+    /// Cache hits and misses, when metrics are on.
+    metrics: Option<Arc<DnsMetrics>>,
 }
 
 impl Forwarder {
@@ -155,7 +173,21 @@ impl Forwarder {
             permits: waiting,
             upstream_config,
             cache_config,
+            metrics: None,
         }
+    }
+
+    /// Counts cache hits and misses in `dns`, and each upstream's tries in `upstreams`.
+    pub fn with_metrics(
+        mut self,
+        dns: Option<Arc<DnsMetrics>>,
+        upstreams: Option<UpstreamFamily>,
+    ) -> Self {
+        self.metrics = dns;
+        if let Some(family) = upstreams {
+            self.upstreams.count_in(family);
+        }
+        self
     }
 
     /// The upstream servers in use.
@@ -195,7 +227,11 @@ impl Forwarder {
     /// waited for and `client` holds its share of the permits already, or none is left, at
     /// once (stale, or [`ForwardError::Overloaded`]).
     pub async fn resolve(self: &Arc<Self>, key: CacheKey, client: Requester) -> Outcome {
-        let stale = match self.cache.get(&key, Instant::now()) {
+        let lookup = self.cache.get(&key, Instant::now());
+        if let Some(metrics) = &self.metrics {
+            metrics.cache_lookup(matches!(lookup, Lookup::Fresh(_)));
+        }
+        let stale = match lookup {
             Lookup::Fresh(hit) => {
                 if needs_prefetch(&hit) {
                     self.prefetch(key);
@@ -281,6 +317,7 @@ impl Forwarder {
                     answer,
                     age: 0,
                     stale: false,
+                    from_cache: false,
                 }
             }
             Err(error) => {

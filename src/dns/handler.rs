@@ -21,6 +21,7 @@ use hickory_server::{
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
 };
 use ipnet::IpNet;
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
@@ -31,6 +32,7 @@ use super::{
 };
 use crate::{
     config::DnsConfig,
+    metrics::{DnsMetrics, Source},
     naming::{AnswerNote, Naming, NamingAnswer, Requester, remove_private},
 };
 
@@ -57,6 +59,8 @@ struct Responder {
     chaos: Option<Chaos>,
     /// Queries being answered right now, so shutdown can let them finish.
     in_flight: Arc<AtomicUsize>,
+    /// Queries by source and RCODE, and answer times, when metrics are on.
+    metrics: Option<Arc<DnsMetrics>>,
 }
 
 /// Answers for CHAOS-class TXT queries.
@@ -69,6 +73,16 @@ impl Handler {
     /// A handler routing names under the naming TLDs to `naming` and the rest to `forwarder`,
     /// with the ACL, UDP size limit and CHAOS answers of `config`.
     pub fn new(forwarder: Arc<Forwarder>, naming: Arc<Naming>, config: &DnsConfig) -> Self {
+        Self::with_metrics(forwarder, naming, config, None)
+    }
+
+    /// [`Handler::new`], counting every answer in `metrics` when it is given.
+    pub fn with_metrics(
+        forwarder: Arc<Forwarder>,
+        naming: Arc<Naming>,
+        config: &DnsConfig,
+        metrics: Option<Arc<DnsMetrics>>,
+    ) -> Self {
         Self(Arc::new(Responder {
             forwarder,
             naming,
@@ -80,6 +94,7 @@ impl Handler {
                 identity: hostname(),
             }),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            metrics,
         }))
     }
 
@@ -129,7 +144,7 @@ impl Responder {
             _ => {}
         }
         if let Some(answer) = self.special.answer(query.name(), qname, qtype) {
-            return Reply::from_naming(answer);
+            return Reply::from_naming(answer).from_source(Source::Local);
         }
         if self.naming.is_local(query.name()) {
             let mut answer = self
@@ -225,11 +240,15 @@ impl Responder {
             checking_disabled: checking_disabled(request),
         };
         let client = Requester::dns(request.src().ip());
-        match self.forwarder.resolve(key, client).await {
-            Outcome::Answer { answer, age, stale } => {
+        let outcome = self.forwarder.resolve(key, client).await;
+        let source = outcome.source();
+        match outcome {
+            Outcome::Answer {
+                answer, age, stale, ..
+            } => {
                 let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
                 let ad_asked = dnssec_ok(request) || request.metadata.authentic_data;
-                Reply::forwarded(&answer, age, stale_ttl, qname, ad_asked)
+                Reply::forwarded(&answer, age, stale_ttl, qname, ad_asked).from_source(source)
             }
             Outcome::Failed(error) => {
                 debug!(name = %qname, %qtype, %error, "answering SERVFAIL");
@@ -353,7 +372,11 @@ impl Responder {
         response_handle: R,
     ) -> ResponseInfo {
         let _counted = InFlight::enter(&self.in_flight);
+        let started = self.metrics.as_ref().map(|_| Instant::now());
         let reply = self.reply(request).await;
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            metrics.answered(reply.source, reply.response_code(), started.elapsed());
+        }
         response::send(request, reply, response_handle, self.udp_payload).await
     }
 }

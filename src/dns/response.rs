@@ -17,7 +17,10 @@ use hickory_server::{
 use tracing::debug;
 
 use super::{cache::CachedAnswer, forwarder::ForwardError};
-use crate::naming::{AnswerNote, NamingAnswer};
+use crate::{
+    metrics::Source,
+    naming::{AnswerNote, NamingAnswer},
+};
 
 /// EDNS option code of Extended DNS Errors (RFC 8914).
 const EDE_OPTION: u16 = 15;
@@ -66,6 +69,8 @@ pub struct Reply {
     ede: Option<(Ede, &'static str)>,
     /// Estimated encoded size in bytes, when known without encoding.
     size_hint: Option<usize>,
+    /// Where the answer came from, for the metrics (an alias chain's: where it started).
+    pub source: Source,
 }
 
 impl Reply {
@@ -80,6 +85,7 @@ impl Reply {
             additionals: Vec::new(),
             ede: None,
             size_hint: Some(0),
+            source: Source::Local,
         }
     }
 
@@ -116,6 +122,11 @@ impl Reply {
             additionals: answer.additionals,
             ede: answer.note.map(|note| (naming_ede(note), note.text())),
             size_hint: None,
+            source: if answer.network {
+                Source::P2pDht
+            } else {
+                Source::P2pLocal
+            },
         }
     }
 
@@ -153,6 +164,7 @@ impl Reply {
             additionals: copy(&answer.additionals),
             ede: stale.map(|_| (Ede::StaleAnswer, "")),
             size_hint: Some(answer.wire_len),
+            source: Source::Upstream,
         }
     }
 
@@ -230,7 +242,20 @@ impl Reply {
                 "upstream answers did not answer the question",
             ),
         };
-        Self::rcode(ResponseCode::ServFail).with_ede(ede, text)
+        Self::rcode(ResponseCode::ServFail)
+            .with_ede(ede, text)
+            .from_source(Source::Upstream)
+    }
+
+    /// The reply, counted as coming from `source`.
+    pub fn from_source(mut self, source: Source) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// The RCODE sent.
+    pub fn response_code(&self) -> ResponseCode {
+        self.rcode
     }
 }
 
