@@ -21,14 +21,14 @@ use prometheus_client::{
 
 /// Upper bounds of the answer and round-trip time buckets, in seconds: from 50 µs (a cached
 /// answer) to 10 s (past every budget), about three per decade.
-pub(crate) const TIME_BOUNDS: &[f64] = &[
+pub const TIME_BOUNDS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Upper bounds of the buckets of DHT requests per lookup (Kademlia's hops times its
 /// parallelism): powers of two up to 128.
-pub(crate) const REQUEST_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+pub const REQUEST_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// A histogram of non-negative values; clones share the counts.
 #[derive(Debug, Clone)]

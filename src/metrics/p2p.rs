@@ -76,9 +76,7 @@ impl P2pMetrics {
                 &this.relay_reservations,
             ),
         ];
-        for (name, help, gauge) in gauges {
-            registry.register(name, help, gauge.clone());
-        }
+        register_gauges(registry, &gauges);
         registry.register(
             "p2pdns_p2p_connections",
             "Open connections, direct or through a relay",
@@ -102,9 +100,7 @@ impl P2pMetrics {
                     &intro.registrations,
                 ),
             ];
-            for (name, help, gauge) in gauges {
-                registry.register(name, help, gauge.clone());
-            }
+            register_gauges(registry, &gauges);
         }
         this
     }
@@ -176,6 +172,13 @@ impl std::fmt::Debug for P2pMetrics {
             .field("peers", &self.peers)
             .field("connections", &self.connections)
             .finish_non_exhaustive()
+    }
+}
+
+/// Registers each (name, help, gauge) in `registry`.
+fn register_gauges(registry: &mut Registry, gauges: &[(&str, &str, &Gauge)]) {
+    for (name, help, gauge) in gauges {
+        registry.register(*name, *help, (*gauge).clone());
     }
 }
 
