@@ -31,7 +31,7 @@ use super::{
     cache::{Cache, CacheKey, CachedAnswer, Hit, Lookup},
     exchange::Exchanged,
     scrub,
-    upstream::{AskError, TryPlan, UpstreamSet},
+    upstream::{AskError, TryPlan, UpstreamHealth, UpstreamSet},
 };
 use crate::{
     config::{CacheConfig, UpstreamConfig},
@@ -203,6 +203,11 @@ impl Forwarder {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    /// How each upstream server is doing now (for the metrics).
+    pub fn upstream_health(&self) -> Vec<UpstreamHealth> {
+        self.upstreams.health()
     }
 
     /// The answer cache, to read its usage or empty it.

@@ -48,6 +48,7 @@ impl Collector for ResolverCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let (entries, bytes) = self.forwarder.cache().usage();
         let in_flight = self.in_flight.load(Ordering::Relaxed);
+        upstream_health(&mut encoder, &self.forwarder)?;
         for (name, help, value) in [
             (
                 "p2pdns_cache_entries",
@@ -69,6 +70,39 @@ impl Collector for ResolverCollector {
         }
         Ok(())
     }
+}
+
+/// `p2pdns_upstream_up` and `p2pdns_upstream_srtt_seconds`, per upstream server.
+fn upstream_health(
+    encoder: &mut DescriptorEncoder,
+    forwarder: &Forwarder,
+) -> Result<(), fmt::Error> {
+    let health = forwarder.upstream_health();
+    let label = |server: &str| [("upstream", server.to_owned())];
+    let up: Vec<_> = health
+        .iter()
+        .map(|h| (label(&h.server), u64::from(h.usable)))
+        .collect();
+    let help = "1 when the upstream server is asked, 0 while it rests after failures or sends our queries back";
+    labelled(encoder, "p2pdns_upstream_up", help, MetricType::Gauge, &up)?;
+    let measured: Vec<_> = health
+        .iter()
+        .filter_map(|h| Some((&h.server, h.srtt?)))
+        .collect();
+    if measured.is_empty() {
+        return Ok(());
+    }
+    let help = "Smoothed round-trip time of each upstream server (what orders them)";
+    let mut family = encoder.encode_descriptor(
+        "p2pdns_upstream_srtt_seconds",
+        help,
+        None,
+        MetricType::Gauge,
+    )?;
+    for (server, srtt) in measured {
+        ConstGauge::new(srtt.as_secs_f64()).encode(family.encode_family(&label(server))?)?;
+    }
+    Ok(())
 }
 
 /// The tunnels' streams and bytes, per exposed service and per tunnelled name.

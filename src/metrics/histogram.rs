@@ -38,34 +38,38 @@ pub struct AtomicHistogram(Arc<Inner>);
 struct Inner {
     /// Upper bounds as encoded, in the metric's unit (seconds for times).
     bounds: &'static [f64],
-    /// The same bounds in whole units of `unit`, for the search.
+    /// The same bounds in whole units, for the search.
     whole_bounds: Box<[u64]>,
     /// Observations per bucket (not cumulative); the last is `+Inf`.
     counts: Box<[AtomicU64]>,
     /// Sum of the observations, in whole units.
     sum: AtomicU64,
-    /// One whole unit in the metric's unit (1e-9 for nanoseconds counted, seconds encoded).
-    unit: f64,
+    /// Whole units in one of the metric's unit (1e9 nanoseconds in a second): a division,
+    /// which prints 0.000837145 where multiplying by 1e-9 printed 0.0008371450000000001.
+    per_unit: f64,
 }
 
 impl AtomicHistogram {
-    /// A histogram of `bounds` (ascending, in the metric's unit) that counts in whole units of
-    /// `unit` (in the metric's unit).
-    fn new(bounds: &'static [f64], unit: f64) -> Self {
-        let whole_bounds = bounds.iter().map(|b| (b / unit).round() as u64).collect();
+    /// A histogram of `bounds` (ascending, in the metric's unit) that counts in whole units,
+    /// `per_unit` of them in one of the metric's unit.
+    fn new(bounds: &'static [f64], per_unit: f64) -> Self {
+        let whole_bounds = bounds
+            .iter()
+            .map(|b| (b * per_unit).round() as u64)
+            .collect();
         let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
         Self(Arc::new(Inner {
             bounds,
             whole_bounds,
             counts,
             sum: AtomicU64::new(0),
-            unit,
+            per_unit,
         }))
     }
 
     /// A histogram of durations in seconds ([`TIME_BOUNDS`]), summed in nanoseconds.
     pub fn seconds() -> Self {
-        Self::new(TIME_BOUNDS, 1e-9)
+        Self::new(TIME_BOUNDS, 1e9)
     }
 
     /// A histogram of counts ([`REQUEST_BOUNDS`]).
@@ -96,7 +100,7 @@ impl AtomicHistogram {
             .sum();
         (
             count,
-            self.0.sum.load(Ordering::Relaxed) as f64 * self.0.unit,
+            self.0.sum.load(Ordering::Relaxed) as f64 / self.0.per_unit,
         )
     }
 }
@@ -116,7 +120,7 @@ impl EncodeMetric for AtomicHistogram {
             .zip(inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
             .collect();
         let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = inner.sum.load(Ordering::Relaxed) as f64 * inner.unit;
+        let sum = inner.sum.load(Ordering::Relaxed) as f64 / inner.per_unit;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 

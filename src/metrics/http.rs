@@ -60,7 +60,7 @@ impl MetricsListener {
         let bind_error = |source| MetricsError::Bind { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
-        info!(%addr, "metrics listening on http://{addr}/metrics");
+        info!(%addr, "metrics listening on HTTP (GET /metrics)");
         Ok(Self {
             listener,
             addr,

@@ -280,6 +280,8 @@ async fn counters_move_by_the_queries_made() {
         assert_eq!(moved(&before, &after, name, &label), n, "{name}");
     }
     assert!(get(&after, "p2pdns_upstream_rtt_seconds_sum", &label) > 0.0);
+    assert_eq!(get(&after, "p2pdns_upstream_up", &label), 1.0);
+    assert!(get(&after, "p2pdns_upstream_srtt_seconds", &label) > 0.0);
 
     // Only /metrics is served, and only GET and HEAD.
     let other = http(metrics, "GET / HTTP/1.1\r\n\r\n").await;
