@@ -116,7 +116,7 @@ impl DnsMetrics {
         );
         registry.register(
             "p2pdns_dns_answer_duration_seconds",
-            "Time from a query's arrival to its answer being ready, by where the answer came from",
+            "Time from a query being taken to its answer being ready to send, by where the answer came from",
             latency,
         );
         registry.register(

@@ -425,3 +425,34 @@ fn the_sample_parser_refuses_what_is_not_the_format() {
         assert_eq!(split_sample(bad), None, "{bad}");
     }
 }
+
+/// `--metrics-listen` turns the endpoint on at its address; one off loopback is taken with a
+/// warning naming the key.
+#[test]
+fn the_flag_turns_metrics_on_and_a_public_address_is_warned_about() {
+    let dir = std::env::temp_dir().join(format!("p2pdns-metrics-flag-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("p2pdns.toml");
+    std::fs::write(&config, "[metrics]\nmax_connections = 4\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2pdns"))
+        .env_remove("RUST_LOG")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["run", "--metrics-listen", "0.0.0.0:9253", "--check-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("metrics:    http://0.0.0.0:9253/metrics"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("config value metrics.listen: 0.0.0.0:9253 is not a loopback address"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
