@@ -57,10 +57,10 @@ struct Responder {
     allow: Vec<IpNet>,
     udp_payload: u16,
     chaos: Option<Chaos>,
-    /// Queries being answered right now, so shutdown can let them finish.
-    in_flight: Arc<AtomicUsize>,
     /// Queries by source and RCODE, and answer times, when metrics are on.
     metrics: Option<Arc<DnsMetrics>>,
+    /// Queries being answered right now, so shutdown can let them finish.
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// Answers for CHAOS-class TXT queries.
@@ -93,8 +93,8 @@ impl Handler {
                 version: format!("p2pdns {}", env!("CARGO_PKG_VERSION")),
                 identity: hostname(),
             }),
-            in_flight: Arc::new(AtomicUsize::new(0)),
             metrics,
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }))
     }
 

@@ -17,10 +17,7 @@ use hickory_server::{
 use tracing::debug;
 
 use super::{cache::CachedAnswer, forwarder::ForwardError};
-use crate::{
-    metrics::Source,
-    naming::{AnswerNote, NamingAnswer},
-};
+use crate::naming::{AnswerNote, NamingAnswer};
 
 /// EDNS option code of Extended DNS Errors (RFC 8914).
 const EDE_OPTION: u16 = 15;
@@ -55,6 +52,8 @@ pub enum Ede {
 #[derive(Debug)]
 pub struct Reply {
     rcode: ResponseCode,
+    /// Where the answer came from, for the metrics (an alias chain's: where it started).
+    pub source: crate::metrics::Source,
     /// AA: the answer comes from names this daemon serves itself.
     pub authoritative: bool,
     /// AD: an upstream validated the answer and the client asked to know (RFC 6840 section
@@ -69,8 +68,6 @@ pub struct Reply {
     ede: Option<(Ede, &'static str)>,
     /// Estimated encoded size in bytes, when known without encoding.
     size_hint: Option<usize>,
-    /// Where the answer came from, for the metrics (an alias chain's: where it started).
-    pub source: Source,
 }
 
 impl Reply {
@@ -78,6 +75,7 @@ impl Reply {
     pub fn rcode(rcode: ResponseCode) -> Self {
         Self {
             rcode,
+            source: crate::metrics::Source::Local,
             authoritative: false,
             authentic_data: false,
             answers: Vec::new(),
@@ -85,7 +83,6 @@ impl Reply {
             additionals: Vec::new(),
             ede: None,
             size_hint: Some(0),
-            source: Source::Local,
         }
     }
 
@@ -113,8 +110,14 @@ impl Reply {
     /// as an Extended DNS Error.
     pub fn from_naming(answer: NamingAnswer) -> Self {
         let failed = answer.rcode == ResponseCode::ServFail;
+        let source = if answer.network {
+            crate::metrics::Source::P2pDht
+        } else {
+            crate::metrics::Source::P2pLocal
+        };
         Self {
             rcode: answer.rcode,
+            source,
             authoritative: answer.authoritative && !failed,
             authentic_data: false,
             answers: answer.answers,
@@ -122,11 +125,6 @@ impl Reply {
             additionals: answer.additionals,
             ede: answer.note.map(|note| (naming_ede(note), note.text())),
             size_hint: None,
-            source: if answer.network {
-                Source::P2pDht
-            } else {
-                Source::P2pLocal
-            },
         }
     }
 
@@ -157,6 +155,7 @@ impl Reply {
         };
         Self {
             rcode: answer.rcode,
+            source: crate::metrics::Source::Upstream,
             authoritative: false,
             authentic_data: answer.authentic_data && ad_asked,
             answers: copy(&answer.answers),
@@ -164,7 +163,6 @@ impl Reply {
             additionals: copy(&answer.additionals),
             ede: stale.map(|_| (Ede::StaleAnswer, "")),
             size_hint: Some(answer.wire_len),
-            source: Source::Upstream,
         }
     }
 
@@ -244,11 +242,11 @@ impl Reply {
         };
         Self::rcode(ResponseCode::ServFail)
             .with_ede(ede, text)
-            .from_source(Source::Upstream)
+            .from_source(crate::metrics::Source::Upstream)
     }
 
     /// The reply, counted as coming from `source`.
-    pub fn from_source(mut self, source: Source) -> Self {
+    pub fn from_source(mut self, source: crate::metrics::Source) -> Self {
         self.source = source;
         self
     }
