@@ -139,6 +139,18 @@ impl DnsMetrics {
         self.latency[at].observe_duration(elapsed);
     }
 
+    /// Counts a query answered with `reply`, the encoded bytes of an answer made before from a
+    /// fresh cache entry and sent again (issue 14's answer memo, which skips the handler and
+    /// the forwarder): a cache hit, from the cache, with the RCODE of its header (RFC 1035
+    /// section 4.1.1: the low four bits of the fourth byte).
+    pub fn answered_from_memo(&self, reply: &[u8], elapsed: Duration) {
+        let rcode = reply.get(3).map_or(ResponseCode::ServFail, |&b| {
+            ResponseCode::from_low(b & 0x0f)
+        });
+        self.cache_hits.inc();
+        self.answered(Source::Cache, rcode, elapsed);
+    }
+
     /// Counts a cache lookup of the forwarder: a fresh entry or not.
     pub fn cache_lookup(&self, fresh: bool) {
         if fresh {
@@ -239,5 +251,38 @@ impl UpstreamMeters {
     /// Counts a try that timed out or failed.
     pub fn failed(&self) {
         self.failures.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(metrics: &DnsMetrics, source: Source, rcode: &str) -> u64 {
+        let at = RCODES.iter().position(|r| *r == rcode).unwrap();
+        metrics.queries[source as usize][at].get()
+    }
+
+    #[test]
+    fn each_source_and_rcode_has_its_own_counter() {
+        let mut registry = Registry::default();
+        let metrics = DnsMetrics::register(&mut registry);
+        let second = Duration::from_secs(1);
+        metrics.answered(Source::P2pDht, ResponseCode::NXDomain, second);
+        metrics.answered(Source::Stale, ResponseCode::BADVERS, second);
+        assert_eq!(count(&metrics, Source::P2pDht, "NXDOMAIN"), 1);
+        assert_eq!(count(&metrics, Source::Stale, "OTHER"), 1);
+        assert_eq!(count(&metrics, Source::P2pLocal, "NXDOMAIN"), 0);
+        for (at, source) in Source::ALL.iter().enumerate() {
+            assert_eq!(*source as usize, at, "{source:?} indexes its own row");
+        }
+        // An NXDOMAIN reply's header: ID, QR|RD, RA|NXDOMAIN.
+        metrics.answered_from_memo(&[0x12, 0x34, 0x81, 0x83, 0, 1], second);
+        assert_eq!(count(&metrics, Source::Cache, "NXDOMAIN"), 1);
+        assert_eq!(metrics.cache_hits.get(), 1);
+        assert_eq!(
+            metrics.latency[Source::Cache as usize].count_and_sum(),
+            (1, 1.0)
+        );
     }
 }
