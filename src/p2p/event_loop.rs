@@ -215,9 +215,7 @@ impl EventLoop {
             info!(%address, "P2P listening");
         }
         self.connections.on_event(&event);
-        if let Some(metrics) = &self.metrics {
-            metrics.on_event(&event);
-        }
+        self.count(&event);
         if let SwarmEvent::ConnectionEstablished {
             peer_id,
             connection_id,
@@ -334,6 +332,25 @@ impl EventLoop {
             load.summarize(info.connection_counters().num_established() as usize);
         }
         self.nat.check_relays(&mut self.swarm);
+    }
+
+    /// Counts `event` in the metrics, when they are on.
+    fn count(&mut self, event: &NodeEvent) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        metrics.on_event(event);
+        // The relay check, which reads the table's gauges, sleeps while no peer is left.
+        let closed_last = matches!(
+            event,
+            SwarmEvent::ConnectionClosed {
+                num_established: 0,
+                ..
+            }
+        );
+        if closed_last && self.swarm.network_info().num_peers() == 0 {
+            self.count_table();
+        }
     }
 
     /// Sets the metrics' gauges of the routing table, the store and the relay reservations

@@ -367,6 +367,11 @@ async fn two_nodes_count_each_other_and_a_dht_lookup() {
         "a peer was asked"
     );
     second.stop().await.unwrap();
+    // The peer gone, the gauges come down with it.
+    scrape_until(metrics, "no peer left", |s| {
+        get(s, "p2pdns_p2p_peers", &[]) == 0.0 && get(s, "p2pdns_p2p_connections", &direct) == 0.0
+    })
+    .await;
     first.stop().await.unwrap();
 }
 
