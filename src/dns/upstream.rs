@@ -19,6 +19,7 @@ mod tries;
 mod watch;
 
 pub use certs::{CertsError, load_ca_file};
+pub use health::UpstreamHealth;
 pub use session::{HttpFailure, SessionError};
 pub use tries::{AskError, TryPlan};
 
@@ -282,21 +283,6 @@ impl UpstreamSet {
         self.snapshot().iter().map(|u| u.server.clone()).collect()
     }
 
-    /// How each server is doing now, in list order: whether it is asked (neither resting after
-    /// failures nor sending our queries back) and its smoothed RTT once measured.
-    pub fn health(&self) -> Vec<UpstreamHealth> {
-        let now = self.now_ms();
-        let measured = |us: u32| (us > 0).then(|| Duration::from_micros(us.into()));
-        let list = self.snapshot();
-        list.iter()
-            .map(|u| UpstreamHealth {
-                server: u.to_string(),
-                usable: u.usable(now),
-                srtt: measured(u.srtt_us()),
-            })
-            .collect()
-    }
-
     /// The servers' addresses, in list order.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.snapshot().iter().map(|u| u.addr).collect()
@@ -401,17 +387,6 @@ impl Drop for UpstreamSet {
     fn drop(&mut self) {
         self.sessions.cancel();
     }
-}
-
-/// How one upstream server is doing ([`UpstreamSet::health`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamHealth {
-    /// The server as configured (`192.0.2.1:53`, `tls://...#name`).
-    pub server: String,
-    /// It is asked now: neither resting after failures nor sending our queries back.
-    pub usable: bool,
-    /// Its smoothed round-trip time, once an answer was timed.
-    pub srtt: Option<Duration>,
 }
 
 /// Where the upstream servers come from.
