@@ -43,7 +43,7 @@ const MAX_SRTT_US: u32 = 5_000_000;
 /// [`Health::back_at_ms`] of an upstream never rested.
 const NEVER: u64 = u64::MAX;
 
-/// How one upstream server is doing ([`UpstreamSet::health`]).
+/// How one upstream server is doing ([`super::UpstreamSet::health`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamHealth {
     /// The server as configured (`192.0.2.1:53`, `tls://...#name`).
