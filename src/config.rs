@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use tracing::warn;
 
 pub use crate::intro::config::IntroConfig;
+pub use metrics::{DEFAULT_METRICS_LISTEN, MetricsConfig};
 pub use naming::NamingConfig;
 pub use relations::ConfigWarning;
 pub use upstream::{EncryptedServer, EncryptedTransport, UpstreamAddr, UpstreamServer};
@@ -91,6 +92,8 @@ pub struct Config {
     pub intro: IntroConfig,
     /// `[tunnel]`: services exposed through tunnels, and the limits of tunnels.
     pub tunnel: crate::tunnel::TunnelConfig,
+    /// `[metrics]`: the Prometheus endpoint, off by default.
+    pub metrics: MetricsConfig,
 }
 
 /// `[dns]`: the DNS front end.
@@ -463,6 +466,7 @@ impl Config {
         self.tunnel
             .validate()
             .map_err(|(key, message)| invalid(&key, message))?;
+        self.metrics.validate()?;
         // After the sections' own checks, whose messages say more about a zero.
         ranges::check(self)
     }
@@ -470,7 +474,9 @@ impl Config {
     /// Values the daemon runs with but probably not as meant, each with what to write
     /// instead.
     pub fn warnings(&self) -> Vec<ConfigWarning> {
-        relations::warnings(self)
+        let mut warnings = relations::warnings(self);
+        warnings.extend(self.metrics.warnings());
+        warnings
     }
 }
 
@@ -608,6 +614,7 @@ impl P2pConfig {
     }
 }
 
+mod metrics;
 mod naming;
 pub(crate) mod ranges;
 mod relations;

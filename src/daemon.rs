@@ -1,7 +1,8 @@
 //! The daemon: binds every socket first, then serves until told to stop or a subsystem dies.
 //!
 //! It owns the start-up order, the supervision of the long-running tasks (the control socket,
-//! the P2P node, the republisher of own names, the upstream follower: when one ends or panics,
+//! the P2P node, the republisher of own names, the upstream follower, the metrics endpoint: when
+//! one ends or panics,
 //! everything stops and [`Daemon::run`] names it), the reload (SIGHUP) and the shutdown
 //! order. What each subsystem does is decided in its own module.
 
@@ -31,6 +32,7 @@ use crate::{
         server::BoundSockets,
         upstream::{UpstreamFollower, UpstreamHandle},
     },
+    metrics::{Endpoint, Meters, MetricsError},
     naming::{Dht, DhtConfig, Naming, NamingError},
     p2p::{
         Node, NodeError,
@@ -60,6 +62,8 @@ pub enum Task {
     Upstreams,
     /// The server of tunnel streams ([`TunnelServer::run`]).
     Tunnels,
+    /// The metrics endpoint ([`crate::metrics::Endpoint::serve`]).
+    Metrics,
 }
 
 impl fmt::Display for Task {
@@ -70,6 +74,7 @@ impl fmt::Display for Task {
             Self::Republisher => "republisher of own names",
             Self::Upstreams => "upstream follower",
             Self::Tunnels => "tunnel server",
+            Self::Metrics => "metrics endpoint",
         })
     }
 }
@@ -98,6 +103,9 @@ pub enum DaemonError {
     /// Tunnels could not be set up.
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
+    /// The metrics endpoint could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// A supervised task returned while the daemon was serving.
     #[error("the {0} stopped on its own")]
     TaskEnded(Task),
@@ -147,6 +155,9 @@ pub struct Daemon {
     watch: Option<ConfigWatch>,
     /// The data directory, this daemon's until it is dropped (after `run`).
     data_dir_lock: DataDirLock,
+    /// The metrics endpoint, when `[metrics]` is on, until `run` serves it.
+    metrics: Option<Endpoint>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The configuration file re-read on SIGHUP, with the command line's flags applied over it.
@@ -183,6 +194,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("naming", old.naming != new.naming),
         ("p2p", old.p2p != new.p2p),
         ("tunnel", old.tunnel != new.tunnel),
+        ("metrics", old.metrics != new.metrics),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))
@@ -197,12 +209,17 @@ impl Daemon {
         // Queries waiting on an upstream or on the DHT, together (dns.max_inflight).
         let waiting = Arc::new(Semaphore::new(config.dns.max_inflight));
         let sockets = BoundSockets::bind(&config.dns.listen)?;
+        let mut metrics = Endpoint::bind(&config.metrics).await?;
+        let meters = metrics.as_mut().map_or_else(Meters::default, |endpoint| {
+            endpoint.resolver_meters(config.p2p.enabled)
+        });
         identity::create_data_dir(&data_dir)?;
         let control = control::bind(&control::socket_path(&data_dir), &data_dir).await?;
         // Before any state is read: no other process writes it, no write is under way.
         let data_dir_lock = state::take_data_dir(&data_dir)?;
         let (node, dht, tunnels) = if config.p2p.enabled {
-            let (node, dht, tunnels) = bind_p2p(&config, &data_dir, waiting.clone()).await?;
+            let (node, dht, tunnels) =
+                bind_p2p(&config, &data_dir, waiting.clone(), &meters).await?;
             naming = naming.with_dht(dht.clone());
             (Some(node), Some(dht), Some(tunnels))
         } else {
@@ -211,13 +228,23 @@ impl Daemon {
         let p2p_addrs = node.as_ref().map(Node::listen_addrs).unwrap_or_default();
         let naming = Arc::new(naming);
         let upstreams = UpstreamFollower::new(&config.upstream, sockets.addrs());
-        let forwarder = Arc::new(Forwarder::new(
-            upstreams.set().clone(),
-            config.upstream.clone(),
-            config.cache.clone(),
-            waiting,
-        ));
-        let handler = Handler::new(forwarder.clone(), naming.clone(), &config.dns);
+        let forwarder = Arc::new(
+            Forwarder::new(
+                upstreams.set().clone(),
+                config.upstream.clone(),
+                config.cache.clone(),
+                waiting,
+            )
+            .with_metrics(meters.dns.clone(), meters.upstreams),
+        );
+        let handler =
+            Handler::with_metrics(forwarder.clone(), naming.clone(), &config.dns, meters.dns);
+        if let Some(endpoint) = &mut metrics {
+            endpoint.watch_resolver(forwarder.clone(), handler.in_flight());
+            if let Some(tunnels) = dht.as_ref().and_then(|dht| dht.tunnels()) {
+                endpoint.watch_tunnels(tunnels.clone());
+            }
+        }
         let dns = DnsServer::serve(sockets, handler, &config.dns);
         let drain = Duration::from_millis(config.upstream.query_timeout_ms).min(SHUTDOWN_DRAIN);
         if naming.local_names() > 0 {
@@ -237,6 +264,8 @@ impl Daemon {
             running: config,
             watch: None,
             data_dir_lock,
+            metrics_addr: metrics.as_ref().map(Endpoint::local_addr),
+            metrics,
         })
     }
 
@@ -258,6 +287,11 @@ impl Daemon {
     /// The DHT side of naming, when the P2P node runs.
     pub fn dht(&self) -> Option<&Arc<Dht>> {
         self.dht.as_ref()
+    }
+
+    /// The address of the metrics endpoint, when `[metrics]` is on (port 0 resolved).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The P2P node's addresses, each ending in `/p2p/<peer id>` (for `--bootstrap`).
@@ -286,6 +320,7 @@ impl Daemon {
             running,
             watch,
             data_dir_lock,
+            metrics,
             ..
         } = self;
         // Not a child of `shutdown`: the tasks must outlive the DNS drain (answers in flight
@@ -307,6 +342,9 @@ impl Daemon {
             if let Some(server) = tunnels {
                 tasks.spawn(Task::Tunnels, serve_tunnels(dht, server, stop.clone()));
             }
+        }
+        if let Some(endpoint) = metrics {
+            tasks.spawn(Task::Metrics, endpoint.serve(stop.clone()));
         }
         let (upstreams, follow) = upstreams.follow(stop.clone());
         tasks.spawn(Task::Upstreams, follow);
@@ -350,16 +388,19 @@ impl Daemon {
 }
 
 /// Starts the P2P node on `config.p2p`, tunnels on it, and the DHT side of naming, whose
-/// lookups share `waiting` with the forwarder.
+/// lookups share `waiting` with the forwarder; the node and the lookups count in `meters`.
 async fn bind_p2p(
     config: &Config,
     data_dir: &Path,
     waiting: Arc<Semaphore>,
+    meters: &Meters,
 ) -> Result<(Node, Arc<Dht>, TunnelServer), DaemonError> {
     let keypair = identity::load_or_create(data_dir)?;
-    let node = Node::bind(keypair.clone().into(), &config.p2p).await?;
+    let node = Node::bind(keypair.clone().into(), &config.p2p)
+        .await?
+        .with_metrics(meters.p2p.clone());
     let (tunnels, server) = Tunnels::bind(&config.tunnel, data_dir, node.handle())?;
-    let dht_config = DhtConfig::new(&config.p2p, waiting);
+    let dht_config = DhtConfig::new(&config.p2p, waiting).with_metrics(meters.dht.clone());
     let dht = Arc::new(Dht::new(
         node.handle(),
         keypair,

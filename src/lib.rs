@@ -32,6 +32,8 @@
 //! - [`control`]: the Unix socket through which the CLI talks to the running daemon, with its
 //!   typed protocol.
 //! - [`os`]: `service install/uninstall`, `doctor`, and systemd readiness notification.
+//! - [`metrics`]: the opt-in Prometheus endpoint (`[metrics]`): the registry, the handles the
+//!   subsystems count with, and the HTTP responder.
 //! - [`tunnel`]: names that carry TCP over the P2P connection (in progress: the local
 //!   address table).
 //! - `fuzzing` (feature `fuzzing` only): the private parsers the fuzz targets of `tests/fuzz`
@@ -57,6 +59,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod intro;
 pub mod log_limit;
+pub mod metrics;
 pub mod naming;
 pub mod nat;
 pub mod os;

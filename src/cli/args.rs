@@ -183,6 +183,10 @@ pub struct RunArgs {
     /// Join the network through this peer (repeatable; added to p2p.bootstrap).
     #[arg(long = "bootstrap", value_name = "MULTIADDR")]
     pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (turns metrics.enabled on and
+    /// replaces metrics.listen).
+    #[arg(long = "metrics-listen", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Check the configuration, print a summary and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -207,6 +211,10 @@ pub struct IntroArgs {
     /// 0.0.0.0:3478]; `--stun-listen none` turns STUN off.
     #[arg(long = "stun-listen", value_name = "ADDR:PORT|none")]
     pub stun_listen: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (turns metrics.enabled on and
+    /// replaces metrics.listen).
+    #[arg(long = "metrics-listen", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A `--stun-listen` value that is neither an address nor `none`.
@@ -238,8 +246,9 @@ impl IntroArgs {
             .collect()
     }
 
-    /// Applies the flags over the file's `[p2p]` values.
+    /// Applies the flags over the file's `[p2p]` (and `[metrics]`) values.
     pub fn apply(&self, config: &mut Config) {
+        apply_metrics_listen(self.metrics_listen, config);
         if !self.p2p_listen.is_empty() {
             config.p2p.listen.clone_from(&self.p2p_listen);
         }
@@ -313,5 +322,14 @@ impl RunArgs {
             config.p2p.listen.clone_from(&self.p2p_listen);
         }
         config.p2p.bootstrap.extend(self.bootstrap.iter().cloned());
+        apply_metrics_listen(self.metrics_listen, config);
+    }
+}
+
+/// `--metrics-listen`: the endpoint on, at that address.
+fn apply_metrics_listen(listen: Option<SocketAddr>, config: &mut Config) {
+    if let Some(listen) = listen {
+        config.metrics.enabled = true;
+        config.metrics.listen = listen;
     }
 }

@@ -213,7 +213,10 @@ pub async fn run_intro(loaded: Loaded, args: &IntroArgs) -> Result<ExitCode, Cli
     // SIGHUP has nothing to reload here yet; the handler keeps it from killing the server.
     let (shutdown, _reload) = signals()?;
     let config = loaded.config;
-    let intro = Intro::bind(config.p2p, config.intro, &loaded.data_dir, &stun).await?;
+    let intro = Intro::bind(config.p2p, config.intro, &loaded.data_dir, &stun)
+        .await?
+        .with_metrics(&config.metrics)
+        .await?;
     intro.run(shutdown).await?;
     info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -75,6 +75,9 @@ pub(super) fn config_summary(loaded: &Loaded) -> String {
     } else {
         out.push_str("p2p:        off (.p2p names come from local records only)\n");
     }
+    if let Some(listen) = config.metrics.endpoint() {
+        let _ = writeln!(out, "metrics:    http://{listen}/metrics");
+    }
     let _ = writeln!(out, "data dir:   {}", loaded.data_dir.display());
     out
 }

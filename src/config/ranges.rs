@@ -165,6 +165,9 @@ pub(crate) const RANGES: &[Range] = &[
     range("tunnel.direct_wait_ms", 0, MINUTE_MS, |c| {
         c.tunnel.direct_wait_ms
     }),
+    range("metrics.max_connections", 1, 1_024, |c| {
+        n(c.metrics.max_connections)
+    }),
 ];
 
 const fn range(key: &'static str, min: u64, max: u64, value: fn(&Config) -> u64) -> Range {

@@ -32,10 +32,11 @@ use super::{
     exchange::Exchanged,
     memo::Reuse,
     scrub,
-    upstream::{AskError, TryPlan, UpstreamSet},
+    upstream::{AskError, TryPlan, UpstreamHealth, UpstreamSet},
 };
 use crate::{
     config::{CacheConfig, UpstreamConfig},
+    metrics::{DnsMetrics, Source, UpstreamFamily},
     naming::{Requester, Share, Shares},
 };
 
@@ -102,6 +103,8 @@ pub enum Outcome {
         stale: bool,
         /// A fresh cache hit not due for prefetch: how a reply made from it may be reused.
         reuse: Option<Reuse>,
+        /// Taken from the cache (fresh or stale), not fetched for this question.
+        from_cache: bool,
     },
     /// No answer: the upstreams failed (or the forwarder was full) and the cache held none,
     /// not even a stale one.
@@ -121,6 +124,7 @@ impl Outcome {
             age: hit.age,
             stale: false,
             reuse,
+            from_cache: true,
         }
     }
 
@@ -130,6 +134,18 @@ impl Outcome {
             age: hit.age,
             stale: true,
             reuse: None,
+            from_cache: true,
+        }
+    }
+
+    /// Where the answer came from, for the metrics.
+    pub fn source(&self) -> Source {
+        match self {
+            Self::Answer { stale: true, .. } => Source::Stale,
+            Self::Answer {
+                from_cache: true, ..
+            } => Source::Cache,
+            _ => Source::Upstream,
         }
     }
 }
@@ -145,6 +161,8 @@ pub struct Forwarder {
     shares: Arc<Shares>,
     upstream_config: UpstreamConfig,
     cache_config: CacheConfig,
+    /// Cache hits and misses, when metrics are on.
+    metrics: Option<Arc<DnsMetrics>>,
 }
 
 impl Forwarder {
@@ -166,7 +184,21 @@ impl Forwarder {
             permits: waiting,
             upstream_config,
             cache_config,
+            metrics: None,
         }
+    }
+
+    /// Counts cache hits and misses in `dns`, and each upstream's tries in `upstreams`.
+    pub fn with_metrics(
+        mut self,
+        dns: Option<Arc<DnsMetrics>>,
+        upstreams: Option<UpstreamFamily>,
+    ) -> Self {
+        self.metrics = dns;
+        if let Some(family) = upstreams {
+            self.upstreams.count_in(family);
+        }
+        self
     }
 
     /// The upstream servers in use.
@@ -182,6 +214,11 @@ impl Forwarder {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    /// How each upstream server is doing now (for the metrics).
+    pub fn upstream_health(&self) -> Vec<UpstreamHealth> {
+        self.upstreams.health()
     }
 
     /// The answer cache, to read its usage or empty it.
@@ -206,7 +243,11 @@ impl Forwarder {
     /// waited for and `client` holds its share of the permits already, or none is left, at
     /// once (stale, or [`ForwardError::Overloaded`]).
     pub async fn resolve(self: &Arc<Self>, key: CacheKey, client: Requester) -> Outcome {
-        let stale = match self.cache.get(&key, Instant::now()) {
+        let lookup = self.cache.get(&key, Instant::now());
+        if let Some(metrics) = &self.metrics {
+            metrics.cache_lookup(matches!(lookup, Lookup::Fresh(_)));
+        }
+        let stale = match lookup {
             Lookup::Fresh(hit) => {
                 let prefetch = needs_prefetch(&hit);
                 if prefetch {
@@ -294,6 +335,7 @@ impl Forwarder {
                     age: 0,
                     stale: false,
                     reuse: None,
+                    from_cache: false,
                 }
             }
             Err(error) => {

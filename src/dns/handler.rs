@@ -27,12 +27,13 @@ use tracing::debug;
 use super::{
     cache::{CacheKey, CachedAnswer},
     forwarder::{Forwarder, Outcome},
-    memo::{AnswerMemo, NAMING_HOLD, Reuse},
+    memo::{AnswerMemo, Memorable, NAMING_HOLD, Reuse},
     response::{self, Ede, Reply},
     special::SpecialUse,
 };
 use crate::{
     config::DnsConfig,
+    metrics::{DnsMetrics, Source},
     naming::{AnswerNote, Naming, NamingAnswer, Requester, remove_private},
 };
 
@@ -57,6 +58,8 @@ struct Responder {
     allow: Vec<IpNet>,
     udp_payload: u16,
     chaos: Option<Chaos>,
+    /// Queries by source and RCODE, and answer times, when metrics are on.
+    metrics: Option<Arc<DnsMetrics>>,
     /// Queries being answered right now, so shutdown can let them finish.
     in_flight: Arc<AtomicUsize>,
     /// Encoded replies to plain UDP queries answered from the cache, sent again as bytes.
@@ -73,6 +76,16 @@ impl Handler {
     /// A handler routing names under the naming TLDs to `naming` and the rest to `forwarder`,
     /// with the ACL, UDP size limit and CHAOS answers of `config`.
     pub fn new(forwarder: Arc<Forwarder>, naming: Arc<Naming>, config: &DnsConfig) -> Self {
+        Self::with_metrics(forwarder, naming, config, None)
+    }
+
+    /// [`Handler::new`], counting every answer in `metrics` when it is given.
+    pub fn with_metrics(
+        forwarder: Arc<Forwarder>,
+        naming: Arc<Naming>,
+        config: &DnsConfig,
+        metrics: Option<Arc<DnsMetrics>>,
+    ) -> Self {
         Self(Arc::new(Responder {
             forwarder,
             naming,
@@ -83,6 +96,7 @@ impl Handler {
                 version: format!("p2pdns {}", env!("CARGO_PKG_VERSION")),
                 identity: hostname(),
             }),
+            metrics,
             in_flight: Arc::new(AtomicUsize::new(0)),
             memo: AnswerMemo::default(),
         }))
@@ -93,17 +107,27 @@ impl Handler {
     /// still fresh); returns whether it did. Everything else takes [`Handler::answer`].
     pub fn answer_from_memo(&self, query: &[u8], client: IpAddr, out: &mut Vec<u8>) -> bool {
         let responder = &self.0;
-        responder.allowed(client)
-            && responder
-                .memo
-                .answer(query, Instant::now(), responder.generation(), out)
+        if !responder.allowed(client) {
+            return false;
+        }
+        let now = Instant::now();
+        let Some(source) = responder
+            .memo
+            .answer(query, now, responder.generation(), out)
+        else {
+            return false;
+        };
+        if let Some(metrics) = &responder.metrics {
+            metrics.answered_from_memo(source, out, now.elapsed());
+        }
+        true
     }
 
     /// Remembers `reply`, the encoding of the reply to the UDP query `query` that
     /// [`Handler::answer`] said may be reused as `reuse` while the answers' sources stay at
     /// `generation`.
-    pub fn remember(&self, query: &[u8], reply: &[u8], (reuse, generation): (Reuse, u64)) {
-        self.0.memo.remember(query, reply, reuse, generation);
+    pub fn remember(&self, query: &[u8], reply: &[u8], made: Memorable) {
+        self.0.memo.remember(query, reply, made);
     }
 
     /// Answers `request` through `response_handle`, as [`RequestHandler::handle_request`]
@@ -113,7 +137,7 @@ impl Handler {
         &self,
         request: &Request,
         response_handle: R,
-    ) -> (ResponseInfo, Option<(Reuse, u64)>) {
+    ) -> (ResponseInfo, Option<Memorable>) {
         self.0.respond(request, response_handle).await
     }
 
@@ -172,7 +196,7 @@ impl Responder {
             _ => {}
         }
         if let Some(answer) = self.special.answer(query.name(), qname, qtype) {
-            return Reply::from_naming(answer);
+            return Reply::from_naming(answer).from_source(Source::Local);
         }
         if self.naming.is_local(query.name()) {
             let mut answer = self
@@ -269,16 +293,21 @@ impl Responder {
             checking_disabled: checking_disabled(request),
         };
         let client = Requester::dns(request.src().ip());
-        match self.forwarder.resolve(key, client).await {
+        let outcome = self.forwarder.resolve(key, client).await;
+        let source = outcome.source();
+        match outcome {
             Outcome::Answer {
                 answer,
                 age,
                 stale,
                 reuse,
+                ..
             } => {
                 let stale_ttl = stale.then(|| self.forwarder.stale_ttl());
                 let ad_asked = dnssec_ok(request) || request.metadata.authentic_data;
-                Reply::forwarded(&answer, age, stale_ttl, qname, ad_asked).reusable(reuse)
+                Reply::forwarded(&answer, age, stale_ttl, qname, ad_asked)
+                    .reusable(reuse)
+                    .from_source(source)
             }
             Outcome::Failed(error) => {
                 debug!(name = %qname, %qtype, %error, "answering SERVFAIL");
@@ -402,12 +431,20 @@ impl Responder {
         &self,
         request: &Request,
         response_handle: R,
-    ) -> (ResponseInfo, Option<(Reuse, u64)>) {
+    ) -> (ResponseInfo, Option<Memorable>) {
         let _counted = InFlight::enter(&self.in_flight);
+        let started = self.metrics.as_ref().map(|_| Instant::now());
         // Read before the answer is made: a change meanwhile makes it stale at once.
         let generation = self.generation();
         let reply = self.reply(request).await;
-        let reuse = reply.reuse().map(|reuse| (reuse, generation));
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            metrics.answered(reply.source, reply.response_code(), started.elapsed());
+        }
+        let reuse = reply.reuse().map(|reuse| Memorable {
+            reuse,
+            generation,
+            source: reply.source,
+        });
         let info = response::send(request, reply, response_handle, self.udp_payload).await;
         (info, reuse)
     }

@@ -21,6 +21,8 @@ use std::{
 use lru::LruCache;
 use tokio::time::Instant;
 
+use crate::metrics::Source;
+
 /// How long a `.p2p` answer may be sent again: this node's own names are followed by a
 /// generation count, but the records of other nodes, fetched from the DHT and cached by the
 /// naming subsystem, change without one; a second is the most an answer lags behind them (the
@@ -64,6 +66,19 @@ impl Reuse {
     }
 }
 
+/// A reply the handler made that the memo may keep: how it may be reused, the generation of
+/// what it was made from (read before it was made), and where it came from (for the metrics of
+/// the answers sent again).
+#[derive(Debug, Clone, Copy)]
+pub struct Memorable {
+    /// How and until when it may be sent again.
+    pub reuse: Reuse,
+    /// See [`AnswerMemo::answer`].
+    pub generation: u64,
+    /// The source of the answer, counted again with every copy sent.
+    pub source: Source,
+}
+
 /// One shard: replies by the bytes of their query after its ID.
 type Shard = LruCache<Box<[u8]>, Memo>;
 
@@ -79,10 +94,9 @@ struct Memo {
     reply: Box<[u8]>,
     /// Offset of each TTL field in `reply` (every record but OPT) and the TTL written there.
     ttls: Box<[(u16, u32)]>,
-    /// Where the TTLs come from and until when the reply holds.
-    reuse: Reuse,
-    /// What it was made from, as [`AnswerMemo::answer`]'s `generation`.
-    generation: u64,
+    /// Where the TTLs come from, until when the reply holds, what it was made from and where
+    /// it came from.
+    made: Memorable,
 }
 
 impl Default for AnswerMemo {
@@ -101,23 +115,27 @@ impl AnswerMemo {
     /// Writes into `out` the reply to `query` at `now`, if one is remembered, still holds, and
     /// was made while what answers are made from (the cache, this node's own names) was at
     /// `generation`, a count that grows with every change to them; returns whether it did.
-    /// `out` is cleared first. A reply that no longer holds is dropped.
-    pub fn answer(&self, query: &[u8], now: Instant, generation: u64, out: &mut Vec<u8>) -> bool {
-        let Some(key) = query.get(2..).filter(|_| query.len() >= HEADER) else {
-            return false;
-        };
+    /// `out` is cleared first. A reply that no longer holds is dropped. Returns where the
+    /// answer came from when it was made, if one was written.
+    pub fn answer(
+        &self,
+        query: &[u8],
+        now: Instant,
+        generation: u64,
+        out: &mut Vec<u8>,
+    ) -> Option<Source> {
+        let key = query.get(2..).filter(|_| query.len() >= HEADER)?;
         let mut shard = self.shard(key);
-        let Some(memo) = shard.get(key) else {
-            return false;
-        };
-        if now >= memo.reuse.until || memo.generation != generation {
+        let memo = shard.get(key)?;
+        let Memorable { reuse, .. } = memo.made;
+        if now >= reuse.until || memo.made.generation != generation {
             shard.pop(key);
-            return false;
+            return None;
         }
-        let elapsed = now.saturating_duration_since(memo.reuse.stored).as_secs();
+        let elapsed = now.saturating_duration_since(reuse.stored).as_secs();
         let passed = u32::try_from(elapsed)
             .unwrap_or(u32::MAX)
-            .saturating_sub(memo.reuse.age);
+            .saturating_sub(reuse.age);
         out.clear();
         out.extend_from_slice(&memo.reply);
         out[..2].copy_from_slice(&query[..2]);
@@ -125,13 +143,12 @@ impl AnswerMemo {
             let at = usize::from(at);
             out[at..at + 4].copy_from_slice(&ttl.saturating_sub(passed).to_be_bytes());
         }
-        true
+        Some(memo.made.source)
     }
 
-    /// Remembers `reply`, the full path's answer to `query`, which may be sent again as `reuse`
-    /// says while what it was made from stays at `generation` (read before the answer was
-    /// made); does nothing unless both are of the plain shapes the memo serves (see the module).
-    pub fn remember(&self, query: &[u8], reply: &[u8], reuse: Reuse, generation: u64) {
+    /// Remembers `reply`, the full path's answer to `query`, which may be sent again as `made`
+    /// says; does nothing unless both are of the plain shapes the memo serves (see the module).
+    pub fn remember(&self, query: &[u8], reply: &[u8], made: Memorable) {
         if !is_plain_query(query) || reply.len() > MEMO_MAX_REPLY || reply[..2] != query[..2] {
             return;
         }
@@ -142,8 +159,7 @@ impl AnswerMemo {
         let memo = Memo {
             reply: reply.into(),
             ttls,
-            reuse,
-            generation,
+            made,
         };
         self.shard(&key).put(key, memo);
     }

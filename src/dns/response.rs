@@ -52,6 +52,8 @@ pub enum Ede {
 #[derive(Debug)]
 pub struct Reply {
     rcode: ResponseCode,
+    /// Where the answer came from, for the metrics (an alias chain's: where it started).
+    pub source: crate::metrics::Source,
     /// AA: the answer comes from names this daemon serves itself.
     pub authoritative: bool,
     /// AD: an upstream validated the answer and the client asked to know (RFC 6840 section
@@ -76,6 +78,7 @@ impl Reply {
     pub fn rcode(rcode: ResponseCode) -> Self {
         Self {
             rcode,
+            source: crate::metrics::Source::Local,
             authoritative: false,
             authentic_data: false,
             answers: Vec::new(),
@@ -125,8 +128,14 @@ impl Reply {
     /// as an Extended DNS Error.
     pub fn from_naming(answer: NamingAnswer) -> Self {
         let failed = answer.rcode == ResponseCode::ServFail;
+        let source = if answer.network {
+            crate::metrics::Source::P2pDht
+        } else {
+            crate::metrics::Source::P2pLocal
+        };
         Self {
             rcode: answer.rcode,
+            source,
             authoritative: answer.authoritative && !failed,
             authentic_data: false,
             answers: answer.answers,
@@ -165,6 +174,7 @@ impl Reply {
         };
         Self {
             rcode: answer.rcode,
+            source: crate::metrics::Source::Upstream,
             authoritative: false,
             authentic_data: answer.authentic_data && ad_asked,
             answers: copy(&answer.answers),
@@ -252,7 +262,20 @@ impl Reply {
                 "upstream answers did not answer the question",
             ),
         };
-        Self::rcode(ResponseCode::ServFail).with_ede(ede, text)
+        Self::rcode(ResponseCode::ServFail)
+            .with_ede(ede, text)
+            .from_source(crate::metrics::Source::Upstream)
+    }
+
+    /// The reply, counted as coming from `source`.
+    pub fn from_source(mut self, source: crate::metrics::Source) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// The RCODE sent.
+    pub fn response_code(&self) -> ResponseCode {
+        self.rcode
     }
 }
 

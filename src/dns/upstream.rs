@@ -19,6 +19,7 @@ mod tries;
 mod watch;
 
 pub use certs::{CertsError, load_ca_file};
+pub use health::UpstreamHealth;
 pub use session::{HttpFailure, SessionError};
 pub use tries::{AskError, TryPlan};
 
@@ -27,7 +28,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{
-        Arc, RwLock,
+        Arc, OnceLock, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime},
@@ -44,6 +45,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{UpstreamAddr, UpstreamConfig, UpstreamServer},
     log_limit::{self, LogLimit},
+    metrics::{UpstreamFamily, UpstreamMeters},
 };
 
 /// One upstream server and what we have learned about it. Shared by all queries; updated
@@ -65,6 +67,9 @@ pub struct Upstream {
     edns: edns::EdnsMemory,
     /// Its loop probes.
     probe: loops::ProbeState,
+    /// Its tries, answers, failures and RTT, once metrics count them (a TCP retry after a
+    /// truncated answer is part of its try, not one of its own).
+    meters: OnceLock<UpstreamMeters>,
 }
 
 impl Upstream {
@@ -84,7 +89,13 @@ impl Upstream {
             looping: AtomicBool::new(false),
             edns: edns::EdnsMemory::default(),
             probe: loops::ProbeState::default(),
+            meters: OnceLock::new(),
         }
+    }
+
+    /// Its metrics, when they are counted.
+    fn meters(&self) -> Option<&UpstreamMeters> {
+        self.meters.get()
     }
 
     fn srtt_us(&self) -> u32 {
@@ -236,6 +247,8 @@ pub struct UpstreamSet {
     changes_logged: LogLimit,
     /// Stops the encrypted upstreams' sessions when the set is dropped.
     sessions: CancellationToken,
+    /// The per-upstream metrics, once counted ([`UpstreamSet::count_in`]).
+    metrics: OnceLock<UpstreamFamily>,
 }
 
 impl UpstreamSet {
@@ -252,7 +265,17 @@ impl UpstreamSet {
             probes_due: Notify::new(),
             changes_logged: LogLimit::new("upstream rested or back"),
             sessions,
+            metrics: OnceLock::new(),
         }
+    }
+
+    /// Counts each upstream's tries, answers, failures and RTT in `family`, from now on and
+    /// for the servers a change of the list brings.
+    pub fn count_in(&self, family: UpstreamFamily) {
+        for upstream in self.snapshot().iter() {
+            let _ = upstream.meters.set(family.meters(&upstream.to_string()));
+        }
+        let _ = self.metrics.set(family);
     }
 
     /// The servers as configured, in list order.
@@ -283,6 +306,17 @@ impl UpstreamSet {
                     .unwrap_or_else(|| Arc::new(Upstream::new(server.clone(), &self.sessions)))
             })
             .collect();
+        if let Some(family) = self.metrics.get() {
+            for upstream in new.iter() {
+                let _ = upstream.meters.set(family.meters(&upstream.to_string()));
+            }
+            for gone in old
+                .iter()
+                .filter(|u| !new.iter().any(|n| n.server == u.server))
+            {
+                family.forget(&gone.to_string());
+            }
+        }
         *self.list.write().unwrap_or_else(|p| p.into_inner()) = new;
     }
 
@@ -320,6 +354,9 @@ impl UpstreamSet {
     /// network, into its health; wakes the follower when that makes a loop probe due. Returns
     /// the rest this started, if it started one.
     fn count_failure(&self, upstream: &Upstream) -> Option<Duration> {
+        if let Some(meters) = upstream.meters() {
+            meters.failed();
+        }
         let rest = upstream.record_failure(self.now_ms());
         if let Some(rest) = rest
             && self.changes_logged.admit()
@@ -335,6 +372,9 @@ impl UpstreamSet {
     /// Counts an answer from `upstream` that took `rtt` into its health; true when it brought
     /// the upstream back from a rest.
     fn count_answer(&self, upstream: &Upstream, rtt: Duration) -> bool {
+        if let Some(meters) = upstream.meters() {
+            meters.answered(rtt);
+        }
         let back = upstream.health.record_answer(rtt, self.now_ms());
         if back && self.changes_logged.admit() {
             info!(upstream = %upstream, "upstream answers again");

@@ -32,14 +32,24 @@ pub(crate) struct IntroLoad {
 }
 
 impl IntroLoad {
-    pub(crate) fn on_event(&mut self, event: &NodeEvent) {
+    /// Follows what is held; returns whether `event` was the relay's or the rendezvous
+    /// point's (what [`IntroLoad::held`] says may have changed).
+    pub(crate) fn on_event(&mut self, event: &NodeEvent) -> bool {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::RelayServer(event)) => self.relay(event),
             SwarmEvent::Behaviour(BehaviourEvent::RendezvousServer(event)) => {
                 self.rendezvous(event)
             }
-            _ => {}
+            _ => return false,
         }
+        true
+    }
+
+    /// Relay reservations, relayed connections and rendezvous registrations held now (a
+    /// registration that lapsed unreported counts until the next summary).
+    pub(crate) fn held(&self) -> (usize, usize, usize) {
+        let reservations = self.reservations.values().sum();
+        (reservations, self.circuits, self.registrations.len())
     }
 
     fn relay(&mut self, event: &relay::Event) {

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{DhtMode, IntroConfig, P2pConfig},
+    config::{DhtMode, IntroConfig, MetricsConfig, P2pConfig},
+    metrics::{Endpoint, MetricsError},
     p2p::{
         Node, NodeError, Role, Scope,
         addr::with_peer,
@@ -57,6 +58,12 @@ pub enum IntroError {
     /// A STUN server task died (it panicked) while the server ran.
     #[error("a STUN server stopped")]
     StunStopped(#[source] tokio::task::JoinError),
+    /// The metrics endpoint could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The metrics endpoint's task died (it panicked) while the server ran.
+    #[error("the metrics endpoint stopped")]
+    MetricsStopped(#[source] tokio::task::JoinError),
 }
 
 /// An introduction server whose sockets are bound.
@@ -67,6 +74,8 @@ pub struct Intro {
     stun: Vec<UdpSocket>,
     stun_addrs: Vec<SocketAddr>,
     bootstrap_addrs: Vec<Multiaddr>,
+    /// The metrics endpoint, when `[metrics]` is on.
+    metrics: Option<Endpoint>,
 }
 
 impl Intro {
@@ -120,7 +129,26 @@ impl Intro {
             stun,
             stun_addrs,
             bootstrap_addrs,
+            metrics: None,
         })
+    }
+
+    /// Serves metrics as `config` says (nothing when it is off): the node's, with the relay
+    /// reservations and circuits and the rendezvous registrations held for others.
+    ///
+    /// # Errors
+    /// [`IntroError::Metrics`] when `metrics.listen` cannot be bound.
+    pub async fn with_metrics(mut self, config: &MetricsConfig) -> Result<Self, IntroError> {
+        if let Some(mut endpoint) = Endpoint::bind(config).await? {
+            self.node = self.node.with_metrics(Some(endpoint.intro_meters()));
+            self.metrics = Some(endpoint);
+        }
+        Ok(self)
+    }
+
+    /// The address of the metrics endpoint, when it is on (port 0 resolved).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(Endpoint::local_addr)
     }
 
     /// The server's libp2p identity.
@@ -153,6 +181,10 @@ impl Intro {
         for socket in self.stun {
             stun.spawn(crate::stun::serve(socket, shutdown.clone()));
         }
+        let mut metrics = JoinSet::new();
+        if let Some(endpoint) = self.metrics {
+            metrics.spawn(endpoint.serve(shutdown.clone()));
+        }
         crate::os::systemd::notify(&format!(
             "READY=1\nSTATUS=introduction server {}, {} addresses",
             self.node.handle().peer_id(),
@@ -162,9 +194,11 @@ impl Intro {
         let result = tokio::select! {
             () = self.node.run(shutdown.clone()) => Ok(()),
             Some(Err(error)) = stun.join_next() => Err(IntroError::StunStopped(error)),
+            Some(Err(error)) = metrics.join_next() => Err(IntroError::MetricsStopped(error)),
         };
         crate::os::systemd::notify("STOPPING=1");
         stun.shutdown().await;
+        metrics.shutdown().await;
         result
     }
 }

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     config::P2pConfig,
+    metrics::DhtMetrics,
     p2p::NodeHandle,
     record::{NameRecord, record_name_for, unix_now},
     tunnel::{TunnelError, Tunnels, service::tunnel_of},
@@ -44,6 +45,8 @@ pub struct DhtConfig {
     pub(super) lookups: usize,
     /// Pins kept at most (`p2p.max_pins`).
     pub(super) max_pins: usize,
+    /// Lookups counted by outcome, time and requests, when metrics are on.
+    pub(super) metrics: Option<Arc<DhtMetrics>>,
 }
 
 impl DhtConfig {
@@ -58,7 +61,14 @@ impl DhtConfig {
             lookups: waiting.available_permits().min(p2p.max_lookups),
             waiting,
             max_pins: p2p.max_pins,
+            metrics: None,
         }
+    }
+
+    /// Counts the lookups in `metrics`, when given.
+    pub fn with_metrics(mut self, metrics: Option<Arc<DhtMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 

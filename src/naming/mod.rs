@@ -88,6 +88,9 @@ pub struct NamingAnswer {
     /// addresses: anything appended from upstream (the target of a CNAME to an ICANN name)
     /// must pass [`remove_private`] too.
     pub screen_tail: bool,
+    /// Some records came from signed name records (a DHT lookup, its cache, this node's own
+    /// names): where the metrics count the answer.
+    pub network: bool,
 }
 
 /// Why a `.p2p` answer is not simply what the records say. The DNS front end turns each into
@@ -278,6 +281,7 @@ impl Naming {
         };
         let mut answer = self.chain(qname, qtype, &mut chase).await;
         answer.screen_tail = chase.network && !chase.private_ok;
+        answer.network = chase.network;
         answer
     }
 
@@ -367,6 +371,7 @@ impl NamingAnswer {
             authoritative: true,
             note: None,
             screen_tail: false,
+            network: false,
         }
     }
 

@@ -29,6 +29,7 @@ use super::{
     shares::{Requester, Share, Shares},
 };
 use crate::{
+    metrics::DhtMetrics,
     p2p::{NodeError, NodeHandle, Replicas},
     record::{NameRecord, key_of_name, unix_now},
 };
@@ -113,6 +114,8 @@ pub struct Resolver {
     shares: Arc<Shares>,
     pins: Arc<Pins>,
     state: Mutex<State>,
+    /// Lookups counted, when metrics are on.
+    metrics: Option<Arc<DhtMetrics>>,
 }
 
 impl Resolver {
@@ -132,6 +135,7 @@ impl Resolver {
                 cache: LruCache::new(entries),
                 inflight: HashMap::new(),
             }),
+            metrics: config.metrics.clone(),
         }
     }
 
@@ -255,12 +259,17 @@ impl Resolver {
         // Answer within most of the DNS budget with what is in, rather than wait for
         // replicas that may never come.
         let answer_by = self.budget * 3 / 4;
+        let started = Instant::now();
+        let mut requests = 0;
         let outcome = match self
             .node
             .lookup_within(name.clone(), self.replicas, answer_by)
             .await
         {
-            Ok(replicas) => self.settle(&name, replicas),
+            Ok(replicas) => {
+                requests = replicas.requests;
+                self.settle(&name, replicas)
+            }
             Err(error) => {
                 debug!(%name, %error, "DHT lookup failed");
                 Err(match error {
@@ -269,6 +278,9 @@ impl Resolver {
                 })
             }
         };
+        if let Some(metrics) = &self.metrics {
+            metrics.lookup_ended(&outcome, started.elapsed(), requests);
+        }
         let waiters = {
             let mut state = self.lock();
             if let Ok(value) = &outcome {

@@ -2,7 +2,7 @@
 //! hands each to the concern that owns the state involved. The concerns never see each other
 //! or this loop; what one needs from another is passed in.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use libp2p::{
     kad::{self, store::RecordStore},
@@ -29,6 +29,7 @@ use super::{
 use crate::{
     config::P2pConfig,
     intro::load::IntroLoad,
+    metrics::P2pMetrics,
     nat::{
         connect::Dialer,
         reachability::{self, NatTraversal},
@@ -59,6 +60,8 @@ pub(super) struct EventLoop {
     /// Own records being put, answered when their PUT query ends. Bounded by the queries
     /// running: each ends within Kademlia's query timeout, and the publisher paces them.
     puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
+    /// Swarm events and the node's gauges counted, when metrics are on.
+    metrics: Option<Arc<P2pMetrics>>,
 }
 
 impl EventLoop {
@@ -96,7 +99,14 @@ impl EventLoop {
             intro_load: matches!(role, Role::Intro(_)).then(IntroLoad::default),
             tasks,
             puts: HashMap::new(),
+            metrics: None,
         }
+    }
+
+    /// Counts events, peers and connections in `metrics`, when given.
+    pub(super) fn with_metrics(mut self, metrics: Option<Arc<P2pMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until `shutdown` is cancelled; a panic of a task the node started is raised again
@@ -205,6 +215,7 @@ impl EventLoop {
             info!(%address, "P2P listening");
         }
         self.connections.on_event(&event);
+        self.count(&event);
         if let SwarmEvent::ConnectionEstablished {
             peer_id,
             connection_id,
@@ -227,8 +238,12 @@ impl EventLoop {
         self.nat.on_event(swarm, &event);
         self.rendezvous.on_event(swarm, &event);
         self.dialer.on_event(&event);
-        if let Some(load) = &mut self.intro_load {
-            load.on_event(&event);
+        if let Some(load) = &mut self.intro_load
+            && load.on_event(&event)
+            && let Some(metrics) = &self.metrics
+        {
+            let (reservations, circuits, registrations) = load.held();
+            metrics.set_intro_load(reservations, circuits, registrations);
         }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
@@ -311,11 +326,44 @@ impl EventLoop {
 
     fn on_relay_check(&mut self) {
         self.apply_stalls();
+        self.count_table();
         if let Some(load) = &mut self.intro_load {
             let info = self.swarm.network_info();
             load.summarize(info.connection_counters().num_established() as usize);
         }
         self.nat.check_relays(&mut self.swarm);
+    }
+
+    /// Counts `event` in the metrics, when they are on.
+    fn count(&mut self, event: &NodeEvent) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        metrics.on_event(event);
+        // The relay check, which reads the table's gauges, sleeps while no peer is left.
+        let closed_last = matches!(
+            event,
+            SwarmEvent::ConnectionClosed {
+                num_established: 0,
+                ..
+            }
+        );
+        if closed_last && self.swarm.network_info().num_peers() == 0 {
+            self.count_table();
+        }
+    }
+
+    /// Sets the metrics' gauges of the routing table, the store and the relay reservations
+    /// held (read at each relay check rather than on every event).
+    fn count_table(&mut self) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let reservations = self.swarm.listeners().filter(|a| is_relayed(a)).count();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let table = kad.kbuckets().map(|b| b.num_entries()).sum();
+        let stored = kad.store_mut().records().count();
+        metrics.set_table(table, stored, reservations);
     }
 
     fn status(&mut self) -> NodeStatus {

@@ -17,7 +17,7 @@
 //!   address groups, so that no set of addresses can keep other peers out.
 //! - `addr` classifies addresses; `status` is what `p2pdns status` shows.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, swarm::SwarmEvent};
 use tokio::sync::{mpsc, watch};
@@ -50,7 +50,7 @@ pub use status::{
     Reachability, RendezvousStanding, StunMapping, Transport,
 };
 
-use crate::config::P2pConfig;
+use crate::{config::P2pConfig, metrics::P2pMetrics};
 use behaviour::{NodeSwarm, next_event};
 
 /// Commands waiting for the event loop at most.
@@ -66,6 +66,8 @@ pub struct Node {
     joined: watch::Sender<bool>,
     config: P2pConfig,
     role: Role,
+    /// Swarm events and the node's gauges counted, when metrics are on.
+    metrics: Option<Arc<P2pMetrics>>,
 }
 
 impl Node {
@@ -103,7 +105,14 @@ impl Node {
             joined,
             config: config.clone(),
             role,
+            metrics: None,
         })
+    }
+
+    /// Counts the node's events, peers and connections in `metrics`, when given.
+    pub fn with_metrics(mut self, metrics: Option<Arc<P2pMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A handle that drives the node once it runs.
@@ -128,9 +137,11 @@ impl Node {
             joined,
             config,
             role,
+            metrics,
             ..
         } = self;
         event_loop::EventLoop::new(swarm, commands, joined, &config, role, &shutdown)
+            .with_metrics(metrics)
             .run(shutdown)
             .await;
     }

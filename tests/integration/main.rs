@@ -33,6 +33,9 @@
 //! - [`intro_flood`]: no set of addresses keeps a node out of an introduction server: idle
 //!   connections from one address or a thousand, handshaken idle ones from many (issue 15,
 //!   kind 5).
+//! - [`metrics`]: the Prometheus endpoint scraped over HTTP before and after queries: queries
+//!   by source and RCODE, cache, upstream and DHT figures move by what was asked; two nodes
+//!   show their peer and connection gauges (issue 16).
 //! - [`scripted`]: an upstream whose every answer a test scripts, to the byte (a fixture).
 //! - [`upstream_faults`]: scripted upstreams that are strict about EDNS or lack it, answer
 //!   records the forwarder does not model or what does not parse; forwarding loops.
@@ -100,6 +103,7 @@ mod forward_fairness;
 mod fuzz_found;
 mod intro_flood;
 mod local_records;
+mod metrics;
 mod names_checked;
 mod p2p;
 mod p2p_answers;

@@ -220,6 +220,8 @@ pub struct TestDaemon {
     pub forwarder: Arc<p2pdns::dns::forwarder::Forwarder>,
     pub dht: Option<Arc<p2pdns::naming::Dht>>,
     pub p2p_addrs: Vec<libp2p::Multiaddr>,
+    /// The metrics endpoint, when `[metrics]` is on.
+    pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub task: JoinHandle<Result<(), DaemonError>>,
     /// Removes the data directory when the daemon is dropped or stopped.
@@ -255,6 +257,7 @@ impl TestDaemon {
         let forwarder = daemon.forwarder().clone();
         let dht = daemon.dht().cloned();
         let p2p_addrs = daemon.p2p_addrs().to_vec();
+        let metrics_addr = daemon.metrics_addr();
         let shutdown = CancellationToken::new();
         let reload = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(daemon.run(shutdown.clone(), reload.clone()));
@@ -265,6 +268,7 @@ impl TestDaemon {
             forwarder,
             dht,
             p2p_addrs,
+            metrics_addr,
             data_dir: dir.clone(),
             task,
             dir_guard: DirGuard { dir, keep: false },

@@ -54,12 +54,13 @@ const CARGO_DEB_INSTALL: &str = "cargo install cargo-deb --locked --version 3.8.
 const DPKG_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The files the package installs, and nothing else.
-const PACKAGE_FILES: [&str; 8] = [
+const PACKAGE_FILES: [&str; 9] = [
     "/usr/bin/p2pdns",
     "/usr/lib/systemd/system/p2pdns-intro.service",
     "/usr/lib/systemd/system/p2pdns.service",
     "/usr/share/doc/p2pdns/README.md",
     "/usr/share/doc/p2pdns/copyright",
+    "/usr/share/doc/p2pdns/examples/grafana-dashboard.json",
     "/usr/share/doc/p2pdns/examples/p2pdns.toml",
     "/usr/share/p2pdns/p2p.negative",
     "/usr/share/p2pdns/resolved-p2pdns.conf",

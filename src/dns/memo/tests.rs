@@ -36,11 +36,17 @@ fn reply(query: &[u8], ttl: u32) -> Vec<u8> {
     r
 }
 
-fn reuse(stored: Instant, age: u32, fresh_for: u64) -> Reuse {
-    Reuse {
-        stored,
-        age,
-        until: stored + Duration::from_secs(fresh_for),
+/// Made from a cache entry stored at `stored`, `age` seconds later, fresh for `fresh_for`
+/// seconds after `stored`; generation 0.
+fn reuse(stored: Instant, age: u32, fresh_for: u64) -> Memorable {
+    Memorable {
+        reuse: Reuse {
+            stored,
+            age,
+            until: stored + Duration::from_secs(fresh_for),
+        },
+        generation: 0,
+        source: Source::Cache,
     }
 }
 
@@ -56,11 +62,11 @@ fn a_remembered_reply_takes_the_queries_id_and_counts_its_ttls_down() {
     let stored = Instant::now();
     let first = query(0x1111, "www.example.com", Some(1232));
     // Made 5 s after the entry was stored, so its TTL says 295 of the stored 300.
-    memo.remember(&first, &reply(&first, 295), reuse(stored, 5, 270), 0);
+    memo.remember(&first, &reply(&first, 295), reuse(stored, 5, 270));
     let again = query(0x2222, "www.example.com", Some(1232));
     let mut out = Vec::new();
     let later = stored + Duration::from_millis(42_500);
-    assert!(memo.answer(&again, later, 0, &mut out));
+    assert!(memo.answer(&again, later, 0, &mut out).is_some());
     assert_eq!(&out[..2], &[0x22, 0x22]);
     assert_eq!(ttl_of(&out), 300 - 42);
     // Everything but the ID and the TTL is the reply as it was made; the OPT record's EDNS
@@ -75,14 +81,23 @@ fn a_reply_stops_holding_at_its_end_or_when_the_cache_is_emptied() {
     let memo = AnswerMemo::default();
     let stored = Instant::now();
     let q = query(1, "example.org", None);
-    memo.remember(&q, &reply(&q, 100), reuse(stored, 0, 90), 0);
+    memo.remember(&q, &reply(&q, 100), reuse(stored, 0, 90));
     let mut out = Vec::new();
-    assert!(!memo.answer(&q, stored, 1, &mut out), "another generation");
+    assert!(
+        memo.answer(&q, stored, 1, &mut out).is_none(),
+        "another generation"
+    );
     // The look-up of another generation dropped it.
     assert!(memo.is_empty());
-    memo.remember(&q, &reply(&q, 100), reuse(stored, 0, 90), 0);
-    assert!(memo.answer(&q, stored + Duration::from_secs(89), 0, &mut out));
-    assert!(!memo.answer(&q, stored + Duration::from_secs(90), 0, &mut out));
+    memo.remember(&q, &reply(&q, 100), reuse(stored, 0, 90));
+    assert!(
+        memo.answer(&q, stored + Duration::from_secs(89), 0, &mut out)
+            .is_some()
+    );
+    assert!(
+        memo.answer(&q, stored + Duration::from_secs(90), 0, &mut out)
+            .is_none()
+    );
     assert!(memo.is_empty());
 }
 
@@ -91,18 +106,18 @@ fn queries_differing_in_any_byte_but_the_id_are_not_answered_from_each_other() {
     let memo = AnswerMemo::default();
     let stored = Instant::now();
     let q = query(7, "example.net", Some(1232));
-    memo.remember(&q, &reply(&q, 60), reuse(stored, 0, 50), 0);
+    memo.remember(&q, &reply(&q, 60), reuse(stored, 0, 50));
     let mut out = Vec::new();
     for other in [
         query(7, "Example.net", Some(1232)),
         query(7, "example.net", Some(4096)),
         query(7, "example.net", None),
     ] {
-        assert!(!memo.answer(&other, stored, 0, &mut out));
+        assert!(memo.answer(&other, stored, 0, &mut out).is_none());
     }
-    assert!(memo.answer(&q, stored, 0, &mut out));
+    assert!(memo.answer(&q, stored, 0, &mut out).is_some());
     assert!(
-        !memo.answer(&q[..11], stored, 0, &mut out),
+        memo.answer(&q[..11], stored, 0, &mut out).is_none(),
         "shorter than a header"
     );
 }
@@ -143,7 +158,7 @@ fn only_plain_queries_are_remembered() {
     ] {
         assert!(!is_plain_query(&q), "{why}");
         let memo = AnswerMemo::default();
-        memo.remember(&q, &reply(&plain, 60), reuse(Instant::now(), 0, 50), 0);
+        memo.remember(&q, &reply(&plain, 60), reuse(Instant::now(), 0, 50));
         assert!(memo.is_empty(), "{why}");
     }
 }
@@ -170,11 +185,11 @@ fn truncated_failed_or_unparsable_replies_are_not_remembered() {
         ("too big", [good.clone(), vec![0; MEMO_MAX_REPLY]].concat()),
     ] {
         let memo = AnswerMemo::default();
-        memo.remember(&q, &r, reuse(Instant::now(), 0, 50), 0);
+        memo.remember(&q, &r, reuse(Instant::now(), 0, 50));
         assert!(memo.is_empty(), "{why}");
     }
     let memo = AnswerMemo::default();
-    memo.remember(&q, &with(3, 0x83), reuse(Instant::now(), 0, 50), 0);
+    memo.remember(&q, &with(3, 0x83), reuse(Instant::now(), 0, 50));
     assert_eq!(memo.len(), 1, "NXDOMAIN is remembered");
 }
 
@@ -184,7 +199,7 @@ fn the_memo_is_bounded() {
     let stored = Instant::now();
     for i in 0..MEMO_ENTRIES * 2 {
         let q = query(1, &format!("n{i}.example"), None);
-        memo.remember(&q, &reply(&q, 60), reuse(stored, 0, 50), 0);
+        memo.remember(&q, &reply(&q, 60), reuse(stored, 0, 50));
     }
     assert!(memo.len() <= MEMO_ENTRIES);
     assert!(memo.len() >= MEMO_ENTRIES / 2, "{}", memo.len());

@@ -43,6 +43,34 @@ const MAX_SRTT_US: u32 = 5_000_000;
 /// [`Health::back_at_ms`] of an upstream never rested.
 const NEVER: u64 = u64::MAX;
 
+/// How one upstream server is doing ([`super::UpstreamSet::health`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamHealth {
+    /// The server as configured (`192.0.2.1:53`, `tls://...#name`).
+    pub server: String,
+    /// It is asked now: neither resting after failures nor sending our queries back.
+    pub usable: bool,
+    /// Its smoothed round-trip time, once an answer was timed.
+    pub srtt: Option<Duration>,
+}
+
+impl super::UpstreamSet {
+    /// How each server is doing now, in list order: whether it is asked (neither resting after
+    /// failures nor sending our queries back) and its smoothed RTT once measured.
+    pub fn health(&self) -> Vec<UpstreamHealth> {
+        let now = self.now_ms();
+        let measured = |us: u32| (us > 0).then(|| Duration::from_micros(us.into()));
+        let list = self.snapshot();
+        list.iter()
+            .map(|u| UpstreamHealth {
+                server: u.to_string(),
+                usable: u.usable(now),
+                srtt: measured(u.srtt_us()),
+            })
+            .collect()
+    }
+}
+
 /// What was learned about one upstream. Updated with relaxed atomics by every query: each value
 /// is a hint for ordering and timeouts, and a race costs at most one rest of the wrong length.
 #[derive(Debug)]

@@ -274,6 +274,9 @@ impl Tries<'_> {
                 }
             },
         };
+        if let Some(meters) = upstream.meters() {
+            meters.sent();
+        }
         let id = self.next_id;
         self.next_id += 1;
         let sent = Instant::now();
