@@ -46,6 +46,7 @@ pub(crate) fn check(config: &Config) -> Result<(), ConfigError> {
     }
     check_allow(config)?;
     check_listen(&config.dns.listen)?;
+    check_metrics_listen(config)?;
     check_upstreams(config)?;
     for (part, whole) in WITHIN {
         let (part_value, whole_value) = (value(config, part), value(config, whole));
@@ -70,6 +71,26 @@ fn value(config: &Config, key: &str) -> u64 {
 
 /// `dns.allow` admits no client from the whole internet on a non-loopback address unless
 /// `dns.open_resolver` says so, and has no entry that can match no client.
+/// The metrics endpoint cannot share a DNS listener's TCP port (found by a newcomer:
+/// `--check-config` said OK, the daemon then failed to bind).
+fn check_metrics_listen(config: &Config) -> Result<(), ConfigError> {
+    let metrics = config.metrics.listen;
+    let clash = config.dns.listen.iter().find(|dns| {
+        dns.port() == metrics.port()
+            && dns.is_ipv4() == metrics.is_ipv4()
+            && (dns.ip() == metrics.ip()
+                || dns.ip().is_unspecified()
+                || metrics.ip().is_unspecified())
+    });
+    match clash {
+        Some(dns) if config.metrics.enabled && metrics.port() != 0 => Err(invalid(
+            "metrics.listen",
+            format!("{metrics} is the TCP port of dns.listen {dns}; choose another port"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_allow(config: &Config) -> Result<(), ConfigError> {
     let exposed = config
         .dns

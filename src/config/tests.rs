@@ -540,6 +540,22 @@ fn contradictions_are_refused_with_their_key() {
             false => assert!(Config::from_toml(&text, "t").is_ok(), "{listen}"),
         }
     }
+    for (dns, metrics, refused) in [
+        ("127.0.0.1:5300", "127.0.0.1:5300", true),
+        ("0.0.0.0:5300", "127.0.0.1:5300", true),
+        ("127.0.0.1:5300", "0.0.0.0:5300", true),
+        ("127.0.0.1:5300", "127.0.0.1:9253", false),
+        ("[::1]:5300", "127.0.0.1:5300", false),
+        ("127.0.0.2:5300", "127.0.0.1:5300", false),
+    ] {
+        let text = format!(
+            "[dns]\nlisten = [\"{dns}\"]\n[metrics]\nenabled = true\nlisten = \"{metrics}\"\n"
+        );
+        match refused {
+            true => assert!(chain(&text).contains("metrics.listen"), "{dns} {metrics}"),
+            false => assert!(Config::from_toml(&text, "t").is_ok(), "{dns} {metrics}"),
+        }
+    }
     let upstreams = |listen: &str, server: &str| {
         format!(
             "[dns]\nlisten = [\"{listen}\"]\n[upstream]\nservers = [\"9.9.9.9\", \"{server}\"]\n"

@@ -123,6 +123,14 @@ impl Handler {
         true
     }
 
+    /// Counts a reply of `rcode` made before the handler could see the query (FORMERR to one
+    /// that does not parse), as answered here.
+    pub fn count_unparsed(&self, rcode: ResponseCode) {
+        if let Some(metrics) = &self.0.metrics {
+            metrics.answered(Source::Local, rcode, std::time::Duration::ZERO);
+        }
+    }
+
     /// Remembers `reply`, the encoding of the reply to the UDP query `query` that
     /// [`Handler::answer`] said may be reused as `reuse` while the answers' sources stay at
     /// `generation`.

@@ -400,10 +400,44 @@ fn encoded_len(
         reply.additionals.iter(),
     );
     let mut buf = Vec::with_capacity(1024);
-    let mut encoder = BinEncoder::new(&mut buf);
+    let mut encoder = compressing_encoder(&mut buf, request.queries.as_bytes());
     match response.destructive_emit(&mut encoder) {
-        Ok(_) => buf.len(),
+        Ok(_) => encoder.offset(),
         // Too large to encode at all: certainly too large for the limit.
         Err(_) => usize::MAX,
     }
+}
+
+/// An encoder over `buf` for a reply whose question section is `question` as the client sent
+/// it, that compresses names against the question's first name (RFC 1035 section 4.1.4).
+/// hickory echoes the question as raw bytes, so by itself it writes an answer's owner name out
+/// in full a second time: 14 bytes more for `www.example.com`, and a reply to a 244-octet name
+/// truncated under 512 bytes where the upstream's fitted. The question's name is written here
+/// where the message will hold it, its labels made pointer targets, and the encoder set back
+/// to the start: the message is then written over the same bytes. Its length is the
+/// encoder's offset at the end, not `buf`'s (which holds the seed when the reply leaves the
+/// question out).
+pub fn compressing_encoder<'a>(buf: &'a mut Vec<u8>, question: &[u8]) -> BinEncoder<'a> {
+    const HEADER: usize = 12;
+    let mut encoder = BinEncoder::new(buf);
+    let mut labels = Vec::new();
+    let mut at = 0;
+    // The first name: labels of 1 to 63 octets up to the root (no pointer can come first).
+    while let Some(&len) = question.get(at) {
+        if len == 0 || len > 63 {
+            break;
+        }
+        labels.push(at);
+        at += 1 + usize::from(len);
+    }
+    if question.get(at) != Some(&0) || labels.is_empty() || at > 254 {
+        return encoder;
+    }
+    if encoder.emit_vec(&[0; HEADER]).is_ok() && encoder.emit_vec(&question[..at]).is_ok() {
+        for start in labels {
+            encoder.store_label_pointer(HEADER + start, HEADER + at);
+        }
+    }
+    encoder.set_offset(0);
+    encoder
 }

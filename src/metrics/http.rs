@@ -144,8 +144,17 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
             ));
         }
         head.extend_from_slice(&buf[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            return Ok(Some(head));
+        let end = [&b"\r\n\r\n"[..], b"\n\n"]
+            .iter()
+            .filter_map(|blank| {
+                let at = head.windows(blank.len()).position(|w| w == *blank)?;
+                Some(at + blank.len())
+            })
+            .min();
+        if let Some(end) = end {
+            // Within the bound, counted to the blank line: what was read past it is not
+            // looked at (one request per connection).
+            return Ok((end <= MAX_REQUEST).then_some(head));
         }
         if head.len() > MAX_REQUEST {
             return Ok(None);
@@ -257,5 +266,24 @@ mod tests {
             String::from_utf8_lossy(&head).ends_with("\r\n\r\n"),
             "no body after HEAD"
         );
+    }
+
+    /// A request head is read to its blank line within [`MAX_REQUEST`] bytes, not a byte more
+    /// (a head of 9,216 bytes was taken: the bound was checked after each 1 KiB read).
+    #[tokio::test]
+    async fn a_request_head_is_bounded_to_the_byte() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (extra, fits) in [(0, true), (1, false), (1000, false)] {
+            let filler = MAX_REQUEST - "GET /metrics HTTP/1.1\r\nX: \r\n\r\n".len() + extra;
+            let request = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(filler));
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut client, request.as_bytes())
+                .await
+                .unwrap();
+            let head = read_head(&mut server).await.unwrap();
+            assert_eq!(head.is_some(), fits, "{} bytes", request.len());
+        }
     }
 }

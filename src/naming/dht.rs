@@ -146,7 +146,12 @@ impl Dht {
             Some(own) => own,
             None => match self.resolver.resolve(&record_name, requester).await {
                 Ok(DhtAnswer::Found(found)) => found.record,
-                Ok(DhtAnswer::Absent) => return answer_from(&Empty, qname, qtype, tld, seen),
+                Ok(DhtAnswer::Absent) => {
+                    // The network says there is no such name: its answer, not this node's.
+                    let mut absent = answer_from(&Empty, qname, qtype, tld, seen);
+                    absent.origin = Origin::Network;
+                    return absent;
+                }
                 Err(note) => return Built::done(NamingAnswer::failed(note), Origin::Network),
             },
         };

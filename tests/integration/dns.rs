@@ -907,3 +907,49 @@ async fn firefox_doh_canary_gets_nxdomain_without_asking_upstream() {
     let msg = ask(daemon.addr, "www.example.test.", RecordType::A).await;
     assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
 }
+
+/// An answer's owner name is a pointer to the question's (RFC 1035 section 4.1.4), as every
+/// resolver writes it: hickory, which echoes the question as it came, wrote the name out in
+/// full again, so a 245-octet name's A record, 278 bytes from the upstream, came back over UDP
+/// without EDNS as TC=1 with no answer (found by a newcomer).
+#[tokio::test]
+async fn answers_point_to_the_question_name() {
+    let long = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(40)
+    );
+    let upstream = Upstream::start(&format!("{long} IN A 192.0.2.99\n")).await;
+    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    for (name, address) in [
+        ("www.example.test.".to_owned(), [192, 0, 2, 80]),
+        (format!("{long}.example.test."), [192, 0, 2, 99]),
+    ] {
+        let query = crate::scripted::raw_query(0x2121, &name, 1, false);
+        for transport in ["udp", "tcp", "udp again", "udp from the memo"] {
+            let reply = match transport {
+                "tcp" => crate::scripted::raw_exchange_tcp(daemon.addr, &query).await,
+                _ => crate::scripted::raw_exchange_udp(daemon.addr, &query).await,
+            };
+            assert_eq!(reply[2] & 0x02, 0, "{name} over {transport}: not truncated");
+            let (rcode, answers) = crate::scripted::raw_answers(&reply);
+            assert_eq!(rcode, 0);
+            assert_eq!(answers, [(1, address.to_vec())], "{name} over {transport}");
+            // Header, the question, then the answer's owner: a pointer to offset 12.
+            let owner = query.len();
+            assert_eq!(
+                reply[owner..owner + 2],
+                [0xC0, 12],
+                "{name} over {transport}"
+            );
+            assert_eq!(
+                reply.len(),
+                query.len() + 2 + 10 + 4,
+                "{name} over {transport}"
+            );
+        }
+    }
+    daemon.stop().await.expect("clean shutdown");
+}

@@ -86,8 +86,9 @@ async fn a_question_section_over_the_udp_size_gets_its_rcode() {
 /// against the question (342 bytes in all), asked by a client whose EDNS size is 512. hickory
 /// echoes the question as it came and compresses nothing against it, so the daemon's reply
 /// writes the owner name out in full: 251 bytes more than the upstream's answer, from whose
-/// size the daemon judged that the reply fits. The client got 593 bytes. It now gets TC=1
-/// within 512 bytes, with its OPT record, and the answer over TCP.
+/// size the daemon judged that the reply fits. The client got 593 bytes. Replies are now
+/// measured by encoding them, and owner names point to the question's (RFC 1035 section
+/// 4.1.4), so the answer itself fits: within 512 bytes, with its OPT record, as over TCP.
 #[tokio::test]
 async fn a_long_name_compressed_upstream_fits_the_client_udp_size() {
     let label = "a".repeat(60);
@@ -112,7 +113,11 @@ async fn a_long_name_compressed_upstream_fits_the_client_udp_size() {
     assert!(reply.len() <= 512, "{} bytes", reply.len());
     let reply = Message::from_vec(&reply).unwrap();
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-    assert!(reply.metadata.truncation, "TC=1");
+    assert!(
+        !reply.metadata.truncation,
+        "TC=0: the answer fits, compressed"
+    );
+    assert_eq!(reply.answers.len(), 1);
     assert!(reply.edns.is_some(), "OPT kept");
     let full = exchange_tcp(
         daemon.addr,
@@ -126,8 +131,9 @@ async fn a_long_name_compressed_upstream_fits_the_client_udp_size() {
 /// upstream_answer (a 600 s run): the same kind for answers the daemon makes itself. ANY for a
 /// 245-byte name gets the RFC 8482 HINFO owned by that name; the reply was judged by the size
 /// of an empty reply and went out at 542 bytes to a client that allowed 512. Answers the
-/// daemon adds records to are now measured by encoding them: TC=1 within 512 bytes, with the
-/// OPT record when the query had one, and the answer over TCP.
+/// daemon adds records to are now measured by encoding them, and the owner points to the
+/// question's name: the answer fits within 512 bytes, with the OPT record when the query had
+/// one, as over TCP.
 #[tokio::test]
 async fn a_synthesized_answer_for_a_long_name_fits_the_client_udp_size() {
     let label = "b".repeat(60);
@@ -143,7 +149,8 @@ async fn a_synthesized_answer_for_a_long_name_fits_the_client_udp_size() {
         assert!(reply.len() <= 512, "{} bytes (EDNS: {edns})", reply.len());
         let reply = Message::from_vec(&reply).unwrap();
         assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-        assert!(reply.metadata.truncation, "TC=1 (EDNS: {edns})");
+        assert!(!reply.metadata.truncation, "TC=0 (EDNS: {edns})");
+        assert_eq!(reply.answers.len(), 1, "EDNS: {edns}");
         assert_eq!(
             reply.edns.is_some(),
             edns,

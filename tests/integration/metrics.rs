@@ -300,6 +300,16 @@ async fn counters_move_by_the_queries_made() {
     assert_eq!(moved(&after, &memo, answered, &count), 3.0);
     assert_eq!(upstream.asked().len(), 2, "nothing more asked upstream");
 
+    // A query that does not parse (two questions announced, one sent) gets FORMERR before any
+    // handler sees it: counted as answered here.
+    let mut broken = raw_query(0x4343, "www.example.", 1, false);
+    broken[5] = 2;
+    let answer = raw_exchange_udp(daemon.addr, &broken).await;
+    assert_eq!(answer[3] & 0x0F, 1, "FORMERR");
+    let formerr = scrape(metrics).await;
+    let labels = [("source", "local"), ("rcode", "FORMERR")];
+    assert_eq!(moved(&memo, &formerr, QUERIES, &labels), 1.0);
+
     // Only /metrics is served, and only GET and HEAD.
     let other = http(metrics, "GET / HTTP/1.1\r\n\r\n").await;
     assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
@@ -383,6 +393,14 @@ async fn two_nodes_count_each_other_and_a_dht_lookup() {
         get(&after, &format!("{requests}_sum"), &[]) >= 1.0,
         "a peer was asked"
     );
+    // A name the network does not hold: its NXDOMAIN is the DHT's answer, not a local one
+    // (counted as local before a newcomer noticed).
+    let absent = ask(first.addr, "absent-from-the-network.p2p.", RecordType::A).await;
+    assert_eq!(absent.metadata.response_code, ResponseCode::NXDomain);
+    let later = scrape(metrics).await;
+    let nxdomain = |source| [("source", source), ("rcode", "NXDOMAIN")];
+    assert_eq!(moved(&after, &later, QUERIES, &nxdomain("p2p_dht")), 1.0);
+    assert_eq!(moved(&after, &later, QUERIES, &nxdomain("p2p_local")), 0.0);
     second.stop().await.unwrap();
     // The peer gone, the gauges come down with it.
     scrape_until(metrics, "no peer left", |s| {

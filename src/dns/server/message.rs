@@ -20,7 +20,7 @@ use hickory_server::{
 };
 use tracing::debug;
 
-use crate::dns::{handler::Handler, memo::is_plain_query};
+use crate::dns::{handler::Handler, memo::is_plain_query, response::compressing_encoder};
 
 /// Largest reply without EDNS over UDP (RFC 1035 section 4.2.1).
 const PLAIN_UDP_SIZE: u16 = 512;
@@ -42,11 +42,13 @@ pub async fn answer(
         Ok(request) => request,
         Err(error) => {
             debug!(%src, %error, "answering FORMERR to a query that does not parse");
+            handler.count_unparsed(ResponseCode::FormErr);
             return header_only(&header.metadata, ResponseCode::FormErr);
         }
     };
     let capture = Capture {
         protocol,
+        question: request.queries.as_bytes().into(),
         encoded: Arc::default(),
     };
     let (_, reuse) = handler.answer(&request, capture.clone()).await;
@@ -103,6 +105,8 @@ fn header_only(query: &Metadata, rcode: ResponseCode) -> Option<Vec<u8>> {
 #[derive(Clone)]
 struct Capture {
     protocol: Protocol,
+    /// The question section as the client sent it, for name compression against it.
+    question: Arc<[u8]>,
     /// The first reply sent; a handler sends one.
     encoded: Arc<OnceLock<Vec<u8>>>,
 }
@@ -127,10 +131,14 @@ impl ResponseHandler for Capture {
         };
         let metadata = *response.metadata();
         let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
+        let mut encoder = compressing_encoder(&mut bytes, &self.question);
         encoder.set_max_size(limit);
         let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
+            Ok(info) => {
+                let end = encoder.offset();
+                bytes.truncate(end);
+                info
+            }
             Err(error) => {
                 // The handler sizes replies to fit; should one not, SERVFAIL beats silence.
                 debug!(%error, "a reply did not encode; answering SERVFAIL");
