@@ -170,22 +170,8 @@ async fn uncached_lookup_latency() {
         names,
     );
 
-    // Names nobody published, each asked once through a random node: NXDOMAIN once the
-    // lookup's query has ended (the DHT can only say "absent" when no peer had a record).
     let absent = env("ABSENT", 50);
-    let mut negative = Vec::new();
-    for i in 0..absent {
-        let name = format!("absent{i}.p2p.");
-        let t = Instant::now();
-        let msg = ask(daemons[next(nodes)].addr, &name, RecordType::A).await;
-        let elapsed = t.elapsed();
-        if traced {
-            println!("lookup {name} {:.1} ms", elapsed.as_secs_f64() * 1e3);
-        }
-        if msg.metadata.response_code == ResponseCode::NXDomain {
-            negative.push(elapsed);
-        }
-    }
+    let mut negative = absent_lookups(&daemons, absent, &mut next, traced).await;
     let nxdomain = negative.len();
     print_latencies(
         "uncached lookups of absent names (NXDOMAIN)",
@@ -194,6 +180,30 @@ async fn uncached_lookup_latency() {
         absent,
     );
     assert!(ok > 0, "no lookup succeeded: the set-up is broken");
+}
+
+/// Names nobody published, each asked once through a random daemon: the latencies of those
+/// answered NXDOMAIN (the DHT can only say "absent" once the lookup's query has ended).
+async fn absent_lookups(
+    daemons: &[TestDaemon],
+    count: usize,
+    next: &mut impl FnMut(usize) -> usize,
+    traced: bool,
+) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    for i in 0..count {
+        let name = format!("absent{i}.p2p.");
+        let t = Instant::now();
+        let msg = ask(daemons[next(daemons.len())].addr, &name, RecordType::A).await;
+        let elapsed = t.elapsed();
+        if traced {
+            println!("lookup {name} {:.1} ms", elapsed.as_secs_f64() * 1e3);
+        }
+        if msg.metadata.response_code == ResponseCode::NXDomain {
+            latencies.push(elapsed);
+        }
+    }
+    latencies
 }
 
 /// Prints how many of `total` lookups answered as expected and the distribution of their
