@@ -481,6 +481,14 @@ mod tests {
         record.to_bytes()
     }
 
+    /// A Kademlia behaviour, a table of 8 lookups, and the name they look up.
+    fn table_of_eight() -> (kad::Behaviour<MemoryStore>, Lookups, InvalidRecords, Name) {
+        let me = PeerId::random();
+        let kad = kad::Behaviour::new(me, MemoryStore::new(me));
+        let name = Name::from_ascii("site.p2p.").unwrap();
+        (kad, Lookups::new(8), InvalidRecords::default(), name)
+    }
+
     fn three() -> Wanted {
         Wanted {
             replicas: 3,
@@ -493,11 +501,7 @@ mod tests {
     /// for.
     #[tokio::test]
     async fn a_lookup_answers_at_its_answer_time_with_what_it_has() {
-        let me = PeerId::random();
-        let mut kad = kad::Behaviour::new(me, MemoryStore::new(me));
-        let mut lookups = Lookups::new(8);
-        let mut invalid = InvalidRecords::default();
-        let name = Name::from_ascii("site.p2p.").unwrap();
+        let (mut kad, mut lookups, mut invalid, name) = table_of_eight();
         let now = Instant::now();
 
         let (reply, mut answered) = oneshot::channel();
@@ -573,11 +577,7 @@ mod tests {
     /// meanwhile; a replica of another owner, or the node's own store, decides nothing.
     #[tokio::test(start_paused = true)]
     async fn a_lookup_settles_once_its_replicas_decide_the_owner_and_the_grace_is_over() {
-        let me = PeerId::random();
-        let mut kad = kad::Behaviour::new(me, MemoryStore::new(me));
-        let mut lookups = Lookups::new(8);
-        let mut invalid = InvalidRecords::default();
-        let name = Name::from_ascii("site.p2p.").unwrap();
+        let (mut kad, mut lookups, mut invalid, name) = table_of_eight();
         let (owner, other) = (ed25519::Keypair::generate(), ed25519::Keypair::generate());
         let started = Instant::now();
         let later = Some(started + Duration::from_secs(60));
