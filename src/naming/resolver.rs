@@ -261,11 +261,21 @@ impl Resolver {
         let answer_by = self.budget * 3 / 4;
         let started = Instant::now();
         let mut requests = 0;
-        let outcome = match self
-            .node
-            .lookup_within(name.clone(), self.replicas, answer_by)
-            .await
-        {
+        // An owner known beforehand (the key in a key name, a pin) decides with one replica:
+        // the lookup need not wait for a majority (docs/PROTOCOL.md section 6).
+        let owner = key_of_name(&name).or_else(|| self.pins.owner(&name, unix_now()));
+        let node = &self.node;
+        let replicas = match owner {
+            Some(owner) => {
+                node.lookup_for(name.clone(), self.replicas, answer_by, owner)
+                    .await
+            }
+            None => {
+                node.lookup_within(name.clone(), self.replicas, answer_by)
+                    .await
+            }
+        };
+        let outcome = match replicas {
             Ok(replicas) => {
                 requests = replicas.requests;
                 self.settle(&name, replicas)

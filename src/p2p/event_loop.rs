@@ -22,7 +22,7 @@ use super::{
     behaviour::{BehaviourEvent, NodeEvent, NodeSwarm, listen_addrs, next_event},
     connections::Connections,
     inbound::{InboundPuts, InvalidRecords, to_kad_record},
-    lookups::Lookups,
+    lookups::{Lookups, Wanted},
     routing::Routing,
     stalls::Stalls,
 };
@@ -147,9 +147,14 @@ impl EventLoop {
                 name,
                 wanted,
                 answer_by,
+                owner,
                 reply,
             } => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
+                let wanted = Wanted {
+                    replicas: wanted,
+                    owner,
+                };
                 self.lookups.start(kad, name, wanted, answer_by, reply);
             }
             Command::Publish { record, reply } => match self.publish(&record) {

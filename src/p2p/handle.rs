@@ -35,6 +35,8 @@ pub(crate) enum Command {
         name: Name,
         wanted: usize,
         answer_by: Option<Instant>,
+        /// The owner key that alone may answer for the name (a key name's, a pin's).
+        owner: Option<[u8; 32]>,
         reply: oneshot::Sender<Replicas>,
     },
     Publish {
@@ -116,15 +118,16 @@ impl NodeHandle {
     }
 
     /// Asks the DHT for `name` (a DHT name, `site.p2p.`) and returns the valid replicas found
-    /// once `wanted` are in or the query ends. The caller bounds the wait; the query goes on
-    /// without it.
+    /// once `wanted` are in, or once a majority of `wanted` name one owner and a grace for a
+    /// newer `seq` has passed (see [`NodeHandle::lookup_for`]), or when the query ends. The
+    /// caller bounds the wait; the query goes on without it.
     ///
     /// # Errors
     /// [`NodeError::Busy`] when the command queue is full or the lookup table is full of
     /// lookups within their answer time,
     /// [`NodeError::Stopped`] when the node is gone.
     pub async fn lookup(&self, name: Name, wanted: usize) -> Result<Replicas, NodeError> {
-        self.lookup_inner(name, wanted, None).await
+        self.lookup_inner(name, wanted, None, None).await
     }
 
     /// As [`NodeHandle::lookup`], but answers after `answer_by` with the valid replicas found
@@ -136,7 +139,28 @@ impl NodeHandle {
         wanted: usize,
         answer_by: Duration,
     ) -> Result<Replicas, NodeError> {
-        self.lookup_inner(name, wanted, Some(Instant::now() + answer_by))
+        let answer_by = Some(Instant::now() + answer_by);
+        self.lookup_inner(name, wanted, answer_by, None).await
+    }
+
+    /// As [`NodeHandle::lookup_within`] for a name whose owner key is known (a key name, or a
+    /// human name pinned to `owner`, docs/PROTOCOL.md sections 6 and 7): one replica of that
+    /// owner decides the owner, so the lookup answers once the grace for a newer `seq` after
+    /// the first replica from a peer has passed (as long as that replica took to come, 5 ms at
+    /// least), without waiting for `wanted` replicas. Replicas of other owners are kept but
+    /// decide nothing.
+    ///
+    /// # Errors
+    /// As [`NodeHandle::lookup`].
+    pub async fn lookup_for(
+        &self,
+        name: Name,
+        wanted: usize,
+        answer_by: Duration,
+        owner: [u8; 32],
+    ) -> Result<Replicas, NodeError> {
+        let answer_by = Some(Instant::now() + answer_by);
+        self.lookup_inner(name, wanted, answer_by, Some(owner))
             .await
     }
 
@@ -145,12 +169,14 @@ impl NodeHandle {
         name: Name,
         wanted: usize,
         answer_by: Option<Instant>,
+        owner: Option<[u8; 32]>,
     ) -> Result<Replicas, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.try_send(Command::Lookup {
             name,
             wanted,
             answer_by,
+            owner,
             reply,
         })?;
         rx.await.map_err(|_| NodeError::Busy)

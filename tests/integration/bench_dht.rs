@@ -5,11 +5,16 @@
 //! Run: `cargo test --release --features test-support --test integration bench_dht -- --ignored
 //! --nocapture --test-threads 1`
 //! - `uncached_lookup_latency`: NODES daemons (default 50), NAMES (default 100) resolved once each
-//!   through another daemon's DNS port.
+//!   through another daemon's DNS port, then ABSENT names nobody published (default 50), each
+//!   asked once (NXDOMAIN once the lookup's query has ended).
 //! - `scaling_with_churn`: bare P2P nodes (memory transport, Noise, Yamux) in networks of SIZES nodes (default
 //!   100,300,1000); NAMES (default 50) published, then STOPPED_PERCENT (default 20) of the nodes
 //!   stopped; hop count, requests, success and latency (BUDGET_MS, default 2000) per size, and
 //!   memory per node at rest.
+//!
+//! With `BENCH_TRACE=FILE` each lookup's latency is printed and the nodes' lookup traces
+//! (`p2pdns::lookup_trace`: why and when each lookup answered, its first replica, its query's
+//! requests and failures) go to FILE, to tell where slow lookups spent their time.
 
 // Benchmarks time the real world (wall-clock latency), not tokio's pausable clock.
 #![allow(clippy::disallowed_types)]
@@ -42,6 +47,24 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// With `BENCH_TRACE=FILE`, the lookups' traces (`p2pdns::lookup_trace` at debug, or the
+/// filter in `BENCH_TRACE_FILTER`) go to FILE, and the benchmark prints each lookup's latency,
+/// so that slow lookups can be matched with what their nodes saw.
+fn trace_to_file() -> bool {
+    let Ok(path) = std::env::var("BENCH_TRACE") else {
+        return false;
+    };
+    let filter = std::env::var("BENCH_TRACE_FILTER")
+        .unwrap_or_else(|_| "p2pdns::lookup_trace=debug".to_owned());
+    let file = std::fs::File::create(&path).expect("create the BENCH_TRACE file");
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    true
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
@@ -52,6 +75,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn uncached_lookup_latency() {
     let nodes = env("NODES", 50);
     let names = env("NAMES", 100);
+    let traced = trace_to_file();
     let started = Instant::now();
     let first = TestDaemon::start(p2p_config(&[])).await;
     let mut bootstrap = first.p2p_addrs.clone();
@@ -129,6 +153,9 @@ async fn uncached_lookup_latency() {
         let t = Instant::now();
         let msg = ask(daemons[resolver].addr, name, RecordType::A).await;
         let elapsed = t.elapsed();
+        if traced {
+            println!("lookup {name} {:.1} ms", elapsed.as_secs_f64() * 1e3);
+        }
         if msg.metadata.response_code == ResponseCode::NoError
             && a_records(&msg) == vec![ip.clone()]
         {
@@ -136,21 +163,68 @@ async fn uncached_lookup_latency() {
             latencies.push(elapsed);
         }
     }
+    print_latencies(
+        "uncached lookups of published names",
+        &mut latencies,
+        ok,
+        names,
+    );
+
+    let absent = env("ABSENT", 50);
+    let mut negative = absent_lookups(&daemons, absent, &mut next, traced).await;
+    let nxdomain = negative.len();
+    print_latencies(
+        "uncached lookups of absent names (NXDOMAIN)",
+        &mut negative,
+        nxdomain,
+        absent,
+    );
+    assert!(ok > 0, "no lookup succeeded: the set-up is broken");
+}
+
+/// Names nobody published, each asked once through a random daemon: the latencies of those
+/// answered NXDOMAIN (the DHT can only say "absent" once the lookup's query has ended).
+async fn absent_lookups(
+    daemons: &[TestDaemon],
+    count: usize,
+    next: &mut impl FnMut(usize) -> usize,
+    traced: bool,
+) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    for i in 0..count {
+        let name = format!("absent{i}.p2p.");
+        let t = Instant::now();
+        let msg = ask(daemons[next(daemons.len())].addr, &name, RecordType::A).await;
+        let elapsed = t.elapsed();
+        if traced {
+            println!("lookup {name} {:.1} ms", elapsed.as_secs_f64() * 1e3);
+        }
+        if msg.metadata.response_code == ResponseCode::NXDomain {
+            latencies.push(elapsed);
+        }
+    }
+    latencies
+}
+
+/// Prints how many of `total` lookups answered as expected and the distribution of their
+/// latencies.
+fn print_latencies(what: &str, latencies: &mut [Duration], ok: usize, total: usize) {
     latencies.sort();
     println!(
-        "uncached lookups: {ok}/{names} succeeded ({:.1} %)",
-        100.0 * ok as f64 / names as f64
+        "{what}: {ok}/{total} answered as expected ({:.1} %)",
+        100.0 * ok as f64 / total.max(1) as f64
     );
-    if !latencies.is_empty() {
+    if let Some(max) = latencies.last() {
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
         println!(
-            "latency of successful lookups: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.95).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-            latencies.last().unwrap().as_secs_f64() * 1e3,
+            "  latency: p50 {}, p90 {}, p95 {}, p99 {}, max {}",
+            ms(percentile(latencies, 0.50)),
+            ms(percentile(latencies, 0.90)),
+            ms(percentile(latencies, 0.95)),
+            ms(percentile(latencies, 0.99)),
+            ms(*max),
         );
     }
-    assert!(ok > 0, "no lookup succeeded: the set-up is broken");
 }
 
 /// Resident memory of this process, in KiB.
@@ -270,6 +344,7 @@ async fn scaling_with_churn() {
     let names = env("NAMES", 50);
     let stopped_percent = env("STOPPED_PERCENT", 20);
     let budget = Duration::from_millis(env("BUDGET_MS", 2000) as u64);
+    let traced = trace_to_file();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move |n: usize| {
         seed ^= seed << 13;
@@ -384,6 +459,9 @@ async fn scaling_with_churn() {
             let t = Instant::now();
             let result =
                 tokio::time::timeout(budget, nodes[resolver].handle.lookup(name.clone(), 3)).await;
+            if traced {
+                println!("lookup {name} {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+            }
             if let Ok(Ok(replicas)) = &result
                 && !replicas.records.is_empty()
             {
@@ -422,7 +500,7 @@ async fn scaling_with_churn() {
             }
         };
         rows.push(format!(
-            "| {n} | {} | {:.1} s | {ok}/{names} | {:.2} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |",
+            "| {n} | {} | {:.1} s | {ok}/{names} | {:.2} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} |",
             stopped.len(),
             formed.as_secs_f64(),
             mean(&hop_counts),
@@ -432,8 +510,10 @@ async fn scaling_with_churn() {
             mean(&holders_per_name),
             mean(&placed),
             p(&latencies, 0.50),
+            p(&latencies, 0.90),
             p(&latencies, 0.95),
             p(&latencies, 0.99),
+            p(&latencies, 1.0),
             (n as f64).log2(),
             mean(&at_rest),
             mean(&connections),
@@ -457,10 +537,10 @@ async fn scaling_with_churn() {
         budget.as_millis()
     );
     println!(
-        "| nodes | stopped | formed in | found | hops mean | hops max | requests mean | peers answered mean | holders mean | of the 20 closest live | p50 ms | p95 ms | p99 ms | log2 N | connections at rest | connections at lookups | KiB RSS per node at rest |"
+        "| nodes | stopped | formed in | found | hops mean | hops max | requests mean | peers answered mean | holders mean | of the 20 closest live | p50 ms | p90 ms | p95 ms | p99 ms | max ms | log2 N | connections at rest | connections at lookups | KiB RSS per node at rest |"
     );
     println!(
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
         println!("{row}");
