@@ -36,7 +36,7 @@ async fn http(addr: SocketAddr, request: &str) -> String {
 
 /// Scrapes `addr`: checks the status and the media type, parses every line, and returns the
 /// samples by `name{labels}`.
-async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+pub(crate) async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let response = http(addr, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").await;
     let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
@@ -164,7 +164,7 @@ fn moved(
 }
 
 /// The sum of every sample of `name`, whatever its labels.
-fn sum(samples: &HashMap<String, f64>, name: &str) -> f64 {
+pub(crate) fn sum(samples: &HashMap<String, f64>, name: &str) -> f64 {
     samples
         .iter()
         .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))

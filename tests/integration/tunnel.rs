@@ -35,6 +35,9 @@ use crate::support::{TestDaemon, WAIT, ask, p2p_config};
 /// daemons of tests running at once never bind the same address.
 fn tunnel_config(bootstrap: &[libp2p::Multiaddr]) -> Config {
     let mut config = p2p_config(bootstrap);
+    // Metrics on, for the tunnel figures (tests/integration/metrics.rs reads them).
+    config.metrics.enabled = true;
+    config.metrics.listen = "127.0.0.1:0".parse().unwrap();
     let (b, c) = (rand::random::<u8>() % 100 + 100, rand::random::<u8>());
     config.tunnel.address_range = format!("127.{b}.{c}.0/24").parse().unwrap();
     config
@@ -171,6 +174,20 @@ async fn an_exposed_service_is_reached_through_its_name() {
         "{:?}",
         mapped.mapped[0].last_error
     );
+
+    // The same figures on both metrics endpoints (README "Metrics").
+    let bytes = 2.0 * payload.len() as f64;
+    let served = crate::metrics::scrape(server.metrics_addr.unwrap()).await;
+    let total = |samples, name| crate::metrics::sum(samples, name);
+    assert_eq!(total(&served, "p2pdns_tunnel_served_streams_total"), 1.0);
+    assert_eq!(total(&served, "p2pdns_tunnel_served_bytes_total"), bytes);
+    let opened = crate::metrics::scrape(client.metrics_addr.unwrap()).await;
+    assert_eq!(total(&opened, "p2pdns_tunnel_connections_total"), 1.0);
+    assert_eq!(
+        total(&opened, "p2pdns_tunnel_connection_failures_total"),
+        0.0
+    );
+    assert_eq!(total(&opened, "p2pdns_tunnel_bytes_total"), bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
