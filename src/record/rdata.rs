@@ -149,8 +149,13 @@ pub(super) fn read_name(bytes: &[u8], at: &mut usize) -> Result<(), RecordError>
     }
 }
 
-/// The form rules of section 3.1 for the RDATA of `rtype`.
-fn check_form(rtype: RecordType, rdata: &[u8]) -> Result<(), RecordError> {
+/// The form rules of section 3.1 for the RDATA of `rtype` (the publisher checks RDATA given
+/// as generic `\#` data with them: a record must never parse and then fail to sign).
+///
+/// # Errors
+/// [`RecordError::Malformed`] for RDATA of the wrong shape, [`RecordError::NotCanonical`] for
+/// a compressed or upper-case name in it.
+pub fn check_form(rtype: RecordType, rdata: &[u8]) -> Result<(), RecordError> {
     let wrong = || RecordError::Malformed(format!("{rtype} RDATA has the wrong form"));
     let fields: &[Field] = match rtype {
         RecordType::A if rdata.len() == 4 => return Ok(()),

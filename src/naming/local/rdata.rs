@@ -146,7 +146,10 @@ pub enum RecordError {
     },
     /// `\# LENGTH HEX` for a known type that decodes but does not encode back to the same
     /// bytes (a compressed name, a form hickory would change): it would not be served as given.
-    #[error("the \\# data is not {rtype} RDATA as the wire carries it (compressed name?)")]
+    #[error(
+        "the \\# data is not {rtype} RDATA as the wire carries it and docs/PROTOCOL.md section \
+         3.1 gives its form (a field cut short, a compressed or upper-case name?)"
+    )]
     GenericForm {
         /// The type.
         rtype: RecordType,
@@ -432,6 +435,12 @@ fn generic(rtype: RecordType, words: &[Token<'_>]) -> Result<RData, RecordError>
     }
     if matches!(&data, RData::TXT(txt) if txt.txt_data.is_empty()) {
         return Err(no_strings());
+    }
+    // Of the form docs/PROTOCOL.md section 3.1 gives the type, too: hickory reads KX, PX and
+    // others it does not know as opaque bytes (the fuzzer found a KX of 3 bytes that parsed
+    // and then failed to sign).
+    if crate::record::rdata::check_form(rtype, &bytes).is_err() {
+        return Err(RecordError::GenericForm { rtype });
     }
     Ok(data)
 }

@@ -31,6 +31,7 @@ use p2pdns::{
         exchange::wire::decode_response,
         forwarder::Forwarder,
         handler::Handler,
+        response::compressing_encoder,
         upstream::UpstreamFollower,
     },
     naming::{Naming, parse_zone},
@@ -224,7 +225,7 @@ impl Harness {
         if request.metadata.message_type == MessageType::Response {
             return None;
         }
-        let capture = Capture::new(protocol);
+        let capture = Capture::new(protocol, request.queries.as_bytes());
         self.block_on(async {
             self.handler
                 .handle_request::<_, TokioTime>(&request, capture.clone())
@@ -242,18 +243,21 @@ impl Harness {
     }
 }
 
-/// Keeps the replies the handler sends, encoded as hickory's server encodes them.
+/// Keeps the replies the handler sends, encoded as the daemon's server encodes them (hickory's
+/// encoder, names compressed against the question: `compressing_encoder`).
 #[derive(Clone)]
 struct Capture {
     protocol: Protocol,
+    question: Arc<[u8]>,
     replies: Arc<Mutex<Vec<Vec<u8>>>>,
     sent: Arc<Notify>,
 }
 
 impl Capture {
-    fn new(protocol: Protocol) -> Self {
+    fn new(protocol: Protocol, question: &[u8]) -> Self {
         Self {
             protocol,
+            question: question.into(),
             replies: Arc::default(),
             sent: Arc::default(),
         }
@@ -282,11 +286,13 @@ impl ResponseHandler for Capture {
             _ => u16::MAX,
         };
         let mut wire = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut wire);
+        let mut encoder = compressing_encoder(&mut wire, &self.question);
         encoder.set_max_size(limit);
         let info = response
             .destructive_emit(&mut encoder)
             .unwrap_or_else(|error| panic!("a reply hickory cannot encode: {error}"));
+        let end = encoder.offset();
+        wire.truncate(end);
         self.replies.lock().expect("no panic while held").push(wire);
         self.sent.notify_one();
         Ok(info)
