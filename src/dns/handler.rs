@@ -103,8 +103,8 @@ impl Handler {
     }
 
     /// Writes into `out` the reply to the UDP query `query` from `client` if the memo holds
-    /// one ([`super::memo`]: the query is byte for byte one answered before from a cache entry
-    /// still fresh); returns whether it did. Everything else takes [`Handler::answer`].
+    /// one ([`super::memo`]: the query is byte for byte one answered before from what still
+    /// holds: a fresh cache entry, or a `.p2p` answer within its hold); returns whether it did. Everything else takes [`Handler::answer`].
     pub fn answer_from_memo(&self, query: &[u8], client: IpAddr, out: &mut Vec<u8>) -> bool {
         let responder = &self.0;
         if !responder.allowed(client) {
@@ -132,8 +132,7 @@ impl Handler {
     }
 
     /// Remembers `reply`, the encoding of the reply to the UDP query `query` that
-    /// [`Handler::answer`] said may be reused as `reuse` while the answers' sources stay at
-    /// `generation`.
+    /// [`Handler::answer`] said may be sent again as `made` says.
     pub fn remember(&self, query: &[u8], reply: &[u8], made: Memorable) {
         self.0.memo.remember(query, reply, made);
     }

@@ -264,17 +264,10 @@ impl Resolver {
         // An owner known beforehand (the key in a key name, a pin) decides with one replica:
         // the lookup need not wait for a majority (docs/PROTOCOL.md section 6).
         let owner = key_of_name(&name).or_else(|| self.pins.owner(&name, unix_now()));
-        let node = &self.node;
-        let replicas = match owner {
-            Some(owner) => {
-                node.lookup_for(name.clone(), self.replicas, answer_by, owner)
-                    .await
-            }
-            None => {
-                node.lookup_within(name.clone(), self.replicas, answer_by)
-                    .await
-            }
-        };
+        let replicas = self
+            .node
+            .lookup_for(name.clone(), self.replicas, answer_by, owner)
+            .await;
         let outcome = match replicas {
             Ok(replicas) => {
                 requests = replicas.requests;

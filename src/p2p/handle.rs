@@ -139,16 +139,15 @@ impl NodeHandle {
         wanted: usize,
         answer_by: Duration,
     ) -> Result<Replicas, NodeError> {
-        let answer_by = Some(Instant::now() + answer_by);
-        self.lookup_inner(name, wanted, answer_by, None).await
+        self.lookup_for(name, wanted, answer_by, None).await
     }
 
-    /// As [`NodeHandle::lookup_within`] for a name whose owner key is known (a key name, or a
-    /// human name pinned to `owner`, docs/PROTOCOL.md sections 6 and 7): one replica of that
-    /// owner decides the owner, so the lookup answers once the grace for a newer `seq` after
-    /// the first replica from a peer has passed (as long as that replica took to come, 5 ms at
-    /// least), without waiting for `wanted` replicas. Replicas of other owners are kept but
-    /// decide nothing.
+    /// As [`NodeHandle::lookup_within`], for a name whose owner key may be known (a key name,
+    /// or a human name pinned to `owner`, docs/PROTOCOL.md sections 6 and 7): then one replica
+    /// of that owner decides the owner, so the lookup answers once the grace for a newer `seq`
+    /// after the first replica from a peer has passed (as long as that replica took to come,
+    /// 5 ms at least), without waiting for `wanted` replicas. Replicas of other owners are kept
+    /// but decide nothing. Without `owner`, exactly [`NodeHandle::lookup_within`].
     ///
     /// # Errors
     /// As [`NodeHandle::lookup`].
@@ -157,11 +156,10 @@ impl NodeHandle {
         name: Name,
         wanted: usize,
         answer_by: Duration,
-        owner: [u8; 32],
+        owner: Option<[u8; 32]>,
     ) -> Result<Replicas, NodeError> {
         let answer_by = Some(Instant::now() + answer_by);
-        self.lookup_inner(name, wanted, answer_by, Some(owner))
-            .await
+        self.lookup_inner(name, wanted, answer_by, owner).await
     }
 
     async fn lookup_inner(
