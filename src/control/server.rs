@@ -19,6 +19,7 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     task::JoinSet,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -28,7 +29,7 @@ use crate::{
     dns::forwarder::Forwarder,
     naming::{
         Dht, Naming, ZoneError, parse_record, parse_zone, presentation,
-        publisher::{PublishError, ReplicaCount},
+        publisher::{PUBLISH_WAIT, PublishError, ReplicaCount},
     },
     nat::connect::{ConnectError, connect_direct},
     record::{self, NameRecord},
@@ -375,6 +376,7 @@ fn record_set_of(name: &str) -> Result<(Name, Name), RequestError> {
 }
 
 async fn publish(dht: &Arc<Dht>, name: &str, lines: Vec<String>) -> Result<Response, RequestError> {
+    let answer_by = Instant::now() + PUBLISH_WAIT;
     let (set, owner) = record_set_of(name)?;
     let mut records = Vec::new();
     for line in &lines {
@@ -383,18 +385,19 @@ async fn publish(dht: &Arc<Dht>, name: &str, lines: Vec<String>) -> Result<Respo
     refuse_taken(dht, &set).await?;
     // Added to what the name holds by the publisher, under its lock: publishes at once to
     // one name all count (they were lost when the records were read and merged here).
-    let record = dht.add(&set, records).await?;
+    let record = dht.add_by(&set, records, answer_by).await?;
     Ok(published(dht, &record))
 }
 
 async fn publish_zone(dht: &Arc<Dht>, name: &str, zone: &str) -> Result<Response, RequestError> {
+    let answer_by = Instant::now() + PUBLISH_WAIT;
     let (set, origin) = record_set_of(name)?;
     let records = parse_zone(&origin, zone, DEFAULT_TTL)?;
     if records.is_empty() {
         return Err(RequestError::EmptyZone);
     }
     refuse_taken(dht, &set).await?;
-    let record = dht.publish(&set, records).await?;
+    let record = dht.publish_by(&set, records, answer_by).await?;
     Ok(published(dht, &record))
 }
 

@@ -6,14 +6,14 @@ use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use libp2p::identity::ed25519;
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     AnswerNote, Built, NamingAnswer, Origin, answer_from, nodata,
     pins::{Pin, Pins},
     positive,
-    publisher::{PublishError, Publisher},
+    publisher::{PUBLISH_WAIT, PublishError, Publisher},
     resolver::{DhtAnswer, Empty, Resolved, Resolver},
     shares::Requester,
     soa_record,
@@ -239,8 +239,23 @@ impl Dht {
         name: &Name,
         records: Vec<Record>,
     ) -> Result<Arc<NameRecord>, PublishError> {
+        self.publish_by(name, records, Instant::now() + PUBLISH_WAIT)
+            .await
+    }
+
+    /// As [`Dht::publish`], answering by `answer_by` whether or not the push was counted
+    /// (the push goes on after).
+    ///
+    /// # Errors
+    /// As [`Dht::publish`].
+    pub async fn publish_by(
+        &self,
+        name: &Name,
+        records: Vec<Record>,
+        answer_by: Instant,
+    ) -> Result<Arc<NameRecord>, PublishError> {
         let records = self.with_service_records(name, records);
-        self.publisher.publish(name, records).await
+        self.publisher.publish(name, records, answer_by).await
     }
 
     /// Adds `records` to those of `name` ([`Publisher::add`], RFC 2136 section 3.4.2.2),
@@ -253,8 +268,23 @@ impl Dht {
         name: &Name,
         records: Vec<Record>,
     ) -> Result<Arc<NameRecord>, PublishError> {
+        self.add_by(name, records, Instant::now() + PUBLISH_WAIT)
+            .await
+    }
+
+    /// As [`Dht::add`], answering by `answer_by` whether or not the push was counted (the
+    /// push goes on after).
+    ///
+    /// # Errors
+    /// As [`Dht::add`].
+    pub async fn add_by(
+        &self,
+        name: &Name,
+        records: Vec<Record>,
+        answer_by: Instant,
+    ) -> Result<Arc<NameRecord>, PublishError> {
         let records = self.with_service_records(name, records);
-        self.publisher.add(name, records).await
+        self.publisher.add(name, records, answer_by).await
     }
 
     /// `records` with the SRV records of this node's services under `set` in place of those
@@ -325,7 +355,11 @@ impl Dht {
         if own.is_none() && wanted.is_empty() {
             return Ok(None);
         }
-        self.publisher.publish(set, wanted).await.map(Some)
+        let answer_by = Instant::now() + PUBLISH_WAIT;
+        self.publisher
+            .publish(set, wanted, answer_by)
+            .await
+            .map(Some)
     }
 
     /// Stops publishing `name`. Returns whether it was published.

@@ -49,11 +49,15 @@ const AFTER_JOINING: Duration = Duration::from_secs(2);
 const REPLICA_COUNT_WAIT: Duration = Duration::from_secs(5);
 /// Lookups a count of replicas runs at once (the DHT's capacity is for DNS first).
 const REPLICA_COUNT_LOOKUPS: usize = 8;
-/// How long a publish waits for its record to be put and read back before it answers (the
+/// How long a publish waits, from the request, for the network's newest record
+/// ([`LEARN_WAIT`]) and for its own record to be put and read back before it answers (the
 /// push goes on after).
-const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 /// How long a first publish of a name looks for what the network holds already.
 const LEARN_WAIT: Duration = Duration::from_secs(2);
+/// How long after [`LEARN_WAIT`] a look-up that found nothing by then may still run (one that
+/// found replicas answers with them at [`LEARN_WAIT`]).
+const LEARN_GRACE: Duration = Duration::from_secs(1);
 /// When a push left a name with fewer holders than this while more peers answered, all names
 /// are pushed again after [`PUSH_AGAIN_SOON`] rather than [`REPUBLISH_EVERY`].
 const WANTED_HOLDERS: usize = 3;
@@ -194,8 +198,8 @@ impl Publisher {
     }
 
     /// Signs `records` under `name` with this node's key in place of the records it held,
-    /// saves them and queues them for the DHT, then waits up to 10 s for the push and its
-    /// count ([`Publisher::replicas`] gives it). Exact duplicates are dropped first
+    /// saves them and queues them for the DHT, then waits for the push and its count until
+    /// `answer_by` (callers give the request's time plus [`PUBLISH_WAIT`]) ([`Publisher::replicas`] gives it). Exact duplicates are dropped first
     /// ([`record::tidy`]). The sequence number rises with the clock and, for a name this node
     /// did not hold, goes above what the network holds from this key (another machine, lost
     /// files). When this returns `Ok`, the record is on disk (synced) and survives a crash.
@@ -208,8 +212,9 @@ impl Publisher {
         &self,
         name: &Name,
         records: Vec<Record>,
+        answer_by: Instant,
     ) -> Result<Arc<NameRecord>, PublishError> {
-        self.publish_edit(name, Edit::Replace(record::tidy(records)?))
+        self.publish_edit(name, Edit::Replace(record::tidy(records)?), answer_by)
             .await
     }
 
@@ -226,29 +231,39 @@ impl Publisher {
         &self,
         name: &Name,
         records: Vec<Record>,
+        answer_by: Instant,
     ) -> Result<Arc<NameRecord>, PublishError> {
-        self.publish_edit(name, Edit::Add(record::tidy(records)?))
+        self.publish_edit(name, Edit::Add(record::tidy(records)?), answer_by)
             .await
     }
 
-    async fn publish_edit(&self, name: &Name, edit: Edit) -> Result<Arc<NameRecord>, PublishError> {
-        let learned = self.learn(name).await;
+    async fn publish_edit(
+        &self,
+        name: &Name,
+        edit: Edit,
+        answer_by: Instant,
+    ) -> Result<Arc<NameRecord>, PublishError> {
+        // The learning look-up and the PUT both count against `answer_by`: a dead peer among
+        // the closest can hold each of them to its timeout.
+        let learned = self.learn(name, answer_by).await;
         let signed = self.sign_and_push(name, edit, None, learned).await?;
         let key = LowerName::new(&signed.name);
         let mut counts = self.replicas.subscribe();
         let pushed = counts.wait_for(|c| c.get(&key).is_some_and(|c| c.seq >= signed.seq));
-        let _ = tokio::time::timeout(PUBLISH_WAIT, pushed).await;
+        let _ = tokio::time::timeout_at(answer_by, pushed).await;
         Ok(signed)
     }
 
     /// What a first publish of `name` here builds on: the network's newest record of this
     /// key, to sign above (docs/PROTOCOL.md section 3) and to add to; nothing when this node
-    /// holds the name already or nothing is found within [`LEARN_WAIT`].
-    async fn learn(&self, name: &Name) -> Learned {
+    /// holds the name already or nothing is found within [`LEARN_WAIT`] (and before
+    /// `answer_by`).
+    async fn learn(&self, name: &Name, answer_by: Instant) -> Learned {
         if self.names.lock().contains_key(&LowerName::new(name)) {
             return Learned::default();
         }
-        let Some(found) = self.network_newest(name).await else {
+        let newest = tokio::time::timeout_at(answer_by, self.network_newest(name));
+        let Ok(Some(found)) = newest.await else {
             return Learned::default();
         };
         info!(name = %name, seq = found.seq, "the network holds this name from this key already; signing above it");
@@ -265,7 +280,7 @@ impl Publisher {
         let lookup = self
             .node
             .lookup_within(name.to_lowercase(), usize::MAX, LEARN_WAIT);
-        let found = tokio::time::timeout(LEARN_WAIT * 2, lookup)
+        let found = tokio::time::timeout(LEARN_WAIT + LEARN_GRACE, lookup)
             .await
             .ok()?
             .ok()?;
