@@ -50,7 +50,7 @@ const REPLICA_COUNT_WAIT: Duration = Duration::from_secs(5);
 /// Lookups a count of replicas runs at once (the DHT's capacity is for DNS first).
 const REPLICA_COUNT_LOOKUPS: usize = 8;
 /// How long a publish waits, from the request, for the network's newest record
-/// ([`LEARN_WAIT`]) and for its own record to be put and read back before it answers (the
+/// (3 s of it at most) and for its own record to be put and read back before it answers (the
 /// push goes on after).
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 /// How long a first publish of a name looks for what the network holds already.
