@@ -197,3 +197,84 @@ async fn a_p2p_answer_sent_again_changes_as_soon_as_the_name_does() {
     }
     daemon.stop().await.expect("clean shutdown");
 }
+
+/// A burst from many clients at once (read and answered a batch at a time): every query gets
+/// one answer, at the socket that asked, with its own ID and question, equal to the full
+/// path's; queries the memo does not take (EDNS with DO) are mixed in.
+#[tokio::test]
+async fn a_burst_from_many_clients_gets_each_its_own_answer() {
+    const CLIENTS: usize = 64;
+    const EACH: u16 = 4;
+    let upstream = Upstream::start("").await;
+    let daemon = TestDaemon::start(config(&[upstream.addr])).await;
+    let names = [
+        "www.example.test.",
+        "alias.example.test.",
+        "nothing.example.test.",
+    ];
+    let mut expected = Vec::new();
+    for name in names {
+        let query = raw_query(1, name, A, false);
+        raw_exchange_udp(daemon.addr, &query).await;
+        expected.push(udp_as_full_path(daemon.addr, &query).await);
+    }
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    // What each ID asked: the name's index, and whether the query set DO.
+    let asked = |id: u16| (usize::from(id) % names.len(), id.is_multiple_of(5));
+    for (c, client) in clients.iter().enumerate() {
+        for k in 0..EACH {
+            let id = u16::try_from(c).unwrap() * EACH + k;
+            let (name, dnssec_ok) = asked(id);
+            let mut query = raw_query(id, names[name], A, dnssec_ok);
+            if dnssec_ok {
+                // OPT's flags: DO.
+                let at = query.len() - 4;
+                query[at] = 0x80;
+            }
+            client.send_to(&query, daemon.addr).await.unwrap();
+        }
+    }
+    for (c, client) in clients.iter().enumerate() {
+        let mut seen = Vec::new();
+        for _ in 0..EACH {
+            let mut buf = vec![0u8; 65_535];
+            let (len, from) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+                .await
+                .expect("every query of the burst answered")
+                .unwrap();
+            assert_eq!(from, daemon.addr);
+            buf.truncate(len);
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            assert_eq!(
+                usize::from(id) / usize::from(EACH),
+                c,
+                "an answer to another client's query"
+            );
+            assert!(!seen.contains(&id), "two answers to query {id}");
+            seen.push(id);
+            let (name, dnssec_ok) = asked(id);
+            if !dnssec_ok {
+                assert_eq!(without_id(buf), expected[name], "answer to query {id}");
+            } else {
+                let header = &buf[2..12];
+                assert_eq!(
+                    header[1] & 0x0F,
+                    expected[name][3] & 0x0F,
+                    "RCODE of query {id}"
+                );
+                // The question: the name's wire form (one octet longer than its text) and
+                // QTYPE, QCLASS.
+                let question = 12..12 + names[name].len() + 5;
+                assert_eq!(
+                    buf[question.clone()],
+                    expected[name][question],
+                    "question of query {id}"
+                );
+            }
+        }
+    }
+    daemon.stop().await.expect("clean shutdown");
+}

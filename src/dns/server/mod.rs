@@ -30,6 +30,7 @@ use crate::{
     log_limit::{self, LogLimit},
 };
 
+pub mod batch;
 pub mod connection;
 
 pub mod message;

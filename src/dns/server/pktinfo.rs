@@ -142,7 +142,7 @@ pub async fn send_from(
 }
 
 /// The IP address and port of `addr`, if it is one.
-fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+pub(super) fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
     match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
         (Some(v4), _) => Some(SocketAddr::from(*v4)),
         (_, Some(v6)) => Some(SocketAddr::from(*v6)),

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{
+    batch::Inbox,
     message,
     pktinfo::{self, Destination},
 };
@@ -31,8 +32,6 @@ use crate::log_limit::LogLimit;
 
 /// Datagrams being answered at once, per UDP socket.
 pub const MAX_ANSWERING: usize = 4096;
-/// Largest datagram read (a DNS message over UDP fits in 65,535 octets).
-const MAX_DATAGRAM: usize = 65_535;
 /// Wait after the system ran out of buffers before reading again.
 const SHORTAGE_PAUSE: Duration = Duration::from_millis(50);
 
@@ -55,15 +54,24 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> io::Result<()> {
     let mut server = Server::new(socket, handler);
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut inbox = Inbox::new();
     loop {
-        let received = tokio::select! {
-            received = server.recv(&mut buf) => received,
+        let read = tokio::select! {
+            read = inbox.recv(&server.socket, server.control.as_mut()) => read,
             () = draining.cancelled() => break,
         };
-        server.on_datagram(received, &buf, None).await;
+        match read {
+            Ok(count) => {
+                for i in 0..count {
+                    let (query, received) = inbox.get(i);
+                    let received = Ok((received.len, received.src, received.dst));
+                    server.on_datagram(received, query, None).await;
+                }
+            }
+            Err(error) => server.on_datagram(Err(error), &[], None).await,
+        }
     }
-    server.drain(&mut buf, &stop).await;
+    server.drain(inbox.first_buffer(), &stop).await;
     Ok(())
 }
 
@@ -100,10 +108,6 @@ impl Server {
             asking: HashMap::new(),
             memo_reply: Vec::with_capacity(MEMO_MAX_REPLY),
         }
-    }
-
-    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received> {
-        recv(&self.socket, self.control.as_mut(), buf).await
     }
 
     /// Answers the queries in flight, then returns (or at `stop`). The socket stays open for
@@ -164,7 +168,7 @@ impl Server {
             }
             return;
         }
-        let query = &buf[..len];
+        let query = &buf[..len.min(buf.len())];
         let asker = (src.ip(), message_id(query));
         if let Some(in_flight) = draining {
             if !in_flight.contains(&asker)
