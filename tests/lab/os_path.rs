@@ -36,6 +36,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_p2pdns");
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest run of one client command; Chromium's start-up is the slow one (about 3 s).
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the namespace's addresses to settle ([`Netns::settle`]).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The published name and its address, which the web server listens on.
 const SITE_NAME: &str = "site.p2p";
@@ -121,6 +123,7 @@ impl Netns {
         ns.ip(&["addr", "add", &format!("{SITE_ADDR}/32"), "dev", "site0"]);
         ns.ip(&["link", "set", "site0", "up"]);
         ns.ip(&["link", "set", "site1", "up"]);
+        ns.settle();
 
         fs::create_dir_all(&ns.etc)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", ns.etc.display()));
@@ -136,11 +139,28 @@ impl Netns {
         ns
     }
 
-    /// Runs `ip -n NAME ARGS` (iproute2 acting on the namespace) and fails the test if it fails.
-    fn ip(&self, args: &[&str]) {
+    /// Runs `ip -n NAME ARGS` (iproute2 acting on the namespace) and fails the test if it
+    /// fails; returns what it printed.
+    fn ip(&self, args: &[&str]) -> String {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
-        netns::ip(&self.ip, &all);
+        String::from_utf8_lossy(&netns::ip(&self.ip, &all).stdout).into_owned()
+    }
+
+    /// Waits until the veth pair's IPv6 link-local addresses have passed duplicate address
+    /// detection (about a second after the links come up): Chromium takes the address change
+    /// that ends it for a network change and fails a page loading then with
+    /// ERR_NETWORK_CHANGED, as it did once in a full run here.
+    fn settle(&self) {
+        let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+        while !self.ip(&["-6", "addr", "show", "tentative"]).trim().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the namespace's IPv6 addresses were still tentative after {SETTLE_TIMEOUT:?}: {}",
+                self.ip(&["-6", "addr", "show"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A command running `program` inside the namespace, with a clean environment.
