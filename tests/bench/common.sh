@@ -46,12 +46,39 @@ cleanup() {
     local rc=$? name
     trap - EXIT INT TERM
     for name in "${!PID[@]}"; do stop_pid "$name"; done
+    [[ -z ${QUOTA_DIR:-} ]] || rmdir "$QUOTA_DIR" 2>/dev/null || log "could not remove $QUOTA_DIR"
     if ((KEEP_TMP)); then
         log "kept $WORK"
     else
         rm -rf -- "$WORK"
     fi
     exit "$rc"
+}
+
+# Makes QUOTA_DIR, a CPU cgroup (v2, or v1's cpu controller) whose processes together may use $1 %
+# of one CPU, in 10 ms periods; cleanup removes it. `limit_cpu PID` moves a process (all its
+# threads) into it.
+make_cpu_quota() { # percent
+    local quota=$(($1 * 100)) period=10000
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null ||
+            echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null ||
+            die "the cgroup v2 cpu controller is not available for a CPU quota"
+        QUOTA_DIR=/sys/fs/cgroup/p2pdns-bench-$$
+        mkdir "$QUOTA_DIR" || die "cannot make $QUOTA_DIR (run as root)"
+        echo "$quota $period" >"$QUOTA_DIR/cpu.max"
+    elif [[ -d /sys/fs/cgroup/cpu ]]; then
+        QUOTA_DIR=/sys/fs/cgroup/cpu/p2pdns-bench-$$
+        mkdir "$QUOTA_DIR" || die "cannot make $QUOTA_DIR (run as root)"
+        echo "$period" >"$QUOTA_DIR/cpu.cfs_period_us"
+        echo "$quota" >"$QUOTA_DIR/cpu.cfs_quota_us"
+    else
+        die "no cgroup CPU controller found for a CPU quota"
+    fi
+}
+
+limit_cpu() { # pid
+    echo "$1" >"$QUOTA_DIR/cgroup.procs" || die "cannot move process $1 into $QUOTA_DIR"
 }
 
 # A port free for both UDP and TCP on 127.0.0.1, below the ephemeral range, not handed out yet.

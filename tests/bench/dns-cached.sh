@@ -43,6 +43,10 @@
 #   UNCACHED=0        1: every timed query asks a name never asked before (under a wildcard of the
 #                     zone), so each one is forwarded to nsd, which then runs during the timed pass;
 #                     not for p2pdns-p2p
+#   SERVER_QUOTA=0    N (1-100): every server may use at most N % of its CPU (cgroup CPU bandwidth,
+#                     10 ms period), the same budget for each, so that the server and not dnsperf
+#                     is the limit at saturation and qps compares the servers directly ("same
+#                     cores"); 0: no quota (the server's whole CPU; dnsperf may be the limit)
 #   P2PDNS_BIN=path   use this p2pdns binary instead of `cargo build --release --locked`
 #   KEEP_TMP=1        keep the temporary directory (configs, logs, dnsperf output)
 #   WAIT_QUIET=60     before each timed pass, wait up to this many seconds for both CPUs to be
@@ -87,13 +91,15 @@ ROUNDS=${ROUNDS:-1}
 WAIT_QUIET=${WAIT_QUIET:-60}
 RATE=${RATE:-0}
 UNCACHED=${UNCACHED:-0}
+SERVER_QUOTA=${SERVER_QUOTA:-0}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 
-for var in RATE UNCACHED WAIT_QUIET ROUNDS DURATION WARMUP CLIENTS OUTSTANDING NAMES SERVER_CPU CLIENT_CPU LATENCY KEEP_TMP; do
+for var in SERVER_QUOTA RATE UNCACHED WAIT_QUIET ROUNDS DURATION WARMUP CLIENTS OUTSTANDING NAMES SERVER_CPU CLIENT_CPU LATENCY KEEP_TMP; do
     [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer, not '${!var}'"
 done
+((SERVER_QUOTA <= 100)) || die "SERVER_QUOTA is a percentage of one CPU: 0 (none) to 100"
 ((DURATION >= 1 && ROUNDS >= 1)) || die "DURATION and ROUNDS must be at least 1"
 ((CLIENTS >= 1 && OUTSTANDING >= 1)) || die "CLIENTS and OUTSTANDING must be at least 1"
 ((NAMES >= 1 && NAMES <= 65000)) || die "NAMES must be between 1 and 65000"
@@ -130,6 +136,7 @@ fi
 # --- temporary directory, processes and cleanup ------------------------------------------------
 
 start_workspace bench
+((SERVER_QUOTA == 0)) || make_cpu_quota "$SERVER_QUOTA"
 
 # Runs a client command (dnsperf, which bounds its own run time) in the background and waits for
 # it: bash handles a signal only once a foreground command is done, but interrupts `wait` at
@@ -390,6 +397,7 @@ measure() { # server round
     log "$name (round $round/$ROUNDS): starting on 127.0.0.1:$port (pinned to CPU $SERVER_CPU)"
     "start_$name" "$port"
     wait_ready "$name" "$port"
+    ((SERVER_QUOTA == 0)) || limit_cpu "${PID[$name]}"
 
     # Fill the cache: every name once, then check a few answers.
     out=$WORK/$k.fill.txt
@@ -536,11 +544,13 @@ version_of() {
 cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 
 limit_of() { # which side held the figure back, from the CPU time of each process
-    if ((${R[$1,clicpu]} >= 95 && ${R[$1,srvcpu]} >= 90)); then
+    local server_full=90
+    ((SERVER_QUOTA == 0)) || server_full=$((SERVER_QUOTA * 9 / 10))
+    if ((${R[$1,clicpu]} >= 95 && ${R[$1,srvcpu]} >= server_full)); then
         echo "both"
     elif ((${R[$1,clicpu]} >= 95)); then
         echo "dnsperf"
-    elif ((${R[$1,srvcpu]} >= 90)); then
+    elif ((${R[$1,srvcpu]} >= server_full)); then
         echo "server"
     else
         echo "neither"
@@ -583,7 +593,8 @@ else
     echo "Latency: average (and max, below) as dnsperf reports them; percentiles not computed (LATENCY=0)."
 fi
 echo "CPU %: CPU time of the server process (all threads) and of dnsperf over the timed pass, 100 = one core."
-echo "limit: server = the server used >= 90 % of its core; dnsperf = dnsperf used >= 95 % of its core, so the"
+((SERVER_QUOTA == 0)) || echo "Each server was held to $SERVER_QUOTA % of its CPU (cgroup CPU bandwidth, 10 ms period): qps compares the servers at the same CPU budget."
+echo "limit: server = the server used >= 90 % of its core (of its quota); dnsperf = dnsperf used >= 95 % of its core, so the"
 echo "server's qps is a lower bound; both = both; neither = neither (idle time, or other processes: see below)."
 echo "Memory: /proc/PID/status of the server right after the timed pass (VmHWM: peak since start)."
 echo
@@ -611,7 +622,7 @@ if ((${#refs[@]})); then
 fi
 # One line per server for scripts (tests/bench/dns-speed.sh reads them).
 for s in $SERVERS; do
-    echo "RESULT cached=$((1 - UNCACHED)) rate=$RATE server=$s qps=${R[$s,qps]} avg_ms=${R[$s,avg]} p99_ms=${R[$s,p99]} cpu_pct=${R[$s,srvcpu]} cpu_us=${R[$s,cpu_us]} lost=${R[$s,lost]} rss_mib=$(mib "${R[$s,rss]}")"
+    echo "RESULT cached=$((1 - UNCACHED)) rate=$RATE server=$s qps=${R[$s,qps]} avg_ms=${R[$s,avg]} p99_ms=${R[$s,p99]} cpu_pct=${R[$s,srvcpu]} cpu_us=${R[$s,cpu_us]} lost=${R[$s,lost]} rss_mib=$(mib "${R[$s,rss]}") quota=$SERVER_QUOTA"
 done
 echo
 echo "Details:"
@@ -651,8 +662,8 @@ echo "- $(nsd -v 2>&1 | awk 'NR == 1') (upstream)"
 echo
 echo "Reproduce (from the repository root):"
 echo
-printf '    RATE=%s UNCACHED=%s ROUNDS=%s DURATION=%s WARMUP=%s CLIENTS=%s OUTSTANDING=%s NAMES=%s LATENCY=%s SERVER_CPU=%s CLIENT_CPU=%s SERVERS="%s" tests/bench/dns-cached.sh\n' \
-    "$RATE" "$UNCACHED" "$ROUNDS" "$DURATION" "$WARMUP" "$CLIENTS" "$OUTSTANDING" "$NAMES" "$LATENCY" "$SERVER_CPU" "$CLIENT_CPU" "$SERVERS"
+printf '    SERVER_QUOTA=%s RATE=%s UNCACHED=%s ROUNDS=%s DURATION=%s WARMUP=%s CLIENTS=%s OUTSTANDING=%s NAMES=%s LATENCY=%s SERVER_CPU=%s CLIENT_CPU=%s SERVERS="%s" tests/bench/dns-cached.sh\n' \
+    "$SERVER_QUOTA" "$RATE" "$UNCACHED" "$ROUNDS" "$DURATION" "$WARMUP" "$CLIENTS" "$OUTSTANDING" "$NAMES" "$LATENCY" "$SERVER_CPU" "$CLIENT_CPU" "$SERVERS"
 echo
 echo "Commands used (ports of the last round; \$TMP is the temporary directory):"
 echo

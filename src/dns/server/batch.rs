@@ -1,10 +1,11 @@
-//! Datagrams read in batches: on Linux one `recvmmsg(2)` reads up to [`BATCH`] queries
-//! waiting on a socket, so that a loaded socket pays one system call and one readiness check
-//! per batch instead of per datagram (issue 14's profile: entering and leaving the kernel and
-//! finding the socket again were 8-10 % of a cached answer's time). A socket with one
-//! datagram waiting reads one, as before. Elsewhere, and on wildcard addresses (whose reads
-//! carry ancillary data, [`super::pktinfo`]), one datagram per call. Replies leave one by
-//! one: nix's `sendmmsg` reports how many were sent only by reading memory it never wrote.
+//! Datagrams read and replies sent in batches: on Linux one `recvmmsg(2)` (nix) reads up to
+//! [`BATCH`] queries waiting on a socket, and one `sendmmsg(2)` (rustix, whose call returns
+//! how many went) sends the replies answered from the answer memo among them, so that a
+//! loaded socket pays a system call and a readiness check per batch each way instead of per
+//! datagram (issue 14's profile: entering and leaving the kernel and finding the socket
+//! again were 8-10 % of a cached answer's time). A socket with one datagram waiting reads
+//! one and sends one, as before. Elsewhere, and on wildcard addresses (whose reads and sends
+//! carry ancillary data, [`super::pktinfo`]), one datagram per call.
 
 use std::{io, net::SocketAddr};
 
@@ -94,10 +95,66 @@ impl Default for Inbox {
     }
 }
 
+/// Replies waiting to leave together, each in a buffer kept from one batch to the next (no
+/// allocation per reply).
+pub struct Outbox {
+    replies: Vec<Vec<u8>>,
+    to: Vec<SocketAddr>,
+}
+
+impl Outbox {
+    /// Room for [`BATCH`] replies of up to `capacity` octets (longer ones grow their buffer).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            replies: (0..BATCH).map(|_| Vec::with_capacity(capacity)).collect(),
+            to: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// The buffer the next reply is written into, emptied.
+    pub fn next_reply(&mut self) -> &mut Vec<u8> {
+        let reply = &mut self.replies[self.to.len()];
+        reply.clear();
+        reply
+    }
+
+    /// Keeps the reply written into [`Outbox::next_reply`] for `to`; sends what is kept when
+    /// that fills the batch.
+    pub async fn keep(&mut self, socket: &UdpSocket, to: SocketAddr) {
+        self.to.push(to);
+        if self.to.len() == BATCH {
+            self.flush(socket).await;
+        }
+    }
+
+    /// Sends the replies kept, in order, waiting for room in the socket's buffer when it is
+    /// full; a reply the system refuses (no route to its client) is logged and dropped, and
+    /// those after it still go.
+    pub async fn flush(&mut self, socket: &UdpSocket) {
+        let mut sent = 0;
+        while sent < self.to.len() {
+            let (replies, to) = (&self.replies[sent..self.to.len()], &self.to[sent..]);
+            let result = socket
+                .async_io(tokio::io::Interest::WRITABLE, || {
+                    sys::send_many(socket, replies, to)
+                })
+                .await;
+            match result {
+                Ok(count) => sent += count.max(1),
+                Err(error) => {
+                    super::udp::send_failed(self.to[sent], &error);
+                    sent += 1;
+                }
+            }
+        }
+        self.to.clear();
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod sys {
     use std::{
-        io::{self, IoSliceMut},
+        io::{self, IoSlice, IoSliceMut},
         net::SocketAddr,
         os::fd::AsRawFd,
     };
@@ -139,6 +196,38 @@ mod sys {
         }
         Ok(())
     }
+
+    /// One `sendmmsg(2)` without waiting: as many of `replies` (each to the address of the
+    /// same index in `to`) as the socket takes, in order; how many went, or the error of the
+    /// first.
+    pub(super) fn send_many(
+        socket: &UdpSocket,
+        replies: &[Vec<u8>],
+        to: &[SocketAddr],
+    ) -> io::Result<usize> {
+        use rustix::net::{
+            MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, addr::SocketAddrArg,
+        };
+
+        let addresses: Vec<SocketAddrAny> = to.iter().map(SocketAddrArg::as_any).collect();
+        let slices: Vec<[IoSlice<'_>; 1]> =
+            replies.iter().map(|reply| [IoSlice::new(reply)]).collect();
+        let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = addresses
+            .iter()
+            .map(|_| SendAncillaryBuffer::default())
+            .collect();
+        let mut messages: Vec<MMsgHdr<'_>> = addresses
+            .iter()
+            .zip(&slices)
+            .zip(&mut controls)
+            .map(|((address, slice), control)| MMsgHdr::new_with_addr(address, slice, control))
+            .collect();
+        Ok(rustix::net::sendmmsg(
+            socket,
+            &mut messages,
+            SendFlags::DONTWAIT,
+        )?)
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -162,5 +251,15 @@ mod sys {
             dst: None,
         });
         Ok(())
+    }
+
+    /// The first of `replies` without waiting.
+    pub(super) fn send_many(
+        socket: &UdpSocket,
+        replies: &[Vec<u8>],
+        to: &[SocketAddr],
+    ) -> io::Result<usize> {
+        socket.try_send_to(&replies[0], to[0])?;
+        Ok(1)
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{
-    batch::Inbox,
+    batch::{Inbox, Outbox},
     message,
     pktinfo::{self, Destination},
 };
@@ -70,6 +70,7 @@ pub async fn serve(
             }
             Err(error) => server.on_datagram(Err(error), &[], None).await,
         }
+        server.memo_replies.flush(&server.socket).await;
     }
     server.drain(inbox.first_buffer(), &stop).await;
     Ok(())
@@ -86,8 +87,8 @@ struct Server {
     /// Who asked each query being answered, by task: a query sent again while the server
     /// shuts down is known as one in flight, whose answer is coming.
     asking: HashMap<Id, Asker>,
-    /// Room for a reply from the handler's memo, sent without a task of its own.
-    memo_reply: Vec<u8>,
+    /// Replies from the handler's memo, sent without a task of their own, a batch at a time.
+    memo_replies: Outbox,
 }
 
 /// The source address and message ID of a query. Not its port: some clients send a query
@@ -106,7 +107,7 @@ impl Server {
             answering: Arc::new(Semaphore::new(MAX_ANSWERING)),
             tasks: JoinSet::new(),
             asking: HashMap::new(),
-            memo_reply: Vec::with_capacity(MEMO_MAX_REPLY),
+            memo_replies: Outbox::new(MEMO_MAX_REPLY),
         }
     }
 
@@ -178,11 +179,13 @@ impl Server {
             }
             return;
         }
-        if self
-            .handler
-            .answer_from_memo(query, src.ip(), &mut self.memo_reply)
-        {
-            send(&self.socket, &self.memo_reply, src, dst).await;
+        let reply = self.memo_replies.next_reply();
+        if self.handler.answer_from_memo(query, src.ip(), reply) {
+            match dst {
+                // On a wildcard address a reply carries its source: sent alone.
+                Some(_) => send(&self.socket, reply, src, dst).await,
+                None => self.memo_replies.keep(&self.socket, src).await,
+            }
             return;
         }
         let Ok(permit) = self.answering.clone().try_acquire_owned() else {
@@ -236,9 +239,14 @@ async fn send(socket: &UdpSocket, answer: &[u8], to: SocketAddr, from: Option<De
         Some(from) => pktinfo::send_from(socket, answer, to, from).await,
         None => socket.send_to(answer, to).await,
     };
-    if let Err(error) = sent
-        && SOCKET_ERROR.admit()
-    {
+    if let Err(error) = sent {
+        send_failed(to, &error);
+    }
+}
+
+/// Logs (rate-limited) that an answer to `to` could not be sent.
+pub(super) fn send_failed(to: SocketAddr, error: &io::Error) {
+    if SOCKET_ERROR.admit() {
         warn!(%to, %error, "sending a DNS answer over UDP failed");
     }
 }
