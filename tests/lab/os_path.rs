@@ -153,7 +153,11 @@ impl Netns {
     /// ERR_NETWORK_CHANGED, as it did once in a full run here.
     fn settle(&self) {
         let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
-        while !self.ip(&["-6", "addr", "show", "tentative"]).trim().is_empty() {
+        while !self
+            .ip(&["-6", "addr", "show", "tentative"])
+            .trim()
+            .is_empty()
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the namespace's IPv6 addresses were still tentative after {SETTLE_TIMEOUT:?}: {}",
