@@ -82,11 +82,6 @@ impl Inbox {
         let received = self.received[i];
         (&self.bufs[i][..received.len], received)
     }
-
-    /// A buffer for a single read outside batches (while draining).
-    pub fn first_buffer(&mut self) -> &mut [u8] {
-        &mut self.bufs[0]
-    }
 }
 
 impl Default for Inbox {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{
-    batch::{Inbox, Outbox},
+    batch::{Inbox, Outbox, Received},
     message,
     pktinfo::{self, Destination},
 };
@@ -60,19 +60,9 @@ pub async fn serve(
             read = inbox.recv(&server.socket, server.control.as_mut()) => read,
             () = draining.cancelled() => break,
         };
-        match read {
-            Ok(count) => {
-                for i in 0..count {
-                    let (query, received) = inbox.get(i);
-                    let received = Ok((received.len, received.src, received.dst));
-                    server.on_datagram(received, query, None).await;
-                }
-            }
-            Err(error) => server.on_datagram(Err(error), &[], None).await,
-        }
-        server.memo_replies.flush(&server.socket).await;
+        server.on_batch(read, &inbox, None).await;
     }
-    server.drain(inbox.first_buffer(), &stop).await;
+    server.drain(&mut inbox, &stop).await;
     Ok(())
 }
 
@@ -117,16 +107,16 @@ impl Server {
     /// once the socket is closed, as the cue to ask their next server (instead of waiting out
     /// their timeout for a query read and never answered). A query in flight sent again (a
     /// stub's retransmission) is not refused: its answer is coming.
-    async fn drain(&mut self, buf: &mut [u8], stop: &CancellationToken) {
+    async fn drain(&mut self, inbox: &mut Inbox, stop: &CancellationToken) {
         let in_flight: HashSet<Asker> = self.asking.values().copied().collect();
         while !self.tasks.is_empty() {
             let event = tokio::select! {
-                received = recv(&self.socket, self.control.as_mut(), buf) => Ok(received),
+                read = inbox.recv(&self.socket, self.control.as_mut()) => Ok(read),
                 Some(ended) = self.tasks.join_next_with_id() => Err(ended),
                 () = stop.cancelled() => return,
             };
             match event {
-                Ok(received) => self.on_datagram(received, buf, Some(&in_flight)).await,
+                Ok(read) => self.on_batch(read, inbox, Some(&in_flight)).await,
                 Err(ended) => self.ended(ended),
             }
         }
@@ -140,19 +130,26 @@ impl Server {
         self.asking.remove(&id);
     }
 
-    /// Answers the datagram `received` into `buf`; or, while draining (given the queries in
-    /// flight then), refuses it.
-    async fn on_datagram(
+    /// Answers the datagrams of the last read of `inbox` (`read`: how many, or its error),
+    /// then sends the replies from the memo among them; or, while draining (given the queries
+    /// in flight then), refuses them.
+    async fn on_batch(
         &mut self,
-        received: io::Result<Received>,
-        buf: &[u8],
+        read: io::Result<usize>,
+        inbox: &Inbox,
         draining: Option<&HashSet<Asker>>,
     ) {
         while let Some(ended) = self.tasks.try_join_next_with_id() {
             self.ended(ended);
         }
-        let (len, src, dst) = match received {
-            Ok(received) => received,
+        match read {
+            Ok(count) => {
+                for i in 0..count {
+                    let (query, received) = inbox.get(i);
+                    self.on_datagram(query, received, draining).await;
+                }
+                self.memo_replies.flush(&self.socket).await;
+            }
             Err(error) => {
                 if SOCKET_ERROR.admit() {
                     warn!(%error, "receiving a DNS query over UDP failed");
@@ -160,16 +157,23 @@ impl Server {
                 if is_local_shortage(&error) {
                     tokio::time::sleep(SHORTAGE_PAUSE).await;
                 }
-                return;
             }
-        };
+        }
+    }
+
+    /// Answers `query`; or, while draining, refuses it (see [`Server::on_batch`]).
+    async fn on_datagram(
+        &mut self,
+        query: &[u8],
+        Received { src, dst, .. }: Received,
+        draining: Option<&HashSet<Asker>>,
+    ) {
         if !answerable(src) {
             if NO_REPLY_ADDRESS.admit() {
                 warn!(%src, "dropping a UDP query from an address no answer can go to");
             }
             return;
         }
-        let query = &buf[..len.min(buf.len())];
         let asker = (src.ip(), message_id(query));
         if let Some(in_flight) = draining {
             if !in_flight.contains(&asker)
@@ -211,25 +215,6 @@ fn message_id(bytes: &[u8]) -> u16 {
     match bytes {
         [high, low, ..] => u16::from_be_bytes([*high, *low]),
         _ => 0,
-    }
-}
-
-/// A datagram read: its length, source, and destination where the socket's address does not
-/// say it.
-type Received = (usize, SocketAddr, Option<Destination>);
-
-/// The next datagram of `socket` into `buf`; `control` is given on a wildcard address.
-async fn recv(
-    socket: &UdpSocket,
-    control: Option<&mut pktinfo::Control>,
-    buf: &mut [u8],
-) -> io::Result<Received> {
-    match control {
-        Some(control) => pktinfo::recv(socket, buf, control).await,
-        None => {
-            let (len, src) = socket.recv_from(buf).await?;
-            Ok((len, src, None))
-        }
     }
 }
 
