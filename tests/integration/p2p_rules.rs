@@ -101,8 +101,15 @@ async fn wait_for_routing(daemons: &[TestDaemon], peers: usize, addrs: &[Multiad
             short
                 .iter()
                 .map(|(i, s)| format!(
-                    "daemon {i}: {} peers, {} connected",
-                    s.routing_table_peers, s.connected_peers
+                    "daemon {i} ({}): {} peers, {} connected; connected outside the table: {:?}",
+                    s.peer_id,
+                    s.routing_table_peers,
+                    s.connected_peers,
+                    s.peers
+                        .iter()
+                        .filter(|p| !p.in_routing_table)
+                        .map(|p| (p.peer_id, &p.connections))
+                        .collect::<Vec<_>>()
                 ))
                 .collect::<Vec<_>>()
         );
