@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{TestDaemon, WAIT, a_records, ask, p2p_config};
+use crate::support::{TestDaemon, WAIT, a_records, ask, p2p_config, reserved_port};
 use hickory_proto::{
     op::ResponseCode,
     rr::{Name, RData, Record, RecordType},
@@ -547,17 +547,6 @@ async fn scaling_with_churn() {
     }
 }
 
-/// A free port on 127.0.0.1 (UDP and TCP both free at the time of asking).
-fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// `p2pdns status` of the daemon in `data_dir`: the number after `prefix` on its line.
 fn status_number(data_dir: &std::path::Path, prefix: &str) -> Option<usize> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2pdns"))
@@ -582,7 +571,7 @@ async fn memory_holding_records() {
     let dir = std::env::temp_dir().join(format!("p2pdns-bench-{}", rand::random::<u64>()));
     std::fs::create_dir_all(dir.join("home")).unwrap();
     let config = dir.join("p2pdns.toml");
-    let p2p_port = free_port();
+    let p2p_port = reserved_port();
     // Limits raised so that one publisher may fill the store (the defaults allow 100 records
     // per peer and 10,000 in all).
     std::fs::write(
@@ -605,7 +594,11 @@ async fn memory_holding_records() {
         .arg(&config)
         .arg("--data-dir")
         .arg(&data)
-        .args(["run", "--dns-listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "run",
+            "--dns-listen",
+            &format!("127.0.0.1:{}", reserved_port()),
+        ])
         .stderr(log)
         .spawn()
         .expect("start the p2pdns binary");

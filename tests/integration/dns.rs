@@ -14,7 +14,7 @@ use p2pdns::config::UpstreamAddr;
 
 use crate::support::{
     TestDaemon, Upstream, WAIT, a_records, ask, config, ede, exchange_tcp, exchange_udp,
-    local_site, p2p_config, query, query_with_payload, read_tcp_message, wait_until,
+    local_site, p2p_config, query, query_with_payload, read_tcp_message, reserved_port, wait_until,
     write_pipelined,
 };
 
@@ -337,11 +337,9 @@ async fn servfail_with_ede_when_no_upstream_answers() {
 
 #[tokio::test]
 async fn its_own_listen_address_is_never_an_upstream() {
-    // Bind first to learn the port, then make that port the daemon's only upstream: as given,
-    // and disguised as an IPv4-mapped IPv6 address.
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
+    // The daemon's listen port made its only upstream: as given, and disguised as an
+    // IPv4-mapped IPv6 address.
+    let port = reserved_port();
     let own: SocketAddr = ([127, 0, 0, 1], port).into();
     let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
     for upstream in [own, mapped] {

@@ -25,7 +25,7 @@
 
 use std::{
     future::Future,
-    net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{
         Arc,
@@ -49,6 +49,8 @@ use p2pdns::{
 use tokio::{io::AsyncReadExt, net::TcpSocket, task::JoinHandle, time::Instant};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::support::reserved_port;
+
 /// How soon the flood opens again a connection the server closed, on average.
 const REOPEN: Duration = Duration::from_secs(1);
 /// Longest wait for a node to be served. The server cuts a connection that has not finished
@@ -71,16 +73,6 @@ struct Node {
     ping: ping::Behaviour,
 }
 
-/// A free TCP port on 127.0.0.1 (the server's TCP and QUIC listen on it, and it is the
-/// external address its relay offers).
-fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An introduction server running in this process, stopped and its directory removed when
 /// dropped (also when a check panics).
 struct Server {
@@ -97,7 +89,7 @@ impl Server {
     /// A server with the default limits but for what `tune` changes.
     async fn start(name: &str, tune: impl FnOnce(&mut P2pConfig, &mut IntroConfig)) -> Self {
         let dir = std::env::temp_dir().join(format!("p2pdns-{name}-{}", rand::random::<u64>()));
-        let port = free_port();
+        let port = reserved_port();
         let tcp: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
         let quic: Multiaddr = format!("/ip4/127.0.0.1/udp/{port}/quic-v1")
             .parse()

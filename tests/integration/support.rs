@@ -99,6 +99,35 @@ pub async fn bind_pair() -> (UdpSocket, TcpListener) {
     panic!("no port free for both UDP and TCP");
 }
 
+/// A port on 127.0.0.1 free for UDP and TCP both, for a server that must be named before it
+/// starts (its address goes into another's configuration, or into its own). Chosen at random
+/// below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where the sockets that
+/// tests running in parallel bind to port 0 never land, and never handed out twice by this
+/// process: between this call and the server's bind, no other test takes it. (A port taken
+/// from a socket bound to port 0 and closed again was once reused by a parallel test first.)
+pub fn reserved_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let range = 10_000..ephemeral_low.max(20_000);
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    for _ in 0..1_000 {
+        let port = rand::random_range(range.clone());
+        if handed_out.contains(&port) {
+            continue;
+        }
+        let free = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no port free for UDP and TCP in {range:?} after 1,000 tries");
+}
+
 impl Upstream {
     pub async fn start(extra: &str) -> Self {
         let text = format!("{ZONE}{extra}");

@@ -29,7 +29,7 @@ use tokio::{
 };
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use crate::support::{TestDaemon, WAIT, ask, p2p_config};
+use crate::support::{TestDaemon, WAIT, ask, p2p_config, reserved_port};
 
 /// A configuration whose tunnelled names take addresses from a /24 of their own, so that
 /// daemons of tests running at once never bind the same address.
@@ -60,15 +60,6 @@ async fn echo_server() -> SocketAddr {
         }
     });
     addr
-}
-
-/// A free TCP port on loopback (for the port clients use; the service listens elsewhere).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A random name under `.p2p`, so that tests never share one.
@@ -129,7 +120,7 @@ async fn an_exposed_service_is_reached_through_its_name() {
     let (server, client) = pair().await;
     let echo = echo_server().await;
     let name = random_name("echo");
-    let port = free_port();
+    let port = reserved_port();
     expose(
         server.dht.as_ref().unwrap(),
         spec(&name, port, echo, Vec::new()),
@@ -195,7 +186,7 @@ async fn a_service_with_an_allow_list_refuses_other_keys() {
     let (server, client) = pair().await;
     let echo = echo_server().await;
     let name = random_name("private");
-    let port = free_port();
+    let port = reserved_port();
     // An allow list that holds the server's own key only: the client is not on it.
     let own_key = server.dht.as_ref().unwrap().key_name().to_ascii();
     expose(
@@ -251,9 +242,9 @@ async fn a_stream_for_anything_not_exposed_is_refused_with_its_reason() {
     let dht = server.dht.as_ref().unwrap();
     let server_peer = dht.node().peer_id();
     let name = random_name("web");
-    let port = free_port();
+    let port = reserved_port();
     // A service whose target nobody listens on.
-    let closed = free_port();
+    let closed = reserved_port();
     expose(
         dht,
         spec(&name, port, format!("127.0.0.1:{closed}"), Vec::new()),
@@ -289,7 +280,7 @@ async fn expose_over_the_control_socket_announces_or_changes_nothing() {
     use p2pdns::control::{Request, Response, call};
     let (server, client) = pair().await;
     let echo = echo_server().await;
-    let port = free_port();
+    let port = reserved_port();
     let ask = |name: String| Request::Expose(spec(&name, port, echo, Vec::new()));
 
     // Another node's key name can only be published by that node: nothing is exposed.
@@ -448,8 +439,8 @@ async fn expose_says_what_it_replaced_and_unexpose_and_unpublish_refuse_mistakes
     let dir = &server.data_dir;
     let echo = echo_server().await;
     let name = random_name("ctl");
-    let port = free_port();
-    let closed = free_port();
+    let port = reserved_port();
+    let closed = reserved_port();
 
     // Nothing answers at the target: exposed, with a warning.
     let first = spec(&name, port, format!("127.0.0.1:{closed}"), Vec::new());
@@ -504,7 +495,7 @@ async fn a_restarted_client_listens_again_before_anyone_asks() {
     let (server, mut client) = pair().await;
     let echo = echo_server().await;
     let name = random_name("again");
-    let port = free_port();
+    let port = reserved_port();
     expose(
         server.dht.as_ref().unwrap(),
         spec(&name, port, echo, Vec::new()),
