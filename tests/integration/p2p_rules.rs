@@ -72,13 +72,18 @@ pub(crate) async fn network(n: usize, replicas: usize) -> Vec<TestDaemon> {
     daemons
 }
 
-/// Waits until every daemon's routing table holds at least `peers` peers. Twice, a daemon
-/// still short of peers dials every node's TCP address in `addrs` again: under heavy load a
-/// dial can time out, and a daemon retries nothing before its periodic bootstrap, minutes
-/// later. (Only twice: redialing in a loop adds handshakes to the load that made them fail.)
+/// Seconds into [`wait_for_routing`] at which daemons short of peers dial the others again.
+const REDIALS: [u64; 4] = [3, 6, 12, 18];
+
+/// Waits until every daemon's routing table holds at least `peers` peers. At [`REDIALS`], a
+/// daemon still short of peers dials every node's TCP address in `addrs` again: under heavy
+/// load a dial can time out, or the identify exchange of a peer's only connection can fail and
+/// leave it connected but unknown to the routing table, and a daemon retries nothing before
+/// its periodic bootstrap, minutes later. (A few times only: redialing in a loop adds
+/// handshakes to the load that made them fail.)
 async fn wait_for_routing(daemons: &[TestDaemon], peers: usize, addrs: &[Multiaddr]) {
     let start = tokio::time::Instant::now();
-    let deadline = start + 2 * WAIT;
+    let deadline = start + 3 * WAIT;
     let tcp: Vec<&Multiaddr> = addrs
         .iter()
         .filter(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
@@ -113,7 +118,10 @@ async fn wait_for_routing(daemons: &[TestDaemon], peers: usize, addrs: &[Multiad
                 ))
                 .collect::<Vec<_>>()
         );
-        if redials < 2 && start.elapsed() >= Duration::from_secs(3 * (redials + 1)) {
+        if REDIALS
+            .get(redials)
+            .is_some_and(|at| start.elapsed() >= Duration::from_secs(*at))
+        {
             redials += 1;
             for (i, _) in &short {
                 let node = dht(&daemons[*i]).node();
