@@ -38,12 +38,20 @@ const POLL: Duration = Duration::from_millis(25);
 /// Where a `connect` command hears how its dial ended.
 type ConnectReply = oneshot::Sender<Result<(), NodeError>>;
 
+/// A `connect` call waiting for a first connection: its own dial, and whether that dial went
+/// through the relays only.
+struct Waiting {
+    dial: ConnectionId,
+    relays_only: bool,
+    reply: ConnectReply,
+}
+
 /// The event loop's side of `connect`: the dials made for it and who waits on each.
 pub(crate) struct Dialer {
     /// Bootstrap addresses that name their peer: the relays to go through.
     relays: Vec<Multiaddr>,
-    /// `connect` calls waiting for a first connection, by peer, with their own dial.
-    waiting: HashMap<PeerId, Vec<(ConnectionId, ConnectReply)>>,
+    /// `connect` calls waiting for a first connection, by peer.
+    waiting: HashMap<PeerId, Vec<Waiting>>,
 }
 
 impl Dialer {
@@ -73,6 +81,26 @@ impl Dialer {
             let _ = reply.send(Ok(()));
             return;
         }
+        let addrs = if through_relay {
+            Vec::new()
+        } else {
+            registered
+        };
+        self.dial(swarm, peer, addrs, through_relay, reply);
+    }
+
+    /// Starts a dial of its own to `peer` at `addrs` and through every relay (QUIC first: hole
+    /// punching works best over it), even when another dial is under way (the DHT's, say, to
+    /// an address a NAT filters): this one tries the relays too. Unless `relays_only`, the
+    /// routing table adds its addresses for the peer.
+    fn dial(
+        &mut self,
+        swarm: &mut NodeSwarm,
+        peer: PeerId,
+        mut addrs: Vec<Multiaddr>,
+        relays_only: bool,
+        reply: ConnectReply,
+    ) {
         let mut relayed: Vec<Multiaddr> = self
             .relays
             .iter()
@@ -83,26 +111,22 @@ impl Dialer {
                     .with(Protocol::P2p(peer))
             })
             .collect();
-        // QUIC first: hole punching works best over it.
         relayed.sort_by_key(|a| !is_quic(a));
-        let mut addrs = if through_relay {
-            Vec::new()
-        } else {
-            registered
-        };
         addrs.extend(relayed);
-        // A dial of its own even when another is under way (the DHT's, say, to an address a
-        // NAT filters): this one tries the relays too.
         let mut opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::Always)
             .addresses(addrs);
-        if !through_relay {
+        if !relays_only {
             opts = opts.extend_addresses_through_behaviour();
         }
         let opts = opts.build();
         let dial = opts.connection_id();
         match swarm.dial(opts) {
-            Ok(()) => self.waiting.entry(peer).or_default().push((dial, reply)),
+            Ok(()) => self.waiting.entry(peer).or_default().push(Waiting {
+                dial,
+                relays_only,
+                reply,
+            }),
             Err(source) => {
                 let _ = reply.send(Err(NodeError::Connect {
                     peer,
@@ -116,8 +140,8 @@ impl Dialer {
     pub(crate) fn on_event(&mut self, event: &NodeEvent) {
         match event {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                for (_, reply) in self.waiting.remove(peer_id).unwrap_or_default() {
-                    let _ = reply.send(Ok(()));
+                for waiting in self.waiting.remove(peer_id).unwrap_or_default() {
+                    let _ = waiting.reply.send(Ok(()));
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
@@ -134,21 +158,40 @@ impl Dialer {
     }
 
     /// The dial `dial` to `peer` (not connected otherwise) failed: only the failure of
-    /// `connect`'s own dial ends its wait.
-    pub(crate) fn dial_failed(&mut self, dial: ConnectionId, peer: PeerId, source: DialError) {
+    /// `connect`'s own dial ends its wait. A dial that a wrong peer ended (another node, or
+    /// this one, answering at an address the peer once had) is made again through the relays
+    /// alone: libp2p ends a dial at the first handshake that completes, the relayed attempts
+    /// still under way included.
+    pub(crate) fn dial_failed(
+        &mut self,
+        swarm: &mut NodeSwarm,
+        dial: ConnectionId,
+        peer: PeerId,
+        source: DialError,
+    ) {
         let Some(waiting) = self.waiting.get_mut(&peer) else {
             return;
         };
-        if let Some(at) = waiting.iter().position(|(id, _)| *id == dial) {
-            let (_, reply) = waiting.swap_remove(at);
-            let _ = reply.send(Err(NodeError::Connect {
-                peer,
-                source: Box::new(source),
-            }));
-        }
+        let Some(at) = waiting.iter().position(|w| w.dial == dial) else {
+            return;
+        };
+        let failed = waiting.swap_remove(at);
         if waiting.is_empty() {
             self.waiting.remove(&peer);
         }
+        let wrong_peer = matches!(
+            source,
+            DialError::WrongPeerId { .. } | DialError::LocalPeerId { .. }
+        );
+        if wrong_peer && !failed.relays_only && !self.relays.is_empty() {
+            debug!(%peer, error = %crate::error::one_line(&source), "a wrong peer answered at a direct address: dialing through the relays alone");
+            self.dial(swarm, peer, Vec::new(), true, failed.reply);
+            return;
+        }
+        let _ = failed.reply.send(Err(NodeError::Connect {
+            peer,
+            source: Box::new(source),
+        }));
     }
 }
 

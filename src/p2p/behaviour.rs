@@ -203,10 +203,15 @@ impl Behaviour {
             limits: connection_limits::Behaviour::new(limits),
             per_ip: Toggle::from(per_ip),
             kad: kademlia(peer_id, config),
-            identify: identify::Behaviour::new(identify::Config::new(
-                IDENTIFY_VERSION.to_owned(),
-                key.public(),
-            )),
+            // No address cache in identify: it would hand every listen address a peer sent
+            // (its 127.0.0.1, its LAN's) to each dial of that peer, where they lead to this
+            // host or to a stranger, and a wrong peer answering first ends the whole dial,
+            // relayed addresses and all. Peers' addresses come from the routing table, which
+            // takes only those usable from where the peer was seen (`routing`), and from
+            // rendezvous registrations.
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_VERSION.to_owned(), key.public()).with_cache_size(0),
+            ),
             ping: ping::Behaviour::default(),
             mdns: Toggle::from(mdns),
             autonat: autonat::Behaviour::new(

@@ -183,6 +183,11 @@ impl EventLoop {
                 through_relay,
                 reply,
             } => {
+                // Asked for by a user (a tunnel): a peer set aside as unreachable is tried
+                // again, as with `Dial`.
+                if self.stalls.forgive(&peer) {
+                    self.apply_stalls();
+                }
                 let registered = self.rendezvous.addrs_of(&peer);
                 self.dialer
                     .connect(&mut self.swarm, peer, through_relay, registered, reply);
@@ -287,8 +292,18 @@ impl EventLoop {
                 peer_id: Some(peer),
                 error,
             } if !self.swarm.is_connected(&peer) => {
+                // Another node (or this one) answers there now: the address is not the peer's.
+                if let DialError::WrongPeerId { address, .. } | DialError::LocalPeerId { address } =
+                    &error
+                {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .remove_address(&peer, address);
+                }
                 self.set_aside_if_unreachable(peer, &error);
-                self.dialer.dial_failed(connection_id, peer, error);
+                self.dialer
+                    .dial_failed(&mut self.swarm, connection_id, peer, error);
             }
             _ => {}
         }

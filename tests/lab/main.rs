@@ -31,6 +31,7 @@
 //! - [`nat`]: nodes behind NATs of every kind, with an introduction server, in a sealed lab of
 //!   namespaces.
 //! - [`tunnel`]: services behind NATs opened by name through tunnels, with curl and Chromium.
+//! - [`tunnel_moved`]: a serving peer that moved, its old address now another node's.
 //!
 //! [`process`] holds what they share: finding programs, temporary directories, processes with
 //! deadlines; [`netns`] the network namespaces of `nat` and `os_path`.
@@ -59,3 +60,4 @@ mod system;
 mod systemd_live;
 mod tunnel;
 mod tunnel_bench;
+mod tunnel_moved;

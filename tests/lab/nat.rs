@@ -633,7 +633,7 @@ impl Lab {
     }
 
     /// Adds a host on the internet itself, with no NAT, at 198.18.0.(10 + N) for the Nth one.
-    fn public_host(&mut self) -> (Ns, Ipv4Addr) {
+    pub(crate) fn public_host(&mut self) -> (Ns, Ipv4Addr) {
         self.public_hosts += 1;
         let n = self.public_hosts;
         let ns = Ns {

@@ -26,13 +26,13 @@ use crate::{
 };
 
 /// The web server's port on its host's own loopback.
-const WEB_PORT: u16 = 8080;
+pub(crate) const WEB_PORT: u16 = 8080;
 /// Size of the file downloaded through the tunnel.
 const BIG_FILE: usize = 20 << 20;
 /// Longest wait for a tunnelled name to resolve or a download to finish.
-const TUNNEL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const TUNNEL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The page's marker text.
-const MARKER: &str = "served from behind a home router";
+pub(crate) const MARKER: &str = "served from behind a home router";
 
 /// Resolver files for a lab namespace: `ip netns exec` mounts them over `/etc`. Removed on drop.
 pub(crate) struct ResolverFiles(PathBuf);
@@ -64,7 +64,7 @@ impl Drop for ResolverFiles {
 
 /// A directory with `index.html` (holding [`MARKER`]) and `big.bin` ([`BIG_FILE`] bytes of
 /// a fixed pseudo-random sequence); returns it and the SHA-256 of `big.bin`.
-fn web_root(lab: &Lab) -> (PathBuf, String) {
+pub(crate) fn web_root(lab: &Lab) -> (PathBuf, String) {
     let root = lab.dir.subdir("www");
     fs::write(
         root.join("index.html"),
@@ -89,7 +89,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Python's web server on `ns`'s own 127.0.0.1:[`WEB_PORT`], serving `root`.
-fn start_web(tools: &Tools, lab: &Lab, ns: &Ns, root: &Path) -> Proc {
+pub(crate) fn start_web(tools: &Tools, lab: &Lab, ns: &Ns, root: &Path) -> Proc {
     let mut command = ns.exec(&tools.python3);
     command
         .args(["-u", "-m", "http.server", &WEB_PORT.to_string()])
@@ -125,7 +125,7 @@ fn start_echo(tools: &Tools, lab: &Lab, ns: &Ns, port: u16) -> Proc {
 }
 
 /// `curl URL` inside `ns` into `out`; returns curl's output (`-w` prints the HTTP code).
-fn curl(ns: &Ns, url: &str, out: &Path) -> Output {
+pub(crate) fn curl(ns: &Ns, url: &str, out: &Path) -> Output {
     let mut command = ns.exec(tool("curl", "curl"));
     command
         .args(["-sS", "--max-time", "50", "-w", "%{http_code}", "-o"])
@@ -167,7 +167,7 @@ fn echo_client(tools: &Tools, ns: &Ns, name: &str, port: u16) -> String {
 }
 
 /// `p2pdns tunnels --json` of `daemon`.
-fn tunnels(daemon: &Daemon) -> Value {
+pub(crate) fn tunnels(daemon: &Daemon) -> Value {
     let out = daemon.cli(&["tunnels", "--json"]);
     assert!(out.status.success(), "tunnels: {}", describe(&out));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("tunnels --json: {e}"))
@@ -184,7 +184,7 @@ fn key_name(daemon: &Daemon) -> String {
 }
 
 /// Runs `expose ARGS` on `daemon` and checks that it succeeded.
-fn expose(daemon: &Daemon, args: &[&str]) {
+pub(crate) fn expose(daemon: &Daemon, args: &[&str]) {
     let mut all = vec!["expose"];
     all.extend_from_slice(args);
     let out = daemon.cli(&all);
@@ -217,7 +217,7 @@ pub(crate) fn wait_relayed(daemon: &Daemon) {
 }
 
 /// Both logs, for a failure message.
-fn logs(a: &Daemon, b: &Daemon) -> String {
+pub(crate) fn logs(a: &Daemon, b: &Daemon) -> String {
     format!(
         "A log:\n{}\nB log:\n{}",
         tail(&a.proc.stderr(), 60),
@@ -599,8 +599,9 @@ fn a_flood_from_one_peer_stays_within_its_limit_and_a_restarted_server_serves_ag
         }
         assert!(
             started.elapsed() < TUNNEL_TIMEOUT,
-            "B never reached A after its restart: {}\n{}",
+            "B never reached A after its restart: {}\n{:#}\n{}",
             describe(&out),
+            tunnels(&b),
             logs(&a, &b)
         );
         thread::sleep(Duration::from_secs(1));

@@ -1,0 +1,136 @@
+//! A serving peer that moved (issue 12, docs/PROTOCOL.md section 9): a site served from a host
+//! on the internet moves, key and all, behind a home router, and another node takes the host's
+//! address. A client that knew the old address must still reach the site on its first try: the
+//! node that answers there now is a wrong peer, which ends libp2p's dial of the address list,
+//! relayed addresses included, and must not keep the peer unreachable.
+
+use std::{fs, thread, time::Duration};
+
+use crate::{
+    nat::{Lab, Nat, Tools},
+    process::describe,
+    tunnel::{
+        MARKER, ResolverFiles, TUNNEL_TIMEOUT, WEB_PORT, curl, expose, logs, start_web, tunnels,
+        wait_relayed, wait_tunnel_address, web_root,
+    },
+};
+
+/// The value after `label` (such as `peer id:`) in a daemon's `status`.
+fn field(status: &str, label: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} in status:\n{status}"))
+        .trim()
+        .to_owned()
+}
+
+/// The lines `status --peers` gives `peer`: its state, then its addresses and connections.
+fn peer_block(status: &str, peer: &str) -> Option<String> {
+    let mut lines = status.lines().skip_while(|l| {
+        !l.trim_start()
+            .strip_prefix("peer:")
+            .is_some_and(|rest| rest.trim_start().starts_with(peer))
+    });
+    let head = lines.next()?;
+    let rest: Vec<&str> = lines.take_while(|l| l.starts_with("    ")).collect();
+    Some(format!("{head}\n{}", rest.join("\n")))
+}
+
+#[test]
+fn a_site_that_moved_behind_a_nat_is_reached_though_another_node_took_its_old_address() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    let (public, public_addr) = lab.public_host();
+    let b_home = lab.home(Nat::Eim);
+    let a_home = lab.home(Nat::Eim);
+    let _b_files = ResolverFiles::new(&b_home.host);
+    let intro = lab.start_intro();
+    let (root, _) = web_root(&lab);
+    let target = format!("127.0.0.1:{WEB_PORT}");
+
+    // A serves the site from a host on the internet; B is served directly and keeps A's
+    // public address in its routing table.
+    let web = start_web(&tools, &lab, &public, &root);
+    let mut a = lab.start_daemon_with(&public, &intro.bootstrap, "");
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    a.wait_joined();
+    b.wait_joined();
+    let a_id = field(&a.status(), "peer id:");
+    expose(&a, &["site", "80", "--to", &target]);
+    wait_tunnel_address(&b, "site.p2p");
+    let page = lab.dir.path().join("before.html");
+    let out = curl(&b_home.host, "http://site.p2p/", &page);
+    let body = fs::read_to_string(&page).unwrap_or_default();
+    assert!(
+        body.contains(MARKER),
+        "B is served by A on the internet: {}\n{}",
+        describe(&out),
+        logs(&a, &b)
+    );
+    let old_addr = format!("/ip4/{public_addr}/");
+    b.wait_status(
+        "A's public address in the routing table",
+        TUNNEL_TIMEOUT,
+        |status| {
+            peer_block(status, &a_id)
+                .filter(|block| block.contains("routing table") && block.contains(&old_addr))
+                .map(|_| ())
+        },
+    );
+
+    // A moves behind a home router with its data (its key, its exposed site); a new node, C,
+    // starts on the host A left, at the same address and port.
+    let a_data = a.data.clone();
+    drop(a);
+    drop(web);
+    let moved = lab.dir.subdir("daemon-h2").join("data");
+    fs::rename(&a_data, &moved).unwrap_or_else(|e| panic!("cannot move A's data: {e}"));
+    let mut c = lab.start_daemon_with(&public, &intro.bootstrap, "");
+    c.wait_joined();
+    let c_id = field(&c.status(), "peer id:");
+    assert_ne!(c_id, a_id, "C has a key of its own");
+    let _web = start_web(&tools, &lab, &a_home.host, &root);
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    a.wait_joined();
+    assert_eq!(field(&a.status(), "peer id:"), a_id, "A kept its key");
+    wait_relayed(&a);
+    // B's connections to A's old place are gone (its QUIC ones end when C resets them or at
+    // their idle timeout); B still has the old address.
+    b.wait_status("no connection to A's old place", TUNNEL_TIMEOUT, |status| {
+        let block = peer_block(status, &a_id).unwrap_or_default();
+        (!block.contains(" connection")).then_some(())
+    });
+
+    // B's first connection reaches A, through the relay or a hole punched to A's new place.
+    let page = lab.dir.path().join("after.html");
+    let out = curl(&b_home.host, "http://site.p2p/", &page);
+    let body = fs::read_to_string(&page).unwrap_or_default();
+    assert!(
+        body.contains(MARKER),
+        "B's first try after the move reaches A: {}\ntunnels: {:#}\nB status:\n{}\n{}",
+        describe(&out),
+        tunnels(&b),
+        b.status(),
+        logs(&a, &b)
+    );
+    // And so does every later one: the address where C answers is no longer A's.
+    for round in 0..3 {
+        thread::sleep(Duration::from_millis(500));
+        let page = lab.dir.path().join(format!("again-{round}.html"));
+        let out = curl(&b_home.host, "http://site.p2p/", &page);
+        let body = fs::read_to_string(&page).unwrap_or_default();
+        assert!(
+            body.contains(MARKER),
+            "B reaches A again ({round}): {}\n{}",
+            describe(&out),
+            logs(&a, &b)
+        );
+    }
+    let status = b.status();
+    let block = peer_block(&status, &a_id).unwrap_or_default();
+    assert!(
+        !block.contains(&old_addr),
+        "B dropped the address where C answers from A's entry:\n{status}"
+    );
+}
