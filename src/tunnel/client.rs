@@ -136,6 +136,8 @@ struct PeerPath {
     /// a burst of local connections does not each dial (and use up the relay's circuits).
     failures: u32,
     retry_at: Option<Instant>,
+    /// Why the last attempt failed, told again while the next one waits.
+    last_failure: String,
 }
 
 /// What every connection task shares.
@@ -430,11 +432,13 @@ pub(crate) enum OpenError {
     Wire(#[source] WireError),
     /// Connecting to the peer failed a moment ago; no new attempt yet.
     #[error(
-        "connecting to the serving peer failed {failures} time(s) in a row; next try in {secs} s"
+        "connecting to the serving peer failed {failures} time(s) in a row (last: {last}); next try in {secs} s"
     )]
     Backoff {
         /// Failures in a row.
         failures: u32,
+        /// Why the last attempt failed, in one line.
+        last: String,
         /// Seconds until the next attempt, rounded up.
         secs: u64,
     },
@@ -556,6 +560,7 @@ async fn ensure_path(
         {
             return Err(OpenError::Backoff {
                 failures: path.failures,
+                last: path.last_failure.clone(),
                 secs: (retry_at - Instant::now()).as_secs() + 1,
             });
         }
@@ -568,6 +573,7 @@ async fn ensure_path(
                 path.failures = path.failures.saturating_add(1);
                 let backoff = (DIAL_BACKOFF * 2u32.pow(path.failures.min(6) - 1)).min(MAX_BACKOFF);
                 path.retry_at = Some(Instant::now() + backoff);
+                path.last_failure = crate::error::one_line(&error);
                 return Err(OpenError::Connect(error));
             }
         };
