@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::p2p::{
     RendezvousStanding,
-    addr::{is_relayed, peer_of},
+    addr::{is_relayed, peer_of, with_peer},
     behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
 };
 
@@ -249,6 +249,14 @@ impl RendezvousClient {
         self.addrs.get(peer).cloned().unwrap_or_default()
     }
 
+    /// Another node answered at `addr` when `peer` was dialed there: the address `peer`
+    /// registered once is no longer its own, and is not dialed again for it.
+    pub(crate) fn forget_addr(&mut self, peer: &PeerId, addr: &Multiaddr) {
+        if let Some(addrs) = self.addrs.get_mut(peer) {
+            addrs.retain(|a| with_peer(a, *peer) != with_peer(addr, *peer));
+        }
+    }
+
     /// This node's standing at each rendezvous point, as `status` shows it.
     pub(crate) fn standings(&self) -> Vec<RendezvousStanding> {
         let now = Instant::now();
@@ -264,5 +272,30 @@ impl RendezvousClient {
     /// Peers learned from rendezvous points.
     pub(crate) fn peers_known(&self) -> usize {
         self.addrs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_where_another_node_answered_is_not_dialed_again() {
+        let peer = PeerId::random();
+        let relay = PeerId::random();
+        let old: Multiaddr = "/ip4/198.18.0.11/udp/4747/quic-v1".parse().unwrap();
+        let relayed: Multiaddr = format!("/ip4/198.18.0.2/tcp/4747/p2p/{relay}/p2p-circuit")
+            .parse()
+            .unwrap();
+        let mut client = RendezvousClient::new(&[]);
+        client
+            .addrs
+            .insert(peer, vec![old.clone(), relayed.clone()]);
+        // Another peer's failure at the same address leaves this one's alone.
+        client.forget_addr(&PeerId::random(), &old);
+        assert_eq!(client.addrs_of(&peer), vec![old.clone(), relayed.clone()]);
+        // libp2p names the address it dialed with the peer's id appended.
+        client.forget_addr(&peer, &with_peer(&old, peer));
+        assert_eq!(client.addrs_of(&peer), vec![relayed]);
     }
 }

@@ -291,22 +291,29 @@ impl EventLoop {
                 connection_id,
                 peer_id: Some(peer),
                 error,
-            } if !self.swarm.is_connected(&peer) => {
-                // Another node (or this one) answers there now: the address is not the peer's.
-                if let DialError::WrongPeerId { address, .. } | DialError::LocalPeerId { address } =
-                    &error
-                {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .remove_address(&peer, address);
-                }
-                self.set_aside_if_unreachable(peer, &error);
-                self.dialer
-                    .dial_failed(&mut self.swarm, connection_id, peer, error);
-            }
+            } if !self.swarm.is_connected(&peer) => self.dial_failed(connection_id, peer, error),
             _ => {}
         }
+    }
+
+    /// The dial `dial` of `peer`, not connected otherwise, failed.
+    fn dial_failed(
+        &mut self,
+        dial: libp2p::swarm::ConnectionId,
+        peer: libp2p::PeerId,
+        error: DialError,
+    ) {
+        // Another node (or this one) answers there now: the address is not the peer's.
+        if let DialError::WrongPeerId { address, .. } | DialError::LocalPeerId { address } = &error
+        {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .remove_address(&peer, address);
+            self.rendezvous.forget_addr(&peer, address);
+        }
+        self.set_aside_if_unreachable(peer, &error);
+        self.dialer.dial_failed(&mut self.swarm, dial, peer, error);
     }
 
     /// A dial of `peer` failed on every address: a peer of the routing table is set aside for
