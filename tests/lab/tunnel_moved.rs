@@ -7,7 +7,7 @@
 use std::{fs, thread, time::Duration};
 
 use crate::{
-    nat::{Lab, Nat, Tools},
+    nat::{Lab, Nat, Ns, Tools},
     process::describe,
     tunnel::{
         MARKER, ResolverFiles, TUNNEL_TIMEOUT, WEB_PORT, curl, expose, logs, start_web, tunnels,
@@ -23,6 +23,19 @@ fn field(status: &str, label: &str) -> String {
         .unwrap_or_else(|| panic!("no {label:?} in status:\n{status}"))
         .trim()
         .to_owned()
+}
+
+/// `curl http://site.p2p/` in `ns` into `file` of the lab's directory: `Ok` when the page came,
+/// else what curl said.
+fn open_site(lab: &Lab, ns: &Ns, file: &str) -> Result<(), String> {
+    let page = lab.dir.path().join(file);
+    let out = curl(ns, "http://site.p2p/", &page);
+    let body = fs::read_to_string(&page).unwrap_or_default();
+    if body.contains(MARKER) {
+        Ok(())
+    } else {
+        Err(describe(&out))
+    }
 }
 
 /// The lines `status --peers` gives `peer`: its state, then its addresses and connections.
@@ -59,15 +72,9 @@ fn a_site_that_moved_behind_a_nat_is_reached_though_another_node_took_its_old_ad
     let a_id = field(&a.status(), "peer id:");
     expose(&a, &["site", "80", "--to", &target]);
     wait_tunnel_address(&b, "site.p2p");
-    let page = lab.dir.path().join("before.html");
-    let out = curl(&b_home.host, "http://site.p2p/", &page);
-    let body = fs::read_to_string(&page).unwrap_or_default();
-    assert!(
-        body.contains(MARKER),
-        "B is served by A on the internet: {}\n{}",
-        describe(&out),
-        logs(&a, &b)
-    );
+    if let Err(said) = open_site(&lab, &b_home.host, "before.html") {
+        panic!("B is served by A on the internet: {said}\n{}", logs(&a, &b));
+    }
     let old_addr = format!("/ip4/{public_addr}/");
     b.wait_status(
         "A's public address in the routing table",
@@ -103,29 +110,20 @@ fn a_site_that_moved_behind_a_nat_is_reached_though_another_node_took_its_old_ad
     });
 
     // B's first connection reaches A, through the relay or a hole punched to A's new place.
-    let page = lab.dir.path().join("after.html");
-    let out = curl(&b_home.host, "http://site.p2p/", &page);
-    let body = fs::read_to_string(&page).unwrap_or_default();
-    assert!(
-        body.contains(MARKER),
-        "B's first try after the move reaches A: {}\ntunnels: {:#}\nB status:\n{}\n{}",
-        describe(&out),
-        tunnels(&b),
-        b.status(),
-        logs(&a, &b)
-    );
+    if let Err(said) = open_site(&lab, &b_home.host, "after.html") {
+        panic!(
+            "B's first try after the move reaches A: {said}\ntunnels: {:#}\nB status:\n{}\n{}",
+            tunnels(&b),
+            b.status(),
+            logs(&a, &b)
+        );
+    }
     // And so does every later one: the address where C answers is no longer A's.
     for round in 0..3 {
         thread::sleep(Duration::from_millis(500));
-        let page = lab.dir.path().join(format!("again-{round}.html"));
-        let out = curl(&b_home.host, "http://site.p2p/", &page);
-        let body = fs::read_to_string(&page).unwrap_or_default();
-        assert!(
-            body.contains(MARKER),
-            "B reaches A again ({round}): {}\n{}",
-            describe(&out),
-            logs(&a, &b)
-        );
+        if let Err(said) = open_site(&lab, &b_home.host, &format!("again-{round}.html")) {
+            panic!("B reaches A again ({round}): {said}\n{}", logs(&a, &b));
+        }
     }
     let status = b.status();
     let block = peer_block(&status, &a_id).unwrap_or_default();
