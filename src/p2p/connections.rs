@@ -4,12 +4,36 @@
 use std::collections::HashMap;
 
 use libp2p::{
-    Multiaddr, PeerId,
+    Multiaddr, PeerId, ping,
     swarm::{ConnectionId, SwarmEvent},
 };
 use tracing::debug;
 
-use super::{ConnectionInfo, ConnectionPath, behaviour::NodeEvent};
+use super::{
+    ConnectionInfo, ConnectionPath,
+    behaviour::{BehaviourEvent, NodeEvent},
+};
+
+/// The connection to close, if `event` says its peer left a ping unanswered (libp2p's ping:
+/// every 15 s, 20 s to answer) or the ping stream failed. libp2p keeps such a connection open:
+/// a TCP connection whose far end vanished (its NAT's address changed, its host lost power)
+/// otherwise stays "connected" until the kernel gives up retransmitting, about 15 minutes,
+/// and tunnels and lookups keep choosing it. A peer that does not speak ping is left alone.
+pub(crate) fn unanswered_ping(event: &NodeEvent) -> Option<ConnectionId> {
+    let SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+        peer,
+        connection,
+        result: Err(failure),
+    })) = event
+    else {
+        return None;
+    };
+    if matches!(failure, ping::Failure::Unsupported) {
+        return None;
+    }
+    debug!(%peer, %failure, "ping failed: closing the connection");
+    Some(*connection)
+}
 
 /// Open connections, by connection.
 #[derive(Default)]

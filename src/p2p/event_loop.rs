@@ -225,6 +225,9 @@ impl EventLoop {
             info!(%address, "P2P listening");
         }
         self.connections.on_event(&event);
+        if let Some(dead) = super::connections::unanswered_ping(&event) {
+            self.swarm.close_connection(dead);
+        }
         self.count(&event);
         if let SwarmEvent::ConnectionEstablished {
             peer_id,

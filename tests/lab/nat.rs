@@ -255,7 +255,7 @@ impl Ns {
     }
 
     /// Runs `ip -n NAME ARGS` (iproute2 acting on the namespace) and fails the test if it fails.
-    fn ip(&self, args: &[&str]) {
+    pub(crate) fn ip(&self, args: &[&str]) {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
         netns::ip(&self.ip, &all);
@@ -402,7 +402,7 @@ deny 0-65535 0.0.0.0/0 0-65535
 
 /// The transports the daemons listen on (and so can connect over).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Transport {
+pub(crate) enum Transport {
     /// QUIC and TCP, as a default configuration has it.
     Both,
     Quic,
@@ -447,7 +447,7 @@ pub(crate) struct Lab {
     /// Processes that live as long as the lab (miniupnpd).
     services: Vec<Proc>,
     /// What the daemons listen on.
-    transport: Transport,
+    pub(crate) transport: Transport,
     pub(crate) dir: TempDir,
 }
 

@@ -1,13 +1,18 @@
-//! A serving peer that moved (issue 12, docs/PROTOCOL.md section 9): a site served from a host
-//! on the internet moves, key and all, behind a home router, and another node takes the host's
-//! address. A client that knew the old address must still reach the site on its first try: the
-//! node that answers there now is a wrong peer, which ends libp2p's dial of the address list,
-//! relayed addresses included, and must not keep the peer unreachable.
+//! A serving peer that moved or vanished (issue 12, docs/PROTOCOL.md section 9). A site served
+//! from a host on the internet moves, key and all, behind a home router, and another node takes
+//! the host's address: a client that knew the old address must still reach the site on its
+//! first try (the node that answers there now is a wrong peer, which ends libp2p's dial of the
+//! address list, relayed addresses included). A home that drops off the network leaves its
+//! peers' TCP connections to it dead but open: they must be closed within two minutes, not when
+//! the kernel gives up retransmitting (about 15 minutes), or tunnels keep choosing them.
 
-use std::{fs, thread, time::Duration};
+use std::{
+    fs, thread,
+    time::{Duration, Instant},
+};
 
 use crate::{
-    nat::{Lab, Nat, Ns, Tools},
+    nat::{Lab, Nat, Ns, Tools, Transport},
     process::describe,
     tunnel::{
         MARKER, ResolverFiles, TUNNEL_TIMEOUT, WEB_PORT, curl, expose, logs, start_web, tunnels,
@@ -130,5 +135,53 @@ fn a_site_that_moved_behind_a_nat_is_reached_though_another_node_took_its_old_ad
     assert!(
         !block.contains(&old_addr),
         "B dropped the address where C answers from A's entry:\n{status}"
+    );
+}
+
+#[test]
+fn a_tcp_connection_to_a_home_that_dropped_off_the_network_is_closed_within_two_minutes() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    lab.transport = Transport::Tcp;
+    let a_home = lab.home(Nat::Eim);
+    let b_home = lab.home(Nat::Eim);
+    let _b_files = ResolverFiles::new(&b_home.host);
+    let intro = lab.start_intro();
+    let (root, _) = web_root(&lab);
+    let _web = start_web(&tools, &lab, &a_home.host, &root);
+    let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
+    let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
+    a.wait_joined();
+    b.wait_joined();
+    wait_relayed(&a);
+    let a_id = field(&a.status(), "peer id:");
+    expose(
+        &a,
+        &["site", "80", "--to", &format!("127.0.0.1:{WEB_PORT}")],
+    );
+    wait_tunnel_address(&b, "site.p2p");
+    if let Err(said) = open_site(&lab, &b_home.host, "before.html") {
+        panic!("B is served by A: {said}\n{}", logs(&a, &b));
+    }
+    b.wait_status("a connection to A", TUNNEL_TIMEOUT, |status| {
+        let block = peer_block(status, &a_id).unwrap_or_default();
+        block.contains(" connection").then_some(())
+    });
+
+    // A's home drops off the network: nothing it had open answers any more, and nothing
+    // closes either (no FIN, no RST).
+    let cut = Instant::now();
+    a_home.router.ip(&["link", "set", "wan", "down"]);
+    b.wait_status(
+        "no connection to A two minutes after its home dropped off",
+        Duration::from_secs(120),
+        |status| {
+            let block = peer_block(status, &a_id).unwrap_or_default();
+            (!block.contains(" connection")).then_some(())
+        },
+    );
+    eprintln!(
+        "B closed its connections to A {:?} after the cut",
+        cut.elapsed()
     );
 }
