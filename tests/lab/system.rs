@@ -374,7 +374,7 @@ fn run_command(dir: &TempDir, config: &Path, port: u16) -> Command {
 }
 
 /// The value after `label` (such as `peer id:`) in what `p2pdns status` printed.
-fn status_field(status: &str, label: &str) -> String {
+pub(crate) fn status_field(status: &str, label: &str) -> String {
     status
         .lines()
         .find_map(|l| l.strip_prefix(label))

@@ -14,21 +14,12 @@ use std::{
 use crate::{
     nat::{Lab, Nat, Ns, Tools, Transport},
     process::describe,
+    system::status_field,
     tunnel::{
         MARKER, ResolverFiles, TUNNEL_TIMEOUT, WEB_PORT, curl, expose, logs, start_web, tunnels,
         wait_relayed, wait_tunnel_address, web_root,
     },
 };
-
-/// The value after `label` (such as `peer id:`) in a daemon's `status`.
-fn field(status: &str, label: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .unwrap_or_else(|| panic!("no {label:?} in status:\n{status}"))
-        .trim()
-        .to_owned()
-}
 
 /// `curl http://site.p2p/` in `ns` into `file` of the lab's directory: `Ok` when the page came,
 /// else what curl said.
@@ -74,7 +65,7 @@ fn a_site_that_moved_behind_a_nat_is_reached_though_another_node_took_its_old_ad
     let mut b = lab.start_daemon(&b_home, &intro.bootstrap);
     a.wait_joined();
     b.wait_joined();
-    let a_id = field(&a.status(), "peer id:");
+    let a_id = status_field(&a.status(), "peer id:");
     expose(&a, &["site", "80", "--to", &target]);
     wait_tunnel_address(&b, "site.p2p");
     if let Err(said) = open_site(&lab, &b_home.host, "before.html") {
@@ -100,12 +91,16 @@ fn a_site_that_moved_behind_a_nat_is_reached_though_another_node_took_its_old_ad
     fs::rename(&a_data, &moved).unwrap_or_else(|e| panic!("cannot move A's data: {e}"));
     let mut c = lab.start_daemon_with(&public, &intro.bootstrap, "");
     c.wait_joined();
-    let c_id = field(&c.status(), "peer id:");
+    let c_id = status_field(&c.status(), "peer id:");
     assert_ne!(c_id, a_id, "C has a key of its own");
     let _web = start_web(&tools, &lab, &a_home.host, &root);
     let mut a = lab.start_daemon(&a_home, &intro.bootstrap);
     a.wait_joined();
-    assert_eq!(field(&a.status(), "peer id:"), a_id, "A kept its key");
+    assert_eq!(
+        status_field(&a.status(), "peer id:"),
+        a_id,
+        "A kept its key"
+    );
     wait_relayed(&a);
     // B's connections to A's old place are gone (its QUIC ones end when C resets them or at
     // their idle timeout); B still has the old address.
@@ -154,7 +149,7 @@ fn a_tcp_connection_to_a_home_that_dropped_off_the_network_is_closed_within_two_
     a.wait_joined();
     b.wait_joined();
     wait_relayed(&a);
-    let a_id = field(&a.status(), "peer id:");
+    let a_id = status_field(&a.status(), "peer id:");
     expose(
         &a,
         &["site", "80", "--to", &format!("127.0.0.1:{WEB_PORT}")],
