@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::p2p::{
     RendezvousStanding,
-    addr::{is_relayed, peer_of, with_peer},
+    addr::{is_relayed, peer_of, same_place},
     behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
 };
 
@@ -249,11 +249,12 @@ impl RendezvousClient {
         self.addrs.get(peer).cloned().unwrap_or_default()
     }
 
-    /// Another node answered at `addr` when `peer` was dialed there: the address `peer`
-    /// registered once is no longer its own, and is not dialed again for it.
+    /// Another node answered at `addr` when `peer` was dialed there: the addresses `peer`
+    /// registered once that lead to the same place are no longer its own, and are not dialed
+    /// again for it.
     pub(crate) fn forget_addr(&mut self, peer: &PeerId, addr: &Multiaddr) {
         if let Some(addrs) = self.addrs.get_mut(peer) {
-            addrs.retain(|a| with_peer(a, *peer) != with_peer(addr, *peer));
+            addrs.retain(|a| !same_place(a, addr, *peer));
         }
     }
 
@@ -278,6 +279,7 @@ impl RendezvousClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::p2p::addr::with_peer;
 
     #[test]
     fn an_address_where_another_node_answered_is_not_dialed_again() {
@@ -287,15 +289,17 @@ mod tests {
         let relayed: Multiaddr = format!("/ip4/198.18.0.2/tcp/4747/p2p/{relay}/p2p-circuit")
             .parse()
             .unwrap();
+        let old_tcp: Multiaddr = "/ip4/198.18.0.11/tcp/4747".parse().unwrap();
+        let other_port: Multiaddr = "/ip4/198.18.0.11/tcp/4748".parse().unwrap();
         let mut client = RendezvousClient::new(&[]);
-        client
-            .addrs
-            .insert(peer, vec![old.clone(), relayed.clone()]);
+        let all = vec![old.clone(), old_tcp, other_port.clone(), relayed.clone()];
+        client.addrs.insert(peer, all.clone());
         // Another peer's failure at the same address leaves this one's alone.
         client.forget_addr(&PeerId::random(), &old);
-        assert_eq!(client.addrs_of(&peer), vec![old.clone(), relayed.clone()]);
-        // libp2p names the address it dialed with the peer's id appended.
+        assert_eq!(client.addrs_of(&peer), all);
+        // libp2p names the address it dialed with the peer's id appended; the TCP address on
+        // the same IP and port goes too, another port stays.
         client.forget_addr(&peer, &with_peer(&old, peer));
-        assert_eq!(client.addrs_of(&peer), vec![relayed]);
+        assert_eq!(client.addrs_of(&peer), vec![other_port, relayed]);
     }
 }

@@ -78,6 +78,28 @@ pub(crate) fn is_own_address<'a>(
     ip_of(addr).is_some_and(|seen| listeners.any(|own| ip_of(own) == Some(seen)))
 }
 
+/// Do `a` and `b`, addresses of `peer`, lead to the same place: the same IP address and port
+/// (over TCP or QUIC, which a node listens for on one port), or for a relayed address the same
+/// address? A node found at one is the node at the other.
+pub(crate) fn same_place(a: &Multiaddr, b: &Multiaddr, peer: PeerId) -> bool {
+    match (endpoint_of(a), endpoint_of(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => with_peer(a, peer) == with_peer(b, peer),
+    }
+}
+
+/// The IP address and TCP or UDP port a direct address leads to.
+fn endpoint_of(addr: &Multiaddr) -> Option<(IpAddr, u16)> {
+    if is_relayed(addr) {
+        return None;
+    }
+    let port = addr.iter().find_map(|p| match p {
+        Protocol::Tcp(port) | Protocol::Udp(port) => Some(port),
+        _ => None,
+    })?;
+    Some((ip_of(addr)?, port))
+}
+
 /// `addr` ending in `/p2p/<peer>`, added unless it names a peer already.
 pub(crate) fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     match peer_of(addr) {

@@ -309,10 +309,7 @@ impl EventLoop {
         // Another node (or this one) answers there now: the address is not the peer's.
         if let DialError::WrongPeerId { address, .. } | DialError::LocalPeerId { address } = &error
         {
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .remove_address(&peer, address);
+            super::routing::forget_addr(&mut self.swarm, &peer, address);
             self.rendezvous.forget_addr(&peer, address);
         }
         self.set_aside_if_unreachable(peer, &error);

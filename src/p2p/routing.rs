@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     KAD_PROTOCOL, PeerEntry,
-    addr::{Scope, peer_of, scope},
+    addr::{Scope, peer_of, same_place, scope},
     behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
     connections::Connections,
     stalls::Stalls,
@@ -227,15 +227,30 @@ impl Routing {
     }
 }
 
-/// The addresses the routing table holds for `peer`.
+/// How many addresses the routing table holds for `peer`.
 fn addresses_held(swarm: &mut NodeSwarm, peer: &PeerId) -> usize {
+    addresses_of(swarm, peer).len()
+}
+
+/// The addresses the routing table holds for `peer`.
+fn addresses_of(swarm: &mut NodeSwarm, peer: &PeerId) -> Vec<Multiaddr> {
     let kad = &mut swarm.behaviour_mut().kad;
     kad.kbucket(*peer)
         .and_then(|bucket| {
             bucket
                 .iter()
                 .find(|entry| entry.node.key.preimage() == peer)
-                .map(|entry| entry.node.value.len())
+                .map(|entry| entry.node.value.iter().cloned().collect())
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+/// Another node answered at `addr` when `peer` was dialed there: the routing table drops the
+/// addresses of `peer` that lead to the same place (its TCP and its QUIC address alike).
+pub(crate) fn forget_addr(swarm: &mut NodeSwarm, peer: &PeerId, addr: &Multiaddr) {
+    for held in addresses_of(swarm, peer) {
+        if same_place(&held, addr, *peer) {
+            swarm.behaviour_mut().kad.remove_address(peer, &held);
+        }
+    }
 }
