@@ -17,7 +17,7 @@ use std::{
     cell::RefCell,
     future::{Future, poll_fn},
     io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
@@ -159,18 +159,11 @@ impl UdpTry {
     /// [`ExchangeError::Encode`] or [`ExchangeError::Io`].
     pub fn send(server: SocketAddr, query: Message) -> Result<Self, ExchangeError> {
         let wire = query.to_vec().map_err(|_| ExchangeError::Encode)?;
-        let local: SocketAddr = if server.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = std::net::UdpSocket::bind(local)?;
-        socket.connect(server)?;
-        socket.set_nonblocking(true)?;
+        let socket = fresh_socket(server)?;
         // A fresh socket's send buffer is empty: the datagram goes at once or not at all
         // (sent before tokio takes the socket, which knows no readiness yet).
         socket.send(&wire)?;
-        let socket = Arc::new(UdpSocket::from_std(socket)?);
+        let socket = Arc::new(UdpSocket::from_std(socket.into())?);
         Ok(Self {
             server,
             readiness: readiness(&socket),
@@ -240,6 +233,34 @@ impl UdpTry {
         } = self;
         Box::pin(async move { over_tcp(server, &wire, &query).await })
     }
+}
+
+/// A non-blocking UDP socket connected to `server`, from a port of its own: the kernel picks
+/// it at random among the ephemeral ports when the socket connects unbound, as it would for a
+/// bind to port 0 (RFC 5452 section 10), one system call fewer per try. Running out of ports
+/// (EAGAIN from connect, EADDRINUSE) is this machine's shortage, like running out of
+/// descriptors.
+///
+/// # Errors
+/// The system call's error, [`ExchangeError::LocalResources`] for a shortage.
+fn fresh_socket(server: SocketAddr) -> Result<socket2::Socket, ExchangeError> {
+    use socket2::{Domain, Socket, Type};
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let kind = Type::DGRAM.nonblocking();
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let kind = Type::DGRAM;
+    let socket = Socket::new(Domain::for_address(server), kind, None)?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    socket.set_nonblocking(true)?;
+    socket
+        .connect(&server.into())
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::AddrInUse => {
+                ExchangeError::LocalResources(error)
+            }
+            _ => error.into(),
+        })?;
+    Ok(socket)
 }
 
 /// The readiness future of `socket`: readable, or an error pending.
