@@ -284,14 +284,18 @@ impl Resolver {
         if let Some(metrics) = &self.metrics {
             metrics.lookup_ended(&outcome, started.elapsed(), requests);
         }
-        let waiters = {
+        let (outcome, waiters) = {
             let mut state = self.lock();
+            let outcome = match outcome {
+                Ok(DhtAnswer::Absent) => Ok(still_held(&state.cache, &key, &name)),
+                other => other,
+            };
             if let Ok(value) = &outcome {
                 let fetched = Instant::now();
                 let value = value.clone();
                 state.cache.put(key.clone(), CacheEntry { value, fetched });
             }
-            state.inflight.remove(&key).unwrap_or_default()
+            (outcome, state.inflight.remove(&key).unwrap_or_default())
         };
         for waiter in waiters {
             let _ = waiter.send(outcome.clone());
@@ -396,6 +400,26 @@ impl RecordSource for NameRecord {
 
     fn holds(&self, name: &LowerName) -> bool {
         LowerName::new(&self.name).zone_of(name)
+    }
+}
+
+/// What to believe when a lookup of `name` found it absent from the DHT: the record cached
+/// under `key` while it is valid, else the absence. The DHT drops a name only when its holders
+/// lose it (stopped, replaced, their stores full) or it expires; an owner who takes a name's
+/// data back publishes a signed empty record instead (docs/PROTOCOL.md), which a lookup finds.
+/// So a signed record in hand outlives an "absent" from peers that never had it: the name
+/// resolves here until the record expires, and a hostile or freshly started node answering
+/// "none" cannot make it vanish.
+fn still_held(cache: &LruCache<LowerName, CacheEntry>, key: &LowerName, name: &Name) -> DhtAnswer {
+    match cache.peek(key) {
+        Some(CacheEntry {
+            value: held @ DhtAnswer::Found(found),
+            ..
+        }) if found.record.expires > unix_now() => {
+            debug!(%name, "the DHT no longer holds this name; answering the record found before until it expires");
+            held.clone()
+        }
+        _ => DhtAnswer::Absent,
     }
 }
 

@@ -185,3 +185,54 @@ async fn a_stopped_node_does_not_turn_negative_answers_into_failures() {
         daemon.stop().await.unwrap();
     }
 }
+
+/// A name the DHT lost still resolves where it was resolved before, until its record expires.
+/// The owner, the only holder, stops; a node that never stored the name joins; the client's
+/// next lookup finds the name absent (the newcomer answered, without a record). "Absent" never
+/// means the owner took the name back (that is a signed record without data, which lookups
+/// find: docs/PROTOCOL.md section 6), so the signed record in hand stays the answer. Before,
+/// the absence replaced it in the cache and the name went NXDOMAIN once its TTL ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_the_dht_lost_resolves_where_it_was_found_until_it_expires() {
+    let owner = TestDaemon::start(p2p_config(&[])).await;
+    // The client stores nothing for others: the owner's store is the name's only replica.
+    let mut client_config = p2p_config(&owner.p2p_addrs);
+    client_config.p2p.dht_mode = p2pdns::config::DhtMode::Client;
+    let client = TestDaemon::start(client_config).await;
+    let name = Name::from_ascii("lost.p2p.").unwrap();
+    let record = Record::from_rdata(name.clone(), 1, RData::A("192.0.2.55".parse().unwrap()));
+    let dht = owner.dht.as_ref().unwrap();
+    dht.publish(&name, vec![record]).await.unwrap();
+    resolve_until(client.addr, "lost.p2p.", &["192.0.2.55"]).await;
+    owner.stop().await.unwrap();
+
+    let newcomer = TestDaemon::start(p2p_config(&client.p2p_addrs)).await;
+    let newcomer_id = newcomer.dht.as_ref().unwrap().node().peer_id();
+    let node = client.dht.as_ref().unwrap().node();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !node
+        .status()
+        .await
+        .unwrap()
+        .peers
+        .iter()
+        .any(|p| p.peer_id == newcomer_id && p.in_routing_table)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the newcomer never entered the client's routing table"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the record's one-second TTL, each query is a new lookup that ends "absent".
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let reply = ask(client.addr, "lost.p2p.", RecordType::A).await;
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{reply:?}"
+        );
+        assert_eq!(crate::support::a_records(&reply), ["192.0.2.55"]);
+    }
+}
