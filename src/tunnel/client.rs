@@ -359,9 +359,9 @@ async fn local(mut tcp: TcpStream, port: u16, tracked: Tracked, shared: &Shared)
 /// Errors opening a tunnel stream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
-    /// No connection to the peer could be made.
-    #[error("no connection to the serving peer")]
-    Connect(#[source] crate::nat::connect::ConnectError),
+    /// No connection to the peer could be made (the error names the peer and says why).
+    #[error(transparent)]
+    Connect(crate::nat::connect::ConnectError),
     /// The node is gone or busy.
     #[error(transparent)]
     Node(#[from] NodeError),

@@ -583,9 +583,11 @@ fn a_flood_from_one_peer_stays_within_its_limit_and_a_restarted_server_serves_ag
         .to_owned();
     assert!(error.contains("busy"), "B is told why: {report:#}");
 
+    // A stops: B's tunnels and log say plainly that it is offline.
+    drop(a);
+    crate::tunnel_moved::offline_is_said_plainly(&lab, &b_home, &b);
     // A restarts on its data directory: its service is still exposed, and B's next connection
     // reaches it.
-    drop(a);
     let mut a = lab.start_daemon_with(&a_home.host, &intro.bootstrap, limits);
     a.wait_joined();
     wait_relayed(&a);
