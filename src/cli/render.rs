@@ -4,12 +4,12 @@
 
 use std::{error::Error, fmt::Write, net::SocketAddr};
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, multiaddr::Protocol};
 
 use super::Loaded;
 use crate::{
     control::{NameInfo, PinInfo, Resolution, Response, Status},
-    p2p::{NodeStatus, PeerEntry, Reachability, Transport},
+    p2p::{NodeStatus, PeerEntry, Reachability, Transport, addr::relay_of},
     tunnel::{MappedName, Service, TunnelsReport},
 };
 
@@ -119,7 +119,7 @@ pub(super) fn render(response: &Response) -> String {
             } else {
                 ""
             };
-            let transport = transport_of(via.as_ref());
+            let transport = transport_of(via.as_ref(), None);
             let _ = writeln!(
                 out,
                 "{name}: {path} connection to {peer}{transport}{how} in {elapsed_ms} ms"
@@ -392,8 +392,18 @@ fn pins(out: &mut String, pins: &[PinInfo]) {
     }
 }
 
-/// " over QUIC (addr)" for a connection's address, or nothing when none is known.
-fn transport_of(addr: Option<&Multiaddr>) -> String {
+/// How a connection runs, for people: " over QUIC (addr)" straight to the peer, " through the
+/// relay <id> at <addr>" through the relay `relay` (or the one `addr` goes through), nothing
+/// when nothing is known.
+fn transport_of(addr: Option<&Multiaddr>, relay: Option<&Multiaddr>) -> String {
+    if let Some(relay) = relay.cloned().or_else(|| addr.and_then(relay_of)) {
+        let mut at = relay;
+        return match at.pop() {
+            Some(Protocol::P2p(id)) => format!(" through the relay {id} at {at}"),
+            Some(last) => format!(" through the relay at {}", at.with(last)),
+            None => " through a relay".to_owned(),
+        };
+    }
     addr.map(|addr| format!(" over {} ({addr})", Transport::of(addr)))
         .unwrap_or_default()
 }
@@ -508,7 +518,7 @@ fn peer_lines(out: &mut String, peer: &PeerEntry) {
             out,
             "              {} connection{}",
             connection.path,
-            transport_of(Some(&connection.remote))
+            transport_of(Some(&connection.remote), connection.relay.as_ref())
         );
     }
 }

@@ -249,6 +249,53 @@ fn a_connection_reads_as_its_path_and_transport() {
     );
 }
 
+/// A relayed connection names its relay, both ways round: before, one relayed to this node
+/// read "relayed connection over another transport (/p2p/<peer>)".
+#[test]
+fn a_relayed_connection_names_its_relay() {
+    let (peer, relay) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+    let at = "/ip4/198.51.100.7/udp/4001/quic-v1";
+    let connected = render(&Response::Connected {
+        name: "site.p2p.".into(),
+        peer,
+        path: ConnectionPath::Relayed,
+        via: Some(
+            format!("{at}/p2p/{relay}/p2p-circuit/p2p/{peer}")
+                .parse()
+                .unwrap(),
+        ),
+        upgraded: false,
+        elapsed_ms: 42,
+    });
+    assert_eq!(
+        connected,
+        format!(
+            "site.p2p.: relayed connection to {peer} through the relay {relay} at {at} in 42 ms\n"
+        )
+    );
+    let mut out = String::new();
+    peer_lines(
+        &mut out,
+        &PeerEntry {
+            peer_id: peer,
+            addrs: Vec::new(),
+            connected: true,
+            in_routing_table: false,
+            connections: vec![crate::p2p::ConnectionInfo {
+                path: ConnectionPath::Relayed,
+                remote: format!("/p2p/{peer}").parse().unwrap(),
+                relay: Some(format!("{at}/p2p/{relay}").parse().unwrap()),
+            }],
+        },
+    );
+    assert!(
+        out.contains(&format!(
+            "\n              relayed connection through the relay {relay} at {at}\n"
+        )),
+        "{out}"
+    );
+}
+
 /// An error with causes.
 #[derive(Debug)]
 struct Chain(&'static str, Option<Box<Chain>>);
