@@ -119,14 +119,15 @@ mod testing {
         atomic::{AtomicUsize, Ordering},
     };
 
-    /// Counts the events at INFO and above logged on this thread while it lives (a
-    /// `#[tokio::test]` runtime runs every task on the test's thread).
+    /// Counts the events at INFO and above, and those at WARN and above, logged on this thread
+    /// while it lives (a `#[tokio::test]` runtime runs every task on the test's thread).
     pub(crate) struct LogLines {
         count: Arc<AtomicUsize>,
+        warnings: Arc<AtomicUsize>,
         _guard: tracing::subscriber::DefaultGuard,
     }
 
-    struct CountLines(Arc<AtomicUsize>);
+    struct CountLines(Arc<AtomicUsize>, Arc<AtomicUsize>);
 
     impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountLines {
         fn on_event(
@@ -137,6 +138,9 @@ mod testing {
             if *event.metadata().level() <= tracing::Level::INFO {
                 self.0.fetch_add(1, Ordering::Relaxed);
             }
+            if *event.metadata().level() <= tracing::Level::WARN {
+                self.1.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -144,15 +148,23 @@ mod testing {
         pub(crate) fn count() -> Self {
             use tracing_subscriber::layer::SubscriberExt;
             let count = Arc::new(AtomicUsize::new(0));
-            let subscriber = tracing_subscriber::registry().with(CountLines(count.clone()));
+            let warnings = Arc::new(AtomicUsize::new(0));
+            let subscriber =
+                tracing_subscriber::registry().with(CountLines(count.clone(), warnings.clone()));
             Self {
                 count,
+                warnings,
                 _guard: tracing::subscriber::set_default(subscriber),
             }
         }
 
         pub(crate) fn lines(&self) -> usize {
             self.count.load(Ordering::Relaxed)
+        }
+
+        /// The events at WARN and above.
+        pub(crate) fn warnings(&self) -> usize {
+            self.warnings.load(Ordering::Relaxed)
         }
     }
 }

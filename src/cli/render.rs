@@ -4,13 +4,13 @@
 
 use std::{error::Error, fmt::Write, net::SocketAddr};
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, multiaddr::Protocol};
 
 use super::Loaded;
 use crate::{
     control::{NameInfo, PinInfo, Resolution, Response, Status},
-    p2p::{NodeStatus, PeerEntry, Reachability, Transport},
-    tunnel::{Service, TunnelsReport},
+    p2p::{NodeStatus, PeerEntry, Reachability, Transport, addr::relay_of},
+    tunnel::{MappedName, Service, TunnelsReport},
 };
 
 /// The `error: ...` text for an error and its chain of causes. One-line causes follow on the
@@ -119,7 +119,7 @@ pub(super) fn render(response: &Response) -> String {
             } else {
                 ""
             };
-            let transport = transport_of(via.as_ref());
+            let transport = transport_of(via.as_ref(), None);
             let _ = writeln!(
                 out,
                 "{name}: {path} connection to {peer}{transport}{how} in {elapsed_ms} ms"
@@ -255,10 +255,37 @@ fn tunnels(out: &mut String, report: &TunnelsReport) {
             "  {} -> {} ports {} via {} ({path}): {} open, {} since start, {} failed, {} B out, {} B in",
             m.name, m.address, ports, m.peer, m.open, m.connections, m.failed, m.sent, m.received
         );
-        if let Some(error) = &m.last_error {
-            let _ = writeln!(out, "    last error: {error}");
+        if let Some(error) = last_error(m) {
+            let _ = writeln!(out, "    {error}");
         }
     }
+}
+
+/// The last error of a tunnelled name with its age, `last error (3 min ago): ...`; once
+/// tunnels opened after it, `earlier error (3 min ago; 5 connections opened since): ...`.
+fn last_error(m: &MappedName) -> Option<String> {
+    let error = m.last_error.as_deref()?;
+    let mut when = Vec::new();
+    if let Some(at) = m.last_error_at {
+        let age = crate::record::unix_now().saturating_sub(at);
+        when.push(format!("{} ago", span(age)));
+    }
+    let label = if m.opened_since_error > 0 {
+        when.push(format!(
+            "{} connection{} opened since",
+            m.opened_since_error,
+            if m.opened_since_error == 1 { "" } else { "s" }
+        ));
+        "earlier error"
+    } else {
+        "last error"
+    };
+    let when = if when.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", when.join("; "))
+    };
+    Some(format!("{label}{when}: {error}"))
 }
 
 /// Lines indented by two spaces.
@@ -365,8 +392,18 @@ fn pins(out: &mut String, pins: &[PinInfo]) {
     }
 }
 
-/// " over QUIC (addr)" for a connection's address, or nothing when none is known.
-fn transport_of(addr: Option<&Multiaddr>) -> String {
+/// How a connection runs, for people: " over QUIC (addr)" straight to the peer, " through the
+/// relay <id> at <addr>" through the relay `relay` (or the one `addr` goes through), nothing
+/// when nothing is known.
+fn transport_of(addr: Option<&Multiaddr>, relay: Option<&Multiaddr>) -> String {
+    if let Some(relay) = relay.cloned().or_else(|| addr.and_then(relay_of)) {
+        let mut at = relay;
+        return match at.pop() {
+            Some(Protocol::P2p(id)) => format!(" through the relay {id} at {at}"),
+            Some(last) => format!(" through the relay at {}", at.with(last)),
+            None => " through a relay".to_owned(),
+        };
+    }
     addr.map(|addr| format!(" over {} ({addr})", Transport::of(addr)))
         .unwrap_or_default()
 }
@@ -398,7 +435,8 @@ fn status(out: &mut String, s: &Status) {
     }
 }
 
-/// The one-line tunnels part of `p2pdns status`, and the last error of each tunnelled name.
+/// The one-line tunnels part of `p2pdns status`, and the last error of each tunnelled name
+/// that no tunnel opened since.
 fn tunnels_summary(out: &mut String, t: &TunnelsReport) {
     let serving: u64 = t.exposed.iter().map(|e| e.open).sum();
     let using: u64 = t.mapped.iter().map(|m| m.open).sum();
@@ -408,9 +446,9 @@ fn tunnels_summary(out: &mut String, t: &TunnelsReport) {
         t.exposed.len(),
         t.mapped.len()
     );
-    for m in &t.mapped {
-        if let Some(error) = &m.last_error {
-            let _ = writeln!(out, "            {}: last error: {error}", m.name);
+    for m in t.mapped.iter().filter(|m| m.opened_since_error == 0) {
+        if let Some(error) = last_error(m) {
+            let _ = writeln!(out, "            {}: {error}", m.name);
         }
     }
 }
@@ -480,7 +518,7 @@ fn peer_lines(out: &mut String, peer: &PeerEntry) {
             out,
             "              {} connection{}",
             connection.path,
-            transport_of(Some(&connection.remote))
+            transport_of(Some(&connection.remote), connection.relay.as_ref())
         );
     }
 }

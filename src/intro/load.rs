@@ -26,6 +26,10 @@ pub(crate) struct IntroLoad {
     refused_reservations: usize,
     refused_circuits: usize,
     refused_registrations: usize,
+    /// Relayed connections asked since the last summary for peers that hold no reservation
+    /// here: not a refusal of this server's (no limit, no bad request), the peer is offline or
+    /// moved to another relay.
+    circuits_to_absent: usize,
     /// Something changed since the last summary.
     changed: bool,
     last_summary: Option<Instant>,
@@ -80,6 +84,14 @@ impl IntroLoad {
             relay::Event::CircuitReqDenied {
                 src_peer_id,
                 dst_peer_id,
+                status: relay::StatusCode::NoReservation,
+            } => {
+                debug!(src = %src_peer_id, dst = %dst_peer_id, "relayed connection asked for a peer with no reservation here (offline or moved)");
+                self.circuits_to_absent += 1;
+            }
+            relay::Event::CircuitReqDenied {
+                src_peer_id,
+                dst_peer_id,
                 status,
             } => {
                 debug!(src = %src_peer_id, dst = %dst_peer_id, ?status, "relay circuit refused");
@@ -126,7 +138,7 @@ impl IntroLoad {
     }
 
     /// Logs what is held, at most every [`SUMMARY_EVERY`] and only after a change; refusals
-    /// (limits reached) are a warning.
+    /// (limits reached) are a warning, relayed connections asked for peers not here are not.
     pub(crate) fn summarize(&mut self, connections: usize) {
         let now = Instant::now();
         if !self.changed || self.last_summary.is_some_and(|at| now - at < SUMMARY_EVERY) {
@@ -144,6 +156,13 @@ impl IntroLoad {
                  the limits are in [intro] and [p2p] of the configuration"
             );
         }
+        if self.circuits_to_absent > 0 {
+            info!(
+                "relayed connections asked for peers with no reservation here (offline or \
+                 moved): {}",
+                self.circuits_to_absent
+            );
+        }
         info!(
             reservations = self.reservations.values().sum::<usize>(),
             circuits = self.circuits,
@@ -154,6 +173,7 @@ impl IntroLoad {
         self.refused_reservations = 0;
         self.refused_circuits = 0;
         self.refused_registrations = 0;
+        self.circuits_to_absent = 0;
         self.changed = false;
         self.last_summary = Some(now);
     }
@@ -162,6 +182,32 @@ impl IntroLoad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log_limit::LogLines;
+
+    /// A relayed connection asked for a peer that holds no reservation here is no refusal of
+    /// the server's: before, the summary warned "limits reached or bad requests" for it.
+    #[test]
+    fn circuits_asked_for_absent_peers_are_told_apart_from_refusals() {
+        let log = LogLines::count();
+        let mut load = IntroLoad::default();
+        let denied = |status| relay::Event::CircuitReqDenied {
+            src_peer_id: PeerId::random(),
+            dst_peer_id: PeerId::random(),
+            status,
+        };
+        load.relay(&denied(relay::StatusCode::NoReservation));
+        load.relay(&denied(relay::StatusCode::NoReservation));
+        assert_eq!((load.refused_circuits, load.circuits_to_absent), (0, 2));
+        load.summarize(3);
+        assert_eq!(log.warnings(), 0, "no warning for peers that are not here");
+        assert_eq!(log.lines(), 2, "the absent peers' line and the load's");
+
+        let mut load = IntroLoad::default();
+        load.relay(&denied(relay::StatusCode::ResourceLimitExceeded));
+        assert_eq!((load.refused_circuits, load.circuits_to_absent), (1, 0));
+        load.summarize(3);
+        assert_eq!(log.warnings(), 1, "a limit reached is a warning");
+    }
 
     #[test]
     fn intro_load_counts_reservations_and_registrations_that_are_held() {

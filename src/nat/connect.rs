@@ -8,8 +8,9 @@
 use std::{collections::HashMap, time::Duration};
 
 use libp2p::{
-    Multiaddr, PeerId, dcutr,
+    Multiaddr, PeerId, TransportError, dcutr,
     multiaddr::Protocol,
+    relay::outbound::hop::ConnectError as RelayRefusal,
     swarm::{
         ConnectionId, DialError, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
@@ -20,7 +21,7 @@ use tracing::{debug, info};
 
 use crate::p2p::{
     ConnectionInfo, ConnectionPath, NodeError, NodeHandle,
-    addr::{is_quic, peer_of},
+    addr::{is_quic, is_relayed, peer_of},
     behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
 };
 
@@ -219,6 +220,27 @@ pub enum ConnectError {
         /// How long the dial was given.
         after: Duration,
     },
+    /// Every address tried failed. libp2p's error, which lists each address and its failure,
+    /// is logged at debug level rather than carried as the cause: the user reads why in plain
+    /// words.
+    #[error(
+        "peer {peer} is not reachable: {} (tried {tried} address{})",
+        if *.offline {
+            "it is offline or has no relay reservation at the introduction server(s)"
+        } else {
+            "no connection at any of its addresses"
+        },
+        if *.tried == 1 { "" } else { "es" }
+    )]
+    Unreachable {
+        /// The peer dialled.
+        peer: PeerId,
+        /// Addresses tried, relayed ones included.
+        tried: usize,
+        /// A relay said the peer holds no reservation there, and no relay said anything else:
+        /// the peer is offline (or registered at relays this node does not use).
+        offline: bool,
+    },
     /// The node could not dial, or is gone.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -249,7 +271,8 @@ pub async fn connect_direct_settling(
         .map_err(|_| ConnectError::Timeout {
             peer,
             after: CONNECT_TIMEOUT,
-        })??;
+        })?
+        .map_err(plainly)?;
     let first = node.connections(peer).await?;
     let started_relayed = !first.is_empty() && !first.iter().any(is_direct);
     let deadline = Instant::now() + wait_direct;
@@ -285,6 +308,149 @@ pub async fn connect_direct_settling(
     }
 }
 
+/// A failed dial as a user reads it ([`ConnectError::Unreachable`]); libp2p's own error, every
+/// address and its failure, goes to the debug log.
+fn plainly(error: NodeError) -> ConnectError {
+    let NodeError::Connect { peer, source } = &error else {
+        return error.into();
+    };
+    let (tried, offline) = match source.as_ref() {
+        DialError::Transport(failures) => (failures.len(), relays_say_offline(failures)),
+        DialError::NoAddresses => (0, false),
+        _ => return error.into(),
+    };
+    let peer = *peer;
+    debug!(%peer, error = %crate::error::one_line(&error), "dial failed");
+    ConnectError::Unreachable {
+        peer,
+        tried,
+        offline,
+    }
+}
+
+/// Whether relays were tried and each said the peer holds no reservation with it.
+fn relays_say_offline(failures: &[(Multiaddr, TransportError<std::io::Error>)]) -> bool {
+    let mut relayed = failures
+        .iter()
+        .filter(|(addr, _)| is_relayed(addr))
+        .peekable();
+    relayed.peek().is_some()
+        && relayed
+            .all(|(_, failure)| matches!(relay_refusal(failure), Some(RelayRefusal::NoReservation)))
+}
+
+/// What the relay answered to a relayed dial that failed, if it answered: it sits in the chain
+/// of causes, below the transport's and the upgrade's wrappers.
+fn relay_refusal<'a>(failure: &'a (dyn std::error::Error + 'static)) -> Option<&'a RelayRefusal> {
+    let mut next = Some(failure);
+    while let Some(error) = next {
+        // An I/O error's source skips what it wraps: look at that too.
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<RelayRefusal>());
+        if let Some(refusal) = error.downcast_ref::<RelayRefusal>().or(wrapped) {
+            return Some(refusal);
+        }
+        next = error.source();
+    }
+    None
+}
+
 fn is_direct(connection: &ConnectionInfo) -> bool {
     connection.path == ConnectionPath::Direct
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use libp2p::{core::transport::upgrade::TransportUpgradeError, relay};
+
+    use super::*;
+
+    /// A relayed dial's failure as the swarm reports it: the relay's answer under the relay
+    /// transport's, the upgrade's and the boxed transport's wrappers.
+    fn refused_by_relay(refusal: RelayRefusal) -> TransportError<io::Error> {
+        let transport = relay::client::transport::Error::Connect(refusal);
+        let upgrade = TransportUpgradeError::<_, io::Error>::Transport(transport);
+        TransportError::Other(io::Error::other(upgrade))
+    }
+
+    /// A dial of `peer` that failed at a direct address and at a relay, which answered
+    /// `refusal`.
+    fn failed_dial(peer: PeerId, refusal: RelayRefusal) -> NodeError {
+        let relay: PeerId = PeerId::random();
+        let direct: Multiaddr = "/ip4/198.51.100.4/tcp/4001".parse().unwrap();
+        let relayed: Multiaddr =
+            format!("/ip4/203.0.113.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{peer}")
+                .parse()
+                .unwrap();
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        NodeError::Connect {
+            peer,
+            source: Box::new(DialError::Transport(vec![
+                (direct, TransportError::Other(refused)),
+                (relayed, refused_by_relay(refusal)),
+            ])),
+        }
+    }
+
+    #[test]
+    fn a_peer_without_a_reservation_at_the_relays_reads_as_offline_in_one_line() {
+        let peer = PeerId::random();
+        let error = plainly(failed_dial(peer, RelayRefusal::NoReservation));
+        assert!(
+            matches!(
+                error,
+                ConnectError::Unreachable {
+                    tried: 2,
+                    offline: true,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            crate::error::one_line(&error),
+            format!(
+                "peer {peer} is not reachable: it is offline or has no relay reservation at the \
+                 introduction server(s) (tried 2 addresses)"
+            )
+        );
+    }
+
+    #[test]
+    fn a_relay_that_refuses_for_another_reason_does_not_say_offline() {
+        let peer = PeerId::random();
+        let error = plainly(failed_dial(peer, RelayRefusal::ResourceLimitExceeded));
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "peer {peer} is not reachable: no connection at any of its addresses (tried 2 addresses)"
+            )
+        );
+        // Nothing tried through a relay: nothing says the peer is offline.
+        let lone = NodeError::Connect {
+            peer,
+            source: Box::new(DialError::Transport(vec![(
+                "/ip4/198.51.100.4/tcp/4001".parse().unwrap(),
+                TransportError::Other(io::Error::from(io::ErrorKind::TimedOut)),
+            )])),
+        };
+        assert!(matches!(
+            plainly(lone),
+            ConnectError::Unreachable {
+                tried: 1,
+                offline: false,
+                ..
+            }
+        ));
+        // A dial that failed otherwise keeps libp2p's words.
+        let aborted = NodeError::Connect {
+            peer,
+            source: Box::new(DialError::Aborted),
+        };
+        assert!(matches!(plainly(aborted), ConnectError::Node(_)));
+    }
 }

@@ -64,6 +64,16 @@ pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// The relay a relayed address goes through: the part before `/p2p-circuit`
+/// (`/ip4/.../p2p/<relay>`); `None` for an address that names no relay.
+pub(crate) fn relay_of(addr: &Multiaddr) -> Option<Multiaddr> {
+    is_relayed(addr).then(|| {
+        addr.iter()
+            .take_while(|p| !matches!(p, Protocol::P2pCircuit))
+            .collect()
+    })
+}
+
 /// Is the address QUIC (hole punching works best over it)?
 pub(crate) fn is_quic(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::QuicV1))

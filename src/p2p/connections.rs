@@ -4,13 +4,16 @@
 use std::collections::HashMap;
 
 use libp2p::{
-    Multiaddr, PeerId, ping,
+    Multiaddr, PeerId,
+    core::ConnectedPoint,
+    ping,
     swarm::{ConnectionId, SwarmEvent},
 };
 use tracing::debug;
 
 use super::{
     ConnectionInfo, ConnectionPath,
+    addr::relay_of,
     behaviour::{BehaviourEvent, NodeEvent},
 };
 
@@ -33,6 +36,16 @@ pub(crate) fn unanswered_ping(event: &NodeEvent) -> Option<ConnectionId> {
     }
     debug!(%peer, %failure, "ping failed: closing the connection");
     Some(*connection)
+}
+
+/// The relay a connection runs through (its address and peer id), if it is relayed. libp2p
+/// gives a connection relayed to this node `/p2p/<peer>` as its remote address; the relay is
+/// in the local address it arrived at (`<relay>/p2p-circuit`).
+fn relay_through(endpoint: &ConnectedPoint) -> Option<Multiaddr> {
+    match endpoint {
+        ConnectedPoint::Dialer { address, .. } => relay_of(address),
+        ConnectedPoint::Listener { local_addr, .. } => relay_of(local_addr),
+    }
 }
 
 /// Open connections, by connection.
@@ -61,6 +74,7 @@ impl Connections {
                         ConnectionPath::Direct
                     },
                     remote: endpoint.get_remote_address().clone(),
+                    relay: relay_through(endpoint),
                 };
                 self.open.insert(*connection_id, (*peer_id, info));
             }

@@ -36,6 +36,7 @@ mod handle;
 pub mod identity;
 mod inbound;
 mod lookups;
+mod presence;
 mod routing;
 mod stalls;
 mod status;

@@ -197,13 +197,22 @@ pub struct PeerEntry {
 pub struct ConnectionInfo {
     /// Through a relay or straight to the peer.
     pub path: ConnectionPath,
-    /// The remote address (for a relayed connection, the relay's circuit address).
+    /// The remote address as libp2p gives it: for a connection this node made through a
+    /// relay, the circuit address (`<relay>/p2p-circuit/p2p/<peer>`); for one relayed to this
+    /// node, only `/p2p/<peer>`.
     pub remote: Multiaddr,
+    /// For a relayed connection, the relay it runs through: its address and peer id
+    /// (`/ip4/.../p2p/<relay>`), either way round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<Multiaddr>,
 }
 
 impl ConnectionInfo {
     /// The transport the connection runs over.
     pub fn transport(&self) -> Transport {
+        if self.path == ConnectionPath::Relayed {
+            return Transport::Relay;
+        }
         Transport::of(&self.remote)
     }
 }
@@ -288,9 +297,8 @@ mod tests {
                 in_routing_table: false,
                 connections: vec![ConnectionInfo {
                     path: ConnectionPath::Relayed,
-                    remote: "/ip4/198.51.100.7/udp/1/quic-v1/p2p-circuit"
-                        .parse()
-                        .unwrap(),
+                    remote: format!("/p2p/{peer}").parse().unwrap(),
+                    relay: Some("/ip4/198.51.100.7/udp/1/quic-v1".parse().unwrap()),
                 }],
             }],
             reachability: Reachability::PublicBehindNat,
@@ -317,6 +325,7 @@ mod tests {
         assert_eq!(back.reachability, Reachability::PublicBehindNat);
         assert_eq!(back.external_addrs, status.external_addrs);
         assert_eq!(back.peers[0].connections[0].transport(), Transport::Relay);
+        assert_eq!(back.peers[0].connections[0], status.peers[0].connections[0]);
         assert_eq!(back.rendezvous_points, status.rendezvous_points);
     }
 

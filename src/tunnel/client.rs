@@ -13,14 +13,14 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpSocket, TcpStream},
     task::JoinSet,
     time::Instant,
@@ -33,8 +33,9 @@ use tracing::{debug, info, warn};
 
 use super::{
     PROTOCOL, lock,
+    mapped::{MappedName, NameState, Tracked},
     service::ServiceTable,
-    wire::{self, Counters, SpliceError, Status, TunnelReply, TunnelRequest, WireError},
+    wire::{self, SpliceError, Status, TunnelReply, TunnelRequest, WireError},
 };
 use crate::{
     log_limit::LogLimit,
@@ -47,6 +48,11 @@ use crate::{
 const OPEN_ATTEMPTS: u32 = 5;
 /// How long the serving peer has to reply (docs/PROTOCOL.md section 9.2).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a local connection waits for its tunnel to open (a connection to the serving
+/// peer, hole punching, the stream and its reply) before it fails: the local program has
+/// likely given up by then, and a connection that waits forever would count as open forever.
+/// Opens queue behind each other on one connection, and connecting alone may take 15 s.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// After hole punching failed for a peer, how long new connections go through the relay
 /// without waiting for it again.
 const RELAYED_MEMORY: Duration = Duration::from_secs(60);
@@ -69,54 +75,6 @@ pub(crate) struct ClientLimits {
     pub(crate) max_connections: usize,
     pub(crate) idle: Duration,
     pub(crate) direct_wait: Duration,
-}
-
-/// One tunnelled name as `p2pdns tunnels` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MappedName {
-    /// The name, `site.p2p`.
-    pub name: String,
-    /// Its local address.
-    pub address: Ipv4Addr,
-    /// The peer serving it.
-    pub peer: PeerId,
-    /// The ports listened on.
-    pub ports: Vec<u16>,
-    /// The path of the last stream opened: straight to the peer or through a relay.
-    pub path: Option<ConnectionPath>,
-    /// Connections open now.
-    pub open: u64,
-    /// Connections accepted since the name was mapped.
-    pub connections: u64,
-    /// Connections that failed or were cut.
-    pub failed: u64,
-    /// Bytes sent to the peer, and received from it.
-    pub sent: u64,
-    /// Bytes received from the peer.
-    pub received: u64,
-    /// What went wrong last, if anything did.
-    pub last_error: Option<String>,
-}
-
-/// The live state of one tunnelled name, shared by its listeners.
-#[derive(Debug)]
-struct NameState {
-    name: String,
-    address: Ipv4Addr,
-    peer: Mutex<PeerId>,
-    path: Mutex<Option<ConnectionPath>>,
-    open: AtomicU64,
-    connections: AtomicU64,
-    failed: AtomicU64,
-    bytes: Counters,
-    last_error: Mutex<Option<String>>,
-}
-
-impl NameState {
-    fn failed(&self, error: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_error) = Some(error);
-    }
 }
 
 /// A tunnelled name: its state and a listener task per port (aborted when dropped).
@@ -145,7 +103,8 @@ pub(crate) struct Shared {
     node: NodeHandle,
     limits: ClientLimits,
     services: Arc<Mutex<ServiceTable>>,
-    open: AtomicUsize,
+    /// Local connections open through every name (`tunnel.max_connections`).
+    open: Arc<AtomicUsize>,
     paths: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<PeerPath>>>>,
 }
 
@@ -166,7 +125,7 @@ impl Client {
                 node,
                 limits,
                 services,
-                open: AtomicUsize::new(0),
+                open: Arc::new(AtomicUsize::new(0)),
                 paths: Mutex::new(HashMap::new()),
             }),
             mappings: Mutex::new(BTreeMap::new()),
@@ -190,17 +149,7 @@ impl Client {
     ) -> Result<(), std::io::Error> {
         let mut mappings = lock(&self.mappings);
         let mapping = mappings.entry(name.to_owned()).or_insert_with(|| Mapping {
-            state: Arc::new(NameState {
-                name: name.to_owned(),
-                address,
-                peer: Mutex::new(peer),
-                path: Mutex::new(None),
-                open: AtomicU64::new(0),
-                connections: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
-                bytes: Counters::default(),
-                last_error: Mutex::new(None),
-            }),
+            state: Arc::new(NameState::new(name, address, peer)),
             listeners: BTreeMap::new(),
         });
         let previous = std::mem::replace(&mut *lock(&mapping.state.peer), peer);
@@ -230,10 +179,8 @@ impl Client {
                             ""
                         }
                     );
-                    let mut last = lock(&mapping.state.last_error);
-                    if last.as_deref() != Some(message.as_str()) {
+                    if mapping.state.note_error(message.clone()) {
                         warn!("{message}");
-                        *last = Some(message.clone());
                     }
                     return Err(std::io::Error::new(error.kind(), message));
                 }
@@ -246,22 +193,7 @@ impl Client {
     pub(crate) fn report(&self) -> Vec<MappedName> {
         lock(&self.mappings)
             .values()
-            .map(|m| {
-                let s = &m.state;
-                MappedName {
-                    name: s.name.clone(),
-                    address: s.address,
-                    peer: *lock(&s.peer),
-                    ports: m.listeners.keys().copied().collect(),
-                    path: *lock(&s.path),
-                    open: s.open.load(Ordering::Relaxed),
-                    connections: s.connections.load(Ordering::Relaxed),
-                    failed: s.failed.load(Ordering::Relaxed),
-                    sent: s.bytes.transfer().sent,
-                    received: s.bytes.transfer().received,
-                    last_error: lock(&s.last_error).clone(),
-                }
-            })
+            .map(|m| m.state.report(m.listeners.keys().copied().collect()))
             .collect()
     }
 }
@@ -295,15 +227,17 @@ async fn accept_loop(listener: TcpListener, port: u16, state: Arc<NameState>, sh
             Some(_) = connections.join_next() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => {
-                    if shared.open.load(Ordering::Relaxed) >= shared.limits.max_connections {
-                        state.failed(format!(
+                    let tracked = Tracked::new(&state, &shared.open);
+                    // Counted in `open` already, hence `>`.
+                    if shared.open.load(Ordering::Relaxed) > shared.limits.max_connections {
+                        let _ = wire::reset(&tcp);
+                        tracked.fail(format!(
                             "refused a connection: {} tunnelled connections are open (tunnel.max_connections)",
                             shared.limits.max_connections
                         ));
-                        let _ = wire::reset(&tcp);
                         continue;
                     }
-                    connections.spawn(connection(tcp, port, state.clone(), shared.clone()));
+                    connections.spawn(connection(tcp, port, tracked, shared.clone()));
                 }
                 Err(error) => {
                     debug!(%error, "accepting a tunnelled connection failed");
@@ -314,64 +248,65 @@ async fn accept_loop(listener: TcpListener, port: u16, state: Arc<NameState>, sh
     }
 }
 
-/// Counts a connection as open while it lives.
-struct OpenGuard(Arc<NameState>, Arc<Shared>);
-
-impl OpenGuard {
-    fn new(state: &Arc<NameState>, shared: &Arc<Shared>) -> Self {
-        state.connections.fetch_add(1, Ordering::Relaxed);
-        state.open.fetch_add(1, Ordering::Relaxed);
-        shared.open.fetch_add(1, Ordering::Relaxed);
-        Self(state.clone(), shared.clone())
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.1.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Tunnels that could not be opened: a local program (or a web page) can open connections
 /// to a tunnelled address as fast as it likes, and each failure would be a warning.
 static NOT_OPENED: LogLimit = LogLimit::new("tunnel not opened");
 
 /// One local connection: a stream to the serving peer (or the local service, when this node
 /// serves the name itself), then the copy both ways; reset when it fails or is cut.
-async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared: Arc<Shared>) {
-    let _open = OpenGuard::new(&state, &shared);
+async fn connection(tcp: TcpStream, port: u16, tracked: Tracked, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     // Until the tunnel ends cleanly, any close is a reset, also the kernel's if this daemon dies:
     // the program must not take a cut transfer for a whole one.
     let _ = wire::reset(&tcp);
-    let peer = *lock(&state.peer);
+    let name = tracked.state().name.clone();
+    let peer = *lock(&tracked.state().peer);
     if peer == shared.node.peer_id() {
-        return local(tcp, port, &state, &shared).await;
+        return local(tcp, port, tracked, &shared).await;
     }
-    let opened = match open_stream(&shared, peer, &state.name, port).await {
+    let opening = open_stream(&shared, peer, &name, port);
+    carry(tcp, port, tracked, opening, shared.limits.idle).await;
+}
+
+/// Waits up to [`OPEN_TIMEOUT`] for `opening`, then carries `tcp` (set to reset when dropped,
+/// see [`wire::reset`]) over the stream it opened until either side ends; `tracked` records
+/// how the connection ended. `tcp` is closed cleanly only when the tunnel ended cleanly.
+async fn carry<S>(
+    mut tcp: TcpStream,
+    port: u16,
+    tracked: Tracked,
+    opening: impl Future<Output = Result<Opened<S>, OpenError>>,
+    idle: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = tracked.state().name.clone();
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, opening)
+        .await
+        .unwrap_or(Err(OpenError::Timeout));
+    let opened = match opened {
         Ok(opened) => opened,
         Err(error) => {
             let message = crate::error::one_line(&error);
             if NOT_OPENED.admit() {
-                warn!(name = %state.name, port, "tunnel not opened: {message}");
+                warn!(port, "tunnel to {name} not opened: {message}");
             }
-            state.failed(message);
-            let _ = wire::reset(&tcp);
-            return;
+            return tracked.fail(message);
         }
     };
-    *lock(&state.path) = Some(opened.path);
-    let ended = wire::splice(&mut tcp, opened.stream, shared.limits.idle, &state.bytes).await;
+    tracked.opened();
+    *lock(&tracked.state().path) = Some(opened.path);
+    let ended = wire::splice(&mut tcp, opened.stream, idle, &tracked.state().bytes).await;
     match ended {
         Ok(_) => {
             let _ = wire::close_cleanly(&tcp);
+            tracked.end();
         }
         // The local program went away (a browser resets connections it no longer needs): the
         // peer was told with an ABORT; nothing failed on the tunnel's side.
         Err(error @ SpliceError::Tcp(_)) => {
-            debug!(name = %state.name, port, "tunnelled connection closed by the local program: {}", crate::error::one_line(&error));
-            let _ = wire::reset(&tcp);
+            debug!(%name, port, "tunnelled connection closed by the local program: {}", crate::error::one_line(&error));
+            tracked.end();
         }
         Err(error) => {
             let mut message = crate::error::one_line(&error);
@@ -380,46 +315,53 @@ async fn connection(mut tcp: TcpStream, port: u16, state: Arc<NameState>, shared
                     " (the connection went through a relay, which cuts connections at its time and byte limits; introduction servers default to 120 s and 1 MiB)",
                 );
             }
-            warn!(name = %state.name, port, "tunnel cut: {message}");
-            state.failed(message);
-            let _ = wire::reset(&tcp);
+            warn!(%name, port, "tunnel cut: {message}");
+            tracked.fail(message);
         }
     }
     drop(opened.relayed);
 }
 
 /// This node serves the name itself: connect to the service's target, if it is exposed.
-async fn local(mut tcp: TcpStream, port: u16, state: &NameState, shared: &Shared) {
+async fn local(mut tcp: TcpStream, port: u16, tracked: Tracked, shared: &Shared) {
+    let name = tracked.state().name.clone();
     let target = lock(&shared.services)
-        .find(&state.name, port)
+        .find(&name, port)
         .map(|s| s.to.clone());
     let Some(target) = target else {
-        state.failed(format!("{} port {port} is not exposed here", state.name));
-        let _ = wire::reset(&tcp);
-        return;
+        return tracked.fail(format!("{name} port {port} is not exposed here"));
     };
-    match TcpStream::connect(&target).await {
-        Ok(mut service) => {
-            if let Ok((sent, received)) =
-                tokio::io::copy_bidirectional(&mut tcp, &mut service).await
-            {
-                state.bytes.add(sent, received);
-                let _ = wire::close_cleanly(&tcp);
-            }
+    let mut service = match tokio::time::timeout(OPEN_TIMEOUT, TcpStream::connect(&target)).await {
+        Ok(Ok(service)) => service,
+        Ok(Err(error)) => {
+            return tracked.fail(format!("the service at {target} is unreachable: {error}"));
+        }
+        Err(_) => {
+            return tracked.fail(format!(
+                "the service at {target} did not answer within {} s",
+                OPEN_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    tracked.opened();
+    match tokio::io::copy_bidirectional(&mut tcp, &mut service).await {
+        Ok((sent, received)) => {
+            tracked.state().bytes.add(sent, received);
+            let _ = wire::close_cleanly(&tcp);
         }
         Err(error) => {
-            state.failed(format!("the service at {target} is unreachable: {error}"));
-            let _ = wire::reset(&tcp);
+            debug!(%name, port, %error, "a connection to a service of this node ended early")
         }
     }
+    tracked.end();
 }
 
 /// Errors opening a tunnel stream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
-    /// No connection to the peer could be made.
-    #[error("no connection to the serving peer")]
-    Connect(#[source] crate::nat::connect::ConnectError),
+    /// No connection to the peer could be made (the error names the peer and says why).
+    #[error(transparent)]
+    Connect(crate::nat::connect::ConnectError),
     /// The node is gone or busy.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -445,6 +387,12 @@ pub(crate) enum OpenError {
     /// The peer dropped every stream unanswered (it is overloaded).
     #[error("the serving peer is busy: it dropped {OPEN_ATTEMPTS} streams unanswered")]
     NotTaken,
+    /// The tunnel did not open within [`OPEN_TIMEOUT`].
+    #[error(
+        "no tunnel within {} s: connecting to the serving peer or opening a stream to it took too long",
+        OPEN_TIMEOUT.as_secs()
+    )]
+    Timeout,
     /// The peer did not reply in time.
     #[error("the serving peer did not reply within {} s", REPLY_TIMEOUT.as_secs())]
     NoReply,
@@ -459,8 +407,8 @@ pub(crate) enum OpenError {
 }
 
 /// An accepted stream, its path, and the mark of a stream riding a relayed connection.
-struct Opened {
-    stream: Compat<libp2p::Stream>,
+struct Opened<S = Compat<libp2p::Stream>> {
+    stream: S,
     path: ConnectionPath,
     relayed: Option<RelayedStream>,
 }
@@ -610,3 +558,6 @@ async fn wait_relayed_closed(shared: &Shared, peer: PeerId) -> Result<(), NodeEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,6 +15,7 @@
 pub mod addresses;
 mod client;
 pub mod config;
+mod mapped;
 mod server;
 pub mod service;
 pub mod wire;
@@ -33,7 +34,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use client::MappedName;
+pub use mapped::MappedName;
 pub use server::RefusalCounts;
 pub use service::{Service, ServiceError, ServiceSpec};
 pub use wire::PROTOCOL;

@@ -177,7 +177,7 @@ impl Server {
                     refusals.spawn(async move {
                         let mut stream = stream.compat();
                         if stats.refused(peer, "", 0, Status::Busy) {
-                            warn!(%peer, "tunnel stream refused: {reason}");
+                            log_refusal(peer, &reason);
                         }
                         let reply = TunnelReply::new(Status::Busy, reason);
                         let _ = tokio::time::timeout(REFUSAL_TIMEOUT, reply.write_to(&mut stream))
@@ -297,6 +297,13 @@ async fn serve_stream(
     }
 }
 
+/// Logs a refusal of `peer`'s stream, naming its key (the key name `--allow` takes) and its
+/// peer id (what libp2p's own lines and `status --peers` show), every refusal alike.
+fn log_refusal(peer: PeerId, reason: &str) {
+    let client = peer_key_name(&peer).unwrap_or_else(|| peer.to_string());
+    warn!(%client, %peer, "tunnel stream refused: {reason}");
+}
+
 /// Sends the refusal `status` with `reason`, counts it, and logs it the first time this client
 /// is refused this way for this name and port.
 async fn refuse<S>(
@@ -310,8 +317,7 @@ async fn refuse<S>(
     S: tokio::io::AsyncWrite + Unpin,
 {
     if stats.refused(peer, name, port, status) {
-        let client = peer_key_name(&peer).unwrap_or_else(|| peer.to_string());
-        warn!(%client, "tunnel stream refused: {reason}");
+        log_refusal(peer, &reason);
     }
     let reply = TunnelReply::new(status, reason);
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, reply.write_to(stream)).await;

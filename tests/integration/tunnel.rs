@@ -541,3 +541,62 @@ async fn a_restarted_client_listens_again_before_anyone_asks() {
     tcp.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"back\n");
 }
+
+/// Connections to a name whose serving daemon stopped: each one is reset and counted as failed,
+/// none stays counted as open, and the error says the peer is not reachable instead of
+/// libp2p's dial error for every address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_a_stopped_server_fail_and_none_stays_open() {
+    let (server, client) = pair().await;
+    let echo = echo_server().await;
+    let name = random_name("gone");
+    let port = reserved_port();
+    expose(
+        server.dht.as_ref().unwrap(),
+        spec(&name, port, echo, Vec::new()),
+    )
+    .await;
+    let address = tunnel_address(&client, &name).await;
+    server.stop().await.unwrap();
+
+    let tunnels = client.dht.as_ref().unwrap().tunnels().unwrap();
+    // A dial of each of the server's addresses times out within 6 s (QUIC): a few tries.
+    let deadline = tokio::time::Instant::now() + 3 * WAIT;
+    let mut tries = 0;
+    let error = loop {
+        // A failure that comes quickly enough resets the connection before the connect returns.
+        let outcome = match TcpStream::connect((address, port)).await {
+            Err(error) => Err(error),
+            Ok(mut tcp) => {
+                let _ = tcp.write_all(b"hello\n").await;
+                tokio::time::timeout(3 * WAIT, tcp.read(&mut [0; 8]))
+                    .await
+                    .expect("the connection ends")
+            }
+        };
+        assert!(
+            outcome
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a reset, not an answer or a clean end: {outcome:?}"
+        );
+        tries += 1;
+        let error = tunnels.report().mapped[0]
+            .last_error
+            .clone()
+            .unwrap_or_default();
+        if error.contains("is not reachable") {
+            break error;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{error}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!error.contains("Failed to negotiate"), "{error}");
+    let mapped = &tunnels.report().mapped[0];
+    assert_eq!(
+        (mapped.open, mapped.connections, mapped.failed),
+        (0, tries, tries),
+        "{mapped:?}"
+    );
+    assert!(mapped.last_error_at.is_some(), "{mapped:?}");
+}

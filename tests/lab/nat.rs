@@ -1190,7 +1190,7 @@ fn connect_case_over(tools: &Tools, a_nat: Nat, b_nat: Nat, transport: Transport
     let want = if direct {
         "direct connection over "
     } else {
-        "relayed connection over a relay"
+        "relayed connection through the relay "
     };
     assert!(
         listed.iter().any(|line| line.starts_with(want)),

@@ -582,10 +582,24 @@ fn a_flood_from_one_peer_stays_within_its_limit_and_a_restarted_server_serves_ag
         .unwrap_or_default()
         .to_owned();
     assert!(error.contains("busy"), "B is told why: {report:#}");
+    // A logs the busy refusal once, naming B as README says: by key name and peer id.
+    let b_key = key_name(&b);
+    let b_id = crate::system::status_field(&b.status(), "peer id:");
+    let log = a.proc.stderr();
+    let busy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tunnel stream refused: busy"))
+        .collect();
+    assert!(
+        busy.len() == 1 && busy[0].contains(&b_key) && busy[0].contains(&b_id),
+        "one busy line naming B ({b_key}, {b_id}): {busy:#?}"
+    );
 
+    // A stops: B's tunnels and log say plainly that it is offline.
+    drop(a);
+    crate::tunnel_moved::offline_is_said_plainly(&lab, &b_home, &b);
     // A restarts on its data directory: its service is still exposed, and B's next connection
     // reaches it.
-    drop(a);
     let mut a = lab.start_daemon_with(&a_home.host, &intro.bootstrap, limits);
     a.wait_joined();
     wait_relayed(&a);

@@ -4,7 +4,8 @@
 //! first try (the node that answers there now is a wrong peer, which ends libp2p's dial of the
 //! address list, relayed addresses included). A home that drops off the network leaves its
 //! peers' TCP connections to it dead but open: they must be closed within two minutes, not when
-//! the kernel gives up retransmitting (about 15 minutes), or tunnels keep choosing them.
+//! the kernel gives up retransmitting (about 15 minutes), or tunnels keep choosing them. A
+//! client of a serving daemon that stopped says plainly that it is offline.
 
 use std::{
     fs, thread,
@@ -12,8 +13,8 @@ use std::{
 };
 
 use crate::{
-    nat::{Lab, Nat, Ns, Tools, Transport},
-    process::describe,
+    nat::{Daemon, Home, Lab, Nat, Ns, Tools, Transport},
+    process::{describe, tail},
     system::status_field,
     tunnel::{
         MARKER, ResolverFiles, TUNNEL_TIMEOUT, WEB_PORT, curl, expose, logs, start_web, tunnels,
@@ -44,6 +45,45 @@ fn peer_block(status: &str, peer: &str) -> Option<String> {
     let head = lines.next()?;
     let rest: Vec<&str> = lines.take_while(|l| l.starts_with("    ")).collect();
     Some(format!("{head}\n{}", rest.join("\n")))
+}
+
+/// With the serving daemon stopped (the flood test of [`crate::tunnel`] stops it, and its
+/// relay reservation goes with it), a connection from B fails, and B's `tunnels` and log say
+/// plainly that the peer is offline, not libp2p's error for each address ("... Relay has no
+/// reservation for destination"), which goes to the debug log. B's "not opened" lines are
+/// limited to 10 a minute, which the flood may have used up: B tries until one is logged.
+pub(crate) fn offline_is_said_plainly(lab: &Lab, b_home: &Home, b: &Daemon) {
+    let offline = "is not reachable: it is offline or has no relay reservation";
+    let page = lab.dir.path().join("offline.html");
+    let started = Instant::now();
+    loop {
+        let out = curl(&b_home.host, "http://site.p2p/", &page);
+        let report = tunnels(b);
+        let error = report["mapped"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default();
+        let log = b.proc.stderr();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("tunnel to site.p2p not opened"))
+            .collect();
+        if error.contains(offline) && lines.iter().any(|l| l.contains(offline)) {
+            assert!(!out.status.success(), "{}", describe(&out));
+            assert!(
+                lines
+                    .iter()
+                    .all(|l| !l.contains("Relay has no reservation")),
+                "libp2p's own error stays at debug level: {lines:#?}"
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < 2 * TUNNEL_TIMEOUT,
+            "B never said the serving peer is offline: {report:#}\nB log:\n{}",
+            tail(&log, 40)
+        );
+        thread::sleep(Duration::from_secs(2));
+    }
 }
 
 #[test]

@@ -162,6 +162,8 @@ fn status_lines_keep_their_wording() {
                 sent: 10,
                 received: 20,
                 last_error: Some("the tunnel was cut".into()),
+                last_error_at: Some(crate::record::unix_now() - 180),
+                opened_since_error: 0,
             }],
         }),
     };
@@ -174,10 +176,57 @@ fn status_lines_keep_their_wording() {
         "relayed at: /ip4/198.51.100.7/",
         &format!("rendezvous: {peer} (registered; 3 peers learned from rendezvous points)\n"),
         "tunnels:    0 exposed (0 open), 1 tunnelled names (1 open)",
-        "            site.p2p: last error: the tunnel was cut\n",
+        "            site.p2p: last error (3 min ago): the tunnel was cut\n",
     ] {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
+}
+
+/// `tunnels` says when the last error of a name happened, and once tunnels opened after it,
+/// that it is history; `status` then leaves it out.
+#[test]
+fn a_tunnelled_name_shows_its_last_error_with_its_age_until_tunnels_open_again() {
+    let now = crate::record::unix_now();
+    let mapped = |opened_since_error| crate::tunnel::MappedName {
+        name: "site.p2p".into(),
+        address: "127.77.0.9".parse().unwrap(),
+        peer: libp2p::PeerId::random(),
+        ports: vec![80],
+        path: Some(ConnectionPath::Direct),
+        open: 0,
+        connections: 9,
+        failed: 4,
+        sent: 10,
+        received: 20,
+        last_error: Some("the serving peer refused: busy".into()),
+        last_error_at: Some(now - 90),
+        opened_since_error,
+    };
+    let report = |m| TunnelsReport {
+        exposed: Vec::new(),
+        refused: crate::tunnel::RefusalCounts::default(),
+        mapped: vec![m],
+    };
+    let text = render(&Response::Tunnels(report(mapped(0))));
+    assert!(
+        text.contains("\n    last error (90 s ago): the serving peer refused: busy\n"),
+        "{text}"
+    );
+    let text = render(&Response::Tunnels(report(mapped(5))));
+    assert!(
+        text.contains(
+            "\n    earlier error (90 s ago; 5 connections opened since): the serving peer refused: busy\n"
+        ),
+        "{text}"
+    );
+    let mut summary = String::new();
+    tunnels_summary(&mut summary, &report(mapped(5)));
+    assert!(!summary.contains("error"), "{summary}");
+    tunnels_summary(&mut summary, &report(mapped(0)));
+    assert!(
+        summary.contains("site.p2p: last error (90 s ago): "),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -197,6 +246,53 @@ fn a_connection_reads_as_its_path_and_transport() {
             "site.p2p.: direct connection to {peer} over QUIC (/ip4/192.0.2.1/udp/4747/quic-v1) \
              (relayed first, then hole punched) in 42 ms\n"
         )
+    );
+}
+
+/// A relayed connection names its relay, both ways round: before, one relayed to this node
+/// read "relayed connection over another transport (/p2p/<peer>)".
+#[test]
+fn a_relayed_connection_names_its_relay() {
+    let (peer, relay) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+    let at = "/ip4/198.51.100.7/udp/4001/quic-v1";
+    let connected = render(&Response::Connected {
+        name: "site.p2p.".into(),
+        peer,
+        path: ConnectionPath::Relayed,
+        via: Some(
+            format!("{at}/p2p/{relay}/p2p-circuit/p2p/{peer}")
+                .parse()
+                .unwrap(),
+        ),
+        upgraded: false,
+        elapsed_ms: 42,
+    });
+    assert_eq!(
+        connected,
+        format!(
+            "site.p2p.: relayed connection to {peer} through the relay {relay} at {at} in 42 ms\n"
+        )
+    );
+    let mut out = String::new();
+    peer_lines(
+        &mut out,
+        &PeerEntry {
+            peer_id: peer,
+            addrs: Vec::new(),
+            connected: true,
+            in_routing_table: false,
+            connections: vec![crate::p2p::ConnectionInfo {
+                path: ConnectionPath::Relayed,
+                remote: format!("/p2p/{peer}").parse().unwrap(),
+                relay: Some(format!("{at}/p2p/{relay}").parse().unwrap()),
+            }],
+        },
+    );
+    assert!(
+        out.contains(&format!(
+            "\n              relayed connection through the relay {relay} at {at}\n"
+        )),
+        "{out}"
     );
 }
 
