@@ -23,7 +23,6 @@ use super::{
     connections::Connections,
     inbound::{InboundPuts, InvalidRecords, to_kad_record},
     lookups::{Lookups, Wanted},
-    presence::Presence,
     routing::Routing,
     stalls::Stalls,
 };
@@ -56,9 +55,6 @@ pub(super) struct EventLoop {
     dialer: Dialer,
     /// What an introduction server holds for others (that role only).
     intro_load: Option<IntroLoad>,
-    /// Whether the node has peers, told in the log (not on an introduction server, which
-    /// serves others and has none of its own to lose).
-    presence: Option<Presence>,
     /// Tasks the node started (the STUN probe): supervised, a panic stops the node.
     tasks: JoinSet<()>,
     /// Own records being put, answered when their PUT query ends. Bounded by the queries
@@ -101,7 +97,6 @@ impl EventLoop {
             rendezvous: RendezvousClient::new(&config.bootstrap),
             dialer: Dialer::new(&config.bootstrap),
             intro_load: matches!(role, Role::Intro(_)).then(IntroLoad::default),
-            presence: (role == Role::Resolver).then(Presence::default),
             tasks,
             puts: HashMap::new(),
             metrics: None,
@@ -230,9 +225,6 @@ impl EventLoop {
             info!(%address, "P2P listening");
         }
         self.connections.on_event(&event);
-        if let Some(presence) = &mut self.presence {
-            presence.on_event(&event, self.swarm.network_info().num_peers());
-        }
         if let Some(dead) = super::connections::unanswered_ping(&event) {
             self.swarm.close_connection(dead);
         }

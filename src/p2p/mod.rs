@@ -36,7 +36,6 @@ mod handle;
 pub mod identity;
 mod inbound;
 mod lookups;
-mod presence;
 mod routing;
 mod stalls;
 mod status;
