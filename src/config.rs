@@ -232,9 +232,11 @@ impl Default for CacheConfig {
 pub struct P2pConfig {
     /// Run the P2P node. Without it `.p2p` names come from local records only.
     pub enabled: bool,
-    /// Multiaddrs listened on (QUIC and TCP).
-    #[serde(deserialize_with = "multiaddrs")]
-    pub listen: Vec<Multiaddr>,
+    /// Multiaddrs listened on (QUIC and TCP). Unset (`None`): [`P2pConfig::default_listen`]
+    /// on a port of the node's own ([`crate::p2p::own_port`]) for a resolver, on
+    /// [`WELL_KNOWN_P2P_PORT`] for an introduction server.
+    #[serde(deserialize_with = "optional_multiaddrs")]
+    pub listen: Option<Vec<Multiaddr>>,
     /// Peers dialed at start to join the network.
     #[serde(deserialize_with = "multiaddrs")]
     pub bootstrap: Vec<Multiaddr>,
@@ -295,15 +297,7 @@ impl Default for P2pConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: [
-                "/ip4/0.0.0.0/udp/4747/quic-v1",
-                "/ip4/0.0.0.0/tcp/4747",
-                "/ip6/::/udp/4747/quic-v1",
-                "/ip6/::/tcp/4747",
-            ]
-            .iter()
-            .map(|a| a.parse().expect("static multiaddr"))
-            .collect(),
+            listen: None,
             bootstrap: Vec::new(),
             external_addresses: Vec::new(),
             nat_probe_private_addresses: false,
@@ -323,6 +317,38 @@ impl Default for P2pConfig {
             max_lookups: 512,
             max_pins: 10_000,
         }
+    }
+}
+
+/// The port introduction servers listen on unless `p2p.listen` says otherwise: the one
+/// bootstrap addresses name. A resolver's node takes a port of its own instead.
+pub const WELL_KNOWN_P2P_PORT: u16 = 4747;
+
+impl P2pConfig {
+    /// The addresses listened on when `listen` is unset, on `port`: QUIC (preferred) and TCP,
+    /// IPv4 and IPv6, every interface.
+    pub fn default_listen(port: u16) -> Vec<Multiaddr> {
+        [
+            format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+            format!("/ip4/0.0.0.0/tcp/{port}"),
+            format!("/ip6/::/udp/{port}/quic-v1"),
+            format!("/ip6/::/tcp/{port}"),
+        ]
+        .iter()
+        .map(|a| {
+            a.parse()
+                .expect("a multiaddr of a wildcard address and a port")
+        })
+        .collect()
+    }
+
+    /// The addresses to listen on: `listen`, or when it is unset the defaults on
+    /// [`WELL_KNOWN_P2P_PORT`] (an introduction server's; a resolver's daemon sets its own
+    /// port first, with [`crate::p2p::own_port::resolve`]).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen
+            .clone()
+            .unwrap_or_else(|| Self::default_listen(WELL_KNOWN_P2P_PORT))
     }
 }
 
@@ -347,6 +373,12 @@ fn multiaddrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Erro
                 .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a multiaddr: {e}")))
         })
         .collect()
+}
+
+fn optional_multiaddrs<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Multiaddr>>, D::Error> {
+    multiaddrs(d).map(Some)
 }
 
 fn host_ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

@@ -396,7 +396,8 @@ async fn bind_p2p(
     meters: &Meters,
 ) -> Result<(Node, Arc<Dht>, TunnelServer), DaemonError> {
     let keypair = identity::load_or_create(data_dir)?;
-    let node = Node::bind(keypair.clone().into(), &config.p2p)
+    let p2p = crate::p2p::own_port::resolve(&config.p2p, data_dir);
+    let node = Node::bind(keypair.clone().into(), &p2p)
         .await?
         .with_metrics(meters.p2p.clone());
     let (tunnels, server) = Tunnels::bind(&config.tunnel, data_dir, node.handle())?;

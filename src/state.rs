@@ -1,6 +1,7 @@
 //! The daemon's state on disk: the data directory (mode 0700, used by one process at a time)
 //! and the files in it, written atomically and durably with mode 0600. Every state file (the
-//! identity key, published names, pins, tunnel addresses and services) goes through here.
+//! identity key, published names, pins, tunnel addresses and services, the P2P port) goes
+//! through here.
 //! This module knows where and how state is written, not what it means: each owner (the
 //! identity, the publisher, the pins, the tunnel tables) chooses its file and format, and is
 //! that file's only writer.

@@ -250,7 +250,7 @@ impl IntroArgs {
     pub fn apply(&self, config: &mut Config) {
         apply_metrics_listen(self.metrics_listen, config);
         if !self.p2p_listen.is_empty() {
-            config.p2p.listen.clone_from(&self.p2p_listen);
+            config.p2p.listen = Some(self.p2p_listen.clone());
         }
         if !self.external_addrs.is_empty() {
             config
@@ -319,7 +319,7 @@ impl RunArgs {
             config.upstream.servers.clone_from(&self.upstreams);
         }
         if !self.p2p_listen.is_empty() {
-            config.p2p.listen.clone_from(&self.p2p_listen);
+            config.p2p.listen = Some(self.p2p_listen.clone());
         }
         config.p2p.bootstrap.extend(self.bootstrap.iter().cloned());
         apply_metrics_listen(self.metrics_listen, config);

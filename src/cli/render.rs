@@ -60,7 +60,10 @@ pub(super) fn config_summary(loaded: &Loaded) -> String {
     };
     let _ = writeln!(out, "upstreams:  {upstreams}");
     if config.p2p.enabled {
-        let listen: Vec<String> = config.p2p.listen.iter().map(ToString::to_string).collect();
+        let listen: Vec<String> = match &config.p2p.listen {
+            Some(addrs) => addrs.iter().map(ToString::to_string).collect(),
+            None => vec![crate::p2p::own_port::describe(&loaded.data_dir)],
+        };
         let bootstrap = config.p2p.bootstrap.len();
         let _ = writeln!(
             out,

@@ -258,7 +258,7 @@ pub(crate) fn warnings(config: &Config) -> Vec<ConfigWarning> {
             "is set but p2p.enabled = false: the node does not run, so no peer is dialed".into(),
         );
     }
-    if p2p.enabled && p2p.listen.is_empty() {
+    if p2p.enabled && p2p.listen.as_ref().is_some_and(Vec::is_empty) {
         warn(
             "p2p.listen".into(),
             "is empty: the node listens on no address, so no peer can reach it (it can still \

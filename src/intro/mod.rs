@@ -236,7 +236,7 @@ mod tests {
     async fn bind_tells_the_addresses_then_run_serves_until_shutdown() {
         let dir = std::env::temp_dir().join(format!("p2pdns-intro-{}", rand::random::<u64>()));
         let config = P2pConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            listen: Some(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]),
             mdns: false,
             upnp: false,
             ..P2pConfig::default()

@@ -11,7 +11,7 @@ use std::{io, net::SocketAddr, time::Duration};
 use libp2p::{Multiaddr, multiaddr::Protocol};
 use tokio::{net::UdpSocket, sync::watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     p2p::{AddressSource, ExternalAddr, StunMapping},
@@ -120,9 +120,16 @@ pub async fn run(
             Ok(_) => {
                 wait = PROBE_INTERVAL;
                 retry = RETRY_AFTER;
-                let seen = new.external().map(|e| format!("{} ({})", e.addr, e.source));
+                let external = new.external();
+                let seen = external
+                    .as_ref()
+                    .map(|e| format!("{} ({})", e.addr, e.source));
                 if seen != last_seen {
                     match &seen {
+                        // The source says what it means for the user and what helps.
+                        Some(seen) if external.is_some_and(|e| e.source.is_symmetric()) => {
+                            warn!(external = %seen, "STUN: behind a symmetric NAT");
+                        }
                         Some(seen) => info!(external = %seen, "STUN"),
                         None => info!("STUN: not behind NAT"),
                     }

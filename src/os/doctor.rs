@@ -18,7 +18,7 @@ use crate::{
     control::{self, Request, Response, Status},
     naming::CHECK_HOST,
     os::service,
-    p2p::{AddressSource, NodeStatus, Reachability, StunMapping},
+    p2p::{NodeStatus, Reachability},
 };
 
 /// How long one DNS probe waits.
@@ -196,16 +196,9 @@ fn addr_list(addrs: &[SocketAddr]) -> String {
 
 /// Can others reach this node (to connect to the names it publishes)?
 fn reachability_line(lines: &mut Lines, node: &NodeStatus) {
-    let symmetric = node.external_addrs.iter().any(|e| {
-        matches!(
-            e.source,
-            AddressSource::Stun {
-                mapping: StunMapping::EndpointDependent { .. },
-                ..
-            }
-        )
-    });
+    let symmetric = node.external_addrs.iter().any(|e| e.source.is_symmetric());
     let relay = node.relay_reservations.first();
+    let ports = p2p_ports(node);
     let (verdict, text, hint) = match (node.reachability, relay) {
         (Reachability::Public, _) => (
             Verdict::Ok,
@@ -224,10 +217,10 @@ fn reachability_line(lines: &mut Lines, node: &NodeStatus) {
                 "reachability: {reachability}, and no relay reservation: peers cannot connect to \
                  the names this node serves"
             ),
-            Some(
-                "list an introduction server in p2p.bootstrap (it relays), or forward the P2P \
-                 port on the router (or enable UPnP there)",
-            ),
+            Some(format!(
+                "list an introduction server in p2p.bootstrap (it relays), or forward this \
+                 node's P2P port ({ports}) on the router (or enable UPnP there)"
+            )),
         ),
         (_, Some(relay)) if symmetric => (
             Verdict::Warn,
@@ -235,9 +228,10 @@ fn reachability_line(lines: &mut Lines, node: &NodeStatus) {
                 "reachability: behind a symmetric NAT (STUN), reachable through {relay}; hole \
                  punching fails against it, so connections from other homes stay relayed"
             ),
-            Some(
-                "forward the P2P port on the router (or enable UPnP there) for direct connections",
-            ),
+            Some(format!(
+                "forward this node's P2P port ({ports}) on the router (or enable UPnP there) for \
+                 direct connections"
+            )),
         ),
         (_, Some(relay)) => (
             Verdict::Ok,
@@ -248,7 +242,35 @@ fn reachability_line(lines: &mut Lines, node: &NodeStatus) {
             None,
         ),
     };
-    lines.add(verdict, &text, hint);
+    lines.add(verdict, &text, hint.as_deref());
+}
+
+/// The node's P2P ports as a router's port-forwarding page asks for them, `UDP 23456, TCP
+/// 23456`: each resolver has a port of its own (`p2p.listen`), so the fix names it.
+fn p2p_ports(node: &NodeStatus) -> String {
+    use libp2p::multiaddr::Protocol;
+    let mut ports: Vec<(&str, u16)> = node
+        .listen_addrs
+        .iter()
+        .filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit))
+        .filter_map(|a| {
+            a.iter().find_map(|p| match p {
+                Protocol::Udp(port) => Some(("UDP", port)),
+                Protocol::Tcp(port) => Some(("TCP", port)),
+                _ => None,
+            })
+        })
+        .collect();
+    ports.sort_unstable_by_key(|&(proto, port)| (port, std::cmp::Reverse(proto)));
+    ports.dedup();
+    if ports.is_empty() {
+        return "see `listening:` in `p2pdns status`".to_owned();
+    }
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(proto, port)| format!("{proto} {port}"))
+        .collect();
+    ports.join(", ")
 }
 
 /// When no daemon answers: who holds port 53?
@@ -437,7 +459,7 @@ fn probe(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Message, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::p2p::{ExternalAddr, KadMode};
+    use crate::p2p::{AddressSource, ExternalAddr, KadMode, StunMapping};
 
     #[test]
     fn proc_net_addresses_decode() {
@@ -530,6 +552,35 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("  hole"), "no gaps mid-sentence: {out}");
+        assert!(
+            out.contains("P2P port (see `listening:` in `p2pdns status`) on"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn the_fix_names_the_ports_to_forward() {
+        let node = NodeStatus {
+            listen_addrs: [
+                "/ip4/10.0.0.2/udp/23456/quic-v1",
+                "/ip4/10.0.0.2/tcp/23456",
+                "/ip6/::1/tcp/23456",
+                "/ip4/198.51.100.7/udp/4747/quic-v1/p2p-circuit",
+            ]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect(),
+            ..node(Reachability::Private)
+        };
+        let mut lines = Lines::default();
+        reachability_line(&mut lines, &node);
+        assert!(
+            lines
+                .text
+                .contains("forward this node's P2P port (UDP 23456, TCP 23456) on"),
+            "{}",
+            lines.text
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!   (a config key or a constant, named in the doc comment of the map).
 //! - `admission` admits incoming handshakes on each transport, shared fairly between
 //!   address groups, so that no set of addresses can keep other peers out.
-//! - `addr` classifies addresses; `status` is what `p2pdns status` shows.
+//! - `addr` classifies addresses; `status` is what `p2pdns status` shows; [`own_port`] is the
+//!   port a resolver's node listens on when the configuration sets none.
 
 use std::{sync::Arc, time::Duration};
 
@@ -36,6 +37,7 @@ mod handle;
 pub mod identity;
 mod inbound;
 mod lookups;
+pub mod own_port;
 mod routing;
 mod stalls;
 mod status;
@@ -80,6 +82,9 @@ impl Node {
     }
 
     /// Builds the swarm, starts listening and waits until every listener reports its address.
+    /// It listens on [`P2pConfig::listen_addrs`]: an unset `listen` means the well-known port,
+    /// an introduction server's; a resolver's daemon gives its node a port of its own first
+    /// ([`own_port::resolve`]).
     ///
     /// # Errors
     /// [`NodeError::Build`] when the swarm cannot be built; [`NodeError::Listen`] when no
@@ -93,7 +98,7 @@ impl Node {
     ) -> Result<Self, NodeError> {
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = behaviour::build_swarm(keypair, config, role)?;
-        let listening = listen(&mut swarm, &config.listen)?;
+        let listening = listen(&mut swarm, &config.listen_addrs())?;
         wait_for_addresses(&mut swarm, listening).await?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (joined, joined_rx) = watch::channel(false);

@@ -142,6 +142,19 @@ pub enum StunMapping {
     },
 }
 
+impl AddressSource {
+    /// Did a STUN probe find the NAT's mapping endpoint-dependent (a symmetric NAT)?
+    pub fn is_symmetric(&self) -> bool {
+        matches!(
+            self,
+            Self::Stun {
+                mapping: StunMapping::EndpointDependent { .. },
+                ..
+            }
+        )
+    }
+}
+
 impl fmt::Display for AddressSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -159,8 +172,11 @@ impl fmt::Display for AddressSource {
                     }
                     StunMapping::EndpointDependent { other } => write!(
                         f,
-                        "endpoint-dependent (symmetric) NAT: another server saw {other}; peers \
-                         reach this node through a relay unless they are reachable themselves"
+                        "endpoint-dependent (symmetric) NAT: another server saw {other}; hole \
+                         punching will likely fail, so connections with peers behind NATs, \
+                         tunnels included, stay relayed and within the relay's limits (a \
+                         larger download is cut); forward the P2P port on the router, or enable \
+                         UPnP there"
                     ),
                 }
             }

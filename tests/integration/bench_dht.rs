@@ -254,7 +254,7 @@ async fn bare_node(bootstrap: Vec<Multiaddr>) -> BareNode {
     // The memory transport (with Noise and Yamux, as on TCP): a thousand nodes in one process
     // would need more file descriptors than a process may open here, and loopback sockets
     // add nothing to a measure of routing.
-    config.listen = vec!["/memory/0".parse().unwrap()];
+    config.listen = Some(vec!["/memory/0".parse().unwrap()]);
     let key = ed25519::Keypair::generate();
     let node = Node::bind(identity::Keypair::from(key.clone()), &config)
         .await
@@ -612,7 +612,7 @@ async fn memory_holding_records() {
 
     // One publisher over TCP; its records all go to the daemon, the only other node.
     let mut publisher_config = p2p_config(&[]).p2p;
-    publisher_config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    publisher_config.listen = Some(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]);
     publisher_config.bootstrap = vec![format!("/ip4/127.0.0.1/tcp/{p2p_port}").parse().unwrap()];
     let key = ed25519::Keypair::generate();
     let node = Node::bind(identity::Keypair::from(key.clone()), &publisher_config)

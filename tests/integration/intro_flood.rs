@@ -95,7 +95,7 @@ impl Server {
             .parse()
             .unwrap();
         let mut config = P2pConfig {
-            listen: vec![tcp.clone(), quic.clone()],
+            listen: Some(vec![tcp.clone(), quic.clone()]),
             external_addresses: vec![tcp.clone()],
             mdns: false,
             upnp: false,

@@ -214,10 +214,10 @@ pub fn config(upstreams: &[SocketAddr]) -> Config {
 pub fn p2p_config(bootstrap: &[libp2p::Multiaddr]) -> Config {
     let mut config = config(&[]);
     config.p2p.enabled = true;
-    config.p2p.listen = vec![
+    config.p2p.listen = Some(vec![
         "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
         "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
-    ];
+    ]);
     config.p2p.bootstrap = bootstrap.to_vec();
     config.p2p.mdns = false;
     config.p2p.dht_mode = p2pdns::config::DhtMode::Server;

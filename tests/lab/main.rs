@@ -32,6 +32,8 @@
 //!   namespaces.
 //! - [`tunnel`]: services behind NATs opened by name through tunnels, with curl and Chromium.
 //! - [`tunnel_moved`]: a serving peer that moved, its old address now another node's.
+//! - [`two_homes`]: two machines behind one home router both serve sites, both opened
+//!   directly from behind another router.
 //!
 //! [`process`] holds what they share: finding programs, temporary directories, processes with
 //! deadlines; [`netns`] the network namespaces of `nat` and `os_path`.
@@ -61,3 +63,4 @@ mod systemd_live;
 mod tunnel;
 mod tunnel_bench;
 mod tunnel_moved;
+mod two_homes;

@@ -403,22 +403,26 @@ deny 0-65535 0.0.0.0/0 0-65535
 /// The transports the daemons listen on (and so can connect over).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Transport {
-    /// QUIC and TCP, as a default configuration has it.
+    /// QUIC and TCP on IPv4, port [`P2P_PORT`].
     Both,
     Quic,
     Tcp,
+    /// No `[p2p] listen` in the configuration: what a user who never set it runs.
+    Unset,
 }
 
 impl Transport {
-    /// The `[p2p] listen` list.
+    /// The `[p2p] listen` line of a daemon's configuration (empty for [`Transport::Unset`]).
     fn listen(self) -> String {
         let quic = format!("\"/ip4/0.0.0.0/udp/{P2P_PORT}/quic-v1\"");
         let tcp = format!("\"/ip4/0.0.0.0/tcp/{P2P_PORT}\"");
-        match self {
+        let list = match self {
             Transport::Both => format!("{quic}, {tcp}"),
             Transport::Quic => quic,
             Transport::Tcp => tcp,
-        }
+            Transport::Unset => return String::new(),
+        };
+        format!("listen = [{list}]\n")
     }
 }
 
@@ -587,6 +591,37 @@ impl Lab {
         home
     }
 
+    /// Adds a second host behind `home`'s router, another machine of the same household: its
+    /// own link `lan2` from the router (10.N.1.0/24, the host at .2), leaving the internet from
+    /// the same address through the same NAT. Only the first host has the cones' port forward
+    /// and miniupnpd's attention.
+    pub(crate) fn neighbour(&mut self, home: &Home) -> Ns {
+        let n = home.lan.octets()[1];
+        let host = Ns {
+            name: format!("p2pdns-nat-{}-h{n}b", self.tag),
+            ip: self.tools.ip.clone(),
+            home: self.internet.home.clone(),
+        };
+        self.add_namespace(&host);
+        let router = &home.router;
+        router.ip(&[
+            "link", "add", "lan2", "type", "veth", "peer", "name", "eth0", "netns", &host.name,
+        ]);
+        let gateway = Ipv4Addr::new(10, n, 1, 1);
+        router.ip(&["addr", "add", &format!("{gateway}/24"), "dev", "lan2"]);
+        router.ip(&["link", "set", "lan2", "up"]);
+        host.ip(&["addr", "add", &format!("10.{n}.1.2/24"), "dev", "eth0"]);
+        host.ip(&["link", "set", "eth0", "up"]);
+        host.ip(&["route", "add", "default", "via", &gateway.to_string()]);
+        // Let it out as the first host is let out; the masquerade applies to all that leaves
+        // by the WAN link.
+        for chain in ["input", "forward"] {
+            let rule = format!("add rule inet filter {chain} iifname \"lan2\" accept");
+            router.must(&self.tools.nft, &[&rule]);
+        }
+        host
+    }
+
     /// Starts miniupnpd in `router` and waits until it answers: libp2p searches for a gateway
     /// once, when the node starts. Every path it uses is the lab's (its default pid file is
     /// shared by every namespace on the machine).
@@ -751,7 +786,7 @@ impl Lab {
             &config,
             format!(
                 "[upstream]\nservers = []\nresolv_conf = {:?}\n\n\
-                 [p2p]\nlisten = [{}]\n\
+                 [p2p]\n{}\
                  mdns = false\nnat_probe_private_addresses = true\nbootstrap = [{}]\n{p2p}\n",
                 resolv_conf.display().to_string(),
                 self.transport.listen(),

@@ -372,7 +372,7 @@ fn a_cause_of_several_lines_keeps_its_lines_and_its_caret() {
 fn the_config_summary_says_what_the_daemon_would_do() {
     let mut config = crate::Config::default();
     config.upstream.servers = vec!["9.9.9.9".parse().unwrap()];
-    config.p2p.listen = vec!["/ip4/0.0.0.0/udp/4747/quic-v1".parse().unwrap()];
+    config.p2p.listen = Some(vec!["/ip4/0.0.0.0/udp/4747/quic-v1".parse().unwrap()]);
     config.p2p.bootstrap = vec!["/ip4/192.0.2.1/tcp/4747".parse().unwrap()];
     let mut loaded = Loaded {
         config,
