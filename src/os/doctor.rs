@@ -252,7 +252,7 @@ fn p2p_ports(node: &NodeStatus) -> String {
     let mut ports: Vec<(&str, u16)> = node
         .listen_addrs
         .iter()
-        .filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit))
+        .filter(|a| !crate::p2p::addr::is_relayed(a))
         .filter_map(|a| {
             a.iter().find_map(|p| match p {
                 Protocol::Udp(port) => Some(("UDP", port)),

@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::P2pConfig,
-    state::{load_toml, read_state, save_toml},
+    state::{LoadError, load_toml, save_toml},
 };
 
 /// The file in the data directory that keeps the port.
@@ -65,9 +65,14 @@ pub fn resolve(config: &P2pConfig, data_dir: &Path) -> P2pConfig {
 
 /// The port kept in `data_dir`, if one is (read only: nothing is drawn or written).
 pub fn kept(data_dir: &Path) -> Option<u16> {
-    let bytes = read_state(&data_dir.join(PORT_FILE)).ok()??;
-    let file: PortFile = toml::from_str(std::str::from_utf8(&bytes).ok()?).ok()?;
-    (file.port != 0).then_some(file.port)
+    read_kept(&data_dir.join(PORT_FILE)).ok().flatten()
+}
+
+/// The port kept at `path`, if one is (a port 0 is none).
+fn read_kept(path: &Path) -> Result<Option<u16>, LoadError> {
+    Ok(load_toml::<PortFile>(path)?
+        .map(|f| f.port)
+        .filter(|p| *p != 0))
 }
 
 /// Where an unset `listen` puts the node, for `run --check-config`.
@@ -91,8 +96,8 @@ pub fn describe(data_dir: &Path) -> String {
 /// leaves the choice to the system (port 0).
 pub fn own_port(data_dir: &Path) -> u16 {
     let path = data_dir.join(PORT_FILE);
-    let (kept, writable) = match load_toml::<PortFile>(&path) {
-        Ok(file) => (file.map(|f| f.port).filter(|p| *p != 0), true),
+    let (kept, writable) = match read_kept(&path) {
+        Ok(kept) => (kept, true),
         Err(e) => {
             error!(error = %crate::error::one_line(&e), "cannot read the kept P2P port; drawing one for this run only");
             (None, false)
@@ -105,8 +110,10 @@ pub fn own_port(data_dir: &Path) -> u16 {
     match kept {
         _ if port == 0 => warn!(
             kept,
-            "no free P2P port found in 20000-32767: the system picks one for this run (set \
-             p2p.listen for a fixed one)"
+            "no free P2P port found in {}-{}: the system picks one for this run (set \
+             p2p.listen for a fixed one)",
+            PORT_RANGE.start(),
+            PORT_RANGE.end()
         ),
         Some(old) => warn!(
             old,
