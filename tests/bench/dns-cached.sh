@@ -32,7 +32,10 @@
 #   CLIENTS=10        dnsperf -c: simulated clients (UDP sockets)
 #   OUTSTANDING=100   dnsperf -q: queries in flight at once (the choice is explained below)
 #   ROUNDS=1          measure every server this many times, in rotating order; the table then
-#                     shows each server's median round and lists the qps of every round
+#                     shows each server's median round and lists the qps of every round, and two
+#                     more tables pool every round's queries per server and compare p2pdns with
+#                     each reference round by round. On a VM whose steal time varies, many short
+#                     rounds (ROUNDS=12 DURATION=5) compare latencies better than a few long ones.
 #   NAMES=100         A records in the zone, queried in a cycle
 #   SERVERS="p2pdns p2pdns-p2p unbound dnsmasq"   which resolvers to measure, in this order
 #   SERVER_CPU=0 CLIENT_CPU=1          CPUs for the servers and for dnsperf
@@ -384,6 +387,23 @@ DNSPERF_ARGS=(-s 127.0.0.1 -c "$CLIENTS" -q "$OUTSTANDING" -T 1 -t 2)
 
 declare -A R=() # "server,field" -> value
 
+# "p50 p99 p99.9 average count" in ms over the per-query lines of the dnsperf -v outputs given
+# ("> NOERROR n1.bench.test A 0.000123"; lost queries have no latency), from a histogram in 1 us
+# steps; "- - - - 0" when there are none. dnsperf 2.10 has no histogram option of its own.
+latency_stats() { # dnsperf-output...
+    awk '
+        $1 == ">" && $NF ~ /^[0-9]+\.[0-9]+$/ { us = int($NF * 1000000 + 0.5); h[us]++; n++; sum += us; if (us > max) max = us }
+        END {
+            if (n == 0) { print "- - - - 0"; exit }
+            split("0.50 0.99 0.999", q, " "); k = 1; c = 0
+            for (us = 0; us <= max && k <= 3; us++) {
+                c += h[us]
+                while (k <= 3 && c >= q[k] * n) { v[k] = us; k++ }
+            }
+            printf "%.3f %.3f %.3f %.3f %d\n", v[1] / 1000, v[2] / 1000, v[3] / 1000, sum / n / 1000, n
+        }' "$@"
+}
+
 udp_rcvbuf_errors() { # the kernel's count of UDP datagrams dropped on a full receive buffer
     awk '$1 == "Udp:" && $2 != "InDatagrams" { print $6; exit }' /proc/net/snmp
 }
@@ -476,6 +496,7 @@ measure() { # server round
     R[$k,runtime]=$(stat_line "$out" "Run time (s)")
     R[$k,srvcpu]=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v s="${R[$k,runtime]}" \
         'BEGIN { printf "%.0f", (b - a) / hz / s * 100 }')
+    R[$k,ticks]=$((t1 - t0))
     R[$k,cpu_us]=$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" -v n="${R[$k,completed]}" \
         'BEGIN { if (n > 0) printf "%.2f", (b - a) / hz / n * 1000000; else print "-" }')
     R[$k,clicpu]=$(awk -v s="${R[$k,runtime]}" '
@@ -485,21 +506,9 @@ measure() { # server round
     # or accounting noise (a few %).
     R[$k,other]="$((R[$k,srvbusy] - R[$k,srvcpu]))/$((R[$k,clibusy] - R[$k,clicpu]))"
     if ((LATENCY)); then
-        # Per-query lines: "> NOERROR n1.bench.test A 0.000123" (lost queries have no latency).
-        # Percentiles over the completed queries, from a histogram in 1 us steps.
         # A command substitution, not < <(...): bash reaps that at once, and the CPU time of a late
         # reaped child would be counted as dnsperf's in the next timed pass.
-        read -r "R[$k,p50]" "R[$k,p99]" "R[$k,p999]" <<<"$(awk '
-            $1 == ">" && $NF ~ /^[0-9]+\.[0-9]+$/ { us = int($NF * 1000000 + 0.5); h[us]++; n++; if (us > max) max = us }
-            END {
-                if (n == 0) { print "- - -"; exit }
-                split("0.50 0.99 0.999", q, " "); k = 1; c = 0
-                for (us = 0; us <= max && k <= 3; us++) {
-                    c += h[us]
-                    while (k <= 3 && c >= q[k] * n) { v[k] = us; k++ }
-                }
-                printf "%.3f %.3f %.3f\n", v[1] / 1000, v[2] / 1000, v[3] / 1000
-            }' "$out")"
+        read -r "R[$k,p50]" "R[$k,p99]" "R[$k,p999]" _ _ <<<"$(latency_stats "$out")"
     else
         R[$k,p50]=-
         R[$k,p99]=-
@@ -620,9 +629,69 @@ if ((${#refs[@]})); then
     echo "CPU per answer (server's CPU time over the timed pass / answers, us, ${CLK_TCK} Hz ticks):$(for s in $SERVERS; do printf ' %s %s;' "$s" "${R[$s,cpu_us]}"; done)"
     echo
 fi
-# One line per server for scripts (tests/bench/dns-speed.sh reads them).
+# With several rounds, every round's queries pooled per server, and each round's pair compared:
+# the rounds interleave the servers, so a spell of steal or background load in one part of the
+# run weighs on each server alike, while a single round's figures move with it.
+median_of() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+lower_in() { # server reference field: "W of N" rounds where the server's figure was lower
+    local r wins=0 n=0
+    for ((r = 1; r <= ROUNDS; r++)); do
+        [[ ${R[$1.$r,$3]} != - && ${R[$2.$r,$3]} != - ]] || continue
+        n=$((n + 1))
+        awk -v a="${R[$1.$r,$3]}" -v b="${R[$2.$r,$3]}" 'BEGIN { exit !(a < b) }' && wins=$((wins + 1))
+    done
+    echo "$wins of $n"
+}
+ratios_of() { # server reference field: each round's server / reference, one per line
+    local r
+    for ((r = 1; r <= ROUNDS; r++)); do echo "$(ratio "${R[$1.$r,$3]}" "${R[$2.$r,$3]}")"; done | grep -v '^-$' || true
+}
+if ((ROUNDS > 1)); then
+    echo "All $ROUNDS rounds pooled (every answered query of every round; CPU per answer: all CPU time / all answers):"
+    echo
+    echo "| server | answers | lost | avg latency ms | p50 ms | p99 ms | p99.9 ms | CPU per answer us |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for s in $SERVERS; do
+        files=() answers=0 lost=0 ticks=0 weighted=0
+        for ((r = 1; r <= ROUNDS; r++)); do
+            files+=("$WORK/$s.$r.dnsperf.txt")
+            answers=$((answers + R[$s.$r,completed]))
+            lost=$((lost + R[$s.$r,lost]))
+            ticks=$((ticks + R[$s.$r,ticks]))
+            weighted=$(awk -v w="$weighted" -v a="${R[$s.$r,avg]}" -v n="${R[$s.$r,completed]}" 'BEGIN { print w + a * n }')
+        done
+        if ((LATENCY)); then
+            read -r p50 p99 p999 _ _ <<<"$(latency_stats "${files[@]}")"
+        else
+            p50=- p99=- p999=-
+        fi
+        R[$s,pooled_avg]=$(awk -v w="$weighted" -v n="$answers" 'BEGIN { if (n > 0) printf "%.3f", w / n; else print "-" }')
+        R[$s,pooled_p99]=$p99
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$s" "$answers" "$lost" "${R[$s,pooled_avg]}" "$p50" "$p99" "$p999" \
+            "$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$answers" 'BEGIN { if (n > 0) printf "%.2f", t / hz / n * 1000000; else print "-" }')"
+    done
+    echo
+    if ((${#refs[@]})); then
+        echo "Round by round (p2pdns against each reference measured in the same round; a ratio below 1 means p2pdns"
+        echo "was lower, which is better for latency; the median of the rounds' ratios, and in how many rounds p2pdns was lower):"
+        echo
+        echo "| server | vs | avg latency: lower in | median ratio | p99 latency: lower in | median ratio | qps: median ratio |"
+        echo "|---|---|---:|---:|---:|---:|---:|"
+        for s in $SERVERS; do
+            [[ $s == p2pdns* ]] || continue
+            for ref in "${refs[@]}"; do
+                printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$s" "$ref" "$(lower_in "$s" "$ref" avg)" \
+                    "$(ratios_of "$s" "$ref" avg | median_of)" "$(lower_in "$s" "$ref" p99)" \
+                    "$(ratios_of "$s" "$ref" p99 | median_of)" "$(ratios_of "$s" "$ref" qps | median_of)"
+            done
+        done
+        echo
+    fi
+fi
+# One line per server for scripts (tests/bench/dns-speed.sh reads them); with several rounds, qps and
+# CPU are the median round's and the latencies are pooled over all rounds.
 for s in $SERVERS; do
-    echo "RESULT cached=$((1 - UNCACHED)) rate=$RATE server=$s qps=${R[$s,qps]} avg_ms=${R[$s,avg]} p99_ms=${R[$s,p99]} cpu_pct=${R[$s,srvcpu]} cpu_us=${R[$s,cpu_us]} lost=${R[$s,lost]} rss_mib=$(mib "${R[$s,rss]}") quota=$SERVER_QUOTA"
+    echo "RESULT cached=$((1 - UNCACHED)) rate=$RATE server=$s qps=${R[$s,qps]} avg_ms=${R[$s,pooled_avg]:-${R[$s,avg]}} p99_ms=${R[$s,pooled_p99]:-${R[$s,p99]}} cpu_pct=${R[$s,srvcpu]} cpu_us=${R[$s,cpu_us]} lost=${R[$s,lost]} rss_mib=$(mib "${R[$s,rss]}") quota=$SERVER_QUOTA"
 done
 echo
 echo "Details:"
@@ -632,7 +701,7 @@ for s in $SERVERS; do
         "steal (server/dnsperf CPU): ${R[$s,steal]} %; UDP receive-buffer drops (kernel, all sockets): ${R[$s,drops]};" \
         "threads: ${R[$s,threads]}; responses: ${R[$s,rcodes]}; packet size: ${R[$s,size]};" \
         "run time: ${R[$s,runtime]} s; log lines during the round: ${R[$s,loglines]}"
-    ((ROUNDS == 1)) || echo "  qps per round: ${QPS_ROUNDS[$s]}(row: round ${R[$s,round]})"
+    ((ROUNDS == 1)) || echo "  per round: qps ${QPS_ROUNDS[$s]}(row: round ${R[$s,round]}); avg latency ms$(for ((r = 1; r <= ROUNDS; r++)); do printf ' %s' "${R[$s.$r,avg]}"; done); steal %$(for ((r = 1; r <= ROUNDS; r++)); do printf ' %s' "${R[$s.$r,steal]}"; done)"
 done
 busy=""
 for s in $SERVERS; do

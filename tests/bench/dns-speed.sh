@@ -13,7 +13,7 @@
 # Environment (passed on to the two scripts):
 #   DURATION=20   seconds of each timed dnsperf pass
 #   RATE=2000     the fixed rate of the "user's load" passes, queries a second
-#   ROUNDS=1      rounds of each dns-cached.sh pass (the median round is reported)
+#   ROUNDS=1      rounds of each dns-cached.sh pass (qps and CPU: the median round; latency: all rounds pooled)
 #   IDLE_SECS=60  seconds the idle servers are watched (0: no idle pass)
 #   P2PDNS_BIN=path   use this p2pdns binary instead of `cargo build --release --locked`
 #   OUT=dir       keep the four reports and the idle one there (default: a temporary directory,
