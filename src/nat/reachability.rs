@@ -19,12 +19,11 @@ use libp2p::{
     Multiaddr, PeerId, autonat, core::transport::ListenerId, identify, kad, multiaddr::Protocol,
     relay, swarm::SwarmEvent, upnp,
 };
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
     config::{DhtMode, P2pConfig},
-    nat::stun_probe::StunReport,
+    nat::stun_probe::{StunReport, StunView},
     p2p::{
         AddressSource, ExternalAddr, Reachability,
         addr::{is_own_address, is_quic, is_relayed, peer_of},
@@ -56,12 +55,12 @@ pub(crate) struct NatTraversal {
     upnp_addrs: HashSet<Multiaddr>,
     /// Open relay listeners (a reservation asked for or held).
     relay_slots: HashMap<ListenerId, RelaySlot>,
-    /// What the STUN probe learned last (its task owns the sender).
-    stun: watch::Receiver<Option<StunReport>>,
+    /// What the STUN probe learned last (its task owns it), and a way to ask it again.
+    stun: StunView,
 }
 
 impl NatTraversal {
-    pub(crate) fn new(config: &P2pConfig, stun: watch::Receiver<Option<StunReport>>) -> Self {
+    pub(crate) fn new(config: &P2pConfig, stun: StunView) -> Self {
         Self {
             dht_mode: config.dht_mode,
             configured: config.external_addresses.clone(),
@@ -107,10 +106,17 @@ impl NatTraversal {
     }
 
     /// A bootstrap peer told what it runs: one that relays is asked for a slot at once, if the
-    /// node wants one.
+    /// node wants one. Where it saw the node come from another public address than STUN found,
+    /// the STUN probe runs again (only bootstrap peers are believed: any peer could claim one).
     fn on_identify(&mut self, swarm: &mut NodeSwarm, peer: PeerId, info: &identify::Info) {
         if !self.relays.iter().any(|r| peer_of(r) == Some(peer)) {
             return;
+        }
+        if self
+            .stun
+            .recheck_if_outdated(&info.observed_addr, swarm.listeners())
+        {
+            info!(%peer, observed = %info.observed_addr, "the public address changed: asking STUN again");
         }
         if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
             self.hop_relays.insert(peer);
@@ -324,7 +330,7 @@ impl NatTraversal {
                 }
             })
             .collect();
-        addrs.extend(self.stun.borrow().as_ref().and_then(StunReport::external));
+        addrs.extend(self.stun.latest().as_ref().and_then(StunReport::external));
         addrs
     }
 }

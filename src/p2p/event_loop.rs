@@ -73,14 +73,14 @@ impl EventLoop {
         role: Role,
         shutdown: &CancellationToken,
     ) -> Self {
-        let (stun_report, stun) = watch::channel(None);
+        let (stun_probe, stun) = stun_probe::channel();
         let mut tasks = JoinSet::new();
         let stun_servers = stun_probe::servers(&config.stun_servers, &config.bootstrap);
         // An introduction server answers STUN; it need not ask.
         if config.stun && role == Role::Resolver && !stun_servers.is_empty() {
             tasks.spawn(stun_probe::run(
                 stun_servers,
-                stun_report,
+                stun_probe,
                 shutdown.child_token(),
             ));
         }

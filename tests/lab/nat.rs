@@ -1340,6 +1340,64 @@ fn stun_tells_a_node_its_public_address_and_its_nats_mapping() {
     }
 }
 
+/// A home router that gets a new public address (an ISP renumbering it; a laptop that changes
+/// networks sees the same): `status` shows the new one once the node has reconnected to the
+/// introduction server, not after the STUN probe's ten-minute interval. Over TCP, whose
+/// connection the renumbering breaks (the router forgets its mappings of the old address, and
+/// the introduction server resets what then arrives from the new one); a QUIC connection
+/// migrates instead, and identify tells the new address at its next round (five minutes).
+#[test]
+fn status_shows_a_routers_new_public_address_soon_after_it_changes() {
+    let tools = Tools::find();
+    let mut lab = Lab::new(&tools);
+    lab.transport = Transport::Tcp;
+    let home = lab.home(Nat::Eim);
+    let intro = lab.start_intro();
+    let daemon = lab.start_daemon(&home, &intro.bootstrap);
+    let stun_line = |wan: Ipv4Addr| {
+        move |status: &str| {
+            let line = status.lines().find(|l| l.contains("(STUN via "))?;
+            line.contains(&format!("/ip4/{wan}/udp/"))
+                .then(|| line.to_owned())
+        }
+    };
+    let before = daemon.wait_status(
+        "the router's address in status",
+        Duration::from_secs(20),
+        stun_line(home.wan),
+    );
+    eprintln!("before: {before}");
+
+    // The new address joins as a secondary one and takes over when the old one goes.
+    let [a, b, c, _] = home.wan.octets();
+    let renumbered = Ipv4Addr::new(a, b, c, 2);
+    home.router.must(
+        "sh",
+        &[
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/conf/wan/promote_secondaries",
+        ],
+    );
+    let prefix = |addr: Ipv4Addr| format!("{addr}/{INTERNET_PREFIX_LEN}");
+    home.router
+        .ip(&["addr", "add", &prefix(renumbered), "dev", "wan"]);
+    home.router
+        .ip(&["addr", "del", &prefix(home.wan), "dev", "wan"]);
+    // Well inside the probe's interval (600 s): the old code showed the old address all along.
+    let after = daemon.wait_status(
+        "the router's new address in status",
+        Duration::from_secs(90),
+        stun_line(renumbered),
+    );
+    eprintln!("after: {after}");
+    let log = daemon.proc.stderr();
+    assert!(
+        log.contains("the public address changed: asking STUN again"),
+        "the log says nothing of the change:\n{}",
+        tail(&log, 30)
+    );
+}
+
 /// Every pairing of NAT kinds: A publishes behind one, B connects from behind another.
 #[test]
 fn connect_through_the_introduction_server_ends_direct_where_the_nats_allow_it() {
