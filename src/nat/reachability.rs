@@ -32,7 +32,9 @@ use crate::{
     },
 };
 
-/// How often a node behind NAT checks that it still holds a relay reservation.
+/// How often a node behind NAT checks that it still holds a relay reservation while it has
+/// none, or connections come and go (once settled, every minute: the event loop's
+/// `SETTLED_CHECK`).
 pub(crate) const RELAY_CHECK: Duration = Duration::from_secs(10);
 
 /// One relay listener: a reservation asked of a relay, then held.
@@ -233,6 +235,21 @@ impl NatTraversal {
             _ => {}
         }
         self.port_remapped = remap;
+    }
+
+    /// Is there nothing for the periodic check to do about relay slots: every relay that
+    /// grants slots holds one for this node where it wants them, none is held or asked for where
+    /// it does not?
+    pub(crate) fn relays_settled(&self, swarm: &NodeSwarm) -> bool {
+        if self.wants_relay_slots(swarm) {
+            self.hop_relays.iter().all(|relay| {
+                self.relay_slots
+                    .values()
+                    .any(|slot| slot.relay == *relay && slot.held)
+            })
+        } else {
+            self.relay_slots.is_empty()
+        }
     }
 
     /// What [`NatTraversal::check_p2p_port`] found last.

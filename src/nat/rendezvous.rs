@@ -22,8 +22,9 @@ use crate::p2p::{
 const NAMESPACE: &str = "p2pdns";
 /// The lifetime a node asks for its registration, in seconds; it registers again at half of it.
 const TTL: u64 = 7200;
-/// How often registrations due and rediscovery are looked at ([`RendezvousClient::due`]).
-pub(crate) const CHECK: Duration = Duration::from_secs(10);
+/// The first wait before discovering again ([`RendezvousClient::due`] runs with the node's
+/// periodic checks: every 10 s while connections come and go, every minute once settled).
+const CHECK: Duration = Duration::from_secs(10);
 /// A failed registration is retried after this long.
 const RETRY: Duration = Duration::from_secs(300);
 /// Other peers are discovered when the node registers, and again after [`CHECK`], then twice

@@ -32,6 +32,21 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// most peers of a small network; keeping those connections longer costs about 50 KiB each
 /// (buffers) and brings nothing, while a peer asked again within a minute needs no handshake.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Each connection is pinged this often (libp2p ping, whose default is 15 s): a NAT keeps an
+/// idle connection's mapping open for at least 30 s on most home routers (25 s is WireGuard's
+/// persistent keepalive for the same reason), and a dead connection is closed within one
+/// interval and [`PING_TIMEOUT`] (`connections::unanswered_ping`); rarely enough that a node in
+/// a quiet network wakes up seldom.
+const PING_INTERVAL: Duration = Duration::from_secs(25);
+/// How long a ping may take to be answered (libp2p's default).
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// QUIC's own keep-alive (libp2p-quic's default: a PING frame every 5 s, twelve wake-ups a
+/// minute per idle connection) and idle timeout (10 s): the pings above keep a live connection
+/// busy more often than this keep-alive, which is left as a fallback, and the idle timeout must
+/// outlast the gap between them. A dead QUIC connection is closed by an unanswered ping, like a
+/// TCP one, or at the latest by this timeout.
+const QUIC_KEEP_ALIVE: Duration = PING_INTERVAL;
+const QUIC_IDLE_TIMEOUT_MS: u32 = 60_000;
 /// Longest time to set up one connection (TCP connect or QUIC handshake, then Noise and
 /// Yamux): a few round trips even over a satellite link, well under Kademlia's 10 s per peer.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(6);
@@ -139,6 +154,8 @@ fn direct_transports(
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn Error + Send + Sync>> {
     let mut quic = quic::Config::new(key);
     quic.handshake_timeout = DIAL_TIMEOUT;
+    quic.keep_alive_interval = QUIC_KEEP_ALIVE;
+    quic.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
     let quic = Admission::new(quic::tokio::Transport::new(quic), limits)
         .map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)))
         .boxed();
@@ -212,7 +229,11 @@ impl Behaviour {
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_VERSION.to_owned(), key.public()).with_cache_size(0),
             ),
-            ping: ping::Behaviour::default(),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            ),
             mdns: Toggle::from(mdns),
             autonat: autonat::Behaviour::new(
                 peer_id,

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// The connection to close, if `event` says its peer left a ping unanswered (libp2p's ping:
-/// every 15 s, 20 s to answer) or the ping stream failed. libp2p keeps such a connection open:
+/// every 25 s, 20 s to answer) or the ping stream failed. libp2p keeps such a connection open:
 /// a TCP connection whose far end vanished (its NAT's address changed, its host lost power)
 /// otherwise stays "connected" until the kernel gives up retransmitting, about 15 minutes,
 /// and tunnels and lookups keep choosing it. A peer that does not speak ping is left alone.

@@ -11,7 +11,7 @@ use libp2p::{
 use tokio::{
     sync::{mpsc, oneshot, watch},
     task::{JoinError, JoinSet},
-    time::MissedTickBehavior,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -33,7 +33,7 @@ use crate::{
     nat::{
         connect::Dialer,
         reachability::{self, NatTraversal},
-        rendezvous::{self, RendezvousClient},
+        rendezvous::RendezvousClient,
         stun_probe,
     },
     record::NameRecord,
@@ -62,7 +62,16 @@ pub(super) struct EventLoop {
     puts: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
     /// Swarm events and the node's gauges counted, when metrics are on.
     metrics: Option<Arc<P2pMetrics>>,
+    /// When the periodic checks run next ([`EventLoop::housekeeping`]).
+    housekeeping_at: Instant,
 }
+
+/// How soon the node looks after its relay slots, the peers it set aside and its rendezvous
+/// registrations while something there is under way (a reservation asked for, a peer set aside,
+/// connections coming and going), and always on an introduction server...
+const BUSY_CHECK: Duration = reachability::RELAY_CHECK;
+/// ...and once all is settled: a node in a quiet network wakes up for them once a minute.
+const SETTLED_CHECK: Duration = Duration::from_secs(60);
 
 impl EventLoop {
     pub(super) fn new(
@@ -100,6 +109,7 @@ impl EventLoop {
             tasks,
             puts: HashMap::new(),
             metrics: None,
+            housekeeping_at: Instant::now(),
         }
     }
 
@@ -113,8 +123,6 @@ impl EventLoop {
     /// here.
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
         self.routing.dial_bootstrap(&mut self.swarm, true);
-        let mut rendezvous_check = interval(rendezvous::CHECK);
-        let mut relay_check = interval(reachability::RELAY_CHECK);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -124,13 +132,10 @@ impl EventLoop {
                 () = self.lookups.next_deadline() => {
                     self.lookups.answer_due(&mut self.swarm.behaviour_mut().kad);
                 }
-                // Both checks look at peers: a node without any (or without a rendezvous
-                // point) leaves their timers unarmed, so that it idles without waking up.
-                _ = relay_check.tick(), if self.intro_load.is_some()
-                    || self.swarm.network_info().num_peers() > 0 => self.on_relay_check(),
-                _ = rendezvous_check.tick(), if self.rendezvous.has_points() => {
-                    self.rendezvous.due(&mut self.swarm);
-                }
+                // The checks look at peers: a node without any leaves the timer unarmed, so
+                // that it idles without waking up.
+                () = tokio::time::sleep_until(self.housekeeping_at), if self.intro_load.is_some()
+                    || self.swarm.network_info().num_peers() > 0 => self.housekeeping(),
                 () = tokio::time::sleep_until(self.routing.redial_at()) => {
                     self.routing.redial(&mut self.swarm);
                 }
@@ -224,6 +229,7 @@ impl EventLoop {
         if let SwarmEvent::NewListenAddr { address, .. } = &event {
             info!(%address, "P2P listening");
         }
+        self.housekeeping_soon(&event);
         self.connections.on_event(&event);
         if let Some(dead) = super::connections::unanswered_ping(&event) {
             self.swarm.close_connection(dead);
@@ -351,7 +357,10 @@ impl EventLoop {
         }
     }
 
-    fn on_relay_check(&mut self) {
+    /// The periodic checks: peers set aside or back, the routing table's gauges, an
+    /// introduction server's load, the relay slots, rendezvous registrations and discovery.
+    /// Then the next one: soon while something is under way, else a minute later.
+    fn housekeeping(&mut self) {
         self.apply_stalls();
         self.count_table();
         if let Some(load) = &mut self.intro_load {
@@ -359,6 +368,29 @@ impl EventLoop {
             load.summarize(info.connection_counters().num_established() as usize);
         }
         self.nat.check_relays(&mut self.swarm);
+        if self.rendezvous.has_points() {
+            self.rendezvous.due(&mut self.swarm);
+        }
+        let settled = self.intro_load.is_none()
+            && self.nat.relays_settled(&self.swarm)
+            && !self.stalls.busy();
+        self.housekeeping_at = Instant::now() + if settled { SETTLED_CHECK } else { BUSY_CHECK };
+    }
+
+    /// Brings the next housekeeping forward to [`BUSY_CHECK`] from now when `event` may leave
+    /// something to do (a connection or listener came or went, a dial failed).
+    fn housekeeping_soon(&mut self, event: &NodeEvent) {
+        if matches!(
+            event,
+            SwarmEvent::ConnectionEstablished { .. }
+                | SwarmEvent::ConnectionClosed { .. }
+                | SwarmEvent::OutgoingConnectionError { .. }
+                | SwarmEvent::ListenerClosed { .. }
+                | SwarmEvent::NewListenAddr { .. }
+                | SwarmEvent::ExpiredListenAddr { .. }
+        ) {
+            self.housekeeping_at = self.housekeeping_at.min(Instant::now() + BUSY_CHECK);
+        }
     }
 
     /// Counts `event` in the metrics, when they are on.
@@ -422,13 +454,6 @@ impl EventLoop {
             port_remapped: self.nat.port_remapped(),
         }
     }
-}
-
-/// A periodic timer whose missed ticks are skipped, not bunched.
-fn interval(period: Duration) -> tokio::time::Interval {
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    interval
 }
 
 /// A task of the node ended: raises its panic again, so that the node stops and the daemon

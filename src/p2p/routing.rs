@@ -38,6 +38,43 @@ const FIRST_REDIAL: Duration = Duration::from_secs(1);
 /// new ones again and again; room comes back as addresses fail when dialed.
 pub(crate) const ADDRS_PER_PEER: usize = 8;
 
+/// One dial of [`Routing::dial_bootstrap`]: a bootstrap peer's addresses, in the order listed
+/// (never empty), or one address that names no peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BootstrapDial {
+    peer: Option<PeerId>,
+    addrs: Vec<Multiaddr>,
+}
+
+impl std::fmt::Display for BootstrapDial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, addr) in self.addrs.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{addr}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The bootstrap list as dials: one per peer id, with every address that names it, in the order
+/// the peers first appear; one per address that names none.
+fn bootstrap_dials(bootstrap: &[Multiaddr]) -> Vec<BootstrapDial> {
+    let mut dials: Vec<BootstrapDial> = Vec::new();
+    for addr in bootstrap {
+        let peer = peer_of(addr);
+        match dials.iter_mut().find(|d| peer.is_some() && d.peer == peer) {
+            Some(dial) => dial.addrs.push(addr.clone()),
+            None => dials.push(BootstrapDial {
+                peer,
+                addrs: vec![addr.clone()],
+            }),
+        }
+    }
+    dials
+}
+
 /// The routing table's keeper.
 pub(crate) struct Routing {
     bootstrap: Vec<Multiaddr>,
@@ -48,8 +85,9 @@ pub(crate) struct Routing {
     /// When [`Routing::redial`] is due, and the wait after it while no peer comes.
     redial_at: Instant,
     redial_wait: Duration,
-    /// Bootstrap dials under way, by connection, with the address dialed.
-    dialing: HashMap<ConnectionId, Multiaddr>,
+    /// Bootstrap dials under way, by connection, with the addresses dialed (a peer's addresses
+    /// are dialed together: the first to connect is the connection).
+    dialing: HashMap<ConnectionId, BootstrapDial>,
     /// Bootstrap addresses whose failure was logged as a warning (once, until one succeeds).
     warned: HashSet<Multiaddr>,
 }
@@ -67,21 +105,31 @@ impl Routing {
         }
     }
 
-    /// Dials every bootstrap address, and puts those that name their peer into the routing
-    /// table so that DHT queries can use them as soon as they answer.
+    /// Dials every bootstrap peer, and puts the addresses that name their peer into the routing
+    /// table so that DHT queries can use them as soon as they answer. The addresses of one peer
+    /// (its TCP and QUIC ones, say) are one dial, tried together: the first to connect is the
+    /// node's one connection to that peer, instead of one connection per address, each pinged
+    /// and kept alive for nothing. An address without a peer id is a dial of its own.
     pub(crate) fn dial_bootstrap(&mut self, swarm: &mut NodeSwarm, first: bool) {
-        for addr in &self.bootstrap {
-            if let Some(peer) = peer_of(addr) {
-                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        for dial in bootstrap_dials(&self.bootstrap) {
+            if let Some(peer) = dial.peer {
+                for addr in &dial.addrs {
+                    swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                }
             }
-            let opts = DialOpts::from(addr.clone());
+            let opts = match dial.peer {
+                Some(peer) => DialOpts::peer_id(peer)
+                    .addresses(dial.addrs.clone())
+                    .build(),
+                None => DialOpts::from(dial.addrs[0].clone()),
+            };
             let id = opts.connection_id();
             match swarm.dial(opts) {
                 Ok(()) => {
-                    self.dialing.insert(id, addr.clone());
+                    self.dialing.insert(id, dial);
                 }
-                Err(error) if first => warn!(%addr, %error, "cannot dial bootstrap peer"),
-                Err(error) => debug!(%addr, %error, "cannot dial bootstrap peer"),
+                Err(error) if first => warn!(addr = %dial, %error, "cannot dial bootstrap peer"),
+                Err(error) => debug!(addr = %dial, %error, "cannot dial bootstrap peer"),
             }
         }
     }
@@ -144,10 +192,10 @@ impl Routing {
                 }
             }
             SwarmEvent::ConnectionEstablished { connection_id, .. } => {
-                if let Some(addr) = self.dialing.remove(connection_id)
-                    && self.warned.remove(&addr)
+                if let Some(dial) = self.dialing.remove(connection_id)
+                    && self.warned.remove(&dial.addrs[0])
                 {
-                    info!(%addr, "reached the bootstrap peer");
+                    info!(addr = %dial, "reached the bootstrap peer");
                 }
             }
             // A bootstrap peer that cannot be reached leaves the node alone in the network:
@@ -157,11 +205,11 @@ impl Routing {
                 error,
                 ..
             } => {
-                if let Some(addr) = self.dialing.remove(connection_id) {
-                    if self.warned.insert(addr.clone()) {
-                        warn!(%addr, error = %crate::error::one_line(error), "cannot reach the bootstrap peer; dialing it again while this node has no peer (after 1 s, doubling up to {} s)", REDIAL.as_secs());
+                if let Some(dial) = self.dialing.remove(connection_id) {
+                    if self.warned.insert(dial.addrs[0].clone()) {
+                        warn!(addr = %dial, error = %crate::error::one_line(error), "cannot reach the bootstrap peer; dialing it again while this node has no peer (after 1 s, doubling up to {} s)", REDIAL.as_secs());
                     } else {
-                        debug!(%addr, error = %crate::error::one_line(error), "cannot reach the bootstrap peer");
+                        debug!(addr = %dial, error = %crate::error::one_line(error), "cannot reach the bootstrap peer");
                     }
                 }
             }
@@ -252,5 +300,41 @@ pub(crate) fn forget_addr(swarm: &mut NodeSwarm, peer: &PeerId, addr: &Multiaddr
         if same_place(&held, addr, *peer) {
             swarm.behaviour_mut().kad.remove_address(peer, &held);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bootstrap_peers_addresses_are_one_dial() {
+        let one = "12D3KooWGmYqn1UUrhPPwRnXa5VTHLeE5ddjpeZw2pYCvsSrmvCA";
+        let two = "12D3KooWBrbywv3zgSz9dB6vgr2wN1Kkqn4yExsUthnH73DAuwrD";
+        let list: Vec<Multiaddr> = [
+            format!("/ip4/198.51.100.7/tcp/4747/p2p/{one}"),
+            "/dns4/intro.example.org/tcp/4747".to_owned(),
+            format!("/ip4/198.51.100.9/udp/4747/quic-v1/p2p/{two}"),
+            format!("/ip4/198.51.100.7/udp/4747/quic-v1/p2p/{one}"),
+            "/dns4/intro.example.org/udp/4747/quic-v1".to_owned(),
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let dials = bootstrap_dials(&list);
+        let shape: Vec<(Option<String>, Vec<&Multiaddr>)> = dials
+            .iter()
+            .map(|d| (d.peer.map(|p| p.to_string()), d.addrs.iter().collect()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (Some(one.to_owned()), vec![&list[0], &list[3]]),
+                (None, vec![&list[1]]),
+                (Some(two.to_owned()), vec![&list[2]]),
+                (None, vec![&list[4]]),
+            ]
+        );
+        assert_eq!(dials[0].to_string(), format!("{}, {}", list[0], list[3]));
     }
 }

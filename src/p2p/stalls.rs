@@ -215,6 +215,12 @@ impl Stalls {
         unreachable
     }
 
+    /// Is anything here for the event loop to act on soon: peers set aside (their time will
+    /// be over), or set aside or back since it last looked?
+    pub(crate) fn busy(&self) -> bool {
+        !self.set_aside.is_empty() || !self.new.is_empty() || !self.expired.is_empty()
+    }
+
     /// The peers set aside since the last call, for the event loop to drop.
     pub(crate) fn take_new(&mut self) -> Vec<PeerId> {
         std::mem::take(&mut self.new)

@@ -8,8 +8,12 @@
 # involuntary, /proc/PID/task/*/status: each one a wake-up or a preemption) and its CPU time
 # (/proc/PID/stat utime + stime, in clock ticks). p2pdns is measured twice: with `--upstream`
 # (a fixed upstream list) and following /etc/resolv.conf (watched with inotify), both with its
-# P2P node on and no peer to talk to. The upstream named in every configuration is 127.0.0.53,
-# which nothing in the namespace answers: nothing is asked anyway.
+# P2P node on and no peer to talk to; and a third time (p2pdns-peer) in a quiet network: an
+# introduction server in the same namespace (not measured) is its bootstrap peer, its relay and
+# its STUN server, so the node pays for what it does with a peer and nothing to ask (pings,
+# relay reservation renewals, reconnections, the DHT's periodic refresh every 5 minutes: set
+# SECS=300 to see one). The upstream named in every configuration is 127.0.0.53, which nothing in
+# the namespace answers: nothing is asked anyway.
 #
 # It is a benchmark, not a test: it prints figures and never fails on them; it fails only when
 # the setup does.
@@ -20,7 +24,7 @@
 # Environment:
 #   SECS=60        seconds watched per server
 #   SETTLE=10      seconds after start before watching
-#   SERVERS="p2pdns p2pdns-resolvconf unbound dnsmasq"
+#   SERVERS="p2pdns p2pdns-resolvconf p2pdns-peer unbound dnsmasq"
 #   P2PDNS_BIN=path   use this p2pdns binary instead of `cargo build --release --locked`
 #   KEEP_TMP=1     keep the temporary directory
 #
@@ -38,7 +42,7 @@ export REPO_ROOT
 
 SECS=${SECS:-60}
 SETTLE=${SETTLE:-10}
-SERVERS=${SERVERS:-p2pdns p2pdns-resolvconf unbound dnsmasq}
+SERVERS=${SERVERS:-p2pdns p2pdns-resolvconf p2pdns-peer unbound dnsmasq}
 KEEP_TMP=${KEEP_TMP:-0}
 
 log() { printf '[idle] %s\n' "$*" >&2; }
@@ -49,7 +53,7 @@ for var in SECS SETTLE KEEP_TMP; do
 done
 ((SECS >= 1)) || die "SECS must be at least 1"
 for s in $SERVERS; do
-    case $s in p2pdns | p2pdns-resolvconf | unbound | dnsmasq) ;; *) die "unknown server '$s' in SERVERS" ;; esac
+    case $s in p2pdns | p2pdns-resolvconf | p2pdns-peer | unbound | dnsmasq) ;; *) die "unknown server '$s' in SERVERS" ;; esac
 done
 ((EUID == 0)) || die "network namespaces need root"
 for tool in ip unbound dnsmasq; do
@@ -79,11 +83,43 @@ start_p2pdns() { # netns dir extra-args...
     echo $!
 }
 
+# The quiet network of p2pdns-peer: an introduction server on the namespace's loopback (P2P on
+# TCP and QUIC 4747, STUN on 3478). Sets BOOTSTRAP to its addresses (the --bootstrap arguments)
+# once it logs them.
+start_intro() { # netns dir
+    local ns=$1 dir=$2 i addrs
+    mkdir -p "$dir"
+    printf '[p2p]\nmdns = false\nnat_probe_private_addresses = true\n' >"$dir/intro.toml"
+    ip netns exec "$ns" env HOME="$dir" RUST_LOG=info "$P2PDNS" --config "$dir/intro.toml" --data-dir "$dir/data" \
+        intro --p2p-listen /ip4/127.0.0.1/tcp/4747 --external-addr /ip4/127.0.0.1/tcp/4747 \
+        --p2p-listen /ip4/127.0.0.1/udp/4747/quic-v1 --external-addr /ip4/127.0.0.1/udp/4747/quic-v1 \
+        --stun-listen 127.0.0.1:3478 >>"$dir/log" 2>&1 &
+    PID[intro]=$!
+    for ((i = 0; i < 100; i++)); do
+        addrs=$(sed -n 's/.*nodes join with --bootstrap.*addr=\([^ ]*\).*/\1/p' "$dir/log")
+        if (($(wc -w <<<"$addrs") >= 2)); then
+            BOOTSTRAP=()
+            for addr in $addrs; do BOOTSTRAP+=(--bootstrap "$addr"); done
+            return 0
+        fi
+        kill -0 "${PID[intro]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -n 20 "$dir/log" >&2
+    die "the introduction server did not start (log above)"
+}
+
 start_server() { # name netns dir: prints the pid
     local name=$1 ns=$2 dir=$3
     mkdir -p "$dir"
     case $name in
     p2pdns) start_p2pdns "$ns" "$dir" --upstream 127.0.0.53 ;;
+    p2pdns-peer)
+        # The embedded defaults (TCP and QUIC on a port of its own) but mDNS, which has no one
+        # to find on a loopback link.
+        printf '[p2p]\nmdns = false\n' >"$dir/p2pdns.toml"
+        start_p2pdns "$ns" "$dir" --config "$dir/p2pdns.toml" --upstream 127.0.0.53 "${BOOTSTRAP[@]}"
+        ;;
     p2pdns-resolvconf)
         printf 'nameserver 127.0.0.53\n' >"$dir/resolv.conf"
         printf '[upstream]\nresolv_conf = "%s"\n' "$dir/resolv.conf" >"$dir/p2pdns.toml"
@@ -134,6 +170,7 @@ for name in $SERVERS; do
     NETNS+=("$ns")
     ip netns exec "$ns" ip link set lo up
     dir=$WORK/$name
+    [[ $name != p2pdns-peer ]] || start_intro "$ns" "$dir/intro"
     pid=$(start_server "$name" "$ns" "$dir")
     PID[$name]=$pid
     log "$name: started (pid $pid) in namespace $ns; settling $SETTLE s"
@@ -152,6 +189,7 @@ for name in $SERVERS; do
     THREADS[$name]=$(join "$dir/threads.before" "$dir/threads.after" |
         awk '$3 > $2 { printf "%s%s %d", sep, $1, $3 - $2; sep = ", " }')
     stop_pid "$name"
+    stop_pid intro
     ip netns del "$ns"
 done
 
@@ -159,7 +197,8 @@ echo
 echo "## Idle cost: p2pdns vs unbound vs dnsmasq"
 echo
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -sr), nproc $(nproc)."
-echo "Each server alone in a network namespace of its own (loopback only), no peer and no query;"
+echo "Each server alone in a network namespace of its own (loopback only), no query, no peer but"
+echo "p2pdns-peer's: an introduction server beside it (not measured);"
 echo "watched for $SECS s after $SETTLE s of start-up. Clock ticks: $(getconf CLK_TCK) a second."
 echo
 echo "| server | wake-ups a second | wake-ups a minute | CPU ticks in $SECS s |"
