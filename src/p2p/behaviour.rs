@@ -93,6 +93,8 @@ pub(crate) struct Behaviour {
     /// Streams of protocols served outside the swarm (tunnels: [`crate::tunnel`]), opened and
     /// accepted through a [`libp2p_stream::Control`].
     pub(crate) stream: libp2p_stream::Behaviour,
+    /// Keeps direct connections open a while after a tunnel used them.
+    pub(crate) keep_alive: super::keep_alive::Behaviour,
 }
 
 /// The node's swarm and the events it yields.
@@ -258,6 +260,7 @@ impl Behaviour {
             ),
             rendezvous: rendezvous::client::Behaviour::new(key.clone()),
             stream: libp2p_stream::Behaviour::new(),
+            keep_alive: super::keep_alive::Behaviour::default(),
         })
     }
 }

@@ -11,7 +11,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::{ConnectionInfo, NodeError, NodeStatus};
+use super::{
+    ConnectionInfo, NodeError, NodeStatus,
+    keep_alive::KeepAlive,
+};
 use crate::record::NameRecord;
 
 /// Valid replicas of a name found in the DHT so far.
@@ -77,6 +80,7 @@ pub struct NodeHandle {
     peer_id: PeerId,
     joined: watch::Receiver<bool>,
     streams: libp2p_stream::Control,
+    keep_alive: KeepAlive,
 }
 
 impl NodeHandle {
@@ -85,13 +89,22 @@ impl NodeHandle {
         peer_id: PeerId,
         joined: watch::Receiver<bool>,
         streams: libp2p_stream::Control,
+        keep_alive: KeepAlive,
     ) -> Self {
         Self {
             commands,
             peer_id,
             joined,
             streams,
+            keep_alive,
         }
+    }
+
+    /// A tunnel stream with `peer` opened or ended: the direct connections with it stay open
+    /// for 10 minutes from now, so that the next tunnel connection needs
+    /// no introduction server ([`super::keep_alive`]).
+    pub fn in_use(&self, peer: PeerId) {
+        self.keep_alive.mark(peer);
     }
 
     /// Opens and accepts streams of protocols served outside the swarm (tunnels). Clone it per

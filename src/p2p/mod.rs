@@ -36,6 +36,7 @@ pub(crate) mod fair_share;
 mod handle;
 pub mod identity;
 mod inbound;
+pub(crate) mod keep_alive;
 mod lookups;
 pub mod own_port;
 mod routing;
@@ -103,10 +104,11 @@ impl Node {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (joined, joined_rx) = watch::channel(false);
         let streams = swarm.behaviour().stream.new_control();
+        let keep_alive = swarm.behaviour().keep_alive.marks();
         Ok(Self {
             swarm,
             commands: rx,
-            handle: NodeHandle::new(tx, peer_id, joined_rx, streams),
+            handle: NodeHandle::new(tx, peer_id, joined_rx, streams, keep_alive),
             joined,
             config: config.clone(),
             role,

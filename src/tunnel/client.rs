@@ -266,6 +266,7 @@ async fn connection(tcp: TcpStream, port: u16, tracked: Tracked, shared: Arc<Sha
     }
     let opening = open_stream(&shared, peer, &name, port);
     carry(tcp, port, tracked, opening, shared.limits.idle).await;
+    shared.node.in_use(peer);
 }
 
 /// Waits up to [`OPEN_TIMEOUT`] for `opening`, then carries `tcp` (set to reset when dropped,
@@ -466,6 +467,8 @@ async fn open_stream(
             Ok(Err(WireError::NotTaken(_))) => continue,
             Ok(Err(error)) => return Err(OpenError::Wire(error)),
             Ok(Ok(reply)) if reply.status == Status::Accepted => {
+                // Keep the direct connection a while after this tunnel ends too.
+                shared.node.in_use(peer);
                 return Ok(Opened {
                     stream,
                     path,

@@ -21,6 +21,8 @@ use tokio_util::{
 };
 use tracing::{debug, info, warn};
 
+use crate::p2p::NodeHandle;
+
 use super::{
     lock,
     service::{ServiceTable, peer_key_name},
@@ -124,6 +126,9 @@ impl ServerStats {
 /// The accept loop of tunnel streams.
 pub(crate) struct Server {
     pub(crate) incoming: libp2p_stream::IncomingStreams,
+    /// Told of each client whose stream was served, when it starts and ends, so that the
+    /// direct connection with it stays open a while ([`NodeHandle::in_use`]).
+    pub(crate) node: NodeHandle,
     pub(crate) services: Arc<Mutex<ServiceTable>>,
     pub(crate) stats: Arc<ServerStats>,
     pub(crate) limits: ServerLimits,
@@ -134,6 +139,7 @@ impl Server {
     pub(crate) async fn run(self, stop: CancellationToken) {
         let Self {
             incoming,
+            node,
             services,
             stats,
             limits,
@@ -143,19 +149,22 @@ impl Server {
         // into a queue keeps up with bursts that the loop below, busy with its tasks, would not.
         let (queue, mut queued) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
         let forward = AbortOnDropHandle::new(tokio::spawn(forward(incoming, queue)));
-        let mut streams: JoinSet<PeerId> = JoinSet::new();
+        let mut streams: JoinSet<(PeerId, bool)> = JoinSet::new();
         let mut refusals: JoinSet<()> = JoinSet::new();
         let mut per_peer: HashMap<PeerId, usize> = HashMap::new();
         loop {
             let (peer, stream) = tokio::select! {
                 () = stop.cancelled() => break,
                 Some(ended) = streams.join_next() => {
-                    if let Ok(peer) = ended
-                        && let Some(count) = per_peer.get_mut(&peer)
-                    {
-                        *count -= 1;
-                        if *count == 0 {
-                            per_peer.remove(&peer);
+                    if let Ok((peer, served)) = ended {
+                        if served {
+                            node.in_use(peer);
+                        }
+                        if let Some(count) = per_peer.get_mut(&peer) {
+                            *count -= 1;
+                            if *count == 0 {
+                                per_peer.remove(&peer);
+                            }
                         }
                     }
                     continue;
@@ -190,9 +199,10 @@ impl Server {
             let services = services.clone();
             let stats = stats.clone();
             let idle = limits.idle;
+            let node = node.clone();
             streams.spawn(async move {
-                serve_stream(peer, stream, &services, &stats, idle).await;
-                peer
+                let served = serve_stream(peer, stream, &services, &stats, idle, &node).await;
+                (peer, served)
             });
         }
         drop(forward);
@@ -214,39 +224,45 @@ async fn forward(
     }
 }
 
-/// One stream: its request, the checks, the connection to the target, then the copy.
+/// One stream: its request, the checks, the connection to the target, then the copy. Returns
+/// whether it was served (accepted), refusals and malformed requests are not.
 async fn serve_stream(
     peer: PeerId,
     stream: libp2p::Stream,
     services: &Mutex<ServiceTable>,
     stats: &ServerStats,
     idle: Duration,
-) {
+    node: &NodeHandle,
+) -> bool {
     let mut stream = stream.compat();
     let request =
         match tokio::time::timeout(REQUEST_TIMEOUT, TunnelRequest::read_from(&mut stream)).await {
             Ok(Ok(request)) => request,
             Ok(Err(error)) => {
                 let reason = format!("malformed request: {error}");
-                return refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
+                refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
+                return false;
             }
             Err(_) => {
                 let reason = format!("no request within {} s", REQUEST_TIMEOUT.as_secs());
-                return refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
+                refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
+                return false;
             }
         };
     let asked = (request.name.as_str(), request.port);
     let service = lock(services).find(&request.name, request.port).cloned();
     let Some(service) = service else {
         let reason = format!("{} port {} is not exposed here", asked.0, asked.1);
-        return refuse(&mut stream, peer, asked, stats, Status::NotExposed, reason).await;
+        refuse(&mut stream, peer, asked, stats, Status::NotExposed, reason).await;
+                return false;
     };
     if !service.allows(&peer) {
         let reason = format!(
             "{} port {} admits only the keys on its allow list",
             asked.0, asked.1
         );
-        return refuse(&mut stream, peer, asked, stats, Status::NotAllowed, reason).await;
+        refuse(&mut stream, peer, asked, stats, Status::NotAllowed, reason).await;
+                return false;
     }
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&service.to)).await {
         Ok(Ok(tcp)) => tcp,
@@ -255,11 +271,13 @@ async fn serve_stream(
                 "the service behind it ({}) is unreachable: {error}",
                 service.to
             );
-            return refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
+            refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
+                return false;
         }
         Err(_) => {
             let reason = format!("the service behind it ({}) did not answer", service.to);
-            return refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
+            refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
+                return false;
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -270,8 +288,9 @@ async fn serve_stream(
         .await
         .is_err()
     {
-        return;
+        return false;
     }
+    node.in_use(peer);
     let counters = stats.service(&service.name, service.port);
     counters
         .streams
@@ -295,6 +314,7 @@ async fn serve_stream(
             info!(%client, service = %service.name, port = service.port, "tunnel ended early: {}", crate::error::one_line(&error));
         }
     }
+    true
 }
 
 /// Logs a refusal of `peer`'s stream, naming its key (the key name `--allow` takes) and its
