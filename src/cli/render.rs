@@ -477,9 +477,6 @@ fn node(out: &mut String, key_name: &str, p: &NodeStatus) {
     for external in &p.external_addrs {
         let _ = writeln!(out, "external:   {} ({})", external.addr, external.source);
     }
-    if let Some(remap) = &p.port_remapped {
-        let _ = writeln!(out, "warning:    {remap}");
-    }
     for addr in &p.relay_reservations {
         let _ = writeln!(out, "relayed at: {addr}");
     }

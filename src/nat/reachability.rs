@@ -12,7 +12,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::IpAddr,
     time::Duration,
 };
 
@@ -26,8 +25,8 @@ use crate::{
     config::{DhtMode, P2pConfig},
     nat::stun_probe::{StunReport, StunView},
     p2p::{
-        AddressSource, ExternalAddr, PortRemap, Reachability,
-        addr::{endpoint_of, is_own_address, is_quic, is_relayed, peer_of},
+        AddressSource, ExternalAddr, Reachability,
+        addr::{is_own_address, is_quic, is_relayed, peer_of},
         behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
     },
 };
@@ -60,10 +59,6 @@ pub(crate) struct NatTraversal {
     relay_slots: HashMap<ListenerId, RelaySlot>,
     /// What the STUN probe learned last (its task owns it), and a way to ask it again.
     stun: StunView,
-    /// The last QUIC address a bootstrap peer saw the node come from, and the peer.
-    quic_observed: Option<(PeerId, Multiaddr)>,
-    /// The P2P port mapped to another port by a NAT that keeps others' ([`PortRemap`]).
-    port_remapped: Option<PortRemap>,
 }
 
 impl NatTraversal {
@@ -79,8 +74,6 @@ impl NatTraversal {
             upnp_addrs: HashSet::new(),
             relay_slots: HashMap::new(),
             stun,
-            quic_observed: None,
-            port_remapped: None,
         }
     }
 
@@ -126,10 +119,6 @@ impl NatTraversal {
             .recheck_if_outdated(&info.observed_addr, swarm.listeners())
         {
             info!(%peer, observed = %info.observed_addr, "the public address changed: asking STUN again");
-        }
-        if is_quic(&info.observed_addr) && !is_relayed(&info.observed_addr) {
-            self.quic_observed = Some((peer, info.observed_addr.clone()));
-            self.check_p2p_port(swarm);
         }
         if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
             self.hop_relays.insert(peer);
@@ -184,57 +173,9 @@ impl NatTraversal {
     }
 
     /// The periodic check: a relay that restarted or went away lost the reservation; ask
-    /// again. The P2P port's mapping is judged again too (the STUN report it needs may have
-    /// come after the bootstrap peer's identify).
+    /// again.
     pub(crate) fn check_relays(&mut self, swarm: &mut NodeSwarm) {
         self.update_relays(swarm, false);
-        self.check_p2p_port(swarm);
-    }
-
-    /// Did the router keep the P2P port? Told from the last QUIC address a bootstrap peer saw
-    /// (every QUIC connection leaves from the listening socket, so its port is the P2P port's
-    /// mapping) and the STUN report: a NAT that keeps the STUN socket's port but not the P2P
-    /// port's has that port mapped for another machine ([`PortRemap`]). Warns once per
-    /// finding, and says when the port is kept again.
-    fn check_p2p_port(&mut self, swarm: &NodeSwarm) {
-        let Some((peer, observed)) = &self.quic_observed else {
-            return;
-        };
-        let Some((IpAddr::V4(_), seen_port)) = endpoint_of(observed) else {
-            return;
-        };
-        let listen_ports: Vec<u16> = swarm
-            .listeners()
-            .filter(|a| is_quic(a) && !is_relayed(a))
-            .filter_map(endpoint_of)
-            .filter(|(ip, _)| ip.is_ipv4())
-            .map(|(_, port)| port)
-            .collect();
-        let remap = match listen_ports.first() {
-            Some(&listen_port)
-                if !listen_ports.contains(&seen_port)
-                    && self
-                        .stun
-                        .latest()
-                        .as_ref()
-                        .is_some_and(StunReport::keeps_ports) =>
-            {
-                Some(PortRemap {
-                    listen_port,
-                    observed: observed.clone(),
-                    peer: *peer,
-                })
-            }
-            _ => None,
-        };
-        match (&self.port_remapped, &remap) {
-            (old, Some(new)) if old.as_ref() != Some(new) => warn!("{new}"),
-            (Some(old), None) => {
-                info!(port = old.listen_port, "the router keeps the P2P port now");
-            }
-            _ => {}
-        }
-        self.port_remapped = remap;
     }
 
     /// Is there nothing for the periodic check to do about relay slots: every relay that
@@ -250,11 +191,6 @@ impl NatTraversal {
         } else {
             self.relay_slots.is_empty()
         }
-    }
-
-    /// What [`NatTraversal::check_p2p_port`] found last.
-    pub(crate) fn port_remapped(&self) -> Option<PortRemap> {
-        self.port_remapped.clone()
     }
 
     /// Did AutoNAT reach the node at an address that is not its own (and is neither a UPnP

@@ -67,8 +67,6 @@ pub enum ProbeError {
 pub struct StunReport {
     /// The servers asked.
     pub servers: Vec<SocketAddr>,
-    /// The port of the probe's own socket (`None` when it could not be opened).
-    pub local_port: Option<u16>,
     /// The mapping found, or why none was.
     pub outcome: Result<Mapping, ProbeError>,
 }
@@ -107,13 +105,6 @@ impl StunReport {
             ) => Some(mapped.ip()),
             Ok(Mapping::NotNatted) | Err(_) => None,
         }
-    }
-
-    /// Did the NAT keep the probe socket's port (an endpoint-independent mapping to the same
-    /// port number, as most home routers give while the port is free)? Then a port the NAT
-    /// does not keep is taken by another machine behind it.
-    pub fn keeps_ports(&self) -> bool {
-        matches!(&self.outcome, Ok(Mapping::EndpointIndependent(mapped)) if Some(mapped.port()) == self.local_port)
     }
 
     /// Is this report out of date, given `observed`, the address a peer saw one of the node's
@@ -285,34 +276,26 @@ async fn probe_once(servers: &[String]) -> StunReport {
             Err(error) => debug!(%server, %error, "cannot resolve the STUN server"),
         }
     }
-    let socket = match UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).await {
-        Ok(socket) => socket,
-        Err(error) => {
-            return StunReport {
-                servers: addrs,
-                local_port: None,
-                outcome: Err(ProbeError::Socket(error)),
-            };
-        }
-    };
-    let outcome = ask(&socket, &addrs).await;
+    let outcome = ask(&addrs).await;
     StunReport {
         servers: addrs,
-        local_port: socket.local_addr().ok().map(|a| a.port()),
         outcome,
     }
 }
 
-async fn ask(socket: &UdpSocket, servers: &[SocketAddr]) -> Result<Mapping, ProbeError> {
+async fn ask(servers: &[SocketAddr]) -> Result<Mapping, ProbeError> {
     let Some(&first) = servers.first() else {
         return Err(ProbeError::NoServer);
     };
+    let socket = UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .map_err(ProbeError::Socket)?;
     if servers.len() >= 2 {
-        return Ok(stun::mapping_behaviour(socket, servers, SERVER_TIMEOUT).await?);
+        return Ok(stun::mapping_behaviour(&socket, servers, SERVER_TIMEOUT).await?);
     }
-    let mapped = stun::binding(socket, first, SERVER_TIMEOUT).await?;
+    let mapped = stun::binding(&socket, first, SERVER_TIMEOUT).await?;
     // One server cannot tell the mapping kind; it can tell whether there is a NAT at all.
-    if stun::local_endpoint(socket, first).is_some_and(|l| stun::same_endpoint(l, mapped)) {
+    if stun::local_endpoint(&socket, first).is_some_and(|l| stun::same_endpoint(l, mapped)) {
         return Ok(Mapping::NotNatted);
     }
     Ok(Mapping::EndpointIndependent(mapped))
@@ -351,7 +334,6 @@ mod tests {
         let server: SocketAddr = "198.51.100.7:3478".parse().unwrap();
         let report = |outcome| StunReport {
             servers: vec![server],
-            local_port: Some(40000),
             outcome,
         };
         let addr = |text: &str| -> Multiaddr { text.parse().unwrap() };
@@ -382,31 +364,6 @@ mod tests {
         // A failed probe retries on its own.
         let failed = report(Err(ProbeError::NoServer));
         assert!(!failed.outdated_by(&addr("/ip4/203.0.113.9/tcp/5011"), own.iter()));
-    }
-
-    #[test]
-    fn a_nat_keeps_ports_when_the_probe_socket_kept_its_own() {
-        let report = |local_port, outcome| StunReport {
-            servers: vec!["198.51.100.7:3478".parse().unwrap()],
-            local_port,
-            outcome,
-        };
-        let mapped = |port| {
-            Ok(Mapping::EndpointIndependent(SocketAddr::from((
-                [203, 0, 113, 5],
-                port,
-            ))))
-        };
-        assert!(report(Some(40000), mapped(40000)).keeps_ports());
-        assert!(!report(Some(40000), mapped(40001)).keeps_ports());
-        assert!(!report(None, mapped(40000)).keeps_ports());
-        let symmetric = Ok(Mapping::EndpointDependent {
-            first: "203.0.113.5:40000".parse().unwrap(),
-            second: "203.0.113.5:40001".parse().unwrap(),
-        });
-        assert!(!report(Some(40000), symmetric).keeps_ports());
-        assert!(!report(Some(40000), Ok(Mapping::NotNatted)).keeps_ports());
-        assert!(!report(Some(40000), Err(ProbeError::NoServer)).keeps_ports());
     }
 
     #[tokio::test(start_paused = true)]
@@ -448,7 +405,6 @@ mod tests {
         let second: SocketAddr = "198.51.100.7:3479".parse().unwrap();
         let report = |outcome| StunReport {
             servers: vec![server, second],
-            local_port: Some(40000),
             outcome,
         };
         let mapped: SocketAddr = "203.0.113.5:40000".parse().unwrap();
@@ -475,7 +431,6 @@ mod tests {
         assert!(report(Ok(Mapping::NotNatted)).external().is_none());
         let one = StunReport {
             servers: vec![server],
-            local_port: Some(40000),
             outcome: Ok(Mapping::EndpointIndependent(mapped)),
         };
         assert_eq!(

@@ -18,7 +18,7 @@ use crate::{
     control::{self, Request, Response, Status},
     naming::CHECK_HOST,
     os::service,
-    p2p::{NodeStatus, PortRemap, Reachability},
+    p2p::{NodeStatus, Reachability},
 };
 
 /// How long one DNS probe waits.
@@ -243,13 +243,6 @@ fn reachability_line(lines: &mut Lines, node: &NodeStatus) {
         ),
     };
     lines.add(verdict, &text, hint.as_deref());
-    if let Some(remap) = &node.port_remapped {
-        lines.add(
-            Verdict::Warn,
-            &format!("p2p port: {}", remap.finding()),
-            Some(PortRemap::FIX),
-        );
-    }
 }
 
 /// The node's P2P ports as a router's port-forwarding page asks for them, `UDP 23456, TCP
@@ -498,7 +491,6 @@ mod tests {
             direct_connections: 1,
             rendezvous_points: Vec::new(),
             rendezvous_peers: 0,
-            port_remapped: None,
         }
     }
 
@@ -562,21 +554,6 @@ mod tests {
         assert!(!out.contains("  hole"), "no gaps mid-sentence: {out}");
         assert!(
             out.contains("P2P port (see `listening:` in `p2pdns status`) on"),
-            "{out}"
-        );
-        let mut remapped = node(Reachability::PublicBehindNat);
-        remapped.relay_reservations = vec![relay.parse().unwrap()];
-        remapped.port_remapped = Some(PortRemap {
-            listen_port: 4747,
-            observed: "/ip4/203.0.113.5/udp/11026/quic-v1".parse().unwrap(),
-            peer: remapped.peer_id,
-        });
-        let mut lines = Lines::default();
-        reachability_line(&mut lines, &remapped);
-        let out = lines.text;
-        assert!(
-            out.contains("\nwarn  p2p port: the router maps this node's P2P port (UDP 4747)")
-                && out.contains("fix: give each machine behind the router its own port"),
             "{out}"
         );
     }

@@ -99,7 +99,7 @@ pub(crate) fn same_place(a: &Multiaddr, b: &Multiaddr, peer: PeerId) -> bool {
 }
 
 /// The IP address and TCP or UDP port a direct address leads to.
-pub(crate) fn endpoint_of(addr: &Multiaddr) -> Option<(IpAddr, u16)> {
+fn endpoint_of(addr: &Multiaddr) -> Option<(IpAddr, u16)> {
     if is_relayed(addr) {
         return None;
     }

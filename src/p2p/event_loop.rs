@@ -451,7 +451,6 @@ impl EventLoop {
             direct_connections,
             rendezvous_points: self.rendezvous.standings(),
             rendezvous_peers: self.rendezvous.peers_known(),
-            port_remapped: self.nat.port_remapped(),
         }
     }
 }

@@ -50,7 +50,7 @@ pub(crate) use handle::Command;
 pub use handle::{NodeHandle, Replicas};
 pub use status::{
     AddressSource, ConnectionInfo, ConnectionPath, ExternalAddr, KadMode, NodeStatus, PeerEntry,
-    PortRemap, Reachability, RendezvousStanding, StunMapping, Transport,
+    Reachability, RendezvousStanding, StunMapping, Transport,
 };
 
 use crate::{config::P2pConfig, metrics::P2pMetrics};

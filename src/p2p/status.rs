@@ -39,50 +39,6 @@ pub struct NodeStatus {
     pub rendezvous_points: Vec<RendezvousStanding>,
     /// Peers learned from rendezvous points.
     pub rendezvous_peers: usize,
-    /// The router gives the node's P2P port another port number although it keeps other
-    /// ports: see [`PortRemap`]. `None` when it keeps it, or nothing tells.
-    #[serde(default)]
-    pub port_remapped: Option<PortRemap>,
-}
-
-/// A NAT that keeps the port numbers of the node's other sockets (the STUN probe's) but maps its
-/// P2P port to another one, as a bootstrap peer saw a QUIC connection (which leaves from the
-/// listening socket) come from. The likely cause is another machine behind the same router
-/// listening on the same port: the router keeps the port for that machine, and this node's
-/// mapping then depends on the destination (RFC 4787 section 4.1), which hole punching cannot
-/// get through.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortRemap {
-    /// The UDP port the node listens on for QUIC.
-    pub listen_port: u16,
-    /// The address the bootstrap peer saw (`/ip4/…/udp/<other port>/quic-v1`).
-    pub observed: Multiaddr,
-    /// The bootstrap peer that saw it.
-    pub peer: PeerId,
-}
-
-impl PortRemap {
-    /// What helps, as `doctor` words a fix.
-    pub const FIX: &'static str = "give each machine behind the router its own port in \
-        p2p.listen, or leave p2p.listen unset (each node then draws a port of its own)";
-
-    /// What was found and what it means, without the fix.
-    pub fn finding(&self) -> String {
-        format!(
-            "the router maps this node's P2P port (UDP {}) to another one ({}, seen by {}) \
-             although it keeps the port of other sockets: another machine behind the same \
-             router probably listens on UDP {} too. Hole punching will likely fail, so \
-             connections from other homes, tunnels included, stay relayed and within the \
-             relay's limits",
-            self.listen_port, self.observed, self.peer, self.listen_port
-        )
-    }
-}
-
-impl fmt::Display for PortRemap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}; {}", self.finding(), Self::FIX)
-    }
 }
 
 /// The Kademlia mode (libp2p `kad::Mode`).
@@ -379,11 +335,6 @@ mod tests {
                 registered: true,
             }],
             rendezvous_peers: 3,
-            port_remapped: Some(PortRemap {
-                listen_port: 4747,
-                observed: "/ip4/203.0.113.5/udp/11026/quic-v1".parse().unwrap(),
-                peer,
-            }),
         };
         let text = serde_json::to_string(&status).unwrap();
         let back: NodeStatus = serde_json::from_str(&text).unwrap();
@@ -392,12 +343,6 @@ mod tests {
         assert_eq!(back.peers[0].connections[0].transport(), Transport::Relay);
         assert_eq!(back.peers[0].connections[0], status.peers[0].connections[0]);
         assert_eq!(back.rendezvous_points, status.rendezvous_points);
-        assert_eq!(back.port_remapped, status.port_remapped);
-        // A daemon from before the field: the CLI reads its status as "nothing found".
-        let mut older: serde_json::Value = serde_json::from_str(&text).unwrap();
-        older.as_object_mut().unwrap().remove("port_remapped");
-        let back: NodeStatus = serde_json::from_value(older).unwrap();
-        assert_eq!(back.port_remapped, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! a mapping that depends on the destination, which hole punching cannot get through, so the
 //! second site stayed on the relay and its downloads were cut at the relay's byte limit.
 
-use std::{fs, path::Path, time::Duration};
+use std::{fs, path::Path};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -111,51 +111,4 @@ fn hex_sha256(path: &Path) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// The same household with both machines set by the user to one P2P port: the router keeps the
-/// port for the machine that talked first, so the second's mapping depends on the destination.
-/// Nothing in the traffic fails loudly (its tunnels stay relayed, and larger downloads are cut),
-/// so the second machine says so in its status and log, and the first says nothing.
-#[test]
-fn two_machines_set_to_one_port_behind_one_router_are_told() {
-    let tools = Tools::find();
-    let mut lab = Lab::new(&tools);
-    // QUIC only: a QUIC connection leaves from the listening socket, so the port the
-    // introduction server sees is the P2P port's mapping.
-    lab.transport = Transport::Quic;
-    let home = lab.home(Nat::Eim);
-    let second = lab.neighbour(&home);
-    let intro = lab.start_intro();
-    let mut one = lab.start_daemon(&home, &intro.bootstrap);
-    one.wait_joined();
-    let mut two = lab.start_daemon_with(&second, &intro.bootstrap, "");
-    two.wait_joined();
-    let warning = two.wait_status(
-        "the second machine's warning about its P2P port",
-        Duration::from_secs(40),
-        |status| {
-            let line = status.lines().find(|l| l.starts_with("warning:"))?;
-            line.contains("the router maps this node's P2P port (UDP 4747)")
-                .then(|| line.to_owned())
-        },
-    );
-    eprintln!("two: {warning}");
-    assert!(
-        warning.contains(&format!("/ip4/{}/udp/", home.wan)) && warning.contains("p2p.listen"),
-        "{warning}"
-    );
-    assert!(
-        two.proc
-            .stderr()
-            .contains("the router maps this node's P2P port"),
-        "the second machine's log does not say it:\n{}",
-        tail(&two.proc.stderr(), 30)
-    );
-    let status = one.status();
-    assert!(
-        !status.contains("warning:") && !one.proc.stderr().contains("maps this node's P2P port"),
-        "the first machine keeps its port and has nothing to be told:\n{status}\n{}",
-        tail(&one.proc.stderr(), 30)
-    );
 }

@@ -145,11 +145,6 @@ fn status_lines_keep_their_wording() {
                     registered: true,
                 }],
                 rendezvous_peers: 3,
-                port_remapped: Some(crate::p2p::PortRemap {
-                    listen_port: 4747,
-                    observed: "/ip4/203.0.113.5/udp/11026/quic-v1".parse().unwrap(),
-                    peer,
-                }),
             },
         }),
         tunnels: Some(TunnelsReport {
@@ -178,8 +173,6 @@ fn status_lines_keep_their_wording() {
         "upstreams:  none (names outside .p2p get SERVFAIL)\n",
         "reachable:  public behind NAT (AutoNAT)\n",
         "external:   /ip4/203.0.113.5/udp/4747/quic-v1 (UPnP port mapping)\n",
-        "warning:    the router maps this node's P2P port (UDP 4747) to another one \
-         (/ip4/203.0.113.5/udp/11026/quic-v1, seen by ",
         "relayed at: /ip4/198.51.100.7/",
         &format!("rendezvous: {peer} (registered; 3 peers learned from rendezvous points)\n"),
         "tunnels:    0 exposed (0 open), 1 tunnelled names (1 open)",
