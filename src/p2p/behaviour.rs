@@ -41,12 +41,13 @@ const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// How long a ping may take to be answered (libp2p's default).
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// QUIC's own keep-alive (libp2p-quic's default: a PING frame every 5 s, twelve wake-ups a
-/// minute per idle connection) and idle timeout (10 s): the pings above keep a live connection
-/// busy more often than this keep-alive, which is left as a fallback, and the idle timeout must
-/// outlast the gap between them. A dead QUIC connection is closed by an unanswered ping, like a
-/// TCP one, or at the latest by this timeout.
-const QUIC_KEEP_ALIVE: Duration = PING_INTERVAL;
-const QUIC_IDLE_TIMEOUT_MS: u32 = 60_000;
+/// minute per idle connection) and idle timeout (10 s). The pings above keep a live connection
+/// busy, so the keep-alive mostly finds traffic younger than itself and sends nothing; the idle
+/// timeout closes a connection whose peer vanished (its process killed, its home offline)
+/// within 30 s, which matters most for the connection to a relay: a reservation asked for
+/// again over a dead connection goes unanswered.
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(15);
+const QUIC_IDLE_TIMEOUT_MS: u32 = 30_000;
 /// Longest time to set up one connection (TCP connect or QUIC handshake, then Noise and
 /// Yamux): a few round trips even over a satellite link, well under Kademlia's 10 s per peer.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(6);
