@@ -399,7 +399,8 @@ async fn bind_p2p(
     let p2p = crate::p2p::own_port::resolve(&config.p2p, data_dir);
     let node = Node::bind(keypair.clone().into(), &p2p)
         .await?
-        .with_metrics(meters.p2p.clone());
+        .with_metrics(meters.p2p.clone())
+        .keep_records_in(data_dir);
     let (tunnels, server) = Tunnels::bind(&config.tunnel, data_dir, node.handle())?;
     let dht_config = DhtConfig::new(&config.p2p, waiting).with_metrics(meters.dht.clone());
     let dht = Arc::new(Dht::new(

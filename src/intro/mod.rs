@@ -93,7 +93,9 @@ impl Intro {
         identity::create_data_dir(data_dir)?;
         let data_dir_lock = state::take_data_dir(data_dir)?;
         let keypair = identity::load_or_create(data_dir)?;
-        let node = Node::bind_as(keypair.into(), &config, Role::Intro(limits)).await?;
+        let node = Node::bind_as(keypair.into(), &config, Role::Intro(limits))
+            .await?
+            .keep_records_in(data_dir);
         // STUN on UDP: ordinary clients (and nodes) learn their public address and port.
         let mut stun = Vec::new();
         let mut stun_addrs = Vec::new();

@@ -137,6 +137,10 @@ pub struct Publisher {
     /// whose read-back has not been seen yet: a newer record of this key found then is
     /// signed above (the user's wish is the newest); found at any other time, it is adopted.
     user_signed: Mutex<BTreeMap<LowerName, u64>>,
+    /// The other key last warned about for each name found taken, whichever count found it
+    /// (a push's read-back or a count asked by `status`/`names`): warned once per change.
+    /// Bounded by the names published.
+    taken: Mutex<BTreeMap<LowerName, [u8; 32]>>,
 }
 
 impl Publisher {
@@ -153,6 +157,7 @@ impl Publisher {
             writing: tokio::sync::Mutex::new(()),
             queue: PushQueue::default(),
             user_signed: Mutex::new(BTreeMap::new()),
+            taken: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -504,19 +509,10 @@ impl Publisher {
             }
         };
         let name = LowerName::new(&record.name);
-        let before = self.replicas.borrow().get(&name).copied();
         self.replicas.send_modify(|counts| {
             counts.insert(name.clone(), count);
         });
-        if let Some(owner) = count.taken_by
-            && before.is_none_or(|b| b.taken_by != Some(owner))
-        {
-            warn!(
-                name = %record.name,
-                owner = %record::key_name(&owner),
-                "another key holds this name: storage nodes keep its record, not this node's, until it expires"
-            );
-        }
+        self.note_taken(&name, &count);
         let by_user = {
             let mut user_signed = lock(&self.user_signed);
             let by_user = user_signed.get(&name) == Some(&record.seq);
@@ -616,11 +612,27 @@ impl Publisher {
             .filter_map(std::future::ready)
             .collect()
             .await;
+        for (name, count) in &counts {
+            self.note_taken(name, count);
+        }
         let held = self.names.lock();
+        lock(&self.taken).retain(|name, _| held.get(name).is_some());
         self.replicas.send_modify(|replicas| {
             replicas.retain(|name, count| held.get(name).is_some_and(|r| r.seq == count.seq));
             replicas.extend(counts);
         });
+    }
+
+    /// Warns when `count` finds `name` held by another key than the one last warned about.
+    fn note_taken(&self, name: &LowerName, count: &ReplicaCount) {
+        let Some(owner) = newly_taken(&mut lock(&self.taken), name, count) else {
+            return;
+        };
+        warn!(
+            %name,
+            owner = %record::key_name(&owner),
+            "another key holds this name: storage nodes keep its record and refuse this node's until it expires (see `p2pdns names`)"
+        );
     }
 
     /// Queues every unexpired own name for the DHT as it is.
@@ -630,6 +642,28 @@ impl Publisher {
                 self.queue.push(LowerName::new(&record.name));
             }
         }
+    }
+}
+
+/// The key to warn about when `count` finds `name` taken by another key than the one in
+/// `warned` (which is updated): once per change of holder, not at every republish or count. A
+/// count that finds this node's record held and no other key's forgets the warning, so a
+/// later taking is warned about again; one that found neither (peers slow to answer) does not.
+fn newly_taken(
+    warned: &mut BTreeMap<LowerName, [u8; 32]>,
+    name: &LowerName,
+    count: &ReplicaCount,
+) -> Option<[u8; 32]> {
+    match count.taken_by {
+        Some(owner) if warned.get(name) != Some(&owner) => {
+            warned.insert(name.clone(), owner);
+            Some(owner)
+        }
+        None if count.holders > 0 => {
+            warned.remove(name);
+            None
+        }
+        _ => None,
     }
 }
 

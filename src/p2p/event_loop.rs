@@ -24,6 +24,7 @@ use super::{
     inbound::{InboundPuts, InvalidRecords, to_kad_record},
     lookups::{Lookups, Wanted},
     routing::Routing,
+    snapshot::Snapshot,
     stalls::Stalls,
 };
 use crate::{
@@ -64,6 +65,8 @@ pub(super) struct EventLoop {
     metrics: Option<Arc<P2pMetrics>>,
     /// When the periodic checks run next ([`EventLoop::housekeeping`]).
     housekeeping_at: Instant,
+    /// The record store's snapshot on disk, when it is kept.
+    snapshot: Option<Snapshot>,
 }
 
 /// How soon the node looks after its relay slots, the peers it set aside and its rendezvous
@@ -110,6 +113,7 @@ impl EventLoop {
             puts: HashMap::new(),
             metrics: None,
             housekeeping_at: Instant::now(),
+            snapshot: None,
         }
     }
 
@@ -119,13 +123,22 @@ impl EventLoop {
         self
     }
 
+    /// Keeps the record store's snapshot up to date, when given.
+    pub(super) fn with_snapshot(mut self, snapshot: Option<Snapshot>) -> Self {
+        self.snapshot = snapshot;
+        self
+    }
+
     /// Runs until `shutdown` is cancelled; a panic of a task the node started is raised again
     /// here.
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
         self.routing.dial_bootstrap(&mut self.swarm, true);
         loop {
+            let save_at = self.snapshot.as_ref().and_then(Snapshot::save_at);
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(save_at.unwrap_or_else(Instant::now)),
+                    if save_at.is_some() => self.save_snapshot(),
                 // No sender left (an introduction server has no user): events go on.
                 Some(command) = self.commands.recv() => self.command(command),
                 event = next_event(&mut self.swarm) => self.on_event(event),
@@ -143,6 +156,11 @@ impl EventLoop {
             }
         }
         self.tasks.shutdown().await;
+        if let Some(snapshot) = &mut self.snapshot {
+            snapshot
+                .finish(self.swarm.behaviour_mut().kad.store_mut())
+                .await;
+        }
         debug!("P2P node stopped");
     }
 
@@ -164,6 +182,7 @@ impl EventLoop {
             }
             Command::Publish { record, reply } => match self.publish(&record) {
                 Ok(id) => {
+                    self.store_changed();
                     self.puts.insert(id, reply);
                 }
                 Err(error) => {
@@ -223,6 +242,20 @@ impl EventLoop {
             .map_err(NodeError::Store)
     }
 
+    /// The record store changed: its snapshot is written soon.
+    fn store_changed(&mut self) {
+        if let Some(snapshot) = &mut self.snapshot {
+            snapshot.changed();
+        }
+    }
+
+    /// Writes the record store's snapshot (off this thread).
+    fn save_snapshot(&mut self) {
+        if let Some(snapshot) = &mut self.snapshot {
+            snapshot.save(self.swarm.behaviour_mut().kad.store_mut());
+        }
+    }
+
     /// Each concern sees the event and takes what is its own; the two events whose content
     /// must be moved go to their one owner.
     fn on_event(&mut self, event: NodeEvent) {
@@ -274,8 +307,12 @@ impl EventLoop {
                     },
             })) => {
                 let store = self.swarm.behaviour_mut().kad.store_mut();
-                self.inbound
-                    .on_put(store, source, record, &mut self.invalid);
+                if self
+                    .inbound
+                    .on_put(store, source, record, &mut self.invalid)
+                {
+                    self.store_changed();
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::{
     config::P2pConfig,
-    record::{NameRecord, dht_key, unix_now},
+    record::{NameRecord, RecordError, dht_key, unix_now},
 };
 
 /// Peers remembered as having sent an invalid record (so each is logged once).
@@ -65,9 +65,34 @@ impl InvalidRecords {
     }
 }
 
+/// Why a record was not stored ([`InboundPuts::admit`]).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refused {
+    /// The record is invalid in itself: it does not decode, its signature does not verify,
+    /// it expired or expires too far ahead (section 5 rules 1-7).
+    #[error(transparent)]
+    Invalid(RecordError),
+    /// It is stored under another key than its name's.
+    #[error("record stored under another name's key")]
+    MisplacedKey,
+    /// A valid record of another owner key is held for the name (first come, first served).
+    #[error("record for a name owned by another key")]
+    OtherOwner,
+    /// The record held for the name is this one or a newer one of the same owner.
+    #[error("record is not newer than the one held")]
+    NotNewer,
+    /// The owner key has `p2p.max_records_per_owner` records here already.
+    #[error("the owner key's record limit is reached")]
+    OwnerFull,
+    /// The store refused it: `p2p.max_stored_records` records are held.
+    #[error("the record store refused it")]
+    Store(#[source] kad::store::Error),
+}
+
 /// The checks on records peers put here.
 pub(crate) struct InboundPuts {
     max_puts_per_minute: usize,
+    max_stored_records: usize,
     max_records_per_owner: usize,
     /// Recent PUT times per peer, for the rate limit.
     put_times: LruCache<PeerId, VecDeque<Instant>>,
@@ -77,20 +102,21 @@ impl InboundPuts {
     pub(crate) fn new(config: &P2pConfig) -> Self {
         Self {
             max_puts_per_minute: config.max_puts_per_peer_per_minute,
+            max_stored_records: config.max_stored_records,
             max_records_per_owner: config.max_records_per_owner,
             put_times: LruCache::new(NonZeroUsize::new(RATE_PEERS).expect("nonzero constant")),
         }
     }
 
     /// A peer asks us to store a record: check it fully before it touches the store
-    /// (docs/PROTOCOL.md section 5).
+    /// (docs/PROTOCOL.md section 5). Returns whether the store changed.
     pub(crate) fn on_put(
         &mut self,
         store: &mut MemoryStore,
         source: PeerId,
-        mut record: kad::Record,
+        record: kad::Record,
         invalid: &mut InvalidRecords,
-    ) {
+    ) -> bool {
         // The very record held (rule 8): storage nodes replicate what they hold every hour
         // and publishers re-put every 10 minutes, so copies are the bulk of PUTs. Comparing
         // bytes costs less than the rate check's bookkeeping and needs no signature check.
@@ -98,20 +124,43 @@ impl InboundPuts {
             .get(&record.key)
             .is_some_and(|held| held.value == record.value)
         {
-            return;
+            return false;
         }
         if !self.within_rate(source) {
             debug!(peer = %source, "PUT rate limit exceeded; record dropped");
-            return;
+            return false;
         }
+        match self.admit(store, record) {
+            Ok(()) => true,
+            Err(error @ (Refused::Invalid(_) | Refused::MisplacedKey | Refused::OtherOwner)) => {
+                invalid.warn_once(source, &error);
+                false
+            }
+            Err(error) => {
+                debug!(peer = %source, %error, "record not stored");
+                false
+            }
+        }
+    }
+
+    /// The checks of section 5 past the PUT rate, and the store's bounds: stores `record`
+    /// (its `publisher` and `expires` taken from the signed value, whatever they were) when it
+    /// passes them all. Every record this node keeps for others comes through here, whether a
+    /// peer put it or it was read back from the snapshot of an earlier run ([`super::snapshot`]).
+    ///
+    /// # Errors
+    /// [`Refused`]: why it was not stored; the store is unchanged.
+    pub(crate) fn admit(
+        &self,
+        store: &mut MemoryStore,
+        mut record: kad::Record,
+    ) -> Result<(), Refused> {
         let now = unix_now();
-        let parsed = NameRecord::from_bytes(&record.value).and_then(|r| r.verify(now).map(|()| r));
-        let new = match parsed {
-            Ok(new) => new,
-            Err(error) => return invalid.warn_once(source, &error),
-        };
+        let new = NameRecord::from_bytes(&record.value)
+            .and_then(|r| r.verify(now).map(|()| r))
+            .map_err(Refused::Invalid)?;
         if record.key.as_ref() != dht_key(&new.name).as_slice() {
-            return invalid.warn_once(source, &"record stored under another name's key");
+            return Err(Refused::MisplacedKey);
         }
         let mut replaces = false;
         if let Some(held) = store.get(&record.key)
@@ -119,10 +168,10 @@ impl InboundPuts {
             && held.expires > now
         {
             if held.owner != new.owner {
-                return invalid.warn_once(source, &"record for a name owned by another key");
+                return Err(Refused::OtherOwner);
             }
             if new.seq <= held.seq {
-                return;
+                return Err(Refused::NotNewer);
             }
             // A newer version takes the old one's place: it adds nothing to any bound.
             replaces = true;
@@ -138,15 +187,17 @@ impl InboundPuts {
                 .count()
         };
         if !replaces && held_by_owner() >= self.max_records_per_owner {
-            debug!(peer = %source, "per-owner record limit reached; record dropped");
-            return;
+            return Err(Refused::OwnerFull);
         }
         record.value = stored.value;
         record.publisher = stored.publisher;
         record.expires = stored.expires;
-        if let Err(error) = store.put(record) {
-            debug!(%error, "record not stored");
-        }
+        store.put(record).map_err(Refused::Store)
+    }
+
+    /// `p2p.max_stored_records`: the store holds this many records at most.
+    pub(crate) fn max_stored_records(&self) -> usize {
+        self.max_stored_records
     }
 
     fn within_rate(&mut self, peer: PeerId) -> bool {

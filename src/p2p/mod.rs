@@ -18,7 +18,7 @@
 //! - `addr` classifies addresses; `status` is what `p2pdns status` shows; [`own_port`] is the
 //!   port a resolver's node listens on when the configuration sets none.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use libp2p::{Multiaddr, swarm::SwarmEvent};
 use tokio::sync::{mpsc, watch};
@@ -40,6 +40,7 @@ pub(crate) mod keep_alive;
 mod lookups;
 pub mod own_port;
 mod routing;
+mod snapshot;
 mod stalls;
 mod status;
 
@@ -48,6 +49,7 @@ pub use behaviour::{KAD_PROTOCOL, Role};
 pub use error::NodeError;
 pub(crate) use handle::Command;
 pub use handle::{NodeHandle, Replicas};
+pub use snapshot::RECORDS_FILE;
 pub use status::{
     AddressSource, ConnectionInfo, ConnectionPath, ExternalAddr, KadMode, NodeStatus, PeerEntry,
     Reachability, RendezvousStanding, StunMapping, Transport,
@@ -71,6 +73,8 @@ pub struct Node {
     role: Role,
     /// Swarm events and the node's gauges counted, when metrics are on.
     metrics: Option<Arc<P2pMetrics>>,
+    /// The snapshot of the record store kept up to date, when the node has a data directory.
+    snapshot: Option<snapshot::Snapshot>,
 }
 
 impl Node {
@@ -113,12 +117,24 @@ impl Node {
             config: config.clone(),
             role,
             metrics: None,
+            snapshot: None,
         })
     }
 
     /// Counts the node's events, peers and connections in `metrics`, when given.
     pub fn with_metrics(mut self, metrics: Option<Arc<P2pMetrics>>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Keeps the records this node stores for the network in `data_dir` across restarts
+    /// ([`RECORDS_FILE`]): loads the last run's snapshot now, each record through
+    /// the checks of an inbound PUT (an unreadable, damaged or tampered file is logged and
+    /// costs only the records that fail), then keeps it up to date while the node runs.
+    pub fn keep_records_in(mut self, data_dir: &Path) -> Self {
+        let puts = inbound::InboundPuts::new(&self.config);
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        self.snapshot = snapshot::load(data_dir, store, &puts);
         self
     }
 
@@ -145,10 +161,12 @@ impl Node {
             config,
             role,
             metrics,
+            snapshot,
             ..
         } = self;
         event_loop::EventLoop::new(swarm, commands, joined, &config, role, &shutdown)
             .with_metrics(metrics)
+            .with_snapshot(snapshot)
             .run(shutdown)
             .await;
     }

@@ -25,6 +25,8 @@
 //!   (issue 15, kind 3).
 //! - [`p2p_rules`]: the rules of `.p2p` names (docs/PROTOCOL.md sections 5 to 7), also against
 //!   a hostile node.
+//! - [`stored_records`]: a storage node restarted on its data directory still answers for the
+//!   names it held and still refuses a second key for them.
 //! - [`special_names`]: special-use names (localhost, invalid, onion...) answered here or
 //!   forwarded, as the README's table says.
 //! - [`durable`]: what the daemon acknowledged is never lost: publishes at once and restarts,
@@ -112,6 +114,7 @@ mod publishing;
 mod scripted;
 mod server_sockets;
 mod special_names;
+mod stored_records;
 mod support;
 mod tcp_limits;
 #[cfg(target_os = "linux")]

@@ -278,3 +278,57 @@ fn every_change_of_the_names_is_counted() {
     assert!(sign(&names, "unsaved.p2p.").is_err());
     assert_eq!(names.changes(), 2, "a change not made is not counted");
 }
+
+/// The owner hears that another key holds its name the first time any count finds it (the
+/// newcomer saw nothing then: a count asked by `names` found it first, and the push that
+/// followed saw no change), once per change of holder, and again after the name was free.
+#[test]
+fn a_name_taken_by_another_key_is_warned_about_once_per_change() {
+    let name = LowerName::from_str("taken.p2p.").unwrap();
+    let count = |taken_by: Option<[u8; 32]>, holders| ReplicaCount {
+        seq: 1,
+        holders,
+        answered: 3,
+        newer: None,
+        taken_by,
+        counted_at: 0,
+    };
+    let (theirs, another) = ([7; 32], [9; 32]);
+    let mut warned = BTreeMap::new();
+    assert_eq!(
+        newly_taken(&mut warned, &name, &count(Some(theirs), 0)),
+        Some(theirs),
+        "the first count that finds it"
+    );
+    for _ in 0..3 {
+        // Republishes and counts finding the same holder.
+        assert_eq!(
+            newly_taken(&mut warned, &name, &count(Some(theirs), 0)),
+            None
+        );
+    }
+    assert_eq!(
+        newly_taken(&mut warned, &name, &count(None, 0)),
+        None,
+        "nobody answered: nothing learned"
+    );
+    assert_eq!(
+        newly_taken(&mut warned, &name, &count(Some(theirs), 0)),
+        None
+    );
+    assert_eq!(
+        newly_taken(&mut warned, &name, &count(Some(another), 0)),
+        Some(another),
+        "another holder is a change"
+    );
+    assert_eq!(
+        newly_taken(&mut warned, &name, &count(None, 2)),
+        None,
+        "free again"
+    );
+    assert_eq!(
+        newly_taken(&mut warned, &name, &count(Some(another), 0)),
+        Some(another),
+        "taken again after it was free"
+    );
+}
