@@ -11,10 +11,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{
-    ConnectionInfo, NodeError, NodeStatus,
-    keep_alive::KeepAlive,
-};
+use super::{ConnectionInfo, NodeError, NodeStatus, keep_alive::KeepAlive};
 use crate::record::NameRecord;
 
 /// Valid replicas of a name found in the DHT so far.

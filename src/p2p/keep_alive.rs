@@ -25,8 +25,7 @@ use libp2p::{
     core::{Endpoint, transport::PortUse, upgrade::DeniedUpgrade},
     swarm::{
         ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
-        NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent,
-        ToSwarm,
+        NetworkBehaviour, SubstreamProtocol, THandler, THandlerInEvent, ToSwarm,
         handler::{ConnectionEvent, FullyNegotiatedInbound, FullyNegotiatedOutbound},
     },
 };
@@ -234,21 +233,36 @@ mod tests {
         let mut behaviour = Behaviour::new(keep.clone());
         let peer = PeerId::random();
         let direct: Multiaddr = "/ip4/198.51.100.7/udp/4747/quic-v1".parse().unwrap();
-        let relayed: Multiaddr = format!("/ip4/198.51.100.9/tcp/4747/p2p/{}/p2p-circuit", PeerId::random())
-            .parse()
-            .unwrap();
+        let relayed: Multiaddr = format!(
+            "/ip4/198.51.100.9/tcp/4747/p2p/{}/p2p-circuit",
+            PeerId::random()
+        )
+        .parse()
+        .unwrap();
         let id = ConnectionId::new_unchecked(1);
         let out = |b: &mut Behaviour, addr: &Multiaddr| {
-            b.handle_established_outbound_connection(id, peer, addr, Endpoint::Dialer, PortUse::Reuse)
-                .unwrap()
+            b.handle_established_outbound_connection(
+                id,
+                peer,
+                addr,
+                Endpoint::Dialer,
+                PortUse::Reuse,
+            )
+            .unwrap()
         };
-        let (out_direct, out_relayed) = (out(&mut behaviour, &direct), out(&mut behaviour, &relayed));
+        let (out_direct, out_relayed) =
+            (out(&mut behaviour, &direct), out(&mut behaviour, &relayed));
         let local: Multiaddr = "/ip4/10.0.0.2/tcp/23456".parse().unwrap();
         let in_direct = behaviour
             .handle_established_inbound_connection(id, peer, &local, &direct)
             .unwrap();
         let in_relayed = behaviour
-            .handle_established_inbound_connection(id, peer, &relayed, &format!("/p2p/{peer}").parse().unwrap())
+            .handle_established_inbound_connection(
+                id,
+                peer,
+                &relayed,
+                &format!("/p2p/{peer}").parse().unwrap(),
+            )
             .unwrap();
         let kept = |h: &Handler| h.connection_keep_alive();
         assert!(!kept(&out_direct) && !kept(&in_direct));
@@ -256,7 +270,13 @@ mod tests {
         assert!(kept(&out_direct) && kept(&in_direct));
         assert!(!kept(&out_relayed) && !kept(&in_relayed));
         let stranger = behaviour
-            .handle_established_outbound_connection(id, PeerId::random(), &direct, Endpoint::Dialer, PortUse::Reuse)
+            .handle_established_outbound_connection(
+                id,
+                PeerId::random(),
+                &direct,
+                Endpoint::Dialer,
+                PortUse::Reuse,
+            )
             .unwrap();
         assert!(!kept(&stranger));
     }

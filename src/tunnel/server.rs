@@ -254,7 +254,7 @@ async fn serve_stream(
     let Some(service) = service else {
         let reason = format!("{} port {} is not exposed here", asked.0, asked.1);
         refuse(&mut stream, peer, asked, stats, Status::NotExposed, reason).await;
-                return false;
+        return false;
     };
     if !service.allows(&peer) {
         let reason = format!(
@@ -262,7 +262,7 @@ async fn serve_stream(
             asked.0, asked.1
         );
         refuse(&mut stream, peer, asked, stats, Status::NotAllowed, reason).await;
-                return false;
+        return false;
     }
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&service.to)).await {
         Ok(Ok(tcp)) => tcp,
@@ -272,12 +272,12 @@ async fn serve_stream(
                 service.to
             );
             refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
-                return false;
+            return false;
         }
         Err(_) => {
             let reason = format!("the service behind it ({}) did not answer", service.to);
             refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
-                return false;
+            return false;
         }
     };
     let _ = tcp.set_nodelay(true);

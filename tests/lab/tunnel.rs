@@ -374,7 +374,8 @@ fn a_direct_tunnel_stays_open_past_a_minute_idle_with_the_introduction_server_go
     site.page_loads("first");
     let report = tunnels(&site.b);
     assert_eq!(
-        report["mapped"][0]["path"], "direct",
+        report["mapped"][0]["path"],
+        "direct",
         "{report:#}\n{}",
         logs(&site.a, &site.b)
     );
