@@ -98,8 +98,8 @@ impl NodeHandle {
     }
 
     /// A tunnel stream with `peer` opened or ended: the direct connections with it stay open
-    /// for 10 minutes from now, so that the next tunnel connection needs
-    /// no introduction server ([`super::keep_alive`]).
+    /// for 10 minutes from now, so that the next tunnel connection needs no introduction
+    /// server (relayed connections are never kept).
     pub fn in_use(&self, peer: PeerId) {
         self.keep_alive.mark(peer);
     }
