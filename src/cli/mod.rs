@@ -231,6 +231,8 @@ pub struct DaemonTarget {
     pub try_service: bool,
     /// `--timeout`: how long to wait for an answer, when given.
     pub timeout: Option<std::time::Duration>,
+    /// `--config`, when given: the file `doctor`'s fixes name if the daemon does not say.
+    pub config: Option<PathBuf>,
 }
 
 impl DaemonTarget {
@@ -241,6 +243,7 @@ impl DaemonTarget {
             data_dir: config.data_dir(cli.data_dir.as_deref()),
             try_service: config.chosen_data_dir(cli.data_dir.as_deref()).is_none(),
             timeout: cli.timeout.map(std::time::Duration::from_secs),
+            config: cli.config.clone(),
         })
     }
 }
@@ -248,7 +251,12 @@ impl DaemonTarget {
 /// `p2pdns doctor` and the commands that talk to the running daemon: prints what they report.
 pub async fn talk(command: &Command, target: &DaemonTarget) -> Result<ExitCode, CliError> {
     if let Command::Doctor = command {
-        let report = crate::os::doctor::run(&target.data_dir, target.try_service).await;
+        let report = crate::os::doctor::run(
+            &target.data_dir,
+            target.try_service,
+            target.config.as_deref(),
+        )
+        .await;
         print(&report.text);
         return Ok(if report.failed {
             ExitCode::FAILURE

@@ -483,6 +483,14 @@ fn node(out: &mut String, key_name: &str, p: &NodeStatus) {
     for addr in &p.relay_reservations {
         let _ = writeln!(out, "relayed at: {addr}");
     }
+    for peer in p.bootstrap.iter().filter(|b| !b.connected) {
+        let why = peer.last_error.as_deref().unwrap_or("no dial failed");
+        let _ = writeln!(
+            out,
+            "bootstrap:  not connected to {}: {why}",
+            peer.addr_list()
+        );
+    }
     for standing in &p.rendezvous_points {
         let state = if standing.registered {
             "registered"
@@ -500,8 +508,10 @@ fn node(out: &mut String, key_name: &str, p: &NodeStatus) {
         "records:    {} stored for the network",
         p.stored_records
     );
+    // A relayed address names this node already (`.../p2p-circuit/p2p/<id>`).
     for addr in &p.listen_addrs {
-        let _ = writeln!(out, "listening:  {addr}/p2p/{}", p.peer_id);
+        let addr = crate::p2p::addr::with_peer(addr, p.peer_id);
+        let _ = writeln!(out, "listening:  {addr}");
     }
     for peer in &p.peers {
         peer_lines(out, peer);

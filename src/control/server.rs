@@ -58,6 +58,8 @@ pub struct Context {
     pub forwarder: Arc<Forwarder>,
     /// The addresses DNS is served on, for `status`.
     pub dns_addrs: Vec<std::net::SocketAddr>,
+    /// The configuration file the daemon loaded, for `status` (and `doctor`'s fixes).
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// Errors setting up the control socket.
@@ -357,6 +359,7 @@ async fn status(context: &Context, with_peers: bool) -> Status {
         upstreams: context.forwarder.upstreams(),
         upstream_servers: context.forwarder.upstream_servers(),
         cache_entries: context.forwarder.cache().usage().0,
+        config_file: context.config_file.clone(),
         p2p,
         tunnels: context
             .naming

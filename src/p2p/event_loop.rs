@@ -429,6 +429,7 @@ impl EventLoop {
         let (peers, routing_table_peers) = Routing::peers(&mut self.swarm, &self.connections);
         let (direct_connections, relayed_connections) = self.connections.direct_and_relayed();
         let listen_addrs = listen_addrs(&self.swarm);
+        let bootstrap = self.routing.bootstrap_peers(&self.swarm);
         let kad = &mut self.swarm.behaviour_mut().kad;
         let stored_records = kad.store_mut().records().count();
         let mode = kad.mode().into();
@@ -452,6 +453,7 @@ impl EventLoop {
             rendezvous_points: self.rendezvous.standings(),
             rendezvous_peers: self.rendezvous.peers_known(),
             port_remapped: self.nat.port_remapped(),
+            bootstrap,
         }
     }
 }

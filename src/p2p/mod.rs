@@ -48,8 +48,8 @@ pub use error::NodeError;
 pub(crate) use handle::Command;
 pub use handle::{NodeHandle, Replicas};
 pub use status::{
-    AddressSource, ConnectionInfo, ConnectionPath, ExternalAddr, KadMode, NodeStatus, PeerEntry,
-    PortRemap, Reachability, RendezvousStanding, StunMapping, Transport,
+    AddressSource, BootstrapPeer, ConnectionInfo, ConnectionPath, ExternalAddr, KadMode,
+    NodeStatus, PeerEntry, PortRemap, Reachability, RendezvousStanding, StunMapping, Transport,
 };
 
 use crate::{config::P2pConfig, metrics::P2pMetrics};

@@ -43,6 +43,36 @@ pub struct NodeStatus {
     /// ports: see [`PortRemap`]. `None` when it keeps it, or nothing tells.
     #[serde(default)]
     pub port_remapped: Option<PortRemap>,
+    /// The configured bootstrap peers (`p2p.bootstrap`, one entry per peer id) and whether this
+    /// node is connected to each. Empty from daemons older than this field.
+    #[serde(default)]
+    pub bootstrap: Vec<BootstrapPeer>,
+}
+
+/// One configured bootstrap peer: its addresses as listed in `p2p.bootstrap` (those naming
+/// the same peer id together), whether a connection to it is open, and why the last dial failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapPeer {
+    /// The configured addresses of this peer (or one address that names no peer id).
+    pub addrs: Vec<Multiaddr>,
+    /// A connection to it is open now.
+    pub connected: bool,
+    /// Why the last dial failed, in plain words (`None` when no dial failed, or the last one
+    /// succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The peer that answered instead when the last dial failed because another peer id
+    /// answered at the address (the `/p2p/` part is wrong, or the server's key changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_as: Option<PeerId>,
+}
+
+impl BootstrapPeer {
+    /// The addresses as `a, b`.
+    pub fn addr_list(&self) -> String {
+        let addrs: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        addrs.join(", ")
+    }
 }
 
 /// A NAT that keeps the port numbers of the node's other sockets (the STUN probe's) but maps its
@@ -384,6 +414,7 @@ mod tests {
                 observed: "/ip4/203.0.113.5/udp/11026/quic-v1".parse().unwrap(),
                 peer,
             }),
+            bootstrap: Vec::new(),
         };
         let text = serde_json::to_string(&status).unwrap();
         let back: NodeStatus = serde_json::from_str(&text).unwrap();
