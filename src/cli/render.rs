@@ -207,6 +207,19 @@ fn unexposed(out: &mut String, name: &str, ports: &[u16]) {
     }
     let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "{name} no longer exposed on port {}", ports.join(", "));
+    // The record stays: unexpose is not unpublish.
+    let site = crate::record::p2p_name(name)
+        .ok()
+        .and_then(|n| crate::record::record_name_for(&hickory_proto::rr::LowerName::new(&n)))
+        .map_or_else(
+            || name.to_owned(),
+            |s| s.to_ascii().trim_end_matches('.').to_owned(),
+        );
+    let _ = writeln!(
+        out,
+        "{site} stays claimed by this node's key (its record is still published) until \
+         `p2pdns unpublish {site}`"
+    );
 }
 
 fn tunnels(out: &mut String, report: &TunnelsReport) {

@@ -408,6 +408,21 @@ fn the_config_summary_says_what_the_daemon_would_do() {
     assert!(text.contains("p2p:        off"), "{text}");
 }
 
+/// `unexpose` stops serving but keeps the name claimed: it says so, and what releases it.
+#[test]
+fn unexpose_says_the_name_stays_claimed_until_unpublished() {
+    let text = render(&Response::Unexposed {
+        name: "ssh.home.p2p".into(),
+        ports: vec![22],
+    });
+    assert_eq!(
+        text,
+        "ssh.home.p2p no longer exposed on port 22\n\
+         home.p2p stays claimed by this node's key (its record is still published) until \
+         `p2pdns unpublish home.p2p`\n"
+    );
+}
+
 /// A relayed listen address ends in this node's id already: `listening:` showed
 /// `.../p2p-circuit/p2p/<id>/p2p/<id>`.
 #[test]
