@@ -151,6 +151,7 @@ impl Tunnels {
         let stats = Arc::new(ServerStats::default());
         let server = Server {
             incoming,
+            node: node.clone(),
             services: services.clone(),
             stats: stats.clone(),
             limits: ServerLimits {
