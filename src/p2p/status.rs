@@ -238,9 +238,20 @@ impl fmt::Display for AddressSource {
             Self::Observed => f.write_str("observed by peers (identify), confirmed by AutoNAT"),
             Self::Stun { servers, mapping } => {
                 let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
-                write!(f, "STUN via {}; ", servers.join(", "))?;
+                // The address is the STUN probe's socket as the router maps it: its IP is the
+                // node's public one, its port no peer ever uses.
+                write!(
+                    f,
+                    "STUN via {}: this node's public IP; the port is the STUN probe's own \
+                     socket, not the P2P port; ",
+                    servers.join(", ")
+                )?;
                 match mapping {
-                    StunMapping::Unknown => f.write_str("one server: mapping behaviour unknown"),
+                    StunMapping::Unknown => f.write_str(
+                        "one server: mapping behaviour unknown (telling it takes two STUN \
+                         servers, as an introduction server started with two --stun-listen \
+                         ports offers)",
+                    ),
                     StunMapping::EndpointIndependent => {
                         f.write_str("endpoint-independent mapping: hole punching can work")
                     }
@@ -429,6 +440,24 @@ mod tests {
         older.as_object_mut().unwrap().remove("port_remapped");
         let back: NodeStatus = serde_json::from_value(older).unwrap();
         assert_eq!(back.port_remapped, None);
+    }
+
+    /// With one STUN server, `external: /ip4/203.0.113.10/udp/56066 (STUN via …)` left users
+    /// looking for port 56066, which is the probe's own socket and no peer ever dials.
+    #[test]
+    fn a_stun_address_says_its_port_is_the_probes() {
+        let source = AddressSource::Stun {
+            servers: vec!["198.51.100.7:3478".parse().unwrap()],
+            mapping: StunMapping::Unknown,
+        };
+        let text = source.to_string();
+        assert!(
+            text.starts_with(
+                "STUN via 198.51.100.7:3478: this node's public IP; the port is the STUN \
+                 probe's own socket, not the P2P port; one server: mapping behaviour unknown"
+            ) && text.contains("two --stun-listen ports"),
+            "{text}"
+        );
     }
 
     #[test]
