@@ -331,6 +331,7 @@ impl Daemon {
             naming,
             forwarder: forwarder.clone(),
             dns_addrs: dns.addrs().to_vec(),
+            config_file: watch.as_ref().map(|w| w.path.clone()),
         });
         let serve_control = control::serve(control, context, stop.clone());
         tasks.spawn(Task::Control, serve_control);

@@ -63,7 +63,8 @@ pub enum Command {
     },
     /// Publish records under a .p2p name (added to the name's records), or a zone file.
     Publish(PublishArgs),
-    /// Stop publishing a name (copies held by other nodes expire on their own).
+    /// Stop publishing a name (copies held by other nodes expire on their own, within about
+    /// two days).
     Unpublish {
         /// The name, e.g. site.p2p (".p2p" may be left out).
         name: String,
@@ -80,6 +81,11 @@ pub enum Command {
     },
     /// Resolve a .p2p name through the daemon; shows the owner key, sequence number and how
     /// many replicas agreed.
+    ///
+    /// Exit status: 0 when the name exists (with or without records of the type); 1 when it
+    /// does not exist (NXDOMAIN), or no daemon runs; 75 when the lookup failed (SERVFAIL: no
+    /// peer of the p2p network answered; trying again may work) or the daemon did not answer
+    /// in time.
     Resolve {
         /// The name, e.g. site.p2p or www.site.p2p (".p2p" may be left out).
         name: String,
@@ -90,7 +96,7 @@ pub enum Command {
     /// Connect to the node serving a .p2p name (its owner), through an introduction server's
     /// relay when needed, and report whether the connection ended up direct.
     Connect {
-        /// The name, e.g. site.p2p (".p2p" may be left out).
+        /// The name, e.g. site.p2p (".p2p" may be left out of a name of one label, `site`).
         name: String,
         /// Seconds to wait for a relayed connection to become direct (hole punching).
         #[arg(long, default_value_t = 10)]
@@ -110,8 +116,15 @@ pub enum Command {
         /// connect. A client's key name is the `key name` line of its `p2pdns status`.
         #[arg(long = "allow", value_name = "KEY_NAME")]
         allow: Vec<String>,
+        /// A name below a site (`ssh.home.p2p`) is announced in the record of the site
+        /// (`home.p2p`), which it then claims for this node's key: without this flag, that is
+        /// refused unless this node publishes the site already.
+        #[arg(long)]
+        claim_parent: bool,
     },
-    /// Stop serving a name's services through tunnels (one port, or all of them).
+    /// Stop serving a name's services through tunnels (one port, or all of them). The name
+    /// stays claimed by this node's key, its record published without the service, until
+    /// `unpublish`.
     Unexpose {
         /// The name, e.g. site.p2p (".p2p" may be left out).
         name: String,
@@ -152,6 +165,11 @@ pub struct PublishArgs {
     /// replacing what it had.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["rtype", "value", "ttl"])]
     pub zone: Option<PathBuf>,
+    /// A name below a site (`www.site.p2p`) is published in the record of the site
+    /// (`site.p2p`), which it then claims for this node's key: without this flag, that is
+    /// refused unless this node publishes the site already.
+    #[arg(long)]
+    pub claim_parent: bool,
 }
 
 /// `p2pdns pins` subcommands.

@@ -124,6 +124,21 @@ pub enum CommandError {
         #[source]
         source: std::io::Error,
     },
+    /// `publish` or `expose` of a name below a site this node does not publish, without
+    /// `--claim-parent`: it would claim the site for this node's key.
+    #[error(
+        "{name} is served from the record of {parent}, which this node does not publish: \
+         {command} would claim {parent} for this node's key, and no other key could publish it \
+         then. Publish {parent} first, or pass --claim-parent to claim it"
+    )]
+    ClaimsParent {
+        /// The name as given, fully qualified without the final dot (`ssh.home.p2p`).
+        name: String,
+        /// The site whose record would carry it (`home.p2p`).
+        parent: String,
+        /// `publish` or `expose`.
+        command: &'static str,
+    },
     /// `publish NAME TYPE` without a value.
     #[error("publish {name} {rtype} needs a value, e.g. `p2pdns publish {name} A 192.0.2.1`")]
     MissingValue {
@@ -231,6 +246,8 @@ pub struct DaemonTarget {
     pub try_service: bool,
     /// `--timeout`: how long to wait for an answer, when given.
     pub timeout: Option<std::time::Duration>,
+    /// `--config`, when given: the file `doctor`'s fixes name if the daemon does not say.
+    pub config: Option<PathBuf>,
 }
 
 impl DaemonTarget {
@@ -241,6 +258,7 @@ impl DaemonTarget {
             data_dir: config.data_dir(cli.data_dir.as_deref()),
             try_service: config.chosen_data_dir(cli.data_dir.as_deref()).is_none(),
             timeout: cli.timeout.map(std::time::Duration::from_secs),
+            config: cli.config.clone(),
         })
     }
 }
@@ -248,7 +266,12 @@ impl DaemonTarget {
 /// `p2pdns doctor` and the commands that talk to the running daemon: prints what they report.
 pub async fn talk(command: &Command, target: &DaemonTarget) -> Result<ExitCode, CliError> {
     if let Command::Doctor = command {
-        let report = crate::os::doctor::run(&target.data_dir, target.try_service).await;
+        let report = crate::os::doctor::run(
+            &target.data_dir,
+            target.try_service,
+            target.config.as_deref(),
+        )
+        .await;
         print(&report.text);
         return Ok(if report.failed {
             ExitCode::FAILURE
@@ -259,6 +282,7 @@ pub async fn talk(command: &Command, target: &DaemonTarget) -> Result<ExitCode, 
     let Some(request) = request(command)? else {
         return Ok(ExitCode::SUCCESS);
     };
+    check_parent(command, target).await?;
     let timeout = target.timeout.unwrap_or_else(|| answer_time(&request));
     let response = call_within(&target.data_dir, target.try_service, &request, timeout)
         .await
@@ -271,7 +295,74 @@ pub async fn talk(command: &Command, target: &DaemonTarget) -> Result<ExitCode, 
     } else {
         print(&render::render(&response));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(answer_exit_code(&response)))
+}
+
+/// `publish` and `expose` of a name below a site (`ssh.home.p2p` is carried by the record of
+/// `home.p2p`): unless `--claim-parent` is given, the site must be one this daemon publishes
+/// already, so that a typo or a habit from DNS (`expose ssh.example 22`) does not claim a site
+/// for this node's key unnoticed.
+async fn check_parent(command: &Command, target: &DaemonTarget) -> Result<(), CliError> {
+    let (name, claim, verb) = match command {
+        Command::Publish(args) => (&args.name, args.claim_parent, "publish"),
+        Command::Expose {
+            name, claim_parent, ..
+        } => (name, *claim_parent, "expose"),
+        _ => return Ok(()),
+    };
+    let Some((name, parent)) = below_a_site(name).filter(|_| !claim) else {
+        return Ok(());
+    };
+    let request = Request::Names;
+    let timeout = target.timeout.unwrap_or_else(|| answer_time(&request));
+    let answer = call_within(&target.data_dir, target.try_service, &request, timeout)
+        .await
+        .map_err(CommandError::from)?;
+    let crate::control::Response::Names { names } = answer else {
+        return Ok(());
+    };
+    if names.iter().any(|n| n.name.trim_end_matches('.') == parent) {
+        return Ok(());
+    }
+    Err(CommandError::ClaimsParent {
+        name,
+        parent,
+        command: verb,
+    }
+    .into())
+}
+
+/// For a name below a site (`ssh.home` or `ssh.home.p2p`): the name and the site, without
+/// final dots. `None` for a site itself, a name that does not parse (the daemon says why), and
+/// a name below a key name (only its key can publish there: nothing to claim).
+fn below_a_site(text: &str) -> Option<(String, String)> {
+    let name = crate::record::p2p_name(text).ok()?;
+    let site = crate::record::record_name_for(&hickory_proto::rr::LowerName::new(&name))?;
+    if site == name || site.num_labels() != 2 || crate::record::key_of_name(&site).is_some() {
+        return None;
+    }
+    let bare = |n: &hickory_proto::rr::Name| n.to_ascii().trim_end_matches('.').to_owned();
+    Some((bare(&name), bare(&site)))
+}
+
+/// The exit code of a command the daemon answered: `resolve` of a name that does not exist
+/// exits 1, as `host` and `resolvectl query` do; a lookup that failed (no peer answered) exits
+/// [`EXIT_TEMPFAIL`], as trying again may work.
+fn answer_exit_code(response: &crate::control::Response) -> u8 {
+    use hickory_proto::op::ResponseCode;
+    let crate::control::Response::Resolved(resolution) = response else {
+        return 0;
+    };
+    let is = |code: ResponseCode| resolution.rcode == code.to_string();
+    if is(ResponseCode::NoError) {
+        0
+    } else if is(ResponseCode::NXDomain) {
+        1
+    } else if is(ResponseCode::ServFail) {
+        EXIT_TEMPFAIL
+    } else {
+        1
+    }
 }
 
 /// The control request of a command (`None` for those that do not talk to a daemon).
@@ -292,6 +383,7 @@ fn request(command: &Command) -> Result<Option<Request>, CommandError> {
             port,
             to,
             allow,
+            ..
         } => Request::Expose(crate::tunnel::ServiceSpec {
             name: name.clone(),
             port: *port,
@@ -375,5 +467,26 @@ fn full_mode(full: bool) -> service::Mode {
         service::Mode::Full
     } else {
         service::Mode::Split
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_below_a_site_names_its_site() {
+        let key = crate::record::key_name(&[7; 32]).to_ascii();
+        let www_key = format!("www.{key}");
+        for (name, found) in [
+            ("ssh.home", Some(("ssh.home.p2p", "home.p2p"))),
+            ("A.B.Site.p2p.", Some(("a.b.site.p2p", "site.p2p"))),
+            ("site", None),
+            ("site.p2p", None),
+            (www_key.as_str(), None),
+        ] {
+            let want = found.map(|(n, s)| (n.to_owned(), s.to_owned()));
+            assert_eq!(below_a_site(name), want, "{name}");
+        }
     }
 }

@@ -207,6 +207,19 @@ fn unexposed(out: &mut String, name: &str, ports: &[u16]) {
     }
     let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "{name} no longer exposed on port {}", ports.join(", "));
+    // The record stays: unexpose is not unpublish.
+    let site = crate::record::p2p_name(name)
+        .ok()
+        .and_then(|n| crate::record::record_name_for(&hickory_proto::rr::LowerName::new(&n)))
+        .map_or_else(
+            || name.to_owned(),
+            |s| s.to_ascii().trim_end_matches('.').to_owned(),
+        );
+    let _ = writeln!(
+        out,
+        "{site} stays claimed by this node's key (its record is still published) until \
+         `p2pdns unpublish {site}`"
+    );
 }
 
 fn tunnels(out: &mut String, report: &TunnelsReport) {
@@ -480,6 +493,14 @@ fn node(out: &mut String, key_name: &str, p: &NodeStatus) {
     for addr in &p.relay_reservations {
         let _ = writeln!(out, "relayed at: {addr}");
     }
+    for peer in p.bootstrap.iter().filter(|b| !b.connected) {
+        let why = peer.last_error.as_deref().unwrap_or("no dial failed");
+        let _ = writeln!(
+            out,
+            "bootstrap:  not connected to {}: {why}",
+            peer.addr_list()
+        );
+    }
     for standing in &p.rendezvous_points {
         let state = if standing.registered {
             "registered"
@@ -497,8 +518,10 @@ fn node(out: &mut String, key_name: &str, p: &NodeStatus) {
         "records:    {} stored for the network",
         p.stored_records
     );
+    // A relayed address names this node already (`.../p2p-circuit/p2p/<id>`).
     for addr in &p.listen_addrs {
-        let _ = writeln!(out, "listening:  {addr}/p2p/{}", p.peer_id);
+        let addr = crate::p2p::addr::with_peer(addr, p.peer_id);
+        let _ = writeln!(out, "listening:  {addr}");
     }
     for peer in &p.peers {
         peer_lines(out, peer);

@@ -231,6 +231,10 @@ pub struct Status {
     pub upstream_servers: Vec<String>,
     /// Answers in the cache.
     pub cache_entries: usize,
+    /// The configuration file the daemon loaded (`None` when it runs on defaults, or is older
+    /// than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<std::path::PathBuf>,
     /// The P2P node's report, when it runs.
     pub p2p: Option<P2pStatus>,
     /// The tunnels' report (`p2pdns tunnels` shows it whole), when the P2P node runs.

@@ -58,6 +58,8 @@ pub struct Context {
     pub forwarder: Arc<Forwarder>,
     /// The addresses DNS is served on, for `status`.
     pub dns_addrs: Vec<std::net::SocketAddr>,
+    /// The configuration file the daemon loaded, for `status` (and `doctor`'s fixes).
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 /// Errors setting up the control socket.
@@ -106,6 +108,10 @@ pub enum RequestError {
     /// The name is not in the peer-to-peer TLD.
     #[error("{0} is not a name in the p2p network")]
     NotP2p(String),
+    /// `connect` to a dotted name outside `.p2p` (`example.com`): `.p2p` is added only to a
+    /// name of one label, so that a name of the DNS is not taken for `com.p2p`.
+    #[error("{0} is not a .p2p name: connect opens connections to peers serving .p2p names")]
+    NotAP2pName(String),
     /// The DHT has no valid record for the name.
     #[error("{0} was not found in the p2p network")]
     NotFound(String),
@@ -357,6 +363,7 @@ async fn status(context: &Context, with_peers: bool) -> Status {
         upstreams: context.forwarder.upstreams(),
         upstream_servers: context.forwarder.upstream_servers(),
         cache_entries: context.forwarder.cache().usage().0,
+        config_file: context.config_file.clone(),
         p2p,
         tunnels: context
             .naming
@@ -578,6 +585,18 @@ async fn unexpose(dht: &Arc<Dht>, name: &str, port: Option<u16>) -> Result<Respo
     Ok(Response::Unexposed { name, ports })
 }
 
+/// The name `connect` opens: a name under `.p2p`, or one label (`site`) taken as under it. A
+/// dotted name outside `.p2p` is a DNS name typed by habit, not `<label>.p2p` below it.
+fn connect_name(text: &str) -> Result<Name, RequestError> {
+    let given = text.trim().trim_end_matches('.');
+    let lower = given.to_lowercase();
+    let under_p2p = lower == record::TLD || lower.ends_with(&format!(".{}", record::TLD));
+    if given.contains('.') && !under_p2p {
+        return Err(RequestError::NotAP2pName(given.to_owned()));
+    }
+    p2p_name(text)
+}
+
 /// Finds the owner of `name`'s record (the peer serving it: a node's libp2p identity is its
 /// owner key), connects to it and waits for a direct connection.
 async fn connect(
@@ -585,7 +604,7 @@ async fn connect(
     name: &str,
     wait_direct: Duration,
 ) -> Result<Response, RequestError> {
-    let qname = p2p_name(name)?;
+    let qname = connect_name(name)?;
     let set = record::record_name_for(&LowerName::new(&qname))
         .ok_or_else(|| RequestError::NotP2p(qname.to_ascii()))?;
     let found = dht
@@ -612,6 +631,28 @@ async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_refuses_a_dotted_name_outside_p2p() {
+        for name in ["example.com", "site.com", "www.site", "Example.COM."] {
+            let error = connect_name(name).unwrap_err().to_string();
+            let given = name.trim_end_matches('.');
+            assert_eq!(
+                error,
+                format!(
+                    "{given} is not a .p2p name: connect opens connections to peers serving \
+                     .p2p names"
+                )
+            );
+        }
+        for (name, full) in [
+            ("site", "site.p2p."),
+            ("site.p2p", "site.p2p."),
+            ("WWW.Site.P2P.", "www.site.p2p."),
+        ] {
+            assert_eq!(connect_name(name).unwrap().to_ascii(), full);
+        }
+    }
 
     #[test]
     fn names_are_put_under_p2p() {

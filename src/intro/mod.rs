@@ -10,9 +10,12 @@
 //! [`Intro::bind`] returns once every socket is bound, with the addresses to give nodes;
 //! [`Intro::run`] serves until shut down.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use tokio::{net::UdpSocket, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -21,7 +24,7 @@ use crate::{
     config::{DhtMode, IntroConfig, MetricsConfig, P2pConfig},
     metrics::{Endpoint, MetricsError},
     p2p::{
-        Node, NodeError, Role, Scope,
+        Node, NodeError, Role, Scope, Transport,
         addr::with_peer,
         identity::{self, IdentityError},
         ip_of, ip_scope,
@@ -111,7 +114,11 @@ impl Intro {
         let peer_id = node.handle().peer_id();
         info!(%peer_id, "introduction server identity");
         let bootstrap_addrs = if config.external_addresses.is_empty() {
-            node.listen_addrs()
+            join_addrs(
+                &config.listen_addrs(),
+                &node.listen_addrs(),
+                &interface_ips(),
+            )
         } else {
             let external = config.external_addresses.iter();
             external.map(|a| with_peer(a, peer_id)).collect()
@@ -121,8 +128,9 @@ impl Intro {
         }
         if config.external_addresses.is_empty() && !bootstrap_addrs.iter().any(is_public) {
             warn!(
-                "no public address: nodes outside this network cannot reach this server; \
-                 set --external-addr (or p2p.external_addresses) to the address they should dial"
+                "no public address: the addresses above may not be reachable from other \
+                 networks; set --external-addr (or p2p.external_addresses) to the address \
+                 nodes outside should dial"
             );
         }
         Ok(Self {
@@ -205,6 +213,90 @@ impl Intro {
     }
 }
 
+/// The addresses nodes join with when no external address is configured: the reported listen
+/// addresses, and for a listener on a wildcard address (`0.0.0.0`, `::`), which reports its
+/// loopback address first, the same port on each of `interfaces` of its family. Loopback ones
+/// only when there is nothing else: a node on another machine cannot use them.
+fn join_addrs(
+    listen: &[Multiaddr],
+    reported: &[Multiaddr],
+    interfaces: &[IpAddr],
+) -> Vec<Multiaddr> {
+    let is_loopback = |a: &Multiaddr| ip_of(a).is_some_and(|ip| ip.is_loopback());
+    let mut addrs: Vec<Multiaddr> = Vec::new();
+    for addr in reported {
+        if is_loopback(addr) && on_wildcard(listen, addr) {
+            let family = ip_of(addr).map(|ip| ip.is_ipv4());
+            let usable = interfaces.iter().filter(|ip| {
+                Some(ip.is_ipv4()) == family && !ip.is_loopback() && !is_link_local(**ip)
+            });
+            for ip in usable {
+                let moved = with_ip(addr, *ip);
+                if !addrs.contains(&moved) {
+                    addrs.push(moved);
+                }
+            }
+        }
+        if !addrs.contains(addr) {
+            addrs.push(addr.clone());
+        }
+    }
+    let outside: Vec<Multiaddr> = addrs.iter().filter(|a| !is_loopback(a)).cloned().collect();
+    if outside.is_empty() { addrs } else { outside }
+}
+
+/// A link-local address needs its interface named to be dialed: no use to a node elsewhere.
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Was `addr` reported by a listener on a wildcard address of its family, transport and port
+/// (a configured port 0 is any)?
+fn on_wildcard(listen: &[Multiaddr], addr: &Multiaddr) -> bool {
+    let family = ip_of(addr).map(|ip| ip.is_ipv4());
+    let port = |a: &Multiaddr| {
+        a.iter().find_map(|p| match p {
+            Protocol::Tcp(port) | Protocol::Udp(port) => Some(port),
+            _ => None,
+        })
+    };
+    listen.iter().any(|l| {
+        ip_of(l).is_some_and(|ip| ip.is_unspecified() && Some(ip.is_ipv4()) == family)
+            && Transport::of(l) == Transport::of(addr)
+            && (port(l) == Some(0) || port(l) == port(addr))
+    })
+}
+
+/// `addr` with its IP address replaced by `ip` (of the same family).
+fn with_ip(addr: &Multiaddr, ip: IpAddr) -> Multiaddr {
+    addr.iter()
+        .map(|p| match (p, ip) {
+            (Protocol::Ip4(_), IpAddr::V4(v4)) => Protocol::Ip4(v4),
+            (Protocol::Ip6(_), IpAddr::V6(v6)) => Protocol::Ip6(v6),
+            (other, _) => other,
+        })
+        .collect()
+}
+
+/// This host's interface addresses (none when they cannot be listed).
+fn interface_ips() -> Vec<IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    interfaces
+        .filter_map(|i| {
+            let address = i.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                return Some(IpAddr::V4(v4.ip()));
+            }
+            address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+        })
+        .collect()
+}
+
 /// Is the address one that hosts elsewhere on the internet can dial? (Global scope, and not
 /// unspecified or a documentation range.)
 fn is_public(addr: &Multiaddr) -> bool {
@@ -231,6 +323,53 @@ mod tests {
         ] {
             assert_eq!(is_public(&addr.parse().unwrap()), public, "{addr}");
         }
+    }
+
+    /// Started without --external-addr on `0.0.0.0`, the server printed only loopback
+    /// addresses for nodes to join with: a wildcard listener reports its loopback address
+    /// first. The interface addresses are given instead, loopback only when there is nothing
+    /// else.
+    #[test]
+    fn nodes_are_told_the_interface_addresses_of_a_wildcard_listener() {
+        let peer = PeerId::random();
+        let parse = |list: &[&str]| -> Vec<Multiaddr> {
+            list.iter()
+                .map(|a| a.replace("PEER", &peer.to_string()).parse().unwrap())
+                .collect()
+        };
+        let listen = parse(&[
+            "/ip4/0.0.0.0/tcp/4747",
+            "/ip4/0.0.0.0/udp/4747/quic-v1",
+            "/ip6/::/tcp/4747",
+            "/ip4/127.0.0.2/tcp/5000",
+        ]);
+        let reported = parse(&[
+            "/ip4/127.0.0.1/tcp/4747/p2p/PEER",
+            "/ip4/127.0.0.1/udp/4747/quic-v1/p2p/PEER",
+            "/ip6/::1/tcp/4747/p2p/PEER",
+            "/ip4/127.0.0.2/tcp/5000/p2p/PEER",
+        ]);
+        let interfaces: Vec<IpAddr> = [
+            "127.0.0.1",
+            "192.168.1.20",
+            "::1",
+            "fe80::1",
+            "2001:db8::20",
+        ]
+        .iter()
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+        assert_eq!(
+            join_addrs(&listen, &reported, &interfaces),
+            parse(&[
+                "/ip4/192.168.1.20/tcp/4747/p2p/PEER",
+                "/ip4/192.168.1.20/udp/4747/quic-v1/p2p/PEER",
+                "/ip6/2001:db8::20/tcp/4747/p2p/PEER",
+            ])
+        );
+        // Only loopback interfaces: loopback it is, rather than nothing.
+        let lonely: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+        assert_eq!(join_addrs(&listen, &reported, &lonely), reported);
     }
 
     /// The server runs in-process: bound on port 0, it tells its addresses without a log.

@@ -18,7 +18,7 @@ use crate::{
     control::{self, Request, Response, Status},
     naming::CHECK_HOST,
     os::service,
-    p2p::{NodeStatus, Reachability},
+    p2p::{AddressSource, NodeStatus, Reachability, StunMapping},
 };
 
 /// How long one DNS probe waits.
@@ -46,6 +46,8 @@ pub struct Report {
 struct Lines {
     text: String,
     failed: bool,
+    /// Where a fix's setting goes: `in /path/p2pdns.toml`, or words for "the file in use".
+    config: String,
 }
 
 impl Lines {
@@ -63,8 +65,9 @@ impl Lines {
     }
 }
 
-/// Runs every check against the daemon using `data_dir`.
-pub async fn run(data_dir: &Path, try_service: bool) -> Report {
+/// Runs every check against the daemon using `data_dir`. The fixes name the configuration
+/// file the daemon reports, else `cli_config` (the command's `--config`).
+pub async fn run(data_dir: &Path, try_service: bool, cli_config: Option<&Path>) -> Report {
     let mut lines = Lines::default();
     let status = match control::call(data_dir, try_service, &Request::Status { peers: false }).await
     {
@@ -79,6 +82,7 @@ pub async fn run(data_dir: &Path, try_service: bool) -> Report {
             None
         }
     };
+    lines.config = config_place(status.as_deref(), cli_config);
     match &status {
         Some(status) => daemon_checks(status, &mut lines),
         None => port_53_owner(&mut lines),
@@ -88,6 +92,15 @@ pub async fn run(data_dir: &Path, try_service: bool) -> Report {
     Report {
         text: lines.text,
         failed: lines.failed,
+    }
+}
+
+/// Where the settings a fix names live: the file the daemon loaded, else the command's
+/// `--config`; when neither is known, words that say how to find it.
+fn config_place(status: Option<&Status>, cli_config: Option<&Path>) -> String {
+    match status.and_then(|s| s.config_file.as_deref()).or(cli_config) {
+        Some(path) => format!("in {}", path.display()),
+        None => "in the configuration file in use (p2pdns run --check-config shows it)".to_owned(),
     }
 }
 
@@ -126,7 +139,10 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
         lines.add(
             Verdict::Fail,
             "upstreams: none configured, names outside .p2p get SERVFAIL",
-            Some("set upstream.servers in /etc/p2pdns/p2pdns.toml, or fix /etc/resolv.conf"),
+            Some(&format!(
+                "set upstream.servers {}, or fix /etc/resolv.conf",
+                lines.config
+            )),
         );
     }
     for (i, &addr) in status.upstreams.iter().enumerate() {
@@ -146,7 +162,10 @@ fn daemon_checks(status: &Status, lines: &mut Lines) {
             Err(error) => lines.add(
                 Verdict::Fail,
                 &format!("upstream: {addr} does not answer: {error}"),
-                Some("check the network, or set working servers in upstream.servers"),
+                Some(&format!(
+                    "check the network, or set working servers in upstream.servers {}",
+                    lines.config
+                )),
             ),
         }
     }
@@ -159,7 +178,7 @@ fn p2p_checks(status: &Status, lines: &mut Lines) {
         None => lines.add(
             Verdict::Warn,
             "p2p: the P2P node is disabled; .p2p names come from local records only",
-            Some("set [p2p] enabled = true"),
+            Some(&format!("set enabled = true under [p2p] {}", lines.config)),
         ),
         Some(p2p) if p2p.node.connected_peers == 0 => lines.add(
             Verdict::Fail,
@@ -167,12 +186,51 @@ fn p2p_checks(status: &Status, lines: &mut Lines) {
                 "p2p: no peer connected ({} in the routing table); .p2p lookups will fail",
                 p2p.node.routing_table_peers
             ),
-            Some("add an introduction server to p2p.bootstrap, or start a second node on the LAN (mDNS)"),
+            Some(&format!(
+                "add an introduction server to p2p.bootstrap {}, or start a second node on the \
+                 LAN (mDNS)",
+                lines.config
+            )),
         ),
         Some(p2p) => {
             lines.add(Verdict::Ok, &connected_line(&p2p.node), None);
             reachability_line(lines, &p2p.node);
         }
+    }
+    if let Some(p2p) = &status.p2p {
+        bootstrap_lines(lines, &p2p.node);
+    }
+}
+
+/// A warning for each configured bootstrap peer the node is not connected to, with why the
+/// last dial failed: a node that met only a LAN neighbour (mDNS) looks connected, yet the
+/// network's names stay out of reach.
+fn bootstrap_lines(lines: &mut Lines, node: &NodeStatus) {
+    for peer in node.bootstrap.iter().filter(|p| !p.connected) {
+        let why = match &peer.last_error {
+            Some(error) => error.clone(),
+            None => "no dial has failed; it is dialed again only while this node has no peer \
+                     at all"
+                .to_owned(),
+        };
+        let fix = match peer.answered_as {
+            Some(other) => format!(
+                "copy the server's address again from its operator (`p2pdns intro` prints it as \
+                 `--bootstrap addr=...`) into p2p.bootstrap {}; if its key changed on purpose, \
+                 its /p2p/ part is now /p2p/{other}",
+                lines.config
+            ),
+            None => format!(
+                "check the address in p2p.bootstrap {}, that the server runs, and that its port \
+                 is open to this machine (TCP and UDP); then restart the daemon",
+                lines.config
+            ),
+        };
+        lines.add(
+            Verdict::Warn,
+            &format!("bootstrap: not connected to {}: {why}", peer.addr_list()),
+            Some(&fix),
+        );
     }
 }
 
@@ -218,8 +276,9 @@ fn reachability_line(lines: &mut Lines, node: &NodeStatus) {
                  the names this node serves"
             ),
             Some(format!(
-                "list an introduction server in p2p.bootstrap (it relays), or forward this \
-                 node's P2P port ({ports}) on the router (or enable UPnP there)"
+                "list an introduction server in p2p.bootstrap {} (it relays), or forward this \
+                 node's P2P port ({ports}) on the router (or enable UPnP there)",
+                lines.config
             )),
         ),
         (_, Some(relay)) if symmetric => (
@@ -243,6 +302,48 @@ fn reachability_line(lines: &mut Lines, node: &NodeStatus) {
         ),
     };
     lines.add(verdict, &text, hint.as_deref());
+    if symmetric && !text.contains("symmetric") {
+        symmetric_nat_line(lines, node, &ports);
+    }
+}
+
+/// A symmetric NAT that STUN found, named on its own line where the reachability line did not
+/// (AutoNAT has not judged yet, or no relay holds a reservation): it decides whether
+/// connections with other homes can ever become direct.
+fn symmetric_nat_line(lines: &mut Lines, node: &NodeStatus, ports: &str) {
+    let other = node.external_addrs.iter().find_map(|e| match &e.source {
+        AddressSource::Stun {
+            mapping: StunMapping::EndpointDependent { other },
+            ..
+        } => Some(format!("{} and {other}", e.addr)),
+        _ => None,
+    });
+    let seen = other
+        .map(|o| format!(" (two STUN servers saw {o})"))
+        .unwrap_or_default();
+    if node.reachability == Reachability::Public {
+        lines.add(
+            Verdict::Ok,
+            &format!(
+                "nat: endpoint-dependent (symmetric) NAT{seen}; peers still connect directly \
+                 at the public address"
+            ),
+            None,
+        );
+        return;
+    }
+    lines.add(
+        Verdict::Warn,
+        &format!(
+            "nat: endpoint-dependent (symmetric) NAT{seen}: hole punching fails against it, so \
+             connections with peers in other homes, tunnels included, stay relayed and within \
+             the relay's limits"
+        ),
+        Some(&format!(
+            "forward this node's P2P port ({ports}) on the router (or enable UPnP there) for \
+             direct connections"
+        )),
+    );
 }
 
 /// The node's P2P ports as a router's port-forwarding page asks for them, `UDP 23456, TCP
@@ -279,13 +380,15 @@ fn port_53_owner(lines: &mut Lines) {
     if owners.is_empty() {
         lines.add(Verdict::Ok, "port 53: free", None);
     } else {
+        let fix = format!(
+            "p2pdns needs 127.0.0.1:53: stop that server, or give p2pdns another address \
+             (dns.listen {}) and point the OS at it",
+            lines.config
+        );
         lines.add(
             Verdict::Warn,
             &format!("port 53: taken by {}", owners.join(", ")),
-            Some(
-                "p2pdns needs 127.0.0.1:53: stop that server, or give p2pdns another address \
-                 (dns.listen) and point the OS at it",
-            ),
+            Some(&fix),
         );
     }
 }
@@ -459,7 +562,7 @@ fn probe(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Message, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::p2p::{AddressSource, ExternalAddr, KadMode, StunMapping};
+    use crate::p2p::{BootstrapPeer, ExternalAddr, KadMode};
 
     #[test]
     fn proc_net_addresses_decode() {
@@ -491,6 +594,7 @@ mod tests {
             direct_connections: 1,
             rendezvous_points: Vec::new(),
             rendezvous_peers: 0,
+            bootstrap: Vec::new(),
         }
     }
 
@@ -546,7 +650,24 @@ mod tests {
                 },
             },
         };
+        // Without a reservation, or before AutoNAT judged, the symmetric NAT has its own line.
+        for reachability in [Reachability::Unknown, Reachability::Private] {
+            let out = check(reachability, &[], vec![stun.clone()]);
+            assert!(
+                out.contains(
+                    "\nwarn  nat: endpoint-dependent (symmetric) NAT (two STUN servers saw \
+                     /ip4/203.0.113.5/udp/4000 and 203.0.113.5:4001): hole punching fails"
+                ) && out.contains("fix: forward this node's P2P port"),
+                "{reachability}: {out}"
+            );
+        }
+        let out = check(Reachability::Public, &[], vec![stun.clone()]);
+        assert!(
+            out.contains("\nok    nat: endpoint-dependent (symmetric) NAT"),
+            "{out}"
+        );
         let out = check(Reachability::PublicBehindNat, &[relay], vec![stun]);
+        assert_eq!(out.matches("symmetric").count(), 1, "named once: {out}");
         assert!(
             out.starts_with("warn  ") && out.contains("symmetric NAT (STUN), reachable through"),
             "{out}"
@@ -556,6 +677,93 @@ mod tests {
             out.contains("P2P port (see `listening:` in `p2pdns status`) on"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn an_unreached_bootstrap_peer_is_named_with_its_failure() {
+        let wrong =
+            "/ip4/198.51.100.7/tcp/4747/p2p/12D3KooWGmYqn1UUrhPPwRnXa5VTHLeE5ddjpeZw2pYCvsSrmvCA";
+        let good =
+            "/ip4/198.51.100.8/tcp/4747/p2p/12D3KooWBrbywv3zgSz9dB6vgr2wN1Kkqn4yExsUthnH73DAuwrD";
+        let answered = libp2p::PeerId::random();
+        let node = NodeStatus {
+            bootstrap: vec![
+                BootstrapPeer {
+                    addrs: vec![wrong.parse().unwrap()],
+                    connected: false,
+                    last_error: Some(format!(
+                        "answers as another peer id ({answered}): the /p2p/ part of the \
+                         address is wrong or the server's key changed"
+                    )),
+                    answered_as: Some(answered),
+                },
+                BootstrapPeer {
+                    addrs: vec![good.parse().unwrap()],
+                    connected: true,
+                    last_error: None,
+                    answered_as: None,
+                },
+            ],
+            ..node(Reachability::Unknown)
+        };
+        let mut lines = Lines::default();
+        bootstrap_lines(&mut lines, &node);
+        let out = lines.text;
+        assert!(
+            out.starts_with(&format!("warn  bootstrap: not connected to {wrong}: "))
+                && out.contains("the /p2p/ part of the address is wrong")
+                && out.contains("fix: copy the server's address again")
+                && out.contains(&format!("/p2p/{answered}")),
+            "{out}"
+        );
+        assert!(
+            !out.contains(good),
+            "a connected bootstrap peer is fine: {out}"
+        );
+        assert_eq!(out.matches("warn").count(), 1, "{out}");
+    }
+
+    /// `doctor --config /some/file.toml` told to set things in /etc/p2pdns/p2pdns.toml.
+    #[test]
+    fn fixes_name_the_configuration_file_in_use() {
+        let status = |config_file: Option<&str>| Status {
+            version: "0.1.0".into(),
+            dns_addrs: Vec::new(),
+            upstreams: Vec::new(),
+            upstream_servers: Vec::new(),
+            cache_entries: 0,
+            config_file: config_file.map(Into::into),
+            p2p: None,
+            tunnels: None,
+        };
+        let flag = Path::new("/some/file.toml");
+        let daemon = status(Some("/srv/p2pdns.toml"));
+        assert_eq!(
+            config_place(Some(&daemon), Some(flag)),
+            "in /srv/p2pdns.toml"
+        );
+        assert_eq!(
+            config_place(Some(&status(None)), Some(flag)),
+            "in /some/file.toml"
+        );
+        assert_eq!(config_place(None, Some(flag)), "in /some/file.toml");
+        assert_eq!(
+            config_place(Some(&status(None)), None),
+            "in the configuration file in use (p2pdns run --check-config shows it)"
+        );
+        let mut lines = Lines {
+            config: config_place(Some(&daemon), None),
+            ..Lines::default()
+        };
+        p2p_checks(&daemon, &mut lines);
+        assert!(
+            lines
+                .text
+                .contains("fix: set enabled = true under [p2p] in /srv/p2pdns.toml\n"),
+            "{}",
+            lines.text
+        );
+        assert!(!lines.text.contains("/etc/p2pdns"), "{}", lines.text);
     }
 
     #[test]

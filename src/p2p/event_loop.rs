@@ -466,6 +466,7 @@ impl EventLoop {
         let (peers, routing_table_peers) = Routing::peers(&mut self.swarm, &self.connections);
         let (direct_connections, relayed_connections) = self.connections.direct_and_relayed();
         let listen_addrs = listen_addrs(&self.swarm);
+        let bootstrap = self.routing.bootstrap_peers(&self.swarm);
         let kad = &mut self.swarm.behaviour_mut().kad;
         let stored_records = kad.store_mut().records().count();
         let mode = kad.mode().into();
@@ -488,6 +489,7 @@ impl EventLoop {
             direct_connections,
             rendezvous_points: self.rendezvous.standings(),
             rendezvous_peers: self.rendezvous.peers_known(),
+            bootstrap,
         }
     }
 }

@@ -51,8 +51,8 @@ pub(crate) use handle::Command;
 pub use handle::{NodeHandle, Replicas};
 pub use snapshot::RECORDS_FILE;
 pub use status::{
-    AddressSource, ConnectionInfo, ConnectionPath, ExternalAddr, KadMode, NodeStatus, PeerEntry,
-    Reachability, RendezvousStanding, StunMapping, Transport,
+    AddressSource, BootstrapPeer, ConnectionInfo, ConnectionPath, ExternalAddr, KadMode,
+    NodeStatus, PeerEntry, Reachability, RendezvousStanding, StunMapping, Transport,
 };
 
 use crate::{config::P2pConfig, metrics::P2pMetrics};

@@ -4,7 +4,7 @@
 //! per peer and announcement, and never for a peer set aside ([`Stalls`]).
 //!
 //! What a peer can grow here is bounded: the routing table by Kademlia (k = 20 peers per
-//! bucket), `dialing` and `warned` by the bootstrap list.
+//! bucket), `dialing` by the bootstrap list.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,14 +12,14 @@ use std::{
 };
 
 use libp2p::{
-    Multiaddr, PeerId, identify, mdns,
-    swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
+    Multiaddr, PeerId, TransportError, identify, mdns,
+    swarm::{ConnectionId, DialError, SwarmEvent, dial_opts::DialOpts},
 };
 use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, warn};
 
 use super::{
-    KAD_PROTOCOL, PeerEntry,
+    BootstrapPeer, KAD_PROTOCOL, PeerEntry,
     addr::{Scope, peer_of, same_place, scope},
     behaviour::{BehaviourEvent, NodeEvent, NodeSwarm},
     connections::Connections,
@@ -39,11 +39,19 @@ const FIRST_REDIAL: Duration = Duration::from_secs(1);
 pub(crate) const ADDRS_PER_PEER: usize = 8;
 
 /// One dial of [`Routing::dial_bootstrap`]: a bootstrap peer's addresses, in the order listed
-/// (never empty), or one address that names no peer.
+/// (never empty), or one address that names no peer; and what came of dialing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct BootstrapDial {
     peer: Option<PeerId>,
     addrs: Vec<Multiaddr>,
+    /// The peer that answered the last successful dial (for an address without a peer id).
+    reached: Option<PeerId>,
+    /// Why the last dial failed, in plain words; cleared when one succeeds.
+    last_error: Option<String>,
+    /// Another peer id answered at the address in the last failed dial.
+    answered_as: Option<PeerId>,
+    /// Its failure was logged as a warning (once, until a dial succeeds).
+    warned: bool,
 }
 
 impl std::fmt::Display for BootstrapDial {
@@ -69,6 +77,10 @@ fn bootstrap_dials(bootstrap: &[Multiaddr]) -> Vec<BootstrapDial> {
             None => dials.push(BootstrapDial {
                 peer,
                 addrs: vec![addr.clone()],
+                reached: None,
+                last_error: None,
+                answered_as: None,
+                warned: false,
             }),
         }
     }
@@ -77,7 +89,8 @@ fn bootstrap_dials(bootstrap: &[Multiaddr]) -> Vec<BootstrapDial> {
 
 /// The routing table's keeper.
 pub(crate) struct Routing {
-    bootstrap: Vec<Multiaddr>,
+    /// The bootstrap list as dials, with what came of each.
+    bootstrap: Vec<BootstrapDial>,
     /// A bootstrap query was started.
     bootstrapped: bool,
     /// Set once the first DHT peer is met.
@@ -85,23 +98,20 @@ pub(crate) struct Routing {
     /// When [`Routing::redial`] is due, and the wait after it while no peer comes.
     redial_at: Instant,
     redial_wait: Duration,
-    /// Bootstrap dials under way, by connection, with the addresses dialed (a peer's addresses
-    /// are dialed together: the first to connect is the connection).
-    dialing: HashMap<ConnectionId, BootstrapDial>,
-    /// Bootstrap addresses whose failure was logged as a warning (once, until one succeeds).
-    warned: HashSet<Multiaddr>,
+    /// Bootstrap dials under way, by connection, as indices into `bootstrap` (a peer's
+    /// addresses are dialed together: the first to connect is the connection).
+    dialing: HashMap<ConnectionId, usize>,
 }
 
 impl Routing {
     pub(crate) fn new(bootstrap: Vec<Multiaddr>, joined: watch::Sender<bool>) -> Self {
         Self {
-            bootstrap,
+            bootstrap: bootstrap_dials(&bootstrap),
             bootstrapped: false,
             redial_at: Instant::now() + FIRST_REDIAL,
             redial_wait: FIRST_REDIAL,
             joined,
             dialing: HashMap::new(),
-            warned: HashSet::new(),
         }
     }
 
@@ -111,7 +121,7 @@ impl Routing {
     /// node's one connection to that peer, instead of one connection per address, each pinged
     /// and kept alive for nothing. An address without a peer id is a dial of its own.
     pub(crate) fn dial_bootstrap(&mut self, swarm: &mut NodeSwarm, first: bool) {
-        for dial in bootstrap_dials(&self.bootstrap) {
+        for (index, dial) in self.bootstrap.iter_mut().enumerate() {
             if let Some(peer) = dial.peer {
                 for addr in &dial.addrs {
                     swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
@@ -126,10 +136,17 @@ impl Routing {
             let id = opts.connection_id();
             match swarm.dial(opts) {
                 Ok(()) => {
-                    self.dialing.insert(id, dial);
+                    self.dialing.insert(id, index);
                 }
-                Err(error) if first => warn!(addr = %dial, %error, "cannot dial bootstrap peer"),
-                Err(error) => debug!(addr = %dial, %error, "cannot dial bootstrap peer"),
+                Err(error) => {
+                    let plain = dial_error_words(&error);
+                    if first {
+                        warn!(addr = %dial, error = %plain, "cannot dial bootstrap peer");
+                    } else {
+                        debug!(addr = %dial, error = %plain, "cannot dial bootstrap peer");
+                    }
+                    dial.last_error = Some(plain);
+                }
             }
         }
     }
@@ -191,28 +208,16 @@ impl Routing {
                     self.joined.send_replace(true);
                 }
             }
-            SwarmEvent::ConnectionEstablished { connection_id, .. } => {
-                if let Some(dial) = self.dialing.remove(connection_id)
-                    && self.warned.remove(&dial.addrs[0])
-                {
-                    info!(addr = %dial, "reached the bootstrap peer");
-                }
-            }
-            // A bootstrap peer that cannot be reached leaves the node alone in the network:
-            // say so once per address (and again only after it was reached in between).
+            SwarmEvent::ConnectionEstablished {
+                connection_id,
+                peer_id,
+                ..
+            } => self.dial_succeeded(connection_id, *peer_id),
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 error,
                 ..
-            } => {
-                if let Some(dial) = self.dialing.remove(connection_id) {
-                    if self.warned.insert(dial.addrs[0].clone()) {
-                        warn!(addr = %dial, error = %crate::error::one_line(error), "cannot reach the bootstrap peer; dialing it again while this node has no peer (after 1 s, doubling up to {} s)", REDIAL.as_secs());
-                    } else {
-                        debug!(addr = %dial, error = %crate::error::one_line(error), "cannot reach the bootstrap peer");
-                    }
-                }
-            }
+            } => self.dial_failed(connection_id, error),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut taken: HashMap<PeerId, usize> = HashMap::new();
                 for (peer, addr) in found {
@@ -232,6 +237,61 @@ impl Routing {
             }
             _ => {}
         }
+    }
+
+    /// A connection opened: if it was a bootstrap dial, the peer is reached.
+    fn dial_succeeded(&mut self, connection: &ConnectionId, peer: PeerId) {
+        if let Some(dial) = self.take_dial(connection) {
+            dial.reached = Some(peer);
+            dial.last_error = None;
+            dial.answered_as = None;
+            if std::mem::take(&mut dial.warned) {
+                info!(addr = %dial, "reached the bootstrap peer");
+            }
+        }
+    }
+
+    /// A dial failed. A bootstrap peer that cannot be reached leaves the node alone in the
+    /// network: say so once per peer (and again only after it was reached in between), and keep
+    /// the reason for `status` and `doctor`.
+    fn dial_failed(&mut self, connection: &ConnectionId, error: &DialError) {
+        let Some(dial) = self.take_dial(connection) else {
+            return;
+        };
+        let plain = dial_error_words(error);
+        if !std::mem::replace(&mut dial.warned, true) {
+            warn!(addr = %dial, error = %plain, "cannot reach the bootstrap peer; dialing it again while this node has no peer (after 1 s, doubling up to {} s)", REDIAL.as_secs());
+        } else {
+            debug!(addr = %dial, error = %plain, "cannot reach the bootstrap peer");
+        }
+        dial.last_error = Some(plain);
+        dial.answered_as = match error {
+            DialError::WrongPeerId { obtained, .. } => Some(*obtained),
+            _ => None,
+        };
+    }
+
+    /// The bootstrap dial that `connection` was, if it was one.
+    fn take_dial(&mut self, connection: &ConnectionId) -> Option<&mut BootstrapDial> {
+        let index = self.dialing.remove(connection)?;
+        self.bootstrap.get_mut(index)
+    }
+
+    /// The configured bootstrap peers, each with whether a connection to it is open and why
+    /// its last dial failed.
+    pub(crate) fn bootstrap_peers(&self, swarm: &NodeSwarm) -> Vec<BootstrapPeer> {
+        self.bootstrap
+            .iter()
+            .map(|dial| BootstrapPeer {
+                addrs: dial.addrs.clone(),
+                connected: dial
+                    .peer
+                    .or(dial.reached)
+                    .is_some_and(|p| swarm.is_connected(&p)),
+                last_error: dial.last_error.clone(),
+                answered_as: dial.answered_as,
+            })
+            .collect()
     }
 
     /// The peers this node knows: its routing table, then connected peers outside it, each
@@ -293,6 +353,46 @@ fn addresses_of(swarm: &mut NodeSwarm, peer: &PeerId) -> Vec<Multiaddr> {
         .unwrap_or_default()
 }
 
+/// Why a dial failed, in words a user can act on (shown after the addresses dialed): a wrong
+/// peer id says which part of the address is wrong; other failures give each address's cause,
+/// naming the address when several were tried.
+fn dial_error_words(error: &DialError) -> String {
+    match error {
+        DialError::WrongPeerId { obtained, .. } => format!(
+            "answers as another peer id ({obtained}): the /p2p/ part of the address is wrong or \
+             the server's key changed"
+        ),
+        DialError::LocalPeerId { .. } => "answers as this node itself".to_owned(),
+        DialError::Transport(errors) => {
+            let mut causes: Vec<String> = Vec::new();
+            for (addr, error) in errors {
+                let cause = match error {
+                    TransportError::MultiaddrNotSupported(_) => {
+                        "this kind of address is not supported".to_owned()
+                    }
+                    TransportError::Other(error) => transport_cause(error),
+                };
+                causes.push(match errors.len() {
+                    1 => cause,
+                    _ => format!("{addr}: {cause}"),
+                });
+            }
+            causes.join("; ")
+        }
+        other => crate::error::one_line(other),
+    }
+}
+
+/// The innermost useful text of a transport error (libp2p wraps the socket's error in layers
+/// that say nothing of their own, or repeat it).
+fn transport_cause(error: &std::io::Error) -> String {
+    let causes = crate::error::causes(error);
+    causes
+        .last()
+        .cloned()
+        .unwrap_or_else(|| error.kind().to_string())
+}
+
 /// Another node answered at `addr` when `peer` was dialed there: the routing table drops the
 /// addresses of `peer` that lead to the same place (its TCP and its QUIC address alike).
 pub(crate) fn forget_addr(swarm: &mut NodeSwarm, peer: &PeerId, addr: &Multiaddr) {
@@ -306,6 +406,40 @@ pub(crate) fn forget_addr(swarm: &mut NodeSwarm, peer: &PeerId, addr: &Multiaddr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dial_failures_read_in_plain_words() {
+        let addr: Multiaddr = "/ip4/198.51.100.7/tcp/4747".parse().unwrap();
+        let other = PeerId::random();
+        let wrong = DialError::WrongPeerId {
+            obtained: other,
+            address: addr.clone(),
+        };
+        assert_eq!(
+            dial_error_words(&wrong),
+            format!(
+                "answers as another peer id ({other}): the /p2p/ part of the address is wrong \
+                 or the server's key changed"
+            )
+        );
+        let refused = || {
+            TransportError::Other(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "Connection refused (os error 111)",
+            ))
+        };
+        let one = DialError::Transport(vec![(addr.clone(), refused())]);
+        assert_eq!(dial_error_words(&one), "Connection refused (os error 111)");
+        let quic: Multiaddr = "/ip4/198.51.100.7/udp/4747/quic-v1".parse().unwrap();
+        let two = DialError::Transport(vec![(addr.clone(), refused()), (quic.clone(), refused())]);
+        assert_eq!(
+            dial_error_words(&two),
+            format!(
+                "{addr}: Connection refused (os error 111); {quic}: Connection refused (os error \
+                 111)"
+            )
+        );
+    }
 
     #[test]
     fn a_bootstrap_peers_addresses_are_one_dial() {

@@ -39,6 +39,36 @@ pub struct NodeStatus {
     pub rendezvous_points: Vec<RendezvousStanding>,
     /// Peers learned from rendezvous points.
     pub rendezvous_peers: usize,
+    /// The configured bootstrap peers (`p2p.bootstrap`, one entry per peer id) and whether this
+    /// node is connected to each. Empty from daemons older than this field.
+    #[serde(default)]
+    pub bootstrap: Vec<BootstrapPeer>,
+}
+
+/// One configured bootstrap peer: its addresses as listed in `p2p.bootstrap` (those naming
+/// the same peer id together), whether a connection to it is open, and why the last dial failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapPeer {
+    /// The configured addresses of this peer (or one address that names no peer id).
+    pub addrs: Vec<Multiaddr>,
+    /// A connection to it is open now.
+    pub connected: bool,
+    /// Why the last dial failed, in plain words (`None` when no dial failed, or the last one
+    /// succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The peer that answered instead when the last dial failed because another peer id
+    /// answered at the address (the `/p2p/` part is wrong, or the server's key changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_as: Option<PeerId>,
+}
+
+impl BootstrapPeer {
+    /// The addresses as `a, b`.
+    pub fn addr_list(&self) -> String {
+        let addrs: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        addrs.join(", ")
+    }
 }
 
 /// The Kademlia mode (libp2p `kad::Mode`).
@@ -164,9 +194,20 @@ impl fmt::Display for AddressSource {
             Self::Observed => f.write_str("observed by peers (identify), confirmed by AutoNAT"),
             Self::Stun { servers, mapping } => {
                 let servers: Vec<String> = servers.iter().map(ToString::to_string).collect();
-                write!(f, "STUN via {}; ", servers.join(", "))?;
+                // The address is the STUN probe's socket as the router maps it: its IP is the
+                // node's public one, its port no peer ever uses.
+                write!(
+                    f,
+                    "STUN via {}: this node's public IP; the port is the STUN probe's own \
+                     socket, not the P2P port; ",
+                    servers.join(", ")
+                )?;
                 match mapping {
-                    StunMapping::Unknown => f.write_str("one server: mapping behaviour unknown"),
+                    StunMapping::Unknown => f.write_str(
+                        "one server: mapping behaviour unknown (telling it takes two STUN \
+                         servers, as an introduction server started with two --stun-listen \
+                         ports offers)",
+                    ),
                     StunMapping::EndpointIndependent => {
                         f.write_str("endpoint-independent mapping: hole punching can work")
                     }
@@ -335,6 +376,7 @@ mod tests {
                 registered: true,
             }],
             rendezvous_peers: 3,
+            bootstrap: Vec::new(),
         };
         let text = serde_json::to_string(&status).unwrap();
         let back: NodeStatus = serde_json::from_str(&text).unwrap();
@@ -343,6 +385,24 @@ mod tests {
         assert_eq!(back.peers[0].connections[0].transport(), Transport::Relay);
         assert_eq!(back.peers[0].connections[0], status.peers[0].connections[0]);
         assert_eq!(back.rendezvous_points, status.rendezvous_points);
+    }
+
+    /// With one STUN server, `external: /ip4/203.0.113.10/udp/56066 (STUN via …)` left users
+    /// looking for port 56066, which is the probe's own socket and no peer ever dials.
+    #[test]
+    fn a_stun_address_says_its_port_is_the_probes() {
+        let source = AddressSource::Stun {
+            servers: vec!["198.51.100.7:3478".parse().unwrap()],
+            mapping: StunMapping::Unknown,
+        };
+        let text = source.to_string();
+        assert!(
+            text.starts_with(
+                "STUN via 198.51.100.7:3478: this node's public IP; the port is the STUN \
+                 probe's own socket, not the P2P port; one server: mapping behaviour unknown"
+            ) && text.contains("two --stun-listen ports"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -311,10 +311,8 @@ async fn carry<S>(
         }
         Err(error) => {
             let mut message = crate::error::one_line(&error);
-            if opened.path == ConnectionPath::Relayed {
-                message.push_str(
-                    " (the connection went through a relay, which cuts connections at its time and byte limits; introduction servers default to 120 s and 1 MiB)",
-                );
+            if let SpliceError::Cut(_) = error {
+                message.push_str(SpliceError::cut_cause(Some(opened.path)));
             }
             warn!(%name, port, "tunnel cut: {message}");
             tracked.fail(message);

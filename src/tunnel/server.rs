@@ -21,13 +21,12 @@ use tokio_util::{
 };
 use tracing::{debug, info, warn};
 
-use crate::p2p::NodeHandle;
-
 use super::{
     lock,
     service::{ServiceTable, peer_key_name},
-    wire::{self, Counters, Status, TunnelReply, TunnelRequest},
+    wire::{self, Counters, SpliceError, Status, TunnelReply, TunnelRequest},
 };
+use crate::p2p::{ConnectionPath, NodeHandle};
 
 /// How long a client has to send its request once its stream is open.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,8 +125,9 @@ impl ServerStats {
 /// The accept loop of tunnel streams.
 pub(crate) struct Server {
     pub(crate) incoming: libp2p_stream::IncomingStreams,
-    /// Told of each client whose stream was served, when it starts and ends, so that the
-    /// direct connection with it stays open a while ([`NodeHandle::in_use`]).
+    /// The node: told of each client whose stream was served, when it starts and ends, so that
+    /// the direct connection with it stays open a while ([`NodeHandle::in_use`]), and asked for
+    /// the path of a client's connections (to word a cut tunnel).
     pub(crate) node: NodeHandle,
     pub(crate) services: Arc<Mutex<ServiceTable>>,
     pub(crate) stats: Arc<ServerStats>,
@@ -201,7 +201,9 @@ impl Server {
             let idle = limits.idle;
             let node = node.clone();
             streams.spawn(async move {
-                let served = serve_stream(peer, stream, &services, &stats, idle, &node).await;
+                let path = path_to(&node, peer).await;
+                let served =
+                    serve_stream(peer, stream, &services, &stats, (idle, path), &node).await;
                 (peer, served)
             });
         }
@@ -224,14 +226,23 @@ async fn forward(
     }
 }
 
-/// One stream: its request, the checks, the connection to the target, then the copy. Returns
-/// whether it was served (accepted), refusals and malformed requests are not.
+/// The path of the connections to `peer` when all go the same way; `None` when some are
+/// relayed and some direct (the stream's own is not told), or the node does not answer.
+async fn path_to(node: &NodeHandle, peer: PeerId) -> Option<ConnectionPath> {
+    let connections = node.connections(peer).await.ok()?;
+    let first = connections.first()?.path;
+    connections.iter().all(|c| c.path == first).then_some(first)
+}
+
+/// One stream: its request, the checks, the connection to the target, then the copy. `path`
+/// is that of the client's connection, when known. Returns whether it was served (accepted);
+/// refusals and malformed requests are not.
 async fn serve_stream(
     peer: PeerId,
     stream: libp2p::Stream,
     services: &Mutex<ServiceTable>,
     stats: &ServerStats,
-    idle: Duration,
+    (idle, path): (Duration, Option<ConnectionPath>),
     node: &NodeHandle,
 ) -> bool {
     let mut stream = stream.compat();
@@ -304,11 +315,30 @@ async fn serve_stream(
             let _ = wire::close_cleanly(&tcp);
         }
         // Still set to reset: dropping it below tells the service the tunnel was cut.
-        Err(error) => {
-            info!(%client, service = %service.name, port = service.port, "tunnel ended early: {}", crate::error::one_line(&error));
-        }
+        Err(error) => match ended_early(&error, path) {
+            Some(message) => {
+                info!(%client, service = %service.name, port = service.port, "tunnel ended early: {message}");
+            }
+            None => {
+                debug!(%client, service = %service.name, port = service.port, "tunnel closed by the client: {}", crate::error::one_line(&error));
+            }
+        },
     }
     true
+}
+
+/// What to log at `info` for a tunnel that did not end cleanly, worded by the connection's
+/// `path`; `None` when the client closed it (its program closed or reset the connection, or
+/// it dropped the stream), which is no failure.
+fn ended_early(error: &SpliceError, path: Option<ConnectionPath>) -> Option<String> {
+    if error.peer_closed() || matches!(error, SpliceError::PeerAborted(_)) {
+        return None;
+    }
+    let mut message = crate::error::one_line(error);
+    if let SpliceError::Cut(_) = error {
+        message.push_str(SpliceError::cut_cause(path));
+    }
+    Some(message)
 }
 
 /// Logs a refusal of `peer`'s stream, naming its key (the key name `--allow` takes) and its
@@ -338,4 +368,47 @@ where
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, reply.write_to(stream)).await;
     // Not served.
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    /// A client closing its tunnels made the server log "tunnel ended early: … (a relay's
+    /// circuit limit, or the peer stopped): sending stopped by peer: error 0" at info, and a
+    /// lost direct connection blamed a relay.
+    #[test]
+    fn a_tunnel_the_client_closed_is_no_failure_and_a_cut_names_its_path() {
+        let stopped = || {
+            SpliceError::Cut(Some(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "sending stopped by peer: error 0",
+            )))
+        };
+        assert_eq!(ended_early(&stopped(), Some(ConnectionPath::Direct)), None);
+        assert_eq!(ended_early(&SpliceError::Cut(None), None), None);
+        let aborted = SpliceError::PeerAborted("Connection reset by peer".into());
+        assert_eq!(ended_early(&aborted, Some(ConnectionPath::Relayed)), None);
+        let lost = || {
+            SpliceError::Cut(Some(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "connection lost: timed out",
+            )))
+        };
+        let direct = ended_early(&lost(), Some(ConnectionPath::Direct)).unwrap();
+        assert!(
+            direct.contains("connection lost: timed out (on a direct connection: the peer stopped")
+                && !direct.contains("relay"),
+            "{direct}"
+        );
+        let relayed = ended_early(&lost(), Some(ConnectionPath::Relayed)).unwrap();
+        assert!(
+            relayed.contains("goes through a relay, which ends it at its time and byte limits"),
+            "{relayed}"
+        );
+        let idle = ended_early(&SpliceError::Idle(Duration::from_secs(60)), None).unwrap();
+        assert!(!idle.contains("relay"), "{idle}");
+    }
 }

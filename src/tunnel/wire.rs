@@ -18,6 +18,8 @@ use tokio::io::{
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::p2p::ConnectionPath;
+
 /// The stream protocol of tunnels (section 9.2).
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pdns/tunnel/1.0.0");
 
@@ -268,10 +270,9 @@ pub enum SpliceError {
     /// The peer sent ABORT: its TCP side failed or timed out.
     #[error("the peer aborted the tunnel: {0}")]
     PeerAborted(String),
-    /// The stream ended (EOF, reset, closed connection) or failed before END or ABORT.
-    #[error(
-        "the tunnel was cut before its end: the peer's stream closed (a relay's circuit limit, or the peer stopped)"
-    )]
+    /// The stream ended (EOF, reset, closed connection) or failed before END or ABORT. Why
+    /// depends on the connection's path ([`SpliceError::cut_cause`] words it).
+    #[error("the tunnel was cut before its end: the peer's stream closed")]
     Cut(#[source] Option<io::Error>),
     /// No byte went either way for the idle timeout; an ABORT went to the peer.
     #[error("the tunnel carried no byte for {} s", .0.as_secs())]
@@ -293,6 +294,29 @@ pub enum ProtocolViolation {
 }
 
 impl SpliceError {
+    /// The peer closed or reset its end of the stream while the connection stayed up: for a
+    /// client, its program closed the connection (nothing failed). A lost connection is not
+    /// this.
+    pub fn peer_closed(&self) -> bool {
+        match self {
+            Self::Cut(None) => true,
+            Self::Cut(Some(error)) => error.kind() == io::ErrorKind::ConnectionReset,
+            _ => false,
+        }
+    }
+
+    /// What likely cut a tunnel on a connection with `path` (`None` when it is not known), to
+    /// follow a [`SpliceError::Cut`]'s text: a relay's limits only on a relayed connection.
+    pub fn cut_cause(path: Option<ConnectionPath>) -> &'static str {
+        match path {
+            Some(ConnectionPath::Relayed) => RELAY_LIMITS,
+            Some(ConnectionPath::Direct) => {
+                " (on a direct connection: the peer stopped, or the network between the two \
+                 nodes failed)"
+            }
+            None => " (the peer stopped, or the connection between the two nodes was lost)",
+        }
+    }
     /// The reason of the ABORT this error sends, `None` when the stream is gone or the peer
     /// ended it.
     fn abort_reason(&self) -> Option<String> {
@@ -304,6 +328,14 @@ impl SpliceError {
         }
     }
 }
+
+/// Why a tunnel on a relayed connection was cut, as the client's and the server's messages
+/// say it: the limits bound the one relayed connection between the two nodes, which all their
+/// tunnels share over its life.
+pub const RELAY_LIMITS: &str = " (the connection between the two nodes goes through a relay, \
+    which ends it at its time and byte limits, shared by every tunnel between them over the \
+    connection's life; introduction servers default to 2 minutes and 1 MiB per relayed \
+    connection between two nodes; or the peer stopped)";
 
 /// A stream error: its end (`UnexpectedEof`, no cause worth printing) or failure.
 fn cut(error: io::Error) -> SpliceError {

@@ -217,3 +217,136 @@ fn another_users_socket_is_permission_denied() {
     assert!(stderr.contains("permission denied"), "{stderr}");
     drop(listener);
 }
+
+/// Serves one client on `socket`: reads its request and answers `response` (one JSON line).
+fn answering_daemon(socket: &Path, response: p2pdns::control::Response) -> JoinHandle<()> {
+    let listener = UnixListener::bind(socket).unwrap();
+    let mut line = serde_json::to_vec(&response).unwrap();
+    line.push(b'\n');
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = String::new();
+        BufReader::new(&stream).read_line(&mut request).unwrap();
+        assert!(request.contains("\"resolve\""), "{request}");
+        let _ = stream.write_all(&line);
+    })
+}
+
+/// `resolve` of a name that does not exist printed "Non-Existent Domain" and exited 0, so a
+/// script could not tell it from a name that resolves: it exits 1 as `host` and `resolvectl
+/// query` do, 75 when no peer answered (SERVFAIL), and 0 when the name exists.
+#[test]
+fn resolve_exits_non_zero_for_a_missing_name() {
+    use hickory_proto::op::ResponseCode;
+    use p2pdns::control::{Resolution, Response};
+    let cases = [
+        (
+            ResponseCode::NoError,
+            vec!["mysite.p2p. 300 IN A 192.0.2.1".to_owned()],
+            0,
+        ),
+        (ResponseCode::NoError, Vec::new(), 0),
+        (ResponseCode::NXDomain, Vec::new(), 1),
+        (ResponseCode::ServFail, Vec::new(), 75),
+    ];
+    for (rcode, answers, code) in cases {
+        let dir = Dir::new("cli-resolve");
+        let daemon = answering_daemon(
+            &dir.socket(),
+            Response::Resolved(Resolution {
+                name: "mysite.p2p.".into(),
+                answers,
+                rcode: rcode.to_string(),
+                owner: None,
+                seq: None,
+                replicas: None,
+            }),
+        );
+        let out = cli(&dir, &["resolve", "mysite.p2p"], None);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(code), "{rcode}: {stdout}");
+        assert!(stdout.starts_with("mysite.p2p. "), "{stdout}");
+        daemon.join().unwrap();
+    }
+}
+
+/// Serves one client per answer on `socket`: reads its request, then answers it (or closes the
+/// connection when the answer is `None`). Returns the requests read.
+fn scripted_daemon(
+    socket: &Path,
+    answers: Vec<Option<p2pdns::control::Response>>,
+) -> JoinHandle<Vec<String>> {
+    let listener = UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let mut requests = Vec::new();
+        for answer in answers {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            requests.push(request);
+            if let Some(answer) = answer {
+                let mut line = serde_json::to_vec(&answer).unwrap();
+                line.push(b'\n');
+                let _ = stream.write_all(&line);
+            }
+        }
+        requests
+    })
+}
+
+/// `expose ssh.home 22` put the service into the record of `home.p2p`, claiming that site for
+/// the node's key without a word. It is refused unless the node publishes `home.p2p` already
+/// or `--claim-parent` is given; nothing is sent to expose when refused.
+#[test]
+fn expose_below_a_site_this_node_does_not_hold_is_refused() {
+    use p2pdns::control::{NameInfo, Response};
+    let names = |held: &[&str]| Response::Names {
+        names: held
+            .iter()
+            .map(|n| NameInfo {
+                name: (*n).to_owned(),
+                seq: 1,
+                expires: 0,
+                records: Vec::new(),
+                replicas: None,
+                counted_at: None,
+                taken_by: None,
+            })
+            .collect(),
+    };
+    let dir = Dir::new("cli-claim");
+    let daemon = scripted_daemon(&dir.socket(), vec![Some(names(&["other.p2p."]))]);
+    let out = cli(&dir, &["expose", "ssh.home", "22"], None);
+    let (exit, stderr) = failure(&out);
+    assert_eq!(exit, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "ssh.home.p2p is served from the record of home.p2p, which this node does not \
+             publish: expose would claim home.p2p for this node's key"
+        ) && stderr.contains("--claim-parent"),
+        "{stderr}"
+    );
+    let requests = daemon.join().unwrap();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(requests[0].contains("\"names\""), "{requests:?}");
+
+    // The site held already: the expose goes to the daemon (which here closes unanswered).
+    let dir = Dir::new("cli-claim");
+    let daemon = scripted_daemon(&dir.socket(), vec![Some(names(&["home.p2p."])), None]);
+    let out = cli(&dir, &["expose", "ssh.home", "22"], None);
+    assert_eq!(out.status.code(), Some(69));
+    let requests = daemon.join().unwrap();
+    assert!(requests[1].contains("\"expose\""), "{requests:?}");
+
+    // --claim-parent: no question first.
+    let dir = Dir::new("cli-claim");
+    let daemon = scripted_daemon(&dir.socket(), vec![None]);
+    let out = cli(
+        &dir,
+        &["publish", "www.site", "A", "192.0.2.1", "--claim-parent"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(69));
+    let requests = daemon.join().unwrap();
+    assert!(requests[0].contains("\"publish\""), "{requests:?}");
+}

@@ -236,3 +236,51 @@ async fn a_name_the_dht_lost_resolves_where_it_was_found_until_it_expires() {
         assert_eq!(crate::support::a_records(&reply), ["192.0.2.55"]);
     }
 }
+
+/// A bootstrap address whose `/p2p/` part names another peer than the one answering there
+/// (a typo, or the server's key changed): libp2p only logged "Unexpected peer ID", and with
+/// another peer connected `doctor` said all was well. The node's status now lists that
+/// bootstrap peer as not connected, with the reason in plain words and the peer that answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_address_with_a_wrong_peer_id_is_reported() {
+    use libp2p::multiaddr::Protocol;
+    let first = TestDaemon::start(p2p_config(&[])).await;
+    let real = first.p2p_addrs[0].clone();
+    let answering = first.dht.as_ref().unwrap().node().peer_id();
+    let mut wrong: libp2p::Multiaddr = real
+        .iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect();
+    wrong.push(Protocol::P2p(libp2p::PeerId::random()));
+    let node = TestDaemon::start(p2p_config(&[wrong.clone(), real.clone()])).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let status = node.dht.as_ref().unwrap().node().status().await.unwrap();
+        let settled = status.bootstrap.len() == 2
+            && status.bootstrap[0].last_error.is_some()
+            && status.bootstrap[1].connected;
+        if settled {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bootstrap peers never settled: {:?}",
+            status.bootstrap
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let bad = &status.bootstrap[0];
+    assert_eq!(bad.addrs, vec![wrong]);
+    assert!(!bad.connected);
+    assert_eq!(bad.answered_as, Some(answering));
+    let error = bad.last_error.as_deref().unwrap();
+    assert!(
+        error.contains(&format!(
+            "answers as another peer id ({answering}): the /p2p/ part of the address is wrong \
+             or the server's key changed"
+        )),
+        "{error}"
+    );
+    assert_eq!(status.bootstrap[1].addrs, vec![real]);
+    assert_eq!(status.bootstrap[1].last_error, None);
+}

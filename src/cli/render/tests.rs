@@ -90,6 +90,7 @@ fn encrypted_upstreams_show_as_configured() {
             ],
             upstream_servers: servers,
             cache_entries: 0,
+            config_file: None,
             p2p: None,
             tunnels: None,
         };
@@ -122,6 +123,7 @@ fn status_lines_keep_their_wording() {
         upstreams: Vec::new(),
         upstream_servers: Vec::new(),
         cache_entries: 0,
+        config_file: None,
         p2p: Some(P2pStatus {
             key_name: "key.p2p.".into(),
             node: NodeStatus {
@@ -145,6 +147,7 @@ fn status_lines_keep_their_wording() {
                     registered: true,
                 }],
                 rendezvous_peers: 3,
+                bootstrap: Vec::new(),
             },
         }),
         tunnels: Some(TunnelsReport {
@@ -396,4 +399,73 @@ fn the_config_summary_says_what_the_daemon_would_do() {
         "{text}"
     );
     assert!(text.contains("p2p:        off"), "{text}");
+}
+
+/// `unexpose` stops serving but keeps the name claimed: it says so, and what releases it.
+#[test]
+fn unexpose_says_the_name_stays_claimed_until_unpublished() {
+    let text = render(&Response::Unexposed {
+        name: "ssh.home.p2p".into(),
+        ports: vec![22],
+    });
+    assert_eq!(
+        text,
+        "ssh.home.p2p no longer exposed on port 22\n\
+         home.p2p stays claimed by this node's key (its record is still published) until \
+         `p2pdns unpublish home.p2p`\n"
+    );
+}
+
+/// A relayed listen address ends in this node's id already: `listening:` showed
+/// `.../p2p-circuit/p2p/<id>/p2p/<id>`.
+#[test]
+fn listen_addresses_name_the_node_once() {
+    let peer = libp2p::PeerId::random();
+    let relay = libp2p::PeerId::random();
+    let relayed: Multiaddr =
+        format!("/ip4/198.51.100.7/udp/4747/quic-v1/p2p/{relay}/p2p-circuit/p2p/{peer}")
+            .parse()
+            .unwrap();
+    let direct: Multiaddr = "/ip4/10.0.0.2/udp/4747/quic-v1".parse().unwrap();
+    let status = NodeStatus {
+        peer_id: peer,
+        listen_addrs: vec![direct.clone(), relayed.clone()],
+        connected_peers: 0,
+        routing_table_peers: 0,
+        stored_records: 0,
+        mode: KadMode::Client,
+        peers: Vec::new(),
+        reachability: Reachability::Private,
+        external_addrs: Vec::new(),
+        relay_reservations: vec![relayed.clone()],
+        relayed_connections: 0,
+        direct_connections: 0,
+        rendezvous_points: Vec::new(),
+        rendezvous_peers: 0,
+        bootstrap: vec![crate::p2p::BootstrapPeer {
+            addrs: vec![
+                format!("/ip4/198.51.100.7/udp/4747/quic-v1/p2p/{peer}")
+                    .parse()
+                    .unwrap(),
+            ],
+            connected: false,
+            last_error: Some("answers as another peer id (12D3KooW...)".into()),
+            answered_as: Some(relay),
+        }],
+    };
+    let mut text = String::new();
+    node(&mut text, "key.p2p.", &status);
+    assert!(
+        text.contains(&format!("listening:  {direct}/p2p/{peer}\n"))
+            && text.contains(&format!("listening:  {relayed}\n")),
+        "{text}"
+    );
+    // A bootstrap peer not connected is named with why (doctor says it too, with a fix).
+    assert!(
+        text.contains(&format!(
+            "bootstrap:  not connected to /ip4/198.51.100.7/udp/4747/quic-v1/p2p/{peer}: answers \
+             as another peer id (12D3KooW...)\n"
+        )),
+        "{text}"
+    );
 }

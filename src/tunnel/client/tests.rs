@@ -118,13 +118,32 @@ async fn a_tunnel_that_is_refused_or_cut_fails_and_one_that_ends_cleanly_does_no
         (after_cut.open, after_cut.connections, after_cut.failed),
         (0, 3, 2)
     );
+    // On a direct connection, no relay is blamed.
+    let error = after_cut.last_error.as_deref().unwrap_or_default();
     assert!(
-        after_cut
-            .last_error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("cut"),
+        error.starts_with("the tunnel was cut before its end: the peer's stream closed (on a direct connection: the peer stopped")
+            && !error.contains("relay"),
         "{after_cut:?}"
     );
     assert_eq!(all.load(Ordering::Relaxed), 0);
+
+    // Cut on a relayed connection: the relay's limits, shared by the connection's tunnels.
+    let (_program, daemon) = local_pair().await;
+    let (mut opened, peer) = accepted();
+    opened.path = ConnectionPath::Relayed;
+    drop(peer);
+    carry(
+        daemon,
+        80,
+        Tracked::new(&state, &all),
+        async { Ok(opened) },
+        idle,
+    )
+    .await;
+    let error = report(&state).last_error.unwrap_or_default();
+    assert!(
+        error.contains("goes through a relay, which ends it at its time and byte limits, shared by every tunnel between them")
+            && error.contains("2 minutes and 1 MiB per relayed connection between two nodes"),
+        "{error}"
+    );
 }
