@@ -140,7 +140,13 @@ fn acknowledged_publishes_survive_kill_9() {
                 // Names under 16 record sets: one key publishes at most 100 of them.
                 let name = format!("r{round}.n{i}");
                 let mut command = node.command();
-                command.args(["publish", &name, "A", &format!("192.0.2.{}", i + 1)]);
+                command.args([
+                    "publish",
+                    &name,
+                    "A",
+                    &format!("192.0.2.{}", i + 1),
+                    "--claim-parent",
+                ]);
                 (name, std::thread::spawn(move || run_bounded(command, WAIT)))
             })
             .collect();
