@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         naming: harness.naming.clone(),
         forwarder: harness.forwarder.clone(),
         dns_addrs: harness.config.dns.listen.clone(),
+        config_file: None,
     };
     let answer = harness
         .block_on(control_exchange(data, &context))
