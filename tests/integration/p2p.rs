@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{TestDaemon, WAIT, ask, p2p_config, resolve_until};
+use crate::support::{TestDaemon, WAIT, a_record as a, ask, p2p_config, resolve_until};
 use hickory_proto::{
     op::ResponseCode,
     rr::{Name, RData, Record, RecordType},
@@ -34,14 +34,6 @@ async fn network(n: usize) -> Vec<TestDaemon> {
         }
     }
     daemons
-}
-
-fn a(name: &str, ip: &str) -> Record {
-    Record::from_rdata(
-        Name::from_ascii(name).unwrap(),
-        300,
-        RData::A(ip.parse().unwrap()),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 
 use std::{path::Path, time::Duration};
 
-use hickory_proto::rr::{LowerName, Name, RData, Record};
+use hickory_proto::rr::{LowerName, Name};
 use libp2p::Multiaddr;
 use p2pdns::{
     config::{DhtMode, IntroConfig},
@@ -15,7 +15,7 @@ use p2pdns::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{TestDaemon, WAIT, p2p_config, resolve_until, wait_until};
+use crate::support::{TestDaemon, WAIT, a_record as a, p2p_config, resolve_until, wait_until};
 
 /// An introduction server running in this process on `dir`.
 struct Server {
@@ -57,14 +57,6 @@ async fn client(bootstrap: &[Multiaddr]) -> TestDaemon {
 
 fn dht(daemon: &TestDaemon) -> &Dht {
     daemon.dht.as_ref().expect("P2P is on")
-}
-
-fn a(name: &str, ip: &str) -> Record {
-    Record::from_rdata(
-        Name::from_ascii(name).unwrap(),
-        300,
-        RData::A(ip.parse().unwrap()),
-    )
 }
 
 /// The newcomer's fault: every node behind NAT, the introduction server the one storage node,

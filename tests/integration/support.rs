@@ -18,7 +18,7 @@ use hickory_net::{
 };
 use hickory_proto::{
     op::{DnsRequest, DnsRequestOptions, Edns, Header, HeaderCounts, Message, Metadata, Query},
-    rr::{LowerName, Name, RecordType},
+    rr::{LowerName, Name, RData, Record, RecordType},
     serialize::txt::Parser,
 };
 use hickory_server::{
@@ -409,6 +409,15 @@ pub fn ede(msg: &Message) -> Option<(u16, String)> {
         )),
         _ => None,
     }
+}
+
+/// An A record of `owner` (`site.p2p.`) for `ip`, TTL 300 s, as the P2P tests publish them.
+pub fn a_record(owner: &str, ip: &str) -> Record {
+    Record::from_rdata(
+        Name::from_ascii(owner).unwrap(),
+        300,
+        RData::A(ip.parse().unwrap()),
+    )
 }
 
 /// The A records of an answer, as text.
