@@ -230,10 +230,13 @@ impl Snapshot {
             report(result);
         }
         self.save_at = None;
+        self.writing = Some(self.write(store));
+    }
+
+    /// Writes `store`'s snapshot durably, off the caller's thread.
+    fn write(&self, store: &MemoryStore) -> JoinHandle<Result<(), SaveError>> {
         let (path, bytes) = (self.path.clone(), encode(store));
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            state::write_private(&path, &bytes)
-        }));
+        tokio::task::spawn_blocking(move || state::write_private(&path, &bytes))
     }
 
     /// At shutdown: waits for the write under way, then writes `store` if it changed since.
@@ -242,9 +245,7 @@ impl Snapshot {
             report(writing.await);
         }
         if self.save_at.take().is_some() {
-            let (path, bytes) = (self.path.clone(), encode(store));
-            let written = tokio::task::spawn_blocking(move || state::write_private(&path, &bytes));
-            report(written.await);
+            report(self.write(store).await);
         }
     }
 }
