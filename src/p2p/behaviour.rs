@@ -19,6 +19,7 @@ use libp2p::{
 use super::{
     NodeError,
     admission::{Admission, AdmissionLimits, Alternate},
+    port_reuse::FreshPortOnConflict,
 };
 use crate::config::{DhtMode, IntroConfig, P2pConfig};
 
@@ -150,7 +151,8 @@ fn admission_limits(config: &P2pConfig, role: Role) -> AdmissionLimits {
 /// ([`super::admission`]: a TCP flood must not keep QUIC peers out), polled in turn, each with
 /// a bounded handshake: a peer behind a NAT that drops unsolicited packets (yet listed in the
 /// DHT) answers no SYN, and without a bound each query that tries it waits for Kademlia's
-/// 10 s peer timeout.
+/// 10 s peer timeout. TCP dials from the listening port fall back to a fresh port when the
+/// kernel refuses it ([`super::port_reuse`]).
 fn direct_transports(
     key: &Keypair,
     limits: AdmissionLimits,
@@ -162,7 +164,8 @@ fn direct_transports(
     let quic = Admission::new(quic::tokio::Transport::new(quic), limits)
         .map(|(peer, connection), _| (peer, StreamMuxerBox::new(connection)))
         .boxed();
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+    let plain_tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let tcp = FreshPortOnConflict::new(plain_tcp)
         .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())

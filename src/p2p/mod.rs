@@ -14,7 +14,8 @@
 //!   reachability, rendezvous and `connect`. Every map a peer can grow in them is bounded
 //!   (a config key or a constant, named in the doc comment of the map).
 //! - `admission` admits incoming handshakes on each transport, shared fairly between
-//!   address groups, so that no set of addresses can keep other peers out.
+//!   address groups, so that no set of addresses can keep other peers out; `port_reuse` dials
+//!   TCP from a fresh port when the listening port is held on another address.
 //! - `addr` classifies addresses; `status` is what `p2pdns status` shows; [`own_port`] is the
 //!   port a resolver's node listens on when the configuration sets none.
 
@@ -39,6 +40,7 @@ mod inbound;
 pub(crate) mod keep_alive;
 mod lookups;
 pub mod own_port;
+mod port_reuse;
 mod routing;
 mod snapshot;
 mod stalls;
