@@ -1,7 +1,9 @@
 //! Log lines that a remote client can cause, bounded in rate. Each kind of event logs at most
 //! [`BURST`] lines per [`WINDOW`]; the rest are counted, and the count is logged in one line
 //! per kind once the window is over ("suppressed K similar messages"). A client sending junk
-//! as fast as it can thus adds at most `BURST + 1` lines a minute per kind to the log.
+//! as fast as it can thus adds at most `BURST + 1` lines a minute per kind to the log. The
+//! summary of a window that no later event rolls is logged by [`report_suppressed`], which
+//! sleeps without a timer while nothing is suppressed (an idle daemon must not wake up for it).
 
 use std::{
     sync::{
@@ -11,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -22,6 +24,10 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 
 /// Where window starts are counted from.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Woken each time a window suppresses its first event: [`report_suppressed`] then has a
+/// summary to log when that window is over.
+static SUPPRESSING: Notify = Notify::const_new();
 
 /// The rate bound of one kind of event; a `static` beside the code that logs it, or a field of
 /// the value that logs it.
@@ -59,7 +65,9 @@ impl LogLimit {
         if self.seen.fetch_add(1, Ordering::Relaxed) < BURST {
             return true;
         }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        if self.suppressed.fetch_add(1, Ordering::Relaxed) == 0 {
+            SUPPRESSING.notify_waiters();
+        }
         false
     }
 
@@ -96,17 +104,48 @@ fn window_ms() -> u64 {
 }
 
 /// Logs the summaries of `limits` once their windows are over, even when no event comes to
-/// roll them, until `stop`.
+/// roll them, until `stop`. It sleeps until the end of the earliest window holding suppressed
+/// events, and while none holds any, until one does: no periodic tick.
 pub async fn report_suppressed(limits: &[&LogLimit], stop: CancellationToken) {
-    let mut tick = tokio::time::interval(WINDOW / 4);
     loop {
-        tokio::select! {
-            _ = tick.tick() => limits.iter().for_each(|limit| {
-                limit.roll_at(now_ms());
-            }),
-            () = stop.cancelled() => return,
+        // Enabled before the counts are read, so that a suppression after the read wakes it.
+        let suppressing = SUPPRESSING.notified();
+        tokio::pin!(suppressing);
+        suppressing.as_mut().enable();
+        match next_summary_ms(limits) {
+            Some(due_ms) => {
+                let due = *EPOCH + Duration::from_millis(due_ms);
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {
+                        let now = now_ms();
+                        for limit in limits {
+                            limit.roll_at(now);
+                        }
+                    }
+                    () = stop.cancelled() => return,
+                }
+            }
+            None => tokio::select! {
+                () = suppressing => {}
+                () = stop.cancelled() => return,
+            },
         }
     }
+}
+
+/// When the first of `limits` holding suppressed events ends its window, in milliseconds from
+/// [`EPOCH`]; `None` if none holds any.
+fn next_summary_ms(limits: &[&LogLimit]) -> Option<u64> {
+    limits
+        .iter()
+        .filter(|limit| limit.suppressed.load(Ordering::Relaxed) > 0)
+        .map(|limit| {
+            limit
+                .window_start
+                .load(Ordering::Relaxed)
+                .saturating_add(window_ms())
+        })
+        .min()
 }
 
 #[cfg(test)]
@@ -183,5 +222,46 @@ mod tests {
         assert_eq!(limit.roll_at(window), Some(1000 - u64::from(BURST)));
         assert!(limit.admit_at(window + 1), "a new window logs again");
         assert_eq!(limit.roll_at(2 * window + 1), Some(0));
+    }
+
+    #[test]
+    fn a_summary_is_due_only_where_events_were_suppressed() {
+        let (quiet, busy) = (LogLimit::new("quiet"), LogLimit::new("busy"));
+        assert_eq!(next_summary_ms(&[&quiet, &busy]), None);
+        assert!(
+            quiet.admit_at(7_000),
+            "within the burst: nothing suppressed"
+        );
+        let start = window_ms() + 9_000;
+        (0..=BURST).for_each(|_| {
+            busy.admit_at(start);
+        });
+        assert_eq!(next_summary_ms(&[&quiet, &busy]), Some(start + window_ms()));
+        assert_eq!(busy.roll_at(start + window_ms()), Some(1));
+        assert_eq!(next_summary_ms(&[&quiet, &busy]), None);
+    }
+
+    /// The summary of a window comes at its end without another event to roll it, from a
+    /// reporter that was waiting without a timer when the first event came.
+    #[tokio::test(start_paused = true)]
+    async fn the_reporter_logs_a_window_nobody_rolled() {
+        static LIMIT: LogLimit = LogLimit::new("reporter test");
+        static LIMITS: [&LogLimit; 1] = [&LIMIT];
+        let lines = LogLines::count();
+        let stop = CancellationToken::new();
+        let reporter = tokio::spawn(report_suppressed(&LIMITS, stop.clone()));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(lines.warnings(), 0, "nothing to report");
+        let events = BURST + 3;
+        (0..events).for_each(|_| {
+            LIMIT.admit();
+        });
+        tokio::time::sleep(WINDOW - Duration::from_secs(1)).await;
+        assert_eq!(lines.warnings(), 0, "the window is not over yet");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(lines.warnings(), 1, "one summary line");
+        assert_eq!(next_summary_ms(&[&LIMIT]), None, "nothing left to report");
+        stop.cancel();
+        reporter.await.expect("the reporter stops");
     }
 }
