@@ -41,6 +41,8 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// How long a ping may take to be answered (libp2p's default).
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// AutoNAT's next probe while the node's reachability is unknown (see where it is set).
+const AUTONAT_RETRY: Duration = Duration::from_secs(90);
 /// QUIC's own keep-alive (libp2p-quic's default: a PING frame every 5 s, twelve wake-ups a
 /// minute per idle connection) and idle timeout (10 s). The pings above keep a live connection
 /// busy, so the keep-alive mostly finds traffic younger than itself and sends nothing; the idle
@@ -246,10 +248,13 @@ impl Behaviour {
                 autonat::Config {
                     only_global_ips: !config.nat_probe_private_addresses,
                     // A name's owner behind NAT is unreachable until it knows it and reserves
-                    // a relay slot: probe soon after start, retry often while unsure
-                    // (libp2p's defaults: 15 s and 90 s).
+                    // a relay slot: probe soon after start (libp2p's default: 15 s). While
+                    // unsure, retry at libp2p's default: a server is asked at most once in
+                    // `throttle_server_period` (90 s), so with one introduction server a retry
+                    // sooner finds no server to ask; with none (a LAN-only network, a lone
+                    // node) it only woke the node up three times a minute, for ever.
                     boot_delay: Duration::from_secs(3),
-                    retry_interval: Duration::from_secs(20),
+                    retry_interval: AUTONAT_RETRY,
                     ..autonat::Config::default()
                 },
             ),
