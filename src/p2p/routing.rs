@@ -151,23 +151,37 @@ impl Routing {
         }
     }
 
-    /// A daemon often starts before the network is up (a laptop at boot): while it has no peer
-    /// at all, it dials its bootstrap peers again.
-    /// When [`Routing::redial`] is due next.
-    pub(crate) fn redial_at(&self) -> Instant {
-        self.redial_at
+    /// A daemon often starts before the network is up (a laptop at boot), and a bootstrap peer
+    /// restarts: while the node has no peer at all, it dials its bootstrap peers again. When
+    /// that [`Routing::redial`] is due: `None` while the node has a peer, or has no bootstrap
+    /// peer to dial, so that an idle node keeps no timer for it.
+    pub(crate) fn redial_at(&self, swarm: &NodeSwarm) -> Option<Instant> {
+        let alone = swarm.connected_peers().next().is_none();
+        (alone && !self.bootstrap.is_empty()).then_some(self.redial_at)
     }
 
-    /// Dials the bootstrap peers again if this node has no peer: 1 s after start, then at
-    /// doubling intervals up to [`REDIAL`]; with peers it only checks every [`REDIAL`].
+    /// Dials the bootstrap peers again if this node has no peer: 1 s after start or after its
+    /// last peer left, then at doubling intervals up to [`REDIAL`].
     pub(crate) fn redial(&mut self, swarm: &mut NodeSwarm) {
         if swarm.connected_peers().next().is_none() {
             self.dial_bootstrap(swarm, false);
             self.redial_at = Instant::now() + self.redial_wait;
             self.redial_wait = (self.redial_wait * 2).min(REDIAL);
-        } else {
-            self.redial_wait = FIRST_REDIAL;
-            self.redial_at = Instant::now() + REDIAL;
+        }
+    }
+
+    /// A connection opened: the next time the node has no peer, it dials again 1 s after the
+    /// last one leaves, then backs off anew.
+    fn met_a_peer(&mut self) {
+        self.redial_wait = FIRST_REDIAL;
+        self.redial_at = Instant::now() + FIRST_REDIAL;
+    }
+
+    /// A connection closed: if it was the node's last, the first redial waits [`FIRST_REDIAL`]
+    /// from now (a peer restarting is back within seconds).
+    fn lost_a_peer(&mut self, swarm: &NodeSwarm) {
+        if swarm.connected_peers().next().is_none() {
+            self.redial_at = Instant::now() + self.redial_wait;
         }
     }
 
@@ -212,7 +226,11 @@ impl Routing {
                 connection_id,
                 peer_id,
                 ..
-            } => self.dial_succeeded(connection_id, *peer_id),
+            } => {
+                self.met_a_peer();
+                self.dial_succeeded(connection_id, *peer_id);
+            }
+            SwarmEvent::ConnectionClosed { .. } => self.lost_a_peer(swarm),
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
                 error,

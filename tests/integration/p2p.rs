@@ -276,3 +276,49 @@ async fn a_bootstrap_address_with_a_wrong_peer_id_is_reported() {
     assert_eq!(status.bootstrap[1].addrs, vec![real]);
     assert_eq!(status.bootstrap[1].last_error, None);
 }
+
+/// A node whose only peer (its bootstrap peer) restarts is connected to it again within
+/// seconds. The bootstrap redial no longer keeps a timer while the node has a peer; it is armed
+/// when the last connection closes (Kademlia's own queries may get there first: this test
+/// checks the outcome, not which of them dialed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_only_peer_restarts_is_connected_to_it_again() {
+    let port = crate::support::reserved_port();
+    let mut config = p2p_config(&[]);
+    config.p2p.listen = Some(vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()]);
+    let mut first = TestDaemon::start(config.clone()).await;
+    first.keep_dir();
+    let dir = first.data_dir.clone();
+    // Reachable as configured: no relay slot to ask again of the restarted peer, which would
+    // reconnect the node without any redial.
+    let node_port = crate::support::reserved_port();
+    let mut node_config = p2p_config(&first.p2p_addrs);
+    let node_addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{node_port}").parse().unwrap();
+    node_config.p2p.listen = Some(vec![node_addr.clone()]);
+    node_config.p2p.external_addresses = vec![node_addr];
+    let node = TestDaemon::start(node_config).await;
+    let connected = |want: bool| {
+        let node = node.dht.as_ref().unwrap().node().clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let status = node.status().await.unwrap();
+                if status.bootstrap[0].connected == want {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "bootstrap peer connected: {} after {WAIT:?}, not {want}",
+                    !want
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    connected(true).await;
+    first.stop().await.unwrap();
+    connected(false).await;
+    // Same key and port: the node's bootstrap address names it again.
+    let _first = TestDaemon::start_in(config, dir).await;
+    connected(true).await;
+}
