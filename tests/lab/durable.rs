@@ -1,7 +1,9 @@
 //! What the real daemon acknowledged is never lost (issue 15, kind 4), through its CLI: 16
 //! `p2pdns publish` at once and a kill -9 after each round, and a full disk (a small tmpfs
-//! this test mounts, as root, and unmounts). The in-process variants (damaged files, the
-//! identity key, the data directory lock) are `tests/integration/durable.rs`.
+//! this test mounts, as root, and unmounts); and a storage node's records of others' names
+//! through a kill -9 of it. The in-process variants (damaged files, the identity key, the data
+//! directory lock, a storage node stopped cleanly) are `tests/integration/durable.rs` and
+//! `tests/integration/stored_records.rs`.
 
 use std::{
     collections::BTreeSet,
@@ -31,14 +33,36 @@ struct Node {
 impl Node {
     /// A P2P node alone on loopback (no UPnP, STUN, mDNS), keeping its state in `data`.
     fn new(label: &str, data: Option<PathBuf>) -> Self {
+        Self::with_bootstrap(label, data, None)
+    }
+
+    /// As [`Node::new`], with `bootstrap` as its one bootstrap peer.
+    fn with_bootstrap(label: &str, data: Option<PathBuf>, bootstrap: Option<&str>) -> Self {
         let dir = TempDir::new(label);
+        let bootstrap =
+            bootstrap.map_or(String::new(), |addr| format!("bootstrap = [\"{addr}\"]\n"));
         let config = dir.write(
             "p2pdns.toml",
-            "[upstream]\nservers = [\"127.0.0.1:9\"]\n\
-             [p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nupnp = false\nstun = false\nmdns = false\n",
+            &format!(
+                "[upstream]\nservers = [\"127.0.0.1:9\"]\n\
+                 [p2p]\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nupnp = false\nstun = false\nmdns = false\n\
+                 {bootstrap}"
+            ),
         );
         let data = data.unwrap_or_else(|| dir.path().join("data"));
         Self { dir, config, data }
+    }
+
+    /// The daemon's first P2P listen address with its peer id, from `p2pdns status`.
+    fn p2p_addr(&self) -> String {
+        let output = self.cli(&["status"]);
+        assert!(output.status.success(), "{}", describe(&output));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("listening:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no listening line in {}", describe(&output)))
     }
 
     fn command(&self) -> Command {
@@ -169,6 +193,89 @@ fn acknowledged_publishes_survive_kill_9() {
         failed.len(),
         AT_ONCE * ROUNDS
     );
+}
+
+/// A storage node killed with kill -9 keeps the records it stored for others (its snapshot,
+/// `stored-records.bin`, written by a rename some seconds after each change): with their owner
+/// gone, a node that knows only the restarted storage node still resolves every name, and the
+/// storage node's data directory holds no temporary or set-aside file.
+#[test]
+fn records_stored_for_others_survive_kill_9_of_the_storage_node() {
+    const NAMES: usize = 8;
+    let storage = Node::new("durable-storage", None);
+    let storage_daemon = storage.start("storage");
+    let storage_addr = storage.p2p_addr();
+    let owner = Node::with_bootstrap("durable-owner", None, Some(&storage_addr));
+    let owner_daemon = owner.start("owner");
+    for i in 0..NAMES {
+        let output = owner.cli(&[
+            "publish",
+            &format!("kept{i}"),
+            "A",
+            &format!("192.0.2.{}", i + 1),
+        ]);
+        assert!(
+            output.status.success(),
+            "publish kept{i}: {}",
+            describe(&output)
+        );
+    }
+    let acknowledged = std::time::SystemTime::now();
+    // The storage node saves a few seconds after the last change: wait for a save newer than
+    // the last acknowledged publish, then for the saves to stop.
+    let snapshot = storage.data.join(p2pdns::p2p::RECORDS_FILE);
+    let modified = || std::fs::metadata(&snapshot).and_then(|m| m.modified()).ok();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut last = loop {
+        match modified() {
+            Some(at) if at > acknowledged => break at,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "no snapshot saved after the publishes within {WAIT:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    loop {
+        std::thread::sleep(Duration::from_secs(7));
+        let now = modified().expect("the snapshot stays");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    kill_9(storage_daemon);
+    drop(owner_daemon);
+
+    let _storage_daemon = storage.start("storage-again");
+    let leftovers: Vec<String> = std::fs::read_dir(&storage.data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.contains(".tmp") || name.contains("damaged"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "left in the data directory: {leftovers:?}"
+    );
+    let reader = Node::with_bootstrap("durable-reader", None, Some(&storage.p2p_addr()));
+    let _reader_daemon = reader.start("reader");
+    for i in 0..NAMES {
+        let name = format!("kept{i}.p2p");
+        let want = format!("192.0.2.{}", i + 1);
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let output = reader.cli(&["resolve", &name, "A"]);
+            if output.status.success() && String::from_utf8_lossy(&output.stdout).contains(&want) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} not resolved through the restarted storage node: {}",
+                describe(&output)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
 }
 
 /// A tmpfs mounted for the test, unmounted when dropped (also when the test fails).
