@@ -263,9 +263,11 @@ fn tunnels(out: &mut String, report: &TunnelsReport) {
         } else {
             ports.join(",")
         };
-        let path = m
-            .path
-            .map_or("no connection yet".to_owned(), |p| p.to_string());
+        let path = match (m.connected, m.path) {
+            (Some(now), _) => now.to_string(),
+            (None, Some(last)) => format!("no connection now; last tunnel {last}"),
+            (None, None) => "no connection yet".to_owned(),
+        };
         let _ = writeln!(
             out,
             "  {} -> {} ports {} via {} ({path}): {} open, {} since start, {} failed, {} B out, {} B in",

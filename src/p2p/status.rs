@@ -284,6 +284,18 @@ pub enum ConnectionPath {
     Relayed,
 }
 
+impl ConnectionPath {
+    /// The path of `open`, a peer's open connections: direct if any is, else relayed; `None`
+    /// when none is open.
+    pub fn best_of(open: &[ConnectionInfo]) -> Option<Self> {
+        if open.iter().any(|c| c.path == Self::Direct) {
+            Some(Self::Direct)
+        } else {
+            open.first().map(|_| Self::Relayed)
+        }
+    }
+}
+
 impl fmt::Display for ConnectionPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -33,6 +33,11 @@ pub struct MappedName {
     pub ports: Vec<u16>,
     /// The path of the last stream opened: straight to the peer or through a relay.
     pub path: Option<ConnectionPath>,
+    /// The path of the connections open to the peer when the report was made: direct if any
+    /// is, else relayed; `None` with none open (the peer stopped, or the network is down),
+    /// when [`MappedName::path`] is history.
+    #[serde(default)]
+    pub connected: Option<ConnectionPath>,
     /// Connections open now.
     pub open: u64,
     /// Connections accepted since the name was mapped (those refused at
@@ -116,6 +121,7 @@ impl NameState {
             peer: *lock(&self.peer),
             ports,
             path: *lock(&self.path),
+            connected: None,
             open: self.open.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),

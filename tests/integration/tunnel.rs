@@ -18,6 +18,7 @@ use libp2p::PeerId;
 use p2pdns::{
     config::Config,
     naming::Dht,
+    p2p::ConnectionPath,
     tunnel::{
         PROTOCOL, ServiceSpec,
         wire::{Status, TunnelReply, TunnelRequest},
@@ -557,6 +558,18 @@ async fn connections_to_a_stopped_server_fail_and_none_stays_open() {
     )
     .await;
     let address = tunnel_address(&client, &name).await;
+    // A tunnel that works first, so that the report has a last path.
+    let mut tcp = TcpStream::connect((address, port)).await.unwrap();
+    tcp.write_all(b"hello\n").await.unwrap();
+    let mut echoed = [0; 6];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut echoed))
+        .await
+        .expect("echoed within the wait")
+        .unwrap();
+    drop(tcp);
+    let mapped = tunnels_over_control(&client).await;
+    assert_eq!(mapped.path, Some(ConnectionPath::Direct), "{mapped:?}");
+    assert_eq!(mapped.connected, Some(ConnectionPath::Direct), "{mapped:?}");
     server.stop().await.unwrap();
 
     let tunnels = client.dht.as_ref().unwrap().tunnels().unwrap();
@@ -595,8 +608,24 @@ async fn connections_to_a_stopped_server_fail_and_none_stays_open() {
     let mapped = &tunnels.report().mapped[0];
     assert_eq!(
         (mapped.open, mapped.connections, mapped.failed),
-        (0, tries, tries),
+        (0, tries + 1, tries),
         "{mapped:?}"
     );
     assert!(mapped.last_error_at.is_some(), "{mapped:?}");
+    // `p2pdns tunnels` no longer shows the path of the last tunnel as if it were open.
+    let mapped = tunnels_over_control(&client).await;
+    assert_eq!(mapped.path, Some(ConnectionPath::Direct), "{mapped:?}");
+    assert_eq!(mapped.connected, None, "{mapped:?}");
+}
+
+/// The first tunnelled name of `daemon`'s `tunnels` report, asked over its control socket.
+async fn tunnels_over_control(daemon: &TestDaemon) -> p2pdns::tunnel::MappedName {
+    let response =
+        p2pdns::control::call(&daemon.data_dir, false, &p2pdns::control::Request::Tunnels)
+            .await
+            .expect("the control socket answers");
+    match response {
+        p2pdns::control::Response::Tunnels(report) => report.mapped[0].clone(),
+        other => panic!("not a tunnels report: {other:?}"),
+    }
 }

@@ -159,6 +159,7 @@ fn status_lines_keep_their_wording() {
                 peer,
                 ports: vec![80],
                 path: Some(ConnectionPath::Relayed),
+                connected: Some(ConnectionPath::Relayed),
                 open: 1,
                 connections: 3,
                 failed: 1,
@@ -196,6 +197,7 @@ fn a_tunnelled_name_shows_its_last_error_with_its_age_until_tunnels_open_again()
         peer: libp2p::PeerId::random(),
         ports: vec![80],
         path: Some(ConnectionPath::Direct),
+        connected: None,
         open: 0,
         connections: 9,
         failed: 4,
@@ -215,6 +217,15 @@ fn a_tunnelled_name_shows_its_last_error_with_its_age_until_tunnels_open_again()
         text.contains("\n    last error (90 s ago): the serving peer refused: busy\n"),
         "{text}"
     );
+    // No connection open to the peer now: the last tunnel's path is history, and says so.
+    assert!(
+        text.contains("(no connection now; last tunnel direct): 0 open"),
+        "{text}"
+    );
+    let mut relayed_now = mapped(0);
+    relayed_now.connected = Some(ConnectionPath::Relayed);
+    let text = render(&Response::Tunnels(report(relayed_now)));
+    assert!(text.contains(" (relayed): 0 open"), "{text}");
     let text = render(&Response::Tunnels(report(mapped(5))));
     assert!(
         text.contains(
