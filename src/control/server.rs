@@ -317,7 +317,7 @@ async fn handle(request: Request, context: &Context) -> Result<Response, Request
         }
         Request::Expose(spec) => expose(dht()?, &spec).await?,
         Request::Unexpose { name, port } => unexpose(dht()?, &name, port).await?,
-        Request::Tunnels => Response::Tunnels(tunnels_report(dht()?).await?),
+        Request::Tunnels => Response::Tunnels(tunnels(dht()?)?.report_with_paths().await),
         Request::Pins => Response::Pins {
             pins: dht()?
                 .pins()
@@ -518,21 +518,6 @@ fn exposed_ports(ports: &[u16]) -> String {
 /// The tunnel subsystem of `dht`'s daemon.
 fn tunnels(dht: &Arc<Dht>) -> Result<&Arc<crate::tunnel::Tunnels>, RequestError> {
     dht.tunnels().ok_or(RequestError::NoP2p)
-}
-
-/// The tunnels' report, each tunnelled name with the path of the connections open to its
-/// peer now (a node that does not answer leaves it unknown, shown as none open).
-async fn tunnels_report(dht: &Arc<Dht>) -> Result<crate::tunnel::TunnelsReport, RequestError> {
-    let mut report = tunnels(dht)?.report();
-    for mapped in &mut report.mapped {
-        let open = dht
-            .node()
-            .connections(mapped.peer)
-            .await
-            .unwrap_or_default();
-        mapped.connected = crate::p2p::ConnectionPath::best_of(&open);
-    }
-    Ok(report)
 }
 
 /// Exposes a service, then announces it in its name's record.

@@ -189,6 +189,25 @@ impl Client {
         Ok(())
     }
 
+    /// Sets each of `mapped`'s [`MappedName::connected`] from the node's connections to its
+    /// peer now (one question to the node per peer; a node that does not answer leaves it
+    /// `None`, read as none open).
+    pub(crate) async fn fill_connected(&self, mapped: &mut [MappedName]) {
+        let mut paths: HashMap<PeerId, Option<ConnectionPath>> = HashMap::new();
+        for name in mapped {
+            let path = match paths.get(&name.peer) {
+                Some(path) => *path,
+                None => {
+                    let open = self.shared.node.connections(name.peer).await;
+                    let path = ConnectionPath::best_of(&open.unwrap_or_default());
+                    paths.insert(name.peer, path);
+                    path
+                }
+            };
+            name.connected = path;
+        }
+    }
+
     /// The tunnelled names, by name.
     pub(crate) fn report(&self) -> Vec<MappedName> {
         lock(&self.mappings)

@@ -35,7 +35,8 @@ pub struct MappedName {
     pub path: Option<ConnectionPath>,
     /// The path of the connections open to the peer when the report was made: direct if any
     /// is, else relayed; `None` with none open (the peer stopped, or the network is down),
-    /// when [`MappedName::path`] is history.
+    /// when [`MappedName::path`] is history. Asked of the node by
+    /// [`super::Tunnels::report_with_paths`] only; `None` in [`super::Tunnels::report`].
     #[serde(default)]
     pub connected: Option<ConnectionPath>,
     /// Connections open now.

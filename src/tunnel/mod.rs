@@ -259,7 +259,17 @@ impl Tunnels {
         lock(&self.services).record_sets()
     }
 
-    /// The services, refusals and tunnelled names, with their counters.
+    /// [`Tunnels::report`] with each tunnelled name's [`MappedName::connected`] asked of the
+    /// node: what `p2pdns tunnels` shows.
+    pub async fn report_with_paths(&self) -> TunnelsReport {
+        let mut report = self.report();
+        self.client.fill_connected(&mut report.mapped).await;
+        report
+    }
+
+    /// The services, refusals and tunnelled names, with their counters; without waiting on
+    /// the node, so each [`MappedName::connected`] is `None` (see
+    /// [`Tunnels::report_with_paths`]).
     pub fn report(&self) -> TunnelsReport {
         let exposed = lock(&self.services)
             .all()
