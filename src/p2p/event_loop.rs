@@ -138,7 +138,8 @@ impl EventLoop {
             let redial_at = self.routing.redial_at(&self.swarm);
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = sleep_until_some(save_at), if save_at.is_some() => self.save_snapshot(),
+                () = tokio::time::sleep_until(save_at.unwrap_or_else(Instant::now)),
+                    if save_at.is_some() => self.save_snapshot(),
                 // No sender left (an introduction server has no user): events go on.
                 Some(command) = self.commands.recv() => self.command(command),
                 event = next_event(&mut self.swarm) => self.on_event(event),
@@ -149,7 +150,8 @@ impl EventLoop {
                 // that it idles without waking up.
                 () = tokio::time::sleep_until(self.housekeeping_at), if self.intro_load.is_some()
                     || self.swarm.network_info().num_peers() > 0 => self.housekeeping(),
-                () = sleep_until_some(redial_at), if redial_at.is_some() => {
+                () = tokio::time::sleep_until(redial_at.unwrap_or_else(Instant::now)),
+                    if redial_at.is_some() => {
                     self.routing.redial(&mut self.swarm);
                 }
                 Some(ended) = self.tasks.join_next() => supervise(ended),
@@ -502,14 +504,5 @@ fn supervise(ended: Result<(), JoinError>) {
     {
         error!("a task of the P2P node panicked; stopping the node");
         std::panic::resume_unwind(ended.into_panic());
-    }
-}
-
-/// Sleeps until `at`; with `None`, forever (a `select!` branch guarded by `at.is_some()` is
-/// never polled then).
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

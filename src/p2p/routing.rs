@@ -66,6 +66,11 @@ impl std::fmt::Display for BootstrapDial {
     }
 }
 
+/// Has the node no connection to any peer?
+fn alone(swarm: &NodeSwarm) -> bool {
+    swarm.connected_peers().next().is_none()
+}
+
 /// The bootstrap list as dials: one per peer id, with every address that names it, in the order
 /// the peers first appear; one per address that names none.
 fn bootstrap_dials(bootstrap: &[Multiaddr]) -> Vec<BootstrapDial> {
@@ -156,31 +161,28 @@ impl Routing {
     /// that [`Routing::redial`] is due: `None` while the node has a peer, or has no bootstrap
     /// peer to dial, so that an idle node keeps no timer for it.
     pub(crate) fn redial_at(&self, swarm: &NodeSwarm) -> Option<Instant> {
-        let alone = swarm.connected_peers().next().is_none();
-        (alone && !self.bootstrap.is_empty()).then_some(self.redial_at)
+        (alone(swarm) && !self.bootstrap.is_empty()).then_some(self.redial_at)
     }
 
     /// Dials the bootstrap peers again if this node has no peer: 1 s after start or after its
     /// last peer left, then at doubling intervals up to [`REDIAL`].
     pub(crate) fn redial(&mut self, swarm: &mut NodeSwarm) {
-        if swarm.connected_peers().next().is_none() {
+        if alone(swarm) {
             self.dial_bootstrap(swarm, false);
             self.redial_at = Instant::now() + self.redial_wait;
             self.redial_wait = (self.redial_wait * 2).min(REDIAL);
         }
     }
 
-    /// A connection opened: the next time the node has no peer, it dials again 1 s after the
-    /// last one leaves, then backs off anew.
+    /// A connection opened: the next time the node has no peer, the redials back off anew.
     fn met_a_peer(&mut self) {
         self.redial_wait = FIRST_REDIAL;
-        self.redial_at = Instant::now() + FIRST_REDIAL;
     }
 
     /// A connection closed: if it was the node's last, the first redial waits [`FIRST_REDIAL`]
     /// from now (a peer restarting is back within seconds).
     fn lost_a_peer(&mut self, swarm: &NodeSwarm) {
-        if swarm.connected_peers().next().is_none() {
+        if alone(swarm) {
             self.redial_at = Instant::now() + self.redial_wait;
         }
     }
