@@ -178,23 +178,40 @@ mod tests {
         }
     }
 
+    /// A loopback TCP server to dial, and its address.
+    async fn server() -> (tokio::net::TcpListener, Multiaddr) {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let target = tcp_addr(server.local_addr().expect("bound"));
+        (server, target)
+    }
+
+    /// Dials `target` with `transport`, to the connection or its error.
+    async fn dial<T: Transport>(
+        transport: &mut T,
+        target: Multiaddr,
+        port_use: PortUse,
+    ) -> Result<T::Output, T::Error> {
+        let opts = DialOpts {
+            port_use,
+            ..reuse()
+        };
+        let dial = transport.dial(target, opts);
+        dial.map_err(|_| "dial").expect("a TCP address").await
+    }
+
     /// The fault itself, then the fix: with the listening port held elsewhere, the bare
     /// transport's dial fails with `EADDRINUSE`, and the wrapped one connects.
     #[tokio::test]
     async fn a_dial_whose_listening_port_is_held_elsewhere_connects_from_a_fresh_port() {
         for holder in [Holder::Listener, Holder::Connection] {
-            let server = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("a loopback port");
-            let target = tcp_addr(server.local_addr().expect("bound"));
+            let (server, target) = server().await;
 
             let mut bare = tcp::tokio::Transport::new(tcp::Config::default());
             let port = listening(&mut bare).await;
             let _held = hold(port, &holder);
-            let error = bare
-                .dial(target.clone(), reuse())
-                .map_err(|_| "dial")
-                .expect("a TCP address")
+            let error = dial(&mut bare, target.clone(), PortUse::Reuse)
                 .await
                 .expect_err("the bind to the held port fails");
             assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{error}");
@@ -203,10 +220,7 @@ mod tests {
                 FreshPortOnConflict::new(tcp::tokio::Transport::new(tcp::Config::default()));
             let port = listening(&mut wrapped).await;
             let _held = hold(port, &holder);
-            let stream = wrapped
-                .dial(target, reuse())
-                .map_err(|_| "dial")
-                .expect("a TCP address")
+            let stream = dial(&mut wrapped, target, PortUse::Reuse)
                 .await
                 .expect("connected from a fresh port");
             let (_, from) = server
@@ -222,31 +236,16 @@ mod tests {
     /// reusing it), and a dial with [`PortUse::New`] is passed through.
     #[tokio::test]
     async fn without_a_conflict_the_listening_port_is_used() {
-        let server = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
-        let target = tcp_addr(server.local_addr().expect("bound"));
+        let (server, target) = server().await;
         let mut wrapped =
             FreshPortOnConflict::new(tcp::tokio::Transport::new(tcp::Config::default()));
         let port = listening(&mut wrapped).await;
-        let _stream = wrapped
-            .dial(target.clone(), reuse())
-            .map_err(|_| "dial")
-            .expect("a TCP address")
+        let _stream = dial(&mut wrapped, target.clone(), PortUse::Reuse)
             .await
             .expect("connected");
         let (_, from) = server.accept().await.expect("accepted");
         assert_eq!(from.port(), port);
-        let _other = wrapped
-            .dial(
-                target,
-                DialOpts {
-                    port_use: PortUse::New,
-                    ..reuse()
-                },
-            )
-            .map_err(|_| "dial")
-            .expect("a TCP address")
+        let _other = dial(&mut wrapped, target, PortUse::New)
             .await
             .expect("connected");
         let (_, from) = server.accept().await.expect("accepted");
