@@ -122,6 +122,8 @@ pub async fn report_suppressed(limits: &[&LogLimit], stop: CancellationToken) {
                             limit.roll_at(now);
                         }
                     }
+                    // Another kind may start suppressing in a window that ends sooner.
+                    () = &mut suppressing => {}
                     () = stop.cancelled() => return,
                 }
             }
